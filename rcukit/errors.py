@@ -1,0 +1,56 @@
+"""Exception types.
+
+Every error rcukit raises for bad input derives from :class:`RcukitError` *and* from the builtin a
+caller would naturally catch (``ValueError``, ``TypeError``...), so ``except ValueError`` keeps working
+for people who do not know rcukit's hierarchy.
+"""
+
+from __future__ import annotations
+
+
+class RcukitError(Exception):
+    """Base class of every error rcukit raises on purpose."""
+
+
+class ConfigError(RcukitError, ValueError):
+    """A configuration value, file or key is invalid; the message names it and what is allowed."""
+
+
+class GfpError(RcukitError, ValueError):
+    """Invalid GFP bits or a contradictory combination of them."""
+
+
+class ZoneinfoParseError(ConfigError):
+    """A /proc/zoneinfo text could not be parsed; the message names the line."""
+
+
+class MemoryDebugError(RcukitError, RuntimeError):
+    """A use after free, double free or foreign free caught by the debug layer (KASAN/SLUB-style)."""
+
+
+class RcuUsageError(RcukitError, RuntimeError):
+    """RCU API misuse: unbalanced unlock, synchronize_rcu() inside a read section, and so on."""
+
+
+class SplatError(RcukitError, RuntimeError):
+    """Raised instead of printing a splat when the lock checker runs in strict mode."""
+
+    def __init__(self, splat: object) -> None:
+        super().__init__(str(splat))
+        self.splat = splat
+
+
+class SimulationError(RcukitError, RuntimeError):
+    """The simulation reached an impossible state (for example, every task blocked forever)."""
+
+
+class GpSeqError(RcukitError, ValueError):
+    """A gp_seq transition the kernel WARNs about: start while a GP runs, end while idle."""
+
+
+class SegCbListError(RcukitError, ValueError):
+    """A callback-list operation got a bad argument (negative limit, merge into itself)."""
+
+
+class PageAllocError(RcukitError, ValueError):
+    """A buddy/pcp request out of range: order >= MAX_ORDER, unknown migratetype, unaligned PFN."""

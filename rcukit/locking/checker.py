@@ -1,0 +1,223 @@
+"""The wait-context checker: lockdep's ``check_wait_context`` and RT's sleeping spinlocks.
+
+Rules, from ``kernel/locking/lockdep.c`` and ``Documentation/locking/locktypes.rst``:
+
+* ``check_wait_context``: ``curr_inner`` is the smallest inner wait type among the task's
+  context and the locks it holds; taking a lock whose outer wait type is larger is reported as
+  ``BUG: Invalid wait context``. Without ``CONFIG_PROVE_RAW_LOCK_NESTING`` LD_WAIT_CONFIG equals
+  LD_WAIT_SPIN, so a ``spinlock_t`` under a ``raw_spinlock_t`` passes.
+* On PREEMPT_RT a ``spinlock_t`` is an rt_mutex: taking it in atomic context (preemption or
+  IRQs disabled, e.g. under a raw lock) is ``BUG: scheduling while atomic``; a mutex or any
+  ``might_sleep()`` there is ``BUG: sleeping function called from invalid context``.
+
+A splat is recorded every time (``counts``), printed once per call site like lockdep, and in
+strict mode raised as :class:`rcukit.errors.SplatError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TextIO
+
+from rcukit.errors import SplatError
+from rcukit.locking.locks import HeldLock, Lock, LockKind, WaitType
+from rcukit.locking.splat import HeldLockInfo, Splat
+
+if TYPE_CHECKING:
+    from rcukit.sched.sim import Task
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python_site() -> str:
+    """The innermost Python frame that is not lock or scheduler plumbing: the modelled caller."""
+    f = sys._getframe(2)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if not fn.startswith(_SKIP_DIRS):
+            return f"{os.path.basename(fn)}:{f.f_lineno}"
+        f = f.f_back  # type: ignore[assignment]
+    return "?"
+
+
+_SKIP_DIRS = (
+    os.path.join(_PKG_DIR, "locking"),
+    os.path.join(_PKG_DIR, "sched"),
+    os.path.dirname(os.path.abspath(contextlib.__file__)) + os.sep + "contextlib",
+)
+
+
+class LockChecker:
+    """Per-kernel lock model; every lock operation of every simulated task goes through here."""
+
+    def __init__(
+        self,
+        *,
+        prove_raw_lock_nesting: bool,
+        preempt_rt: bool,
+        strict: bool = False,
+        release: str = "5.9.0-rcukit",
+        out: TextIO | None = None,
+        now: Callable[[], int] | None = None,
+    ) -> None:
+        self.prove_raw = prove_raw_lock_nesting
+        self.preempt_rt = preempt_rt
+        self.strict = strict
+        self.kernel_release = release
+        self.out = out
+        self.splats: list[Splat] = []
+        self.counts: Counter[str] = Counter()
+        self._reported: set[tuple[str, str, str, str]] = set()
+        self.listeners: list[Callable[[Splat], None]] = []
+        self.max_recorded = 10_000
+
+    # -- context ---------------------------------------------------------------------------
+    def task_wait_context(self, task: Task) -> int:
+        """``task_wait_context()``: hardirq SPIN (not threaded), softirq CONFIG, task MAX."""
+        if task.in_hardirq:
+            wt = WaitType.SPIN
+        elif task.in_softirq:
+            wt = WaitType.CONFIG
+        else:
+            wt = WaitType.MAX
+        return wt.effective(self.prove_raw)
+
+    def curr_inner(self, task: Task) -> int:
+        inner = self.task_wait_context(task)
+        for h in task.held_locks:
+            w = h.lock.kind.wait_inner.effective(self.prove_raw)
+            if w < inner:
+                inner = w
+        return inner
+
+    # -- acquire / release -------------------------------------------------------------------
+    def acquire(self, task: Task, lock: Lock, ip: str, *, irqsave: bool = False) -> None:
+        """Take ``lock`` (the caller is synced if the lock is shared between CPUs)."""
+        kind = lock.kind
+        if task.held_locks or task.in_hardirq or task.in_softirq:
+            outer = kind.wait_outer.effective(self.prove_raw)
+            if outer > self.curr_inner(task):
+                self._report("invalid_wait_context", task, lock, ip)
+        if kind is LockKind.MUTEX:
+            if task.in_atomic():
+                self._report("sleeping_in_atomic", task, lock, ip)
+        elif kind is LockKind.SPINLOCK and self.preempt_rt and task.in_atomic():
+            self._report("scheduling_while_atomic", task, lock, ip)
+        now = task.cpu.local_ns
+        if lock.free_at_ns > now:
+            lock.contentions += 1
+            lock.wait_ns += lock.free_at_ns - now
+            task.cpu.local_ns = lock.free_at_ns
+        lock.acquisitions += 1
+        lock.owner = task
+        preempt = kind is LockKind.RAW_SPINLOCK or (
+            kind is LockKind.SPINLOCK and not self.preempt_rt
+        )
+        if irqsave and not (kind is LockKind.SPINLOCK and self.preempt_rt):
+            task.irqs_disabled += 1
+        else:
+            irqsave = False
+        if preempt:
+            task.preempt_count += 1
+        task.held_locks.append(HeldLock(lock, ip, irqsave, preempt))
+
+    def release(self, task: Task, lock: Lock) -> None:
+        held = task.held_locks
+        for i in range(len(held) - 1, -1, -1):
+            h = held[i]
+            if h.lock is lock:
+                del held[i]
+                if h.preempt:
+                    task.preempt_count -= 1
+                if h.irqsave:
+                    task.irqs_disabled -= 1
+                lock.owner = None
+                lock.free_at_ns = task.cpu.local_ns
+                return
+        raise RuntimeError(
+            f"{task.comm}/{task.pid} releases {lock.name} ({lock.kind.value}) it does not hold"
+        )
+
+    @contextmanager
+    def locked(self, task: Task, lock: Lock, ip: str, *, irqsave: bool = False) -> Iterator[None]:
+        self.acquire(task, lock, ip, irqsave=irqsave)
+        try:
+            yield
+        finally:
+            self.release(task, lock)
+
+    @contextmanager
+    def irq_disabled(self, task: Task) -> Iterator[None]:
+        """``local_irq_save``/``local_irq_restore``."""
+        task.irqs_disabled += 1
+        try:
+            yield
+        finally:
+            task.irqs_disabled -= 1
+
+    # -- sleeping -------------------------------------------------------------------------------
+    def might_sleep(self, task: Task, ip: str) -> None:
+        """``might_sleep()``: a splat if the caller is atomic."""
+        if task.in_atomic() or task.rcu_read_nesting and not task.rcu_blocked_reader:
+            self._report("sleeping_in_atomic", task, None, ip)
+
+    def schedule(self, task: Task, ip: str) -> None:
+        """``__schedule_bug``: a task really sleeps while atomic."""
+        if task.in_atomic():
+            self._report("scheduling_while_atomic", task, None, ip)
+
+    # -- reporting ------------------------------------------------------------------------------
+    def _report(self, kind: str, task: Task, lock: Lock | None, ip: str) -> None:
+        held = tuple(
+            HeldLockInfo(
+                h.lock.name,
+                h.lock.addr,
+                h.lock.kind.wait_outer.effective(self.prove_raw),
+                h.lock.kind.wait_inner.effective(self.prove_raw),
+                h.ip,
+            )
+            for h in task.held_locks
+        )
+        ctx = self.task_wait_context(task)
+        splat = Splat(
+            kind=kind,
+            cpu=task.cpu.id,
+            comm=task.comm,
+            pid=task.pid,
+            time_ns=task.cpu.local_ns,
+            release=self.kernel_release,
+            lock_name=lock.name if lock else "",
+            lock_addr=lock.addr if lock else 0,
+            lock_outer=lock.kind.wait_outer.effective(self.prove_raw) if lock else 0,
+            lock_inner=lock.kind.wait_inner.effective(self.prove_raw) if lock else 0,
+            ip=ip,
+            site=_python_site(),
+            context=(ctx, ctx),
+            held=held,
+            preempt_count=task.preempt_count,
+            irqs_disabled=bool(task.irqs_disabled),
+        )
+        self.record(splat)
+
+    def record(self, splat: Splat) -> None:
+        self.counts[splat.kind] += 1
+        key = splat.key()
+        first = key not in self._reported
+        if first:
+            self._reported.add(key)
+            if len(self.splats) < self.max_recorded:
+                self.splats.append(splat)
+            if self.out is not None:
+                print(splat.format(), file=self.out)
+        for cb in self.listeners:
+            cb(splat)
+        if self.strict:
+            raise SplatError(splat)
+
+    def unique_sites(self) -> int:
+        return len(self._reported)

@@ -1,0 +1,1 @@
+"""Simulated memory management: GFP flags, the page allocator, kswapd, slab and vmalloc."""

@@ -1,0 +1,622 @@
+"""Pure data structures of one simulated zone: buddy free lists, per-CPU page lists, watermarks.
+
+Nothing here locks, sleeps, reads a clock or traces. The page allocator wraps these structures
+with ``zone->lock``/pcp protection, costs and tracepoints, so the same code serves every
+allocation mode the simulation compares (pcp-only ``__GFP_FAST_TRY``, ``GFP_NOWAIT`` refills,
+``alloc_pages_nolock()`` trylocks). Kernel facts follow kernel.md sections 3.3 (pcp, batch/high)
+and 3.4 (watermarks, ``__zone_watermark_ok``), 5.8-5.10 era unless a docstring says otherwise.
+
+Migratetype numbering is the 5.x one: UNMOVABLE 0, MOVABLE 1, RECLAIMABLE 2, and
+``MIGRATE_PCPTYPES`` 3 is both the number of pcp lists and the first non-pcp type (HIGHATOMIC,
+CMA, ISOLATE are not modelled).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+
+import attrs
+from sortedcontainers import SortedList
+
+from rcukit.errors import ConfigError, MemoryDebugError, PageAllocError, SimulationError
+
+#: Orders 0..MAX_ORDER-1 (5.x meaning of MAX_ORDER): the largest block is 4 MiB of 4 KiB pages.
+MAX_ORDER = 11
+#: x86-64 with hugetlb: a pageblock is one 2 MiB huge page. Only used by the steal heuristic.
+PAGEBLOCK_ORDER = 9
+
+MIGRATE_UNMOVABLE = 0
+MIGRATE_MOVABLE = 1
+MIGRATE_RECLAIMABLE = 2
+MIGRATE_PCPTYPES = 3
+
+#: ``fallbacks[]`` of mm/page_alloc.c (5.x), indexed by the requested migratetype.
+FALLBACKS: tuple[tuple[int, ...], ...] = (
+    (MIGRATE_RECLAIMABLE, MIGRATE_MOVABLE),  # UNMOVABLE
+    (MIGRATE_RECLAIMABLE, MIGRATE_UNMOVABLE),  # MOVABLE
+    (MIGRATE_UNMOVABLE, MIGRATE_MOVABLE),  # RECLAIMABLE
+)
+
+#: ``init_per_zone_wmark_min()`` lower clamp.
+MIN_FREE_KBYTES_FLOOR = 128
+#: Upper clamp in 5.x (checked in 5.x page_alloc.c text); the default here because the
+#: simulation models the 5.8-5.10 allocator the RFC was written against.
+MIN_FREE_KBYTES_CAP_5X = 65536
+#: Upper clamp in later kernels (256 MiB) [inferred version]. Pass as ``cap_kbytes`` to model them.
+MIN_FREE_KBYTES_CAP_LATER = 262144
+
+_SZ_1M = 1 << 20
+
+
+def _rounddown_pow_of_two(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+def _check_page_size(page_size: int) -> None:
+    if page_size < 1024 or page_size > _SZ_1M or page_size & (page_size - 1):
+        raise ConfigError(
+            f"page_size {page_size} is invalid: must be a power of two between 1024 and {_SZ_1M}"
+        )
+
+
+def zone_batchsize(managed_pages: int, page_size: int = 4096) -> int:
+    """pcp ``batch`` for a zone, as ``zone_batchsize()`` computes it since 4.19 (kernel.md 3.3).
+
+    The 1 MiB cap (d8a759b57035) makes every zone >= 1 GiB of 4 KiB pages use 63, the "63 pages"
+    the RFC quotes. The 2^n - 1 shape avoids cache-colour aliasing between alternating batch
+    allocators. The result is at least 1 because ``pageset_set_batch()`` stores ``max(1, batch)``
+    (tiny zones such as ZONE_DMA compute 0 and show ``batch: 1`` in /proc/zoneinfo).
+    """
+    if managed_pages < 0:
+        raise ConfigError(f"managed_pages {managed_pages} is invalid: must be >= 0")
+    _check_page_size(page_size)
+    batch = min(managed_pages >> 10, _SZ_1M // page_size)
+    batch = max(batch // 4, 1)
+    batch = _rounddown_pow_of_two(batch + batch // 2) - 1
+    return max(batch, 1)
+
+
+def pcp_high(batch: int) -> int:
+    """pcp ``high`` = 6 * batch, the 5.8-5.13 ``pageset_set_batch()`` default (378 for batch 63).
+
+    5.14+ derives high from the low watermark instead (``zone_highsize()``); not modelled.
+    """
+    if batch < 1:
+        raise ConfigError(f"pcp batch {batch} is invalid: must be >= 1")
+    return 6 * batch
+
+
+@attrs.frozen
+class Watermarks:
+    """A zone's WMARK_MIN/LOW/HIGH in pages (``zone->_watermark[]``, boost ignored)."""
+
+    min: int
+    low: int
+    high: int
+
+
+def compute_watermarks(
+    managed_pages: int, min_pages: int, watermark_scale_factor: int = 10
+) -> Watermarks:
+    """Derive low/high from min as ``__setup_per_zone_wmarks()`` does (kernel.md 3.4).
+
+    The gap is the larger of min/4 and managed * wsf / 10000 (0.1% by default), so kswapd wakes
+    (below low) well before allocations dip into the min reserve. ``watermark_scale_factor`` is
+    accepted in 1..3000 (5.x sysctl allows 1..1000; 6.x raised the limit to 3000).
+    """
+    if managed_pages < 0 or min_pages < 0:
+        raise ConfigError(
+            f"managed_pages {managed_pages} / min_pages {min_pages} are invalid: must be >= 0"
+        )
+    if not 1 <= watermark_scale_factor <= 3000:
+        raise ConfigError(
+            f"watermark_scale_factor {watermark_scale_factor} is invalid: allowed 1..3000"
+        )
+    tmp = max(min_pages // 4, managed_pages * watermark_scale_factor // 10000)
+    return Watermarks(min=min_pages, low=min_pages + tmp, high=min_pages + 2 * tmp)
+
+
+def min_free_kbytes_default(lowmem_kbytes: int, cap_kbytes: int = MIN_FREE_KBYTES_CAP_5X) -> int:
+    """Boot-time ``vm.min_free_kbytes``: int_sqrt(lowmem_kbytes * 16), clamped.
+
+    Models ``init_per_zone_wmark_min()``. The default cap is the 5.x 65536 because the simulation
+    targets the 5.8-5.10 allocator; later kernels cap at 262144 (pass
+    ``MIN_FREE_KBYTES_CAP_LATER``). The cap only bites above 256 GiB of lowmem, so the choice
+    rarely matters. khugepaged's THP bump (``set_recommended_min_free_kbytes``) is not modelled,
+    which is why real hosts with THP often show a larger value.
+    """
+    if lowmem_kbytes < 0:
+        raise ConfigError(f"lowmem_kbytes {lowmem_kbytes} is invalid: must be >= 0")
+    if cap_kbytes < MIN_FREE_KBYTES_FLOOR:
+        raise ConfigError(f"cap_kbytes {cap_kbytes} is invalid: must be >= {MIN_FREE_KBYTES_FLOOR}")
+    return min(max(math.isqrt(lowmem_kbytes * 16), MIN_FREE_KBYTES_FLOOR), cap_kbytes)
+
+
+def zone_min_pages(
+    min_free_kbytes: int,
+    zone_managed_pages: int,
+    lowmem_pages: int | None = None,
+    page_size: int = 4096,
+) -> int:
+    """WMARK_MIN of a zone: its managed share of ``min_free_kbytes`` (``__setup_per_zone_wmarks``).
+
+    ``lowmem_pages`` is the managed total of all non-highmem zones; it defaults to this zone's own
+    size because the simulation models a single zone, which then gets all of min_free_kbytes.
+    """
+    _check_page_size(page_size)
+    if min_free_kbytes < 0 or zone_managed_pages < 0:
+        raise ConfigError(
+            f"min_free_kbytes {min_free_kbytes} / zone_managed_pages {zone_managed_pages} "
+            "are invalid: must be >= 0"
+        )
+    lowmem = zone_managed_pages if lowmem_pages is None else lowmem_pages
+    if lowmem < zone_managed_pages:
+        raise ConfigError(
+            f"lowmem_pages {lowmem} is invalid: must be >= the zone's managed pages "
+            f"{zone_managed_pages}"
+        )
+    if lowmem == 0:
+        return 0
+    pages_min = min_free_kbytes // (page_size // 1024)
+    return pages_min * zone_managed_pages // lowmem
+
+
+def zone_watermark_ok(
+    free_pages: int,
+    order: int,
+    mark: int,
+    alloc_high: bool,
+    alloc_harder: bool,
+    alloc_oom: bool,
+    lowmem_reserve: int = 0,
+    free_area_has_order: bool = True,
+) -> bool:
+    """``__zone_watermark_ok()`` of 5.x (kernel.md 3.4).
+
+    ALLOC_HIGH (``__GFP_HIGH``) halves the mark; ALLOC_HARDER (``__GFP_ATOMIC``, RT tasks) takes a
+    further quarter, ALLOC_OOM a further half, so GFP_ATOMIC may dig down to 3/8 of WMARK_MIN.
+    ``alloc_oom`` implies the harder branch, as in the kernel where ``alloc_harder`` is
+    ``alloc_flags & (ALLOC_HARDER | ALLOC_OOM)``. Highatomic and CMA reserves are not modelled.
+    For order > 0 the caller passes whether a free block of at least that order exists in a pcp
+    migratetype (:meth:`BuddyAllocator.has_free_block`).
+    """
+    _check_order(order)
+    if mark < 0 or lowmem_reserve < 0:
+        raise PageAllocError(
+            f"mark {mark} / lowmem_reserve {lowmem_reserve} are invalid: must be >= 0"
+        )
+    min_ = mark
+    free_pages -= (1 << order) - 1
+    if alloc_high:
+        min_ -= min_ // 2
+    if alloc_harder or alloc_oom:
+        min_ -= min_ // 2 if alloc_oom else min_ // 4
+    if free_pages <= min_ + lowmem_reserve:
+        return False
+    return order == 0 or free_area_has_order
+
+
+def _check_order(order: int) -> None:
+    if not 0 <= order < MAX_ORDER:
+        raise PageAllocError(f"order {order} is invalid: allowed 0..{MAX_ORDER - 1}")
+
+
+def _check_mt(mt: int) -> None:
+    if not 0 <= mt < MIGRATE_PCPTYPES:
+        raise PageAllocError(
+            f"migratetype {mt} is invalid: allowed 0..{MIGRATE_PCPTYPES - 1} "
+            "(UNMOVABLE, MOVABLE, RECLAIMABLE)"
+        )
+
+
+def _can_steal_fallback(order: int, start_mt: int) -> bool:
+    # can_steal_fallback(): big blocks always; unmovable/reclaimable requests always.
+    return order >= PAGEBLOCK_ORDER // 2 or start_mt != MIGRATE_MOVABLE
+
+
+def _empty_free_area() -> list[list[SortedList]]:
+    return [[SortedList() for _ in range(MIGRATE_PCPTYPES)] for _ in range(MAX_ORDER)]
+
+
+def _nonneg(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"{attr.name} {value} is invalid: must be >= 0")
+
+
+def _fraction(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{attr.name} {value} is invalid: must be between 0.0 and 1.0")
+
+
+@attrs.define(eq=False)
+class BuddyAllocator:
+    """One zone's buddy free lists: ``zone->free_area[order].free_list[migratetype]``.
+
+    Boot layout follows ``memblock_free_all()``: the range is cut into the largest naturally
+    aligned blocks (at most order MAX_ORDER-1) and every pageblock starts MOVABLE, as
+    ``memmap_init_zone()`` marks them. ``unmovable_fraction`` (default 0, the kernel's boot state)
+    hands the lowest-PFN blocks to UNMOVABLE until that share of pages is reached, to model a
+    zone whose unmovable pageblocks already exist after boot-time allocations.
+
+    Deliberate simplifications (the kernel facts the simulation needs survive them):
+
+    * Lists are ``SortedList`` s of PFNs and always hand out the lowest PFN, not the list head, so
+      runs are deterministic and reproducible.
+    * Pageblock ownership is not tracked. Fallback (``__rmqueue_fallback``) searches the
+      ``FALLBACKS`` order from the largest order down, and, like ``steal_suitable_fallback()``'s
+      ``move_to_free_list``, moves only the found block to the requester's list; the other free
+      pages of its pageblock are not moved and no pageblock is re-typed. A MOVABLE request that
+      cannot steal (block order < pageblock_order/2) takes the smallest fallback block instead.
+    * A freed block goes to the migratetype the caller passes (the kernel reads the pageblock's),
+      and merges with its buddy (``pfn ^ (1 << order)``) whatever list the buddy is on.
+    * HIGHATOMIC, CMA, ISOLATE, ALLOC_NOFRAGMENT and watermark boosting are absent.
+    """
+
+    start_pfn: int = attrs.field(validator=_nonneg)
+    nr_pages: int = attrs.field(validator=_nonneg)
+    unmovable_fraction: float = attrs.field(default=0.0, validator=_fraction)
+    free_area: list[list[SortedList]] = attrs.field(
+        init=False, factory=_empty_free_area, repr=False
+    )
+    nr_free: int = attrs.field(init=False, default=0)
+    #: Blocks taken from another migratetype's list (the ``mm_page_alloc_extfrag`` event count).
+    nr_fallback_steals: int = attrs.field(init=False, default=0)
+    # head PFN -> (order, migratetype) of every free block, for O(1) buddy lookup.
+    _heads: dict[int, tuple[int, int]] = attrs.field(init=False, factory=dict, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        staged: list[list[list[int]]] = [
+            [[] for _ in range(MIGRATE_PCPTYPES)] for _ in range(MAX_ORDER)
+        ]
+        target_unmovable = round(self.unmovable_fraction * self.nr_pages)
+        unmovable = 0
+        pfn, end = self.start_pfn, self.end_pfn
+        while pfn < end:
+            order = MAX_ORDER - 1 if pfn == 0 else min(MAX_ORDER - 1, (pfn & -pfn).bit_length() - 1)
+            while pfn + (1 << order) > end:
+                order -= 1
+            mt = MIGRATE_UNMOVABLE if unmovable < target_unmovable else MIGRATE_MOVABLE
+            if mt == MIGRATE_UNMOVABLE:
+                unmovable += 1 << order
+            staged[order][mt].append(pfn)
+            self._heads[pfn] = (order, mt)
+            pfn += 1 << order
+        for order in range(MAX_ORDER):
+            for mt in range(MIGRATE_PCPTYPES):
+                self.free_area[order][mt] = SortedList(staged[order][mt])
+        self.nr_free = self.nr_pages
+
+    @property
+    def end_pfn(self) -> int:
+        """One past the zone's last PFN."""
+        return self.start_pfn + self.nr_pages
+
+    def _add(self, pfn: int, order: int, mt: int) -> None:
+        self.free_area[order][mt].add(pfn)
+        self._heads[pfn] = (order, mt)
+        self.nr_free += 1 << order
+
+    def _remove(self, pfn: int, order: int, mt: int) -> None:
+        self.free_area[order][mt].remove(pfn)
+        del self._heads[pfn]
+        self.nr_free -= 1 << order
+
+    def rmqueue_smallest(self, order: int, mt: int) -> int | None:
+        """``__rmqueue_smallest()``: the smallest block of ``mt`` >= order, split by ``expand()``.
+
+        The low half is kept and each upper half goes back on the list one order down, so
+        consecutive order-0 requests walk PFNs upward through a block.
+        """
+        _check_order(order)
+        _check_mt(mt)
+        for cur in range(order, MAX_ORDER):
+            lst = self.free_area[cur][mt]
+            if lst:
+                pfn = int(lst[0])
+                self._remove(pfn, cur, mt)
+                while cur > order:
+                    cur -= 1
+                    self._add(pfn + (1 << cur), cur, mt)
+                return pfn
+        return None
+
+    def _find_fallback(self, order: int, start_mt: int) -> int | None:
+        # find_suitable_fallback(only_stealable=false): first non-empty type in FALLBACKS order.
+        for fb in FALLBACKS[start_mt]:
+            if self.free_area[order][fb]:
+                return fb
+        return None
+
+    def _steal_fallback(self, order: int, start_mt: int) -> bool:
+        found: tuple[int, int] | None = None
+        for cur in range(MAX_ORDER - 1, order - 1, -1):
+            fb = self._find_fallback(cur, start_mt)
+            if fb is None:
+                continue
+            if not _can_steal_fallback(cur, start_mt) and cur > order:
+                # find_smallest: a MOVABLE request should not fragment a big foreign block.
+                for small in range(order, MAX_ORDER):
+                    fb_small = self._find_fallback(small, start_mt)
+                    if fb_small is not None:
+                        found = (small, fb_small)
+                        break
+            else:
+                found = (cur, fb)
+            break
+        if found is None:
+            return False
+        cur, fb = found
+        pfn = int(self.free_area[cur][fb][0])
+        self._remove(pfn, cur, fb)
+        self._add(pfn, cur, start_mt)
+        self.nr_fallback_steals += 1
+        return True
+
+    def rmqueue(self, order: int, mt: int) -> int | None:
+        """``__rmqueue()``: own migratetype first, then steal per ``FALLBACKS`` and retry.
+
+        Returns the head PFN of a 2^order block, or None when no list can serve the order.
+        """
+        pfn = self.rmqueue_smallest(order, mt)
+        if pfn is None and self._steal_fallback(order, mt):
+            pfn = self.rmqueue_smallest(order, mt)
+        return pfn
+
+    def rmqueue_bulk(self, count: int, mt: int) -> list[int]:
+        """Up to ``count`` order-0 pages, in the order ``rmqueue_bulk()`` appends them to the pcp.
+
+        Stops early when the zone runs dry; the caller adds ``len(result)`` to ``pcp->count``.
+        """
+        if count < 0:
+            raise PageAllocError(f"count {count} is invalid: must be >= 0")
+        _check_mt(mt)
+        pages: list[int] = []
+        for _ in range(count):
+            pfn = self.rmqueue(0, mt)
+            if pfn is None:
+                break
+            pages.append(pfn)
+        return pages
+
+    def free(self, pfn: int, order: int, mt: int) -> None:
+        """``__free_one_page()``: put a block back and merge with free buddies up to MAX_ORDER-1.
+
+        Freeing a PFN outside the zone or overlapping a free block raises ``MemoryDebugError``
+        (the kernel would corrupt its lists; the simulation must notice).
+        """
+        _check_order(order)
+        _check_mt(mt)
+        size = 1 << order
+        if pfn & (size - 1):
+            raise PageAllocError(f"pfn {pfn:#x} is not aligned to order {order}")
+        if pfn < self.start_pfn or pfn + size > self.end_pfn:
+            raise MemoryDebugError(
+                f"foreign free: pfn {pfn:#x} order {order} is outside the zone "
+                f"[{self.start_pfn:#x}, {self.end_pfn:#x})"
+            )
+        self._check_not_free(pfn, order)
+        while order < MAX_ORDER - 1:
+            buddy = pfn ^ (1 << order)
+            entry = self._heads.get(buddy)
+            if entry is None or entry[0] != order:
+                break
+            self._remove(buddy, order, entry[1])
+            pfn &= buddy
+            order += 1
+        self._add(pfn, order, mt)
+
+    def _check_not_free(self, pfn: int, order: int) -> None:
+        # A free block containing pfn starts at pfn rounded down to its own order.
+        for o in range(MAX_ORDER):
+            head = pfn & ~((1 << o) - 1)
+            entry = self._heads.get(head)
+            if entry is not None and entry[0] >= o:
+                raise MemoryDebugError(
+                    f"double free: pfn {pfn:#x} order {order} overlaps the free block "
+                    f"{head:#x} order {entry[0]}"
+                )
+        # Smaller free blocks strictly inside the freed range.
+        last = pfn + (1 << order) - 1
+        for o in range(order):
+            for mt in range(MIGRATE_PCPTYPES):
+                for head in self.free_area[o][mt].irange(pfn, last):
+                    raise MemoryDebugError(
+                        f"double free: pfn {pfn:#x} order {order} contains the free block "
+                        f"{int(head):#x} order {o}"
+                    )
+
+    def free_bulk(self, pages: Iterable[tuple[int, int]]) -> int:
+        """Free order-0 ``(pfn, migratetype)`` pairs, as ``free_pcppages_bulk()`` hands them over.
+
+        Returns the number of pages freed.
+        """
+        n = 0
+        for pfn, mt in pages:
+            self.free(pfn, 0, mt)
+            n += 1
+        return n
+
+    def has_free_block(self, order: int) -> bool:
+        """Whether any pcp migratetype has a free block of at least ``order`` (watermark check)."""
+        _check_order(order)
+        return any(
+            self.free_area[o][mt] for o in range(order, MAX_ORDER) for mt in range(MIGRATE_PCPTYPES)
+        )
+
+    def blocks(self) -> list[tuple[int, int, int]]:
+        """Every free block as ``(pfn, order, migratetype)``, lowest PFN first."""
+        return sorted((pfn, order, mt) for pfn, (order, mt) in self._heads.items())
+
+    def check(self) -> None:
+        """Raise ``SimulationError`` unless the free lists are self-consistent.
+
+        Checked: lists and the head index agree; blocks are aligned, inside the zone and disjoint;
+        ``nr_free`` is their sum; no two free buddies of the same order were left unmerged.
+        """
+        listed = 0
+        for order in range(MAX_ORDER):
+            for mt in range(MIGRATE_PCPTYPES):
+                for raw in self.free_area[order][mt]:
+                    pfn = int(raw)
+                    listed += 1
+                    if self._heads.get(pfn) != (order, mt):
+                        raise SimulationError(
+                            f"buddy: pfn {pfn:#x} on list order {order} mt {mt} but indexed as "
+                            f"{self._heads.get(pfn)}"
+                        )
+        if listed != len(self._heads):
+            raise SimulationError(
+                f"buddy: {len(self._heads)} indexed blocks but {listed} on the free lists"
+            )
+        total = 0
+        prev_end = self.start_pfn
+        for pfn, order, _mt in self.blocks():
+            size = 1 << order
+            if pfn & (size - 1):
+                raise SimulationError(f"buddy: free block {pfn:#x} not aligned to order {order}")
+            if pfn < prev_end:
+                raise SimulationError(f"buddy: free block {pfn:#x} overlaps the previous block")
+            if pfn + size > self.end_pfn:
+                raise SimulationError(f"buddy: free block {pfn:#x} order {order} leaves the zone")
+            if order < MAX_ORDER - 1:
+                buddy = self._heads.get(pfn ^ size)
+                if buddy is not None and buddy[0] == order:
+                    raise SimulationError(
+                        f"buddy: free block {pfn:#x} and its buddy {pfn ^ size:#x} (order "
+                        f"{order}) were not merged"
+                    )
+            prev_end = pfn + size
+            total += size
+        if total != self.nr_free:
+            raise SimulationError(f"buddy: nr_free {self.nr_free} but the blocks hold {total}")
+
+
+def _three_deques() -> list[deque[int]]:
+    return [deque() for _ in range(MIGRATE_PCPTYPES)]
+
+
+def _batch_validator(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"pcp batch {value} is invalid: must be >= 1")
+
+
+@attrs.define(kw_only=True)
+class PerCpuPages:
+    """``struct per_cpu_pages`` of 5.8-5.12: order-0 only, one list per pcp migratetype.
+
+    List heads are hot: frees push at the head and allocations pop the head, while
+    ``rmqueue_bulk`` refills append at the tail and drains take from the tail (coldest first),
+    matching ``list_add``/``list_add_tail``/``list_last_entry`` in kernel.md 3.3.
+    ``count`` is kept equal to the total list length by every method here.
+    """
+
+    high: int = attrs.field(validator=_nonneg)
+    batch: int = attrs.field(validator=_batch_validator)
+    count: int = attrs.field(default=0, validator=_nonneg)
+    lists: list[deque[int]] = attrs.field(factory=_three_deques)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.lists) != MIGRATE_PCPTYPES:
+            raise ConfigError(
+                f"pcp lists has {len(self.lists)} entries: must have {MIGRATE_PCPTYPES}"
+            )
+        total = sum(len(lst) for lst in self.lists)
+        if self.count != total:
+            raise ConfigError(f"pcp count {self.count} disagrees with {total} listed pages")
+
+    @classmethod
+    def for_zone(cls, managed_pages: int, page_size: int = 4096) -> PerCpuPages:
+        """An empty pcp with the 5.8 defaults for a zone of that size (63/378 for >= 1 GiB)."""
+        batch = zone_batchsize(managed_pages, page_size)
+        return cls(high=pcp_high(batch), batch=batch)
+
+    @property
+    def over_high(self) -> bool:
+        """``pcp->count >= pcp->high``: the free path must drain ``batch`` pages now."""
+        return self.count >= self.high
+
+    def pop(self, mt: int) -> int | None:
+        """Head page of list ``mt`` (``__rmqueue_pcplist`` without the refill), or None."""
+        _check_mt(mt)
+        lst = self.lists[mt]
+        if not lst:
+            return None
+        self.count -= 1
+        return lst.popleft()
+
+    def pop_any_typed(self, start_mt: int) -> tuple[int, int] | None:
+        """Like :meth:`pop_any`, also returning the list's migratetype for the later free."""
+        _check_mt(start_mt)
+        for mt in range(start_mt, MIGRATE_PCPTYPES):
+            pfn = self.pop(mt)
+            if pfn is not None:
+                return pfn, mt
+        return None
+
+    def pop_any(self, start_mt: int) -> int | None:
+        """The RFC's ``__GFP_FAST_TRY`` loop: lists ``start_mt .. MIGRATE_PCPTYPES-1``, no wrap.
+
+        The patch iterates ``for (i = migratetype; i < MIGRATE_PCPTYPES; i++)``, so UNMOVABLE (0)
+        requests may take any list but a RECLAIMABLE (2) request only its own.
+        """
+        found = self.pop_any_typed(start_mt)
+        return None if found is None else found[0]
+
+    def push(self, pfn: int, mt: int) -> None:
+        """Free one page to the head of list ``mt`` (``free_unref_page_commit``).
+
+        The caller checks :attr:`over_high` afterwards and drains ``batch`` pages if set.
+        """
+        _check_mt(mt)
+        self.lists[mt].appendleft(pfn)
+        self.count += 1
+
+    def refill(self, pfns: Iterable[int], mt: int) -> int:
+        """Append pages from ``rmqueue_bulk`` at the tail of list ``mt``; returns how many."""
+        _check_mt(mt)
+        lst = self.lists[mt]
+        before = len(lst)
+        lst.extend(pfns)
+        added = len(lst) - before
+        self.count += added
+        return added
+
+    def take_for_drain(self, batch: int) -> list[tuple[int, int]]:
+        """Remove up to ``batch`` pages as ``free_pcppages_bulk()`` picks them; ``(pfn, mt)`` each.
+
+        Round-robin over the lists starting after UNMOVABLE, tail (coldest) first. ``batch_free``
+        grows with each list visited, so fuller lists give more pages per visit; when only one
+        list is non-empty it is emptied up to the remaining count. Leftover ``batch_free`` carries
+        over between visits as in the kernel loop.
+        """
+        if batch < 0:
+            raise PageAllocError(f"drain batch {batch} is invalid: must be >= 0")
+        to_free = min(batch, self.count, sum(len(lst) for lst in self.lists))
+        out: list[tuple[int, int]] = []
+        mt = 0
+        batch_free = 0
+        while to_free:
+            while True:
+                batch_free += 1
+                mt = (mt + 1) % MIGRATE_PCPTYPES
+                if self.lists[mt]:
+                    break
+            lst = self.lists[mt]
+            if batch_free == MIGRATE_PCPTYPES:
+                batch_free = to_free
+            while True:
+                out.append((lst.pop(), mt))
+                self.count -= 1
+                to_free -= 1
+                batch_free -= 1
+                if not (to_free and batch_free and lst):
+                    break
+        return out
+
+    def check(self) -> None:
+        """Raise ``SimulationError`` unless ``count`` equals the number of listed pages."""
+        total = sum(len(lst) for lst in self.lists)
+        if total != self.count:
+            raise SimulationError(f"pcp: count {self.count} but {total} pages listed")

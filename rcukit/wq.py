@@ -1,0 +1,189 @@
+"""Workqueues on simulated CPUs: ``queue_work``, delayed work, flush and cancel.
+
+Work queued from a CPU runs on that CPU's kworker (``WORK_CPU_UNBOUND`` picks the local CPU in
+the kernel too), so per-CPU data such as a ``krcp`` is touched by its own CPU's clock. kworkers
+are created lazily, so a thousand idle CPUs own no tasks. A worker passes a quiescent state
+between items (``cond_resched``), as kworkers do.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from rcukit.sched.sim import Task, Timer, WaitQueue
+
+if TYPE_CHECKING:
+    from rcukit.kernel import Kernel
+
+WorkFn = Callable[[Task, "Work"], Awaitable[None]]
+
+
+class Work:
+    """A ``work_struct``."""
+
+    __slots__ = ("cpu", "done", "func", "name", "queued", "runs", "running", "wq")
+
+    def __init__(self, name: str, func: WorkFn) -> None:
+        self.name = name
+        self.func = func
+        self.queued = False
+        self.running = False
+        self.cpu = -1
+        self.wq: Workqueue | None = None
+        self.done = WaitQueue(f"flush:{name}")
+        self.runs = 0
+
+    @property
+    def pending(self) -> bool:
+        return self.queued
+
+
+class DelayedWork(Work):
+    """A ``delayed_work``: a timer that queues the work when it fires."""
+
+    __slots__ = ("timer",)
+
+    def __init__(self, name: str, func: WorkFn) -> None:
+        super().__init__(name, func)
+        self.timer = Timer(f"dwork:{name}", self._fire)
+
+    def _fire(self, timer: Timer) -> None:
+        wq = self.wq
+        assert wq is not None and timer.cpu is not None
+        wq._enqueue(self, timer.cpu.id, timer.cpu.local_ns)
+
+    @property
+    def pending(self) -> bool:
+        return self.queued or self.timer.pending
+
+
+class _Pool:
+    __slots__ = ("cpu", "items", "wake", "worker")
+
+    def __init__(self, cpu: int) -> None:
+        self.cpu = cpu
+        self.items: deque[Work] = deque()
+        self.wake = WaitQueue(f"worker_pool:{cpu}")
+        self.worker: Task | None = None
+
+
+class Workqueue:
+    """One workqueue (``system_wq``, ``system_highpri_wq``...) with a pool per CPU."""
+
+    def __init__(self, kernel: Kernel, name: str, *, highpri: bool = False) -> None:
+        self.kernel = kernel
+        self.name = name
+        self.highpri = highpri
+        self._pools: dict[int, _Pool] = {}
+        self.items_run = 0
+
+    def _pool(self, cpu: int) -> _Pool:
+        pool = self._pools.get(cpu)
+        if pool is None:
+            pool = self._pools[cpu] = _Pool(cpu)
+        return pool
+
+    def _enqueue(self, work: Work, cpu: int, now_ns: int) -> None:
+        work.queued = True
+        work.cpu = cpu
+        work.wq = self
+        pool = self._pool(cpu)
+        pool.items.append(work)
+        if pool.worker is None:
+            suffix = "H" if self.highpri else ""
+            pool.worker = self.kernel.sim.spawn(
+                self._worker_main, cpu, f"kworker/{cpu}:{len(self._pools)}{suffix}", at_ns=now_ns
+            )
+        else:
+            pool.wake.wake_one(now_ns)
+
+    async def _worker_main(self, task: Task) -> None:
+        pool = self._pool(task.cpu.id)
+        kernel = self.kernel
+        while True:
+            while pool.items:
+                work = pool.items.popleft()
+                work.queued = False
+                work.running = True
+                if kernel.tracer.on:
+                    kernel.trace(task, "workqueue_execute_start", f"work struct {work.name}")
+                await work.func(task, work)
+                work.running = False
+                work.runs += 1
+                self.items_run += 1
+                if work.done.waiters:
+                    await task.sync()
+                    work.done.wake_all(task.now_ns)
+                await task.cond_resched()
+            await task.block(pool.wake, "worker_thread")
+
+    # -- the API -----------------------------------------------------------------------------
+    def queue_work(self, task: Task | None, work: Work, cpu: int | None = None) -> bool:
+        """Queue on ``cpu`` (default: the caller's); False if already pending, as in the kernel."""
+        if work.pending:
+            return False
+        if task is not None:
+            task.charge(self.kernel.config.cost.queue_work_ns)
+        target = cpu if cpu is not None else (task.cpu.id if task is not None else 0)
+        now = task.now_ns if task is not None else self.kernel.sim.now_ns
+        self._enqueue(work, target, now)
+        return True
+
+    def queue_delayed_work(
+        self, task: Task | None, dwork: DelayedWork, delay_jiffies: int, cpu: int | None = None
+    ) -> bool:
+        if dwork.pending:
+            return False
+        if delay_jiffies <= 0:
+            return self.queue_work(task, dwork, cpu)
+        kernel = self.kernel
+        target = cpu if cpu is not None else (task.cpu.id if task is not None else 0)
+        now = task.now_ns if task is not None else kernel.sim.now_ns
+        dwork.wq = self
+        kernel.sim.arm_timer(
+            dwork.timer, kernel.sim.cpus[target], now + delay_jiffies * kernel.config.tick_ns
+        )
+        return True
+
+    def mod_delayed_work(
+        self, task: Task | None, dwork: DelayedWork, delay_jiffies: int, cpu: int | None = None
+    ) -> bool:
+        """Re-arm (or queue) ``dwork`` to run ``delay_jiffies`` from now; True if it was pending."""
+        was = self._grab(dwork)
+        self.queue_delayed_work(task, dwork, delay_jiffies, cpu)
+        return was
+
+    def _grab(self, dwork: Work) -> bool:
+        was = False
+        if isinstance(dwork, DelayedWork) and self.kernel.sim.cancel_timer(dwork.timer):
+            was = True
+        if dwork.queued and dwork.wq is not None:
+            pool = dwork.wq._pool(dwork.cpu)
+            try:
+                pool.items.remove(dwork)
+            except ValueError:
+                pass
+            dwork.queued = False
+            was = True
+        return was
+
+    async def flush_work(self, task: Task, work: Work) -> bool:
+        """Wait for the last queueing of ``work`` to finish; False if there was nothing to wait."""
+        if not (work.pending or work.running):
+            return False
+        self.kernel.locks.might_sleep(task, "flush_work")
+        while work.pending or work.running:
+            await task.block(work.done, f"flush_work:{work.name}")
+        return True
+
+    async def cancel_delayed_work_sync(self, task: Task, dwork: Work) -> bool:
+        was = self._grab(dwork)
+        if dwork.running:
+            await self.flush_work(task, dwork)
+        return was
+
+    @staticmethod
+    def delayed_work_pending(dwork: DelayedWork) -> bool:
+        return dwork.pending

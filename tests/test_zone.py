@@ -1,0 +1,381 @@
+"""Zone data structures: batch/high, watermarks, buddy free lists and pcp lists (kernel.md 3.3/3.4)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rcukit.errors import ConfigError, MemoryDebugError, PageAllocError, SimulationError
+from rcukit.mm.zone import (
+    MAX_ORDER,
+    MIGRATE_MOVABLE,
+    MIGRATE_PCPTYPES,
+    MIGRATE_RECLAIMABLE,
+    MIGRATE_UNMOVABLE,
+    MIN_FREE_KBYTES_CAP_LATER,
+    BuddyAllocator,
+    PerCpuPages,
+    Watermarks,
+    compute_watermarks,
+    min_free_kbytes_default,
+    pcp_high,
+    zone_batchsize,
+    zone_min_pages,
+    zone_watermark_ok,
+)
+
+MiB = 1 << 20
+U, M, R = MIGRATE_UNMOVABLE, MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE
+
+
+# --- batch / high ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("zone_bytes", "batch"),
+    [(128 * MiB, 7), (256 * MiB, 15), (512 * MiB, 31), (1024 * MiB, 63), (64 * 1024 * MiB, 63)],
+)
+def test_zone_batchsize_table(zone_bytes: int, batch: int) -> None:
+    assert zone_batchsize(zone_bytes // 4096, 4096) == batch
+
+
+def test_batch_63_high_378_for_1gib_zone() -> None:
+    batch = zone_batchsize(262144, 4096)
+    assert (batch, pcp_high(batch)) == (63, 378)
+
+
+def test_batchsize_tiny_zone_is_one_and_other_page_sizes() -> None:
+    # ZONE_DMA of the fixture host: 3840 managed pages -> batch: 1 in /proc/zoneinfo.
+    assert zone_batchsize(3840, 4096) == 1
+    assert zone_batchsize(0, 4096) == 1
+    # 64 KiB pages: the 1 MiB cap is 16 pages -> 4 -> rounddown(6) - 1 = 3.
+    assert zone_batchsize(1 << 30, 65536) == 3
+
+
+@pytest.mark.parametrize(("managed", "page_size"), [(-1, 4096), (100, 3000), (100, 512)])
+def test_batchsize_rejects_bad_input(managed: int, page_size: int) -> None:
+    with pytest.raises(ConfigError, match="must be"):
+        zone_batchsize(managed, page_size)
+
+
+def test_pcp_high_rejects_zero_batch() -> None:
+    with pytest.raises(ConfigError, match="batch 0"):
+        pcp_high(0)
+
+
+# --- watermarks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("managed", "min_pages", "low", "high"),
+    # The fixture host's DMA, DMA32 and Normal zones (watermark_scale_factor 10).
+    [(3840, 62, 77, 92), (772917, 12570, 15712, 18854), (262144, 4263, 5328, 6393)],
+)
+def test_compute_watermarks_matches_real_host(
+    managed: int, min_pages: int, low: int, high: int
+) -> None:
+    assert compute_watermarks(managed, min_pages) == Watermarks(min=min_pages, low=low, high=high)
+
+
+def test_compute_watermarks_scale_factor_dominates_on_big_zones() -> None:
+    # 0.1% of 4M pages = 4194 > min/4 = 256.
+    assert compute_watermarks(1 << 22, 1024) == Watermarks(1024, 1024 + 4194, 1024 + 2 * 4194)
+    assert compute_watermarks(1 << 22, 1024, watermark_scale_factor=100).low == 1024 + 41943
+    with pytest.raises(ConfigError, match="watermark_scale_factor 0"):
+        compute_watermarks(1 << 22, 1024, watermark_scale_factor=0)
+
+
+def test_min_free_kbytes_default_and_clamps() -> None:
+    assert min_free_kbytes_default(1 << 20) == 4096  # 1 GiB of lowmem
+    assert min_free_kbytes_default(16 << 20) == 16384
+    assert min_free_kbytes_default(1000) == 128
+    assert min_free_kbytes_default(1 << 30) == 65536  # 1 TiB: 5.x cap
+    assert min_free_kbytes_default(1 << 30, cap_kbytes=MIN_FREE_KBYTES_CAP_LATER) == 131072
+    assert min_free_kbytes_default(1 << 34, cap_kbytes=MIN_FREE_KBYTES_CAP_LATER) == 262144
+    with pytest.raises(ConfigError, match="lowmem_kbytes -1"):
+        min_free_kbytes_default(-1)
+
+
+def test_zone_min_pages_matches_real_host_split() -> None:
+    # Fixture host: min_free_kbytes 67584 split over DMA/DMA32/Normal by managed pages.
+    lowmem = 3840 + 772917 + 262144
+    assert [zone_min_pages(67584, z, lowmem) for z in (3840, 772917, 262144)] == [62, 12570, 4263]
+    # Single simulated zone gets the whole reserve: 4096 KiB = 1024 pages.
+    assert zone_min_pages(4096, 262144) == 1024
+    with pytest.raises(ConfigError, match="lowmem_pages 10"):
+        zone_min_pages(4096, 100, 10)
+
+
+def test_zone_watermark_ok_arithmetic() -> None:
+    ok = zone_watermark_ok
+    assert ok(1001, 0, 1000, False, False, False)
+    assert not ok(1000, 0, 1000, False, False, False)
+    # ALLOC_HIGH halves; ALLOC_HIGH+HARDER (GFP_ATOMIC) reaches 3/8 of the mark.
+    assert ok(501, 0, 1000, True, False, False) and not ok(500, 0, 1000, True, False, False)
+    assert ok(376, 0, 1000, True, True, False) and not ok(375, 0, 1000, True, True, False)
+    # ALLOC_OOM takes half instead of a quarter, and implies the harder branch.
+    assert ok(251, 0, 1000, True, False, True) and not ok(250, 0, 1000, True, False, True)
+    # Order 1 first discounts (1 << 1) - 1 unusable page; lowmem_reserve raises the bar.
+    assert not ok(1001, 1, 1000, False, False, False) and ok(1002, 1, 1000, False, False, False)
+    assert not ok(1100, 0, 1000, False, False, False, lowmem_reserve=100)
+    # Order > 0 also needs a big enough free block; order 0 ignores that flag.
+    assert not ok(5000, 3, 1000, False, False, False, free_area_has_order=False)
+    assert ok(5000, 0, 1000, False, False, False, free_area_has_order=False)
+    with pytest.raises(PageAllocError, match="order 11"):
+        ok(5000, 11, 1000, False, False, False)
+
+
+# --- buddy allocator --------------------------------------------------------------------------
+
+
+def test_boot_layout_uses_largest_aligned_blocks() -> None:
+    b = BuddyAllocator(1, 2047)
+    assert [(pfn, order) for pfn, order, _ in b.blocks()] == [(1 << o, o) for o in range(11)]
+    assert {mt for _, _, mt in b.blocks()} == {M}
+    assert b.nr_free == 2047
+    b.check()
+    big = BuddyAllocator(0, 5000)
+    assert [(p, o) for p, o, _ in big.blocks()] == [
+        (0, 10), (1024, 10), (2048, 10), (3072, 10), (4096, 9), (4608, 8), (4864, 7), (4992, 3)
+    ]  # fmt: skip
+
+
+def test_unmovable_fraction_types_lowest_blocks() -> None:
+    b = BuddyAllocator(0, 4096, unmovable_fraction=0.5)
+    assert [(p, mt) for p, _, mt in b.blocks()] == [(0, U), (1024, U), (2048, M), (3072, M)]
+    with pytest.raises(ConfigError, match="unmovable_fraction"):
+        BuddyAllocator(0, 10, unmovable_fraction=1.5)
+
+
+def test_1gib_zone_inits_fast_and_bulk_walks_pfns_upward() -> None:
+    t0 = time.perf_counter()
+    b = BuddyAllocator(1 << 18, 1 << 18)
+    assert time.perf_counter() - t0 < 0.1
+    assert b.nr_free == 262144 and len(b.blocks()) == 256
+    t0 = time.perf_counter()
+    pages = b.rmqueue_bulk(63, U)
+    assert time.perf_counter() - t0 < 0.05
+    assert pages == list(range(1 << 18, (1 << 18) + 63))
+    assert b.nr_free == 262144 - 63
+    # The first UNMOVABLE request stole one whole order-10 MOVABLE block; later ones did not.
+    assert b.nr_fallback_steals == 1
+    assert {mt for _, order, mt in b.blocks() if order < 10} == {U}
+    b.check()
+
+
+def test_rmqueue_smallest_does_not_fall_back() -> None:
+    b = BuddyAllocator(0, 1024)
+    assert b.rmqueue_smallest(0, U) is None
+    assert b.rmqueue_smallest(0, M) == 0
+    assert b.nr_free == 1023
+
+
+def _allocator_with(free: list[tuple[int, int, int]]) -> BuddyAllocator:
+    """A 1024-page zone, fully allocated, then the given (pfn, order, mt) blocks freed."""
+    b = BuddyAllocator(0, 1024)
+    assert b.rmqueue(10, M) == 0 and b.nr_free == 0
+    for pfn, order, mt in free:
+        b.free(pfn, order, mt)
+    b.check()
+    return b
+
+
+def test_fallback_order_prefers_reclaimable_for_unmovable() -> None:
+    b = _allocator_with([(0, 0, M), (2, 0, R)])
+    assert b.rmqueue(0, U) == 2
+    assert b.rmqueue(0, U) == 0
+    assert b.rmqueue(0, U) is None and b.nr_fallback_steals == 2
+
+
+def test_fallback_steals_largest_block_first() -> None:
+    b = _allocator_with([(0, 0, M), (16, 4, M)])
+    assert b.rmqueue(0, R) == 16  # the order-4 block, not the lone page at 0
+    assert b.blocks()[0] == (0, 0, M)
+    assert {mt for pfn, _, mt in b.blocks() if pfn > 16} == {R}
+
+
+def test_movable_takes_smallest_foreign_block_when_it_cannot_steal() -> None:
+    b = _allocator_with([(0, 0, U), (4, 2, U)])
+    assert b.rmqueue(0, M) == 0  # order 2 < pageblock_order/2: find_smallest path
+    assert b.rmqueue(0, M) == 4
+    assert [(p, o, mt) for p, o, mt in b.blocks()] == [(5, 0, M), (6, 1, M)]
+    big = _allocator_with([(0, 4, U), (32, 0, U)])
+    assert big.rmqueue(0, M) == 0  # an order-4 block is stealable
+
+
+def test_free_merges_buddies_back_to_max_order() -> None:
+    b = BuddyAllocator(0, 2048)
+    pages = b.rmqueue_bulk(1024, U)
+    assert pages == list(range(1024)) and b.nr_free == 1024
+    assert b.free_bulk((p, M) for p in reversed(pages)) == 1024
+    assert [(p, o) for p, o, _ in b.blocks()] == [(0, 10), (1024, 10)]
+    b.check()
+
+
+def test_free_detects_double_foreign_and_bad_frees() -> None:
+    b = BuddyAllocator(0, 1024)
+    assert b.rmqueue(0, M) == 0
+    b.free(0, 0, M)
+    with pytest.raises(MemoryDebugError, match="double free: pfn 0x0"):
+        b.free(0, 0, M)
+    assert b.rmqueue(1, M) == 0
+    b.free(0, 1, M)
+    with pytest.raises(MemoryDebugError, match="overlaps the free block 0x0 order 10"):
+        b.free(1, 0, M)
+    assert b.rmqueue(2, M) == 0
+    b.free(2, 0, M)  # part of the allocated order-2 block, which the model cannot tell
+    with pytest.raises(MemoryDebugError, match="contains the free block 0x2 order 0"):
+        b.free(0, 2, M)
+    with pytest.raises(MemoryDebugError, match="foreign free"):
+        b.free(2048, 0, M)
+    with pytest.raises(PageAllocError, match="not aligned to order 1"):
+        b.free(1, 1, M)
+    with pytest.raises(PageAllocError, match="order 11"):
+        b.rmqueue(11, M)
+    with pytest.raises(PageAllocError, match="migratetype 3"):
+        b.rmqueue(0, MIGRATE_PCPTYPES)
+    b.check()
+
+
+def test_exhaustion_and_has_free_block() -> None:
+    b = BuddyAllocator(0, 8)
+    assert b.has_free_block(3) and not b.has_free_block(4)
+    assert b.rmqueue_bulk(10, M) == list(range(8))
+    assert b.rmqueue(0, U) is None and b.nr_free == 0
+    assert not b.has_free_block(0)
+    with pytest.raises(PageAllocError, match="count -1"):
+        b.rmqueue_bulk(-1, M)
+
+
+def test_check_catches_corruption() -> None:
+    b = BuddyAllocator(0, 1024)
+    b.nr_free += 1
+    with pytest.raises(SimulationError, match="nr_free 1025"):
+        b.check()
+    c = BuddyAllocator(0, 2048)
+    c.free_area[10][M].remove(1024)
+    c.free_area[10][U].add(1024)
+    with pytest.raises(SimulationError, match="indexed as"):
+        c.check()
+
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("alloc"), st.integers(0, MAX_ORDER - 1), st.integers(0, 2)),
+        st.tuples(st.just("bulk"), st.integers(0, 70), st.integers(0, 2)),
+        st.tuples(st.just("free"), st.integers(0, 1 << 20), st.integers(0, 2)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    start=st.integers(0, 5000),
+    nr=st.integers(1, 5000),
+    frac=st.sampled_from([0.0, 0.3, 1.0]),
+    ops=_ops,
+)
+def test_buddy_random_ops_keep_invariants_and_free_all_restores_layout(
+    start: int, nr: int, frac: float, ops: list[tuple[str, int, int]]
+) -> None:
+    b = BuddyAllocator(start, nr, unmovable_fraction=frac)
+    initial = [(p, o) for p, o, _ in b.blocks()]
+    held: list[tuple[int, int]] = []
+    for op, arg, mt in ops:
+        if op == "alloc":
+            pfn = b.rmqueue(arg, mt)
+            if pfn is not None:
+                assert pfn % (1 << arg) == 0 and start <= pfn and pfn + (1 << arg) <= start + nr
+                held.append((pfn, arg))
+        elif op == "bulk":
+            held.extend((p, 0) for p in b.rmqueue_bulk(arg, mt))
+        elif held:
+            pfn, order = held.pop(arg % len(held))
+            b.free(pfn, order, mt)
+        b.check()
+        assert b.nr_free + sum(1 << o for _, o in held) == nr
+    assert len({p for p, _ in held}) == len(held)
+    for pfn, order in held:
+        b.free(pfn, order, M)
+    b.check()
+    assert b.nr_free == nr
+    assert [(p, o) for p, o, _ in b.blocks()] == initial
+
+
+# --- per-cpu pages ----------------------------------------------------------------------------
+
+
+def test_pcp_for_zone_and_lifo_order() -> None:
+    pcp = PerCpuPages.for_zone(262144)
+    assert (pcp.batch, pcp.high, pcp.count) == (63, 378, 0)
+    pcp.refill([10, 11, 12], U)  # rmqueue_bulk appends at the tail
+    pcp.push(99, U)  # a freed page goes to the head and is reused first
+    assert pcp.count == 4
+    assert [pcp.pop(U) for _ in range(5)] == [99, 10, 11, 12, None]
+    assert pcp.count == 0
+    pcp.check()
+
+
+def test_pop_any_tries_start_type_upward_without_wrapping() -> None:
+    pcp = PerCpuPages(high=378, batch=63)
+    pcp.refill([5], U)
+    pcp.refill([7], R)
+    assert pcp.pop_any(M) == 7  # MOVABLE (1) then RECLAIMABLE (2)
+    assert pcp.pop_any(M) is None  # no wrap to UNMOVABLE (0)
+    assert pcp.pop_any_typed(U) == (5, U)
+    assert pcp.count == 0
+
+
+def test_take_for_drain_round_robin_like_free_pcppages_bulk() -> None:
+    pcp = PerCpuPages(high=378, batch=63)
+    pcp.refill(range(100, 105), U)
+    pcp.refill(range(200, 210), M)
+    assert pcp.take_for_drain(7) == [
+        (209, M), (104, U), (103, U), (208, M), (102, U), (101, U), (207, M)
+    ]  # fmt: skip
+    assert pcp.count == 8
+    only = PerCpuPages(high=378, batch=63)
+    only.refill(range(100, 105), U)
+    assert only.take_for_drain(3) == [(104, U), (103, U), (102, U)]
+    assert only.take_for_drain(63) == [(101, U), (100, U)] and only.count == 0
+    assert only.take_for_drain(63) == []
+
+
+def test_over_high_and_validation() -> None:
+    pcp = PerCpuPages(high=2, batch=1)
+    pcp.push(1, M)
+    assert not pcp.over_high
+    pcp.push(2, M)
+    assert pcp.over_high
+    with pytest.raises(ConfigError, match="batch 0"):
+        PerCpuPages(high=2, batch=0)
+    with pytest.raises(ConfigError, match="count 3 disagrees"):
+        PerCpuPages(high=2, batch=1, count=3)
+    with pytest.raises(PageAllocError, match="migratetype 5"):
+        pcp.push(3, 5)
+    pcp.count = 7
+    with pytest.raises(SimulationError, match="count 7"):
+        pcp.check()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sizes=st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(0, 30)),
+    batch=st.integers(0, 100),
+)
+def test_take_for_drain_takes_min_batch_count_distinct_pages(
+    sizes: tuple[int, int, int], batch: int
+) -> None:
+    pcp = PerCpuPages(high=1000, batch=63)
+    for mt, n in enumerate(sizes):
+        pcp.refill(range(mt * 1000, mt * 1000 + n), mt)
+    taken = pcp.take_for_drain(batch)
+    assert len(taken) == min(batch, sum(sizes))
+    assert len({p for p, _ in taken}) == len(taken)
+    assert all(p // 1000 == mt for p, mt in taken)
+    assert pcp.count == sum(sizes) - len(taken)
+    pcp.check()
