@@ -29,11 +29,17 @@ ALLOWED_POINTER_SIZES = (4, 8)
 
 
 def _in_range(lo: int | float, hi: int | float) -> Any:
+    # Integer bounds mean an integer field: 2.5 CPUs or a float HZ must not slip through.
+    integral = isinstance(lo, int) and isinstance(hi, int)
+    what = "an integer" if integral else "a number"
+
     def check(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"{att.name} = {value!r}: expected a number between {lo} and {hi}"
-            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (integral and not isinstance(value, int))
+        ):
+            raise ConfigError(f"{att.name} = {value!r}: expected {what} between {lo} and {hi}")
         if not lo <= value <= hi:
             raise ConfigError(f"{att.name} = {value!r} is out of range; allowed: {lo} .. {hi}")
 
@@ -42,7 +48,7 @@ def _in_range(lo: int | float, hi: int | float) -> Any:
 
 def _one_of(choices: tuple[Any, ...]) -> Any:
     def check(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
-        if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+        if not any(type(value) is type(c) and value == c for c in choices):
             allowed = ", ".join(repr(c) for c in choices)
             raise ConfigError(f"{att.name} = {value!r} is not allowed; allowed: {allowed}")
 
@@ -181,6 +187,9 @@ class KvfreeConfig:
     rcu_min_cached_objs: int | None = attrs.field(default=None, validator=_opt_range(0, 1 << 16))
     #: ``rcutree.rcu_delay_page_cache_fill_msec`` (clamped to [0, 100000] as the kernel does).
     rcu_delay_page_cache_fill_msec: int = attrs.field(default=5000, validator=_in_range(0, 100_000))
+    #: ``CONFIG_DEBUG_OBJECTS_RCU_HEAD``-style checks: a double kvfree_rcu() is an error and
+    #: every free is checked against the grace period its object waited for (costs memory).
+    debug_objects: bool = attrs.field(default=False, validator=_is_bool)
 
 
 @attrs.frozen
@@ -232,7 +241,8 @@ class KernelConfig:
 
     def replace(self, **changes: Any) -> KernelConfig:
         """Return a copy with top-level or dotted (``"mm.pcp_batch"``) fields changed."""
-        return _replace_dotted(self, changes)
+        new: KernelConfig = _replace_dotted(self, changes)
+        return new
 
     @classmethod
     def from_toml(cls, path: str | Path) -> KernelConfig:

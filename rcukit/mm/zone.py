@@ -21,16 +21,17 @@ import attrs
 from sortedcontainers import SortedList
 
 from rcukit.errors import ConfigError, MemoryDebugError, PageAllocError, SimulationError
+from rcukit.mm.gfp import (
+    MIGRATE_MOVABLE,
+    MIGRATE_PCPTYPES,
+    MIGRATE_RECLAIMABLE,
+    MIGRATE_UNMOVABLE,
+)
 
 #: Orders 0..MAX_ORDER-1 (5.x meaning of MAX_ORDER): the largest block is 4 MiB of 4 KiB pages.
 MAX_ORDER = 11
 #: x86-64 with hugetlb: a pageblock is one 2 MiB huge page. Only used by the steal heuristic.
 PAGEBLOCK_ORDER = 9
-
-MIGRATE_UNMOVABLE = 0
-MIGRATE_MOVABLE = 1
-MIGRATE_RECLAIMABLE = 2
-MIGRATE_PCPTYPES = 3
 
 #: ``fallbacks[]`` of mm/page_alloc.c (5.x), indexed by the requested migratetype.
 FALLBACKS: tuple[tuple[int, ...], ...] = (
@@ -379,6 +380,27 @@ class BuddyAllocator:
                 break
             pages.append(pfn)
         return pages
+
+    def reserve(self, nr_pages: int, mt: int) -> list[tuple[int, int]]:
+        """Take ``nr_pages`` as the largest blocks that fit, returning ``(pfn, order)`` blocks.
+
+        For modelling memory already in use by other kernel users at start-up: hundreds of
+        thousands of order-0 ``rmqueue`` calls would cost seconds, a few hundred big blocks
+        cost nothing. Fewer pages come back when the zone runs dry.
+        """
+        if nr_pages < 0:
+            raise PageAllocError(f"nr_pages {nr_pages} is invalid: must be >= 0")
+        _check_mt(mt)
+        blocks: list[tuple[int, int]] = []
+        remaining = nr_pages
+        for order in range(MAX_ORDER - 1, -1, -1):
+            while remaining >= 1 << order:
+                pfn = self.rmqueue(order, mt)
+                if pfn is None:
+                    break
+                blocks.append((pfn, order))
+                remaining -= 1 << order
+        return blocks
 
     def free(self, pfn: int, order: int, mt: int) -> None:
         """``__free_one_page()``: put a block back and merge with free buddies up to MAX_ORDER-1.

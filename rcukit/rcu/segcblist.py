@@ -196,13 +196,12 @@ class SegCbList:
             if seglen[i] and _cmp_lt(gp_seq[i], snap):
                 break
             i -= 1
-        # Nothing newer than segment i, or no free segment after it: leave as is.
         if i == RCU_NEXT_READY_TAIL:
-            return False
+            return False  # NEXT_READY waits for an earlier GP: no segment is free for snap
         i += 1
         rest = sum(seglen[i:])
         if not rest:
-            return False
+            return False  # nothing queued after segment i - 1
         seglen[i] = rest
         for j in range(i + 1, RCU_CBLIST_NSEGS):
             seglen[j] = 0

@@ -1,0 +1,721 @@
+"""kvfree_rcu(): per-CPU block arrays, the monitor, bulk reclaim, page cache, shrinker, barrier.
+
+The mechanism of kernel.md section 1, version by version (see :mod:`rcukit.rcu.profiles`):
+
+* ``kvfree_call_rcu`` takes this CPU's ``krcp->lock`` (a ``raw_spinlock_t``, IRQs off) and
+  stores the pointer in the current block of its channel (0: slab -> ``kfree_bulk``, 1: vmalloc
+  -> ``vfree``/``vfree_bulk``). A full or missing block is replaced from the per-CPU page cache,
+  or from the allocator-core *variant*, called inside the locked region where the profile does
+  so (v5.9 / the RFC). On failure the two-argument form links its ``rcu_head`` into the list
+  channel; the head-less form drops the lock, waits for a grace period and frees inline.
+* The monitor (delayed work) detaches the channels into a free ``krwp`` batch and hands it to
+  ``queue_rcu_work``; after the grace period the reclaim work frees each block with one bulk call,
+  walks the ``rcu_head`` list object by object (a cache miss each), and returns spare block pages
+  to the cache or the page allocator, passing a quiescent state between blocks.
+
+Everything a ``krcp`` holds is touched only from its own CPU (the caller, that CPU's kworker),
+so per-CPU local time never lets another CPU see it early: the shrinker, the barrier and CPU
+hot-unplug ask the owner CPU to act by queueing work there.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from rcukit.errors import MemoryDebugError, RcuUsageError
+from rcukit.locking.locks import HeldLock, LockKind
+from rcukit.rcu.profiles import KvfreeProfile, get_profile
+from rcukit.sched.sim import Task, Timer
+from rcukit.wq import DelayedWork, Work
+
+if TYPE_CHECKING:
+    from rcukit.kernel import Kernel
+
+KFREE_N_BATCHES = 2
+FREE_N_CHANNELS = 2
+#: x86-64's ``VMALLOC_START``: pointers at or above it are vmalloc'ed (``is_vmalloc_addr``).
+VMALLOC_START = 0xFFFFC90000000000
+
+
+class Bnode:
+    """A ``kvfree_rcu_bulk_data`` block: one page of pointer records."""
+
+    __slots__ = ("gp_snap", "nr_records", "page", "records")
+
+    def __init__(self, page: int, capacity: int) -> None:
+        self.page = page
+        self.records = array("Q", bytes(8 * capacity))
+        self.nr_records = 0
+        self.gp_snap = 0
+
+
+class Krwp:
+    """A ``kfree_rcu_cpu_work``: one batch in flight (``KFREE_N_BATCHES`` per CPU)."""
+
+    __slots__ = ("bulk_free", "head_free", "head_free_gp_snap", "idx", "krcp", "rwork")
+
+    def __init__(self, krcp: Krc, idx: int, rwork: Any) -> None:
+        self.krcp = krcp
+        self.idx = idx
+        self.bulk_free: list[list[Bnode]] = [[], []]
+        self.head_free: array[int] | None = None
+        self.head_free_gp_snap = 0
+        self.rwork = rwork
+
+    def busy(self) -> bool:
+        return bool(self.bulk_free[0] or self.bulk_free[1] or self.head_free is not None)
+
+
+class Krc:
+    """``struct kfree_rcu_cpu``: one CPU's channels, cache, batches and monitor."""
+
+    def __init__(self, kv: KvfreeRcu, cpu: int) -> None:
+        k = kv.kernel
+        self.cpu = cpu
+        self.lock = k.new_lock("krc.lock", LockKind.RAW_SPINLOCK)
+        self.held = HeldLock(self.lock, "kvfree_call_rcu", True, True)
+        #: ``bkvhead[]`` / ``bulk_head[]``: newest block last.
+        self.bulk: list[list[Bnode]] = [[], []]
+        self.bulk_count = [0, 0]
+        #: The ``rcu_head`` list channel (head pointers; the rcu_head lives inside the object).
+        self.head: array[int] | None = None
+        self.head_count = 0
+        self.head_gp_snap = 0
+        self.count = 0
+        self.cache: list[int] = []
+        self.monitor = DelayedWork(f"kfree_rcu_monitor/{cpu}", kv._monitor_fn)
+        self.monitor_todo = False
+        self.monitor.krcp = self  # type: ignore[attr-defined]
+        self.krw = [Krwp(self, i, kv._new_rcu_work(self, i)) for i in range(KFREE_N_BATCHES)]
+        self.page_cache_work = DelayedWork(f"fill_page_cache_func/{cpu}", kv._fill_cache_fn)
+        self.page_cache_work.krcp = self  # type: ignore[attr-defined]
+        self.work_in_progress = False
+        self.backoff_page_cache_fill = False
+        self.hrtimer = Timer(f"schedule_page_work_fn/{cpu}", kv._page_work_timer)
+        self.hrtimer.krcp = self  # type: ignore[attr-defined]
+        self.initialized = True
+
+    def krc_count(self) -> int:
+        return self.head_count + self.bulk_count[0] + self.bulk_count[1]
+
+    def need_offload(self) -> bool:
+        return bool(self.bulk[0] or self.bulk[1] or self.head is not None)
+
+
+@attrs.frozen
+class KvfreeStatistics:
+    """A snapshot of kvfree_rcu()'s accounting (all counts since boot)."""
+
+    calls: int
+    calls_single: int
+    calls_double: int
+    queued_slab: int
+    queued_vmalloc: int
+    queued_list: int
+    block_alloc_attempts: int
+    block_alloc_failures: int
+    blocks_from_cache: int
+    blocks_in_use: int
+    cached_pages: int
+    fallback_rcu_head: int
+    fallback_synchronize: int
+    batches_queued: int
+    grace_periods_waited: int
+    freed_early_polled: int
+    objects_freed: int
+    pending: int
+    pending_peak: int
+    pages_peak: int
+    bulk_calls: int
+    records_per_block: dict[int, int]
+    latency_ns: dict[int, int]
+    gp_violations: int
+
+    @property
+    def records_per_block_mean(self) -> float:
+        n = sum(self.records_per_block.values())
+        if not n:
+            return 0.0
+        return sum(k * v for k, v in self.records_per_block.items()) / n
+
+    def latency_percentile(self, p: float) -> int:
+        total = sum(self.latency_ns.values())
+        if not total:
+            return 0
+        want = p * total
+        seen = 0
+        for ns in sorted(self.latency_ns):
+            seen += self.latency_ns[ns]
+            if seen >= want:
+                return ns
+        return max(self.latency_ns)
+
+
+class KvfreeRcu:
+    """The kvfree_rcu() subsystem of one kernel (``kernel.kvfree``)."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        cfg = kernel.config
+        self.profile: KvfreeProfile = get_profile(cfg.kvfree.profile)
+        self.mm = kernel.mm
+        self.rcu = kernel.rcu
+        self.variant = kernel.mm.variant(cfg.kvfree.variant)
+        self.capacity = self.profile.block_capacity(
+            cfg.page_size, cfg.pointer_size, cfg.kvfree.header
+        )
+        self.min_cached = (
+            cfg.kvfree.rcu_min_cached_objs
+            if cfg.kvfree.rcu_min_cached_objs is not None
+            else self.profile.min_cached_objs
+        )
+        self.drain_jiffies = self.profile.drain_jiffies(cfg.hz)
+        self.wq = kernel.system_wq
+        self._rwork_class: Any = None
+        self.krcs = [Krc(self, c) for c in range(cfg.nr_cpus)]
+        c = cfg.cost
+        self._lock_ns = c.raw_lock_ns
+        self._store_ns = c.kvfree_store_ns
+        self.debug_objects = cfg.kvfree.debug_objects
+        #: ptr -> GP cookie at queue time (CONFIG_DEBUG_OBJECTS_RCU_HEAD-style checking).
+        self._debug_pending: dict[int, int] = {}
+        # accounting
+        self.calls = 0
+        self.calls_single = 0
+        self.queued = [0, 0]
+        self.queued_list = 0
+        self.block_alloc_attempts = 0
+        self.block_alloc_failures = 0
+        self.blocks_from_cache = 0
+        self.blocks_in_use = 0
+        self.fallback_rcu_head = 0
+        self.fallback_synchronize = 0
+        self.batches_queued = 0
+        self.grace_periods_waited = 0
+        self.freed_early_polled = 0
+        self.objects_freed = 0
+        self.pending = 0
+        self.pending_peak = 0
+        self.pages_peak = 0
+        self.bulk_calls = 0
+        self.records_per_block: dict[int, int] = {}
+        self.latency: dict[int, int] = {}
+        self.gp_violations = 0
+        #: (time_ns, pending objects, pending block pages) sampled at monitor and reclaim runs.
+        self.timeline: list[tuple[int, int, int]] = []
+        self.freed_listeners: list[Callable[[int], None]] = []
+
+    # -- boot --------------------------------------------------------------------------------
+    def start(self) -> None:
+        k = self.kernel
+        if self.profile.boot_prefill and self.min_cached:
+            for cpu in range(k.config.nr_cpus):
+                k.sim.spawn(self._prefill_fn, cpu, f"kvfree_prefill/{cpu}")
+        k.mm.register_shrinker("kfree_rcu", self._shrink_count, self._shrink_scan)
+        k.rcu.add_hotplug_callback(self._hotplug)
+
+    async def _prefill_fn(self, task: Task) -> None:
+        """v5.9's boot-time fill of ``rcu_min_cached_objs`` pages per CPU."""
+        krcp = self.krcs[task.cpu.id]
+        for _ in range(self.min_cached):
+            page = await self.mm.get_free_page(task, self.profile.refill_gfp)
+            if page is None:
+                break
+            krcp.cache.append(page)
+
+    def _new_rcu_work(self, krcp: Krc, idx: int) -> Any:
+        from rcukit.rcu.tree import RcuWork
+
+        rw = RcuWork(f"kfree_rcu_work/{krcp.cpu}.{idx}", self._reclaim_fn)
+        rw.krwp_idx = idx  # type: ignore[attr-defined]
+        rw.krcp = krcp  # type: ignore[attr-defined]
+        return rw
+
+    # -- the enqueue path ------------------------------------------------------------------------
+    async def kvfree_rcu(self, task: Task, ptr: int | None, head: int | None = None) -> None:
+        """Two-argument ``kvfree_rcu(ptr, rhf)`` when ``head`` (the rcu_head's address inside
+        the object) is given, the head-less ``kvfree_rcu(ptr)`` otherwise."""
+        if not ptr:
+            return
+        await self.kvfree_call_rcu(task, head, ptr)
+
+    async def kvfree_rcu_mightsleep(self, task: Task, ptr: int | None) -> None:
+        if not ptr:
+            return
+        await self.kvfree_call_rcu(task, None, ptr)
+
+    async def kvfree_call_rcu(self, task: Task, head: int | None, ptr: int) -> None:
+        """``kvfree_call_rcu(head, ptr)`` (the v6.3 argument order)."""
+        cpu = task.cpu
+        t0 = cpu.local_ns
+        single = head is None
+        self.calls += 1
+        if single:
+            self.calls_single += 1
+            self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
+        elif head - ptr < 0 or head - ptr >= self.mm.ksize(ptr):
+            raise RcuUsageError(
+                f"kvfree_rcu(ptr=0x{ptr:x}, head=0x{head:x}): the rcu_head is not inside the "
+                f"object (allowed: ptr <= head < ptr + ksize(ptr))"
+            )
+        if self.debug_objects:
+            self._debug_queue(task, ptr)
+        krcp = self.krcs[cpu.id]
+        # krc_this_cpu_lock(): local_irq_save + raw_spin_lock. A raw lock can never be an
+        # invalid wait context, so take the lockdep-free fast path.
+        task.irqs_disabled += 1
+        task.preempt_count += 1
+        task.held_locks.append(krcp.held)
+        cpu.local_ns += self._lock_ns
+        idx = 1 if ptr >= VMALLOC_START else 0
+        ok = True
+        chan = krcp.bulk[idx]
+        bnode = chan[-1] if chan else None
+        if bnode is None or bnode.nr_records == self.capacity:
+            bnode = await self._new_block(task, krcp, idx, single)
+            ok = bnode is not None
+            krcp = self.krcs[task.cpu.id]
+        if bnode is not None:
+            bnode.records[bnode.nr_records] = ptr
+            bnode.nr_records += 1
+            krcp.bulk_count[idx] += 1
+            self.queued[idx] += 1
+            cpu.local_ns += self._store_ns
+            if self.profile.polled_snapshots:
+                bnode.gp_snap = self.rcu.get_state_synchronize_rcu()
+        elif not single:
+            if krcp.head is None:
+                krcp.head = array("Q")
+            krcp.head.append(ptr)
+            krcp.head_count += 1
+            self.queued_list += 1
+            self.fallback_rcu_head += 1
+            if self.profile.polled_snapshots:
+                krcp.head_gp_snap = self.rcu.get_state_synchronize_rcu()
+        if ok or not single:
+            krcp.count += 1
+            self.pending += 1
+            if self.pending > self.pending_peak:
+                self.pending_peak = self.pending
+            self._arm_monitor(task, krcp)
+        self._unlock(task, krcp)
+        if not ok and single:
+            # Head-less fallback: "can be used from might_sleep() context only".
+            self.fallback_synchronize += 1
+            await self.rcu.synchronize_rcu(task)
+            if self.debug_objects:
+                self._debug_free(ptr)
+            await self.mm.kvfree(task, ptr)
+            self._freed(1)
+        lat = task.cpu.local_ns - t0
+        self.latency[lat] = self.latency.get(lat, 0) + 1
+        if task.cpu.local_ns >= task.cpu.next_tick_ns:
+            await task.preempt_point()
+
+    def _unlock(self, task: Task, krcp: Krc) -> None:
+        held = task.held_locks
+        if held and held[-1] is krcp.held:
+            held.pop()
+        else:
+            held.remove(krcp.held)
+        task.preempt_count -= 1
+        task.irqs_disabled -= 1
+        krcp.lock.free_at_ns = task.cpu.local_ns
+
+    def _relock(self, task: Task, krcp: Krc) -> None:
+        task.irqs_disabled += 1
+        task.preempt_count += 1
+        task.held_locks.append(krcp.held)
+        task.cpu.local_ns += self._lock_ns
+
+    async def _new_block(self, task: Task, krcp: Krc, idx: int, can_alloc: bool) -> Bnode | None:
+        """Attach a fresh block to channel ``idx``; None means "use the fallback"."""
+        if not krcp.initialized:
+            return None
+        page: int | None = None
+        if krcp.cache:
+            page = krcp.cache.pop()
+            self.blocks_from_cache += 1
+        else:
+            prof = self.profile
+            attempted = False
+            if can_alloc and prof.single_arg_direct_alloc:
+                # v5.13+: drop the lock, allocate as a sleepable context, re-take it.
+                self._unlock(task, krcp)
+                attempted = True
+                page = await self.mm.get_free_page(task, prof.refill_gfp)
+                self._relock(task, krcp)
+            elif prof.alloc_under_lock and not (
+                self.kernel.config.preempt_rt and prof.rt_skips_alloc
+            ):
+                if self.variant.defers_to_worker:
+                    self._run_page_cache_worker(task, krcp)
+                else:
+                    attempted = True
+                    page = await self.variant.get_page(task, self.mm)
+            if attempted:
+                self.block_alloc_attempts += 1
+                if page is None:
+                    self.block_alloc_failures += 1
+            if page is None:
+                if prof.refill_worker:
+                    self._run_page_cache_worker(task, krcp)
+                return None
+        bnode = Bnode(page, self.capacity)
+        krcp.bulk[idx].append(bnode)
+        self.blocks_in_use += 1
+        if self.blocks_in_use > self.pages_peak:
+            self.pages_peak = self.blocks_in_use
+        return bnode
+
+    def _arm_monitor(self, task: Task, krcp: Krc) -> None:
+        if self.profile.kick:
+            # v6.1 schedule_delayed_monitor_work(): 1 jiffy once a block's worth is queued.
+            delay = 1 if krcp.krc_count() >= self.capacity else self.drain_jiffies
+            mon = krcp.monitor
+            if mon.pending:
+                if mon.timer.pending:
+                    remaining = mon.timer.expires_ns - task.now_ns
+                    if delay * self.kernel.config.tick_ns < remaining:
+                        self.wq.mod_delayed_work(task, mon, delay)
+            else:
+                self.wq.queue_delayed_work(task, mon, delay)
+        elif not krcp.monitor_todo:
+            krcp.monitor_todo = True
+            self.wq.queue_delayed_work(task, krcp.monitor, self.drain_jiffies)
+
+    # -- the page cache ------------------------------------------------------------------------
+    def _run_page_cache_worker(self, task: Task, krcp: Krc) -> None:
+        """v5.11+: an hrtimer (so queue_work is not called under the raw lock) kicks the refill."""
+        if krcp.work_in_progress:
+            return
+        krcp.work_in_progress = True
+        sim = self.kernel.sim
+        sim.arm_timer(krcp.hrtimer, task.cpu, task.now_ns)
+
+    def _page_work_timer(self, timer: Timer) -> None:
+        krcp: Krc = timer.krcp  # type: ignore[attr-defined]
+        k = self.kernel
+        if self.profile.shrinker_backoff and krcp.backoff_page_cache_fill:
+            delay = max(
+                1, k.config.kvfree.rcu_delay_page_cache_fill_msec * k.config.hz // 1000
+            )
+            self.wq.queue_delayed_work(None, krcp.page_cache_work, delay, cpu=krcp.cpu)
+        else:
+            k.system_highpri_wq.queue_work(None, krcp.page_cache_work, cpu=krcp.cpu)
+
+    async def _fill_cache_fn(self, task: Task, work: Work) -> None:
+        """``fill_page_cache_func``: allocate in a clean context, stop at the first failure."""
+        krcp: Krc = work.krcp  # type: ignore[attr-defined]
+        nr_pages = 1 if krcp.backoff_page_cache_fill else self.min_cached
+        for _ in range(len(krcp.cache), nr_pages):
+            self.block_alloc_attempts += 1
+            page = await self.mm.get_free_page(task, self.profile.refill_gfp)
+            if page is None:
+                self.block_alloc_failures += 1
+                break
+            if len(krcp.cache) >= self.min_cached:
+                await self.mm.free_page(task, page)
+                break
+            krcp.cache.append(page)
+        krcp.work_in_progress = False
+        krcp.backoff_page_cache_fill = False
+
+    # -- the monitor -----------------------------------------------------------------------------
+    async def _monitor_fn(self, task: Task, work: Work) -> None:
+        krcp: Krc = work.krcp  # type: ignore[attr-defined]
+        await self._monitor(task, krcp)
+
+    async def _monitor(self, task: Task, krcp: Krc) -> None:
+        """``kfree_rcu_monitor``: free what is already safe (v6.3), detach the rest into a batch."""
+        k = self.kernel
+        self._relock(task, krcp)
+        ready: list[tuple[int, list[Bnode]]] = []
+        ready_head: array[int] | None = None
+        if self.profile.polled_snapshots:
+            ready, ready_head = self._drain_ready(krcp)
+        self._queue_batch(task, krcp)
+        if krcp.need_offload():
+            if self.profile.kick:
+                self._arm_monitor(task, krcp)
+            else:
+                krcp.monitor_todo = True
+                self.wq.queue_delayed_work(task, krcp.monitor, self.drain_jiffies)
+        else:
+            krcp.monitor_todo = False
+        self._unlock(task, krcp)
+        if ready or ready_head is not None:
+            for idx, nodes in ready:
+                for bnode in nodes:
+                    self.freed_early_polled += bnode.nr_records
+                    await self._free_block(task, krcp, idx, bnode)
+            if ready_head is not None:
+                self.freed_early_polled += len(ready_head)
+                await self._free_list(task, ready_head)
+        self.timeline.append((task.now_ns, self.pending, self.blocks_in_use))
+        if k.tracer.on:
+            k.trace(task, "kfree_rcu_monitor", f"cpu={krcp.cpu} pending={krcp.krc_count()}")
+
+    def _drain_ready(self, krcp: Krc) -> tuple[list[tuple[int, list[Bnode]]], array[int] | None]:
+        """``kvfree_rcu_drain_ready``: oldest blocks first, stop at the first not yet safe."""
+        poll = self.rcu.poll_state_synchronize_rcu
+        out: list[tuple[int, list[Bnode]]] = []
+        for idx in (0, 1):
+            chan = krcp.bulk[idx]
+            n = 0
+            while n < len(chan) and poll(chan[n].gp_snap):
+                n += 1
+            if n:
+                nodes = chan[:n]
+                del chan[:n]
+                krcp.bulk_count[idx] -= sum(b.nr_records for b in nodes)
+                out.append((idx, nodes))
+        head = None
+        if krcp.head is not None and poll(krcp.head_gp_snap):
+            head = krcp.head
+            krcp.head = None
+            krcp.head_count = 0
+        return out, head
+
+    def _queue_batch(self, task: Task, krcp: Krc) -> bool:
+        """Detach channels into free ``krwp`` slots and hand each to ``queue_rcu_work``."""
+        queued = False
+        for krwp in krcp.krw:
+            if self.profile.one_batch_per_run and krwp.busy():
+                continue
+            if not krcp.need_offload():
+                break
+            moved = False
+            for j in (0, 1):
+                if not krwp.bulk_free[j] and krcp.bulk[j]:
+                    krwp.bulk_free[j] = krcp.bulk[j]
+                    krcp.bulk[j] = []
+                    krcp.bulk_count[j] = 0
+                    moved = True
+            if krwp.head_free is None and krcp.head is not None:
+                krwp.head_free = krcp.head
+                krwp.head_free_gp_snap = self.rcu.get_state_synchronize_rcu()
+                krcp.head = None
+                krcp.head_count = 0
+                moved = True
+            if moved:
+                krcp.count = 0
+                if self.rcu.queue_rcu_work(task, self.wq, krwp.rwork):
+                    self.batches_queued += 1
+                    queued = True
+                if self.profile.one_batch_per_run:
+                    break
+        return queued
+
+    # -- reclaim after the grace period --------------------------------------------------------
+    async def _reclaim_fn(self, task: Task, work: Work) -> None:
+        """``kfree_rcu_work``: one bulk call per block, the list one by one, spare pages back."""
+        krcp: Krc = work.krcp  # type: ignore[attr-defined]
+        krwp = krcp.krw[work.krwp_idx]  # type: ignore[attr-defined]
+        self.grace_periods_waited += 1
+        self._relock(task, krcp)
+        chans = krwp.bulk_free
+        krwp.bulk_free = [[], []]
+        head = krwp.head_free
+        krwp.head_free = None
+        self._unlock(task, krcp)
+        for idx in (0, 1):
+            for bnode in chans[idx]:
+                await self._free_block(task, krcp, idx, bnode)
+        if head is not None:
+            await self._free_list(task, head)
+        self.timeline.append((task.now_ns, self.pending, self.blocks_in_use))
+
+    async def _free_block(self, task: Task, krcp: Krc, idx: int, bnode: Bnode) -> None:
+        k = self.kernel
+        nr = bnode.nr_records
+        ptrs = bnode.records[:nr].tolist()
+        if self.debug_objects:
+            for p in ptrs:
+                self._debug_free(p)
+        if self.profile.polled_snapshots and not self.rcu.poll_state_synchronize_rcu(
+            bnode.gp_snap
+        ):
+            self.gp_violations += 1
+        if idx == 0:
+            if k.tracer.on:
+                k.trace(
+                    task, "rcu_invoke_kfree_bulk_callback",
+                    f"rcu_preempt bulk=0x{bnode.page:x} nr_records={nr}",
+                )
+            await self.mm.kfree_bulk(task, ptrs)
+        else:
+            if self.profile.vfree_bulk:
+                await self.mm.vfree_bulk(task, ptrs)
+            else:
+                for p in ptrs:
+                    if k.tracer.on:
+                        k.trace(task, "rcu_invoke_kvfree_callback",
+                                f"rcu_preempt rhp=0x{p:x} func=0x0")
+                    await self.mm.vfree(task, p)
+        self.bulk_calls += 1
+        self.records_per_block[nr] = self.records_per_block.get(nr, 0) + 1
+        self._freed(nr)
+        # put_cached_bnode(): keep the page if the cache is short, else give it back.
+        self.blocks_in_use -= 1
+        if len(krcp.cache) < self.min_cached:
+            self._relock(task, krcp)
+            krcp.cache.append(bnode.page)
+            self._unlock(task, krcp)
+        else:
+            await self.mm.free_page(task, bnode.page)
+        await task.cond_resched()
+
+    async def _free_list(self, task: Task, head: array[int]) -> None:
+        """``kvfree_rcu_list``: pointer chasing through rcu_heads, one ``kvfree`` per object."""
+        miss = self.kernel.config.cost.cache_miss_ns
+        k = self.kernel
+        for p in head.tolist():
+            task.charge(miss)
+            if self.debug_objects:
+                self._debug_free(p)
+            if k.tracer.on:
+                k.trace(task, "rcu_invoke_kvfree_callback", f"rcu_preempt rhp=0x{p:x} func=0x0")
+            await self.mm.kvfree(task, p)
+        self._freed(len(head))
+        await task.cond_resched()
+
+    def _freed(self, n: int) -> None:
+        self.objects_freed += n
+        self.pending -= n
+        for cb in self.freed_listeners:
+            cb(n)
+
+    # -- debug objects -------------------------------------------------------------------------
+    def _debug_queue(self, task: Task, ptr: int) -> None:
+        if ptr in self._debug_pending:
+            raise MemoryDebugError(
+                f"kvfree_rcu(0x{ptr:x}) from {task.comm}/{task.pid}: the object is already "
+                f"queued for freeing after a grace period (double kvfree_rcu)"
+            )
+        self.mm.check_live(task, ptr)
+        self._debug_pending[ptr] = self.rcu.get_state_synchronize_rcu()
+
+    def _debug_free(self, ptr: int) -> None:
+        cookie = self._debug_pending.pop(ptr, None)
+        if cookie is not None and not self.rcu.poll_state_synchronize_rcu(cookie):
+            self.gp_violations += 1
+
+    # -- shrinker, barrier, hotplug ------------------------------------------------------------
+    def _shrink_count(self, task: Task) -> int:
+        total = 0
+        for krcp in self.krcs:
+            total += krcp.krc_count() + len(krcp.cache)
+            if self.profile.shrinker_backoff:
+                krcp.backoff_page_cache_fill = True
+        return total
+
+    async def _shrink_scan(self, task: Task, nr_to_scan: int) -> int:
+        """Drain page caches and pull every CPU's monitor in, on the owning CPU."""
+        freed = 0
+        for krcp in self.krcs:
+            if nr_to_scan <= 0:
+                break
+            count = krcp.krc_count()
+            if self.profile.shrinker_backoff and krcp.cache:
+                count += len(krcp.cache)
+                self.wq.queue_work(task, Work(f"drain_page_cache/{krcp.cpu}",
+                                              self._drain_cache_fn), cpu=krcp.cpu)
+            if krcp.need_offload():
+                self.wq.mod_delayed_work(task, krcp.monitor, 0, cpu=krcp.cpu)
+            freed += count
+            nr_to_scan -= count
+        return freed
+
+    async def _drain_cache_fn(self, task: Task, work: Work) -> None:
+        krcp = self.krcs[task.cpu.id]
+        self._relock(task, krcp)
+        pages = krcp.cache
+        krcp.cache = []
+        self._unlock(task, krcp)
+        for page in pages:
+            await self.mm.free_page(task, page)
+
+    async def kvfree_rcu_barrier(self, task: Task) -> None:
+        """Return only when every object queued before the call has been freed (v6.12).
+
+        Each CPU's part runs on that CPU (a work item): queue its batches, waiting for batches
+        in flight where both ``krwp`` slots are busy, then flush them.
+        """
+        if task.rcu_read_nesting:
+            raise RcuUsageError("kvfree_rcu_barrier() inside an RCU read-side critical section")
+        self.kernel.locks.might_sleep(task, "kvfree_rcu_barrier")
+        await task.sync()
+        works = []
+        for krcp in self.krcs:
+            if not self.kernel.cpus[krcp.cpu].online and not krcp.need_offload():
+                continue
+            w = Work(f"kvfree_rcu_barrier/{krcp.cpu}", self._barrier_cpu_fn)
+            self.wq.queue_work(task, w, cpu=self._owner_cpu(krcp))
+            works.append(w)
+        for w in works:
+            await self.wq.flush_work(task, w)
+
+    def _owner_cpu(self, krcp: Krc) -> int:
+        if self.kernel.cpus[krcp.cpu].online:
+            return krcp.cpu
+        return next(c.id for c in self.kernel.cpus if c.online)
+
+    async def _barrier_cpu_fn(self, task: Task, work: Work) -> None:
+        krcp = self.krcs[int(work.name.rsplit("/", 1)[1])]
+        while True:
+            self._relock(task, krcp)
+            if not krcp.need_offload():
+                self._unlock(task, krcp)
+                break
+            queued = self._queue_batch(task, krcp)
+            self._unlock(task, krcp)
+            if queued:
+                continue
+            for krwp in krcp.krw:
+                await self.rcu.flush_rcu_work(task, krwp.rwork)
+        await self.wq.cancel_delayed_work_sync(task, krcp.monitor)
+        krcp.monitor_todo = False
+        for krwp in krcp.krw:
+            await self.rcu.flush_rcu_work(task, krwp.rwork)
+
+    def _hotplug(self, task: Task, cpu_id: int, online: bool) -> None:
+        """An offlined CPU's krcp still drains: its monitor moves to an online CPU's kworker."""
+        if online:
+            return
+        krcp = self.krcs[cpu_id]
+        if krcp.need_offload():
+            self.wq.mod_delayed_work(task, krcp.monitor, 0, cpu=self._owner_cpu(krcp))
+
+    # -- results -------------------------------------------------------------------------------
+    def statistics(self) -> KvfreeStatistics:
+        return KvfreeStatistics(
+            calls=self.calls,
+            calls_single=self.calls_single,
+            calls_double=self.calls - self.calls_single,
+            queued_slab=self.queued[0],
+            queued_vmalloc=self.queued[1],
+            queued_list=self.queued_list,
+            block_alloc_attempts=self.block_alloc_attempts,
+            block_alloc_failures=self.block_alloc_failures,
+            blocks_from_cache=self.blocks_from_cache,
+            blocks_in_use=self.blocks_in_use,
+            cached_pages=sum(len(k.cache) for k in self.krcs),
+            fallback_rcu_head=self.fallback_rcu_head,
+            fallback_synchronize=self.fallback_synchronize,
+            batches_queued=self.batches_queued,
+            grace_periods_waited=self.grace_periods_waited,
+            freed_early_polled=self.freed_early_polled,
+            objects_freed=self.objects_freed,
+            pending=self.pending,
+            pending_peak=self.pending_peak,
+            pages_peak=self.pages_peak,
+            bulk_calls=self.bulk_calls,
+            records_per_block=dict(sorted(self.records_per_block.items())),
+            latency_ns=dict(sorted(self.latency.items())),
+            gp_violations=self.gp_violations,
+        )
