@@ -117,6 +117,9 @@ class CostModel:
     vmalloc_ns: int = attrs.field(default=2_000, validator=_in_range(0, 10**9))
     #: ``vfree`` of a small area: ``remove_vm_area`` and page frees, TLB flush deferred (lazy).
     vfree_ns: int = attrs.field(default=1_200, validator=_in_range(0, 10**9))
+    #: Each further area of a ``vfree_bulk`` batch: unlink from the busy tree and queue for the
+    #: lazy purge; the lock round trip and TLB-flush accounting are paid once (in vfree_ns).
+    vfree_bulk_per_area_ns: int = attrs.field(default=250, validator=_in_range(0, 10**9))
     #: Storing one pointer into a kvfree_rcu block (``records[nr_records++] = ptr``).
     kvfree_store_ns: int = attrs.field(default=8, validator=_in_range(0, 10**9))
     #: A context switch (``__schedule`` with switch_mm avoided for kthreads).
@@ -140,9 +143,26 @@ class CostModel:
         return self.zero_page_ns_per_4k * page_size // 4096
 
 
+def _gfp_filter(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
+    from rcukit.errors import GfpError
+    from rcukit.mm.gfp import parse_gfp, validate_gfp
+
+    if not isinstance(value, str):
+        raise ConfigError(f"{att.name} = {value!r}: expected a GFP string such as 'GFP_NOWAIT'")
+    try:
+        validate_gfp(parse_gfp(value))
+    except GfpError as exc:
+        raise ConfigError(f"{att.name} = {value!r}: {exc}") from None
+
+
 @attrs.frozen
 class MemoryConfig:
-    """The simulated node: one zone (ZONE_NORMAL) and the load other kernel users put on it."""
+    """The simulated node: one zone (ZONE_NORMAL) and the load other kernel users put on it.
+
+    Defaults give a 1 GiB zone with 90% in use, i.e. free memory well above the high
+    watermark (kernel.md 3.4), so nothing reclaims until a workload or the background load
+    pushes it down. Tests that need pressure set ``initial_free_pages`` directly.
+    """
 
     #: Managed pages in the zone (default 1 GiB of 4 KiB pages: batch 63, high 378).
     zone_pages: int = attrs.field(default=262_144, validator=_in_range(64, 1 << 26))
@@ -154,10 +174,19 @@ class MemoryConfig:
     pcp_batch: int | None = attrs.field(default=None, validator=_opt_range(1, 1 << 20))
     #: pcp high; None uses ``6 * batch`` (5.8-5.13 default).
     pcp_high: int | None = attrs.field(default=None, validator=_opt_range(1, 1 << 22))
-    #: Fraction of the zone in use by other kernel users at boot (page cache, slab...).
+    #: Fraction of the zone in use by other kernel users at boot (page cache, slab...). Those
+    #: pages are what kswapd and direct reclaim take back.
     initial_used_fraction: float = attrs.field(default=0.90, validator=_in_range(0.0, 0.999))
+    #: Free pages at boot, overriding ``initial_used_fraction`` (to start below a watermark).
+    initial_free_pages: int | None = attrs.field(default=None, validator=_opt_range(0, 1 << 26))
     #: Background allocations per CPU per millisecond (other kernel users); 0 disables.
     background_allocs_per_ms: int = attrs.field(default=0, validator=_in_range(0, 10**6))
+    #: Mean pages per background burst; None uses the pcp batch, so bursts empty pcp lists.
+    background_burst: int | None = attrs.field(default=None, validator=_opt_range(1, 1 << 16))
+    #: Mean time a background burst holds its pages before freeing them, in microseconds.
+    background_hold_us: int = attrs.field(default=2_000, validator=_in_range(0, 10**9))
+    #: Share of background bursts that use GFP_ATOMIC (the rest use GFP_KERNEL).
+    background_atomic_fraction: float = attrs.field(default=0.2, validator=_in_range(0.0, 1.0))
     #: Fault injection like ``fail_page_alloc``: probability in [0, 1].
     fail_page_alloc_probability: float = attrs.field(default=0.0, validator=_in_range(0.0, 1.0))
     #: ``fail_page_alloc`` interval: fail only every Nth eligible attempt (1 = every one).
@@ -165,9 +194,20 @@ class MemoryConfig:
     #: ``fail_page_alloc`` times: stop after N failures (-1 = no limit).
     fail_page_alloc_times: int = attrs.field(default=-1, validator=_in_range(-1, 10**12))
     #: Only fail allocations whose GFP mask contains all these bits (perf-kmem or kernel names).
-    fail_page_alloc_gfp_filter: str = attrs.field(default="none")
+    fail_page_alloc_gfp_filter: str = attrs.field(default="none", validator=_gfp_filter)
+    #: ``fail_page_alloc/min-order``. The kernel's debugfs default is 1, which would exempt
+    #: every order-0 allocation this simulation is about, hence 0 here.
+    fail_page_alloc_min_order: int = attrs.field(default=0, validator=_in_range(0, 10))
+    #: ``fail_page_alloc/ignore-gfp-wait``: exempt __GFP_DIRECT_RECLAIM requests (kernel: Y).
+    fail_page_alloc_ignore_gfp_reclaim: bool = attrs.field(default=False, validator=_is_bool)
     #: Slab fault injection like ``failslab``: probability in [0, 1].
     failslab_probability: float = attrs.field(default=0.0, validator=_in_range(0.0, 1.0))
+    #: Record where every live slab/vmalloc object was allocated (costs a dict entry per
+    #: object, so off by default: a benchmark may hold a million objects).
+    debug_alloc_sites: bool = attrs.field(default=False, validator=_is_bool)
+    #: Free sites remembered for double-free/use-after-free reports (KASAN's quarantine):
+    #: the last N frees; 0 turns free-site tracking off.
+    debug_quarantine: int = attrs.field(default=65_536, validator=_in_range(0, 1 << 24))
 
 
 KERNEL_CONFIG_NAMES = ("default", "lockdep", "rt")

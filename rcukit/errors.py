@@ -1,8 +1,8 @@
 """Exception types.
 
-Every error rcukit raises for bad input derives from :class:`RcukitError` *and* from the builtin a
-caller would naturally catch (``ValueError``, ``TypeError``...), so ``except ValueError`` keeps working
-for people who do not know rcukit's hierarchy.
+Every error rcukit raises for bad input derives from :class:`RcukitError` *and* from the builtin
+a caller would naturally catch (``ValueError``, ``TypeError``...), so ``except ValueError`` keeps
+working for people who do not know rcukit's hierarchy.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class ZoneinfoParseError(ConfigError):
 
 
 class MemoryDebugError(RcukitError, RuntimeError):
-    """A use after free, double free or foreign free caught by the debug layer (KASAN/SLUB-style)."""
+    """A use after free, double free or foreign free caught by the debug layer (KASAN/SLUB)."""
 
 
 class RcuUsageError(RcukitError, RuntimeError):
@@ -38,6 +38,10 @@ class SplatError(RcukitError, RuntimeError):
     def __init__(self, splat: object) -> None:
         super().__init__(str(splat))
         self.splat = splat
+
+
+class LockUsageError(RcukitError, RuntimeError):
+    """Lock API misuse the kernel would catch: releasing a lock the task does not hold."""
 
 
 class SimulationError(RcukitError, RuntimeError):
@@ -54,3 +58,7 @@ class SegCbListError(RcukitError, ValueError):
 
 class PageAllocError(RcukitError, ValueError):
     """A buddy/pcp request out of range: order >= MAX_ORDER, unknown migratetype, unaligned PFN."""
+
+
+class SweepError(RcukitError, RuntimeError):
+    """A sweep point's simulation failed; the message names the point and its parameters."""

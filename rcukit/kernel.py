@@ -173,7 +173,8 @@ class Kernel:
         """Start a simulated task on ``cpu``. Workload tasks are what :meth:`run` waits for."""
         if not self._started:
             raise RuntimeError("the kernel is not booted; use `async with rcukit.boot(...)`")
-        return self.sim.spawn(fn, cpu, name or getattr(fn, "__name__", "task"), workload=workload)
+        comm = name if name is not None else str(getattr(fn, "__name__", "task"))
+        return self.sim.spawn(fn, cpu, comm, workload=workload)
 
     async def run(self) -> None:
         """Drive the simulation until every workload task has returned."""
@@ -185,7 +186,8 @@ class Kernel:
     ) -> list[T]:
         """Run ``fn`` once on each of ``cpus`` (default all) and return their results."""
         which = list(range(self.config.nr_cpus)) if cpus is None else list(cpus)
-        tasks = [self.spawn(fn, c, f"{getattr(fn, '__name__', 'work')}/{c}") for c in which]
+        base = str(getattr(fn, "__name__", "work"))
+        tasks = [self.spawn(fn, c, f"{base}/{c}") for c in which]
         await self.run()
         return [t.result for t in tasks]  # type: ignore[misc]
 
@@ -229,6 +231,19 @@ class SimResult(Generic[T]):
         }
 
 
+def run_sim(main: Callable[[], Awaitable[None]]) -> None:
+    """``trio.run(main)`` on a MockClock; a lone error comes out bare, not in an ExceptionGroup."""
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    except BaseExceptionGroup as eg:
+        errors = eg.exceptions
+        while len(errors) == 1 and isinstance(errors[0], BaseExceptionGroup):
+            errors = errors[0].exceptions
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise
+
+
 def simulate(
     workload: Callable[[Task], Awaitable[T]],
     config: KernelConfig | None = None,
@@ -251,12 +266,12 @@ def simulate(
             box["results"] = await kernel.run_on_cpus(workload, cpus)
             box["kernel"] = kernel
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    run_sim(main)
     k: Kernel = box["kernel"]
     return SimResult(
         config=cfg,
         results=box["results"],
-        now_ns=k.now_ns,
+        now_ns=k.sim.max_local_ns(),
         splats=tuple(k.locks.splats),
         splat_counts=k.splat_counts(),
         vmstat=k.vmstat.snapshot(),

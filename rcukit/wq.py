@@ -8,6 +8,7 @@ between items (``cond_resched``), as kworkers do.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ WorkFn = Callable[[Task, "Work"], Awaitable[None]]
 class Work:
     """A ``work_struct``."""
 
-    __slots__ = ("cpu", "done", "func", "name", "queued", "runs", "running", "wq")
+    __slots__ = ("cpu", "done", "func", "name", "queued", "running", "runs", "wq")
 
     def __init__(self, name: str, func: WorkFn) -> None:
         self.name = name
@@ -161,10 +162,8 @@ class Workqueue:
             was = True
         if dwork.queued and dwork.wq is not None:
             pool = dwork.wq._pool(dwork.cpu)
-            try:
+            with contextlib.suppress(ValueError):
                 pool.items.remove(dwork)
-            except ValueError:
-                pass
             dwork.queued = False
             was = True
         return was
@@ -182,6 +181,11 @@ class Workqueue:
         was = self._grab(dwork)
         if dwork.running:
             await self.flush_work(task, dwork)
+        elif was and dwork.done.waiters:
+            # Its flushers wait for a run that will never come: release them (the kernel's
+            # flush barrier still runs when the work it follows is cancelled).
+            await task.sync()
+            dwork.done.wake_all(task.now_ns)
         return was
 
     @staticmethod

@@ -70,20 +70,20 @@ def test_kernel_config_validators(kwargs: dict[str, Any], message: str) -> None:
 def test_nested_validators() -> None:
     with pytest.raises(ConfigError, match=r"raw_lock_ns = -1 is out of range; allowed: 0 \.\. "):
         CostModel(raw_lock_ns=-1)
-    with pytest.raises(ConfigError, match="zone_pages = 63 is out of range; allowed: 64 .. "):
+    with pytest.raises(ConfigError, match=r"zone_pages = 63 is out of range; allowed: 64 \.\. "):
         MemoryConfig(zone_pages=63)
     # Float fields take ints and floats in range, and refuse out-of-range ones.
     assert MemoryConfig(initial_used_fraction=0.5).initial_used_fraction == 0.5
     assert MemoryConfig(fail_page_alloc_probability=1).fail_page_alloc_probability == 1
     with pytest.raises(ConfigError, match=r"initial_used_fraction = 0\.9999 is out of range"):
         MemoryConfig(initial_used_fraction=0.9999)
-    with pytest.raises(ConfigError, match="expected a number between 0.0 and 1.0"):
-        MemoryConfig(failslab_probability="0.5")
+    with pytest.raises(ConfigError, match=r"expected a number between 0\.0 and 1\.0"):
+        MemoryConfig(failslab_probability="0.5")  # type: ignore[arg-type]
     # Optional ranges: None means "derive it", a value is range checked.
     assert MemoryConfig(pcp_batch=None).pcp_batch is None
-    with pytest.raises(ConfigError, match="pcp_batch = 0 is out of range; allowed: 1 .. "):
+    with pytest.raises(ConfigError, match=r"pcp_batch = 0 is out of range; allowed: 1 \.\. "):
         MemoryConfig(pcp_batch=0)
-    with pytest.raises(ConfigError, match="header = 'v2' is not allowed; allowed: 'profile', 'rfc'"):
+    with pytest.raises(ConfigError, match="header = 'v2' is not allowed; allowed: 'profile', 'rf"):
         KvfreeConfig(header="v2")
     assert KvfreeConfig(header="rfc").header == "rfc"
 
@@ -199,9 +199,9 @@ def test_replace_dotted() -> None:
 
 def test_replace_errors() -> None:
     c = KernelConfig()
-    with pytest.raises(ConfigError, match="unknown config field 'nr_cpu'; allowed: .*nr_cpus"):
+    with pytest.raises(ConfigError, match=r"unknown config field 'nr_cpu'; allowed: .*nr_cpus"):
         c.replace(nr_cpu=2)
-    with pytest.raises(ConfigError, match="unknown config field 'nope'; allowed: .*pcp_batch"):
+    with pytest.raises(ConfigError, match=r"unknown config field 'nope'; allowed: .*pcp_batch"):
         c.replace(**{"mm.nope": 1})
     with pytest.raises(ConfigError, match="config field 'nr_cpus' has no sub-fields"):
         c.replace(**{"nr_cpus.x": 1})

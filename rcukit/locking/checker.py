@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
-from rcukit.errors import SplatError
+from rcukit.errors import LockUsageError, SplatError
 from rcukit.locking.locks import HeldLock, Lock, LockKind, WaitType
 from rcukit.locking.splat import HeldLockInfo, Splat
 
@@ -126,6 +126,32 @@ class LockChecker:
             task.preempt_count += 1
         task.held_locks.append(HeldLock(lock, ip, irqsave, preempt))
 
+    def trylock(self, task: Task, lock: Lock, ip: str, *, irqsave: bool = False) -> bool:
+        """``spin_trylock[_irqsave]``: take ``lock`` only if nobody holds it at this moment.
+
+        A trylock never waits, so lockdep does not check its wait context and an RT
+        ``spinlock_t`` trylock never sleeps: no splat either way. This is what makes
+        ``alloc_pages_nolock()`` callable under a raw lock (kernel.md 2.4). Busy means held now
+        or released later than the caller's clock (the caller is synced).
+        """
+        now = task.cpu.local_ns
+        if lock.owner is not None or lock.free_at_ns > now:
+            return False
+        kind = lock.kind
+        lock.acquisitions += 1
+        lock.owner = task
+        preempt = kind is LockKind.RAW_SPINLOCK or (
+            kind is LockKind.SPINLOCK and not self.preempt_rt
+        )
+        if irqsave and not (kind is LockKind.SPINLOCK and self.preempt_rt):
+            task.irqs_disabled += 1
+        else:
+            irqsave = False
+        if preempt:
+            task.preempt_count += 1
+        task.held_locks.append(HeldLock(lock, ip, irqsave, preempt))
+        return True
+
     def release(self, task: Task, lock: Lock) -> None:
         held = task.held_locks
         for i in range(len(held) - 1, -1, -1):
@@ -139,7 +165,7 @@ class LockChecker:
                 lock.owner = None
                 lock.free_at_ns = task.cpu.local_ns
                 return
-        raise RuntimeError(
+        raise LockUsageError(
             f"{task.comm}/{task.pid} releases {lock.name} ({lock.kind.value}) it does not hold"
         )
 
@@ -163,7 +189,7 @@ class LockChecker:
     # -- sleeping -------------------------------------------------------------------------------
     def might_sleep(self, task: Task, ip: str) -> None:
         """``might_sleep()``: a splat if the caller is atomic."""
-        if task.in_atomic() or task.rcu_read_nesting and not task.rcu_blocked_reader:
+        if task.in_atomic() or (task.rcu_read_nesting and not task.rcu_blocked_reader):
             self._report("sleeping_in_atomic", task, None, ip)
 
     def schedule(self, task: Task, ip: str) -> None:
@@ -184,6 +210,8 @@ class LockChecker:
             for h in task.held_locks
         )
         ctx = self.task_wait_context(task)
+        # __schedule_bug prints preempt_disable_ip: where preemption went off, not where we are.
+        preempt_ip = next((h.ip for h in task.held_locks if h.preempt), "")
         splat = Splat(
             kind=kind,
             cpu=task.cpu.id,
@@ -201,6 +229,8 @@ class LockChecker:
             held=held,
             preempt_count=task.preempt_count,
             irqs_disabled=bool(task.irqs_disabled),
+            preempt_ip=preempt_ip,
+            rcu_depth=task.rcu_read_nesting,
         )
         self.record(splat)
 

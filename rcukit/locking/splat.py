@@ -44,6 +44,10 @@ class Splat:
     preempt_count: int = 0
     irqs_disabled: bool = False
     detail: str = ""
+    #: Where preemption was disabled (the first held lock that disabled it), if a lock did.
+    preempt_ip: str = ""
+    #: ``rcu_preempt_depth()``, printed by ``__might_sleep`` as "RCU nest depth".
+    rcu_depth: int = 0
 
     @property
     def title(self) -> str:
@@ -73,7 +77,8 @@ class Splat:
         lines = [f"{n} {word} held by {self.comm}/{self.pid}:"]
         for i, h in enumerate(self.held):
             lines.append(
-                f" #{i}: {h.addr:016x} ({h.name}){{....}}-{{{h.outer}:{h.inner}}}, at: {h.ip}+0x0/0x0"
+                f" #{i}: {h.addr:016x} ({h.name}){{....}}-{{{h.outer}:{h.inner}}}"
+                f", at: {h.ip}+0x0/0x0"
             )
         return lines
 
@@ -93,8 +98,8 @@ class Splat:
             f"{self.release} #1 Not tainted",
             "-" * 29,
             f"{self.comm}/{self.pid} is trying to lock:",
-            f"{self.lock_addr:016x} ({self.lock_name}){{....}}-{{{self.lock_outer}:{self.lock_inner}}}"
-            f", at: {self.ip}+0x0/0x0",
+            f"{self.lock_addr:016x} ({self.lock_name}){{....}}"
+            f"-{{{self.lock_outer}:{self.lock_inner}}}, at: {self.ip}+0x0/0x0",
             "other info that might help us debug this:",
             f"context-{{{self.context[0]}:{self.context[1]}}}",
             *self._held_lines(),
@@ -106,7 +111,7 @@ class Splat:
         lines = [
             f"BUG: scheduling while atomic: {self.comm}/{self.pid}/0x{self.preempt_count:08x}",
             *self._held_lines(),
-            f"Preemption disabled at: {self.ip}+0x0/0x0",
+            f"Preemption disabled at: {self.preempt_ip or self.ip}+0x0/0x0",
             *self._trailer(),
         ]
         if self.lock_name:
@@ -119,7 +124,7 @@ class Splat:
             f"in_atomic(): {int(self.preempt_count > 0)}, irqs_disabled(): "
             f"{int(self.irqs_disabled)}, non_block: 0, pid: {self.pid}, name: {self.comm}",
             f"preempt_count: {self.preempt_count:x}, expected: 0",
-            "RCU nest depth: 0, expected: 0",
+            f"RCU nest depth: {self.rcu_depth}, expected: 0",
             *self._held_lines(),
             *self._trailer(),
         ]

@@ -28,6 +28,7 @@ import attrs
 
 from rcukit.errors import MemoryDebugError, RcuUsageError
 from rcukit.locking.locks import HeldLock, LockKind
+from rcukit.mm.gfp import format_gfp
 from rcukit.rcu.profiles import KvfreeProfile, get_profile
 from rcukit.sched.sim import Task, Timer
 from rcukit.wq import DelayedWork, Work
@@ -165,6 +166,7 @@ class KvfreeRcu:
         self.mm = kernel.mm
         self.rcu = kernel.rcu
         self.variant = kernel.mm.variant(cfg.kvfree.variant)
+        self.variant_gfp_text = format_gfp(self.variant.gfp)
         self.capacity = self.profile.block_capacity(
             cfg.page_size, cfg.pointer_size, cfg.kvfree.header
         )
@@ -181,6 +183,7 @@ class KvfreeRcu:
         self._lock_ns = c.raw_lock_ns
         self._store_ns = c.kvfree_store_ns
         self.debug_objects = cfg.kvfree.debug_objects
+        self._tracer = kernel.tracer
         #: ptr -> GP cookie at queue time (CONFIG_DEBUG_OBJECTS_RCU_HEAD-style checking).
         self._debug_pending: dict[int, int] = {}
         # accounting
@@ -302,6 +305,12 @@ class KvfreeRcu:
             if self.pending > self.pending_peak:
                 self.pending_peak = self.pending
             self._arm_monitor(task, krcp)
+        if self._tracer.on:
+            self.kernel.trace(
+                task, "rcu_kvfree_callback",
+                f"rcu_preempt rhp=0x{head or ptr:x} func=0x{(head or ptr) - ptr:x} "
+                f"{krcp.krc_count()}",
+            )
         self._unlock(task, krcp)
         if not ok and single:
             # Head-less fallback: "can be used from might_sleep() context only".

@@ -20,7 +20,7 @@ import trio.testing
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, config_to_dict
 from rcukit.errors import ConfigError
-from rcukit.kernel import Kernel, boot
+from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.sched.sim import Task
 
@@ -169,7 +169,7 @@ def run_row(
     async def main() -> None:
         box["r"] = await run_row_async(config, workload, variant, kernel_config, trace=trace)
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    run_sim(main)
     result: tuple[dict[str, Any], Kernel] = box["r"]
     return result
 

@@ -102,11 +102,18 @@ class Cpu:
         self.heap_seq = -1
         self.nr_switches = 0
         self.ticks = 0
+        #: Simulated time spent idle; ``busy_ns()`` is the CPU time all charges added up to.
+        self.idle_ns = 0
+        self.idle_since = 0
         #: Per-CPU data other subsystems hang here (pcp lists, krcp, rcu_data...).
         self.data: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<Cpu {self.id} t={self.local_ns} {'idle' if self.idle else 'busy'}>"
+
+    def busy_ns(self) -> int:
+        idle = self.idle_ns + (self.local_ns - self.idle_since if self.idle else 0)
+        return self.local_ns - idle
 
     def next_timer_ns(self) -> int | None:
         timers = self.timers
@@ -279,6 +286,10 @@ class Simulator:
         cpu.heap_seq = self._seq
         heapq.heappush(self._heap, (at_ns, self._seq, cpu))
 
+    def max_local_ns(self) -> int:
+        """The furthest any CPU's clock has got: the simulated duration of a finished run."""
+        return max(c.local_ns for c in self.cpus)
+
     def min_other_ns(self) -> int:
         """Earliest time any *other* CPU will run at (a large number if none)."""
         heap = self._heap
@@ -362,6 +373,7 @@ class Simulator:
                 cpu.local_ns = at_ns
             if cpu.idle:
                 cpu.idle = False
+                cpu.idle_ns += cpu.local_ns - cpu.idle_since
                 self._align_tick(cpu)
                 self.hooks.on_idle_exit(cpu)
             cpu.current = task
@@ -384,6 +396,7 @@ class Simulator:
             cpu.current = None
             if not cpu.idle:
                 cpu.idle = True
+                cpu.idle_since = cpu.local_ns
                 self.hooks.on_idle_enter(cpu)
             nt = cpu.next_timer_ns()
             if nt is not None:
@@ -434,6 +447,13 @@ class Simulator:
                 return None
             t, cpu = popped
             if cpu.current is None:
+                nt = cpu.next_timer_ns()
+                if nt is None:
+                    continue
+                if nt > t:
+                    # the timer this entry was for has been cancelled or re-armed later
+                    self.push_cpu(cpu, max(nt, cpu.local_ns))
+                    continue
                 if cpu.local_ns < t:
                     cpu.local_ns = t
                 self._advance_now(cpu.local_ns)
@@ -496,6 +516,9 @@ class Simulator:
             self._align_tick(cpu)
             self._run_timers(cpu, task)
             self.hooks.on_tick(task, voluntary)
+            if cpu.runqueue:
+                # round-robin at the tick, like a timeslice running out
+                cpu.need_resched = True
         if cpu.need_resched and cpu.runqueue:
             cpu.need_resched = False
             task.charge(self.switch_cost_ns)
@@ -555,10 +578,14 @@ class Simulator:
         while self.live_workload > 0:
             nxt = self._resume_next(None)
             if nxt is None:
-                blocked = [t for t in self.tasks if t.state in (BLOCKED, SLEEPING)]
+                blocked = [
+                    t for t in self.tasks if t.is_workload and t.state in (BLOCKED, SLEEPING)
+                ]
                 detail = ", ".join(f"{t.comm}/{t.pid} on {t.waiting_on}" for t in blocked[:8])
+                # now_ns only moves at hand-offs; the last task may have run past it.
+                at = max(self.now_ns, max(c.local_ns for c in self.cpus))
                 raise SimulationError(
-                    f"simulation stuck at {self.now_ns} ns: every task is blocked ({detail})"
+                    f"simulation stuck at {at} ns: every task is blocked ({detail})"
                 )
             self._driver_waiting = True
 

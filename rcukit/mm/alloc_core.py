@@ -1,0 +1,232 @@
+"""The pluggable allocator core: "get one page for a kvfree_rcu block from this CPU, now".
+
+kvfree_rcu() needs a fresh pointer block while it holds ``krcp->lock`` (a ``raw_spinlock_t``,
+IRQs off). Every proposal of the 2020 thread and every later kernel answer is one way to get
+that page (kernel.md 2.1-2.4, ``reference/rfc-gfp-fast-try.txt``); rcukit runs them side by side,
+so each is a small :class:`BlockPageSource` the kvfree_rcu engine calls in the caller's context.
+Whether it splats, fails or wakes kswapd is not decided here: the page allocator models the
+locks each GFP mask really takes, so the differences come out of the model.
+
+Built-ins (selectable by name; ``PageAllocator.variant(name)``):
+
+========== ====================================================================================
+fast-try   ``GFP_NOWAIT|__GFP_NOWARN|__GFP_FAST_TRY``: pcp lists only (the RFC's patch).
+nowait     ``GFP_NOWAIT|__GFP_NOWARN``: pcp, then a ``zone->lock`` refill; the slow path wakes
+           kswapd (the v5.9 code the RFC starts from).
+gfp-zero   ``__GFP_NOWARN``: Wilcox's ``__get_free_page(0)``, which never wakes kswapd because
+           ``__GFP_KSWAPD_RECLAIM`` is clear. NOWARN is added so a failure does not print a
+           ``warn_alloc`` line; it changes nothing else (the RFC used plain 0 only in a test).
+page-cache never allocates here: returns None and says so (``defers_to_worker``), so the engine
+           arms its page-cache refill worker, which allocates later in a clean context with
+           :data:`KVFREE_REFILL_GFP` (v5.11+, kernel.md 2.3).
+nolock     ``alloc_pages_nolock()`` (v6.15/6.16): trylocks only, ``__GFP_ZERO`` implied.
+========== ====================================================================================
+
+Users add their own with ``PageAllocator.register_variant``; :class:`MempoolSource` is a worked
+example (a per-CPU reserve refilled by a worker, the "pre-allocated buffer" Hocko and Gorman
+asked for).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from rcukit.errors import ConfigError
+from rcukit.mm.gfp import (
+    GFP,
+    GFP_KERNEL,
+    GFP_NOWAIT,
+    format_gfp,
+    validate_gfp,
+)
+from rcukit.sched.sim import Task
+from rcukit.wq import Work, WorkFn
+
+if TYPE_CHECKING:
+    from rcukit.mm.page_alloc import PageAllocator
+
+#: The v5.13+ page-cache refill mask ``GFP_KERNEL|__GFP_NORETRY|__GFP_NOMEMALLOC|__GFP_NOWARN``
+#: (0x92cc0, kernel.md 3.1): may sleep and reclaim once, never dips into reserves, never warns.
+KVFREE_REFILL_GFP = int(GFP_KERNEL | GFP.NORETRY | GFP.NOMEMALLOC | GFP.NOWARN)
+#: What ``alloc_pages_nolock()`` uses internally (kernel.md 2.4).
+NOLOCK_GFP = int(GFP.NOWARN | GFP.ZERO | GFP.NOMEMALLOC)
+
+
+@runtime_checkable
+class BlockPageSource(Protocol):
+    """One way to obtain a block page from the calling CPU's current context.
+
+    ``get_page`` returns a direct-map address (``PAGE_OFFSET + pfn * page_size``) that the
+    caller later frees with ``PageAllocator.free_page``, or None. ``gfp`` is the mask the
+    source uses, for printing; ``defers_to_worker`` is True for sources that never allocate in
+    the caller's context (the engine then schedules its own refill).
+    """
+
+    name: str
+    gfp: int
+    description: str
+    defers_to_worker: bool
+
+    async def get_page(self, task: Task, mm: PageAllocator) -> int | None: ...
+
+
+class GfpPageSource:
+    """``__get_free_page(gfp)`` in the caller's context, with whatever locks ``gfp`` implies."""
+
+    defers_to_worker = False
+
+    def __init__(self, name: str, gfp: int, description: str) -> None:
+        self.name = name
+        self.gfp = int(validate_gfp(gfp))
+        self.description = description
+
+    async def get_page(self, task: Task, mm: PageAllocator) -> int | None:
+        return await mm.get_free_page(task, self.gfp)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {format_gfp(self.gfp)}>"
+
+
+class PageCacheSource:
+    """v5.11+: no allocation under the lock; the engine's worker refills a per-CPU cache."""
+
+    name = "page-cache"
+    gfp = KVFREE_REFILL_GFP
+    description = (
+        "no allocation under krcp->lock; a worker refills a per-CPU page cache with "
+        "GFP_KERNEL|__GFP_NORETRY|__GFP_NOMEMALLOC|__GFP_NOWARN (v5.11+)"
+    )
+    defers_to_worker = True
+
+    async def get_page(self, task: Task, mm: PageAllocator) -> int | None:
+        return None
+
+    def __repr__(self) -> str:
+        return "<PageCacheSource page-cache>"
+
+
+class NolockSource:
+    """``alloc_pages_nolock()``: pcp, then a *trylock* of ``zone->lock``; fails, never splats."""
+
+    name = "nolock"
+    gfp = NOLOCK_GFP
+    description = (
+        "alloc_pages_nolock(): trylock-only pcp/zone access, __GFP_ZERO implied, no reclaim, "
+        "no kswapd wake-up (v6.15+)"
+    )
+    defers_to_worker = False
+
+    async def get_page(self, task: Task, mm: PageAllocator) -> int | None:
+        pfn = await mm.alloc_pages_nolock(task, 0)
+        return None if pfn is None else mm.page_address(pfn)
+
+    def __repr__(self) -> str:
+        return "<NolockSource nolock>"
+
+
+class MempoolSource:
+    """A user variant: per-CPU reserves of ``pages_per_cpu`` pages, refilled by a worker.
+
+    The reserve is taken at construction, as a boot-time ``mempool_create`` would, so the first
+    blocks never touch the page allocator. ``get_page`` pops a reserved page (IRQs-off pcp-like
+    cost, no lock) and, once the reserve drops below ``pages_per_cpu``, queues this CPU's refill
+    work on ``system_highpri_wq``; the worker allocates with ``refill_gfp`` in process context.
+    An empty reserve fails (the caller takes its fallback), which is exactly the bound Peter
+    Zijlstra pointed out a reserve cannot escape (kernel.md 2.2).
+    """
+
+    defers_to_worker = False
+
+    def __init__(
+        self,
+        mm: PageAllocator,
+        pages_per_cpu: int = 8,
+        *,
+        name: str = "mempool",
+        refill_gfp: int = KVFREE_REFILL_GFP,
+    ) -> None:
+        if pages_per_cpu < 1:
+            raise ConfigError(f"mempool pages_per_cpu = {pages_per_cpu}: must be >= 1")
+        self.name = name
+        self.gfp = int(validate_gfp(refill_gfp))
+        self.pages_per_cpu = pages_per_cpu
+        self.description = (
+            f"per-CPU reserve of {pages_per_cpu} pages, refilled by a worker with "
+            f"{format_gfp(self.gfp)}"
+        )
+        self.pools: list[list[int]] = []
+        self._works: list[Work] = []
+        self.refills = 0
+        for cpu in range(len(mm.pcps)):
+            pool: list[int] = []
+            for _ in range(pages_per_cpu):
+                pfn = mm.alloc_pages_early()
+                if pfn is None:
+                    raise ConfigError(
+                        f"mempool {name!r}: the zone cannot reserve {pages_per_cpu} pages "
+                        f"for each of {len(mm.pcps)} CPUs"
+                    )
+                pool.append(mm.page_address(pfn))
+            self.pools.append(pool)
+            self._works.append(Work(f"{name}_refill/{cpu}", self._make_refill(mm)))
+
+    def _make_refill(self, mm: PageAllocator) -> WorkFn:
+        async def refill(task: Task, work: Work) -> None:
+            pool = self.pools[task.cpu.id]
+            while len(pool) < self.pages_per_cpu:
+                addr = await mm.get_free_page(task, self.gfp)
+                if addr is None:
+                    break
+                pool.append(addr)
+                self.refills += 1
+
+        return refill
+
+    async def get_page(self, task: Task, mm: PageAllocator) -> int | None:
+        cpu = task.cpu.id
+        pool = self.pools[cpu]
+        addr = pool.pop() if pool else None
+        if addr is not None:
+            task.charge(mm.cost.pcp_alloc_ns)
+        if len(pool) < self.pages_per_cpu:
+            mm.kernel.system_highpri_wq.queue_work(task, self._works[cpu], cpu)
+        return addr
+
+    def __repr__(self) -> str:
+        return f"<MempoolSource {self.name} {self.pages_per_cpu}/cpu>"
+
+
+def builtin_variants() -> dict[str, BlockPageSource]:
+    """Fresh instances of the five built-ins, keyed by name (one set per kernel)."""
+    nowarn = int(GFP.NOWARN)
+    sources: list[BlockPageSource] = [
+        GfpPageSource(
+            "fast-try",
+            int(GFP_NOWAIT) | nowarn | int(GFP.FAST_TRY),
+            "__GFP_FAST_TRY: per-CPU pcp lists only, never rmqueue_bulk or zone->lock, "
+            "no slow path (the RFC)",
+        ),
+        GfpPageSource(
+            "nowait",
+            int(GFP_NOWAIT) | nowarn,
+            "GFP_NOWAIT|__GFP_NOWARN: pcp, then a zone->lock refill; slow path wakes kswapd "
+            "(v5.9 in-lock path)",
+        ),
+        GfpPageSource(
+            "gfp-zero",
+            nowarn,
+            "__get_free_page(0) (+__GFP_NOWARN): like nowait but never wakes kswapd "
+            "(Wilcox in the RFC thread)",
+        ),
+        PageCacheSource(),
+        NolockSource(),
+    ]
+    return {s.name: s for s in sources}
+
+
+def check_variant_name(name: str) -> None:
+    """Variant names are CLI/config words: non-empty, no spaces or commas."""
+    if not name or any(c.isspace() or c == "," for c in name):
+        raise ConfigError(
+            f"variant name {name!r} is invalid: use a non-empty word without spaces or commas"
+        )

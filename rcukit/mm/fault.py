@@ -1,0 +1,182 @@
+"""Memory faults, injected and detected: ``fail_page_alloc``/``failslab`` and KASAN-style reports.
+
+Injection follows ``lib/fault-inject.c``'s ``should_fail()``: the ``times`` budget is checked
+first, then ``interval`` (only every Nth eligible attempt may fail), then ``probability``.
+``should_fail_alloc_page()`` exempts ``__GFP_NOFAIL`` and orders below ``min-order`` (and, if
+asked, ``__GFP_DIRECT_RECLAIM`` requests, ``ignore-gfp-wait``); ``alloc_pages_nolock()`` skips
+injection altogether (kernel.md 2.4). The GFP filter is rcukit's: only masks containing all the
+filter's bits are eligible, so one variant's flags can be targeted.
+
+Detection keeps what KASAN keeps: where an object was freed (a bounded *quarantine* of the most
+recent frees, like KASAN's) and, when asked, where it was allocated, so a double free or a use
+after free names both sites. A "site" is the modelled caller: the innermost Python frame outside
+``rcukit/mm`` plus the simulated time, CPU and task.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import attrs
+
+from rcukit.errors import MemoryDebugError
+from rcukit.mm.gfp import GFP
+
+if TYPE_CHECKING:
+    from rcukit.sched.sim import Task
+
+_MM_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+@attrs.define(slots=True)
+class FaultAttr:
+    """One ``struct fault_attr`` (``fail_page_alloc`` or ``failslab``) with its own RNG.
+
+    ``require`` is a GFP mask the request must contain entirely to be eligible (0: all are).
+    """
+
+    probability: float
+    interval: int = 1
+    times: int = -1
+    require: int = 0
+    min_order: int = 0
+    ignore_gfp_reclaim: bool = False
+    rng: random.Random = attrs.field(factory=random.Random)
+    #: Eligible attempts seen (``attr->count``, what ``interval`` is counted against).
+    count: int = 0
+    #: Failures injected so far.
+    injected: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.probability > 0.0
+
+    def should_fail(self, gfp: int, order: int = 0) -> bool:
+        """``should_fail_alloc_page()`` + ``should_fail()`` for one request."""
+        if not self.probability > 0.0:
+            return False
+        if gfp & GFP.NOFAIL or order < self.min_order:
+            return False
+        if self.ignore_gfp_reclaim and gfp & GFP.DIRECT_RECLAIM:
+            return False
+        if gfp & self.require != self.require:
+            return False
+        if self.times == 0:
+            return False
+        if self.interval > 1:
+            self.count += 1
+            if self.count % self.interval:
+                return False
+        else:
+            self.count += 1
+        if self.probability < 1.0 and self.rng.random() >= self.probability:
+            return False
+        self.injected += 1
+        if self.times > 0:
+            self.times -= 1
+        return True
+
+
+@attrs.define(slots=True)
+class Site:
+    """Where something happened: Python ``file:line`` of the modelled caller, time, CPU, task."""
+
+    file: str
+    line: int
+    time_ns: int
+    cpu: int
+    comm: str
+
+    def __str__(self) -> str:
+        return (
+            f"{os.path.basename(self.file)}:{self.line} "
+            f"(cpu {self.cpu}, {self.comm}, t={self.time_ns} ns)"
+        )
+
+
+def caller_site(task: Task | None, now_ns: int = 0) -> Site:
+    """The innermost frame outside ``rcukit/mm``: who called the allocator, as a :class:`Site`.
+
+    Without a task (a check made from plain Python), the site has CPU -1 and time ``now_ns``.
+    """
+    f = sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_MM_DIR):
+        f = f.f_back  # type: ignore[assignment]
+    file, line = (f.f_code.co_filename, f.f_lineno) if f is not None else ("?", 0)
+    if task is None:
+        return Site(file, line, now_ns, -1, "?")
+    return Site(file, line, task.cpu.local_ns, task.cpu.id, task.comm)
+
+
+def describe_site(site: Site | None, *, what: str) -> str:
+    """``"<what> at <site>"`` or why the site is unknown (so the report says how to get it)."""
+    if site is not None:
+        return f"{what} at {site}"
+    if what.startswith("allocated"):
+        return f"{what} at an unrecorded site (set mm.debug_alloc_sites = true to record it)"
+    return f"{what} at an unrecorded site (older than the quarantine, mm.debug_quarantine)"
+
+
+@attrs.define(slots=True)
+class FreedObject:
+    """A quarantine entry: the free site, the allocation site if recorded, and the size."""
+
+    free_site: Site
+    alloc_site: Site | None
+    size: int
+
+
+class Quarantine:
+    """KASAN's quarantine as a record: the last ``capacity`` frees, oldest forgotten first.
+
+    Objects are reused immediately (unlike KASAN, which delays reuse); an entry only matters
+    while its object is free, and a later free of the same pointer replaces it, so a stale entry
+    is never reported.
+    """
+
+    __slots__ = ("_d", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._d: OrderedDict[int, FreedObject] = OrderedDict()
+
+    def put(self, ptr: int, entry: FreedObject) -> None:
+        d = self._d
+        if ptr in d:
+            del d[ptr]
+        d[ptr] = entry
+        if len(d) > self.capacity:
+            d.popitem(last=False)
+
+    def get(self, ptr: int) -> FreedObject | None:
+        return self._d.get(ptr)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def memory_error(
+    kind: str,
+    ptr: int,
+    *,
+    where: str,
+    site: Site,
+    alloc_site: Site | None = None,
+    free_site: Site | None = None,
+    detail: str = "",
+    show_alloc: bool = True,
+    show_free: bool = True,
+) -> MemoryDebugError:
+    """A KASAN-style report as an exception: the bug, the pointer, and every site known."""
+    parts = [f"BUG: KASAN: {kind} in {where}: ptr {ptr:#x} at {site}"]
+    if detail:
+        parts.append(detail)
+    if show_alloc:
+        parts.append(describe_site(alloc_site, what="allocated"))
+    if show_free:
+        parts.append(describe_site(free_site, what="freed"))
+    return MemoryDebugError("; ".join(parts))

@@ -1,0 +1,197 @@
+"""kswapd, reclaim and shrinkers: where freed memory comes from when the zone runs low.
+
+The model (kernel.md 3.4): pages that "other kernel users" hold (page cache, anonymous memory,
+the boot-time share given by ``MemoryConfig.initial_used_fraction``) sit in a reclaimable pool,
+the stand-in for the LRU lists. Reclaim takes ``SWAP_CLUSTER_MAX`` (32) pages at a time from it
+and gives them back to the buddy allocator under ``zone->lock``, then asks every registered
+shrinker to scan (``shrink_slab``), which is how kvfree_rcu's page cache gives pages back.
+
+``kswapd`` is a kthread blocked on ``pgdat->kswapd_wait``; ``wakeup_kswapd()`` takes that wait
+queue's ``spinlock_t`` (``wake_up_interruptible``), the sleeping lock on PREEMPT_RT the RFC
+complains about, but only when kswapd is actually asleep (``waitqueue_active``) and the zone is
+not balanced, as in the kernel. Woken, it reclaims until free pages reach the high watermark,
+with a ``cond_resched()`` between chunks, and sleeps again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from rcukit.locking.locks import LockKind
+from rcukit.sched.sim import Task, WaitQueue
+
+if TYPE_CHECKING:
+    from rcukit.mm.page_alloc import PageAllocator
+
+#: Pages per reclaim pass (``SWAP_CLUSTER_MAX``).
+SWAP_CLUSTER_MAX = 32
+#: Objects a shrinker is asked to scan per pass at most (``SHRINK_BATCH``).
+SHRINK_BATCH = 128
+#: kswapd gives up on a node after this many passes without progress (``MAX_RECLAIM_RETRIES``).
+MAX_RECLAIM_RETRIES = 16
+
+ShrinkCount = Callable[[Task], int]
+ShrinkScan = Callable[[Task, int], Awaitable[int]]
+
+
+@attrs.define(eq=False)
+class Shrinker:
+    """A registered shrinker: ``count(task)`` says how much is freeable, ``scan`` frees some.
+
+    ``scan(task, nr_to_scan)`` returns the number of pages it gave back (it frees them itself,
+    for example with ``free_pages``). Like ``struct shrinker``'s ``count_objects`` and
+    ``scan_objects``; kvfree_rcu registers one for its per-CPU page caches (kernel.md 1.6).
+    """
+
+    name: str
+    count: ShrinkCount
+    scan: ShrinkScan
+    #: Passes that called ``scan`` and the total it reported freed.
+    scans: int = 0
+    freed: int = 0
+
+
+class ReclaimablePool:
+    """Pages other kernel users hold, as ``(pfn, order)`` blocks; reclaim takes from the end.
+
+    Blocks are split on demand so a 32-page reclaim out of a 4 MiB block frees exactly 32
+    pages; the rest stays in use. Deterministic: always the most recently added block first.
+    """
+
+    __slots__ = ("blocks", "nr_pages")
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[int, int]] = []
+        self.nr_pages = 0
+
+    def add(self, pfn: int, order: int) -> None:
+        self.blocks.append((pfn, order))
+        self.nr_pages += 1 << order
+
+    def take(self, nr: int) -> list[tuple[int, int]]:
+        """Remove up to ``nr`` pages, as aligned blocks ready to free to the buddy allocator."""
+        out: list[tuple[int, int]] = []
+        blocks = self.blocks
+        while nr > 0 and blocks:
+            pfn, order = blocks.pop()
+            while (1 << order) > nr:
+                order -= 1
+                blocks.append((pfn + (1 << order), order))
+            out.append((pfn, order))
+            nr -= 1 << order
+            self.nr_pages -= 1 << order
+        return out
+
+
+class Kswapd:
+    """``kswapd0`` of the one simulated node, plus reclaim shared with direct reclaimers."""
+
+    def __init__(self, mm: PageAllocator) -> None:
+        self.mm = mm
+        kernel = mm.kernel
+        #: ``pgdat->kswapd_wait``; kswapd blocks here.
+        self.wait = WaitQueue("kswapd_wait")
+        #: The wait queue's own lock (``wq_head->lock``), a ``spinlock_t``.
+        self.wait_lock = kernel.new_lock("&pgdat->kswapd_wait", LockKind.SPINLOCK)
+        self.pool = ReclaimablePool()
+        self.shrinkers: list[Shrinker] = []
+        self.task: Task | None = None
+        #: Consecutive balance runs that reclaimed nothing (``pgdat->kswapd_failures``).
+        self.failures = 0
+
+    # -- shrinkers -----------------------------------------------------------------------------
+    def register_shrinker(self, name: str, count: ShrinkCount, scan: ShrinkScan) -> Shrinker:
+        """``register_shrinker()``; returns the handle :meth:`unregister_shrinker` takes."""
+        shrinker = Shrinker(name, count, scan)
+        self.shrinkers.append(shrinker)
+        return shrinker
+
+    def unregister_shrinker(self, shrinker: Shrinker) -> None:
+        self.shrinkers.remove(shrinker)
+
+    async def shrink_slab(self, task: Task, nr_to_scan: int) -> int:
+        """Ask each shrinker with something freeable to scan up to ``SHRINK_BATCH`` objects."""
+        freed = 0
+        for shrinker in list(self.shrinkers):
+            count = shrinker.count(task)
+            if count <= 0:
+                continue
+            n = await shrinker.scan(task, min(count, nr_to_scan, SHRINK_BATCH))
+            shrinker.scans += 1
+            shrinker.freed += n
+            freed += n
+        return freed
+
+    # -- reclaim ---------------------------------------------------------------------------------
+    async def shrink_node(self, task: Task, nr_to_reclaim: int, *, charge_scan: bool) -> int:
+        """One reclaim pass: LRU pages back to the buddy lists, then the shrinkers.
+
+        ``charge_scan`` charges ``reclaim_page_ns`` per page (kswapd's CPU time); direct
+        reclaim charges its pass as a whole instead. Pages go back under ``zone->lock``.
+        """
+        mm = self.mm
+        blocks = self.pool.take(nr_to_reclaim)
+        n = sum(1 << order for _, order in blocks)
+        cost = mm.cost
+        if charge_scan and n:
+            task.charge(n * cost.reclaim_page_ns)
+        if blocks:
+            await task.sync()
+            lock = mm.zone.lock
+            mm.locks.acquire(task, lock, "shrink_node", irqsave=True)
+            mm.count_zone_lock()
+            task.charge(mm.spin_lock_cost + n * cost.buddy_free_page_ns)
+            mm.release_reclaimed(blocks)
+            mm.locks.release(task, lock)
+        freed = await self.shrink_slab(task, nr_to_reclaim)
+        return n + freed
+
+    # -- kswapd itself -----------------------------------------------------------------------------
+    def balanced(self) -> bool:
+        """``pgdat_balanced()``: free pages above the high watermark."""
+        zone = self.mm.zone
+        return zone.buddy.nr_free > zone.wmark.high
+
+    async def wakeup(self, task: Task, gfp: int, order: int) -> bool:
+        """``wakeup_kswapd()``: True if kswapd was woken (and the wait-queue lock taken)."""
+        mm = self.mm
+        await task.sync()
+        if not self.wait.waiters:  # !waitqueue_active(): kswapd is already running
+            return False
+        if self.failures >= MAX_RECLAIM_RETRIES or self.balanced():
+            return False
+        if mm.tracer.on:
+            mm.kernel.trace(
+                task,
+                "mm_vmscan_wakeup_kswapd",
+                f"nid=0 order={order} gfp_flags={mm.gfp_name(gfp)}",
+            )
+        lock = self.wait_lock
+        mm.locks.acquire(task, lock, "wakeup_kswapd", irqsave=True)
+        task.charge(mm.cost.kswapd_wakeup_ns)
+        self.wait.wake_all(task.now_ns)
+        mm.locks.release(task, lock)
+        mm.vmstat.inc("kswapd_wake")
+        return True
+
+    async def main(self, task: Task) -> None:
+        """The kthread: sleep on ``kswapd_wait``; when woken, ``balance_pgdat`` to high."""
+        self.task = task
+        task.data["PF_MEMALLOC"] = True
+        mm = self.mm
+        vmstat = mm.vmstat
+        while True:
+            await task.block(self.wait, "kswapd")
+            vmstat.inc("pageoutrun")
+            progress = False
+            while not self.balanced():
+                n = await self.shrink_node(task, SWAP_CLUSTER_MAX, charge_scan=True)
+                if n <= 0:
+                    break
+                progress = True
+                vmstat.inc("pgsteal_kswapd", n)
+                await task.cond_resched()
+            self.failures = 0 if progress else self.failures + 1

@@ -1,0 +1,593 @@
+"""kmalloc caches on top of the simulated page allocator, with SLUB's bulk free and KASAN checks.
+
+Size classes are SLUB's kmalloc caches (kmalloc-8 ... kmalloc-2*PAGE_SIZE, with the 96 and 192
+odd sizes); bigger requests are "large kmalloc", whole compound pages. A slab is one page block
+cut into equal objects; its state is one ``bytearray`` (a byte per object) plus a free-index
+stack, so a million live objects cost about a megabyte and no Python object each.
+
+Why the bulk free is cheaper (kernel.md 4): ``kfree_bulk`` walks the pointer array backwards
+with SLUB's ``build_detached_freelist`` (look-ahead of 3), groups the objects of one slab page and
+hands each group over with *one* synchronisation instead of one per object. The simulated cost
+is ``kfree_bulk_call_ns`` per group (slab page touched) plus ``kfree_bulk_per_object_ns`` per
+object, against ``kfree_ns`` (+ ``cache_miss_ns`` for callers that chased an ``rcu_head``) per
+single ``kfree``.
+
+Simplifications: one active slab and one partial list per cache, shared by all CPUs (SLUB's
+per-CPU slabs and the node ``list_lock`` are not modelled; slab metadata changes are lockless
+cmpxchg in SLUB's fast paths and have no timing effect here). Empty slabs beyond
+``MIN_PARTIAL`` go back to the page allocator, as ``discard_slab`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rcukit.errors import MemoryDebugError, PageAllocError
+from rcukit.mm.fault import FreedObject, Quarantine, Site, caller_site, memory_error
+from rcukit.mm.gfp import GFP
+from rcukit.sched.sim import Task
+
+if TYPE_CHECKING:
+    from rcukit.mm.page_alloc import PageAllocator
+
+#: ``kmalloc(0)`` returns this non-NULL poison pointer; freeing it is a no-op.
+ZERO_SIZE_PTR = 16
+#: ``s->min_partial`` floor: empty slabs kept per cache before slabs are given back.
+MIN_PARTIAL = 5
+#: ``slub_max_order``.
+SLUB_MAX_ORDER = 3
+
+_ZERO = int(GFP.ZERO)
+_COMP = int(GFP.COMP)
+_NOWARN_NORETRY = int(GFP.NOWARN | GFP.NORETRY)
+_NOFAIL = int(GFP.NOFAIL)
+
+
+class Slab:
+    """One slab page block: objects of ``cache.size`` from ``base``; ``used[i]`` = allocated."""
+
+    __slots__ = ("base", "cache", "freelist", "inuse", "nobj", "on_partial", "order", "pfn", "used")
+
+    def __init__(self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int) -> None:
+        self.cache = cache
+        self.pfn = pfn
+        self.order = order
+        self.base = base
+        self.nobj = nobj
+        self.used = bytearray(nobj)
+        # Pop from the end: lowest index first on a fresh slab, LIFO reuse afterwards.
+        self.freelist: list[int] = list(range(nobj - 1, -1, -1))
+        self.inuse = 0
+        self.on_partial = False
+
+
+class KmemCache:
+    """One ``kmalloc-<size>`` cache: its object size, slab order and slabs."""
+
+    __slots__ = ("active", "name", "nobj", "nr_slabs", "order", "partial", "size")
+
+    def __init__(self, size: int, order: int, page_size: int) -> None:
+        self.name = f"kmalloc-{size // 1024}k" if size >= 8192 else f"kmalloc-{size}"
+        self.size = size
+        self.order = order
+        self.nobj = (page_size << order) // size
+        self.active: Slab | None = None
+        #: Slabs with free objects other than the active one (insertion-ordered set).
+        self.partial: dict[Slab, None] = {}
+        self.nr_slabs = 0
+
+    def __repr__(self) -> str:
+        return f"<KmemCache {self.name} order={self.order} objs={self.nobj}>"
+
+
+def kmalloc_sizes(page_size: int) -> tuple[int, ...]:
+    """SLUB's kmalloc size classes: 8..2*PAGE_SIZE powers of two plus 96 and 192."""
+    sizes = [8, 16, 32, 64, 96, 128, 192]
+    s = 256
+    while s <= 2 * page_size:
+        sizes.append(s)
+        s <<= 1
+    return tuple(sizes)
+
+
+def slab_order(size: int, page_size: int, nr_cpus: int) -> int:
+    """``calculate_order()`` simplified: the smallest order holding ``slub_min_objects``.
+
+    ``slub_min_objects = 4 * (fls(nr_cpus) + 1)``, capped by what ``slub_max_order`` can hold;
+    so kmalloc-8 uses order 0 and kmalloc-2048 order 3 on a 4-CPU machine, as on real systems.
+    """
+    min_objects = 4 * (nr_cpus.bit_length() + 1)
+    min_objects = min(min_objects, (page_size << SLUB_MAX_ORDER) // size)
+    for order in range(SLUB_MAX_ORDER + 1):
+        if (page_size << order) // size >= min_objects:
+            return order
+    return SLUB_MAX_ORDER
+
+
+def _get_order(size: int, page_size: int) -> int:
+    return max(0, ((size - 1) // page_size).bit_length())
+
+
+class SlabAllocator:
+    """The kmalloc caches of one kernel (``kernel.mm.slab``)."""
+
+    def __init__(self, mm: PageAllocator) -> None:
+        self.mm = mm
+        kernel = mm.kernel
+        cfg = kernel.config
+        self.page_size = cfg.page_size
+        self.page_shift = cfg.page_size.bit_length() - 1
+        self.caches = [
+            KmemCache(s, slab_order(s, cfg.page_size, cfg.nr_cpus), cfg.page_size)
+            for s in kmalloc_sizes(cfg.page_size)
+        ]
+        self.max_cache_size = self.caches[-1].size
+        # size_index[]: 8-byte steps up to 192, then powers of two.
+        by8: list[KmemCache] = []
+        for i in range(192 // 8):
+            need = (i + 1) * 8
+            by8.append(next(c for c in self.caches if c.size >= need))
+        self._by8 = by8
+        self._by_shift = {c.size.bit_length() - 1: c for c in self.caches if c.size >= 256}
+        #: Largest kmalloc: one MAX_ORDER-1 block.
+        from rcukit.mm.zone import MAX_ORDER
+
+        self.kmalloc_max_size = cfg.page_size << (MAX_ORDER - 1)
+        #: pfn -> slab, for every page of every slab.
+        self._slab_of: dict[int, Slab] = {}
+        #: large kmalloc pointer -> order.
+        self._large: dict[int, int] = {}
+        mmc = cfg.mm
+        self.quarantine: Quarantine | None = (
+            Quarantine(mmc.debug_quarantine) if mmc.debug_quarantine else None
+        )
+        self.alloc_sites: dict[int, Site] | None = {} if mmc.debug_alloc_sites else None
+        self.nr_objects = 0
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def cache_for(self, size: int) -> KmemCache:
+        """``kmalloc_slab()``: the cache a request of ``size`` bytes comes from."""
+        if size <= 192:
+            return self._by8[(size - 1) >> 3]
+        return self._by_shift[(size - 1).bit_length()]
+
+    def _site(self, task: Task | None) -> Site:
+        return caller_site(task, self.mm.kernel.now_ns)
+
+    def _remember_free(self, ptr: int, site: Site, size: int) -> None:
+        alloc = self.alloc_sites.pop(ptr, None) if self.alloc_sites is not None else None
+        if self.quarantine is not None:
+            self.quarantine.put(ptr, FreedObject(site, alloc, size))
+
+    # -- kmalloc ---------------------------------------------------------------------------------
+    async def kmalloc(self, task: Task, size: int, gfp: int) -> int:
+        """``kmalloc(size, gfp)``: a direct-map pointer, or 0 (NULL) when memory is short.
+
+        ``__GFP_ZERO`` (kzalloc) charges the memset; slab pages are allocated with ``gfp``
+        minus ``__GFP_ZERO``, so the page allocator's locking is what the caller's mask implies.
+        """
+        if size <= 0:
+            if size == 0:
+                return ZERO_SIZE_PTR
+            raise PageAllocError(f"kmalloc size {size} is invalid: must be >= 0")
+        mm = self.mm
+        if size > self.max_cache_size:
+            return await self._kmalloc_large(task, size, gfp)
+        cache = self._by8[(size - 1) >> 3] if size <= 192 else self.cache_for(size)
+        if mm.failslab.probability > 0.0 and mm.failslab.should_fail(gfp):
+            mm.vmstat.inc("failslab")
+            return 0
+        slab = cache.active
+        if slab is None or not slab.freelist:
+            slab = await self._refill(task, cache, gfp)
+            if slab is None:
+                return 0
+        idx = slab.freelist.pop()
+        slab.used[idx] = 1
+        slab.inuse += 1
+        self.nr_objects += 1
+        ptr = slab.base + idx * cache.size
+        cost = mm.cost
+        task.charge(cost.kmalloc_ns)
+        if gfp & _ZERO:
+            task.charge(cost.zero_page_ns_per_4k * cache.size // 4096)
+        if self.alloc_sites is not None:
+            self.alloc_sites[ptr] = self._site(task)
+        if mm.tracer.on:
+            mm.kernel.trace(
+                task,
+                "kmem_cache_alloc",
+                f"call_site={self._site(task)} ptr={ptr:#x} bytes_req={size} "
+                f"bytes_alloc={cache.size} gfp_flags={mm.gfp_name(gfp)}",
+            )
+        return ptr
+
+    async def _refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
+        """The active slab is full: take the newest partial slab or allocate a new one."""
+        if cache.partial:
+            slab, _ = cache.partial.popitem()
+            slab.on_partial = False
+            cache.active = slab
+            return slab
+        new = await self._new_slab(task, cache, gfp)
+        if new is not None:
+            cache.active = new
+        return new
+
+    async def _new_slab(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
+        """``allocate_slab()``: the cache's order first (NOWARN|NORETRY), then the minimum."""
+        mm = self.mm
+        flags = gfp & ~_ZERO
+        order = cache.order
+        pfn: int | None
+        if order:
+            pfn = await mm.alloc_pages(task, (flags | _COMP | _NOWARN_NORETRY) & ~_NOFAIL, order)
+            if pfn is None:
+                order = _get_order(cache.size, self.page_size)
+                pfn = await mm.alloc_pages(task, flags | (_COMP if order else 0), order)
+        else:
+            pfn = await mm.alloc_pages(task, flags, 0)
+        if pfn is None:
+            return None
+        nobj = (self.page_size << order) // cache.size
+        slab = Slab(cache, pfn, order, mm.page_address(pfn), nobj)
+        mm.mark_slab(pfn, True)
+        for i in range(1 << order):
+            self._slab_of[pfn + i] = slab
+        cache.nr_slabs += 1
+        mm.vmstat.inc("nr_slab_pages", 1 << order)
+        return slab
+
+    async def _discard_slab(self, task: Task, slab: Slab) -> None:
+        mm = self.mm
+        for i in range(1 << slab.order):
+            del self._slab_of[slab.pfn + i]
+        slab.cache.nr_slabs -= 1
+        mm.mark_slab(slab.pfn, False)
+        mm.vmstat.inc("nr_slab_pages", -(1 << slab.order))
+        await mm.free_pages(task, slab.pfn, slab.order)
+
+    async def _kmalloc_large(self, task: Task, size: int, gfp: int) -> int:
+        if size > self.kmalloc_max_size:
+            raise PageAllocError(
+                f"kmalloc size {size} is too large: at most {self.kmalloc_max_size} bytes "
+                "(one MAX_ORDER-1 block); use vmalloc"
+            )
+        mm = self.mm
+        order = _get_order(size, self.page_size)
+        pfn = await mm.alloc_pages(task, gfp | _COMP, order)
+        if pfn is None:
+            return 0
+        ptr = mm.page_address(pfn)
+        self._large[ptr] = order
+        self.nr_objects += 1
+        task.charge(mm.cost.kmalloc_ns)
+        if self.alloc_sites is not None:
+            self.alloc_sites[ptr] = self._site(task)
+        if mm.tracer.on:
+            mm.kernel.trace(
+                task,
+                "kmalloc",
+                f"call_site={self._site(task)} ptr={ptr:#x} bytes_req={size} "
+                f"bytes_alloc={self.page_size << order} gfp_flags={mm.gfp_name(gfp)}",
+            )
+        return ptr
+
+    # -- validation (nothing changes until a pointer is known good) ------------------------------
+    def _locate(self, task: Task | None, ptr: int, where: str) -> tuple[Slab | None, int]:
+        """``(slab, index)`` of a live object, ``(None, order)`` of a large kmalloc; or raise."""
+        mm = self.mm
+        if mm.is_vmalloc_addr(ptr):
+            area_site = mm.vmap.alloc_site(ptr)
+            raise memory_error(
+                "invalid-free",
+                ptr,
+                where=where,
+                site=self._site(task),
+                alloc_site=area_site,
+                detail="a vmalloc address passed to the slab allocator (use vfree or kvfree)",
+                show_free=False,
+            )
+        slab = self._slab_of.get((ptr - mm.page_offset) >> self.page_shift)
+        if slab is not None:
+            idx, rem = divmod(ptr - slab.base, slab.cache.size)
+            if rem or idx >= slab.nobj:
+                raise memory_error(
+                    "invalid-free",
+                    ptr,
+                    where=where,
+                    site=self._site(task),
+                    detail=(
+                        f"not the start of a {slab.cache.name} object (offset {rem} into "
+                        f"object {idx} of the slab at {slab.base:#x})"
+                    ),
+                    show_alloc=False,
+                    show_free=False,
+                )
+            if slab.used[idx] != 1:
+                self._raise_not_live(task, ptr, where, slab.cache.name)
+            return slab, idx
+        order = self._large.get(ptr)
+        if order is not None:
+            return None, order
+        self._raise_not_live(task, ptr, where, "")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise_not_live(self, task: Task | None, ptr: int, where: str, cache: str) -> None:
+        entry = self.quarantine.get(ptr) if self.quarantine is not None else None
+        if entry is not None:
+            raise memory_error(
+                "double-free",
+                ptr,
+                where=where,
+                site=self._site(task),
+                alloc_site=entry.alloc_site,
+                free_site=entry.free_site,
+                detail=f"object of {entry.size} bytes{' in ' + cache if cache else ''}",
+            )
+        mm = self.mm
+        if not mm.is_direct_map_addr(ptr):
+            detail = "not an address the allocator ever returned (outside the direct map)"
+        elif cache:
+            detail = (
+                f"a free {cache} object: never allocated, or freed longer ago than the "
+                "quarantine remembers"
+            )
+        else:
+            detail = mm.describe_page(ptr)
+        raise memory_error(
+            "invalid-free",
+            ptr,
+            where=where,
+            site=self._site(task),
+            detail=detail,
+            show_alloc=False,
+            show_free=False,
+        )
+
+    # -- kfree ------------------------------------------------------------------------------------
+    async def kfree(self, task: Task, ptr: int, *, cache_miss: bool = False) -> None:
+        """``kfree(ptr)``: one object. ``cache_miss`` adds the DRAM miss of a list walk."""
+        if ptr == 0 or ptr == ZERO_SIZE_PTR:
+            return
+        mm = self.mm
+        slab = self._slab_of.get((ptr - mm.page_offset) >> self.page_shift)
+        cost = mm.cost
+        if slab is not None:
+            cache = slab.cache
+            idx, rem = divmod(ptr - slab.base, cache.size)
+            if rem or idx >= slab.nobj or slab.used[idx] != 1:
+                self._locate(task, ptr, "kfree")
+            slab.used[idx] = 0
+            slab.freelist.append(idx)
+            slab.inuse -= 1
+            self.nr_objects -= 1
+            task.charge(cost.kfree_ns + cost.cache_miss_ns if cache_miss else cost.kfree_ns)
+            if self.quarantine is not None or self.alloc_sites is not None or mm.tracer.on:
+                site = self._site(task)
+                self._remember_free(ptr, site, cache.size)
+                if mm.tracer.on:
+                    mm.kernel.trace(task, "kfree", f"call_site={site} ptr={ptr:#x}")
+            if slab is not cache.active:
+                if not slab.on_partial:
+                    slab.on_partial = True
+                    cache.partial[slab] = None
+                if slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
+                    del cache.partial[slab]
+                    slab.on_partial = False
+                    await self._discard_slab(task, slab)
+            return
+        _, order = self._locate(task, ptr, "kfree")
+        task.charge(cost.kfree_ns + cost.cache_miss_ns if cache_miss else cost.kfree_ns)
+        await self._free_large(task, ptr, order, self._site(task))
+
+    async def _free_large(self, task: Task, ptr: int, order: int, site: Site) -> None:
+        mm = self.mm
+        del self._large[ptr]
+        self.nr_objects -= 1
+        self._remember_free(ptr, site, self.page_size << order)
+        if mm.tracer.on:
+            mm.kernel.trace(task, "kfree", f"call_site={site} ptr={ptr:#x}")
+        await mm.free_pages(task, mm.virt_to_pfn(ptr), order)
+
+    async def kfree_bulk(self, task: Task, ptrs: Sequence[int]) -> None:
+        """``kfree_bulk(size, p)``: free ``ptrs`` grouped per slab page (detached freelists).
+
+        Every pointer is checked before anything is freed, so a bad pointer (or one listed
+        twice) raises with the allocator unchanged. NULLs are skipped as the kernel does.
+        """
+        n = len(ptrs)
+        if not n:
+            return
+        mm = self.mm
+        offset = mm.page_offset
+        shift = self.page_shift
+        slab_of = self._slab_of
+        slabs: list[Slab | None] = [None] * n
+        idxs = [0] * n
+        marked: list[tuple[Slab, int]] = []
+        try:
+            for i, ptr in enumerate(ptrs):
+                if ptr == 0 or ptr == ZERO_SIZE_PTR:
+                    idxs[i] = -1
+                    continue
+                slab = slab_of.get((ptr - offset) >> shift)
+                if slab is not None:
+                    idx, rem = divmod(ptr - slab.base, slab.cache.size)
+                    if rem or idx >= slab.nobj or slab.used[idx] != 1:
+                        self._locate(task, ptr, "kfree_bulk")
+                    slab.used[idx] = 2  # claimed by this call: a repeat is a double free
+                    marked.append((slab, idx))
+                    slabs[i] = slab
+                    idxs[i] = idx
+                else:
+                    if ptr in self._large and any(
+                        p == ptr for p, s in zip(ptrs[:i], slabs[:i], strict=True) if s is None
+                    ):
+                        self._raise_dup_large(task, ptr)
+                    _, idxs[i] = self._locate(task, ptr, "kfree_bulk")
+        except MemoryDebugError:
+            for slab, idx in marked:
+                slab.used[idx] = 1
+            raise
+        groups = _detached_groups(slabs, idxs)
+        cost = mm.cost
+        live = sum(1 for i in idxs if i >= 0)
+        task.charge(len(groups) * cost.kfree_bulk_call_ns + live * cost.kfree_bulk_per_object_ns)
+        site = self._site(task)
+        q = self.quarantine
+        keep_from = n - q.capacity if q is not None else n
+        to_discard: list[Slab] = []
+        large: list[tuple[int, int]] = []
+        for slab, members in groups:
+            if slab is None:
+                for i in members:
+                    large.append((ptrs[i], idxs[i]))
+                continue
+            cache = slab.cache
+            used = slab.used
+            fl = slab.freelist
+            for i in members:
+                idx = idxs[i]
+                used[idx] = 0
+                fl.append(idx)
+            slab.inuse -= len(members)
+            self.nr_objects -= len(members)
+            if slab is not cache.active:
+                if not slab.on_partial:
+                    slab.on_partial = True
+                    cache.partial[slab] = None
+                if slab.inuse == 0:
+                    to_discard.append(slab)
+        if q is not None or self.alloc_sites is not None:
+            for i in range(n):
+                s = slabs[i]
+                if s is not None:
+                    ptr = ptrs[i]
+                    alloc = (
+                        self.alloc_sites.pop(ptr, None) if self.alloc_sites is not None else None
+                    )
+                    if q is not None and i >= keep_from:
+                        q.put(ptr, FreedObject(site, alloc, s.cache.size))
+        for slab in to_discard:
+            cache = slab.cache
+            if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
+                del cache.partial[slab]
+                slab.on_partial = False
+                await self._discard_slab(task, slab)
+        for ptr, order in large:
+            await self._free_large(task, ptr, order, site)
+
+    def _raise_dup_large(self, task: Task, ptr: int) -> None:
+        raise memory_error(
+            "double-free",
+            ptr,
+            where="kfree_bulk",
+            site=self._site(task),
+            alloc_site=self.alloc_sites.get(ptr) if self.alloc_sites is not None else None,
+            detail="the same large kmalloc pointer appears twice in one kfree_bulk() array",
+            show_free=False,
+        )
+
+    # -- queries -------------------------------------------------------------------------------
+    def ksize(self, ptr: int) -> int:
+        """``ksize()``: the usable size of a live object (its cache size, or whole pages)."""
+        if ptr == ZERO_SIZE_PTR:
+            return 0
+        slab, x = self._locate(None, ptr, "ksize")
+        return slab.cache.size if slab is not None else self.page_size << x
+
+    def is_slab_object(self, ptr: int) -> bool:
+        """Whether ``ptr`` lies in a slab page (allocated or not) or is a live large kmalloc."""
+        return (
+            (ptr - self.mm.page_offset) >> self.page_shift
+        ) in self._slab_of or ptr in self._large
+
+    def check_access(self, ptr: int, task: Task | None = None) -> None:
+        """KASAN's shadow check for a direct-map pointer: raise on use after free."""
+        mm = self.mm
+        slab = self._slab_of.get((ptr - mm.page_offset) >> self.page_shift)
+        if slab is not None:
+            idx = (ptr - slab.base) // slab.cache.size
+            if idx >= slab.nobj:
+                raise memory_error(
+                    "slab-out-of-bounds",
+                    ptr,
+                    where="check_access",
+                    site=self._site(task),
+                    detail=f"past the last {slab.cache.name} object of the slab at {slab.base:#x}",
+                    show_alloc=False,
+                    show_free=False,
+                )
+            if slab.used[idx] != 1:
+                start = slab.base + idx * slab.cache.size
+                self._raise_uaf(task, ptr, start, f"{slab.cache.name} object {start:#x}")
+            return
+        mm.check_page_access(ptr, task)
+
+    def _raise_uaf(self, task: Task | None, ptr: int, start: int, what: str) -> None:
+        entry = self.quarantine.get(start) if self.quarantine is not None else None
+        raise memory_error(
+            "use-after-free",
+            ptr,
+            where="check_access",
+            site=self._site(task),
+            alloc_site=entry.alloc_site if entry is not None else None,
+            free_site=entry.free_site if entry is not None else None,
+            detail=f"inside the freed {what}",
+        )
+
+    def freed_entry(self, ptr: int) -> FreedObject | None:
+        """The quarantine record of ``ptr`` if it is remembered as freed."""
+        return self.quarantine.get(ptr) if self.quarantine is not None else None
+
+    def stats(self) -> dict[str, tuple[int, int]]:
+        """``/proc/slabinfo`` in brief: cache name -> (slabs, objects per slab)."""
+        return {c.name: (c.nr_slabs, c.nobj) for c in self.caches if c.nr_slabs}
+
+
+def _detached_groups(
+    slabs: Sequence[Slab | None], idxs: Sequence[int]
+) -> list[tuple[Slab | None, list[int]]]:
+    """SLUB's ``build_detached_freelist`` loop over an array: indices grouped per slab page.
+
+    Scans backwards; each round starts a group at the last unprocessed object and collects the
+    others of the same slab, giving up after 3 misses (look-ahead) and resuming next round from
+    the first object it skipped. A large-kmalloc entry (slab None) is a group of its own.
+    ``idxs[i] < 0`` marks NULL entries.
+    """
+    n = len(slabs)
+    done = [i < 0 for i in idxs]
+    groups: list[tuple[Slab | None, list[int]]] = []
+    size = n
+    while size:
+        size -= 1
+        while done[size] and size:
+            size -= 1
+        if done[size]:
+            break
+        slab = slabs[size]
+        done[size] = True
+        if slab is None:
+            groups.append((None, [size]))
+            continue
+        members = [size]
+        lookahead = 3
+        first_skipped = 0
+        while size:
+            size -= 1
+            if done[size]:
+                continue
+            if slabs[size] is slab:
+                members.append(size)
+                done[size] = True
+                continue
+            lookahead -= 1
+            if not lookahead:
+                break
+            if not first_skipped:
+                first_skipped = size + 1
+        groups.append((slab, members))
+        size = first_skipped
+    return groups

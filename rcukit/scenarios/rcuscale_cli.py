@@ -1,0 +1,64 @@
+"""``rcukit rcuscale``: rcuscale's kfree_rcu_test with its module parameters as options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rcukit.config import KernelConfig
+from rcukit.errors import ConfigError
+from rcukit.rcu.profiles import PROFILES
+from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    if args.profile not in PROFILES:
+        raise ConfigError(f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILES)}")
+    config = KernelConfig.from_toml(args.config) if args.config else KernelConfig()
+    config = config.replace(
+        nr_cpus=args.cpus if args.cpus is not None else config.nr_cpus,
+        seed=args.seed,
+        **{"kvfree.profile": args.profile, "kvfree.variant": args.variant},
+    )
+    params = RcuscaleParams(
+        kfree_nthreads=args.kfree_nthreads,
+        kfree_alloc_num=args.kfree_alloc_num,
+        kfree_loops=args.kfree_loops,
+        kfree_rcu_test_single=args.kfree_rcu_test_single,
+        kfree_rcu_test_double=args.kfree_rcu_test_double,
+        kfree_by_call_rcu=args.kfree_by_call_rcu,
+        kfree_mult=args.kfree_mult,
+        no_batch=args.no_batch,
+    )
+    result = run_rcuscale(params, config)
+    if args.json:
+        print(json.dumps(result.to_json(), sort_keys=True))
+    else:
+        print(result.banner())
+        print(result.closing_line())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from rcukit.scenarios import rcuscale
+
+    p = sub.add_parser("rcuscale", help="rcuscale's kfree_rcu_test on the simulated kernel",
+                       description=rcuscale.__doc__)
+    p.add_argument("--kfree-nthreads", type=int, default=-1, help="threads (-1: one per CPU)")
+    p.add_argument("--kfree-alloc-num", type=int, default=8000, help="objects per loop")
+    p.add_argument("--kfree-loops", type=int, default=10, help="loops per thread")
+    p.add_argument("--kfree-rcu-test-single", action="store_true",
+                   help="only head-less kvfree_rcu_mightsleep(p)")
+    p.add_argument("--kfree-rcu-test-double", action="store_true",
+                   help="only two-argument kvfree_rcu(p, rh)")
+    p.add_argument("--kfree-by-call-rcu", action="store_true",
+                   help="call_rcu(&p->rh, kfree) per object instead of kfree_rcu")
+    p.add_argument("--kfree-mult", type=int, default=1, help="object size multiplier (x24 B)")
+    p.add_argument("--no-batch", action="store_true", help="pre-5.5: one call_rcu per object")
+    p.add_argument("--profile", default="v6.1", help=f"one of: {', '.join(PROFILES)}")
+    p.add_argument("--variant", default="page-cache", help="block allocator variant")
+    p.add_argument("--cpus", type=int, help="simulated CPUs (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", metavar="FILE.toml", help="kernel config file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd)

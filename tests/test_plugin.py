@@ -1,0 +1,112 @@
+"""The pytest plugin: the ``sim_kernel`` fixture, the ``kernel_config`` marker, ``no_splats``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from rcukit.config import KernelConfig
+from rcukit.kernel import Kernel
+from rcukit.locking import LockKind
+from rcukit.sched import Task
+
+pytest_plugins = ["pytester"]
+
+
+async def _nest(kernel: Kernel, task: Task) -> None:
+    raw = kernel.new_lock("krc.lock", LockKind.RAW_SPINLOCK)
+    spin = kernel.new_lock("&zone->lock", LockKind.SPINLOCK)
+    with kernel.locks.locked(task, raw, "outer"), kernel.locks.locked(task, spin, "inner"):
+        task.charge(10)
+
+
+@pytest.mark.kernel_config(nr_cpus=2, prove_raw_lock_nesting=True)
+async def test_marker_configures_the_kernel(
+    sim_kernel: Kernel, kernel_config: KernelConfig
+) -> None:
+    assert sim_kernel.config is kernel_config
+    assert (kernel_config.nr_cpus, kernel_config.prove_raw_lock_nesting) == (2, True)
+    assert kernel_config == KernelConfig(nr_cpus=2, prove_raw_lock_nesting=True)
+    assert len(sim_kernel.cpus) == 2
+
+    async def work(task: Task) -> int:
+        await _nest(sim_kernel, task)
+        return task.cpu.id
+
+    # Booted and live: tasks run on both CPUs, and the lockdep option is in force.
+    assert await sim_kernel.run_on_cpus(work) == [0, 1]
+    assert sim_kernel.splat_counts()["invalid_wait_context"] == 2
+
+
+@pytest.mark.kernel_config(**{"mm.pcp_batch": 7, "hz": 250})
+async def test_marker_takes_dotted_fields(sim_kernel: Kernel) -> None:
+    assert sim_kernel.config.mm.pcp_batch == 7
+    assert sim_kernel.config.tick_ns == 4_000_000
+
+
+async def test_default_config_without_marker(sim_kernel: Kernel) -> None:
+    assert sim_kernel.config == KernelConfig()
+
+    async def work(task: Task) -> None:
+        await _nest(sim_kernel, task)
+
+    await sim_kernel.run_on_cpus(work, cpus=[3])
+    # The default build does not check raw -> spinlock_t nesting.
+    assert sim_kernel.splat_counts()["invalid_wait_context"] == 0
+
+
+async def test_no_splats_passes_on_a_clean_run(
+    sim_kernel: Kernel, no_splats: Callable[[Kernel], None]
+) -> None:
+    async def work(task: Task) -> None:
+        await _nest(sim_kernel, task)
+
+    await sim_kernel.run_on_cpus(work)
+    no_splats(sim_kernel)  # must not fail
+
+
+INNER = '''
+import pytest
+from rcukit.locking import LockKind
+
+
+async def nest(kernel, task):
+    raw = kernel.new_lock("krc.lock", LockKind.RAW_SPINLOCK)
+    spin = kernel.new_lock("&zone->lock", LockKind.SPINLOCK)
+    with kernel.locks.locked(task, raw, "kvfree_call_rcu"):
+        with kernel.locks.locked(task, spin, "rmqueue_bulk"):
+            task.charge(10)
+
+
+@pytest.mark.kernel_config(nr_cpus=1, prove_raw_lock_nesting=True)
+async def test_with_splat(sim_kernel, no_splats):
+    async def work(task):
+        await nest(sim_kernel, task)
+    await sim_kernel.run_on_cpus(work)
+    no_splats(sim_kernel)
+
+
+@pytest.mark.kernel_config(nr_cpus=1)
+async def test_clean(sim_kernel, no_splats):
+    async def work(task):
+        await nest(sim_kernel, task)
+    await sim_kernel.run_on_cpus(work)
+    no_splats(sim_kernel)
+'''
+
+
+def test_no_splats_fails_a_test_with_a_splat(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    pytester.makepyfile(test_inner=INNER)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*kernel reported splats {'invalid_wait_context': 1}; first:",
+            "*[[] BUG: Invalid wait context []]",
+            "*(&zone->lock){....}-{3:3}, at: rmqueue_bulk+0x0/0x0",
+            "*FAILED test_inner.py::test_with_splat*",
+        ]
+    )
+    assert "test_clean FAILED" not in result.stdout.str()
