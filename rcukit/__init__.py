@@ -5,6 +5,9 @@ The public API is re-exported here; every other module is an implementation deta
 
 from importlib.metadata import PackageNotFoundError, version
 
+from rcukit.app import ObjectPool as ObjectPool
+from rcukit.app import RcuPointer as RcuPointer
+from rcukit.app import open_domain as open_domain
 from rcukit.config import CostModel as CostModel
 from rcukit.config import KernelConfig as KernelConfig
 from rcukit.config import KvfreeConfig as KvfreeConfig

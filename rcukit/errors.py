@@ -62,3 +62,23 @@ class PageAllocError(RcukitError, ValueError):
 
 class SweepError(RcukitError, RuntimeError):
     """A sweep point's simulation failed; the message names the point and its parameters."""
+
+
+class RcuClosedError(RcuUsageError):
+    """An RCU domain was used after it closed (or after its background tasks were cancelled)."""
+
+
+class RcuBackpressureError(RcukitError, RuntimeError):
+    """A non-blocking ``call_rcu``/``kvfree_rcu`` hit the domain's cap on pending objects."""
+
+
+class RcuLeakError(RcukitError, RuntimeError):
+    """A closing RCU domain could not release everything queued (readers never left)."""
+
+
+class RcuArgumentError(RcukitError, TypeError):
+    """An RCU API got an argument of the wrong kind (a non-callable callback, say)."""
+
+
+class CpuHotplugError(RcukitError, ValueError):
+    """A CPU hotplug request that cannot be honoured (no such CPU, the last online one...)."""

@@ -22,7 +22,7 @@ from rcukit.locking.locks import Lock, LockKind
 from rcukit.locking.splat import SPLAT_KINDS, Splat
 from rcukit.sched.sim import Cpu, Simulator, Task
 from rcukit.trace.events import Counters, Tracer
-from rcukit.wq import Workqueue
+from rcukit.wq import Workqueue, wq_worker_sleeping
 
 T = TypeVar("T")
 
@@ -76,6 +76,7 @@ class Kernel:
         self.system_highpri_wq = Workqueue(self, "events_highpri", highpri=True)
         self.system_unbound_wq = Workqueue(self, "events_unbound")
         self.locks.listeners.append(self._trace_splat)
+        self.add_switch_hook(wq_worker_sleeping)
         self._subsystems: list[Any] = []
         self._started = False
         self._lock_addr = 0xFFFF888003A00000

@@ -3,6 +3,19 @@
 ``sim_kernel`` boots a simulated kernel on pytest-trio's autojump clock; override its config
 with ``@pytest.mark.kernel_config(nr_cpus=8, prove_raw_lock_nesting=True)``. ``no_splats``
 fails the test if the kernel printed any splat.
+
+``rcu_domain`` is an open application RCU domain (``rcukit.open_domain(debug=True)``) on Trio's
+real clock, so misuse (``synchronize_rcu()`` inside a read section, an unlock from another task,
+``RcuPointer.dereference()`` outside a section) raises at once. It is closed after the test,
+which runs the barriers: errors raised by callbacks or release functions fail the test there.
+Example::
+
+    async def test_retire(rcu_domain):
+        pool = rcukit.ObjectPool(bytearray, debug=True)
+        ptr = rcukit.RcuPointer(rcu_domain, pool.alloc())
+        rcu_domain.kvfree_rcu(ptr.assign(pool.alloc()), release=pool)
+        await rcu_domain.kvfree_rcu_barrier()
+        assert pool.statistics().in_use == 1
 """
 
 from __future__ import annotations
@@ -49,3 +62,12 @@ def assert_no_splats(kernel: Kernel) -> None:
 def no_splats() -> Callable[[Kernel], None]:
     """``no_splats(kernel)`` fails the test on any splat."""
     return assert_no_splats
+
+
+@pytest.fixture
+async def rcu_domain() -> AsyncIterator[Any]:
+    """An open ``rcukit.app.RcuDomain`` with ``debug=True`` on the real clock (see above)."""
+    from rcukit.app import open_domain
+
+    async with open_domain(debug=True) as rcu:
+        yield rcu

@@ -61,13 +61,18 @@ class DelayedWork(Work):
 
 
 class _Pool:
-    __slots__ = ("cpu", "items", "wake", "worker")
+    """One CPU's worker pool of one workqueue: pending items, idle workers, busy workers."""
+
+    __slots__ = ("cpu", "idle", "items", "nr_busy", "workers")
 
     def __init__(self, cpu: int) -> None:
         self.cpu = cpu
         self.items: deque[Work] = deque()
-        self.wake = WaitQueue(f"worker_pool:{cpu}")
-        self.worker: Task | None = None
+        #: Workers asleep in ``worker_thread`` waiting for items (most recent last).
+        self.idle: list[Task] = []
+        self.workers: list[Task] = []
+        #: Workers processing an item and not asleep inside it.
+        self.nr_busy = 0
 
 
 class Workqueue:
@@ -92,13 +97,33 @@ class Workqueue:
         work.wq = self
         pool = self._pool(cpu)
         pool.items.append(work)
-        if pool.worker is None:
-            suffix = "H" if self.highpri else ""
-            pool.worker = self.kernel.sim.spawn(
-                self._worker_main, cpu, f"kworker/{cpu}:{len(self._pools)}{suffix}", at_ns=now_ns
-            )
-        else:
-            pool.wake.wake_one(now_ns)
+        if pool.nr_busy == 0:
+            self._get_worker(pool, now_ns)
+
+    def _get_worker(self, pool: _Pool, now_ns: int) -> None:
+        """Wake an idle worker, or create one: a pool keeps one worker running while it has work."""
+        if pool.idle:
+            worker = pool.idle.pop()
+            worker.data["wq_wait"].wake_one(now_ns)
+            pool.nr_busy += 1
+            return
+        suffix = "H" if self.highpri else ""
+        n = len(pool.workers)
+        worker = self.kernel.sim.spawn(
+            self._worker_main, pool.cpu, f"kworker/{pool.cpu}:{n}{suffix}", at_ns=now_ns
+        )
+        worker.data["wq_pool"] = (self, pool)
+        worker.data["wq_wait"] = WaitQueue(f"worker_thread:{worker.comm}")
+        worker.data["wq_item"] = False
+        pool.workers.append(worker)
+        pool.nr_busy += 1
+
+    def worker_sleeping(self, task: Task, pool: _Pool) -> None:
+        """``wq_worker_sleeping``: a worker blocked inside an item; keep the pool going."""
+        pool.nr_busy -= 1
+        task.data["wq_slept"] = True
+        if pool.items and pool.nr_busy == 0:
+            self._get_worker(pool, task.now_ns)
 
     async def _worker_main(self, task: Task) -> None:
         pool = self._pool(task.cpu.id)
@@ -108,9 +133,13 @@ class Workqueue:
                 work = pool.items.popleft()
                 work.queued = False
                 work.running = True
+                task.data["wq_item"] = True
                 if kernel.tracer.on:
                     kernel.trace(task, "workqueue_execute_start", f"work struct {work.name}")
                 await work.func(task, work)
+                task.data["wq_item"] = False
+                if task.data.pop("wq_slept", False):
+                    pool.nr_busy += 1
                 work.running = False
                 work.runs += 1
                 self.items_run += 1
@@ -118,7 +147,10 @@ class Workqueue:
                     await task.sync()
                     work.done.wake_all(task.now_ns)
                 await task.cond_resched()
-            await task.block(pool.wake, "worker_thread")
+            pool.nr_busy -= 1
+            pool.idle.append(task)
+            await task.block(task.data["wq_wait"], "worker_thread")
+
 
     # -- the API -----------------------------------------------------------------------------
     def queue_work(self, task: Task | None, work: Work, cpu: int | None = None) -> bool:
@@ -191,3 +223,11 @@ class Workqueue:
     @staticmethod
     def delayed_work_pending(dwork: DelayedWork) -> bool:
         return dwork.pending
+
+
+def wq_worker_sleeping(prev: Task) -> None:
+    """Scheduler hook: a kworker that blocks in the middle of an item hands its pool on."""
+    if prev.state == "R" or not prev.data.get("wq_item") or prev.data.get("wq_slept"):
+        return
+    wq, pool = prev.data["wq_pool"]
+    wq.worker_sleeping(prev, pool)

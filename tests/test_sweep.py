@@ -17,6 +17,8 @@ from rcukit.cli import main
 from rcukit.errors import ConfigError, SweepError
 from rcukit.scenarios import sweep as sw
 from rcukit.scenarios import sweep_plot as sp
+from rcukit.scenarios.compare import Workload, default_config
+from rcukit.scenarios.rcuscale import RcuscaleParams
 
 SMALL = """\
 scenario = "compare"
@@ -34,7 +36,7 @@ def fake_runner(scenario: str, params: dict[str, Any], seed: int) -> dict[str, A
     """A stand-in simulation: deterministic from its inputs, cheap, built from the real config."""
     p = sw.prepare_point(scenario, params, seed)
     rng = random.Random(f"{seed}:{json.dumps(params, sort_keys=True)}")
-    assert isinstance(p.inputs, sw.cmp.Workload)
+    assert isinstance(p.inputs, Workload)
     return {
         "variant": p.variant,
         "objects": p.inputs.objects_per_cpu * min(p.inputs.flood_cpus, p.config.nr_cpus),
@@ -87,11 +89,11 @@ def test_prepare_point_applies_kernel_and_scenario_fields() -> None:
     )
     assert (p.config.mm.pcp_batch, p.config.cost.pcp_alloc_ns, p.config.nr_cpus) == (31, 99, 2)
     assert (p.config.seed, p.config.preempt_rt, p.config.kvfree.variant) == (7, True, "nolock")
-    assert p.config.mm.zone_pages == sw.cmp.default_config().mm.zone_pages  # compare's machine
-    assert isinstance(p.inputs, sw.cmp.Workload) and p.inputs.objects_per_cpu == 200
+    assert p.config.mm.zone_pages == default_config().mm.zone_pages  # compare's machine
+    assert isinstance(p.inputs, Workload) and p.inputs.objects_per_cpu == 200
     q = sw.prepare_point("rcuscale", {"kfree_loops": 2}, 0)
     assert (q.config.kvfree.profile, q.variant) == ("v6.1", "page-cache")
-    assert isinstance(q.inputs, sw.RcuscaleParams) and q.inputs.kfree_loops == 2
+    assert isinstance(q.inputs, RcuscaleParams) and q.inputs.kfree_loops == 2
 
 
 @settings(max_examples=40, deadline=None)
@@ -162,11 +164,11 @@ def test_bad_sweep_file_exits_2_naming_the_field(
 
 
 def test_bad_scenario_and_top_level_key_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="scenario = 'torture'.*'compare', 'rcuscale'"):
+    with pytest.raises(ConfigError, match=r"scenario = 'torture'.*'compare', 'rcuscale'"):
         spec_of('scenario = "torture"\nseeds = [1]\n[grid]\nnr_cpus = [1]\n', tmp_path)
-    with pytest.raises(ConfigError, match="unknown key 'seed'.*seeds"):
+    with pytest.raises(ConfigError, match=r"unknown key 'seed'.*seeds"):
         spec_of('scenario = "compare"\nseed = [1]\n[grid]\nnr_cpus = [1]\n', tmp_path)
-    with pytest.raises(ConfigError, match="unknown field 'objects_per_cpu'.*rcuscale fields"):
+    with pytest.raises(ConfigError, match=r"unknown field 'objects_per_cpu'.*rcuscale fields"):
         spec_of('scenario = "rcuscale"\nseeds = [1]\n[grid]\nobjects_per_cpu = [1]\n', tmp_path)
 
 
@@ -226,6 +228,27 @@ def test_resume_after_torn_write_runs_only_the_missing_points(tmp_path: Path) ->
     assert (again.ran, again.skipped, len(ran)) == (0, 6, 4)
 
 
+def test_interrupt_keeps_finished_points_and_resume_finishes(tmp_path: Path) -> None:
+    spec = spec_of(SMALL, tmp_path)
+    out = tmp_path / "out.jsonl"
+    calls: list[int] = []
+
+    def interrupted(scenario: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
+        calls.append(seed)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fake_runner(scenario, params, seed)
+
+    with pytest.raises(KeyboardInterrupt):
+        sw.run_sweep(spec, out, sw.InlineExecutor(), max_in_flight=1, runner=interrupted)
+    assert [json.loads(line)["point"] for line in out.read_text().splitlines()] == [0, 1]
+    summary = sw.run_sweep(spec, out, sw.InlineExecutor(), resume=True, runner=interrupted)
+    assert (summary.skipped, summary.ran) == (2, 2)
+    assert sorted(json.loads(line)["point"] for line in out.read_text().splitlines()) == [
+        0, 1, 2, 3,
+    ]
+
+
 def test_resume_refuses_damage_and_other_scenarios(tmp_path: Path) -> None:
     spec = spec_of(SMALL, tmp_path)
     out = tmp_path / "out.jsonl"
@@ -267,9 +290,8 @@ def test_open_executor_kinds() -> None:
     with sw.open_executor(2) as pool:
         assert isinstance(pool.executor, ProcessPoolExecutor) and pool.max_in_flight == 4
         assert pool.executor.submit(os.getpid).result() != os.getpid()
-    with pytest.raises(ConfigError, match="--workers -1"):
-        with sw.open_executor(-1):
-            pass
+    with pytest.raises(ConfigError, match="--workers -1"), sw.open_executor(-1):
+        pass
 
 
 # --- plots ---------------------------------------------------------------------------------
@@ -296,9 +318,9 @@ def test_tabulate_averages_seeds_only() -> None:
     assert cell is not None and (cell.low, cell.high, cell.n) == (7.0, 14.0, 2)
     one = sp.tabulate(_records(), "mm.pcp_batch", "lat.p99", where={"variant": "nowait"})
     assert one.means() == [[1.0, 1.0]] and one.seeds() == 2
-    with pytest.raises(ConfigError, match="'variant' varies.*--where variant=VALUE"):
+    with pytest.raises(ConfigError, match=r"'variant' varies.*--where variant=VALUE"):
         sp.tabulate(_records(), "mm.pcp_batch", "fail")
-    with pytest.raises(ConfigError, match="figure 'lat.p50' is not a number.*fail, lat.p99"):
+    with pytest.raises(ConfigError, match=r"figure 'lat.p50' is not a number.*fail, lat.p99"):
         sp.tabulate(_records(), "variant", "lat.p50", by="mm.pcp_batch")
     with pytest.raises(ConfigError, match="'nr_cpus' is not a swept parameter"):
         sp.tabulate(_records(), "nr_cpus", "fail")
@@ -327,22 +349,29 @@ def test_plot_cli_writes_line_plot_and_heat_map(
 # --- the real scenarios, on every executor -------------------------------------------------
 
 
-def _real_sweep(tmp_path: Path) -> Path:
+def test_example_sweep_file_is_valid() -> None:
+    spec = sw.load_spec(Path(__file__).parents[1] / "examples" / "sweep-small.toml")
+    assert spec.scenario == "compare" and spec.grid_size == 9 and len(spec.points()) == 18
+
+
+def _run_real(tmp_path: Path, name: str, *how: str) -> list[str]:
     f = tmp_path / "small.toml"
     f.write_text(SMALL)
-    return f
+    out = tmp_path / f"{name}.jsonl"
+    assert main(["sweep", str(f), "--out", str(out), *how]) == 0
+    return lines_by_point(out)
 
 
-def test_real_sweep_inline_pool_and_dask_are_byte_identical(tmp_path: Path) -> None:
-    f = _real_sweep(tmp_path)
-    inline, pool, dask = (tmp_path / f"{n}.jsonl" for n in ("inline", "pool", "dask"))
-    assert main(["sweep", str(f), "--out", str(inline), "--inline"]) == 0
-    assert main(["sweep", str(f), "--out", str(pool), "--workers", "2"]) == 0
-    ref = lines_by_point(inline)
-    assert len(ref) == 4 and lines_by_point(pool) == ref
+def test_real_sweep_inline_and_process_pool_are_byte_identical(tmp_path: Path) -> None:
+    ref = _run_real(tmp_path, "inline", "--inline")
+    assert len(ref) == 4
     row = json.loads(ref[0])["result"]
-    assert row["variant"] == "nowait" and "timeline" not in row and row["kvfree_calls"] > 0
+    assert row["variant"] == "nowait" and row["kernel_config"] == "default"
+    assert "timeline" not in row and row["kvfree_calls"] > 0
+    assert _run_real(tmp_path, "pool", "--workers", "2") == ref
 
+
+def test_real_sweep_on_a_dask_cluster_matches_inline(tmp_path: Path) -> None:
     distributed = pytest.importorskip(
         "distributed", reason="the Dask test needs the dask extra: pip install 'rcukit[dask]'"
     )
@@ -350,6 +379,6 @@ def test_real_sweep_inline_pool_and_dask_are_byte_identical(tmp_path: Path) -> N
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address=None,
     ) as cluster:
-        assert main(["sweep", str(f), "--out", str(dask),
-                     "--scheduler", cluster.scheduler_address]) == 0
-    assert lines_by_point(dask) == ref
+        on_dask = _run_real(tmp_path, "dask", "--scheduler", cluster.scheduler_address)
+    assert len(on_dask) == 4
+    assert on_dask == _run_real(tmp_path, "inline", "--workers", "0")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections import OrderedDict
+from collections import deque
 from typing import TYPE_CHECKING
 
 import attrs
@@ -81,6 +81,12 @@ class FaultAttr:
         return True
 
 
+#: A site as recorded on hot paths: ``(file, line, time_ns, cpu, comm)``; a plain tuple because
+#: one is made per free (and per allocation with ``debug_alloc_sites``). :class:`Site` is the
+#: readable form built only when a report needs it.
+RawSite = tuple[str, int, int, int, str]
+
+
 @attrs.define(slots=True)
 class Site:
     """Where something happened: Python ``file:line`` of the modelled caller, time, CPU, task."""
@@ -91,6 +97,10 @@ class Site:
     cpu: int
     comm: str
 
+    @classmethod
+    def of(cls, raw: RawSite | None) -> Site | None:
+        return None if raw is None else cls(*raw)
+
     def __str__(self) -> str:
         return (
             f"{os.path.basename(self.file)}:{self.line} "
@@ -98,18 +108,24 @@ class Site:
         )
 
 
-def caller_site(task: Task | None, now_ns: int = 0) -> Site:
-    """The innermost frame outside ``rcukit/mm``: who called the allocator, as a :class:`Site`.
+def raw_site(task: Task | None, now_ns: int = 0) -> RawSite:
+    """The innermost frame outside ``rcukit/mm`` (who called the allocator), as a raw tuple.
 
-    Without a task (a check made from plain Python), the site has CPU -1 and time ``now_ns``.
+    Without a task (a check made from plain Python) the CPU is -1 and the time ``now_ns``.
     """
     f = sys._getframe(1)
     while f is not None and f.f_code.co_filename.startswith(_MM_DIR):
         f = f.f_back  # type: ignore[assignment]
     file, line = (f.f_code.co_filename, f.f_lineno) if f is not None else ("?", 0)
     if task is None:
-        return Site(file, line, now_ns, -1, "?")
-    return Site(file, line, task.cpu.local_ns, task.cpu.id, task.comm)
+        return (file, line, now_ns, -1, "?")
+    cpu = task.cpu
+    return (file, line, cpu.local_ns, cpu.id, task.comm)
+
+
+def caller_site(task: Task | None, now_ns: int = 0) -> Site:
+    """:func:`raw_site` as a :class:`Site`."""
+    return Site(*raw_site(task, now_ns))
 
 
 def describe_site(site: Site | None, *, what: str) -> str:
@@ -123,11 +139,14 @@ def describe_site(site: Site | None, *, what: str) -> str:
 
 @attrs.define(slots=True)
 class FreedObject:
-    """A quarantine entry: the free site, the allocation site if recorded, and the size."""
+    """What is known about a freed object: the free site, the allocation site, the size."""
 
     free_site: Site
     alloc_site: Site | None
     size: int
+
+
+_QEntry = tuple[int, RawSite, "RawSite | None", int]
 
 
 class Quarantine:
@@ -135,25 +154,32 @@ class Quarantine:
 
     Objects are reused immediately (unlike KASAN, which delays reuse); an entry only matters
     while its object is free, and a later free of the same pointer replaces it, so a stale entry
-    is never reported.
+    is never reported. Entries are tuples in a dict plus a FIFO ring (a put is a few C calls).
     """
 
-    __slots__ = ("_d", "capacity")
+    __slots__ = ("_d", "_ring", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._d: OrderedDict[int, FreedObject] = OrderedDict()
+        self._d: dict[int, _QEntry] = {}
+        self._ring: deque[_QEntry] = deque()
 
-    def put(self, ptr: int, entry: FreedObject) -> None:
+    def put(self, ptr: int, free: RawSite, alloc: RawSite | None, size: int) -> None:
+        entry = (ptr, free, alloc, size)
         d = self._d
-        if ptr in d:
-            del d[ptr]
         d[ptr] = entry
-        if len(d) > self.capacity:
-            d.popitem(last=False)
+        ring = self._ring
+        ring.append(entry)
+        if len(ring) > self.capacity:
+            old = ring.popleft()
+            if d.get(old[0]) is old:
+                del d[old[0]]
 
     def get(self, ptr: int) -> FreedObject | None:
-        return self._d.get(ptr)
+        e = self._d.get(ptr)
+        if e is None:
+            return None
+        return FreedObject(Site(*e[1]), Site.of(e[2]), e[3])
 
     def __len__(self) -> int:
         return len(self._d)

@@ -133,13 +133,15 @@ class Kswapd:
         reclaim charges its pass as a whole instead. Pages go back under ``zone->lock``.
         """
         mm = self.mm
+        await task.sync()
+        # No await from here to the release: the pool and the buddy lists agree at every
+        # hand-off, even if the simulation ends while this task is parked.
         blocks = self.pool.take(nr_to_reclaim)
         n = sum(1 << order for _, order in blocks)
         cost = mm.cost
         if charge_scan and n:
             task.charge(n * cost.reclaim_page_ns)
         if blocks:
-            await task.sync()
             lock = mm.zone.lock
             mm.locks.acquire(task, lock, "shrink_node", irqsave=True)
             mm.count_zone_lock()

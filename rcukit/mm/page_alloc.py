@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from rcukit.config import CostModel
 from rcukit.errors import ConfigError, MemoryDebugError, PageAllocError, SimulationError
 from rcukit.locking.locks import Lock, LockKind
 from rcukit.mm.alloc_core import (
@@ -139,8 +140,8 @@ class _GfpPlan:
     __slots__ = (
         "can_reclaim",
         "fast_try",
-        "fault_eligible",
         "gfp",
+        "hit_ns",
         "memalloc",
         "might_sleep",
         "mt",
@@ -150,11 +151,12 @@ class _GfpPlan:
         "noretry",
         "nowarn",
         "slow_flags",
+        "state0",
         "wakes_kswapd",
         "zero",
     )
 
-    def __init__(self, gfp: int) -> None:
+    def __init__(self, gfp: int, cost: CostModel, zero_ns: int) -> None:
         g = int(validate_gfp(gfp))
         self.gfp = g
         self.mt = gfp_migratetype(g)
@@ -170,7 +172,10 @@ class _GfpPlan:
         self.memalloc = bool(g & GFP.MEMALLOC)
         self.nomemalloc = bool(g & GFP.NOMEMALLOC)
         self.slow_flags = int(gfp_to_alloc_flags(g))
-        self.fault_eligible = True
+        #: Page state byte of an order-0 page from this mask's own pcp list.
+        self.state0 = (self.mt + 1) << 4
+        #: Simulated cost of a pcp hit (plus zeroing for __GFP_ZERO).
+        self.hit_ns = cost.pcp_alloc_ns + (zero_ns if self.zero else 0)
 
 
 class PageAllocator:
@@ -211,8 +216,11 @@ class PageAllocator:
         )
         #: ``zone->lock`` (a ``spinlock_t``), the lock the RFC is about.
         self.zone_lock = self.zone.lock
+        self._buddy = buddy
+        self._wmark_low = wmark.low
         self._start_pfn = ZONE_NORMAL_START_PFN
         self._end_pfn = ZONE_NORMAL_START_PFN + nr
+        self._nr_pages = nr
 
         batch = mmc.pcp_batch if mmc.pcp_batch is not None else zone_batchsize(nr, cfg.page_size)
         high = mmc.pcp_high if mmc.pcp_high is not None else pcp_high(batch)
@@ -245,7 +253,7 @@ class PageAllocator:
         self._fault_on = self.fail_page_alloc.enabled
 
         self._plans: dict[int, _GfpPlan] = {}
-        self._nolock_plan = _GfpPlan(NOLOCK_GFP)
+        self._nolock_plan = _GfpPlan(NOLOCK_GFP, self.cost, self.zero_cost)
         #: Allocation failures keyed by the failing mask as ``format_gfp`` prints it.
         self.failures_by_gfp: dict[str, int] = {}
         #: ``warn_alloc`` lines (ratelimited like the kernel's), oldest first.
@@ -343,7 +351,7 @@ class PageAllocator:
         return self.pcps[cpu]
 
     def _plan(self, gfp: int) -> _GfpPlan:
-        plan = _GfpPlan(gfp)
+        plan = _GfpPlan(gfp, self.cost, self.zero_cost)
         if len(self._plans) < 4096:
             self._plans[int(gfp)] = plan
         return plan
@@ -398,17 +406,18 @@ class PageAllocator:
         if self._fault_on and self.fail_page_alloc.should_fail(plan.gfp, order):
             self._injected_failure(task, plan, order)
             return None
-        if order == 0:
-            zone = self.zone
-            if zone.buddy.nr_free > zone.wmark.low:
-                pcp = self.pcps[task.cpu.id]
-                mt = plan.mt
-                lst = pcp.lists[mt]
-                if lst:
-                    pfn = lst.popleft()
-                    pcp.count -= 1
-                    task.charge(self.cost.pcp_alloc_ns)
-                    return self._prep_new_page(task, pfn, 0, plan, mt)
+        if order == 0 and self._buddy.nr_free > self._wmark_low:
+            pcp = self.pcps[task.cpu.id]
+            lst = pcp.lists[plan.mt]
+            if lst:
+                pfn = lst.popleft()
+                pcp.count -= 1
+                self._pstate[pfn - self._start_pfn] = plan.state0
+                task.charge(plan.hit_ns)
+                self.vmstat.inc("pgalloc_normal")
+                if self.tracer.on:
+                    self._trace_alloc(task, pfn, 0, plan.mt, plan)
+                return pfn
         return await self._alloc_slow(task, plan, order)
 
     def _prep_new_page(self, task: Task, pfn: int, order: int, plan: _GfpPlan, mt: int) -> int:
@@ -422,13 +431,16 @@ class PageAllocator:
             task.charge(self.zero_cost << order)
         self.vmstat.inc("pgalloc_normal", 1 << order)
         if self.tracer.on:
-            self.kernel.trace(
-                task,
-                "mm_page_alloc",
-                f"page={self.page_struct(pfn):016x} pfn=0x{pfn:x} order={order} "
-                f"migratetype={mt} gfp_flags={plan.name}",
-            )
+            self._trace_alloc(task, pfn, order, mt, plan)
         return pfn
+
+    def _trace_alloc(self, task: Task, pfn: int, order: int, mt: int, plan: _GfpPlan) -> None:
+        self.kernel.trace(
+            task,
+            "mm_page_alloc",
+            f"page={self.page_struct(pfn):016x} pfn=0x{pfn:x} order={order} "
+            f"migratetype={mt} gfp_flags={plan.name}",
+        )
 
     # -- allocation: the rest of __alloc_pages_nodemask --------------------------------------------
     async def _alloc_slow(self, task: Task, plan: _GfpPlan, order: int) -> int | None:
@@ -679,10 +691,10 @@ class PageAllocator:
     async def free_pages(self, task: Task, pfn: int, order: int = 0) -> None:
         """``__free_pages``: order 0 to this CPU's pcp list (drain ``batch`` at ``high``)."""
         i = pfn - self._start_pfn
-        if order == 0 and 0 <= i < len(self._pstate):
+        if order == 0 and 0 <= i < self._nr_pages:
             st = self._pstate
             mt = _ORDER0_MT[st[i]]
-            if mt < MIGRATE_PCPTYPES:
+            if mt < 3:  # MIGRATE_PCPTYPES
                 st[i] = PS_FREE
                 pcp = self.pcps[task.cpu.id]
                 pcp.lists[mt].appendleft(pfn)

@@ -24,7 +24,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rcukit.errors import MemoryDebugError, PageAllocError
-from rcukit.mm.fault import FreedObject, Quarantine, Site, caller_site, memory_error
+from rcukit.mm.fault import (
+    FreedObject,
+    Quarantine,
+    RawSite,
+    Site,
+    caller_site,
+    memory_error,
+    raw_site,
+)
 from rcukit.mm.gfp import GFP
 from rcukit.sched.sim import Task
 
@@ -142,7 +150,7 @@ class SlabAllocator:
         self.quarantine: Quarantine | None = (
             Quarantine(mmc.debug_quarantine) if mmc.debug_quarantine else None
         )
-        self.alloc_sites: dict[int, Site] | None = {} if mmc.debug_alloc_sites else None
+        self.alloc_sites: dict[int, RawSite] | None = {} if mmc.debug_alloc_sites else None
         self.nr_objects = 0
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -155,10 +163,13 @@ class SlabAllocator:
     def _site(self, task: Task | None) -> Site:
         return caller_site(task, self.mm.kernel.now_ns)
 
-    def _remember_free(self, ptr: int, site: Site, size: int) -> None:
+    def alloc_site(self, ptr: int) -> Site | None:
+        return Site.of(self.alloc_sites.get(ptr)) if self.alloc_sites is not None else None
+
+    def _remember_free(self, ptr: int, site: RawSite, size: int) -> None:
         alloc = self.alloc_sites.pop(ptr, None) if self.alloc_sites is not None else None
         if self.quarantine is not None:
-            self.quarantine.put(ptr, FreedObject(site, alloc, size))
+            self.quarantine.put(ptr, site, alloc, size)
 
     # -- kmalloc ---------------------------------------------------------------------------------
     async def kmalloc(self, task: Task, size: int, gfp: int) -> int:
@@ -193,7 +204,7 @@ class SlabAllocator:
         if gfp & _ZERO:
             task.charge(cost.zero_page_ns_per_4k * cache.size // 4096)
         if self.alloc_sites is not None:
-            self.alloc_sites[ptr] = self._site(task)
+            self.alloc_sites[ptr] = raw_site(task)
         if mm.tracer.on:
             mm.kernel.trace(
                 task,
@@ -264,7 +275,7 @@ class SlabAllocator:
         self.nr_objects += 1
         task.charge(mm.cost.kmalloc_ns)
         if self.alloc_sites is not None:
-            self.alloc_sites[ptr] = self._site(task)
+            self.alloc_sites[ptr] = raw_site(task)
         if mm.tracer.on:
             mm.kernel.trace(
                 task,
@@ -305,6 +316,16 @@ class SlabAllocator:
                     show_alloc=False,
                     show_free=False,
                 )
+            if slab.used[idx] == 2:
+                raise memory_error(
+                    "double-free",
+                    ptr,
+                    where=where,
+                    site=self._site(task),
+                    alloc_site=self.alloc_site(ptr),
+                    detail="the same pointer appears twice in one kfree_bulk() array",
+                    show_free=False,
+                )
             if slab.used[idx] != 1:
                 self._raise_not_live(task, ptr, where, slab.cache.name)
             return slab, idx
@@ -318,7 +339,7 @@ class SlabAllocator:
         entry = self.quarantine.get(ptr) if self.quarantine is not None else None
         if entry is not None:
             raise memory_error(
-                "double-free",
+                "double-free" if where.startswith("kfree") else "use-after-free",
                 ptr,
                 where=where,
                 site=self._site(task),
@@ -365,10 +386,10 @@ class SlabAllocator:
             self.nr_objects -= 1
             task.charge(cost.kfree_ns + cost.cache_miss_ns if cache_miss else cost.kfree_ns)
             if self.quarantine is not None or self.alloc_sites is not None or mm.tracer.on:
-                site = self._site(task)
+                site = raw_site(task)
                 self._remember_free(ptr, site, cache.size)
                 if mm.tracer.on:
-                    mm.kernel.trace(task, "kfree", f"call_site={site} ptr={ptr:#x}")
+                    mm.kernel.trace(task, "kfree", f"call_site={Site(*site)} ptr={ptr:#x}")
             if slab is not cache.active:
                 if not slab.on_partial:
                     slab.on_partial = True
@@ -380,15 +401,15 @@ class SlabAllocator:
             return
         _, order = self._locate(task, ptr, "kfree")
         task.charge(cost.kfree_ns + cost.cache_miss_ns if cache_miss else cost.kfree_ns)
-        await self._free_large(task, ptr, order, self._site(task))
+        await self._free_large(task, ptr, order, raw_site(task))
 
-    async def _free_large(self, task: Task, ptr: int, order: int, site: Site) -> None:
+    async def _free_large(self, task: Task, ptr: int, order: int, site: RawSite) -> None:
         mm = self.mm
         del self._large[ptr]
         self.nr_objects -= 1
         self._remember_free(ptr, site, self.page_size << order)
         if mm.tracer.on:
-            mm.kernel.trace(task, "kfree", f"call_site={site} ptr={ptr:#x}")
+            mm.kernel.trace(task, "kfree", f"call_site={Site(*site)} ptr={ptr:#x}")
         await mm.free_pages(task, mm.virt_to_pfn(ptr), order)
 
     async def kfree_bulk(self, task: Task, ptrs: Sequence[int]) -> None:
@@ -435,7 +456,7 @@ class SlabAllocator:
         cost = mm.cost
         live = sum(1 for i in idxs if i >= 0)
         task.charge(len(groups) * cost.kfree_bulk_call_ns + live * cost.kfree_bulk_per_object_ns)
-        site = self._site(task)
+        site = raw_site(task)
         q = self.quarantine
         keep_from = n - q.capacity if q is not None else n
         to_discard: list[Slab] = []
@@ -469,7 +490,7 @@ class SlabAllocator:
                         self.alloc_sites.pop(ptr, None) if self.alloc_sites is not None else None
                     )
                     if q is not None and i >= keep_from:
-                        q.put(ptr, FreedObject(site, alloc, s.cache.size))
+                        q.put(ptr, site, alloc, s.cache.size)
         for slab in to_discard:
             cache = slab.cache
             if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
@@ -485,7 +506,7 @@ class SlabAllocator:
             ptr,
             where="kfree_bulk",
             site=self._site(task),
-            alloc_site=self.alloc_sites.get(ptr) if self.alloc_sites is not None else None,
+            alloc_site=self.alloc_site(ptr),
             detail="the same large kmalloc pointer appears twice in one kfree_bulk() array",
             show_free=False,
         )

@@ -28,7 +28,7 @@ from sortedcontainers import SortedDict
 
 from rcukit.errors import PageAllocError, SimulationError
 from rcukit.locking.locks import LockKind
-from rcukit.mm.fault import FreedObject, Site, caller_site, memory_error
+from rcukit.mm.fault import FreedObject, RawSite, Site, caller_site, memory_error, raw_site
 from rcukit.mm.gfp import GFP, GFP_KERNEL
 from rcukit.sched.sim import Task
 from rcukit.wq import Work
@@ -53,7 +53,7 @@ class VmArea:
 
     __slots__ = ("addr", "alloc_site", "nr_pages", "pages", "size")
 
-    def __init__(self, addr: int, size: int, pages: list[int], alloc_site: Site | None) -> None:
+    def __init__(self, addr: int, size: int, pages: list[int], alloc_site: RawSite | None) -> None:
         self.addr = addr
         self.size = size
         self.nr_pages = len(pages)
@@ -121,7 +121,7 @@ class VmallocAllocator:
         task.charge(mm.spin_lock_cost + mm.cost.vmalloc_ns)
         mm.locks.release(task, self.lock)
         self._areas[addr] = VmArea(
-            addr, size, pages, self._site(task) if self._record_alloc else None
+            addr, size, pages, raw_site(task) if self._record_alloc else None
         )
         self.nr_areas += 1
         mm.vmstat.inc("nr_vmalloc_pages", nr_pages)
@@ -140,7 +140,7 @@ class VmallocAllocator:
                 ptr,
                 where=where,
                 site=self._site(task),
-                alloc_site=mm.slab.alloc_sites.get(ptr) if mm.slab.alloc_sites else None,
+                alloc_site=mm.slab.alloc_site(ptr),
                 detail=(
                     "a kmalloc pointer passed to vfree (use kfree or kvfree)"
                     if is_slab
@@ -174,7 +174,7 @@ class VmallocAllocator:
     def _remember(self, area: VmArea, site: Site) -> None:
         if not self._quarantine_cap:
             return
-        self._freed[area.addr] = FreedObject(site, area.alloc_site, area.size)
+        self._freed[area.addr] = FreedObject(site, Site.of(area.alloc_site), area.size)
         self._freed_order.append(area.addr)
         if len(self._freed_order) > self._quarantine_cap:
             del self._freed[self._freed_order.popleft()]
@@ -228,7 +228,7 @@ class VmallocAllocator:
                     p,
                     where=where,
                     site=self._site(task),
-                    alloc_site=area.alloc_site,
+                    alloc_site=Site.of(area.alloc_site),
                     detail="the same vmalloc pointer appears twice in one batch",
                     show_free=False,
                 )
@@ -280,9 +280,17 @@ class VmallocAllocator:
         """Allocation site of the live or remembered area containing ``ptr`` (if recorded)."""
         area = self._containing(self._areas, ptr)
         if isinstance(area, VmArea):
-            return area.alloc_site
+            return Site.of(area.alloc_site)
         freed = self._containing(self._freed, ptr)
         return freed.alloc_site if isinstance(freed, FreedObject) else None
+
+    def area_size(self, ptr: int) -> int:
+        """``get_vm_area_size()``: mapped bytes of the live area starting at ``ptr`` (no guard)."""
+        area: VmArea | None = self._areas.get(ptr)
+        if area is None:
+            self._area_for_free(None, ptr, "area_size")
+            raise AssertionError("unreachable")  # pragma: no cover
+        return area.nr_pages * self.page_size
 
     @staticmethod
     def _containing(d: SortedDict, ptr: int) -> object | None:

@@ -231,7 +231,9 @@ def _fraction(_inst: object, attr: attrs.Attribute[float], value: float) -> None
         raise ConfigError(f"{attr.name} {value} is invalid: must be between 0.0 and 1.0")
 
 
-@attrs.define(eq=False)
+# Validated at construction only: the counters change on every allocation and attrs'
+# validate-on-setattr would cost more than the operation itself (the pcp hit is the hot path).
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class BuddyAllocator:
     """One zone's buddy free lists: ``zone->free_area[order].free_list[migratetype]``.
 
@@ -524,7 +526,7 @@ def _batch_validator(_inst: object, attr: attrs.Attribute[int], value: int) -> N
         raise ConfigError(f"pcp batch {value} is invalid: must be >= 1")
 
 
-@attrs.define(kw_only=True)
+@attrs.define(kw_only=True, on_setattr=attrs.setters.NO_OP)
 class PerCpuPages:
     """``struct per_cpu_pages`` of 5.8-5.12: order-0 only, one list per pcp migratetype.
 

@@ -28,8 +28,10 @@ import attrs
 
 from rcukit.errors import MemoryDebugError, RcuUsageError
 from rcukit.locking.locks import HeldLock, LockKind
+from rcukit.mm.alloc_core import KVFREE_REFILL_GFP
 from rcukit.mm.gfp import format_gfp
 from rcukit.rcu.profiles import KvfreeProfile, get_profile
+from rcukit.rcu.tree import RcuWork
 from rcukit.sched.sim import Task, Timer
 from rcukit.wq import DelayedWork, Work
 
@@ -40,6 +42,16 @@ KFREE_N_BATCHES = 2
 FREE_N_CHANNELS = 2
 #: x86-64's ``VMALLOC_START``: pointers at or above it are vmalloc'ed (``is_vmalloc_addr``).
 VMALLOC_START = 0xFFFFC90000000000
+
+
+class _KrcWork(DelayedWork):
+    """A delayed work that knows its ``krcp`` (container_of in the kernel)."""
+
+    __slots__ = ("krcp",)
+
+    def __init__(self, name: str, func: Any, krcp: Krc) -> None:
+        super().__init__(name, func)
+        self.krcp = krcp
 
 
 class Bnode:
@@ -88,16 +100,15 @@ class Krc:
         self.head_gp_snap = 0
         self.count = 0
         self.cache: list[int] = []
-        self.monitor = DelayedWork(f"kfree_rcu_monitor/{cpu}", kv._monitor_fn)
+        self.monitor = _KrcWork(f"kfree_rcu_monitor/{cpu}", kv._monitor_fn, self)
         self.monitor_todo = False
-        self.monitor.krcp = self  # type: ignore[attr-defined]
         self.krw = [Krwp(self, i, kv._new_rcu_work(self, i)) for i in range(KFREE_N_BATCHES)]
-        self.page_cache_work = DelayedWork(f"fill_page_cache_func/{cpu}", kv._fill_cache_fn)
-        self.page_cache_work.krcp = self  # type: ignore[attr-defined]
+        self.page_cache_work = _KrcWork(f"fill_page_cache_func/{cpu}", kv._fill_cache_fn, self)
         self.work_in_progress = False
         self.backoff_page_cache_fill = False
-        self.hrtimer = Timer(f"schedule_page_work_fn/{cpu}", kv._page_work_timer)
-        self.hrtimer.krcp = self  # type: ignore[attr-defined]
+        self.hrtimer = Timer(
+            f"schedule_page_work_fn/{cpu}", lambda _t: kv._page_work_timer(self)
+        )
         self.initialized = True
 
     def krc_count(self) -> int:
@@ -156,6 +167,17 @@ class KvfreeStatistics:
         return max(self.latency_ns)
 
 
+class _KrwpWork(RcuWork):
+    """``krwp->rcu_work``: the reclaim of one batch after its grace period."""
+
+    __slots__ = ("idx", "krcp")
+
+    def __init__(self, name: str, func: Any, krcp: Krc, idx: int) -> None:
+        super().__init__(name, func)
+        self.krcp = krcp
+        self.idx = idx
+
+
 class KvfreeRcu:
     """The kvfree_rcu() subsystem of one kernel (``kernel.kvfree``)."""
 
@@ -170,14 +192,23 @@ class KvfreeRcu:
         self.capacity = self.profile.block_capacity(
             cfg.page_size, cfg.pointer_size, cfg.kvfree.header
         )
+        # The page-cache variant is v5.11's answer grafted onto the profile: its cache holds
+        # v5.11's five pages and is refilled with the flags the kernel settled on.
+        defers = self.variant.defers_to_worker
+        default_cached = max(self.profile.min_cached_objs, 5) if defers else (
+            self.profile.min_cached_objs
+        )
         self.min_cached = (
             cfg.kvfree.rcu_min_cached_objs
             if cfg.kvfree.rcu_min_cached_objs is not None
-            else self.profile.min_cached_objs
+            else default_cached
+        )
+        self.refill_gfp = (
+            self.profile.refill_gfp if self.profile.refill_worker or not defers
+            else KVFREE_REFILL_GFP
         )
         self.drain_jiffies = self.profile.drain_jiffies(cfg.hz)
         self.wq = kernel.system_wq
-        self._rwork_class: Any = None
         self.krcs = [Krc(self, c) for c in range(cfg.nr_cpus)]
         c = cfg.cost
         self._lock_ns = c.raw_lock_ns
@@ -216,27 +247,19 @@ class KvfreeRcu:
     def start(self) -> None:
         k = self.kernel
         if self.profile.boot_prefill and self.min_cached:
-            for cpu in range(k.config.nr_cpus):
-                k.sim.spawn(self._prefill_fn, cpu, f"kvfree_prefill/{cpu}")
+            # v5.9's kfree_rcu_batch_init() fills each CPU's cache before the scheduler runs:
+            # boot memory, charged to no task.
+            for krcp in self.krcs:
+                for _ in range(self.min_cached):
+                    pfn = self.mm.alloc_pages_early()
+                    if pfn is None:
+                        break
+                    krcp.cache.append(self.mm.page_address(pfn))
         k.mm.register_shrinker("kfree_rcu", self._shrink_count, self._shrink_scan)
         k.rcu.add_hotplug_callback(self._hotplug)
 
-    async def _prefill_fn(self, task: Task) -> None:
-        """v5.9's boot-time fill of ``rcu_min_cached_objs`` pages per CPU."""
-        krcp = self.krcs[task.cpu.id]
-        for _ in range(self.min_cached):
-            page = await self.mm.get_free_page(task, self.profile.refill_gfp)
-            if page is None:
-                break
-            krcp.cache.append(page)
-
-    def _new_rcu_work(self, krcp: Krc, idx: int) -> Any:
-        from rcukit.rcu.tree import RcuWork
-
-        rw = RcuWork(f"kfree_rcu_work/{krcp.cpu}.{idx}", self._reclaim_fn)
-        rw.krwp_idx = idx  # type: ignore[attr-defined]
-        rw.krcp = krcp  # type: ignore[attr-defined]
-        return rw
+    def _new_rcu_work(self, krcp: Krc, idx: int) -> _KrwpWork:
+        return _KrwpWork(f"kfree_rcu_work/{krcp.cpu}.{idx}", self._reclaim_fn, krcp, idx)
 
     # -- the enqueue path ------------------------------------------------------------------------
     async def kvfree_rcu(self, task: Task, ptr: int | None, head: int | None = None) -> None:
@@ -260,7 +283,7 @@ class KvfreeRcu:
         if single:
             self.calls_single += 1
             self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
-        elif head - ptr < 0 or head - ptr >= self.mm.ksize(ptr):
+        elif head - ptr < 0 or head - ptr >= self._object_size(ptr):
             raise RcuUsageError(
                 f"kvfree_rcu(ptr=0x{ptr:x}, head=0x{head:x}): the rcu_head is not inside the "
                 f"object (allowed: ptr <= head < ptr + ksize(ptr))"
@@ -324,6 +347,11 @@ class KvfreeRcu:
         self.latency[lat] = self.latency.get(lat, 0) + 1
         if task.cpu.local_ns >= task.cpu.next_tick_ns:
             await task.preempt_point()
+
+    def _object_size(self, ptr: int) -> int:
+        if ptr >= VMALLOC_START:
+            return self.mm.vmap.area_size(ptr)
+        return self.mm.ksize(ptr)
 
     def _unlock(self, task: Task, krcp: Krc) -> None:
         held = task.held_locks
@@ -406,8 +434,7 @@ class KvfreeRcu:
         sim = self.kernel.sim
         sim.arm_timer(krcp.hrtimer, task.cpu, task.now_ns)
 
-    def _page_work_timer(self, timer: Timer) -> None:
-        krcp: Krc = timer.krcp  # type: ignore[attr-defined]
+    def _page_work_timer(self, krcp: Krc) -> None:
         k = self.kernel
         if self.profile.shrinker_backoff and krcp.backoff_page_cache_fill:
             delay = max(
@@ -419,11 +446,12 @@ class KvfreeRcu:
 
     async def _fill_cache_fn(self, task: Task, work: Work) -> None:
         """``fill_page_cache_func``: allocate in a clean context, stop at the first failure."""
-        krcp: Krc = work.krcp  # type: ignore[attr-defined]
+        assert isinstance(work, _KrcWork)
+        krcp = work.krcp
         nr_pages = 1 if krcp.backoff_page_cache_fill else self.min_cached
         for _ in range(len(krcp.cache), nr_pages):
             self.block_alloc_attempts += 1
-            page = await self.mm.get_free_page(task, self.profile.refill_gfp)
+            page = await self.mm.get_free_page(task, self.refill_gfp)
             if page is None:
                 self.block_alloc_failures += 1
                 break
@@ -436,8 +464,8 @@ class KvfreeRcu:
 
     # -- the monitor -----------------------------------------------------------------------------
     async def _monitor_fn(self, task: Task, work: Work) -> None:
-        krcp: Krc = work.krcp  # type: ignore[attr-defined]
-        await self._monitor(task, krcp)
+        assert isinstance(work, _KrcWork)
+        await self._monitor(task, work.krcp)
 
     async def _monitor(self, task: Task, krcp: Krc) -> None:
         """``kfree_rcu_monitor``: free what is already safe (v6.3), detach the rest into a batch."""
@@ -523,8 +551,9 @@ class KvfreeRcu:
     # -- reclaim after the grace period --------------------------------------------------------
     async def _reclaim_fn(self, task: Task, work: Work) -> None:
         """``kfree_rcu_work``: one bulk call per block, the list one by one, spare pages back."""
-        krcp: Krc = work.krcp  # type: ignore[attr-defined]
-        krwp = krcp.krw[work.krwp_idx]  # type: ignore[attr-defined]
+        assert isinstance(work, _KrwpWork)
+        krcp = work.krcp
+        krwp = krcp.krw[work.idx]
         self.grace_periods_waited += 1
         self._relock(task, krcp)
         chans = krwp.bulk_free
@@ -606,7 +635,7 @@ class KvfreeRcu:
                 f"kvfree_rcu(0x{ptr:x}) from {task.comm}/{task.pid}: the object is already "
                 f"queued for freeing after a grace period (double kvfree_rcu)"
             )
-        self.mm.check_live(task, ptr)
+        self.mm.check_access(ptr, task)
         self._debug_pending[ptr] = self.rcu.get_state_synchronize_rcu()
 
     def _debug_free(self, ptr: int) -> None:

@@ -38,6 +38,9 @@ class Workload:
     vmalloc_fraction: float = attrs.field(default=0.02)
     object_size: int = attrs.field(default=64)
     rcu_head_offset: int = attrs.field(default=16)
+    #: Work the caller does per object between calls (simulated ns), so a flood spans
+    #: several drain periods instead of a fraction of a millisecond.
+    think_ns: int = attrs.field(default=400)
     #: cond_resched() every N calls, as rcuscale's kfree loop does once per loop.
     resched_every: int = attrs.field(default=256)
     #: Finish with kvfree_rcu_barrier() so every object is accounted freed.
@@ -107,7 +110,7 @@ def _row_data(k: Kernel, variant: str, kernel_config: str, wall: float) -> dict[
             "max": max(kv.latency_ns) if kv.latency_ns else 0,
         },
         "sim_time_ns": k.now_ns,
-        "timeline": [list(t) for t in kv.timeline],
+        "timeline": [list(t) for t in k.kvfree.timeline],
     }
 
 
@@ -120,7 +123,9 @@ async def _flood(k: Kernel, w: Workload, task: Task) -> int:
     size = w.object_size
     off = w.rcu_head_offset
     every = w.resched_every
+    think = w.think_ns
     for i in range(w.objects_per_cpu):
+        task.charge(think)
         if vm_f and rng.random() < vm_f:
             ptr = await mm.vmalloc(task, size)
         else:

@@ -135,13 +135,9 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
     rcu = k.rcu
 
     async def kfree_cb(task: Task, head: RcuHead) -> None:
+        # The callback reaches its object through the rcu_head: a cache miss, then kfree().
         assert isinstance(head, _KfreeObj)
-        await mm.kfree(task, head.ptr)
-
-    def kfree_cb_sync(task: Task, head: RcuHead) -> None:
-        # call_rcu callbacks run in softirq-like context: the free is charged, not awaited.
-        assert isinstance(head, _KfreeObj)
-        mm.kfree_nosync(task, head.ptr)
+        await mm.slab.kfree(task, head.ptr, cache_miss=True)
 
     async def kfreer(task: Task) -> int:
         me = task.data.get("me", 0)
@@ -152,13 +148,13 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
         start = task.now_ns
         for loop in range(p.kfree_loops):
             if loop == 0 and me == 0:
-                state["mem_begin"] = state["mem_during"] = mm.si_mem_available()
+                state["mem_begin"] = state["mem_during"] = mm.nr_free_pages()
             elif me == 0 and p.kfree_loops >= 4 and loop % (p.kfree_loops // 4) == 0:
-                state["mem_during"] = (state["mem_during"] + mm.si_mem_available()) // 2
+                state["mem_during"] = (state["mem_during"] + mm.nr_free_pages()) // 2
             for _ in range(p.kfree_alloc_num):
                 ptr = await mm.kmalloc(task, size, GFP_KERNEL)
                 if p.no_batch or p.kfree_by_call_rcu:
-                    rcu.call_rcu(task, _KfreeObj(ptr), kfree_cb_sync)
+                    rcu.call_rcu(task, _KfreeObj(ptr), kfree_cb)
                     continue
                 if p.kfree_rcu_test_single == p.kfree_rcu_test_double:
                     single = bool(rng.getrandbits(16) & 0x800)

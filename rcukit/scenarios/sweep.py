@@ -29,6 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExe
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -533,6 +534,21 @@ class ExecutorChoice:
     description: str
 
 
+def _check_scheduler(address: str) -> None:
+    # Caught here: distributed.Client fails fast on a malformed address but then hangs a
+    # minute in its finaliser at exit.
+    parts = urlsplit(address if "://" in address else "tcp://" + address)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise ConfigError(
+            f"--scheduler {address!r}: expected a Dask scheduler address like "
+            "tcp://HOST:PORT (e.g. tcp://10.0.0.1:8786)"
+        )
+
+
 @contextlib.contextmanager
 def open_executor(
     workers: int | None = None, scheduler: str | None = None
@@ -543,6 +559,7 @@ def open_executor(
     leaks into a worker and macOS, Linux and Windows behave alike.
     """
     if scheduler is not None:
+        _check_scheduler(scheduler)
         try:
             import distributed
         except ImportError:
@@ -610,7 +627,7 @@ def run_sweep(
     done_keys = _open_results(path, spec.scenario, resume)
     todo = [p for p in points if p.key() not in done_keys]
     skipped = len(points) - len(todo)
-    window = max_in_flight if max_in_flight is not None else len(todo)
+    window = max(1, max_in_flight if max_in_flight is not None else len(todo))
     if progress is not None:
         progress(0, len(todo))
     try:
@@ -621,45 +638,40 @@ def run_sweep(
     failure: tuple[Point, BaseException] | None = None
     pending: dict[Future[dict[str, Any]], Point] = {}
 
-    def record(fut: Future[dict[str, Any]]) -> None:
+    def drain_one() -> None:
         nonlocal ran, failure
-        point = pending.pop(fut)
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None:
-            if failure is None:
+        finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        for fut in finished:
+            point = pending.pop(fut)
+            if fut.cancelled():
+                continue
+            exc = fut.exception()
+            if exc is None:
+                fh.write(format_line(point, spec.scenario, fut.result()) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                ran += 1
+                if progress is not None:
+                    progress(ran, len(todo))
+            elif failure is None:
                 failure = (point, exc)
                 for other in pending:
                     other.cancel()
-            return
-        fh.write(format_line(point, spec.scenario, fut.result()) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-        ran += 1
-        if progress is not None:
-            progress(ran, len(todo))
 
     with fh:
         try:
-            queue = iter(todo)
-            while failure is None:
-                point = next(queue, None)
-                if point is None:
+            for point in todo:
+                if failure is not None:
                     break
                 fut = executor.submit(runner, spec.scenario, dict(point.params), point.seed)
                 pending[fut] = point
-                while len(pending) >= max(window, 1) and failure is None:
-                    finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        record(f)
+                while len(pending) >= window:
+                    drain_one()
             while pending:
-                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for f in finished:
-                    record(f)
+                drain_one()
         except BaseException:
-            for f in pending:
-                f.cancel()
+            for fut in pending:
+                fut.cancel()
             raise
     if failure is not None:
         point, error = failure

@@ -10,6 +10,14 @@ from contextlib import contextmanager
 from rcukit.errors import ConfigError
 from rcukit.scenarios import sweep as sw
 
+DESCRIPTION = """\
+Run one simulation per point of a grid (or a random sample of it) over kernel config fields,
+variants, builds and scenario fields, times seeds, in parallel; or plot the results. Each
+finished point is appended to RESULTS.jsonl at once, so Ctrl-C loses nothing and --resume runs
+only the points that are missing. A point gives the same bytes inline, in the process pool and
+on Dask.
+"""
+
 EPILOG = """\
 examples:
   rcukit sweep examples/sweep-small.toml --out results.jsonl            # all local cores
@@ -119,7 +127,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "sweep",
         help="run a grid of simulations over config and scenario fields, or plot the results",
-        description=sw.__doc__,
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -275,6 +275,9 @@ class Simulator:
         self._clock: trio.testing.MockClock | None = None
         self._clock_base = 0.0
         self.handoffs = 0
+        #: The task holding the baton (None while the driver has it); RCU stamps cookies with
+        #: its clock when a caller does not pass its task.
+        self.running: Task | None = None
         #: Charged to a CPU per context switch (set from the cost model by the Kernel).
         self.switch_cost_ns = 0
         self.finished = False
@@ -368,6 +371,9 @@ class Simulator:
         task.state = RUNNABLE
         task.waiting_on = ""
         cpu = task.cpu
+        if not cpu.online:
+            # select_fallback_rq(): a task of an offlined CPU runs on an online one.
+            cpu = task.cpu = self.fallback_cpu(cpu)
         if cpu.current is None:
             if cpu.local_ns < at_ns:
                 cpu.local_ns = at_ns
@@ -432,6 +438,59 @@ class Simulator:
                 timer.pending = False
                 timer.func(timer)
 
+    # -- CPU hotplug ----------------------------------------------------------------------------
+    def fallback_cpu(self, cpu: Cpu) -> Cpu:
+        """``select_fallback_rq()``: the first online CPU after ``cpu``, wrapping around."""
+        n = len(self.cpus)
+        for i in range(1, n + 1):
+            c = self.cpus[(cpu.id + i) % n]
+            if c.online:
+                return c
+        raise SimulationError("no CPU is online")
+
+    def freeze_cpu(self, cpu: Cpu) -> None:
+        """First step of taking ``cpu`` down: it stops running and takes no new wake-ups.
+
+        Its clock stops, so a synced caller can wait until its own time passes the frozen one
+        before :meth:`migrate_tasks` moves the tasks: they then never run in their own past.
+        """
+        cpu.online = False
+        cpu.heap_seq = -1
+
+    def migrate_tasks(self, cpu: Cpu, target: Cpu) -> list[Task]:
+        """Move every live task of the frozen ``cpu`` to ``target``; return the runnable ones.
+
+        The running task (first in the list) is preempted wherever it was parked. Timers stay
+        armed on ``cpu`` and still fire there (it is treated like an idle CPU), as if migrated.
+        """
+        moved: list[Task] = []
+        if cpu.current is not None:
+            moved.append(cpu.current)
+            cpu.current = None
+        moved.extend(cpu.runqueue)
+        cpu.runqueue.clear()
+        cpu.need_resched = False
+        for t in self.tasks:
+            if t.cpu is cpu and t.state != DEAD:
+                t.cpu = target
+        for t in moved:
+            t.state = BLOCKED
+            self.make_runnable(t, cpu.local_ns)
+        if not cpu.idle:
+            cpu.idle = True
+            cpu.idle_since = cpu.local_ns
+        nt = cpu.next_timer_ns()
+        if nt is not None:
+            self.push_cpu(cpu, max(nt, cpu.local_ns))
+        return moved
+
+    def online_cpu(self, cpu: Cpu, at_ns: int) -> None:
+        """Bring ``cpu`` back (idle, with no tasks) as of ``at_ns``."""
+        cpu.online = True
+        if cpu.local_ns < at_ns:
+            cpu.local_ns = at_ns  # still idle: the gap counts as idle time
+        self._align_tick(cpu)
+
     # -- the hand-off machinery ----------------------------------------------------------------
     async def _park(self, task: Task) -> None:
         def abort(_: Any) -> trio.lowlevel.Abort:
@@ -482,6 +541,7 @@ class Simulator:
 
     def _resume_next(self, me: Task | None) -> Task | None:
         nxt = self._next_task()
+        self.running = nxt
         if nxt is None:
             self._wake_driver()
             return None
@@ -511,6 +571,7 @@ class Simulator:
             if self.min_other_ns() < cpu.local_ns:
                 self.push_cpu(cpu, cpu.local_ns)
                 await self.hand_off(task)
+                cpu = task.cpu  # CPU hot-unplug may have migrated us meanwhile
             self._advance_now(cpu.local_ns)
             cpu.ticks += 1
             self._align_tick(cpu)

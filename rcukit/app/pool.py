@@ -1,0 +1,325 @@
+"""``ObjectPool``: a slab-like cache of reusable objects, with a KASAN/SLUB-style debug mode.
+
+Why a pool at all: ``kvfree_rcu()`` earns its keep by releasing objects in bulk, one
+``kfree_bulk()`` per page of pointers (kernel.md §1.4, §4). The Python equivalent of handing a
+slab its objects back is :meth:`ObjectPool.free_bulk`: one ``list.extend`` per block instead of a
+call per object. A pool of buffers is also what an application reaches for to stop allocating a
+fresh ``bytearray`` per request.
+
+Debug mode does what ``slub_debug=FPZ`` plus KASAN's quarantine do for the kernel:
+
+* every allocation and free records its call site (the first frame outside rcukit; frees done
+  by ``kvfree_rcu`` after a grace period record the ``kvfree_rcu()`` call instead);
+* a freed object is poisoned (``bytearray`` contents become ``POISON_FREE`` 0x6b bytes, or the
+  ``poison`` hook runs) and is re-checked when reused, so a write after free is reported;
+* freed objects are reused oldest first (a FIFO quarantine), so a stale reference stays
+  detectable for as long as possible;
+* a double free or a free of a foreign object raises :class:`~rcukit.errors.MemoryDebugError`
+  naming the allocation site, the first free and the second; :meth:`ObjectPool.check` turns a
+  use after free into the same kind of error, and a generation number catches a reference that
+  survived a free *and* a reallocation (the ABA case).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
+
+import attrs
+
+from rcukit.app.sites import call_site
+from rcukit.errors import ConfigError, MemoryDebugError
+
+__all__ = ["POISON_FREE", "ObjectPool", "PoolStatistics"]
+
+T = TypeVar("T")
+
+#: SLUB's ``POISON_FREE`` byte (``include/linux/poison.h``).
+POISON_FREE = 0x6B
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A snapshot of one pool (the Trio ``statistics()`` convention)."""
+
+    name: str
+    debug: bool
+    #: Objects the factory made.
+    created: int
+    #: Allocated and not yet freed.
+    in_use: int
+    #: Free objects kept for reuse (in debug mode: the quarantine).
+    cached: int
+    #: Cap on ``cached``; None means no cap.
+    max_cached: int | None
+    allocs: int
+    frees: int
+    #: Freed objects dropped because the cache was full.
+    dropped: int
+
+
+class _Life:
+    """Debug record of one object: where it was allocated and freed, and how often reused."""
+
+    __slots__ = ("alloc_site", "free_site", "freed", "generation", "obj")
+
+    def __init__(self, obj: object, site: str) -> None:
+        self.obj = obj
+        self.alloc_site = site
+        self.free_site: str | None = None
+        self.freed = False
+        self.generation = 0
+
+
+def _describe(obj: object) -> str:
+    return f"{type(obj).__name__} object at {id(obj):#x}"
+
+
+def _check_optional_count(inst: object, att: attrs.Attribute[int | None], v: object) -> None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise ConfigError(f"{att.name} = {v!r}: expected None or an integer >= 0")
+
+
+def _check_count(inst: object, att: attrs.Attribute[int], v: object) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigError(f"{att.name} = {v!r}: expected an integer >= 0")
+
+
+@attrs.define(eq=False, repr=False)
+class ObjectPool(Generic[T]):
+    """A pool of reusable objects made by ``factory`` (see the module docstring).
+
+    ``max_cached`` caps how many free objects are kept (the rest are dropped, like a slab
+    shrinking); ``prefill`` makes that many objects up front; ``poison`` is called on every
+    object freed in debug mode (``bytearray`` objects are poisoned with 0x6b bytes without it).
+    Pass the pool as ``release=`` to :meth:`RcuDomain.kvfree_rcu` (or to ``open_domain``) and
+    retired objects come back to it in bulk after a grace period.
+    """
+
+    factory: Callable[[], T]
+    max_cached: int | None = attrs.field(
+        default=None, kw_only=True, validator=_check_optional_count
+    )
+    prefill: int = attrs.field(default=0, kw_only=True, validator=_check_count)
+    debug: bool = attrs.field(default=False, kw_only=True)
+    poison: Callable[[T], object] | None = attrs.field(default=None, kw_only=True)
+    name: str = attrs.field(default="", kw_only=True)
+    _free: list[T] = attrs.field(init=False, factory=list)
+    _quarantine: deque[T] = attrs.field(init=False, factory=deque)
+    _lives: dict[int, _Life] = attrs.field(init=False, factory=dict)
+    _created: int = attrs.field(init=False, default=0)
+    _allocs: int = attrs.field(init=False, default=0)
+    _frees: int = attrs.field(init=False, default=0)
+    _dropped: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        if not callable(self.factory):
+            raise ConfigError(f"factory = {self.factory!r}: expected a callable making objects")
+        if not self.name:
+            self.name = getattr(self.factory, "__qualname__", None) or repr(self.factory)
+        for _ in range(self.prefill):
+            obj = self.factory()
+            self._created += 1
+            if self.debug:
+                life = _Life(obj, "<prefill>")
+                life.freed = True
+                life.free_site = "<prefill>"
+                self._lives[id(obj)] = life
+                self._poison(obj)
+                self._quarantine.append(obj)
+            else:
+                self._free.append(obj)
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return f"<ObjectPool {self.name!r} in_use={s.in_use} cached={s.cached} debug={s.debug}>"
+
+    # ---------------------------------------------------------------- fast paths
+
+    def alloc(self) -> T:
+        """An object from the pool, or a new one from the factory if none is free."""
+        if self.debug:
+            return self._alloc_debug(call_site())
+        free = self._free
+        self._allocs += 1
+        if free:
+            return free.pop()
+        self._created += 1
+        return self.factory()
+
+    def free(self, obj: T) -> None:
+        """Give ``obj`` back; in debug mode a double or foreign free raises MemoryDebugError."""
+        if self.debug:
+            err = self._free_debug(obj, call_site())
+            if err is not None:
+                raise err
+            return
+        self._frees += 1
+        free = self._free
+        if self.max_cached is None or len(free) < self.max_cached:
+            free.append(obj)
+        else:
+            self._dropped += 1
+
+    def free_bulk(self, objs: Iterable[T]) -> None:
+        """Give many objects back with one call (``kmem_cache_free_bulk``).
+
+        In debug mode every valid object is freed even if some are not; the bad ones are then
+        reported together (one MemoryDebugError, or an ExceptionGroup of them).
+        """
+        if self.debug:
+            site = call_site()
+            objs = list(objs)
+            self._raise_all(self._free_bulk_debug(objs, [site] * len(objs)))
+            return
+        free = self._free
+        n0 = len(free)
+        free.extend(objs)
+        n = len(free) - n0
+        self._frees += n
+        cap = self.max_cached
+        if cap is not None and len(free) > cap:
+            self._dropped += len(free) - cap
+            del free[cap:]
+
+    # ---------------------------------------------------------------- debug checks
+
+    def check(self, obj: T, generation: int | None = None) -> None:
+        """Raise MemoryDebugError if ``obj`` is not live (freed, or not from this pool).
+
+        With ``generation`` (from :meth:`generation` when the reference was taken) it also
+        raises if the object was freed and allocated again since. A no-op without debug mode.
+        """
+        if not self.debug:
+            return
+        life = self._lives.get(id(obj))
+        if life is None or life.obj is not obj:
+            raise MemoryDebugError(
+                f"use of {_describe(obj)} at {call_site()}: it was not allocated from pool "
+                f"{self.name!r}"
+            )
+        if life.freed:
+            raise MemoryDebugError(
+                f"use after free of {_describe(obj)} from pool {self.name!r} at {call_site()}: "
+                f"allocated at {life.alloc_site}, freed at {life.free_site}"
+            )
+        if generation is not None and generation != life.generation:
+            raise MemoryDebugError(
+                f"use after free of {_describe(obj)} from pool {self.name!r} at {call_site()}: "
+                f"the reference is from generation {generation}, but the object was freed and "
+                f"allocated again (now generation {life.generation}, allocated at "
+                f"{life.alloc_site})"
+            )
+
+    def generation(self, obj: T) -> int:
+        """How many times ``obj`` has been reallocated (debug mode; always 0 otherwise)."""
+        if not self.debug:
+            return 0
+        life = self._lives.get(id(obj))
+        return life.generation if life is not None and life.obj is obj else -1
+
+    def is_freed(self, obj: T) -> bool:
+        """Debug mode: is ``obj`` currently free? (Always False without debug mode.)"""
+        life = self._lives.get(id(obj)) if self.debug else None
+        return life is not None and life.obj is obj and life.freed
+
+    def describe(self, obj: T) -> str | None:
+        """Debug mode: where ``obj`` was allocated and freed, for error messages; else None."""
+        life = self._lives.get(id(obj)) if self.debug else None
+        if life is None or life.obj is not obj:
+            return None
+        if life.freed:
+            return f"allocated at {life.alloc_site}, freed at {life.free_site}"
+        return f"allocated at {life.alloc_site}"
+
+    def statistics(self) -> PoolStatistics:
+        cached = len(self._quarantine) if self.debug else len(self._free)
+        return PoolStatistics(
+            name=self.name,
+            debug=self.debug,
+            created=self._created,
+            in_use=self._allocs - self._frees,
+            cached=cached,
+            max_cached=self.max_cached,
+            allocs=self._allocs,
+            frees=self._frees,
+            dropped=self._dropped,
+        )
+
+    # ---------------------------------------------------------------- debug internals
+
+    def _poison(self, obj: T) -> None:
+        if self.poison is not None:
+            self.poison(obj)
+        elif isinstance(obj, bytearray):
+            obj[:] = bytes((POISON_FREE,)) * len(obj)
+
+    def _alloc_debug(self, site: str) -> T:
+        self._allocs += 1
+        q = self._quarantine
+        if not q:
+            obj = self.factory()
+            self._created += 1
+            self._lives[id(obj)] = _Life(obj, site)
+            return obj
+        obj = q.popleft()
+        life = self._lives[id(obj)]
+        if (
+            self.poison is None
+            and isinstance(obj, bytearray)
+            and obj.count(POISON_FREE) != len(obj)
+        ):
+            # Keep the object out of circulation: it was corrupted while free.
+            self._allocs -= 1
+            del self._lives[id(obj)]
+            raise MemoryDebugError(
+                f"write after free of {_describe(obj)} from pool {self.name!r}: its poison "
+                f"(0x{POISON_FREE:x} bytes) changed after it was freed at {life.free_site} "
+                f"(allocated at {life.alloc_site}); detected reallocating it at {site}"
+            )
+        life.freed = False
+        life.alloc_site = site
+        life.free_site = None
+        life.generation += 1
+        return obj
+
+    def _free_debug(self, obj: T, site: str) -> MemoryDebugError | None:
+        life = self._lives.get(id(obj))
+        if life is None or life.obj is not obj:
+            return MemoryDebugError(
+                f"free of {_describe(obj)} at {site}: it was not allocated from pool "
+                f"{self.name!r} (foreign free)"
+            )
+        if life.freed:
+            return MemoryDebugError(
+                f"double free of {_describe(obj)} from pool {self.name!r}: allocated at "
+                f"{life.alloc_site}, freed at {life.free_site}, freed again at {site}"
+            )
+        life.freed = True
+        life.free_site = site
+        self._frees += 1
+        self._poison(obj)
+        q = self._quarantine
+        q.append(obj)
+        cap = self.max_cached
+        if cap is not None and len(q) > cap:
+            old = q.popleft()
+            del self._lives[id(old)]
+            self._dropped += 1
+        return None
+
+    def _free_bulk_debug(self, objs: Sequence[T], sites: Sequence[str]) -> list[MemoryDebugError]:
+        errors = []
+        for obj, site in zip(objs, sites, strict=True):
+            err = self._free_debug(obj, site)
+            if err is not None:
+                errors.append(err)
+        return errors
+
+    @staticmethod
+    def _raise_all(errors: list[MemoryDebugError]) -> None:
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup(f"{len(errors)} bad frees in one free_bulk()", errors)

@@ -1,0 +1,399 @@
+"""The read side: two-phase reader counters, debug read sections, and QSBR workers.
+
+**Preemptible readers, SRCU-style.** A domain has two :class:`ReadGuard` counters and a current
+phase. ``read_lock()`` returns the current phase's guard (a pre-built object: no allocation), and
+entering it increments that counter; leaving decrements the *same* counter, because the guard
+object itself remembers the phase. A grace period flips the phase and waits until the old phase's
+counter is zero: every reader that began before the flip has then left, whatever it awaited in
+between (``PREEMPT_RCU``'s blocked-readers list, kernel.md §6, done with counters as SRCU and
+liburcu's phase flip do). Trio is single-threaded and a ``with`` statement evaluates
+``read_lock()`` and enters the guard with no checkpoint in between, so one flip per GP is enough
+(C implementations need two because reading the phase and incrementing race with the flip).
+Nesting needs no per-task state: each level counts once in the phase it started in.
+
+The price of that speed: a non-debug guard does not know which task holds it. The debug flavour
+(:class:`DebugReadSection`) records the task and call site of every section, which is what lets
+it refuse ``synchronize_rcu()`` inside a read section, an unlock from another task, a double
+unlock, or ``RcuPointer.dereference()`` outside a section.
+
+**QSBR workers** (liburcu's ``urcu-qsbr``): a registered worker is online, i.e. treated as
+reading, until it reports a quiescent state or goes offline. Each GP start bumps ``qs_gen`` and
+sets ``qs_owed`` to the number of online workers; a worker reporting for the first time in this
+GP decrements it. A GP therefore never walks the worker list, and offline workers cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Protocol
+
+import attrs
+import trio
+
+from rcukit.app.sites import call_site
+from rcukit.errors import RcuClosedError, RcuUsageError
+
+__all__ = ["DebugReadSection", "QsbrWorker", "ReadGuard", "ReadSection", "Readers"]
+
+
+class ReadSection(Protocol):
+    """What ``read_lock()``/``rcu_read_lock()`` hand out: a context manager and an unlock token."""
+
+    def __enter__(self) -> None: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class ReadGuard:
+    """One reader phase: its counter, and the context manager ``read_lock()`` returns for it."""
+
+    __slots__ = ("active", "closed", "count", "phase", "waiter")
+
+    def __init__(self, phase: int) -> None:
+        self.phase = phase
+        self.count = 0
+        self.active = phase == 0
+        self.closed = False
+        #: Set while a GP waits for this phase to drain; called when ``count`` reaches zero.
+        self.waiter: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ReadGuard phase={self.phase} readers={self.count} active={self.active}>"
+
+    def __enter__(self) -> None:
+        if not self.active:
+            self._refuse()
+        self.count += 1
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        c = self.count - 1
+        self.count = c
+        if c <= 0 and (c or self.waiter is not None):
+            self._drained(c)
+
+    def _refuse(self) -> None:
+        if self.closed:
+            raise RcuClosedError("read_lock() on a closed RCU domain; the domain has exited")
+        raise RcuUsageError(
+            "a read_lock() guard was entered after a grace period flipped the reader phase; "
+            "enter it at once (`with rcu.read_lock():`) instead of keeping it for later"
+        )
+
+    def _drained(self, c: int) -> None:
+        if c < 0:
+            self.count = 0
+            raise RcuUsageError(
+                "rcu_read_unlock() without a matching rcu_read_lock() (unbalanced unlock)"
+            )
+        waiter = self.waiter
+        if waiter is not None:
+            waiter()
+
+
+_NEW, _HELD, _RELEASED = 0, 1, 2
+
+
+class DebugReadSection:
+    """A debug-mode read section: one object per ``read_lock()``, knowing its task and site."""
+
+    __slots__ = ("_readers", "guard", "site", "state", "task")
+
+    def __init__(self, readers: Readers, site: str) -> None:
+        self._readers = readers
+        self.site = site
+        self.state = _NEW
+        self.task: trio.lowlevel.Task | None = None
+        self.guard: ReadGuard | None = None
+
+    def __repr__(self) -> str:
+        task = self.task.name if self.task is not None else None
+        return f"<DebugReadSection from {self.site} task={task!r} state={self.state}>"
+
+    def __enter__(self) -> None:
+        self._readers.debug_enter(self)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._readers.debug_exit(self)
+
+
+class QsbrWorker:
+    """A registered QSBR worker: its read side is free; it reports quiescent states instead.
+
+    Online (the state after registration, as in liburcu) means "may hold RCU-protected
+    references at any time"; every grace period waits until each online worker calls
+    :meth:`quiescent_state` once after the GP started. :meth:`offline` (or the
+    :meth:`extended_qs` context manager around a long ``await``) means "holds none", and GPs stop
+    waiting for the worker. Use it as a context manager to unregister on exit.
+    """
+
+    __slots__ = ("_gen", "_online", "_readers", "_registered", "site", "task")
+
+    def __init__(self, readers: Readers, task: trio.lowlevel.Task, site: str) -> None:
+        self._readers = readers
+        self.task = task
+        self.site = site
+        self._online = False
+        self._registered = True
+        self._gen = -1
+
+    def __repr__(self) -> str:
+        state = "online" if self._online else "offline"
+        return f"<QsbrWorker task={self.task.name!r} {state} registered at {self.site}>"
+
+    @property
+    def is_online(self) -> bool:
+        return self._online
+
+    def quiescent_state(self) -> None:
+        """``rcu_quiescent_state()``: this worker holds no reference taken before this call."""
+        r = self._readers
+        if self._gen != r.qs_gen or r.debug:
+            r.report_qs(self)
+
+    def offline(self) -> None:
+        """``rcu_thread_offline()``: an extended quiescent state; GPs no longer wait for us."""
+        self._readers.set_offline(self)
+
+    def online(self) -> None:
+        """``rcu_thread_online()``: may take references again (GPs started earlier ignore us)."""
+        self._readers.set_online(self)
+
+    def extended_qs(self) -> _ExtendedQs:
+        """``with worker.extended_qs(): await ...``: offline for the duration of a long wait."""
+        return _ExtendedQs(self)
+
+    def unregister(self) -> None:
+        """``rcu_unregister_thread()``: go offline for good and leave the domain's tables."""
+        self._readers.unregister(self)
+
+    def __enter__(self) -> QsbrWorker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._registered:
+            self.unregister()
+
+
+class _ExtendedQs:
+    __slots__ = ("_worker",)
+
+    def __init__(self, worker: QsbrWorker) -> None:
+        self._worker = worker
+
+    def __enter__(self) -> None:
+        self._worker.offline()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._worker._registered:
+            self._worker.online()
+
+
+@attrs.define(eq=False)
+class Readers:
+    """Everything that decides whether a grace period may end (see the module docstring)."""
+
+    debug: bool
+    #: Wakes whoever waits for the old phase to drain (the GP task, or a closing domain).
+    wake: Callable[[], None]
+    guards: tuple[ReadGuard, ReadGuard] = attrs.field(
+        init=False, factory=lambda: (ReadGuard(0), ReadGuard(1))
+    )
+    current: ReadGuard = attrs.field(init=False)
+    #: The phase a running GP waits for; None between GPs.
+    old: ReadGuard | None = attrs.field(init=False, default=None)
+    qs_gen: int = attrs.field(init=False, default=0)
+    qs_owed: int = attrs.field(init=False, default=0)
+    n_online: int = attrs.field(init=False, default=0)
+    by_task: dict[trio.lowlevel.Task, QsbrWorker] = attrs.field(init=False, factory=dict)
+    #: Debug only: every held section, per task, oldest first.
+    sections: dict[trio.lowlevel.Task, list[DebugReadSection]] = attrs.field(
+        init=False, factory=dict
+    )
+
+    def __attrs_post_init__(self) -> None:
+        self.current = self.guards[0]
+
+    # ---------------------------------------------------------------- grace periods
+
+    def flip(self) -> ReadGuard:
+        """GP start: new readers go to the other phase; this GP waits for the old one."""
+        old = self.current
+        new = self.guards[1 - old.phase]
+        old.active = False
+        new.active = True
+        self.current = new
+        self.old = old
+        self.qs_gen += 1
+        self.qs_owed = self.n_online
+        return new
+
+    def gp_may_end(self) -> bool:
+        old = self.old
+        return (old is None or old.count == 0) and self.qs_owed == 0
+
+    def arm(self) -> None:
+        if self.old is not None:
+            self.old.waiter = self.wake
+
+    def end_gp(self) -> None:
+        if self.old is not None:
+            self.old.waiter = None
+            self.old = None
+
+    def close(self) -> None:
+        for g in self.guards:
+            g.active = False
+            g.closed = True
+
+    @property
+    def n_readers(self) -> int:
+        return self.guards[0].count + self.guards[1].count
+
+    # ---------------------------------------------------------------- debug sections
+
+    def in_read_section(self, task: trio.lowlevel.Task) -> DebugReadSection | None:
+        """The innermost section ``task`` holds (debug mode only; None otherwise)."""
+        held = self.sections.get(task)
+        return held[-1] if held else None
+
+    def debug_enter(self, s: DebugReadSection) -> None:
+        if s.state != _NEW:
+            raise RcuUsageError(
+                f"a read section from {s.site} was entered twice; call read_lock() once per "
+                "`with` (debug mode)"
+            )
+        g = self.current
+        if not g.active:
+            g._refuse()
+        task = trio.lowlevel.current_task()
+        g.count += 1
+        s.task, s.guard, s.state = task, g, _HELD
+        self.sections.setdefault(task, []).append(s)
+
+    def debug_exit(self, s: DebugReadSection) -> None:
+        if s.state == _NEW:
+            raise RcuUsageError(
+                f"rcu_read_unlock() of a section from {s.site} that was never entered "
+                "(unbalanced unlock)"
+            )
+        if s.state == _RELEASED:
+            raise RcuUsageError(
+                f"rcu_read_unlock() of a section from {s.site} that was already unlocked "
+                f"(unbalanced unlock)"
+            )
+        assert s.task is not None and s.guard is not None
+        task = trio.lowlevel.current_task()
+        held = self.sections.get(s.task, [])
+        for i in range(len(held) - 1, -1, -1):
+            if held[i] is s:
+                del held[i]
+                break
+        if not held:
+            self.sections.pop(s.task, None)
+        s.state = _RELEASED
+        s.guard.__exit__(None, None, None)
+        if task is not s.task:
+            raise RcuUsageError(
+                f"read section locked in task {s.task.name!r} at {s.site} was unlocked from "
+                f"task {task.name!r} at {call_site()}; RCU read sections belong to one task"
+            )
+
+    def held_sections(self) -> list[DebugReadSection]:
+        return [s for held in self.sections.values() for s in held]
+
+    # ---------------------------------------------------------------- QSBR
+
+    def register(self, site: str) -> QsbrWorker:
+        task = trio.lowlevel.current_task()
+        if task in self.by_task:
+            prev = self.by_task[task]
+            raise RcuUsageError(
+                f"task {task.name!r} already registered a QSBR worker at {prev.site}; "
+                "register once per task"
+            )
+        w = QsbrWorker(self, task, site)
+        self.by_task[task] = w
+        self.set_online(w)
+        return w
+
+    def _check_owner(self, w: QsbrWorker, what: str) -> None:
+        if not w._registered:
+            raise RcuUsageError(f"{what} on a QSBR worker that was unregistered (from {w.site})")
+        if self.debug:
+            task = trio.lowlevel.current_task()
+            if task is not w.task:
+                raise RcuUsageError(
+                    f"{what} from task {task.name!r} on the QSBR worker registered by task "
+                    f"{w.task.name!r} at {w.site}; a worker reports for its own task only"
+                )
+
+    def report_qs(self, w: QsbrWorker) -> None:
+        self._check_owner(w, "quiescent_state()")
+        if not w._online:
+            return  # offline is already quiescent
+        if self.debug:
+            inner = self.in_read_section(w.task)
+            if inner is not None:
+                raise RcuUsageError(
+                    f"quiescent_state() inside the read section from {inner.site}: a quiescent "
+                    "state promises no references are held"
+                )
+        if w._gen != self.qs_gen:
+            w._gen = self.qs_gen
+            if self.old is not None:
+                self.qs_owed -= 1
+                if not self.qs_owed:
+                    self.wake()
+
+    def set_offline(self, w: QsbrWorker) -> None:
+        self._check_owner(w, "offline()")
+        if not w._online:
+            return
+        if w._gen != self.qs_gen and self.old is not None:
+            self.qs_owed -= 1
+            if not self.qs_owed:
+                self.wake()
+        w._online = False
+        w._gen = -1
+        self.n_online -= 1
+
+    def set_online(self, w: QsbrWorker) -> None:
+        self._check_owner(w, "online()")
+        if w._online:
+            return
+        w._online = True
+        w._gen = self.qs_gen
+        self.n_online += 1
+
+    def unregister(self, w: QsbrWorker) -> None:
+        self._check_owner(w, "unregister()")
+        self.set_offline(w)
+        w._registered = False
+        if self.by_task.get(w.task) is w:
+            del self.by_task[w.task]

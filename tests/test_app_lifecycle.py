@@ -1,0 +1,217 @@
+"""Opening and closing a domain: barriers at exit, cancellation, leaks, misuse after close."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from rcukit.app import DomainConfig, RcuDomain, open_domain
+from rcukit.errors import ConfigError, RcuClosedError, RcuLeakError
+
+
+class Spy:
+    def __init__(self) -> None:
+        self.freed: list[Any] = []
+
+    def free_bulk(self, objs: list[Any]) -> None:
+        self.freed.extend(objs)
+
+
+async def test_leaving_the_block_releases_everything_without_waiting_for_the_drain() -> None:
+    spy = Spy()
+    ran: list[int] = []
+    t0 = trio.current_time()
+    async with open_domain(release=spy) as rcu:  # 5 s drain delay
+        for i in range(1500):
+            rcu.kvfree_rcu(i)
+            rcu.call_rcu(ran.append, i)
+    assert trio.current_time() - t0 < 2.0  # the barriers, not the drain timer
+    assert len(spy.freed) == 1500 and len(ran) == 1500
+    s = rcu.statistics()
+    assert s.closed and s.kvfree_pending == 0 and s.callbacks_pending == 0
+
+
+async def test_use_after_close_is_a_clear_error() -> None:
+    async with open_domain() as rcu:
+        pass
+    with pytest.raises(RcuClosedError, match="closed RCU domain"):
+        rcu.kvfree_rcu(object())
+    with pytest.raises(RcuClosedError, match="closed RCU domain"):
+        rcu.call_rcu(print)
+    with pytest.raises(RcuClosedError):
+        await rcu.call_rcu_wait(print)
+    with pytest.raises(RcuClosedError):
+        await rcu.kvfree_rcu_wait(object())
+    with pytest.raises(RcuClosedError):
+        rcu.kvfree_queue()
+    assert rcu.statistics().closed
+
+
+async def test_cancelled_from_outside_frees_everything_and_leaves_nothing_running() -> None:
+    spy = Spy()
+    ran: list[int] = []
+    with trio.CancelScope() as cs:
+        async with open_domain(release=spy) as rcu, trio.open_nursery() as n:
+
+            async def busy_reader() -> None:
+                while True:
+                    with rcu.read_lock():
+                        await trio.lowlevel.checkpoint()
+
+            n.start_soon(busy_reader)
+            for i in range(700):
+                rcu.kvfree_rcu(i)
+                rcu.call_rcu(ran.append, i)
+            cs.cancel()
+            await trio.sleep_forever()
+    assert cs.cancelled_caught
+    assert len(spy.freed) == 700 and len(ran) == 700
+    s = rcu.statistics()
+    assert s.closed and s.readers == 0 and s.kvfree_pending == 0 and s.callbacks_pending == 0
+    with pytest.raises(RcuClosedError):
+        rcu.call_rcu(print)
+
+
+async def test_readers_that_never_leave_turn_a_cancelled_close_into_a_leak_report() -> None:
+    spy = Spy()
+    async with trio.open_nursery() as outer:
+        holding = trio.Event()
+        leak = pytest.RaisesGroup(pytest.RaisesExc(RcuLeakError, match="were not released"))
+        with leak, trio.CancelScope() as cs:
+            async with open_domain(release=spy, close_timeout=0.05, debug=True) as rcu:
+
+                async def stuck_reader() -> None:
+                    with rcu.read_lock():
+                        holding.set()
+                        await trio.sleep_forever()
+
+                outer.start_soon(stuck_reader)  # outside the cancelled scope
+                await holding.wait()
+                rcu.kvfree_rcu(object())
+                rcu.call_rcu(print)
+                cs.cancel()
+                await trio.sleep_forever()
+        assert spy.freed == []  # a reader may still use them: reported, not freed
+        s = rcu.statistics()
+        assert s.closed and s.kvfree_pending == 0 and s.callbacks_pending == 0
+        outer.cancel_scope.cancel()
+
+
+async def test_leak_reports_name_the_stuck_section_and_go_to_on_error() -> None:
+    seen: list[Exception] = []
+    async with trio.open_nursery() as outer:
+        holding = trio.Event()
+        with trio.CancelScope() as cs:
+            async with open_domain(on_error=seen.append, close_timeout=0.02, debug=True) as rcu:
+
+                async def stuck_reader() -> None:
+                    with rcu.read_lock():
+                        holding.set()
+                        await trio.sleep_forever()
+
+                outer.start_soon(stuck_reader)
+                await holding.wait()
+                rcu.kvfree_rcu(object())
+                cs.cancel()
+                await trio.sleep_forever()
+        outer.cancel_scope.cancel()
+    assert len(seen) == 1 and isinstance(seen[0], RcuLeakError)
+    assert "test_app_lifecycle.py" in str(seen[0])  # debug mode names the section's site
+
+
+async def test_an_exception_in_the_body_still_releases_what_was_queued() -> None:
+    spy = Spy()
+    with pytest.raises(KeyError):
+        async with open_domain(release=spy) as rcu:
+            rcu.kvfree_rcu(1)
+            raise KeyError("body")
+    assert spy.freed == [1]
+
+
+async def test_body_exception_and_callback_errors_are_raised_together() -> None:
+    def bad() -> None:
+        raise ValueError("cb")
+
+    with pytest.RaisesGroup(KeyError, ValueError):
+        async with open_domain() as rcu:
+            rcu.call_rcu(bad)
+            raise KeyError("body")
+
+
+async def test_tasks_can_live_in_the_callers_nursery() -> None:
+    async with trio.open_nursery() as n:
+        async with open_domain(nursery=n) as rcu:
+            assert len(n.child_tasks) == 2
+            await rcu.synchronize_rcu()
+        assert len(n.child_tasks) == 0  # stopped on exit
+
+
+async def test_cancelling_the_callers_nursery_does_not_kill_an_open_domain() -> None:
+    """The background tasks belong to the domain's lifetime, not to the nursery's scope."""
+    async with trio.open_nursery() as outer:
+
+        async def hold(task_status: trio.TaskStatus[trio.Nursery]) -> None:
+            async with trio.open_nursery() as inner:
+                task_status.started(inner)
+                await trio.sleep_forever()
+
+        inner: trio.Nursery = await outer.start(hold)
+        spy = Spy()
+        async with open_domain(nursery=inner, release=spy) as rcu:
+            inner.cancel_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            await rcu.synchronize_rcu()
+            rcu.kvfree_rcu(1)
+        assert spy.freed == [1]
+        assert len(inner.child_tasks) == 0
+
+
+async def test_a_crashed_background_task_fails_waiters_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(self: RcuDomain) -> None:
+        raise RuntimeError("bug in the callback task")
+
+    spy = Spy()
+    seen: list[BaseException] = []
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with open_domain(release=spy) as rcu:
+            monkeypatch.setattr(RcuDomain, "_cb_work", broken)
+            rcu.kvfree_rcu(1)
+            rcu.call_rcu(lambda: None)
+            try:
+                await rcu.rcu_barrier()
+            except RcuClosedError as exc:
+                seen.append(exc)
+                raise
+    crash, _ = info.value.split(RuntimeError)
+    assert crash is not None
+    assert seen and "task has stopped" in str(seen[0])
+    assert spy.freed == [1]  # the close still released it, inline
+    assert rcu.statistics().closed
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_pending", 0),
+        ("profile", "v9.9"),
+        ("drain_delay", -1),
+        ("kick_delay", float("inf")),
+        ("page_size", 1000),
+        ("release", 42),
+        ("on_error", "log"),
+        ("initial_gp_seq", 5),
+        ("debug", "yes"),
+    ],
+)
+async def test_bad_configuration_is_refused(field: str, value: object) -> None:
+    kwargs: dict[str, Any] = {field: value}
+    with pytest.raises((ConfigError, TypeError)):
+        DomainConfig(**kwargs)
+    with pytest.raises((ConfigError, TypeError)):
+        async with open_domain(**kwargs):
+            pass  # pragma: no cover

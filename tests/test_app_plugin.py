@@ -1,0 +1,44 @@
+"""The ``rcu_domain`` pytest fixture (rcukit's pytest11 plugin)."""
+
+from __future__ import annotations
+
+import pytest
+
+import rcukit
+from rcukit.app import RcuDomain
+from rcukit.errors import RcuUsageError
+
+pytest_plugins = ["pytester"]
+
+
+async def test_rcu_domain_fixture_is_an_open_debug_domain(rcu_domain: RcuDomain) -> None:
+    assert isinstance(rcu_domain, RcuDomain)
+    assert rcu_domain.debug and not rcu_domain.closed
+    pool = rcukit.ObjectPool(bytearray, debug=True)
+    ptr = rcukit.RcuPointer(rcu_domain, pool.alloc())
+    rcu_domain.kvfree_rcu(ptr.assign(pool.alloc()), release=pool)
+    await rcu_domain.kvfree_rcu_barrier()
+    assert pool.statistics().in_use == 1
+    with rcu_domain.read_lock(), pytest.raises(RcuUsageError, match="deadlock"):
+        await rcu_domain.synchronize_rcu()
+
+
+def test_a_user_test_using_the_fixture_fails_on_callback_errors(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    pytester.makepyfile(
+        """
+        async def test_ok(rcu_domain):
+            got = []
+            rcu_domain.call_rcu(got.append, 1)
+            await rcu_domain.rcu_barrier()
+            assert got == [1]
+
+        async def test_bad_callback(rcu_domain):
+            rcu_domain.call_rcu(int, "not a number")
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)  # pytest-trio reports fixture exits as failures
+    result.stdout.fnmatch_lines(["*ValueError*invalid literal*"])
