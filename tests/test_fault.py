@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from rcukit.config import KernelConfig, MemoryConfig
 from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel
-from rcukit.mm.fault import FaultAttr, Quarantine, caller_site
+from rcukit.mm.fault import FaultAttr, Quarantine, RawSite, caller_site, raw_site
 from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
 from rcukit.sched.sim import Task
 
@@ -162,20 +162,37 @@ def test_fault_attr_counts(interval: int, times: int, n: int) -> None:
     assert all(not f for i, f in enumerate(fails) if (i + 1) % interval)
 
 
+def _site_here(now: int) -> RawSite:
+    """raw_site() expects to be called by an allocator function, as this one stands in for."""
+    return raw_site(None, now)
+
+
 def test_quarantine_is_bounded_and_fifo() -> None:
-    site = ("x.py", 1, 0, 0, "t")
+    site = _site_here(1)
+    other = _site_here(2)  # ANOTHER-SITE
     q = Quarantine(3)
-    for ptr in range(5):
+    for ptr in range(1, 6):
         q.put(ptr, site, None, 8)
-    assert len(q) == 3 and q.get(0) is None and q.get(4) is not None
-    q.put(2, site, ("y.py", 2, 5, 1, "u"), 16)  # re-freed: the newer record wins
-    q.put(5, site, None, 8)
+    assert len(q) == 3 and q.get(1) is None and q.get(5) is not None
+    q.put(3, site, other, 16)  # re-freed: the newer record wins
     q.put(6, site, None, 8)
-    entry = q.get(2)
+    q.put(7, site, None, 8)
+    entry = q.get(3)
     assert entry is not None and entry.size == 16
-    assert entry.alloc_site is not None and str(entry.alloc_site).startswith("y.py:2 (cpu 1")
-    assert q.get(3) is None and q.get(4) is None
-    assert len(q) <= 3
+    assert entry.alloc_site is not None and entry.alloc_site.time_ns == 2
+    assert str(entry.alloc_site).startswith(f"test_fault.py:{_line('ANOTHER-SITE')} (cpu -1")
+    assert q.get(4) is None and q.get(5) is None
+    assert len(q) == 3
+    q.put_many([10, 11, 12, 13], [8, 8, 8, 8], site, None)  # only the last 3 can survive
+    assert q.get(10) is None and [q.get(p) is not None for p in (11, 12, 13)] == [True] * 3
+
+
+def _line(marker: str) -> int:
+    with open(__file__, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.rstrip().endswith(f"# {marker}"):
+                return i
+    raise AssertionError(marker)
 
 
 def test_caller_site_without_task() -> None:

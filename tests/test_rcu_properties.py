@@ -3,7 +3,8 @@
 Every CPU runs a reader task: read sections of random simulated length (sleeping or preempted
 inside them with preemptible RCU) separated by random gaps with schedule points. Writer tasks on
 random CPUs mix ``synchronize_rcu``, ``synchronize_rcu_expedited``, ``cond_synchronize_rcu``,
-``call_rcu`` and ``rcu_barrier``. Afterwards, in simulated time:
+``call_rcu`` and ``rcu_barrier``, while CPUs go offline and come back. Afterwards, in simulated
+time:
 
 * if a read section started before a grace-period wait began (the ``synchronize_rcu`` call, the
   ``call_rcu`` enqueue), the whole section ended before the wait returned / the callback ran;
@@ -59,6 +60,12 @@ def schedules(draw: st.DrawFn) -> dict[str, Any]:
                 st.tuples(st.integers(0, nr_cpus - 1), st.lists(writer_op, max_size=8)),
                 min_size=1,
                 max_size=3,
+            )
+        ),
+        # CPU hotplug from CPU 0: after each delay, toggle that CPU (down if online, else up).
+        "hotplug": draw(
+            st.lists(
+                st.tuples(st.integers(0, 3_000 * US), st.integers(1, nr_cpus - 1)), max_size=4
             )
         ),
     }
@@ -152,9 +159,19 @@ def run_schedule(sched: dict[str, Any]) -> dict[str, Any]:
 
         for cpu in range(sched["nr_cpus"]):
             k.spawn(reader, cpu, f"reader/{cpu}")
+        async def admin(task: Task) -> None:
+            for delay, c in sched.get("hotplug", ()):
+                await task.sleep_ns(delay)
+                if not k.cpus[c].online:
+                    await rcu.cpu_up(task, c)
+                elif rcu.statistics().cpus_online > 1:
+                    await rcu.cpu_down(task, c)
+
         for i, (cpu, ops) in enumerate(sched["writers"]):
             t = k.spawn(writer, cpu, f"writer/{i}")
             t.data["ops"] = ops
+        if sched.get("hotplug"):
+            k.spawn(admin, 0, "admin")
         await k.run()
 
         # Drain: every callback queued must eventually run.

@@ -90,6 +90,7 @@ def test_gpcore_polled_cookies_need_a_full_grace_period() -> None:
     core.start_gp()
     mid_cookie = core.snap()
     full = core.get_state_full()
+    assert full.rgos_norm == mid_cookie
     assert not core.poll(idle_cookie) and not core.poll(mid_cookie)
     core.end_gp()
     assert core.poll(idle_cookie), "one whole GP ran after the idle snapshot"
@@ -778,16 +779,19 @@ def _ahead(announce_case: bool) -> dict[str, Any]:
         rcu = k.rcu
         out: dict[str, Any] = {"cbs": []}
 
-        def cb(task: Task, head: RcuHead) -> None:
-            out["cbs"].append((head.queued, task.now_ns))  # type: ignore[attr-defined]
-
         class Head(RcuHead):
             __slots__ = ("queued",)
 
+            def __init__(self, queued: int) -> None:
+                super().__init__(None)
+                self.queued = queued
+
+        def cb(task: Task, head: RcuHead) -> None:
+            assert isinstance(head, Head)
+            out["cbs"].append((head.queued, task.now_ns))
+
         def queue(task: Task) -> None:
-            h = Head()
-            h.queued = task.now_ns
-            rcu.call_rcu(task, h, cb)
+            rcu.call_rcu(task, Head(task.now_ns), cb)
 
         async def busy_last(task: Task) -> None:
             task.charge(3 * MS)

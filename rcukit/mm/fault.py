@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections import deque
+from collections.abc import Sequence
+from types import CodeType
 from typing import TYPE_CHECKING
 
 import attrs
@@ -81,10 +82,10 @@ class FaultAttr:
         return True
 
 
-#: A site as recorded on hot paths: ``(file, line, time_ns, cpu, comm)``; a plain tuple because
-#: one is made per free (and per allocation with ``debug_alloc_sites``). :class:`Site` is the
-#: readable form built only when a report needs it.
-RawSite = tuple[str, int, int, int, str]
+#: A site as recorded on hot paths: ``(code, instruction offset, time_ns, cpu, comm)``. A plain
+#: tuple because one is made per free (and per allocation with ``debug_alloc_sites``), and the
+#: line number is worked out only when a report needs it (``f_lineno`` walks the line table).
+RawSite = tuple[CodeType, int, int, int, str]
 
 
 @attrs.define(slots=True)
@@ -98,8 +99,18 @@ class Site:
     comm: str
 
     @classmethod
+    def from_raw(cls, raw: RawSite) -> Site:
+        code, lasti, time_ns, cpu, comm = raw
+        line = code.co_firstlineno
+        for start, end, lineno in code.co_lines():
+            if start <= lasti < end:
+                line = lineno if lineno is not None else line
+                break
+        return cls(code.co_filename, line, time_ns, cpu, comm)
+
+    @classmethod
     def of(cls, raw: RawSite | None) -> Site | None:
-        return None if raw is None else cls(*raw)
+        return None if raw is None else cls.from_raw(raw)
 
     def __str__(self) -> str:
         return (
@@ -112,20 +123,22 @@ def raw_site(task: Task | None, now_ns: int = 0) -> RawSite:
     """The innermost frame outside ``rcukit/mm`` (who called the allocator), as a raw tuple.
 
     Without a task (a check made from plain Python) the CPU is -1 and the time ``now_ns``.
+    Always called from an mm function, so the walk starts at *its* caller: asking for the
+    frame of the running coroutine would make CPython materialise (and later copy out) a
+    frame object on every free, which costs more than the free itself.
     """
-    f = sys._getframe(1)
-    while f is not None and f.f_code.co_filename.startswith(_MM_DIR):
-        f = f.f_back  # type: ignore[assignment]
-    file, line = (f.f_code.co_filename, f.f_lineno) if f is not None else ("?", 0)
+    f = sys._getframe(2)
+    while f.f_code.co_filename.startswith(_MM_DIR) and f.f_back is not None:
+        f = f.f_back
     if task is None:
-        return (file, line, now_ns, -1, "?")
+        return (f.f_code, f.f_lasti, now_ns, -1, "?")
     cpu = task.cpu
-    return (file, line, cpu.local_ns, cpu.id, task.comm)
+    return (f.f_code, f.f_lasti, cpu.local_ns, cpu.id, task.name)
 
 
 def caller_site(task: Task | None, now_ns: int = 0) -> Site:
     """:func:`raw_site` as a :class:`Site`."""
-    return Site(*raw_site(task, now_ns))
+    return Site.from_raw(raw_site(task, now_ns))
 
 
 def describe_site(site: Site | None, *, what: str) -> str:
@@ -146,40 +159,75 @@ class FreedObject:
     size: int
 
 
-_QEntry = tuple[int, RawSite, "RawSite | None", int]
-
-
 class Quarantine:
     """KASAN's quarantine as a record: the last ``capacity`` frees, oldest forgotten first.
 
     Objects are reused immediately (unlike KASAN, which delays reuse); an entry only matters
     while its object is free, and a later free of the same pointer replaces it, so a stale entry
-    is never reported. Entries are tuples in a dict plus a FIFO ring (a put is a few C calls).
+    is never reported. Storage is a fixed ring of parallel lists plus ``ptr -> slot``: a put
+    allocates nothing, because it runs once per freed object.
     """
 
-    __slots__ = ("_d", "_ring", "capacity")
+    __slots__ = ("_allocs", "_d", "_pos", "_ptrs", "_sites", "_sizes", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._d: dict[int, _QEntry] = {}
-        self._ring: deque[_QEntry] = deque()
+        self._d: dict[int, int] = {}
+        self._ptrs = [0] * capacity
+        self._sites: list[RawSite | None] = [None] * capacity
+        self._allocs: list[RawSite | None] = [None] * capacity
+        self._sizes = [0] * capacity
+        self._pos = 0
 
     def put(self, ptr: int, free: RawSite, alloc: RawSite | None, size: int) -> None:
-        entry = (ptr, free, alloc, size)
+        pos = self._pos
         d = self._d
-        d[ptr] = entry
-        ring = self._ring
-        ring.append(entry)
-        if len(ring) > self.capacity:
-            old = ring.popleft()
-            if d.get(old[0]) is old:
-                del d[old[0]]
+        old = self._ptrs[pos]
+        if old and d.get(old) == pos:
+            del d[old]
+        d[ptr] = pos
+        self._ptrs[pos] = ptr
+        self._sites[pos] = free
+        self._allocs[pos] = alloc
+        self._sizes[pos] = size
+        pos += 1
+        self._pos = 0 if pos == self.capacity else pos
+
+    def put_many(
+        self,
+        ptrs: Sequence[int],
+        sizes: Sequence[int],
+        free: RawSite,
+        allocs: Sequence[RawSite | None] | None,
+    ) -> None:
+        """:meth:`put` for a bulk free (one site); only the last ``capacity`` can survive."""
+        cap = self.capacity
+        start = max(0, len(ptrs) - cap)
+        d = self._d
+        optrs, sites, oallocs, osizes = self._ptrs, self._sites, self._allocs, self._sizes
+        pos = self._pos
+        for i in range(start, len(ptrs)):
+            ptr = ptrs[i]
+            old = optrs[pos]
+            if old and d.get(old) == pos:
+                del d[old]
+            d[ptr] = pos
+            optrs[pos] = ptr
+            sites[pos] = free
+            oallocs[pos] = allocs[i] if allocs is not None else None
+            osizes[pos] = sizes[i]
+            pos += 1
+            if pos == cap:
+                pos = 0
+        self._pos = pos
 
     def get(self, ptr: int) -> FreedObject | None:
-        e = self._d.get(ptr)
-        if e is None:
+        pos = self._d.get(ptr)
+        if pos is None:
             return None
-        return FreedObject(Site(*e[1]), Site.of(e[2]), e[3])
+        free = self._sites[pos]
+        assert free is not None
+        return FreedObject(Site.from_raw(free), Site.of(self._allocs[pos]), self._sizes[pos])
 
     def __len__(self) -> int:
         return len(self._d)

@@ -18,6 +18,12 @@ The watermark check reads the zone's free-page count without syncing, as the ker
 ``NR_FREE_PAGES`` without ``zone->lock`` (its value may be a few operations stale or ahead,
 like vmstat drift).
 
+Not modelled: compaction, the OOM killer (a request that would need it fails instead, counted
+as ``pgalloc_oom_fail``; ``__GFP_NOFAIL`` raises), deferred struct-page init (so the RFC's
+deferred-grow hunk has nothing to skip), ``drain_all_pages``, MIGRATE_HIGHATOMIC reserves, the
+5.x boosted-watermark kswapd wake in ``rmqueue()``, and NUMA. Reclaimed pages go straight back
+to the buddy lists.
+
 Pages are PFNs (ints). One byte per page (``_pstate``) records whether it is free, allocated
 (with its order and the pcp list it came from), a tail of a higher-order block, a slab page, or
 held by the "other users" reclaim takes from, so bad frees are caught for a byte per page.
@@ -72,7 +78,7 @@ from rcukit.mm.zone import (
     zone_min_pages,
     zone_watermark_ok,
 )
-from rcukit.sched.sim import Task
+from rcukit.sched.sim import Task, WaitQueue
 
 if TYPE_CHECKING:
     from rcukit.kernel import Kernel
@@ -103,6 +109,7 @@ def _head_state(mt: int, order: int) -> int:
 #: state byte -> migratetype for an allocated order-0 non-slab page, else 0xFF.
 _ORDER0_MT = bytes((v >> 4) - 1 if v in (0x10, 0x20, 0x30) else 0xFF for v in range(256))
 
+_GFP_HIGHMEM = int(GFP.HIGHMEM)
 _ALLOC_WMARK_MASK = int(AllocFlags.WMARK_MASK)
 _ALLOC_NO_WATERMARKS = int(AllocFlags.NO_WATERMARKS)
 _ALLOC_HIGH = int(AllocFlags.HIGH)
@@ -388,7 +395,8 @@ class PageAllocator:
         self.kswapd.unregister_shrinker(shrinker)
 
     @property
-    def kswapd_wait(self) -> object:
+    def kswapd_wait(self) -> WaitQueue:
+        """``pgdat->kswapd_wait``."""
         return self.kswapd.wait
 
     # -- allocation: the hot path ------------------------------------------------------------------
@@ -401,6 +409,8 @@ class PageAllocator:
         plan = self._plans.get(gfp)
         if plan is None:
             plan = self._plan(gfp)
+        if order and not 0 < order < MAX_ORDER:
+            raise PageAllocError(f"order {order} is invalid: allowed 0..{MAX_ORDER - 1}")
         if plan.might_sleep:
             self.locks.might_sleep(task, "__alloc_pages_nodemask")
         if self._fault_on and self.fail_page_alloc.should_fail(plan.gfp, order):
@@ -444,8 +454,6 @@ class PageAllocator:
 
     # -- allocation: the rest of __alloc_pages_nodemask --------------------------------------------
     async def _alloc_slow(self, task: Task, plan: _GfpPlan, order: int) -> int | None:
-        if not 0 <= order < MAX_ORDER:
-            raise PageAllocError(f"order {order} is invalid: allowed 0..{MAX_ORDER - 1}")
         first = _ALLOC_WMARK_LOW | (_ALLOC_KSWAPD if plan.wakes_kswapd else 0)
         pfn = await self._get_page_from_freelist(task, plan, order, first)
         if pfn is not None:
@@ -479,7 +487,7 @@ class PageAllocator:
                 return pfn
             if not plan.can_reclaim or task.data.get("PF_MEMALLOC"):
                 break
-            progress = await self._direct_reclaim(task)
+            progress = await self._direct_reclaim(task, plan, order)
             pfn = await self._get_page_from_freelist(task, plan, order, flags)
             if pfn is not None:
                 return pfn
@@ -488,9 +496,11 @@ class PageAllocator:
             no_progress = 0 if progress else no_progress + 1
             # should_reclaim_retry(); the OOM killer is not modelled, so give up instead.
             if no_progress > MAX_RECLAIM_RETRIES or loops > 4 * MAX_RECLAIM_RETRIES:
-                self.vmstat.inc("oom_averted_by_failure")
+                self.vmstat.inc("pgalloc_oom_fail")
                 break
-        if plan.nofail:
+        # 5.8: NOFAIL without direct reclaim only WARNs and fails; with it, the kernel loops
+        # (OOM-killing) until it succeeds, which this model cannot do.
+        if plan.nofail and plan.can_reclaim:
             raise SimulationError(
                 f"{task.comm}: __GFP_NOFAIL order-{order} allocation ({plan.name}) cannot be "
                 "satisfied: reclaim made no progress and the OOM killer is not modelled"
@@ -506,12 +516,14 @@ class PageAllocator:
             return True
         return bool(task.data.get("PF_MEMALLOC")) and not (task.in_hardirq or task.in_softirq)
 
-    async def _direct_reclaim(self, task: Task) -> int:
+    async def _direct_reclaim(self, task: Task, plan: _GfpPlan, order: int) -> int:
         """``__alloc_pages_direct_reclaim``: a real sleep (schedule point), then 32 pages back."""
         self.locks.schedule(task, "__perform_reclaim")
         self.vmstat.inc("allocstall_normal")
         if self.tracer.on:
-            self.kernel.trace(task, "mm_vmscan_direct_reclaim_begin", "order=0")
+            self.kernel.trace(
+                task, "mm_vmscan_direct_reclaim_begin", f"order={order} gfp_flags={plan.name}"
+            )
         await task.sleep_ns(self.cost.direct_reclaim_ns)
         n = await self.kswapd.shrink_node(task, SWAP_CLUSTER_MAX, charge_scan=False)
         self.vmstat.inc("pgsteal_direct", n)
@@ -845,7 +857,7 @@ class PageAllocator:
     # -- convenience ------------------------------------------------------------------------------
     async def get_free_page(self, task: Task, gfp: int) -> int | None:
         """``__get_free_page(gfp)``: a direct-map address, or None."""
-        pfn = await self.alloc_pages(task, gfp & ~0x02, 0)  # & ~__GFP_HIGHMEM
+        pfn = await self.alloc_pages(task, gfp & ~_GFP_HIGHMEM, 0)
         return None if pfn is None else PAGE_OFFSET + (pfn << self.page_shift)
 
     async def free_page(self, task: Task, addr: int) -> None:

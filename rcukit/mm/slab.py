@@ -183,6 +183,8 @@ class SlabAllocator:
                 return ZERO_SIZE_PTR
             raise PageAllocError(f"kmalloc size {size} is invalid: must be >= 0")
         mm = self.mm
+        if type(gfp) is not int:
+            gfp = int(gfp)  # IntFlag arithmetic is ~50x slower than int's on this hot path
         if size > self.max_cache_size:
             return await self._kmalloc_large(task, size, gfp)
         cache = self._by8[(size - 1) >> 3] if size <= 192 else self.cache_for(size)
@@ -389,7 +391,7 @@ class SlabAllocator:
                 site = raw_site(task)
                 self._remember_free(ptr, site, cache.size)
                 if mm.tracer.on:
-                    mm.kernel.trace(task, "kfree", f"call_site={Site(*site)} ptr={ptr:#x}")
+                    mm.kernel.trace(task, "kfree", f"call_site={Site.from_raw(site)} ptr={ptr:#x}")
             if slab is not cache.active:
                 if not slab.on_partial:
                     slab.on_partial = True
@@ -409,7 +411,7 @@ class SlabAllocator:
         self.nr_objects -= 1
         self._remember_free(ptr, site, self.page_size << order)
         if mm.tracer.on:
-            mm.kernel.trace(task, "kfree", f"call_site={Site(*site)} ptr={ptr:#x}")
+            mm.kernel.trace(task, "kfree", f"call_site={Site.from_raw(site)} ptr={ptr:#x}")
         await mm.free_pages(task, mm.virt_to_pfn(ptr), order)
 
     async def kfree_bulk(self, task: Task, ptrs: Sequence[int]) -> None:
@@ -458,7 +460,6 @@ class SlabAllocator:
         task.charge(len(groups) * cost.kfree_bulk_call_ns + live * cost.kfree_bulk_per_object_ns)
         site = raw_site(task)
         q = self.quarantine
-        keep_from = n - q.capacity if q is not None else n
         to_discard: list[Slab] = []
         large: list[tuple[int, int]] = []
         for slab, members in groups:
@@ -482,15 +483,12 @@ class SlabAllocator:
                 if slab.inuse == 0:
                     to_discard.append(slab)
         if q is not None or self.alloc_sites is not None:
-            for i in range(n):
-                s = slabs[i]
-                if s is not None:
-                    ptr = ptrs[i]
-                    alloc = (
-                        self.alloc_sites.pop(ptr, None) if self.alloc_sites is not None else None
-                    )
-                    if q is not None and i >= keep_from:
-                        q.put(ptr, site, alloc, s.cache.size)
+            freed = [ptrs[i] for i in range(n) if slabs[i] is not None]
+            sites = self.alloc_sites
+            allocs = [sites.pop(p, None) for p in freed] if sites is not None else None
+            if q is not None:
+                sizes = [s.cache.size for s in slabs if s is not None]
+                q.put_many(freed, sizes, site, allocs)
         for slab in to_discard:
             cache = slab.cache
             if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
@@ -518,6 +516,16 @@ class SlabAllocator:
             return 0
         slab, x = self._locate(None, ptr, "ksize")
         return slab.cache.size if slab is not None else self.page_size << x
+
+    def object_size(self, ptr: int) -> int:
+        """The size class of the slab object ``ptr`` points into (or the large kmalloc's size),
+        without checking that it is live: a cheap bound for "does this address belong to
+        that object" checks on hot paths. 0 if ``ptr`` is not in a slab page."""
+        slab = self._slab_of.get((ptr - self.mm.page_offset) >> self.page_shift)
+        if slab is not None:
+            return int(slab.cache.size)
+        order = self._large.get(ptr)
+        return self.page_size << order if order is not None else 0
 
     def is_slab_object(self, ptr: int) -> bool:
         """Whether ``ptr`` lies in a slab page (allocated or not) or is a live large kmalloc."""

@@ -93,10 +93,8 @@ class Krc:
         self.held = HeldLock(self.lock, "kvfree_call_rcu", True, True)
         #: ``bkvhead[]`` / ``bulk_head[]``: newest block last.
         self.bulk: list[list[Bnode]] = [[], []]
-        self.bulk_count = [0, 0]
         #: The ``rcu_head`` list channel (head pointers; the rcu_head lives inside the object).
         self.head: array[int] | None = None
-        self.head_count = 0
         self.head_gp_snap = 0
         self.count = 0
         self.cache: list[int] = []
@@ -112,7 +110,12 @@ class Krc:
         self.initialized = True
 
     def krc_count(self) -> int:
-        return self.head_count + self.bulk_count[0] + self.bulk_count[1]
+        """``krc_count()``: objects queued here and not yet handed to a batch."""
+        n = len(self.head) if self.head is not None else 0
+        for chan in self.bulk:
+            for b in chan:
+                n += b.nr_records
+        return n
 
     def need_offload(self) -> bool:
         return bool(self.bulk[0] or self.bulk[1] or self.head is not None)
@@ -213,15 +216,24 @@ class KvfreeRcu:
         c = cfg.cost
         self._lock_ns = c.raw_lock_ns
         self._store_ns = c.kvfree_store_ns
+        self._fast_ns = c.raw_lock_ns + c.kvfree_store_ns
+        self._kick = self.profile.kick
+        self._tick_ns = cfg.tick_ns
+        self._polled = self.profile.polled_snapshots
+        self._slab_of = kernel.mm.slab._slab_of
+        self._page_offset = kernel.mm.page_offset
+        self._page_shift = kernel.mm.slab.page_shift
         self.debug_objects = cfg.kvfree.debug_objects
         self._tracer = kernel.tracer
+        #: Everything but the plain "block has room" case takes the modelled slow path.
+        self._slow = self.debug_objects or self._polled
         #: ptr -> GP cookie at queue time (CONFIG_DEBUG_OBJECTS_RCU_HEAD-style checking).
         self._debug_pending: dict[int, int] = {}
         # accounting
-        self.calls = 0
+        self.fast_calls = 0
+        self.slow_calls = 0
         self.calls_single = 0
-        self.queued = [0, 0]
-        self.queued_list = 0
+        self.queued_vmalloc = 0
         self.block_alloc_attempts = 0
         self.block_alloc_failures = 0
         self.blocks_from_cache = 0
@@ -239,6 +251,8 @@ class KvfreeRcu:
         self.records_per_block: dict[int, int] = {}
         self.latency: dict[int, int] = {}
         self.gp_violations = 0
+        #: Pages the shrinker took out of the per-CPU caches (``drain_page_cache``).
+        self.cache_pages_drained = 0
         #: (time_ns, pending objects, pending block pages) sampled at monitor and reclaim runs.
         self.timeline: list[tuple[int, int, int]] = []
         self.freed_listeners: list[Callable[[int], None]] = []
@@ -255,7 +269,9 @@ class KvfreeRcu:
                     if pfn is None:
                         break
                     krcp.cache.append(self.mm.page_address(pfn))
-        k.mm.register_shrinker("kfree_rcu", self._shrink_count, self._shrink_scan)
+        self.shrinker = k.mm.register_shrinker(
+            "kfree_rcu", self._shrink_count, self._shrink_scan
+        )
         k.rcu.add_hotplug_callback(self._hotplug)
 
     def _new_rcu_work(self, krcp: Krc, idx: int) -> _KrwpWork:
@@ -264,35 +280,84 @@ class KvfreeRcu:
     # -- the enqueue path ------------------------------------------------------------------------
     async def kvfree_rcu(self, task: Task, ptr: int | None, head: int | None = None) -> None:
         """Two-argument ``kvfree_rcu(ptr, rhf)`` when ``head`` (the rcu_head's address inside
-        the object) is given, the head-less ``kvfree_rcu(ptr)`` otherwise."""
-        if not ptr:
-            return
-        await self.kvfree_call_rcu(task, head, ptr)
+        the object) is given, the head-less ``kvfree_rcu(ptr)`` otherwise.
 
-    async def kvfree_rcu_mightsleep(self, task: Task, ptr: int | None) -> None:
+        The common case (a block with room) runs inline here; everything else goes through
+        :meth:`_kvfree_slow`, which models the same steps with full lock checking.
+        """
         if not ptr:
             return
-        await self.kvfree_call_rcu(task, None, ptr)
+        cpu = task.cpu
+        if head is None:
+            if task.preempt_count or task.irqs_disabled or task.in_hardirq or (
+                task.rcu_read_nesting
+            ):
+                self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
+            self.calls_single += 1
+        else:
+            slab = self._slab_of.get((ptr - self._page_offset) >> self._page_shift)
+            off = head - ptr
+            if slab is None or not 0 <= off < slab.cache.size:
+                self._check_head(ptr, head)
+        if self._slow or self._tracer.on:
+            await self._kvfree_slow(task, head, ptr)
+            return
+        krcp = self.krcs[cpu.id]
+        if ptr >= VMALLOC_START:
+            await self._kvfree_slow(task, head, ptr)
+            return
+        chan = krcp.bulk[0]
+        if not chan:
+            await self._kvfree_slow(task, head, ptr)
+            return
+        bnode = chan[-1]
+        n = bnode.nr_records
+        if n == self.capacity:
+            await self._kvfree_slow(task, head, ptr)
+            return
+        # krc_this_cpu_lock() ... store ... krc_this_cpu_unlock(): a raw lock with IRQs off
+        # can never be an invalid wait context and nothing in between can sleep, so the
+        # lock model has nothing to check here; its cost is charged all the same.
+        bnode.records[n] = ptr
+        bnode.nr_records = n + 1
+        krcp.count += 1
+        self.pending += 1
+        self.fast_calls += 1
+        t = cpu.local_ns + self._fast_ns
+        cpu.local_ns = t
+        krcp.lock.free_at_ns = t
+        if self._kick:
+            self._arm_monitor(task, krcp)
+        elif not krcp.monitor_todo:
+            self._arm_monitor(task, krcp)
+        if t >= cpu.next_tick_ns:
+            await task.preempt_point()
+
+    kvfree_rcu_mightsleep = kvfree_rcu
 
     async def kvfree_call_rcu(self, task: Task, head: int | None, ptr: int) -> None:
         """``kvfree_call_rcu(head, ptr)`` (the v6.3 argument order)."""
-        cpu = task.cpu
-        t0 = cpu.local_ns
-        single = head is None
-        self.calls += 1
-        if single:
-            self.calls_single += 1
-            self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
-        elif head - ptr < 0 or head - ptr >= self._object_size(ptr):
+        await self.kvfree_rcu(task, ptr, head)
+
+    def _check_head(self, ptr: int, head: int) -> None:
+        if not 0 <= head - ptr < self._object_size(ptr):
             raise RcuUsageError(
                 f"kvfree_rcu(ptr=0x{ptr:x}, head=0x{head:x}): the rcu_head is not inside the "
                 f"object (allowed: ptr <= head < ptr + ksize(ptr))"
             )
+
+    async def _kvfree_slow(self, task: Task, head: int | None, ptr: int) -> None:
+        """The full path: a new block, the fallbacks, tracing, debug objects, polled snaps."""
+        cpu = task.cpu
+        t0 = cpu.local_ns
+        single = head is None
+        self.slow_calls += 1
+        if ptr >= VMALLOC_START:
+            self.queued_vmalloc += 1
         if self.debug_objects:
             self._debug_queue(task, ptr)
         krcp = self.krcs[cpu.id]
-        # krc_this_cpu_lock(): local_irq_save + raw_spin_lock. A raw lock can never be an
-        # invalid wait context, so take the lockdep-free fast path.
+        # krc_this_cpu_lock(): local_irq_save + raw_spin_lock (lockdep-free: see kvfree_rcu).
         task.irqs_disabled += 1
         task.preempt_count += 1
         task.held_locks.append(krcp.held)
@@ -308,25 +373,19 @@ class KvfreeRcu:
         if bnode is not None:
             bnode.records[bnode.nr_records] = ptr
             bnode.nr_records += 1
-            krcp.bulk_count[idx] += 1
-            self.queued[idx] += 1
             cpu.local_ns += self._store_ns
-            if self.profile.polled_snapshots:
+            if self._polled:
                 bnode.gp_snap = self.rcu.get_state_synchronize_rcu()
         elif not single:
             if krcp.head is None:
                 krcp.head = array("Q")
             krcp.head.append(ptr)
-            krcp.head_count += 1
-            self.queued_list += 1
             self.fallback_rcu_head += 1
-            if self.profile.polled_snapshots:
+            if self._polled:
                 krcp.head_gp_snap = self.rcu.get_state_synchronize_rcu()
         if ok or not single:
             krcp.count += 1
             self.pending += 1
-            if self.pending > self.pending_peak:
-                self.pending_peak = self.pending
             self._arm_monitor(task, krcp)
         if self._tracer.on:
             self.kernel.trace(
@@ -342,6 +401,7 @@ class KvfreeRcu:
             if self.debug_objects:
                 self._debug_free(ptr)
             await self.mm.kvfree(task, ptr)
+            self.pending += 1
             self._freed(1)
         lat = task.cpu.local_ns - t0
         self.latency[lat] = self.latency.get(lat, 0) + 1
@@ -350,8 +410,8 @@ class KvfreeRcu:
 
     def _object_size(self, ptr: int) -> int:
         if ptr >= VMALLOC_START:
-            return self.mm.vmap.area_size(ptr)
-        return self.mm.ksize(ptr)
+            return int(self.mm.vmap.area_size(ptr))
+        return int(self.mm.slab.object_size(ptr))
 
     def _unlock(self, task: Task, krcp: Krc) -> None:
         held = task.held_locks
@@ -410,20 +470,25 @@ class KvfreeRcu:
         return bnode
 
     def _arm_monitor(self, task: Task, krcp: Krc) -> None:
-        if self.profile.kick:
-            # v6.1 schedule_delayed_monitor_work(): 1 jiffy once a block's worth is queued.
-            delay = 1 if krcp.krc_count() >= self.capacity else self.drain_jiffies
-            mon = krcp.monitor
-            if mon.pending:
-                if mon.timer.pending:
-                    remaining = mon.timer.expires_ns - task.now_ns
-                    if delay * self.kernel.config.tick_ns < remaining:
-                        self.wq.mod_delayed_work(task, mon, delay)
+        mon = krcp.monitor
+        if self._kick:
+            # v6.1 schedule_delayed_monitor_work(): 1 jiffy once a block's worth is queued,
+            # pulling a pending monitor in only if that is sooner than its timer.
+            if mon.queued:
+                return
+            timer = mon.timer
+            if timer.pending:
+                if krcp.count < self.capacity:
+                    return  # the delay would be KFREE_DRAIN_JIFFIES: never sooner
+                if timer.expires_ns - task.cpu.local_ns <= self._tick_ns:
+                    return
+                self.wq.mod_delayed_work(task, mon, 1)
             else:
+                delay = 1 if krcp.count >= self.capacity else self.drain_jiffies
                 self.wq.queue_delayed_work(task, mon, delay)
         elif not krcp.monitor_todo:
             krcp.monitor_todo = True
-            self.wq.queue_delayed_work(task, krcp.monitor, self.drain_jiffies)
+            self.wq.queue_delayed_work(task, mon, self.drain_jiffies)
 
     # -- the page cache ------------------------------------------------------------------------
     def _run_page_cache_worker(self, task: Task, krcp: Krc) -> None:
@@ -509,13 +574,11 @@ class KvfreeRcu:
             if n:
                 nodes = chan[:n]
                 del chan[:n]
-                krcp.bulk_count[idx] -= sum(b.nr_records for b in nodes)
                 out.append((idx, nodes))
         head = None
         if krcp.head is not None and poll(krcp.head_gp_snap):
             head = krcp.head
             krcp.head = None
-            krcp.head_count = 0
         return out, head
 
     def _queue_batch(self, task: Task, krcp: Krc) -> bool:
@@ -531,13 +594,11 @@ class KvfreeRcu:
                 if not krwp.bulk_free[j] and krcp.bulk[j]:
                     krwp.bulk_free[j] = krcp.bulk[j]
                     krcp.bulk[j] = []
-                    krcp.bulk_count[j] = 0
                     moved = True
             if krwp.head_free is None and krcp.head is not None:
                 krwp.head_free = krcp.head
                 krwp.head_free_gp_snap = self.rcu.get_state_synchronize_rcu()
                 krcp.head = None
-                krcp.head_count = 0
                 moved = True
             if moved:
                 krcp.count = 0
@@ -623,6 +684,9 @@ class KvfreeRcu:
         await task.cond_resched()
 
     def _freed(self, n: int) -> None:
+        # pending only falls here, so its peak is always seen just before a free
+        if self.pending > self.pending_peak:
+            self.pending_peak = self.pending
         self.objects_freed += n
         self.pending -= n
         for cb in self.freed_listeners:
@@ -675,6 +739,7 @@ class KvfreeRcu:
         pages = krcp.cache
         krcp.cache = []
         self._unlock(task, krcp)
+        self.cache_pages_drained += len(pages)
         for page in pages:
             await self.mm.free_page(task, page)
 
@@ -731,13 +796,19 @@ class KvfreeRcu:
 
     # -- results -------------------------------------------------------------------------------
     def statistics(self) -> KvfreeStatistics:
+        calls = self.fast_calls + self.slow_calls
+        latency = dict(self.latency)
+        if self.fast_calls:
+            latency[self._fast_ns] = latency.get(self._fast_ns, 0) + self.fast_calls
+        # Every call queued its object somewhere, except head-less calls that freed inline.
+        queued = calls - self.fallback_synchronize
         return KvfreeStatistics(
-            calls=self.calls,
+            calls=calls,
             calls_single=self.calls_single,
-            calls_double=self.calls - self.calls_single,
-            queued_slab=self.queued[0],
-            queued_vmalloc=self.queued[1],
-            queued_list=self.queued_list,
+            calls_double=calls - self.calls_single,
+            queued_slab=queued - self.queued_vmalloc - self.fallback_rcu_head,
+            queued_vmalloc=self.queued_vmalloc,
+            queued_list=self.fallback_rcu_head,
             block_alloc_attempts=self.block_alloc_attempts,
             block_alloc_failures=self.block_alloc_failures,
             blocks_from_cache=self.blocks_from_cache,
@@ -750,10 +821,10 @@ class KvfreeRcu:
             freed_early_polled=self.freed_early_polled,
             objects_freed=self.objects_freed,
             pending=self.pending,
-            pending_peak=self.pending_peak,
+            pending_peak=max(self.pending_peak, self.pending),
             pages_peak=self.pages_peak,
             bulk_calls=self.bulk_calls,
             records_per_block=dict(sorted(self.records_per_block.items())),
-            latency_ns=dict(sorted(self.latency.items())),
+            latency_ns=dict(sorted(latency.items())),
             gp_violations=self.gp_violations,
         )

@@ -261,9 +261,11 @@ class RcuState:
         self._gp_tasks: dict[Task, None] = {}
         self._exp_cpus: set[int] = set()
         self._exp_tasks: dict[Task, None] = {}
-        # Tasks switched out inside a read section: None while still inside, else the time of
-        # their outermost unlock (kept until every GP start that could precede it has seen it).
-        self._blocked: dict[Task, int | None] = {}
+        # Tasks switched out inside a read section and not yet out of it (rnp->blkd_tasks).
+        # A reader leaving after a GP start in its CPU's time, but before it in the order
+        # things ran, needs no entry: its CPU was still non-idle at that start, so a holdout
+        # whose next QS comes after the unlock.
+        self._blocked: dict[Task, None] = {}
         # Start fences: for each snapshot value handed out, the latest local time it was read.
         self._start_fences: dict[int, int] = {}
         self._start_announced = False
@@ -273,6 +275,7 @@ class RcuState:
         self._exp_end_fence = 0
         self._exp_driver: Task | None = None
         self._req_wq = WaitQueue("rcu_gp_kthread")
+        self._last_request = -1
         self._fqs_wq = WaitQueue("rcu_gp_fqs")
         self._exp_wq = WaitQueue("rcu_exp_wait")
         self._kthread: Task | None = None
@@ -359,7 +362,7 @@ class RcuState:
         """``rcu_read_unlock_special``: a reader that was preempted leaves; release its GPs."""
         task.rcu_blocked_reader = False
         t = task.cpu.local_ns
-        self._blocked[task] = t
+        del self._blocked[task]
         if self.kernel.tracer.on:
             self._emit(task.cpu.id, task.comm, task.pid, t, "rcu_unlock_preempted_task",
                        f"{self.name} gp_seq={signed_seq(self.core.gp_seq)} pid={task.pid}")
@@ -389,13 +392,18 @@ class RcuState:
 
     def _on_tick(self, task: Task, voluntary: bool) -> None:
         rdp = self._rdp[task.cpu.id]
-        if (rdp.qs_pending or rdp.exp_qs_pending) and not task.rcu_read_nesting:
-            if task.in_atomic():
-                return
+        if (
+            (rdp.qs_pending or rdp.exp_qs_pending)
+            and not task.rcu_read_nesting
+            and not task.in_atomic()
+        ):
             if rdp.qs_pending and (voluntary or self.preemptible):
                 self._cpu_qs(rdp, task.comm, task.pid)
             if rdp.exp_qs_pending:
                 self._exp_cpu_qs(rdp, task.cpu.local_ns)
+        cbl = rdp.cblist
+        if cbl.n_cbs and cbl.segment_lengths()[RCU_NEXT_TAIL]:
+            self._accelerate(rdp, task.cpu.local_ns)  # rcu_core()
 
     def _on_switch(self, prev: Task) -> None:
         self._note_switch(prev, self._rdp[prev.cpu.id])
@@ -416,7 +424,6 @@ class RcuState:
     def _block_reader(self, task: Task, rdp: RcuData) -> None:
         """``rcu_preempt_ctxt_queue``: the reader blocks the GPs its CPU still owes."""
         task.rcu_blocked_reader = True
-        self._blocked.pop(task, None)
         self._blocked[task] = None
         if rdp.qs_pending:
             self._gp_tasks[task] = None
@@ -477,10 +484,15 @@ class RcuState:
         """``rcu_eqs_enter`` seen by the GP machinery: the CPU is in an extended QS."""
         cpu = timer.cpu
         assert cpu is not None
-        if cpu.current is not None or not cpu.idle or not cpu.online:
+        if not cpu.online:
+            return
+        rdp = self._rdp[cpu.id]
+        cbl = rdp.cblist
+        if cbl.n_cbs and cbl.segment_lengths()[RCU_NEXT_TAIL]:
+            self._accelerate(rdp, cpu.local_ns)  # rcu_prepare_for_idle()
+        if cpu.current is not None or not cpu.idle:
             return
         self._nonidle.discard(cpu.id)
-        rdp = self._rdp[cpu.id]
         if rdp.qs_pending:
             self._cpu_qs(rdp, f"swapper/{cpu.id}", 0)
         if rdp.exp_qs_pending:
@@ -549,6 +561,9 @@ class RcuState:
 
     def _request_gp(self, target: int, t: int) -> None:
         """``rcu_start_this_gp``: ask for a GP ending at ``target``; wake the kthread if idle."""
+        if target == self._last_request:
+            return  # already asked for: the kthread knows
+        self._last_request = target
         if self.core.request_gp(target):
             if self._kthread is None:
                 sim = self.kernel.sim
@@ -593,7 +608,7 @@ class RcuState:
             rdp.qs_pending = True
             rdp.ticks_at_gp_start = cpus[cpu_id].ticks
             self._gp_cpus.add(cpu_id)
-        self._scan_blocked(now, self._gp_tasks, exp=False)
+        self._gp_tasks.update(self._blocked)
         if self.kernel.tracer.on:
             g = signed_seq(gp)
             self._emit(me, task.comm, task.pid, now, "rcu_grace_period", f"{self.name} {g} start")
@@ -601,19 +616,6 @@ class RcuState:
                 self._emit(cpu_id, task.comm, task.pid, now, "rcu_grace_period",
                            f"{self.name} {g} cpustart")
         self.kernel.sim.arm_timer(self._stall_timer, task.cpu, now + self._stall_ns)
-
-    def _scan_blocked(self, now: int, holdouts: dict[Task, None], *, exp: bool) -> None:
-        """Readers blocked at a GP start hold it; ones that left after ``now`` fence its end."""
-        for t, left in list(self._blocked.items()):
-            if left is None:
-                holdouts[t] = None
-            elif left > now:
-                if exp:
-                    self._exp_end_fence = max(self._exp_end_fence, left)
-                else:
-                    self._end_fence = max(self._end_fence, left)
-            else:
-                del self._blocked[t]
 
     def _gp_cleanup(self, task: Task) -> None:
         """``rcu_gp_cleanup``: end the GP, wake its waiters and the CPUs whose callbacks waited."""
@@ -690,16 +692,18 @@ class RcuState:
     def call_rcu(self, task: Task, head: RcuHead, func: RcuCallback) -> None:
         """``call_rcu(head, func)``: ``func(task, head)`` runs after a full grace period.
 
-        The head is queued on the calling CPU's segmented list and accelerated at once; the
-        callback is stored in ``head.func``. Charges ``call_rcu_ns``.
+        The head is queued on the calling CPU's segmented list (the callback is stored in
+        ``head.func``); charges ``call_rcu_ns``. As in ``__call_rcu_core``, it is given a grace
+        period at once only when none is running; otherwise the CPU's next tick, idle entry or
+        ``rcuc`` pass accelerates it (``rcu_core``).
         """
         if not callable(func):
             raise RcuUsageError(
                 f"call_rcu() got func={func!r}: the callback must be callable as func(task, head)"
             )
         head.func = cast("Callable[[RcuHead], object]", func)
-        task.charge(self._cost.call_rcu_ns)
         cpu = task.cpu
+        cpu.local_ns += self._cost.call_rcu_ns
         rdp = self._rdp[cpu.id]
         rdp.cblist.enqueue(head)
         self._cbs_queued += 1
@@ -708,7 +712,8 @@ class RcuState:
             self._emit(cpu.id, task.comm, task.pid, cpu.local_ns, "rcu_callback",
                        f"{self.name} rhp={self._rhp_addr(head):#x} func={_func_name(func)} "
                        f"{rdp.cblist.n_cbs}")
-        self._accelerate(rdp, cpu.local_ns)
+        if not self.core.gp_in_progress():
+            self._accelerate(rdp, cpu.local_ns)
 
     def _accelerate(self, rdp: RcuData, t: int) -> None:
         """``rcu_accelerate_cbs``: give unassigned callbacks a GP and make sure it is coming."""
@@ -780,7 +785,7 @@ class RcuState:
                             "call_rcu(task, head, func)"
                         )
                     res = func(task, head)
-                    if inspect.isawaitable(res):
+                    if res is not None and inspect.isawaitable(res):
                         await res
             finally:
                 if bh_preempt:
@@ -875,7 +880,7 @@ class RcuState:
                         self._rdp[cpu_id].exp_qs_pending = True
                         self._exp_cpus.add(cpu_id)
                         cpu.need_resched = True
-                self._scan_blocked(task.now_ns, self._exp_tasks, exp=True)
+                self._exp_tasks.update(self._blocked)
                 while self._exp_cpus or self._exp_tasks:
                     await task.block(self._exp_wq, "rcu_exp_wait")
                 await self._wait_until(task, self._exp_end_fence)
@@ -1172,7 +1177,7 @@ class RcuState:
             stalls=self._stalls,
             barriers=self._barriers,
             qs_reports=self._qs_reports,
-            blocked_readers=sum(1 for v in self._blocked.values() if v is None),
+            blocked_readers=len(self._blocked),
             cpus_online=self._n_online,
         )
 

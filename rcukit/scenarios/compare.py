@@ -22,6 +22,8 @@ from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, config_to_dict
 from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
+
+_GFP_KERNEL = int(GFP_KERNEL)
 from rcukit.sched.sim import Task
 
 VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
@@ -129,7 +131,7 @@ async def _flood(k: Kernel, w: Workload, task: Task) -> int:
         if vm_f and rng.random() < vm_f:
             ptr = await mm.vmalloc(task, size)
         else:
-            ptr = await mm.kmalloc(task, size, GFP_KERNEL)
+            ptr = await mm.kmalloc(task, size, _GFP_KERNEL)
         if single_f and rng.random() < single_f:
             await kv.kvfree_rcu_mightsleep(task, ptr)
         else:

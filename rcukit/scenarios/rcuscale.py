@@ -20,6 +20,8 @@ from rcukit.config import KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
+
+_GFP_KERNEL = int(GFP_KERNEL)
 from rcukit.rcu.gpseq import rcu_seq_diff
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.sched.sim import Task
@@ -152,7 +154,7 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
             elif me == 0 and p.kfree_loops >= 4 and loop % (p.kfree_loops // 4) == 0:
                 state["mem_during"] = (state["mem_during"] + mm.nr_free_pages()) // 2
             for _ in range(p.kfree_alloc_num):
-                ptr = await mm.kmalloc(task, size, GFP_KERNEL)
+                ptr = await mm.kmalloc(task, size, _GFP_KERNEL)
                 if p.no_batch or p.kfree_by_call_rcu:
                     rcu.call_rcu(task, _KfreeObj(ptr), kfree_cb)
                     continue

@@ -57,8 +57,9 @@ OWNED_FIELDS = {
 }
 #: ``rcukit rcuscale``'s defaults, so a sweep point and that command agree on the same settings.
 RCUSCALE_DEFAULTS = {"profile": "v6.1", "variant": "page-cache"}
-#: Compare's single-row defaults (``rcukit compare`` runs every variant under every build).
-COMPARE_DEFAULTS = {"variant": "nowait", "kernel_config": "default"}
+#: Compare's one-row default (``rcukit compare`` runs every variant under every build); its
+#: profile comes from ``compare.default_config()``.
+COMPARE_DEFAULTS = {"variant": "nowait"}
 #: Largest seed a KernelConfig accepts.
 MAX_SEED = 2**63 - 1
 
@@ -94,16 +95,11 @@ _BASE_CONFIGS: Mapping[str, KernelConfig] = MappingProxyType(
 )
 
 
-def kernel_fields() -> dict[str, Any]:
-    """Every KernelConfig leaf a sweep may set, by dotted name, with its type."""
-    return dict(_KERNEL_FIELDS)
-
-
-def scenario_fields(scenario: str) -> dict[str, Any]:
+def scenario_fields(scenario: str) -> Mapping[str, Any]:
     """The scenario's own knobs: compare's Workload (plus ``scale``), rcuscale's parameters."""
     if scenario not in _SCENARIO_FIELDS:
         raise ConfigError(f"scenario = {scenario!r} is unknown; allowed: {', '.join(SCENARIOS)}")
-    return dict(_SCENARIO_FIELDS[scenario])
+    return _SCENARIO_FIELDS[scenario]
 
 
 def _unknown_field(scenario: str, name: str, where: str) -> ConfigError:
@@ -222,8 +218,7 @@ def run_point(scenario: str, params: dict[str, Any], seed: int) -> dict[str, Any
     """
     p = prepare_point(scenario, params, seed)
     if isinstance(p.inputs, cmp.Workload):
-        row, kernel = cmp.run_row(p.config, p.inputs, p.variant, p.kernel_config)
-        del kernel
+        row, _ = cmp.run_row(p.config, p.inputs, p.variant, p.kernel_config)
         row.pop("timeline", None)
         return row
     return run_rcuscale(p.inputs, p.config).to_json()
@@ -571,7 +566,7 @@ def open_executor(
             client = distributed.Client(  # type: ignore[no-untyped-call]
                 scheduler, set_as_default=False
             )
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot connect to the Dask scheduler {scheduler!r}: {exc}") from exc
         try:
             ex = client.get_executor()  # type: ignore[no-untyped-call]

@@ -120,11 +120,15 @@ def tabulate(
             )
     if by == x:
         raise ConfigError(f"{x!r} cannot be on both axes; pick two different parameters")
-    chosen = [r for r in records if all(r["params"].get(k) == v for k, v in where.items())]
+    axes = {x, by} | set(where)
+    chosen = [
+        r for r in records
+        if all(r["params"].get(k) == v for k, v in where.items())
+        and all(a in r["params"] for a in (x, by) if a)
+    ]
     if not chosen:
         shown = ", ".join(f"{k}={v!r}" for k, v in where.items())
         raise ConfigError(f"no point matches --where {shown}")
-    axes = {x, by} | set(where)
     for name in names:
         if name in axes:
             continue
