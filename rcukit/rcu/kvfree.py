@@ -369,7 +369,9 @@ class KvfreeRcu:
         if bnode is None or bnode.nr_records == self.capacity:
             bnode = await self._new_block(task, krcp, idx, single)
             ok = bnode is not None
-            krcp = self.krcs[task.cpu.id]
+            # The v5.13+ direct allocation may sleep and the task migrate (CPU hot-unplug):
+            # _new_block re-took the *same* krcp's lock, as current kernels do, so keep it.
+            cpu = task.cpu
         if bnode is not None:
             bnode.records[bnode.nr_records] = ptr
             bnode.nr_records += 1

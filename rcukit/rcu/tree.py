@@ -21,6 +21,11 @@ How a grace period runs here (event-driven: nothing ever polls):
   ``synchronize_rcu`` waiters whose snapshot is now done and kicks the ``rcuc/N`` kthreads of the
   CPUs whose callbacks waited for it; those advance their segmented list and invoke the ready
   callbacks in ``blimit`` batches.
+* An expedited GP is driven by its caller (``rcu_exp_sel_wait_wake``): it "IPIs" every non-idle
+  CPU. A CPU whose clock has run past the IPI is quiescent at the first instant after it that
+  it was outside any read section (each CPU remembers when it last entered or left one), so
+  the expedited GP costs ``expedited_ipi_ns`` per CPU instead of a tick per CPU; a CPU caught
+  inside a reader reports when that reader leaves.
 
 Local virtual time (see :mod:`rcukit.sched.sim`): most RCU events happen where the scheduler is
 not synced (a context switch, ``rcu_read_unlock``, ``call_rcu`` under a raw lock). Two fences
@@ -856,8 +861,8 @@ class RcuState:
                 me = task.cpu
                 for cpu_id in sorted(self._nonidle):
                     cpu = sim.cpus[cpu_id]
-                    if cpu is me or not cpu.online:
-                        continue
+                    if cpu is me:
+                        continue  # a CPU going down is still asked: its clock may be ahead
                     task.charge(ipi_ns)
                     sent = task.now_ns
                     cur = cpu.current

@@ -30,23 +30,42 @@ VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
 SPLAT_KEYS = ("invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic")
 
 
+def _int_at_least(lo: int) -> Any:
+    # A [compare] table is user input: a string or a negative count must be named, not crash.
+    def check(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ConfigError(f"compare.{att.name} = {value!r}: expected an integer >= {lo}")
+
+    return check
+
+
+def _fraction(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"compare.{att.name} = {value!r}: expected a number from 0 to 1")
+
+
+def _bool(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"compare.{att.name} = {value!r}: expected true or false")
+
+
 @attrs.frozen
 class Workload:
     """What every row runs. ``scale`` multiplies the number of objects."""
 
-    flood_cpus: int = attrs.field(default=4)
-    objects_per_cpu: int = attrs.field(default=40_000)
-    single_fraction: float = attrs.field(default=0.25)
-    vmalloc_fraction: float = attrs.field(default=0.02)
-    object_size: int = attrs.field(default=64)
-    rcu_head_offset: int = attrs.field(default=16)
+    flood_cpus: int = attrs.field(default=4, validator=_int_at_least(1))
+    objects_per_cpu: int = attrs.field(default=40_000, validator=_int_at_least(1))
+    single_fraction: float = attrs.field(default=0.25, validator=_fraction)
+    vmalloc_fraction: float = attrs.field(default=0.02, validator=_fraction)
+    object_size: int = attrs.field(default=64, validator=_int_at_least(1))
+    rcu_head_offset: int = attrs.field(default=16, validator=_int_at_least(0))
     #: Work the caller does per object between calls (simulated ns), so a flood spans
     #: several drain periods instead of a fraction of a millisecond.
-    think_ns: int = attrs.field(default=400)
+    think_ns: int = attrs.field(default=400, validator=_int_at_least(0))
     #: cond_resched() every N calls, as rcuscale's kfree loop does once per loop.
-    resched_every: int = attrs.field(default=256)
+    resched_every: int = attrs.field(default=256, validator=_int_at_least(1))
     #: Finish with kvfree_rcu_barrier() so every object is accounted freed.
-    barrier: bool = attrs.field(default=True)
+    barrier: bool = attrs.field(default=True, validator=_bool)
 
     def scaled(self, scale: float) -> Workload:
         if not scale > 0:

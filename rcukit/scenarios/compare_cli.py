@@ -60,6 +60,17 @@ def _names(text: str, what: str, allowed: tuple[str, ...]) -> list[str]:
     return names
 
 
+def _section_names(value: Any, what: str, allowed: tuple[str, ...]) -> list[str]:
+    """``[compare] variants``/``configs``: a list of names, or one comma-separated string."""
+    if isinstance(value, str):
+        return _names(value, what, allowed)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f"compare.{what} = {value!r}: expected a list of names; allowed: {', '.join(allowed)}"
+        )
+    return list(value)
+
+
 def _cmd(args: argparse.Namespace) -> int:
     section: dict[str, Any] = {}
     if args.config:
@@ -78,11 +89,12 @@ def _cmd(args: argparse.Namespace) -> int:
         config = config.replace(**{"kvfree.profile": args.profile})
     variants = (
         _names(args.variants, "variants", cmp.VARIANTS) if args.variants
-        else list(section.get("variants", cmp.VARIANTS))
+        else _section_names(section.get("variants", cmp.VARIANTS), "variants", cmp.VARIANTS)
     )
     configs = (
         _names(args.configs, "configs", KERNEL_CONFIG_NAMES) if args.configs
-        else list(section.get("configs", KERNEL_CONFIG_NAMES))
+        else _section_names(section.get("configs", KERNEL_CONFIG_NAMES), "configs",
+                            KERNEL_CONFIG_NAMES)
     )
     cmp.check_names(variants, configs, cmp.VARIANTS)
     wl_fields = {k: v for k, v in section.items() if k not in ("variants", "configs", "scale")}

@@ -177,7 +177,6 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
     await k.run()
     gp_end = rcu.gp_seq
     total = max(int(t.result) for t in tasks)  # type: ignore[call-overload]
-    stats = kv.statistics()
     footprint = max(0, (state["mem_begin"] - state["mem_during"]) >> (20 - page_shift))
 
     async def barrier(task: Task) -> None:
@@ -186,6 +185,8 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
 
     k.spawn(barrier, 0, "rcuscale_barrier")
     await k.run()
+    # After the barrier: every block has been through kfree_bulk() and is in the histogram.
+    stats = kv.statistics()
     return RcuscaleResult(
         params=p,
         config=k.config,
