@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {name:9s} splats={r['splats']['invalid_wait_context']:<5d} "
             f"block allocs={r['block_alloc_attempts']:<5d} failed={r['block_alloc_failures']:<5d} "
-            f"({r['block_alloc_failure_pct']:.1f}%)  rcu_head fallbacks={r['fallback_rcu_head']:<6d} "
+            f"({r['block_alloc_failure_pct']:.1f}%)  "
+            f"rcu_head fallbacks={r['fallback_rcu_head']:<6d} "
             f"synchronize_rcu fallbacks={r['fallback_synchronize']:<5d} "
             f"zone-lock acquisitions={r['zone_lock_acquisitions']}"
         )

@@ -401,7 +401,7 @@ async def test_two_kernels_nested_and_concurrent_do_not_interact(
     assert [t.result for t in tb] == solo_results
     assert ka.now_ns == kb.now_ns == k0.now_ns > 0
     assert [t.pid for t in ta] == [t.pid for t in tb]
-    assert len(set(t.pid for t in ta)) == 3
+    assert len({t.pid for t in ta}) == 3
 
 
 async def test_sequential_boots_start_fresh(autojump_clock: trio.testing.MockClock) -> None:

@@ -326,9 +326,7 @@ class KvfreeRcu:
         t = cpu.local_ns + self._fast_ns
         cpu.local_ns = t
         krcp.lock.free_at_ns = t
-        if self._kick:
-            self._arm_monitor(task, krcp)
-        elif not krcp.monitor_todo:
+        if self._kick or not krcp.monitor_todo:
             self._arm_monitor(task, krcp)
         if t >= cpu.next_tick_ns:
             await task.preempt_point()

@@ -67,7 +67,9 @@ class KvfreeProfile:
         return max(1, hz * self.drain_hz_num // self.drain_hz_den)
 
     def block_capacity(self, page_size: int, pointer_size: int, header: str) -> int:
-        """``KVFREE_BULK_MAX_ENTR``; the ``rfc`` header setting is the RFC's PAGE_SIZE/sizeof(void*)."""
+        """``KVFREE_BULK_MAX_ENTR``; the ``rfc`` header is the RFC's PAGE_SIZE / sizeof(void *).
+
+        The header is two longs (five from v6.3), so it scales with the pointer size."""
         hdr = 0 if header == "rfc" else self.header_bytes * pointer_size // 8
         return (page_size - hdr) // pointer_size
 

@@ -15,16 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-import trio
-import trio.testing
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, config_to_dict
 from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
+from rcukit.sched.sim import Task
 
 _GFP_KERNEL = int(GFP_KERNEL)
-from rcukit.sched.sim import Task
 
 VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
 SPLAT_KEYS = ("invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic")
@@ -292,6 +290,7 @@ def verdict(rows: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(
             f"{v}: {fail_pct:.1f}% of {att} in-context block allocations failed; "
             f"{fb_pct:.2f}% of calls fell back ({head} rcu_head, {sync} synchronize_rcu); "
-            f"{kswapd} kswapd wake-ups, {zl} zone-lock acquisitions, p99 latency {p99 / 1000:.2f} us."
+            f"{kswapd} kswapd wake-ups, {zl} zone-lock acquisitions, "
+            f"p99 latency {p99 / 1000:.2f} us."
         )
     return lines

@@ -13,18 +13,16 @@ import random
 from typing import Any
 
 import attrs
-import trio
-import trio.testing
 
 from rcukit.config import KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
-
-_GFP_KERNEL = int(GFP_KERNEL)
 from rcukit.rcu.gpseq import rcu_seq_diff
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.sched.sim import Task
+
+_GFP_KERNEL = int(GFP_KERNEL)
 
 #: ``struct kfree_obj { char kfree_obj[8]; struct rcu_head rh; }`` on 64-bit: 24 bytes.
 KFREE_OBJ_SIZE = 24

@@ -57,8 +57,9 @@ import trio
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError, CpuHotplugError, MemoryDebugError
 from rcukit.kernel import Kernel, run_sim
+from rcukit.mm.alloc_core import builtin_variants
 from rcukit.mm.gfp import GFP_KERNEL
-from rcukit.rcu.gpseq import rcu_seq_diff
+from rcukit.rcu.gpseq import RCU_SEQ_STATE_MASK, ULONG_MASK, ULONG_MAX_HALF, rcu_seq_diff
 from rcukit.rcu.profiles import PROFILES
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.rcu.tree import RcuState
@@ -71,6 +72,7 @@ __all__ = [
     "TortureResult",
     "run_torture",
     "run_torture_async",
+    "torture_config",
 ]
 
 #: ``RCU_TORTURE_PIPE_LEN``: pipe stages an element passes before it is freed.
@@ -87,6 +89,7 @@ WRITER_MODES: Final = ("call_rcu", "kvfree_rcu", "kvfree_rcu_mightsleep", "synch
 FAKEWRITER_OPS: Final = ("sync", "exp_sync", "cond_sync", "poll")
 
 _GFP_KERNEL = int(GFP_KERNEL)
+_CTR_MASK = ULONG_MASK & ~RCU_SEQ_STATE_MASK
 #: ``rcu_read_delay``: the short spin and the long one (µs, ms).
 _SHORTDELAY_US = 200
 _LONGDELAY_MS = 300
@@ -139,7 +142,7 @@ class TortureParams:
     #: ``stall_cpu_holdoff``: seconds before the stall starts; None: a quarter of the run
     #: (at most the kernel's 10 s).
     stall_cpu_holdoff: float | None = attrs.field(default=None)
-    reader_delay_us: int = attrs.field(default=1000, validator=_check_int(1, 10**7))
+    reader_delay_us: int = attrs.field(default=2000, validator=_check_int(1, 10**7))
 
     def __attrs_post_init__(self) -> None:
         h = self.stall_cpu_holdoff
@@ -147,7 +150,7 @@ class TortureParams:
             _check_num(0.0)(self, attrs.fields(TortureParams).stall_cpu_holdoff, h)
 
     def real_readers(self, nr_cpus: int) -> int:
-        """``nrealreaders``: ``nreaders`` or, when negative, ``num_online_cpus() - 2 - nreaders``."""
+        """``nrealreaders``: ``nreaders``, or if negative ``num_online_cpus() - 2 - nreaders``."""
         return self.nreaders if self.nreaders >= 0 else max(1, nr_cpus - 2 - self.nreaders)
 
     def stall_holdoff(self) -> float:
@@ -163,7 +166,6 @@ def torture_config(
     variant: str | None = None,
     profile: str | None = None,
     kernel_config: str = "default",
-    fault_rate: float = 0.0,
 ) -> KernelConfig:
     """The kernel a torture run boots: ``base`` with the run's seed, build, variant and faults.
 
@@ -175,19 +177,21 @@ def torture_config(
         raise ConfigError(
             f"kernel config {kernel_config!r} is unknown; allowed: {', '.join(KERNEL_CONFIG_NAMES)}"
         )
+    if variant is not None:
+        known = builtin_variants()
+        if variant not in known:
+            raise ConfigError(
+                f"unknown allocator variant {variant!r}; known: {', '.join(sorted(known))}"
+            )
     if profile is not None and profile not in PROFILES:
         raise ConfigError(
             f"kvfree_rcu profile {profile!r} is unknown; allowed: {', '.join(PROFILES)}"
         )
-    _check_num(0.0, 1.0)(None, attrs.fields(TortureParams).fault_rate, fault_rate)
     changes: dict[str, Any] = {"seed": seed, "kvfree.debug_objects": True}
     if variant is not None:
         changes["kvfree.variant"] = variant
     if profile is not None:
         changes["kvfree.profile"] = profile
-    if fault_rate:
-        changes["mm.fail_page_alloc_probability"] = fault_rate
-        changes["mm.failslab_probability"] = fault_rate
     return cfg.with_kernel_config(kernel_config).replace(**changes)
 
 
@@ -351,18 +355,34 @@ async def _boot(cfg: KernelConfig, broken: bool) -> AsyncIterator[Kernel]:
 # ---------------------------------------------------------------------------- the run
 
 
-class _Rtort(RcuHead):
-    """``struct rcu_torture``: a pool slot; ``ptr`` is its kmalloc'ed object while in use."""
+class _Rtort:
+    """``struct rcu_torture``: a pool slot; ``ptr`` is its kmalloc'ed object while in use.
 
-    __slots__ = ("idx", "mbtest", "mode", "pipe_count", "ptr")
+    ``gen`` counts the slot's allocations, so a reader can tell that the slot it holds was
+    recycled under it; ``cookie`` is the grace-period snapshot taken when it was retired.
+    """
+
+    __slots__ = ("cookie", "gen", "idx", "mbtest", "ptr", "retired")
 
     def __init__(self, idx: int) -> None:
-        super().__init__(None)
         self.idx = idx
         self.ptr = 0
-        self.pipe_count = 0
+        self.gen = 0
+        self.cookie = 0
+        self.retired = False
         self.mbtest = 0
-        self.mode = ""
+
+
+class _FreeHead(RcuHead):
+    """The ``rcu_head`` a ``call_rcu`` retirement queues: frees the object after the GP."""
+
+    __slots__ = ("el", "gen", "ptr")
+
+    def __init__(self, el: _Rtort, ptr: int) -> None:
+        super().__init__(None)
+        self.el = el
+        self.ptr = ptr
+        self.gen = el.gen
 
 
 @attrs.define(eq=False)
@@ -388,12 +408,11 @@ class _State:
     internal_errors: int = 0
     errors: list[str] = attrs.field(factory=list)
     log: list[str] = attrs.field(factory=list)
-    #: Elements on a call_rcu pipe chain right now.
-    chains: int = 0
+    #: Retired elements per writer (and one list for the cleanup), oldest first.
+    retired_lists: list[deque[_Rtort]] = attrs.field(factory=list)
     retired: int = 0
     kfreed: int = 0
     allocated: set[int] = attrs.field(factory=set)
-    removed: list[list[_Rtort]] = attrs.field(factory=list)
     fake: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys((*FAKEWRITER_OPS, "barrier"), 0)
     )
@@ -419,6 +438,19 @@ def _classify(state: _State, exc: MemoryDebugError, where: str) -> None:
     state.error(f"{where}: {text}")
 
 
+def full_gps_since(cookie: int, gp_seq: int) -> int:
+    """Whole grace periods that ended since ``cookie`` was taken, as of ``gp_seq``.
+
+    ``cookie`` is ``get_state_synchronize_rcu()``: the ``gp_seq`` at which the first full GP
+    after the snapshot is over. Each later GP ends 4 (``1 << RCU_SEQ_CTR_SHIFT``) further on,
+    so with ``c`` the last completed value, ``(c - cookie) / 4 + 1`` GPs are over, wrap-safe.
+    """
+    done = (gp_seq & _CTR_MASK) - cookie & ULONG_MASK
+    if done > ULONG_MAX_HALF:
+        return 0
+    return (done >> 2) + 1
+
+
 class _Torture:
     """The kthreads of one run, bound to one kernel."""
 
@@ -436,6 +468,12 @@ class _Torture:
     def rng(self, what: str, me: int) -> random.Random:
         return random.Random(f"rcutorture:{self.seed}:{what}:{me}")
 
+    def pipe_count(self, el: _Rtort) -> int:
+        """0 while published, 1 once retired, +1 per full grace period since (capped)."""
+        if not el.retired:
+            return 0
+        return min(RCU_TORTURE_PIPE_LEN, 1 + full_gps_since(el.cookie, self.rcu.gp_seq))
+
     # -- the pool ---------------------------------------------------------------------------
     async def alloc(self, task: Task) -> _Rtort | None:
         """``rcu_torture_alloc``: a free slot with a fresh object, or None (rtaf)."""
@@ -449,28 +487,24 @@ class _Torture:
             return None
         el = s.free.popleft()
         el.ptr = ptr
-        el.pipe_count = 0
+        el.gen += 1
+        el.retired = False
         el.mbtest = 1
         s.rta += 1
         s.allocated.add(ptr)
         return el
 
-    def release(self, el: _Rtort) -> None:
-        """``rcu_torture_free``: the slot goes back to the free list."""
-        el.mbtest = 0
-        el.ptr = 0
-        self.s.rtf += 1
-        self.s.free.append(el)
-
-    def pipe_update_one(self, el: _Rtort) -> bool:
-        """Advance ``el`` one pipe stage; True when it reached the end of the pipe."""
-        i = min(el.pipe_count, RCU_TORTURE_PIPE_LEN)
-        self.s.wcount[i] += 1
-        el.pipe_count = i + 1
-        if i + 1 >= RCU_TORTURE_PIPE_LEN:
+    def reap(self, retired: deque[_Rtort]) -> None:
+        """``rcu_torture_free`` for every element at the end of its pipe (caller is synced)."""
+        s = self.s
+        while retired and self.pipe_count(retired[0]) >= RCU_TORTURE_PIPE_LEN:
+            el = retired.popleft()
+            for i in range(RCU_TORTURE_PIPE_LEN):
+                s.wcount[i] += 1
             el.mbtest = 0
-            return True
-        return False
+            el.ptr = 0
+            s.rtf += 1
+            s.free.append(el)
 
     async def kfree(self, task: Task, ptr: int, where: str) -> None:
         try:
@@ -480,42 +514,26 @@ class _Torture:
             return
         self.s.kfreed += 1
 
-    async def torture_cb(self, task: Task, head: RcuHead) -> None:
-        """``rcu_torture_cb``: one grace period more; free at the end of the pipe or re-queue."""
-        assert isinstance(head, _Rtort)
-        el = head
-        if not self.pipe_update_one(el):
-            self.rcu.call_rcu(task, el, self.torture_cb)
-            return
-        self.s.chains -= 1
-        if el.mode == "call_rcu":
-            await self.kfree(task, el.ptr, "rcu_torture_cb")
-        self.release(el)
-
-    async def pipe_update(self, task: Task, removed: list[_Rtort], old: _Rtort | None) -> None:
-        """``rcu_torture_pipe_update``: after a grace period, advance every removed element."""
-        if old is not None:
-            removed.append(old)
-        keep = []
-        for el in removed:
-            if self.pipe_update_one(el):
-                await self.kfree(task, el.ptr, "rcu_torture_pipe_update")
-                self.release(el)
-            else:
-                keep.append(el)
-        removed[:] = keep
+    async def free_cb(self, task: Task, head: RcuHead) -> None:
+        """The ``call_rcu`` retirement's callback: the object's grace period is over."""
+        assert isinstance(head, _FreeHead)
+        if head.el.gen == head.gen:
+            head.el.mbtest = 0
+        await self.kfree(task, head.ptr, "call_rcu callback")
 
     # -- writers ----------------------------------------------------------------------------
     async def writer(self, task: Task) -> None:
         me: int = task.data["me"]
         rng = self.rng("writer", me)
         s = self.s
-        removed = s.removed[me]
+        retired = s.retired_lists[me]
         turn = me
         while True:
             await task.sleep_ns(rng.randint(500_000, 1_500_000))  # torture_hrtimeout_us(500, 1000)
             if task.now_ns >= s.end_ns:
                 return
+            await task.sync()
+            self.reap(retired)
             el = await self.alloc(task)
             if el is None:
                 continue
@@ -525,31 +543,31 @@ class _Torture:
             s.version += 1
             if old is None:
                 continue
-            self.retire_start(old)
+            self.retire_start(task, old, retired)
             mode = WRITER_MODES[turn % len(WRITER_MODES)]
             turn += 1
-            await self.retire(task, old, mode, removed)
+            await self.retire(task, old, mode)
 
-    def retire_start(self, old: _Rtort) -> None:
-        s = self.s
-        s.wcount[min(old.pipe_count, RCU_TORTURE_PIPE_LEN)] += 1
-        old.pipe_count += 1
-        s.retired += 1
+    def retire_start(self, task: Task, old: _Rtort, retired: deque[_Rtort]) -> None:
+        """Pipe count 1: unpublished, its grace periods counted from now (caller synced)."""
+        old.retired = True
+        old.cookie = self.rcu.get_state_synchronize_rcu(task)
+        retired.append(old)
+        self.s.retired += 1
 
-    async def retire(self, task: Task, old: _Rtort, mode: str, removed: list[_Rtort]) -> None:
-        old.mode = mode
-        if mode == "synchronize_rcu":
-            await self.rcu.synchronize_rcu(task)
-            await self.pipe_update(task, removed, old)
-            return
-        self.s.chains += 1
-        self.rcu.call_rcu(task, old, self.torture_cb)
+    async def retire(self, task: Task, old: _Rtort, mode: str) -> None:
         ptr = old.ptr
         try:
-            if mode == "kvfree_rcu":
+            if mode == "call_rcu":
+                self.rcu.call_rcu(task, _FreeHead(old, ptr), self.free_cb)
+            elif mode == "kvfree_rcu":
                 await self.kv.kvfree_rcu(task, ptr, ptr + RTORT_RH_OFFSET)
             elif mode == "kvfree_rcu_mightsleep":
                 await self.kv.kvfree_rcu_mightsleep(task, ptr)
+            else:
+                await self.rcu.synchronize_rcu(task)
+                old.mbtest = 0
+                await self.kfree(task, ptr, "synchronize_rcu retirement")
         except MemoryDebugError as exc:
             _classify(self.s, exc, mode)
 
@@ -575,12 +593,14 @@ class _Torture:
             if p is None:
                 return
             ptr = p.ptr
+            gen = p.gen
             if p.mbtest == 0:
                 s.mberror += 1
                 s.error(f"reader {task.comm} found element {p.idx} marked free (rtmbe)")
             await self.read_delay(task, rng)
             await task.sync()
-            pipe = min(p.pipe_count, RCU_TORTURE_PIPE_LEN)
+            # A slot recycled under the reader went through the whole pipe meanwhile.
+            pipe = self.pipe_count(p) if p.gen == gen else RCU_TORTURE_PIPE_LEN
             completed = min(rcu_seq_diff(rcu.gp_seq, started), RCU_TORTURE_PIPE_LEN)
             try:
                 self.mm.check_access(ptr, task)
@@ -713,22 +733,20 @@ class _Torture:
         await task.sync()
         last = s.current
         s.current = None
-        leftovers = [el for lst in s.removed for el in lst]
-        for lst in s.removed:
-            lst.clear()
+        mine: deque[_Rtort] = deque()
+        s.retired_lists.append(mine)
         if last is not None:
-            self.retire_start(last)
-            last.mode = "synchronize_rcu"
-            leftovers.append(last)
-        while leftovers:
-            await rcu.synchronize_rcu(task)
-            await self.pipe_update(task, leftovers, None)
+            self.retire_start(task, last, mine)
+            await self.retire(task, last, "synchronize_rcu")
         for _ in range(4 * RCU_TORTURE_PIPE_LEN):
-            if not s.chains:
+            await task.sync()
+            for lst in s.retired_lists:
+                self.reap(lst)
+            if not any(s.retired_lists):
                 break
-            await rcu.rcu_barrier(task)
-        await self.kv.kvfree_rcu_barrier(task)
+            await rcu.synchronize_rcu(task)
         await rcu.rcu_barrier(task)
+        await self.kv.kvfree_rcu_barrier(task)
         s.finished = True
 
 
@@ -776,12 +794,17 @@ async def run_torture_async(
     t0 = time.perf_counter()
     log: list[str] = []
     cfg = _stall_config(config or torture_config(), params, log)
+    if params.fault_rate:
+        cfg = cfg.replace(**{
+            "mm.fail_page_alloc_probability": params.fault_rate,
+            "mm.failslab_probability": params.fault_rate,
+        })
     if cfg.nr_cpus < 2 and params.onoff_interval > 0:
         raise ConfigError("onoff_interval needs at least 2 CPUs (CPU 0 never goes offline)")
     pool = [_Rtort(i) for i in range(RTORT_POOL)]
     state = _State(end_ns=int(params.duration * 1e9), pool=pool, free=deque(pool))
     state.log.extend(log)
-    state.removed = [[] for _ in range(params.nwriters)]
+    state.retired_lists = [deque() for _ in range(params.nwriters)]
     crash: BaseException | None = None
     try:
         async with _boot(cfg, _broken_gp) as k:

@@ -1,0 +1,121 @@
+"""``rcukit torture``: rcutorture on the simulated kernel (``--mode sim``) or on Trio's real
+clock through the application API (``--mode app``).
+
+The exit status is 0 only when the run saw no RCU failure, no leak, no use after free and no
+double free; 1 otherwise; 2 for bad options. The deliberately broken build the tests use is not
+reachable from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
+from rcukit.errors import ConfigError
+from rcukit.rcu.profiles import PROFILES
+from rcukit.scenarios.torture import TortureParams, TortureResult, run_torture, torture_config
+
+
+def _params(args: argparse.Namespace) -> TortureParams:
+    return TortureParams(
+        duration=args.duration,
+        nreaders=args.nreaders,
+        nwriters=args.nwriters,
+        nfakewriters=args.nfakewriters,
+        onoff_interval=args.onoff_interval,
+        fault_rate=args.fault_rate,
+        stall_cpu=args.stall_cpu,
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> TortureResult:
+    """The run the options describe (sim or app mode), validated before anything starts."""
+    if args.profile is not None and args.profile not in PROFILES:
+        raise ConfigError(
+            f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILES)}"
+        )
+    params = _params(args)
+    if args.mode == "app":
+        for opt, value, default in (
+            ("--variant", args.variant, None),
+            ("--kernel-config", args.kernel_config, "default"),
+            ("--cpus", args.cpus, None),
+        ):
+            if value != default:
+                raise ConfigError(
+                    f"{opt} applies to --mode sim only (the app mode runs on the host's "
+                    "allocator and scheduler)"
+                )
+        from rcukit.scenarios.torture_app import run_app_torture
+
+        return run_app_torture(params, seed=args.seed, profile=args.profile or "v6.3")
+    base = KernelConfig() if args.cpus is None else KernelConfig(nr_cpus=args.cpus)
+    config = torture_config(
+        base,
+        seed=args.seed,
+        variant=args.variant,
+        profile=args.profile,
+        kernel_config=args.kernel_config,
+    )
+    return run_torture(params, config)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    result = run_from_args(args)
+    if args.json:
+        print(json.dumps(result.to_json(), sort_keys=True))
+    else:
+        for line in result.summary_lines():
+            print(line)
+    return 0 if result.passed else 1
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    return v
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from rcukit.scenarios import torture
+
+    p = sub.add_parser(
+        "torture",
+        help="rcutorture: readers, writers, fake writers, hotplug, faults, stalls",
+        description=torture.__doc__.split("\n\n")[0] if torture.__doc__ else None,
+    )
+    p.add_argument("--mode", choices=("sim", "app"), default="sim",
+                   help="sim: the simulated kernel on virtual time; app: rcukit.app on "
+                   "Trio's real clock")
+    p.add_argument("--duration", type=_seconds, default=10.0,
+                   help="test length in seconds (simulated in sim mode, real in app mode)")
+    p.add_argument("--nreaders", type=int, default=-1,
+                   help="reader threads (-1: one per CPU but one)")
+    p.add_argument("--nwriters", type=int, default=1, help="writer threads")
+    p.add_argument("--nfakewriters", type=int, default=4, help="fake writer threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", default=None,
+                   help="kvfree_rcu block allocator variant (sim mode; default nowait)")
+    p.add_argument("--profile", default=None,
+                   help=f"kvfree_rcu version profile: {', '.join(PROFILES)} "
+                   "(default v5.9 in sim mode, v6.3 in app mode)")
+    p.add_argument("--onoff-interval", type=_seconds, default=0.0,
+                   help="seconds between CPU hotplug operations (app mode: QSBR readers "
+                   "going offline); 0: none")
+    p.add_argument("--fault-rate", type=float, default=0.0,
+                   help="probability of failing each page and slab allocation (app mode: of "
+                   "a callback or release function raising)")
+    p.add_argument("--stall-cpu", type=_seconds, default=0.0,
+                   help="seconds one reader spins inside a read section; a stall report must "
+                   "appear and the test still pass")
+    p.add_argument("--kernel-config", choices=KERNEL_CONFIG_NAMES, default="default",
+                   help="kernel build (sim mode)")
+    p.add_argument("--cpus", type=int, default=None, help="simulated CPUs (sim mode; default 4)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd)
+
+
+__all__ = ["register", "run_from_args"]

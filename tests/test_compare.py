@@ -1,0 +1,299 @@
+"""``rcukit compare``: JSON shape and determinism, the table and verdict, config files, bad
+arguments (exit 2 naming what is allowed), plots, traces and host zoneinfo."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rcukit.mm.zoneinfo as zoneinfo_mod
+from rcukit.cli import main
+from rcukit.config import KernelConfig
+from rcukit.scenarios import compare as cmp
+from rcukit.scenarios.compare import verdict
+
+FIXTURE_ZONEINFO = Path(__file__).parent / "fixtures" / "zoneinfo.txt"
+VARIANTS = ["fast-try", "nowait", "gfp-zero", "page-cache", "nolock"]
+CONFIGS = ["default", "lockdep", "rt"]
+SPLAT_KINDS = {"invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic"}
+ROW_KEYS = {
+    "variant", "kernel_config", "kvfree_calls", "block_alloc_attempts", "block_alloc_failures",
+    "fallback_rcu_head", "fallback_synchronize", "splats", "kswapd_wakeups",
+    "zone_lock_acquisitions", "grace_periods", "objects_freed", "records_per_block_mean",
+    "pending_peak", "pages_peak", "latency_ns",
+}
+SMALL = ["--variants", "nowait", "--configs", "lockdep", "--scale", "0.01"]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``rcukit ARGV`` in-process; (exit status, stdout, stderr). argparse exits are caught."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = int(exc.code or 0)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def full_runs() -> tuple[str, str]:
+    """The whole matrix at a small scale, twice in one process."""
+    outs = []
+    for _ in range(2):
+        rc, out, err = run_cli(["compare", "--json", "--scale", "0.05"])
+        assert rc == 0, err
+        outs.append(out)
+    return outs[0], outs[1]
+
+
+@pytest.fixture(scope="module")
+def full(full_runs: tuple[str, str]) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(full_runs[0])
+    return doc
+
+
+def test_json_is_byte_identical_for_the_same_arguments(full_runs: tuple[str, str]) -> None:
+    a, b = full_runs
+    assert a == b
+    assert a.endswith("\n") and a.count("\n") == 1  # one JSON object
+
+
+def test_json_has_config_seed_and_every_row_key(full: dict[str, Any]) -> None:
+    assert {"config", "seed", "rows"} <= set(full)
+    assert full["seed"] == 0 == full["config"]["seed"]
+    assert full["config"]["kvfree"]["profile"] == "rfc"  # the RFC's world by default
+    assert [(r["variant"], r["kernel_config"]) for r in full["rows"]] == [
+        (v, c) for v in VARIANTS for c in CONFIGS
+    ]
+    for r in full["rows"]:
+        assert set(r) >= ROW_KEYS, ROW_KEYS - set(r)
+        assert set(r["splats"]) == SPLAT_KINDS
+        assert set(r["latency_ns"]) == {"p50", "p99", "max"}
+        assert 0 < r["latency_ns"]["p50"] <= r["latency_ns"]["p99"] <= r["latency_ns"]["max"]
+
+
+def test_every_object_is_freed_in_every_row(full: dict[str, Any]) -> None:
+    for r in full["rows"]:
+        assert r["kvfree_calls"] == 4 * 2000  # 4 flooding CPUs x 40_000 x 0.05
+        assert r["objects_freed"] == r["kvfree_calls"]
+        assert r["block_alloc_failures"] <= r["block_alloc_attempts"]
+        assert r["grace_periods"] > 0 and r["records_per_block_mean"] > 0
+
+
+def test_splat_free_variants_and_the_default_build(full: dict[str, Any]) -> None:
+    for r in full["rows"]:
+        if r["variant"] in ("fast-try", "page-cache", "nolock") or r["kernel_config"] == "default":
+            assert sum(r["splats"].values()) == 0, r
+    # page-cache never allocates under krcp->lock
+    assert all(r["block_alloc_attempts"] == 0 for r in full["rows"] if r["variant"] == "page-cache")
+
+
+def test_a_different_seed_changes_the_output() -> None:
+    outs = {}
+    for seed in ("0", "1"):
+        rc, out, _ = run_cli(["compare", "--json", *SMALL, "--seed", seed])
+        assert rc == 0
+        outs[seed] = json.loads(out)
+    assert outs["0"] != outs["1"]
+    assert (outs["0"]["seed"], outs["1"]["seed"]) == (0, 1)
+    assert outs["0"]["rows"][0] != outs["1"]["rows"][0]
+
+
+def test_table_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--variants", "nowait,fast-try", "--configs", "lockdep",
+                 "--scale", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "kvfree_rcu() block allocation: 4 CPUs, profile rfc" in out
+    assert "Verdict" in out
+    assert "Splat-free in every build measured" in out
+    for word in ("nowait", "fast-try", "lockdep", "invalid", "zone lock", "p99 us"):
+        assert word in out
+    assert not out.lstrip().startswith("{")
+
+
+def test_verdict_is_derived_from_the_numbers(full: dict[str, Any]) -> None:
+    rows = [dict(r) for r in full["rows"] if r["variant"] in ("nowait", "fast-try")]
+    for r in rows:
+        if r["variant"] == "nowait" and r["kernel_config"] == "lockdep":
+            r["splats"] = {**r["splats"], "invalid_wait_context": 7}
+        if r["variant"] == "nowait" and r["kernel_config"] == "rt":
+            r["splats"] = {**r["splats"], "scheduling_while_atomic": 3}
+    lines = verdict(rows)
+    assert lines[0] == "Splat-free in every build measured: fast-try."
+    assert lines[1].startswith(
+        "nowait splats (lockdep: 7 x invalid wait context; rt: 3 x scheduling while atomic)"
+    )
+    assert "zone->lock (a spinlock_t)" in lines[1]
+    assert any(line.startswith("fast-try: ") and "in-context block allocations" in line
+               for line in lines)
+
+
+def test_config_file_sets_kernel_and_compare_fields(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(
+        'nr_cpus = 2\nseed = 5\n[kvfree]\nprofile = "v6.1"\n'
+        '[compare]\nvariants = ["nowait"]\nconfigs = ["lockdep"]\nscale = 0.01\n'
+        "flood_cpus = 2\n",
+        encoding="utf-8",
+    )
+    rc, out, err = run_cli(["compare", "--json", "--config", str(f)])
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["seed"] == 5 and doc["config"]["nr_cpus"] == 2
+    assert doc["config"]["kvfree"]["profile"] == "v6.1"
+    assert doc["workload"]["flood_cpus"] == 2
+    [row] = doc["rows"]
+    assert (row["variant"], row["kernel_config"]) == ("nowait", "lockdep")
+    assert row["kvfree_calls"] == row["objects_freed"] == 2 * 400
+    # the command line wins over the file
+    rc, out, _ = run_cli(["compare", "--json", "--config", str(f), "--seed", "9",
+                          "--profile", "v6.3"])
+    doc = json.loads(out)
+    assert rc == 0 and doc["seed"] == 9 and doc["config"]["kvfree"]["profile"] == "v6.3"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[compare]\nbogus_key = 3\n", "compare.bogus_key"),
+        ("bogus_top = 1\n", "bogus_top"),
+        ("[kvfree]\nvarient = 'nowait'\n", "kvfree.varient"),
+        ("[compare]\nobjects_per_cpu = 'many'\n", "compare.objects_per_cpu"),
+        ("[compare]\nflood_cpus = -3\n", "compare.flood_cpus"),
+        ("[compare]\nvariants = ['bogus']\n", "'bogus'"),
+        ("[compare]\nscale = -1\n", "scale"),
+        ("[compare]\nconfigs = 7\n", "compare.configs"),
+    ],
+)
+def test_bad_config_file_exits_2_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(text, encoding="utf-8")
+    rc, out, err = run_cli(["compare", "--json", "--config", str(f)])
+    assert rc == 2 and out == ""
+    assert named in err and "rcukit compare: error:" in err
+    assert "allowed" in err or "expected" in err or "must be" in err
+    assert "Traceback" not in err
+
+
+def test_variants_in_a_file_may_be_one_comma_separated_string(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[compare]\nvariants = "nowait,nolock"\nconfigs = "default"\nscale = 0.01\n',
+                 encoding="utf-8")
+    rc, out, err = run_cli(["compare", "--json", "--config", str(f)])
+    assert rc == 0, err
+    assert [r["variant"] for r in json.loads(out)["rows"]] == ["nowait", "nolock"]
+
+
+ALLOWED_VARIANTS = "allowed: fast-try, nowait, gfp-zero, page-cache, nolock"
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--variants", "nowait,bogus"], ["unknown variant 'bogus'", ALLOWED_VARIANTS]),
+        (["--variants", ","], ["--variants is empty", ALLOWED_VARIANTS]),
+        (["--configs", "foo"], ["unknown config 'foo'", "allowed: default, lockdep, rt"]),
+        (["--scale", "-1"], ["--scale", "must be > 0"]),
+        (["--scale", "0"], ["--scale", "must be > 0"]),
+        (["--scale", "abc"], ["--scale", "'abc' is not a number"]),
+        (["--seed", "x"], ["--seed", "invalid int value"]),
+        (["--profile", "v9"], ["unknown profile 'v9'", "allowed: rfc, v5.9, v5.11"]),
+        (["--config", "/nonexistent/c.toml"], ["cannot read config file", "c.toml"]),
+        (["--bogus"], ["unrecognized arguments: --bogus"]),
+    ],
+)
+def test_bad_arguments_exit_2_with_what_is_allowed(args: list[str], expect: list[str]) -> None:
+    rc, out, err = run_cli(["compare", "--json", *args])
+    assert rc == 2 and out == ""
+    for text in expect:
+        assert text in err
+    assert "Traceback" not in err
+
+
+def test_unreadable_and_malformed_toml_exit_2(tmp_path: Path) -> None:
+    d = tmp_path / "a_directory.toml"
+    d.mkdir()
+    rc, _, err = run_cli(["compare", "--config", str(d)])
+    assert rc == 2 and "cannot read config file" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nr_cpus = [\n", encoding="utf-8")
+    rc, _, err = run_cli(["compare", "--config", str(bad)])
+    assert rc == 2 and "malformed TOML" in err and "bad.toml" in err
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    d = tmp_path_factory.mktemp("compare_out")
+    rc, out, err = run_cli([
+        "compare", "--variants", "nowait,fast-try", "--configs", "lockdep", "--scale", "0.01",
+        "--plot", str(d / "p.png"), "--trace", str(d / "t.json"), "--ftrace", str(d / "t.txt"),
+    ])
+    assert rc == 0, err
+    return d, out
+
+
+def test_plot_writes_a_png(artifacts: tuple[Path, str]) -> None:
+    d, out = artifacts
+    data = (d / "p.png").read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    assert "Verdict" in out  # the table still prints
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    rc, _, err = run_cli(["compare", *SMALL, "--plot", str(tmp_path / "p.png")])
+    assert rc == 2 and "pip install 'rcukit[plot]'" in err
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_trace_is_perfetto_json_with_grace_period_slices(artifacts: tuple[Path, str]) -> None:
+    d, _ = artifacts
+    doc = json.loads((d / "t.json").read_text(encoding="utf-8"))
+    events = doc["traceEvents"]
+    gps = [e for e in events if e["ph"] == "X" and e["name"] == "rcu_gp"]
+    assert gps and all(e["dur"] > 0 for e in gps)
+    names = {e["args"]["name"] for e in events if e.get("name") == "process_name"}
+    assert any(n.startswith("nowait/lockdep") for n in names)
+    assert any(n.startswith("fast-try/lockdep") for n in names)
+    assert any(e["name"] == "rcu_kvfree_callback" for e in events)
+    assert any(e["name"] == "rcu_invoke_kfree_bulk_callback" for e in events)
+
+
+def test_ftrace_text_has_the_kernels_tracepoints(artifacts: tuple[Path, str]) -> None:
+    d, _ = artifacts
+    text = (d / "t.txt").read_text(encoding="utf-8")
+    assert "# ===== variant=nowait kernel_config=lockdep =====" in text
+    assert re.search(r"rcu_kvfree_callback: rcu_preempt rhp=0x[0-9a-f]+ func=0x[0-9a-f]+ \d+",
+                     text)
+    assert re.search(r"rcu_invoke_kfree_bulk_callback: rcu_preempt bulk=0x[0-9a-f]+ "
+                     r"nr_records=\d+", text)
+
+
+def test_from_host_zoneinfo(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = Path("/proc/zoneinfo")
+    if not host.exists():  # non-Linux: the captured fixture stands in for the host's file
+        text = FIXTURE_ZONEINFO.read_text(encoding="utf-8")
+        monkeypatch.setattr(zoneinfo_mod, "read_host_zoneinfo",
+                            lambda *_: zoneinfo_mod.parse_zoneinfo(text))
+    zone = zoneinfo_mod.largest_zone(zoneinfo_mod.read_host_zoneinfo())
+    rc, out, err = run_cli(["compare", "--json", "--from-host-zoneinfo", *SMALL])
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["config"]["mm"]["zone_pages"] == max(64, min(zone.managed, 1 << 26))
+    assert doc["rows"][0]["objects_freed"] == doc["rows"][0]["kvfree_calls"]
+
+
+def test_kernel_config_from_the_zoneinfo_fixture() -> None:
+    c = KernelConfig.from_zoneinfo(FIXTURE_ZONEINFO, base=cmp.default_config())
+    assert c.mm.zone_pages == 772_917  # DMA32 is this machine's largest zone
+    assert c.mm.pcp_batch == 63 and c.mm.pcp_high == 7856
+    assert c.kvfree.profile == "rfc" and c.nr_cpus == 4  # the rest of the base is kept
