@@ -109,7 +109,9 @@ async def test_page_allocation_failure_at_any_rate_loses_nothing(
             assert fallbacks == len(everything), "every kvfree_rcu must fall back"
             assert st.blocks_in_use == 0 and k.mm.fail_page_alloc.injected > 0
         elif rate == 0.0:
-            assert fallbacks == 0
+            assert k.mm.fail_page_alloc.injected == 0
+            if profile == "v5.9":  # allocates under the lock; v6.3 waits for its refill worker
+                assert fallbacks == 0
 
 
 # ------------------------------------------------------------------- CPU hotplug
@@ -199,8 +201,9 @@ async def test_the_shrinker_frees_pending_batches(autojump_clock: Any, shrink: b
         before = kv.statistics().pending
 
         async def pressure(task: Task) -> None:
-            if shrink:
+            for _ in range(4 if shrink else 0):  # reclaim passes, SHRINK_BATCH objects each
                 await k.mm.kswapd.shrink_slab(task, 1 << 20)
+                await task.sleep_ns(MS)
             await task.sleep_ns(100 * MS)
 
         await _on(k, 0, pressure)
@@ -310,21 +313,22 @@ async def test_a_cancelled_domain_with_a_stuck_reader_reports_what_it_could_not_
 ) -> None:
     pool: ObjectPool[bytearray] = ObjectPool(lambda: bytearray(8), debug=True)
     errors: list[Exception] = []
-    with trio.move_on_after(0.5):
-        async with trio.open_nursery() as n:
+    async with trio.open_nursery() as outer:  # the reader lives outside the cancelled scope
+        with trio.move_on_after(0.5):
             async with open_domain(
-                release=pool, close_timeout=0.1, on_error=errors.append, nursery=n
+                release=pool, close_timeout=0.1, on_error=errors.append
             ) as rcu:
 
                 async def stuck() -> None:
                     with rcu.read_lock():
                         await trio.sleep_forever()
 
-                n.start_soon(stuck)
+                outer.start_soon(stuck)
                 await trio.testing.wait_all_tasks_blocked()
                 for _ in range(40):
                     rcu.kvfree_rcu(pool.alloc())
                 await trio.sleep_forever()
+        outer.cancel_scope.cancel()
     leak = [e for e in errors if isinstance(e, RcuLeakError)]
     assert len(leak) == 1 and "40 kvfree_rcu objects were not released" in str(leak[0])
 
@@ -342,8 +346,9 @@ async def test_callback_and_release_exceptions_are_counted_and_lose_nothing() ->
             raise ValueError(f"callback {i} failed")
 
     def release(obj: bytearray) -> None:
-        pool.free(obj)
-        if obj[0] == 1:
+        fail = obj[0] == 1
+        pool.free(obj)  # (poisons obj)
+        if fail:
             raise KeyError("release failed")
 
     with pytest.raises(ExceptionGroup) as info:

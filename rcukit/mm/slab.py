@@ -185,6 +185,8 @@ class SlabAllocator:
         mm = self.mm
         if type(gfp) is not int:
             gfp = int(gfp)  # IntFlag arithmetic is ~50x slower than int's on this hot path
+        if gfp not in mm._plans:
+            mm._plan(gfp)  # validate_gfp(): bad bits raise GfpError even when no page is needed
         if size > self.max_cache_size:
             return await self._kmalloc_large(task, size, gfp)
         cache = self._by8[(size - 1) >> 3] if size <= 192 else self.cache_for(size)
