@@ -180,6 +180,40 @@ async def test_an_offlined_cpus_krcp_and_callbacks_are_freed_after_their_gp(
         await _on(k, 2, again)
 
 
+async def test_kvfree_rcu_barrier_waits_for_the_batches_of_an_offline_cpu(
+    autojump_clock: Any,
+) -> None:
+    async with boot() as k:
+        kv = k.kvfree
+        ptrs: list[int] = []
+
+        async def flood(task: Task) -> None:
+            for _ in range(50):
+                p = await k.mm.kmalloc(task, 64, _GFP_KERNEL)
+                ptrs.append(p)
+                await kv.kvfree_rcu(task, p)
+            await task.sleep_ns(30 * MS)  # the monitor hands them to a batch in flight
+
+        async def reader(task: Task) -> None:  # keeps the batch's grace period open
+            with k.rcu.read_lock(task):
+                for _ in range(60):
+                    task.charge(MS)
+                    await task.sync()
+
+        async def admin(task: Task) -> None:
+            await task.sleep_ns(25 * MS)
+            await task.sync()
+            assert any(w.busy() for w in kv.krcs[1].krw) and not kv.krcs[1].need_offload()
+            await k.rcu.cpu_down(task, 1)
+            await kv.kvfree_rcu_barrier(task)
+            assert all(_freed(k, p) for p in ptrs), "the barrier skipped the offline CPU"
+
+        k.spawn(flood, 1, "flood")
+        k.spawn(reader, 2, "reader")
+        k.spawn(admin, 0, "admin")
+        await k.run()
+
+
 # ------------------------------------------------------------------- memory pressure (sim)
 
 

@@ -15,6 +15,7 @@ queued is freed and every callback ran exactly once; kvfree_rcu's counters add u
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import deque
@@ -81,10 +82,8 @@ class KernelThread:
             raise
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self._stop.set, trio_token=self.token)
-        except trio.RunFinishedError:
-            pass
         self._thread.join(10)
 
 
@@ -101,6 +100,8 @@ class _Cb(RcuHead):
 class RcuMachine(RuleBasedStateMachine):
     #: Boot the torture test's broken build (grace periods that end a reader early).
     broken = False
+    #: v6.3: a krwp whose batch is in flight takes no new objects (``need_wait_for_krwp_work``).
+    profile = "v6.3"
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,6 +112,7 @@ class RcuMachine(RuleBasedStateMachine):
             "mm.fail_page_alloc_probability": 1.0,
             "mm.fail_page_alloc_times": 0,  # the toggle rule arms it
             "kvfree.debug_objects": True,
+            "kvfree.profile": self.profile,
         })
         self.kt = KernelThread(cfg, self.broken)
         self.k = self.kt.k
@@ -213,7 +215,10 @@ class RcuMachine(RuleBasedStateMachine):
 
         async def go(task: Task) -> None:
             for _ in range(n if not vmalloc else min(n, 4)):
-                p = await (k.mm.vmalloc(task, 8192) if vmalloc else k.mm.kmalloc(task, 64, _GFP_KERNEL))
+                if vmalloc:
+                    p = await k.mm.vmalloc(task, 8192)
+                else:
+                    p = await k.mm.kmalloc(task, 64, _GFP_KERNEL)
                 if not p:
                     continue  # allocation failed (fault injection)
                 self._new_object(p)
@@ -338,6 +343,28 @@ TestRcuMachine = RcuMachine.TestCase
 
 class _BrokenMachine(RcuMachine):
     broken = True
+
+
+class _V59Machine(RcuMachine):
+    profile = "v5.9"
+
+
+def test_the_invariants_rediscover_the_pre_v6_4_krwp_reuse_bug() -> None:
+    """Hypothesis found this on v5.9 (kernel.md 1.0, v6.4: "Avoid freeing new kfree_rcu()
+    memory after old grace period"): the monitor adds a new block to a krwp whose batch is
+    still waiting for an older grace period, so the new object is freed after the old GP."""
+    m = _V59Machine()
+    try:
+        m.reader_enter(0)  # holds the first batch's grace period open
+        m.kvfree(True, False, 1, 0)
+        m.advance_time(20)  # the monitor hands the vmalloc block to krw[0]
+        m.kvfree(False, False, 1, 0)
+        m.advance_time(20)  # the slab block joins krw[0], whose GP started before it
+        m.reader_exit(0)
+        m.advance_time(5)
+        assert m.k.kvfree.statistics().gp_violations == 1
+    finally:
+        m.kt.close()
 
 
 def test_the_invariants_catch_a_grace_period_that_ends_a_reader_early() -> None:

@@ -375,14 +375,14 @@ class KvfreeRcu:
             bnode.nr_records += 1
             cpu.local_ns += self._store_ns
             if self._polled:
-                bnode.gp_snap = self.rcu.get_state_synchronize_rcu()
+                bnode.gp_snap = self.rcu.get_state_synchronize_rcu(task)
         elif not single:
             if krcp.head is None:
                 krcp.head = array("Q")
             krcp.head.append(ptr)
             self.fallback_rcu_head += 1
             if self._polled:
-                krcp.head_gp_snap = self.rcu.get_state_synchronize_rcu()
+                krcp.head_gp_snap = self.rcu.get_state_synchronize_rcu(task)
         if ok or not single:
             krcp.count += 1
             self.pending += 1
@@ -597,7 +597,7 @@ class KvfreeRcu:
                     moved = True
             if krwp.head_free is None and krcp.head is not None:
                 krwp.head_free = krcp.head
-                krwp.head_free_gp_snap = self.rcu.get_state_synchronize_rcu()
+                krwp.head_free_gp_snap = self.rcu.get_state_synchronize_rcu(task)
                 krcp.head = None
                 moved = True
             if moved:
@@ -700,7 +700,7 @@ class KvfreeRcu:
                 f"queued for freeing after a grace period (double kvfree_rcu)"
             )
         self.mm.check_access(ptr, task)
-        self._debug_pending[ptr] = self.rcu.get_state_synchronize_rcu()
+        self._debug_pending[ptr] = self.rcu.get_state_synchronize_rcu(task)
 
     def _debug_free(self, ptr: int) -> None:
         cookie = self._debug_pending.pop(ptr, None)
@@ -755,8 +755,8 @@ class KvfreeRcu:
         await task.sync()
         works = []
         for krcp in self.krcs:
-            if not self.kernel.cpus[krcp.cpu].online and not krcp.need_offload():
-                continue
+            # Every possible CPU, offline ones too: their batches may still be in flight
+            # (kernel.md 1.7, step 2 flushes both krw slots of every CPU).
             w = Work(f"kvfree_rcu_barrier/{krcp.cpu}", self._barrier_cpu_fn)
             self.wq.queue_work(task, w, cpu=self._owner_cpu(krcp))
             works.append(w)

@@ -7,10 +7,11 @@ the liburcu ``stress`` test is the same design):
   the kernel); each one in use is a ``kmalloc()`` object of the simulated slab, so a reader can
   ask KASAN (``mm.check_access``) whether the memory it holds is still live.
 * Writers publish a fresh element as ``rcu_torture_current`` (``rcu_assign_pointer``) and retire
-  the old one, cycling through ``call_rcu``, two-argument ``kvfree_rcu``, head-less
-  ``kvfree_rcu`` and ``synchronize_rcu``. A retired element's *pipe count* is 1 at removal and
-  advances by one at every grace period after that, up to ``RCU_TORTURE_PIPE_LEN``, when the
-  element goes back to the free list.
+  the old one, cycling through ``call_rcu`` (the callback frees it), two-argument ``kvfree_rcu``,
+  head-less ``kvfree_rcu`` and ``synchronize_rcu`` (then ``kfree``): every retirement frees the
+  object one grace period later, so each path is checked by the readers' KASAN check. A
+  retired element's *pipe count* is 1 at removal and advances by one at every grace period after
+  that, up to ``RCU_TORTURE_PIPE_LEN``, when its slot goes back to the free list.
 * Readers take ``rcu_read_lock``, read ``rcu_torture_current``, maybe dawdle (rcutorture's
   ``rcu_read_delay``: a short spin now and then, a long one rarely, a preemption in preemptible
   builds), then record the element's pipe count in the ``Reader Pipe`` histogram and the grace
@@ -23,14 +24,15 @@ the liburcu ``stress`` test is the same design):
   injection on page and slab allocation, and a *stall* task that spins inside a read section
   past the stall timeout (``stall_cpu``), which must produce a stall report and nothing worse.
 
-How the pipe count follows grace periods (the choice the kernel makes, kept): an element retired
-through ``call_rcu`` or either ``kvfree_rcu`` form rides a ``call_rcu`` chain like
-``rcu_torture_cb``: each invocation, one full grace period after the previous one was queued,
-advances the count and re-queues the element until the count reaches the end of the pipe. The
-element's bookkeeping lives outside the simulated object, so the chain can keep counting after
-``kvfree_rcu`` freed the memory; the ``call_rcu`` form frees the object when the chain ends. An
-element retired through ``synchronize_rcu`` goes on its writer's removed list, and every
-``synchronize_rcu`` of that writer advances the whole list (``rcu_torture_pipe_update``).
+How the pipe count follows grace periods (rcutorture advances it from a chain of ``call_rcu``
+callbacks, ``rcu_torture_cb``; here it is polled instead): at removal the writer takes a
+``get_state_synchronize_rcu()`` cookie, the ``gp_seq`` at which the first full grace period after
+the removal is over (kernel.md §6); every later grace period ends 4 further on, so the pipe count
+is 1 plus the number of those ends ``gp_seq`` has passed (:func:`full_gps_since`). That counts
+every full grace period, as the chain would with instantly re-queued callbacks, and asks the
+engine for no grace period of its own: a callback chain keeps the GP machinery busy back to
+back, which on a machine whose idle CPUs report at once costs thousands of grace periods per
+simulated second for nothing. Writers reap slots whose count reached the end of the pipe.
 
 Shared state (``rcu_torture_current``, pipe counts) is read and written only after
 ``task.sync()``, so no CPU sees another's future (see :mod:`rcukit.sched.sim`).
@@ -442,8 +444,9 @@ def full_gps_since(cookie: int, gp_seq: int) -> int:
     """Whole grace periods that ended since ``cookie`` was taken, as of ``gp_seq``.
 
     ``cookie`` is ``get_state_synchronize_rcu()``: the ``gp_seq`` at which the first full GP
-    after the snapshot is over. Each later GP ends 4 (``1 << RCU_SEQ_CTR_SHIFT``) further on,
-    so with ``c`` the last completed value, ``(c - cookie) / 4 + 1`` GPs are over, wrap-safe.
+    after the snapshot is over (``rcu_seq_snap``, kernel.md §6). Each later GP ends 4
+    (``1 << RCU_SEQ_CTR_SHIFT``) further on, so with ``c`` the last completed value,
+    ``(c - cookie) / 4 + 1`` GPs are over, wrap-safe.
     """
     done = (gp_seq & _CTR_MASK) - cookie & ULONG_MASK
     if done > ULONG_MAX_HALF:

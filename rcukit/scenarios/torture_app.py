@@ -9,7 +9,8 @@ The same test as :mod:`rcukit.scenarios.torture`, with the simulated kernel repl
   ``synchronize_rcu`` in turn; the object goes back to the pool one grace period later;
 * each retirement takes a ``get_state_synchronize_rcu()`` cookie; the element's pipe count is 1
   plus the full grace periods polled as done since (``cookie``, ``cookie + 4``, ...), so a
-  reader that sees 2 or more held an element across a whole grace period;
+  reader that sees 2 or more held an element across a whole grace period (``Reader Batch``
+  counts the full grace periods polled as done during each read the same way);
 * readers hold their section across awaits now and then; some are cancelled inside it (the
   section must be released by the cancellation); with ``onoff_interval`` QSBR readers go
   offline and online (the application's CPU hotplug);
