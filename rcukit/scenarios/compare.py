@@ -285,12 +285,13 @@ def verdict(rows: Sequence[dict[str, Any]]) -> list[str]:
         kswapd = sum(r["kswapd_wakeups"] for r in rs)
         zl = sum(r["zone_lock_acquisitions"] for r in rs)
         p99 = max(r["latency_ns"]["p99"] for r in rs)
+        worst = max(r["latency_ns"]["max"] for r in rs)
         fail_pct = 100.0 * fail / att if att else 0.0
         fb_pct = 100.0 * (head + sync) / calls if calls else 0.0
         lines.append(
             f"{v}: {fail_pct:.1f}% of {att} in-context block allocations failed; "
             f"{fb_pct:.2f}% of calls fell back ({head} rcu_head, {sync} synchronize_rcu); "
             f"{kswapd} kswapd wake-ups, {zl} zone-lock acquisitions, "
-            f"p99 latency {p99 / 1000:.2f} us."
+            f"latency p99 {p99 / 1000:.2f} us, max {worst / 1000:.2f} us."
         )
     return lines

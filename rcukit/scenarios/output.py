@@ -36,6 +36,7 @@ def print_compare_table(result: CompareResult, console: Console | None = None) -
         ("sleep atomic", "right"), ("kswapd", "right"), ("zone lock", "right"),
         ("GPs", "right"), ("rec/blk", "right"), ("pending peak", "right"),
         ("pages peak", "right"), ("p50 us", "right"), ("p99 us", "right"),
+        ("max us", "right"),
     ]
     for name, justify in cols:
         t.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -55,6 +56,7 @@ def print_compare_table(result: CompareResult, console: Console | None = None) -
             str(r["zone_lock_acquisitions"]), str(r["grace_periods"]),
             f"{r['records_per_block_mean']:.1f}", str(r["pending_peak"]),
             str(r["pages_peak"]), _us(r["latency_ns"]["p50"]), _us(r["latency_ns"]["p99"]),
+            _us(r["latency_ns"]["max"]),
         )
     console.print(t)
     from rcukit.scenarios.compare import verdict
