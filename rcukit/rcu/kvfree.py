@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 KFREE_N_BATCHES = 2
 FREE_N_CHANNELS = 2
+#: A ``mon_quiet_below`` no count reaches.
+_NEVER = 1 << 62
 #: x86-64's ``VMALLOC_START``: pointers at or above it are vmalloc'ed (``is_vmalloc_addr``).
 VMALLOC_START = 0xFFFFC90000000000
 
@@ -100,6 +102,11 @@ class Krc:
         self.cache: list[int] = []
         self.monitor = _KrcWork(f"kfree_rcu_monitor/{cpu}", kv._monitor_fn, self)
         self.monitor_todo = False
+        #: While ``count`` stays below this, ``_arm_monitor`` would return at once: the monitor
+        #: is queued, or its timer fires within a tick, or (kick mode) fires later but the
+        #: count has not reached a block yet. Set by ``_arm_monitor``; 0 (check) whenever
+        #: anything else changes the monitor's state.
+        self.mon_quiet_below = 0
         self.krw = [Krwp(self, i, kv._new_rcu_work(self, i)) for i in range(KFREE_N_BATCHES)]
         self.page_cache_work = _KrcWork(f"fill_page_cache_func/{cpu}", kv._fill_cache_fn, self)
         self.work_in_progress = False
@@ -230,9 +237,11 @@ class KvfreeRcu:
         #: ptr -> GP cookie at queue time (CONFIG_DEBUG_OBJECTS_RCU_HEAD-style checking).
         self._debug_pending: dict[int, int] = {}
         # accounting
-        self.fast_calls = 0
+        # Calls by path and form: the fast path bumps one counter per call (see the properties).
+        self._fast_single = 0
+        self._fast_double = 0
         self.slow_calls = 0
-        self.calls_single = 0
+        self._slow_single = 0
         self.queued_vmalloc = 0
         self.block_alloc_attempts = 0
         self.block_alloc_failures = 0
@@ -244,7 +253,8 @@ class KvfreeRcu:
         self.grace_periods_waited = 0
         self.freed_early_polled = 0
         self.objects_freed = 0
-        self.pending = 0
+        #: Objects queued and not yet freed, less the fast path's (``pending`` adds them).
+        self._pending_slow = 0
         self.pending_peak = 0
         self.pages_peak = 0
         self.bulk_calls = 0
@@ -256,6 +266,21 @@ class KvfreeRcu:
         #: (time_ns, pending objects, pending block pages) sampled at monitor and reclaim runs.
         self.timeline: list[tuple[int, int, int]] = []
         self.freed_listeners: list[Callable[[int], None]] = []
+
+    @property
+    def fast_calls(self) -> int:
+        """Calls that found room in the current block (the inline path of :meth:`kvfree_rcu`)."""
+        return self._fast_single + self._fast_double
+
+    @property
+    def calls_single(self) -> int:
+        """Head-less ``kvfree_rcu(ptr)`` calls."""
+        return self._fast_single + self._slow_single
+
+    @property
+    def pending(self) -> int:
+        """Objects queued and not yet freed (the fast path only counts its calls)."""
+        return self._pending_slow + self._fast_single + self._fast_double
 
     # -- boot --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -287,49 +312,45 @@ class KvfreeRcu:
         """
         if not ptr:
             return
-        cpu = task.cpu
         if head is None:
             if task.preempt_count or task.irqs_disabled or task.in_hardirq or (
                 task.rcu_read_nesting
             ):
                 self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
-            self.calls_single += 1
         else:
             slab = self._slab_of.get((ptr - self._page_offset) >> self._page_shift)
             off = head - ptr
             if slab is None or not 0 <= off < slab.cache.size:
                 self._check_head(ptr, head)
-        if self._slow or self._tracer.on:
-            await self._kvfree_slow(task, head, ptr)
-            return
+        cpu = task.cpu
         krcp = self.krcs[cpu.id]
-        if ptr >= VMALLOC_START:
-            await self._kvfree_slow(task, head, ptr)
-            return
         chan = krcp.bulk[0]
-        if not chan:
-            await self._kvfree_slow(task, head, ptr)
-            return
-        bnode = chan[-1]
-        n = bnode.nr_records
-        if n == self.capacity:
-            await self._kvfree_slow(task, head, ptr)
-            return
-        # krc_this_cpu_lock() ... store ... krc_this_cpu_unlock(): a raw lock with IRQs off
-        # can never be an invalid wait context and nothing in between can sleep, so the
-        # lock model has nothing to check here; its cost is charged all the same.
-        bnode.records[n] = ptr
-        bnode.nr_records = n + 1
-        krcp.count += 1
-        self.pending += 1
-        self.fast_calls += 1
-        t = cpu.local_ns + self._fast_ns
-        cpu.local_ns = t
-        krcp.lock.free_at_ns = t
-        if self._kick or not krcp.monitor_todo:
-            self._arm_monitor(task, krcp)
-        if t >= cpu.next_tick_ns:
-            await task.preempt_point()
+        if chan and not (self._slow or self._tracer.on or ptr >= VMALLOC_START):
+            bnode = chan[-1]
+            n = bnode.nr_records
+            if n != self.capacity:
+                # krc_this_cpu_lock() ... store ... krc_this_cpu_unlock(): a raw lock with IRQs
+                # off can never be an invalid wait context and nothing in between can sleep,
+                # so the lock model has nothing to check here; its cost is charged all the same.
+                bnode.records[n] = ptr
+                bnode.nr_records = n + 1
+                krcp.count += 1
+                # one counter per call: fast_calls, calls_single and pending add these up
+                if head is None:
+                    self._fast_single += 1
+                else:
+                    self._fast_double += 1
+                t = cpu.local_ns + self._fast_ns
+                cpu.local_ns = t
+                krcp.lock.free_at_ns = t
+                # schedule_delayed_monitor_work() on every call; it nearly always finds the
+                # monitor armed already, which the last call worked out (mon_quiet_below)
+                if krcp.count >= krcp.mon_quiet_below:
+                    self._arm_monitor(task, krcp)
+                if t >= cpu.next_tick_ns:
+                    await task.preempt_point()
+                return
+        await self._kvfree_slow(task, head, ptr)
 
     kvfree_rcu_mightsleep = kvfree_rcu
 
@@ -350,6 +371,8 @@ class KvfreeRcu:
         t0 = cpu.local_ns
         single = head is None
         self.slow_calls += 1
+        if single:
+            self._slow_single += 1
         if ptr >= VMALLOC_START:
             self.queued_vmalloc += 1
         if self.debug_objects:
@@ -385,7 +408,7 @@ class KvfreeRcu:
                 krcp.head_gp_snap = self.rcu.get_state_synchronize_rcu(task)
         if ok or not single:
             krcp.count += 1
-            self.pending += 1
+            self._pending_slow += 1
             self._arm_monitor(task, krcp)
         if self._tracer.on:
             self.kernel.trace(
@@ -401,7 +424,7 @@ class KvfreeRcu:
             if self.debug_objects:
                 self._debug_free(ptr)
             await self.mm.kvfree(task, ptr)
-            self.pending += 1
+            self._pending_slow += 1
             self._freed(1)
         lat = task.cpu.local_ns - t0
         self.latency[lat] = self.latency.get(lat, 0) + 1
@@ -470,6 +493,30 @@ class KvfreeRcu:
         return bnode
 
     def _arm_monitor(self, task: Task, krcp: Krc) -> None:
+        self._schedule_monitor(task, krcp)
+        krcp.mon_quiet_below = self._monitor_quiet_below(task, krcp)
+
+    def _monitor_quiet_below(self, task: Task, krcp: Krc) -> int:
+        """The count below which :meth:`_schedule_monitor` has nothing to do, as long as
+        nobody else touches the monitor (whoever does resets ``krcp.mon_quiet_below``).
+
+        Time only brings the timer closer, and a timer that fires queues the work; both keep
+        "nothing to do" true. The work starting to run, a shrinker or hot-unplug pulling it in,
+        and the barrier cancelling it are the changes that need a fresh look.
+        """
+        if not self._kick:
+            return _NEVER if krcp.monitor_todo else 0
+        mon = krcp.monitor
+        if mon.queued:
+            return _NEVER
+        timer = mon.timer
+        if not timer.pending:
+            return 0
+        if timer.expires_ns - task.cpu.local_ns <= self._tick_ns:
+            return _NEVER
+        return self.capacity
+
+    def _schedule_monitor(self, task: Task, krcp: Krc) -> None:
         mon = krcp.monitor
         if self._kick:
             # v6.1 schedule_delayed_monitor_work(): 1 jiffy once a block's worth is queued,
@@ -535,6 +582,7 @@ class KvfreeRcu:
     async def _monitor(self, task: Task, krcp: Krc) -> None:
         """``kfree_rcu_monitor``: free what is already safe (v6.3), detach the rest into a batch."""
         k = self.kernel
+        krcp.mon_quiet_below = 0  # the work left the queue to run
         self._relock(task, krcp)
         ready: list[tuple[int, list[Bnode]]] = []
         ready_head: array[int] | None = None
@@ -549,6 +597,7 @@ class KvfreeRcu:
                 self.wq.queue_delayed_work(task, krcp.monitor, self.drain_jiffies)
         else:
             krcp.monitor_todo = False
+        krcp.mon_quiet_below = 0
         self._unlock(task, krcp)
         if ready or ready_head is not None:
             for idx, nodes in ready:
@@ -632,7 +681,8 @@ class KvfreeRcu:
     async def _free_block(self, task: Task, krcp: Krc, idx: int, bnode: Bnode) -> None:
         k = self.kernel
         nr = bnode.nr_records
-        ptrs = bnode.records[:nr].tolist()
+        # the block's own array: kfree_bulk reads it as bytes (see SlabAllocator._slab_runs)
+        ptrs = bnode.records[:nr]
         if self.debug_objects:
             for p in ptrs:
                 self._debug_free(p)
@@ -685,10 +735,11 @@ class KvfreeRcu:
 
     def _freed(self, n: int) -> None:
         # pending only falls here, so its peak is always seen just before a free
-        if self.pending > self.pending_peak:
-            self.pending_peak = self.pending
+        pending = self._pending_slow + self._fast_single + self._fast_double
+        if pending > self.pending_peak:
+            self.pending_peak = pending
         self.objects_freed += n
-        self.pending -= n
+        self._pending_slow -= n
         for cb in self.freed_listeners:
             cb(n)
 
@@ -729,6 +780,7 @@ class KvfreeRcu:
                                               self._drain_cache_fn), cpu=krcp.cpu)
             if krcp.need_offload():
                 self.wq.mod_delayed_work(task, krcp.monitor, 0, cpu=krcp.cpu)
+                krcp.mon_quiet_below = 0
             freed += count
             nr_to_scan -= count
         return freed
@@ -783,6 +835,7 @@ class KvfreeRcu:
                 await self.rcu.flush_rcu_work(task, krwp.rwork)
         await self.wq.cancel_delayed_work_sync(task, krcp.monitor)
         krcp.monitor_todo = False
+        krcp.mon_quiet_below = 0
         for krwp in krcp.krw:
             await self.rcu.flush_rcu_work(task, krwp.rwork)
 
@@ -793,6 +846,7 @@ class KvfreeRcu:
         krcp = self.krcs[cpu_id]
         if krcp.need_offload():
             self.wq.mod_delayed_work(task, krcp.monitor, 0, cpu=self._owner_cpu(krcp))
+            krcp.mon_quiet_below = 0
 
     # -- results -------------------------------------------------------------------------------
     def statistics(self) -> KvfreeStatistics:

@@ -1,0 +1,201 @@
+"""Application RCU on Trio's real clock: the read side, and releasing objects after a GP.
+
+Read side: ``with rcu.read_lock(): pass`` against the cheapest ``with`` there is (a pre-built
+object whose ``__enter__``/``__exit__`` do nothing) and against ``async with trio.Lock()``
+(uncontended), each loop timed in the same Trio task, interleaved, best of the repetitions.
+
+Release: objects from an :class:`~rcukit.app.ObjectPool` (allocated before the clock starts)
+are retired three ways and the wall time runs until every one is back in its pool:
+
+* ``rcu.kvfree_rcu(obj, pool)`` for each, then ``await rcu.kvfree_rcu_barrier()`` (blocks of
+  objects go back with one ``pool.free_bulk()`` each, after shared grace periods);
+* ``rcu.call_rcu(pool.free, obj)`` for each, then ``await rcu.rcu_barrier()``;
+* ``await rcu.synchronize_rcu(); pool.free(obj)`` for each (on fewer objects: one grace period
+  per object is the point).
+
+The figures are release rates (objects per second) divided one by the other.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+import trio
+from _common import Figure, Mode, Target, ns
+
+from rcukit.app import DEFAULT_MAX_PENDING, ObjectPool, RcuDomain, open_domain
+
+
+class _Bare:
+    """The baseline context manager: the least a ``with`` statement can call."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class Obj:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+def _time_bare_with(n: int) -> float:
+    cm = _Bare()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with cm:
+            pass
+    return time.perf_counter() - t0
+
+
+def _time_read_lock(rcu: RcuDomain, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with rcu.read_lock():
+            pass
+    return time.perf_counter() - t0
+
+
+async def _time_trio_lock(n: int) -> float:
+    lock = trio.Lock()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        async with lock:
+            pass
+    return time.perf_counter() - t0
+
+
+async def _read_side(mode: Mode) -> dict[str, float]:
+    n = mode.pick(1_000_000, 200_000, 2_000)
+    n_lock = n // 20  # a trio.Lock round trip is a scheduler pass: microseconds
+    reps = mode.pick(7, 5, 1)
+    best = {"bare": float("inf"), "read_lock": float("inf"), "trio_lock": float("inf")}
+    async with open_domain() as rcu:
+        for _ in range(reps):
+            gc.collect()
+            best["bare"] = min(best["bare"], _time_bare_with(n) / n)
+            best["read_lock"] = min(best["read_lock"], _time_read_lock(rcu, n) / n)
+            best["trio_lock"] = min(best["trio_lock"], await _time_trio_lock(n_lock) / n_lock)
+    return {k: ns(v, 1) for k, v in best.items()}
+
+
+async def _release(mode: Mode, n_objects: int, n_sync: int) -> dict[str, float]:
+    """Wall seconds per object for each way of releasing (one repetition)."""
+    pool: ObjectPool[Obj] = ObjectPool(Obj, prefill=n_objects)
+    out: dict[str, float] = {}
+    async with open_domain(max_pending=max(DEFAULT_MAX_PENDING, 2 * n_objects)) as rcu:
+        # kvfree_rcu: batched, one free_bulk() per block
+        objs = [pool.alloc() for _ in range(n_objects)]
+        gc.collect()
+        t0 = time.perf_counter()
+        kvfree = rcu.kvfree_rcu
+        for o in objs:
+            kvfree(o, pool)
+        await rcu.kvfree_rcu_barrier()
+        out["kvfree_rcu"] = (time.perf_counter() - t0) / n_objects
+        assert pool.statistics().in_use == 0
+        # call_rcu: one callback per object
+        objs = [pool.alloc() for _ in range(n_objects)]
+        gc.collect()
+        t0 = time.perf_counter()
+        call_rcu = rcu.call_rcu
+        free = pool.free
+        for o in objs:
+            call_rcu(free, o)
+        await rcu.rcu_barrier()
+        out["call_rcu"] = (time.perf_counter() - t0) / n_objects
+        assert pool.statistics().in_use == 0
+        # synchronize_rcu() per object
+        objs = [pool.alloc() for _ in range(n_sync)]
+        gc.collect()
+        t0 = time.perf_counter()
+        for o in objs:
+            await rcu.synchronize_rcu()
+            free(o)
+        out["synchronize_each"] = (time.perf_counter() - t0) / n_sync
+        assert pool.statistics().in_use == 0
+        out["grace_periods"] = rcu.statistics().gps_completed
+    del objs
+    return out
+
+
+async def _release_best(mode: Mode) -> dict[str, float]:
+    n_objects = mode.pick(1_000_000, 200_000, 2_000)
+    n_sync = mode.pick(2_000, 500, 20)
+    best: dict[str, float] = {}
+    for _ in range(mode.pick(3, 2, 1)):
+        r = await _release(mode, n_objects, n_sync)
+        for k, v in r.items():
+            best[k] = min(best.get(k, float("inf")), v)
+    best["objects"] = n_objects
+    best["synchronize_each_objects"] = n_sync
+    return best
+
+
+def run(mode: Mode) -> list[Figure]:
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        box["read"] = await _read_side(mode)
+        box["release"] = await _release_best(mode)
+
+    trio.run(main)
+    rd = box["read"]
+    rel = box["release"]
+    read_abs = {
+        "read_lock_ns": rd["read_lock"],
+        "bare_with_ns": rd["bare"],
+        "trio_lock_ns": rd["trio_lock"],
+    }
+    rate = {k: 1 / rel[k] for k in ("kvfree_rcu", "call_rcu", "synchronize_each")}
+    rel_abs = {
+        "kvfree_rcu_objects_per_s": round(rate["kvfree_rcu"]),
+        "call_rcu_objects_per_s": round(rate["call_rcu"]),
+        "synchronize_each_objects_per_s": round(rate["synchronize_each"]),
+        "objects": rel["objects"],
+        "synchronize_each_objects": rel["synchronize_each_objects"],
+    }
+    return [
+        Figure(
+            "app_read_lock_vs_bare_with",
+            round(rd["read_lock"] / rd["bare"], 2),
+            "x bare with",
+            Target("<=", 2),
+            read_abs,
+            "`with rcu.read_lock(): pass` / `with cm: pass` (cm's __enter__/__exit__ do nothing)",
+        ),
+        Figure(
+            "app_read_lock_vs_trio_lock",
+            round(rd["trio_lock"] / rd["read_lock"], 2),
+            "x cheaper",
+            Target(">=", 10),
+            read_abs,
+            "`async with trio.Lock()` (uncontended) / `with rcu.read_lock()`",
+        ),
+        Figure(
+            "app_kvfree_vs_call_rcu",
+            round(rate["kvfree_rcu"] / rate["call_rcu"], 2),
+            "x objects/s",
+            Target(">=", 3),
+            rel_abs,
+            f"release rate of {rel['objects']} pooled objects: kvfree_rcu(obj, pool) + "
+            "kvfree_rcu_barrier() / call_rcu(pool.free, obj) + rcu_barrier()",
+        ),
+        Figure(
+            "app_kvfree_vs_synchronize_each",
+            round(rate["kvfree_rcu"] / rate["synchronize_each"], 2),
+            "x objects/s",
+            Target(">=", 50),
+            rel_abs,
+            "release rate: kvfree_rcu(obj, pool) / `await synchronize_rcu(); pool.free(obj)` "
+            f"per object ({rel['synchronize_each_objects']} objects)",
+        ),
+    ]

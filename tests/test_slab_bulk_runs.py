@@ -1,0 +1,173 @@
+"""kfree_bulk's segment path against its per-pointer path: same groups, state, cost and errors."""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+import trio
+import trio.testing
+from _mm_kernel import MmOnlyKernel, mm_kernel, pa
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from rcukit.config import KernelConfig
+from rcukit.mm.gfp import GFP_KERNEL
+from rcukit.mm.slab import ZERO_SIZE_PTR, Slab, _detached_groups, _detached_run_groups
+from rcukit.sched.sim import Task
+
+KERNEL = int(GFP_KERNEL)
+#: 32: order 0, no tail; 96: a 64-byte tail per page; 512: order-1 (two-page) slabs.
+SIZES = (32, 96, 512)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(1, 5)), min_size=1, max_size=12),
+)
+def test_run_groups_match_the_per_pointer_scan(spec: list[tuple[int, int]]) -> None:
+    runs: list[tuple[int, int]] = []
+    for label, n in spec:  # adjacent runs of one slab would be one run
+        if runs and runs[-1][0] == label:
+            runs[-1] = (label, runs[-1][1] + n)
+        else:
+            runs.append((label, n))
+    slabs: list[Any] = [object() for _ in range(4)]
+    per_ptr = [slabs[label] for label, n in runs for _ in range(n)]
+    expected = _detached_groups(per_ptr, list(range(len(per_ptr))))
+    starts = [sum(n for _, n in runs[:j]) for j in range(len(runs))]
+    got = [
+        (slab, [starts[j] + i for j in members for i in reversed(range(runs[j][1]))])
+        for slab, members in _detached_run_groups(
+            [slabs[label] for label, _ in runs], [n for _, n in runs]
+        )
+    ]
+    assert got == expected
+
+
+def _state(k: MmOnlyKernel, task: Task) -> dict[str, Any]:
+    slab = pa(k).slab
+    caches = {}
+    for c in slab.caches:
+        if not c.nr_slabs:
+            continue
+        slabs: set[Slab] = set(slab._slab_of.values())
+        caches[c.name] = (
+            c.active.base if c.active is not None else None,
+            [s.base for s in c.partial],
+            sorted(
+                (s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial)
+                for s in slabs
+                if s.cache is c
+            ),
+        )
+    q = slab.quarantine
+    assert q is not None
+    return {
+        "caches": caches,
+        "nr_objects": slab.nr_objects,
+        "large": dict(slab._large),
+        "now": task.now_ns,
+        "vmstat": k.vmstat.snapshot(),
+        "quarantine": sorted((p, e.size) for p in q._d for e in [q.get(p)] if e is not None),
+    }
+
+
+Chunk = tuple[str, int, int, bool]
+chunk = st.one_of(
+    st.tuples(st.just("slice"), st.integers(0, 250), st.integers(1, 140), st.booleans()),
+    st.tuples(
+        st.sampled_from(["null", "zero", "freed", "large", "misaligned", "tail", "dup"]),
+        st.integers(0, 250),
+        st.just(1),
+        st.just(False),
+    ),
+)
+
+
+async def _run(chunks: list[Chunk], checked: bool, as_array: bool) -> tuple[Any, Any]:
+    cfg = KernelConfig(nr_cpus=2).replace(**{"mm.zone_pages": 8192})
+    out: dict[str, Any] = {}
+    async with mm_kernel(cfg) as k:
+        mm = pa(k)
+
+        async def work(task: Task) -> None:
+            live: list[int] = []
+            for i in range(260):
+                live.append(await mm.kmalloc(task, SIZES[(i // 50) % 3], KERNEL))
+            freed = [live.pop(i) for i in (250, 170, 100, 60, 5)]
+            for p in freed:
+                await mm.kfree(task, p)
+            large = await mm.kmalloc(task, 10000, KERNEL)
+            p96 = next(p for p in live if mm.ksize(p) == 96)
+            tail = p96 - (p96 % 4096) + (4096 // 96) * 96  # past the last object of its slab
+            ptrs: list[int] = []
+            for kind, a, n, rev in chunks:
+                if kind == "slice":
+                    part = live[a : a + n]
+                    ptrs += reversed(part) if rev else part
+                elif kind == "dup" and ptrs:
+                    ptrs.append(ptrs[a % len(ptrs)])
+                else:
+                    p = live[a % len(live)]
+                    ptrs.append(
+                        {
+                            "null": 0,
+                            "zero": ZERO_SIZE_PTR,
+                            "freed": freed[a % len(freed)],
+                            "large": large,
+                            "misaligned": p + 8,
+                            "tail": tail,
+                            "dup": p,
+                        }[kind]
+                    )
+            arg: Any = array("Q", ptrs) if as_array else ptrs
+            free = mm.slab._kfree_bulk_checked if checked else mm.kfree_bulk
+            try:
+                await free(task, arg)  # one line: error reports name the caller's line
+            except Exception as e:  # compared below
+                out["error"] = (type(e).__name__, str(e))
+            out["state"] = _state(k, task)
+
+        await k.run_on_cpus(work, [0])
+    return out.get("error"), out["state"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(chunk, min_size=1, max_size=6), st.booleans())
+@example([("slice", 40, 30, False), ("tail", 0, 1, False)], False)
+@example([("slice", 0, 140, False), ("slice", 100, 10, True), ("dup", 3, 1, False)], True)
+def test_segment_path_matches_per_pointer_path(chunks: list[Chunk], as_array: bool) -> None:
+    res: dict[bool, tuple[Any, Any]] = {}
+
+    async def main() -> None:
+        for checked in (False, True):
+            res[checked] = await _run(chunks, checked, as_array)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert res[False] == res[True]
+
+
+async def test_a_block_of_consecutive_objects_is_one_segment_per_slab(autojump_clock: Any) -> None:
+    async with mm_kernel(KernelConfig(nr_cpus=2)) as k:
+        mm = pa(k)
+
+        async def work(task: Task) -> None:
+            ptrs = [await mm.kmalloc(task, 32, KERNEL) for _ in range(300)]
+            runs = mm.slab._slab_runs(array("Q", ptrs))
+            assert runs is not None
+            assert [(n, [(r.start, r.stop) for r in segs]) for _, n, segs in runs] == [
+                (128, [(0, 128)]),
+                (128, [(0, 128)]),
+                (44, [(0, 44)]),
+            ]
+            # a repeat, a NULL or a freed object sends the call to the per-pointer path
+            assert mm.slab._slab_runs([*ptrs[:10], ptrs[3]]) is None
+            assert mm.slab._slab_runs([*ptrs[:10], 0]) is None
+            await mm.kfree(task, ptrs[7])
+            assert mm.slab._slab_runs(ptrs[:10]) is None
+            # not an object start: misaligned, or in the 64-byte tail of a kmalloc-96 page
+            assert mm.slab._slab_runs([ptrs[20] + 8]) is None
+            p96 = await mm.kmalloc(task, 96, KERNEL)
+            assert mm.slab._slab_runs([p96 - p96 % 4096 + 42 * 96]) is None
+
+        await k.run_on_cpus(work, [0])
