@@ -5,7 +5,7 @@ per CPU) with tracemalloc already tracing, so every block the flood frees or res
 to it. The traced size after the allocation is the baseline; every CPU then floods head-less
 ``kvfree_rcu()`` over its objects, and the traced size after the flood, less the baseline,
 divided by the objects still pending (queued, not yet freed), is the figure; the 8 bytes of
-the pointer itself (a slot in a block's ``array('Q')``, as in the kernel's page of pointers)
+the pointer itself (its slot in a block's pointer array, as in the kernel's page of pointers)
 are subtracted. The three source lines that grew most say what dominates.
 """
 

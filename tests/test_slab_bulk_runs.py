@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 
 from rcukit.config import KernelConfig
 from rcukit.mm.gfp import GFP_KERNEL
-from rcukit.mm.slab import ZERO_SIZE_PTR, Slab, _detached_groups, _detached_run_groups
+from rcukit.mm.page_alloc import PAGE_OFFSET
+from rcukit.mm.slab import (
+    ZERO_SIZE_PTR,
+    KmemCache,
+    Slab,
+    _detached_groups,
+    _detached_run_groups,
+    _lanes,
+)
 from rcukit.sched.sim import Task
 
 KERNEL = int(GFP_KERNEL)
@@ -171,3 +179,20 @@ async def test_a_block_of_consecutive_objects_is_one_segment_per_slab(autojump_c
             assert mm.slab._slab_runs([p96 - p96 % 4096 + 42 * 96]) is None
 
         await k.run_on_cpus(work, [0])
+
+
+@given(
+    st.sampled_from([(8, 0), (32, 0), (96, 0), (512, 1), (2048, 3)]),
+    st.integers(0, 1 << 18),
+    st.data(),
+)
+def test_lanes_integer_is_the_array_of_consecutive_objects(
+    cache_spec: tuple[int, int], page: int, data: st.DataObject
+) -> None:
+    size, order = cache_spec
+    cache = KmemCache(size, order, 4096)
+    base = PAGE_OFFSET + (page << (12 + order))  # slabs are aligned to their size
+    idx0 = data.draw(st.integers(0, cache.nobj - 1))
+    m = data.draw(st.integers(1, cache.nobj - idx0))
+    want = array("Q", [base + (idx0 + k) * size for k in range(m)]).tobytes()
+    assert _lanes(cache, base, idx0, m) == int.from_bytes(want, "little")

@@ -24,7 +24,7 @@ import sys
 from array import array
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from rcukit.errors import MemoryDebugError, PageAllocError
 from rcukit.mm.fault import (
@@ -49,8 +49,9 @@ MIN_PARTIAL = 5
 #: ``slub_max_order``.
 SLUB_MAX_ORDER = 3
 
-#: Byte order of ``array("Q")``, for reading a pointer array as one big integer.
-_ORDER: Literal["little", "big"] = "little" if sys.byteorder == "little" else "big"
+#: Pointer arrays are read as one little-endian integer (lane k = bits 64k .. 64k+63);
+#: a big-endian host byte-swaps them first.
+_BIG_ENDIAN = sys.byteorder == "big"
 
 _ZERO = int(GFP.ZERO)
 _COMP = int(GFP.COMP)
@@ -79,15 +80,20 @@ class Slab:
 class KmemCache:
     """One ``kmalloc-<size>`` cache: its object size, slab order and slabs."""
 
-    __slots__ = ("active", "name", "nobj", "nr_slabs", "offsets", "order", "partial", "size")
+    __slots__ = (
+        "active", "lane_offsets", "lane_ones", "name", "nobj", "nr_slabs", "order", "partial",
+        "size",
+    )
 
     def __init__(self, size: int, order: int, page_size: int) -> None:
         self.name = f"kmalloc-{size // 1024}k" if size >= 8192 else f"kmalloc-{size}"
         self.size = size
         self.order = order
         self.nobj = (page_size << order) // size
-        #: ``i * size`` for every object index, as 8-byte lanes (built by the first bulk free).
-        self.offsets = b""
+        #: ``i * size`` in 64-bit lane i, and 1 in every lane, for i < nobj: the integers
+        #: kfree_bulk compares pointer arrays with (built by the first bulk free; 0 until then).
+        self.lane_offsets = 0
+        self.lane_ones = 0
         self.active: Slab | None = None
         #: Slabs with free objects other than the active one (insertion-ordered set).
         self.partial: dict[Slab, None] = {}
@@ -496,13 +502,17 @@ class SlabAllocator:
         which costs about what a per-pointer loop would. The checks are :meth:`_locate`'s: a
         known slab page, an object start inside the slab, allocated, and not listed twice.
         """
-        if type(ptrs) is array and ptrs.typecode == "Q":
-            raw = ptrs.tobytes()
+        if type(ptrs) is array and ptrs.typecode in "LQ" and ptrs.itemsize == 8:
+            arr = ptrs  # a kvfree_rcu block's records, as they are
         else:
             try:
-                raw = array("Q", ptrs).tobytes()
+                arr = array("Q", ptrs)
             except (OverflowError, TypeError):
                 return None  # not even a pointer: the checked path says what is wrong
+        if _BIG_ENDIAN:
+            arr = array(arr.typecode, arr)
+            arr.byteswap()
+        raw = arr.tobytes()
         offset = self.mm.page_offset
         shift = self.page_shift
         slab_of = self._slab_of
@@ -524,11 +534,9 @@ class SlabAllocator:
                 return None
             m = min(n - i, slab.nobj - idx0)
             if m > 1:
-                lanes = raw[8 * i : 8 * (i + m)]
-                want = int.from_bytes(
-                    _base_lanes(base, m), _ORDER
-                ) + int.from_bytes(_offset_lanes(cache, idx0, m), _ORDER)
-                diff = int.from_bytes(lanes, _ORDER) - want
+                diff = int.from_bytes(raw[8 * i : 8 * (i + m)], "little") - _lanes(
+                    cache, base, idx0, m
+                )
                 if diff:
                     m = ((diff & -diff).bit_length() - 1) >> 6  # the first lane that differs
             if slab.used.count(1, idx0, idx0 + m) != m:
@@ -799,15 +807,26 @@ def _detached_run_groups(
     return groups
 
 
-def _base_lanes(base: int, m: int) -> bytes:
-    """``base`` in each of ``m`` 8-byte lanes."""
-    return base.to_bytes(8, _ORDER) * m
+def _lanes(cache: KmemCache, base: int, idx0: int, m: int) -> int:
+    """``base + (idx0 + k) * size`` in 64-bit lane k, for k < m, as one integer.
 
-
-def _offset_lanes(cache: KmemCache, idx0: int, m: int) -> bytes:
-    """``(idx0 + k) * size`` for k < m, as 8-byte lanes (adding lanes never carries: a slab
-    object's offset plus the slab's base is a valid address, below 2**64)."""
-    offs = cache.offsets
-    if not offs:
-        offs = cache.offsets = array("Q", range(0, cache.nobj * cache.size, cache.size)).tobytes()
-    return offs[8 * idx0 : 8 * (idx0 + m)]
+    Adding lanes never carries: each lane's sum is an address inside the slab, below 2**64.
+    So a pointer array equals this integer exactly when it lists those objects in order.
+    """
+    offs = cache.lane_offsets
+    ones = cache.lane_ones
+    if not ones:
+        a = array("Q", range(0, cache.nobj * cache.size, cache.size))
+        b = array("Q", [1]) * cache.nobj
+        if _BIG_ENDIAN:
+            a.byteswap()
+            b.byteswap()
+        offs = cache.lane_offsets = int.from_bytes(a.tobytes(), "little")
+        ones = cache.lane_ones = int.from_bytes(b.tobytes(), "little")
+    if idx0:
+        offs >>= 64 * idx0
+    if m < cache.nobj:
+        mask = (1 << (64 * m)) - 1
+        offs &= mask
+        ones &= mask
+    return base * ones + offs

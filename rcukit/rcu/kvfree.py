@@ -37,11 +37,15 @@ from rcukit.wq import DelayedWork, Work
 
 if TYPE_CHECKING:
     from rcukit.kernel import Kernel
+    from rcukit.trace.events import Tracer
 
 KFREE_N_BATCHES = 2
 FREE_N_CHANNELS = 2
 #: A ``mon_quiet_below`` no count reaches.
 _NEVER = 1 << 62
+#: ``array`` typecode of a block's pointer records: an unsigned 8-byte integer. "L" where C's
+#: long has 8 bytes, since storing a pointer-sized int converts faster than with "Q".
+PTR_TYPECODE = "L" if array("L").itemsize == 8 else "Q"
 #: x86-64's ``VMALLOC_START``: pointers at or above it are vmalloc'ed (``is_vmalloc_addr``).
 VMALLOC_START = 0xFFFFC90000000000
 
@@ -63,9 +67,17 @@ class Bnode:
 
     def __init__(self, page: int, capacity: int) -> None:
         self.page = page
-        self.records = array("Q", bytes(8 * capacity))
+        self.records = array(PTR_TYPECODE, bytes(8 * capacity))
         self.nr_records = 0
         self.gp_snap = 0
+
+
+class _AlwaysOn:
+    """Stands in for the tracer on the fast path's gate when every call must take the slow
+    path anyway (debug objects, polled snapshots): one attribute test covers both reasons."""
+
+    __slots__ = ()
+    on = True
 
 
 class Krwp:
@@ -234,6 +246,8 @@ class KvfreeRcu:
         self._tracer = kernel.tracer
         #: Everything but the plain "block has room" case takes the modelled slow path.
         self._slow = self.debug_objects or self._polled
+        #: The fast path's gate: ``.on`` means "take the slow path" (tracing, or ``_slow``).
+        self._gate: Tracer | _AlwaysOn = _AlwaysOn() if self._slow else kernel.tracer
         #: ptr -> GP cookie at queue time (CONFIG_DEBUG_OBJECTS_RCU_HEAD-style checking).
         self._debug_pending: dict[int, int] = {}
         # accounting
@@ -312,20 +326,24 @@ class KvfreeRcu:
         """
         if not ptr:
             return
+        # One counter per call, bumped here as if the call took the fast path (fast_calls,
+        # calls_single and pending add these up); the slow path takes it back below.
         if head is None:
             if task.preempt_count or task.irqs_disabled or task.in_hardirq or (
                 task.rcu_read_nesting
             ):
                 self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
+            self._fast_single += 1
         else:
             slab = self._slab_of.get((ptr - self._page_offset) >> self._page_shift)
             off = head - ptr
             if slab is None or not 0 <= off < slab.cache.size:
                 self._check_head(ptr, head)
+            self._fast_double += 1
         cpu = task.cpu
         krcp = self.krcs[cpu.id]
         chan = krcp.bulk[0]
-        if chan and not (self._slow or self._tracer.on or ptr >= VMALLOC_START):
+        if chan and not (self._gate.on or ptr >= VMALLOC_START):
             bnode = chan[-1]
             n = bnode.nr_records
             if n != self.capacity:
@@ -334,22 +352,22 @@ class KvfreeRcu:
                 # so the lock model has nothing to check here; its cost is charged all the same.
                 bnode.records[n] = ptr
                 bnode.nr_records = n + 1
-                krcp.count += 1
-                # one counter per call: fast_calls, calls_single and pending add these up
-                if head is None:
-                    self._fast_single += 1
-                else:
-                    self._fast_double += 1
+                count = krcp.count + 1
+                krcp.count = count
                 t = cpu.local_ns + self._fast_ns
                 cpu.local_ns = t
                 krcp.lock.free_at_ns = t
                 # schedule_delayed_monitor_work() on every call; it nearly always finds the
                 # monitor armed already, which the last call worked out (mon_quiet_below)
-                if krcp.count >= krcp.mon_quiet_below:
+                if count >= krcp.mon_quiet_below:
                     self._arm_monitor(task, krcp)
                 if t >= cpu.next_tick_ns:
                     await task.preempt_point()
                 return
+        if head is None:
+            self._fast_single -= 1
+        else:
+            self._fast_double -= 1
         await self._kvfree_slow(task, head, ptr)
 
     kvfree_rcu_mightsleep = kvfree_rcu
