@@ -329,9 +329,8 @@ class KvfreeRcu:
         # One counter per call, bumped here as if the call took the fast path (fast_calls,
         # calls_single and pending add these up); the slow path takes it back below.
         if head is None:
-            if task.preempt_count or task.irqs_disabled or task.in_hardirq or (
-                task.rcu_read_nesting
-            ):
+            # hardirq context always has irqs_disabled set, so this covers in_atomic()
+            if task.preempt_count or task.irqs_disabled or task.rcu_read_nesting:
                 self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
             self._fast_single += 1
         else:
@@ -356,7 +355,6 @@ class KvfreeRcu:
                 krcp.count = count
                 t = cpu.local_ns + self._fast_ns
                 cpu.local_ns = t
-                krcp.lock.free_at_ns = t
                 # schedule_delayed_monitor_work() on every call; it nearly always finds the
                 # monitor armed already, which the last call worked out (mon_quiet_below)
                 if count >= krcp.mon_quiet_below:
@@ -462,7 +460,6 @@ class KvfreeRcu:
             held.remove(krcp.held)
         task.preempt_count -= 1
         task.irqs_disabled -= 1
-        krcp.lock.free_at_ns = task.cpu.local_ns
 
     def _relock(self, task: Task, krcp: Krc) -> None:
         task.irqs_disabled += 1
