@@ -1,33 +1,57 @@
-"""rcukit: the Linux kernel's kvfree_rcu() machinery, simulated on Trio; and RCU for Trio apps.
+"""rcukit: RCU for asyncio and Trio applications, and a simulator of the Linux kernel's
+kvfree_rcu() machinery built on the same grace-period engine.
 
-The public API is re-exported here; every other module is an implementation detail.
+This package is the application API: ``async with rcukit.open_domain() as rcu:``, read
+sections, ``RcuPointer``, ``synchronize_rcu``/``call_rcu``/``kvfree_rcu``, ``ObjectPool`` and the
+errors they raise. The simulator is :mod:`rcukit.sim`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
+from rcukit.app import DEFAULT_MAX_PENDING as DEFAULT_MAX_PENDING
+from rcukit.app import DomainConfig as DomainConfig
+from rcukit.app import DomainStatistics as DomainStatistics
+from rcukit.app import KvfreeQueue as KvfreeQueue
 from rcukit.app import ObjectPool as ObjectPool
+from rcukit.app import PoolStatistics as PoolStatistics
+from rcukit.app import QsbrWorker as QsbrWorker
+from rcukit.app import RcuDomain as RcuDomain
 from rcukit.app import RcuPointer as RcuPointer
+from rcukit.app import ReadSection as ReadSection
 from rcukit.app import open_domain as open_domain
-from rcukit.config import CostModel as CostModel
-from rcukit.config import KernelConfig as KernelConfig
-from rcukit.config import KvfreeConfig as KvfreeConfig
-from rcukit.config import MemoryConfig as MemoryConfig
 from rcukit.errors import ConfigError as ConfigError
-from rcukit.errors import GfpError as GfpError
 from rcukit.errors import MemoryDebugError as MemoryDebugError
+from rcukit.errors import RcuArgumentError as RcuArgumentError
+from rcukit.errors import RcuBackpressureError as RcuBackpressureError
+from rcukit.errors import RcuClosedError as RcuClosedError
 from rcukit.errors import RcukitError as RcukitError
+from rcukit.errors import RcuLeakError as RcuLeakError
 from rcukit.errors import RcuUsageError as RcuUsageError
-from rcukit.errors import SimulationError as SimulationError
-from rcukit.errors import SplatError as SplatError
-from rcukit.kernel import Kernel as Kernel
-from rcukit.kernel import SimResult as SimResult
-from rcukit.kernel import boot as boot
-from rcukit.kernel import simulate as simulate
-from rcukit.locking import LockKind as LockKind
-from rcukit.locking import Splat as Splat
-from rcukit.sched import Task as Task
 
 try:
     __version__ = version("rcukit")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+source"
+
+__all__ = [
+    "DEFAULT_MAX_PENDING",
+    "ConfigError",
+    "DomainConfig",
+    "DomainStatistics",
+    "KvfreeQueue",
+    "MemoryDebugError",
+    "ObjectPool",
+    "PoolStatistics",
+    "QsbrWorker",
+    "RcuArgumentError",
+    "RcuBackpressureError",
+    "RcuClosedError",
+    "RcuDomain",
+    "RcuLeakError",
+    "RcuPointer",
+    "RcuUsageError",
+    "RcukitError",
+    "ReadSection",
+    "__version__",
+    "open_domain",
+]

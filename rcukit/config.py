@@ -17,7 +17,10 @@ from typing import Any, TypeVar
 
 import attrs
 
-from rcukit.errors import ConfigError
+from rcukit.errors import ConfigError, GfpError
+from rcukit.mm.gfp import parse_gfp, validate_gfp
+from rcukit.mm.zoneinfo import largest_zone, parse_zoneinfo, read_host_zoneinfo
+from rcukit.rcu.profiles import DEFAULT_PROFILES, profile_validator
 
 T = TypeVar("T")
 
@@ -144,9 +147,6 @@ class CostModel:
 
 
 def _gfp_filter(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
-    from rcukit.errors import GfpError
-    from rcukit.mm.gfp import parse_gfp, validate_gfp
-
     if not isinstance(value, str):
         raise ConfigError(f"{att.name} = {value!r}: expected a GFP string such as 'GFP_NOWAIT'")
     try:
@@ -218,8 +218,8 @@ KERNEL_CONFIG_NAMES = ("default", "lockdep", "rt")
 class KvfreeConfig:
     """kvfree_rcu(): which kernel version's mechanism and which block allocator."""
 
-    #: Version profile (see ``rcukit.rcu.profiles``): v5.9, v5.11, v5.13, v6.1, v6.3.
-    profile: str = attrs.field(default="v5.9")
+    #: Version profile (see ``rcukit.rcu.profiles``): rfc, v5.9, v5.11, v5.13, v6.1, v6.3.
+    profile: str = attrs.field(default=DEFAULT_PROFILES["kernel"], validator=profile_validator)
     #: Allocator-core variant for block pages (see ``rcukit.mm.alloc_core``).
     variant: str = attrs.field(default="nowait")
     #: Block header: "profile" uses the version's struct size, "rfc" a header of zero.
@@ -315,8 +315,6 @@ class KernelConfig:
         The simulation models one zone, so the largest zone with managed pages is taken; its
         size, min watermark and the pcp batch/high of its first CPU replace the defaults.
         """
-        from rcukit.mm.zoneinfo import largest_zone, parse_zoneinfo, read_host_zoneinfo
-
         if text_or_path is None:
             infos = read_host_zoneinfo()
         elif isinstance(text_or_path, Path) or "\n" not in str(text_or_path):

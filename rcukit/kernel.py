@@ -1,13 +1,13 @@
-"""The Kernel: one simulated machine, its subsystems and kthreads, and the runners.
+"""The Kernel: a machine and the subsystems booted on it, in ``start_kernel()`` order.
 
-There is no module-level state: everything a simulation touches hangs off its :class:`Kernel`,
-so two kernels in one process (or one test after another) never see each other.
+Subsystems are typed and built here, each from the :class:`~rcukit.machine.Machine` and the
+subsystems it depends on (kvfree_rcu is built on mm and RCU), so nothing below this module
+imports it. :class:`Subsystems` says which to boot: tests of one subsystem boot it alone, and a
+test can swap in its own class (torture's self-test boots a deliberately broken RCU).
 """
 
 from __future__ import annotations
 
-import random
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
@@ -17,150 +17,89 @@ import trio
 import trio.testing
 
 from rcukit.config import KernelConfig, config_to_dict
-from rcukit.locking.checker import LockChecker
-from rcukit.locking.locks import Lock, LockKind
-from rcukit.locking.splat import SPLAT_KINDS, Splat
-from rcukit.sched.sim import Cpu, Simulator, Task
-from rcukit.trace.events import Counters, Tracer
-from rcukit.wq import Workqueue, wq_worker_sleeping
+from rcukit.errors import SimulationError
+from rcukit.locking.splat import Splat
+from rcukit.machine import Machine
+from rcukit.mm.page_alloc import PageAllocator
+from rcukit.rcu.kvfree import KvfreeRcu
+from rcukit.rcu.tree import RcuState
+from rcukit.sched.sim import Task
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
-class _Hooks:
-    """Forwards scheduler events to the subsystems that care (RCU)."""
+@attrs.frozen
+class Subsystems:
+    """Which subsystems a kernel boots, and with which classes.
 
-    def __init__(self, kernel: Kernel) -> None:
-        self.kernel = kernel
+    The default is the whole kernel. ``Subsystems(rcu=None, kvfree=False)`` is the page
+    allocator alone, ``Subsystems(mm=None, kvfree=False)`` the RCU engine alone; kvfree_rcu
+    needs both.
+    """
 
-    def on_tick(self, task: Task, voluntary: bool) -> None:
-        for h in self.kernel._tick_hooks:
-            h(task, voluntary)
+    mm: Callable[[Machine], PageAllocator] | None = PageAllocator
+    rcu: Callable[[Machine], RcuState] | None = RcuState
+    kvfree: bool = True
 
-    def on_context_switch(self, prev: Task) -> None:
-        for h in self.kernel._switch_hooks:
-            h(prev)
-
-    def on_idle_enter(self, cpu: Cpu) -> None:
-        for h in self.kernel._idle_enter_hooks:
-            h(cpu)
-
-    def on_idle_exit(self, cpu: Cpu) -> None:
-        for h in self.kernel._idle_exit_hooks:
-            h(cpu)
+    def __attrs_post_init__(self) -> None:
+        if self.kvfree and (self.mm is None or self.rcu is None):
+            raise SimulationError("kvfree_rcu is built on mm and RCU: boot both, or kvfree=False")
 
 
-class Kernel:
+ALL_SUBSYSTEMS = Subsystems()
+
+
+def _absent(name: str) -> SimulationError:
+    return SimulationError(
+        f"this kernel was booted without {name} (see rcukit.kernel.Subsystems)"
+    )
+
+
+class Kernel(Machine):
     """A booted simulated kernel. Create it with :func:`boot` or :func:`simulate`."""
 
-    def __init__(self, config: KernelConfig | None = None) -> None:
-        self.config = config or KernelConfig()
-        cfg = self.config
-        self._tick_hooks: list[Callable[[Task, bool], None]] = []
-        self._switch_hooks: list[Callable[[Task], None]] = []
-        self._idle_enter_hooks: list[Callable[[Cpu], None]] = []
-        self._idle_exit_hooks: list[Callable[[Cpu], None]] = []
-        self.sim = Simulator(cfg.nr_cpus, cfg.tick_ns, _Hooks(self))
-        self.sim.switch_cost_ns = cfg.cost.context_switch_ns
-        self.locks = LockChecker(
-            prove_raw_lock_nesting=cfg.prove_raw_lock_nesting,
-            preempt_rt=cfg.preempt_rt,
-            strict=cfg.strict_splats,
-            release=cfg.release,
-            out=sys.stderr if cfg.print_splats else None,
-        )
-        self.tracer = Tracer()
-        self.vmstat = Counters()
-        self.rng = random.Random(cfg.seed)
-        self.system_wq = Workqueue(self, "events")
-        self.system_highpri_wq = Workqueue(self, "events_highpri", highpri=True)
-        self.system_unbound_wq = Workqueue(self, "events_unbound")
-        self.locks.listeners.append(self._trace_splat)
-        self.add_switch_hook(wq_worker_sleeping)
-        self._subsystems: list[Any] = []
+    def __init__(
+        self, config: KernelConfig | None = None, subsystems: Subsystems = ALL_SUBSYSTEMS
+    ) -> None:
+        super().__init__(config)
+        self.subsystems = subsystems
         self._started = False
-        self._lock_addr = 0xFFFF888003A00000
-        self._init_subsystems()
-
-    # -- subsystems ------------------------------------------------------------------------
-    def _init_subsystems(self) -> None:
-        """Boot order as in start_kernel(): mm, then RCU, then kvfree_rcu on top of both."""
-        try:
-            from rcukit.mm.page_alloc import PageAllocator
-        except ImportError:  # pragma: no cover - during bring-up of the mm subsystem
-            self.mm: Any = None
-        else:
-            self.mm = PageAllocator(self)
-            self._subsystems.append(self.mm)
-        try:
-            from rcukit.rcu.tree import RcuState
-        except ImportError:  # pragma: no cover - during bring-up of the RCU engine
-            self.rcu: Any = None
-        else:
-            self.rcu = RcuState(self)
-            self._subsystems.append(self.rcu)
-        try:
-            from rcukit.rcu.kvfree import KvfreeRcu
-        except ImportError:  # pragma: no cover - during bring-up of kvfree_rcu
-            self.kvfree: Any = None
-        else:
-            if self.mm is not None and self.rcu is not None:
-                self.kvfree = KvfreeRcu(self)
-                self._subsystems.append(self.kvfree)
-            else:
-                self.kvfree = None
-
-    def add_tick_hook(self, fn: Callable[[Task, bool], None]) -> None:
-        self._tick_hooks.append(fn)
-
-    def add_switch_hook(self, fn: Callable[[Task], None]) -> None:
-        self._switch_hooks.append(fn)
-
-    def add_idle_hooks(self, enter: Callable[[Cpu], None], exit: Callable[[Cpu], None]) -> None:
-        self._idle_enter_hooks.append(enter)
-        self._idle_exit_hooks.append(exit)
-
-    # -- conveniences --------------------------------------------------------------------------
-    @property
-    def cpus(self) -> list[Cpu]:
-        return self.sim.cpus
+        self._mm = subsystems.mm(self) if subsystems.mm is not None else None
+        self._rcu = subsystems.rcu(self) if subsystems.rcu is not None else None
+        self._kvfree = KvfreeRcu(self) if subsystems.kvfree else None
 
     @property
-    def now_ns(self) -> int:
-        """Global virtual time: the clock of the earliest CPU that has run so far."""
-        return self.sim.now_ns
+    def mm(self) -> PageAllocator:
+        """The memory-management subsystem (page allocator, slab, vmalloc, kswapd)."""
+        if self._mm is None:
+            raise _absent("mm")
+        return self._mm
 
     @property
-    def jiffies(self) -> int:
-        return self.sim.now_ns // self.config.tick_ns
+    def rcu(self) -> RcuState:
+        """Tree RCU: grace periods, callbacks, the polled API."""
+        if self._rcu is None:
+            raise _absent("rcu")
+        return self._rcu
 
-    def new_lock(self, name: str, kind: LockKind) -> Lock:
-        """A lock with a per-kernel address, so reports are the same on every run."""
-        self._lock_addr += 0x40
-        return Lock(name, kind, self._lock_addr)
-
-    def trace(self, task: Task, name: str, fields: str, **kw: Any) -> None:
-        """Emit a tracepoint from ``task`` (callers test ``tracer.on`` first)."""
-        self.tracer.emit(name, task.now_ns, task.cpu.id, task.comm, task.pid, fields, **kw)
-
-    def _trace_splat(self, splat: Splat) -> None:
-        self.vmstat.inc(f"splat_{splat.kind}")
-        if self.tracer.on:
-            self.tracer.emit(
-                "splat", splat.time_ns, splat.cpu, splat.comm, splat.pid,
-                f"{splat.title} lock={splat.lock_name or '-'} at {splat.ip}",
-            )
-
-    def splat_counts(self) -> dict[str, int]:
-        return {k: self.locks.counts.get(k, 0) for k in SPLAT_KINDS}
+    @property
+    def kvfree(self) -> KvfreeRcu:
+        """kvfree_rcu(): per-CPU krcp, blocks, the monitor, bulk reclaim."""
+        if self._kvfree is None:
+            raise _absent("kvfree")
+        return self._kvfree
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _start(self, nursery: trio.Nursery) -> None:
         self.sim.attach(nursery)
-        for sub in self._subsystems:
-            start = getattr(sub, "start", None)
-            if start is not None:
-                start()
+        # start_kernel() order: mm, then RCU, then kvfree_rcu on top of both.
+        if self._mm is not None:
+            self._mm.start()
+        if self._rcu is not None:
+            self._rcu.start()
+        if self._kvfree is not None:
+            self._kvfree.start()
         self._started = True
 
     def spawn(
@@ -194,7 +133,12 @@ class Kernel:
 
 
 @asynccontextmanager
-async def boot(config: KernelConfig | None = None, **overrides: Any) -> AsyncIterator[Kernel]:
+async def boot(
+    config: KernelConfig | None = None,
+    *,
+    subsystems: Subsystems = ALL_SUBSYSTEMS,
+    **overrides: Any,
+) -> AsyncIterator[Kernel]:
     """Boot a simulated kernel in a nursery; kthreads stop when the block exits.
 
     ``overrides`` are config fields, dotted for nested ones (``**{"mm.pcp_batch": 31}``).
@@ -202,7 +146,7 @@ async def boot(config: KernelConfig | None = None, **overrides: Any) -> AsyncIte
     cfg = config or KernelConfig()
     if overrides:
         cfg = cfg.replace(**overrides)
-    kernel = Kernel(cfg)
+    kernel = Kernel(cfg, subsystems)
     async with trio.open_nursery() as nursery:
         kernel._start(nursery)
         try:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
-from rcukit.sched.sim import Task, Timer, WaitQueue
-
-if TYPE_CHECKING:
-    from rcukit.kernel import Kernel
+from rcukit.locking.checker import LockChecker
+from rcukit.sched.sim import Simulator, Task, Timer, WaitQueue
+from rcukit.trace.events import Tracer
 
 WorkFn = Callable[[Task, "Work"], Awaitable[None]]
 
@@ -76,10 +74,28 @@ class _Pool:
 
 
 class Workqueue:
-    """One workqueue (``system_wq``, ``system_highpri_wq``...) with a pool per CPU."""
+    """One workqueue (``system_wq``, ``system_highpri_wq``...) with a pool per CPU.
 
-    def __init__(self, kernel: Kernel, name: str, *, highpri: bool = False) -> None:
-        self.kernel = kernel
+    It is built from the scheduler, the lock checker and the tracer alone (the kernel's
+    ``workqueue_init_early()`` runs before any subsystem exists), so every subsystem may use it.
+    """
+
+    def __init__(
+        self,
+        sim: Simulator,
+        locks: LockChecker,
+        tracer: Tracer,
+        name: str,
+        *,
+        queue_work_ns: int,
+        tick_ns: int,
+        highpri: bool = False,
+    ) -> None:
+        self.sim = sim
+        self.locks = locks
+        self.tracer = tracer
+        self.queue_work_ns = queue_work_ns
+        self.tick_ns = tick_ns
         self.name = name
         self.highpri = highpri
         self._pools: dict[int, _Pool] = {}
@@ -109,7 +125,7 @@ class Workqueue:
             return
         suffix = "H" if self.highpri else ""
         n = len(pool.workers)
-        worker = self.kernel.sim.spawn(
+        worker = self.sim.spawn(
             self._worker_main, pool.cpu, f"kworker/{pool.cpu}:{n}{suffix}", at_ns=now_ns
         )
         worker.data["wq_pool"] = (self, pool)
@@ -127,15 +143,18 @@ class Workqueue:
 
     async def _worker_main(self, task: Task) -> None:
         pool = self._pool(task.cpu.id)
-        kernel = self.kernel
+        tracer = self.tracer
         while True:
             while pool.items:
                 work = pool.items.popleft()
                 work.queued = False
                 work.running = True
                 task.data["wq_item"] = True
-                if kernel.tracer.on:
-                    kernel.trace(task, "workqueue_execute_start", f"work struct {work.name}")
+                if tracer.on:
+                    tracer.emit(
+                        "workqueue_execute_start", task.now_ns, task.cpu.id, task.comm,
+                        task.pid, f"work struct {work.name}",
+                    )
                 await work.func(task, work)
                 task.data["wq_item"] = False
                 if task.data.pop("wq_slept", False):
@@ -158,9 +177,9 @@ class Workqueue:
         if work.pending:
             return False
         if task is not None:
-            task.charge(self.kernel.config.cost.queue_work_ns)
+            task.charge(self.queue_work_ns)
         target = cpu if cpu is not None else (task.cpu.id if task is not None else 0)
-        now = task.now_ns if task is not None else self.kernel.sim.now_ns
+        now = task.now_ns if task is not None else self.sim.now_ns
         self._enqueue(work, target, now)
         return True
 
@@ -171,13 +190,11 @@ class Workqueue:
             return False
         if delay_jiffies <= 0:
             return self.queue_work(task, dwork, cpu)
-        kernel = self.kernel
+        sim = self.sim
         target = cpu if cpu is not None else (task.cpu.id if task is not None else 0)
-        now = task.now_ns if task is not None else kernel.sim.now_ns
+        now = task.now_ns if task is not None else sim.now_ns
         dwork.wq = self
-        kernel.sim.arm_timer(
-            dwork.timer, kernel.sim.cpus[target], now + delay_jiffies * kernel.config.tick_ns
-        )
+        sim.arm_timer(dwork.timer, sim.cpus[target], now + delay_jiffies * self.tick_ns)
         return True
 
     def mod_delayed_work(
@@ -190,7 +207,7 @@ class Workqueue:
 
     def _grab(self, dwork: Work) -> bool:
         was = False
-        if isinstance(dwork, DelayedWork) and self.kernel.sim.cancel_timer(dwork.timer):
+        if isinstance(dwork, DelayedWork) and self.sim.cancel_timer(dwork.timer):
             was = True
         if dwork.queued and dwork.wq is not None:
             pool = dwork.wq._pool(dwork.cpu)
@@ -204,7 +221,7 @@ class Workqueue:
         """Wait for the last queueing of ``work`` to finish; False if there was nothing to wait."""
         if not (work.pending or work.running):
             return False
-        self.kernel.locks.might_sleep(task, "flush_work")
+        self.locks.might_sleep(task, "flush_work")
         while work.pending or work.running:
             await task.block(work.done, f"flush_work:{work.name}")
         return True

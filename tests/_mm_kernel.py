@@ -2,7 +2,7 @@
 
 The page allocator must not depend on RCU or kvfree_rcu, and its tests count pcp refills, zone
 lock acquisitions and kswapd wake-ups exactly; kvfree_rcu's boot-time page-cache prefill would
-add its own. So these tests boot only mm (the pattern of ``tests/_rcu_kernel.py``).
+add its own. So these tests boot only mm.
 """
 
 from __future__ import annotations
@@ -11,44 +11,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import trio
-
 from rcukit.config import KernelConfig
-from rcukit.kernel import Kernel
+from rcukit.kernel import Kernel, Subsystems, boot
 from rcukit.mm.page_alloc import PageAllocator
 
-
-class MmOnlyKernel(Kernel):
-    """A :class:`Kernel` whose only subsystem is :class:`PageAllocator`."""
-
-    mm: PageAllocator
-
-    def _init_subsystems(self) -> None:
-        self.mm = PageAllocator(self)
-        self._subsystems.append(self.mm)
-        self.rcu = None
-        self.kvfree = None
+MM_ONLY = Subsystems(rcu=None, kvfree=False)
 
 
 @asynccontextmanager
-async def mm_kernel(
-    config: KernelConfig | None = None, **overrides: Any
-) -> AsyncIterator[MmOnlyKernel]:
-    """Boot an :class:`MmOnlyKernel` in a nursery, like :func:`rcukit.boot`."""
-    cfg = config or KernelConfig()
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    k = MmOnlyKernel(cfg)
-    async with trio.open_nursery() as nursery:
-        k._start(nursery)
-        try:
-            yield k
-        finally:
-            nursery.cancel_scope.cancel()
+async def mm_kernel(config: KernelConfig | None = None, **overrides: Any) -> AsyncIterator[Kernel]:
+    """Boot a kernel whose only subsystem is mm, like :func:`rcukit.sim.boot`."""
+    async with boot(config, subsystems=MM_ONLY, **overrides) as k:
+        yield k
 
 
 def pa(k: Kernel) -> PageAllocator:
-    """``k.mm`` with its type (the Kernel types it loosely while subsystems come up)."""
-    mm = k.mm
-    assert isinstance(mm, PageAllocator)
-    return mm
+    return k.mm

@@ -13,38 +13,21 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
-from rcukit.config import KernelConfig
-from rcukit.kernel import Kernel
-from rcukit.rcu.tree import RcuState
+from rcukit.kernel import Kernel, Subsystems, boot
 
 T = TypeVar("T")
 
-
-class RcuOnlyKernel(Kernel):
-    """A :class:`Kernel` whose only subsystem is :class:`RcuState`."""
-
-    rcu: RcuState
-
-    def _init_subsystems(self) -> None:
-        self.mm = None
-        self.rcu = RcuState(self)
-        self._subsystems.append(self.rcu)
-        self.kvfree = None
+RCU_ONLY = Subsystems(mm=None, kvfree=False)
 
 
 @asynccontextmanager
-async def rcu_kernel(**overrides: Any) -> AsyncIterator[RcuOnlyKernel]:
-    """Boot an :class:`RcuOnlyKernel` in a nursery, like :func:`rcukit.boot`."""
-    k = RcuOnlyKernel(KernelConfig().replace(**overrides) if overrides else KernelConfig())
-    async with trio.open_nursery() as nursery:
-        k._start(nursery)
-        try:
-            yield k
-        finally:
-            nursery.cancel_scope.cancel()
+async def rcu_kernel(**overrides: Any) -> AsyncIterator[Kernel]:
+    """Boot a kernel whose only subsystem is RCU, like :func:`rcukit.sim.boot`."""
+    async with boot(subsystems=RCU_ONLY, **overrides) as k:
+        yield k
 
 
-def run_sim(body: Callable[[RcuOnlyKernel], Awaitable[T]], **overrides: Any) -> T:
+def run_sim(body: Callable[[Kernel], Awaitable[T]], **overrides: Any) -> T:
     """Run ``body(kernel)`` in its own ``trio.run`` on a fresh MockClock (for hypothesis)."""
     box: list[T] = []
 

@@ -14,6 +14,7 @@ import pytest
 from _mm_kernel import mm_kernel, pa
 
 import rcukit
+import rcukit.sim
 from rcukit.config import KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel
@@ -197,7 +198,7 @@ async def test_mempool_user_variant(autojump_clock: Any) -> None:
 
 async def test_matrix_holds_in_a_fully_booted_kernel(autojump_clock: Any) -> None:
     """With RCU and kvfree_rcu booted too (their boot-time prefill stocks the pcp lists)."""
-    async with rcukit.boot(KernelConfig(nr_cpus=2, prove_raw_lock_nesting=True)) as k:
+    async with rcukit.sim.boot(KernelConfig(nr_cpus=2, prove_raw_lock_nesting=True)) as k:
         mm = pa(k)
 
         async def work(task: Task) -> tuple[int | None, int | None, int]:

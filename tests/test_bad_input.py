@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import trio
 
-from rcukit import KernelConfig, boot
 from rcukit.app import ObjectPool, open_domain
 from rcukit.cli import main
 from rcukit.errors import (
@@ -30,6 +29,7 @@ from rcukit.mm.gfp import GFP, GFP_KERNEL
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.scenarios.torture import TortureParams, torture_config
 from rcukit.sched.sim import Task
+from rcukit.sim import KernelConfig, boot
 
 _GFP_KERNEL = int(GFP_KERNEL)
 NEVER_ALLOCATED = 0xFFFF888000123440
@@ -226,7 +226,7 @@ async def test_bad_configuration_while_a_kernel_runs(autojump_clock: Any, tmp_pa
                lambda: KernelConfig.from_zoneinfo("Node 0, zone Normal\n  pages free  abc\n"))
         expect(ConfigError, r"unknown allocator variant 'bogus'; known: .*nowait",
                lambda: Kernel(KernelConfig().replace(**{"kvfree.variant": "bogus"})))
-        expect(ConfigError, r"profile 'v9' is unknown; allowed: rfc, v5\.9",
+        expect(ConfigError, r"'v9' is not a kvfree_rcu profile; allowed: rfc, v5\.9",
                lambda: Kernel(KernelConfig().replace(**{"kvfree.profile": "v9"})))
         expect(ConfigError, r"unknown allocator variant", lambda: torture_config(variant="x"))
         expect(ConfigError, r"profile 'v9' is unknown", lambda: torture_config(profile="v9"))

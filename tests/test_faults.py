@@ -14,7 +14,6 @@ import pytest
 import trio
 import trio.testing
 
-from rcukit import KernelConfig, boot
 from rcukit.app import ObjectPool, open_domain
 from rcukit.errors import MemoryDebugError, RcuLeakError
 from rcukit.kernel import Kernel
@@ -22,6 +21,7 @@ from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.mm.vmalloc import VMALLOC_START
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.sched.sim import Task
+from rcukit.sim import KernelConfig, boot
 
 MS = 1_000_000
 _GFP_KERNEL = int(GFP_KERNEL)

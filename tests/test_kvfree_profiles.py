@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 import rcukit
+import rcukit.sim
 from rcukit.config import KernelConfig
 from rcukit.errors import ConfigError, MemoryDebugError
 from rcukit.kernel import Kernel, run_sim
@@ -32,7 +33,7 @@ def sim(cfg: KernelConfig, body: Callable[[Kernel], Awaitable[T]]) -> T:
     box: list[T] = []
 
     async def main() -> None:
-        async with rcukit.boot(cfg) as k:
+        async with rcukit.sim.boot(cfg) as k:
             box.append(await body(k))
 
     run_sim(main)

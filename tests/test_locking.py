@@ -24,6 +24,7 @@ import trio
 import trio.testing
 
 import rcukit
+import rcukit.sim
 from rcukit.config import KernelConfig
 from rcukit.errors import LockUsageError, SplatError
 from rcukit.kernel import Kernel
@@ -73,7 +74,7 @@ def run_locks(build: str, body: Body, nr_cpus: int = NR_CPUS, **overrides: Any) 
     box: dict[str, Run] = {}
 
     async def main() -> None:
-        async with rcukit.boot(cfg) as k:
+        async with rcukit.sim.boot(cfg) as k:
             locks = Locks(
                 raw=k.new_lock("krc.lock", LockKind.RAW_SPINLOCK),
                 raw2=k.new_lock("&pool->lock", LockKind.RAW_SPINLOCK),

@@ -9,6 +9,7 @@ import pytest
 from _mm_kernel import mm_kernel, pa
 
 import rcukit
+import rcukit.sim
 from rcukit.config import KernelConfig
 from rcukit.errors import GfpError, MemoryDebugError, PageAllocError
 from rcukit.kernel import Kernel
@@ -532,7 +533,7 @@ def _mixed_run(seed: int) -> tuple[dict[str, int], Kernel]:
             await task.sleep_ns(50_000)
         return got
 
-    res = rcukit.simulate(workload, c, setup=kernels.append)
+    res = rcukit.sim.simulate(workload, c, setup=kernels.append)
     counters = dict(res.vmstat)
     counters["_now"] = res.now_ns
     counters["_results"] = sum(res.results)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _rcu_kernel import RcuOnlyKernel, run_sim
+from _rcu_kernel import Kernel, run_sim
 
 from rcukit.errors import CpuHotplugError, RcukitError
 from rcukit.rcu.segcblist import RcuHead
@@ -27,7 +27,7 @@ class Cb(RcuHead):
         self.ran_cpu = -1
 
 
-def _queue(k: RcuOnlyKernel, task: Task, cbs: list[Cb], n: int, cost_ns: int = 0) -> None:
+def _queue(k: Kernel, task: Task, cbs: list[Cb], n: int, cost_ns: int = 0) -> None:
     rcu = k.rcu
 
     def fn(t: Task, head: RcuHead) -> None:
@@ -48,7 +48,7 @@ def _queue(k: RcuOnlyKernel, task: Task, cbs: list[Cb], n: int, cost_ns: int = 0
 
 @pytest.mark.parametrize("preempt", [False, True])
 def test_callbacks_of_an_offlined_cpu_run_once_after_their_gp(preempt: bool) -> None:
-    async def body(k: RcuOnlyKernel) -> dict[str, Any]:
+    async def body(k: Kernel) -> dict[str, Any]:
         rcu = k.rcu
         cbs: list[Cb] = []
         later: list[Cb] = []
@@ -113,7 +113,7 @@ def test_callbacks_of_an_offlined_cpu_run_once_after_their_gp(preempt: bool) -> 
 
 
 def test_offlining_a_cpu_in_the_middle_of_invoking_its_callbacks() -> None:
-    async def body(k: RcuOnlyKernel) -> list[Cb]:
+    async def body(k: Kernel) -> list[Cb]:
         rcu = k.rcu
         cbs: list[Cb] = []
 
@@ -142,7 +142,7 @@ def test_offlining_a_cpu_in_the_middle_of_invoking_its_callbacks() -> None:
 
 @pytest.mark.parametrize("preempt", [False, True])
 def test_a_reader_on_an_offlined_cpu_still_holds_the_gp(preempt: bool) -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[dict[str, int], dict[str, int]]:
+    async def body(k: Kernel) -> tuple[dict[str, int], dict[str, int]]:
         rcu = k.rcu
         box: dict[str, int] = {}
 
@@ -177,7 +177,7 @@ def test_a_reader_on_an_offlined_cpu_still_holds_the_gp(preempt: bool) -> None:
 
 
 def test_offlining_the_gp_kthreads_cpu_keeps_grace_periods_going() -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[int, int, int]:
+    async def body(k: Kernel) -> tuple[int, int, int]:
         rcu = k.rcu
 
         async def w(task: Task) -> None:
@@ -202,7 +202,7 @@ def test_offlining_the_gp_kthreads_cpu_keeps_grace_periods_going() -> None:
 
 
 def test_timers_and_runnable_tasks_of_an_offlined_cpu_carry_on() -> None:
-    async def body(k: RcuOnlyKernel) -> dict[str, Any]:
+    async def body(k: Kernel) -> dict[str, Any]:
         rcu = k.rcu
         out: dict[str, Any] = {}
 
@@ -236,7 +236,7 @@ def test_timers_and_runnable_tasks_of_an_offlined_cpu_carry_on() -> None:
 
 
 def test_hotplug_misuse_is_refused_with_clear_errors() -> None:
-    async def body(k: RcuOnlyKernel) -> list[str]:
+    async def body(k: Kernel) -> list[str]:
         rcu = k.rcu
         msgs: list[str] = []
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from _rcu_kernel import RcuOnlyKernel, run_sim
+from _rcu_kernel import Kernel, run_sim
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -88,7 +88,7 @@ def run_schedule(sched: dict[str, Any]) -> dict[str, Any]:
     barriers: list[tuple[int, list[Cb]]] = []
     bad_cookies: list[Cb] = []
 
-    async def body(k: RcuOnlyKernel) -> None:
+    async def body(k: Kernel) -> None:
         rcu = k.rcu
         preemptible = rcu.preemptible
 

@@ -9,9 +9,10 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from _rcu_kernel import RcuOnlyKernel, run_sim
+from _rcu_kernel import Kernel, run_sim
 
 import rcukit
+import rcukit.sim
 from rcukit.errors import GpSeqError, RcuUsageError
 from rcukit.rcu.gpcore import RCU_GP_SEQ_INIT, GpCore, signed_seq
 from rcukit.rcu.gpseq import RCU_GET_STATE_COMPLETED, ULONG_MASK, RcuGpOldState
@@ -113,7 +114,7 @@ def test_gpcore_polled_cookies_need_a_full_grace_period() -> None:
 
 def test_boot_wires_the_engine_into_the_kernel() -> None:
     async def main() -> None:
-        async with rcukit.boot(nr_cpus=2, preempt_rcu=True) as k:
+        async with rcukit.sim.boot(nr_cpus=2, preempt_rcu=True) as k:
             assert isinstance(k.rcu, RcuState)
             assert k.rcu.name == "rcu_preempt"
 
@@ -128,7 +129,7 @@ def test_boot_wires_the_engine_into_the_kernel() -> None:
 
 @pytest.mark.parametrize("preempt", [False, True])
 def test_gp_kthread_is_named_by_flavour_and_lives_on_the_last_cpu(preempt: bool) -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[str, int]:
+    async def body(k: Kernel) -> tuple[str, int]:
         assert not any(t.comm.startswith("rcu_") for t in k.sim.tasks), "created on demand"
 
         async def w(task: Task) -> None:
@@ -146,7 +147,7 @@ def test_gp_kthread_is_named_by_flavour_and_lives_on_the_last_cpu(preempt: bool)
 
 @pytest.mark.parametrize("preempt", [False, True])
 def test_synchronize_rcu_waits_for_preexisting_readers_only(preempt: bool) -> None:
-    async def body(k: RcuOnlyKernel) -> dict[str, Any]:
+    async def body(k: Kernel) -> dict[str, Any]:
         rcu = k.rcu
         out: dict[str, Any] = {}
 
@@ -185,7 +186,7 @@ def test_synchronize_rcu_waits_for_preexisting_readers_only(preempt: bool) -> No
 
 
 def test_concurrent_synchronize_rcu_callers_share_grace_periods() -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[int, int]:
+    async def body(k: Kernel) -> tuple[int, int]:
         rcu = k.rcu
         done = []
 
@@ -206,7 +207,7 @@ def test_concurrent_synchronize_rcu_callers_share_grace_periods() -> None:
 
 @pytest.mark.parametrize("preempt", [False, True])
 def test_expedited_is_much_faster_than_normal_and_counted_apart(preempt: bool) -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[int, int, Any, int]:
+    async def body(k: Kernel) -> tuple[int, int, Any, int]:
         rcu = k.rcu
         res: dict[str, int] = {}
 
@@ -234,14 +235,14 @@ def test_expedited_is_much_faster_than_normal_and_counted_apart(preempt: bool) -
         return res["normal"], res["exp"], rcu.statistics(), res["exp_seq_delta"]
 
     normal, exp, stats, delta = run_sim(body, nr_cpus=4, preempt_rcu=preempt)
-    ipi = rcukit.CostModel().expedited_ipi_ns
+    ipi = rcukit.sim.CostModel().expedited_ipi_ns
     assert exp * 10 < normal, (exp, normal)
     assert exp >= 3 * ipi, "three busy CPUs were sent an IPI each"
     assert (stats.completed_gps, stats.expedited_gps, delta) == (1, 1, 4)
 
 
 def test_expedited_waits_for_a_reader_caught_inside_its_section() -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[int, int, int]:
+    async def body(k: Kernel) -> tuple[int, int, int]:
         rcu = k.rcu
         box: dict[str, int] = {}
 
@@ -269,7 +270,7 @@ def test_expedited_waits_for_a_reader_caught_inside_its_section() -> None:
 
 
 def test_concurrent_expedited_callers_share() -> None:
-    async def body(k: RcuOnlyKernel) -> int:
+    async def body(k: Kernel) -> int:
         async def caller(task: Task) -> None:
             await k.rcu.synchronize_rcu_expedited(task)
 
@@ -282,7 +283,7 @@ def test_concurrent_expedited_callers_share() -> None:
 
 
 def test_polled_api_cookies() -> None:
-    async def body(k: RcuOnlyKernel) -> dict[str, Any]:
+    async def body(k: Kernel) -> dict[str, Any]:
         rcu = k.rcu
         out: dict[str, Any] = {}
 
@@ -339,7 +340,7 @@ def test_polled_api_cookies() -> None:
 
 
 def test_callbacks_run_in_rcuc_in_blimit_batches_after_their_gp() -> None:
-    async def body(k: RcuOnlyKernel) -> dict[str, Any]:
+    async def body(k: Kernel) -> dict[str, Any]:
         rcu = k.rcu
         k.tracer.enable(frozenset({"rcu_batch_start", "rcu_invoke_callback"}))
         ran: list[tuple[str, int, bool]] = []
@@ -381,9 +382,9 @@ def test_callbacks_run_in_rcuc_in_blimit_batches_after_their_gp() -> None:
 
 
 def test_call_rcu_charges_enqueue_and_invocation_costs() -> None:
-    cost = rcukit.CostModel(call_rcu_ns=100, rcu_invoke_ns=1000, gp_init_ns=0, qs_report_ns=0)
+    cost = rcukit.sim.CostModel(call_rcu_ns=100, rcu_invoke_ns=1000, gp_init_ns=0, qs_report_ns=0)
 
-    async def body(k: RcuOnlyKernel) -> tuple[int, int]:
+    async def body(k: Kernel) -> tuple[int, int]:
         rcu = k.rcu
         box: dict[str, int] = {}
 
@@ -405,7 +406,7 @@ def test_call_rcu_charges_enqueue_and_invocation_costs() -> None:
 
 
 def test_rcu_barrier_with_nothing_queued_returns_without_a_gp() -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[int, int, int]:
+    async def body(k: Kernel) -> tuple[int, int, int]:
         box: dict[str, int] = {}
 
         async def w(task: Task) -> None:
@@ -422,7 +423,7 @@ def test_rcu_barrier_with_nothing_queued_returns_without_a_gp() -> None:
 
 
 def test_rcu_barrier_waits_for_callbacks_queued_on_every_cpu() -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[list[int], int]:
+    async def body(k: Kernel) -> tuple[list[int], int]:
         rcu = k.rcu
         ran: list[int] = []
         box: dict[str, int] = {}
@@ -450,7 +451,7 @@ def test_rcu_barrier_waits_for_callbacks_queued_on_every_cpu() -> None:
 
 
 def test_queue_rcu_work_runs_the_work_after_a_gp_on_the_queueing_cpu() -> None:
-    async def body(k: RcuOnlyKernel) -> dict[str, Any]:
+    async def body(k: Kernel) -> dict[str, Any]:
         rcu = k.rcu
         out: dict[str, Any] = {"runs": []}
 
@@ -493,7 +494,7 @@ def test_queue_rcu_work_runs_the_work_after_a_gp_on_the_queueing_cpu() -> None:
     ["synchronize_rcu", "synchronize_rcu_expedited", "rcu_barrier", "cond_synchronize_rcu"],
 )
 def test_blocking_inside_a_read_section_is_an_error(call: str) -> None:
-    async def body(k: RcuOnlyKernel) -> str:
+    async def body(k: Kernel) -> str:
         rcu = k.rcu
 
         async def w(task: Task) -> str:
@@ -515,7 +516,7 @@ def test_blocking_inside_a_read_section_is_an_error(call: str) -> None:
 
 
 def test_unbalanced_and_foreign_unlocks_are_errors() -> None:
-    async def body(k: RcuOnlyKernel) -> list[str]:
+    async def body(k: Kernel) -> list[str]:
         rcu = k.rcu
         msgs: list[str] = []
 
@@ -547,7 +548,7 @@ def test_unbalanced_and_foreign_unlocks_are_errors() -> None:
 
 
 def test_sleeping_in_a_nonpreemptible_reader_splats_like_might_sleep() -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[list[str], int, int, int]:
+    async def body(k: Kernel) -> tuple[list[str], int, int, int]:
         rcu = k.rcu
         box: dict[str, int] = {}
 
@@ -578,7 +579,7 @@ def test_sleeping_in_a_nonpreemptible_reader_splats_like_might_sleep() -> None:
 
 
 def test_a_preemptible_reader_may_sleep_and_holds_the_gp() -> None:
-    async def body(k: RcuOnlyKernel) -> tuple[int, int, int, int]:
+    async def body(k: Kernel) -> tuple[int, int, int, int]:
         rcu = k.rcu
         box: dict[str, int] = {}
 
@@ -608,7 +609,7 @@ def test_a_preemptible_reader_may_sleep_and_holds_the_gp() -> None:
 
 
 def _stall_run(preempt: bool) -> dict[str, Any]:
-    async def body(k: RcuOnlyKernel) -> dict[str, Any]:
+    async def body(k: Kernel) -> dict[str, Any]:
         rcu = k.rcu
         out: dict[str, Any] = {}
 
@@ -667,7 +668,7 @@ def test_a_preempted_reader_task_gets_exactly_one_stall_report() -> None:
 
 
 def _handoffs_for_gps(nr_cpus: int) -> tuple[int, int]:
-    async def body(k: RcuOnlyKernel) -> tuple[int, int]:
+    async def body(k: Kernel) -> tuple[int, int]:
         rcu = k.rcu
 
         async def w(task: Task) -> None:
@@ -693,7 +694,7 @@ def test_idle_cpus_cost_a_grace_period_nothing() -> None:
 
 
 def test_traces_use_the_kernel_wording() -> None:
-    async def body(k: RcuOnlyKernel) -> list[Any]:
+    async def body(k: Kernel) -> list[Any]:
         rcu = k.rcu
         k.tracer.enable()
 
@@ -730,7 +731,7 @@ def test_traces_use_the_kernel_wording() -> None:
 
 def test_runs_are_deterministic() -> None:
     def once() -> list[tuple[int, int, str, str]]:
-        async def body(k: RcuOnlyKernel) -> list[tuple[int, int, str, str]]:
+        async def body(k: Kernel) -> list[tuple[int, int, str, str]]:
             rcu = k.rcu
             k.tracer.enable()
 
@@ -754,7 +755,7 @@ def test_runs_are_deterministic() -> None:
 
 
 def test_statistics_is_a_frozen_snapshot() -> None:
-    async def body(k: RcuOnlyKernel) -> Any:
+    async def body(k: Kernel) -> Any:
         return k.rcu.statistics()
 
     st = run_sim(body, nr_cpus=2)
@@ -775,7 +776,7 @@ def _ahead(announce_case: bool) -> dict[str, Any]:
     case CPU 2 queues at 15 ms while the kthread already announced its start.
     """
 
-    async def body(k: RcuOnlyKernel) -> dict[str, Any]:
+    async def body(k: Kernel) -> dict[str, Any]:
         rcu = k.rcu
         out: dict[str, Any] = {"cbs": []}
 

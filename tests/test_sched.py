@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rcukit
+import rcukit.sim
 from rcukit.config import KernelConfig
 from rcukit.errors import SimulationError
 from rcukit.kernel import Kernel
@@ -79,7 +80,7 @@ def _mixed_run(seed: int) -> str:
         note(task, "done")
         return f"{cpu}@{task.now_ns}"
 
-    res = rcukit.simulate(work, KernelConfig(nr_cpus=4, seed=seed), setup=setup)
+    res = rcukit.sim.simulate(work, KernelConfig(nr_cpus=4, seed=seed), setup=setup)
     k = box["k"]
     switches = [c.nr_switches for c in k.cpus]
     log.append(f"results={res.results} now={res.now_ns} handoffs={res.handoffs} sw={switches}")
@@ -110,7 +111,7 @@ def _spin_run(nr_cpus: int, cpus: list[int], iters: int, step_ns: int) -> tuple[
             await task.cond_resched()
         return task.now_ns
 
-    res = rcukit.simulate(
+    res = rcukit.sim.simulate(
         spin, KernelConfig(nr_cpus=nr_cpus), cpus=cpus, setup=lambda k: box.__setitem__("k", k)
     )
     return res.handoffs, box["k"], res
@@ -169,7 +170,7 @@ def test_sync_orders_shared_log_by_local_time(per_cpu: list[list[tuple[str, int]
             log.append((task.now_ns, task.cpu.id))
         return task.now_ns
 
-    res = rcukit.simulate(work, KernelConfig(nr_cpus=len(per_cpu)))
+    res = rcukit.sim.simulate(work, KernelConfig(nr_cpus=len(per_cpu)))
     times = [t for t, _ in log]
     assert times == sorted(times)
     assert len(log) == sum(len(ops) for ops in per_cpu)
@@ -204,7 +205,7 @@ def test_sleep_wakes_at_exactly_the_right_time() -> None:
     async def both(task: Task) -> list[int]:
         return await (work if task.cpu.id == 0 else busy)(task)
 
-    res = rcukit.simulate(both, KernelConfig(nr_cpus=2))
+    res = rcukit.sim.simulate(both, KernelConfig(nr_cpus=2))
     assert res.results[0] == [6234, 6234, 6234 + 7 * TICK + 3 + 2 * TICK + 11]
 
 
@@ -213,7 +214,7 @@ def test_negative_sleep_is_an_error() -> None:
         with pytest.raises(SimulationError, match="sleep of -1 ns: the duration must be >= 0"):
             await task.sleep_ns(-1)
 
-    rcukit.simulate(work, KernelConfig(nr_cpus=1))
+    rcukit.sim.simulate(work, KernelConfig(nr_cpus=1))
 
 
 def test_waitqueue_block_and_wake_across_cpus() -> None:
@@ -234,7 +235,7 @@ def test_waitqueue_block_and_wake_across_cpus() -> None:
         assert wq.wake_one(task.now_ns) is False
         return task.now_ns
 
-    res = rcukit.simulate(work, KernelConfig(nr_cpus=2))
+    res = rcukit.sim.simulate(work, KernelConfig(nr_cpus=2))
     # The sleeper resumes at its waker's time, not before.
     assert res.results == [10_000, 10_000]
     assert box["states"] == [("D", "waiting for cpu1", 1), ("R", "", 1)]
@@ -258,7 +259,7 @@ def test_wake_one_wakes_in_fifo_order() -> None:
             task.charge(10)
             await task.sync()
 
-    rcukit.simulate(work, KernelConfig(nr_cpus=4))
+    rcukit.sim.simulate(work, KernelConfig(nr_cpus=4))
     assert order == [0, 1, 2]
 
 
@@ -275,7 +276,7 @@ def test_timer_on_busy_cpu_fires_at_tick_granularity() -> None:
             task.charge(100_000)
             await task.cond_resched()
 
-    rcukit.simulate(work, KernelConfig(nr_cpus=1))
+    rcukit.sim.simulate(work, KernelConfig(nr_cpus=1))
     # Not at 1.25 ms: at the first tick after it, 2 ms, and once only.
     assert fired == [(0, 2_000_000)]
 
@@ -291,7 +292,7 @@ def test_timer_on_idle_cpu_fires_exactly() -> None:
         sim.arm_timer(timer, sim.cpus[1], 1_250_003)
         await task.sleep_ns(3 * TICK)
 
-    rcukit.simulate(work, KernelConfig(nr_cpus=2), cpus=[0])
+    rcukit.sim.simulate(work, KernelConfig(nr_cpus=2), cpus=[0])
     assert fired == [(1, 1_250_003)]
 
 
@@ -314,7 +315,7 @@ def test_cancel_and_rearm_timer() -> None:
         r.append(moved.pending)
         return r
 
-    res = rcukit.simulate(work, KernelConfig(nr_cpus=2), cpus=[0])
+    res = rcukit.sim.simulate(work, KernelConfig(nr_cpus=2), cpus=[0])
     assert res.results == [[True, False, True, False]]
     assert fired == [("moved", 700_000)]
 
@@ -328,7 +329,7 @@ def test_stuck_simulation_names_the_blocked_task() -> None:
         await task.block(WaitQueue("never"), "the_never_queue")
 
     with pytest.raises(BaseException) as exc:
-        rcukit.simulate(stuck, KernelConfig(nr_cpus=2), cpus=[1])
+        rcukit.sim.simulate(stuck, KernelConfig(nr_cpus=2), cpus=[1])
     err = _leaf(exc.value)
     assert isinstance(err, SimulationError)
     assert re.fullmatch(
@@ -346,7 +347,7 @@ def test_exception_in_a_task_propagates() -> None:
         await task.sleep_ns(TICK)
 
     with pytest.raises(BaseException) as exc:
-        rcukit.simulate(boom, KernelConfig(nr_cpus=2))
+        rcukit.sim.simulate(boom, KernelConfig(nr_cpus=2))
     err = _leaf(exc.value)
     assert isinstance(err, KeyError)
     assert err.args == ("boom from cpu 1",)
@@ -357,7 +358,7 @@ async def _noop(task: Task) -> None:
 
 
 async def test_spawn_on_missing_cpu(autojump_clock: trio.testing.MockClock) -> None:
-    async with rcukit.boot(KernelConfig(nr_cpus=2)) as k:
+    async with rcukit.sim.boot(KernelConfig(nr_cpus=2)) as k:
         with pytest.raises(SimulationError, match=r"cpu 2 does not exist; allowed: 0 \.\. 1"):
             k.spawn(_noop, cpu=2)
 
@@ -382,13 +383,13 @@ async def test_two_kernels_nested_and_concurrent_do_not_interact(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     solo: list[str] = []
-    async with rcukit.boot(KernelConfig(nr_cpus=3)) as k0:
+    async with rcukit.sim.boot(KernelConfig(nr_cpus=3)) as k0:
         solo_results = await k0.run_on_cpus(_pingpong_factory(solo))
     assert len(solo) == 150
 
     log_a: list[str] = []
     log_b: list[str] = []
-    async with rcukit.boot(KernelConfig(nr_cpus=3)) as ka, rcukit.boot(nr_cpus=3) as kb:
+    async with rcukit.sim.boot(KernelConfig(nr_cpus=3)) as ka, rcukit.sim.boot(nr_cpus=3) as kb:
         assert ka is not kb and ka.sim is not kb.sim
         ta = [ka.spawn(_pingpong_factory(log_a), c) for c in range(3)]
         tb = [kb.spawn(_pingpong_factory(log_b), c) for c in range(3)]
@@ -407,7 +408,7 @@ async def test_two_kernels_nested_and_concurrent_do_not_interact(
 async def test_sequential_boots_start_fresh(autojump_clock: trio.testing.MockClock) -> None:
     logs: list[list[str]] = [[], []]
     for log in logs:
-        async with rcukit.boot(KernelConfig(nr_cpus=3)) as k:
+        async with rcukit.sim.boot(KernelConfig(nr_cpus=3)) as k:
             start = trio.current_time()
             assert k.now_ns == 0
             await k.run_on_cpus(_pingpong_factory(log))
@@ -419,11 +420,11 @@ async def test_sequential_boots_start_fresh(autojump_clock: trio.testing.MockClo
 
 def test_simulate_matches_boot() -> None:
     sim_log: list[str] = []
-    res = rcukit.simulate(_pingpong_factory(sim_log), KernelConfig(nr_cpus=3))
+    res = rcukit.sim.simulate(_pingpong_factory(sim_log), KernelConfig(nr_cpus=3))
     boot_log: list[str] = []
 
     async def main() -> list[int]:
-        async with rcukit.boot(KernelConfig(nr_cpus=3)) as k:
+        async with rcukit.sim.boot(KernelConfig(nr_cpus=3)) as k:
             return await k.run_on_cpus(_pingpong_factory(boot_log))
 
     results = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

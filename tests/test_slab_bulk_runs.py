@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from _mm_kernel import MmOnlyKernel, mm_kernel, pa
+from _mm_kernel import Kernel, mm_kernel, pa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -52,7 +52,7 @@ def test_run_groups_match_the_per_pointer_scan(spec: list[tuple[int, int]]) -> N
     assert got == expected
 
 
-def _state(k: MmOnlyKernel, task: Task) -> dict[str, Any]:
+def _state(k: Kernel, task: Task) -> dict[str, Any]:
     slab = pa(k).slab
     caches = {}
     for c in slab.caches:

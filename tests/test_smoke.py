@@ -1,8 +1,9 @@
 import rcukit
+import rcukit.sim
 from rcukit.sched import Task
 
 
-async def test_sim_kernel_fixture_runs_tasks(sim_kernel: rcukit.Kernel) -> None:
+async def test_sim_kernel_fixture_runs_tasks(sim_kernel: rcukit.sim.Kernel) -> None:
     async def work(task: Task) -> int:
         task.charge(1000)
         await task.cond_resched()

@@ -28,13 +28,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from rcukit import KernelConfig, boot
 from rcukit.errors import MemoryDebugError
 from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.scenarios.torture import _boot
 from rcukit.sched.sim import Task, WaitQueue
+from rcukit.sim import KernelConfig, boot
 
 NR_CPUS = 4
 NR_READERS = 3

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 import rcukit
+import rcukit.sim
 from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel
 from rcukit.locking import LockKind
@@ -34,7 +35,7 @@ def run_kernel(
     box: dict[str, Kernel] = {}
 
     async def main() -> None:
-        async with rcukit.boot(KernelConfig(nr_cpus=4, **cfg)) as k:
+        async with rcukit.sim.boot(KernelConfig(nr_cpus=4, **cfg)) as k:
             if before is not None:
                 before(k)
 

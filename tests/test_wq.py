@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 import rcukit
+import rcukit.sim
 from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel
 from rcukit.sched import Task
@@ -41,7 +42,7 @@ def run(
     box: dict[str, Any] = {}
 
     async def main() -> None:
-        async with rcukit.boot(KernelConfig(nr_cpus=4, **cfg)) as k:
+        async with rcukit.sim.boot(KernelConfig(nr_cpus=4, **cfg)) as k:
 
             def make() -> Callable[[Task], Awaitable[object]]:
                 async def fn(task: Task) -> object:

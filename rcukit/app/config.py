@@ -16,7 +16,7 @@ import attrs
 
 from rcukit.errors import ConfigError
 from rcukit.rcu.gpseq import ULONG_MASK
-from rcukit.rcu.profiles import PROFILES
+from rcukit.rcu.profiles import DEFAULT_PROFILES, PROFILES, profile_validator
 
 __all__ = ["DEFAULT_MAX_PENDING", "DomainConfig"]
 
@@ -48,13 +48,6 @@ def _seconds(
             raise ConfigError(f"{att.name} = {v!r}: must be finite")
 
     return check
-
-
-def _profile(inst: object, att: attrs.Attribute[Any], v: Any) -> None:
-    if v not in PROFILES:
-        raise ConfigError(
-            f"{att.name} = {v!r} is not a kvfree_rcu profile; allowed: {', '.join(PROFILES)}"
-        )
 
 
 def _callable_or_none(inst: object, att: attrs.Attribute[Any], v: Any) -> None:
@@ -92,7 +85,7 @@ class DomainConfig:
         default=None, validator=_callable_or_none
     )
     #: kvfree_rcu kernel version profile.
-    profile: str = attrs.field(default="v6.3", validator=_profile)
+    profile: str = attrs.field(default=DEFAULT_PROFILES["app"], validator=profile_validator)
     #: Monitor drain delay in seconds; None: the profile's KFREE_DRAIN_JIFFIES (5 s for v6.1+).
     drain_delay: float | None = attrs.field(default=None, validator=_seconds(True))
     #: Delay of a "kick" (a block's worth queued); the kernel's is one jiffy.

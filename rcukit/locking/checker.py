@@ -22,14 +22,49 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TextIO
+from typing import Protocol, TextIO
 
 from rcukit.errors import LockUsageError, SplatError
 from rcukit.locking.locks import HeldLock, Lock, LockKind, WaitType
 from rcukit.locking.splat import HeldLockInfo, Splat
 
-if TYPE_CHECKING:
-    from rcukit.sched.sim import Task
+
+class LockCpu(Protocol):
+    """What lockdep reads of the CPU a task runs on: its id and its local clock."""
+
+    id: int
+    local_ns: int
+
+
+class LockContext(Protocol):
+    """What the checker reads of ``current``, as lockdep reads ``task_struct``.
+
+    A protocol rather than the scheduler's ``Task`` so the lock model sits below the scheduler:
+    tasks carry their held locks, the checker never needs to know how tasks are scheduled.
+    """
+
+    preempt_count: int
+    irqs_disabled: int
+    held_locks: list[HeldLock]
+
+    @property
+    def cpu(self) -> LockCpu: ...
+    @property
+    def comm(self) -> str: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def in_hardirq(self) -> int: ...
+    @property
+    def in_softirq(self) -> int: ...
+    @property
+    def rcu_read_nesting(self) -> int: ...
+    @property
+    def rcu_blocked_reader(self) -> bool: ...
+
+    def in_atomic(self) -> bool: ...
+
+
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +112,7 @@ class LockChecker:
         self.max_recorded = 10_000
 
     # -- context ---------------------------------------------------------------------------
-    def task_wait_context(self, task: Task) -> int:
+    def task_wait_context(self, task: LockContext) -> int:
         """``task_wait_context()``: hardirq SPIN (not threaded), softirq CONFIG, task MAX."""
         if task.in_hardirq:
             wt = WaitType.SPIN
@@ -87,7 +122,7 @@ class LockChecker:
             wt = WaitType.MAX
         return wt.effective(self.prove_raw)
 
-    def curr_inner(self, task: Task) -> int:
+    def curr_inner(self, task: LockContext) -> int:
         inner = self.task_wait_context(task)
         for h in task.held_locks:
             w = h.lock.kind.wait_inner.effective(self.prove_raw)
@@ -96,7 +131,7 @@ class LockChecker:
         return inner
 
     # -- acquire / release -------------------------------------------------------------------
-    def acquire(self, task: Task, lock: Lock, ip: str, *, irqsave: bool = False) -> None:
+    def acquire(self, task: LockContext, lock: Lock, ip: str, *, irqsave: bool = False) -> None:
         """Take ``lock`` (the caller is synced if the lock is shared between CPUs)."""
         kind = lock.kind
         if task.held_locks or task.in_hardirq or task.in_softirq:
@@ -126,7 +161,7 @@ class LockChecker:
             task.preempt_count += 1
         task.held_locks.append(HeldLock(lock, ip, irqsave, preempt))
 
-    def trylock(self, task: Task, lock: Lock, ip: str, *, irqsave: bool = False) -> bool:
+    def trylock(self, task: LockContext, lock: Lock, ip: str, *, irqsave: bool = False) -> bool:
         """``spin_trylock[_irqsave]``: take ``lock`` only if nobody holds it at this moment.
 
         A trylock never waits, so lockdep does not check its wait context and an RT
@@ -152,7 +187,7 @@ class LockChecker:
         task.held_locks.append(HeldLock(lock, ip, irqsave, preempt))
         return True
 
-    def release(self, task: Task, lock: Lock) -> None:
+    def release(self, task: LockContext, lock: Lock) -> None:
         held = task.held_locks
         for i in range(len(held) - 1, -1, -1):
             h = held[i]
@@ -170,7 +205,9 @@ class LockChecker:
         )
 
     @contextmanager
-    def locked(self, task: Task, lock: Lock, ip: str, *, irqsave: bool = False) -> Iterator[None]:
+    def locked(
+        self, task: LockContext, lock: Lock, ip: str, *, irqsave: bool = False
+    ) -> Iterator[None]:
         self.acquire(task, lock, ip, irqsave=irqsave)
         try:
             yield
@@ -178,7 +215,7 @@ class LockChecker:
             self.release(task, lock)
 
     @contextmanager
-    def irq_disabled(self, task: Task) -> Iterator[None]:
+    def irq_disabled(self, task: LockContext) -> Iterator[None]:
         """``local_irq_save``/``local_irq_restore``."""
         task.irqs_disabled += 1
         try:
@@ -187,18 +224,18 @@ class LockChecker:
             task.irqs_disabled -= 1
 
     # -- sleeping -------------------------------------------------------------------------------
-    def might_sleep(self, task: Task, ip: str) -> None:
+    def might_sleep(self, task: LockContext, ip: str) -> None:
         """``might_sleep()``: a splat if the caller is atomic."""
         if task.in_atomic() or (task.rcu_read_nesting and not task.rcu_blocked_reader):
             self._report("sleeping_in_atomic", task, None, ip)
 
-    def schedule(self, task: Task, ip: str) -> None:
+    def schedule(self, task: LockContext, ip: str) -> None:
         """``__schedule_bug``: a task really sleeps while atomic."""
         if task.in_atomic():
             self._report("scheduling_while_atomic", task, None, ip)
 
     # -- reporting ------------------------------------------------------------------------------
-    def _report(self, kind: str, task: Task, lock: Lock | None, ip: str) -> None:
+    def _report(self, kind: str, task: LockContext, lock: Lock | None, ip: str) -> None:
         held = tuple(
             HeldLockInfo(
                 h.lock.name,

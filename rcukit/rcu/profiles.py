@@ -13,6 +13,8 @@ skipped the in-lock allocation on PREEMPT_RT.
 
 from __future__ import annotations
 
+from typing import Any, Final
+
 import attrs
 
 from rcukit.errors import ConfigError
@@ -166,10 +168,32 @@ PROFILES: dict[str, KvfreeProfile] = {
 }
 
 
+#: The profile each entry point runs when none is named, in one place (the README's "Version
+#: profiles" table): a booted kernel models v5.9, the release the RFC was written against;
+#: ``compare`` replays the RFC's world; ``rcuscale`` is run the way its published v6.1 runs were;
+#: an application domain gets the newest mechanism (per-block polled snapshots).
+DEFAULT_PROFILES: Final = {
+    "kernel": "v5.9",
+    "compare": "rfc",
+    "rcuscale": "v6.1",
+    "torture": "v5.9",
+    "app": "v6.3",
+}
+
+
 def get_profile(name: str) -> KvfreeProfile:
+    """The profile called ``name``; the one place an unknown name is reported."""
     try:
         return PROFILES[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(
             f"kvfree_rcu profile {name!r} is unknown; allowed: {', '.join(PROFILES)}"
         ) from None
+
+
+def profile_validator(inst: object, att: attrs.Attribute[Any], value: object) -> None:
+    """attrs validator for a ``profile`` field: configs are where a profile name is checked."""
+    if not isinstance(value, str) or value not in PROFILES:
+        raise ConfigError(
+            f"{att.name} = {value!r} is not a kvfree_rcu profile; allowed: {', '.join(PROFILES)}"
+        )

@@ -27,15 +27,13 @@ import heapq
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import trio
 import trio.testing
 
 from rcukit.errors import SimulationError
-
-if TYPE_CHECKING:
-    from rcukit.locking.locks import HeldLock
+from rcukit.locking.locks import HeldLock
 
 TaskFn = Callable[["Task"], Awaitable[object]]
 

@@ -1,0 +1,135 @@
+"""The machine every subsystem is built on: CPUs and their clocks, locks, tracing, workqueues.
+
+It is what a kernel has before its first subsystem initialises (``setup_arch``, ``sched_init``,
+``lockdep_init``, ``workqueue_init_early`` in ``start_kernel()``), so mm, RCU and kvfree_rcu type
+against it and never against the :class:`~rcukit.kernel.Kernel` that composes them: a subsystem
+sees the machine and the subsystems handed to its constructor, nothing else. There is no
+module-level state: two machines in one process never see each other.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rcukit.config import KernelConfig
+from rcukit.locking.checker import LockChecker
+from rcukit.locking.locks import Lock, LockKind
+from rcukit.locking.splat import SPLAT_KINDS, Splat
+from rcukit.sched.sim import Cpu, Simulator, Task
+from rcukit.trace.events import Counters, Tracer
+from rcukit.wq import Workqueue, wq_worker_sleeping
+
+TickHook = Callable[[Task, bool], None]
+SwitchHook = Callable[[Task], None]
+CpuHook = Callable[[Cpu], None]
+
+#: Lock addresses start in the direct map, as a kmalloc'ed lock's would.
+_LOCK_ADDR_BASE = 0xFFFF888003A00000
+
+
+class _Hooks:
+    """Forwards scheduler events to the subsystems that registered for them (RCU, wq)."""
+
+    def __init__(self) -> None:
+        self.tick: list[TickHook] = []
+        self.switch: list[SwitchHook] = []
+        self.idle_enter: list[CpuHook] = []
+        self.idle_exit: list[CpuHook] = []
+
+    def on_tick(self, task: Task, voluntary: bool) -> None:
+        for h in self.tick:
+            h(task, voluntary)
+
+    def on_context_switch(self, prev: Task) -> None:
+        for h in self.switch:
+            h(prev)
+
+    def on_idle_enter(self, cpu: Cpu) -> None:
+        for h in self.idle_enter:
+            h(cpu)
+
+    def on_idle_exit(self, cpu: Cpu) -> None:
+        for h in self.idle_exit:
+            h(cpu)
+
+
+class Machine:
+    """One simulated machine: ``config``, ``sim`` (CPUs, tasks, timers), ``locks`` (the lock
+    model), ``tracer`` and ``vmstat``, the seeded ``rng``, and the system workqueues."""
+
+    def __init__(self, config: KernelConfig | None = None) -> None:
+        self.config = cfg = config or KernelConfig()
+        self._hooks = _Hooks()
+        self.sim = Simulator(cfg.nr_cpus, cfg.tick_ns, self._hooks)
+        self.sim.switch_cost_ns = cfg.cost.context_switch_ns
+        self.locks = LockChecker(
+            prove_raw_lock_nesting=cfg.prove_raw_lock_nesting,
+            preempt_rt=cfg.preempt_rt,
+            strict=cfg.strict_splats,
+            release=cfg.release,
+            out=sys.stderr if cfg.print_splats else None,
+        )
+        self.tracer = Tracer()
+        self.vmstat = Counters()
+        self.rng = random.Random(cfg.seed)
+        self.system_wq = self._workqueue("events")
+        self.system_highpri_wq = self._workqueue("events_highpri", highpri=True)
+        self.system_unbound_wq = self._workqueue("events_unbound")
+        self.locks.listeners.append(self._trace_splat)
+        self.add_switch_hook(wq_worker_sleeping)
+        self._lock_addr = _LOCK_ADDR_BASE
+
+    def _workqueue(self, name: str, *, highpri: bool = False) -> Workqueue:
+        cfg = self.config
+        return Workqueue(
+            self.sim, self.locks, self.tracer, name,
+            queue_work_ns=cfg.cost.queue_work_ns, tick_ns=cfg.tick_ns, highpri=highpri,
+        )
+
+    # -- scheduler hooks -----------------------------------------------------------------------
+    def add_tick_hook(self, fn: TickHook) -> None:
+        self._hooks.tick.append(fn)
+
+    def add_switch_hook(self, fn: SwitchHook) -> None:
+        self._hooks.switch.append(fn)
+
+    def add_idle_hooks(self, enter: CpuHook, exit: CpuHook) -> None:
+        self._hooks.idle_enter.append(enter)
+        self._hooks.idle_exit.append(exit)
+
+    # -- conveniences --------------------------------------------------------------------------
+    @property
+    def cpus(self) -> list[Cpu]:
+        return self.sim.cpus
+
+    @property
+    def now_ns(self) -> int:
+        """Global virtual time: the clock of the earliest CPU that has run so far."""
+        return self.sim.now_ns
+
+    @property
+    def jiffies(self) -> int:
+        return self.sim.now_ns // self.config.tick_ns
+
+    def new_lock(self, name: str, kind: LockKind) -> Lock:
+        """A lock with a per-machine address, so reports are the same on every run."""
+        self._lock_addr += 0x40
+        return Lock(name, kind, self._lock_addr)
+
+    def trace(self, task: Task, name: str, fields: str, **kw: Any) -> None:
+        """Emit a tracepoint from ``task`` (callers test ``tracer.on`` first)."""
+        self.tracer.emit(name, task.now_ns, task.cpu.id, task.comm, task.pid, fields, **kw)
+
+    def _trace_splat(self, splat: Splat) -> None:
+        self.vmstat.inc(f"splat_{splat.kind}")
+        if self.tracer.on:
+            self.tracer.emit(
+                "splat", splat.time_ns, splat.cpu, splat.comm, splat.pid,
+                f"{splat.title} lock={splat.lock_name or '-'} at {splat.ip}",
+            )
+
+    def splat_counts(self) -> dict[str, int]:
+        return {k: self.locks.counts.get(k, 0) for k in SPLAT_KINDS}
