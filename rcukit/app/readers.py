@@ -25,7 +25,6 @@ GP decrements it. A GP therefore never walks the worker list, and offline worker
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
 from typing import Protocol
 
 import attrs
@@ -42,12 +41,7 @@ class ReadSection(Protocol):
 
     def __enter__(self) -> None: ...
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    def __exit__(self, *exc_info: object) -> None: ...
 
 
 class ReadGuard:
@@ -71,12 +65,7 @@ class ReadGuard:
             self._refuse()
         self.count += 1
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         c = self.count - 1
         self.count = c
         if c <= 0 and (c or self.waiter is not None):
@@ -123,12 +112,7 @@ class DebugReadSection:
     def __enter__(self) -> None:
         self._readers.debug_enter(self)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._readers.debug_exit(self)
 
 
@@ -185,12 +169,7 @@ class QsbrWorker:
     def __enter__(self) -> QsbrWorker:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._registered:
             self.unregister()
 
@@ -204,12 +183,7 @@ class _ExtendedQs:
     def __enter__(self) -> None:
         self._worker.offline()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._worker._registered:
             self._worker.online()
 

@@ -148,12 +148,17 @@ class LockChecker:
             lock.contentions += 1
             lock.wait_ns += lock.free_at_ns - now
             task.cpu.local_ns = lock.free_at_ns
+        self._take(task, lock, ip, irqsave)
+
+    def _take(self, task: LockContext, lock: Lock, ip: str, irqsave: bool) -> None:
+        """The owner's side of an acquisition: preemption and IRQ state, the held-lock stack.
+        On PREEMPT_RT a ``spinlock_t`` is an rtmutex: it leaves both preemption and IRQs on."""
+        kind = lock.kind
         lock.acquisitions += 1
         lock.owner = task
-        preempt = kind is LockKind.RAW_SPINLOCK or (
-            kind is LockKind.SPINLOCK and not self.preempt_rt
-        )
-        if irqsave and not (kind is LockKind.SPINLOCK and self.preempt_rt):
+        sleeping = kind is LockKind.SPINLOCK and self.preempt_rt
+        preempt = kind is LockKind.RAW_SPINLOCK or (kind is LockKind.SPINLOCK and not sleeping)
+        if irqsave and not sleeping:
             task.irqs_disabled += 1
         else:
             irqsave = False
@@ -172,19 +177,7 @@ class LockChecker:
         now = task.cpu.local_ns
         if lock.owner is not None or lock.free_at_ns > now:
             return False
-        kind = lock.kind
-        lock.acquisitions += 1
-        lock.owner = task
-        preempt = kind is LockKind.RAW_SPINLOCK or (
-            kind is LockKind.SPINLOCK and not self.preempt_rt
-        )
-        if irqsave and not (kind is LockKind.SPINLOCK and self.preempt_rt):
-            task.irqs_disabled += 1
-        else:
-            irqsave = False
-        if preempt:
-            task.preempt_count += 1
-        task.held_locks.append(HeldLock(lock, ip, irqsave, preempt))
+        self._take(task, lock, ip, irqsave)
         return True
 
     def release(self, task: LockContext, lock: Lock) -> None:
