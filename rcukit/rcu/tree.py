@@ -14,8 +14,8 @@ state, as each kernel file owns its statics, composed by :class:`RcuState`:
 * :mod:`rcukit.rcu.tree_hotplug`: CPU hotplug (``rcutree_*`` of ``tree.c``, kept apart);
 * :mod:`rcukit.rcu.tree_fence`: ours, not the kernel's: local virtual time vs GP starts/ends.
 
-The pieces share the ``rcu_node``-like state kept here (``_rdp``, ``_nonidle``, ``_gp_cpus``,
-``_gp_tasks``) through the :class:`RcuState` they are given, as the ``#include``d files share
+The pieces share the ``rcu_data`` and ``rcu_node``-like state kept here (``_rdp``, ``_nonidle``,
+``_holdouts``) through the :class:`RcuState` they are given, as the ``#include``d files share
 ``tree.c``'s; the public API on :class:`RcuState` delegates to them.
 
 How a grace period runs here (event-driven: nothing ever polls):
@@ -66,7 +66,7 @@ from rcukit.rcu.gpseq import (
 )
 from rcukit.rcu.segcblist import RCU_NEXT_TAIL, BatchLimits, RcuHead, SegCbList
 from rcukit.rcu.tree_exp import RcuExp
-from rcukit.rcu.tree_fence import StartFence, wait_until
+from rcukit.rcu.tree_fence import Holdouts, StartFence, wait_until
 from rcukit.rcu.tree_hotplug import HotplugCallback, RcuHotplug
 from rcukit.rcu.tree_plugin import RcuReaders
 from rcukit.rcu.tree_stall import RcuStall
@@ -502,14 +502,11 @@ class RcuState:
             self._rdp.append(rdp)
         #: Online CPUs not known to be idle: the only ones a GP waits for.
         self._nonidle: set[int] = {c.id for c in sim.cpus if not c.idle and c.online}
-        # Holdouts of the current normal GP (rnp->qsmask, rnp->gp_tasks).
-        self._gp_cpus: set[int] = set()
-        self._gp_tasks: dict[Task, None] = {}
+        #: ``rnp->qsmask`` and ``rnp->gp_tasks`` of the current normal GP.
+        self._holdouts = Holdouts("rcu_gp_fqs")
         self._start = StartFence()
-        self._end_fence = 0
         self._req_wq = WaitQueue("rcu_gp_kthread")
         self._last_request = -1
-        self._fqs_wq = WaitQueue("rcu_gp_fqs")
         self._kthread: Task | None = None
         self._gp_start_ns = 0
         self._qs_reports = 0
@@ -618,25 +615,20 @@ class RcuState:
         cpu = rdp.cpu
         cpu.local_ns += self._qs_report_ns
         t = cpu.local_ns
-        if t > self._end_fence:
-            self._end_fence = t
-        self._gp_cpus.discard(cpu.id)
         self._qs_reports += 1
         if self.kernel.tracer.on:
             self._emit(cpu.id, comm, pid, t, "rcu_grace_period",
                        f"{self.name} {signed_seq(self.core.gp_seq)} cpuqs")
-        if not self._gp_cpus and not self._gp_tasks:
-            self._fqs_wq.wake_one(t)
+        self._holdouts.report_cpu(cpu.id, t)
 
-    def rcu_report_unblock_qs_rnp(self, task: Task, t: int) -> None:
-        """``rcu_report_unblock_qs_rnp``: a blocked reader the current GP waited for left."""
-        gp_tasks = self._gp_tasks
-        if task in gp_tasks:
-            del gp_tasks[task]
-            if t > self._end_fence:
-                self._end_fence = t
-            if not gp_tasks and not self._gp_cpus:
-                self._fqs_wq.wake_one(t)
+    # The broken build of rcukit.scenarios.torture edits the holdouts under these names.
+    @property
+    def _gp_cpus(self) -> set[int]:
+        return self._holdouts.cpus
+
+    @property
+    def _gp_tasks(self) -> dict[Task, None]:
+        return self._holdouts.tasks
 
     # ================================================================== GP kthread
 
@@ -671,9 +663,7 @@ class RcuState:
             await task.sync()
             start.announced = False
             self._gp_init(task)
-            while self._gp_cpus or self._gp_tasks:
-                await task.block(self._fqs_wq, "rcu_gp_fqs")
-            await wait_until(task, self._end_fence)
+            await self._holdouts.wait(task, "rcu_gp_fqs")
             task.charge(self._gp_init_ns)
             await task.sync()
             self.rcu_gp_cleanup(task)
@@ -687,7 +677,8 @@ class RcuState:
         now = task.now_ns
         gp = self.core.start_gp()
         self._gp_start_ns = now
-        self._end_fence = now
+        holdouts = self._holdouts
+        holdouts.end_fence = now
         me = task.cpu.id  # the kthread's own CPU is quiescent right now
         cpus = self.kernel.sim.cpus
         for cpu_id in self._nonidle:
@@ -696,12 +687,12 @@ class RcuState:
             rdp = self._rdp[cpu_id]
             rdp.qs_pending = True
             rdp.ticks_at_gp_start = cpus[cpu_id].ticks
-            self._gp_cpus.add(cpu_id)
-        self._gp_tasks.update(self.readers.blocked)
+            holdouts.cpus.add(cpu_id)
+        holdouts.tasks.update(self.readers.blocked)
         if self.kernel.tracer.on:
             g = signed_seq(gp)
             self._emit(me, task.comm, task.pid, now, "rcu_grace_period", f"{self.name} {g} start")
-            for cpu_id in sorted(self._gp_cpus):
+            for cpu_id in sorted(holdouts.cpus):
                 self._emit(cpu_id, task.comm, task.pid, now, "rcu_grace_period",
                            f"{self.name} {g} cpustart")
         self.stall.record_gp_stall_check_time(task.cpu, now)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rcukit.rcu.gpcore import signed_seq
-from rcukit.rcu.tree_fence import StartFence, wait_until
+from rcukit.rcu.tree_fence import Holdouts, StartFence, wait_until
 from rcukit.sched.sim import WaitQueue
 
 if TYPE_CHECKING:
@@ -36,14 +36,10 @@ class RcuExp:
         self._core = rcu.core
         self._rdp = rcu._rdp
         self._ipi_ns = rcu.kernel.config.cost.expedited_ipi_ns
-        #: CPUs that owe the current expedited GP a QS (``rnp->expmask``).
-        self.cpus: set[int] = set()
-        #: Blocked readers the current expedited GP waits for (``rnp->exp_tasks``).
-        self.tasks: dict[Task, None] = {}
+        #: ``rnp->expmask`` and ``rnp->exp_tasks``.
+        self.holdouts = Holdouts("rcu_exp_wait")
         self._start = StartFence()
-        self._end_fence = 0
         self._driver: Task | None = None
-        self._wq = WaitQueue("rcu_exp_wait")
 
     def exp_snap(self, t: int) -> int:
         """``rcu_exp_gp_seq_snap`` as read at local time ``t`` (recorded as a start fence)."""
@@ -84,7 +80,8 @@ class RcuExp:
         """``sync_rcu_exp_select_cpus``: start the GP and IPI every other non-idle CPU."""
         now = task.now_ns
         seq = self._core.start_exp()
-        self._end_fence = now
+        holdouts = self.holdouts
+        holdouts.end_fence = now
         rcu = self._rcu
         if self._kernel.tracer.on:
             self._kernel.trace(task, "rcu_exp_grace_period", f"{rcu.name} {signed_seq(seq)} start")
@@ -98,13 +95,12 @@ class RcuExp:
             task.charge(ipi_ns)
             qs_at = self.rcu_exp_handler(cpu, task.now_ns)
             if qs_at is not None:
-                if qs_at > self._end_fence:
-                    self._end_fence = qs_at
+                holdouts.fence(qs_at)
             else:
                 self._rdp[cpu_id].exp_qs_pending = True
-                self.cpus.add(cpu_id)
+                holdouts.cpus.add(cpu_id)
                 cpu.need_resched = True
-        self.tasks.update(rcu.readers.blocked)
+        holdouts.tasks.update(rcu.readers.blocked)
 
     def rcu_exp_handler(self, cpu: Cpu, sent: int) -> int | None:
         """``rcu_exp_handler``: when ``cpu`` was quiescent at or after the IPI ``sent``, or None.
@@ -126,9 +122,7 @@ class RcuExp:
 
     async def rcu_exp_wait_wake(self, task: Task) -> None:
         """``rcu_exp_wait_wake``: wait out the holdouts, end the GP, wake its waiters."""
-        while self.cpus or self.tasks:
-            await task.block(self._wq, "rcu_exp_wait")
-        await wait_until(task, self._end_fence)
+        await self.holdouts.wait(task, "rcu_exp_wait")
         await task.sync()
         core = self._core
         waiters = core.end_exp()
@@ -142,18 +136,4 @@ class RcuExp:
     def rcu_report_exp_rdp(self, rdp: RcuData, t: int) -> None:
         """``rcu_report_exp_rdp``: this CPU no longer holds up the expedited GP."""
         rdp.exp_qs_pending = False
-        if t > self._end_fence:
-            self._end_fence = t
-        self.cpus.discard(rdp.cpu.id)
-        if not self.cpus and not self.tasks:
-            self._wq.wake_one(t)
-
-    def rcu_report_exp_rnp(self, task: Task, t: int) -> None:
-        """``rcu_report_exp_rnp``: a blocked reader the expedited GP waited for has left."""
-        tasks = self.tasks
-        if task in tasks:
-            del tasks[task]
-            if t > self._end_fence:
-                self._end_fence = t
-            if not tasks and not self.cpus:
-                self._wq.wake_one(t)
+        self.holdouts.report_cpu(rdp.cpu.id, t)

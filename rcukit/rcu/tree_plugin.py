@@ -120,8 +120,8 @@ class RcuReaders:
         if self._kernel.tracer.on:
             rcu._emit(task.cpu.id, task.comm, task.pid, t, "rcu_unlock_preempted_task",
                       f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq)} pid={task.pid}")
-        rcu.rcu_report_unblock_qs_rnp(task, t)
-        rcu.exp.rcu_report_exp_rnp(task, t)
+        rcu._holdouts.report_task(task, t)  # rcu_report_unblock_qs_rnp
+        rcu.exp.holdouts.report_task(task, t)  # rcu_report_exp_rnp
 
     def on_switch(self, prev: Task) -> None:
         """The scheduler's switch hook: ``__schedule`` calls ``rcu_note_context_switch``."""
@@ -146,9 +146,9 @@ class RcuReaders:
         self.blocked[task] = None
         rcu = self._rcu
         if rdp.qs_pending:
-            rcu._gp_tasks[task] = None
+            rcu._holdouts.tasks[task] = None
         if rdp.exp_qs_pending:
-            rcu.exp.tasks[task] = None
+            rcu.exp.holdouts.tasks[task] = None
         if self._kernel.tracer.on:
             rcu._emit(rdp.cpu.id, task.comm, task.pid, rdp.cpu.local_ns, "rcu_preempt_task",
                       f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq)} pid={task.pid}")

@@ -48,7 +48,8 @@ class RcuStall:
         core = rcu.core
         if not core.gp_in_progress() or self._stalled_gp == core.gp_seq:
             return
-        if not rcu._gp_cpus and not rcu._gp_tasks:
+        holdouts = rcu._holdouts
+        if not holdouts.cpus and not holdouts.tasks:
             return
         cpu = timer.cpu
         assert cpu is not None
@@ -75,7 +76,8 @@ class RcuStall:
         rcu = self._rcu
         cpus = self._kernel.sim.cpus
         lines = [f"INFO: {rcu.name} detected stalls on CPUs/tasks:"]
-        for cpu_id in sorted(rcu._gp_cpus):
+        holdouts = rcu._holdouts
+        for cpu_id in sorted(holdouts.cpus):
             cpu = cpus[cpu_id]
             rdp = rcu._rdp[cpu_id]
             ticks = cpu.ticks - rdp.ticks_at_gp_start
@@ -85,7 +87,7 @@ class RcuStall:
                 f"idle={rdp.dynticks & 0xFFFF:04x}/{busy}/{busy << 62:#x} "
                 f"softirq={cpu.ticks}/{rdp.ticks_at_gp_start} fqs=0"
             )
-        for t in rcu._gp_tasks:
+        for t in holdouts.tasks:
             lines.append(f"\tP{t.pid} {t.comm}")
         jiffies = (detector.local_ns - rcu._gp_start_ns) // self._kernel.config.tick_ns
         lines.append(
