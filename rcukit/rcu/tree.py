@@ -1,8 +1,22 @@
-"""Tree RCU on the simulated CPUs: the GP kthread, quiescent states, callbacks, hotplug, stalls.
+"""Tree RCU on the simulated CPUs: ``rcu_state``, the GP kthread, quiescent states, callbacks.
 
 kernel.md §6 is the model. :class:`RcuState` is ``rcu_state`` plus one :class:`RcuData`
 (``rcu_data``) per CPU; the clock-free sequence and waiter bookkeeping is
 :class:`rcukit.rcu.gpcore.GpCore`, which the application domain reuses on Trio's real clock.
+Split where the kernel splits ``kernel/rcu/``; each piece is a small class owning its own
+state, as each kernel file owns its statics, composed by :class:`RcuState`:
+
+* here (``tree.c``): the GP kthread and QS reports (:class:`RcuState`), and the callbacks:
+  ``call_rcu``, ``rcu_do_batch`` in ``rcuc/N``, ``rcu_barrier``, ``queue_rcu_work``
+  (:class:`RcuCallbacks`);
+* :mod:`rcukit.rcu.tree_plugin`: read-side sections and blocked readers;
+* :mod:`rcukit.rcu.tree_exp`: expedited GPs; :mod:`rcukit.rcu.tree_stall`: stall warnings;
+* :mod:`rcukit.rcu.tree_hotplug`: CPU hotplug (``rcutree_*`` of ``tree.c``, kept apart);
+* :mod:`rcukit.rcu.tree_fence`: ours, not the kernel's: local virtual time vs GP starts/ends.
+
+The pieces share the ``rcu_data`` and ``rcu_node``-like state kept here (``_rdp``, ``_nonidle``,
+``_holdouts``) through the :class:`RcuState` they are given, as the ``#include``d files share
+``tree.c``'s; the public API on :class:`RcuState` delegates to them.
 
 How a grace period runs here (event-driven: nothing ever polls):
 
@@ -21,43 +35,26 @@ How a grace period runs here (event-driven: nothing ever polls):
   ``synchronize_rcu`` waiters whose snapshot is now done and kicks the ``rcuc/N`` kthreads of the
   CPUs whose callbacks waited for it; those advance their segmented list and invoke the ready
   callbacks in ``blimit`` batches.
-* An expedited GP is driven by its caller (``rcu_exp_sel_wait_wake``): it "IPIs" every non-idle
-  CPU. A CPU whose clock has run past the IPI is quiescent at the first instant after it that
-  it was outside any read section (each CPU remembers when it last entered or left one), so
-  the expedited GP costs ``expedited_ipi_ns`` per CPU instead of a tick per CPU; a CPU caught
-  inside a reader reports when that reader leaves.
+* An expedited GP is driven by its caller (:mod:`rcukit.rcu.tree_exp`).
 
 Local virtual time (see :mod:`rcukit.sched.sim`): most RCU events happen where the scheduler is
-not synced (a context switch, ``rcu_read_unlock``, ``call_rcu`` under a raw lock). Two fences
-keep them honest without forcing a hand-off on each one:
-
-* *end fence*: a QS reported at a CPU's local time ``t`` means the GP may not end before ``t``;
-  the kthread (and the expedited driver) wait until the latest report time, then sync, then end.
-* *start fence*: a snapshot (``get_state``, ``call_rcu``'s acceleration) taken at ``t`` counts on a
-  GP that starts at ``t`` or later; the time is recorded against the snapshot value. The kthread
-  announces that it is about to start, waits until the latest time recorded for the GP it
-  starts, syncs and starts. Snapshots taken while a start is announced count on the GP after
-  it (and fence that one), so the wait cannot be moved by later snapshots.
-
-Idle entry is reported from a zero-delay timer on the idle CPU, which fires synced; so the set
-of non-idle CPUs a GP start reads never contains news from the future.
+not synced; the start and end fences of :mod:`rcukit.rcu.tree_fence` keep them honest without
+forcing a hand-off on each one. Idle entry is reported from a zero-delay timer on the idle CPU,
+which fires synced; so the set of non-idle CPUs a GP start reads never contains news from the
+future.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import os
-import sys
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
 import attrs
 
-from rcukit.errors import CpuHotplugError, RcuUsageError
-from rcukit.locking.splat import HeldLockInfo, Splat
+from rcukit.errors import RcuUsageError
 from rcukit.rcu.gpcore import GpCore, signed_seq
 from rcukit.rcu.gpseq import (
     RCU_GET_STATE_COMPLETED,
@@ -66,9 +63,13 @@ from rcukit.rcu.gpseq import (
     rcu_seq_end,
     rcu_seq_snap,
     rcu_seq_start,
-    ulong_cmp_ge,
 )
 from rcukit.rcu.segcblist import RCU_NEXT_TAIL, BatchLimits, RcuHead, SegCbList
+from rcukit.rcu.tree_exp import RcuExp
+from rcukit.rcu.tree_fence import Holdouts, StartFence, wait_until
+from rcukit.rcu.tree_hotplug import HotplugCallback, RcuHotplug
+from rcukit.rcu.tree_plugin import RcuReaders
+from rcukit.rcu.tree_stall import RcuStall
 from rcukit.sched.sim import Cpu, Simulator, Task, Timer, WaitQueue
 from rcukit.wq import Work, WorkFn, Workqueue
 
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HotplugCallback",
     "RcuCallback",
+    "RcuCallbacks",
     "RcuData",
     "RcuReadGuard",
     "RcuState",
@@ -89,31 +91,10 @@ __all__ = [
 #: (``container_of`` is an ``isinstance`` narrowing of the head). It runs with softirqs
 #: disabled, as ``rcu_do_batch`` does, so it may charge time and take spinlocks but not sleep.
 RcuCallback = Callable[[Task, RcuHead], object]
-#: ``fn(task, cpu_id, online)``, called after a CPU went down (False) or came up (True).
-HotplugCallback = Callable[[Task, int, bool], object]
 # What GpCore hands back when a target is reached: called with the waker's time.
 _Waiter = Callable[[int], object]
 
-_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_INTERNAL_FILES = (
-    os.path.join(_PKG_DIR, "sched") + os.sep,
-    os.path.join(_PKG_DIR, "locking") + os.sep,
-    os.path.join(_PKG_DIR, "kernel.py"),
-    os.path.abspath(__file__),
-    os.path.dirname(os.path.abspath(contextlib.__file__)) + os.sep + "contextlib",
-)
 _FAKE_ADDR_BASE = 0xFFFF888004000000
-
-
-def _caller_site() -> str:
-    """The innermost frame outside the scheduler, locking and RCU plumbing: the user's line."""
-    f = sys._getframe(1)
-    while f is not None:
-        fn = f.f_code.co_filename
-        if not fn.startswith(_INTERNAL_FILES):
-            return f"{os.path.basename(fn)}:{f.f_lineno}"
-        f = f.f_back  # type: ignore[assignment]
-    return "?"
 
 
 def _func_name(f: object) -> str:
@@ -202,14 +183,14 @@ class _RcuWorkHead(RcuHead):
 class RcuReadGuard:
     """``with rcu.read_lock(task):`` — a read-side critical section; nestable."""
 
-    __slots__ = ("_rcu", "_task")
+    __slots__ = ("_readers", "_task")
 
     def __init__(self, rcu: RcuState, task: Task) -> None:
-        self._rcu = rcu
+        self._readers = rcu.readers
         self._task = task
 
     def __enter__(self) -> Task:
-        self._rcu.rcu_read_lock(self._task)
+        self._readers.rcu_read_lock(self._task)
         return self._task
 
     def __exit__(
@@ -218,7 +199,7 @@ class RcuReadGuard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._rcu.rcu_read_unlock(self._task)
+        self._readers.rcu_read_unlock(self._task)
 
 
 class _Barrier:
@@ -239,8 +220,269 @@ class _Barrier:
             self.wq.wake_all(task.now_ns)
 
 
+class RcuCallbacks:
+    """The callback side of ``kernel/rcu/tree.c`` for one ``rcu_state`` (``kernel.rcu.cbs``).
+
+    ``call_rcu`` queues on the calling CPU's segmented list; ``rcu_accelerate_cbs`` gives the
+    new callbacks a GP and asks for it; when it ends ``invoke_rcu_core`` wakes ``rcuc/N``
+    (``rcu_cpu_kthread``), which invokes the ready ones in ``blimit`` batches
+    (``rcu_do_batch``). ``rcu_barrier`` entrains a callback behind every CPU's; ``rcu_work``
+    (``kernel/workqueue.c``) is a callback that queues a work item.
+    """
+
+    def __init__(self, rcu: RcuState) -> None:
+        self._rcu = rcu
+        self._kernel = rcu.kernel
+        self._core = rcu.core
+        self._rdp = rcu._rdp
+        self._name = rcu.name
+        cfg = rcu.kernel.config
+        self._call_ns = cfg.cost.call_rcu_ns
+        self._invoke_ns = cfg.cost.rcu_invoke_ns
+        # rcu_do_batch runs with bottom halves off (a preempt count on !RT).
+        self._bh_preempt = not cfg.preempt_rt
+        #: CPUs with callbacks queued: the ones ``rcu_barrier`` visits.
+        self.cpus_with_cbs: set[int] = set()
+        self.queued = 0
+        self.invoked = 0
+        self.barriers = 0
+        self._barrier_seq = 0
+        self._barrier_running = False
+        self._barrier_wq = WaitQueue("rcu_barrier_mutex")
+        self._rhp: dict[int, int] = {}
+        self._rhp_next = 0
+
+    @property
+    def pending(self) -> int:
+        """Callbacks queued and not yet invoked (the stall report's ``q=``)."""
+        return self.queued - self.invoked
+
+    def call_rcu(self, task: Task, head: RcuHead, func: RcuCallback) -> None:
+        """``__call_rcu``: queue on this CPU; accelerate now only if no GP is running."""
+        if not callable(func):
+            raise RcuUsageError(
+                f"call_rcu() got func={func!r}: the callback must be callable as func(task, head)"
+            )
+        head.func = cast("Callable[[RcuHead], object]", func)
+        cpu = task.cpu
+        cpu.local_ns += self._call_ns
+        rdp = self._rdp[cpu.id]
+        rdp.cblist.enqueue(head)
+        self.queued += 1
+        self.cpus_with_cbs.add(cpu.id)
+        if self._kernel.tracer.on:
+            self._rcu._emit(cpu.id, task.comm, task.pid, cpu.local_ns, "rcu_callback",
+                            f"{self._name} rhp={self.rhp_addr(head):#x} func={_func_name(func)} "
+                            f"{rdp.cblist.n_cbs}")
+        if not self._core.gp_in_progress():
+            self.rcu_accelerate_cbs(rdp, cpu.local_ns)
+
+    def rcu_accelerate_cbs(self, rdp: RcuData, t: int) -> None:
+        """``rcu_accelerate_cbs``: give unassigned callbacks a GP and make sure it is coming."""
+        rcu = self._rcu
+        snap = rcu._snap(t)
+        if rdp.cblist.accelerate(snap):
+            if snap not in rdp.wait_targets:
+                rdp.wait_targets.add(snap)
+                self._core.add_waiter(snap, functools.partial(self._gp_done, rdp, snap))
+            rcu.rcu_start_this_gp(snap, t)
+
+    def _gp_done(self, rdp: RcuData, target: int, now: int) -> None:
+        """A GP ``rdp``'s callbacks waited for ended (``rcu_gp_cleanup`` → ``rcu_core``)."""
+        rdp.wait_targets.discard(target)
+        if rdp.cpu.online:
+            self.invoke_rcu_core(rdp, now)
+
+    def invoke_rcu_core(self, rdp: RcuData, t: int) -> None:
+        """``invoke_rcu_core``: wake (or create) this CPU's ``rcuc`` kthread."""
+        if rdp.rcuc is None:
+            cpu_id = rdp.cpu.id
+            rdp.rcuc = self._kernel.sim.spawn(
+                functools.partial(self.rcu_cpu_kthread, rdp), cpu_id, f"rcuc/{cpu_id}", at_ns=t
+            )
+        else:
+            rdp.rcuc_wq.wake_one(t)
+
+    async def rcu_cpu_kthread(self, rdp: RcuData, task: Task) -> None:
+        """``rcu_cpu_kthread``: advance this CPU's list and invoke what is ready."""
+        while rdp.rcuc is task:
+            await self.rcu_core(rdp, task)
+            if rdp.rcuc is not task:
+                return
+            if not rdp.cblist.ready_cbs():
+                await task.block(rdp.rcuc_wq, "rcu_cpu_kthread")
+
+    async def rcu_core(self, rdp: RcuData, task: Task) -> None:
+        """``rcu_core``: advance and accelerate, then ``rcu_do_batch`` until nothing is ready,
+        with a ``cond_resched`` between batches."""
+        cbl = rdp.cblist
+        core = self._core
+        cbl.advance(core.gp_seq)
+        if cbl.segment_lengths()[RCU_NEXT_TAIL]:
+            self.rcu_accelerate_cbs(rdp, task.now_ns)
+        while cbl.ready_cbs():
+            await self.rcu_do_batch(rdp, task)
+            await task.cond_resched()
+            if rdp.rcuc is not task:
+                return
+            cbl.advance(core.gp_seq)
+        if not cbl.n_cbs:
+            self.cpus_with_cbs.discard(rdp.cpu.id)
+
+    async def rcu_do_batch(self, rdp: RcuData, task: Task) -> None:
+        """``rcu_do_batch``: invoke at most ``blimit`` ready callbacks, bottom halves off."""
+        cbl = rdp.cblist
+        kernel = self._kernel
+        tracer = kernel.tracer
+        invoke_ns = self._invoke_ns
+        bh_preempt = self._bh_preempt
+        limit = rdp.blimit.limit_for(cbl.n_cbs)
+        batch = cbl.extract_done(limit)
+        if tracer.on:
+            bl = "unlimited" if rdp.blimit.unlimited else str(limit)
+            kernel.trace(task, "rcu_batch_start",
+                         f"{self._name} CBs={len(batch) + cbl.n_cbs} bl={bl}")
+        task.in_softirq += 1
+        if bh_preempt:
+            task.preempt_count += 1
+        try:
+            for head in batch:
+                task.charge(invoke_ns)
+                func = cast("RcuCallback | None", head.func)
+                if tracer.on:
+                    kernel.trace(task, "rcu_invoke_callback",
+                                 f"{self._name} rhp={self.rhp_addr(head, drop=True):#x} "
+                                 f"func={_func_name(func)}")
+                if func is None:
+                    raise RcuUsageError(
+                        f"RCU callback head {head!r} has no function: queue heads with "
+                        "call_rcu(task, head, func)"
+                    )
+                res = func(task, head)
+                if res is not None and inspect.isawaitable(res):
+                    await res
+        finally:
+            if bh_preempt:
+                task.preempt_count -= 1
+            task.in_softirq -= 1
+        n = len(batch)
+        self.invoked += n
+        rdp.invoked += n
+        if tracer.on:
+            kernel.trace(task, "rcu_batch_end", f"{self._name} CBs-invoked={n}")
+
+    async def rcu_barrier(self, task: Task) -> None:
+        """``rcu_barrier``: entrain a callback behind every CPU's and wait for them all."""
+        rcu = self._rcu
+        rcu._may_block(task, "rcu_barrier")
+        await task.sync()
+        s = rcu_seq_snap(self._barrier_seq)
+        while True:
+            if rcu_seq_done(self._barrier_seq, s):
+                return
+            if not self._barrier_running:
+                break
+            await task.block(self._barrier_wq, "rcu_barrier")
+        self._barrier_running = True
+        self._barrier_seq = rcu_seq_start(self._barrier_seq)
+        now = task.now_ns
+        kernel = self._kernel
+        if kernel.tracer.on:
+            kernel.trace(task, "rcu_barrier", f"{self._name} Begin cpu -1 remaining 0 # 0")
+        bar = self._rcu_barrier_entrain(now)
+        while bar.count:
+            await task.block(bar.wq, "rcu_barrier")
+        await wait_until(task, bar.last_ns)
+        await task.sync()
+        self._barrier_seq = rcu_seq_end(self._barrier_seq)
+        self._barrier_running = False
+        self.barriers += 1
+        if kernel.tracer.on:
+            kernel.trace(task, "rcu_barrier", f"{self._name} End cpu -1 remaining 0 # 0")
+        self._barrier_wq.wake_all(task.now_ns)
+
+    def _rcu_barrier_entrain(self, now: int) -> _Barrier:
+        """``rcu_barrier_entrain`` on every CPU with callbacks (``barrier_cpu_count``)."""
+        bar = _Barrier()
+        bar.last_ns = now
+        for cpu_id in sorted(self.cpus_with_cbs):
+            rdp = self._rdp[cpu_id]
+            head = RcuHead(cast("Callable[[RcuHead], object]", bar.callback))
+            if rdp.cblist.entrain(head):
+                bar.count += 1
+                self.queued += 1
+                if rdp.cblist.segment_lengths()[RCU_NEXT_TAIL]:
+                    self.rcu_accelerate_cbs(rdp, now)
+                if rdp.cblist.ready_cbs():
+                    self.invoke_rcu_core(rdp, now)
+        bar.count -= 1
+        return bar
+
+    def rcutree_migrate_callbacks(self, rdp: RcuData, mine: RcuData, now: int) -> None:
+        """``rcutree_migrate_callbacks``: adopt, then re-accelerate so nothing runs early."""
+        if rdp.cblist.n_cbs:
+            mine.cblist.advance(self._core.gp_seq)
+            mine.cblist.merge_from(rdp.cblist)
+            self.cpus_with_cbs.add(mine.cpu.id)
+            self.rcu_accelerate_cbs(mine, now)
+            if mine.cblist.ready_cbs():
+                self.invoke_rcu_core(mine, now)
+        self.cpus_with_cbs.discard(rdp.cpu.id)
+        rdp.wait_targets.clear()
+
+    def queue_rcu_work(self, task: Task, wq: Workqueue, rwork: RcuWork) -> bool:
+        """``queue_rcu_work`` (``kernel/workqueue.c``): ``call_rcu`` with ``rcu_work_rcufn``."""
+        if rwork.pending:
+            return False
+        rwork.rcu_pending = True
+        rwork.rcu_wq = wq
+        self.call_rcu(task, rwork.rcu_head, self._rcu_work_rcufn)
+        return True
+
+    @staticmethod
+    def _rcu_work_rcufn(task: Task, head: RcuHead) -> None:
+        """``rcu_work_rcufn``: queue the work on the CPU invoking the callback."""
+        assert isinstance(head, _RcuWorkHead)
+        rwork = head.rwork
+        rwork.rcu_pending = False
+        wq = rwork.rcu_wq
+        assert wq is not None
+        wq.queue_work(task, rwork, cpu=task.cpu.id)
+
+    async def flush_rcu_work(self, task: Task, rwork: RcuWork) -> bool:
+        """``flush_rcu_work``: ``rcu_barrier``, then ``flush_work``."""
+        self._rcu._may_block(task, "flush_rcu_work")
+        if rwork.rcu_pending:
+            await self.rcu_barrier(task)
+            wq = rwork.rcu_wq
+            assert wq is not None
+            await wq.flush_work(task, rwork)
+            return True
+        wq = rwork.rcu_wq or rwork.wq
+        if wq is None:
+            return False
+        return await wq.flush_work(task, rwork)
+
+    def rhp_addr(self, head: RcuHead, *, drop: bool = False) -> int:
+        """A stable kernel-looking address for ``head`` so traces are the same on every run."""
+        key = id(head)
+        addr = self._rhp.pop(key, None) if drop else self._rhp.get(key)
+        if addr is None:
+            self._rhp_next += 1
+            addr = _FAKE_ADDR_BASE + self._rhp_next * 0x40
+            if not drop:
+                self._rhp[key] = addr
+        return addr
+
+
 class RcuState:
-    """``rcu_state`` of one simulated kernel (``kernel.rcu``). See the module docstring."""
+    """``rcu_state`` of one simulated kernel (``kernel.rcu``). See the module docstring.
+
+    Owns the normal GP: the GP kthread, its holdouts and the QS reports that clear them. The
+    other parts are composed in: :attr:`readers` (``tree_plugin.h``), :attr:`exp`
+    (``tree_exp.h``), :attr:`stall` (``tree_stall.h``), :attr:`cbs` (callbacks) and
+    :attr:`hotplug`.
+    """
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
@@ -250,66 +492,38 @@ class RcuState:
         self.name = "rcu_preempt" if self.preemptible else "rcu_sched"
         self.core: GpCore[_Waiter] = GpCore()
         sim = kernel.sim
-        self._cost = cfg.cost
-        self._stall_ns = cfg.rcu_stall_timeout_ms * 1_000_000
+        self._qs_report_ns = cfg.cost.qs_report_ns
+        self._gp_init_ns = cfg.cost.gp_init_ns
         self._rdp: list[RcuData] = []
         for cpu in sim.cpus:
-            rdp = RcuData(cpu, Timer(f"rcu_idle/{cpu.id}", self._idle_timer_fn))
+            rdp = RcuData(cpu, Timer(f"rcu_idle/{cpu.id}", self.dyntick_save_progress_counter))
             rdp.dynticks = 2 if cpu.idle else 1
             cpu.data["rcu_data"] = rdp
             self._rdp.append(rdp)
-        self._n_online = sum(1 for c in sim.cpus if c.online)
         #: Online CPUs not known to be idle: the only ones a GP waits for.
         self._nonidle: set[int] = {c.id for c in sim.cpus if not c.idle and c.online}
-        # Holdouts of the current normal / expedited GP.
-        self._gp_cpus: set[int] = set()
-        self._gp_tasks: dict[Task, None] = {}
-        self._exp_cpus: set[int] = set()
-        self._exp_tasks: dict[Task, None] = {}
-        # Tasks switched out inside a read section and not yet out of it (rnp->blkd_tasks).
-        # A reader leaving after a GP start in its CPU's time, but before it in the order
-        # things ran, needs no entry: its CPU was still non-idle at that start, so a holdout
-        # whose next QS comes after the unlock.
-        self._blocked: dict[Task, None] = {}
-        # Start fences: for each snapshot value handed out, the latest local time it was read.
-        self._start_fences: dict[int, int] = {}
-        self._start_announced = False
-        self._end_fence = 0
-        self._exp_start_fences: dict[int, int] = {}
-        self._exp_start_announced = False
-        self._exp_end_fence = 0
-        self._exp_driver: Task | None = None
+        #: ``rnp->qsmask`` and ``rnp->gp_tasks`` of the current normal GP.
+        self._holdouts = Holdouts("rcu_gp_fqs")
+        self._start = StartFence()
         self._req_wq = WaitQueue("rcu_gp_kthread")
         self._last_request = -1
-        self._fqs_wq = WaitQueue("rcu_gp_fqs")
-        self._exp_wq = WaitQueue("rcu_exp_wait")
         self._kthread: Task | None = None
         self._gp_start_ns = 0
-        self._stall_timer = Timer("rcu_stall", self._stall_timer_fn)
-        self._stalled_gp = -1
-        self._barrier_seq = 0
-        self._barrier_running = False
-        self._barrier_wq = WaitQueue("rcu_barrier_mutex")
-        self._cpus_with_cbs: set[int] = set()
-        self._hotplug_cbs: list[HotplugCallback] = []
-        self._migrating = False
-        self._rhp: dict[int, int] = {}
-        self._rhp_next = 0
-        # counters
-        self._cbs_queued = 0
-        self._cbs_invoked = 0
-        self._stalls = 0
-        self._barriers = 0
         self._qs_reports = 0
-        kernel.add_tick_hook(self._on_tick)
-        kernel.add_switch_hook(self._on_switch)
-        kernel.add_idle_hooks(self._on_idle_enter, self._on_idle_exit)
+        self.readers = RcuReaders(self)
+        self.exp = RcuExp(self)
+        self.stall = RcuStall(self)
+        self.cbs = RcuCallbacks(self)
+        self.hotplug = RcuHotplug(self)
+        kernel.add_tick_hook(self.rcu_sched_clock_irq)
+        kernel.add_switch_hook(self.readers.on_switch)
+        kernel.add_idle_hooks(self.rcu_idle_enter, self.rcu_idle_exit)
 
     def start(self) -> None:
         """Boot. The GP kthread (``rcu_spawn_gp_kthread``) is created on the first GP request,
         so a kernel that never needs a grace period pays nothing for it."""
 
-    # ================================================================== readers
+    # ================================================================== readers (tree_plugin)
 
     def read_lock(self, task: Task) -> RcuReadGuard:
         """``with rcu.read_lock(task):`` — ``rcu_read_lock()`` ... ``rcu_read_unlock()``."""
@@ -321,68 +535,16 @@ class RcuState:
         Without ``CONFIG_PREEMPT_RCU`` this disables preemption, as ``__rcu_read_lock`` does with
         ``CONFIG_PREEMPT_COUNT``: the task is atomic until the outermost unlock.
         """
-        n = task.rcu_read_nesting
-        task.rcu_read_nesting = n + 1
-        if not self.preemptible:
-            task.preempt_count += 1
-        if not n:
-            self._rdp[task.cpu.id].qs_ns = task.cpu.local_ns
+        self.readers.rcu_read_lock(task)
 
     def rcu_read_unlock(self, task: Task) -> None:
         """Leave a read-side critical section; the outermost one may report deferred QSes."""
-        n = task.rcu_read_nesting
-        if n <= 0:
-            raise self._unbalanced(task)
-        task.rcu_read_nesting = n - 1
-        if not self.preemptible:
-            task.preempt_count -= 1
-        if n == 1:
-            if task.rcu_blocked_reader:
-                self._unlock_special(task)
-            rdp = self._rdp[task.cpu.id]
-            rdp.qs_ns = task.cpu.local_ns
-            if rdp.exp_qs_pending and not task.in_atomic():
-                self._exp_cpu_qs(rdp, task.cpu.local_ns)
+        self.readers.rcu_read_unlock(task)
 
     @staticmethod
     def rcu_read_lock_held(task: Task) -> bool:
         """``rcu_read_lock_held()``."""
         return task.rcu_read_nesting > 0
-
-    def _unbalanced(self, task: Task) -> RcuUsageError:
-        holders = [t for t in self.kernel.sim.tasks if t.rcu_read_nesting > 0]
-        if holders:
-            h = holders[0]
-            return RcuUsageError(
-                f"rcu_read_unlock() by {task.comm}/{task.pid}, which is not in an RCU read-side "
-                f"critical section; {h.comm}/{h.pid} holds the read lock: rcu_read_unlock() must "
-                "be called by the task that called rcu_read_lock()"
-            )
-        return RcuUsageError(
-            f"rcu_read_unlock() by {task.comm}/{task.pid} without a matching rcu_read_lock(): "
-            "every unlock must pair with an earlier lock by the same task"
-        )
-
-    def _unlock_special(self, task: Task) -> None:
-        """``rcu_read_unlock_special``: a reader that was preempted leaves; release its GPs."""
-        task.rcu_blocked_reader = False
-        t = task.cpu.local_ns
-        del self._blocked[task]
-        if self.kernel.tracer.on:
-            self._emit(task.cpu.id, task.comm, task.pid, t, "rcu_unlock_preempted_task",
-                       f"{self.name} gp_seq={signed_seq(self.core.gp_seq)} pid={task.pid}")
-        if task in self._gp_tasks:
-            del self._gp_tasks[task]
-            if t > self._end_fence:
-                self._end_fence = t
-            if not self._gp_tasks and not self._gp_cpus:
-                self._fqs_wq.wake_one(t)
-        if task in self._exp_tasks:
-            del self._exp_tasks[task]
-            if t > self._exp_end_fence:
-                self._exp_end_fence = t
-            if not self._exp_tasks and not self._exp_cpus:
-                self._exp_wq.wake_one(t)
 
     def _may_block(self, task: Task, what: str) -> None:
         if task.rcu_read_nesting:
@@ -395,7 +557,9 @@ class RcuState:
 
     # ================================================================== scheduler hooks
 
-    def _on_tick(self, task: Task, voluntary: bool) -> None:
+    def rcu_sched_clock_irq(self, task: Task, voluntary: bool) -> None:
+        """The tick (and, ``voluntary``, ``rcu_all_qs`` at a schedule point): a QS outside a
+        read section (``rcu_flavor_sched_clock_irq``), then ``rcu_core``'s acceleration."""
         rdp = self._rdp[task.cpu.id]
         if (
             (rdp.qs_pending or rdp.exp_qs_pending)
@@ -403,90 +567,30 @@ class RcuState:
             and not task.in_atomic()
         ):
             if rdp.qs_pending and (voluntary or self.preemptible):
-                self._cpu_qs(rdp, task.comm, task.pid)
+                self.rcu_report_qs_rdp(rdp, task.comm, task.pid)
             if rdp.exp_qs_pending:
-                self._exp_cpu_qs(rdp, task.cpu.local_ns)
+                self.exp.rcu_report_exp_rdp(rdp, task.cpu.local_ns)
         cbl = rdp.cblist
         if cbl.n_cbs and cbl.segment_lengths()[RCU_NEXT_TAIL]:
-            self._accelerate(rdp, task.cpu.local_ns)  # rcu_core()
+            self.cbs.rcu_accelerate_cbs(rdp, task.cpu.local_ns)
 
-    def _on_switch(self, prev: Task) -> None:
-        self._note_switch(prev, self._rdp[prev.cpu.id])
-
-    def _note_switch(self, prev: Task, rdp: RcuData) -> None:
-        """``rcu_note_context_switch``: a QS for the CPU; a reader inside goes on the list."""
-        rdp.qs_ns = rdp.cpu.local_ns
-        if prev.rcu_read_nesting:
-            if not self.preemptible and not self._migrating:
-                self._reader_sleep_splat(prev)
-            if not prev.rcu_blocked_reader:
-                self._block_reader(prev, rdp)
-        if rdp.qs_pending:
-            self._cpu_qs(rdp, prev.comm, prev.pid)
-        if rdp.exp_qs_pending:
-            self._exp_cpu_qs(rdp, rdp.cpu.local_ns)
-
-    def _block_reader(self, task: Task, rdp: RcuData) -> None:
-        """``rcu_preempt_ctxt_queue``: the reader blocks the GPs its CPU still owes."""
-        task.rcu_blocked_reader = True
-        self._blocked[task] = None
-        if rdp.qs_pending:
-            self._gp_tasks[task] = None
-        if rdp.exp_qs_pending:
-            self._exp_tasks[task] = None
-        if self.kernel.tracer.on:
-            self._emit(rdp.cpu.id, task.comm, task.pid, rdp.cpu.local_ns, "rcu_preempt_task",
-                       f"{self.name} gp_seq={signed_seq(self.core.gp_seq)} pid={task.pid}")
-
-    def _reader_sleep_splat(self, task: Task) -> None:
-        """!PREEMPT_RCU: scheduling inside rcu_read_lock() is ``__might_sleep``'s complaint."""
-        locks = self.kernel.locks
-        prove = locks.prove_raw
-        held = tuple(
-            HeldLockInfo(
-                h.lock.name,
-                h.lock.addr,
-                h.lock.kind.wait_outer.effective(prove),
-                h.lock.kind.wait_inner.effective(prove),
-                h.ip,
-            )
-            for h in task.held_locks
-        )
-        ctx = locks.task_wait_context(task)
-        locks.record(
-            Splat(
-                kind="sleeping_in_atomic",
-                cpu=task.cpu.id,
-                comm=task.comm,
-                pid=task.pid,
-                time_ns=task.cpu.local_ns,
-                release=locks.kernel_release,
-                ip="rcu_note_context_switch",
-                site=_caller_site(),
-                context=(ctx, ctx),
-                held=held,
-                preempt_count=task.preempt_count,
-                irqs_disabled=bool(task.irqs_disabled),
-                preempt_ip="rcu_read_lock",
-                rcu_depth=task.rcu_read_nesting,
-            )
-        )
-
-    def _on_idle_enter(self, cpu: Cpu) -> None:
+    def rcu_idle_enter(self, cpu: Cpu) -> None:
+        """``rcu_idle_enter``: RCU stops watching; the GP side hears of it from a timer."""
         rdp = self._rdp[cpu.id]
         rdp.dynticks += 1
         if cpu.online:
             # Reported when the timer fires: then the CPU is the earliest, i.e. synced.
             self.kernel.sim.arm_timer(rdp.idle_timer, cpu, cpu.local_ns)
 
-    def _on_idle_exit(self, cpu: Cpu) -> None:
+    def rcu_idle_exit(self, cpu: Cpu) -> None:
+        """``rcu_idle_exit``: RCU watches again; GPs started from now on wait for the CPU."""
         rdp = self._rdp[cpu.id]
         rdp.dynticks += 1
         Simulator.cancel_timer(rdp.idle_timer)
         self._nonidle.add(cpu.id)
 
-    def _idle_timer_fn(self, timer: Timer) -> None:
-        """``rcu_eqs_enter`` seen by the GP machinery: the CPU is in an extended QS."""
+    def dyntick_save_progress_counter(self, timer: Timer) -> None:
+        """The GP machinery sees the idle CPU in an extended QS (``rcu_eqs_enter``'s effect)."""
         cpu = timer.cpu
         assert cpu is not None
         if not cpu.online:
@@ -494,77 +598,45 @@ class RcuState:
         rdp = self._rdp[cpu.id]
         cbl = rdp.cblist
         if cbl.n_cbs and cbl.segment_lengths()[RCU_NEXT_TAIL]:
-            self._accelerate(rdp, cpu.local_ns)  # rcu_prepare_for_idle()
+            self.cbs.rcu_accelerate_cbs(rdp, cpu.local_ns)  # rcu_prepare_for_idle()
         if cpu.current is not None or not cpu.idle:
             return
         self._nonidle.discard(cpu.id)
         if rdp.qs_pending:
-            self._cpu_qs(rdp, f"swapper/{cpu.id}", 0)
+            self.rcu_report_qs_rdp(rdp, f"swapper/{cpu.id}", 0)
         if rdp.exp_qs_pending:
-            self._exp_cpu_qs(rdp, cpu.local_ns)
+            self.exp.rcu_report_exp_rdp(rdp, cpu.local_ns)
 
     # ================================================================== QS reports
 
-    def _cpu_qs(self, rdp: RcuData, comm: str, pid: int) -> None:
+    def rcu_report_qs_rdp(self, rdp: RcuData, comm: str, pid: int) -> None:
         """``rcu_report_qs_rdp``: this CPU no longer holds up the current normal GP."""
         rdp.qs_pending = False
         cpu = rdp.cpu
-        cpu.local_ns += self._cost.qs_report_ns
+        cpu.local_ns += self._qs_report_ns
         t = cpu.local_ns
-        if t > self._end_fence:
-            self._end_fence = t
-        self._gp_cpus.discard(cpu.id)
         self._qs_reports += 1
         if self.kernel.tracer.on:
             self._emit(cpu.id, comm, pid, t, "rcu_grace_period",
                        f"{self.name} {signed_seq(self.core.gp_seq)} cpuqs")
-        if not self._gp_cpus and not self._gp_tasks:
-            self._fqs_wq.wake_one(t)
+        self._holdouts.report_cpu(cpu.id, t)
 
-    def _exp_cpu_qs(self, rdp: RcuData, t: int) -> None:
-        """``rcu_report_exp_rdp``: this CPU no longer holds up the expedited GP."""
-        rdp.exp_qs_pending = False
-        if t > self._exp_end_fence:
-            self._exp_end_fence = t
-        self._exp_cpus.discard(rdp.cpu.id)
-        if not self._exp_cpus and not self._exp_tasks:
-            self._exp_wq.wake_one(t)
+    # The broken build of rcukit.scenarios.torture edits the holdouts under these names.
+    @property
+    def _gp_cpus(self) -> set[int]:
+        return self._holdouts.cpus
+
+    @property
+    def _gp_tasks(self) -> dict[Task, None]:
+        return self._holdouts.tasks
 
     # ================================================================== GP kthread
 
-    @staticmethod
-    async def _wait_until(task: Task, t: int) -> None:
-        if task.now_ns < t:
-            await task.sleep_ns(t - task.now_ns)
-
     def _snap(self, t: int) -> int:
-        """``rcu_seq_snap(&gp_seq)`` as read at local time ``t`` (see "start fence").
+        """``rcu_seq_snap(&gp_seq)`` as read at local time ``t`` (recorded as a start fence)."""
+        return self._start.record(self.core.snap(assume_started=self._start.announced), t)
 
-        The GP that ends at the returned value must not start before ``t``; that is recorded
-        against the value, and :meth:`_start_fence_for` hands it to the kthread.
-        """
-        s = self.core.snap(assume_started=self._start_announced)
-        fences = self._start_fences
-        if fences.get(s, -1) < t:
-            fences[s] = t
-        return s
-
-    def _exp_snap(self, t: int) -> int:
-        s = self.core.exp_snap(assume_started=self._exp_start_announced)
-        fences = self._exp_start_fences
-        if fences.get(s, -1) < t:
-            fences[s] = t
-        return s
-
-    @staticmethod
-    def _start_fence_for(fences: dict[int, int], end: int) -> int:
-        """The latest snapshot time among those a GP ending at ``end`` satisfies (consumed)."""
-        f = 0
-        for target in [x for x in fences if ulong_cmp_ge(end, x)]:
-            f = max(f, fences.pop(target))
-        return f
-
-    def _request_gp(self, target: int, t: int) -> None:
+    def rcu_start_this_gp(self, target: int, t: int) -> None:
         """``rcu_start_this_gp``: ask for a GP ending at ``target``; wake the kthread if idle."""
         if target == self._last_request:
             return  # already asked for: the kthread knows
@@ -572,38 +644,41 @@ class RcuState:
         if self.core.request_gp(target):
             if self._kthread is None:
                 sim = self.kernel.sim
-                self._kthread = sim.spawn(self._gp_kthread, len(sim.cpus) - 1, self.name, at_ns=t)
+                self._kthread = sim.spawn(
+                    self.rcu_gp_kthread, len(sim.cpus) - 1, self.name, at_ns=t
+                )
             elif self._req_wq.waiters:
                 self._req_wq.wake_one(t)
 
-    async def _gp_kthread(self, task: Task) -> None:
+    async def rcu_gp_kthread(self, task: Task) -> None:
         """``rcu_gp_kthread``: one GP at a time, only while one is needed."""
         core = self.core
-        cost = self._cost
+        start = self._start
         while True:
             while not core.gp_needed():
                 await task.block(self._req_wq, "rcu_gp_kthread")
-            self._start_announced = True
-            fence = self._start_fence_for(self._start_fences, core.snap())
-            await self._wait_until(task, fence)
-            task.charge(cost.gp_init_ns)
+            start.announced = True
+            await wait_until(task, start.consume(core.snap()))
+            task.charge(self._gp_init_ns)
             await task.sync()
-            self._start_announced = False
+            start.announced = False
             self._gp_init(task)
-            while self._gp_cpus or self._gp_tasks:
-                await task.block(self._fqs_wq, "rcu_gp_fqs")
-            await self._wait_until(task, self._end_fence)
-            task.charge(cost.gp_init_ns)
+            await self._holdouts.wait(task, "rcu_gp_fqs")
+            task.charge(self._gp_init_ns)
             await task.sync()
-            self._gp_cleanup(task)
+            self.rcu_gp_cleanup(task)
 
     def _gp_init(self, task: Task) -> None:
-        """``rcu_gp_init``: start the GP and snapshot who must pass a QS for it."""
+        """``rcu_gp_init``: start the GP and snapshot who must pass a QS for it.
+
+        Named ``_gp_init``, not ``rcu_gp_init``: the broken build of
+        :mod:`rcukit.scenarios.torture` overrides it under this name.
+        """
         now = task.now_ns
-        core = self.core
-        gp = core.start_gp()
+        gp = self.core.start_gp()
         self._gp_start_ns = now
-        self._end_fence = now
+        holdouts = self._holdouts
+        holdouts.end_fence = now
         me = task.cpu.id  # the kthread's own CPU is quiescent right now
         cpus = self.kernel.sim.cpus
         for cpu_id in self._nonidle:
@@ -612,22 +687,22 @@ class RcuState:
             rdp = self._rdp[cpu_id]
             rdp.qs_pending = True
             rdp.ticks_at_gp_start = cpus[cpu_id].ticks
-            self._gp_cpus.add(cpu_id)
-        self._gp_tasks.update(self._blocked)
+            holdouts.cpus.add(cpu_id)
+        holdouts.tasks.update(self.readers.blocked)
         if self.kernel.tracer.on:
             g = signed_seq(gp)
             self._emit(me, task.comm, task.pid, now, "rcu_grace_period", f"{self.name} {g} start")
-            for cpu_id in sorted(self._gp_cpus):
+            for cpu_id in sorted(holdouts.cpus):
                 self._emit(cpu_id, task.comm, task.pid, now, "rcu_grace_period",
                            f"{self.name} {g} cpustart")
-        self.kernel.sim.arm_timer(self._stall_timer, task.cpu, now + self._stall_ns)
+        self.stall.record_gp_stall_check_time(task.cpu, now)
 
-    def _gp_cleanup(self, task: Task) -> None:
+    def rcu_gp_cleanup(self, task: Task) -> None:
         """``rcu_gp_cleanup``: end the GP, wake its waiters and the CPUs whose callbacks waited."""
         now = task.now_ns
         core = self.core
         waiters = core.end_gp()
-        Simulator.cancel_timer(self._stall_timer)
+        self.stall.gp_ended()
         tracer = self.kernel.tracer
         if tracer.on:
             g = signed_seq(core.gp_seq)
@@ -639,58 +714,8 @@ class RcuState:
         for w in waiters:
             w(now)
 
-    # ================================================================== stalls
-
-    def _stall_timer_fn(self, timer: Timer) -> None:
-        """``check_cpu_stall``: one report per GP that outlives ``rcu_stall_timeout_ms``."""
-        core = self.core
-        if not core.gp_in_progress() or self._stalled_gp == core.gp_seq:
-            return
-        if not self._gp_cpus and not self._gp_tasks:
-            return
-        cpu = timer.cpu
-        assert cpu is not None
-        self._stalled_gp = core.gp_seq
-        self._stalls += 1
-        k = self._kthread
-        locks = self.kernel.locks
-        locks.record(
-            Splat(
-                kind="rcu_stall",
-                cpu=cpu.id,
-                comm=k.comm if k else self.name,
-                pid=k.pid if k else 0,
-                time_ns=cpu.local_ns,
-                release=locks.kernel_release,
-                ip="rcu_gp_kthread",
-                site=f"g={signed_seq(core.gp_seq)}",
-                detail=self.stall_text(cpu),
-            )
-        )
-
-    def stall_text(self, detector: Cpu) -> str:
-        """The kernel's stall report for the current GP, as seen from ``detector``."""
-        sim = self.kernel.sim
-        lines = [f"INFO: {self.name} detected stalls on CPUs/tasks:"]
-        for cpu_id in sorted(self._gp_cpus):
-            cpu = sim.cpus[cpu_id]
-            rdp = self._rdp[cpu_id]
-            ticks = cpu.ticks - rdp.ticks_at_gp_start
-            busy = 1 if cpu_id in self._nonidle else 0
-            lines.append(
-                f"\t{cpu_id}-...{'!' if ticks == 0 else '.'}: ({ticks} ticks this GP) "
-                f"idle={rdp.dynticks & 0xFFFF:04x}/{busy}/{busy << 62:#x} "
-                f"softirq={cpu.ticks}/{rdp.ticks_at_gp_start} fqs=0"
-            )
-        for t in self._gp_tasks:
-            lines.append(f"\tP{t.pid} {t.comm}")
-        jiffies = (detector.local_ns - self._gp_start_ns) // self.kernel.config.tick_ns
-        pending = self._cbs_queued - self._cbs_invoked
-        lines.append(
-            f"\t(detected by {detector.id}, t={jiffies} jiffies, "
-            f"g={signed_seq(self.core.gp_seq)}, q={pending})"
-        )
-        return "\n".join(lines)
+    def _emit(self, cpu: int, comm: str, pid: int, ts: int, name: str, fields: str) -> None:
+        self.kernel.tracer.emit(name, ts, cpu, comm, pid, fields)
 
     # ================================================================== callbacks
 
@@ -702,111 +727,28 @@ class RcuState:
         period at once only when none is running; otherwise the CPU's next tick, idle entry or
         ``rcuc`` pass accelerates it (``rcu_core``).
         """
-        if not callable(func):
-            raise RcuUsageError(
-                f"call_rcu() got func={func!r}: the callback must be callable as func(task, head)"
-            )
-        head.func = cast("Callable[[RcuHead], object]", func)
-        cpu = task.cpu
-        cpu.local_ns += self._cost.call_rcu_ns
-        rdp = self._rdp[cpu.id]
-        rdp.cblist.enqueue(head)
-        self._cbs_queued += 1
-        self._cpus_with_cbs.add(cpu.id)
-        if self.kernel.tracer.on:
-            self._emit(cpu.id, task.comm, task.pid, cpu.local_ns, "rcu_callback",
-                       f"{self.name} rhp={self._rhp_addr(head):#x} func={_func_name(func)} "
-                       f"{rdp.cblist.n_cbs}")
-        if not self.core.gp_in_progress():
-            self._accelerate(rdp, cpu.local_ns)
+        self.cbs.call_rcu(task, head, func)
 
-    def _accelerate(self, rdp: RcuData, t: int) -> None:
-        """``rcu_accelerate_cbs``: give unassigned callbacks a GP and make sure it is coming."""
-        snap = self._snap(t)
-        if rdp.cblist.accelerate(snap):
-            if snap not in rdp.wait_targets:
-                rdp.wait_targets.add(snap)
-                self.core.add_waiter(snap, functools.partial(self._cpu_gp_done, rdp, snap))
-            self._request_gp(snap, t)
+    async def rcu_barrier(self, task: Task) -> None:
+        """Wait until every callback queued before the call has been invoked.
 
-    def _cpu_gp_done(self, rdp: RcuData, target: int, now: int) -> None:
-        rdp.wait_targets.discard(target)
-        if rdp.cpu.online:
-            self._kick_rcuc(rdp, now)
+        Entrains a barrier callback behind each CPU's queued ones and waits for them all; with
+        nothing queued anywhere it returns without waiting for a grace period. Concurrent
+        callers share the work through ``barrier_sequence``.
+        """
+        await self.cbs.rcu_barrier(task)
 
-    def _kick_rcuc(self, rdp: RcuData, t: int) -> None:
-        """``invoke_rcu_core``: wake (or create) this CPU's ``rcuc`` kthread."""
-        if rdp.rcuc is None:
-            cpu_id = rdp.cpu.id
-            rdp.rcuc = self.kernel.sim.spawn(
-                functools.partial(self._rcuc_main, rdp), cpu_id, f"rcuc/{cpu_id}", at_ns=t
-            )
-        else:
-            rdp.rcuc_wq.wake_one(t)
+    def queue_rcu_work(self, task: Task, wq: Workqueue, rwork: RcuWork) -> bool:
+        """Queue ``rwork`` on ``wq`` after a grace period; False if it is already pending.
 
-    async def _rcuc_main(self, rdp: RcuData, task: Task) -> None:
-        """``rcu_cpu_kthread``: advance this CPU's list and invoke what is ready."""
-        while rdp.rcuc is task:
-            await self._do_batches(rdp, task)
-            if rdp.rcuc is not task:
-                return
-            if not rdp.cblist.ready_cbs():
-                await task.block(rdp.rcuc_wq, "rcu_cpu_kthread")
+        The work is queued on the CPU that invokes the RCU callback (the queueing CPU, unless
+        that CPU went offline meanwhile), as ``rcu_work_rcufn`` does.
+        """
+        return self.cbs.queue_rcu_work(task, wq, rwork)
 
-    async def _do_batches(self, rdp: RcuData, task: Task) -> None:
-        """``rcu_do_batch`` repeated: at most ``blimit`` per pass, ``cond_resched`` between."""
-        cbl = rdp.cblist
-        core = self.core
-        tracer = self.kernel.tracer
-        invoke_ns = self._cost.rcu_invoke_ns
-        bh_preempt = not self.kernel.config.preempt_rt
-        cbl.advance(core.gp_seq)
-        if cbl.segment_lengths()[RCU_NEXT_TAIL]:
-            self._accelerate(rdp, task.now_ns)
-        while cbl.ready_cbs():
-            limit = rdp.blimit.limit_for(cbl.n_cbs)
-            batch = cbl.extract_done(limit)
-            if tracer.on:
-                bl = "unlimited" if rdp.blimit.unlimited else str(limit)
-                self.kernel.trace(task, "rcu_batch_start",
-                                  f"{self.name} CBs={len(batch) + cbl.n_cbs} bl={bl}")
-            # rcu_do_batch runs with bottom halves off (a preempt count on !RT).
-            task.in_softirq += 1
-            if bh_preempt:
-                task.preempt_count += 1
-            try:
-                for head in batch:
-                    task.charge(invoke_ns)
-                    func = cast("RcuCallback | None", head.func)
-                    if tracer.on:
-                        self.kernel.trace(
-                            task, "rcu_invoke_callback",
-                            f"{self.name} rhp={self._rhp_addr(head, drop=True):#x} "
-                            f"func={_func_name(func)}",
-                        )
-                    if func is None:
-                        raise RcuUsageError(
-                            f"RCU callback head {head!r} has no function: queue heads with "
-                            "call_rcu(task, head, func)"
-                        )
-                    res = func(task, head)
-                    if res is not None and inspect.isawaitable(res):
-                        await res
-            finally:
-                if bh_preempt:
-                    task.preempt_count -= 1
-                task.in_softirq -= 1
-            n = len(batch)
-            self._cbs_invoked += n
-            rdp.invoked += n
-            if tracer.on:
-                self.kernel.trace(task, "rcu_batch_end", f"{self.name} CBs-invoked={n}")
-            await task.cond_resched()
-            if rdp.rcuc is not task:
-                return
-            cbl.advance(core.gp_seq)
-        if not cbl.n_cbs:
-            self._cpus_with_cbs.discard(rdp.cpu.id)
+    async def flush_rcu_work(self, task: Task, rwork: RcuWork) -> bool:
+        """Wait for ``rwork``'s grace period and run; False if it was idle (kernel semantics)."""
+        return await self.cbs.flush_rcu_work(task, rwork)
 
     # ================================================================== synchronous waits
 
@@ -817,7 +759,7 @@ class RcuState:
         s = self._snap(task.now_ns)
         wq = WaitQueue("synchronize_rcu")
         self.core.add_waiter(s, wq.wake_all)
-        self._request_gp(s, task.now_ns)
+        self.rcu_start_this_gp(s, task.now_ns)
         while not self.core.done(s):
             await task.block(wq, "synchronize_rcu")
 
@@ -827,79 +769,7 @@ class RcuState:
         Charges ``expedited_ipi_ns`` per CPU targeted. Tracked by ``expedited_sequence``;
         concurrent callers share expedited GPs.
         """
-        self._may_block(task, "synchronize_rcu_expedited")
-        await task.sync()
-        core = self.core
-        s = self._exp_snap(task.now_ns)
-        while not core.exp_done(s):
-            if self._exp_driver is None:
-                await self._exp_drive(task, s)
-            else:
-                wq = WaitQueue("synchronize_rcu_expedited")
-                if core.add_exp_waiter(s, wq.wake_all):
-                    await task.block(wq, "rcu_exp_wait")
-
-    async def _exp_drive(self, task: Task, s: int) -> None:
-        """``rcu_exp_sel_wait_wake``: run expedited GPs until every waiter is served."""
-        core = self.core
-        sim = self.kernel.sim
-        self._exp_driver = task
-        try:
-            while not core.exp_done(s) or core.n_exp_waiters():
-                self._exp_start_announced = True
-                fence = self._start_fence_for(self._exp_start_fences, core.exp_snap())
-                await self._wait_until(task, fence)
-                await task.sync()
-                self._exp_start_announced = False
-                now = task.now_ns
-                seq = core.start_exp()
-                self._exp_end_fence = now
-                if self.kernel.tracer.on:
-                    self.kernel.trace(task, "rcu_exp_grace_period",
-                                      f"{self.name} {signed_seq(seq)} start")
-                ipi_ns = self._cost.expedited_ipi_ns
-                me = task.cpu
-                for cpu_id in sorted(self._nonidle):
-                    cpu = sim.cpus[cpu_id]
-                    if cpu is me:
-                        continue  # a CPU going down is still asked: its clock may be ahead
-                    task.charge(ipi_ns)
-                    sent = task.now_ns
-                    cur = cpu.current
-                    # rcu_exp_handler. The CPU's clock may be past ``sent``: its QS is the first
-                    # instant at or after ``sent`` it was outside any read section.
-                    if cur is None:
-                        qs_at: int | None = cpu.local_ns
-                    elif cur.rcu_read_nesting:
-                        rdp = self._rdp[cpu_id]
-                        qs_at = rdp.qs_ns if rdp.qs_ns > sent else None
-                    elif cur.in_atomic():
-                        qs_at = None
-                    else:
-                        qs_at = self._rdp[cpu_id].qs_ns
-                    if qs_at is not None:
-                        qs_at = max(qs_at, sent)
-                        if qs_at > self._exp_end_fence:
-                            self._exp_end_fence = qs_at
-                    else:
-                        self._rdp[cpu_id].exp_qs_pending = True
-                        self._exp_cpus.add(cpu_id)
-                        cpu.need_resched = True
-                self._exp_tasks.update(self._blocked)
-                while self._exp_cpus or self._exp_tasks:
-                    await task.block(self._exp_wq, "rcu_exp_wait")
-                await self._wait_until(task, self._exp_end_fence)
-                await task.sync()
-                waiters = core.end_exp()
-                now = task.now_ns
-                if self.kernel.tracer.on:
-                    self.kernel.trace(task, "rcu_exp_grace_period",
-                                      f"{self.name} {signed_seq(core.exp_seq)} end")
-                for w in waiters:
-                    w(now)
-        finally:
-            self._exp_driver = None
-            self._exp_start_announced = False
+        await self.exp.synchronize_rcu_expedited(task)
 
     # ================================================================== polled API
 
@@ -909,6 +779,13 @@ class RcuState:
         sim = self.kernel.sim
         running = sim.running
         return running.now_ns if running is not None else sim.now_ns
+
+    async def _cond_synchronize(self, task: Task, what: str, done: Callable[[], bool]) -> None:
+        """``cond_synchronize_rcu*``: ``synchronize_rcu()`` unless ``done()`` once synced."""
+        self._may_block(task, what)
+        await task.sync()
+        if not done():
+            await self.synchronize_rcu(task)
 
     def get_state_synchronize_rcu(self, task: Task | None = None) -> int:
         """A cookie for :meth:`poll_state_synchronize_rcu`; starts no GP.
@@ -920,9 +797,8 @@ class RcuState:
 
     def start_poll_synchronize_rcu(self, task: Task) -> int:
         """Like :meth:`get_state_synchronize_rcu`, and make sure the needed GP will run."""
-        t = task.now_ns
-        s = self._snap(t)
-        self._request_gp(s, t)
+        s = self.get_state_synchronize_rcu(task)
+        self.rcu_start_this_gp(s, task.now_ns)
         return s
 
     def poll_state_synchronize_rcu(self, cookie: int) -> bool:
@@ -931,10 +807,8 @@ class RcuState:
 
     async def cond_synchronize_rcu(self, task: Task, cookie: int) -> None:
         """``synchronize_rcu()`` only if the GP ``cookie`` needs has not already ended."""
-        self._may_block(task, "cond_synchronize_rcu")
-        await task.sync()
-        if not self.core.poll(cookie):
-            await self.synchronize_rcu(task)
+        poll = functools.partial(self.core.poll, cookie)
+        await self._cond_synchronize(task, "cond_synchronize_rcu", poll)
 
     @staticmethod
     def get_completed_synchronize_rcu() -> int:
@@ -944,24 +818,26 @@ class RcuState:
     def get_state_synchronize_rcu_full(self, task: Task | None = None) -> RcuGpOldState:
         """``rcu_gp_oldstate`` snapshot: satisfied by a normal *or* an expedited GP."""
         t = self._caller_ns(task)
-        return RcuGpOldState(self._snap(t), self._exp_snap(t))
+        return RcuGpOldState(self._snap(t), self.exp.exp_snap(t))
 
     def start_poll_synchronize_rcu_full(self, task: Task) -> RcuGpOldState:
+        """Like :meth:`get_state_synchronize_rcu_full`, and make sure the normal GP will run."""
         old = self.get_state_synchronize_rcu_full(task)
-        self._request_gp(old.rgos_norm, task.now_ns)
+        self.rcu_start_this_gp(old.rgos_norm, task.now_ns)
         return old
 
     def poll_state_synchronize_rcu_full(self, old: RcuGpOldState) -> bool:
+        """Has a normal or an expedited GP elapsed since ``old``? Never blocks."""
         return self.core.poll_full(old)
 
     async def cond_synchronize_rcu_full(self, task: Task, old: RcuGpOldState) -> None:
-        self._may_block(task, "cond_synchronize_rcu_full")
-        await task.sync()
-        if not self.core.poll_full(old):
-            await self.synchronize_rcu(task)
+        """``synchronize_rcu()`` only if neither GP ``old`` can use has ended."""
+        poll = functools.partial(self.core.poll_full, old)
+        await self._cond_synchronize(task, "cond_synchronize_rcu_full", poll)
 
     @staticmethod
     def get_completed_synchronize_rcu_full() -> RcuGpOldState:
+        """An ``rcu_gp_oldstate`` that every poll reports as done."""
         return RcuGpOldState.completed()
 
     @property
@@ -973,235 +849,49 @@ class RcuState:
     def expedited_sequence(self) -> int:
         return self.core.exp_seq
 
-    # ================================================================== rcu_barrier
-
-    async def rcu_barrier(self, task: Task) -> None:
-        """Wait until every callback queued before the call has been invoked.
-
-        Entrains a barrier callback behind each CPU's queued ones and waits for them all; with
-        nothing queued anywhere it returns without waiting for a grace period. Concurrent
-        callers share the work through ``barrier_sequence``.
-        """
-        self._may_block(task, "rcu_barrier")
-        await task.sync()
-        s = rcu_seq_snap(self._barrier_seq)
-        while True:
-            if rcu_seq_done(self._barrier_seq, s):
-                return
-            if not self._barrier_running:
-                break
-            await task.block(self._barrier_wq, "rcu_barrier")
-        self._barrier_running = True
-        self._barrier_seq = rcu_seq_start(self._barrier_seq)
-        now = task.now_ns
-        tracer = self.kernel.tracer
-        if tracer.on:
-            self.kernel.trace(task, "rcu_barrier", f"{self.name} Begin cpu -1 remaining 0 # 0")
-        bar = _Barrier()
-        bar.last_ns = now
-        for cpu_id in sorted(self._cpus_with_cbs):
-            rdp = self._rdp[cpu_id]
-            head = RcuHead(cast("Callable[[RcuHead], object]", bar.callback))
-            if rdp.cblist.entrain(head):
-                bar.count += 1
-                self._cbs_queued += 1
-                if rdp.cblist.segment_lengths()[RCU_NEXT_TAIL]:
-                    self._accelerate(rdp, now)
-                if rdp.cblist.ready_cbs():
-                    self._kick_rcuc(rdp, now)
-        bar.count -= 1
-        while bar.count:
-            await task.block(bar.wq, "rcu_barrier")
-        await self._wait_until(task, bar.last_ns)
-        await task.sync()
-        self._barrier_seq = rcu_seq_end(self._barrier_seq)
-        self._barrier_running = False
-        self._barriers += 1
-        if tracer.on:
-            self.kernel.trace(task, "rcu_barrier", f"{self.name} End cpu -1 remaining 0 # 0")
-        self._barrier_wq.wake_all(task.now_ns)
-
-    # ================================================================== rcu_work
-
-    def queue_rcu_work(self, task: Task, wq: Workqueue, rwork: RcuWork) -> bool:
-        """Queue ``rwork`` on ``wq`` after a grace period; False if it is already pending.
-
-        The work is queued on the CPU that invokes the RCU callback (the queueing CPU, unless
-        that CPU went offline meanwhile), as ``rcu_work_rcufn`` does.
-        """
-        if rwork.pending:
-            return False
-        rwork.rcu_pending = True
-        rwork.rcu_wq = wq
-        self.call_rcu(task, rwork.rcu_head, self._rcu_work_rcufn)
-        return True
-
-    @staticmethod
-    def _rcu_work_rcufn(task: Task, head: RcuHead) -> None:
-        assert isinstance(head, _RcuWorkHead)
-        rwork = head.rwork
-        rwork.rcu_pending = False
-        wq = rwork.rcu_wq
-        assert wq is not None
-        wq.queue_work(task, rwork, cpu=task.cpu.id)
-
-    async def flush_rcu_work(self, task: Task, rwork: RcuWork) -> bool:
-        """Wait for ``rwork``'s grace period and run; False if it was idle (kernel semantics)."""
-        self._may_block(task, "flush_rcu_work")
-        if rwork.rcu_pending:
-            await self.rcu_barrier(task)
-            wq = rwork.rcu_wq
-            assert wq is not None
-            await wq.flush_work(task, rwork)
-            return True
-        wq = rwork.rcu_wq or rwork.wq
-        if wq is None:
-            return False
-        return await wq.flush_work(task, rwork)
-
     # ================================================================== CPU hotplug
 
     def add_hotplug_callback(self, fn: HotplugCallback) -> None:
         """Call ``fn(task, cpu_id, online)`` after each CPU down (False) or up (True)."""
-        self._hotplug_cbs.append(fn)
-
-    def _hotplug_cpu(self, cpu_id: int, what: str) -> Cpu:
-        cpus = self.kernel.sim.cpus
-        if isinstance(cpu_id, bool) or not isinstance(cpu_id, int) or not (
-            0 <= cpu_id < len(cpus)
-        ):
-            raise CpuHotplugError(
-                f"{what}({cpu_id!r}): no such CPU; allowed: 0 .. {len(cpus) - 1}"
-            )
-        return cpus[cpu_id]
+        self.hotplug.add_hotplug_callback(fn)
 
     async def cpu_down(self, task: Task, cpu_id: int) -> None:
         """Take ``cpu_id`` offline from ``task`` (on another CPU).
 
         Its tasks move to the caller's CPU (a reader caught inside its section becomes a
-        blocked reader), it stops holding up grace periods (``rcu_report_dead``), and its
-        callbacks move to the caller's CPU and are re-accelerated against the current
-        ``gp_seq`` (``rcutree_migrate_callbacks``), so none runs early and none is lost.
+        blocked reader), it stops holding up grace periods, and its callbacks move to the
+        caller's CPU, re-accelerated so none runs early and none is lost.
         """
-        cpu = self._hotplug_cpu(cpu_id, "cpu_down")
-        self._may_block(task, "cpu_down")
-        await task.sync()
-        if not cpu.online:
-            raise CpuHotplugError(f"cpu_down({cpu_id}): CPU {cpu_id} is already offline")
-        if self._n_online <= 1:
-            raise CpuHotplugError(
-                f"cpu_down({cpu_id}): CPU {cpu_id} is the last online CPU; "
-                "at least one CPU must stay online"
-            )
-        if task.cpu is cpu:
-            raise CpuHotplugError(
-                f"cpu_down({cpu_id}) called from {task.comm}/{task.pid}, which runs on CPU "
-                f"{cpu_id}; call it from a task on another CPU"
-            )
-        sim = self.kernel.sim
-        sim.freeze_cpu(cpu)
-        self._n_online -= 1
-        # The frozen CPU's tasks must not resume in their own past on the new CPU.
-        await self._wait_until(task, cpu.local_ns)
-        await task.sync()
-        target = task.cpu
-        now = task.now_ns
-        rdp = self._rdp[cpu_id]
-        preempted = cpu.current
-        self._migrating = True
-        try:
-            sim.migrate_tasks(cpu, target)
-            if preempted is not None:
-                self._note_switch(preempted, rdp)
-        finally:
-            self._migrating = False
-        # rcu_report_dead(): an offline CPU holds up no grace period.
-        Simulator.cancel_timer(rdp.idle_timer)
-        self._nonidle.discard(cpu_id)
-        if rdp.qs_pending:
-            self._cpu_qs(rdp, f"cpuhp/{cpu_id}", 0)
-        if rdp.exp_qs_pending:
-            self._exp_cpu_qs(rdp, cpu.local_ns)
-        if rdp.dynticks & 1:
-            rdp.dynticks += 1
-        # rcutree_migrate_callbacks(): adopt, then re-accelerate so nothing runs early.
-        mine = self._rdp[target.id]
-        if rdp.cblist.n_cbs:
-            mine.cblist.advance(self.core.gp_seq)
-            mine.cblist.merge_from(rdp.cblist)
-            self._cpus_with_cbs.add(target.id)
-            self._accelerate(mine, now)
-            if mine.cblist.ready_cbs():
-                self._kick_rcuc(mine, now)
-        self._cpus_with_cbs.discard(cpu_id)
-        rdp.wait_targets.clear()
-        if rdp.rcuc is not None:
-            rdp.rcuc = None  # rcuc/N exits; a new one is created if the CPU comes back
-            rdp.rcuc_wq.wake_all(now)
-        if self.kernel.tracer.on:
-            self.kernel.trace(task, "rcu_grace_period",
-                              f"{self.name} {signed_seq(self.core.gp_seq)} cpuofl")
-        await self._run_hotplug_cbs(task, cpu_id, False)
+        await self.hotplug.cpu_down(task, cpu_id)
 
     async def cpu_up(self, task: Task, cpu_id: int) -> None:
         """Bring ``cpu_id`` back online (idle, with an empty callback list)."""
-        cpu = self._hotplug_cpu(cpu_id, "cpu_up")
-        self._may_block(task, "cpu_up")
-        await task.sync()
-        if cpu.online:
-            raise CpuHotplugError(f"cpu_up({cpu_id}): CPU {cpu_id} is already online")
-        self.kernel.sim.online_cpu(cpu, task.now_ns)
-        self._n_online += 1
-        rdp = self._rdp[cpu_id]
-        rdp.qs_pending = False
-        rdp.exp_qs_pending = False
-        rdp.blimit = BatchLimits()
-        if self.kernel.tracer.on:
-            self.kernel.trace(task, "rcu_grace_period",
-                              f"{self.name} {signed_seq(self.core.gp_seq)} cpuonl")
-        await self._run_hotplug_cbs(task, cpu_id, True)
-
-    async def _run_hotplug_cbs(self, task: Task, cpu_id: int, online: bool) -> None:
-        for fn in list(self._hotplug_cbs):
-            res = fn(task, cpu_id, online)
-            if inspect.isawaitable(res):
-                await res
+        await self.hotplug.cpu_up(task, cpu_id)
 
     # ================================================================== introspection
 
     def statistics(self) -> RcuStats:
         core = self.core
+        cbs = self.cbs
         return RcuStats(
             gp_seq=core.gp_seq,
             started_gps=core.gps_started,
             completed_gps=core.gps_completed,
             expedited_gps=core.exp_completed,
-            callbacks_queued=self._cbs_queued,
-            callbacks_invoked=self._cbs_invoked,
-            callbacks_pending=self._cbs_queued - self._cbs_invoked,
-            stalls=self._stalls,
-            barriers=self._barriers,
+            callbacks_queued=cbs.queued,
+            callbacks_invoked=cbs.invoked,
+            callbacks_pending=cbs.pending,
+            stalls=self.stall.stalls,
+            barriers=cbs.barriers,
             qs_reports=self._qs_reports,
-            blocked_readers=len(self._blocked),
-            cpus_online=self._n_online,
+            blocked_readers=len(self.readers.blocked),
+            cpus_online=self.hotplug.n_online,
         )
 
     def rcu_data(self, cpu_id: int) -> RcuData:
         """The ``rcu_data`` of ``cpu_id`` (its callback list, QS state, rcuc kthread)."""
         return self._rdp[cpu_id]
 
-    # ================================================================== tracing helpers
-
-    def _emit(self, cpu: int, comm: str, pid: int, ts: int, name: str, fields: str) -> None:
-        self.kernel.tracer.emit(name, ts, cpu, comm, pid, fields)
-
-    def _rhp_addr(self, head: RcuHead, *, drop: bool = False) -> int:
-        """A stable kernel-looking address for ``head`` so traces are the same on every run."""
-        key = id(head)
-        addr = self._rhp.pop(key, None) if drop else self._rhp.get(key)
-        if addr is None:
-            self._rhp_next += 1
-            addr = _FAKE_ADDR_BASE + self._rhp_next * 0x40
-            if not drop:
-                self._rhp[key] = addr
-        return addr
+    def stall_text(self, detector: Cpu) -> str:
+        """The kernel's stall report for the current GP, as seen from ``detector``."""
+        return self.stall.print_other_cpu_stall(detector)

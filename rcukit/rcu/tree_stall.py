@@ -1,0 +1,97 @@
+"""RCU CPU stall warnings: ``kernel/rcu/tree_stall.h`` on the simulated CPUs.
+
+:class:`RcuStall` holds what ``tree_stall.h`` keeps for one ``rcu_state``: the stall deadline
+(``rcu_state.jiffies_stall``, here a timer armed at each GP start by
+``record_gp_stall_check_time``), which GP was already reported and how many were. The kernel
+checks the deadline from the scheduling-clock tick; a timer fires at the same instant without
+a tick hook. One report per GP, in ``print_other_cpu_stall``'s words.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rcukit.locking.splat import Splat
+from rcukit.rcu.gpcore import signed_seq
+from rcukit.sched.sim import Simulator, Timer
+
+if TYPE_CHECKING:
+    from rcukit.rcu.tree import RcuState
+    from rcukit.sched.sim import Cpu
+
+__all__ = ["RcuStall"]
+
+
+class RcuStall:
+    """Stall detection for the normal GPs of one ``rcu_state`` (``kernel.rcu.stall``)."""
+
+    def __init__(self, rcu: RcuState) -> None:
+        self._rcu = rcu
+        self._kernel = rcu.kernel
+        self._timeout_ns = rcu.kernel.config.rcu_stall_timeout_ms * 1_000_000
+        self._timer = Timer("rcu_stall", self.check_cpu_stall)
+        self._stalled_gp = -1
+        #: Stall reports so far (``RcuStats.stalls``).
+        self.stalls = 0
+
+    def record_gp_stall_check_time(self, cpu: Cpu, now: int) -> None:
+        """``record_gp_stall_check_time``: a GP started at ``now``; arm its deadline."""
+        self._kernel.sim.arm_timer(self._timer, cpu, now + self._timeout_ns)
+
+    def gp_ended(self) -> None:
+        """The GP ended: its deadline no longer applies."""
+        Simulator.cancel_timer(self._timer)
+
+    def check_cpu_stall(self, timer: Timer) -> None:
+        """``check_cpu_stall``: one report per GP that outlives ``rcu_stall_timeout_ms``."""
+        rcu = self._rcu
+        core = rcu.core
+        if not core.gp_in_progress() or self._stalled_gp == core.gp_seq:
+            return
+        holdouts = rcu._holdouts
+        if not holdouts.cpus and not holdouts.tasks:
+            return
+        cpu = timer.cpu
+        assert cpu is not None
+        self._stalled_gp = core.gp_seq
+        self.stalls += 1
+        k = rcu._kthread
+        locks = self._kernel.locks
+        locks.record(
+            Splat(
+                kind="rcu_stall",
+                cpu=cpu.id,
+                comm=k.comm if k else rcu.name,
+                pid=k.pid if k else 0,
+                time_ns=cpu.local_ns,
+                release=locks.kernel_release,
+                ip="rcu_gp_kthread",
+                site=f"g={signed_seq(core.gp_seq)}",
+                detail=self.print_other_cpu_stall(cpu),
+            )
+        )
+
+    def print_other_cpu_stall(self, detector: Cpu) -> str:
+        """``print_other_cpu_stall``: the report for the current GP, as seen from ``detector``."""
+        rcu = self._rcu
+        cpus = self._kernel.sim.cpus
+        lines = [f"INFO: {rcu.name} detected stalls on CPUs/tasks:"]
+        holdouts = rcu._holdouts
+        for cpu_id in sorted(holdouts.cpus):
+            cpu = cpus[cpu_id]
+            rdp = rcu._rdp[cpu_id]
+            ticks = cpu.ticks - rdp.ticks_at_gp_start
+            busy = 1 if cpu_id in rcu._nonidle else 0
+            lines.append(
+                f"\t{cpu_id}-...{'!' if ticks == 0 else '.'}: ({ticks} ticks this GP) "
+                f"idle={rdp.dynticks & 0xFFFF:04x}/{busy}/{busy << 62:#x} "
+                f"softirq={cpu.ticks}/{rdp.ticks_at_gp_start} fqs=0"
+            )
+        for t in holdouts.tasks:
+            lines.append(f"\tP{t.pid} {t.comm}")
+        jiffies = (detector.local_ns - rcu._gp_start_ns) // self._kernel.config.tick_ns
+        lines.append(
+            f"\t(detected by {detector.id}, t={jiffies} jiffies, "
+            f"g={signed_seq(rcu.core.gp_seq)}, q={rcu.cbs.pending})"
+        )
+        return "\n".join(lines)
