@@ -69,12 +69,13 @@ class LockContext(Protocol):
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _python_site() -> str:
-    """The innermost Python frame that is not lock or scheduler plumbing: the modelled caller."""
-    f = sys._getframe(2)
+def python_site(skip: tuple[str, ...]) -> str:
+    """``file:line`` of the innermost Python frame outside ``skip`` (path prefixes): the
+    modelled caller, where the kernel's report would print the caller's ``_RET_IP_``."""
+    f = sys._getframe(1)
     while f is not None:
         fn = f.f_code.co_filename
-        if not fn.startswith(_SKIP_DIRS):
+        if not fn.startswith(skip):
             return f"{os.path.basename(fn)}:{f.f_lineno}"
         f = f.f_back  # type: ignore[assignment]
     return "?"
@@ -254,7 +255,7 @@ class LockChecker:
             lock_outer=lock.kind.wait_outer.effective(self.prove_raw) if lock else 0,
             lock_inner=lock.kind.wait_inner.effective(self.prove_raw) if lock else 0,
             ip=ip,
-            site=_python_site(),
+            site=python_site(_SKIP_DIRS),
             context=(ctx, ctx),
             held=held,
             preempt_count=task.preempt_count,

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from typing import TYPE_CHECKING
 
 from rcukit.errors import RcuUsageError
+from rcukit.locking.checker import python_site
 from rcukit.locking.splat import HeldLockInfo, Splat
 from rcukit.rcu.gpcore import signed_seq
 
@@ -35,6 +35,7 @@ _INTERNAL_FILES = (
     os.path.join(_PKG_DIR, "sched") + os.sep,
     os.path.join(_PKG_DIR, "locking") + os.sep,
     os.path.join(_PKG_DIR, "kernel.py"),
+    os.path.join(_PKG_DIR, "machine.py"),
     # tree.py and its tree_*.py pieces
     os.path.join(_PKG_DIR, "rcu", "tree"),
     os.path.dirname(os.path.abspath(contextlib.__file__)) + os.sep + "contextlib",
@@ -43,13 +44,7 @@ _INTERNAL_FILES = (
 
 def _caller_site() -> str:
     """The innermost frame outside the scheduler, locking and RCU plumbing: the user's line."""
-    f = sys._getframe(1)
-    while f is not None:
-        fn = f.f_code.co_filename
-        if not fn.startswith(_INTERNAL_FILES):
-            return f"{os.path.basename(fn)}:{f.f_lineno}"
-        f = f.f_back  # type: ignore[assignment]
-    return "?"
+    return python_site(_INTERNAL_FILES)
 
 
 class RcuReaders:
