@@ -86,11 +86,11 @@ class Kernel:
     def _init_subsystems(self) -> None:
         """Boot order as in start_kernel(): mm, then RCU, then kvfree_rcu on top of both."""
         try:
-            from rcukit.mm.page_alloc import PageAllocator
+            from rcukit.mm.mm import Mm
         except ImportError:  # pragma: no cover - during bring-up of the mm subsystem
             self.mm: Any = None
         else:
-            self.mm = PageAllocator(self)
+            self.mm = Mm(self)
             self._subsystems.append(self.mm)
         try:
             from rcukit.rcu.tree import RcuState

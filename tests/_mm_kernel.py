@@ -15,16 +15,16 @@ import trio
 
 from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel
-from rcukit.mm.page_alloc import PageAllocator
+from rcukit.mm.mm import Mm
 
 
 class MmOnlyKernel(Kernel):
-    """A :class:`Kernel` whose only subsystem is :class:`PageAllocator`."""
+    """A :class:`Kernel` whose only subsystem is :class:`Mm`."""
 
-    mm: PageAllocator
+    mm: Mm
 
     def _init_subsystems(self) -> None:
-        self.mm = PageAllocator(self)
+        self.mm = Mm(self)
         self._subsystems.append(self.mm)
         self.rcu = None
         self.kvfree = None
@@ -47,8 +47,8 @@ async def mm_kernel(
             nursery.cancel_scope.cancel()
 
 
-def pa(k: Kernel) -> PageAllocator:
+def pa(k: Kernel) -> Mm:
     """``k.mm`` with its type (the Kernel types it loosely while subsystems come up)."""
     mm = k.mm
-    assert isinstance(mm, PageAllocator)
+    assert isinstance(mm, Mm)
     return mm
