@@ -174,14 +174,8 @@ def test_rmqueue_smallest_does_not_fall_back() -> None:
 
 
 def _bulk(b: BuddyAllocator, count: int, mt: int) -> list[int]:
-    """``rmqueue_bulk()``'s loop of ``__rmqueue`` calls, without its lock (see test_page_alloc)."""
-    pages: list[int] = []
-    for _ in range(count):
-        pfn = b.rmqueue(0, mt)
-        if pfn is None:
-            break
-        pages.append(pfn)
-    return pages
+    """``rmqueue_bulk()``'s ``__rmqueue`` calls without its lock (a dry zone stays dry)."""
+    return [p for p in (b.rmqueue(0, mt) for _ in range(count)) if p is not None]
 
 
 def _allocator_with(free: list[tuple[int, int, int]]) -> BuddyAllocator:

@@ -1,10 +1,11 @@
 """Pure data structures of one simulated zone: buddy free lists, per-CPU page lists, watermarks.
 
-Nothing here locks, sleeps, reads a clock or traces. The page allocator wraps these structures
-with ``zone->lock``/pcp protection, costs and tracepoints, so the same code serves every
-allocation mode the simulation compares (pcp-only ``__GFP_FAST_TRY``, ``GFP_NOWAIT`` refills,
-``alloc_pages_nolock()`` trylocks). Kernel facts follow kernel.md sections 3.3 (pcp, batch/high)
-and 3.4 (watermarks, ``__zone_watermark_ok``), 5.8-5.10 era unless a docstring says otherwise.
+Nothing here locks, sleeps, reads a clock or traces (``Zone`` only holds its lock). The page
+allocator wraps these structures with ``zone->lock``/pcp protection, costs and tracepoints, so
+the same code serves every allocation mode the simulation compares (pcp-only
+``__GFP_FAST_TRY``, ``GFP_NOWAIT`` refills, ``alloc_pages_nolock()`` trylocks). Kernel facts
+follow kernel.md sections 3.3 (pcp, batch/high) and 3.4 (watermarks, ``__zone_watermark_ok``),
+5.8-5.10 era unless a docstring says otherwise.
 
 Migratetype numbering is the 5.x one: UNMOVABLE 0, MOVABLE 1, RECLAIMABLE 2, and
 ``MIGRATE_PCPTYPES`` 3 is both the number of pcp lists and the first non-pcp type (HIGHATOMIC,
