@@ -20,7 +20,7 @@ from rcukit.config import KernelConfig, config_to_dict
 from rcukit.errors import SimulationError
 from rcukit.locking.splat import Splat
 from rcukit.machine import Machine
-from rcukit.mm.page_alloc import PageAllocator
+from rcukit.mm.mm import Mm
 from rcukit.rcu.kvfree import KvfreeRcu
 from rcukit.rcu.tree import RcuState
 from rcukit.sched.sim import Task
@@ -38,7 +38,7 @@ class Subsystems:
     needs both.
     """
 
-    mm: Callable[[Machine], PageAllocator] | None = PageAllocator
+    mm: Callable[[Machine], Mm] | None = Mm
     rcu: Callable[[Machine], RcuState] | None = RcuState
     kvfree: bool = True
 
@@ -70,7 +70,7 @@ class Kernel(Machine):
         self._kvfree = KvfreeRcu(self) if subsystems.kvfree else None
 
     @property
-    def mm(self) -> PageAllocator:
+    def mm(self) -> Mm:
         """The memory-management subsystem (page allocator, slab, vmalloc, kswapd)."""
         if self._mm is None:
             raise _absent("mm")

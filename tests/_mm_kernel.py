@@ -13,7 +13,7 @@ from typing import Any
 
 from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel, Subsystems, boot
-from rcukit.mm.page_alloc import PageAllocator
+from rcukit.mm.mm import Mm
 
 MM_ONLY = Subsystems(rcu=None, kvfree=False)
 
@@ -25,5 +25,5 @@ async def mm_kernel(config: KernelConfig | None = None, **overrides: Any) -> Asy
         yield k
 
 
-def pa(k: Kernel) -> PageAllocator:
+def pa(k: Kernel) -> Mm:
     return k.mm

@@ -21,7 +21,8 @@ from rcukit.mm.gfp import (
     GFP_NOWAIT,
     MIGRATE_MOVABLE,
 )
-from rcukit.mm.page_alloc import PAGE_OFFSET, ZONE_NORMAL_START_PFN, PageAllocator
+from rcukit.mm.memmap import PAGE_OFFSET, ZONE_NORMAL_START_PFN
+from rcukit.mm.mm import Mm
 from rcukit.sched.sim import Task
 
 T = TypeVar("T")
@@ -49,7 +50,7 @@ async def on_cpu(k: Kernel, fn: Callable[[Task], Awaitable[T]], cpu: int = 0) ->
 async def test_boot_wires_batch_high_watermarks_and_free_memory(autojump_clock: Any) -> None:
     async with mm_kernel(KernelConfig()) as k:
         mm = pa(k)
-        assert isinstance(mm, PageAllocator)
+        assert isinstance(mm, Mm)
         # 1 GiB of 4 KiB pages: zone_batchsize 63, high 6*63 = 378 (kernel.md 3.3).
         assert {(p.batch, p.high) for p in mm.pcps} == {(63, 378)}
         assert k.cpus[2].data["pcp"] is mm.pcps[2]
@@ -118,6 +119,26 @@ async def test_first_allocation_refills_batch_then_hits_need_no_lock(autojump_cl
         assert all(p >= ZONE_NORMAL_START_PFN for p in pfns)
         assert k.vmstat["pgalloc_normal"] == 11
         assert mm.zone_lock.acquisitions == 1
+        mm.check()
+
+
+async def test_rmqueue_bulk_stops_when_the_zone_runs_dry_and_rejects_bad_counts(
+    autojump_clock: Any,
+) -> None:
+    async with mm_kernel(cfg(**{"mm.zone_pages": 4096, "mm.initial_free_pages": 8})) as k:
+        mm = pa(k)
+
+        async def work(task: Task) -> int:
+            pcp = mm.pcps[0]
+            with pytest.raises(PageAllocError, match="count -1"):
+                await mm.page_alloc.rmqueue_bulk(task, pcp, MIGRATE_MOVABLE, -1, False)
+            n = await mm.page_alloc.rmqueue_bulk(task, pcp, MIGRATE_MOVABLE, 63, False)
+            assert list(pcp.lists[MIGRATE_MOVABLE]) == sorted(pcp.lists[MIGRATE_MOVABLE])
+            return n
+
+        assert await on_cpu(k, work) == 8
+        assert mm.nr_free_pages() == 0 and mm.pcps[0].count == 8
+        assert (k.vmstat["pcp_refill"], k.vmstat["zone_lock_acquisitions"]) == (1, 1)
         mm.check()
 
 

@@ -14,7 +14,7 @@ from rcukit.config import KernelConfig
 from rcukit.errors import MemoryDebugError, PageAllocError
 from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_KERNEL
-from rcukit.mm.page_alloc import PAGE_OFFSET
+from rcukit.mm.memmap import PAGE_OFFSET
 from rcukit.mm.slab import (
     MIN_PARTIAL,
     ZERO_SIZE_PTR,

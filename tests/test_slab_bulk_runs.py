@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from rcukit.config import KernelConfig
 from rcukit.mm.gfp import GFP_KERNEL
-from rcukit.mm.page_alloc import PAGE_OFFSET
+from rcukit.mm.memmap import PAGE_OFFSET
 from rcukit.mm.slab import (
     ZERO_SIZE_PTR,
     KmemCache,

@@ -25,7 +25,7 @@ from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_KERNEL
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
-    from rcukit.mm.page_alloc import PageAllocator
+    from rcukit.mm.mm import Mm
 
 ATOMIC_GFP = int(GFP_ATOMIC | GFP.NOWARN)
 KERNEL_GFP = int(GFP_KERNEL)
@@ -34,7 +34,7 @@ KERNEL_GFP = int(GFP_KERNEL)
 class BackgroundLoad:
     """The ``memload/N`` tasks; counters land in vmstat as ``background_*``."""
 
-    def __init__(self, mm: PageAllocator, seed: int) -> None:
+    def __init__(self, mm: Mm, seed: int) -> None:
         self.mm = mm
         self.seed = seed
         cfg = mm.kernel.config.mm

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 import attrs
 
 from rcukit.errors import MemoryDebugError
-from rcukit.mm.gfp import GFP
+from rcukit.mm.gfp import GFP, parse_gfp, validate_gfp
 
 if TYPE_CHECKING:
+    from rcukit.config import MemoryConfig
     from rcukit.sched.sim import Task
 
 _MM_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -80,6 +81,35 @@ class FaultAttr:
         if self.times > 0:
             self.times -= 1
         return True
+
+
+@attrs.define(slots=True)
+class FaultInjection:
+    """The mm's two fault-injection points, each a debugfs directory in the kernel."""
+
+    #: ``/sys/kernel/debug/fail_page_alloc`` (``should_fail_alloc_page()``).
+    fail_page_alloc: FaultAttr
+    #: ``/sys/kernel/debug/failslab`` (``should_failslab()``).
+    failslab: FaultAttr
+
+    @classmethod
+    def from_config(cls, mmc: MemoryConfig, seed: int) -> FaultInjection:
+        """Both attrs as configured, each with its own RNG seeded from the kernel's ``seed``."""
+        return cls(
+            FaultAttr(
+                probability=mmc.fail_page_alloc_probability,
+                interval=mmc.fail_page_alloc_interval,
+                times=mmc.fail_page_alloc_times,
+                require=int(validate_gfp(parse_gfp(mmc.fail_page_alloc_gfp_filter))),
+                min_order=mmc.fail_page_alloc_min_order,
+                ignore_gfp_reclaim=mmc.fail_page_alloc_ignore_gfp_reclaim,
+                rng=random.Random(f"rcukit-fail_page_alloc:{seed}"),
+            ),
+            FaultAttr(
+                probability=mmc.failslab_probability,
+                rng=random.Random(f"rcukit-failslab:{seed}"),
+            ),
+        )
 
 
 #: A site as recorded on hot paths: ``(code, instruction offset, time_ns, cpu, comm)``. A plain

@@ -24,7 +24,7 @@ from rcukit.locking.locks import LockKind
 from rcukit.sched.sim import Task, WaitQueue
 
 if TYPE_CHECKING:
-    from rcukit.mm.page_alloc import PageAllocator
+    from rcukit.mm.mm import Mm
 
 #: Pages per reclaim pass (``SWAP_CLUSTER_MAX``).
 SWAP_CLUSTER_MAX = 32
@@ -89,7 +89,7 @@ class ReclaimablePool:
 class Kswapd:
     """``kswapd0`` of the one simulated node, plus reclaim shared with direct reclaimers."""
 
-    def __init__(self, mm: PageAllocator) -> None:
+    def __init__(self, mm: Mm) -> None:
         self.mm = mm
         kernel = mm.kernel
         #: ``pgdat->kswapd_wait``; kswapd blocks here.
@@ -144,9 +144,9 @@ class Kswapd:
         if blocks:
             lock = mm.zone.lock
             mm.locks.acquire(task, lock, "shrink_node", irqsave=True)
-            mm.count_zone_lock()
+            mm.page_alloc.count_zone_lock()
             task.charge(mm.spin_lock_cost + n * cost.buddy_free_page_ns)
-            mm.release_reclaimed(blocks)
+            mm.page_alloc.release_reclaimed(blocks)
             mm.locks.release(task, lock)
         freed = await self.shrink_slab(task, nr_to_reclaim)
         return n + freed

@@ -1,4 +1,4 @@
-"""The simulated page allocator: ``__alloc_pages`` fast and slow paths, pcp lists, zone lock.
+"""mm/page_alloc.c: ``__alloc_pages`` fast and slow paths, the pcp lists, ``zone->lock``.
 
 One node with one zone (ZONE_NORMAL) modelled on 5.8/5.9 (kernel.md 3), the allocator the RFC
 was written against, plus the RFC's ``__GFP_FAST_TRY`` and v6.15's ``alloc_pages_nolock()``
@@ -24,31 +24,25 @@ deferred-grow hunk has nothing to skip), ``drain_all_pages``, MIGRATE_HIGHATOMIC
 5.x boosted-watermark kswapd wake in ``rmqueue()``, and NUMA. Reclaimed pages go straight back
 to the buddy lists.
 
-Pages are PFNs (ints). One byte per page (``_pstate``) records whether it is free, allocated
-(with its order and the pcp list it came from), a tail of a higher-order block, a slab page, or
-held by the "other users" reclaim takes from, so bad frees are caught for a byte per page.
+The zone's structures live in :mod:`rcukit.mm.zone`, page states and addresses in
+:mod:`rcukit.mm.memmap`; ``kernel.mm`` (:class:`rcukit.mm.mm.Mm`) composes them with this
+module's :class:`PageAlloc`, kswapd, slab and vmalloc.
 """
 
 from __future__ import annotations
 
-import random
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import attrs
-
 from rcukit.config import CostModel
 from rcukit.errors import ConfigError, MemoryDebugError, PageAllocError, SimulationError
-from rcukit.locking.locks import Lock, LockKind
 from rcukit.mm.alloc_core import (
     NOLOCK_GFP,
     BlockPageSource,
     builtin_variants,
     check_variant_name,
 )
-from rcukit.mm.background import BackgroundLoad
-from rcukit.mm.fault import FaultAttr, caller_site, memory_error
 from rcukit.mm.gfp import (
     GFP,
     MIGRATE_MOVABLE,
@@ -58,56 +52,48 @@ from rcukit.mm.gfp import (
     format_gfp,
     gfp_migratetype,
     gfp_to_alloc_flags,
-    parse_gfp,
     validate_gfp,
 )
-from rcukit.mm.kswapd import MAX_RECLAIM_RETRIES, SWAP_CLUSTER_MAX, Kswapd, Shrinker
-from rcukit.mm.kswapd import ShrinkCount as ShrinkCount
-from rcukit.mm.kswapd import ShrinkScan as ShrinkScan
-from rcukit.mm.slab import SlabAllocator
-from rcukit.mm.vmalloc import VMALLOC_END, VMALLOC_START, VmallocAllocator
+from rcukit.mm.kswapd import MAX_RECLAIM_RETRIES, SWAP_CLUSTER_MAX
+from rcukit.mm.memmap import (
+    ORDER0_MT,
+    PAGE_OFFSET,
+    PS_FREE,
+    page_struct,
+)
 from rcukit.mm.zone import (
     MAX_ORDER,
-    BuddyAllocator,
     PerCpuPages,
-    Watermarks,
-    compute_watermarks,
-    min_free_kbytes_default,
     pcp_high,
     zone_batchsize,
-    zone_min_pages,
     zone_watermark_ok,
 )
-from rcukit.sched.sim import Task, WaitQueue
+from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
-    from rcukit.kernel import Kernel
+    from typing import TypeAlias
 
-#: x86-64 direct map base (``__PAGE_OFFSET_BASE_L4``): ``page_address(pfn) = PAGE_OFFSET + pfn*PS``.
-PAGE_OFFSET = 0xFFFF888000000000
-#: x86-64 ``vmemmap`` base: ``struct page`` addresses printed by the page tracepoints.
-VMEMMAP_START = 0xFFFFEA0000000000
-#: ZONE_NORMAL starts at 4 GiB on x86-64 machines with more than 4 GiB.
-ZONE_NORMAL_START_PFN = 0x100000
+    from rcukit.locking.locks import Lock
+    from rcukit.mm.mm import Mm
+
+    # The name rcukit.scenarios.torture and rcukit.mm.alloc_core still use for kernel.mm.
+    PageAllocator: TypeAlias = Mm
+else:
+
+    def __getattr__(name: str) -> object:
+        """``PageAllocator``: ``kernel.mm``'s class (:class:`rcukit.mm.mm.Mm`), its old name."""
+        if name == "PageAllocator":
+            from rcukit.mm.mm import Mm
+
+            return Mm
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: Orders above this are "costly" (and never served by ``alloc_pages_nolock``).
 PAGE_ALLOC_COSTLY_ORDER = 3
 #: ``warn_alloc`` ratelimit (``DEFAULT_RATELIMIT_INTERVAL``/``_BURST``): 10 lines per 5 s.
 WARN_RATELIMIT_NS = 5_000_000_000
 WARN_RATELIMIT_BURST = 10
-
-# Page state bytes (``_pstate``).
-PS_FREE = 0
-PS_TAIL = 0x40
-PS_SLAB = 0x80
-PS_OTHER = 0xFF
-
-
-def _head_state(mt: int, order: int) -> int:
-    return ((mt + 1) << 4) | order
-
-
-#: state byte -> migratetype for an allocated order-0 non-slab page, else 0xFF.
-_ORDER0_MT = bytes((v >> 4) - 1 if v in (0x10, 0x20, 0x30) else 0xFF for v in range(256))
 
 _GFP_HIGHMEM = int(GFP.HIGHMEM)
 _ALLOC_WMARK_MASK = int(AllocFlags.WMARK_MASK)
@@ -119,26 +105,6 @@ _ALLOC_TRYLOCK = int(AllocFlags.TRYLOCK)
 _ALLOC_KSWAPD = int(AllocFlags.KSWAPD)
 _ALLOC_WMARK_LOW = int(AllocFlags.WMARK_LOW)
 _ALLOC_WMARK_MIN = int(AllocFlags.WMARK_MIN)
-
-
-@attrs.define(eq=False)
-class Zone:
-    """``struct zone`` as far as the model needs it: buddy lists, watermarks, ``zone->lock``."""
-
-    name: str
-    buddy: BuddyAllocator
-    wmark: Watermarks
-    lock: Lock
-    managed_pages: int
-
-    @property
-    def start_pfn(self) -> int:
-        return self.buddy.start_pfn
-
-    @property
-    def nr_free(self) -> int:
-        """``NR_FREE_PAGES``: pages on the buddy lists (pcp pages do not count, as in 5.x)."""
-        return self.buddy.nr_free
 
 
 class _GfpPlan:
@@ -185,50 +151,39 @@ class _GfpPlan:
         self.hit_ns = cost.pcp_alloc_ns + (zero_ns if self.zero else 0)
 
 
-class PageAllocator:
-    """``kernel.mm``: the zone, per-CPU pcp lists, kswapd, slab, vmalloc and the variants."""
+class PageAlloc:
+    """``kernel.mm.page_alloc``: mm/page_alloc.c's allocation and free paths over the one zone.
 
-    def __init__(self, kernel: Kernel) -> None:
-        self.kernel = kernel
+    Owns what page_alloc.c owns: the per-CPU pagesets (``setup_zone_pageset()``), the GFP plans,
+    ``warn_alloc``'s ratelimit and the failure counts; reads the zone, the memory map, kswapd and
+    ``fail_page_alloc`` from the :class:`~rcukit.mm.mm.Mm` that composes them.
+    """
+
+    def __init__(self, mm: Mm) -> None:
+        kernel = mm.kernel
         cfg = kernel.config
         mmc = cfg.mm
-        self.config = mmc
+        self.kernel = kernel
         self.cost = cfg.cost
         self.locks = kernel.locks
         self.vmstat = kernel.vmstat
         self.tracer = kernel.tracer
-        self.page_size = cfg.page_size
-        self.page_shift = cfg.page_size.bit_length() - 1
-        self.page_offset = PAGE_OFFSET
         self.preempt_rt = cfg.preempt_rt
-        #: A ``spinlock_t`` round trip (rt_mutex based on PREEMPT_RT).
-        self.spin_lock_cost = cfg.cost.spin_lock_ns + (
-            cfg.cost.rt_spin_lock_extra_ns if cfg.preempt_rt else 0
-        )
+        self.spin_lock_cost = mm.spin_lock_cost
         self.zero_cost = cfg.cost.zero_page_ns(cfg.page_size)
+        self.zone = zone = mm.zone
+        self.memmap = memmap = mm.memmap
+        self.kswapd = mm.kswapd
+        self.fail_page_alloc = mm.fault.fail_page_alloc
+        # Locals of the hot paths, read once.
+        self._buddy = zone.buddy
+        self._wmark_low = zone.wmark.low
+        self._pstate = memmap.pstate
+        self._start_pfn = memmap.start_pfn
+        self._nr_pages = memmap.nr_pages
+        self._page_shift = memmap.page_shift
 
-        nr = mmc.zone_pages
-        page_kb = cfg.page_size // 1024
-        min_kb = (
-            mmc.min_free_kbytes
-            if mmc.min_free_kbytes is not None
-            else min_free_kbytes_default(nr * page_kb)
-        )
-        wmark = compute_watermarks(
-            nr, zone_min_pages(min_kb, nr, page_size=cfg.page_size), mmc.watermark_scale_factor
-        )
-        buddy = BuddyAllocator(ZONE_NORMAL_START_PFN, nr)
-        self.zone = Zone(
-            "Normal", buddy, wmark, kernel.new_lock("&zone->lock", LockKind.SPINLOCK), nr
-        )
-        #: ``zone->lock`` (a ``spinlock_t``), the lock the RFC is about.
-        self.zone_lock = self.zone.lock
-        self._buddy = buddy
-        self._wmark_low = wmark.low
-        self._start_pfn = ZONE_NORMAL_START_PFN
-        self._end_pfn = ZONE_NORMAL_START_PFN + nr
-        self._nr_pages = nr
-
+        nr = zone.managed_pages
         batch = mmc.pcp_batch if mmc.pcp_batch is not None else zone_batchsize(nr, cfg.page_size)
         high = mmc.pcp_high if mmc.pcp_high is not None else pcp_high(batch)
         #: Per-CPU ``struct per_cpu_pages``, indexed by CPU id (also in ``cpu.data["pcp"]``).
@@ -236,30 +191,9 @@ class PageAllocator:
         for cpu, pcp in zip(kernel.sim.cpus, self.pcps, strict=True):
             cpu.data["pcp"] = pcp
 
-        self._pstate = bytearray(nr)
-        self.kswapd = Kswapd(self)
-        self._reserve_other_users(nr, mmc.initial_free_pages, mmc.initial_used_fraction)
-
-        self._seed = kernel.rng.getrandbits(64)
-        require = int(validate_gfp(parse_gfp(mmc.fail_page_alloc_gfp_filter)))
-        #: ``/sys/kernel/debug/fail_page_alloc``.
-        self.fail_page_alloc = FaultAttr(
-            probability=mmc.fail_page_alloc_probability,
-            interval=mmc.fail_page_alloc_interval,
-            times=mmc.fail_page_alloc_times,
-            require=require,
-            min_order=mmc.fail_page_alloc_min_order,
-            ignore_gfp_reclaim=mmc.fail_page_alloc_ignore_gfp_reclaim,
-            rng=random.Random(f"rcukit-fail_page_alloc:{self._seed}"),
-        )
-        #: ``/sys/kernel/debug/failslab``.
-        self.failslab = FaultAttr(
-            probability=mmc.failslab_probability,
-            rng=random.Random(f"rcukit-failslab:{self._seed}"),
-        )
         self._fault_on = self.fail_page_alloc.enabled
-
-        self._plans: dict[int, _GfpPlan] = {}
+        #: The plan of every GFP mask seen so far (capped), keyed by the mask.
+        self.plans: dict[int, _GfpPlan] = {}
         self._nolock_plan = _GfpPlan(NOLOCK_GFP, self.cost, self.zero_cost)
         #: Allocation failures keyed by the failing mask as ``format_gfp`` prints it.
         self.failures_by_gfp: dict[str, int] = {}
@@ -273,95 +207,41 @@ class PageAllocator:
 
         #: Allocator-core variants by name (see :mod:`rcukit.mm.alloc_core`).
         self.variants: dict[str, BlockPageSource] = builtin_variants()
-        self.background: BackgroundLoad | None = None
-
-        self.slab = SlabAllocator(self)
-        #: The vmalloc space (``VmallocAllocator``); ``vmalloc`` itself is a method here.
-        self.vmap = VmallocAllocator(self)
-        # Bound methods re-exported so callers write ``kernel.mm.kfree_bulk(...)``.
-        self.kmalloc = self.slab.kmalloc
-        self.kfree = self.slab.kfree
-        self.kfree_bulk = self.slab.kfree_bulk
-        self.ksize = self.slab.ksize
-        self.vmalloc = self.vmap.vmalloc
-        self.vfree = self.vmap.vfree
-        self.vfree_bulk = self.vmap.vfree_bulk
-
-    def _reserve_other_users(self, nr: int, free_pages: int | None, used_fraction: float) -> None:
-        """Hand the boot-time share of the zone to "other users" (what reclaim takes back)."""
-        if free_pages is None:
-            used = int(nr * used_fraction)
-        else:
-            if free_pages > nr:
-                raise ConfigError(
-                    f"mm.initial_free_pages = {free_pages} exceeds mm.zone_pages = {nr}"
-                )
-            used = nr - free_pages
-        st = self._pstate
-        base = self._start_pfn
-        pool = self.kswapd.pool
-        for pfn, order in self.zone.buddy.reserve(used, MIGRATE_MOVABLE):
-            i = pfn - base
-            st[i : i + (1 << order)] = b"\xff" * (1 << order)
-            pool.add(pfn, order)
-
-    def start(self) -> None:
-        """Boot: spawn kswapd0 on the last CPU and, if configured, the background load."""
-        sim = self.kernel.sim
-        last = len(sim.cpus) - 1
-        self.kswapd.task = sim.spawn(self.kswapd.main, last, "kswapd0", workload=False)
-        if self.config.background_allocs_per_ms > 0:
-            self.background = BackgroundLoad(self, self._seed)
-            self.background.start()
-
-    # -- addresses -----------------------------------------------------------------------------
-    def page_address(self, pfn: int) -> int:
-        """``page_address()``: the direct-map address of a PFN."""
-        return PAGE_OFFSET + (pfn << self.page_shift)
-
-    def virt_to_pfn(self, addr: int) -> int:
-        """``virt_to_pfn()`` for a direct-map address (any byte inside the page)."""
-        if not self.is_direct_map_addr(addr):
-            raise PageAllocError(
-                f"{addr:#x} is not a direct-map address of this zone "
-                f"[{self.page_address(self._start_pfn):#x}, {self.page_address(self._end_pfn):#x})"
-            )
-        return (addr - PAGE_OFFSET) >> self.page_shift
-
-    def is_direct_map_addr(self, addr: int) -> bool:
-        return self._start_pfn <= (addr - PAGE_OFFSET) >> self.page_shift < self._end_pfn and (
-            addr >= PAGE_OFFSET
-        )
-
-    @staticmethod
-    def is_vmalloc_addr(addr: int) -> bool:
-        return VMALLOC_START <= addr < VMALLOC_END
-
-    @staticmethod
-    def page_struct(pfn: int) -> int:
-        """``pfn_to_page()``: the ``struct page`` address (vmemmap, 64 bytes per page)."""
-        return VMEMMAP_START + pfn * 64
 
     # -- small shared helpers ---------------------------------------------------------------------
     def gfp_name(self, gfp: int) -> str:
-        plan = self._plans.get(gfp)
+        plan = self.plans.get(gfp)
         return plan.name if plan is not None else format_gfp(gfp)
+
+    def gfp_plan(self, gfp: int) -> _GfpPlan:
+        """The plan of ``gfp`` (``validate_gfp()``: bad bits raise GfpError), cached."""
+        plan = _GfpPlan(gfp, self.cost, self.zero_cost)
+        if len(self.plans) < 4096:
+            self.plans[int(gfp)] = plan
+        return plan
 
     def count_zone_lock(self) -> None:
         self.vmstat.inc("zone_lock_acquisitions")
 
+    async def lock_zone(self, task: Task, ip: str, trylock: bool) -> Lock | None:
+        """``spin_lock_irqsave(&zone->lock)`` (or its trylock) after syncing with other CPUs.
+
+        Returns the held lock, or None when ``trylock`` found it busy (counted).
+        """
+        await task.sync()
+        lock = self.zone.lock
+        if trylock:
+            if not self.locks.trylock(task, lock, ip, irqsave=True):
+                self.vmstat.inc("zone_lock_trylock_fail")
+                return None
+        else:
+            self.locks.acquire(task, lock, ip, irqsave=True)
+        self.vmstat.inc("zone_lock_acquisitions")
+        return lock
+
     def nr_free_pages(self) -> int:
         """``nr_free_pages()``: free pages on the buddy lists (the watermark gauge)."""
         return self.zone.buddy.nr_free
-
-    def pcp(self, cpu: int) -> PerCpuPages:
-        return self.pcps[cpu]
-
-    def _plan(self, gfp: int) -> _GfpPlan:
-        plan = _GfpPlan(gfp, self.cost, self.zero_cost)
-        if len(self._plans) < 4096:
-            self._plans[int(gfp)] = plan
-        return plan
 
     # -- variants -------------------------------------------------------------------------------
     def register_variant(self, source: BlockPageSource, *, replace: bool = False) -> None:
@@ -386,19 +266,6 @@ class PageAllocator:
             known = ", ".join(sorted(self.variants))
             raise ConfigError(f"unknown allocator variant {name!r}; known: {known}") from None
 
-    # -- shrinkers -------------------------------------------------------------------------------
-    def register_shrinker(self, name: str, count: ShrinkCount, scan: ShrinkScan) -> Shrinker:
-        """Reclaim (kswapd and direct) will call ``count(task)`` and ``await scan(task, n)``."""
-        return self.kswapd.register_shrinker(name, count, scan)
-
-    def unregister_shrinker(self, shrinker: Shrinker) -> None:
-        self.kswapd.unregister_shrinker(shrinker)
-
-    @property
-    def kswapd_wait(self) -> WaitQueue:
-        """``pgdat->kswapd_wait``."""
-        return self.kswapd.wait
-
     # -- allocation: the hot path ------------------------------------------------------------------
     async def alloc_pages(self, task: Task, gfp: int, order: int = 0) -> int | None:
         """``alloc_pages(gfp, order)``: a PFN, or None.
@@ -406,9 +273,9 @@ class PageAllocator:
         Order 0 with free memory above the low watermark and a page on this CPU's pcp list is
         the fast path: no lock, no sync. Everything else goes through :meth:`_alloc_slow`.
         """
-        plan = self._plans.get(gfp)
+        plan = self.plans.get(gfp)
         if plan is None:
-            plan = self._plan(gfp)
+            plan = self.gfp_plan(gfp)
         if order and not 0 < order < MAX_ORDER:
             raise PageAllocError(f"order {order} is invalid: allowed 0..{MAX_ORDER - 1}")
         if plan.might_sleep:
@@ -430,13 +297,9 @@ class PageAllocator:
                 return pfn
         return await self._alloc_slow(task, plan, order)
 
-    def _prep_new_page(self, task: Task, pfn: int, order: int, plan: _GfpPlan, mt: int) -> int:
+    def prep_new_page(self, task: Task, pfn: int, order: int, plan: _GfpPlan, mt: int) -> int:
         """``prep_new_page`` + accounting + ``mm_page_alloc``."""
-        i = pfn - self._start_pfn
-        st = self._pstate
-        st[i] = ((mt + 1) << 4) | order
-        if order:
-            st[i + 1 : i + (1 << order)] = b"\x40" * ((1 << order) - 1)
+        self.memmap.set_allocated(pfn, order, mt)
         if plan.zero:
             task.charge(self.zero_cost << order)
         self.vmstat.inc("pgalloc_normal", 1 << order)
@@ -448,29 +311,30 @@ class PageAllocator:
         self.kernel.trace(
             task,
             "mm_page_alloc",
-            f"page={self.page_struct(pfn):016x} pfn=0x{pfn:x} order={order} "
+            f"page={page_struct(pfn):016x} pfn=0x{pfn:x} order={order} "
             f"migratetype={mt} gfp_flags={plan.name}",
         )
 
     # -- allocation: the rest of __alloc_pages_nodemask --------------------------------------------
     async def _alloc_slow(self, task: Task, plan: _GfpPlan, order: int) -> int | None:
+        """``__alloc_pages_nodemask`` past a pcp hit: the low-watermark try, then the slowpath."""
         first = _ALLOC_WMARK_LOW | (_ALLOC_KSWAPD if plan.wakes_kswapd else 0)
-        pfn = await self._get_page_from_freelist(task, plan, order, first)
+        pfn = await self.get_page_from_freelist(task, plan, order, first)
         if pfn is not None:
             return pfn
         if plan.fast_try:
             # The RFC: "Bypass slow path if __GFP_FAST_TRY" (goto out: no warn_alloc either).
             self._count_failure(plan)
             return None
-        return await self._slowpath(task, plan, order)
+        return await self.alloc_pages_slowpath(task, plan, order)
 
-    async def _slowpath(self, task: Task, plan: _GfpPlan, order: int) -> int | None:
+    async def alloc_pages_slowpath(self, task: Task, plan: _GfpPlan, order: int) -> int | None:
         """``__alloc_pages_slowpath`` of 5.8 (kernel.md 3.4), minus compaction and OOM."""
         alloc_flags = plan.slow_flags
         kswapd = self.kswapd
         if alloc_flags & _ALLOC_KSWAPD:
             await kswapd.wakeup(task, plan.gfp, order)
-        pfn = await self._get_page_from_freelist(task, plan, order, alloc_flags)
+        pfn = await self.get_page_from_freelist(task, plan, order, alloc_flags)
         if pfn is not None:
             return pfn
         no_progress = 0
@@ -480,15 +344,15 @@ class PageAllocator:
             if alloc_flags & _ALLOC_KSWAPD:
                 await kswapd.wakeup(task, plan.gfp, order)
             flags = alloc_flags
-            if self._pfmemalloc_allowed(task, plan):
+            if self.gfp_pfmemalloc_allowed(task, plan):
                 flags = _ALLOC_NO_WATERMARKS
-            pfn = await self._get_page_from_freelist(task, plan, order, flags)
+            pfn = await self.get_page_from_freelist(task, plan, order, flags)
             if pfn is not None:
                 return pfn
             if not plan.can_reclaim or task.data.get("PF_MEMALLOC"):
                 break
-            progress = await self._direct_reclaim(task, plan, order)
-            pfn = await self._get_page_from_freelist(task, plan, order, flags)
+            progress = await self.alloc_pages_direct_reclaim(task, plan, order)
+            pfn = await self.get_page_from_freelist(task, plan, order, flags)
             if pfn is not None:
                 return pfn
             if plan.noretry:
@@ -505,10 +369,10 @@ class PageAllocator:
                 f"{task.comm}: __GFP_NOFAIL order-{order} allocation ({plan.name}) cannot be "
                 "satisfied: reclaim made no progress and the OOM killer is not modelled"
             )
-        self._nopage(task, plan, order)
+        self.nopage(task, plan, order)
         return None
 
-    def _pfmemalloc_allowed(self, task: Task, plan: _GfpPlan) -> bool:
+    def gfp_pfmemalloc_allowed(self, task: Task, plan: _GfpPlan) -> bool:
         """``__gfp_pfmemalloc_flags``: MEMALLOC, or a PF_MEMALLOC task outside interrupts."""
         if plan.nomemalloc:
             return False
@@ -516,7 +380,7 @@ class PageAllocator:
             return True
         return bool(task.data.get("PF_MEMALLOC")) and not (task.in_hardirq or task.in_softirq)
 
-    async def _direct_reclaim(self, task: Task, plan: _GfpPlan, order: int) -> int:
+    async def alloc_pages_direct_reclaim(self, task: Task, plan: _GfpPlan, order: int) -> int:
         """``__alloc_pages_direct_reclaim``: a real sleep (schedule point), then 32 pages back."""
         self.locks.schedule(task, "__perform_reclaim")
         self.vmstat.inc("allocstall_normal")
@@ -529,9 +393,10 @@ class PageAllocator:
         self.vmstat.inc("pgsteal_direct", n)
         return n
 
-    async def _get_page_from_freelist(
+    async def get_page_from_freelist(
         self, task: Task, plan: _GfpPlan, order: int, alloc_flags: int
     ) -> int | None:
+        """``get_page_from_freelist``: the watermark check for ``alloc_flags``, then ``rmqueue``."""
         zone = self.zone
         if not alloc_flags & _ALLOC_NO_WATERMARKS:
             wm = zone.wmark
@@ -550,72 +415,70 @@ class PageAllocator:
                 zone.buddy.has_free_block(order) if order else True,
             ):
                 return None
-        return await self._rmqueue(task, plan, order, alloc_flags)
+        return await self.rmqueue(task, plan, order, alloc_flags)
 
-    async def _rmqueue(
+    async def rmqueue(
         self, task: Task, plan: _GfpPlan, order: int, alloc_flags: int
     ) -> int | None:
+        """``rmqueue()`` of 5.8: order 0 from the pcp lists, higher orders under ``zone->lock``."""
         trylock = bool(alloc_flags & _ALLOC_TRYLOCK)
         if order == 0:
-            pcp = self.pcps[task.cpu.id]
-            lists = pcp.lists
-            if plan.fast_try:
-                # The RFC's loop: lists[mt .. MIGRATE_PCPTYPES-1], never rmqueue_bulk.
-                for mt in range(plan.mt, MIGRATE_PCPTYPES):
-                    if lists[mt]:
-                        pfn = lists[mt].popleft()
-                        pcp.count -= 1
-                        task.charge(self.cost.pcp_alloc_ns)
-                        return self._prep_new_page(task, pfn, 0, plan, mt)
-                return None
-            mt = plan.mt
-            if not lists[mt] and not await self._rmqueue_bulk(task, pcp, mt, trylock):
-                return None
-            pfn = lists[mt].popleft()
-            pcp.count -= 1
-            task.charge(self.cost.pcp_alloc_ns)
-            return self._prep_new_page(task, pfn, 0, plan, mt)
-        # 5.8 rmqueue(): order > 0 takes zone->lock directly (spin_lock_irqsave).
+            return await self.rmqueue_pcplist(task, plan, trylock)
         if trylock and order > PAGE_ALLOC_COSTLY_ORDER:
             return None
-        await task.sync()
-        lock = self.zone.lock
-        if trylock:
-            if not self.locks.trylock(task, lock, "rmqueue", irqsave=True):
-                self.vmstat.inc("zone_lock_trylock_fail")
-                return None
-        else:
-            self.locks.acquire(task, lock, "rmqueue", irqsave=True)
-        self.count_zone_lock()
+        lock = await self.lock_zone(task, "rmqueue", trylock)
+        if lock is None:
+            return None
         mt = plan.mt
-        block = self.zone.buddy.rmqueue(order, mt)
+        pfn = self.zone.buddy.rmqueue(order, mt)
         task.charge(self.spin_lock_cost + self.cost.buddy_page_ns)
         self.locks.release(task, lock)
-        if block is None:
+        if pfn is None:
             return None
-        pfn = block
         if self.tracer.on:
-            self.kernel.trace(
-                task,
-                "mm_page_alloc_zone_locked",
-                f"page={self.page_struct(pfn):016x} pfn=0x{pfn:x} order={order} "
-                f"migratetype={mt} percpu_refill=0",
-            )
+            self._trace_zone_locked(task, pfn, order, mt, 0)
         task.charge(self.cost.pcp_alloc_ns)
-        return self._prep_new_page(task, pfn, order, plan, mt)
+        return self.prep_new_page(task, pfn, order, plan, mt)
 
-    async def _rmqueue_bulk(self, task: Task, pcp: PerCpuPages, mt: int, trylock: bool) -> int:
-        """``rmqueue_bulk``: ``batch`` pages from the buddy lists under ``zone->lock``."""
-        await task.sync()
-        lock = self.zone.lock
-        if trylock:
-            if not self.locks.trylock(task, lock, "rmqueue_bulk", irqsave=True):
-                self.vmstat.inc("zone_lock_trylock_fail")
-                return 0
+    async def rmqueue_pcplist(self, task: Task, plan: _GfpPlan, trylock: bool) -> int | None:
+        """``rmqueue_pcplist``: an order-0 page from this CPU's list, refilled when empty."""
+        pcp = self.pcps[task.cpu.id]
+        lists = pcp.lists
+        if plan.fast_try:
+            # The RFC's loop: lists[mt .. MIGRATE_PCPTYPES-1], never rmqueue_bulk.
+            mt = next((m for m in range(plan.mt, MIGRATE_PCPTYPES) if lists[m]), -1)
+            if mt < 0:
+                return None
         else:
-            self.locks.acquire(task, lock, "rmqueue_bulk", irqsave=True)
-        self.count_zone_lock()
-        pages = self.zone.buddy.rmqueue_bulk(pcp.batch, mt)
+            mt = plan.mt
+            if not lists[mt] and not await self.rmqueue_bulk(task, pcp, mt, pcp.batch, trylock):
+                return None
+        pfn = lists[mt].popleft()
+        pcp.count -= 1
+        task.charge(self.cost.pcp_alloc_ns)
+        return self.prep_new_page(task, pfn, 0, plan, mt)
+
+    async def rmqueue_bulk(
+        self, task: Task, pcp: PerCpuPages, mt: int, count: int, trylock: bool
+    ) -> int:
+        """``rmqueue_bulk``: up to ``count`` order-0 pages onto ``pcp``'s list ``mt``.
+
+        Takes ``zone->lock`` (trylock for ``ALLOC_TRYLOCK``) and calls ``__rmqueue`` in a loop,
+        appending at the tail as the kernel does; stops early when the zone runs dry and returns
+        how many pages it moved (0 also when the trylock failed).
+        """
+        if count < 0:
+            raise PageAllocError(f"count {count} is invalid: must be >= 0")
+        lock = await self.lock_zone(task, "rmqueue_bulk", trylock)
+        if lock is None:
+            return 0
+        buddy = self.zone.buddy
+        pages: list[int] = []
+        for _ in range(count):
+            pfn = buddy.rmqueue(0, mt)
+            if pfn is None:
+                break
+            pages.append(pfn)
         n = len(pages)
         task.charge(self.spin_lock_cost + n * self.cost.buddy_page_ns)
         self.locks.release(task, lock)
@@ -625,13 +488,16 @@ class PageAllocator:
             pcp.count += n
             if self.tracer.on:
                 for pfn in pages:
-                    self.kernel.trace(
-                        task,
-                        "mm_page_alloc_zone_locked",
-                        f"page={self.page_struct(pfn):016x} pfn=0x{pfn:x} order=0 "
-                        f"migratetype={mt} percpu_refill=1",
-                    )
+                    self._trace_zone_locked(task, pfn, 0, mt, 1)
         return n
+
+    def _trace_zone_locked(self, task: Task, pfn: int, order: int, mt: int, refill: int) -> None:
+        self.kernel.trace(
+            task,
+            "mm_page_alloc_zone_locked",
+            f"page={page_struct(pfn):016x} pfn=0x{pfn:x} order={order} "
+            f"migratetype={mt} percpu_refill={refill}",
+        )
 
     # -- alloc_pages_nolock ----------------------------------------------------------------------
     async def alloc_pages_nolock(self, task: Task, order: int = 0) -> int | None:
@@ -648,7 +514,7 @@ class PageAllocator:
             self._count_failure(plan)
             self.vmstat.inc("pgalloc_fail_nolock")
             return None
-        pfn = await self._get_page_from_freelist(
+        pfn = await self.get_page_from_freelist(
             task, plan, order, _ALLOC_WMARK_MIN | _ALLOC_TRYLOCK
         )
         if pfn is None:
@@ -670,18 +536,19 @@ class PageAllocator:
                 task, "fail_page_alloc", f"order={order} gfp_flags={plan.name} injected=1"
             )
 
-    def _nopage(self, task: Task, plan: _GfpPlan, order: int) -> None:
+    def nopage(self, task: Task, plan: _GfpPlan, order: int) -> None:
+        """The slow path's ``nopage:`` label: count the failure and ``warn_alloc`` unless NOWARN."""
         self._count_failure(plan)
         if not plan.nowarn:
             g = plan.gfp
             mode = f"{g:#x}" if g else "0"
-            self.warn(
+            self.warn_alloc(
                 task,
                 f"{task.comm}: page allocation failure: order:{order}, mode:{mode}"
                 f"({plan.name}), nodemask=(null)",
             )
 
-    def warn(self, task: Task, line: str) -> None:
+    def warn_alloc(self, task: Task, line: str) -> None:
         """A ``warn_alloc``-style line, ratelimited to 10 per 5 simulated seconds."""
         now = task.now_ns
         if now - self._warn_window >= WARN_RATELIMIT_NS:
@@ -704,21 +571,12 @@ class PageAllocator:
         """``__free_pages``: order 0 to this CPU's pcp list (drain ``batch`` at ``high``)."""
         i = pfn - self._start_pfn
         if order == 0 and 0 <= i < self._nr_pages:
-            st = self._pstate
-            mt = _ORDER0_MT[st[i]]
-            if mt < 3:  # MIGRATE_PCPTYPES
-                st[i] = PS_FREE
-                pcp = self.pcps[task.cpu.id]
-                pcp.lists[mt].appendleft(pfn)
-                pcp.count += 1
-                task.charge(self.cost.pcp_free_ns)
-                self.vmstat.inc("pgfree")
-                if self.tracer.on:
-                    self._trace_free(task, pfn, 0)
-                if pcp.count >= pcp.high:
-                    await self._free_pcppages_bulk(task, pcp, pcp.batch, False)
+            mt = ORDER0_MT[self._pstate[i]]
+            if mt < MIGRATE_PCPTYPES:
+                await self.free_unref_page_commit(task, pfn, mt, False)
                 return
-        await self._free_pages_slow(task, pfn, order)
+        mt = self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
+        await self.free_one_page(task, pfn, order, mt, trylock=False)
 
     async def free_pages_nolock(self, task: Task, pfn: int, order: int = 0) -> None:
         """``free_pages_nolock()`` (v6.15): like :meth:`free_pages` with trylocks only.
@@ -727,89 +585,49 @@ class PageAllocator:
         and the pages stay on the pcp list; higher orders whose trylock fails are parked and
         freed by the next locked free (the kernel's per-zone llist, ``FPI_TRYLOCK``).
         """
-        mt = self._check_free(task, pfn, order)
+        mt = self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
         if order == 0:
-            self._pstate[pfn - self._start_pfn] = PS_FREE
-            pcp = self.pcps[task.cpu.id]
-            pcp.lists[mt].appendleft(pfn)
-            pcp.count += 1
-            task.charge(self.cost.pcp_free_ns)
-            self.vmstat.inc("pgfree")
-            if self.tracer.on:
-                self._trace_free(task, pfn, 0)
-            if pcp.count >= pcp.high:
-                await self._free_pcppages_bulk(task, pcp, pcp.batch, True)
+            await self.free_unref_page_commit(task, pfn, mt, True)
             return
-        await self._free_one_page(task, pfn, order, mt, trylock=True)
+        await self.free_one_page(task, pfn, order, mt, trylock=True)
+
+    async def free_unref_page_commit(self, task: Task, pfn: int, mt: int, trylock: bool) -> None:
+        """``free_unref_page_commit``: onto this CPU's pcp list, ``batch`` back at ``high``."""
+        self._pstate[pfn - self._start_pfn] = PS_FREE
+        pcp = self.pcps[task.cpu.id]
+        pcp.lists[mt].appendleft(pfn)
+        pcp.count += 1
+        task.charge(self.cost.pcp_free_ns)
+        self.vmstat.inc("pgfree")
+        if self.tracer.on:
+            self._trace_free(task, pfn, 0)
+        if pcp.count >= pcp.high:
+            await self.free_pcppages_bulk(task, pcp, pcp.batch, trylock)
+
+    @staticmethod
+    def _free_where(task: Task, pfn: int, order: int) -> str:
+        return f"__free_pages(pfn=0x{pfn:x}, order={order}) from {task.comm}/{task.pid}"
 
     def _trace_free(self, task: Task, pfn: int, order: int) -> None:
         self.kernel.trace(
             task,
             "mm_page_free",
-            f"page={self.page_struct(pfn):016x} pfn=0x{pfn:x} order={order}",
+            f"page={page_struct(pfn):016x} pfn=0x{pfn:x} order={order}",
         )
 
-    def _check_free(self, task: Task, pfn: int, order: int) -> int:
-        """Validate a page free; returns the block's migratetype or raises MemoryDebugError."""
-        if not 0 <= order < MAX_ORDER:
-            raise PageAllocError(f"order {order} is invalid: allowed 0..{MAX_ORDER - 1}")
-        i = pfn - self._start_pfn
-        where = f"__free_pages(pfn=0x{pfn:x}, order={order}) from {task.comm}/{task.pid}"
-        if not 0 <= i < len(self._pstate):
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: pfn is outside the zone "
-                f"[0x{self._start_pfn:x}, 0x{self._end_pfn:x})"
-            )
-        v = self._pstate[i]
-        if v == PS_FREE:
-            raise MemoryDebugError(f"BUG: Bad page state: {where}: double free, the page is free")
-        if v == PS_OTHER:
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: the page belongs to other kernel users "
-                "(the allocator never returned it)"
-            )
-        if v == PS_TAIL:
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: a tail page of a higher-order block "
-                "(free the block's first page with its order)"
-            )
-        if v & PS_SLAB:
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: the page belongs to a slab (use kfree)"
-            )
-        mt, got = (v >> 4) - 1, v & 0x0F
-        if got != order:
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: the block was allocated with order {got}"
-            )
-        return mt
-
-    async def _free_pages_slow(self, task: Task, pfn: int, order: int) -> None:
-        mt = self._check_free(task, pfn, order)
-        if order == 0:  # pragma: no cover - order 0 always takes the fast path
-            raise AssertionError("order-0 free reached the slow path")
-        await self._free_one_page(task, pfn, order, mt, trylock=False)
-
-    async def _free_one_page(
+    async def free_one_page(
         self, task: Task, pfn: int, order: int, mt: int, *, trylock: bool
     ) -> None:
         """``free_one_page``: a higher-order block straight back to the buddy lists."""
-        i = pfn - self._start_pfn
-        self._pstate[i : i + (1 << order)] = bytes(1 << order)
+        self.memmap.set_blocks(((pfn, order),), PS_FREE)
         self.vmstat.inc("pgfree", 1 << order)
         if self.tracer.on:
             self._trace_free(task, pfn, order)
-        await task.sync()
-        lock = self.zone.lock
-        if trylock:
-            if not self.locks.trylock(task, lock, "free_one_page", irqsave=True):
-                self.vmstat.inc("zone_lock_trylock_fail")
-                # Parked: the next holder of zone->lock frees it (zone llist).
-                self._parked.append((pfn, order, mt))
-                return
-        else:
-            self.locks.acquire(task, lock, "free_one_page", irqsave=True)
-        self.count_zone_lock()
+        lock = await self.lock_zone(task, "free_one_page", trylock)
+        if lock is None:
+            # Parked: the next holder of zone->lock frees it (zone llist).
+            self._parked.append((pfn, order, mt))
+            return
         buddy = self.zone.buddy
         for p, o, m in self._drain_parked():
             buddy.free(p, o, m)
@@ -824,19 +642,13 @@ class PageAllocator:
         self._parked = []
         return parked
 
-    async def _free_pcppages_bulk(
+    async def free_pcppages_bulk(
         self, task: Task, pcp: PerCpuPages, count: int, trylock: bool
     ) -> int:
         """``free_pcppages_bulk``: ``count`` pages from the pcp lists back under ``zone->lock``."""
-        await task.sync()
-        lock = self.zone.lock
-        if trylock:
-            if not self.locks.trylock(task, lock, "free_pcppages_bulk", irqsave=True):
-                self.vmstat.inc("zone_lock_trylock_fail")
-                return 0
-        else:
-            self.locks.acquire(task, lock, "free_pcppages_bulk", irqsave=True)
-        self.count_zone_lock()
+        lock = await self.lock_zone(task, "free_pcppages_bulk", trylock)
+        if lock is None:
+            return 0
         pages = pcp.take_for_drain(count)
         buddy = self.zone.buddy
         for p, o, m in self._drain_parked():
@@ -852,29 +664,29 @@ class PageAllocator:
         pcp = self.pcps[task.cpu.id]
         if not pcp.count:
             return 0
-        return await self._free_pcppages_bulk(task, pcp, pcp.count, False)
+        return await self.free_pcppages_bulk(task, pcp, pcp.count, False)
+
+    def release_reclaimed(self, blocks: Sequence[tuple[int, int]]) -> None:
+        """Reclaimed "other users" blocks back to the buddy lists (caller holds zone->lock)."""
+        self.memmap.set_blocks(blocks, PS_FREE)
+        buddy = self.zone.buddy
+        for pfn, order in blocks:
+            buddy.free(pfn, order, MIGRATE_MOVABLE)
 
     # -- convenience ------------------------------------------------------------------------------
     async def get_free_page(self, task: Task, gfp: int) -> int | None:
         """``__get_free_page(gfp)``: a direct-map address, or None."""
         pfn = await self.alloc_pages(task, gfp & ~_GFP_HIGHMEM, 0)
-        return None if pfn is None else PAGE_OFFSET + (pfn << self.page_shift)
+        return None if pfn is None else PAGE_OFFSET + (pfn << self._page_shift)
 
     async def free_page(self, task: Task, addr: int) -> None:
         """``free_page(addr)`` for an address from :meth:`get_free_page` (or a block source)."""
-        if addr & (self.page_size - 1):
+        if addr & ((1 << self._page_shift) - 1):
             raise MemoryDebugError(
                 f"BUG: Bad page state: free_page({addr:#x}) from {task.comm}/{task.pid}: "
                 "not the start of a page"
             )
-        await self.free_pages(task, self.virt_to_pfn(addr), 0)
-
-    async def kvfree(self, task: Task, ptr: int) -> None:
-        """``kvfree(ptr)``: vfree for vmalloc addresses, kfree otherwise."""
-        if VMALLOC_START <= ptr < VMALLOC_END:
-            await self.vmap.vfree(task, ptr)
-        else:
-            await self.slab.kfree(task, ptr)
+        await self.free_pages(task, self.memmap.virt_to_pfn(addr), 0)
 
     def alloc_pages_early(self, order: int = 0, mt: int = MIGRATE_UNMOVABLE) -> int | None:
         """A boot-time (memblock-like) allocation: no task, no cost, no locks, no watermarks.
@@ -885,89 +697,9 @@ class PageAllocator:
         pfn = self.zone.buddy.rmqueue(order, mt)
         if pfn is None:
             return None
-        i = pfn - self._start_pfn
-        self._pstate[i] = _head_state(mt, order)
-        if order:
-            self._pstate[i + 1 : i + (1 << order)] = b"\x40" * ((1 << order) - 1)
+        self.memmap.set_allocated(pfn, order, mt)
         self.vmstat.inc("pgalloc_normal", 1 << order)
         return pfn
-
-    # -- debug hooks for slab and vmalloc ---------------------------------------------------
-    def mark_slab(self, pfn: int, on: bool) -> None:
-        i = pfn - self._start_pfn
-        if on:
-            self._pstate[i] |= PS_SLAB
-        else:
-            self._pstate[i] &= ~PS_SLAB & 0xFF
-
-    def page_state(self, pfn: int) -> str:
-        """One word for a page's state: free, allocated, tail, slab, other-users, outside."""
-        i = pfn - self._start_pfn
-        if not 0 <= i < len(self._pstate):
-            return "outside"
-        v = self._pstate[i]
-        if v == PS_FREE:
-            return "free"
-        if v == PS_OTHER:
-            return "other-users"
-        if v == PS_TAIL:
-            return "tail"
-        return "slab" if v & PS_SLAB else "allocated"
-
-    def describe_page(self, addr: int) -> str:
-        pfn = (addr - PAGE_OFFSET) >> self.page_shift
-        state = self.page_state(pfn)
-        if state == "allocated":
-            return (
-                f"a page from the page allocator (pfn 0x{pfn:x}), not a kmalloc object "
-                "(use free_pages/free_page)"
-            )
-        return f"not a kmalloc object: its page (pfn 0x{pfn:x}) is {state}"
-
-    def check_page_access(self, addr: int, task: Task | None = None) -> None:
-        """Use-after-free check for a non-slab direct-map address (page granularity)."""
-        pfn = (addr - PAGE_OFFSET) >> self.page_shift
-        state = self.page_state(pfn)
-        if state == "free":
-            entry = self.slab.freed_entry(addr) or self.slab.freed_entry(
-                PAGE_OFFSET + (pfn << self.page_shift)
-            )
-            raise memory_error(
-                "use-after-free",
-                addr,
-                where="check_access",
-                site=caller_site(task, self.kernel.now_ns),
-                alloc_site=entry.alloc_site if entry else None,
-                free_site=entry.free_site if entry else None,
-                detail=f"its page (pfn 0x{pfn:x}) is free",
-            )
-        if state == "outside":
-            raise memory_error(
-                "wild-memory-access",
-                addr,
-                where="check_access",
-                site=caller_site(task, self.kernel.now_ns),
-                detail="not an address of this kernel's zone",
-                show_alloc=False,
-                show_free=False,
-            )
-
-    def check_access(self, ptr: int, task: Task | None = None) -> None:
-        """KASAN-style access check of any pointer: raises MemoryDebugError on use after free."""
-        if VMALLOC_START <= ptr < VMALLOC_END:
-            self.vmap.check_access(ptr, task)
-        else:
-            self.slab.check_access(ptr, task)
-
-    def release_reclaimed(self, blocks: Sequence[tuple[int, int]]) -> None:
-        """Reclaimed "other users" blocks back to the buddy lists (caller holds zone->lock)."""
-        st = self._pstate
-        base = self._start_pfn
-        buddy = self.zone.buddy
-        for pfn, order in blocks:
-            i = pfn - base
-            st[i : i + (1 << order)] = bytes(1 << order)
-            buddy.free(pfn, order, MIGRATE_MOVABLE)
 
     def check(self) -> None:
         """Consistency check of buddy lists, pcp lists and page states (for tests)."""
@@ -980,5 +712,3 @@ class PageAllocator:
             raise SimulationError(
                 f"page states say {free} free pages, buddy {self.zone.buddy.nr_free} + pcp {on_pcp}"
             )
-        if self._pstate.count(PS_OTHER) != self.kswapd.pool.nr_pages:
-            raise SimulationError("other-users pages and the reclaimable pool disagree")

@@ -40,7 +40,7 @@ from rcukit.mm.gfp import GFP
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
-    from rcukit.mm.page_alloc import PageAllocator
+    from rcukit.mm.mm import Mm
 
 #: ``kmalloc(0)`` returns this non-NULL poison pointer; freeing it is a no-op.
 ZERO_SIZE_PTR = 16
@@ -134,7 +134,7 @@ def _get_order(size: int, page_size: int) -> int:
 class SlabAllocator:
     """The kmalloc caches of one kernel (``kernel.mm.slab``)."""
 
-    def __init__(self, mm: PageAllocator) -> None:
+    def __init__(self, mm: Mm) -> None:
         self.mm = mm
         kernel = mm.kernel
         cfg = kernel.config
@@ -166,6 +166,7 @@ class SlabAllocator:
         )
         self.alloc_sites: dict[int, RawSite] | None = {} if mmc.debug_alloc_sites else None
         self.nr_objects = 0
+        self._gfp_plans = mm.page_alloc.plans
 
     # -- helpers ---------------------------------------------------------------------------------
     def cache_for(self, size: int) -> KmemCache:
@@ -199,8 +200,9 @@ class SlabAllocator:
         mm = self.mm
         if type(gfp) is not int:
             gfp = int(gfp)  # IntFlag arithmetic is ~50x slower than int's on this hot path
-        if gfp not in mm._plans:
-            mm._plan(gfp)  # validate_gfp(): bad bits raise GfpError even when no page is needed
+        if gfp not in self._gfp_plans:
+            # validate_gfp(): bad bits raise GfpError even when no page is needed
+            mm.page_alloc.gfp_plan(gfp)
         if size > self.max_cache_size:
             return await self._kmalloc_large(task, size, gfp)
         cache = self._by8[(size - 1) >> 3] if size <= 192 else self.cache_for(size)

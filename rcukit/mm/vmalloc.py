@@ -34,7 +34,7 @@ from rcukit.sched.sim import Task
 from rcukit.wq import Work
 
 if TYPE_CHECKING:
-    from rcukit.mm.page_alloc import PageAllocator
+    from rcukit.mm.mm import Mm
 
 #: x86-64 (4-level paging) vmalloc range: 32 TiB from ``VMALLOC_START``.
 VMALLOC_START = 0xFFFFC90000000000
@@ -64,7 +64,7 @@ class VmArea:
 class VmallocAllocator:
     """The vmalloc space of one kernel (``kernel.mm.vmalloc``)."""
 
-    def __init__(self, mm: PageAllocator) -> None:
+    def __init__(self, mm: Mm) -> None:
         self.mm = mm
         kernel = mm.kernel
         cfg = kernel.config

@@ -1,10 +1,11 @@
 """Pure data structures of one simulated zone: buddy free lists, per-CPU page lists, watermarks.
 
-Nothing here locks, sleeps, reads a clock or traces. The page allocator wraps these structures
-with ``zone->lock``/pcp protection, costs and tracepoints, so the same code serves every
-allocation mode the simulation compares (pcp-only ``__GFP_FAST_TRY``, ``GFP_NOWAIT`` refills,
-``alloc_pages_nolock()`` trylocks). Kernel facts follow kernel.md sections 3.3 (pcp, batch/high)
-and 3.4 (watermarks, ``__zone_watermark_ok``), 5.8-5.10 era unless a docstring says otherwise.
+Nothing here locks, sleeps, reads a clock or traces (``Zone`` only holds its lock). The page
+allocator wraps these structures with ``zone->lock``/pcp protection, costs and tracepoints, so
+the same code serves every allocation mode the simulation compares (pcp-only
+``__GFP_FAST_TRY``, ``GFP_NOWAIT`` refills, ``alloc_pages_nolock()`` trylocks). Kernel facts
+follow kernel.md sections 3.3 (pcp, batch/high) and 3.4 (watermarks, ``__zone_watermark_ok``),
+5.8-5.10 era unless a docstring says otherwise.
 
 Migratetype numbering is the 5.x one: UNMOVABLE 0, MOVABLE 1, RECLAIMABLE 2, and
 ``MIGRATE_PCPTYPES`` 3 is both the number of pcp lists and the first non-pcp type (HIGHATOMIC,
@@ -21,6 +22,7 @@ import attrs
 from sortedcontainers import SortedList
 
 from rcukit.errors import ConfigError, MemoryDebugError, PageAllocError, SimulationError
+from rcukit.locking.locks import Lock
 from rcukit.mm.gfp import (
     MIGRATE_MOVABLE,
     MIGRATE_PCPTYPES,
@@ -367,22 +369,6 @@ class BuddyAllocator:
             pfn = self.rmqueue_smallest(order, mt)
         return pfn
 
-    def rmqueue_bulk(self, count: int, mt: int) -> list[int]:
-        """Up to ``count`` order-0 pages, in the order ``rmqueue_bulk()`` appends them to the pcp.
-
-        Stops early when the zone runs dry; the caller adds ``len(result)`` to ``pcp->count``.
-        """
-        if count < 0:
-            raise PageAllocError(f"count {count} is invalid: must be >= 0")
-        _check_mt(mt)
-        pages: list[int] = []
-        for _ in range(count):
-            pfn = self.rmqueue(0, mt)
-            if pfn is None:
-                break
-            pages.append(pfn)
-        return pages
-
     def reserve(self, nr_pages: int, mt: int) -> list[tuple[int, int]]:
         """Take ``nr_pages`` as the largest blocks that fit, returning ``(pfn, order)`` blocks.
 
@@ -644,3 +630,48 @@ class PerCpuPages:
         total = sum(len(lst) for lst in self.lists)
         if total != self.count:
             raise SimulationError(f"pcp: count {self.count} but {total} pages listed")
+
+
+@attrs.define(eq=False)
+class Zone:
+    """``struct zone`` as far as the model needs it: buddy lists, watermarks, ``zone->lock``."""
+
+    name: str
+    buddy: BuddyAllocator
+    wmark: Watermarks
+    #: ``zone->lock`` (a ``spinlock_t``), the lock the RFC is about.
+    lock: Lock
+    managed_pages: int
+
+    @classmethod
+    def setup(
+        cls,
+        start_pfn: int,
+        nr_pages: int,
+        lock: Lock,
+        *,
+        page_size: int,
+        min_free_kbytes: int | None,
+        watermark_scale_factor: int,
+    ) -> Zone:
+        """``free_area_init_core()`` + ``setup_per_zone_wmarks()`` for one ZONE_NORMAL."""
+        min_kb = (
+            min_free_kbytes
+            if min_free_kbytes is not None
+            else min_free_kbytes_default(nr_pages * (page_size // 1024))
+        )
+        wmark = compute_watermarks(
+            nr_pages,
+            zone_min_pages(min_kb, nr_pages, page_size=page_size),
+            watermark_scale_factor,
+        )
+        return cls("Normal", BuddyAllocator(start_pfn, nr_pages), wmark, lock, nr_pages)
+
+    @property
+    def start_pfn(self) -> int:
+        return self.buddy.start_pfn
+
+    @property
+    def nr_free(self) -> int:
+        """``NR_FREE_PAGES``: pages on the buddy lists (pcp pages do not count, as in 5.x)."""
+        return self.buddy.nr_free
