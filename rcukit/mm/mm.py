@@ -36,13 +36,13 @@ from rcukit.mm.zone import PerCpuPages, Zone
 from rcukit.sched.sim import Task, WaitQueue
 
 if TYPE_CHECKING:
-    from rcukit.kernel import Kernel
+    from rcukit.machine import Machine
 
 
 class Mm:
     """``kernel.mm``: zone, memory map, page allocator, kswapd, slab, vmalloc, fault injection."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Machine) -> None:
         self.kernel = kernel
         cfg = kernel.config
         mmc = cfg.mm

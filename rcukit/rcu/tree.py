@@ -74,7 +74,7 @@ from rcukit.sched.sim import Cpu, Simulator, Task, Timer, WaitQueue
 from rcukit.wq import Work, WorkFn, Workqueue
 
 if TYPE_CHECKING:
-    from rcukit.kernel import Kernel
+    from rcukit.machine import Machine
 
 __all__ = [
     "HotplugCallback",
@@ -484,7 +484,7 @@ class RcuState:
     :attr:`hotplug`.
     """
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Machine) -> None:
         self.kernel = kernel
         cfg = kernel.config
         self.preemptible = cfg.rcu_preemptible
