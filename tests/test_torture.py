@@ -11,7 +11,7 @@ import json
 import pytest
 
 from rcukit.cli import build_parser, main
-from rcukit.scenarios import torture_cli
+from rcukit.cli import torture as torture_cli
 from rcukit.scenarios.torture import (
     RCU_TORTURE_PIPE_LEN,
     TortureParams,
