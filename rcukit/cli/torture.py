@@ -14,7 +14,13 @@ import json
 from rcukit.cli.options import Default, add_shared_options, check_profile
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
-from rcukit.scenarios.torture import TortureParams, TortureResult, run_torture, torture_config
+from rcukit.scenarios.torture import (
+    TortureParams,
+    TortureResult,
+    run_app_torture,
+    run_torture,
+    torture_config,
+)
 
 
 def _params(args: argparse.Namespace) -> TortureParams:
@@ -44,8 +50,6 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
                     f"{opt} applies to --mode sim only (the app mode runs on the host's "
                     "allocator and scheduler)"
                 )
-        from rcukit.scenarios.torture_app import run_app_torture
-
         return run_app_torture(params, seed=args.seed, profile=args.profile or "v6.3")
     base = KernelConfig() if args.cpus is None else KernelConfig(nr_cpus=args.cpus)
     config = torture_config(
@@ -77,12 +81,12 @@ def _seconds(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from rcukit.scenarios import torture
+    from rcukit.scenarios.torture import sim
 
     p = sub.add_parser(
         "torture",
         help="rcutorture: readers, writers, fake writers, hotplug, faults, stalls",
-        description=torture.__doc__.split("\n\n")[0] if torture.__doc__ else None,
+        description=sim.__doc__.split("\n\n")[0] if sim.__doc__ else None,
     )
     p.add_argument("--mode", choices=("sim", "app"), default="sim",
                    help="sim: the simulated kernel on virtual time; app: rcukit.app on "
