@@ -10,15 +10,13 @@ nothing, so these show it catches a real RCU bug. They live with the tests, not 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import trio
+from contextlib import AbstractAsyncContextManager
 
 from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel
 from rcukit.rcu.tree import RcuState
 from rcukit.scenarios.torture.app import AppTorture, _Obj
+from rcukit.scenarios.torture.sim import _boot
 from rcukit.sched.sim import Task
 
 
@@ -52,16 +50,9 @@ class BrokenKernel(Kernel):
         self._subsystems.extend([self.mm, self.rcu, self.kvfree])
 
 
-@asynccontextmanager
-async def boot_broken(cfg: KernelConfig) -> AsyncIterator[Kernel]:
+def boot_broken(cfg: KernelConfig) -> AbstractAsyncContextManager[Kernel]:
     """:func:`rcukit.boot` for :class:`BrokenKernel`."""
-    kernel = BrokenKernel(cfg)
-    async with trio.open_nursery() as nursery:
-        kernel._start(nursery)
-        try:
-            yield kernel
-        finally:
-            nursery.cancel_scope.cancel()
+    return _boot(cfg, BrokenKernel)
 
 
 class BrokenAppTorture(AppTorture):

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from rcukit.cli.options import Default, add_shared_options, check_profile
+from rcukit.cli.options import Default, add_shared_options, check_profile, number_type
 from rcukit.cli.plugins import ENTRY_POINT_GROUP, load_block_sources
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
@@ -140,14 +140,9 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the scale must be > 0")
-    return v
+_scale = number_type(
+    float, "a number", lambda text, v: None if v > 0 else f"{text!r}: the scale must be > 0"
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -159,7 +154,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--variants", help=f"comma-separated subset of: {', '.join(cmp.VARIANTS)}")
     p.add_argument("--configs",
                    help=f"comma-separated subset of: {', '.join(KERNEL_CONFIG_NAMES)}")
-    p.add_argument("--scale", type=_positive_float, help="multiply the workload (default 1)")
+    p.add_argument("--scale", type=_scale, help="multiply the workload (default 1)")
     # seed and profile parse to None so a --config file's values win when they are not given.
     add_shared_options(p, seed=None, profile=Default(None, "rfc, or the --config file's"),
                        config="kernel, workload and [compare] settings")

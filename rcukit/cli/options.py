@@ -8,13 +8,17 @@ which one applies, so ``rcukit X --help`` documents the default ``X`` uses.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 
 from rcukit.errors import ConfigError
 from rcukit.rcu.profiles import PROFILES
 
-__all__ = ["Default", "add_shared_options", "check_profile"]
+__all__ = ["Default", "add_shared_options", "check_profile", "number_type"]
+
+N = TypeVar("N", int, float)
 
 
 @attrs.frozen
@@ -37,6 +41,27 @@ def check_profile(name: str | None) -> None:
     """
     if name is not None and name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; allowed: {', '.join(PROFILES)}")
+
+
+def number_type(
+    convert: Callable[[str], N], what: str, check: Callable[[str, N], str | None] | None = None
+) -> Callable[[str], N]:
+    """An argparse ``type=``: ``convert`` the text, then ``check(text, value)`` for a problem.
+
+    Errors come out as argparse's own (``argument --x: ...``, exit status 2) before any run.
+    """
+
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        problem = check(text, value) if check is not None else None
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
 
 
 def add_shared_options(

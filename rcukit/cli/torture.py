@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rcukit.cli.options import Default, add_shared_options, check_profile
+from rcukit.cli.options import Default, add_shared_options, check_profile, number_type
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.scenarios.torture import (
@@ -72,12 +72,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    return v
+_seconds = number_type(float, "a number of seconds")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

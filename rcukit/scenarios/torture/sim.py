@@ -418,22 +418,16 @@ class _Torture(TortureRun[_Rtort]):
                 return
             cpu = 1 + rng.randrange(ncpus - 1)
             await task.sync()
-            if self.k.cpus[cpu].online:
-                s.onoff["offline"] += 1
-                try:
-                    await rcu.cpu_down(task, cpu)
-                except CpuHotplugError as exc:
-                    s.log.append(f"rcu-torture: torture_onoff: offline {cpu} failed: {exc}")
-                else:
-                    s.onoff["offline_ok"] += 1
+            op, flip = (
+                ("offline", rcu.cpu_down) if self.k.cpus[cpu].online else ("online", rcu.cpu_up)
+            )
+            s.onoff[op] += 1
+            try:
+                await flip(task, cpu)
+            except CpuHotplugError as exc:
+                s.log.append(f"rcu-torture: torture_onoff: {op} {cpu} failed: {exc}")
             else:
-                s.onoff["online"] += 1
-                try:
-                    await rcu.cpu_up(task, cpu)
-                except CpuHotplugError as exc:
-                    s.log.append(f"rcu-torture: torture_onoff: online {cpu} failed: {exc}")
-                else:
-                    s.onoff["online_ok"] += 1
+                s.onoff[f"{op}_ok"] += 1
 
     async def stall(self, task: Task) -> None:
         """``rcu_torture_stall``: spin ``stall_cpu`` seconds inside a read-side section."""
