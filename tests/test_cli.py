@@ -6,7 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +124,171 @@ def test_installed_console_script() -> None:
     bad = subprocess.run([exe, "--bogus"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2
     assert "unrecognized arguments: --bogus" in bad.stderr
+
+
+def test_python_dash_m_rcukit_runs_the_command() -> None:
+    for module in ("rcukit", "rcukit.cli"):
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "locks", "--json", "--cpus", "2"],
+            capture_output=True, text=True, check=False, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout) == expected_locks_json(2)
+    bad = subprocess.run([sys.executable, "-m", "rcukit", "nosuch"], capture_output=True,
+                         text=True, check=False, timeout=60)
+    assert bad.returncode == 2 and "usage: rcukit " in bad.stderr
+
+
+def test_a_subcommand_that_cannot_be_imported_is_not_silently_dropped() -> None:
+    # None in sys.modules makes that import fail, as a missing file would.
+    code = "import sys; sys.modules['rcukit.scenarios.sweep'] = None; import rcukit.cli"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert proc.returncode != 0
+    assert "ModuleNotFoundError" in proc.stderr and "rcukit.scenarios.sweep" in proc.stderr
+
+
+# -- compare --plugin: every mistake exits 2 before a simulation starts ------------------------
+
+PLUGIN_MODULE = "rcukit_cli_test_plugin"
+PLUGIN_SOURCE = '''
+from rcukit.mm.alloc_core import PageCacheSource
+
+class Mempool(PageCacheSource):
+    name = "mempool-test"
+
+class Other(PageCacheSource):
+    name = "other-test"
+
+MEMPOOL = Mempool()
+SOURCES = [Mempool, Other()]
+NOT_A_SOURCE = 42
+A_STRING = "mempool"
+EMPTY = []
+
+class NeedsArgs(PageCacheSource):
+    def __init__(self, size):
+        self.size = size
+
+class Nameless:
+    gfp = 0
+    description = "no name"
+    defers_to_worker = False
+    async def get_page(self, task, mm):
+        return None
+
+class BadName(PageCacheSource):
+    name = "two words"
+
+MIXED = [MEMPOOL, 7]
+'''
+
+
+@pytest.fixture
+def plugin_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    (tmp_path / f"{PLUGIN_MODULE}.py").write_text(PLUGIN_SOURCE, encoding="utf-8")
+    (tmp_path / "rcukit_cli_test_raises.py").write_text("raise RuntimeError('boom')\n",
+                                                       encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield PLUGIN_MODULE
+    for name in (PLUGIN_MODULE, "rcukit_cli_test_raises"):
+        sys.modules.pop(name, None)
+
+
+class _Ran(Exception):
+    """Raised by the stand-in for compare(): the command got as far as running."""
+
+
+def _no_run(monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]]) -> None:
+    from rcukit.scenarios import compare as cmp
+
+    def fake(*args: Any, **kwargs: Any) -> None:
+        calls.append(kwargs)
+        raise _Ran
+
+    monkeypatch.setattr(cmp, "compare", fake)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        ("nocolon", "--plugin 'nocolon': expected MODULE:ATTR"),
+        (":MEMPOOL", "--plugin ':MEMPOOL': expected MODULE:ATTR"),
+        (f"{PLUGIN_MODULE}:", f"--plugin '{PLUGIN_MODULE}:': expected MODULE:ATTR"),
+        ("rcukit_no_such_module_xyz:X",
+         "cannot import module 'rcukit_no_such_module_xyz': ModuleNotFoundError"),
+        ("rcukit_cli_test_raises:X",
+         "cannot import module 'rcukit_cli_test_raises': RuntimeError: boom"),
+        (f"{PLUGIN_MODULE}:MISSING",
+         f"module '{PLUGIN_MODULE}' has no attribute 'MISSING'"),
+        (f"{PLUGIN_MODULE}:Mempool.missing",
+         f"module '{PLUGIN_MODULE}' has no attribute 'Mempool.missing'"),
+        (f"{PLUGIN_MODULE}:NOT_A_SOURCE", "42 is not a BlockPageSource"),
+        (f"{PLUGIN_MODULE}:A_STRING", "'mempool' is not a BlockPageSource"),
+        (f"{PLUGIN_MODULE}:EMPTY", "[] holds no block sources"),
+        (f"{PLUGIN_MODULE}:MIXED", "7 is not a BlockPageSource"),
+        (f"{PLUGIN_MODULE}:Nameless", "is not a BlockPageSource"),
+        (f"{PLUGIN_MODULE}:NeedsArgs", "cannot instantiate NeedsArgs() with no arguments"),
+        (f"{PLUGIN_MODULE}:BadName", "variant name 'two words' is invalid"),
+    ],
+)
+def test_compare_bad_plugin_exits_2_before_running(
+    plugin: str, message: str, plugin_module: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[dict[str, Any]] = []
+    _no_run(monkeypatch, calls)
+    assert main(["compare", "--json", "--plugin", f"{PLUGIN_MODULE}:MEMPOOL",
+                 "--plugin", plugin]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("rcukit compare: error: ")
+    assert message in captured.err
+    assert captured.out == "" and calls == []
+
+
+def test_compare_bad_entry_point_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.metadata as md
+
+    group = "rcukit.block_sources"
+    eps = md.EntryPoints([md.EntryPoint("broken", "rcukit_no_such_module_xyz:X", group)])
+
+    def entry_points(*, group: str) -> md.EntryPoints:
+        return eps if group == "rcukit.block_sources" else md.EntryPoints([])
+
+    monkeypatch.setattr(md, "entry_points", entry_points)
+    calls: list[dict[str, Any]] = []
+    _no_run(monkeypatch, calls)
+    assert main(["compare", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert f"entry point 'broken' (rcukit_no_such_module_xyz:X) in group {group}" in err
+    assert "ModuleNotFoundError" in err and calls == []
+
+
+def test_compare_passes_block_sources_only_when_there_are_some(
+    plugin_module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    _no_run(monkeypatch, calls)
+    with pytest.raises(_Ran):
+        main(["compare", "--json", "--variants", "nowait"])
+    assert "block_sources" not in calls[-1]
+    with pytest.raises(_Ran):
+        main(["compare", "--json", "--variants", "nowait,other-test",
+              "--plugin", f"{plugin_module}:SOURCES"])
+    names = [s.name for s in calls[-1]["block_sources"]]
+    assert names == ["mempool-test", "other-test"]
+
+
+def test_compare_unknown_variant_still_named_with_plugins(
+    plugin_module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[dict[str, Any]] = []
+    _no_run(monkeypatch, calls)
+    assert main(["compare", "--variants", "nosuch", "--plugin", f"{plugin_module}:MEMPOOL"]) == 2
+    assert "unknown variant 'nosuch'; allowed: fast-try, nowait, gfp-zero, page-cache, nolock, " \
+        "mempool-test" in capsys.readouterr().err
+    assert calls == []

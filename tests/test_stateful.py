@@ -27,12 +27,12 @@ import trio.testing
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from torture_broken import boot_broken
 
 from rcukit.errors import MemoryDebugError
 from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.segcblist import RcuHead
-from rcukit.scenarios.torture import _boot
 from rcukit.sched.sim import Task, WaitQueue
 from rcukit.sim import KernelConfig, boot
 
@@ -57,7 +57,7 @@ class KernelThread:
 
     def _main(self, cfg: KernelConfig) -> None:
         async def main() -> None:
-            async with _boot(cfg, self._broken) if self._broken else boot(cfg) as k:
+            async with boot_broken(cfg) if self._broken else boot(cfg) as k:
                 stop = trio.Event()
                 self._boot.put((trio.lowlevel.current_trio_token(), k, stop))
                 await stop.wait()

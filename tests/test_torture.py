@@ -9,18 +9,19 @@ from __future__ import annotations
 import json
 
 import pytest
+from torture_broken import BrokenAppTorture, BrokenKernel
 
 from rcukit.cli import build_parser, main
-from rcukit.scenarios import torture_cli
+from rcukit.cli import torture as torture_cli
 from rcukit.scenarios.torture import (
     RCU_TORTURE_PIPE_LEN,
     TortureParams,
     TortureResult,
     full_gps_since,
+    run_app_torture,
     run_torture,
     torture_config,
 )
-from rcukit.scenarios.torture_app import run_app_torture
 
 JSON_KEYS = {
     "reader_pipe", "reader_batch", "failures", "splats", "objects_queued", "objects_freed",
@@ -80,7 +81,7 @@ def test_sim_torture_is_deterministic() -> None:
 
 
 def test_sim_torture_catches_a_grace_period_that_ends_a_reader_early() -> None:
-    r = run_torture(TortureParams(duration=1), _broken_gp=True)
+    r = run_torture(TortureParams(duration=1), kernel_cls=BrokenKernel)
     assert not r.passed
     assert any(r.reader_pipe[2:]) and r.failures >= sum(r.reader_pipe[2:])
     assert r.use_after_free > 0
@@ -119,7 +120,7 @@ def test_cli_exit_status_is_1_when_the_run_fails(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def broken(params: TortureParams, config: object) -> TortureResult:
-        return run_torture(params, config, _broken_gp=True)  # type: ignore[arg-type]
+        return run_torture(params, config, kernel_cls=BrokenKernel)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torture_cli, "run_torture", broken)
     assert main(["torture", "--duration", "0.5"]) == 1
@@ -154,7 +155,7 @@ def test_app_torture_passes_with_hotplug_faults_and_a_stall() -> None:
 def test_app_torture_catches_a_writer_that_skips_the_grace_period(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    r = run_app_torture(TortureParams(duration=0.6), seed=1, _broken_gp=True)
+    r = run_app_torture(TortureParams(duration=0.6), seed=1, torture_cls=BrokenAppTorture)
     assert not r.passed and r.use_after_free > 0
 
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from rcukit.cli.options import Default, add_shared_options, check_profile
 from rcukit.config import KernelConfig
-from rcukit.errors import ConfigError
-from rcukit.rcu.profiles import PROFILES
 from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    if args.profile not in PROFILES:
-        raise ConfigError(f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILES)}")
+    check_profile(args.profile)
     config = KernelConfig.from_toml(args.config) if args.config else KernelConfig()
     config = config.replace(
         nr_cpus=args.cpus if args.cpus is not None else config.nr_cpus,
@@ -55,10 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="call_rcu(&p->rh, kfree) per object instead of kfree_rcu")
     p.add_argument("--kfree-mult", type=int, default=1, help="object size multiplier (x24 B)")
     p.add_argument("--no-batch", action="store_true", help="pre-5.5: one call_rcu per object")
-    p.add_argument("--profile", default="v6.1", help=f"one of: {', '.join(PROFILES)}")
     p.add_argument("--variant", default="page-cache", help="block allocator variant")
-    p.add_argument("--cpus", type=int, help="simulated CPUs (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", metavar="FILE.toml", help="kernel config file")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_shared_options(p, profile=Default("v6.1", "v6.1"), cpus=Default(None, "4"),
+                       config="kernel config file")
     p.set_defaults(func=_cmd)

@@ -6,14 +6,16 @@ import argparse
 import json
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from rcukit.cli.options import Default, add_shared_options, check_profile, number_type
+from rcukit.cli.plugins import ENTRY_POINT_GROUP, load_block_sources
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
-from rcukit.rcu.profiles import PROFILES
 from rcukit.scenarios import compare as cmp
 from rcukit.scenarios.output import print_compare_table, write_plot, write_traces
 
@@ -72,6 +74,9 @@ def _section_names(value: Any, what: str, allowed: tuple[str, ...]) -> list[str]
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    sources = load_block_sources(args.plugin)
+    # Users' variants are allowed by name here; compare() checks them against its sources.
+    known = (*cmp.VARIANTS, *(s.name for s in sources))
     section: dict[str, Any] = {}
     if args.config:
         config, section = load_compare_file(args.config)
@@ -81,22 +86,19 @@ def _cmd(args: argparse.Namespace) -> int:
         config = KernelConfig.from_zoneinfo(None, base=config)
     if args.seed is not None:
         config = config.replace(seed=args.seed)
+    check_profile(args.profile)
     if args.profile is not None:
-        if args.profile not in PROFILES:
-            raise ConfigError(
-                f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILES)}"
-            )
         config = config.replace(**{"kvfree.profile": args.profile})
     variants = (
-        _names(args.variants, "variants", cmp.VARIANTS) if args.variants
-        else _section_names(section.get("variants", cmp.VARIANTS), "variants", cmp.VARIANTS)
+        _names(args.variants, "variants", known) if args.variants
+        else _section_names(section.get("variants", known), "variants", known)
     )
     configs = (
         _names(args.configs, "configs", KERNEL_CONFIG_NAMES) if args.configs
         else _section_names(section.get("configs", KERNEL_CONFIG_NAMES), "configs",
                             KERNEL_CONFIG_NAMES)
     )
-    cmp.check_names(variants, configs, cmp.VARIANTS)
+    cmp.check_names(variants, configs, known)
     wl_fields = {k: v for k, v in section.items() if k not in ("variants", "configs", "scale")}
     workload = cmp.Workload(**wl_fields)
     scale = args.scale if args.scale is not None else section.get("scale", 1.0)
@@ -108,20 +110,25 @@ def _cmd(args: argparse.Namespace) -> int:
 
         require_matplotlib()
     kernels: list[Any] | None = [] if (args.trace or args.ftrace) else None
-    total = len(variants) * len(configs)
+    # Only when there are any, so compare() without the parameter still runs the built-ins.
+    extra: dict[str, Any] = {"block_sources": sources} if sources else {}
+
+    def run(progress: Callable[[str, str], None] | None) -> cmp.CompareResult:
+        return cmp.compare(config, workload, variants, configs, progress=progress,
+                           kernels=kernels, **extra)
+
     if args.json or not sys.stderr.isatty():
-        result = cmp.compare(config, workload, variants, configs, kernels=kernels)
+        result = run(None)
     else:
         from rich.progress import Progress
 
         with Progress(transient=True) as progress:
-            bar = progress.add_task("simulating", total=total)
+            bar = progress.add_task("simulating", total=len(variants) * len(configs))
 
             def step(variant: str, kc: str) -> None:
                 progress.update(bar, advance=1, description=f"{variant} / {kc}")
 
-            result = cmp.compare(config, workload, variants, configs, progress=step,
-                                 kernels=kernels)
+            result = run(step)
     if args.json:
         print(json.dumps(result.to_json(), sort_keys=True))
     else:
@@ -133,14 +140,9 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the scale must be > 0")
-    return v
+_scale = number_type(
+    float, "a number", lambda text, v: None if v > 0 else f"{text!r}: the scale must be > 0"
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,13 +154,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--variants", help=f"comma-separated subset of: {', '.join(cmp.VARIANTS)}")
     p.add_argument("--configs",
                    help=f"comma-separated subset of: {', '.join(KERNEL_CONFIG_NAMES)}")
-    p.add_argument("--scale", type=_positive_float, help="multiply the workload (default 1)")
-    p.add_argument("--seed", type=int, help="simulation seed (default 0)")
-    p.add_argument("--profile", help=f"kvfree_rcu version profile: {', '.join(PROFILES)}")
-    p.add_argument("--config", metavar="FILE.toml", help="kernel, workload and [compare] settings")
+    p.add_argument("--scale", type=_scale, help="multiply the workload (default 1)")
+    # seed and profile parse to None so a --config file's values win when they are not given.
+    add_shared_options(p, seed=None, profile=Default(None, "rfc, or the --config file's"),
+                       config="kernel, workload and [compare] settings")
+    p.add_argument("--plugin", metavar="MODULE:ATTR", action="append", default=[],
+                   help="add users' block-allocator variants: a BlockPageSource, a class of "
+                   "one, or an iterable of them (repeatable); installed "
+                   f"{ENTRY_POINT_GROUP} entry points are added too")
     p.add_argument("--from-host-zoneinfo", action="store_true",
                    help="size the zone and pcp lists from this host's /proc/zoneinfo")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--plot", metavar="FILE.png", help="write plots (needs the plot extra)")
     p.add_argument("--trace", metavar="FILE.json", help="write a Perfetto trace of the runs")
     p.add_argument("--ftrace", metavar="FILE.txt", help="write the trace in ftrace text form")

@@ -11,10 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from rcukit.cli.options import Default, add_shared_options, check_profile, number_type
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
-from rcukit.rcu.profiles import PROFILES
-from rcukit.scenarios.torture import TortureParams, TortureResult, run_torture, torture_config
+from rcukit.scenarios.torture import (
+    TortureParams,
+    TortureResult,
+    run_app_torture,
+    run_torture,
+    torture_config,
+)
 
 
 def _params(args: argparse.Namespace) -> TortureParams:
@@ -31,10 +37,7 @@ def _params(args: argparse.Namespace) -> TortureParams:
 
 def run_from_args(args: argparse.Namespace) -> TortureResult:
     """The run the options describe (sim or app mode), validated before anything starts."""
-    if args.profile is not None and args.profile not in PROFILES:
-        raise ConfigError(
-            f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILES)}"
-        )
+    check_profile(args.profile)
     params = _params(args)
     if args.mode == "app":
         for opt, value, default in (
@@ -47,8 +50,6 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
                     f"{opt} applies to --mode sim only (the app mode runs on the host's "
                     "allocator and scheduler)"
                 )
-        from rcukit.scenarios.torture_app import run_app_torture
-
         return run_app_torture(params, seed=args.seed, profile=args.profile or "v6.3")
     base = KernelConfig() if args.cpus is None else KernelConfig(nr_cpus=args.cpus)
     config = torture_config(
@@ -71,21 +72,16 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    return v
+_seconds = number_type(float, "a number of seconds")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from rcukit.scenarios import torture
+    from rcukit.scenarios.torture import sim
 
     p = sub.add_parser(
         "torture",
         help="rcutorture: readers, writers, fake writers, hotplug, faults, stalls",
-        description=torture.__doc__.split("\n\n")[0] if torture.__doc__ else None,
+        description=sim.__doc__.split("\n\n")[0] if sim.__doc__ else None,
     )
     p.add_argument("--mode", choices=("sim", "app"), default="sim",
                    help="sim: the simulated kernel on virtual time; app: rcukit.app on "
@@ -96,12 +92,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="reader threads (-1: one per CPU but one)")
     p.add_argument("--nwriters", type=int, default=1, help="writer threads")
     p.add_argument("--nfakewriters", type=int, default=4, help="fake writer threads")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", default=None,
                    help="kvfree_rcu block allocator variant (sim mode; default nowait)")
-    p.add_argument("--profile", default=None,
-                   help=f"kvfree_rcu version profile: {', '.join(PROFILES)} "
-                   "(default v5.9 in sim mode, v6.3 in app mode)")
     p.add_argument("--onoff-interval", type=_seconds, default=0.0,
                    help="seconds between CPU hotplug operations (app mode: QSBR readers "
                    "going offline); 0: none")
@@ -113,8 +105,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "appear and the test still pass")
     p.add_argument("--kernel-config", choices=KERNEL_CONFIG_NAMES, default="default",
                    help="kernel build (sim mode)")
-    p.add_argument("--cpus", type=int, default=None, help="simulated CPUs (sim mode; default 4)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_shared_options(p, profile=Default(None, "v5.9 in sim mode, v6.3 in app mode"),
+                       cpus=Default(None, "4; sim mode only"))
     p.set_defaults(func=_cmd)
 
 

@@ -1,6 +1,6 @@
 """rcutorture for the application API (``rcukit torture --mode app``), on Trio's real clock.
 
-The same test as :mod:`rcukit.scenarios.torture`, with the simulated kernel replaced by an
+The same test as :mod:`.sim` (:mod:`.common`), with the simulated kernel replaced by an
 :func:`rcukit.app.open_domain` domain and the slab by a debug :class:`~rcukit.app.ObjectPool`
 (freed objects are poisoned and a stale reference is caught by its generation, KASAN-style):
 
@@ -22,8 +22,10 @@ The same test as :mod:`rcukit.scenarios.torture`, with the simulated kernel repl
 * ``stall_cpu`` holds one read section that long; a watchdog prints a stall report when a grace
   period outlives the stall timeout.
 
-The broken build (``_broken_gp=True``, tests only) frees the ``synchronize_rcu`` retirements
-without waiting for the grace period, which the readers must catch.
+``run_app_torture(..., torture_cls=...)`` runs an :class:`AppTorture` subclass instead: the
+tests' broken build (``tests/torture_broken.py``) frees the ``synchronize_rcu`` retirements
+without waiting for the grace period, which the readers must catch. The package ships no
+broken build.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from typing import Any
 
 import attrs
 import trio
@@ -39,14 +40,22 @@ import trio
 from rcukit.app import ObjectPool, RcuDomain, RcuPointer, open_domain
 from rcukit.errors import MemoryDebugError
 from rcukit.rcu.gpseq import ULONG_MASK
-from rcukit.scenarios.torture import (
+from rcukit.scenarios.torture.common import (
     RCU_TORTURE_PIPE_LEN,
-    RTORT_POOL,
+    Slot,
     TortureParams,
     TortureResult,
+    TortureRun,
+    TortureState,
 )
 
-__all__ = ["APP_NR_CPUS", "TortureInjectedError", "run_app_torture", "run_app_torture_async"]
+__all__ = [
+    "APP_NR_CPUS",
+    "AppTorture",
+    "TortureInjectedError",
+    "run_app_torture",
+    "run_app_torture_async",
+]
 
 #: What ``nreaders = -1`` counts as CPUs in app mode (one reader per CPU but one: 3 readers).
 APP_NR_CPUS = 4
@@ -75,87 +84,54 @@ def _poison(obj: _Obj) -> None:
     obj.mbtest = 0
 
 
-class _Slot:
+class _Slot(Slot):
     """A pool slot's pipe bookkeeping (outside the object, which is freed after one GP)."""
 
-    __slots__ = ("cookie", "gen", "idx", "obj", "retired")
+    __slots__ = ("obj",)
 
     def __init__(self, idx: int) -> None:
-        self.idx = idx
-        self.gen = 0
-        self.cookie = 0
-        self.retired = False
+        super().__init__(idx)
         self.obj: _Obj | None = None
 
+    def recycle(self) -> None:
+        self.obj = None
 
-@attrs.define(eq=False)
-class _AppState:
-    slots: list[_Slot]
-    free: deque[_Slot]
-    version: int = 0
-    rta: int = 0
-    rtaf: int = 0
-    rtf: int = 0
-    mberror: int = 0
-    pipe: list[int] = attrs.field(factory=lambda: [0] * (RCU_TORTURE_PIPE_LEN + 1))
-    batch: list[int] = attrs.field(factory=lambda: [0] * (RCU_TORTURE_PIPE_LEN + 1))
-    wcount: list[int] = attrs.field(factory=lambda: [0] * (RCU_TORTURE_PIPE_LEN + 1))
-    reads: int = 0
+
+@attrs.define(eq=False, kw_only=True)
+class _AppState(TortureState[_Slot]):
+    """The shared state plus the application's side: cancellations, injected faults, stalls."""
+
+    DOUBLE_FREE_WORDS = ("double free",)
+    USE_AFTER_FREE_WORDS = ("use after free", "write after free")
+
     cancelled_reads: int = 0
-    rcu_errors: int = 0
-    uaf: int = 0
-    double_free: int = 0
-    internal_errors: int = 0
     injected: int = 0
     injected_seen: int = 0
-    retired: int = 0
     stalls: int = 0
-    errors: list[str] = attrs.field(factory=list)
-    log: list[str] = attrs.field(factory=list)
-    fake: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys((*_FAKE_OPS, "cancelled"), 0)
-    )
-    onoff: dict[str, int] = attrs.field(
-        factory=lambda: {"online": 0, "online_ok": 0, "offline": 0, "offline_ok": 0}
-    )
-    finished: bool = False
-
-    def error(self, msg: str) -> None:
-        if len(self.errors) < 20:
-            self.errors.append(msg)
-
-    def memory_error(self, exc: MemoryDebugError, where: str) -> None:
-        text = str(exc)
-        if "double free" in text:
-            self.double_free += 1
-        elif "use after free" in text or "write after free" in text:
-            self.uaf += 1
-        else:
-            self.internal_errors += 1
-        self.error(f"{where}: {text}")
 
 
-class _AppTorture:
+class AppTorture(TortureRun[_Slot]):
+    """The tasks of one app-mode run, bound to one domain and one debug pool.
+
+    A subclass may change how writers retire (:meth:`retire_sync`); the tests' broken build
+    does, to show the readers catch a writer that skips the grace period.
+    """
+
+    RNG_PREFIX = "rcutorture-app"
+    s: _AppState
+
     def __init__(
         self, rcu: RcuDomain, pool: ObjectPool[_Obj], p: TortureParams, s: _AppState,
-        seed: int, broken: bool,
+        seed: int,
     ) -> None:
+        super().__init__(p, s, seed)
         self.rcu = rcu
         self.pool = pool
-        self.p = p
-        self.s = s
-        self.seed = seed
-        self.broken = broken
         self.nreaders = p.real_readers(APP_NR_CPUS)
         self.fault_rng = random.Random(f"rcutorture-app:{seed}:faults")
         self.cur: RcuPointer[_Obj | None] = RcuPointer(rcu, None)
         self.stop = trio.Event()
-        self.retired_lists: list[deque[_Slot]] = [deque() for _ in range(p.nwriters + 1)]
 
-    def rng(self, what: str, me: int) -> random.Random:
-        return random.Random(f"rcutorture-app:{self.seed}:{what}:{me}")
-
-    # -- pipe counts ------------------------------------------------------------------------
     def full_gps(self, cookie: int) -> int:
         """Full grace periods polled as done since ``cookie`` (at most the pipe length)."""
         n = 0
@@ -164,21 +140,6 @@ class _AppTorture:
             n += 1
             cookie = (cookie + 4) & ULONG_MASK
         return n
-
-    def pipe_count(self, slot: _Slot) -> int:
-        if not slot.retired:
-            return 0
-        return min(RCU_TORTURE_PIPE_LEN, 1 + self.full_gps(slot.cookie))
-
-    def reap(self, retired: deque[_Slot]) -> None:
-        s = self.s
-        while retired and self.pipe_count(retired[0]) >= RCU_TORTURE_PIPE_LEN:
-            slot = retired.popleft()
-            for i in range(RCU_TORTURE_PIPE_LEN):
-                s.wcount[i] += 1
-            slot.obj = None
-            s.rtf += 1
-            s.free.append(slot)
 
     # -- faults -----------------------------------------------------------------------------
     def maybe_fail(self, what: str) -> None:
@@ -211,7 +172,7 @@ class _AppTorture:
     async def writer(self, me: int) -> None:
         rng = self.rng("writer", me)
         s = self.s
-        retired = self.retired_lists[me]
+        retired = s.retired_lists[me]
         turn = me
         while not self.stop.is_set():
             await trio.sleep(rng.uniform(0.0005, 0.0015))
@@ -219,14 +180,11 @@ class _AppTorture:
             if not s.free:
                 s.rtaf += 1
                 continue
-            slot = s.free.popleft()
+            slot = s.take_slot()
             obj = self.pool.alloc()
             obj.slot = slot.idx
             obj.mbtest = 1
             slot.obj = obj
-            slot.gen += 1
-            slot.retired = False
-            s.rta += 1
             old = self.cur.assign(obj)
             s.version += 1
             if old is None:
@@ -237,11 +195,7 @@ class _AppTorture:
             await self.retire(old, mode)
 
     def retire_start(self, old: _Obj, retired: deque[_Slot]) -> None:
-        slot = self.s.slots[old.slot]
-        slot.retired = True
-        slot.cookie = self.rcu.get_state_synchronize_rcu()
-        retired.append(slot)
-        self.s.retired += 1
+        self.s.retire_slot(self.s.slots[old.slot], self.rcu.get_state_synchronize_rcu(), retired)
 
     async def retire(self, old: _Obj, mode: str) -> None:
         rcu = self.rcu
@@ -253,12 +207,18 @@ class _AppTorture:
         elif mode == "kvfree_rcu_wait":
             await rcu.kvfree_rcu_wait(old, release=self.release_fn if fault else self.pool)
         else:
-            if not self.broken:
-                await rcu.synchronize_rcu()
-            try:
-                self.pool.free(old)
-            except MemoryDebugError as exc:
-                self.s.memory_error(exc, "synchronize_rcu retirement")
+            await self.retire_sync(old)
+
+    async def retire_sync(self, old: _Obj) -> None:
+        """``synchronize_rcu()``, then free: the retirement a writer may not shortcut."""
+        await self.rcu.synchronize_rcu()
+        self.free_now(old)
+
+    def free_now(self, old: _Obj) -> None:
+        try:
+            self.pool.free(old)
+        except MemoryDebugError as exc:
+            self.s.memory_error(exc, "synchronize_rcu retirement")
 
     # -- readers ----------------------------------------------------------------------------
     async def reader(self, me: int) -> None:
@@ -298,19 +258,12 @@ class _AppTorture:
                 await trio.lowlevel.checkpoint()
         elif r < 0.25:
             await trio.sleep(rng.random() * 0.002)
-        pipe = self.pipe_count(slot) if slot.gen == gen else RCU_TORTURE_PIPE_LEN
+        pipe = self.pipe_seen(slot, gen)
         try:
             pool.check(obj, gen_obj)
         except MemoryDebugError as exc:
             s.memory_error(exc, "reader")
-        s.pipe[pipe] += 1
-        if start is not None:
-            s.batch[self.full_gps(start)] += 1
-        s.reads += 1
-        if pipe > 1:
-            s.rcu_errors += 1
-            s.error(f"a reader saw element {idx} at pipe count {pipe}: a grace period ended "
-                    "during its read")
+        s.record_read(pipe, None if start is None else self.full_gps(start), "a reader", idx)
 
     async def cancelled_read(self, rng: random.Random) -> None:
         """A reader cancelled inside its section: leaving by Cancelled must release it."""
@@ -408,17 +361,10 @@ class _AppTorture:
     async def cleanup(self) -> None:
         s = self.s
         last = self.cur.assign(None)
-        mine = self.retired_lists[-1]
         if last is not None:
-            self.retire_start(last, mine)
+            self.retire_start(last, s.retired_lists[-1])
             await self.retire(last, "synchronize_rcu")
-        for _ in range(4 * RCU_TORTURE_PIPE_LEN):
-            for lst in self.retired_lists:
-                self.reap(lst)
-            if not any(self.retired_lists):
-                break
-            await self.rcu.synchronize_rcu()
-        s.finished = not any(self.retired_lists)
+        s.finished = await self.drain(self.rcu.synchronize_rcu)
 
 
 async def run_app_torture_async(
@@ -426,12 +372,14 @@ async def run_app_torture_async(
     *,
     seed: int = 0,
     profile: str = "v6.3",
-    _broken_gp: bool = False,
+    torture_cls: type[AppTorture] = AppTorture,
 ) -> TortureResult:
-    """Run the app-mode torture inside the caller's ``trio.run`` (real or mock clock)."""
+    """Run the app-mode torture inside the caller's ``trio.run`` (real or mock clock).
+
+    ``torture_cls`` runs an :class:`AppTorture` subclass instead (see the module doc).
+    """
     t0 = time.perf_counter()
-    slots = [_Slot(i) for i in range(RTORT_POOL)]
-    s = _AppState(slots=slots, free=deque(slots))
+    s = _AppState.new(_Slot, params.nwriters, (*_FAKE_OPS, "cancelled"))
     pool: ObjectPool[_Obj] = ObjectPool(_Obj, debug=True, poison=_poison, name="rcu_torture")
     stall_timeout = APP_STALL_TIMEOUT_S
     if 0 < params.stall_cpu <= stall_timeout:
@@ -440,7 +388,7 @@ async def run_app_torture_async(
             f"rcu-torture: stall_cpu={params.stall_cpu:g} s is shorter than the stall timeout "
             f"({APP_STALL_TIMEOUT_S:g} s): timeout lowered to {stall_timeout:g} s"
         )
-    holder: list[_AppTorture] = []
+    holder: list[AppTorture] = []
 
     def on_error(exc: Exception) -> None:
         holder[0].on_error(exc)
@@ -449,7 +397,7 @@ async def run_app_torture_async(
         async with open_domain(
             debug=True, release=pool, on_error=on_error, profile=profile, drain_delay=0.005,
         ) as rcu:
-            t = _AppTorture(rcu, pool, params, s, seed, _broken_gp)
+            t = torture_cls(rcu, pool, params, s, seed)
             holder.append(t)
             async with trio.open_nursery() as n:
                 n.start_soon(t.watchdog, stall_timeout)
@@ -481,61 +429,27 @@ def _app_result(
     wall: float,
 ) -> TortureResult:
     ps = pool.statistics()
-    leaks = ps.in_use if s.finished else 0
     lost = s.injected - s.injected_seen
     if lost:
         s.error(f"{lost} injected exceptions never reached the error handler")
-    failures = s.rcu_errors + s.mberror + s.internal_errors + max(0, lost)
-    if not s.finished:
-        failures += 1
-    nreaders = p.real_readers(APP_NR_CPUS)
-    settings: dict[str, Any] = {
-        "nreaders": nreaders,
-        "nwriters": p.nwriters,
-        "nfakewriters": p.nfakewriters,
-        "duration": p.duration,
-        "onoff_interval": p.onoff_interval,
-        "fault_rate": p.fault_rate,
-        "stall_cpu": p.stall_cpu,
-        "seed": seed,
-        "profile": profile,
-    }
-    return TortureResult(
+    return s.result(
+        p,
         mode="app",
         seed=seed,
-        duration=p.duration,
-        nreaders=nreaders,
-        nwriters=p.nwriters,
-        nfakewriters=p.nfakewriters,
-        settings=settings,
-        reader_pipe=tuple(s.pipe),
-        reader_batch=tuple(s.batch),
-        free_block_circulation=tuple(s.wcount),
+        nreaders=p.real_readers(APP_NR_CPUS),
+        settings={"profile": profile},
         rtc=0,
-        version=s.version,
-        tfle=int(not s.free),
-        rta=s.rta,
-        rtaf=s.rtaf,
-        rtf=s.rtf,
-        rtmbe=s.mberror,
-        failures=failures,
+        failures=s.failures(max(0, lost)),
         splats={},
         stalls=s.stalls,
-        objects_queued=s.retired,
         objects_freed=ps.frees,
-        leaks=leaks,
-        use_after_free=s.uaf,
+        leaks=ps.in_use if s.finished else 0,
         double_free=s.double_free,
-        reads=s.reads,
-        updates=s.version,
-        fake_ops=dict(s.fake),
-        onoff=dict(s.onoff),
         kvfree={
             "injected_faults": s.injected,
             "faults_reported": s.injected_seen,
             "cancelled_reads": s.cancelled_reads,
         },
-        errors=tuple(s.errors),
         log=tuple(s.log),
         sim_ns=0,
         wall_s=wall,
@@ -547,7 +461,7 @@ def run_app_torture(
     *,
     seed: int = 0,
     profile: str = "v6.3",
-    _broken_gp: bool = False,
+    torture_cls: type[AppTorture] = AppTorture,
 ) -> TortureResult:
     """Run the app-mode torture in its own ``trio.run`` on the real clock."""
     p = params or TortureParams()
@@ -555,7 +469,7 @@ def run_app_torture(
 
     async def main() -> None:
         box.append(
-            await run_app_torture_async(p, seed=seed, profile=profile, _broken_gp=_broken_gp)
+            await run_app_torture_async(p, seed=seed, profile=profile, torture_cls=torture_cls)
         )
 
     trio.run(main)

@@ -1,7 +1,6 @@
 """rcutorture on the simulated kernel: readers, writers, fake writers, hotplug, faults, stalls.
 
-What the kernel's ``rcutorture`` checks, checked here on virtual time (peers.md §1.6 and §5.3;
-the liburcu ``stress`` test is the same design):
+What the kernel's ``rcutorture`` checks (:mod:`.common`), checked here on virtual time:
 
 * A small pool of ``struct rcu_torture`` elements (``10 * RCU_TORTURE_PIPE_LEN`` of them, as in
   the kernel); each one in use is a ``kmalloc()`` object of the simulated slab, so a reader can
@@ -37,20 +36,20 @@ simulated second for nothing. Writers reap slots whose count reached the end of 
 Shared state (``rcu_torture_current``, pipe counts) is read and written only after
 ``task.sync()``, so no CPU sees another's future (see :mod:`rcukit.sched.sim`).
 
-The broken build: ``run_torture(..., _broken_gp=True)`` boots a kernel whose grace periods forget
-one holdout that is inside a read-side critical section when the GP starts, so the GP ends one
-reader early. It exists so the tests can show this torture test catches a real RCU bug; the
-command line cannot reach it.
+``run_torture(..., kernel_cls=...)`` boots a :class:`~rcukit.kernel.Kernel` subclass instead of
+the stock one: the tests boot one whose grace periods end a reader early
+(``tests/torture_broken.py``), to show this test catches a real RCU bug. The package ships no
+broken build, and the command line boots only the stock kernel.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -64,23 +63,24 @@ from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.gpseq import RCU_SEQ_STATE_MASK, ULONG_MASK, ULONG_MAX_HALF, rcu_seq_diff
 from rcukit.rcu.profiles import PROFILES
 from rcukit.rcu.segcblist import RcuHead
-from rcukit.rcu.tree import RcuState
+from rcukit.scenarios.torture.common import (
+    RCU_TORTURE_PIPE_LEN,
+    Slot,
+    TortureParams,
+    TortureResult,
+    TortureRun,
+    TortureState,
+)
 from rcukit.sched.sim import Task
 
 __all__ = [
-    "RCU_TORTURE_PIPE_LEN",
     "WRITER_MODES",
-    "TortureParams",
-    "TortureResult",
+    "full_gps_since",
     "run_torture",
     "run_torture_async",
     "torture_config",
 ]
 
-#: ``RCU_TORTURE_PIPE_LEN``: pipe stages an element passes before it is freed.
-RCU_TORTURE_PIPE_LEN: Final = 10
-#: ``rcu_tortures[10 * RCU_TORTURE_PIPE_LEN]``: the element pool.
-RTORT_POOL: Final = 10 * RCU_TORTURE_PIPE_LEN
 #: ``struct rcu_torture`` on 64-bit: rcu_head (16) + pipe count + list_head + mbtest = 48 bytes.
 RTORT_SIZE: Final = 48
 #: ``rtort_rcu`` is the first member, so the rcu_head sits at the object's address.
@@ -95,70 +95,6 @@ _CTR_MASK = ULONG_MASK & ~RCU_SEQ_STATE_MASK
 #: ``rcu_read_delay``: the short spin and the long one (µs, ms).
 _SHORTDELAY_US = 200
 _LONGDELAY_MS = 300
-
-
-def _check_int(lo: int, hi: int | None = None) -> Callable[[Any, Any, Any], None]:
-    def check(inst: object, att: attrs.Attribute[Any], v: Any) -> None:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            allowed = f"an integer >= {lo}" if hi is None else f"an integer in {lo} .. {hi}"
-            raise ConfigError(f"{att.name} = {v!r}: expected {allowed}")
-
-    return check
-
-
-def _check_num(lo: float, hi: float | None = None, *, above: bool = False) -> Any:
-    def check(inst: object, att: attrs.Attribute[Any], v: Any) -> None:
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-        if ok:
-            ok = (v > lo if above else v >= lo) and (hi is None or v <= hi)
-        if not ok:
-            rel = ">" if above else ">="
-            rng = f"{rel} {lo}" if hi is None else f"in [{lo}, {hi}]"
-            raise ConfigError(f"{att.name} = {v!r}: expected a finite number {rng}")
-
-    return check
-
-
-@attrs.frozen
-class TortureParams:
-    """rcutorture's module parameters that apply here (same meaning, seconds as floats).
-
-    ``nreaders = -1`` is the kernel's default: one reader per CPU but one. Times are simulated
-    seconds. ``reader_delay_us`` is rcukit's: readers pause about that long between reads
-    (rcutorture's readers run back to back; a pause keeps the Python cost of a simulated second
-    bounded, so 60 simulated seconds take a few wall-clock seconds).
-    """
-
-    duration: float = attrs.field(default=10.0, validator=_check_num(0.0, above=True))
-    nreaders: int = attrs.field(default=-1, validator=_check_int(-1, 1024))
-    nwriters: int = attrs.field(default=1, validator=_check_int(0, 64))
-    nfakewriters: int = attrs.field(default=4, validator=_check_int(0, 256))
-    #: ``onoff_interval``: seconds between CPU hotplug operations; 0 disables hotplug.
-    onoff_interval: float = attrs.field(default=0.0, validator=_check_num(0.0))
-    #: ``onoff_holdoff``: seconds after boot before the first hotplug operation.
-    onoff_holdoff: float = attrs.field(default=0.0, validator=_check_num(0.0))
-    #: Probability of failing each page allocation and each slab allocation.
-    fault_rate: float = attrs.field(default=0.0, validator=_check_num(0.0, 1.0))
-    #: ``stall_cpu``: seconds one reader spins in a read section; 0 disables the stall.
-    stall_cpu: float = attrs.field(default=0.0, validator=_check_num(0.0))
-    #: ``stall_cpu_holdoff``: seconds before the stall starts; None: a quarter of the run
-    #: (at most the kernel's 10 s).
-    stall_cpu_holdoff: float | None = attrs.field(default=None)
-    reader_delay_us: int = attrs.field(default=2000, validator=_check_int(1, 10**7))
-
-    def __attrs_post_init__(self) -> None:
-        h = self.stall_cpu_holdoff
-        if h is not None:
-            _check_num(0.0)(self, attrs.fields(TortureParams).stall_cpu_holdoff, h)
-
-    def real_readers(self, nr_cpus: int) -> int:
-        """``nrealreaders``: ``nreaders``, or if negative ``num_online_cpus() - 2 - nreaders``."""
-        return self.nreaders if self.nreaders >= 0 else max(1, nr_cpus - 2 - self.nreaders)
-
-    def stall_holdoff(self) -> float:
-        return self.stall_cpu_holdoff if self.stall_cpu_holdoff is not None else min(
-            10.0, self.duration / 4
-        )
 
 
 def torture_config(
@@ -197,155 +133,10 @@ def torture_config(
     return cfg.with_kernel_config(kernel_config).replace(**changes)
 
 
-@attrs.frozen
-class TortureResult:
-    """What a torture run saw; :meth:`summary_lines` prints it the way rcutorture does."""
-
-    mode: str
-    seed: int
-    duration: float
-    nreaders: int
-    nwriters: int
-    nfakewriters: int
-    settings: dict[str, Any]
-    #: ``Reader Pipe``: reads by the pipe count they saw (index 10: 10 or more).
-    reader_pipe: tuple[int, ...]
-    #: ``Reader Batch``: reads by the grace periods that elapsed during them.
-    reader_batch: tuple[int, ...]
-    #: ``Free-Block Circulation``: elements that went from pipe stage i to i + 1.
-    free_block_circulation: tuple[int, ...]
-    #: rtc (the current element's address), ver, tfle, rta, rtaf, rtf, rtmbe.
-    rtc: int
-    version: int
-    tfle: int
-    rta: int
-    rtaf: int
-    rtf: int
-    rtmbe: int
-    #: RCU failures: reads at pipe >= 2, reads of an element marked free, frees before their
-    #: grace period (kvfree_rcu's debug objects), and errors that stopped the run.
-    failures: int
-    splats: dict[str, int]
-    stalls: int
-    objects_queued: int
-    objects_freed: int
-    leaks: int
-    use_after_free: int
-    double_free: int
-    reads: int
-    updates: int
-    fake_ops: dict[str, int]
-    onoff: dict[str, int]
-    kvfree: dict[str, int]
-    #: Messages of the first failures (reader reports, KASAN reports, a crash).
-    errors: tuple[str, ...]
-    #: Stall reports and notes the run printed on its way.
-    log: tuple[str, ...]
-    sim_ns: int
-    wall_s: float
-
-    @property
-    def passed(self) -> bool:
-        """Exit status 0: no failure, no leak, no use after free, no double free."""
-        return not (self.failures or self.leaks or self.use_after_free or self.double_free)
-
-    def summary_lines(self) -> list[str]:
-        """rcutorture's end-of-test statistics (``rcu_torture_stats_print``) and verdict."""
-        bad = "!!! " if any(self.reader_pipe[2:]) else ""
-        o = self.onoff
-        lines = list(self.log)
-        lines.append(
-            f"rcu-torture: {bad}rtc: {self.rtc:#018x} ver: {self.version} tfle: {self.tfle} "
-            f"rta: {self.rta} rtaf: {self.rtaf} rtf: {self.rtf} rtmbe: {self.rtmbe} "
-            f"uaf: {self.use_after_free} dfree: {self.double_free} leaks: {self.leaks} "
-            f"stalls: {self.stalls} onoff: {o.get('online_ok', 0)}/{o.get('online', 0)}:"
-            f"{o.get('offline_ok', 0)}/{o.get('offline', 0)} "
-            f"barrier: {self.fake_ops.get('barrier', 0)}"
-        )
-        lines.append("rcu-torture: Reader Pipe: " + "".join(f" {n}" for n in self.reader_pipe))
-        lines.append("rcu-torture: Reader Batch: " + "".join(f" {n}" for n in self.reader_batch))
-        lines.append(
-            "rcu-torture: Free-Block Circulation: "
-            + "".join(f" {n}" for n in self.free_block_circulation)
-        )
-        for e in self.errors:
-            lines.append(f"rcu-torture: {e}")
-        verdict = "SUCCESS" if self.passed else "FAILURE"
-        parms = " ".join(f"{k}={v}" for k, v in self.settings.items())
-        lines.append(f"--- End of test: {verdict}: {parms}")
-        return lines
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "passed": self.passed,
-            "seed": self.seed,
-            "duration": self.duration,
-            "nreaders": self.nreaders,
-            "nwriters": self.nwriters,
-            "nfakewriters": self.nfakewriters,
-            "settings": self.settings,
-            "reader_pipe": list(self.reader_pipe),
-            "reader_batch": list(self.reader_batch),
-            "free_block_circulation": list(self.free_block_circulation),
-            "version": self.version,
-            "rta": self.rta,
-            "rtaf": self.rtaf,
-            "rtf": self.rtf,
-            "rtmbe": self.rtmbe,
-            "failures": self.failures,
-            "splats": self.splats,
-            "stalls": self.stalls,
-            "objects_queued": self.objects_queued,
-            "objects_freed": self.objects_freed,
-            "leaks": self.leaks,
-            "use_after_free": self.use_after_free,
-            "double_free": self.double_free,
-            "reads": self.reads,
-            "updates": self.updates,
-            "fake_ops": self.fake_ops,
-            "onoff": self.onoff,
-            "kvfree": self.kvfree,
-            "errors": list(self.errors),
-            "sim_ns": self.sim_ns,
-            "wall_s": round(self.wall_s, 3),
-        }
-
-
-# ---------------------------------------------------------------------------- the broken build
-
-
-class _BrokenRcuState(RcuState):
-    """Tree RCU whose grace periods end one reader early (tests only; see the module doc)."""
-
-    def _gp_init(self, task: Task) -> None:
-        super()._gp_init(task)
-        cpus = self.kernel.sim.cpus
-        for cpu_id in sorted(self._gp_cpus):
-            cur = cpus[cpu_id].current
-            if cur is not None and cur.rcu_read_nesting:
-                self._gp_cpus.discard(cpu_id)
-                self._rdp[cpu_id].qs_pending = False
-                return
-        for t in self._gp_tasks:
-            del self._gp_tasks[t]
-            return
-
-
-class _BrokenKernel(Kernel):
-    def _init_subsystems(self) -> None:
-        from rcukit.mm.page_alloc import PageAllocator
-        from rcukit.rcu.kvfree import KvfreeRcu
-
-        self.mm = PageAllocator(self)
-        self.rcu = _BrokenRcuState(self)
-        self.kvfree = KvfreeRcu(self)
-        self._subsystems.extend([self.mm, self.rcu, self.kvfree])
-
-
 @asynccontextmanager
-async def _boot(cfg: KernelConfig, broken: bool) -> AsyncIterator[Kernel]:
-    kernel = (_BrokenKernel if broken else Kernel)(cfg)
+async def _boot(cfg: KernelConfig, kernel_cls: type[Kernel]) -> AsyncIterator[Kernel]:
+    """:func:`rcukit.kernel.boot` for a given :class:`Kernel` class."""
+    kernel = kernel_cls(cfg)
     async with trio.open_nursery() as nursery:
         kernel._start(nursery)
         try:
@@ -357,22 +148,19 @@ async def _boot(cfg: KernelConfig, broken: bool) -> AsyncIterator[Kernel]:
 # ---------------------------------------------------------------------------- the run
 
 
-class _Rtort:
-    """``struct rcu_torture``: a pool slot; ``ptr`` is its kmalloc'ed object while in use.
+class _Rtort(Slot):
+    """``struct rcu_torture``: a pool slot; ``ptr`` is its kmalloc'ed object while in use."""
 
-    ``gen`` counts the slot's allocations, so a reader can tell that the slot it holds was
-    recycled under it; ``cookie`` is the grace-period snapshot taken when it was retired.
-    """
-
-    __slots__ = ("cookie", "gen", "idx", "mbtest", "ptr", "retired")
+    __slots__ = ("mbtest", "ptr")
 
     def __init__(self, idx: int) -> None:
-        self.idx = idx
+        super().__init__(idx)
         self.ptr = 0
-        self.gen = 0
-        self.cookie = 0
-        self.retired = False
         self.mbtest = 0
+
+    def recycle(self) -> None:
+        self.mbtest = 0
+        self.ptr = 0
 
 
 class _FreeHead(RcuHead):
@@ -387,57 +175,19 @@ class _FreeHead(RcuHead):
         self.gen = el.gen
 
 
-@attrs.define(eq=False)
-class _State:
-    """One run's shared state (``rcu_torture_current``, the free list, the statistics)."""
+@attrs.define(eq=False, kw_only=True)
+class _State(TortureState[_Rtort]):
+    """The shared state plus the simulated kernel's side: the end, the published element,
+    the objects kmalloc'ed and kfree'd directly."""
+
+    DOUBLE_FREE_WORDS = ("double-free",)
+    USE_AFTER_FREE_WORDS = ("use-after-free",)
 
     end_ns: int
-    pool: list[_Rtort]
-    free: deque[_Rtort]
     current: _Rtort | None = None
-    version: int = 0
-    rta: int = 0
-    rtaf: int = 0
-    rtf: int = 0
-    mberror: int = 0
-    pipe: list[int] = attrs.field(factory=lambda: [0] * (RCU_TORTURE_PIPE_LEN + 1))
-    batch: list[int] = attrs.field(factory=lambda: [0] * (RCU_TORTURE_PIPE_LEN + 1))
-    wcount: list[int] = attrs.field(factory=lambda: [0] * (RCU_TORTURE_PIPE_LEN + 1))
-    reads: int = 0
-    rcu_errors: int = 0
-    uaf: int = 0
-    double_free: int = 0
-    internal_errors: int = 0
-    errors: list[str] = attrs.field(factory=list)
-    log: list[str] = attrs.field(factory=list)
-    #: Retired elements per writer (and one list for the cleanup), oldest first.
-    retired_lists: list[deque[_Rtort]] = attrs.field(factory=list)
-    retired: int = 0
     kfreed: int = 0
     allocated: set[int] = attrs.field(factory=set)
-    fake: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys((*FAKEWRITER_OPS, "barrier"), 0)
-    )
-    onoff: dict[str, int] = attrs.field(
-        factory=lambda: {"online": 0, "online_ok": 0, "offline": 0, "offline_ok": 0}
-    )
     kernel: Kernel | None = None
-    finished: bool = False
-
-    def error(self, msg: str) -> None:
-        if len(self.errors) < 20:
-            self.errors.append(msg)
-
-
-def _classify(state: _State, exc: MemoryDebugError, where: str) -> None:
-    text = str(exc)
-    if "double-free" in text:
-        state.double_free += 1
-    elif "use-after-free" in text:
-        state.uaf += 1
-    else:
-        state.internal_errors += 1
-    state.error(f"{where}: {text}")
 
 
 def full_gps_since(cookie: int, gp_seq: int) -> int:
@@ -454,28 +204,23 @@ def full_gps_since(cookie: int, gp_seq: int) -> int:
     return (done >> 2) + 1
 
 
-class _Torture:
+class _Torture(TortureRun[_Rtort]):
     """The kthreads of one run, bound to one kernel."""
 
+    RNG_PREFIX = "rcutorture"
+    s: _State
+
     def __init__(self, k: Kernel, p: TortureParams, state: _State) -> None:
+        super().__init__(p, state, k.config.seed)
         self.k = k
-        self.p = p
-        self.s = state
         self.rcu = k.rcu
         self.mm = k.mm
         self.kv = k.kvfree
-        self.seed = k.config.seed
         self.tick_ns = k.config.tick_ns
         self.nreaders = p.real_readers(k.config.nr_cpus)
 
-    def rng(self, what: str, me: int) -> random.Random:
-        return random.Random(f"rcutorture:{self.seed}:{what}:{me}")
-
-    def pipe_count(self, el: _Rtort) -> int:
-        """0 while published, 1 once retired, +1 per full grace period since (capped)."""
-        if not el.retired:
-            return 0
-        return min(RCU_TORTURE_PIPE_LEN, 1 + full_gps_since(el.cookie, self.rcu.gp_seq))
+    def full_gps(self, cookie: int) -> int:
+        return full_gps_since(cookie, self.rcu.gp_seq)
 
     # -- the pool ---------------------------------------------------------------------------
     async def alloc(self, task: Task) -> _Rtort | None:
@@ -488,32 +233,17 @@ class _Torture:
         if not ptr:
             s.rtaf += 1  # kmalloc failed (fault injection or memory pressure)
             return None
-        el = s.free.popleft()
+        el = s.take_slot()
         el.ptr = ptr
-        el.gen += 1
-        el.retired = False
         el.mbtest = 1
-        s.rta += 1
         s.allocated.add(ptr)
         return el
-
-    def reap(self, retired: deque[_Rtort]) -> None:
-        """``rcu_torture_free`` for every element at the end of its pipe (caller is synced)."""
-        s = self.s
-        while retired and self.pipe_count(retired[0]) >= RCU_TORTURE_PIPE_LEN:
-            el = retired.popleft()
-            for i in range(RCU_TORTURE_PIPE_LEN):
-                s.wcount[i] += 1
-            el.mbtest = 0
-            el.ptr = 0
-            s.rtf += 1
-            s.free.append(el)
 
     async def kfree(self, task: Task, ptr: int, where: str) -> None:
         try:
             await self.mm.kfree(task, ptr)
         except MemoryDebugError as exc:
-            _classify(self.s, exc, where)
+            self.s.memory_error(exc, where)
             return
         self.s.kfreed += 1
 
@@ -552,11 +282,8 @@ class _Torture:
             await self.retire(task, old, mode)
 
     def retire_start(self, task: Task, old: _Rtort, retired: deque[_Rtort]) -> None:
-        """Pipe count 1: unpublished, its grace periods counted from now (caller synced)."""
-        old.retired = True
-        old.cookie = self.rcu.get_state_synchronize_rcu(task)
-        retired.append(old)
-        self.s.retired += 1
+        """Pipe count 1 from now (caller synced)."""
+        self.s.retire_slot(old, self.rcu.get_state_synchronize_rcu(task), retired)
 
     async def retire(self, task: Task, old: _Rtort, mode: str) -> None:
         ptr = old.ptr
@@ -572,7 +299,7 @@ class _Torture:
                 old.mbtest = 0
                 await self.kfree(task, ptr, "synchronize_rcu retirement")
         except MemoryDebugError as exc:
-            _classify(self.s, exc, mode)
+            self.s.memory_error(exc, mode)
 
     # -- readers ----------------------------------------------------------------------------
     async def reader(self, task: Task) -> None:
@@ -602,22 +329,14 @@ class _Torture:
                 s.error(f"reader {task.comm} found element {p.idx} marked free (rtmbe)")
             await self.read_delay(task, rng)
             await task.sync()
-            # A slot recycled under the reader went through the whole pipe meanwhile.
-            pipe = self.pipe_count(p) if p.gen == gen else RCU_TORTURE_PIPE_LEN
+            pipe = self.pipe_seen(p, gen)
             completed = min(rcu_seq_diff(rcu.gp_seq, started), RCU_TORTURE_PIPE_LEN)
             try:
                 self.mm.check_access(ptr, task)
             except MemoryDebugError as exc:
-                _classify(s, exc, f"reader {task.comm}")
-            s.pipe[pipe] += 1
-            s.batch[completed] += 1
-            s.reads += 1
-            if pipe > 1:
-                s.rcu_errors += 1
-                s.error(
-                    f"reader {task.comm} on CPU {task.cpu.id} at {task.now_ns} ns saw element "
-                    f"{p.idx} at pipe count {pipe}: a grace period ended during its read"
-                )
+                s.memory_error(exc, f"reader {task.comm}")
+            s.record_read(pipe, completed,
+                          f"reader {task.comm} on CPU {task.cpu.id} at {task.now_ns} ns", p.idx)
         finally:
             rcu.rcu_read_unlock(task)
 
@@ -699,22 +418,16 @@ class _Torture:
                 return
             cpu = 1 + rng.randrange(ncpus - 1)
             await task.sync()
-            if self.k.cpus[cpu].online:
-                s.onoff["offline"] += 1
-                try:
-                    await rcu.cpu_down(task, cpu)
-                except CpuHotplugError as exc:
-                    s.log.append(f"rcu-torture: torture_onoff: offline {cpu} failed: {exc}")
-                else:
-                    s.onoff["offline_ok"] += 1
+            op, flip = (
+                ("offline", rcu.cpu_down) if self.k.cpus[cpu].online else ("online", rcu.cpu_up)
+            )
+            s.onoff[op] += 1
+            try:
+                await flip(task, cpu)
+            except CpuHotplugError as exc:
+                s.log.append(f"rcu-torture: torture_onoff: {op} {cpu} failed: {exc}")
             else:
-                s.onoff["online"] += 1
-                try:
-                    await rcu.cpu_up(task, cpu)
-                except CpuHotplugError as exc:
-                    s.log.append(f"rcu-torture: torture_onoff: online {cpu} failed: {exc}")
-                else:
-                    s.onoff["online_ok"] += 1
+                s.onoff[f"{op}_ok"] += 1
 
     async def stall(self, task: Task) -> None:
         """``rcu_torture_stall``: spin ``stall_cpu`` seconds inside a read-side section."""
@@ -736,18 +449,10 @@ class _Torture:
         await task.sync()
         last = s.current
         s.current = None
-        mine: deque[_Rtort] = deque()
-        s.retired_lists.append(mine)
         if last is not None:
-            self.retire_start(task, last, mine)
+            self.retire_start(task, last, s.retired_lists[-1])
             await self.retire(task, last, "synchronize_rcu")
-        for _ in range(4 * RCU_TORTURE_PIPE_LEN):
-            await task.sync()
-            for lst in s.retired_lists:
-                self.reap(lst)
-            if not any(s.retired_lists):
-                break
-            await rcu.synchronize_rcu(task)
+        await self.drain(partial(rcu.synchronize_rcu, task), task.sync)
         await rcu.rcu_barrier(task)
         await self.kv.kvfree_rcu_barrier(task)
         s.finished = True
@@ -791,9 +496,16 @@ def _stall_config(cfg: KernelConfig, p: TortureParams, log: list[str]) -> Kernel
 
 
 async def run_torture_async(
-    params: TortureParams, config: KernelConfig | None = None, *, _broken_gp: bool = False
+    params: TortureParams,
+    config: KernelConfig | None = None,
+    *,
+    kernel_cls: type[Kernel] = Kernel,
 ) -> TortureResult:
-    """Run rcutorture on a fresh simulated kernel (from inside ``trio.run`` on a MockClock)."""
+    """Run rcutorture on a fresh simulated kernel (from inside ``trio.run`` on a MockClock).
+
+    ``kernel_cls`` boots a :class:`Kernel` subclass instead, e.g. one with a modified engine
+    the test should judge.
+    """
     t0 = time.perf_counter()
     log: list[str] = []
     cfg = _stall_config(config or torture_config(), params, log)
@@ -804,13 +516,11 @@ async def run_torture_async(
         })
     if cfg.nr_cpus < 2 and params.onoff_interval > 0:
         raise ConfigError("onoff_interval needs at least 2 CPUs (CPU 0 never goes offline)")
-    pool = [_Rtort(i) for i in range(RTORT_POOL)]
-    state = _State(end_ns=int(params.duration * 1e9), pool=pool, free=deque(pool))
-    state.log.extend(log)
-    state.retired_lists = [deque() for _ in range(params.nwriters)]
+    state = _State.new(_Rtort, params.nwriters, (*FAKEWRITER_OPS, "barrier"),
+                       end_ns=int(params.duration * 1e9), log=log)
     crash: BaseException | None = None
     try:
-        async with _boot(cfg, _broken_gp) as k:
+        async with _boot(cfg, kernel_cls) as k:
             state.kernel = k
             t = _Torture(k, params, state)
             _spawn_all(k, t, params)
@@ -821,10 +531,10 @@ async def run_torture_async(
         crash = eg
         for exc in eg.exceptions:
             assert isinstance(exc, MemoryDebugError)
-            _classify(state, exc, "kernel")
+            state.memory_error(exc, "kernel")
     if crash is not None:
         state.error("the run stopped early: the kernel hit the error above")
-    return _result("sim", params, cfg, state, time.perf_counter() - t0)
+    return _result(params, cfg, state, time.perf_counter() - t0)
 
 
 def _live(mm: Any, ptr: int) -> bool:
@@ -835,71 +545,38 @@ def _live(mm: Any, ptr: int) -> bool:
     return True
 
 
-def _result(
-    mode: str, p: TortureParams, cfg: KernelConfig, s: _State, wall: float
-) -> TortureResult:
+def _result(p: TortureParams, cfg: KernelConfig, s: _State, wall: float) -> TortureResult:
     k = s.kernel
     assert k is not None
     kv = k.kvfree.statistics()
     freed = s.kfreed + kv.objects_freed
     live = sum(1 for ptr in s.allocated if _live(k.mm, ptr)) if s.finished else 0
-    leaks = max(live, s.retired - freed) if s.finished else 0
-    double = s.double_free + max(0, freed - s.retired)
     stats = k.rcu.statistics()
-    failures = s.rcu_errors + s.mberror + kv.gp_violations + s.internal_errors
-    if not s.finished:
-        failures += 1
-    settings = {
-        "nreaders": p.real_readers(cfg.nr_cpus),
-        "nwriters": p.nwriters,
-        "nfakewriters": p.nfakewriters,
-        "duration": p.duration,
-        "onoff_interval": p.onoff_interval,
-        "fault_rate": p.fault_rate,
-        "stall_cpu": p.stall_cpu,
-        "seed": cfg.seed,
-        "nr_cpus": cfg.nr_cpus,
-        "variant": cfg.kvfree.variant,
-        "profile": cfg.kvfree.profile,
-        "kernel_config": "rt" if cfg.preempt_rt else (
-            "lockdep" if cfg.prove_raw_lock_nesting else "default"
-        ),
-    }
     log = list(s.log)
     for sp in k.locks.splats:
         if sp.kind == "rcu_stall":
             log.append(sp.format())
     cur = s.current
-    return TortureResult(
-        mode=mode,
+    return s.result(
+        p,
+        mode="sim",
         seed=cfg.seed,
-        duration=p.duration,
         nreaders=p.real_readers(cfg.nr_cpus),
-        nwriters=p.nwriters,
-        nfakewriters=p.nfakewriters,
-        settings=settings,
-        reader_pipe=tuple(s.pipe),
-        reader_batch=tuple(s.batch),
-        free_block_circulation=tuple(s.wcount),
+        settings={
+            "nr_cpus": cfg.nr_cpus,
+            "variant": cfg.kvfree.variant,
+            "profile": cfg.kvfree.profile,
+            "kernel_config": "rt" if cfg.preempt_rt else (
+                "lockdep" if cfg.prove_raw_lock_nesting else "default"
+            ),
+        },
         rtc=cur.ptr if cur is not None else 0,
-        version=s.version,
-        tfle=int(not s.free),
-        rta=s.rta,
-        rtaf=s.rtaf,
-        rtf=s.rtf,
-        rtmbe=s.mberror,
-        failures=failures,
+        failures=s.failures(kv.gp_violations),
         splats=k.splat_counts(),
         stalls=stats.stalls,
-        objects_queued=s.retired,
         objects_freed=freed,
-        leaks=leaks,
-        use_after_free=s.uaf,
-        double_free=double,
-        reads=s.reads,
-        updates=s.version,
-        fake_ops=dict(s.fake),
-        onoff=dict(s.onoff),
+        leaks=max(live, s.retired - freed) if s.finished else 0,
+        double_free=s.double_free + max(0, freed - s.retired),
         kvfree={
             "calls": kv.calls,
             "fallback_rcu_head": kv.fallback_rcu_head,
@@ -909,7 +586,6 @@ def _result(
             "gp_violations": kv.gp_violations,
             "grace_periods": stats.completed_gps,
         },
-        errors=tuple(s.errors),
         log=tuple(log),
         sim_ns=k.sim.max_local_ns(),
         wall_s=wall,
@@ -920,18 +596,18 @@ def run_torture(
     params: TortureParams | None = None,
     config: KernelConfig | None = None,
     *,
-    _broken_gp: bool = False,
+    kernel_cls: type[Kernel] = Kernel,
 ) -> TortureResult:
     """Run rcutorture in its own ``trio.run`` on a MockClock and return what it saw.
 
-    ``config`` defaults to :func:`torture_config` (seed 0, the default build). ``_broken_gp``
-    is for tests only: grace periods that end one reader early, which this test must catch.
+    ``config`` defaults to :func:`torture_config` (seed 0, the default build); ``kernel_cls``
+    as for :func:`run_torture_async`.
     """
     p = params or TortureParams()
     box: list[TortureResult] = []
 
     async def main() -> None:
-        box.append(await run_torture_async(p, config, _broken_gp=_broken_gp))
+        box.append(await run_torture_async(p, config, kernel_cls=kernel_cls))
 
     run_sim(main)
     return box[0]

@@ -11,6 +11,7 @@ import argparse
 import json
 from typing import Any
 
+from rcukit.cli.options import Default, add_shared_options
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.kernel import Kernel, simulate
 from rcukit.locking.locks import Lock, LockKind
@@ -60,7 +61,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the lock-nesting problem behind the RFC, under each kernel build",
         description=__doc__,
     )
-    p.add_argument("--cpus", type=int, default=4, help="number of simulated CPUs (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_shared_options(p, cpus=Default(4, "4"))
     p.set_defaults(func=_cmd)

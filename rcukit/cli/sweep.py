@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rcukit.cli.options import number_type
 from rcukit.errors import ConfigError
 from rcukit.scenarios import sweep as sw
 
@@ -113,14 +114,10 @@ def _cmd(args: argparse.Namespace) -> int:
     return _run(args)
 
 
-def _workers(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n}: expected 0 (inline) or a number of processes")
-    return n
+_workers = number_type(
+    int, "a whole number",
+    lambda text, n: f"{n}: expected 0 (inline) or a number of processes" if n < 0 else None,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,34 +1,26 @@
 """The ``rcukit`` command.
 
-Subcommands register themselves in :data:`SUBCOMMANDS` from their scenario modules, so the
-entry point stays small. Misuse exits with status 2 and a message naming what was wrong and
-what is allowed, as argparse does.
+One module per subcommand, each with a ``register(subparsers)``; options several subcommands
+share live in :mod:`rcukit.cli.options`. The subcommands are imported here, at the top: a
+subcommand that cannot be imported is a broken install, and it fails loudly with its own
+traceback rather than vanishing from ``--help``. Misuse exits with status 2 and a message
+naming what was wrong and what is allowed, as argparse does.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import rcukit
+from rcukit.cli import compare, locks, rcuscale, sweep, torture
 from rcukit.errors import RcukitError
 
-Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+__all__ = ["build_parser", "main"]
 
-
-def _subcommands() -> list[Register]:
-    regs: list[Register] = []
-    from rcukit.scenarios import demo_cli
-
-    regs.append(demo_cli.register)
-    for mod in ("compare", "rcuscale", "torture", "sweep"):
-        try:
-            module = __import__(f"rcukit.scenarios.{mod}_cli", fromlist=["register"])
-        except ImportError:
-            continue
-        regs.append(module.register)
-    return regs
+#: In the order ``rcukit --help`` lists them.
+SUBCOMMANDS = (locks, compare, rcuscale, torture, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rcukit {rcukit.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in _subcommands():
-        register(sub)
+    for module in SUBCOMMANDS:
+        module.register(sub)
     return parser
 
 
@@ -61,7 +53,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rcukit {args.command}: interrupted", file=sys.stderr)
         return 130
     return rc
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Options several subcommands share, declared once so their spelling, help and checks agree.
+
+Each subcommand calls :func:`add_shared_options` with the options it takes and its own
+defaults; where a default differs between subcommands (``--profile``, ``--cpus``) the help says
+which one applies, so ``rcukit X --help`` documents the default ``X`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TypeVar
+
+import attrs
+
+from rcukit.errors import ConfigError
+from rcukit.rcu.profiles import PROFILES
+
+__all__ = ["Default", "add_shared_options", "check_profile", "number_type"]
+
+N = TypeVar("N", int, float)
+
+
+@attrs.frozen
+class Default:
+    """A subcommand's default for a shared option: the parsed value and how help words it.
+
+    The two differ where the real default is decided later: ``compare --profile`` parses to
+    None so a ``--config`` file's profile wins, and the help names what applies without one.
+    """
+
+    value: object
+    doc: str
+
+
+def check_profile(name: str | None) -> None:
+    """Reject an unknown ``--profile`` with the allowed names (None: the command's default).
+
+    Checked in the command rather than by argparse ``choices`` so the error reads like every
+    other bad value: ``rcukit CMD: error: unknown profile ...``, exit status 2.
+    """
+    if name is not None and name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; allowed: {', '.join(PROFILES)}")
+
+
+def number_type(
+    convert: Callable[[str], N], what: str, check: Callable[[str, N], str | None] | None = None
+) -> Callable[[str], N]:
+    """An argparse ``type=``: ``convert`` the text, then ``check(text, value)`` for a problem.
+
+    Errors come out as argparse's own (``argument --x: ...``, exit status 2) before any run.
+    """
+
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        problem = check(text, value) if check is not None else None
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def add_shared_options(
+    parser: argparse.ArgumentParser,
+    *,
+    seed: int | None = 0,
+    profile: Default | None = None,
+    cpus: Default | None = None,
+    config: str | None = None,
+) -> None:
+    """Add ``--seed`` and ``--json`` always; ``--profile``, ``--cpus``, ``--config`` when given.
+
+    ``seed`` is the parsed default (None where a config file may set the seed); ``config`` is
+    the help for ``--config FILE.toml``, which each command reads differently.
+    """
+    parser.add_argument("--seed", type=int, default=seed, help="simulation seed (default 0)")
+    if profile is not None:
+        parser.add_argument(
+            "--profile", default=profile.value,
+            help=f"kvfree_rcu version profile: {', '.join(PROFILES)} (default {profile.doc})",
+        )
+    if cpus is not None:
+        parser.add_argument("--cpus", type=int, default=cpus.value,
+                            help=f"simulated CPUs (default {cpus.doc})")
+    if config is not None:
+        parser.add_argument("--config", metavar="FILE.toml", help=config)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
