@@ -229,7 +229,8 @@ async def test_bad_configuration_while_a_kernel_runs(autojump_clock: Any, tmp_pa
         expect(ConfigError, r"'v9' is not a kvfree_rcu profile; allowed: rfc, v5\.9",
                lambda: Kernel(KernelConfig().replace(**{"kvfree.profile": "v9"})))
         expect(ConfigError, r"unknown allocator variant", lambda: torture_config(variant="x"))
-        expect(ConfigError, r"profile 'v9' is unknown", lambda: torture_config(profile="v9"))
+        expect(ConfigError, r"'v9' is not a kvfree_rcu profile",
+               lambda: torture_config(profile="v9"))
         expect(ConfigError, r"kernel config 'rtx' is unknown; allowed: default, lockdep, rt",
                lambda: torture_config(kernel_config="rtx"))
         expect(ConfigError, r"fault_rate = 1\.5: expected a finite number in \[0\.0, 1\.0\]",
@@ -260,7 +261,7 @@ async def test_app_unknown_profile() -> None:
     ("argv", "err"),
     [
         (["--variant", "bogus"], "unknown allocator variant 'bogus'; known:"),
-        (["--profile", "v9"], "unknown profile 'v9'; allowed: rfc"),
+        (["--profile", "v9"], "'v9' is not a kvfree_rcu profile; allowed: rfc"),
         (["--kernel-config", "rtx"], "invalid choice: 'rtx'"),
         (["--fault-rate", "2"], "fault_rate = 2.0: expected a finite number in [0.0, 1.0]"),
         (["--duration", "abc"], "'abc' is not a number of seconds"),

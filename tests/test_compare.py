@@ -205,7 +205,7 @@ ALLOWED_VARIANTS = "allowed: fast-try, nowait, gfp-zero, page-cache, nolock"
         (["--scale", "0"], ["--scale", "must be > 0"]),
         (["--scale", "abc"], ["--scale", "'abc' is not a number"]),
         (["--seed", "x"], ["--seed", "invalid int value"]),
-        (["--profile", "v9"], ["unknown profile 'v9'", "allowed: rfc, v5.9, v5.11"]),
+        (["--profile", "v9"], ["'v9' is not a kvfree_rcu profile", "allowed: rfc, v5.9, v5.11"]),
         (["--config", "/nonexistent/c.toml"], ["cannot read config file", "c.toml"]),
         (["--bogus"], ["unrecognized arguments: --bogus"]),
     ],

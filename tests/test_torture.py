@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from torture_broken import BrokenAppTorture, BrokenKernel
+from torture_broken import BROKEN_RCU, BrokenAppTorture
 
 from rcukit.cli import build_parser, main
 from rcukit.cli import torture as torture_cli
@@ -81,7 +81,7 @@ def test_sim_torture_is_deterministic() -> None:
 
 
 def test_sim_torture_catches_a_grace_period_that_ends_a_reader_early() -> None:
-    r = run_torture(TortureParams(duration=1), kernel_cls=BrokenKernel)
+    r = run_torture(TortureParams(duration=1), subsystems=BROKEN_RCU)
     assert not r.passed
     assert any(r.reader_pipe[2:]) and r.failures >= sum(r.reader_pipe[2:])
     assert r.use_after_free > 0
@@ -120,7 +120,7 @@ def test_cli_exit_status_is_1_when_the_run_fails(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def broken(params: TortureParams, config: object) -> TortureResult:
-        return run_torture(params, config, kernel_cls=BrokenKernel)  # type: ignore[arg-type]
+        return run_torture(params, config, subsystems=BROKEN_RCU)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torture_cli, "run_torture", broken)
     assert main(["torture", "--duration", "0.5"]) == 1

@@ -1,9 +1,9 @@
 """Deliberately broken builds for the torture tests: a torture test that never fails proves
 nothing, so these show it catches a real RCU bug. They live with the tests, not in the package.
 
-* :class:`BrokenKernel`: tree RCU whose grace periods forget one holdout that is inside a
+* :data:`BROKEN_RCU`: tree RCU whose grace periods forget one holdout that is inside a
   read-side critical section when the GP starts, so the GP ends one reader early (sim mode,
-  ``run_torture(..., kernel_cls=BrokenKernel)``; the hypothesis state machine boots it too).
+  ``run_torture(..., subsystems=BROKEN_RCU)``; the hypothesis state machine boots it too).
 * :class:`BrokenAppTorture`: app mode's writers free their ``synchronize_rcu`` retirements
   without waiting for the grace period (``run_app_torture(..., torture_cls=BrokenAppTorture)``).
 """
@@ -13,10 +13,9 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 
 from rcukit.config import KernelConfig
-from rcukit.kernel import Kernel
+from rcukit.kernel import Kernel, Subsystems, boot
 from rcukit.rcu.tree import RcuState
 from rcukit.scenarios.torture.app import AppTorture, _Obj
-from rcukit.scenarios.torture.sim import _boot
 from rcukit.sched.sim import Task
 
 
@@ -37,22 +36,13 @@ class BrokenRcuState(RcuState):
             return
 
 
-class BrokenKernel(Kernel):
-    """The stock subsystems, with :class:`BrokenRcuState` for RCU."""
-
-    def _init_subsystems(self) -> None:
-        from rcukit.mm.page_alloc import PageAllocator
-        from rcukit.rcu.kvfree import KvfreeRcu
-
-        self.mm = PageAllocator(self)
-        self.rcu = BrokenRcuState(self)
-        self.kvfree = KvfreeRcu(self)
-        self._subsystems.extend([self.mm, self.rcu, self.kvfree])
+#: The stock subsystems, with :class:`BrokenRcuState` for RCU.
+BROKEN_RCU = Subsystems(rcu=BrokenRcuState)
 
 
 def boot_broken(cfg: KernelConfig) -> AbstractAsyncContextManager[Kernel]:
-    """:func:`rcukit.boot` for :class:`BrokenKernel`."""
-    return _boot(cfg, BrokenKernel)
+    """:func:`rcukit.sim.boot` with :data:`BROKEN_RCU`."""
+    return boot(cfg, subsystems=BROKEN_RCU)
 
 
 class BrokenAppTorture(AppTorture):

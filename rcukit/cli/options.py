@@ -13,8 +13,7 @@ from typing import TypeVar
 
 import attrs
 
-from rcukit.errors import ConfigError
-from rcukit.rcu.profiles import PROFILES
+from rcukit.rcu.profiles import PROFILES, get_profile
 
 __all__ = ["Default", "add_shared_options", "check_profile", "number_type"]
 
@@ -39,8 +38,8 @@ def check_profile(name: str | None) -> None:
     Checked in the command rather than by argparse ``choices`` so the error reads like every
     other bad value: ``rcukit CMD: error: unknown profile ...``, exit status 2.
     """
-    if name is not None and name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; allowed: {', '.join(PROFILES)}")
+    if name is not None:
+        get_profile(name)
 
 
 def number_type(

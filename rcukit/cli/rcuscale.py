@@ -7,6 +7,7 @@ import json
 
 from rcukit.cli.options import Default, add_shared_options, check_profile
 from rcukit.config import KernelConfig
+from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
 
 
@@ -54,6 +55,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--kfree-mult", type=int, default=1, help="object size multiplier (x24 B)")
     p.add_argument("--no-batch", action="store_true", help="pre-5.5: one call_rcu per object")
     p.add_argument("--variant", default="page-cache", help="block allocator variant")
-    add_shared_options(p, profile=Default("v6.1", "v6.1"), cpus=Default(None, "4"),
-                       config="kernel config file")
+    default_profile = DEFAULT_PROFILES["rcuscale"]
+    add_shared_options(
+        p, profile=Default(default_profile, default_profile), cpus=Default(None, "4"),
+        config="kernel config file",
+    )
     p.set_defaults(func=_cmd)

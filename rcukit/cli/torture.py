@@ -14,6 +14,7 @@ import json
 from rcukit.cli.options import Default, add_shared_options, check_profile, number_type
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
+from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.scenarios.torture import (
     TortureParams,
     TortureResult,
@@ -50,7 +51,8 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
                     f"{opt} applies to --mode sim only (the app mode runs on the host's "
                     "allocator and scheduler)"
                 )
-        return run_app_torture(params, seed=args.seed, profile=args.profile or "v6.3")
+        profile = args.profile or DEFAULT_PROFILES["app"]
+        return run_app_torture(params, seed=args.seed, profile=profile)
     base = KernelConfig() if args.cpus is None else KernelConfig(nr_cpus=args.cpus)
     config = torture_config(
         base,

@@ -186,14 +186,14 @@ def get_profile(name: str) -> KvfreeProfile:
     try:
         return PROFILES[name]
     except (KeyError, TypeError):
-        raise ConfigError(
-            f"kvfree_rcu profile {name!r} is unknown; allowed: {', '.join(PROFILES)}"
-        ) from None
+        raise ConfigError(_unknown(name)) from None
 
 
 def profile_validator(inst: object, att: attrs.Attribute[Any], value: object) -> None:
     """attrs validator for a ``profile`` field: configs are where a profile name is checked."""
     if not isinstance(value, str) or value not in PROFILES:
-        raise ConfigError(
-            f"{att.name} = {value!r} is not a kvfree_rcu profile; allowed: {', '.join(PROFILES)}"
-        )
+        raise ConfigError(f"{att.name} = {_unknown(value)}")
+
+
+def _unknown(name: object) -> str:
+    return f"{name!r} is not a kvfree_rcu profile; allowed: {', '.join(PROFILES)}"

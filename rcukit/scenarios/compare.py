@@ -20,6 +20,7 @@ from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, config_to_dict
 from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
+from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.sched.sim import Task
 
 _GFP_KERNEL = int(GFP_KERNEL)
@@ -79,7 +80,7 @@ def default_config() -> KernelConfig:
             "mm.zone_pages": 65_536,
             "mm.background_allocs_per_ms": 400,
             "mm.initial_used_fraction": 0.93,
-            "kvfree.profile": "rfc",
+            "kvfree.profile": DEFAULT_PROFILES["compare"],
         }
     )
 

@@ -35,7 +35,7 @@ import attrs
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, _coerce
 from rcukit.errors import ConfigError, SweepError
-from rcukit.rcu.profiles import PROFILES
+from rcukit.rcu.profiles import DEFAULT_PROFILES, PROFILES
 from rcukit.scenarios import compare as cmp
 from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
 
@@ -56,7 +56,7 @@ OWNED_FIELDS = {
     "prove_raw_lock_nesting": "'kernel_config' (\"lockdep\")",
 }
 #: ``rcukit rcuscale``'s defaults, so a sweep point and that command agree on the same settings.
-RCUSCALE_DEFAULTS = {"profile": "v6.1", "variant": "page-cache"}
+RCUSCALE_DEFAULTS = {"profile": DEFAULT_PROFILES["rcuscale"], "variant": "page-cache"}
 #: Compare's one-row default (``rcukit compare`` runs every variant under every build); its
 #: profile comes from ``compare.default_config()``.
 COMPARE_DEFAULTS = {"variant": "nowait"}

@@ -40,6 +40,7 @@ import trio
 from rcukit.app import ObjectPool, RcuDomain, RcuPointer, open_domain
 from rcukit.errors import MemoryDebugError
 from rcukit.rcu.gpseq import ULONG_MASK
+from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.scenarios.torture.common import (
     RCU_TORTURE_PIPE_LEN,
     Slot,
@@ -371,7 +372,7 @@ async def run_app_torture_async(
     params: TortureParams,
     *,
     seed: int = 0,
-    profile: str = "v6.3",
+    profile: str = DEFAULT_PROFILES["app"],
     torture_cls: type[AppTorture] = AppTorture,
 ) -> TortureResult:
     """Run the app-mode torture inside the caller's ``trio.run`` (real or mock clock).
@@ -460,7 +461,7 @@ def run_app_torture(
     params: TortureParams | None = None,
     *,
     seed: int = 0,
-    profile: str = "v6.3",
+    profile: str = DEFAULT_PROFILES["app"],
     torture_cls: type[AppTorture] = AppTorture,
 ) -> TortureResult:
     """Run the app-mode torture in its own ``trio.run`` on the real clock."""

@@ -36,8 +36,8 @@ simulated second for nothing. Writers reap slots whose count reached the end of 
 Shared state (``rcu_torture_current``, pipe counts) is read and written only after
 ``task.sync()``, so no CPU sees another's future (see :mod:`rcukit.sched.sim`).
 
-``run_torture(..., kernel_cls=...)`` boots a :class:`~rcukit.kernel.Kernel` subclass instead of
-the stock one: the tests boot one whose grace periods end a reader early
+``run_torture(..., subsystems=...)`` boots other subsystem classes instead of the stock ones:
+the tests boot an RCU whose grace periods end a reader early
 (``tests/torture_broken.py``), to show this test catches a real RCU bug. The package ships no
 broken build, and the command line boots only the stock kernel.
 """
@@ -47,21 +47,18 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Final
 
 import attrs
-import trio
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError, CpuHotplugError, MemoryDebugError
-from rcukit.kernel import Kernel, run_sim
+from rcukit.kernel import ALL_SUBSYSTEMS, Kernel, Subsystems, boot, run_sim
 from rcukit.mm.alloc_core import builtin_variants
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.gpseq import RCU_SEQ_STATE_MASK, ULONG_MASK, ULONG_MAX_HALF, rcu_seq_diff
-from rcukit.rcu.profiles import PROFILES
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.scenarios.torture.common import (
     RCU_TORTURE_PIPE_LEN,
@@ -121,28 +118,12 @@ def torture_config(
             raise ConfigError(
                 f"unknown allocator variant {variant!r}; known: {', '.join(sorted(known))}"
             )
-    if profile is not None and profile not in PROFILES:
-        raise ConfigError(
-            f"kvfree_rcu profile {profile!r} is unknown; allowed: {', '.join(PROFILES)}"
-        )
     changes: dict[str, Any] = {"seed": seed, "kvfree.debug_objects": True}
     if variant is not None:
         changes["kvfree.variant"] = variant
     if profile is not None:
         changes["kvfree.profile"] = profile
     return cfg.with_kernel_config(kernel_config).replace(**changes)
-
-
-@asynccontextmanager
-async def _boot(cfg: KernelConfig, kernel_cls: type[Kernel]) -> AsyncIterator[Kernel]:
-    """:func:`rcukit.kernel.boot` for a given :class:`Kernel` class."""
-    kernel = kernel_cls(cfg)
-    async with trio.open_nursery() as nursery:
-        kernel._start(nursery)
-        try:
-            yield kernel
-        finally:
-            nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------------------- the run
@@ -499,12 +480,12 @@ async def run_torture_async(
     params: TortureParams,
     config: KernelConfig | None = None,
     *,
-    kernel_cls: type[Kernel] = Kernel,
+    subsystems: Subsystems = ALL_SUBSYSTEMS,
 ) -> TortureResult:
     """Run rcutorture on a fresh simulated kernel (from inside ``trio.run`` on a MockClock).
 
-    ``kernel_cls`` boots a :class:`Kernel` subclass instead, e.g. one with a modified engine
-    the test should judge.
+    ``subsystems`` may swap in another class for a subsystem, e.g. an RCU engine with a bug
+    the test should catch.
     """
     t0 = time.perf_counter()
     log: list[str] = []
@@ -520,7 +501,7 @@ async def run_torture_async(
                        end_ns=int(params.duration * 1e9), log=log)
     crash: BaseException | None = None
     try:
-        async with _boot(cfg, kernel_cls) as k:
+        async with boot(cfg, subsystems=subsystems) as k:
             state.kernel = k
             t = _Torture(k, params, state)
             _spawn_all(k, t, params)
@@ -596,18 +577,18 @@ def run_torture(
     params: TortureParams | None = None,
     config: KernelConfig | None = None,
     *,
-    kernel_cls: type[Kernel] = Kernel,
+    subsystems: Subsystems = ALL_SUBSYSTEMS,
 ) -> TortureResult:
     """Run rcutorture in its own ``trio.run`` on a MockClock and return what it saw.
 
-    ``config`` defaults to :func:`torture_config` (seed 0, the default build); ``kernel_cls``
+    ``config`` defaults to :func:`torture_config` (seed 0, the default build); ``subsystems``
     as for :func:`run_torture_async`.
     """
     p = params or TortureParams()
     box: list[TortureResult] = []
 
     async def main() -> None:
-        box.append(await run_torture_async(p, config, kernel_cls=kernel_cls))
+        box.append(await run_torture_async(p, config, subsystems=subsystems))
 
     run_sim(main)
     return box[0]
