@@ -308,11 +308,14 @@ class PageAlloc:
         return pfn
 
     def _trace_alloc(self, task: Task, pfn: int, order: int, mt: int, plan: _GfpPlan) -> None:
+        self._trace_page(task, "mm_page_alloc", pfn, order, mt, f"gfp_flags={plan.name}")
+
+    def _trace_page(self, task: Task, event: str, pfn: int, order: int, mt: int, tail: str) -> None:
+        """What ``mm_page_alloc`` and the ``mm_page`` event class print first, then ``tail``."""
         self.kernel.trace(
             task,
-            "mm_page_alloc",
-            f"page={page_struct(pfn):016x} pfn=0x{pfn:x} order={order} "
-            f"migratetype={mt} gfp_flags={plan.name}",
+            event,
+            f"page={page_struct(pfn):016x} pfn=0x{pfn:x} order={order} migratetype={mt} {tail}",
         )
 
     # -- allocation: the rest of __alloc_pages_nodemask --------------------------------------------
@@ -492,11 +495,8 @@ class PageAlloc:
         return n
 
     def _trace_zone_locked(self, task: Task, pfn: int, order: int, mt: int, refill: int) -> None:
-        self.kernel.trace(
-            task,
-            "mm_page_alloc_zone_locked",
-            f"page={page_struct(pfn):016x} pfn=0x{pfn:x} order={order} "
-            f"migratetype={mt} percpu_refill={refill}",
+        self._trace_page(
+            task, "mm_page_alloc_zone_locked", pfn, order, mt, f"percpu_refill={refill}"
         )
 
     # -- alloc_pages_nolock ----------------------------------------------------------------------

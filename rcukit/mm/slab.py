@@ -24,7 +24,7 @@ import sys
 from array import array
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from rcukit.errors import MemoryDebugError, PageAllocError
 from rcukit.mm.fault import (
@@ -722,6 +722,10 @@ class SlabAllocator:
         return {c.name: (c.nr_slabs, c.nobj) for c in self.caches if c.nr_slabs}
 
 
+#: A slab page, or None for a large-kmalloc entry (its own group in a detached freelist).
+_SlabOrNone = TypeVar("_SlabOrNone", bound="Slab | None")
+
+
 def _detached_groups(
     slabs: Sequence[Slab | None], idxs: Sequence[int]
 ) -> list[tuple[Slab | None, list[int]]]:
@@ -732,10 +736,32 @@ def _detached_groups(
     the first object it skipped. A large-kmalloc entry (slab None) is a group of its own.
     ``idxs[i] < 0`` marks NULL entries.
     """
-    n = len(slabs)
-    done = [i < 0 for i in idxs]
-    groups: list[tuple[Slab | None, list[int]]] = []
-    size = n
+    return _build_detached_freelists(slabs, [i < 0 for i in idxs], [1] * len(slabs))
+
+
+def _detached_run_groups(
+    slabs: Sequence[Slab], lens: Sequence[int]
+) -> list[tuple[Slab, list[int]]]:
+    """:func:`_detached_groups` over runs: ``slabs[j]`` holds the ``lens[j]`` pointers of run j.
+
+    Runs are never split (a round takes or skips a whole run), so each run counts as
+    ``lens[j]`` look-ahead misses; groups list run numbers, newest first, and a run's own
+    pointers are taken newest first, exactly as the per-pointer scan takes them.
+    """
+    return _build_detached_freelists(slabs, [False] * len(slabs), lens)
+
+
+def _build_detached_freelists(
+    slabs: Sequence[_SlabOrNone], done: list[bool], misses: Sequence[int]
+) -> list[tuple[_SlabOrNone, list[int]]]:
+    """The scan both callers share: entry i costs ``misses[i]`` look-ahead when skipped.
+
+    The kernel decrements the look-ahead before it records the first skipped index; with a
+    cost of 1 the first miss never exhausts the look-ahead, so recording it first (which a
+    run costing 3 or more needs) takes the same groups. ``done[i]`` entries are passed over.
+    """
+    groups: list[tuple[_SlabOrNone, list[int]]] = []
+    size = len(slabs)
     while size:
         size -= 1
         while done[size] and size:
@@ -745,7 +771,7 @@ def _detached_groups(
         slab = slabs[size]
         done[size] = True
         if slab is None:
-            groups.append((None, [size]))
+            groups.append((slab, [size]))
             continue
         members = [size]
         lookahead = 3
@@ -758,50 +784,9 @@ def _detached_groups(
                 members.append(size)
                 done[size] = True
                 continue
-            lookahead -= 1
-            if not lookahead:
-                break
             if not first_skipped:
                 first_skipped = size + 1
-        groups.append((slab, members))
-        size = first_skipped
-    return groups
-
-
-def _detached_run_groups(
-    slabs: Sequence[Slab], lens: Sequence[int]
-) -> list[tuple[Slab, list[int]]]:
-    """:func:`_detached_groups` over runs: ``slabs[j]`` holds the ``lens[j]`` pointers of run j.
-
-    Runs are never split (a round takes or skips a whole run), so each run counts as
-    ``lens[j]`` look-ahead misses; groups list run numbers, newest first, and a run's own
-    pointers are taken newest first, exactly as the per-pointer scan takes them.
-    """
-    done = [False] * len(slabs)
-    groups: list[tuple[Slab, list[int]]] = []
-    size = len(slabs)
-    while size:
-        size -= 1
-        while done[size] and size:
-            size -= 1
-        if done[size]:
-            break
-        slab = slabs[size]
-        done[size] = True
-        members = [size]
-        lookahead = 3
-        first_skipped = 0
-        while size:
-            size -= 1
-            if done[size]:
-                continue
-            if slabs[size] is slab:
-                members.append(size)
-                done[size] = True
-                continue
-            if not first_skipped:
-                first_skipped = size + 1
-            lookahead -= lens[size]
+            lookahead -= misses[size]
             if lookahead <= 0:
                 break
         groups.append((slab, members))

@@ -81,20 +81,48 @@ _V59 = KvfreeProfile(
     description="v5.9: drain every HZ/50, GFP_NOWAIT|__GFP_NOWARN page under krcp->lock "
     "(skipped on PREEMPT_RT), 2 cached pages prefilled at boot",
     header_bytes=16,
-    drain_hz_num=1,
-    drain_hz_den=50,
-    kick=False,
-    alloc_under_lock=True,
-    rt_skips_alloc=True,
-    min_cached_objs=2,
-    boot_prefill=True,
-    refill_worker=False,
-    refill_gfp=PREFILL_GFP_5_9,
+    drain_hz_num=1, drain_hz_den=50, kick=False,
+    alloc_under_lock=True, rt_skips_alloc=True,
+    min_cached_objs=2, boot_prefill=True, refill_worker=False, refill_gfp=PREFILL_GFP_5_9,
     single_arg_direct_alloc=False,
     shrinker_backoff=False,
-    polled_snapshots=False,
-    one_batch_per_run=False,
+    polled_snapshots=False, one_batch_per_run=False,
     vfree_bulk=False,
+)
+
+# Each release below is the one before it with only what that release changed; a line holds the
+# knobs of one mechanism (drain timing, enqueue allocation, the page cache, polled snapshots).
+_V5_11 = attrs.evolve(
+    _V59,
+    name="v5.11",
+    description="v5.11: no allocation under the lock; 5 cached pages per CPU refilled by "
+    "hrtimer -> system_highpri_wq with GFP_KERNEL|__GFP_NOWARN",
+    alloc_under_lock=False,
+    min_cached_objs=5, boot_prefill=False, refill_worker=True, refill_gfp=REFILL_GFP_5_11,
+)
+_V5_13 = attrs.evolve(
+    _V5_11,
+    name="v5.13",
+    description="v5.13: single-argument kvfree_rcu() drops the lock and allocates with "
+    "GFP_KERNEL|__GFP_NORETRY|__GFP_NOMEMALLOC|__GFP_NOWARN",
+    refill_gfp=REFILL_GFP_5_13,
+    single_arg_direct_alloc=True,
+)
+_V6_1 = attrs.evolve(
+    _V5_13,
+    name="v6.1",
+    description="v6.1: 5*HZ drain with a 1-jiffy kick once a block's worth is queued; "
+    "shrinker back-off of the page-cache refill",
+    drain_hz_num=5, drain_hz_den=1, kick=True,
+    shrinker_backoff=True,
+)
+_V6_3 = attrs.evolve(
+    _V6_1,
+    name="v6.3",
+    description="v6.3: per-block polled GP snapshots, blocks whose GP already passed are "
+    "freed by the monitor without a new GP; one batch per monitor run",
+    header_bytes=32,
+    polled_snapshots=True, one_batch_per_run=True,
 )
 
 PROFILES: dict[str, KvfreeProfile] = {
@@ -107,64 +135,10 @@ PROFILES: dict[str, KvfreeProfile] = {
         vfree_bulk=True,
     ),
     "v5.9": _V59,
-    "v5.11": attrs.evolve(
-        _V59,
-        name="v5.11",
-        description="v5.11: no allocation under the lock; 5 cached pages per CPU refilled by "
-        "hrtimer -> system_highpri_wq with GFP_KERNEL|__GFP_NOWARN",
-        alloc_under_lock=False,
-        min_cached_objs=5,
-        boot_prefill=False,
-        refill_worker=True,
-        refill_gfp=REFILL_GFP_5_11,
-    ),
-    "v5.13": attrs.evolve(
-        _V59,
-        name="v5.13",
-        description="v5.13: single-argument kvfree_rcu() drops the lock and allocates with "
-        "GFP_KERNEL|__GFP_NORETRY|__GFP_NOMEMALLOC|__GFP_NOWARN",
-        alloc_under_lock=False,
-        min_cached_objs=5,
-        boot_prefill=False,
-        refill_worker=True,
-        refill_gfp=REFILL_GFP_5_13,
-        single_arg_direct_alloc=True,
-    ),
-    "v6.1": attrs.evolve(
-        _V59,
-        name="v6.1",
-        description="v6.1: 5*HZ drain with a 1-jiffy kick once a block's worth is queued; "
-        "shrinker back-off of the page-cache refill",
-        drain_hz_num=5,
-        drain_hz_den=1,
-        kick=True,
-        alloc_under_lock=False,
-        min_cached_objs=5,
-        boot_prefill=False,
-        refill_worker=True,
-        refill_gfp=REFILL_GFP_5_13,
-        single_arg_direct_alloc=True,
-        shrinker_backoff=True,
-    ),
-    "v6.3": attrs.evolve(
-        _V59,
-        name="v6.3",
-        description="v6.3: per-block polled GP snapshots, blocks whose GP already passed are "
-        "freed by the monitor without a new GP; one batch per monitor run",
-        header_bytes=32,
-        drain_hz_num=5,
-        drain_hz_den=1,
-        kick=True,
-        alloc_under_lock=False,
-        min_cached_objs=5,
-        boot_prefill=False,
-        refill_worker=True,
-        refill_gfp=REFILL_GFP_5_13,
-        single_arg_direct_alloc=True,
-        shrinker_backoff=True,
-        polled_snapshots=True,
-        one_batch_per_run=True,
-    ),
+    "v5.11": _V5_11,
+    "v5.13": _V5_13,
+    "v6.1": _V6_1,
+    "v6.3": _V6_3,
 }
 
 
