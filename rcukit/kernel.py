@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -23,6 +23,9 @@ from rcukit.locking.splat import SPLAT_KINDS, Splat
 from rcukit.sched.sim import Cpu, Simulator, Task
 from rcukit.trace.events import Counters, Tracer
 from rcukit.wq import Workqueue, wq_worker_sleeping
+
+if TYPE_CHECKING:
+    from rcukit.rcu.kvfree.variants import BlockPageSource
 
 T = TypeVar("T")
 
@@ -53,7 +56,12 @@ class _Hooks:
 class Kernel:
     """A booted simulated kernel. Create it with :func:`boot` or :func:`simulate`."""
 
-    def __init__(self, config: KernelConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: KernelConfig | None = None,
+        *,
+        block_sources: Iterable[BlockPageSource] = (),
+    ) -> None:
         self.config = config or KernelConfig()
         cfg = self.config
         self._tick_hooks: list[Callable[[Task, bool], None]] = []
@@ -80,6 +88,8 @@ class Kernel:
         self._subsystems: list[Any] = []
         self._started = False
         self._lock_addr = 0xFFFF888003A00000
+        #: The user's allocator-core variants, handed to kvfree_rcu's registry.
+        self._block_sources = tuple(block_sources)
         self._init_subsystems()
 
     # -- subsystems ------------------------------------------------------------------------
@@ -100,12 +110,12 @@ class Kernel:
             self.rcu = RcuState(self)
             self._subsystems.append(self.rcu)
         try:
-            from rcukit.rcu.kvfree import KvfreeRcu
+            from rcukit.rcu.kvfree import BlockSources, KvfreeRcu
         except ImportError:  # pragma: no cover - during bring-up of kvfree_rcu
             self.kvfree: Any = None
         else:
             if self.mm is not None and self.rcu is not None:
-                self.kvfree = KvfreeRcu(self)
+                self.kvfree = KvfreeRcu(self, BlockSources(self._block_sources))
                 self._subsystems.append(self.kvfree)
             else:
                 self.kvfree = None
@@ -194,15 +204,22 @@ class Kernel:
 
 
 @asynccontextmanager
-async def boot(config: KernelConfig | None = None, **overrides: Any) -> AsyncIterator[Kernel]:
+async def boot(
+    config: KernelConfig | None = None,
+    *,
+    block_sources: Iterable[BlockPageSource] = (),
+    **overrides: Any,
+) -> AsyncIterator[Kernel]:
     """Boot a simulated kernel in a nursery; kthreads stop when the block exits.
 
-    ``overrides`` are config fields, dotted for nested ones (``**{"mm.pcp_batch": 31}``).
+    ``block_sources`` are the user's allocator-core variants (``BlockPageSource``), selectable
+    by name in ``config.kvfree.variant`` alongside the built-ins. ``overrides`` are config
+    fields, dotted for nested ones (``**{"mm.pcp_batch": 31}``).
     """
     cfg = config or KernelConfig()
     if overrides:
         cfg = cfg.replace(**overrides)
-    kernel = Kernel(cfg)
+    kernel = Kernel(cfg, block_sources=block_sources)
     async with trio.open_nursery() as nursery:
         kernel._start(nursery)
         try:

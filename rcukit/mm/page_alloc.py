@@ -41,12 +41,6 @@ import attrs
 from rcukit.config import CostModel
 from rcukit.errors import ConfigError, MemoryDebugError, PageAllocError, SimulationError
 from rcukit.locking.locks import Lock, LockKind
-from rcukit.mm.alloc_core import (
-    NOLOCK_GFP,
-    BlockPageSource,
-    builtin_variants,
-    check_variant_name,
-)
 from rcukit.mm.background import BackgroundLoad
 from rcukit.mm.fault import FaultAttr, caller_site, memory_error
 from rcukit.mm.gfp import (
@@ -78,6 +72,7 @@ from rcukit.mm.zone import (
     zone_min_pages,
     zone_watermark_ok,
 )
+from rcukit.rcu.kvfree.variants import NOLOCK_GFP
 from rcukit.sched.sim import Task, WaitQueue
 
 if TYPE_CHECKING:
@@ -186,7 +181,7 @@ class _GfpPlan:
 
 
 class PageAllocator:
-    """``kernel.mm``: the zone, per-CPU pcp lists, kswapd, slab, vmalloc and the variants."""
+    """``kernel.mm``: the zone, per-CPU pcp lists, kswapd, slab and vmalloc."""
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
@@ -271,8 +266,6 @@ class PageAllocator:
         self._warn_window = -WARN_RATELIMIT_NS
         self._warn_in_window = 0
 
-        #: Allocator-core variants by name (see :mod:`rcukit.mm.alloc_core`).
-        self.variants: dict[str, BlockPageSource] = builtin_variants()
         self.background: BackgroundLoad | None = None
 
         self.slab = SlabAllocator(self)
@@ -362,29 +355,6 @@ class PageAllocator:
         if len(self._plans) < 4096:
             self._plans[int(gfp)] = plan
         return plan
-
-    # -- variants -------------------------------------------------------------------------------
-    def register_variant(self, source: BlockPageSource, *, replace: bool = False) -> None:
-        """Add a user's allocator-core variant (or replace one with ``replace=True``)."""
-        if not isinstance(source, BlockPageSource):
-            raise ConfigError(
-                f"{source!r} is not a BlockPageSource: it needs name, gfp, description, "
-                "defers_to_worker and an async get_page(task, mm)"
-            )
-        check_variant_name(source.name)
-        if source.name in self.variants and not replace:
-            raise ConfigError(
-                f"variant {source.name!r} is already registered; pass replace=True to override"
-            )
-        self.variants[source.name] = source
-
-    def variant(self, name: str) -> BlockPageSource:
-        """The variant called ``name``; unknown names list the known ones."""
-        try:
-            return self.variants[name]
-        except KeyError:
-            known = ", ".join(sorted(self.variants))
-            raise ConfigError(f"unknown allocator variant {name!r}; known: {known}") from None
 
     # -- shrinkers -------------------------------------------------------------------------------
     def register_shrinker(self, name: str, count: ShrinkCount, scan: ShrinkScan) -> Shrinker:

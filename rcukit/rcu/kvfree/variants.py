@@ -7,7 +7,8 @@ so each is a small :class:`BlockPageSource` the kvfree_rcu engine calls in the c
 Whether it splats, fails or wakes kswapd is not decided here: the page allocator models the
 locks each GFP mask really takes, so the differences come out of the model.
 
-Built-ins (selectable by name; ``PageAllocator.variant(name)``):
+Built-ins (selectable by name in ``KernelConfig.kvfree.variant``; a :class:`BlockSources`
+registry per kernel resolves the name when kvfree_rcu is constructed):
 
 ========== ====================================================================================
 fast-try   ``GFP_NOWAIT|__GFP_NOWARN|__GFP_FAST_TRY``: pcp lists only (the RFC's patch).
@@ -22,13 +23,16 @@ page-cache never allocates here: returns None and says so (``defers_to_worker``)
 nolock     ``alloc_pages_nolock()`` (v6.15/6.16): trylocks only, ``__GFP_ZERO`` implied.
 ========== ====================================================================================
 
-Users add their own with ``PageAllocator.register_variant``; :class:`MempoolSource` is a worked
-example (a per-CPU reserve refilled by a worker, the "pre-allocated buffer" Hocko and Gorman
-asked for).
+Users add their own by passing them to ``rcukit.kernel.boot(config, block_sources=[...])`` (or
+``Kernel(config, block_sources=...)``, ``run_compare(..., block_sources=...)``); the kernel's
+kvfree_rcu owns the registry (``kernel.kvfree.block_sources``), not the page allocator.
+:class:`MempoolSource` is a worked example (a per-CPU reserve refilled by a worker, the
+"pre-allocated buffer" Hocko and Gorman asked for).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rcukit.errors import ConfigError
@@ -230,3 +234,56 @@ def check_variant_name(name: str) -> None:
         raise ConfigError(
             f"variant name {name!r} is invalid: use a non-empty word without spaces or commas"
         )
+
+
+class BlockSources:
+    """The allocator-core variants one kernel's kvfree_rcu can use: the built-ins, then users'.
+
+    One registry per kernel (built from fresh built-in instances), so nothing is shared between
+    simulations. ``KernelConfig.kvfree.variant`` names one of them; :meth:`lookup` resolves it.
+    """
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self, extra: Iterable[BlockPageSource] = (), *, replace: bool = False) -> None:
+        self._by_name: dict[str, BlockPageSource] = builtin_variants()
+        for source in extra:
+            self.register(source, replace=replace)
+
+    def register(self, source: BlockPageSource, *, replace: bool = False) -> None:
+        """Add a user's variant (or replace one of the same name with ``replace=True``)."""
+        if not isinstance(source, BlockPageSource):
+            raise ConfigError(
+                f"{source!r} is not a BlockPageSource: it needs name, gfp, description, "
+                "defers_to_worker and an async get_page(task, mm)"
+            )
+        check_variant_name(source.name)
+        if source.name in self._by_name and not replace:
+            raise ConfigError(
+                f"variant {source.name!r} is already registered; pass replace=True to override"
+            )
+        self._by_name[source.name] = source
+
+    def lookup(self, name: str) -> BlockPageSource:
+        """The variant called ``name``; unknown names list the known ones."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self._by_name))
+            raise ConfigError(f"unknown allocator variant {name!r}; known: {known}") from None
+
+    def names(self) -> list[str]:
+        """Every known name, built-ins first, in registration order."""
+        return list(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[BlockPageSource]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __repr__(self) -> str:
+        return f"<BlockSources {', '.join(self._by_name)}>"
