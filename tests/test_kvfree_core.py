@@ -100,7 +100,9 @@ def test_policy_kick_only_from_v6_1_and_at_a_blocks_worth(name: str, count: int)
         max_size=40,
     ),
 )
-def test_queue_batch_never_loses_an_object(one_batch: bool, ops: list[tuple[str, int, int]]) -> None:
+def test_queue_batch_never_loses_an_object(
+    one_batch: bool, ops: list[tuple[str, int, int]]
+) -> None:
     """``kvfree_rcu_queue_batch()`` moves each channel into a krwp slot whose same channel is
     free, and (v6.3 ``need_wait_for_krwp_work()``) only into a wholly free krwp, one per run
     (v6.3, kernel/rcu/tree.c, ``kvfree_rcu_queue_batch``). Every object stays in exactly one
