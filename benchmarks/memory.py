@@ -56,7 +56,7 @@ def measure(objects: int) -> dict[str, Any]:
             box["delta"] = after - base
             box["pending"] = kv.pending
             box["calls"] = kv.statistics().calls
-            box["blocks"] = kv.blocks_in_use
+            box["blocks"] = kv.counters.blocks_in_use
             box["top"] = snap.compare_to(before, "lineno")[:3]
 
     tracemalloc.start()

@@ -78,7 +78,7 @@ def one_run(per_cpu: int) -> dict[str, Any]:
             # the figure is only meaningful if the calls took the modelled path and all drained
             assert st.calls == calls and st.objects_freed == calls and st.pending == 0, st
             box["calls"] = calls
-            box["fast_calls"] = kv.fast_calls
+            box["fast_calls"] = kv.counters.fast_calls
             box["bulk_calls"] = st.bulk_calls
             box["grace_periods"] = k.rcu.statistics().completed_gps
             box["sim_ns"] = k.now_ns

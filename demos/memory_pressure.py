@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         free = k.mm.nr_free_pages()
         print(
             f"{label:10s} {row['kswapd_wakeups']:7d} {kv.shrinker.scans:15d} "
-            f"{kv.cache_pages_drained:20d} "
+            f"{kv.counters.cache_pages_drained:20d} "
             f"{row['fallback_rcu_head'] + row['fallback_synchronize']:10d} "
             f"{row['pending_peak']:13d} {free:15d}"
         )

@@ -63,6 +63,13 @@ def _is_bool(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{att.name} = {value!r}: expected true or false")
 
 
+def _variant_name(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"{att.name} = {value!r}: expected a non-empty allocator variant name"
+        )
+
+
 def _opt_range(lo: int, hi: int) -> Any:
     inner = _in_range(lo, hi)
 
@@ -220,8 +227,10 @@ class KvfreeConfig:
 
     #: Version profile (see ``rcukit.rcu.profiles``): rfc, v5.9, v5.11, v5.13, v6.1, v6.3.
     profile: str = attrs.field(default=DEFAULT_PROFILES["kernel"], validator=profile_validator)
-    #: Allocator-core variant for block pages (see ``rcukit.mm.alloc_core``).
-    variant: str = attrs.field(default="nowait")
+    #: Allocator-core variant for block pages (see ``rcukit.rcu.kvfree.variants``): a built-in
+    #: or a user's ``BlockPageSource`` name, resolved when the kernel is built (any non-empty
+    #: name is accepted here, since user variants are registered with the kernel, not here).
+    variant: str = attrs.field(default="nowait", validator=_variant_name)
     #: Block header: "profile" uses the version's struct size, "rfc" a header of zero.
     header: str = attrs.field(default="profile", validator=_one_of(("profile", "rfc")))
     #: ``rcutree.rcu_min_cached_objs``; None takes the profile's default (2 or 5).

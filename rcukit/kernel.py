@@ -8,7 +8,7 @@ test can swap in its own class (torture's self-test boots a deliberately broken 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
@@ -21,7 +21,8 @@ from rcukit.errors import SimulationError
 from rcukit.locking.splat import Splat
 from rcukit.machine import Machine
 from rcukit.mm.mm import Mm
-from rcukit.rcu.kvfree import KvfreeRcu
+from rcukit.rcu.kvfree.sim import KvfreeRcu
+from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources
 from rcukit.rcu.tree import RcuState
 from rcukit.sched.sim import Task
 
@@ -60,14 +61,21 @@ class Kernel(Machine):
     """A booted simulated kernel. Create it with :func:`boot` or :func:`simulate`."""
 
     def __init__(
-        self, config: KernelConfig | None = None, subsystems: Subsystems = ALL_SUBSYSTEMS
+        self,
+        config: KernelConfig | None = None,
+        subsystems: Subsystems = ALL_SUBSYSTEMS,
+        *,
+        block_sources: Iterable[BlockPageSource] = (),
     ) -> None:
         super().__init__(config)
         self.subsystems = subsystems
         self._started = False
         self._mm = subsystems.mm(self) if subsystems.mm is not None else None
         self._rcu = subsystems.rcu(self) if subsystems.rcu is not None else None
-        self._kvfree = KvfreeRcu(self) if subsystems.kvfree else None
+        self._kvfree = None
+        if subsystems.kvfree:
+            assert self._mm is not None and self._rcu is not None  # Subsystems checked it
+            self._kvfree = KvfreeRcu(self, self._mm, self._rcu, BlockSources(block_sources))
 
     @property
     def mm(self) -> Mm:
@@ -137,16 +145,19 @@ async def boot(
     config: KernelConfig | None = None,
     *,
     subsystems: Subsystems = ALL_SUBSYSTEMS,
+    block_sources: Iterable[BlockPageSource] = (),
     **overrides: Any,
 ) -> AsyncIterator[Kernel]:
     """Boot a simulated kernel in a nursery; kthreads stop when the block exits.
 
     ``overrides`` are config fields, dotted for nested ones (``**{"mm.pcp_batch": 31}``).
+    ``block_sources`` are the user's allocator-core variants (``BlockPageSource``), selectable
+    by name in ``kvfree.variant`` beside the built-ins.
     """
     cfg = config or KernelConfig()
     if overrides:
         cfg = cfg.replace(**overrides)
-    kernel = Kernel(cfg, subsystems)
+    kernel = Kernel(cfg, subsystems, block_sources=block_sources)
     async with trio.open_nursery() as nursery:
         kernel._start(nursery)
         try:

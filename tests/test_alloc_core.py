@@ -19,14 +19,15 @@ from rcukit.config import KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel
 from rcukit.locking.locks import LockKind
-from rcukit.mm.alloc_core import (
+from rcukit.mm.gfp import GFP_KERNEL, format_gfp
+from rcukit.rcu.kvfree.variants import (
     KVFREE_REFILL_GFP,
     NOLOCK_GFP,
     BlockPageSource,
+    BlockSources,
     GfpPageSource,
     MempoolSource,
 )
-from rcukit.mm.gfp import GFP_KERNEL, format_gfp
 from rcukit.sched.sim import Task
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ async def on_cpu(k: Kernel, fn: Callable[[Task], Awaitable[T]], cpu: int = 0) ->
 
 async def get_under_raw_lock(k: Kernel, name: str, *, stock_pcp: bool) -> int | None:
     mm = pa(k)
-    src = mm.variant(name)
+    src = BlockSources().lookup(name)
 
     async def work(task: Task) -> int | None:
         if stock_pcp:  # a refill outside the lock leaves batch-1 pages on the list
@@ -131,7 +132,8 @@ async def test_fast_try_and_nolock_never_wake_kswapd_below_low(autojump_clock: A
 
 async def test_builtin_flags_and_descriptions(autojump_clock: Any) -> None:
     async with mm_kernel(KernelConfig(nr_cpus=1)) as k:
-        v = pa(k).variants
+        assert pa(k) is not None
+        v = {s.name: s for s in BlockSources()}
         assert list(v) == ["fast-try", "nowait", "gfp-zero", "page-cache", "nolock"]
         assert format_gfp(v["fast-try"].gfp) == "GFP_NOWAIT|__GFP_NOWARN|__GFP_FAST_TRY"
         assert format_gfp(v["nowait"].gfp) == "GFP_NOWAIT|__GFP_NOWARN"
@@ -145,35 +147,38 @@ async def test_builtin_flags_and_descriptions(autojump_clock: Any) -> None:
 
 
 async def test_registry_unknown_duplicate_and_user_variants(autojump_clock: Any) -> None:
-    async with mm_kernel(KernelConfig(nr_cpus=1)) as k:
-        mm = pa(k)
-        with pytest.raises(ConfigError, match="unknown allocator variant 'atomic'; known: "):
-            mm.variant("atomic")
-        try:
-            mm.variant("bogus")
-        except ConfigError as exc:
-            for name in ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock"):
-                assert name in str(exc)
-        atomic = GfpPageSource("atomic", 0xA20, "GFP_ATOMIC, for comparison")
-        mm.register_variant(atomic)
-        assert mm.variant("atomic") is atomic
-        with pytest.raises(ConfigError, match="already registered"):
-            mm.register_variant(GfpPageSource("atomic", 0, "again"))
-        mm.register_variant(GfpPageSource("atomic", 0, "again"), replace=True)
-        with pytest.raises(ConfigError, match="without spaces"):
-            mm.register_variant(GfpPageSource("two words", 0, "x"))
-        with pytest.raises(ConfigError, match="not a BlockPageSource"):
-            mm.register_variant(object())  # type: ignore[arg-type]
-    # Registries are per kernel.
-    async with mm_kernel(KernelConfig(nr_cpus=1)) as k2:
-        assert "atomic" not in pa(k2).variants
+    reg = BlockSources()
+    with pytest.raises(ConfigError, match="unknown allocator variant 'atomic'; known: "):
+        reg.lookup("atomic")
+    try:
+        reg.lookup("bogus")
+    except ConfigError as exc:
+        for name in ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock"):
+            assert name in str(exc)
+    atomic = GfpPageSource("atomic", 0xA20, "GFP_ATOMIC, for comparison")
+    reg.register(atomic)
+    assert reg.lookup("atomic") is atomic
+    assert reg.names() == ["fast-try", "nowait", "gfp-zero", "page-cache", "nolock", "atomic"]
+    with pytest.raises(ConfigError, match="already registered"):
+        reg.register(GfpPageSource("atomic", 0, "again"))
+    reg.register(GfpPageSource("atomic", 0, "again"), replace=True)
+    assert reg.lookup("atomic").description == "again"
+    with pytest.raises(ConfigError, match="without spaces"):
+        reg.register(GfpPageSource("two words", 0, "x"))
+    with pytest.raises(ConfigError, match="not a BlockPageSource"):
+        reg.register(object())  # type: ignore[arg-type]
+    # Registries are per kernel: a user's source is known only where it was passed.
+    async with rcukit.sim.boot(KernelConfig(nr_cpus=1), block_sources=[atomic]) as k:
+        assert k.kvfree.block_sources.lookup("atomic") is atomic
+    async with rcukit.sim.boot(KernelConfig(nr_cpus=1)) as k2:
+        assert "atomic" not in k2.kvfree.block_sources
 
 
 async def test_mempool_user_variant(autojump_clock: Any) -> None:
     async with mm_kernel(KernelConfig(nr_cpus=2, prove_raw_lock_nesting=True)) as k:
         mm = pa(k)
         pool = MempoolSource(mm, 4)
-        mm.register_variant(pool)
+        reg = BlockSources([pool])
         assert [len(p) for p in pool.pools] == [4, 4]
         assert "GFP_KERNEL|__GFP_NOWARN|__GFP_NORETRY|__GFP_NOMEMALLOC" in pool.description
 
@@ -182,7 +187,7 @@ async def test_mempool_user_variant(autojump_clock: Any) -> None:
             got: list[int | None] = []
             k.locks.acquire(task, lock, "kvfree_call_rcu", irqsave=True)
             for _ in range(5):  # one more than the reserve holds
-                got.append(await mm.variant("mempool").get_page(task, mm))
+                got.append(await reg.lookup("mempool").get_page(task, mm))
             k.locks.release(task, lock)
             await task.sleep_ns(1_000_000)  # let the refill worker run
             return got
@@ -207,8 +212,8 @@ async def test_matrix_holds_in_a_fully_booted_kernel(autojump_clock: Any) -> Non
             before = k.locks.counts["invalid_wait_context"]
             lock = k.new_lock("krc.lock", LockKind.RAW_SPINLOCK)
             k.locks.acquire(task, lock, "kvfree_call_rcu", irqsave=True)
-            fast = await mm.variant("fast-try").get_page(task, mm)
-            nowait = await mm.variant("nowait").get_page(task, mm)
+            fast = await BlockSources().lookup("fast-try").get_page(task, mm)
+            nowait = await BlockSources().lookup("nowait").get_page(task, mm)
             k.locks.release(task, lock)
             return fast, nowait, k.locks.counts["invalid_wait_context"] - before
 

@@ -152,7 +152,7 @@ def test_a_subcommand_that_cannot_be_imported_is_not_silently_dropped() -> None:
 
 PLUGIN_MODULE = "rcukit_cli_test_plugin"
 PLUGIN_SOURCE = '''
-from rcukit.mm.alloc_core import PageCacheSource
+from rcukit.rcu.kvfree.variants import PageCacheSource
 
 class Mempool(PageCacheSource):
     name = "mempool-test"

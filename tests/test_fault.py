@@ -16,6 +16,7 @@ from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel
 from rcukit.mm.fault import FaultAttr, Quarantine, RawSite, caller_site, raw_site
 from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
+from rcukit.rcu.kvfree.variants import BlockSources
 from rcukit.sched.sim import Task
 
 T = TypeVar("T")
@@ -117,8 +118,8 @@ async def test_fast_try_variant_is_targetable(autojump_clock: Any) -> None:
         async def work(task: Task) -> tuple[int | None, int | None]:
             await mm.alloc_pages(task, KERNEL)  # stock the pcp list
             return (
-                await mm.variant("nowait").get_page(task, mm),
-                await mm.variant("fast-try").get_page(task, mm),
+                await BlockSources().lookup("nowait").get_page(task, mm),
+                await BlockSources().lookup("fast-try").get_page(task, mm),
             )
 
         nowait, fast = await on_cpu(k, work)

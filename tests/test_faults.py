@@ -203,7 +203,7 @@ async def test_kvfree_rcu_barrier_waits_for_the_batches_of_an_offline_cpu(
         async def admin(task: Task) -> None:
             await task.sleep_ns(25 * MS)
             await task.sync()
-            assert any(w.busy() for w in kv.krcs[1].krw) and not kv.krcs[1].need_offload()
+            assert any(w.busy() for w in kv.krcs[1].krw) and not kv.krcs[1].need_offload_krc()
             await k.rcu.cpu_down(task, 1)
             await kv.kvfree_rcu_barrier(task)
             assert all(_freed(k, p) for p in ptrs), "the barrier skipped the offline CPU"

@@ -365,7 +365,7 @@ async def _squeeze(k: Kernel) -> dict[str, Any]:
             pages.append(await mm.alloc_pages(task, G))
         await task.sleep_ns(5 * MS)
         out["cache_after"] = len(kv.krcs[0].cache)
-        out["drained"] = kv.cache_pages_drained
+        out["drained"] = kv.counters.cache_pages_drained
         out["scans"] = kv.shrinker.scans
         out["backoff"] = [c.backoff_page_cache_fill for c in kv.krcs]
         out["kswapd"] = k.vmstat["kswapd_wake"]

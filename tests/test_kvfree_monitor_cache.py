@@ -11,7 +11,7 @@ import pytest
 from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
-from rcukit.rcu.kvfree import Krc, KvfreeRcu
+from rcukit.rcu.kvfree.sim import Krc, KvfreeRcu
 from rcukit.scenarios.compare import Workload, default_config, run_row
 from rcukit.sched.sim import Task
 

@@ -23,6 +23,7 @@ from rcukit.mm.gfp import (
 )
 from rcukit.mm.memmap import PAGE_OFFSET, ZONE_NORMAL_START_PFN
 from rcukit.mm.mm import Mm
+from rcukit.rcu.kvfree.variants import BlockSources
 from rcukit.sched.sim import Task
 
 T = TypeVar("T")
@@ -547,7 +548,7 @@ def _mixed_run(seed: int) -> tuple[dict[str, int], Kernel]:
         mm = pa(kernels[0])
         got = 0
         for _ in range(200):  # 10 ms
-            addr = await mm.variant("nowait").get_page(task, mm)
+            addr = await BlockSources().lookup("nowait").get_page(task, mm)
             if addr is not None:
                 got += 1
                 await mm.free_page(task, addr)

@@ -30,11 +30,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, cast
 
+import attrs
 import trio
 
 from rcukit.app.config import DEFAULT_MAX_PENDING, DomainConfig
 from rcukit.app.gp import GpState
-from rcukit.app.kvfree import KvfreeQueue, ReleaseTarget
+from rcukit.app.kvfree import KvfreeHost, KvfreeQueue, ReleaseTarget
 from rcukit.app.pool import ObjectPool
 from rcukit.app.readers import DebugReadSection, QsbrWorker, Readers, ReadSection
 from rcukit.app.sites import call_site
@@ -50,6 +51,7 @@ from rcukit.errors import (
     RcuUsageError,
 )
 from rcukit.rcu.gpseq import RCU_GET_STATE_COMPLETED
+from rcukit.rcu.kvfree.core import KvfreeCounters, KvfreePolicy
 from rcukit.rcu.profiles import get_profile
 from rcukit.rcu.segcblist import RcuHead, SegCbList
 
@@ -127,7 +129,6 @@ class RcuDomain:
         "_backpressure",
         "_barrier_events",
         "_barrier_heads",
-        "_capacity",
         "_cb_allow",
         "_cb_invoked",
         "_cb_kicked",
@@ -138,29 +139,19 @@ class RcuDomain:
         "_closed",
         "_dead",
         "_debug",
-        "_default_release",
-        "_drain_delay",
         "_errors",
         "_errors_dropped",
         "_gp",
         "_gp_wake",
         "_guard",
-        "_kick",
-        "_kick_delay",
         "_krc",
         "_krc_chan_get",
-        "_kv_batches",
-        "_kv_committed",
+        "_kv",
         "_kv_debug",
-        "_kv_freed",
-        "_kv_freed_early",
-        "_kv_freed_inline",
-        "_kv_inflight",
-        "_kv_reserved",
+        "_kv_host",
         "_max_pending",
         "_n_errors",
         "_on_error",
-        "_profile",
         "_queues",
         "_readers",
         "_room_lot",
@@ -174,13 +165,7 @@ class RcuDomain:
     def __init__(self, config: DomainConfig) -> None:
         self._cfg = config
         self._debug = config.debug
-        self._profile = get_profile(config.profile)
-        self._capacity = config.block_capacity
-        self._drain_delay = config.effective_drain_delay
-        self._kick = self._profile.kick
-        self._kick_delay = float(config.kick_delay)
         self._max_pending = config.max_pending
-        self._default_release: ReleaseTarget = config.release
         self._on_error = config.on_error
         self._gp = GpState(config.initial_gp_seq)
         self._gp_wake = Wakeup()
@@ -194,18 +179,13 @@ class RcuDomain:
         self._cb_kicked = False
         self._cb_invoked = 0
         self._cb_sleep_until = -math.inf
-        self._kv_committed = 0
-        self._kv_reserved = 0
-        self._kv_freed = 0
-        self._kv_freed_early = 0
-        self._kv_freed_inline = 0
-        self._kv_batches = 0
-        self._kv_inflight = 0
+        self._kv = KvfreeCounters()
         self._kv_debug: dict[int, tuple[object, str]] = {}
+        self._kv_host = self._new_kvfree_host(config)
         self._queues: list[KvfreeQueue] = []
-        self._krc = KvfreeQueue(self, "default")
+        self._krc = KvfreeQueue(self._kv_host, "default")
         self._queues.append(self._krc)
-        self._krc_chan_get = self._krc._chan_get
+        self._krc_chan_get = self._krc.chan_get
         self._room_lot = trio.lowlevel.ParkingLot()
         self._sync_waits = 0
         self._sync_shared = 0
@@ -241,7 +221,7 @@ class RcuDomain:
     @property
     def block_capacity(self) -> int:
         """``KVFREE_BULK_MAX_ENTR``: objects per kvfree_rcu block."""
-        return self._capacity
+        return self._kv_host.policy.capacity
 
     # ================================================================ readers
 
@@ -372,6 +352,37 @@ class RcuDomain:
 
     # ================================================================ kvfree_rcu
 
+    def _new_kvfree_host(self, config: DomainConfig) -> KvfreeHost:
+        """What this domain's kvfree_rcu queues may use of it (see :class:`KvfreeHost`)."""
+        # The app's batches each carry one GP cookie, so a batch in flight never takes more
+        # blocks: v6.3's need_wait_for_krwp_work() holds on every profile here.
+        policy = attrs.evolve(
+            KvfreePolicy.from_profile(get_profile(config.profile), config.block_capacity),
+            one_batch_per_run=True,
+        )
+        return KvfreeHost(
+            counters=self._kv,
+            policy=policy,
+            gp=self._gp,
+            drain_delay=config.effective_drain_delay,
+            kick_delay=float(config.kick_delay),
+            debug=config.debug,
+            default_release=config.release,
+            debug_sites=self._kv_debug,
+            accepting=lambda: self._accepting,
+            check_open=self._check_open,
+            might_sleep=self._might_sleep,
+            wait_gp=self._wait_gp,
+            request_gp=self._request_gp,
+            room=self._room,
+            room_changed=self._room_changed,
+            note_backpressure=self._note_backpressure,
+            cap_error=self._cap_error,
+            monitor_armed=self._monitor_armed,
+            report=self._report,
+            debug_check=self._debug_check_kvfree,
+        )
+
     def kvfree_rcu(self, obj: object, release: ReleaseTarget = None) -> None:
         """Release ``obj`` after a grace period, batched in blocks and released in bulk.
 
@@ -401,7 +412,7 @@ class RcuDomain:
     def kvfree_queue(self, name: str = "") -> KvfreeQueue:
         """A kvfree_rcu queue of its own (a per-worker ``krcp``) for a busy worker."""
         self._check_open("kvfree_queue()")
-        q = KvfreeQueue(self, name or f"queue{len(self._queues)}")
+        q = KvfreeQueue(self._kv_host, name or f"queue{len(self._queues)}")
         self._queues.append(q)
         return q
 
@@ -417,8 +428,8 @@ class RcuDomain:
         waited = False
         with _OfflineWhileWaiting(worker):
             for q in list(self._queues):
-                while q.need_offload():
-                    if q.queue_batch():
+                while q.need_offload_krc():
+                    if q.kvfree_rcu_queue_batch():
                         break
                     for ev in q.inflight_events():
                         await ev.wait()
@@ -438,7 +449,8 @@ class RcuDomain:
         for q in self._queues:
             q.settle_all(drop_grants=False)
         cb_pending = len(self._cbs) - self._barrier_heads
-        kv_pending = self._kv_committed
+        kv = self._kv
+        kv_pending = kv.pending
         r = self._readers
         return DomainStatistics(
             gp_seq=self._gp.gp_seq,
@@ -449,12 +461,12 @@ class RcuDomain:
             callbacks_queued=self._cb_invoked + cb_pending,
             callbacks_invoked=self._cb_invoked,
             callbacks_pending=cb_pending,
-            kvfree_queued=self._kv_freed + kv_pending,
-            kvfree_freed=self._kv_freed,
+            kvfree_queued=kv.objects_freed + kv_pending,
+            kvfree_freed=kv.objects_freed,
             kvfree_pending=kv_pending,
-            kvfree_freed_early=self._kv_freed_early,
-            kvfree_freed_inline=self._kv_freed_inline,
-            kvfree_batches=self._kv_batches,
+            kvfree_freed_early=kv.freed_early_polled,
+            kvfree_freed_inline=kv.fallback_synchronize,
+            kvfree_batches=kv.batches_queued,
             blocks_in_use=sum(q.blocks_in_use() for q in self._queues),
             blocks_cached=sum(q.blocks_cached() for q in self._queues),
             kvfree_queues=len(self._queues),
@@ -534,15 +546,15 @@ class RcuDomain:
             len(self._cbs)
             - self._barrier_heads
             + self._cb_allow
-            + self._kv_committed
-            + self._kv_reserved
+            + self._kv.pending
+            + self._kv.reserved
         )
         room = self._max_pending - used
-        if room < want and (self._cb_allow or self._kv_reserved):
+        if room < want and (self._cb_allow or self._kv.reserved):
             self._cb_allow = 0
             for q in self._queues:
                 q.settle_all(drop_grants=True)
-            used = len(self._cbs) - self._barrier_heads + self._kv_committed + self._kv_reserved
+            used = len(self._cbs) - self._barrier_heads + self._kv.pending + self._kv.reserved
             room = self._max_pending - used
         return max(0, min(want, room))
 
@@ -612,7 +624,7 @@ class RcuDomain:
         self._readers.end_gp()
         self._gp.end()
         self._withdraw_grants()
-        if self._cbs.pend_cbs() or self._kv_inflight:
+        if self._cbs.pend_cbs() or self._kv.batches_in_flight:
             self._cb_wake.set()
 
     def _withdraw_grants(self) -> None:
@@ -677,12 +689,12 @@ class RcuDomain:
                 self._request_gp(snap)
         if cbs.ready_cbs():
             await self._invoke_ready()
-        if self._kv_inflight:
+        if self._kv.batches_in_flight:
             await self._reclaim_ready()
         now = trio.current_time()
         for q in list(self._queues):
             if q.deadline <= now:
-                q.monitor()
+                q.kfree_rcu_monitor()
 
     async def _invoke_ready(self) -> None:
         cbs = self._cbs
@@ -718,9 +730,11 @@ class RcuDomain:
         until = time.perf_counter_ns() + RESCHED_NS
         for q in list(self._queues):
             for b in q.ready_batches():
-                while b.blocks:
-                    q.release_block(b.blocks.pop())
-                    if b.blocks and time.perf_counter_ns() > until:
+                blk = q.take_block(b)
+                while blk is not None:
+                    q.release_block(blk)
+                    blk = q.take_block(b)
+                    if blk is not None and time.perf_counter_ns() > until:
                         await trio.lowlevel.checkpoint()
                         until = time.perf_counter_ns() + RESCHED_NS
                 q.finish_batch(b)
@@ -784,7 +798,7 @@ class RcuDomain:
             await self.kvfree_rcu_barrier()
             for q in self._queues:
                 q.settle_all(drop_grants=False)
-            if not len(self._cbs) and not self._kv_committed:
+            if not len(self._cbs) and not self._kv.pending:
                 return
 
     async def _shutdown(self, aborted: bool) -> None:
@@ -816,7 +830,7 @@ class RcuDomain:
         cbs = self._cbs
         for q in self._queues:
             q.settle_all(drop_grants=True)
-        if not len(cbs) and not self._kv_committed:
+        if not len(cbs) and not self._kv.pending:
             return
         with trio.move_on_after(patience):
             first = True
@@ -840,7 +854,7 @@ class RcuDomain:
             for q in self._queues:
                 for blk in q.take_everything():
                     q.release_block(blk)
-            self._kv_inflight = 0
+            self._kv.batches_in_flight = 0
             return
         self._report_leak()
 
@@ -849,7 +863,7 @@ class RcuDomain:
         n_cbs = len(self._cbs) - self._barrier_heads
         for q in self._queues:
             q.settle_all(drop_grants=True)
-        n_kv = self._kv_committed
+        n_kv = self._kv.pending
         holders = ""
         if self._debug:
             sites = [s.site for s in r.held_sections()]
@@ -873,8 +887,8 @@ class RcuDomain:
                 blk.sites.clear()
         self._cbs = SegCbList()
         self._barrier_heads = 0
-        self._kv_committed = 0
-        self._kv_inflight = 0
+        self._kv.pending = 0
+        self._kv.batches_in_flight = 0
         self._kv_debug.clear()
 
 

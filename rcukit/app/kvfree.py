@@ -38,25 +38,31 @@ the snapshot of its last insert, as in the kernel.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
+import attrs
 import trio
 
+from rcukit.app.gp import GpState
 from rcukit.app.pool import ObjectPool
 from rcukit.app.sites import call_site
 from rcukit.errors import RcuArgumentError, RcuUsageError
+from rcukit.rcu.kvfree.core import (
+    KFREE_N_BATCHES,
+    KfreeRcuCpu,
+    KfreeRcuCpuWork,
+    KvfreeCounters,
+    KvfreePolicy,
+    KvfreeRcuBulkData,
+)
 
-if TYPE_CHECKING:
-    from rcukit.app.domain import RcuDomain
-
-__all__ = ["KFREE_N_BATCHES", "MAX_CHANNELS", "KvfreeQueue", "ReleaseTarget"]
+__all__ = ["KFREE_N_BATCHES", "MAX_CHANNELS", "KvfreeHost", "KvfreeQueue", "ReleaseTarget"]
 
 #: What ``release=`` accepts: None (drop the reference), an object with ``free_bulk(list)``
 #: (an :class:`ObjectPool`), or a function called with each object.
 ReleaseTarget = Any
 
-KFREE_N_BATCHES: Final = 2
 #: Distinct release targets one queue may have pending at once; more means the caller is
 #: passing a fresh callable per object (``conn.close`` rather than ``Conn.close``).
 MAX_CHANNELS: Final = 256
@@ -69,16 +75,67 @@ def _describe(obj: object) -> str:
     return f"{type(obj).__name__} object at {id(obj):#x}"
 
 
+@attrs.frozen(eq=False)
+class KvfreeHost:
+    """What a :class:`KvfreeQueue` needs from its domain, and nothing else.
+
+    The domain builds one and hands it to each of its queues; the queue adds Trio's clock, the
+    grants and the release targets on top of the engine in :mod:`rcukit.rcu.kvfree.core`.
+    """
+
+    #: The domain-wide kvfree_rcu accounting (every queue adds to it).
+    counters: KvfreeCounters
+    #: The profile's facts (kick, polled snapshots, block capacity, cache size).
+    policy: KvfreePolicy
+    #: The domain's grace-period state: ``snap`` (stamp), ``done(cookie)``, ``gp_seq``.
+    gp: GpState
+    #: ``KFREE_DRAIN_JIFFIES`` and the kick delay, in seconds.
+    drain_delay: float
+    kick_delay: float
+    debug: bool
+    #: What ``release=None`` means (``open_domain(release=...)``).
+    default_release: ReleaseTarget
+    #: ptr id -> (object, queue site) in debug mode (double-kvfree checks, leak reports).
+    debug_sites: dict[int, tuple[object, str]]
+    accepting: Callable[[], bool]
+    check_open: Callable[[str], None]
+    might_sleep: Callable[[str], Any]
+    wait_gp: Callable[[int, Any], Awaitable[None]]
+    request_gp: Callable[[int], None]
+    #: How much of ``want`` fits under the domain's pending cap.
+    room: Callable[[int], int]
+    room_changed: Callable[[], None]
+    note_backpressure: Callable[[], None]
+    cap_error: Callable[[str, str], Exception]
+    #: The queue's monitor deadline moved earlier (wake the callback task if it sleeps past it).
+    monitor_armed: Callable[[float], None]
+    report: Callable[[BaseException, str], None]
+    debug_check: Callable[[object, object, str], None]
+
+
+class _Block(KvfreeRcuBulkData):
+    """``struct kvfree_rcu_bulk_data``: records, a GP snapshot, and (debug) the queue sites."""
+
+    __slots__ = ("chan", "sites")
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.chan: _Channel | None = None
+        self.sites: list[str] = []
+
+
 class _Channel:
     """One release target's chain of blocks (``krcp->bulk_head[idx]``), oldest first."""
 
-    __slots__ = ("base", "blocks", "cur", "key", "kind", "limit", "recs", "target")
+    __slots__ = ("base", "blocks", "cur", "idx", "key", "kind", "limit", "recs", "target")
 
-    def __init__(self, key: object, kind: int, target: Any) -> None:
+    def __init__(self, key: object, kind: int, target: Any, idx: int, blocks: list[_Block]) -> None:
         self.key = key
         self.kind = kind
         self.target = target
-        self.blocks: list[_Block] = []
+        #: This channel's index in the krcp's ``bulk`` and that list itself.
+        self.idx = idx
+        self.blocks = blocks
         self.cur: _Block | None = None
         #: The current block's records (or an empty list no block owns).
         self.recs: list[Any] = []
@@ -90,27 +147,22 @@ class _Channel:
         return f"<channel {_KIND_NAMES[self.kind]} {self.target!r} blocks={len(self.blocks)}>"
 
 
-class _Block:
-    """``struct kvfree_rcu_bulk_data``: records, a GP snapshot, and (debug) the queue sites."""
+class _Batch(KfreeRcuCpuWork[_Block]):
+    """``struct kfree_rcu_cpu_work``: detached blocks waiting for one grace period
+    (``gp_snap``), and an event for the barrier."""
 
-    __slots__ = ("chan", "gp_snap", "records", "sites")
+    __slots__ = ("done",)
 
-    def __init__(self) -> None:
-        self.chan: _Channel | None = None
-        self.gp_snap = 0
-        self.records: list[Any] = []
-        self.sites: list[str] = []
-
-
-class _Batch:
-    """``struct kfree_rcu_cpu_work``: detached blocks waiting for one grace period."""
-
-    __slots__ = ("blocks", "done", "target")
-
-    def __init__(self) -> None:
-        self.blocks: list[_Block] = []
-        self.target = 0
+    def __init__(self, idx: int) -> None:
+        super().__init__(idx, 0)
         self.done = trio.Event()
+
+
+class _Krc(KfreeRcuCpu[_Block, _Batch]):
+    """The queue's ``krcp``: one channel per release target, no list channel."""
+
+    def __init__(self) -> None:
+        super().__init__(0, [_Batch(i) for i in range(KFREE_N_BATCHES)])
 
 
 class KvfreeQueue:
@@ -121,32 +173,42 @@ class KvfreeQueue:
     """
 
     __slots__ = (
-        "_batches",
-        "_cache",
         "_chan_get",
         "_channels",
-        "_dom",
+        "_ctr",
+        "_host",
         "_kicked",
-        "count",
+        "_krc",
+        "_policy",
         "deadline",
         "name",
     )
 
-    def __init__(self, dom: RcuDomain, name: str) -> None:
-        self._dom = dom
+    def __init__(self, host: KvfreeHost, name: str) -> None:
+        self._host = host
+        self._ctr = host.counters
+        self._policy = host.policy
         self.name = name
+        #: Release target -> channel; insertion order is the channel's index in ``_krc.bulk``.
         self._channels: dict[object, _Channel] = {}
         self._chan_get = self._channels.get
-        self._batches = tuple(_Batch() for _ in range(KFREE_N_BATCHES))
-        self._cache: list[_Block] = []
-        #: ``krc_count()``: objects in this queue's blocks, not yet detached (settled value).
-        self.count = 0
+        self._krc = _Krc()
         #: When the monitor runs next (trio clock); inf while idle.
         self.deadline = math.inf
         self._kicked = False
 
     def __repr__(self) -> str:
         return f"<KvfreeQueue {self.name!r} count={self.count} blocks={self.blocks_in_use()}>"
+
+    @property
+    def count(self) -> int:
+        """``krc_count()``: objects in this queue's blocks, not yet detached (settled value)."""
+        return self._krc.count
+
+    @property
+    def chan_get(self) -> Callable[[object], _Channel | None]:
+        """The fast path's channel lookup (the domain inlines :meth:`kvfree_rcu` with it)."""
+        return self._chan_get
 
     # ---------------------------------------------------------------- enqueue
 
@@ -178,36 +240,36 @@ class KvfreeQueue:
         (``synchronize_rcu()``, shared with concurrent callers) and releases ``obj`` inline.
         Must not be called inside a read section (it may wait for a GP).
         """
-        d = self._dom
-        worker = d._might_sleep("kvfree_rcu_wait()")
-        d._check_open("kvfree_rcu_wait()")
-        site = call_site() if d._debug else None
-        if d._room(1) >= 1:
+        h = self._host
+        worker = h.might_sleep("kvfree_rcu_wait()")
+        h.check_open("kvfree_rcu_wait()")
+        site = call_site() if h.debug else None
+        if h.room(1) >= 1:
             self.enqueue_slow(obj, release, site, False)
             await trio.lowlevel.checkpoint()
             return
         kind, target = self._resolve(release)
         if site is not None:
-            d._debug_check_kvfree(obj, target if kind == BULK else None, site)
-        d._note_backpressure()
+            h.debug_check(obj, target if kind == BULK else None, site)
+        h.note_backpressure()
         try:
-            await d._wait_gp(d._gp.snap, worker)
+            await h.wait_gp(h.gp.snap, worker)
         except BaseException:
             # Cancelled while waiting: never lose the object; queue it past the cap (bounded
             # by the number of tasks that can be in here at once).
-            if d._accepting:
+            if h.accepting():
                 self.enqueue_slow(obj, release, site, True)
             raise
-        d._kv_freed_inline += 1
+        self._ctr.fallback_synchronize += 1
         self._release_objects(kind, target, [obj], [site] if site else None)
 
     def enqueue_slow(
         self, obj: object, release: ReleaseTarget, site: str | None, force: bool
     ) -> None:
         """Everything the fast path leaves out: validation, blocks, the monitor, the cap."""
-        d = self._dom
-        if not d._accepting:
-            d._check_open("kvfree_rcu()")
+        h = self._host
+        if not h.accepting():
+            h.check_open("kvfree_rcu()")
         try:
             ch = self._channels.get(release)
         except TypeError:
@@ -216,42 +278,45 @@ class KvfreeQueue:
             ch = self._new_channel(release)
         self._settle(ch)
         self._drop_grant(ch)
-        if d._debug:
+        if h.debug:
             if site is None:
                 site = call_site()
-            d._debug_check_kvfree(obj, ch.target if ch.kind == BULK else None, site)
-        if not force and d._room(1) < 1:
-            d._note_backpressure()
-            raise d._cap_error("kvfree_rcu()", "await rcu.kvfree_rcu_wait(obj)")
-        cap = d._capacity
+            h.debug_check(obj, ch.target if ch.kind == BULK else None, site)
+        if not force and h.room(1) < 1:
+            h.note_backpressure()
+            raise h.cap_error("kvfree_rcu()", "await rcu.kvfree_rcu_wait(obj)")
+        pol = self._policy
+        cap = pol.capacity
         blk = ch.cur
         if blk is None or len(blk.records) >= cap:
             blk = self._new_block(ch)
         recs = blk.records
-        blk.gp_snap = d._gp.snap
+        blk.gp_snap = h.gp.snap
         recs.append(obj)
         if site is not None:
             blk.sites.append(site)
-            d._kv_debug[id(obj)] = (obj, site)
+            h.debug_sites[id(obj)] = (obj, site)
         ch.base = ch.limit = len(recs)
-        self.count += 1
-        d._kv_committed += 1
-        if self.deadline == math.inf or (d._kick and self.count >= cap and not self._kicked):
-            self.schedule_monitor()
-        if d._debug:
+        krc = self._krc
+        krc.count += 1
+        ctr = self._ctr
+        ctr.pending += 1
+        if self.deadline == math.inf or (pol.kick_now(krc.count) and not self._kicked):
+            self.schedule_delayed_monitor_work()
+        if h.debug:
             return  # debug mode keeps every insert on this path (sites, double-free checks)
         want = cap - len(recs)
-        if d._kick and not self._kicked and not self._all_busy():
+        if pol.kick and not self._kicked and not self._all_busy():
             # The insert that brings the queue to a block's worth must take this path: it
             # kicks. (With both batches in flight a kick could not queue anything; their
             # reclaim re-kicks instead.)
-            want = min(want, cap - 1 - self.count)
-        grant = d._room(want)
+            want = min(want, cap - 1 - krc.count)
+        grant = h.room(want)
         ch.limit = len(recs) + grant
-        d._kv_reserved += grant
+        ctr.reserved += grant
 
     def _resolve(self, release: ReleaseTarget) -> tuple[int, Any]:
-        target = self._dom._default_release if release is None else release
+        target = self._host.default_release if release is None else release
         if target is None:
             return DROP, None
         if callable(getattr(target, "free_bulk", None)):
@@ -277,11 +342,17 @@ class KvfreeQueue:
                 f"queue {self.name!r} (at most {MAX_CHANNELS}); pass one shared function such as "
                 "`Conn.close` rather than a bound method or a lambda per object"
             )
-        ch = self._channels[release] = _Channel(release, kind, target)
+        bulk = self._krc.bulk
+        blocks: list[_Block] = []
+        ch = _Channel(release, kind, target, len(bulk), blocks)
+        bulk.append(blocks)
+        self._channels[release] = ch
         return ch
 
     def _new_block(self, ch: _Channel) -> _Block:
-        blk = self._cache.pop() if self._cache else _Block()
+        blk: _Block | None = self._krc.get_cached_bnode()
+        if blk is None:
+            blk = _Block()
         blk.chan = ch
         ch.blocks.append(blk)
         ch.cur = blk
@@ -296,13 +367,13 @@ class KvfreeQueue:
         used = len(ch.recs) - ch.base
         if used:
             ch.base += used
-            self.count += used
-            d = self._dom
-            d._kv_committed += used
-            d._kv_reserved -= used
+            self._krc.count += used
+            ctr = self._ctr
+            ctr.pending += used
+            ctr.reserved -= used
 
     def _drop_grant(self, ch: _Channel) -> None:
-        self._dom._kv_reserved -= ch.limit - ch.base
+        self._ctr.reserved -= ch.limit - ch.base
         ch.limit = ch.base
 
     def settle_all(self, drop_grants: bool) -> None:
@@ -313,60 +384,57 @@ class KvfreeQueue:
 
     # ---------------------------------------------------------------- monitor
 
-    def schedule_monitor(self) -> None:
-        """``schedule_delayed_monitor_work``: arm, or pull in once a block's worth is queued."""
-        d = self._dom
-        kick = d._kick and self.count >= d._capacity
+    def schedule_delayed_monitor_work(self) -> None:
+        """Arm the monitor, or pull it in once a block's worth is queued (the kick)."""
+        h = self._host
+        kick = self._policy.kick_now(self._krc.count)
         if kick and self._all_busy():
             # Both batches in flight: their reclaim re-kicks us (see the module docstring).
             kick = False
         now = trio.current_time()
-        deadline = now + (d._kick_delay if kick else d._drain_delay)
+        deadline = now + (h.kick_delay if kick else h.drain_delay)
         if kick:
             self._kicked = True
         if deadline < self.deadline:
             self.deadline = deadline
-            d._monitor_armed(deadline)
+            h.monitor_armed(deadline)
 
     def kick(self) -> None:
         """Run the monitor on the callback task's next pass (memory pressure, backpressure)."""
-        if self.need_offload() or self.deadline != math.inf:
+        if self._krc.need_offload_krc() or self.deadline != math.inf:
             self._kicked = True
             now = trio.current_time()
             if now < self.deadline:
                 self.deadline = now
-                self._dom._monitor_armed(now)
+                self._host.monitor_armed(now)
 
-    def monitor(self) -> None:
+    def kfree_rcu_monitor(self) -> None:
         """``kfree_rcu_monitor``: drain ready blocks, queue one batch, re-arm if needed."""
         self.deadline = math.inf
         self._kicked = False
         self.settle_all(drop_grants=True)
-        if self._dom._profile.polled_snapshots:
-            self._drain_ready()
-        self.queue_batch()
-        if self.need_offload():
-            self.schedule_monitor()
+        if self._policy.polled_snapshots:
+            self.kvfree_rcu_drain_ready()
+        self.kvfree_rcu_queue_batch()
+        if self._krc.need_offload_krc():
+            self.schedule_delayed_monitor_work()
 
-    def _drain_ready(self) -> None:
-        """``kvfree_rcu_drain_ready``: free blocks whose snapshot GP already completed."""
-        d = self._dom
-        done = d._gp.done
-        for ch in list(self._channels.values()):
-            blocks = ch.blocks
-            i = 0
-            while i < len(blocks) and done(blocks[i].gp_snap):
-                i += 1
-            if not i:
-                continue
-            ready = blocks[:i]
-            del blocks[:i]
-            if ch.cur is not None and ch.cur in ready:
+    def kvfree_rcu_drain_ready(self) -> None:
+        """``kvfree_rcu_drain_ready``: release blocks whose snapshot GP already completed."""
+        krc = self._krc
+        ready, _ = krc.kvfree_rcu_drain_ready(self._host.gp.done)
+        if not ready:
+            return
+        chans = list(self._channels.values())
+        ctr = self._ctr
+        for idx, blocks in ready:
+            ch = chans[idx]
+            if ch.cur is not None and ch.cur in blocks:
                 self._detach_current(ch)
-            for blk in ready:
+            for blk in blocks:
                 n = len(blk.records)
-                self.count -= n
-                d._kv_freed_early += n
+                krc.count -= n
+                ctr.freed_early_polled += n
                 self.release_block(blk)
 
     def _detach_current(self, ch: _Channel) -> None:
@@ -374,95 +442,101 @@ class KvfreeQueue:
         ch.recs = []
         ch.base = ch.limit = 0
 
-    def need_offload(self) -> bool:
-        return any(ch.blocks for ch in self._channels.values())
+    def need_offload_krc(self) -> bool:
+        return self._krc.need_offload_krc()
 
     def _all_busy(self) -> bool:
-        return all(b.blocks for b in self._batches)
+        return all(b.busy() for b in self._krc.krw)
 
-    def queue_batch(self) -> bool:
+    def kvfree_rcu_queue_batch(self) -> bool:
         """``kvfree_rcu_queue_batch``: detach every channel into a free batch, request its GP."""
-        d = self._dom
         self.settle_all(drop_grants=True)
-        for b in self._batches:
-            if b.blocks:
-                continue  # need_wait_for_krwp_work
-            if not self.need_offload():
-                return False
+        h = self._host
+        ctr = self._ctr
+
+        def queue_rcu_work(b: _Batch) -> bool:
+            b.gp_snap = h.gp.snap
+            b.done = trio.Event()
+            ctr.batches_in_flight += 1
+            h.request_gp(b.gp_snap)
+            return True
+
+        krc = self._krc
+        queued = krc.kvfree_rcu_queue_batch(self._policy, ctr, lambda: h.gp.snap, queue_rcu_work)
+        if queued:
             for ch in self._channels.values():
-                b.blocks.extend(ch.blocks)
-                ch.blocks.clear()
                 self._detach_current(ch)
             self._channels.clear()
-            self.count = 0
+            krc.bulk.clear()
             self._kicked = False
-            b.target = d._gp.snap
-            b.done = trio.Event()
-            d._kv_inflight += 1
-            d._kv_batches += 1
-            d._request_gp(b.target)
-            return True
-        return False
+        return queued
 
     def ready_batches(self) -> list[_Batch]:
-        done = self._dom._gp.done
-        return [b for b in self._batches if b.blocks and done(b.target)]
+        done = self._host.gp.done
+        return [b for b in self._krc.krw if b.busy() and done(b.gp_snap)]
+
+    @staticmethod
+    def take_block(b: _Batch) -> _Block | None:
+        """The next block of a ready batch to release (newest first), or None when empty."""
+        for chan in reversed(b.bulk_free):
+            if chan:
+                return chan.pop()
+        return None
 
     def finish_batch(self, b: _Batch) -> None:
         """A batch's last block was released: it is free again (``krwp`` reusable)."""
-        d = self._dom
-        d._kv_inflight -= 1
+        self._ctr.batches_in_flight -= 1
         b.done.set()
-        if self.need_offload() and d._kick and self.count >= d._capacity:
+        krc = self._krc
+        if krc.need_offload_krc() and self._policy.kick_now(krc.count):
             self.kick()
 
     def inflight_events(self) -> list[trio.Event]:
-        return [b.done for b in self._batches if b.blocks]
+        return [b.done for b in self._krc.krw if b.busy()]
 
     # ---------------------------------------------------------------- release
 
     def release_block(self, blk: _Block) -> None:
         """``kvfree_rcu_bulk``: one bulk release per block, errors reported, block recycled."""
-        d = self._dom
+        h = self._host
         ch = blk.chan
         assert ch is not None
         recs = blk.records
         n = len(recs)
         if n:
-            if d._debug and not d._gp.done(blk.gp_snap):
-                d._report(
+            if h.debug and not h.gp.done(blk.gp_snap):
+                h.report(
                     RcuUsageError(
                         f"rcukit bug: releasing a kvfree_rcu block whose GP snapshot "
-                        f"{blk.gp_snap:#x} has not completed (gp_seq {d._gp.gp_seq:#x})"
+                        f"{blk.gp_snap:#x} has not completed (gp_seq {h.gp.gp_seq:#x})"
                     ),
                     "the kernel WARNs here (kvfree_rcu_bulk, v6.4+)",
                 )
             self._release_objects(ch.kind, ch.target, recs, blk.sites if blk.sites else None)
             recs.clear()
             blk.sites.clear()
-            d._kv_committed -= n
+            self._ctr.pending -= n
         blk.chan = None
-        if len(self._cache) < d._profile.min_cached_objs:
-            self._cache.append(blk)
-        d._room_changed()
+        self._krc.put_cached_bnode(blk, self._policy.min_cached)
+        h.room_changed()
 
     def _release_objects(
         self, kind: int, target: Any, objs: list[Any], sites: list[str] | None
     ) -> None:
-        d = self._dom
-        d._kv_freed += len(objs)
+        h = self._host
+        self._ctr.objects_freed += len(objs)
         if sites is not None:
             for obj in objs:
-                d._kv_debug.pop(id(obj), None)
+                h.debug_sites.pop(id(obj), None)
         if kind == BULK:
             if sites is not None and isinstance(target, ObjectPool) and target.debug:
                 for err in target._free_bulk_debug(objs, [f"kvfree_rcu() at {s}" for s in sites]):
-                    d._report(err, f"releasing kvfree_rcu objects into {target!r}")
+                    h.report(err, f"releasing kvfree_rcu objects into {target!r}")
                 return
             try:
                 target.free_bulk(objs)
             except Exception as exc:
-                d._report(exc, f"free_bulk() of {len(objs)} kvfree_rcu objects into {target!r}")
+                h.report(exc, f"free_bulk() of {len(objs)} kvfree_rcu objects into {target!r}")
         elif kind == CALL:
             fn: Callable[[Any], object] = target
             for i, obj in enumerate(objs):
@@ -470,31 +544,36 @@ class KvfreeQueue:
                     fn(obj)
                 except Exception as exc:
                     where = f" queued by kvfree_rcu() at {sites[i]}" if sites is not None else ""
-                    d._report(exc, f"release function {fn!r} on {_describe(obj)}{where}")
+                    h.report(exc, f"release function {fn!r} on {_describe(obj)}{where}")
 
     def take_everything(self) -> list[_Block]:
         """Detach every block, queued or in flight (a closing domain releases or reports them)."""
         self.settle_all(drop_grants=True)
+        krc = self._krc
         out: list[_Block] = []
+        for chan in krc.bulk:
+            out.extend(chan)
+            chan.clear()
         for ch in self._channels.values():
-            out.extend(ch.blocks)
-            ch.blocks.clear()
             self._detach_current(ch)
         self._channels.clear()
-        for b in self._batches:
-            if b.blocks:
-                out.extend(b.blocks)
-                b.blocks.clear()
+        krc.bulk.clear()
+        for b in krc.krw:
+            if b.busy():
+                for chan in b.bulk_free:
+                    out.extend(chan)
+                    chan.clear()
                 b.done.set()
-        self.count = 0
+        krc.count = 0
         self.deadline = math.inf
         return out
 
     # ---------------------------------------------------------------- statistics
 
     def blocks_in_use(self) -> int:
-        n = sum(len(ch.blocks) for ch in self._channels.values())
-        return n + sum(len(b.blocks) for b in self._batches)
+        krc = self._krc
+        n = sum(len(chan) for chan in krc.bulk)
+        return n + sum(len(chan) for b in krc.krw for chan in b.bulk_free)
 
     def blocks_cached(self) -> int:
-        return len(self._cache)
+        return len(self._krc.cache)

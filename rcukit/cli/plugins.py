@@ -1,6 +1,6 @@
 """Users' allocator-core variants for ``rcukit compare``: ``--plugin MODULE:ATTR`` and entry points.
 
-A plugin names a :class:`~rcukit.mm.alloc_core.BlockPageSource` object, a class to instantiate
+A plugin names a :class:`~rcukit.rcu.kvfree.variants.BlockPageSource` object, a class to instantiate
 with no arguments, or an iterable of either; installed packages offer the same through the
 ``rcukit.block_sources`` entry-point group. Everything is resolved and checked here, before a
 simulation starts, so a typo costs an error message and exit status 2, not a long run that
@@ -15,7 +15,7 @@ import importlib.metadata
 from collections.abc import Iterable, Sequence
 
 from rcukit.errors import ConfigError
-from rcukit.mm.alloc_core import BlockPageSource, check_variant_name
+from rcukit.rcu.kvfree.variants import BlockPageSource, check_variant_name
 
 __all__ = ["ENTRY_POINT_GROUP", "load_block_sources"]
 

@@ -98,10 +98,6 @@ class Mm:
         self.nr_free_pages = pa.nr_free_pages
         self.gfp_name = pa.gfp_name
         self.warn = pa.warn_alloc
-        #: Allocator-core variants by name (see :mod:`rcukit.mm.alloc_core`).
-        self.variants = pa.variants
-        self.variant = pa.variant
-        self.register_variant = pa.register_variant
         self.page_address: Callable[[int], int] = memmap.page_address
         self.virt_to_pfn = memmap.virt_to_pfn
         self.is_direct_map_addr = memmap.is_direct_map_addr

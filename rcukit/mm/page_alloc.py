@@ -36,13 +36,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rcukit.config import CostModel
-from rcukit.errors import ConfigError, MemoryDebugError, PageAllocError, SimulationError
-from rcukit.mm.alloc_core import (
-    NOLOCK_GFP,
-    BlockPageSource,
-    builtin_variants,
-    check_variant_name,
-)
+from rcukit.errors import MemoryDebugError, PageAllocError, SimulationError
 from rcukit.mm.gfp import (
     GFP,
     MIGRATE_MOVABLE,
@@ -71,24 +65,13 @@ from rcukit.mm.zone import (
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
-
     from rcukit.locking.locks import Lock
     from rcukit.mm.mm import Mm
 
-    # The name rcukit.scenarios.torture and rcukit.mm.alloc_core still use for kernel.mm.
-    PageAllocator: TypeAlias = Mm
-else:
 
-    def __getattr__(name: str) -> object:
-        """``PageAllocator``: ``kernel.mm``'s class (:class:`rcukit.mm.mm.Mm`), its old name."""
-        if name == "PageAllocator":
-            from rcukit.mm.mm import Mm
-
-            return Mm
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
+#: What ``alloc_pages_nolock()`` uses internally (kernel.md 2.4): never warns, always zeroed,
+#: never dips into reserves.
+NOLOCK_GFP = int(GFP.NOWARN | GFP.ZERO | GFP.NOMEMALLOC)
 #: Orders above this are "costly" (and never served by ``alloc_pages_nolock``).
 PAGE_ALLOC_COSTLY_ORDER = 3
 #: ``warn_alloc`` ratelimit (``DEFAULT_RATELIMIT_INTERVAL``/``_BURST``): 10 lines per 5 s.
@@ -205,8 +188,6 @@ class PageAlloc:
         self._warn_window = -WARN_RATELIMIT_NS
         self._warn_in_window = 0
 
-        #: Allocator-core variants by name (see :mod:`rcukit.mm.alloc_core`).
-        self.variants: dict[str, BlockPageSource] = builtin_variants()
 
     # -- small shared helpers ---------------------------------------------------------------------
     def gfp_name(self, gfp: int) -> str:
@@ -243,28 +224,6 @@ class PageAlloc:
         """``nr_free_pages()``: free pages on the buddy lists (the watermark gauge)."""
         return self.zone.buddy.nr_free
 
-    # -- variants -------------------------------------------------------------------------------
-    def register_variant(self, source: BlockPageSource, *, replace: bool = False) -> None:
-        """Add a user's allocator-core variant (or replace one with ``replace=True``)."""
-        if not isinstance(source, BlockPageSource):
-            raise ConfigError(
-                f"{source!r} is not a BlockPageSource: it needs name, gfp, description, "
-                "defers_to_worker and an async get_page(task, mm)"
-            )
-        check_variant_name(source.name)
-        if source.name in self.variants and not replace:
-            raise ConfigError(
-                f"variant {source.name!r} is already registered; pass replace=True to override"
-            )
-        self.variants[source.name] = source
-
-    def variant(self, name: str) -> BlockPageSource:
-        """The variant called ``name``; unknown names list the known ones."""
-        try:
-            return self.variants[name]
-        except KeyError:
-            known = ", ".join(sorted(self.variants))
-            raise ConfigError(f"unknown allocator variant {name!r}; known: {known}") from None
 
     # -- allocation: the hot path ------------------------------------------------------------------
     async def alloc_pages(self, task: Task, gfp: int, order: int = 0) -> int | None:

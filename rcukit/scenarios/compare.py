@@ -20,6 +20,7 @@ from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, config_to_dict
 from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
+from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources
 from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.sched.sim import Task
 
@@ -161,10 +162,10 @@ async def _flood(k: Kernel, w: Workload, task: Task) -> int:
 
 async def run_row_async(
     config: KernelConfig, workload: Workload, variant: str, kernel_config: str,
-    *, trace: bool = False,
+    *, trace: bool = False, block_sources: Sequence[BlockPageSource] = (),
 ) -> tuple[dict[str, Any], Kernel]:
     cfg = config.with_kernel_config(kernel_config).replace(**{"kvfree.variant": variant})
-    async with boot(cfg) as k:
+    async with boot(cfg, block_sources=block_sources) as k:
         if trace:
             k.tracer.enable()
         cpus = list(range(min(workload.flood_cpus, cfg.nr_cpus)))
@@ -187,12 +188,14 @@ async def run_row_async(
 
 def run_row(
     config: KernelConfig, workload: Workload, variant: str, kernel_config: str,
-    *, trace: bool = False,
+    *, trace: bool = False, block_sources: Sequence[BlockPageSource] = (),
 ) -> tuple[dict[str, Any], Kernel]:
     box: dict[str, Any] = {}
 
     async def main() -> None:
-        box["r"] = await run_row_async(config, workload, variant, kernel_config, trace=trace)
+        box["r"] = await run_row_async(
+            config, workload, variant, kernel_config, trace=trace, block_sources=block_sources
+        )
 
     run_sim(main)
     result: tuple[dict[str, Any], Kernel] = box["r"]
@@ -240,20 +243,30 @@ def compare(
     *,
     progress: Callable[[str, str], None] | None = None,
     kernels: list[tuple[str, str, Kernel]] | None = None,
+    block_sources: Sequence[BlockPageSource] = (),
 ) -> CompareResult:
+    """Run every variant under every build; ``block_sources`` adds the user's variants, whose
+    names ``variants`` may then list (each row boots a kernel with them registered)."""
     cfg = config or default_config()
     wl = workload or Workload()
-    check_names(variants, configs, VARIANTS)
+    sources = tuple(block_sources)
+    check_names(variants, configs, BlockSources(sources).names())
     rows = []
     for variant in variants:
         for kc in configs:
-            data, k = run_row(cfg, wl, variant, kc, trace=kernels is not None)
+            data, k = run_row(
+                cfg, wl, variant, kc, trace=kernels is not None, block_sources=sources
+            )
             rows.append(data)
             if kernels is not None:
                 kernels.append((variant, kc, k))
             if progress is not None:
                 progress(variant, kc)
     return CompareResult(cfg, wl, tuple(rows))
+
+
+#: :func:`compare` under the name the library's other scenario runners use.
+run_compare = compare
 
 
 def verdict(rows: Sequence[dict[str, Any]]) -> list[str]:

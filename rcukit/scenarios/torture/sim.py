@@ -56,9 +56,9 @@ import attrs
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError, CpuHotplugError, MemoryDebugError
 from rcukit.kernel import ALL_SUBSYSTEMS, Kernel, Subsystems, boot, run_sim
-from rcukit.mm.alloc_core import builtin_variants
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.gpseq import RCU_SEQ_STATE_MASK, ULONG_MASK, ULONG_MAX_HALF, rcu_seq_diff
+from rcukit.rcu.kvfree.variants import builtin_variants
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.scenarios.torture.common import (
     RCU_TORTURE_PIPE_LEN,

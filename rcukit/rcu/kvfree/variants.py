@@ -7,7 +7,8 @@ so each is a small :class:`BlockPageSource` the kvfree_rcu engine calls in the c
 Whether it splats, fails or wakes kswapd is not decided here: the page allocator models the
 locks each GFP mask really takes, so the differences come out of the model.
 
-Built-ins (selectable by name; ``PageAllocator.variant(name)``):
+Built-ins (selectable by name in ``KernelConfig.kvfree.variant``; a :class:`BlockSources`
+registry per kernel resolves the name when kvfree_rcu is constructed):
 
 ========== ====================================================================================
 fast-try   ``GFP_NOWAIT|__GFP_NOWARN|__GFP_FAST_TRY``: pcp lists only (the RFC's patch).
@@ -22,13 +23,16 @@ page-cache never allocates here: returns None and says so (``defers_to_worker``)
 nolock     ``alloc_pages_nolock()`` (v6.15/6.16): trylocks only, ``__GFP_ZERO`` implied.
 ========== ====================================================================================
 
-Users add their own with ``PageAllocator.register_variant``; :class:`MempoolSource` is a worked
-example (a per-CPU reserve refilled by a worker, the "pre-allocated buffer" Hocko and Gorman
-asked for).
+Users add their own by passing them to ``rcukit.kernel.boot(config, block_sources=[...])`` (or
+``Kernel(config, block_sources=...)``, ``run_compare(..., block_sources=...)``); the kernel's
+kvfree_rcu owns the registry (``kernel.kvfree.block_sources``), not the page allocator.
+:class:`MempoolSource` is a worked example (a per-CPU reserve refilled by a worker, the
+"pre-allocated buffer" Hocko and Gorman asked for).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rcukit.errors import ConfigError
@@ -39,17 +43,16 @@ from rcukit.mm.gfp import (
     format_gfp,
     validate_gfp,
 )
+from rcukit.mm.page_alloc import NOLOCK_GFP
 from rcukit.sched.sim import Task
 from rcukit.wq import Work, WorkFn
 
 if TYPE_CHECKING:
-    from rcukit.mm.page_alloc import PageAllocator
+    from rcukit.mm.mm import Mm
 
 #: The v5.13+ page-cache refill mask ``GFP_KERNEL|__GFP_NORETRY|__GFP_NOMEMALLOC|__GFP_NOWARN``
 #: (0x92cc0, kernel.md 3.1): may sleep and reclaim once, never dips into reserves, never warns.
 KVFREE_REFILL_GFP = int(GFP_KERNEL | GFP.NORETRY | GFP.NOMEMALLOC | GFP.NOWARN)
-#: What ``alloc_pages_nolock()`` uses internally (kernel.md 2.4).
-NOLOCK_GFP = int(GFP.NOWARN | GFP.ZERO | GFP.NOMEMALLOC)
 
 
 @runtime_checkable
@@ -57,7 +60,7 @@ class BlockPageSource(Protocol):
     """One way to obtain a block page from the calling CPU's current context.
 
     ``get_page`` returns a direct-map address (``PAGE_OFFSET + pfn * page_size``) that the
-    caller later frees with ``PageAllocator.free_page``, or None. ``gfp`` is the mask the
+    caller later frees with ``Mm.free_page``, or None. ``gfp`` is the mask the
     source uses, for printing; ``defers_to_worker`` is True for sources that never allocate in
     the caller's context (the engine then schedules its own refill).
     """
@@ -67,7 +70,7 @@ class BlockPageSource(Protocol):
     description: str
     defers_to_worker: bool
 
-    async def get_page(self, task: Task, mm: PageAllocator) -> int | None: ...
+    async def get_page(self, task: Task, mm: Mm) -> int | None: ...
 
 
 class GfpPageSource:
@@ -80,7 +83,7 @@ class GfpPageSource:
         self.gfp = int(validate_gfp(gfp))
         self.description = description
 
-    async def get_page(self, task: Task, mm: PageAllocator) -> int | None:
+    async def get_page(self, task: Task, mm: Mm) -> int | None:
         return await mm.get_free_page(task, self.gfp)
 
     def __repr__(self) -> str:
@@ -98,7 +101,7 @@ class PageCacheSource:
     )
     defers_to_worker = True
 
-    async def get_page(self, task: Task, mm: PageAllocator) -> int | None:
+    async def get_page(self, task: Task, mm: Mm) -> int | None:
         return None
 
     def __repr__(self) -> str:
@@ -116,7 +119,7 @@ class NolockSource:
     )
     defers_to_worker = False
 
-    async def get_page(self, task: Task, mm: PageAllocator) -> int | None:
+    async def get_page(self, task: Task, mm: Mm) -> int | None:
         pfn = await mm.alloc_pages_nolock(task, 0)
         return None if pfn is None else mm.page_address(pfn)
 
@@ -139,7 +142,7 @@ class MempoolSource:
 
     def __init__(
         self,
-        mm: PageAllocator,
+        mm: Mm,
         pages_per_cpu: int = 8,
         *,
         name: str = "mempool",
@@ -170,7 +173,7 @@ class MempoolSource:
             self.pools.append(pool)
             self._works.append(Work(f"{name}_refill/{cpu}", self._make_refill(mm)))
 
-    def _make_refill(self, mm: PageAllocator) -> WorkFn:
+    def _make_refill(self, mm: Mm) -> WorkFn:
         async def refill(task: Task, work: Work) -> None:
             pool = self.pools[task.cpu.id]
             while len(pool) < self.pages_per_cpu:
@@ -182,7 +185,7 @@ class MempoolSource:
 
         return refill
 
-    async def get_page(self, task: Task, mm: PageAllocator) -> int | None:
+    async def get_page(self, task: Task, mm: Mm) -> int | None:
         cpu = task.cpu.id
         pool = self.pools[cpu]
         addr = pool.pop() if pool else None
@@ -230,3 +233,56 @@ def check_variant_name(name: str) -> None:
         raise ConfigError(
             f"variant name {name!r} is invalid: use a non-empty word without spaces or commas"
         )
+
+
+class BlockSources:
+    """The allocator-core variants one kernel's kvfree_rcu can use: the built-ins, then users'.
+
+    One registry per kernel (built from fresh built-in instances), so nothing is shared between
+    simulations. ``KernelConfig.kvfree.variant`` names one of them; :meth:`lookup` resolves it.
+    """
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self, extra: Iterable[BlockPageSource] = (), *, replace: bool = False) -> None:
+        self._by_name: dict[str, BlockPageSource] = builtin_variants()
+        for source in extra:
+            self.register(source, replace=replace)
+
+    def register(self, source: BlockPageSource, *, replace: bool = False) -> None:
+        """Add a user's variant (or replace one of the same name with ``replace=True``)."""
+        if not isinstance(source, BlockPageSource):
+            raise ConfigError(
+                f"{source!r} is not a BlockPageSource: it needs name, gfp, description, "
+                "defers_to_worker and an async get_page(task, mm)"
+            )
+        check_variant_name(source.name)
+        if source.name in self._by_name and not replace:
+            raise ConfigError(
+                f"variant {source.name!r} is already registered; pass replace=True to override"
+            )
+        self._by_name[source.name] = source
+
+    def lookup(self, name: str) -> BlockPageSource:
+        """The variant called ``name``; unknown names list the known ones."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self._by_name))
+            raise ConfigError(f"unknown allocator variant {name!r}; known: {known}") from None
+
+    def names(self) -> list[str]:
+        """Every known name, built-ins first, in registration order."""
+        return list(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[BlockPageSource]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __repr__(self) -> str:
+        return f"<BlockSources {', '.join(self._by_name)}>"
