@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from simtools import MS, on_cpu
 
 import rcukit
 import rcukit.sim
@@ -23,7 +24,6 @@ from rcukit.sched.sim import Task
 
 T = TypeVar("T")
 G = int(GFP_KERNEL)
-MS = 1_000_000
 VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
 
 
@@ -39,9 +39,6 @@ def sim(cfg: KernelConfig, body: Callable[[Kernel], Awaitable[T]]) -> T:
     return box[0]
 
 
-async def on_cpu(k: Kernel, fn: Callable[[Task], Awaitable[T]], cpu: int = 0) -> T:
-    [r] = await k.run_on_cpus(fn, [cpu])
-    return r
 
 
 def freed(k: Kernel, ptr: int) -> bool:

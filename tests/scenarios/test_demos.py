@@ -6,12 +6,12 @@ import importlib.util
 import re
 import runpy
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from simtools import ROOT
 
-DEMOS = Path(__file__).resolve().parent.parent / "demos"
+DEMOS = ROOT / "demos"
 NAMES = ["rfc_in_one_screen", "batching", "memory_pressure", "rcu_table_server"]
 
 

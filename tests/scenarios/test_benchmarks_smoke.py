@@ -7,9 +7,8 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from simtools import ROOT
 
 FIGURES = (
     "sim_kvfree_ns_per_call",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from simtools import MS
 
 from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel, boot, run_sim
@@ -16,7 +17,6 @@ from rcukit.scenarios.compare import Workload, default_config, run_row
 from rcukit.sched.sim import Task
 
 G = int(GFP_KERNEL)
-MS = 1_000_000
 
 
 ROWS = [

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import tracemalloc
 from array import array
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from _mm_kernel import mm_kernel, pa
+from simtools import mm_kernel, on_cpu, pa
 
 from rcukit.config import KernelConfig
 from rcukit.errors import MemoryDebugError, PageAllocError
-from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_KERNEL
 from rcukit.mm.memmap import PAGE_OFFSET
 from rcukit.mm.slab import (
@@ -34,9 +32,6 @@ def cfg(**kw: Any) -> KernelConfig:
     return KernelConfig(nr_cpus=2).replace(**kw)
 
 
-async def on_cpu(k: Kernel, fn: Callable[[Task], Awaitable[T]], cpu: int = 0) -> T:
-    [r] = await k.run_on_cpus(fn, [cpu])
-    return r
 
 
 # --- size classes --------------------------------------------------------------------------------

@@ -7,11 +7,10 @@ empty or stocked, on a default, a ``PROVE_RAW_LOCK_NESTING`` and a ``PREEMPT_RT`
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from _mm_kernel import mm_kernel, pa
+from simtools import mm_kernel, on_cpu, pa
 
 import rcukit
 import rcukit.sim
@@ -52,9 +51,6 @@ EXPECTED: dict[tuple[str, bool], tuple[bool, dict[str, int], dict[str, int], dic
 }
 
 
-async def on_cpu(k: Kernel, fn: Callable[[Task], Awaitable[T]], cpu: int = 0) -> T:
-    [r] = await k.run_on_cpus(fn, [cpu])
-    return r
 
 
 async def get_under_raw_lock(k: Kernel, name: str, *, stock_pcp: bool) -> int | None:

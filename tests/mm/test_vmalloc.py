@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from _mm_kernel import mm_kernel, pa
+from simtools import mm_kernel, on_cpu, pa
 
 from rcukit.config import KernelConfig
 from rcukit.errors import MemoryDebugError, PageAllocError
-from rcukit.kernel import Kernel
 from rcukit.locking.locks import LockKind
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.mm.vmalloc import VMALLOC_END, VMALLOC_START, is_vmalloc_addr
@@ -26,9 +24,6 @@ def cfg(**kw: Any) -> KernelConfig:
     return KernelConfig(nr_cpus=2).replace(**kw)
 
 
-async def on_cpu(k: Kernel, fn: Callable[[Task], Awaitable[T]], cpu: int = 0) -> T:
-    [r] = await k.run_on_cpus(fn, [cpu])
-    return r
 
 
 async def test_vmalloc_addresses_and_backing_pages(autojump_clock: Any) -> None:

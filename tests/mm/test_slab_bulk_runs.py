@@ -7,9 +7,9 @@ from typing import Any
 
 import trio
 import trio.testing
-from _mm_kernel import Kernel, mm_kernel, pa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from simtools import Kernel, mm_kernel, pa
 
 from rcukit.config import KernelConfig
 from rcukit.mm.gfp import GFP_KERNEL

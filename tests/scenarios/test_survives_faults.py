@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from simtools import MS
 
 from rcukit.app import ObjectPool, open_domain
 from rcukit.errors import MemoryDebugError, RcuLeakError
@@ -23,7 +24,6 @@ from rcukit.rcu.segcblist import RcuHead
 from rcukit.sched.sim import Task
 from rcukit.sim import KernelConfig, boot
 
-MS = 1_000_000
 _GFP_KERNEL = int(GFP_KERNEL)
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _rcu_kernel import Kernel, run_sim
+from simtools import MS, US, Kernel, run_sim
 
 from rcukit.errors import CpuHotplugError, RcukitError
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.sched.sim import Task
-
-US = 1_000
-MS = 1_000_000
 
 
 class Cb(RcuHead):

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from simtools import ROOT
 
 from rcukit.cli import main
 from rcukit.errors import ConfigError, SweepError
@@ -350,7 +351,7 @@ def test_plot_cli_writes_line_plot_and_heat_map(
 
 
 def test_example_sweep_file_is_valid() -> None:
-    spec = sw.load_spec(Path(__file__).parents[1] / "examples" / "sweep-small.toml")
+    spec = sw.load_spec(ROOT / "examples" / "sweep-small.toml")
     assert spec.scenario == "compare" and spec.grid_size == 9 and len(spec.points()) == 18
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from simtools import FIXTURES
 
 import rcukit.mm.zoneinfo as zoneinfo_mod
 from rcukit.cli import main
@@ -19,7 +20,7 @@ from rcukit.config import KernelConfig
 from rcukit.scenarios import compare as cmp
 from rcukit.scenarios.compare import verdict
 
-FIXTURE_ZONEINFO = Path(__file__).parent / "fixtures" / "zoneinfo.txt"
+FIXTURE_ZONEINFO = FIXTURES / "zoneinfo.txt"
 VARIANTS = ["fast-try", "nowait", "gfp-zero", "page-cache", "nolock"]
 CONFIGS = ["default", "lockdep", "rt"]
 SPLAT_KINDS = {"invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic"}

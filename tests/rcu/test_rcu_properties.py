@@ -16,14 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from _rcu_kernel import Kernel, run_sim
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from simtools import US, Kernel, run_sim
 
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.sched.sim import Task
-
-US = 1_000
 
 reader_op = st.one_of(
     st.tuples(

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from simtools import MS
 
 import rcukit
 import rcukit.sim
@@ -25,7 +26,6 @@ from rcukit.sched.sim import Task
 
 T = TypeVar("T")
 G = int(GFP_KERNEL)
-MS = 1_000_000
 VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
 
 

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from simtools import FIXTURES
 
 from rcukit.errors import ConfigError, ZoneinfoParseError
 from rcukit.mm.zone import compute_watermarks, zone_batchsize
 from rcukit.mm.zoneinfo import ZoneInfo, largest_zone, parse_zoneinfo, read_host_zoneinfo
 
-FIXTURE = Path(__file__).parent / "fixtures" / "zoneinfo.txt"
+FIXTURE = FIXTURES / "zoneinfo.txt"
 HOST = Path("/proc/zoneinfo")
 
 # A 4.x-era layout: no per-node stats block, `scanned`, `all_unreclaimable:`, `inactive_ratio:`.

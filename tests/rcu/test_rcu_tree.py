@@ -9,7 +9,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from _rcu_kernel import Kernel, run_sim
+from simtools import MS, US, Kernel, run_sim
 
 import rcukit
 import rcukit.sim
@@ -20,10 +20,6 @@ from rcukit.rcu.segcblist import RcuHead
 from rcukit.rcu.tree import RcuState, RcuWork
 from rcukit.sched.sim import Task
 from rcukit.wq import Work
-
-US = 1_000
-MS = 1_000_000
-
 
 # ====================================================================== GpCore (no clock)
 

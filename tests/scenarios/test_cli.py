@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from simtools import ROOT
 
 import rcukit
 from rcukit.cli import main
@@ -303,9 +304,8 @@ def test_a_user_mempool_variant_runs_in_compare_from_the_command_line() -> None:
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     env = dict(os.environ, PYTHONPATH=str(root / "examples"))
     out = subprocess.run(
         [sys.executable, "-m", "rcukit", "compare", "--plugin", "mempool_plugin:Mempool",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from _mm_kernel import mm_kernel, pa
+from simtools import mm_kernel, on_cpu, pa
 
 import rcukit
 import rcukit.sim
@@ -40,9 +39,6 @@ def cfg(**kw: Any) -> KernelConfig:
     return KernelConfig(nr_cpus=2).replace(**kw)
 
 
-async def on_cpu(k: Kernel, fn: Callable[[Task], Awaitable[T]], cpu: int = 0) -> T:
-    [r] = await k.run_on_cpus(fn, [cpu])
-    return r
 
 
 # --- boot: kernel formulas wired in --------------------------------------------------------------

@@ -27,6 +27,7 @@ import trio.testing
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from simtools import MS
 from torture_broken import boot_broken
 
 from rcukit.errors import MemoryDebugError
@@ -38,7 +39,6 @@ from rcukit.sim import KernelConfig, boot
 
 NR_CPUS = 4
 NR_READERS = 3
-MS = 1_000_000
 _GFP_KERNEL = int(GFP_KERNEL)
 
 

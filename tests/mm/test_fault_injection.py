@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from _mm_kernel import mm_kernel, pa
 from hypothesis import given
 from hypothesis import strategies as st
+from simtools import mm_kernel, on_cpu, pa
 
 from rcukit.config import KernelConfig, MemoryConfig
 from rcukit.errors import ConfigError
@@ -27,9 +26,6 @@ KERNEL = int(GFP_KERNEL)
 ATOMIC = int(GFP_ATOMIC | GFP.NOWARN)
 
 
-async def on_cpu(k: Kernel, fn: Callable[[Task], Awaitable[T]], cpu: int = 0) -> T:
-    [r] = await k.run_on_cpus(fn, [cpu])
-    return r
 
 
 async def attempts(k: Kernel, gfps: list[int]) -> list[bool]:
