@@ -177,7 +177,8 @@ def test_quarantine_is_bounded_and_fifo() -> None:
     entry = q.get(3)
     assert entry is not None and entry.size == 16
     assert entry.alloc_site is not None and entry.alloc_site.time_ns == 2
-    assert str(entry.alloc_site).startswith(f"test_fault_injection.py:{_line('ANOTHER-SITE')} (cpu -1")
+    where = f"test_fault_injection.py:{_line('ANOTHER-SITE')} (cpu -1"
+    assert str(entry.alloc_site).startswith(where)
     assert q.get(4) is None and q.get(5) is None
     assert len(q) == 3
     q.put_many([10, 11, 12, 13], [8, 8, 8, 8], site, None)  # only the last 3 can survive
