@@ -39,17 +39,23 @@ from rcukit.mm.gfp import GFP_NONE as GFP_NONE
 from rcukit.mm.gfp import GFP_NOWAIT as GFP_NOWAIT
 from rcukit.mm.gfp import format_gfp as format_gfp
 from rcukit.mm.gfp import parse_gfp as parse_gfp
+from rcukit.rcu.kvfree.variants import BlockPageSource as BlockPageSource
+from rcukit.rcu.kvfree.variants import BlockSources as BlockSources
+from rcukit.rcu.profiles import DEFAULT_PROFILES as DEFAULT_PROFILES
 from rcukit.rcu.profiles import PROFILES as PROFILES
 from rcukit.rcu.profiles import KvfreeProfile as KvfreeProfile
 from rcukit.sched import Task as Task
 
 __all__ = [
+    "DEFAULT_PROFILES",
     "GFP",
     "GFP_ATOMIC",
     "GFP_KERNEL",
     "GFP_NONE",
     "GFP_NOWAIT",
     "PROFILES",
+    "BlockPageSource",
+    "BlockSources",
     "ConfigError",
     "CostModel",
     "GfpError",
