@@ -136,13 +136,12 @@ class SlabAllocator:
 
     def __init__(self, mm: Mm) -> None:
         self.mm = mm
-        kernel = mm.kernel
-        cfg = kernel.config
-        self.page_size = cfg.page_size
-        self.page_shift = cfg.page_size.bit_length() - 1
+        self.page_size = page_size = mm.page_size
+        self.page_shift = mm.page_shift
+        nr_cpus = mm.kernel.config.nr_cpus
         self.caches = [
-            KmemCache(s, slab_order(s, cfg.page_size, cfg.nr_cpus), cfg.page_size)
-            for s in kmalloc_sizes(cfg.page_size)
+            KmemCache(s, slab_order(s, page_size, nr_cpus), page_size)
+            for s in kmalloc_sizes(page_size)
         ]
         self.max_cache_size = self.caches[-1].size
         # size_index[]: 8-byte steps up to 192, then powers of two.
@@ -155,12 +154,12 @@ class SlabAllocator:
         #: Largest kmalloc: one MAX_ORDER-1 block.
         from rcukit.mm.zone import MAX_ORDER
 
-        self.kmalloc_max_size = cfg.page_size << (MAX_ORDER - 1)
+        self.kmalloc_max_size = page_size << (MAX_ORDER - 1)
         #: pfn -> slab, for every page of every slab.
         self._slab_of: dict[int, Slab] = {}
         #: large kmalloc pointer -> order.
         self._large: dict[int, int] = {}
-        mmc = cfg.mm
+        mmc = mm.config
         self.quarantine: Quarantine | None = (
             Quarantine(mmc.debug_quarantine) if mmc.debug_quarantine else None
         )
