@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import attrs
+
 from rcukit.cli.options import Default, add_shared_options, check_profile, number_type
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
@@ -25,15 +27,10 @@ from rcukit.scenarios.torture import (
 
 
 def _params(args: argparse.Namespace) -> TortureParams:
-    return TortureParams(
-        duration=args.duration,
-        nreaders=args.nreaders,
-        nwriters=args.nwriters,
-        nfakewriters=args.nfakewriters,
-        onoff_interval=args.onoff_interval,
-        fault_rate=args.fault_rate,
-        stall_cpu=args.stall_cpu,
-    )
+    """The :class:`TortureParams` fields the command line has options for (each option's dest
+    is the field's name, as in rcutorture's module parameters); the rest keep their defaults."""
+    given = vars(args)
+    return TortureParams(**{f: given[f] for f in attrs.fields_dict(TortureParams) if f in given})
 
 
 def run_from_args(args: argparse.Namespace) -> TortureResult:

@@ -137,33 +137,10 @@ GFP_TRANSHUGE: Final = GFP_TRANSHUGE_LIGHT | GFP.DIRECT_RECLAIM
 GFP_MOVABLE_MASK: Final = GFP.RECLAIMABLE | GFP.MOVABLE
 GFP_MOVABLE_SHIFT: Final = 3
 
-# Bit member -> its ``__GFP_*`` spelling, in bit order.
-_BIT_NAMES: Final[tuple[tuple[str, GFP], ...]] = (
-    ("__GFP_DMA", GFP.DMA),
-    ("__GFP_HIGHMEM", GFP.HIGHMEM),
-    ("__GFP_DMA32", GFP.DMA32),
-    ("__GFP_MOVABLE", GFP.MOVABLE),
-    ("__GFP_RECLAIMABLE", GFP.RECLAIMABLE),
-    ("__GFP_HIGH", GFP.HIGH),
-    ("__GFP_IO", GFP.IO),
-    ("__GFP_FS", GFP.FS),
-    ("__GFP_ZERO", GFP.ZERO),
-    ("__GFP_ATOMIC", GFP.ATOMIC_BIT),
-    ("__GFP_DIRECT_RECLAIM", GFP.DIRECT_RECLAIM),
-    ("__GFP_KSWAPD_RECLAIM", GFP.KSWAPD_RECLAIM),
-    ("__GFP_WRITE", GFP.WRITE),
-    ("__GFP_NOWARN", GFP.NOWARN),
-    ("__GFP_RETRY_MAYFAIL", GFP.RETRY_MAYFAIL),
-    ("__GFP_NOFAIL", GFP.NOFAIL),
-    ("__GFP_NORETRY", GFP.NORETRY),
-    ("__GFP_MEMALLOC", GFP.MEMALLOC),
-    ("__GFP_COMP", GFP.COMP),
-    ("__GFP_NOMEMALLOC", GFP.NOMEMALLOC),
-    ("__GFP_HARDWALL", GFP.HARDWALL),
-    ("__GFP_THISNODE", GFP.THISNODE),
-    ("__GFP_ACCOUNT", GFP.ACCOUNT),
-    ("__GFP_FAST_TRY", GFP.FAST_TRY),
-    ("__GFP_NOLOCKDEP", GFP.NOLOCKDEP),
+#: Bit member -> its ``__GFP_*`` spelling, in bit order: the enum's single-bit members (an
+#: ``IntFlag`` iterates those only, so the ``RECLAIM`` alias is not among them).
+_BIT_NAMES: Final[tuple[tuple[str, GFP], ...]] = tuple(
+    ("__GFP_" + bit.name.removesuffix("_BIT"), bit) for bit in GFP if bit.name is not None
 )
 
 #: ``__def_gfpflag_names`` of ``include/trace/events/mmflags.h`` in 5.x order (kernel.md §3.2), with

@@ -136,13 +136,12 @@ class SlabAllocator:
 
     def __init__(self, mm: Mm) -> None:
         self.mm = mm
-        kernel = mm.kernel
-        cfg = kernel.config
-        self.page_size = cfg.page_size
-        self.page_shift = cfg.page_size.bit_length() - 1
+        self.page_size = page_size = mm.page_size
+        self.page_shift = mm.page_shift
+        nr_cpus = mm.kernel.config.nr_cpus
         self.caches = [
-            KmemCache(s, slab_order(s, cfg.page_size, cfg.nr_cpus), cfg.page_size)
-            for s in kmalloc_sizes(cfg.page_size)
+            KmemCache(s, slab_order(s, page_size, nr_cpus), page_size)
+            for s in kmalloc_sizes(page_size)
         ]
         self.max_cache_size = self.caches[-1].size
         # size_index[]: 8-byte steps up to 192, then powers of two.
@@ -155,12 +154,12 @@ class SlabAllocator:
         #: Largest kmalloc: one MAX_ORDER-1 block.
         from rcukit.mm.zone import MAX_ORDER
 
-        self.kmalloc_max_size = cfg.page_size << (MAX_ORDER - 1)
+        self.kmalloc_max_size = page_size << (MAX_ORDER - 1)
         #: pfn -> slab, for every page of every slab.
         self._slab_of: dict[int, Slab] = {}
         #: large kmalloc pointer -> order.
         self._large: dict[int, int] = {}
-        mmc = cfg.mm
+        mmc = mm.config
         self.quarantine: Quarantine | None = (
             Quarantine(mmc.debug_quarantine) if mmc.debug_quarantine else None
         )
@@ -226,12 +225,7 @@ class SlabAllocator:
         if self.alloc_sites is not None:
             self.alloc_sites[ptr] = raw_site(task)
         if mm.tracer.on:
-            mm.kernel.trace(
-                task,
-                "kmem_cache_alloc",
-                f"call_site={self._site(task)} ptr={ptr:#x} bytes_req={size} "
-                f"bytes_alloc={cache.size} gfp_flags={mm.gfp_name(gfp)}",
-            )
+            self._trace_kmem_alloc(task, "kmem_cache_alloc", ptr, size, cache.size, gfp)
         return ptr
 
     async def _refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
@@ -297,13 +291,21 @@ class SlabAllocator:
         if self.alloc_sites is not None:
             self.alloc_sites[ptr] = raw_site(task)
         if mm.tracer.on:
-            mm.kernel.trace(
-                task,
-                "kmalloc",
-                f"call_site={self._site(task)} ptr={ptr:#x} bytes_req={size} "
-                f"bytes_alloc={self.page_size << order} gfp_flags={mm.gfp_name(gfp)}",
-            )
+            self._trace_kmem_alloc(task, "kmalloc", ptr, size, self.page_size << order, gfp)
         return ptr
+
+    def _trace_kmem_alloc(
+        self, task: Task, event: str, ptr: int, bytes_req: int, bytes_alloc: int, gfp: int
+    ) -> None:
+        """The ``kmem_alloc`` event class of include/trace/events/kmem.h (``kmalloc``,
+        ``kmem_cache_alloc``): one line format for every slab allocation event."""
+        mm = self.mm
+        mm.kernel.trace(
+            task,
+            event,
+            f"call_site={self._site(task)} ptr={ptr:#x} bytes_req={bytes_req} "
+            f"bytes_alloc={bytes_alloc} gfp_flags={mm.gfp_name(gfp)}",
+        )
 
     # -- validation (nothing changes until a pointer is known good) ------------------------------
     def _locate(self, task: Task | None, ptr: int, where: str) -> tuple[Slab | None, int]:
@@ -324,28 +326,16 @@ class SlabAllocator:
         if slab is not None:
             idx, rem = divmod(ptr - slab.base, slab.cache.size)
             if rem or idx >= slab.nobj:
-                raise memory_error(
+                raise self._not_an_object(
                     "invalid-free",
+                    task,
                     ptr,
-                    where=where,
-                    site=self._site(task),
-                    detail=(
-                        f"not the start of a {slab.cache.name} object (offset {rem} into "
-                        f"object {idx} of the slab at {slab.base:#x})"
-                    ),
-                    show_alloc=False,
-                    show_free=False,
+                    where,
+                    f"not the start of a {slab.cache.name} object (offset {rem} into "
+                    f"object {idx} of the slab at {slab.base:#x})",
                 )
             if slab.used[idx] == 2:
-                raise memory_error(
-                    "double-free",
-                    ptr,
-                    where=where,
-                    site=self._site(task),
-                    alloc_site=self.alloc_site(ptr),
-                    detail="the same pointer appears twice in one kfree_bulk() array",
-                    show_free=False,
-                )
+                self._raise_listed_twice(task, ptr, where, "pointer")
             if slab.used[idx] != 1:
                 self._raise_not_live(task, ptr, where, slab.cache.name)
             return slab, idx
@@ -377,14 +367,15 @@ class SlabAllocator:
             )
         else:
             detail = mm.describe_page(ptr)
-        raise memory_error(
-            "invalid-free",
-            ptr,
-            where=where,
-            site=self._site(task),
-            detail=detail,
-            show_alloc=False,
-            show_free=False,
+        raise self._not_an_object("invalid-free", task, ptr, where, detail)
+
+    def _not_an_object(
+        self, kind: str, task: Task | None, ptr: int, where: str, detail: str
+    ) -> MemoryDebugError:
+        """A report on a pointer that names no object: no allocation or free site to show."""
+        site = self._site(task)
+        return memory_error(
+            kind, ptr, where=where, site=site, detail=detail, show_alloc=False, show_free=False
         )
 
     # -- kfree ------------------------------------------------------------------------------------
@@ -457,7 +448,6 @@ class SlabAllocator:
         )
         to_discard: list[Slab] = []
         for slab, members in groups:
-            cache = slab.cache
             used = slab.used
             fl = slab.freelist
             nr = 0
@@ -468,12 +458,7 @@ class SlabAllocator:
                 nr += runs[j][1]
             slab.inuse -= nr
             self.nr_objects -= nr
-            if slab is not cache.active:
-                if not slab.on_partial:
-                    slab.on_partial = True
-                    cache.partial[slab] = None
-                if slab.inuse == 0:
-                    to_discard.append(slab)
+            self._bulk_released(slab, to_discard)
         q = self.quarantine
         if q is not None or self.alloc_sites is not None:
             site = raw_site(task)
@@ -484,7 +469,24 @@ class SlabAllocator:
                 for slab, k, _ in runs:
                     sizes += [slab.cache.size] * k
                 q.put_many(ptrs, sizes, site, allocs)
-        for slab in to_discard:
+        await self._discard_empty(task, to_discard)
+
+    @staticmethod
+    def _bulk_released(slab: Slab, to_discard: list[Slab]) -> None:
+        """A bulk free gave objects back to ``slab``: unless it is the active slab it joins the
+        partial list, and an emptied one is a candidate for :meth:`_discard_empty`."""
+        cache = slab.cache
+        if slab is not cache.active:
+            if not slab.on_partial:
+                slab.on_partial = True
+                cache.partial[slab] = None
+            if slab.inuse == 0:
+                to_discard.append(slab)
+
+    async def _discard_empty(self, task: Task, slabs: list[Slab]) -> None:
+        """After a whole bulk free, ``discard_slab()`` for each still-empty slab beyond
+        ``min_partial`` (as ``__slab_free()`` does when ``n->nr_partial >= s->min_partial``)."""
+        for slab in slabs:
             cache = slab.cache
             if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
                 del cache.partial[slab]
@@ -594,7 +596,7 @@ class SlabAllocator:
                     if ptr in self._large and any(
                         p == ptr for p, s in zip(ptrs[:i], slabs[:i], strict=True) if s is None
                     ):
-                        self._raise_dup_large(task, ptr)
+                        self._raise_listed_twice(task, ptr, "kfree_bulk", "large kmalloc pointer")
                     _, idxs[i] = self._locate(task, ptr, "kfree_bulk")
         except MemoryDebugError:
             for slab, idx in marked:
@@ -613,7 +615,6 @@ class SlabAllocator:
                 for i in members:
                     large.append((ptrs[i], idxs[i]))
                 continue
-            cache = slab.cache
             used = slab.used
             fl = slab.freelist
             for i in members:
@@ -622,12 +623,7 @@ class SlabAllocator:
                 fl.append(idx)
             slab.inuse -= len(members)
             self.nr_objects -= len(members)
-            if slab is not cache.active:
-                if not slab.on_partial:
-                    slab.on_partial = True
-                    cache.partial[slab] = None
-                if slab.inuse == 0:
-                    to_discard.append(slab)
+            self._bulk_released(slab, to_discard)
         if q is not None or self.alloc_sites is not None:
             freed = [ptrs[i] for i in range(n) if slabs[i] is not None]
             sites = self.alloc_sites
@@ -635,23 +631,19 @@ class SlabAllocator:
             if q is not None:
                 sizes = [s.cache.size for s in slabs if s is not None]
                 q.put_many(freed, sizes, site, allocs)
-        for slab in to_discard:
-            cache = slab.cache
-            if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
-                del cache.partial[slab]
-                slab.on_partial = False
-                await self._discard_slab(task, slab)
+        await self._discard_empty(task, to_discard)
         for ptr, order in large:
             await self._free_large(task, ptr, order, site)
 
-    def _raise_dup_large(self, task: Task, ptr: int) -> None:
+    def _raise_listed_twice(self, task: Task | None, ptr: int, where: str, what: str) -> None:
+        """A double free within one ``kfree_bulk()`` array: the object is still live."""
         raise memory_error(
             "double-free",
             ptr,
-            where="kfree_bulk",
+            where=where,
             site=self._site(task),
             alloc_site=self.alloc_site(ptr),
-            detail="the same large kmalloc pointer appears twice in one kfree_bulk() array",
+            detail=f"the same {what} appears twice in one kfree_bulk() array",
             show_free=False,
         )
 
@@ -686,14 +678,12 @@ class SlabAllocator:
         if slab is not None:
             idx = (ptr - slab.base) // slab.cache.size
             if idx >= slab.nobj:
-                raise memory_error(
+                raise self._not_an_object(
                     "slab-out-of-bounds",
+                    task,
                     ptr,
-                    where="check_access",
-                    site=self._site(task),
-                    detail=f"past the last {slab.cache.name} object of the slab at {slab.base:#x}",
-                    show_alloc=False,
-                    show_free=False,
+                    "check_access",
+                    f"past the last {slab.cache.name} object of the slab at {slab.base:#x}",
                 )
             if slab.used[idx] != 1:
                 start = slab.base + idx * slab.cache.size

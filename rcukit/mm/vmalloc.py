@@ -66,26 +66,25 @@ class VmallocAllocator:
 
     def __init__(self, mm: Mm) -> None:
         self.mm = mm
-        kernel = mm.kernel
-        cfg = kernel.config
-        self.page_size = cfg.page_size
+        self.page_size = mm.page_size
         #: ``vmap_area_lock`` guards the busy tree (a ``spinlock_t``).
-        self.lock = kernel.new_lock("vmap_area_lock", LockKind.SPINLOCK)
+        self.lock = mm.kernel.new_lock("vmap_area_lock", LockKind.SPINLOCK)
         self._next = VMALLOC_START
         self._areas: SortedDict = SortedDict()
-        mmc = cfg.mm
+        mmc = mm.config
         self._freed: SortedDict = SortedDict()
         self._freed_order: deque[int] = deque()
         self._quarantine_cap = mmc.debug_quarantine
         self._record_alloc = mmc.debug_alloc_sites
         #: ``lazy_max_pages()``: 32 MiB worth of pages times log2(CPUs) (mm/vmalloc.c).
-        self.lazy_max_pages = (32 << 20) // cfg.page_size * max(1, cfg.nr_cpus.bit_length())
+        nr_cpus = mm.kernel.config.nr_cpus
+        self.lazy_max_pages = (32 << 20) // self.page_size * max(1, nr_cpus.bit_length())
         self.lazy_nr = 0
         self.purges = 0
         self.nr_areas = 0
-        self._deferred: list[list[int]] = [[] for _ in range(cfg.nr_cpus)]
+        self._deferred: list[list[int]] = [[] for _ in range(nr_cpus)]
         self._deferred_work = [
-            Work(f"free_work/{cpu}", self._free_work) for cpu in range(cfg.nr_cpus)
+            Work(f"free_work/{cpu}", self._free_work) for cpu in range(nr_cpus)
         ]
 
     def _site(self, task: Task | None) -> Site:

@@ -265,6 +265,7 @@ class BuddyAllocator:
     free_area: list[list[SortedList]] = attrs.field(
         init=False, factory=_empty_free_area, repr=False
     )
+    #: ``NR_FREE_PAGES``: pages on the buddy lists (pcp pages do not count, as in 5.x).
     nr_free: int = attrs.field(init=False, default=0)
     #: Blocks taken from another migratetype's list (the ``mm_page_alloc_extfrag`` event count).
     nr_fallback_steals: int = attrs.field(init=False, default=0)
@@ -666,12 +667,3 @@ class Zone:
             watermark_scale_factor,
         )
         return cls("Normal", BuddyAllocator(start_pfn, nr_pages), wmark, lock, nr_pages)
-
-    @property
-    def start_pfn(self) -> int:
-        return self.buddy.start_pfn
-
-    @property
-    def nr_free(self) -> int:
-        """``NR_FREE_PAGES``: pages on the buddy lists (pcp pages do not count, as in 5.x)."""
-        return self.buddy.nr_free

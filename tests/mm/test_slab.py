@@ -272,7 +272,7 @@ async def test_foreign_and_interior_pointers(autojump_clock: Any) -> None:
             with pytest.raises(MemoryDebugError, match="a page from the page allocator"):
                 await mm.kfree(task, page)
             with pytest.raises(MemoryDebugError, match="other-users"):
-                await mm.kfree(task, mm.page_address(mm.zone.start_pfn))
+                await mm.kfree(task, mm.page_address(mm.zone.buddy.start_pfn))
             with pytest.raises(MemoryDebugError, match="a free kmalloc-64 object"):
                 await mm.kfree(task, p + 64)  # never handed out
             mm.check_access(p, task)

@@ -212,22 +212,17 @@ class KvfreeRcu:
         self.freed_listeners: list[Callable[[int], None]] = []
 
     @property
-    def min_cached(self) -> int:
-        """``rcu_min_cached_objs`` in effect (the profile's, the variant's, or the config's)."""
-        return self.policy.min_cached
-
-    @property
     def pending(self) -> int:
         """Objects queued and not yet freed."""
         return self.counters.pending_total
 
     # -- boot --------------------------------------------------------------------------------
     def start(self) -> None:
-        if self.policy.boot_prefill and self.min_cached:
+        if self.policy.boot_prefill and self.policy.min_cached:
             # v5.9's kfree_rcu_batch_init() fills each CPU's cache before the scheduler runs:
             # boot memory, charged to no task.
             for krcp in self.krcs:
-                for _ in range(self.min_cached):
+                for _ in range(self.policy.min_cached):
                     pfn = self.mm.alloc_pages_early()
                     if pfn is None:
                         break
@@ -498,14 +493,14 @@ class KvfreeRcu:
         assert isinstance(work, _KrcWork)
         krcp = work.krcp
         ctr = self.counters
-        nr_pages = 1 if krcp.backoff_page_cache_fill else self.min_cached
+        nr_pages = 1 if krcp.backoff_page_cache_fill else self.policy.min_cached
         for _ in range(len(krcp.cache), nr_pages):
             ctr.block_alloc_attempts += 1
             page = await self.mm.get_free_page(task, self.policy.refill_gfp)
             if page is None:
                 ctr.block_alloc_failures += 1
                 break
-            if not krcp.put_cached_bnode(page, self.min_cached):
+            if not krcp.put_cached_bnode(page, self.policy.min_cached):
                 await self.mm.free_page(task, page)
                 break
         krcp.work_in_progress = False
@@ -545,7 +540,7 @@ class KvfreeRcu:
             if ready_head is not None:
                 ctr.freed_early_polled += len(ready_head)
                 await self._free_list(task, ready_head)
-        self.timeline.append((task.now_ns, self.pending, self.counters.blocks_in_use))
+        self._sample_timeline(task)
         if k.tracer.on:
             k.trace(task, "kfree_rcu_monitor", f"cpu={krcp.cpu} pending={krcp.krc_count()}")
 
@@ -583,7 +578,11 @@ class KvfreeRcu:
                 await self._free_block(task, krcp, idx, bnode)
         if head is not None:
             await self._free_list(task, head)
-        self.timeline.append((task.now_ns, self.pending, self.counters.blocks_in_use))
+        self._sample_timeline(task)
+
+    def _sample_timeline(self, task: Task) -> None:
+        ctr = self.counters
+        self.timeline.append((task.now_ns, ctr.pending_total, ctr.blocks_in_use))
 
     async def _free_block(self, task: Task, krcp: Krc, idx: int, bnode: Bnode) -> None:
         k = self.kernel
@@ -617,9 +616,9 @@ class KvfreeRcu:
         self._freed(nr)
         # put_cached_bnode(): keep the page if the cache is short, else give it back.
         ctr.blocks_in_use -= 1
-        if len(krcp.cache) < self.min_cached:
+        if len(krcp.cache) < self.policy.min_cached:
             self._relock(task, krcp)
-            krcp.put_cached_bnode(bnode.page, self.min_cached)
+            krcp.put_cached_bnode(bnode.page, self.policy.min_cached)
             self._unlock(task, krcp)
         else:
             await self.mm.free_page(task, bnode.page)
