@@ -2,7 +2,7 @@
 
 The run is exactly ``rcukit compare``'s default: every allocator variant under every kernel
 build, the default machine and workload (``--scale 1``; ``--quick`` uses 0.1), one
-:func:`rcukit.scenarios.compare.run_row` per row as :func:`~rcukit.scenarios.compare.compare`
+:func:`rcukit.scenarios.compare.run_row` per row as :func:`~rcukit.scenarios.compare.run_compare`
 does, so the kernels stay inspectable. An *event* is one of:
 
 * a ``kvfree_rcu()`` call, and the ``kmalloc()``/``vmalloc()`` of the object it frees (the

@@ -75,7 +75,7 @@ def _section_names(value: Any, what: str, allowed: tuple[str, ...]) -> list[str]
 
 def _cmd(args: argparse.Namespace) -> int:
     sources = load_block_sources(args.plugin)
-    # Users' variants are allowed by name here; compare() checks them against its sources.
+    # Users' variants are allowed by name here; run_compare() checks them against its sources.
     known = (*cmp.VARIANTS, *(s.name for s in sources))
     section: dict[str, Any] = {}
     if args.config:
@@ -110,11 +110,11 @@ def _cmd(args: argparse.Namespace) -> int:
 
         require_matplotlib()
     kernels: list[Any] | None = [] if (args.trace or args.ftrace) else None
-    # Only when there are any, so compare() without the parameter still runs the built-ins.
+    # Only when there are any, so run_compare() without the parameter still runs the built-ins.
     extra: dict[str, Any] = {"block_sources": sources} if sources else {}
 
     def run(progress: Callable[[str, str], None] | None) -> cmp.CompareResult:
-        return cmp.compare(config, workload, variants, configs, progress=progress,
+        return cmp.run_compare(config, workload, variants, configs, progress=progress,
                            kernels=kernels, **extra)
 
     if args.json or not sys.stderr.isatty():

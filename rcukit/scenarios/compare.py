@@ -235,7 +235,7 @@ class CompareResult:
         }
 
 
-def compare(
+def run_compare(
     config: KernelConfig | None = None,
     workload: Workload | None = None,
     variants: Sequence[str] = VARIANTS,
@@ -264,9 +264,6 @@ def compare(
                 progress(variant, kc)
     return CompareResult(cfg, wl, tuple(rows))
 
-
-#: :func:`compare` under the name the library's other scenario runners use.
-run_compare = compare
 
 
 def verdict(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -549,9 +549,9 @@ _PRELOAD = [
     "rcukit.scenarios.sweep",
     "rcukit.scenarios.compare",
     "rcukit.scenarios.rcuscale",
-    "rcukit.mm.page_alloc",
+    "rcukit.mm.mm",
     "rcukit.rcu.tree",
-    "rcukit.rcu.kvfree",
+    "rcukit.rcu.kvfree.sim",
 ]
 
 

@@ -199,7 +199,7 @@ def plugin_module(
 
 
 class _Ran(Exception):
-    """Raised by the stand-in for compare(): the command got as far as running."""
+    """Raised by the stand-in for run_compare(): the command got as far as running."""
 
 
 def _no_run(monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]]) -> None:
@@ -209,7 +209,7 @@ def _no_run(monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]]) -> Non
         calls.append(kwargs)
         raise _Ran
 
-    monkeypatch.setattr(cmp, "compare", fake)
+    monkeypatch.setattr(cmp, "run_compare", fake)
 
 
 @pytest.mark.parametrize(

@@ -92,3 +92,19 @@ def test_public_faces_export_exactly_what_they_name() -> None:
     assert {"Kernel", "boot", "simulate", "Task", "GFP_KERNEL", "Subsystems"} <= set(
         rcukit.sim.__all__
     )
+
+
+def test_the_application_api_does_not_load_the_simulator() -> None:
+    """An application importing ``rcukit`` gets the RCU engine it runs on (gpcore, segcblist,
+    the clock-free kvfree core, the version profiles) and nothing of the simulated kernel."""
+    import subprocess
+    import sys
+
+    code = "import sys, rcukit; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split())
+    assert {"rcukit.app", "rcukit.rcu.gpcore", "rcukit.rcu.kvfree.core"} <= loaded
+    simulator = {"rcukit.kernel", "rcukit.machine", "rcukit.sched", "rcukit.locking",
+                 "rcukit.mm.page_alloc", "rcukit.rcu.tree", "rcukit.rcu.kvfree.sim", "rcukit.wq"}
+    assert not simulator & loaded

@@ -24,8 +24,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
-from rcukit.rcu.kvfree.variants import KVFREE_REFILL_GFP
-from rcukit.rcu.profiles import KvfreeProfile
+from rcukit.rcu.profiles import REFILL_GFP_5_13, KvfreeProfile
 
 __all__ = [
     "FREE_N_CHANNELS",
@@ -97,7 +96,7 @@ class KvfreePolicy:
             default_cached = max(default_cached, 5)
         refill_gfp = profile.refill_gfp
         if defers_to_worker and not profile.refill_worker:
-            refill_gfp = KVFREE_REFILL_GFP
+            refill_gfp = int(REFILL_GFP_5_13)
         return cls(
             capacity=capacity,
             kick=profile.kick,

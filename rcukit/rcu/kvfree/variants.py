@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from rcukit.errors import ConfigError
 from rcukit.mm.gfp import (
     GFP,
-    GFP_KERNEL,
     GFP_NOWAIT,
     format_gfp,
     validate_gfp,
 )
 from rcukit.mm.page_alloc import NOLOCK_GFP
+from rcukit.rcu.profiles import REFILL_GFP_5_13
 from rcukit.sched.sim import Task
 from rcukit.wq import Work, WorkFn
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 #: The v5.13+ page-cache refill mask ``GFP_KERNEL|__GFP_NORETRY|__GFP_NOMEMALLOC|__GFP_NOWARN``
 #: (0x92cc0, kernel.md 3.1): may sleep and reclaim once, never dips into reserves, never warns.
-KVFREE_REFILL_GFP = int(GFP_KERNEL | GFP.NORETRY | GFP.NOMEMALLOC | GFP.NOWARN)
+KVFREE_REFILL_GFP = int(REFILL_GFP_5_13)
 
 
 @runtime_checkable
