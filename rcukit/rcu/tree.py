@@ -233,7 +233,8 @@ class RcuCallbacks:
     def __init__(self, rcu: RcuState) -> None:
         self._rcu = rcu
         self._kernel = rcu.kernel
-        self._core = rcu.core
+        #: ``rcu_state.gp_seq``, which the callbacks wait on.
+        self._gp_seq = rcu.core.gp_seq
         self._rdp = rcu._rdp
         self._name = rcu.name
         cfg = rcu.kernel.config
@@ -274,7 +275,7 @@ class RcuCallbacks:
             self._rcu._emit(cpu.id, task.comm, task.pid, cpu.local_ns, "rcu_callback",
                             f"{self._name} rhp={self.rhp_addr(head):#x} func={_func_name(func)} "
                             f"{rdp.cblist.n_cbs}")
-        if not self._core.gp_in_progress():
+        if not self._gp_seq.in_progress():
             self.rcu_accelerate_cbs(rdp, cpu.local_ns)
 
     def rcu_accelerate_cbs(self, rdp: RcuData, t: int) -> None:
@@ -284,7 +285,7 @@ class RcuCallbacks:
         if rdp.cblist.accelerate(snap):
             if snap not in rdp.wait_targets:
                 rdp.wait_targets.add(snap)
-                self._core.add_waiter(snap, functools.partial(self._gp_done, rdp, snap))
+                self._gp_seq.add_waiter(snap, functools.partial(self._gp_done, rdp, snap))
             rcu.rcu_start_this_gp(snap, t)
 
     def _gp_done(self, rdp: RcuData, target: int, now: int) -> None:
@@ -316,8 +317,8 @@ class RcuCallbacks:
         """``rcu_core``: advance and accelerate, then ``rcu_do_batch`` until nothing is ready,
         with a ``cond_resched`` between batches."""
         cbl = rdp.cblist
-        core = self._core
-        cbl.advance(core.gp_seq)
+        gp_seq = self._gp_seq
+        cbl.advance(gp_seq.current)
         if cbl.segment_lengths()[RCU_NEXT_TAIL]:
             self.rcu_accelerate_cbs(rdp, task.now_ns)
         while cbl.ready_cbs():
@@ -325,7 +326,7 @@ class RcuCallbacks:
             await task.cond_resched()
             if rdp.rcuc is not task:
                 return
-            cbl.advance(core.gp_seq)
+            cbl.advance(gp_seq.current)
         if not cbl.n_cbs:
             self.cpus_with_cbs.discard(rdp.cpu.id)
 
@@ -421,7 +422,7 @@ class RcuCallbacks:
     def rcutree_migrate_callbacks(self, rdp: RcuData, mine: RcuData, now: int) -> None:
         """``rcutree_migrate_callbacks``: adopt, then re-accelerate so nothing runs early."""
         if rdp.cblist.n_cbs:
-            mine.cblist.advance(self._core.gp_seq)
+            mine.cblist.advance(self._gp_seq.current)
             mine.cblist.merge_from(rdp.cblist)
             self.cpus_with_cbs.add(mine.cpu.id)
             self.rcu_accelerate_cbs(mine, now)
@@ -618,7 +619,7 @@ class RcuState:
         self._qs_reports += 1
         if self.kernel.tracer.on:
             self._emit(cpu.id, comm, pid, t, "rcu_grace_period",
-                       f"{self.name} {signed_seq(self.core.gp_seq)} cpuqs")
+                       f"{self.name} {signed_seq(self.core.gp_seq.current)} cpuqs")
         self._holdouts.report_cpu(cpu.id, t)
 
     # The broken build of rcukit.scenarios.torture edits the holdouts under these names.
@@ -634,7 +635,7 @@ class RcuState:
 
     def _snap(self, t: int) -> int:
         """``rcu_seq_snap(&gp_seq)`` as read at local time ``t`` (recorded as a start fence)."""
-        return self._start.record(self.core.snap(assume_started=self._start.announced), t)
+        return self._start.record(self.core.gp_seq.snap(assume_started=self._start.announced), t)
 
     def rcu_start_this_gp(self, target: int, t: int) -> None:
         """``rcu_start_this_gp``: ask for a GP ending at ``target``; wake the kthread if idle."""
@@ -658,7 +659,7 @@ class RcuState:
             while not core.gp_needed():
                 await task.block(self._req_wq, "rcu_gp_kthread")
             start.announced = True
-            await wait_until(task, start.consume(core.snap()))
+            await wait_until(task, start.consume(core.gp_seq.snap()))
             task.charge(self._gp_init_ns)
             await task.sync()
             start.announced = False
@@ -675,7 +676,7 @@ class RcuState:
         :mod:`rcukit.scenarios.torture` overrides it under this name.
         """
         now = task.now_ns
-        gp = self.core.start_gp()
+        gp = self.core.gp_seq.start()
         self._gp_start_ns = now
         holdouts = self._holdouts
         holdouts.end_fence = now
@@ -701,11 +702,11 @@ class RcuState:
         """``rcu_gp_cleanup``: end the GP, wake its waiters and the CPUs whose callbacks waited."""
         now = task.now_ns
         core = self.core
-        waiters = core.end_gp()
+        waiters = core.gp_seq.end()
         self.stall.gp_ended()
         tracer = self.kernel.tracer
         if tracer.on:
-            g = signed_seq(core.gp_seq)
+            g = signed_seq(core.gp_seq.current)
             self._emit(task.cpu.id, task.comm, task.pid, now, "rcu_grace_period",
                        f"{self.name} {g} end")
             tracer.emit("rcu_gp", self._gp_start_ns, task.cpu.id, task.comm, task.pid,
@@ -758,9 +759,9 @@ class RcuState:
         await task.sync()
         s = self._snap(task.now_ns)
         wq = WaitQueue("synchronize_rcu")
-        self.core.add_waiter(s, wq.wake_all)
+        self.core.gp_seq.add_waiter(s, wq.wake_all)
         self.rcu_start_this_gp(s, task.now_ns)
-        while not self.core.done(s):
+        while not self.core.gp_seq.done(s):
             await task.block(wq, "synchronize_rcu")
 
     async def synchronize_rcu_expedited(self, task: Task) -> None:
@@ -843,11 +844,11 @@ class RcuState:
     @property
     def gp_seq(self) -> int:
         """``rcu_state.gp_seq`` (wrapped; starts 300 GPs below the wrap as the kernel's does)."""
-        return self.core.gp_seq
+        return self.core.gp_seq.current
 
     @property
     def expedited_sequence(self) -> int:
-        return self.core.exp_seq
+        return self.core.expedited_sequence.current
 
     # ================================================================== CPU hotplug
 
@@ -874,10 +875,10 @@ class RcuState:
         core = self.core
         cbs = self.cbs
         return RcuStats(
-            gp_seq=core.gp_seq,
-            started_gps=core.gps_started,
-            completed_gps=core.gps_completed,
-            expedited_gps=core.exp_completed,
+            gp_seq=core.gp_seq.current,
+            started_gps=core.gp_seq.started,
+            completed_gps=core.gp_seq.completed,
+            expedited_gps=core.expedited_sequence.completed,
             callbacks_queued=cbs.queued,
             callbacks_invoked=cbs.invoked,
             callbacks_pending=cbs.pending,

@@ -105,7 +105,7 @@ class RcuHotplug:
             rdp.rcuc_wq.wake_all(now)
         if self._kernel.tracer.on:
             self._kernel.trace(task, "rcu_grace_period",
-                               f"{rcu.name} {signed_seq(rcu.core.gp_seq)} cpuofl")
+                               f"{rcu.name} {signed_seq(rcu.core.gp_seq.current)} cpuofl")
         await self._run_callbacks(task, cpu_id, False)
 
     def rcu_report_dead(self, rdp: RcuData) -> None:
@@ -138,7 +138,7 @@ class RcuHotplug:
         rdp.blimit = BatchLimits()
         if self._kernel.tracer.on:
             self._kernel.trace(task, "rcu_grace_period",
-                               f"{rcu.name} {signed_seq(rcu.core.gp_seq)} cpuonl")
+                               f"{rcu.name} {signed_seq(rcu.core.gp_seq.current)} cpuonl")
         await self._run_callbacks(task, cpu_id, True)
 
     async def _run_callbacks(self, task: Task, cpu_id: int, online: bool) -> None:

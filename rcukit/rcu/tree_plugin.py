@@ -114,7 +114,7 @@ class RcuReaders:
         rcu = self._rcu
         if self._kernel.tracer.on:
             rcu._emit(task.cpu.id, task.comm, task.pid, t, "rcu_unlock_preempted_task",
-                      f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq)} pid={task.pid}")
+                      f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq.current)} pid={task.pid}")
         rcu._holdouts.report_task(task, t)  # rcu_report_unblock_qs_rnp
         rcu.exp.holdouts.report_task(task, t)  # rcu_report_exp_rnp
 
@@ -146,7 +146,7 @@ class RcuReaders:
             rcu.exp.holdouts.tasks[task] = None
         if self._kernel.tracer.on:
             rcu._emit(rdp.cpu.id, task.comm, task.pid, rdp.cpu.local_ns, "rcu_preempt_task",
-                      f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq)} pid={task.pid}")
+                      f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq.current)} pid={task.pid}")
 
     def rcu_sleep_check(self, task: Task) -> None:
         """!PREEMPT_RCU: scheduling inside rcu_read_lock() is ``__might_sleep``'s complaint."""

@@ -46,14 +46,14 @@ class RcuStall:
         """``check_cpu_stall``: one report per GP that outlives ``rcu_stall_timeout_ms``."""
         rcu = self._rcu
         core = rcu.core
-        if not core.gp_in_progress() or self._stalled_gp == core.gp_seq:
+        if not core.gp_seq.in_progress() or self._stalled_gp == core.gp_seq.current:
             return
         holdouts = rcu._holdouts
         if not holdouts.cpus and not holdouts.tasks:
             return
         cpu = timer.cpu
         assert cpu is not None
-        self._stalled_gp = core.gp_seq
+        self._stalled_gp = core.gp_seq.current
         self.stalls += 1
         k = rcu._kthread
         locks = self._kernel.locks
@@ -66,7 +66,7 @@ class RcuStall:
                 time_ns=cpu.local_ns,
                 release=locks.kernel_release,
                 ip="rcu_gp_kthread",
-                site=f"g={signed_seq(core.gp_seq)}",
+                site=f"g={signed_seq(core.gp_seq.current)}",
                 detail=self.print_other_cpu_stall(cpu),
             )
         )
@@ -92,6 +92,6 @@ class RcuStall:
         jiffies = (detector.local_ns - rcu._gp_start_ns) // self._kernel.config.tick_ns
         lines.append(
             f"\t(detected by {detector.id}, t={jiffies} jiffies, "
-            f"g={signed_seq(rcu.core.gp_seq)}, q={rcu.cbs.pending})"
+            f"g={signed_seq(rcu.core.gp_seq.current)}, q={rcu.cbs.pending})"
         )
         return "\n".join(lines)
