@@ -15,8 +15,9 @@ state, as each kernel file owns its statics, composed by :class:`RcuState`:
 * :mod:`rcukit.rcu.tree_fence`: ours, not the kernel's: local virtual time vs GP starts/ends.
 
 The pieces share the ``rcu_data`` and ``rcu_node``-like state kept here (``_rdp``, ``_nonidle``,
-``_holdouts``) through the :class:`RcuState` they are given, as the ``#include``d files share
-``tree.c``'s; the public API on :class:`RcuState` delegates to them.
+``_holdouts``) through the :class:`RcuState` they are given (each is a
+:class:`~rcukit.rcu.tree_part.RcuStatePart`), as the ``#include``d files share ``tree.c``'s; the
+public API on :class:`RcuState` delegates to them.
 
 How a grace period runs here (event-driven: nothing ever polls):
 
@@ -68,6 +69,7 @@ from rcukit.rcu.segcblist import RCU_NEXT_TAIL, BatchLimits, RcuHead, SegCbList
 from rcukit.rcu.tree_exp import RcuExp
 from rcukit.rcu.tree_fence import Holdouts, StartFence, wait_until
 from rcukit.rcu.tree_hotplug import HotplugCallback, RcuHotplug
+from rcukit.rcu.tree_part import RcuStatePart
 from rcukit.rcu.tree_plugin import RcuReaders
 from rcukit.rcu.tree_stall import RcuStall
 from rcukit.sched.sim import Cpu, Simulator, Task, Timer, WaitQueue
@@ -220,7 +222,7 @@ class _Barrier:
             self.wq.wake_all(task.now_ns)
 
 
-class RcuCallbacks:
+class RcuCallbacks(RcuStatePart):
     """The callback side of ``kernel/rcu/tree.c`` for one ``rcu_state`` (``kernel.rcu.cbs``).
 
     ``call_rcu`` queues on the calling CPU's segmented list; ``rcu_accelerate_cbs`` gives the
@@ -231,11 +233,9 @@ class RcuCallbacks:
     """
 
     def __init__(self, rcu: RcuState) -> None:
-        self._rcu = rcu
-        self._kernel = rcu.kernel
+        super().__init__(rcu)
         #: ``rcu_state.gp_seq``, which the callbacks wait on.
         self._gp_seq = rcu.core.gp_seq
-        self._rdp = rcu._rdp
         self._name = rcu.name
         cfg = rcu.kernel.config
         self._call_ns = cfg.cost.call_rcu_ns
@@ -848,6 +848,7 @@ class RcuState:
 
     @property
     def expedited_sequence(self) -> int:
+        """``rcu_state.expedited_sequence``: the ``rcu_seq`` of expedited GPs (``tree_exp.h``)."""
         return self.core.expedited_sequence.current
 
     # ================================================================== CPU hotplug
@@ -872,13 +873,13 @@ class RcuState:
     # ================================================================== introspection
 
     def statistics(self) -> RcuStats:
-        core = self.core
+        gp_seq = self.core.gp_seq
         cbs = self.cbs
         return RcuStats(
-            gp_seq=core.gp_seq.current,
-            started_gps=core.gp_seq.started,
-            completed_gps=core.gp_seq.completed,
-            expedited_gps=core.expedited_sequence.completed,
+            gp_seq=gp_seq.current,
+            started_gps=gp_seq.started,
+            completed_gps=gp_seq.completed,
+            expedited_gps=self.core.expedited_sequence.completed,
             callbacks_queued=cbs.queued,
             callbacks_invoked=cbs.invoked,
             callbacks_pending=cbs.pending,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from rcukit.rcu.gpcore import signed_seq
 from rcukit.rcu.tree_fence import Holdouts, StartFence, wait_until
+from rcukit.rcu.tree_part import RcuStatePart
 from rcukit.sched.sim import WaitQueue
 
 if TYPE_CHECKING:
@@ -27,15 +28,13 @@ if TYPE_CHECKING:
 __all__ = ["RcuExp"]
 
 
-class RcuExp:
+class RcuExp(RcuStatePart):
     """The expedited grace periods of one ``rcu_state`` (``kernel.rcu.exp``)."""
 
     def __init__(self, rcu: RcuState) -> None:
-        self._rcu = rcu
-        self._kernel = rcu.kernel
+        super().__init__(rcu)
         #: ``rcu_state.expedited_sequence``.
         self._seq = rcu.core.expedited_sequence
-        self._rdp = rcu._rdp
         self._ipi_ns = rcu.kernel.config.cost.expedited_ipi_ns
         #: ``rnp->expmask`` and ``rnp->exp_tasks``.
         self.holdouts = Holdouts("rcu_exp_wait")

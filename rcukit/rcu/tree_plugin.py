@@ -23,6 +23,7 @@ from rcukit.errors import RcuUsageError
 from rcukit.locking.checker import python_site
 from rcukit.locking.splat import HeldLockInfo, Splat
 from rcukit.rcu.gpcore import signed_seq
+from rcukit.rcu.tree_part import RcuStatePart
 
 if TYPE_CHECKING:
     from rcukit.rcu.tree import RcuData, RcuState
@@ -47,13 +48,11 @@ def _caller_site() -> str:
     return python_site(_INTERNAL_FILES)
 
 
-class RcuReaders:
+class RcuReaders(RcuStatePart):
     """Read-side critical sections and blocked readers of one ``rcu_state`` (``kernel.rcu``)."""
 
     def __init__(self, rcu: RcuState) -> None:
-        self._rcu = rcu
-        self._kernel = rcu.kernel
-        self._rdp = rcu._rdp
+        super().__init__(rcu)
         self.preemptible = rcu.preemptible
         #: Tasks switched out inside a read section and not yet out of it (``rnp->blkd_tasks``).
         #: A reader leaving after a GP start in its CPU's time, but before it in the order

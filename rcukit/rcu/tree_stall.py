@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from rcukit.locking.splat import Splat
 from rcukit.rcu.gpcore import signed_seq
+from rcukit.rcu.tree_part import RcuStatePart
 from rcukit.sched.sim import Simulator, Timer
 
 if TYPE_CHECKING:
@@ -22,12 +23,11 @@ if TYPE_CHECKING:
 __all__ = ["RcuStall"]
 
 
-class RcuStall:
+class RcuStall(RcuStatePart):
     """Stall detection for the normal GPs of one ``rcu_state`` (``kernel.rcu.stall``)."""
 
     def __init__(self, rcu: RcuState) -> None:
-        self._rcu = rcu
-        self._kernel = rcu.kernel
+        super().__init__(rcu)
         self._timeout_ns = rcu.kernel.config.rcu_stall_timeout_ms * 1_000_000
         self._timer = Timer("rcu_stall", self.check_cpu_stall)
         self._stalled_gp = -1
@@ -79,7 +79,7 @@ class RcuStall:
         holdouts = rcu._holdouts
         for cpu_id in sorted(holdouts.cpus):
             cpu = cpus[cpu_id]
-            rdp = rcu._rdp[cpu_id]
+            rdp = self._rdp[cpu_id]
             ticks = cpu.ticks - rdp.ticks_at_gp_start
             busy = 1 if cpu_id in rcu._nonidle else 0
             lines.append(
