@@ -14,7 +14,7 @@ from simtools import MS, US, Kernel, run_sim
 import rcukit
 import rcukit.sim
 from rcukit.errors import GpSeqError, RcuUsageError
-from rcukit.rcu.gpcore import RCU_GP_SEQ_INIT, GpCore, signed_seq
+from rcukit.rcu.gpcore import RCU_GP_SEQ_INIT, GpCore, RcuSeq, signed_seq
 from rcukit.rcu.gpseq import RCU_GET_STATE_COMPLETED, ULONG_MASK, RcuGpOldState
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.rcu.tree import RcuState, RcuWork
@@ -79,6 +79,19 @@ def test_gpcore_refuses_impossible_transitions() -> None:
         core.gp_seq.start()
     with pytest.raises(GpSeqError, match="must start idle"):
         GpCore(initial_gp_seq=5)
+
+
+def test_gpcore_keeps_both_sequences_as_one_rcu_seq_type_with_their_own_waiters() -> None:
+    core: GpCore[str] = GpCore(initial_gp_seq=0)
+    gp, exp = core.gp_seq, core.expedited_sequence
+    assert type(gp) is type(exp) is RcuSeq
+    assert exp.add_waiter(exp.snap(), "exp") and gp.add_waiter(gp.snap(), "normal")
+    assert exp.start() == 1
+    assert exp.in_progress() and not gp.in_progress()
+    assert exp.end() == ["exp"] and exp.completed == 1 and exp.done(4)
+    assert gp.n_waiters() == 1 and gp.current == 0 and gp.completed == 0
+    with pytest.raises(GpSeqError, match="expedited grace period while none is running"):
+        exp.end()
 
 
 def test_gpcore_polled_cookies_need_a_full_grace_period() -> None:
