@@ -27,19 +27,19 @@ class GpState:
         self.core: GpCore[int] = GpCore(initial_gp_seq)
         self._events: dict[int, trio.Event] = {}
         #: ``rcu_seq_snap(gp_seq)``, refreshed whenever ``gp_seq`` moves.
-        self.snap = self.core.snap()
+        self.snap = self.core.gp_seq.snap()
 
     @property
     def gp_seq(self) -> int:
-        return self.core.gp_seq
+        return self.core.gp_seq.current
 
     @property
     def completed(self) -> int:
-        return self.core.gps_completed
+        return self.core.gp_seq.completed
 
     @property
     def in_progress(self) -> bool:
-        return self.core.gp_in_progress()
+        return self.core.gp_seq.in_progress()
 
     def done(self, cookie: int) -> bool:
         """``poll_state_synchronize_rcu(cookie)``: has a full GP elapsed since the cookie?"""
@@ -53,17 +53,17 @@ class GpState:
         return self.core.gp_needed()
 
     def start(self) -> None:
-        self.core.start_gp()
-        self.snap = self.core.snap()
+        self.core.gp_seq.start()
+        self.snap = self.core.gp_seq.snap()
 
     def end(self) -> None:
         """``rcu_gp_cleanup``: the GP is over; set the events of the targets it reached."""
         events = self._events
-        for target in self.core.end_gp():
+        for target in self.core.gp_seq.end():
             ev = events.pop(target, None)
             if ev is not None:
                 ev.set()
-        self.snap = self.core.snap()
+        self.snap = self.core.gp_seq.snap()
 
     def waiter(self, target: int) -> tuple[trio.Event, bool]:
         """The event set when ``gp_seq`` reaches ``target``, and whether it was already shared.
@@ -74,7 +74,7 @@ class GpState:
         if ev is not None:
             return ev, True
         ev = self._events[target] = trio.Event()
-        if not self.core.add_waiter(target, target):
+        if not self.core.gp_seq.add_waiter(target, target):
             del self._events[target]
             ev.set()
         return ev, False

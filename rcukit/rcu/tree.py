@@ -15,8 +15,9 @@ state, as each kernel file owns its statics, composed by :class:`RcuState`:
 * :mod:`rcukit.rcu.tree_fence`: ours, not the kernel's: local virtual time vs GP starts/ends.
 
 The pieces share the ``rcu_data`` and ``rcu_node``-like state kept here (``_rdp``, ``_nonidle``,
-``_holdouts``) through the :class:`RcuState` they are given, as the ``#include``d files share
-``tree.c``'s; the public API on :class:`RcuState` delegates to them.
+``_holdouts``) through the :class:`RcuState` they are given (each is a
+:class:`~rcukit.rcu.tree_part.RcuStatePart`), as the ``#include``d files share ``tree.c``'s; the
+public API on :class:`RcuState` delegates to them.
 
 How a grace period runs here (event-driven: nothing ever polls):
 
@@ -68,6 +69,7 @@ from rcukit.rcu.segcblist import RCU_NEXT_TAIL, BatchLimits, RcuHead, SegCbList
 from rcukit.rcu.tree_exp import RcuExp
 from rcukit.rcu.tree_fence import Holdouts, StartFence, wait_until
 from rcukit.rcu.tree_hotplug import HotplugCallback, RcuHotplug
+from rcukit.rcu.tree_part import RcuStatePart
 from rcukit.rcu.tree_plugin import RcuReaders
 from rcukit.rcu.tree_stall import RcuStall
 from rcukit.sched.sim import Cpu, Simulator, Task, Timer, WaitQueue
@@ -220,7 +222,7 @@ class _Barrier:
             self.wq.wake_all(task.now_ns)
 
 
-class RcuCallbacks:
+class RcuCallbacks(RcuStatePart):
     """The callback side of ``kernel/rcu/tree.c`` for one ``rcu_state`` (``kernel.rcu.cbs``).
 
     ``call_rcu`` queues on the calling CPU's segmented list; ``rcu_accelerate_cbs`` gives the
@@ -231,10 +233,9 @@ class RcuCallbacks:
     """
 
     def __init__(self, rcu: RcuState) -> None:
-        self._rcu = rcu
-        self._kernel = rcu.kernel
-        self._core = rcu.core
-        self._rdp = rcu._rdp
+        super().__init__(rcu)
+        #: ``rcu_state.gp_seq``, which the callbacks wait on.
+        self._gp_seq = rcu.core.gp_seq
         self._name = rcu.name
         cfg = rcu.kernel.config
         self._call_ns = cfg.cost.call_rcu_ns
@@ -274,7 +275,7 @@ class RcuCallbacks:
             self._rcu._emit(cpu.id, task.comm, task.pid, cpu.local_ns, "rcu_callback",
                             f"{self._name} rhp={self.rhp_addr(head):#x} func={_func_name(func)} "
                             f"{rdp.cblist.n_cbs}")
-        if not self._core.gp_in_progress():
+        if not self._gp_seq.in_progress():
             self.rcu_accelerate_cbs(rdp, cpu.local_ns)
 
     def rcu_accelerate_cbs(self, rdp: RcuData, t: int) -> None:
@@ -284,7 +285,7 @@ class RcuCallbacks:
         if rdp.cblist.accelerate(snap):
             if snap not in rdp.wait_targets:
                 rdp.wait_targets.add(snap)
-                self._core.add_waiter(snap, functools.partial(self._gp_done, rdp, snap))
+                self._gp_seq.add_waiter(snap, functools.partial(self._gp_done, rdp, snap))
             rcu.rcu_start_this_gp(snap, t)
 
     def _gp_done(self, rdp: RcuData, target: int, now: int) -> None:
@@ -316,8 +317,8 @@ class RcuCallbacks:
         """``rcu_core``: advance and accelerate, then ``rcu_do_batch`` until nothing is ready,
         with a ``cond_resched`` between batches."""
         cbl = rdp.cblist
-        core = self._core
-        cbl.advance(core.gp_seq)
+        gp_seq = self._gp_seq
+        cbl.advance(gp_seq.current)
         if cbl.segment_lengths()[RCU_NEXT_TAIL]:
             self.rcu_accelerate_cbs(rdp, task.now_ns)
         while cbl.ready_cbs():
@@ -325,7 +326,7 @@ class RcuCallbacks:
             await task.cond_resched()
             if rdp.rcuc is not task:
                 return
-            cbl.advance(core.gp_seq)
+            cbl.advance(gp_seq.current)
         if not cbl.n_cbs:
             self.cpus_with_cbs.discard(rdp.cpu.id)
 
@@ -421,7 +422,7 @@ class RcuCallbacks:
     def rcutree_migrate_callbacks(self, rdp: RcuData, mine: RcuData, now: int) -> None:
         """``rcutree_migrate_callbacks``: adopt, then re-accelerate so nothing runs early."""
         if rdp.cblist.n_cbs:
-            mine.cblist.advance(self._core.gp_seq)
+            mine.cblist.advance(self._gp_seq.current)
             mine.cblist.merge_from(rdp.cblist)
             self.cpus_with_cbs.add(mine.cpu.id)
             self.rcu_accelerate_cbs(mine, now)
@@ -618,7 +619,7 @@ class RcuState:
         self._qs_reports += 1
         if self.kernel.tracer.on:
             self._emit(cpu.id, comm, pid, t, "rcu_grace_period",
-                       f"{self.name} {signed_seq(self.core.gp_seq)} cpuqs")
+                       f"{self.name} {signed_seq(self.core.gp_seq.current)} cpuqs")
         self._holdouts.report_cpu(cpu.id, t)
 
     # The broken build of rcukit.scenarios.torture edits the holdouts under these names.
@@ -634,7 +635,7 @@ class RcuState:
 
     def _snap(self, t: int) -> int:
         """``rcu_seq_snap(&gp_seq)`` as read at local time ``t`` (recorded as a start fence)."""
-        return self._start.record(self.core.snap(assume_started=self._start.announced), t)
+        return self._start.record(self.core.gp_seq.snap(assume_started=self._start.announced), t)
 
     def rcu_start_this_gp(self, target: int, t: int) -> None:
         """``rcu_start_this_gp``: ask for a GP ending at ``target``; wake the kthread if idle."""
@@ -658,7 +659,7 @@ class RcuState:
             while not core.gp_needed():
                 await task.block(self._req_wq, "rcu_gp_kthread")
             start.announced = True
-            await wait_until(task, start.consume(core.snap()))
+            await wait_until(task, start.consume(core.gp_seq.snap()))
             task.charge(self._gp_init_ns)
             await task.sync()
             start.announced = False
@@ -675,7 +676,7 @@ class RcuState:
         :mod:`rcukit.scenarios.torture` overrides it under this name.
         """
         now = task.now_ns
-        gp = self.core.start_gp()
+        gp = self.core.gp_seq.start()
         self._gp_start_ns = now
         holdouts = self._holdouts
         holdouts.end_fence = now
@@ -701,11 +702,11 @@ class RcuState:
         """``rcu_gp_cleanup``: end the GP, wake its waiters and the CPUs whose callbacks waited."""
         now = task.now_ns
         core = self.core
-        waiters = core.end_gp()
+        waiters = core.gp_seq.end()
         self.stall.gp_ended()
         tracer = self.kernel.tracer
         if tracer.on:
-            g = signed_seq(core.gp_seq)
+            g = signed_seq(core.gp_seq.current)
             self._emit(task.cpu.id, task.comm, task.pid, now, "rcu_grace_period",
                        f"{self.name} {g} end")
             tracer.emit("rcu_gp", self._gp_start_ns, task.cpu.id, task.comm, task.pid,
@@ -758,9 +759,9 @@ class RcuState:
         await task.sync()
         s = self._snap(task.now_ns)
         wq = WaitQueue("synchronize_rcu")
-        self.core.add_waiter(s, wq.wake_all)
+        self.core.gp_seq.add_waiter(s, wq.wake_all)
         self.rcu_start_this_gp(s, task.now_ns)
-        while not self.core.done(s):
+        while not self.core.gp_seq.done(s):
             await task.block(wq, "synchronize_rcu")
 
     async def synchronize_rcu_expedited(self, task: Task) -> None:
@@ -843,11 +844,12 @@ class RcuState:
     @property
     def gp_seq(self) -> int:
         """``rcu_state.gp_seq`` (wrapped; starts 300 GPs below the wrap as the kernel's does)."""
-        return self.core.gp_seq
+        return self.core.gp_seq.current
 
     @property
     def expedited_sequence(self) -> int:
-        return self.core.exp_seq
+        """``rcu_state.expedited_sequence``: the ``rcu_seq`` of expedited GPs (``tree_exp.h``)."""
+        return self.core.expedited_sequence.current
 
     # ================================================================== CPU hotplug
 
@@ -871,13 +873,13 @@ class RcuState:
     # ================================================================== introspection
 
     def statistics(self) -> RcuStats:
-        core = self.core
+        gp_seq = self.core.gp_seq
         cbs = self.cbs
         return RcuStats(
-            gp_seq=core.gp_seq,
-            started_gps=core.gps_started,
-            completed_gps=core.gps_completed,
-            expedited_gps=core.exp_completed,
+            gp_seq=gp_seq.current,
+            started_gps=gp_seq.started,
+            completed_gps=gp_seq.completed,
+            expedited_gps=self.core.expedited_sequence.completed,
             callbacks_queued=cbs.queued,
             callbacks_invoked=cbs.invoked,
             callbacks_pending=cbs.pending,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from rcukit.rcu.gpcore import signed_seq
 from rcukit.rcu.tree_fence import Holdouts, StartFence, wait_until
+from rcukit.rcu.tree_part import RcuStatePart
 from rcukit.sched.sim import WaitQueue
 
 if TYPE_CHECKING:
@@ -27,14 +28,13 @@ if TYPE_CHECKING:
 __all__ = ["RcuExp"]
 
 
-class RcuExp:
+class RcuExp(RcuStatePart):
     """The expedited grace periods of one ``rcu_state`` (``kernel.rcu.exp``)."""
 
     def __init__(self, rcu: RcuState) -> None:
-        self._rcu = rcu
-        self._kernel = rcu.kernel
-        self._core = rcu.core
-        self._rdp = rcu._rdp
+        super().__init__(rcu)
+        #: ``rcu_state.expedited_sequence``.
+        self._seq = rcu.core.expedited_sequence
         self._ipi_ns = rcu.kernel.config.cost.expedited_ipi_ns
         #: ``rnp->expmask`` and ``rnp->exp_tasks``.
         self.holdouts = Holdouts("rcu_exp_wait")
@@ -43,31 +43,31 @@ class RcuExp:
 
     def exp_snap(self, t: int) -> int:
         """``rcu_exp_gp_seq_snap`` as read at local time ``t`` (recorded as a start fence)."""
-        return self._start.record(self._core.exp_snap(assume_started=self._start.announced), t)
+        return self._start.record(self._seq.snap(assume_started=self._start.announced), t)
 
     async def synchronize_rcu_expedited(self, task: Task) -> None:
         """``synchronize_rcu_expedited``: drive expedited GPs, or wait for the driver's."""
         self._rcu._may_block(task, "synchronize_rcu_expedited")
         await task.sync()
-        core = self._core
+        seq = self._seq
         s = self.exp_snap(task.now_ns)
-        while not core.exp_done(s):
+        while not seq.done(s):
             if self._driver is None:
                 await self.rcu_exp_sel_wait_wake(task, s)
             else:
                 wq = WaitQueue("synchronize_rcu_expedited")
-                if core.add_exp_waiter(s, wq.wake_all):
+                if seq.add_waiter(s, wq.wake_all):
                     await task.block(wq, "rcu_exp_wait")
 
     async def rcu_exp_sel_wait_wake(self, task: Task, s: int) -> None:
         """``rcu_exp_sel_wait_wake``: run expedited GPs until every waiter is served."""
-        core = self._core
+        seq = self._seq
         start = self._start
         self._driver = task
         try:
-            while not core.exp_done(s) or core.n_exp_waiters():
+            while not seq.done(s) or seq.n_waiters():
                 start.announced = True
-                await wait_until(task, start.consume(core.exp_snap()))
+                await wait_until(task, start.consume(seq.snap()))
                 await task.sync()
                 start.announced = False
                 self.sync_rcu_exp_select_cpus(task)
@@ -79,7 +79,7 @@ class RcuExp:
     def sync_rcu_exp_select_cpus(self, task: Task) -> None:
         """``sync_rcu_exp_select_cpus``: start the GP and IPI every other non-idle CPU."""
         now = task.now_ns
-        seq = self._core.start_exp()
+        seq = self._seq.start()
         holdouts = self.holdouts
         holdouts.end_fence = now
         rcu = self._rcu
@@ -124,12 +124,12 @@ class RcuExp:
         """``rcu_exp_wait_wake``: wait out the holdouts, end the GP, wake its waiters."""
         await self.holdouts.wait(task, "rcu_exp_wait")
         await task.sync()
-        core = self._core
-        waiters = core.end_exp()
+        seq = self._seq
+        waiters = seq.end()
         now = task.now_ns
         if self._kernel.tracer.on:
             self._kernel.trace(task, "rcu_exp_grace_period",
-                               f"{self._rcu.name} {signed_seq(core.exp_seq)} end")
+                               f"{self._rcu.name} {signed_seq(seq.current)} end")
         for w in waiters:
             w(now)
 

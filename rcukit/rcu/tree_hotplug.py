@@ -17,6 +17,7 @@ from rcukit.errors import CpuHotplugError
 from rcukit.rcu.gpcore import signed_seq
 from rcukit.rcu.segcblist import BatchLimits
 from rcukit.rcu.tree_fence import wait_until
+from rcukit.rcu.tree_part import RcuStatePart
 from rcukit.sched.sim import Simulator, Task
 
 if TYPE_CHECKING:
@@ -29,12 +30,11 @@ __all__ = ["HotplugCallback", "RcuHotplug"]
 HotplugCallback = Callable[[Task, int, bool], object]
 
 
-class RcuHotplug:
+class RcuHotplug(RcuStatePart):
     """``cpu_down``/``cpu_up`` of one simulated kernel, as RCU takes part in them."""
 
     def __init__(self, rcu: RcuState) -> None:
-        self._rcu = rcu
-        self._kernel = rcu.kernel
+        super().__init__(rcu)
         self.n_online = sum(1 for c in rcu.kernel.sim.cpus if c.online)
         self._callbacks: list[HotplugCallback] = []
 
@@ -88,7 +88,7 @@ class RcuHotplug:
         await task.sync()
         target = task.cpu
         now = task.now_ns
-        rdp = rcu._rdp[cpu_id]
+        rdp = self._rdp[cpu_id]
         preempted = cpu.current
         readers = rcu.readers
         readers.migrating = True
@@ -99,13 +99,13 @@ class RcuHotplug:
         finally:
             readers.migrating = False
         self.rcu_report_dead(rdp)
-        rcu.cbs.rcutree_migrate_callbacks(rdp, rcu._rdp[target.id], now)
+        rcu.cbs.rcutree_migrate_callbacks(rdp, self._rdp[target.id], now)
         if rdp.rcuc is not None:
             rdp.rcuc = None  # rcuc/N exits; a new one is created if the CPU comes back
             rdp.rcuc_wq.wake_all(now)
         if self._kernel.tracer.on:
             self._kernel.trace(task, "rcu_grace_period",
-                               f"{rcu.name} {signed_seq(rcu.core.gp_seq)} cpuofl")
+                               f"{rcu.name} {signed_seq(rcu.core.gp_seq.current)} cpuofl")
         await self._run_callbacks(task, cpu_id, False)
 
     def rcu_report_dead(self, rdp: RcuData) -> None:
@@ -132,13 +132,13 @@ class RcuHotplug:
         self._kernel.sim.online_cpu(cpu, task.now_ns)
         self.n_online += 1
         # rcutree_prepare_cpu(): a fresh start for the CPU's rcu_data.
-        rdp = rcu._rdp[cpu_id]
+        rdp = self._rdp[cpu_id]
         rdp.qs_pending = False
         rdp.exp_qs_pending = False
         rdp.blimit = BatchLimits()
         if self._kernel.tracer.on:
             self._kernel.trace(task, "rcu_grace_period",
-                               f"{rcu.name} {signed_seq(rcu.core.gp_seq)} cpuonl")
+                               f"{rcu.name} {signed_seq(rcu.core.gp_seq.current)} cpuonl")
         await self._run_callbacks(task, cpu_id, True)
 
     async def _run_callbacks(self, task: Task, cpu_id: int, online: bool) -> None:

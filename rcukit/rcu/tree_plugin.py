@@ -23,6 +23,7 @@ from rcukit.errors import RcuUsageError
 from rcukit.locking.checker import python_site
 from rcukit.locking.splat import HeldLockInfo, Splat
 from rcukit.rcu.gpcore import signed_seq
+from rcukit.rcu.tree_part import RcuStatePart
 
 if TYPE_CHECKING:
     from rcukit.rcu.tree import RcuData, RcuState
@@ -47,13 +48,11 @@ def _caller_site() -> str:
     return python_site(_INTERNAL_FILES)
 
 
-class RcuReaders:
+class RcuReaders(RcuStatePart):
     """Read-side critical sections and blocked readers of one ``rcu_state`` (``kernel.rcu``)."""
 
     def __init__(self, rcu: RcuState) -> None:
-        self._rcu = rcu
-        self._kernel = rcu.kernel
-        self._rdp = rcu._rdp
+        super().__init__(rcu)
         self.preemptible = rcu.preemptible
         #: Tasks switched out inside a read section and not yet out of it (``rnp->blkd_tasks``).
         #: A reader leaving after a GP start in its CPU's time, but before it in the order
@@ -114,7 +113,7 @@ class RcuReaders:
         rcu = self._rcu
         if self._kernel.tracer.on:
             rcu._emit(task.cpu.id, task.comm, task.pid, t, "rcu_unlock_preempted_task",
-                      f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq)} pid={task.pid}")
+                      f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq.current)} pid={task.pid}")
         rcu._holdouts.report_task(task, t)  # rcu_report_unblock_qs_rnp
         rcu.exp.holdouts.report_task(task, t)  # rcu_report_exp_rnp
 
@@ -146,7 +145,7 @@ class RcuReaders:
             rcu.exp.holdouts.tasks[task] = None
         if self._kernel.tracer.on:
             rcu._emit(rdp.cpu.id, task.comm, task.pid, rdp.cpu.local_ns, "rcu_preempt_task",
-                      f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq)} pid={task.pid}")
+                      f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq.current)} pid={task.pid}")
 
     def rcu_sleep_check(self, task: Task) -> None:
         """!PREEMPT_RCU: scheduling inside rcu_read_lock() is ``__might_sleep``'s complaint."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from rcukit.locking.splat import Splat
 from rcukit.rcu.gpcore import signed_seq
+from rcukit.rcu.tree_part import RcuStatePart
 from rcukit.sched.sim import Simulator, Timer
 
 if TYPE_CHECKING:
@@ -22,12 +23,11 @@ if TYPE_CHECKING:
 __all__ = ["RcuStall"]
 
 
-class RcuStall:
+class RcuStall(RcuStatePart):
     """Stall detection for the normal GPs of one ``rcu_state`` (``kernel.rcu.stall``)."""
 
     def __init__(self, rcu: RcuState) -> None:
-        self._rcu = rcu
-        self._kernel = rcu.kernel
+        super().__init__(rcu)
         self._timeout_ns = rcu.kernel.config.rcu_stall_timeout_ms * 1_000_000
         self._timer = Timer("rcu_stall", self.check_cpu_stall)
         self._stalled_gp = -1
@@ -46,14 +46,14 @@ class RcuStall:
         """``check_cpu_stall``: one report per GP that outlives ``rcu_stall_timeout_ms``."""
         rcu = self._rcu
         core = rcu.core
-        if not core.gp_in_progress() or self._stalled_gp == core.gp_seq:
+        if not core.gp_seq.in_progress() or self._stalled_gp == core.gp_seq.current:
             return
         holdouts = rcu._holdouts
         if not holdouts.cpus and not holdouts.tasks:
             return
         cpu = timer.cpu
         assert cpu is not None
-        self._stalled_gp = core.gp_seq
+        self._stalled_gp = core.gp_seq.current
         self.stalls += 1
         k = rcu._kthread
         locks = self._kernel.locks
@@ -66,7 +66,7 @@ class RcuStall:
                 time_ns=cpu.local_ns,
                 release=locks.kernel_release,
                 ip="rcu_gp_kthread",
-                site=f"g={signed_seq(core.gp_seq)}",
+                site=f"g={signed_seq(core.gp_seq.current)}",
                 detail=self.print_other_cpu_stall(cpu),
             )
         )
@@ -79,7 +79,7 @@ class RcuStall:
         holdouts = rcu._holdouts
         for cpu_id in sorted(holdouts.cpus):
             cpu = cpus[cpu_id]
-            rdp = rcu._rdp[cpu_id]
+            rdp = self._rdp[cpu_id]
             ticks = cpu.ticks - rdp.ticks_at_gp_start
             busy = 1 if cpu_id in rcu._nonidle else 0
             lines.append(
@@ -92,6 +92,6 @@ class RcuStall:
         jiffies = (detector.local_ns - rcu._gp_start_ns) // self._kernel.config.tick_ns
         lines.append(
             f"\t(detected by {detector.id}, t={jiffies} jiffies, "
-            f"g={signed_seq(rcu.core.gp_seq)}, q={rcu.cbs.pending})"
+            f"g={signed_seq(rcu.core.gp_seq.current)}, q={rcu.cbs.pending})"
         )
         return "\n".join(lines)

@@ -14,7 +14,7 @@ from simtools import MS, US, Kernel, run_sim
 import rcukit
 import rcukit.sim
 from rcukit.errors import GpSeqError, RcuUsageError
-from rcukit.rcu.gpcore import RCU_GP_SEQ_INIT, GpCore, signed_seq
+from rcukit.rcu.gpcore import RCU_GP_SEQ_INIT, GpCore, RcuSeq, signed_seq
 from rcukit.rcu.gpseq import RCU_GET_STATE_COMPLETED, ULONG_MASK, RcuGpOldState
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.rcu.tree import RcuState, RcuWork
@@ -26,81 +26,94 @@ from rcukit.wq import Work
 
 def test_gpcore_starts_300_gps_below_the_wrap_and_survives_it() -> None:
     core: GpCore[str] = GpCore()
-    assert core.gp_seq == RCU_GP_SEQ_INIT
-    assert signed_seq(core.gp_seq) == -1200
+    assert core.gp_seq.current == RCU_GP_SEQ_INIT
+    assert signed_seq(core.gp_seq.current) == -1200
     for _ in range(400):
-        target = core.snap()
-        assert core.add_waiter(target, "w")
+        target = core.gp_seq.snap()
+        assert core.gp_seq.add_waiter(target, "w")
         assert core.request_gp(target)
-        core.start_gp()
-        assert not core.done(target)
-        assert core.end_gp() == ["w"]
-        assert core.done(target)
-    assert core.gps_completed == 400
-    assert core.gp_seq == (RCU_GP_SEQ_INIT + 400 * 4) & ULONG_MASK == 400 * 4 - 1200
+        core.gp_seq.start()
+        assert not core.gp_seq.done(target)
+        assert core.gp_seq.end() == ["w"]
+        assert core.gp_seq.done(target)
+    assert core.gp_seq.completed == 400
+    assert core.gp_seq.current == (RCU_GP_SEQ_INIT + 400 * 4) & ULONG_MASK == 400 * 4 - 1200
 
 
 def test_gpcore_wakes_exactly_the_waiters_whose_target_is_reached() -> None:
     core: GpCore[str] = GpCore(initial_gp_seq=(ULONG_MASK - 3) & ~3)  # one GP before the wrap
-    first = core.snap()  # idle: the next GP
-    core.add_waiter(first, "a")
-    core.start_gp()
-    second = core.snap()  # mid-GP: this one and one more
-    core.add_waiter(second, "b")
-    core.add_waiter(first, "c")
-    assert second != first and core.n_waiters() == 3
-    assert core.end_gp() == ["a", "c"]  # crosses 2**64 -> 0
-    assert core.gp_seq == 0 and core.n_waiters() == 1
-    core.start_gp()
-    assert core.end_gp() == ["b"]
-    assert not core.add_waiter(first, "late"), "a target already reached takes no waiter"
+    first = core.gp_seq.snap()  # idle: the next GP
+    core.gp_seq.add_waiter(first, "a")
+    core.gp_seq.start()
+    second = core.gp_seq.snap()  # mid-GP: this one and one more
+    core.gp_seq.add_waiter(second, "b")
+    core.gp_seq.add_waiter(first, "c")
+    assert second != first and core.gp_seq.n_waiters() == 3
+    assert core.gp_seq.end() == ["a", "c"]  # crosses 2**64 -> 0
+    assert core.gp_seq.current == 0 and core.gp_seq.n_waiters() == 1
+    core.gp_seq.start()
+    assert core.gp_seq.end() == ["b"]
+    assert not core.gp_seq.add_waiter(first, "late"), "a target already reached takes no waiter"
 
 
 def test_gpcore_requests_say_whether_a_gp_must_start() -> None:
     core: GpCore[object] = GpCore(initial_gp_seq=0)
     assert not core.gp_needed()
-    assert core.request_gp(core.snap())
-    core.start_gp()
+    assert core.request_gp(core.gp_seq.snap())
+    core.gp_seq.start()
     assert not core.gp_needed(), "the running GP satisfies a request made before it started"
-    assert core.request_gp(core.snap()), "a request made mid-GP needs one more"
-    core.end_gp()
+    assert core.request_gp(core.gp_seq.snap()), "a request made mid-GP needs one more"
+    core.gp_seq.end()
     assert core.gp_needed()
-    core.start_gp()
-    core.end_gp()
+    core.gp_seq.start()
+    core.gp_seq.end()
     assert not core.gp_needed() and core.gp_seq_needed == 8
 
 
 def test_gpcore_refuses_impossible_transitions() -> None:
     core: GpCore[object] = GpCore()
     with pytest.raises(GpSeqError, match="while none is running"):
-        core.end_gp()
-    core.start_gp()
+        core.gp_seq.end()
+    core.gp_seq.start()
     with pytest.raises(GpSeqError, match="while one is running"):
-        core.start_gp()
+        core.gp_seq.start()
     with pytest.raises(GpSeqError, match="must start idle"):
         GpCore(initial_gp_seq=5)
 
 
+def test_gpcore_keeps_both_sequences_as_one_rcu_seq_type_with_their_own_waiters() -> None:
+    core: GpCore[str] = GpCore(initial_gp_seq=0)
+    gp, exp = core.gp_seq, core.expedited_sequence
+    assert type(gp) is type(exp) is RcuSeq
+    assert exp.add_waiter(exp.snap(), "exp") and gp.add_waiter(gp.snap(), "normal")
+    assert exp.start() == 1
+    assert exp.in_progress() and not gp.in_progress()
+    assert exp.end() == ["exp"] and exp.completed == 1 and exp.done(4)
+    assert gp.n_waiters() == 1 and gp.current == 0 and gp.completed == 0
+    with pytest.raises(GpSeqError, match="expedited grace period while none is running"):
+        exp.end()
+
+
 def test_gpcore_polled_cookies_need_a_full_grace_period() -> None:
     core: GpCore[object] = GpCore(initial_gp_seq=0)
-    idle_cookie = core.snap()
-    core.start_gp()
-    mid_cookie = core.snap()
+    idle_cookie = core.gp_seq.snap()
+    core.gp_seq.start()
+    mid_cookie = core.gp_seq.snap()
     full = core.get_state_full()
     assert full.rgos_norm == mid_cookie
     assert not core.poll(idle_cookie) and not core.poll(mid_cookie)
-    core.end_gp()
+    core.gp_seq.end()
     assert core.poll(idle_cookie), "one whole GP ran after the idle snapshot"
     assert not core.poll(mid_cookie), "the GP that was running may predate the snapshot"
-    core.start_gp()
-    core.end_gp()
+    core.gp_seq.start()
+    core.gp_seq.end()
     assert core.poll(mid_cookie)
     assert core.poll(GpCore.get_completed()) and GpCore.get_completed() == RCU_GET_STATE_COMPLETED
     # The _full cookie is also satisfied by an expedited GP alone.
     exp_only: GpCore[object] = GpCore(initial_gp_seq=0)
     old = exp_only.get_state_full()
-    exp_only.start_exp()
-    exp_only.end_exp()
+    exp_only.expedited_sequence.start()
+    exp_only.expedited_sequence.end()
     assert exp_only.poll_full(old) and not exp_only.poll(old.rgos_norm)
     assert exp_only.poll_full(RcuGpOldState.completed())
 
