@@ -103,6 +103,9 @@ class RcuSeq(Generic[W]):
         # Insertion order among waiters with the same target.
         self._tiebreak = 0
 
+    def _a_gp(self) -> str:
+        return f"{'an' if self.what[0] in 'aeiou' else 'a'} {self.what} grace period"
+
     def in_progress(self) -> bool:
         """Is a grace period running on this sequence (``rcu_seq_state(current) != 0``)?"""
         return bool(self.current & RCU_SEQ_STATE_MASK)
@@ -127,7 +130,7 @@ class RcuSeq(Generic[W]):
         """``rcu_seq_start()`` (in ``rcu_gp_init``, ``rcu_exp_gp_seq_start``); the new value."""
         if self.n & RCU_SEQ_STATE_MASK:
             raise GpSeqError(
-                f"starting a {self.what} grace period while one is running "
+                f"starting {self._a_gp()} while one is running "
                 f"(sequence {self.current:#x}); end it first"
             )
         self.n += 1
@@ -139,7 +142,7 @@ class RcuSeq(Generic[W]):
         """``rcu_seq_end()`` (``rcu_gp_cleanup``, ``rcu_exp_gp_seq_end``); the waiters now done."""
         if not self.n & RCU_SEQ_STATE_MASK:
             raise GpSeqError(
-                f"ending a {self.what} grace period while none is running "
+                f"ending {self._a_gp()} while none is running "
                 f"(sequence {self.current:#x}); start one first"
             )
         n = self.n = _gp_end_of(self.n)
