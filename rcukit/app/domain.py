@@ -98,17 +98,7 @@ class RcuDomain:
             config, gp, readers, cap, status, errors, monitor_armed=callbacks.wake_by
         )
         self._krc = kvfree.default
-        self._life = DomainLifecycle(
-            close_timeout=config.close_timeout,
-            debug=config.debug,
-            status=status,
-            errors=errors,
-            readers=readers,
-            gp=gp,
-            callbacks=callbacks,
-            kvfree=kvfree,
-            cap=cap,
-        )
+        self._life = DomainLifecycle(config, status, errors, readers, gp, callbacks, kvfree, cap)
 
     def _gp_started(self) -> None:
         self._kvfree.withdraw_grants()

@@ -18,6 +18,7 @@ import trio
 
 from rcukit.app.backpressure import PendingCap
 from rcukit.app.callbacks import Callbacks
+from rcukit.app.config import DomainConfig
 from rcukit.app.grace import GracePeriods
 from rcukit.app.kvfree_host import DomainKvfree
 from rcukit.app.readers import Readers
@@ -46,9 +47,7 @@ class DomainLifecycle:
 
     def __init__(
         self,
-        *,
-        close_timeout: float,
-        debug: bool,
+        config: DomainConfig,
         status: DomainStatus,
         errors: ErrorLog,
         readers: Readers,
@@ -57,8 +56,8 @@ class DomainLifecycle:
         kvfree: DomainKvfree,
         cap: PendingCap,
     ) -> None:
-        self._close_timeout = close_timeout
-        self._debug = debug
+        self._close_timeout = config.close_timeout
+        self._debug = config.debug
         self._status = status
         self._errors = errors
         self._readers = readers
