@@ -1,6 +1,7 @@
 """``kvfree_rcu()`` for Python objects: the kernel's batching, block for block (kernel.md §1).
 
-One :class:`KvfreeQueue` is one ``struct kfree_rcu_cpu`` (krcp). The domain has a default queue;
+One :class:`KvfreeQueue` is one ``struct kfree_rcu_cpu`` (krcp); what it needs of its domain
+comes through a :class:`~rcukit.app.kvfree_host.KvfreeHost`. The domain has a default queue;
 workers that retire a lot can have their own (:meth:`RcuDomain.kvfree_queue`), the way each CPU
 has its own krcp, so one worker's burst kicks only its own monitor.
 
@@ -38,26 +39,20 @@ the snapshot of its last insert, as in the kernel.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
-import attrs
 import trio
 
-from rcukit.app.gp import GpState
 from rcukit.app.pool import ObjectPool
 from rcukit.app.sites import call_site
 from rcukit.errors import RcuArgumentError, RcuUsageError
-from rcukit.rcu.kvfree.core import (
-    KFREE_N_BATCHES,
-    KfreeRcuCpu,
-    KfreeRcuCpuWork,
-    KvfreeCounters,
-    KvfreePolicy,
-    KvfreeRcuBulkData,
-)
+from rcukit.rcu.kvfree.core import KFREE_N_BATCHES, KfreeRcuCpu, KfreeRcuCpuWork, KvfreeRcuBulkData
 
-__all__ = ["KFREE_N_BATCHES", "MAX_CHANNELS", "KvfreeHost", "KvfreeQueue", "ReleaseTarget"]
+if TYPE_CHECKING:
+    from rcukit.app.kvfree_host import KvfreeHost
+
+__all__ = ["KFREE_N_BATCHES", "MAX_CHANNELS", "KvfreeQueue", "ReleaseTarget"]
 
 #: What ``release=`` accepts: None (drop the reference), an object with ``free_bulk(list)``
 #: (an :class:`ObjectPool`), or a function called with each object.
@@ -73,44 +68,6 @@ _KIND_NAMES = {DROP: "drop", BULK: "free_bulk", CALL: "call"}
 
 def _describe(obj: object) -> str:
     return f"{type(obj).__name__} object at {id(obj):#x}"
-
-
-@attrs.frozen(eq=False)
-class KvfreeHost:
-    """What a :class:`KvfreeQueue` needs from its domain, and nothing else.
-
-    The domain builds one and hands it to each of its queues; the queue adds Trio's clock, the
-    grants and the release targets on top of the engine in :mod:`rcukit.rcu.kvfree.core`.
-    """
-
-    #: The domain-wide kvfree_rcu accounting (every queue adds to it).
-    counters: KvfreeCounters
-    #: The profile's facts (kick, polled snapshots, block capacity, cache size).
-    policy: KvfreePolicy
-    #: The domain's grace-period state: ``snap`` (stamp), ``done(cookie)``, ``gp_seq``.
-    gp: GpState
-    #: ``KFREE_DRAIN_JIFFIES`` and the kick delay, in seconds.
-    drain_delay: float
-    kick_delay: float
-    debug: bool
-    #: What ``release=None`` means (``open_domain(release=...)``).
-    default_release: ReleaseTarget
-    #: ptr id -> (object, queue site) in debug mode (double-kvfree checks, leak reports).
-    debug_sites: dict[int, tuple[object, str]]
-    accepting: Callable[[], bool]
-    check_open: Callable[[str], None]
-    might_sleep: Callable[[str], Any]
-    wait_gp: Callable[[int, Any], Awaitable[None]]
-    request_gp: Callable[[int], None]
-    #: How much of ``want`` fits under the domain's pending cap.
-    room: Callable[[int], int]
-    room_changed: Callable[[], None]
-    note_backpressure: Callable[[], None]
-    cap_error: Callable[[str, str], Exception]
-    #: The queue's monitor deadline moved earlier (wake the callback task if it sleeps past it).
-    monitor_armed: Callable[[float], None]
-    report: Callable[[BaseException, str], None]
-    debug_check: Callable[[object, object, str], None]
 
 
 class _Block(KvfreeRcuBulkData):

@@ -193,8 +193,8 @@ class ObjectPool(Generic[T]):
         """
         if not self.debug:
             return
-        life = self._lives.get(id(obj))
-        if life is None or life.obj is not obj:
+        life = self._life_of(obj)
+        if life is None:
             raise MemoryDebugError(
                 f"use of {_describe(obj)} at {call_site()}: it was not allocated from pool "
                 f"{self.name!r}"
@@ -216,18 +216,18 @@ class ObjectPool(Generic[T]):
         """How many times ``obj`` has been reallocated (debug mode; always 0 otherwise)."""
         if not self.debug:
             return 0
-        life = self._lives.get(id(obj))
-        return life.generation if life is not None and life.obj is obj else -1
+        life = self._life_of(obj)
+        return life.generation if life is not None else -1
 
     def is_freed(self, obj: T) -> bool:
         """Debug mode: is ``obj`` currently free? (Always False without debug mode.)"""
-        life = self._lives.get(id(obj)) if self.debug else None
-        return life is not None and life.obj is obj and life.freed
+        life = self._life_of(obj) if self.debug else None
+        return life is not None and life.freed
 
     def describe(self, obj: T) -> str | None:
         """Debug mode: where ``obj`` was allocated and freed, for error messages; else None."""
-        life = self._lives.get(id(obj)) if self.debug else None
-        if life is None or life.obj is not obj:
+        life = self._life_of(obj) if self.debug else None
+        if life is None:
             return None
         if life.freed:
             return f"allocated at {life.alloc_site}, freed at {life.free_site}"
@@ -248,6 +248,11 @@ class ObjectPool(Generic[T]):
         )
 
     # ---------------------------------------------------------------- debug internals
+
+    def _life_of(self, obj: object) -> _Life | None:
+        """``obj``'s debug record, if this pool made it (an id alone may be reused)."""
+        life = self._lives.get(id(obj))
+        return life if life is not None and life.obj is obj else None
 
     def _poison(self, obj: T) -> None:
         if self.poison is not None:
@@ -285,8 +290,8 @@ class ObjectPool(Generic[T]):
         return obj
 
     def _free_debug(self, obj: T, site: str) -> MemoryDebugError | None:
-        life = self._lives.get(id(obj))
-        if life is None or life.obj is not obj:
+        life = self._life_of(obj)
+        if life is None:
             return MemoryDebugError(
                 f"free of {_describe(obj)} at {site}: it was not allocated from pool "
                 f"{self.name!r} (foreign free)"

@@ -33,7 +33,14 @@ import trio
 from rcukit.app.sites import call_site
 from rcukit.errors import RcuClosedError, RcuUsageError
 
-__all__ = ["DebugReadSection", "QsbrWorker", "ReadGuard", "ReadSection", "Readers"]
+__all__ = [
+    "DebugReadSection",
+    "QsbrWorker",
+    "QuiescentWhileWaiting",
+    "ReadGuard",
+    "ReadSection",
+    "Readers",
+]
 
 
 class ReadSection(Protocol):
@@ -174,6 +181,27 @@ class QsbrWorker:
             self.unregister()
 
 
+class QuiescentWhileWaiting:
+    """A QSBR worker waiting for a GP is quiescent (liburcu's qsbr synchronize_rcu does this)."""
+
+    __slots__ = ("_was_online", "_worker")
+
+    def __init__(self, worker: QsbrWorker | None) -> None:
+        self._worker = worker
+        self._was_online = False
+
+    def __enter__(self) -> None:
+        w = self._worker
+        if w is not None and w.is_online:
+            self._was_online = True
+            w.offline()
+
+    def __exit__(self, *exc: object) -> None:
+        w = self._worker
+        if self._was_online and w is not None and w._registered:
+            w.online()
+
+
 class _ExtendedQs:
     __slots__ = ("_worker",)
 
@@ -248,6 +276,38 @@ class Readers:
     @property
     def n_readers(self) -> int:
         return self.guards[0].count + self.guards[1].count
+
+    # ---------------------------------------------------------------- checks
+
+    def might_sleep(self, what: str) -> QsbrWorker | None:
+        """``might_sleep()`` for GP waits: refuse inside a read section (debug mode), and
+        return the calling task's QSBR worker so it can be quiescent while it waits."""
+        task = trio.lowlevel.current_task()
+        if self.debug:
+            inner = self.in_read_section(task)
+            if inner is not None:
+                raise RcuUsageError(
+                    f"{what} inside the RCU read section entered at {inner.site}: it would "
+                    "wait for a grace period that waits for this very reader (deadlock)"
+                )
+        return self.by_task.get(task)
+
+    def reader_check(self, what: str) -> None:
+        """``rcu_dereference_check()``: debug mode only, called by RcuPointer."""
+        task = trio.lowlevel.current_task()
+        if self.in_read_section(task) is not None:
+            return
+        w = self.by_task.get(task)
+        if w is not None and w.is_online:
+            return
+        raise RcuUsageError(
+            f"{what} at {call_site()} outside an RCU read section; wrap it in "
+            "`with rcu.read_lock():` (or use dereference_protected() on the update side)"
+        )
+
+    def online_sites(self) -> list[str]:
+        """Where the QSBR workers online right now registered (for leak reports)."""
+        return [w.site for w in self.by_task.values() if w.is_online]
 
     # ---------------------------------------------------------------- debug sections
 

@@ -93,7 +93,7 @@ async def test_a_cancelled_barrier_leaves_nothing_behind() -> None:
         release.set()
         await rcu.rcu_barrier()
         assert rcu.statistics().callbacks_pending == 0
-        assert rcu._barrier_heads == 0
+        assert rcu._callbacks._barrier_heads == 0
 
 
 async def test_callback_exceptions_are_reported_and_raised_at_exit() -> None:

@@ -130,7 +130,7 @@ async def test_cancelled_synchronize_leaves_the_domain_consistent() -> None:
             await rcu.synchronize_rcu()
         s = rcu.statistics()
         assert s.readers == 0 and not s.gp_in_progress
-        assert rcu._gp._events == {}
+        assert rcu._gp.state._events == {}
 
 
 async def test_gp_seq_wraps_cleanly_from_the_kernels_initial_value() -> None:

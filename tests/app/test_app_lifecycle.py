@@ -8,7 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from rcukit.app import DomainConfig, RcuDomain, open_domain
+from rcukit.app import DomainConfig, open_domain
+from rcukit.app.callbacks import Callbacks
 from rcukit.errors import ConfigError, RcuClosedError, RcuLeakError
 
 
@@ -172,14 +173,14 @@ async def test_cancelling_the_callers_nursery_does_not_kill_an_open_domain() -> 
 async def test_a_crashed_background_task_fails_waiters_clearly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def broken(self: RcuDomain) -> None:
+    async def broken(self: Callbacks) -> None:
         raise RuntimeError("bug in the callback task")
 
     spy = Spy()
     seen: list[BaseException] = []
     with pytest.raises(BaseExceptionGroup) as info:
         async with open_domain(release=spy) as rcu:
-            monkeypatch.setattr(RcuDomain, "_cb_work", broken)
+            monkeypatch.setattr(Callbacks, "_rcu_core", broken)
             rcu.kvfree_rcu(1)
             rcu.call_rcu(lambda: None)
             try:

@@ -1,0 +1,87 @@
+"""The domain's cap on pending work: ``call_rcu`` callbacks plus kvfree_rcu objects.
+
+Memory stays bounded only if both ways of deferring work count against one cap
+(``max_pending``). Each fast path takes room in advance (a *grant*) so that it only has to count;
+:meth:`PendingCap.room` takes idle grants back when the cap is near. The two users are the
+callback list and the kvfree_rcu queues, each behind the small :class:`CapUser` interface.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+from rcukit.errors import RcuBackpressureError
+
+__all__ = ["CapUser", "PendingCap"]
+
+
+class CapUser(Protocol):
+    """One kind of pending work, as the cap sees it."""
+
+    def cap_load(self) -> int:
+        """Pending items plus the room granted to the fast path and not yet used."""
+        ...
+
+    def cap_reserved(self) -> int:
+        """The granted room alone."""
+        ...
+
+    def cap_withdraw(self) -> None:
+        """Give every grant back (``cap_reserved()`` becomes 0)."""
+        ...
+
+    def cap_pressure(self) -> None:
+        """The cap was hit: get this work moving (a GP, a drain)."""
+        ...
+
+
+class PendingCap:
+    """``max_pending`` over every :class:`CapUser`, and the tasks waiting for room."""
+
+    __slots__ = ("_lot", "_users", "backpressure", "max_pending")
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        #: Times a caller hit the cap (raised, or waited).
+        self.backpressure = 0
+        self._users: list[CapUser] = []
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def add_user(self, user: CapUser) -> None:
+        self._users.append(user)
+
+    def room(self, want: int) -> int:
+        """How much of ``want`` fits under the pending cap, reclaiming idle reservations."""
+        users = self._users
+        room = self.max_pending - sum(u.cap_load() for u in users)
+        if room < want and any(u.cap_reserved() for u in users):
+            for u in users:
+                u.cap_withdraw()
+            room = self.max_pending - sum(u.cap_load() for u in users)
+        return max(0, min(want, room))
+
+    def cap_error(self, what: str, instead: str) -> RcuBackpressureError:
+        return RcuBackpressureError(
+            f"{what}: the domain's cap of max_pending={self.max_pending} callbacks and "
+            f"kvfree_rcu objects awaiting a grace period is reached; use `{instead}` to wait "
+            "for room, or raise max_pending in open_domain()"
+        )
+
+    def note_backpressure(self) -> None:
+        """Count a cap hit and get things moving: GPs for callbacks, drains for kvfree."""
+        self.backpressure += 1
+        for u in self._users:
+            u.cap_pressure()
+
+    async def wait_for_room(self) -> None:
+        await self._lot.park()
+
+    def room_changed(self) -> None:
+        if self._lot:
+            self._lot.unpark_all()
+
+    def release_all(self) -> None:
+        """The domain closed: nobody gets room any more; waiters wake and raise."""
+        self._lot.unpark_all()

@@ -1,0 +1,313 @@
+"""``call_rcu`` and ``rcu_barrier`` for the domain, and the callback task that runs them.
+
+Callbacks wait in a :class:`~rcukit.rcu.segcblist.SegCbList`, the engine the simulated kernel
+uses: each is accelerated to the ``gp_seq`` that must pass before it runs, and the callback
+task (``rcu_core`` plus the kvfree kworker) invokes the ready ones in chunks, letting other
+tasks in every ``RESCHED_NS``. What a callback raises is reported through the domain's
+:class:`~rcukit.app.status.ErrorLog`; it never stops the machinery or the rest of the batch.
+Callbacks count against the domain's :class:`~rcukit.app.backpressure.PendingCap`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol, cast
+
+import trio
+
+from rcukit.app.backpressure import PendingCap
+from rcukit.app.grace import GracePeriods
+from rcukit.app.readers import QuiescentWhileWaiting, Readers
+from rcukit.app.status import DomainStatus, ErrorLog
+from rcukit.app.wakeup import Wakeup
+from rcukit.errors import RcuArgumentError, RcuClosedError
+from rcukit.rcu.segcblist import RcuHead, SegCbList
+
+__all__ = ["CB_GRANT", "INVOKE_CHUNK", "RESCHED_NS", "Callbacks", "KvfreeWork"]
+
+#: ``rcu_resched_ns``: the longest the callback task runs callbacks or releases blocks before it
+#: lets other tasks in (a Trio checkpoint costs microseconds, so no per-10-callbacks ``blimit``).
+RESCHED_NS: Final = 3_000_000
+#: Callbacks extracted per chunk; a chunk is invoked completely before any checkpoint, so a
+#: cancellation can never strand extracted callbacks.
+INVOKE_CHUNK: Final = 256
+#: Room ``call_rcu`` reserves at once against the pending cap (its fast path then only counts).
+CB_GRANT: Final = 512
+
+
+class _Head(RcuHead):
+    """A ``call_rcu`` callback: the function and its arguments ride in the head."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.func = None
+        self.fn = fn
+        self.args = args
+
+    def describe(self) -> str:
+        return f"in call_rcu() callback {self.fn!r}"
+
+
+class _DebugHead(_Head):
+    __slots__ = ("site",)
+
+    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...], site: str) -> None:
+        super().__init__(fn, args)
+        self.site = site
+
+    def describe(self) -> str:
+        return f"in call_rcu() callback {self.fn!r} queued at {self.site}"
+
+
+class KvfreeWork(Protocol):
+    """What the callback task does for kvfree_rcu on each pass (the kvfree kworker)."""
+
+    def next_deadline(self) -> float:
+        """The earliest monitor deadline of any queue (trio clock; inf when all are idle)."""
+        ...
+
+    async def kvfree_work(self) -> None:
+        """Release batches whose GP has passed, then run the monitors that are due."""
+        ...
+
+
+class Callbacks:
+    """The domain's callback list, its barrier, and its callback task (module docstring)."""
+
+    __slots__ = (
+        "_allow",
+        "_barrier_events",
+        "_barrier_heads",
+        "_cap",
+        "_cbs",
+        "_errors",
+        "_gp",
+        "_kicked",
+        "_readers",
+        "_sleep_until",
+        "_status",
+        "_wake",
+        "invoked",
+    )
+
+    def __init__(
+        self,
+        gp: GracePeriods,
+        readers: Readers,
+        cap: PendingCap,
+        status: DomainStatus,
+        errors: ErrorLog,
+    ) -> None:
+        self._gp = gp
+        self._readers = readers
+        self._cap = cap
+        self._status = status
+        self._errors = errors
+        self._cbs = SegCbList()
+        self._barrier_heads = 0
+        self._barrier_events: set[trio.Event] = set()
+        #: Room left of this domain's grant under the pending cap (the fast path's budget).
+        self._allow = 0
+        self._kicked = False
+        self.invoked = 0
+        #: The callback task's wakeup, and when it will wake by itself (-inf while awake).
+        self._wake = Wakeup()
+        self._sleep_until = -math.inf
+        cap.add_user(self)
+
+    @property
+    def queued(self) -> int:
+        """Heads in the list, barrier heads included (zero means the list is empty)."""
+        return len(self._cbs)
+
+    @property
+    def pending(self) -> int:
+        """``call_rcu`` callbacks not yet invoked."""
+        return len(self._cbs) - self._barrier_heads
+
+    # ---------------------------------------------------------------- call_rcu
+
+    def call_rcu(
+        self, func: Callable[..., object], args: tuple[Any, ...], site: str | None
+    ) -> None:
+        """Queue ``func(*args)``; ``site`` (debug mode) names the caller in error reports."""
+        if self._allow > 0 and callable(func):
+            self._allow -= 1
+        else:
+            self._call_rcu_slow(func)
+        self._cbs.enqueue(_Head(func, args) if site is None else _DebugHead(func, args, site))
+        if not self._kicked:
+            self._kicked = True
+            self._wake.set()
+
+    def _call_rcu_slow(self, func: object) -> None:
+        if not self._status.accepting:
+            self._status.check_open("call_rcu()")
+        if not callable(func):
+            raise RcuArgumentError(f"call_rcu({func!r}, ...): the callback must be callable")
+        grant = self._cap.room(CB_GRANT)
+        if grant < 1:
+            self._cap.note_backpressure()
+            raise self._cap.cap_error("call_rcu()", "await rcu.call_rcu_wait(func, *args)")
+        self._allow = grant - 1
+
+    async def call_rcu_wait(
+        self, func: Callable[..., object], args: tuple[Any, ...], site: str | None
+    ) -> None:
+        worker = self._readers.might_sleep("call_rcu_wait()")
+        cap = self._cap
+        while True:
+            self._status.check_open("call_rcu_wait()")
+            if self._allow > 0 or cap.room(1) >= 1:
+                self.call_rcu(func, args, site)
+                await trio.lowlevel.checkpoint()
+                return
+            cap.note_backpressure()
+            with QuiescentWhileWaiting(worker):
+                await cap.wait_for_room()
+
+    async def rcu_barrier(self) -> None:
+        worker = self._readers.might_sleep("rcu_barrier()")
+        self._status.check_open("rcu_barrier()")
+        ev = trio.Event()
+        if not self._cbs.entrain(_Head(self._barrier_done, (ev,))):
+            await trio.lowlevel.checkpoint()
+            return
+        self._barrier_heads += 1
+        self._barrier_events.add(ev)
+        self._wake.set()
+        with QuiescentWhileWaiting(worker):
+            await ev.wait()
+        if ev in self._barrier_events:  # woken by a stopping domain, not by the barrier head
+            self._barrier_events.discard(ev)
+            self._status.check_open("rcu_barrier()")
+            raise RcuClosedError("rcu_barrier(): the RCU domain stopped before the barrier")
+
+    def _barrier_done(self, ev: trio.Event) -> None:
+        self._barrier_heads -= 1
+        self._barrier_events.discard(ev)
+        ev.set()
+
+    # ---------------------------------------------------------------- the pending cap
+
+    def cap_load(self) -> int:
+        return len(self._cbs) - self._barrier_heads + self._allow
+
+    def cap_reserved(self) -> int:
+        return self._allow
+
+    def cap_withdraw(self) -> None:
+        self._allow = 0
+
+    def cap_pressure(self) -> None:
+        self._wake.set()
+
+    # ---------------------------------------------------------------- the callback task
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wake_by(self, deadline: float) -> None:
+        """A kvfree monitor is due at ``deadline``: wake the task if it would sleep past it."""
+        if deadline < self._sleep_until:
+            self._wake.set()
+
+    def gp_ended(self, kvfree_in_flight: bool) -> None:
+        if self._cbs.pend_cbs() or kvfree_in_flight:
+            self._wake.set()
+
+    async def rcu_core_kthread(self, kvfree: KvfreeWork) -> None:
+        """The callback task's body: sleep until woken or a monitor is due, then one pass."""
+        while True:
+            deadline = kvfree.next_deadline()
+            self._sleep_until = deadline
+            if deadline == math.inf:
+                await self._wake.wait()
+            elif deadline > trio.current_time():
+                with trio.move_on_at(deadline):
+                    await self._wake.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+            self._sleep_until = -math.inf
+            await self._rcu_core()
+            await kvfree.kvfree_work()
+
+    async def _rcu_core(self) -> None:
+        """``rcu_core``: accelerate new callbacks (requesting their GP), invoke ready ones."""
+        gp = self._gp.state
+        cbs = self._cbs
+        self._kicked = False
+        if cbs.pend_cbs():
+            cbs.advance(gp.gp_seq)
+            snap = gp.snap
+            if cbs.accelerate(snap):
+                self._gp.request_gp(snap)
+        if cbs.ready_cbs():
+            await self._invoke_ready()
+
+    async def _invoke_ready(self) -> None:
+        cbs = self._cbs
+        until = time.perf_counter_ns() + RESCHED_NS
+        while cbs.ready_cbs():
+            self._invoke(cbs.extract_done(INVOKE_CHUNK))
+            if cbs.ready_cbs() and time.perf_counter_ns() > until:
+                await trio.lowlevel.checkpoint()
+                until = time.perf_counter_ns() + RESCHED_NS
+        self._cap.room_changed()
+
+    def _invoke(self, batch: list[RcuHead]) -> None:
+        before = self._barrier_heads
+        report = self._errors.report
+        for h in cast(list[_Head], batch):
+            try:
+                r = h.fn(*h.args)
+            except Exception as exc:
+                report(exc, h.describe())
+            else:
+                if r is not None and inspect.isawaitable(r):
+                    if inspect.iscoroutine(r):
+                        r.close()
+                    report(
+                        RcuArgumentError(
+                            f"call_rcu() callback {h.fn!r} returned an awaitable; callbacks "
+                            "run synchronously and must be plain functions"
+                        ),
+                        h.describe(),
+                    )
+        self.invoked += len(batch) - (before - self._barrier_heads)
+
+    # ---------------------------------------------------------------- closing
+
+    def stop(self) -> None:
+        """No more fast-path room: the domain stopped accepting work."""
+        self._allow = 0
+
+    def release_barriers(self) -> None:
+        """The machinery stopped: every ``rcu_barrier`` caller wakes (and raises)."""
+        for ev in list(self._barrier_events):
+            ev.set()
+
+    def prepare_final_gp(self) -> bool:
+        """Closing: advance past completed GPs; True if callbacks still need one more."""
+        gp = self._gp.state
+        cbs = self._cbs
+        cbs.advance(gp.gp_seq)
+        if cbs.pend_cbs():
+            cbs.accelerate(gp.snap)
+            return True
+        return False
+
+    def invoke_all_ready(self) -> None:
+        """Closing, after the last GP: run everything ready at once (no checkpoints)."""
+        cbs = self._cbs
+        while cbs.ready_cbs():
+            self._invoke(cbs.extract_done(INVOKE_CHUNK))
+
+    def drop_all(self) -> None:
+        """Closing with readers that never left: forget every callback (reported as leaked)."""
+        self._cbs = SegCbList()
+        self._barrier_heads = 0

@@ -1,0 +1,192 @@
+"""A domain's life: starting its two tasks, closing cleanly, closing after an abort.
+
+Leaving the ``async with`` block normally runs ``rcu_barrier()`` and ``kvfree_rcu_barrier()``
+until nothing is pending. Leaving it by an exception or a cancellation stops accepting work,
+then (shielded, bounded by ``close_timeout``) waits for the readers still inside a section,
+runs one last grace period inline and releases everything; if readers never leave, what could
+not be released is reported as an :class:`~rcukit.errors.RcuLeakError` instead. If a task stops
+while the domain is open (its nursery was cancelled), the domain is *dead*: every waiter wakes
+and raises, since no grace period can complete any more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from rcukit.app.backpressure import PendingCap
+from rcukit.app.callbacks import Callbacks
+from rcukit.app.config import DomainConfig
+from rcukit.app.grace import GracePeriods
+from rcukit.app.kvfree_host import DomainKvfree
+from rcukit.app.readers import Readers
+from rcukit.app.status import DomainStatus, ErrorLog
+from rcukit.errors import RcuLeakError
+
+__all__ = ["DomainLifecycle"]
+
+
+class DomainLifecycle:
+    """Starts and stops one domain's tasks and drains its parts (see the module docstring)."""
+
+    __slots__ = (
+        "_callbacks",
+        "_cap",
+        "_close_timeout",
+        "_debug",
+        "_errors",
+        "_gp",
+        "_kvfree",
+        "_readers",
+        "_scopes",
+        "_status",
+        "_task_done",
+    )
+
+    def __init__(
+        self,
+        config: DomainConfig,
+        status: DomainStatus,
+        errors: ErrorLog,
+        readers: Readers,
+        gp: GracePeriods,
+        callbacks: Callbacks,
+        kvfree: DomainKvfree,
+        cap: PendingCap,
+    ) -> None:
+        self._close_timeout = config.close_timeout
+        self._debug = config.debug
+        self._status = status
+        self._errors = errors
+        self._readers = readers
+        self._gp = gp
+        self._callbacks = callbacks
+        self._kvfree = kvfree
+        self._cap = cap
+        self._scopes: list[trio.CancelScope] = []
+        self._task_done: list[trio.Event] = []
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self._run_task, "grace-period", self._gp.rcu_gp_kthread)
+        await nursery.start(self._run_task, "callback", self._rcu_core_kthread)
+        self._status.accepting = True
+
+    async def _rcu_core_kthread(self) -> None:
+        await self._callbacks.rcu_core_kthread(self._kvfree)
+
+    async def _run_task(
+        self,
+        which: str,
+        body: Callable[[], Awaitable[None]],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run one of the domain's tasks, shielded: only :meth:`shutdown` stops it."""
+        done = trio.Event()
+        self._task_done.append(done)
+        try:
+            with trio.CancelScope(shield=True) as cs:
+                self._scopes.append(cs)
+                task_status.started()
+                await body()
+        finally:
+            self._task_exited(which)
+            done.set()
+
+    def _task_exited(self, which: str) -> None:
+        st = self._status
+        if st.stopping:
+            return
+        # Cancelled (or crashed) while the domain was open: wake every waiter so it raises.
+        st.dead = (
+            f"the RCU domain's {which} task has stopped (was its nursery cancelled?); "
+            "the domain cannot complete grace periods any more"
+        )
+        st.accepting = False
+        self._gp.release_waiters()
+        self._callbacks.release_barriers()
+        self._kvfree.release_barriers()
+        self._cap.room_changed()
+
+    async def flush(self) -> None:
+        """Normal exit: barriers until nothing is pending (callbacks may queue more work)."""
+        while self._status.dead is None:
+            await self._callbacks.rcu_barrier()
+            await self._kvfree.kvfree_rcu_barrier()
+            self._kvfree.settle(drop_grants=False)
+            if not self._callbacks.queued and not self._kvfree.pending:
+                return
+
+    async def shutdown(self, aborted: bool) -> None:
+        """Stop accepting work, stop the tasks, release everything (call shielded)."""
+        st = self._status
+        st.accepting = False
+        st.stopping = True
+        self._callbacks.stop()
+        self._kvfree.settle(drop_grants=True)
+        for cs in self._scopes:
+            cs.cancel()
+        for ev in self._task_done:
+            await ev.wait()
+        st.dead = None  # whatever stopped the tasks, the domain is now simply closing
+        patience = self._close_timeout if aborted else math.inf
+        try:
+            await self._final_drain(patience)
+        finally:
+            st.closed = True
+            self._readers.close()
+            self._gp.release_waiters()
+            self._callbacks.release_barriers()
+            self._cap.release_all()
+
+    async def _final_drain(self, patience: float) -> None:
+        gp = self._gp
+        cbs = self._callbacks
+        kv = self._kvfree
+        kv.settle(drop_grants=True)
+        if not cbs.queued and not kv.pending:
+            return
+        with trio.move_on_after(patience):
+            first = True
+            while True:
+                if gp.state.in_progress:
+                    await gp.gp_wait_readers()
+                    gp.gp_end()
+                if not cbs.prepare_final_gp() and not first:
+                    break
+                first = False
+                gp.gp_start()
+                await gp.gp_wait_readers()
+                gp.gp_end()
+            # A full grace period has elapsed since the domain stopped accepting work: all of
+            # it is safe to release.
+            cbs.invoke_all_ready()
+            kv.release_everything()
+            return
+        self._report_leak()
+
+    def _report_leak(self) -> None:
+        r = self._readers
+        n_cbs = self._callbacks.pending
+        self._kvfree.settle(drop_grants=True)
+        n_kv = self._kvfree.pending
+        holders = ""
+        if self._debug:
+            sites = [s.site for s in r.held_sections()]
+            if sites:
+                holders = "; read sections held from: " + ", ".join(sites[:10])
+        online = r.online_sites()
+        if online:
+            holders += "; QSBR workers online, registered at: " + ", ".join(online[:10])
+        self._errors.report(
+            RcuLeakError(
+                f"RCU domain closed but its readers did not leave within close_timeout="
+                f"{self._close_timeout}s ({r.n_readers} read sections held, {r.n_online} "
+                f"QSBR workers online): {n_cbs} call_rcu callbacks were not invoked and {n_kv} "
+                f"kvfree_rcu objects were not released{holders}"
+            ),
+            "reported by the closing RCU domain",
+        )
+        self._callbacks.drop_all()
+        self._kvfree.drop_everything()
