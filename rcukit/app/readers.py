@@ -48,7 +48,7 @@ class ReadSection(Protocol):
 
     def __enter__(self) -> None: ...
 
-    def __exit__(self, *exc_info: object) -> None: ...
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
 
 
 class ReadGuard:
@@ -72,7 +72,7 @@ class ReadGuard:
             self._refuse()
         self.count += 1
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         c = self.count - 1
         self.count = c
         if c <= 0 and (c or self.waiter is not None):
@@ -119,7 +119,7 @@ class DebugReadSection:
     def __enter__(self) -> None:
         self._readers.debug_enter(self)
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._readers.debug_exit(self)
 
 
@@ -176,7 +176,7 @@ class QsbrWorker:
     def __enter__(self) -> QsbrWorker:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._registered:
             self.unregister()
 
@@ -211,7 +211,7 @@ class _ExtendedQs:
     def __enter__(self) -> None:
         self._worker.offline()
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._worker._registered:
             self._worker.online()
 
