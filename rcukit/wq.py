@@ -12,6 +12,8 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+import attrs
+
 from rcukit.locking.checker import LockChecker
 from rcukit.sched.sim import Simulator, Task, Timer, WaitQueue
 from rcukit.trace.events import Tracer
@@ -73,6 +75,7 @@ class _Pool:
         self.nr_busy = 0
 
 
+@attrs.define(eq=False)
 class Workqueue:
     """One workqueue (``system_wq``, ``system_highpri_wq``...) with a pool per CPU.
 
@@ -80,26 +83,16 @@ class Workqueue:
     ``workqueue_init_early()`` runs before any subsystem exists), so every subsystem may use it.
     """
 
-    def __init__(
-        self,
-        sim: Simulator,
-        locks: LockChecker,
-        tracer: Tracer,
-        name: str,
-        *,
-        queue_work_ns: int,
-        tick_ns: int,
-        highpri: bool = False,
-    ) -> None:
-        self.sim = sim
-        self.locks = locks
-        self.tracer = tracer
-        self.queue_work_ns = queue_work_ns
-        self.tick_ns = tick_ns
-        self.name = name
-        self.highpri = highpri
-        self._pools: dict[int, _Pool] = {}
-        self.items_run = 0
+    sim: Simulator
+    locks: LockChecker
+    tracer: Tracer
+    name: str
+    #: What ``queue_work`` charges the caller, and one jiffy (delayed work's unit).
+    queue_work_ns: int = attrs.field(kw_only=True)
+    tick_ns: int = attrs.field(kw_only=True)
+    highpri: bool = attrs.field(default=False, kw_only=True)
+    _pools: dict[int, _Pool] = attrs.field(factory=dict, init=False)
+    items_run: int = attrs.field(default=0, init=False)
 
     def _pool(self, cpu: int) -> _Pool:
         pool = self._pools.get(cpu)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
 
+import attrs
 import trio
 
 from rcukit.app.backpressure import PendingCap
@@ -75,49 +76,28 @@ class KvfreeWork(Protocol):
         ...
 
 
+@attrs.define(eq=False)
 class Callbacks:
     """The domain's callback list, its barrier, and its callback task (module docstring)."""
 
-    __slots__ = (
-        "_allow",
-        "_barrier_events",
-        "_barrier_heads",
-        "_cap",
-        "_cbs",
-        "_errors",
-        "_gp",
-        "_kicked",
-        "_readers",
-        "_sleep_until",
-        "_status",
-        "_wake",
-        "invoked",
-    )
+    _gp: GracePeriods
+    _readers: Readers
+    _cap: PendingCap
+    _status: DomainStatus
+    _errors: ErrorLog
+    _cbs: SegCbList = attrs.field(factory=SegCbList, init=False)
+    _barrier_heads: int = attrs.field(default=0, init=False)
+    _barrier_events: set[trio.Event] = attrs.field(factory=set, init=False)
+    #: Room left of this domain's grant under the pending cap (the fast path's budget).
+    _allow: int = attrs.field(default=0, init=False)
+    _kicked: bool = attrs.field(default=False, init=False)
+    invoked: int = attrs.field(default=0, init=False)
+    #: The callback task's wakeup, and when it will wake by itself (-inf while awake).
+    _wake: Wakeup = attrs.field(factory=Wakeup, init=False)
+    _sleep_until: float = attrs.field(default=-math.inf, init=False)
 
-    def __init__(
-        self,
-        gp: GracePeriods,
-        readers: Readers,
-        cap: PendingCap,
-        status: DomainStatus,
-        errors: ErrorLog,
-    ) -> None:
-        self._gp = gp
-        self._readers = readers
-        self._cap = cap
-        self._status = status
-        self._errors = errors
-        self._cbs = SegCbList()
-        self._barrier_heads = 0
-        self._barrier_events: set[trio.Event] = set()
-        #: Room left of this domain's grant under the pending cap (the fast path's budget).
-        self._allow = 0
-        self._kicked = False
-        self.invoked = 0
-        #: The callback task's wakeup, and when it will wake by itself (-inf while awake).
-        self._wake = Wakeup()
-        self._sleep_until = -math.inf
-        cap.add_user(self)
+    def __attrs_post_init__(self) -> None:
+        self._cap.add_user(self)
 
     @property
     def queued(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from rcukit.app.gp import GpState
@@ -34,40 +35,21 @@ def check_cookie(cookie: object) -> int:
     return cookie
 
 
+@attrs.define(eq=False)
 class GracePeriods:
     """One domain's grace-period machinery (see the module docstring)."""
 
-    __slots__ = (
-        "_on_end",
-        "_on_start",
-        "_readers",
-        "_status",
-        "_wake",
-        "state",
-        "sync_shared",
-        "sync_waits",
-    )
-
-    def __init__(
-        self,
-        state: GpState,
-        readers: Readers,
-        wake: Wakeup,
-        status: DomainStatus,
-        on_start: Callable[[], None],
-        on_end: Callable[[], None],
-    ) -> None:
-        self.state = state
-        self._readers = readers
-        #: The GP task's wakeup (``readers`` sets it when the old phase drains).
-        self._wake = wake
-        self._status = status
-        #: Called after ``gp_seq`` moved at a GP's start, and at its end.
-        self._on_start = on_start
-        self._on_end = on_end
-        #: Waits for a GP, and how many of them shared one another caller asked for.
-        self.sync_waits = 0
-        self.sync_shared = 0
+    state: GpState
+    _readers: Readers
+    #: The GP task's wakeup (``readers`` sets it when the old phase drains).
+    _wake: Wakeup
+    _status: DomainStatus
+    #: Called after ``gp_seq`` moved at a GP's start, and at its end.
+    _on_start: Callable[[], None]
+    _on_end: Callable[[], None]
+    #: Waits for a GP, and how many of them shared one another caller asked for.
+    sync_waits: int = attrs.field(default=0, init=False)
+    sync_shared: int = attrs.field(default=0, init=False)
 
     def request_gp(self, target: int) -> None:
         """``rcu_start_this_gp``: make sure a GP reaching ``target`` will run."""

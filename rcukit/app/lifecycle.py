@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 from rcukit.app.backpressure import PendingCap
@@ -28,45 +29,21 @@ from rcukit.errors import RcuLeakError
 __all__ = ["DomainLifecycle"]
 
 
+@attrs.define(eq=False)
 class DomainLifecycle:
     """Starts and stops one domain's tasks and drains its parts (see the module docstring)."""
 
-    __slots__ = (
-        "_callbacks",
-        "_cap",
-        "_close_timeout",
-        "_debug",
-        "_errors",
-        "_gp",
-        "_kvfree",
-        "_readers",
-        "_scopes",
-        "_status",
-        "_task_done",
-    )
-
-    def __init__(
-        self,
-        config: DomainConfig,
-        status: DomainStatus,
-        errors: ErrorLog,
-        readers: Readers,
-        gp: GracePeriods,
-        callbacks: Callbacks,
-        kvfree: DomainKvfree,
-        cap: PendingCap,
-    ) -> None:
-        self._close_timeout = config.close_timeout
-        self._debug = config.debug
-        self._status = status
-        self._errors = errors
-        self._readers = readers
-        self._gp = gp
-        self._callbacks = callbacks
-        self._kvfree = kvfree
-        self._cap = cap
-        self._scopes: list[trio.CancelScope] = []
-        self._task_done: list[trio.Event] = []
+    #: ``close_timeout`` bounds the drain after an abort; ``debug`` adds holders to leak reports.
+    _config: DomainConfig
+    _status: DomainStatus
+    _errors: ErrorLog
+    _readers: Readers
+    _gp: GracePeriods
+    _callbacks: Callbacks
+    _kvfree: DomainKvfree
+    _cap: PendingCap
+    _scopes: list[trio.CancelScope] = attrs.field(factory=list, init=False)
+    _task_done: list[trio.Event] = attrs.field(factory=list, init=False)
 
     async def start(self, nursery: trio.Nursery) -> None:
         await nursery.start(self._run_task, "grace-period", self._gp.rcu_gp_kthread)
@@ -130,7 +107,7 @@ class DomainLifecycle:
         for ev in self._task_done:
             await ev.wait()
         st.dead = None  # whatever stopped the tasks, the domain is now simply closing
-        patience = self._close_timeout if aborted else math.inf
+        patience = self._config.close_timeout if aborted else math.inf
         try:
             await self._final_drain(patience)
         finally:
@@ -172,7 +149,7 @@ class DomainLifecycle:
         self._kvfree.settle(drop_grants=True)
         n_kv = self._kvfree.pending
         holders = ""
-        if self._debug:
+        if self._config.debug:
             sites = [s.site for s in r.held_sections()]
             if sites:
                 holders = "; read sections held from: " + ", ".join(sites[:10])
@@ -182,7 +159,7 @@ class DomainLifecycle:
         self._errors.report(
             RcuLeakError(
                 f"RCU domain closed but its readers did not leave within close_timeout="
-                f"{self._close_timeout}s ({r.n_readers} read sections held, {r.n_online} "
+                f"{self._config.close_timeout}s ({r.n_readers} read sections held, {r.n_online} "
                 f"QSBR workers online): {n_cbs} call_rcu callbacks were not invoked and {n_kv} "
                 f"kvfree_rcu objects were not released{holders}"
             ),

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol, TextIO
 
+import attrs
+
 from rcukit.errors import LockUsageError, SplatError
 from rcukit.locking.locks import HeldLock, Lock, LockKind, WaitType
 from rcukit.locking.splat import HeldLockInfo, Splat
@@ -88,29 +90,24 @@ _SKIP_DIRS = (
 )
 
 
+@attrs.define(eq=False, kw_only=True)
 class LockChecker:
     """Per-kernel lock model; every lock operation of every simulated task goes through here."""
 
-    def __init__(
-        self,
-        *,
-        prove_raw_lock_nesting: bool,
-        preempt_rt: bool,
-        strict: bool = False,
-        release: str = "5.9.0-rcukit",
-        out: TextIO | None = None,
-        now: Callable[[], int] | None = None,
-    ) -> None:
-        self.prove_raw = prove_raw_lock_nesting
-        self.preempt_rt = preempt_rt
-        self.strict = strict
-        self.kernel_release = release
-        self.out = out
-        self.splats: list[Splat] = []
-        self.counts: Counter[str] = Counter()
-        self._reported: set[tuple[str, str, str, str]] = set()
-        self.listeners: list[Callable[[Splat], None]] = []
-        self.max_recorded = 10_000
+    #: ``CONFIG_PROVE_RAW_LOCK_NESTING``: LD_WAIT_CONFIG stays apart from LD_WAIT_SPIN.
+    prove_raw: bool = attrs.field(alias="prove_raw_lock_nesting")
+    preempt_rt: bool
+    #: Also raise :class:`SplatError` for every splat, once it is recorded.
+    strict: bool = False
+    #: The release a splat's ``Not tainted`` line prints (``utsname()->release``).
+    kernel_release: str = attrs.field(default="5.9.0-rcukit", alias="release")
+    #: Where splats are printed (once per call site); None records them silently.
+    out: TextIO | None = None
+    splats: list[Splat] = attrs.field(factory=list, init=False)
+    counts: Counter[str] = attrs.field(factory=Counter, init=False)
+    _reported: set[tuple[str, str, str, str]] = attrs.field(factory=set, init=False)
+    listeners: list[Callable[[Splat], None]] = attrs.field(factory=list, init=False)
+    max_recorded: int = attrs.field(default=10_000, init=False)
 
     # -- context ---------------------------------------------------------------------------
     def task_wait_context(self, task: LockContext) -> int:
