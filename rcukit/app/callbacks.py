@@ -222,7 +222,7 @@ class Callbacks:
         cbs = self._cbs
         self._kicked = False
         if cbs.pend_cbs():
-            cbs.advance(gp.gp_seq)
+            cbs.advance(gp.core.gp_seq.current)
             snap = gp.snap
             if cbs.accelerate(snap):
                 self._gp.request_gp(snap)
@@ -275,7 +275,7 @@ class Callbacks:
         """Closing: advance past completed GPs; True if callbacks still need one more."""
         gp = self._gp.state
         cbs = self._cbs
-        cbs.advance(gp.gp_seq)
+        cbs.advance(gp.core.gp_seq.current)
         if cbs.pend_cbs():
             cbs.accelerate(gp.snap)
             return True

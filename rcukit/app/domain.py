@@ -98,7 +98,8 @@ class RcuDomain:
 
     def __repr__(self) -> str:
         state = "closed" if self._status.closed else "open"
-        return f"<RcuDomain {state} gp_seq={self._gp.state.gp_seq:#x} debug={self.debug}>"
+        gp_seq = self._gp.state.core.gp_seq.current
+        return f"<RcuDomain {state} gp_seq={gp_seq:#x} debug={self.debug}>"
 
     # ================================================================ properties
 
@@ -246,13 +247,14 @@ class RcuDomain:
         kvfree = self._kvfree
         kvfree.settle(drop_grants=False)
         gp = self._gp
+        seq = gp.state.core.gp_seq
         cbs = self._callbacks
         kv = kvfree.counters
         r = self._readers
         return DomainStatistics(
-            gp_seq=gp.state.gp_seq,
-            gp_in_progress=gp.state.in_progress,
-            gps_completed=gp.state.completed,
+            gp_seq=seq.current,
+            gp_in_progress=seq.in_progress(),
+            gps_completed=seq.completed,
             sync_waits=gp.sync_waits,
             sync_shared=gp.sync_shared,
             callbacks_queued=cbs.invoked + cbs.pending,

@@ -24,22 +24,11 @@ class GpState:
 
     def __init__(self, initial_gp_seq: int) -> None:
         #: Waiters in the core are the targets themselves; the events live in ``_events``.
+        #: ``gp_seq`` itself is ``core.gp_seq`` (an :class:`~rcukit.rcu.gpcore.RcuSeq`).
         self.core: GpCore[int] = GpCore(initial_gp_seq)
         self._events: dict[int, trio.Event] = {}
         #: ``rcu_seq_snap(gp_seq)``, refreshed whenever ``gp_seq`` moves.
         self.snap = self.core.gp_seq.snap()
-
-    @property
-    def gp_seq(self) -> int:
-        return self.core.gp_seq.current
-
-    @property
-    def completed(self) -> int:
-        return self.core.gp_seq.completed
-
-    @property
-    def in_progress(self) -> bool:
-        return self.core.gp_seq.in_progress()
 
     def done(self, cookie: int) -> bool:
         """``poll_state_synchronize_rcu(cookie)``: has a full GP elapsed since the cookie?"""

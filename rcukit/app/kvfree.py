@@ -465,7 +465,7 @@ class KvfreeQueue:
                 h.report(
                     RcuUsageError(
                         f"rcukit bug: releasing a kvfree_rcu block whose GP snapshot "
-                        f"{blk.gp_snap:#x} has not completed (gp_seq {h.gp.gp_seq:#x})"
+                        f"{blk.gp_snap:#x} has not completed (gp_seq {h.gp.core.gp_seq.current:#x})"
                     ),
                     "the kernel WARNs here (kvfree_rcu_bulk, v6.4+)",
                 )

@@ -127,7 +127,7 @@ class DomainLifecycle:
         with trio.move_on_after(patience):
             first = True
             while True:
-                if gp.state.in_progress:
+                if gp.state.core.gp_seq.in_progress():
                     await gp.gp_wait_readers()
                     gp.gp_end()
                 if not cbs.prepare_final_gp() and not first:
