@@ -15,9 +15,10 @@ import attrs
 
 from rcukit.rcu.profiles import PROFILES, get_profile
 
-__all__ = ["Default", "add_shared_options", "check_profile", "number_type"]
+__all__ = ["Default", "add_shared_options", "check_profile", "module_params", "number_type"]
 
 N = TypeVar("N", int, float)
+P = TypeVar("P", bound=attrs.AttrsInstance)
 
 
 @attrs.frozen
@@ -30,6 +31,17 @@ class Default:
 
     value: object
     doc: str
+
+
+def module_params(cls: type[P], args: argparse.Namespace) -> P:
+    """The fields of ``cls`` the command line has options for; the rest keep their defaults.
+
+    Each such option's dest is the field's name, as the kernel's module parameters
+    (``rcutorture.nreaders=``, ``rcuscale.kfree_mult=``) are named after their variables; the
+    attrs class still validates every value it is given.
+    """
+    given = vars(args)
+    return cls(**{f: given[f] for f in attrs.fields_dict(cls) if f in given})
 
 
 def check_profile(name: str | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rcukit.cli.options import Default, add_shared_options, check_profile
+from rcukit.cli.options import Default, add_shared_options, check_profile, module_params
 from rcukit.config import KernelConfig
 from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
@@ -19,16 +19,7 @@ def _cmd(args: argparse.Namespace) -> int:
         seed=args.seed,
         **{"kvfree.profile": args.profile, "kvfree.variant": args.variant},
     )
-    params = RcuscaleParams(
-        kfree_nthreads=args.kfree_nthreads,
-        kfree_alloc_num=args.kfree_alloc_num,
-        kfree_loops=args.kfree_loops,
-        kfree_rcu_test_single=args.kfree_rcu_test_single,
-        kfree_rcu_test_double=args.kfree_rcu_test_double,
-        kfree_by_call_rcu=args.kfree_by_call_rcu,
-        kfree_mult=args.kfree_mult,
-        no_batch=args.no_batch,
-    )
+    params = module_params(RcuscaleParams, args)
     result = run_rcuscale(params, config)
     if args.json:
         print(json.dumps(result.to_json(), sort_keys=True))

@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 
-import attrs
-
-from rcukit.cli.options import Default, add_shared_options, check_profile, number_type
+from rcukit.cli.options import (
+    Default,
+    add_shared_options,
+    check_profile,
+    module_params,
+    number_type,
+)
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.rcu.profiles import DEFAULT_PROFILES
@@ -26,17 +30,10 @@ from rcukit.scenarios.torture import (
 )
 
 
-def _params(args: argparse.Namespace) -> TortureParams:
-    """The :class:`TortureParams` fields the command line has options for (each option's dest
-    is the field's name, as in rcutorture's module parameters); the rest keep their defaults."""
-    given = vars(args)
-    return TortureParams(**{f: given[f] for f in attrs.fields_dict(TortureParams) if f in given})
-
-
 def run_from_args(args: argparse.Namespace) -> TortureResult:
     """The run the options describe (sim or app mode), validated before anything starts."""
     check_profile(args.profile)
-    params = _params(args)
+    params = module_params(TortureParams, args)
     if args.mode == "app":
         for opt, value, default in (
             ("--variant", args.variant, None),
