@@ -88,20 +88,29 @@ class GracePeriods:
     # ---------------------------------------------------------------- one grace period
 
     def gp_start(self) -> None:
+        """``rcu_gp_init``: ``rcu_seq_start``, then new readers go to the other phase."""
         self.state.start()
         self._readers.flip()
         self._on_start()
 
     async def gp_wait_readers(self) -> None:
+        """Until the old phase is empty and every online QSBR worker has reported."""
         r = self._readers
         while not r.gp_may_end():
             r.arm()
             await self._wake.wait()
 
     def gp_end(self) -> None:
+        """``rcu_gp_cleanup``: forget the old phase, ``rcu_seq_end`` (waking its waiters)."""
         self._readers.end_gp()
         self.state.end()
         self._on_end()
+
+    async def run_gp(self) -> None:
+        """One whole grace period: the GP task's loop body, and the closing drain's."""
+        self.gp_start()
+        await self.gp_wait_readers()
+        self.gp_end()
 
     async def rcu_gp_kthread(self) -> None:
         """The GP task's body: one grace period per request, forever."""
@@ -109,9 +118,7 @@ class GracePeriods:
         while True:
             while not gp.needs_gp():
                 await self._wake.wait()
-            self.gp_start()
-            await self.gp_wait_readers()
-            self.gp_end()
+            await self.run_gp()
 
     def release_waiters(self) -> None:
         """The machinery stopped: every ``synchronize_rcu`` caller wakes (and raises)."""

@@ -133,9 +133,7 @@ class DomainLifecycle:
                 if not cbs.prepare_final_gp() and not first:
                     break
                 first = False
-                gp.gp_start()
-                await gp.gp_wait_readers()
-                gp.gp_end()
+                await gp.run_gp()
             # A full grace period has elapsed since the domain stopped accepting work: all of
             # it is safe to release.
             cbs.invoke_all_ready()
