@@ -110,10 +110,6 @@ class Machine:
         """Global virtual time: the clock of the earliest CPU that has run so far."""
         return self.sim.now_ns
 
-    @property
-    def jiffies(self) -> int:
-        return self.sim.now_ns // self.config.tick_ns
-
     def new_lock(self, name: str, kind: LockKind) -> Lock:
         """A lock with a per-machine address, so reports are the same on every run."""
         self._lock_addr += 0x40

@@ -22,8 +22,8 @@ from rcukit.sched.sim import Task
 class BrokenRcuState(RcuState):
     """Tree RCU whose grace periods end one reader early."""
 
-    def _gp_init(self, task: Task) -> None:
-        super()._gp_init(task)
+    def rcu_gp_init(self, task: Task) -> None:
+        super().rcu_gp_init(task)
         cpus = self.kernel.sim.cpus
         for cpu_id in sorted(self._gp_cpus):
             cur = cpus[cpu_id].current

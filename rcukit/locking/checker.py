@@ -45,24 +45,19 @@ class LockContext(Protocol):
     tasks carry their held locks, the checker never needs to know how tasks are scheduled.
     """
 
+    pid: int
     preempt_count: int
     irqs_disabled: int
+    in_hardirq: int
+    in_softirq: int
+    rcu_read_nesting: int
+    rcu_blocked_reader: bool
     held_locks: list[HeldLock]
 
     @property
     def cpu(self) -> LockCpu: ...
     @property
     def comm(self) -> str: ...
-    @property
-    def pid(self) -> int: ...
-    @property
-    def in_hardirq(self) -> int: ...
-    @property
-    def in_softirq(self) -> int: ...
-    @property
-    def rcu_read_nesting(self) -> int: ...
-    @property
-    def rcu_blocked_reader(self) -> bool: ...
 
     def in_atomic(self) -> bool: ...
 

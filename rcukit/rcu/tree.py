@@ -663,18 +663,14 @@ class RcuState:
             task.charge(self._gp_init_ns)
             await task.sync()
             start.announced = False
-            self._gp_init(task)
+            self.rcu_gp_init(task)
             await self._holdouts.wait(task, "rcu_gp_fqs")
             task.charge(self._gp_init_ns)
             await task.sync()
             self.rcu_gp_cleanup(task)
 
-    def _gp_init(self, task: Task) -> None:
-        """``rcu_gp_init``: start the GP and snapshot who must pass a QS for it.
-
-        Named ``_gp_init``, not ``rcu_gp_init``: the broken build of
-        :mod:`rcukit.scenarios.torture` overrides it under this name.
-        """
+    def rcu_gp_init(self, task: Task) -> None:
+        """``rcu_gp_init``: start the GP and snapshot who must pass a QS for it."""
         now = task.now_ns
         gp = self.core.gp_seq.start()
         self._gp_start_ns = now

@@ -35,7 +35,7 @@ import attrs
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, _coerce
 from rcukit.errors import ConfigError, SweepError
-from rcukit.rcu.profiles import DEFAULT_PROFILES, PROFILES
+from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.scenarios import compare as cmp
 from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
 
@@ -186,7 +186,7 @@ def prepare_point(
         if key == "variant":
             variant = _choice(key, value, cmp.VARIANTS, where)
         elif key == "profile":
-            kernel["kvfree.profile"] = _choice(key, value, tuple(PROFILES), where)
+            kernel["kvfree.profile"] = value  # the config checks it, naming this point
         elif key == "kernel_config":
             kernel_config = _choice(key, value, KERNEL_CONFIG_NAMES, where)
         elif key in sfields:
