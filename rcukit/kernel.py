@@ -120,7 +120,7 @@ class Kernel(Machine):
     ) -> Task:
         """Start a simulated task on ``cpu``. Workload tasks are what :meth:`run` waits for."""
         if not self._started:
-            raise RuntimeError("the kernel is not booted; use `async with rcukit.boot(...)`")
+            raise RuntimeError("the kernel is not booted; use `async with rcukit.sim.boot(...)`")
         comm = name if name is not None else str(getattr(fn, "__name__", "task"))
         return self.sim.spawn(fn, cpu, comm, workload=workload)
 

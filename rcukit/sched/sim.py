@@ -325,7 +325,7 @@ class Simulator:
         and, if the baton reached it first, runs straight away instead of parking.
         """
         if self._nursery is None:
-            raise SimulationError("the simulator is not running (use rcukit.boot())")
+            raise SimulationError("the simulator is not running (use rcukit.sim.boot())")
         if not 0 <= cpu < len(self.cpus):
             raise SimulationError(f"cpu {cpu} does not exist; allowed: 0 .. {len(self.cpus) - 1}")
         task = Task(self, name, self.new_pid(), self.cpus[cpu], fn)
