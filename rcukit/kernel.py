@@ -27,7 +27,6 @@ from rcukit.rcu.tree import RcuState
 from rcukit.sched.sim import Task
 
 T = TypeVar("T")
-S = TypeVar("S")
 
 
 @attrs.frozen
@@ -206,17 +205,20 @@ def simulate(
     *,
     cpus: Sequence[int] | None = None,
     setup: Callable[[Kernel], None] | None = None,
+    subsystems: Subsystems = ALL_SUBSYSTEMS,
+    block_sources: Iterable[BlockPageSource] = (),
 ) -> SimResult[T]:
     """Run ``workload`` on each CPU of a fresh kernel on virtual time and return the result.
 
     Runs its own ``trio.run`` under ``MockClock(autojump_threshold=0)``; from inside Trio use
-    :func:`boot` and :meth:`Kernel.run_on_cpus` instead.
+    :func:`boot` and :meth:`Kernel.run_on_cpus` instead. ``subsystems`` and ``block_sources``
+    are as for :func:`boot`.
     """
     cfg = config or KernelConfig()
     box: dict[str, Any] = {}
 
     async def main() -> None:
-        async with boot(cfg) as kernel:
+        async with boot(cfg, subsystems=subsystems, block_sources=block_sources) as kernel:
             if setup is not None:
                 setup(kernel)
             box["results"] = await kernel.run_on_cpus(workload, cpus)
