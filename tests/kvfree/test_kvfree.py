@@ -22,8 +22,6 @@ from rcukit.sched.sim import Task
 G = int(GFP_KERNEL)
 
 
-
-
 # -- the RFC's split --------------------------------------------------------------------------
 
 #: (variant, build) -> the splats a block allocation with an empty pcp list gives.

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from apptools import hold_reader
 from simtools import MS, freed
 
 from rcukit.app import ObjectPool, open_domain
@@ -291,16 +292,9 @@ async def test_cancellation_anywhere_leaves_the_engine_consistent(autojump_clock
             await rcu.synchronize_rcu()
 
         # synchronize_rcu and both barriers cancelled mid-wait (a reader holds the GP).
-        release = trio.Event()
         ran: list[int] = []
-
-        async def holder() -> None:
-            with rcu.read_lock():
-                await release.wait()
-
         async with trio.open_nursery() as n:
-            n.start_soon(holder)
-            await trio.testing.wait_all_tasks_blocked()
+            release = await hold_reader(rcu, n)
             for i in range(20):
                 rcu.call_rcu(ran.append, i)
                 rcu.kvfree_rcu(pool.alloc())
