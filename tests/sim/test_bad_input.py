@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import trio
+from clitools import run_cli
 from simtools import freed
 
 from rcukit.app import ObjectPool, open_domain
-from rcukit.cli import main
 from rcukit.errors import (
     ConfigError,
     GfpError,
@@ -261,12 +261,7 @@ async def test_app_unknown_profile() -> None:
         (["--mode", "app", "--variant", "nowait"], "--variant applies to --mode sim only"),
     ],
 )
-def test_cli_bad_options_exit_2(
-    capsys: pytest.CaptureFixture[str], argv: list[str], err: str
-) -> None:
-    try:
-        rc = main(["torture", "--duration", "0.1", *argv])
-    except SystemExit as exc:  # argparse's own checks
-        rc = int(exc.code or 0)
+def test_cli_bad_options_exit_2(argv: list[str], err: str) -> None:
+    rc, _, stderr = run_cli(["torture", "--duration", "0.1", *argv])
     assert rc == 2
-    assert err in capsys.readouterr().err
+    assert err in stderr
