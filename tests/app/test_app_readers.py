@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from apptools import start_sync
+from apptools import hold_reader, start_sync
 
 import rcukit
 from rcukit.app import RcuPointer, open_domain
@@ -34,23 +34,9 @@ async def test_grace_period_waits_for_a_reader_that_awaits_inside() -> None:
 
 async def test_readers_that_start_after_the_gp_do_not_hold_it_up() -> None:
     async with open_domain() as rcu, trio.open_nursery() as n:
-        release_old = trio.Event()
-        never = trio.Event()
-
-        async def old_reader() -> None:
-            with rcu.read_lock():
-                await release_old.wait()
-
-        n.start_soon(old_reader)
-        await trio.testing.wait_all_tasks_blocked()
+        release_old = await hold_reader(rcu, n)
         done = await start_sync(rcu, n)
-
-        async def new_reader() -> None:
-            with rcu.read_lock():
-                await never.wait()
-
-        n.start_soon(new_reader)
-        await trio.testing.wait_all_tasks_blocked()
+        await hold_reader(rcu, n)  # a new reader, never released
         assert rcu.statistics().readers == 2
         release_old.set()
         await done.wait()  # completes although the new reader is still inside
