@@ -1,5 +1,7 @@
-"""Shared by every test folder: :mod:`simtools` (partial kernels, ``on_cpu``, time units, paths)
-and the broken builds of :mod:`torture_broken` live here, beside this file.
+"""Shared by every test folder: :mod:`simtools` (partial kernels, runners, configs, KASAN and
+source-line probes, time units, paths), :mod:`apptools` (held readers, background GPs, a spy
+release target), :mod:`clitools` (``rcukit`` in-process) and the broken builds of
+:mod:`torture_broken` live here, beside this file.
 
 Tests are grouped by concept: ``sim/`` (scheduler, locks, workqueues, tracing, config, the
 package's shape), ``mm/``, ``rcu/``, ``kvfree/``, ``app/`` and ``scenarios/`` (compare,

@@ -1,4 +1,5 @@
-"""What the simulator's tests share: partial kernels, a one-CPU runner, time units, paths.
+"""What the simulator's tests share: partial kernels, runners, configs, KASAN and source-line
+probes, time units, paths.
 
 Importable from every test folder (``conftest.py`` puts this directory on ``sys.path``).
 """
@@ -10,11 +11,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import trio
-import trio.testing
-
 from rcukit.config import KernelConfig
-from rcukit.kernel import Kernel, Subsystems, boot
+from rcukit.errors import MemoryDebugError
+from rcukit.kernel import ALL_SUBSYSTEMS, Kernel, Subsystems, boot
+from rcukit.kernel import run_sim as run_on_mock_clock
 from rcukit.mm.mm import Mm
 from rcukit.sched.sim import Task
 
@@ -31,6 +31,32 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MM_ONLY = Subsystems(rcu=None, kvfree=False)
 #: The RCU engine alone: what its tests count (GPs, hand-offs, callbacks) is RCU's alone.
 RCU_ONLY = Subsystems(mm=None, kvfree=False)
+#: kvfree_rcu()'s block-allocator variants, in the order the RFC lists them.
+VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
+
+
+def cfg(**settings: Any) -> KernelConfig:
+    """A two-CPU config with dotted ``settings`` (``**{"kvfree.profile": "v6.1"}``) replaced."""
+    return KernelConfig(nr_cpus=2).replace(**settings)
+
+
+def freed(k: Kernel, ptr: int) -> bool:
+    """KASAN's answer: does touching ``ptr`` now report a use after free?"""
+    try:
+        k.mm.check_access(ptr)
+    except MemoryDebugError:
+        return True
+    return False
+
+
+def marker_line(path: str, marker: str) -> int:
+    """Line number of the line in ``path`` ending in ``# marker``, so that tests checking a
+    reported call site (``test_slab.py:123``) survive edits above it."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.rstrip().endswith(f"# {marker}"):
+                return i
+    raise AssertionError(marker)
 
 
 async def on_cpu(k: Kernel, fn: Callable[[Task], Awaitable[T]], cpu: int = 0) -> T:
@@ -47,7 +73,34 @@ async def mm_kernel(config: KernelConfig | None = None, **overrides: Any) -> Asy
 
 
 def pa(k: Kernel) -> Mm:
+    """The page allocator (and slab, vmalloc) of ``k``."""
     return k.mm
+
+
+async def time_to_free(
+    k: Kernel,
+    alloc: Callable[[Task], Awaitable[int]],
+    free: Callable[[Task, int], Awaitable[None]],
+    free_bulk: Callable[[Task, list[int]], Awaitable[None]],
+    *,
+    n: int,
+    bulk: bool,
+) -> int:
+    """On CPU 0, allocate ``n`` objects with ``alloc(task)``, then free them one by one with
+    ``free`` or in one ``free_bulk`` call; the virtual nanoseconds the freeing took (for the
+    kfree vs kfree_bulk and vfree vs vfree_bulk cost tests)."""
+
+    async def work(task: Task) -> int:
+        ptrs = [await alloc(task) for _ in range(n)]
+        t0 = task.now_ns
+        if bulk:
+            await free_bulk(task, ptrs)
+        else:
+            for p in ptrs:
+                await free(task, p)
+        return task.now_ns - t0
+
+    return await on_cpu(k, work)
 
 
 @asynccontextmanager
@@ -57,14 +110,27 @@ async def rcu_kernel(**overrides: Any) -> AsyncIterator[Kernel]:
         yield k
 
 
-def run_sim(body: Callable[[Kernel], Awaitable[T]], **overrides: Any) -> T:
-    """Run ``body(kernel)`` on an RCU-only kernel in its own ``trio.run`` on a fresh MockClock
-    (for hypothesis, whose examples cannot share one event loop)."""
+def boot_and_run(
+    config: KernelConfig | None,
+    body: Callable[[Kernel], Awaitable[T]],
+    *,
+    subsystems: Subsystems = ALL_SUBSYSTEMS,
+    **overrides: Any,
+) -> T:
+    """Boot a kernel (a whole one unless ``subsystems`` says otherwise) in its own ``trio.run``
+    on a fresh MockClock, run ``body(kernel)`` and return its result (a lone error comes out
+    bare); for tests that are not async and for hypothesis, whose examples cannot share one
+    event loop."""
     box: list[T] = []
 
     async def main() -> None:
-        async with rcu_kernel(**overrides) as k:
+        async with boot(config, subsystems=subsystems, **overrides) as k:
             box.append(await body(k))
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    run_on_mock_clock(main)
     return box[0]
+
+
+def run_sim(body: Callable[[Kernel], Awaitable[T]], **overrides: Any) -> T:
+    """:func:`boot_and_run` on an RCU-only kernel with config ``overrides``."""
+    return boot_and_run(None, body, subsystems=RCU_ONLY, **overrides)

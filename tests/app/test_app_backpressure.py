@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 import trio.testing
+from apptools import SpyPool, hold_reader, pending
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rcukit.app import RcuDomain, open_domain
+from rcukit.app import open_domain
 from rcukit.errors import RcuBackpressureError
-
-
-class Spy:
-    def __init__(self) -> None:
-        self.freed: list[Any] = []
-
-    def free_bulk(self, objs: list[Any]) -> None:
-        self.freed.extend(objs)
-
-
-def _pending(rcu: RcuDomain) -> int:
-    s = rcu.statistics()
-    return s.callbacks_pending + s.kvfree_pending
 
 
 async def test_call_rcu_raises_at_the_cap_and_names_it() -> None:
@@ -44,31 +30,25 @@ async def test_kvfree_and_call_rcu_share_one_cap() -> None:
         rcu.call_rcu(lambda: None)  # reserves a chunk of room for callbacks
         for _ in range(599):
             rcu.kvfree_rcu(object())  # the idle reservation is taken back
-        assert _pending(rcu) == 600
+        assert pending(rcu) == 600
         with pytest.raises(RcuBackpressureError, match="kvfree_rcu_wait"):
             rcu.kvfree_rcu(object())
         with pytest.raises(RcuBackpressureError):
             rcu.call_rcu(lambda: None)
         await rcu.kvfree_rcu_barrier()
         await rcu.rcu_barrier()
-        assert _pending(rcu) == 0
+        assert pending(rcu) == 0
 
 
 async def test_call_rcu_wait_waits_for_room() -> None:
     async with open_domain(max_pending=50) as rcu, trio.open_nursery() as n:
-        release = trio.Event()
         ran = 0
 
         def cb() -> None:
             nonlocal ran
             ran += 1
 
-        async def reader() -> None:
-            with rcu.read_lock():
-                await release.wait()
-
-        n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        release = await hold_reader(rcu, n)
         queued = 0
 
         async def producer() -> None:
@@ -79,19 +59,19 @@ async def test_call_rcu_wait_waits_for_room() -> None:
 
         n.start_soon(producer)
         await trio.testing.wait_all_tasks_blocked()
-        assert queued == 50 and _pending(rcu) == 50  # blocked at the cap, not raising
+        assert queued == 50 and pending(rcu) == 50  # blocked at the cap, not raising
         assert rcu.statistics().backpressure_events >= 1
         release.set()
         with trio.fail_after(5):
             while queued < 80:
                 await trio.sleep(0.001)
-                assert _pending(rcu) <= 50
+                assert pending(rcu) <= 50
         await rcu.rcu_barrier()
         assert ran == 80
 
 
 async def test_kvfree_rcu_wait_at_the_cap_frees_inline_after_a_gp() -> None:
-    spy = Spy()
+    spy = SpyPool()
     async with open_domain(max_pending=5, release=spy, drain_delay=60.0) as rcu:
         for _ in range(5):
             rcu.kvfree_rcu(object())
@@ -106,16 +86,9 @@ async def test_kvfree_rcu_wait_at_the_cap_frees_inline_after_a_gp() -> None:
 
 
 async def test_a_cancelled_kvfree_rcu_wait_does_not_lose_its_object() -> None:
-    spy = Spy()
+    spy = SpyPool()
     async with open_domain(max_pending=2, release=spy) as rcu, trio.open_nursery() as n:
-        release = trio.Event()
-
-        async def reader() -> None:
-            with rcu.read_lock():
-                await release.wait()
-
-        n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        release = await hold_reader(rcu, n)
         rcu.kvfree_rcu(object())
         rcu.kvfree_rcu(object())
         victim = object()
@@ -132,7 +105,7 @@ async def test_a_cancelled_kvfree_rcu_wait_does_not_lose_its_object() -> None:
     ops=st.lists(st.sampled_from(["kv", "kv_wait", "cb", "cb_wait", "yield"]), max_size=120),
 )
 async def test_pending_never_exceeds_the_cap(cap: int, ops: list[str]) -> None:
-    spy = Spy()
+    spy = SpyPool()
     ran = 0
 
     def cb() -> None:
@@ -158,6 +131,6 @@ async def test_pending_never_exceeds_the_cap(cap: int, ops: list[str]) -> None:
                 else:
                     await trio.lowlevel.checkpoint()
             except RcuBackpressureError:
-                assert op in ("kv", "cb") and _pending(rcu) == cap
-            assert _pending(rcu) <= cap
+                assert op in ("kv", "cb") and pending(rcu) == cap
+            assert pending(rcu) <= cap
     assert len(spy.freed) == queued_kv and ran == queued_cb  # nothing lost at exit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from apptools import hold_reader
 
 from rcukit.app import open_domain
 from rcukit.errors import RcuArgumentError
@@ -79,14 +80,7 @@ async def test_rcu_barrier_waits_for_callbacks_queued_by_any_task_before_it() ->
 
 async def test_a_cancelled_barrier_leaves_nothing_behind() -> None:
     async with open_domain() as rcu, trio.open_nursery() as n:
-        release = trio.Event()
-
-        async def reader() -> None:
-            with rcu.read_lock():
-                await release.wait()
-
-        n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        release = await hold_reader(rcu, n)
         rcu.call_rcu(lambda: None)
         with trio.move_on_after(0.01):
             await rcu.rcu_barrier()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from apptools import hold_reader
 
 from rcukit.app import open_domain
 from rcukit.errors import RcuArgumentError, RcuClosedError
@@ -14,14 +15,7 @@ from rcukit.rcu.gpseq import RCU_GET_STATE_COMPLETED
 
 async def test_concurrent_synchronize_callers_share_grace_periods() -> None:
     async with open_domain() as rcu, trio.open_nursery() as n:
-        release = trio.Event()
-
-        async def reader() -> None:
-            with rcu.read_lock():
-                await release.wait()
-
-        n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        release = await hold_reader(rcu, n)
         before = rcu.statistics()
         finished = 0
 
@@ -92,14 +86,7 @@ async def test_polled_api() -> None:
 
 async def test_cookie_taken_during_a_gp_needs_the_next_one() -> None:
     async with open_domain() as rcu, trio.open_nursery() as n:
-        release = trio.Event()
-
-        async def reader() -> None:
-            with rcu.read_lock():
-                await release.wait()
-
-        n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        release = await hold_reader(rcu, n)
         first = rcu.start_poll_synchronize_rcu()
         await trio.testing.wait_all_tasks_blocked()
         assert rcu.statistics().gp_in_progress
@@ -113,14 +100,7 @@ async def test_cookie_taken_during_a_gp_needs_the_next_one() -> None:
 
 async def test_cancelled_synchronize_leaves_the_domain_consistent() -> None:
     async with open_domain() as rcu, trio.open_nursery() as n:
-        release = trio.Event()
-
-        async def reader() -> None:
-            with rcu.read_lock():
-                await release.wait()
-
-        n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        release = await hold_reader(rcu, n)
         with trio.move_on_after(0.01) as cs:
             await rcu.synchronize_rcu()
         assert cs.cancelled_caught

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 import trio.testing
+from apptools import SpyPool, hold_reader
 
 from rcukit.app import ObjectPool, open_domain
 from rcukit.errors import MemoryDebugError, RcuArgumentError, RcuUsageError
-
-
-class SpyPool:
-    """A release target with free_bulk() that records every call."""
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-        self.freed: list[Any] = []
-        self.event = trio.Event()
-
-    def free_bulk(self, objs: list[Any]) -> None:
-        self.calls.append(len(objs))
-        self.freed.extend(objs)
-        self.event.set()
 
 
 @pytest.mark.parametrize(
@@ -106,15 +91,8 @@ async def test_at_most_two_batches_in_flight(profile: str) -> None:
     spy = SpyPool()
     async with open_domain(release=spy, drain_delay=60.0, page_size=256, profile=profile) as rcu:
         cap = rcu.block_capacity
-        release = trio.Event()
         async with trio.open_nursery() as n:
-
-            async def reader() -> None:
-                with rcu.read_lock():
-                    await release.wait()
-
-            n.start_soon(reader)
-            await trio.testing.wait_all_tasks_blocked()
+            release = await hold_reader(rcu, n)
             for _ in range(4):
                 for _ in range(cap):
                     rcu.kvfree_rcu(object())

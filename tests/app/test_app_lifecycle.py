@@ -7,22 +7,15 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from apptools import SpyPool
 
 from rcukit.app import DomainConfig, open_domain
 from rcukit.app.callbacks import Callbacks
 from rcukit.errors import ConfigError, RcuClosedError, RcuLeakError
 
 
-class Spy:
-    def __init__(self) -> None:
-        self.freed: list[Any] = []
-
-    def free_bulk(self, objs: list[Any]) -> None:
-        self.freed.extend(objs)
-
-
 async def test_leaving_the_block_releases_everything_without_waiting_for_the_drain() -> None:
-    spy = Spy()
+    spy = SpyPool()
     ran: list[int] = []
     t0 = trio.current_time()
     async with open_domain(release=spy) as rcu:  # 5 s drain delay
@@ -52,7 +45,7 @@ async def test_use_after_close_is_a_clear_error() -> None:
 
 
 async def test_cancelled_from_outside_frees_everything_and_leaves_nothing_running() -> None:
-    spy = Spy()
+    spy = SpyPool()
     ran: list[int] = []
     with trio.CancelScope() as cs:
         async with open_domain(release=spy) as rcu, trio.open_nursery() as n:
@@ -77,7 +70,7 @@ async def test_cancelled_from_outside_frees_everything_and_leaves_nothing_runnin
 
 
 async def test_readers_that_never_leave_turn_a_cancelled_close_into_a_leak_report() -> None:
-    spy = Spy()
+    spy = SpyPool()
     async with trio.open_nursery() as outer:
         holding = trio.Event()
         leak = pytest.RaisesGroup(pytest.RaisesExc(RcuLeakError, match="were not released"))
@@ -124,7 +117,7 @@ async def test_leak_reports_name_the_stuck_section_and_go_to_on_error() -> None:
 
 
 async def test_an_exception_in_the_body_still_releases_what_was_queued() -> None:
-    spy = Spy()
+    spy = SpyPool()
     with pytest.raises(KeyError):
         async with open_domain(release=spy) as rcu:
             rcu.kvfree_rcu(1)
@@ -160,7 +153,7 @@ async def test_cancelling_the_callers_nursery_does_not_kill_an_open_domain() -> 
                 await trio.sleep_forever()
 
         inner: trio.Nursery = await outer.start(hold)
-        spy = Spy()
+        spy = SpyPool()
         async with open_domain(nursery=inner, release=spy) as rcu:
             inner.cancel_scope.cancel()
             await trio.testing.wait_all_tasks_blocked()
@@ -176,7 +169,7 @@ async def test_a_crashed_background_task_fails_waiters_clearly(
     async def broken(self: Callbacks) -> None:
         raise RuntimeError("bug in the callback task")
 
-    spy = Spy()
+    spy = SpyPool()
     seen: list[BaseException] = []
     with pytest.raises(BaseExceptionGroup) as info:
         async with open_domain(release=spy) as rcu:

@@ -5,21 +5,10 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from apptools import hold_reader, start_sync
 
-from rcukit.app import RcuDomain, RcuPointer, open_domain
+from rcukit.app import RcuPointer, open_domain
 from rcukit.errors import RcuUsageError
-
-
-async def _start_sync(rcu: RcuDomain, n: trio.Nursery) -> trio.Event:
-    done = trio.Event()
-
-    async def sync() -> None:
-        await rcu.synchronize_rcu()
-        done.set()
-
-    n.start_soon(sync)
-    await trio.testing.wait_all_tasks_blocked()
-    return done
 
 
 async def test_gp_waits_for_each_online_worker_to_report_once() -> None:
@@ -43,7 +32,7 @@ async def test_gp_waits_for_each_online_worker_to_report_once() -> None:
         n.start_soon(worker, 1)
         await registered.wait()
         assert rcu.statistics().qsbr_online == 2
-        done = await _start_sync(rcu, n)
+        done = await start_sync(rcu, n)
         report[0].set()
         await trio.testing.wait_all_tasks_blocked()
         assert not done.is_set()  # worker 1 still owes its quiescent state
@@ -73,7 +62,7 @@ async def test_offline_and_idle_workers_do_not_hold_up_gps() -> None:
             await rcu.synchronize_rcu()  # an offline worker costs nothing
         go_online.set()
         await trio.testing.wait_all_tasks_blocked()
-        done = await _start_sync(rcu, n)
+        done = await start_sync(rcu, n)
         assert not done.is_set()  # online again: GPs wait for it
         n.cancel_scope.cancel()
 
@@ -92,7 +81,7 @@ async def test_going_offline_mid_gp_counts_as_a_quiescent_state() -> None:
 
         n.start_soon(worker)
         await trio.testing.wait_all_tasks_blocked()
-        done = await _start_sync(rcu, n)
+        done = await start_sync(rcu, n)
         assert not done.is_set()
         go.set()
         await done.wait()
@@ -102,15 +91,8 @@ async def test_going_offline_mid_gp_counts_as_a_quiescent_state() -> None:
 
 async def test_a_worker_that_comes_online_mid_gp_is_not_waited_for() -> None:
     async with open_domain() as rcu, trio.open_nursery() as n:
-        release = trio.Event()
-
-        async def reader() -> None:
-            with rcu.read_lock():
-                await release.wait()
-
-        n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
-        done = await _start_sync(rcu, n)  # GP now in progress, waiting for the reader
+        release = await hold_reader(rcu, n)
+        done = await start_sync(rcu, n)  # GP now in progress, waiting for the reader
 
         async def late_worker() -> None:
             rcu.register_qsbr()  # online after the GP started

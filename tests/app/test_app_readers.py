@@ -5,23 +5,11 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from apptools import hold_reader, start_sync
 
 import rcukit
-from rcukit.app import RcuDomain, RcuPointer, open_domain
+from rcukit.app import RcuPointer, open_domain
 from rcukit.errors import RcuClosedError, RcuUsageError
-
-
-async def _gp_done_after(rcu: RcuDomain, nursery: trio.Nursery) -> trio.Event:
-    """Start a synchronize_rcu() in the background; the event is set when it returns."""
-    done = trio.Event()
-
-    async def sync() -> None:
-        await rcu.synchronize_rcu()
-        done.set()
-
-    nursery.start_soon(sync)
-    await trio.testing.wait_all_tasks_blocked()
-    return done
 
 
 async def test_grace_period_waits_for_a_reader_that_awaits_inside() -> None:
@@ -36,7 +24,7 @@ async def test_grace_period_waits_for_a_reader_that_awaits_inside() -> None:
 
         n.start_soon(reader)
         await trio.testing.wait_all_tasks_blocked()
-        done = await _gp_done_after(rcu, n)
+        done = await start_sync(rcu, n)
         assert not done.is_set()
         assert rcu.statistics().gp_in_progress
         release.set()
@@ -46,23 +34,9 @@ async def test_grace_period_waits_for_a_reader_that_awaits_inside() -> None:
 
 async def test_readers_that_start_after_the_gp_do_not_hold_it_up() -> None:
     async with open_domain() as rcu, trio.open_nursery() as n:
-        release_old = trio.Event()
-        never = trio.Event()
-
-        async def old_reader() -> None:
-            with rcu.read_lock():
-                await release_old.wait()
-
-        n.start_soon(old_reader)
-        await trio.testing.wait_all_tasks_blocked()
-        done = await _gp_done_after(rcu, n)
-
-        async def new_reader() -> None:
-            with rcu.read_lock():
-                await never.wait()
-
-        n.start_soon(new_reader)
-        await trio.testing.wait_all_tasks_blocked()
+        release_old = await hold_reader(rcu, n)
+        done = await start_sync(rcu, n)
+        await hold_reader(rcu, n)  # a new reader, never released
         assert rcu.statistics().readers == 2
         release_old.set()
         await done.wait()  # completes although the new reader is still inside
@@ -83,7 +57,7 @@ async def test_nested_sections_across_a_phase_flip() -> None:
 
         n.start_soon(reader)
         await trio.testing.wait_all_tasks_blocked()
-        done = await _gp_done_after(rcu, n)
+        done = await start_sync(rcu, n)
         inner_go.set()
         await trio.testing.wait_all_tasks_blocked()
         assert not done.is_set()  # the outer section still holds the old phase
@@ -125,7 +99,7 @@ async def test_reader_cancelled_inside_its_section_releases_it() -> None:
 
         n.start_soon(reader)
         await trio.testing.wait_all_tasks_blocked()
-        done = await _gp_done_after(rcu, n)
+        done = await start_sync(rcu, n)
         assert rcu.statistics().readers == 1 and not done.is_set()
         n2.cancel()
         await done.wait()

@@ -7,7 +7,7 @@ empty or stocked, on a default, a ``PROVE_RAW_LOCK_NESTING`` and a ``PREEMPT_RT`
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from simtools import mm_kernel, on_cpu, pa
@@ -29,9 +29,6 @@ from rcukit.rcu.kvfree.variants import (
 )
 from rcukit.sched.sim import Task
 
-T = TypeVar("T")
-
-
 NONE: dict[str, int] = {}
 IWC = {"invalid_wait_context": 1}
 SWA = {"scheduling_while_atomic": 1}
@@ -49,8 +46,6 @@ EXPECTED: dict[tuple[str, bool], tuple[bool, dict[str, int], dict[str, int], dic
     ("nolock", False): (True, NONE, NONE, NONE),
     ("nolock", True): (True, NONE, NONE, NONE),
 }
-
-
 
 
 async def get_under_raw_lock(k: Kernel, name: str, *, stock_pcp: bool) -> int | None:

@@ -7,51 +7,19 @@ variant is asked for a page while ``krcp->lock`` (a ``raw_spinlock_t``, IRQs off
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from simtools import MS, on_cpu
+from simtools import MS, VARIANTS, boot_and_run, cfg, freed, on_cpu
 
-import rcukit
-import rcukit.sim
 from rcukit.config import KernelConfig
 from rcukit.errors import MemoryDebugError, RcuUsageError
-from rcukit.kernel import Kernel, run_sim
+from rcukit.kernel import Kernel
 from rcukit.locking.locks import LockKind
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.sched.sim import Task
 
-T = TypeVar("T")
 G = int(GFP_KERNEL)
-VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
-
-
-def sim(cfg: KernelConfig, body: Callable[[Kernel], Awaitable[T]]) -> T:
-    """Boot ``cfg`` on a fresh MockClock, run ``body(kernel)`` and return its result."""
-    box: list[T] = []
-
-    async def main() -> None:
-        async with rcukit.sim.boot(cfg) as k:
-            box.append(await body(k))
-
-    run_sim(main)
-    return box[0]
-
-
-
-
-def freed(k: Kernel, ptr: int) -> bool:
-    """KASAN's answer: does touching ``ptr`` now report a use after free?"""
-    try:
-        k.mm.check_access(ptr)
-    except MemoryDebugError:
-        return True
-    return False
-
-
-def cfg(**kw: Any) -> KernelConfig:
-    return KernelConfig(nr_cpus=2).replace(**kw)
 
 
 # -- the RFC's split --------------------------------------------------------------------------
@@ -130,7 +98,7 @@ def test_block_allocation_under_krcp_lock_splits_the_variants(variant: str, buil
         assert st.objects_freed == st.calls and st.pending == 0
         assert all(freed(k, p) for p in r["ptrs"])
 
-    sim(c, body)
+    boot_and_run(c, body)
 
 
 def test_splat_text_is_lockdeps() -> None:
@@ -141,7 +109,7 @@ def test_splat_text_is_lockdeps() -> None:
         [s] = k.locks.splats
         return str(s.format())
 
-    text = sim(c, body)
+    text = boot_and_run(c, body)
     assert "[ BUG: Invalid wait context ]" in text
     assert "(&zone->lock){....}-{3:3}" in text
     assert "(krc.lock){....}-{2:2}, at: kvfree_call_rcu" in text
@@ -157,7 +125,7 @@ def test_single_argument_form_splits_the_same_way() -> None:
             r = await _need_a_block_with_pcp_empty(k, single=True)
             return k.splat_counts(), r
 
-        out[variant] = sim(c.with_kernel_config("lockdep"), body)
+        out[variant] = boot_and_run(c.with_kernel_config("lockdep"), body)
     nw_splats, nw = out["nowait"]
     ft_splats, ft = out["fast-try"]
     assert nw_splats["invalid_wait_context"] == 1 and nw["sync"] == 0
@@ -171,7 +139,7 @@ def test_v59_on_preempt_rt_skips_the_in_lock_allocation() -> None:
     async def body(k: Kernel) -> dict[str, Any]:
         return await _need_a_block_with_pcp_empty(k, single=False)
 
-    r = sim(c, body)
+    r = boot_and_run(c, body)
     assert (r["attempts"], r["rcu_head"]) == (0, 1)
 
 
@@ -208,7 +176,7 @@ def test_single_argument_from_atomic_context_splats(how: str) -> None:
 
         return await on_cpu(k, work)
 
-    two, one, text = sim(cfg(**{"kvfree.profile": "v5.9"}), body)
+    two, one, text = boot_and_run(cfg(**{"kvfree.profile": "v5.9"}), body)
     assert sum(two.values()) == 0
     assert one["sleeping_in_atomic"] == 1
     assert sum(one.values()) == 1
@@ -236,7 +204,7 @@ def test_kvfree_rcu_none_does_nothing() -> None:
         assert (st.calls, st.pending, st.objects_freed) == (0, 0, 0)
         assert not k.locks.splats
 
-    sim(cfg(**{"kvfree.debug_objects": True}), body)
+    boot_and_run(cfg(**{"kvfree.debug_objects": True}), body)
 
 
 @pytest.mark.parametrize("where", ["past_end", "before_start", "vmalloc_past_end"])
@@ -265,7 +233,7 @@ def test_head_outside_the_object_is_a_usage_error(where: str) -> None:
         st = kv.statistics()
         assert st.objects_freed == st.calls == 1 and st.gp_violations == 0
 
-    sim(cfg(**{"kvfree.debug_objects": True}), body)
+    boot_and_run(cfg(**{"kvfree.debug_objects": True}), body)
 
 
 @pytest.mark.parametrize("second", ["two_arg", "single"])
@@ -291,7 +259,7 @@ def test_double_kvfree_rcu_is_caught_by_debug_objects(second: str) -> None:
         st = kv.statistics()
         assert st.objects_freed == 2 and st.pending == 0 and st.gp_violations == 0
 
-    sim(cfg(**{"kvfree.debug_objects": True}), body)
+    boot_and_run(cfg(**{"kvfree.debug_objects": True}), body)
 
 
 def test_kvfree_rcu_of_a_freed_object_is_a_use_after_free() -> None:
@@ -305,7 +273,7 @@ def test_kvfree_rcu_of_a_freed_object_is_a_use_after_free() -> None:
 
         await on_cpu(k, work)
 
-    sim(cfg(**{"kvfree.debug_objects": True}), body)
+    boot_and_run(cfg(**{"kvfree.debug_objects": True}), body)
 
 
 def test_rcu_barrier_alone_does_not_free_kvfree_objects() -> None:
@@ -329,7 +297,7 @@ def test_rcu_barrier_alone_does_not_free_kvfree_objects() -> None:
 
         await on_cpu(k, work)
 
-    sim(cfg(**{"kvfree.profile": "v6.1", "kvfree.debug_objects": True}), body)
+    boot_and_run(cfg(**{"kvfree.profile": "v6.1", "kvfree.debug_objects": True}), body)
 
 
 def test_kvfree_rcu_barrier_inside_a_read_section_is_a_usage_error() -> None:
@@ -340,7 +308,7 @@ def test_kvfree_rcu_barrier_inside_a_read_section_is_a_usage_error() -> None:
 
         await on_cpu(k, work)
 
-    sim(cfg(), body)
+    boot_and_run(cfg(), body)
 
 
 # -- the shrinker -----------------------------------------------------------------------------
@@ -395,7 +363,7 @@ def _pressure_cfg(profile: str) -> KernelConfig:
 
 
 def test_shrinker_drains_the_page_cache_and_backs_off_v61() -> None:
-    r = sim(_pressure_cfg("v6.1"), _squeeze)
+    r = boot_and_run(_pressure_cfg("v6.1"), _squeeze)
     assert r["cache_before"] == 5  # v5.11+: rcu_min_cached_objs = 5
     assert r["kswapd"] > 0 and r["scans"] > 0
     assert r["drained"] == 5 and r["cache_after"] == 0
@@ -408,7 +376,7 @@ def test_shrinker_drains_the_page_cache_and_backs_off_v61() -> None:
 
 def test_v513_shrinker_does_not_touch_the_page_cache() -> None:
     """Draining the cache from the shrinker and the back-off came with v5.14."""
-    r = sim(_pressure_cfg("v5.13"), _squeeze)
+    r = boot_and_run(_pressure_cfg("v5.13"), _squeeze)
     assert r["kswapd"] > 0 and r["scans"] > 0
     assert r["drained"] == 0 and r["cache_after"] == r["cache_before"] == 5
     assert r["backoff"] == [False, False]
@@ -453,7 +421,7 @@ def test_objects_queued_on_an_offlined_cpu_are_freed_after_their_gp(profile: str
         st = kv.statistics()
         assert st.objects_freed == st.calls == 300 and st.gp_violations == 0
 
-    sim(cfg(**{"kvfree.profile": profile, "kvfree.debug_objects": True}), body)
+    boot_and_run(cfg(**{"kvfree.profile": profile, "kvfree.debug_objects": True}), body)
 
 
 @pytest.mark.parametrize("down_after_ns", [3_000, 4_400, 5_800])
@@ -494,4 +462,4 @@ def test_cpu_goes_down_during_the_head_less_direct_allocation(down_after_ns: int
         assert st.block_alloc_attempts >= 1 and st.fallback_synchronize == 0
         assert st.objects_freed == st.calls == 1 and st.gp_violations == 0
 
-    sim(cfg(**{"kvfree.profile": "v6.1", "kvfree.debug_objects": True}), body)
+    boot_and_run(cfg(**{"kvfree.profile": "v6.1", "kvfree.debug_objects": True}), body)

@@ -9,43 +9,19 @@ debug layers raise on any double free, so reaching the end proves there was none
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from simtools import MS
+from simtools import MS, VARIANTS, boot_and_run, freed
 
-import rcukit
-import rcukit.sim
 from rcukit.config import KernelConfig
-from rcukit.errors import ConfigError, MemoryDebugError
-from rcukit.kernel import Kernel, run_sim
+from rcukit.errors import ConfigError
+from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.profiles import PROFILES, get_profile
 from rcukit.sched.sim import Task
 
-T = TypeVar("T")
 G = int(GFP_KERNEL)
-VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
-
-
-def sim(cfg: KernelConfig, body: Callable[[Kernel], Awaitable[T]]) -> T:
-    box: list[T] = []
-
-    async def main() -> None:
-        async with rcukit.sim.boot(cfg) as k:
-            box.append(await body(k))
-
-    run_sim(main)
-    return box[0]
-
-
-def freed(k: Kernel, ptr: int) -> bool:
-    try:
-        k.mm.check_access(ptr)
-    except MemoryDebugError:
-        return True
-    return False
 
 
 # -- KVFREE_BULK_MAX_ENTR ---------------------------------------------------------------------
@@ -108,7 +84,7 @@ def test_a_booted_block_holds_exactly_capacity_records(
         hist: dict[int, int] = st.records_per_block
         return hist
 
-    assert sim(c, body) == {1: 1, want: 1}
+    assert boot_and_run(c, body) == {1: 1, want: 1}
 
 
 def test_unknown_profile_and_header_are_config_errors() -> None:
@@ -156,7 +132,7 @@ def test_hz50_drain_gives_small_blocks_on_a_trickle(profile: str) -> None:
     async def body(k: Kernel) -> dict[str, Any]:
         return await _trickle(k, 300, MS, 30 * MS)
 
-    r = sim(_profile_cfg(profile), body)
+    r = boot_and_run(_profile_cfg(profile), body)
     assert r["freed"] == 300  # every block drained by the monitor alone
     assert 19 * MS <= r["first_drain_ns"] <= 22 * MS
     assert max(r["hist"]) <= 21
@@ -170,7 +146,7 @@ def test_5hz_drain_collects_a_slow_trickle_into_one_block(profile: str) -> None:
     async def body(k: Kernel) -> dict[str, Any]:
         return await _trickle(k, 300, MS, 5000 * MS)
 
-    r = sim(_profile_cfg(profile), body)
+    r = boot_and_run(_profile_cfg(profile), body)
     assert r["hist"] == {300: 1}
     assert 5000 * MS <= r["first_drain_ns"] <= 5003 * MS
 
@@ -181,7 +157,7 @@ def test_the_kick_drains_at_a_blocks_worth() -> None:
     async def body(k: Kernel) -> dict[str, Any]:
         return await _trickle(k, 1200, MS, 10 * MS)
 
-    r = sim(_profile_cfg("v6.1"), body)
+    r = boot_and_run(_profile_cfg("v6.1"), body)
     assert r["hist"] == {510: 2}  # 180 are still waiting for their 5 s
     assert 510 * MS <= r["first_drain_ns"] <= 512 * MS
     assert r["freed"] == 1020
@@ -194,8 +170,8 @@ def test_without_the_kick_a_fast_flood_waits_for_the_full_drain() -> None:
     async def body(k: Kernel) -> dict[str, Any]:
         return await _trickle(k, 1200, 0, 30 * MS)
 
-    v59 = sim(_profile_cfg("v5.9"), body)
-    v61 = sim(_profile_cfg("v6.1"), body)
+    v59 = boot_and_run(_profile_cfg("v5.9"), body)
+    v61 = boot_and_run(_profile_cfg("v6.1"), body)
     assert v59["hist"] == {180: 1, 510: 2}
     assert v59["first_drain_ns"] >= 19 * MS
     assert v61["first_drain_ns"] <= 2 * MS
@@ -231,7 +207,7 @@ def test_v63_frees_blocks_whose_gp_already_passed_from_the_monitor(profile: str)
         assert all(freed(k, p) for p in ptrs)
         return kv.statistics()
 
-    st = sim(_profile_cfg(profile).replace(**{"kvfree.debug_objects": True}), body)
+    st = boot_and_run(_profile_cfg(profile).replace(**{"kvfree.debug_objects": True}), body)
     assert st.objects_freed == st.calls == 100 and st.pending == 0 and st.gp_violations == 0
     if profile == "v6.3":
         assert st.freed_early_polled == 100
@@ -303,7 +279,7 @@ def test_flood_every_profile_every_variant(profile: str, variant: str) -> None:
     async def body(k: Kernel) -> Any:
         return await _flood_and_verify(k, 600, 80_000)
 
-    st = sim(c, body)
+    st = boot_and_run(c, body)
     prof = get_profile(profile)
     if prof.alloc_under_lock and variant in ("fast-try", "nowait", "gfp-zero"):
         assert st.block_alloc_failures > 0  # injected failures reached the in-lock path
@@ -327,6 +303,6 @@ def test_flood_with_the_default_page_cache(profile: str) -> None:
     async def body(k: Kernel) -> Any:
         return await _flood_and_verify(k, 900, 50_000)
 
-    st = sim(c, body)
+    st = boot_and_run(c, body)
     assert st.blocks_from_cache > 0
     assert st.cached_pages > 0  # spare block pages went back to the cache

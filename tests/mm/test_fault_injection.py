@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from simtools import mm_kernel, on_cpu, pa
+from simtools import cfg, marker_line, mm_kernel, on_cpu, pa
 
 from rcukit.config import KernelConfig, MemoryConfig
 from rcukit.errors import ConfigError
@@ -18,14 +18,9 @@ from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
 from rcukit.rcu.kvfree.variants import BlockSources
 from rcukit.sched.sim import Task
 
-T = TypeVar("T")
-
-
 NOWAIT = int(GFP_NOWAIT | GFP.NOWARN)
 KERNEL = int(GFP_KERNEL)
 ATOMIC = int(GFP_ATOMIC | GFP.NOWARN)
-
-
 
 
 async def attempts(k: Kernel, gfps: list[int]) -> list[bool]:
@@ -44,7 +39,8 @@ async def attempts(k: Kernel, gfps: list[int]) -> list[bool]:
 
 
 def fcfg(**mm: Any) -> KernelConfig:
-    return KernelConfig(nr_cpus=2).replace(**{f"mm.{k}": v for k, v in mm.items()})
+    """A two-CPU config with these ``mm.`` fault-injection settings."""
+    return cfg(**{f"mm.{k}": v for k, v in mm.items()})
 
 
 async def test_probability_one_fails_every_eligible_and_zero_none(autojump_clock: Any) -> None:
@@ -177,20 +173,12 @@ def test_quarantine_is_bounded_and_fifo() -> None:
     entry = q.get(3)
     assert entry is not None and entry.size == 16
     assert entry.alloc_site is not None and entry.alloc_site.time_ns == 2
-    where = f"test_fault_injection.py:{_line('ANOTHER-SITE')} (cpu -1"
+    where = f"test_fault_injection.py:{marker_line(__file__, 'ANOTHER-SITE')} (cpu -1"
     assert str(entry.alloc_site).startswith(where)
     assert q.get(4) is None and q.get(5) is None
     assert len(q) == 3
     q.put_many([10, 11, 12, 13], [8, 8, 8, 8], site, None)  # only the last 3 can survive
     assert q.get(10) is None and [q.get(p) is not None for p in (11, 12, 13)] == [True] * 3
-
-
-def _line(marker: str) -> int:
-    with open(__file__, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.rstrip().endswith(f"# {marker}"):
-                return i
-    raise AssertionError(marker)
 
 
 def test_caller_site_without_task() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from simtools import mm_kernel, on_cpu, pa
+from simtools import cfg, mm_kernel, on_cpu, pa
 
 import rcukit
 import rcukit.sim
@@ -25,20 +25,11 @@ from rcukit.mm.mm import Mm
 from rcukit.rcu.kvfree.variants import BlockSources
 from rcukit.sched.sim import Task
 
-T = TypeVar("T")
-
-
 NOWAIT = int(GFP_NOWAIT)
 NOWAIT_NOWARN = int(GFP_NOWAIT | GFP.NOWARN)
 FAST_TRY = int(GFP_NOWAIT | GFP.NOWARN | GFP.FAST_TRY)
 KERNEL = int(GFP_KERNEL)
 ATOMIC = int(GFP_ATOMIC)
-
-
-def cfg(**kw: Any) -> KernelConfig:
-    return KernelConfig(nr_cpus=2).replace(**kw)
-
-
 
 
 # --- boot: kernel formulas wired in --------------------------------------------------------------

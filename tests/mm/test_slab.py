@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import tracemalloc
 from array import array
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from simtools import mm_kernel, on_cpu, pa
+from simtools import cfg, marker_line, mm_kernel, on_cpu, pa, time_to_free
 
-from rcukit.config import KernelConfig
 from rcukit.errors import MemoryDebugError, PageAllocError
 from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_KERNEL
 from rcukit.mm.memmap import PAGE_OFFSET
@@ -22,16 +21,7 @@ from rcukit.mm.slab import (
 )
 from rcukit.sched.sim import Task
 
-T = TypeVar("T")
-
-
 KERNEL = int(GFP_KERNEL)
-
-
-def cfg(**kw: Any) -> KernelConfig:
-    return KernelConfig(nr_cpus=2).replace(**kw)
-
-
 
 
 # --- size classes --------------------------------------------------------------------------------
@@ -103,18 +93,12 @@ async def test_kzalloc_charges_the_memset(autojump_clock: Any) -> None:
 
 async def _free_cost(bulk: bool, n: int, size: int) -> tuple[int, int]:
     async with mm_kernel(cfg()) as k:
+        mm = pa(k)
 
-        async def work(task: Task) -> int:
-            ptrs = [await pa(k).kmalloc(task, size, KERNEL) for _ in range(n)]
-            t0 = task.now_ns
-            if bulk:
-                await pa(k).kfree_bulk(task, ptrs)
-            else:
-                for p in ptrs:
-                    await pa(k).kfree(task, p)
-            return task.now_ns - t0
+        async def kmalloc(task: Task) -> int:
+            return await mm.kmalloc(task, size, KERNEL)
 
-        took = await on_cpu(k, work)
+        took = await time_to_free(k, kmalloc, mm.kfree, mm.kfree_bulk, n=n, bulk=bulk)
         assert pa(k).slab.nr_objects == 0
         pa(k).check()
         return took, k.vmstat["pgfree"]
@@ -225,9 +209,9 @@ async def test_double_free_names_both_sites_and_changes_nothing(autojump_clock: 
                 await mm.kfree(task, p)  # AGAIN-LINE
             msg = str(info.value)
             assert "double-free in kfree" in msg and f"{p:#x}" in msg
-            assert f"allocated at test_slab.py:{_line('ALLOC-LINE')}" in msg
-            assert f"freed at test_slab.py:{_line('FREE-LINE')}" in msg
-            assert f"at test_slab.py:{_line('AGAIN-LINE')}" in msg
+            assert f"allocated at test_slab.py:{marker_line(__file__, 'ALLOC-LINE')}" in msg
+            assert f"freed at test_slab.py:{marker_line(__file__, 'FREE-LINE')}" in msg
+            assert f"at test_slab.py:{marker_line(__file__, 'AGAIN-LINE')}" in msg
             assert "cpu 0" in msg and "work/0" in msg
             assert (mm.slab.nr_objects, k.vmstat.snapshot()) == before
             # Still usable: the freed object is handed out again, the live one is intact.
@@ -293,7 +277,7 @@ async def test_kfree_of_vmalloc_pointer(autojump_clock: Any) -> None:
                 await mm.kfree(task, v)
             msg = str(info.value)
             assert "a vmalloc address passed to the slab allocator (use vfree or kvfree)" in msg
-            assert f"allocated at test_slab.py:{_line('VMALLOC-LINE')}" in msg
+            assert f"allocated at test_slab.py:{marker_line(__file__, 'VMALLOC-LINE')}" in msg
             await mm.kvfree(task, v)  # the right way still works
 
         await on_cpu(k, work)
@@ -312,8 +296,8 @@ async def test_use_after_free_is_caught(autojump_clock: Any) -> None:
                 mm.check_access(p + 100, task)
             msg = str(info.value)
             assert "use-after-free" in msg and f"{p + 100:#x}" in msg
-            assert f"allocated at test_slab.py:{_line('UAF-ALLOC')}" in msg
-            assert f"freed at test_slab.py:{_line('UAF-FREE')}" in msg
+            assert f"allocated at test_slab.py:{marker_line(__file__, 'UAF-ALLOC')}" in msg
+            assert f"freed at test_slab.py:{marker_line(__file__, 'UAF-FREE')}" in msg
             with pytest.raises(MemoryDebugError, match="use-after-free"):
                 mm.ksize(p)
             big = await mm.kmalloc(task, 20000, KERNEL)
@@ -366,12 +350,3 @@ async def test_trace_events(autojump_clock: Any) -> None:
         assert f"ptr={p:#x} bytes_req=50 bytes_alloc=64 gfp_flags=GFP_KERNEL" in alloc.fields
         assert alloc.fields.startswith("call_site=test_slab.py:")
         assert free.name == "kfree" and free.fields.endswith(f"ptr={p:#x}")
-
-
-def _line(marker: str) -> int:
-    """Line number of the source line ending in ``# marker`` (so tests survive edits)."""
-    with open(__file__, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.rstrip().endswith(f"# {marker}"):
-                return i
-    raise AssertionError(marker)

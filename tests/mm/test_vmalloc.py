@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from simtools import mm_kernel, on_cpu, pa
+from simtools import cfg, marker_line, mm_kernel, on_cpu, pa, time_to_free
 
 from rcukit.config import KernelConfig
 from rcukit.errors import MemoryDebugError, PageAllocError
@@ -14,16 +14,7 @@ from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.mm.vmalloc import VMALLOC_END, VMALLOC_START, is_vmalloc_addr
 from rcukit.sched.sim import Task
 
-T = TypeVar("T")
-
-
 KERNEL = int(GFP_KERNEL)
-
-
-def cfg(**kw: Any) -> KernelConfig:
-    return KernelConfig(nr_cpus=2).replace(**kw)
-
-
 
 
 async def test_vmalloc_addresses_and_backing_pages(autojump_clock: Any) -> None:
@@ -92,18 +83,12 @@ async def test_vfree_from_softirq_is_deferred_to_a_worker(autojump_clock: Any) -
 
 async def _vfree_cost(bulk: bool, n: int) -> int:
     async with mm_kernel(cfg()) as k:
+        mm = pa(k)
 
-        async def work(task: Task) -> int:
-            ptrs = [await pa(k).vmalloc(task, 5000) for _ in range(n)]
-            t0 = task.now_ns
-            if bulk:
-                await pa(k).vfree_bulk(task, ptrs)
-            else:
-                for p in ptrs:
-                    await pa(k).vfree(task, p)
-            return task.now_ns - t0
+        async def vmalloc(task: Task) -> int:
+            return await mm.vmalloc(task, 5000)
 
-        took = await on_cpu(k, work)
+        took = await time_to_free(k, vmalloc, mm.vfree, mm.vfree_bulk, n=n, bulk=bulk)
         assert pa(k).vmap.nr_areas == 0 and k.vmstat["pgfree"] == 2 * n
         assert pa(k).vmap.lock.acquisitions == n + (1 if bulk else n)
         return took
@@ -146,18 +131,19 @@ async def test_vmalloc_debug_errors(autojump_clock: Any) -> None:
                 await mm.vfree(task, v)
             msg = str(info.value)
             assert "double-free in vfree" in msg
-            assert f"allocated at test_vmalloc.py:{_line('V-ALLOC')}" in msg
-            assert f"freed at test_vmalloc.py:{_line('V-FREE')}" in msg
+            assert f"allocated at test_vmalloc.py:{marker_line(__file__, 'V-ALLOC')}" in msg
+            assert f"freed at test_vmalloc.py:{marker_line(__file__, 'V-FREE')}" in msg
             with pytest.raises(MemoryDebugError) as info:
                 mm.check_access(v + 5000, task)
             msg = str(info.value)
-            assert "use-after-free" in msg and f"freed at test_vmalloc.py:{_line('V-FREE')}" in msg
-            assert f"allocated at test_vmalloc.py:{_line('V-ALLOC')}" in msg
+            assert "use-after-free" in msg
+            assert f"freed at test_vmalloc.py:{marker_line(__file__, 'V-FREE')}" in msg
+            assert f"allocated at test_vmalloc.py:{marker_line(__file__, 'V-ALLOC')}" in msg
             with pytest.raises(MemoryDebugError) as info:
                 await mm.vfree(task, s)
             msg = str(info.value)
             assert "a kmalloc pointer passed to vfree" in msg
-            assert f"allocated at test_vmalloc.py:{_line('K-ALLOC')}" in msg
+            assert f"allocated at test_vmalloc.py:{marker_line(__file__, 'K-ALLOC')}" in msg
             with pytest.raises(MemoryDebugError, match="nonexistent vm area"):
                 await mm.vfree(task, w + 4096 * 7)
             with pytest.raises(
@@ -176,11 +162,3 @@ async def test_vmalloc_debug_errors(autojump_clock: Any) -> None:
         await on_cpu(k, work)
         assert mm.vmap.nr_areas == 0 and mm.slab.nr_objects == 0
         mm.check()
-
-
-def _line(marker: str) -> int:
-    with open(__file__, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.rstrip().endswith(f"# {marker}"):
-                return i
-    raise AssertionError(marker)

@@ -3,8 +3,6 @@ arguments (exit 2 naming what is allowed), plots, traces and host zoneinfo."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import sys
@@ -12,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clitools import run_cli
 from simtools import FIXTURES
 
 import rcukit.mm.zoneinfo as zoneinfo_mod
@@ -31,17 +30,6 @@ ROW_KEYS = {
     "pending_peak", "pages_peak", "latency_ns",
 }
 SMALL = ["--variants", "nowait", "--configs", "lockdep", "--scale", "0.01"]
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``rcukit ARGV`` in-process; (exit status, stdout, stderr). argparse exits are caught."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:
-            rc = int(exc.code or 0)
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

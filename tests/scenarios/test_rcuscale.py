@@ -3,13 +3,12 @@ batching switches and bad module parameters (kernel.md section 5)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from typing import Any
 
 import pytest
+from clitools import run_cli
 
 from rcukit.cli import main
 from rcukit.config import KernelConfig
@@ -24,16 +23,6 @@ CLOSING = re.compile(
 #: Small but long enough (one CPU, 40k objects, ~2 ms) that grace periods elapse without
 #: batching.
 SMALL = ["--cpus", "1", "--kfree-alloc-num", "4000", "--kfree-loops", "10"]
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:
-            rc = int(exc.code or 0)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def rcuscale_json(*extra: str) -> dict[str, Any]:

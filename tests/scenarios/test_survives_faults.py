@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from simtools import MS
+from apptools import hold_reader
+from simtools import MS, freed
 
 from rcukit.app import ObjectPool, open_domain
-from rcukit.errors import MemoryDebugError, RcuLeakError
+from rcukit.errors import RcuLeakError
 from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.mm.vmalloc import VMALLOC_START
@@ -25,14 +26,6 @@ from rcukit.sched.sim import Task
 from rcukit.sim import KernelConfig, boot
 
 _GFP_KERNEL = int(GFP_KERNEL)
-
-
-def _freed(k: Kernel, ptr: int) -> bool:
-    try:
-        k.mm.check_access(ptr)
-    except MemoryDebugError:
-        return True
-    return False
 
 
 async def _on(k: Kernel, cpu: int, fn: Any) -> Any:
@@ -100,7 +93,7 @@ async def test_page_allocation_failure_at_any_rate_loses_nothing(
         await k.run()
         everything = [p for mine in ptrs.values() for p in mine]
         st = k.kvfree.statistics()
-        assert all(_freed(k, p) for p in everything)
+        assert all(freed(k, p) for p in everything)
         assert st.objects_freed == st.calls == len(everything) and st.pending == 0
         assert st.gp_violations == 0
         assert k.mm.slab.nr_objects == nr_slab - sum(1 for p in everything if p < VMALLOC_START)
@@ -167,7 +160,7 @@ async def test_an_offlined_cpus_krcp_and_callbacks_are_freed_after_their_gp(
         assert seen["krc"] > 0 and seen["cbs"] > 0, "the CPU went down with work queued"
         assert seen["pending"] == 0 and seen["ran"] == 150
         assert all(o.runs == 1 for o in objs)
-        assert all(_freed(k, p) for p in kv_ptrs + [o.ptr for o in objs])
+        assert all(freed(k, p) for p in kv_ptrs + [o.ptr for o in objs])
         assert kv.statistics().gp_violations == 0
 
         async def again(task: Task) -> None:  # the CPU is usable when it comes back
@@ -175,7 +168,7 @@ async def test_an_offlined_cpus_krcp_and_callbacks_are_freed_after_their_gp(
             await kv.kvfree_rcu(task, p)
             task.data["k"] = k
             await _barriers(task)
-            assert _freed(k, p)
+            assert freed(k, p)
 
         await _on(k, 2, again)
 
@@ -206,7 +199,7 @@ async def test_kvfree_rcu_barrier_waits_for_the_batches_of_an_offline_cpu(
             assert any(w.busy() for w in kv.krcs[1].krw) and not kv.krcs[1].need_offload_krc()
             await k.rcu.cpu_down(task, 1)
             await kv.kvfree_rcu_barrier(task)
-            assert all(_freed(k, p) for p in ptrs), "the barrier skipped the offline CPU"
+            assert all(freed(k, p) for p in ptrs), "the barrier skipped the offline CPU"
 
         k.spawn(flood, 1, "flood")
         k.spawn(reader, 2, "reader")
@@ -244,7 +237,7 @@ async def test_the_shrinker_frees_pending_batches(autojump_clock: Any, shrink: b
         st = kv.statistics()
         assert before == 600
         if shrink:
-            assert st.pending == 0 and all(_freed(k, p) for p in ptrs)
+            assert st.pending == 0 and all(freed(k, p) for p in ptrs)
         else:
             assert st.pending == 600, "nothing drains before KFREE_DRAIN_JIFFIES"
 
@@ -299,16 +292,9 @@ async def test_cancellation_anywhere_leaves_the_engine_consistent(autojump_clock
             await rcu.synchronize_rcu()
 
         # synchronize_rcu and both barriers cancelled mid-wait (a reader holds the GP).
-        release = trio.Event()
         ran: list[int] = []
-
-        async def holder() -> None:
-            with rcu.read_lock():
-                await release.wait()
-
         async with trio.open_nursery() as n:
-            n.start_soon(holder)
-            await trio.testing.wait_all_tasks_blocked()
+            release = await hold_reader(rcu, n)
             for i in range(20):
                 rcu.call_rcu(ran.append, i)
                 rcu.kvfree_rcu(pool.alloc())

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import trio
+from clitools import run_cli
+from simtools import freed
 
 from rcukit.app import ObjectPool, open_domain
-from rcukit.cli import main
 from rcukit.errors import (
     ConfigError,
     GfpError,
@@ -35,14 +36,6 @@ _GFP_KERNEL = int(GFP_KERNEL)
 NEVER_ALLOCATED = 0xFFFF888000123440
 
 Bad = Callable[[Kernel, Task, list[int]], Awaitable[None]]
-
-
-def _freed(k: Kernel, ptr: int) -> bool:
-    try:
-        k.mm.check_access(ptr)
-    except MemoryDebugError:
-        return True
-    return False
 
 
 class _Head(RcuHead):
@@ -86,7 +79,7 @@ async def _survives(bad: Bad, exc: type[Exception], match: str) -> str:
         k.spawn(body, 1, "body")
         await k.run()
         assert len(caught) == 1, f"expected {exc.__name__}"
-        assert all(_freed(k, p) for p in queued) and all(h.runs == 1 for h in heads)
+        assert all(freed(k, p) for p in queued) and all(h.runs == 1 for h in heads)
         st = k.kvfree.statistics()
         assert st.pending == 0 and st.objects_freed == len(queued) and st.gp_violations == 0
         msg = str(caught[0])
@@ -244,7 +237,7 @@ async def test_bad_configuration_while_a_kernel_runs(autojump_clock: Any, tmp_pa
             await k.kvfree.kvfree_rcu_barrier(task)
 
         await k.run_on_cpus(drain, [0])
-        assert all(_freed(k, p) for p in ptrs) and k.kvfree.statistics().pending == 0
+        assert all(freed(k, p) for p in ptrs) and k.kvfree.statistics().pending == 0
     assert len(errors) == 11
 
 
@@ -268,12 +261,7 @@ async def test_app_unknown_profile() -> None:
         (["--mode", "app", "--variant", "nowait"], "--variant applies to --mode sim only"),
     ],
 )
-def test_cli_bad_options_exit_2(
-    capsys: pytest.CaptureFixture[str], argv: list[str], err: str
-) -> None:
-    try:
-        rc = main(["torture", "--duration", "0.1", *argv])
-    except SystemExit as exc:  # argparse's own checks
-        rc = int(exc.code or 0)
+def test_cli_bad_options_exit_2(argv: list[str], err: str) -> None:
+    rc, _, stderr = run_cli(["torture", "--duration", "0.1", *argv])
     assert rc == 2
-    assert err in capsys.readouterr().err
+    assert err in stderr

@@ -1,0 +1,62 @@
+"""What the application domain's tests share: a reader that holds a grace period, a background
+synchronize_rcu(), and a release target that records what it frees.
+
+Importable from every test folder (``conftest.py`` puts this directory on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from rcukit.app import RcuDomain
+
+
+async def hold_reader(rcu: RcuDomain, nursery: trio.Nursery) -> trio.Event:
+    """Start a reader that stays inside ``rcu.read_lock()`` until the returned event is set, and
+    return once it is inside: any grace period started now waits for it."""
+    release = trio.Event()
+
+    async def reader() -> None:
+        with rcu.read_lock():
+            await release.wait()
+
+    nursery.start_soon(reader)
+    await trio.testing.wait_all_tasks_blocked()
+    return release
+
+
+async def start_sync(rcu: RcuDomain, nursery: trio.Nursery) -> trio.Event:
+    """Start a synchronize_rcu() in the background and let it run until it blocks; the returned
+    event is set when it returns."""
+    done = trio.Event()
+
+    async def sync() -> None:
+        await rcu.synchronize_rcu()
+        done.set()
+
+    nursery.start_soon(sync)
+    await trio.testing.wait_all_tasks_blocked()
+    return done
+
+
+def pending(rcu: RcuDomain) -> int:
+    """What counts against ``max_pending``: queued callbacks plus queued kvfree_rcu objects."""
+    s = rcu.statistics()
+    return s.callbacks_pending + s.kvfree_pending
+
+
+class SpyPool:
+    """A release target with free_bulk() that records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.freed: list[Any] = []
+        self.event = trio.Event()
+
+    def free_bulk(self, objs: list[Any]) -> None:
+        self.calls.append(len(objs))
+        self.freed.extend(objs)
+        self.event.set()
