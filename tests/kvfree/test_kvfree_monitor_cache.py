@@ -12,7 +12,8 @@ from simtools import MS
 from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
-from rcukit.rcu.kvfree.sim import Krc, KvfreeRcu
+from rcukit.rcu.kvfree.monitor import KvfreeMonitor
+from rcukit.rcu.kvfree.sim import Krc
 from rcukit.scenarios.compare import Workload, default_config, run_row
 from rcukit.sched.sim import Task
 
@@ -38,7 +39,7 @@ def _rows() -> list[dict[str, Any]]:
 
 def test_compare_rows_match_a_full_check_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
     fast = _rows()
-    monkeypatch.setattr(KvfreeRcu, "_monitor_quiet_below", lambda self, task, krcp: 0)
+    monkeypatch.setattr(KvfreeMonitor, "_monitor_quiet_below", lambda self, task, krcp: 0)
     slow = _rows()
     assert fast == slow
     assert all(r["kvfree_calls"] > 0 and r["objects_pending"] == 0 for r in fast)
@@ -107,7 +108,7 @@ def test_barriers_and_hot_unplug_match_a_full_check(
     profile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fast = _hotplug_and_barrier_run(profile)
-    monkeypatch.setattr(KvfreeRcu, "_monitor_quiet_below", lambda self, task, krcp: 0)
+    monkeypatch.setattr(KvfreeMonitor, "_monitor_quiet_below", lambda self, task, krcp: 0)
     slow = _hotplug_and_barrier_run(profile)
     assert fast == slow
     st = fast["stats"]
@@ -120,15 +121,15 @@ def test_the_full_check_runs_only_when_something_changed(
     shortcut: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not shortcut:
-        monkeypatch.setattr(KvfreeRcu, "_monitor_quiet_below", lambda self, task, krcp: 0)
+        monkeypatch.setattr(KvfreeMonitor, "_monitor_quiet_below", lambda self, task, krcp: 0)
     arms: list[int] = []
-    real = KvfreeRcu._arm_monitor
+    real = KvfreeMonitor.arm_monitor
 
-    def counting(self: KvfreeRcu, task: Task, krcp: Krc) -> None:
+    def counting(self: KvfreeMonitor, task: Task, krcp: Krc) -> None:
         arms.append(krcp.count)
         real(self, task, krcp)
 
-    monkeypatch.setattr(KvfreeRcu, "_arm_monitor", counting)
+    monkeypatch.setattr(KvfreeMonitor, "arm_monitor", counting)
     cfg = KernelConfig(nr_cpus=2).replace(**{"kvfree.profile": "v6.1"})
 
     async def main() -> None:
