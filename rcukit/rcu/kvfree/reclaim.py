@@ -10,6 +10,7 @@ or the page allocator, passing a quiescent state between blocks.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rcukit.rcu.kvfree.krc import Bnode, Krc, KrwpWork, KvfreePart
@@ -17,8 +18,6 @@ from rcukit.sched.sim import Task
 from rcukit.wq import Work
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from rcukit.rcu.kvfree.sim import KvfreeRcu
 
 __all__ = ["KvfreeReclaim"]
@@ -29,13 +28,13 @@ class KvfreeReclaim(KvfreePart):
 
     def __init__(self, kv: KvfreeRcu) -> None:
         super().__init__(kv)
+        self._polled = self._policy.polled_snapshots
+        self._miss_ns = self._kernel.config.cost.cache_miss_ns
+        self._debug = kv.debug
         #: (time_ns, pending objects, pending block pages) sampled at monitor and reclaim runs.
         self.timeline: list[tuple[int, int, int]] = []
         #: Called with the number of objects each time some are freed.
         self.freed_listeners: list[Callable[[int], None]] = []
-        self._polled = self._policy.polled_snapshots
-        self._miss_ns = self._kernel.config.cost.cache_miss_ns
-        self._debug = kv.debug
 
     async def kfree_rcu_work(self, task: Task, work: Work) -> None:
         """``kfree_rcu_work``: one bulk call per block, the list one by one, spare pages back."""
