@@ -28,8 +28,6 @@ class KvfreeReclaim(KvfreePart):
 
     def __init__(self, kv: KvfreeRcu) -> None:
         super().__init__(kv)
-        self._polled = self._policy.polled_snapshots
-        self._miss_ns = self._kernel.config.cost.cache_miss_ns
         self._debug = kv.debug
         #: (time_ns, pending objects, pending block pages) sampled at monitor and reclaim runs.
         self.timeline: list[tuple[int, int, int]] = []
@@ -72,7 +70,9 @@ class KvfreeReclaim(KvfreePart):
         if debug.enabled:
             for p in ptrs:
                 debug.debug_rcu_head_unqueue(p)
-        if self._polled and not self._rcu.poll_state_synchronize_rcu(bnode.gp_snap):
+        if self._policy.polled_snapshots and not self._rcu.poll_state_synchronize_rcu(
+            bnode.gp_snap
+        ):
             ctr.gp_violations += 1
         if idx == 0:
             if k.tracer.on:
@@ -104,8 +104,8 @@ class KvfreeReclaim(KvfreePart):
 
     async def kvfree_rcu_list(self, task: Task, head: array[int]) -> None:
         """``kvfree_rcu_list``: pointer chasing through rcu_heads, one ``kvfree`` per object."""
-        miss = self._miss_ns
         k = self._kernel
+        miss = k.config.cost.cache_miss_ns
         debug = self._debug
         for p in head.tolist():
             task.charge(miss)
