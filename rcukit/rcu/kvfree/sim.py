@@ -340,6 +340,7 @@ class KvfreeRcu:
 
     # -- results -------------------------------------------------------------------------------
     def statistics(self) -> KvfreeStatistics:
+        """A frozen snapshot of the counters since boot (the live ones keep moving)."""
         return self.counters.statistics(
             cached_pages=sum(len(k.cache) for k in self.krcs), fast_ns=self._fast_ns
         )
