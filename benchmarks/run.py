@@ -37,6 +37,7 @@ FIGURES = (
     "sim_events_per_wall_second",
     "app_read_lock_vs_bare_with",
     "app_read_lock_vs_trio_lock",
+    "app_read_lock_vs_trio_lock_nowait",
     "app_kvfree_vs_call_rcu",
     "app_kvfree_vs_synchronize_each",
     "gp_scaling_1024_vs_16",
