@@ -39,10 +39,11 @@ first loop, then ``mem_during = (mem_during + si_mem_available()) / 2`` when ``l
 (kfree_loops / 4) == 0``. These are the thread's locals. The last thread to finish
 (``atomic_inc_return(&n_kfree_scale_thread_ended) >= kfree_nrealthreads``) samples
 ``get_gp_seq()`` again and prints, from *its own* locals, ``Total time taken by all kfree'ers:
-%llu ns, loops: %d, batches: %ld, memory footprint: %lldMB`` (the text since the footprint was
-added to rcuperf in 2020 (v5.7 [inferred]) and in every rcuscale.c since, v6.1 included; v5.5's
-rcuperf line ended at ``batches: %ld``). ``batches`` is ``rcu_seq_diff(end, start)``; the footprint is
-``(mem_begin - mem_during) >> (20 - PAGE_SHIFT)``, a signed value the kernel does not clamp.
+%llu ns, loops: %d, batches: %ld, memory footprint: %lldMB`` (the text since the footprint
+was added to rcuperf in 2020, v5.7 [inferred], and in every rcuscale.c since, v6.1 included;
+v5.5's rcuperf line ended at ``batches: %ld``). ``batches`` is ``rcu_seq_diff(end, start)``;
+the footprint is ``(mem_begin - mem_during) >> (20 - PAGE_SHIFT)``, a signed value the kernel
+does not clamp.
 
 ``si_mem_available()`` is modelled as the free pages of the buddy allocator: the simulated
 kernel has no page cache or reclaimable slab to add. With 2 or 3 loops the kernel's
