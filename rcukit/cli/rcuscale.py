@@ -42,9 +42,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--kfree-rcu-test-double", action="store_true",
                    help="only two-argument kvfree_rcu(p, rh)")
     p.add_argument("--kfree-by-call-rcu", action="store_true",
-                   help="call_rcu(&p->rh, kfree) per object instead of kfree_rcu")
+                   help="call_rcu(&p->rh, kfree_call_rcu) per object, ignoring single/double")
     p.add_argument("--kfree-mult", type=int, default=1, help="object size multiplier (x24 B)")
-    p.add_argument("--no-batch", action="store_true", help="pre-5.5: one call_rcu per object")
+    p.add_argument("--no-batch", action="store_true",
+                   help="pre-5.5 kfree_rcu (v5.5 rcuperf kfree_no_batch): one offset callback "
+                   "per object, reclaimed by __rcu_reclaim")
     p.add_argument("--variant", default="page-cache", help="block allocator variant")
     default_profile = DEFAULT_PROFILES["rcuscale"]
     add_shared_options(

@@ -1,10 +1,54 @@
 """rcuscale's ``kfree_rcu_test``, on the simulated kernel.
 
-The kernel's test (kernel.md section 5): ``kfree_nthreads`` threads, each bound to CPU
-``me % nr_cpus``, run ``kfree_loops`` loops of ``kfree_alloc_num`` x (``kmalloc`` then a kfree
-variant) with a ``cond_resched()`` per loop. Memory is sampled as ``si_mem_available()`` at the
-first loop and averaged every ``kfree_loops/4`` loops; "batches" is the number of grace periods
-(``rcu_seq_diff``) that elapsed. All figures come from simulated time and simulated memory.
+The kernel's test (kernel.md section 5; ``kernel/rcu/rcuscale.c`` ``kfree_scale_thread``):
+``kfree_nthreads`` threads, each bound to CPU ``me % nr_cpus``, run ``kfree_loops`` loops of
+``kfree_alloc_num`` x (``kmalloc`` then a kfree variant) with a ``cond_resched()`` per loop.
+All figures come from simulated time and simulated memory.
+
+The three ways an object is freed (the ``mode``):
+
+* ``kfree_rcu`` (default): ``kfree_rcu(p, rh)`` or ``kfree_rcu_mightsleep(p)``, chosen per
+  object by ``kfree_rcu_test_single``/``_double`` (both equal: ``torture_random() & 0x800``
+  picks single). Objects go into kvfree_rcu's per-CPU blocks and leave through
+  ``kfree_bulk()``: few RCU callbacks (one ``rcu_work`` per batch), no per-object kfree().
+* ``kfree_by_call_rcu`` (rcuscale.c, v6.2+ [inferred from the lazy-RCU series of 2022-10]):
+  ``call_rcu(&p->rh, kfree_call_rcu)`` for *every* object, before the single/double choice
+  is made (the thread ``continue``s), so those flags do nothing. The callback is a function:
+  ``container_of()`` back to the object, then ``kfree()``. The kernel accepts the parameter
+  only with ``CONFIG_RCU_LAZY``; laziness applies only on offloaded (``rcu_nocbs``) CPUs
+  (``__call_rcu_common`` sends lazy callbacks to ``call_rcu_nocb`` only when
+  ``rcu_rdp_is_offloaded``), and the simulated kernel offloads none, so these callbacks are
+  queued and invoked like any other.
+* ``no_batch``: kfree_rcu before batching. Up to v5.4 ``kfree_rcu(p, rh)`` was
+  ``kfree_call_rcu(&p->rh, (rcu_callback_t)offsetof(..., rh))``; in v5.5 the old path stayed as
+  ``kfree_call_rcu_nobatch()``, used by rcuperf's ``kfree_no_batch=1`` (removed in v5.6,
+  "rcu: Remove kfree_call_rcu_nobatch()"). One callback per object whose "function" is the
+  offset of the rcu_head; ``rcu_do_batch`` hands it to ``__rcu_reclaim`` (``kernel/rcu/rcu.h``),
+  which sees ``__is_kfree_rcu_offset()`` and calls ``kfree(head - offset)`` itself instead of
+  calling through the pointer. No single-argument form existed (v5.9).
+
+The per-object modes therefore count the same things: one callback and one ``kfree()`` per
+object, grace periods driven by the callback flood, and the memory the queued objects hold.
+They differ in *which* callback runs (offset reclaim vs ``kfree_call_rcu``), which the result
+counts separately; the simulation has no cost for the indirect call the offset trick saves, so
+their closing lines match (as the kernel's would, apart from noise, on non-offloaded CPUs).
+
+Measurement, as ``kfree_scale_thread`` does it, per thread: ``start_time`` on entry; the last
+thread to start samples ``get_gp_seq()``; ``mem_begin = mem_during = si_mem_available()`` at the
+first loop, then ``mem_during = (mem_during + si_mem_available()) / 2`` when ``loop %
+(kfree_loops / 4) == 0``. These are the thread's locals. The last thread to finish
+(``atomic_inc_return(&n_kfree_scale_thread_ended) >= kfree_nrealthreads``) samples
+``get_gp_seq()`` again and prints, from *its own* locals, ``Total time taken by all kfree'ers:
+%llu ns, loops: %d, batches: %ld, memory footprint: %lldMB`` (the text since the footprint
+was added to rcuperf in 2020, v5.7 [inferred], and in every rcuscale.c since, v6.1 included;
+v5.5's rcuperf line ended at ``batches: %ld``). ``batches`` is ``rcu_seq_diff(end, start)``;
+the footprint is ``(mem_begin - mem_during) >> (20 - PAGE_SHIFT)``, a signed value the kernel
+does not clamp.
+
+``si_mem_available()`` is modelled as the free pages of the buddy allocator: the simulated
+kernel has no page cache or reclaimable slab to add. With 2 or 3 loops the kernel's
+``loop % (kfree_loops / 4)`` divides by zero on the second loop; the model skips the average
+(as if ``kfree_loops < 4`` never samples again) rather than crashing.
 """
 
 from __future__ import annotations
@@ -48,8 +92,42 @@ class RcuscaleParams:
     kfree_rcu_test_double: bool = False
     kfree_by_call_rcu: bool = False
     kfree_mult: int = attrs.field(default=1, validator=_nonneg("kfree_mult", 1))
-    #: Pre-5.5 behaviour: one call_rcu() per object, no batching at all.
+    #: Pre-5.5 kfree_rcu: one offset-encoded callback per object (rcuperf's v5.5
+    #: ``kfree_no_batch``).
     no_batch: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.no_batch and self.kfree_by_call_rcu:
+            raise ConfigError(
+                "no_batch and kfree_by_call_rcu together: rcuperf's kfree_no_batch (v5.5) and "
+                "rcuscale's kfree_by_call_rcu (v6.2+) never existed in the same kernel"
+            )
+
+    @property
+    def mode(self) -> str:
+        """How each object is freed: ``kfree_rcu``, ``kfree_by_call_rcu`` or ``no_batch``."""
+        if self.no_batch:
+            return "no_batch"
+        return "kfree_by_call_rcu" if self.kfree_by_call_rcu else "kfree_rcu"
+
+
+@attrs.frozen
+class RcuscaleCounts:
+    """What the run did, counted after the final barrier (every object freed)."""
+
+    #: RCU callbacks invoked (all of them: per-object ones, kvfree's rcu_work, barriers).
+    callbacks_invoked: int
+    #: Per-object callbacks reclaimed by ``__rcu_reclaim``'s kfree-offset branch (no_batch).
+    kfree_offset_callbacks: int
+    #: Per-object callbacks that called rcuscale's ``kfree_call_rcu`` (kfree_by_call_rcu).
+    kfree_call_rcu_callbacks: int
+    #: Single-object ``kfree()``/``kvfree()`` calls: the per-object callbacks, plus kvfree_rcu's
+    #: rcu_head-list fallback and head-less synchronous fallback.
+    kfree_calls: int
+    #: ``kfree_bulk()`` calls made by kvfree_rcu's reclaim work.
+    kfree_bulk_calls: int
+    #: Grace periods completed between boot and the end of the final barrier.
+    grace_periods: int
 
 
 @attrs.frozen
@@ -63,6 +141,11 @@ class RcuscaleResult:
     memory_footprint_mb: int
     records_per_block_mean: float
     objects: int
+    counts: RcuscaleCounts
+    #: Each thread's own ``(mem_begin - mem_during)`` in MB, by thread index.
+    thread_footprints_mb: tuple[int, ...]
+    #: The thread that finished last and printed the closing line.
+    last_finisher: int
 
     def banner(self) -> str:
         p = self.params
@@ -84,6 +167,7 @@ class RcuscaleResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "params": attrs.asdict(self.params),
+            "mode": self.params.mode,
             "profile": self.config.kvfree.profile,
             "variant": self.config.kvfree.variant,
             "seed": self.config.seed,
@@ -93,16 +177,33 @@ class RcuscaleResult:
             "loops": self.loops,
             "batches": self.batches,
             "memory_footprint_mb": self.memory_footprint_mb,
+            "thread_footprints_mb": list(self.thread_footprints_mb),
+            "last_finisher": self.last_finisher,
             "records_per_block_mean": round(self.records_per_block_mean, 2),
+            **attrs.asdict(self.counts),
         }
 
 
 class _KfreeObj(RcuHead):
-    __slots__ = ("ptr",)
+    """The ``rh`` of one ``struct kfree_obj``: ``rh`` is its address, ``offset`` what a
+    pre-5.5 kfree_rcu stored in ``rh.func`` (``offsetof(struct kfree_obj, rh)``)."""
 
-    def __init__(self, ptr: int) -> None:
+    __slots__ = ("offset", "rh")
+
+    def __init__(self, rh: int, offset: int = 0) -> None:
         super().__init__(None)
-        self.ptr = ptr
+        self.rh = rh
+        self.offset = offset
+
+
+@attrs.define
+class _Kfreer:
+    """One ``kfree_scale_thread``'s locals."""
+
+    start_ns: int = 0
+    end_ns: int = 0
+    mem_begin: int = 0
+    mem_during: int = 0
 
 
 async def run_rcuscale_async(params: RcuscaleParams, config: KernelConfig) -> RcuscaleResult:
@@ -127,55 +228,80 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
     if nthreads == 0:
         raise ConfigError("kfree_nthreads = 0: at least one kfree'er thread is needed")
     size = p.kfree_mult * KFREE_OBJ_SIZE
-    state: dict[str, int] = {"started": 0, "finished": 0, "mem_begin": 0, "mem_during": 0}
-    gp_start = [0]
-    page_shift = k.config.page_size.bit_length() - 1
+    mode = p.mode
+    # The kernel's atomics and globals: started/ended counters, b_rcu_gp_test_*.
+    shared = {"started": 0, "ended": 0, "gp_start": 0, "gp_end": 0, "last": -1}
+    ctr = {"offset": 0, "call_rcu": 0}
+    mb_shift = 20 - (k.config.page_size.bit_length() - 1)
     mm = k.mm
     kv = k.kvfree
     rcu = k.rcu
+    threads = [_Kfreer() for _ in range(nthreads)]
 
-    async def kfree_cb(task: Task, head: RcuHead) -> None:
-        # The callback reaches its object through the rcu_head: a cache miss, then kfree().
+    async def rcu_reclaim_kfree_offset(task: Task, head: RcuHead) -> None:
+        # __rcu_reclaim(): head->func is an offset, so kfree((void *)head - offset) directly.
         assert isinstance(head, _KfreeObj)
-        await mm.slab.kfree(task, head.ptr, cache_miss=True)
+        ctr["offset"] += 1
+        await mm.slab.kfree(task, head.rh - head.offset, cache_miss=True)
 
-    async def kfreer(task: Task) -> int:
-        me = task.data.get("me", 0)
+    async def kfree_call_rcu(task: Task, head: RcuHead) -> None:
+        # rcuscale.c's callback: container_of(rh, struct kfree_obj, rh), then kfree().
+        assert isinstance(head, _KfreeObj)
+        ctr["call_rcu"] += 1
+        await mm.slab.kfree(task, head.rh - KFREE_OBJ_RH_OFFSET, cache_miss=True)
+
+    async def si_mem_available(task: Task) -> int:
+        await task.sync()  # a global counter: read it at this CPU's time
+        return mm.nr_free_pages()
+
+    async def kfree_scale_thread(task: Task) -> None:
+        me: int = task.data["me"]
+        mine = threads[me]
         rng = random.Random(f"{k.config.seed}:kfree:{me}")
-        state["started"] += 1
-        if state["started"] == nthreads:
-            gp_start[0] = rcu.gp_seq
-        start = task.now_ns
+        both = p.kfree_rcu_test_single == p.kfree_rcu_test_double
+        mine.start_ns = task.now_ns
+        await task.sync()
+        shared["started"] += 1
+        if shared["started"] >= nthreads:
+            shared["gp_start"] = rcu.gp_seq
+        quarter = p.kfree_loops // 4
         for loop in range(p.kfree_loops):
-            if loop == 0 and me == 0:
-                state["mem_begin"] = state["mem_during"] = mm.nr_free_pages()
-            elif me == 0 and p.kfree_loops >= 4 and loop % (p.kfree_loops // 4) == 0:
-                state["mem_during"] = (state["mem_during"] + mm.nr_free_pages()) // 2
+            if loop == 0:
+                mine.mem_begin = mine.mem_during = await si_mem_available(task)
+            elif quarter and loop % quarter == 0:
+                mine.mem_during = (mine.mem_during + await si_mem_available(task)) // 2
             for _ in range(p.kfree_alloc_num):
                 ptr = await mm.kmalloc(task, size, _GFP_KERNEL)
-                if p.no_batch or p.kfree_by_call_rcu:
-                    rcu.call_rcu(task, _KfreeObj(ptr), kfree_cb)
+                rh = ptr + KFREE_OBJ_RH_OFFSET
+                if mode == "kfree_by_call_rcu":
+                    rcu.call_rcu(task, _KfreeObj(rh), kfree_call_rcu)
                     continue
-                if p.kfree_rcu_test_single == p.kfree_rcu_test_double:
-                    single = bool(rng.getrandbits(16) & 0x800)
+                if mode == "no_batch":
+                    head = _KfreeObj(rh, KFREE_OBJ_RH_OFFSET)
+                    rcu.call_rcu(task, head, rcu_reclaim_kfree_offset)
+                    continue
+                if p.kfree_rcu_test_single and not p.kfree_rcu_test_double:
+                    single = True
                 else:
-                    single = p.kfree_rcu_test_single
+                    single = both and bool(rng.getrandbits(16) & 0x800)
                 if single:
                     await kv.kvfree_rcu_mightsleep(task, ptr)
                 else:
-                    await kv.kvfree_rcu(task, ptr, ptr + KFREE_OBJ_RH_OFFSET)
+                    await kv.kvfree_rcu(task, ptr, rh)
             await task.cond_resched()
-        return task.now_ns - start
+        await task.sync()
+        mine.end_ns = task.now_ns
+        shared["ended"] += 1
+        if shared["ended"] >= nthreads:
+            shared["gp_end"] = rcu.gp_seq
+            shared["last"] = me
 
-    tasks = []
     for me in range(nthreads):
-        t = k.spawn(kfreer, me % nr, f"kfree_scale_thread/{me}")
+        t = k.spawn(kfree_scale_thread, me % nr, f"kfree_scale_thread/{me}")
         t.data["me"] = me
-        tasks.append(t)
     await k.run()
-    gp_end = rcu.gp_seq
-    total = max(int(t.result) for t in tasks)  # type: ignore[call-overload]
-    footprint = max(0, (state["mem_begin"] - state["mem_during"]) >> (20 - page_shift))
+    last = shared["last"]
+    lt = threads[last]
 
     async def barrier(task: Task) -> None:
         await kv.kvfree_rcu_barrier(task)
@@ -185,14 +311,27 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
     await k.run()
     # After the barrier: every block has been through kfree_bulk() and is in the histogram.
     stats = kv.statistics()
+    rstats = rcu.statistics()
+    counts = RcuscaleCounts(
+        callbacks_invoked=rstats.callbacks_invoked,
+        kfree_offset_callbacks=ctr["offset"],
+        kfree_call_rcu_callbacks=ctr["call_rcu"],
+        kfree_calls=ctr["offset"] + ctr["call_rcu"] + stats.fallback_rcu_head
+        + stats.fallback_synchronize,
+        kfree_bulk_calls=stats.bulk_calls,
+        grace_periods=rstats.completed_gps,
+    )
     return RcuscaleResult(
         params=p,
         config=k.config,
         nthreads=nthreads,
-        total_time_ns=total,
+        total_time_ns=lt.end_ns - lt.start_ns,
         loops=p.kfree_loops,
-        batches=rcu_seq_diff(gp_end, gp_start[0]),
-        memory_footprint_mb=footprint,
+        batches=rcu_seq_diff(shared["gp_end"], shared["gp_start"]),
+        memory_footprint_mb=(lt.mem_begin - lt.mem_during) >> mb_shift,
         records_per_block_mean=stats.records_per_block_mean,
         objects=nthreads * p.kfree_loops * p.kfree_alloc_num,
+        counts=counts,
+        thread_footprints_mb=tuple((t.mem_begin - t.mem_during) >> mb_shift for t in threads),
+        last_finisher=last,
     )

@@ -140,3 +140,108 @@ def test_bad_parameters_exit_2(args: list[str], expect: str) -> None:
 def test_params_validate_on_construction() -> None:
     with pytest.raises(ConfigError, match="kfree_loops"):
         RcuscaleParams(kfree_loops=-1)
+
+
+@pytest.fixture(scope="module")
+def by_call_rcu() -> dict[str, Any]:
+    return rcuscale_json("--kfree-by-call-rcu")
+
+
+CLOSING_KEYS = ("total_time_ns", "loops", "batches", "memory_footprint_mb")
+
+
+def test_no_batch_frees_each_object_through_rcu_reclaim_offset(
+    unbatched: dict[str, Any]
+) -> None:
+    """v5.5 rcuperf ``kfree_perf_thread`` (kernel/rcu/rcuperf.c, ``kfree_no_batch=1``) calls
+    ``kfree_call_rcu_nobatch(&p->rh, (rcu_callback_t)offsetof(struct kfree_obj, rh))``: the
+    pre-batching kfree_rcu of v5.4. ``rcu_do_batch`` passes each such callback to
+    ``__rcu_reclaim`` (kernel/rcu/rcu.h, v5.4/v5.5), which sees ``__is_kfree_rcu_offset()`` and
+    calls ``kfree(head - offset)``: one callback and one kfree() per object, no kfree_bulk()."""
+    n = unbatched["objects"]
+    assert unbatched["mode"] == "no_batch"
+    assert unbatched["kfree_offset_callbacks"] == n == 40_000
+    assert unbatched["kfree_call_rcu_callbacks"] == 0
+    assert unbatched["kfree_calls"] == n
+    assert unbatched["kfree_bulk_calls"] == 0
+    # the per-object callbacks plus at most one rcu_barrier() callback per CPU
+    assert n <= unbatched["callbacks_invoked"] <= n + 1
+
+
+def test_kfree_by_call_rcu_invokes_kfree_call_rcu_per_object(
+    by_call_rcu: dict[str, Any]
+) -> None:
+    """rcuscale.c ``kfree_scale_thread`` (torvalds/linux 0401bbf56da5): with
+    ``kfree_by_call_rcu`` each object goes to ``call_rcu(&p->rh, kfree_call_rcu)``, whose
+    callback does ``container_of()`` and ``kfree()``: one function callback and one kfree() per
+    object. (Laziness needs offloaded CPUs: ``__call_rcu_common`` in kernel/rcu/tree.c uses
+    ``call_rcu_nocb`` only if ``rcu_rdp_is_offloaded``; the simulated kernel offloads none.)"""
+    n = by_call_rcu["objects"]
+    assert by_call_rcu["mode"] == "kfree_by_call_rcu"
+    assert by_call_rcu["kfree_call_rcu_callbacks"] == n == 40_000
+    assert by_call_rcu["kfree_offset_callbacks"] == 0
+    assert by_call_rcu["kfree_calls"] == n
+    assert by_call_rcu["kfree_bulk_calls"] == 0
+    assert n <= by_call_rcu["callbacks_invoked"] <= n + 1
+
+
+def test_kfree_by_call_rcu_ignores_single_and_double() -> None:
+    """rcuscale.c ``kfree_scale_thread`` (0401bbf56da5): the ``kfree_by_call_rcu`` branch
+    ``continue``s before ``kfree_rcu_test_single``/``_double`` are looked at, so with it set
+    no object reaches kfree_rcu() or kfree_rcu_mightsleep()."""
+    for flag in ("--kfree-rcu-test-single", "--kfree-rcu-test-double"):
+        doc = rcuscale_json("--kfree-by-call-rcu", flag)
+        assert doc["kfree_call_rcu_callbacks"] == doc["objects"]
+        assert doc["kfree_bulk_calls"] == 0 and doc["records_per_block_mean"] == 0
+
+
+def test_batched_kfree_rcu_frees_through_kfree_bulk(batched: dict[str, Any]) -> None:
+    """v5.7+ kvfree_rcu (kernel/rcu/tree.c ``kfree_rcu_work``; kernel.md 1.0): pointers go into
+    page-sized blocks freed by ``kfree_bulk()`` after a GP, so the RCU callbacks are a few
+    ``rcu_work`` heads, not one per object; the only single kfree()s are the rcu_head-list and
+    head-less fallbacks."""
+    n = batched["objects"]
+    assert batched["mode"] == "kfree_rcu"
+    assert batched["kfree_offset_callbacks"] == batched["kfree_call_rcu_callbacks"] == 0
+    assert batched["callbacks_invoked"] < n // 1000
+    assert batched["kfree_bulk_calls"] >= n // 510
+    assert batched["kfree_calls"] < n // 100
+
+
+def test_per_object_modes_print_the_same_closing_line(
+    unbatched: dict[str, Any], by_call_rcu: dict[str, Any], batched: dict[str, Any]
+) -> None:
+    """The two per-object modes queue the same callbacks at the same points and each callback
+    does one kfree() (``__rcu_reclaim``'s offset branch vs ``kfree_call_rcu``); only the
+    indirect call differs, which the model does not cost, so the closing lines match. Both
+    differ from batched kfree_rcu, which waits for fewer grace periods (the point of the v5.5
+    batching, a35d16905efc, as its rcuperf test was written to show)."""
+    assert all(unbatched[k] == by_call_rcu[k] for k in CLOSING_KEYS)
+    assert unbatched["grace_periods"] == by_call_rcu["grace_periods"]
+    assert unbatched["grace_periods"] > batched["grace_periods"]
+
+
+def test_memory_is_sampled_per_thread_and_printed_by_the_last_finisher() -> None:
+    """rcuscale.c ``kfree_scale_thread`` (0401bbf56da5): ``mem_begin``/``mem_during`` and
+    ``start_time`` are the thread's locals; the thread whose ``atomic_inc_return(
+    &n_kfree_scale_thread_ended)`` reaches ``kfree_nrealthreads`` prints its own
+    ``end_time - start_time`` and ``(mem_begin - mem_during) >> (20 - PAGE_SHIFT)``. Three
+    threads on two CPUs: threads 0 and 2 share CPU 0, so one of them finishes last."""
+    r = run_rcuscale(RcuscaleParams(kfree_nthreads=3, kfree_alloc_num=8000, kfree_loops=8),
+                     KernelConfig(nr_cpus=2))
+    assert len(r.thread_footprints_mb) == 3
+    assert r.last_finisher in (0, 2)
+    assert r.memory_footprint_mb == r.thread_footprints_mb[r.last_finisher]
+    # 64k live 24-byte objects per thread at most: the footprints are a few MB, not zero
+    assert any(mb > 0 for mb in r.thread_footprints_mb)
+    assert f"memory footprint: {r.memory_footprint_mb}MB" in r.closing_line()
+
+
+def test_no_batch_and_kfree_by_call_rcu_are_exclusive() -> None:
+    """``kfree_no_batch`` existed only in v5.5's rcuperf.c (removed by "rcu: Remove
+    kfree_call_rcu_nobatch()", v5.6); ``kfree_by_call_rcu`` is rcuscale.c's (v6.2+)."""
+    with pytest.raises(ConfigError, match="never existed in the same kernel"):
+        RcuscaleParams(no_batch=True, kfree_by_call_rcu=True)
+    rc, out, err = run_cli(["rcuscale", "--no-batch", "--kfree-by-call-rcu",
+                            "--kfree-alloc-num", "5", "--kfree-loops", "1"])
+    assert rc == 2 and out == "" and "never existed" in err
