@@ -13,6 +13,8 @@ from simtools import ROOT
 FIGURES = (
     "sim_kvfree_ns_per_call",
     "sim_kvfree_vs_bare_loop",
+    "sim_kvfree_shuffled_vs_bare_loop",
+    "sim_flood_kmalloc_vs_bare_loop",
     "sim_events_per_wall_second",
     "app_read_lock_vs_bare_with",
     "app_read_lock_vs_trio_lock",
@@ -54,6 +56,7 @@ def test_run_py_quick_json_reports_every_figure() -> None:
     assert _is_number(out["env"]["cpu_count"])
     # every figure with a target says which way it must go
     assert out["details"]["sim_kvfree_vs_bare_loop"]["target"] == "<= 25"
+    assert out["details"]["sim_kvfree_shuffled_vs_bare_loop"]["target"] == "<= 25"
     assert out["details"]["app_kvfree_vs_call_rcu"]["target"] == ">= 3"
 
 
