@@ -502,9 +502,11 @@ class SlabAllocator:
         block of them is a few arithmetic progressions. One is recognised with a handful of
         C-level big-integer operations on the array's bytes (``base + k * size`` per 8-byte
         lane, compared in one go; the first differing lane ends the segment), instead of
-        dividing every pointer in Python. A shuffled array degrades to one-object segments,
-        which costs about what a per-pointer loop would. The checks are :meth:`_locate`'s: a
-        known slab page, an object start inside the slab, allocated, and not listed twice.
+        dividing every pointer in Python. The cost stays proportional to the segment found:
+        the next pointer is compared first (a shuffled array makes one-object segments without
+        building any integer), then the compared width grows eightfold (:data:`_PROBE_GROWTH`)
+        until a lane differs or the slab ends. The checks are :meth:`_locate`'s: a known slab
+        page, an object start inside the slab, allocated, and not listed twice.
         """
         if type(ptrs) is array and ptrs.typecode in "LQ" and ptrs.itemsize == 8:
             arr = ptrs  # a kvfree_rcu block's records, as they are
@@ -522,8 +524,9 @@ class SlabAllocator:
         slab_of = self._slab_of
         n = len(ptrs)
         runs: list[tuple[Slab, int, list[range]]] = []
-        spans: dict[Slab, int] = {}
+        nseg: dict[Slab, int] = {}
         prev: Slab | None = None
+        singles = 0
         i = 0
         while i < n:
             p0 = ptrs[i]
@@ -538,12 +541,27 @@ class SlabAllocator:
                 return None
             m = min(n - i, slab.nobj - idx0)
             if m > 1:
-                diff = int.from_bytes(raw[8 * i : 8 * (i + m)], "little") - _lanes(
-                    cache, base, idx0, m
-                )
-                if diff:
-                    m = ((diff & -diff).bit_length() - 1) >> 6  # the first lane that differs
-            if slab.used.count(1, idx0, idx0 + m) != m:
+                if ptrs[i + 1] - p0 != size:
+                    m = 1  # not run-shaped here: no integer built
+                    singles += 1
+                    if singles > _SINGLES_ALLOWED and 2 * singles > i:
+                        return None  # mostly single objects: the per-pointer path is cheaper
+                else:
+                    w = 2  # lanes 0 and 1 are known to match
+                    while w < m:
+                        w = min(w * _PROBE_GROWTH, m)
+                        diff = int.from_bytes(raw[8 * i : 8 * (i + w)], "little") - _lanes(
+                            cache, base, idx0, w
+                        )
+                        if diff:  # the first lane that differs ends the segment
+                            w = ((diff & -diff).bit_length() - 1) >> 6
+                            break
+                    m = w
+            used = slab.used
+            if m == 1:
+                if used[idx0] != 1:
+                    return None
+            elif used.count(1, idx0, idx0 + m) != m:
                 return None  # a free object in there (or one this call listed already)
             seg = range(idx0, idx0 + m)
             if slab is prev:
@@ -553,19 +571,10 @@ class SlabAllocator:
             else:
                 runs.append((slab, m, [seg]))
                 prev = slab
-            spans[slab] = spans.get(slab, 0) + 1
+            nseg[slab] = nseg.get(slab, 0) + 1
             i += m
-        if sum(spans.values()) != len(spans):
-            # a slab with several segments: they must not overlap (an object listed twice)
-            for slab, nseg in spans.items():
-                if nseg > 1:
-                    segs = sorted(
-                        (seg for r in runs if r[0] is slab for seg in r[2]),
-                        key=lambda r: r.start,
-                    )
-                    for a, b in pairwise(segs):
-                        if b.start < a.stop:
-                            return None
+        if len(nseg) != sum(nseg.values()) and _segments_overlap(runs, nseg):
+            return None
         return runs
 
     async def _kfree_bulk_checked(self, task: Task, ptrs: Sequence[int]) -> None:
@@ -784,11 +793,45 @@ def _build_detached_freelists(
     return groups
 
 
+def _segments_overlap(
+    runs: Sequence[tuple[Slab, int, list[range]]], nseg: dict[Slab, int]
+) -> bool:
+    """Whether two segments of one slab share an object (a pointer listed twice): one pass over
+    the runs collects the segments of each slab that has several, then each such list is
+    sorted by start and checked pairwise."""
+    several: dict[Slab, list[range]] = {slab: [] for slab, k in nseg.items() if k > 1}
+    for slab, _, segs in runs:
+        mine = several.get(slab)
+        if mine is not None:
+            mine += segs
+    for segs in several.values():
+        segs.sort(key=_range_start)
+        for a, b in pairwise(segs):
+            if b.start < a.stop:
+                return True
+    return False
+
+
+def _range_start(r: range) -> int:
+    return r.start
+
+
+#: One-object segments :meth:`SlabAllocator._slab_runs` accepts before it hands an array that
+#: is mostly single objects (half of the pointers so far) to the per-pointer path.
+_SINGLES_ALLOWED = 8
+
+#: How much wider each probe of :meth:`SlabAllocator._slab_runs` compares than the one before:
+#: the work per segment stays within a small factor of its length.
+_PROBE_GROWTH = 8
+
+
 def _lanes(cache: KmemCache, base: int, idx0: int, m: int) -> int:
     """``base + (idx0 + k) * size`` in 64-bit lane k, for k < m, as one integer.
 
     Adding lanes never carries: each lane's sum is an address inside the slab, below 2**64.
     So a pointer array equals this integer exactly when it lists those objects in order.
+    It is ``(base + idx0 * size)`` times m lanes of 1, plus ``k * size`` in lane k: masking the
+    cached integers to m lanes keeps the work proportional to m, not to the slab's ``nobj``.
     """
     offs = cache.lane_offsets
     ones = cache.lane_ones
@@ -800,10 +843,8 @@ def _lanes(cache: KmemCache, base: int, idx0: int, m: int) -> int:
             b.byteswap()
         offs = cache.lane_offsets = int.from_bytes(a.tobytes(), "little")
         ones = cache.lane_ones = int.from_bytes(b.tobytes(), "little")
-    if idx0:
-        offs >>= 64 * idx0
     if m < cache.nobj:
         mask = (1 << (64 * m)) - 1
         offs &= mask
         ones &= mask
-    return base * ones + offs
+    return (base + idx0 * cache.size) * ones + offs
