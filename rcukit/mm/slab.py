@@ -23,7 +23,8 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import compress, pairwise
+from operator import is_
 from typing import TYPE_CHECKING, TypeVar
 
 from rcukit.errors import MemoryDebugError, PageAllocError
@@ -734,8 +735,71 @@ def _detached_groups(
     others of the same slab, giving up after 3 misses (look-ahead) and resuming next round from
     the first object it skipped. A large-kmalloc entry (slab None) is a group of its own.
     ``idxs[i] < 0`` marks NULL entries.
+
+    Without NULLs, a round that starts at i with nothing below i taken yet is a group of one
+    exactly when none of the 3 entries below i is of the same slab; such stretches (all of a
+    shuffled array but a few places) are emitted at once (:func:`_lone_rounds`), and the scan
+    itself runs only from the places where a neighbour within the look-ahead shares a slab.
     """
-    return _build_detached_freelists(slabs, [i < 0 for i in idxs], [1] * len(slabs))
+    if min(idxs, default=0) < 0:
+        return _build_detached_freelists(slabs, [i < 0 for i in idxs], [1] * len(slabs))
+    return _lone_rounds(slabs)
+
+
+def _lone_rounds(slabs: Sequence[_SlabOrNone]) -> list[tuple[_SlabOrNone, list[int]]]:
+    """:func:`_build_detached_freelists` of an array without NULLs, every miss costing 1."""
+    n = len(slabs)
+    near = sorted(
+        {
+            i
+            for d in (1, 2, 3)
+            for i in compress(range(d, n), map(is_, slabs[d:], slabs))
+        }
+    )
+    groups: list[tuple[_SlabOrNone, list[int]]] = []
+    done = [False] * n
+    lowest_done = n  # no entry below this one is taken
+    size = n
+    while size:
+        size -= 1
+        while done[size] and size:
+            size -= 1
+        if done[size]:
+            break
+        if size < lowest_done:
+            # rounds of one down to the next entry that shares a slab with an entry just below
+            while near and near[-1] > size:
+                near.pop()
+            stop = near[-1] if near else -1
+            groups += [(slabs[i], [i]) for i in range(size, stop, -1)]
+            if stop < 0:
+                break
+            size = stop
+        slab = slabs[size]
+        done[size] = True
+        if slab is None:
+            groups.append((slab, [size]))
+            continue
+        members = [size]
+        lookahead = 3
+        first_skipped = 0
+        while size:
+            size -= 1
+            if done[size]:
+                continue
+            if slabs[size] is slab:
+                members.append(size)
+                done[size] = True
+                lowest_done = min(lowest_done, size)
+                continue
+            if not first_skipped:
+                first_skipped = size + 1
+            lookahead -= 1
+            if not lookahead:
+                break
+        groups.append((slab, members))
+        size = first_skipped
+    return groups
 
 
 def _detached_run_groups(
