@@ -738,36 +738,61 @@ def _detached_groups(
 
     Without NULLs, a round that starts at i with nothing below i taken yet is a group of one
     exactly when none of the 3 entries below i is of the same slab; such stretches (all of a
-    shuffled array but a few places) are emitted at once (:func:`_lone_rounds`), and the scan
+    shuffled array but a few places) are emitted at once (:func:`_near_repeats`), and the scan
     itself runs only from the places where a neighbour within the look-ahead shares a slab.
     """
     if min(idxs, default=0) < 0:
         return _build_detached_freelists(slabs, [i < 0 for i in idxs], [1] * len(slabs))
-    return _lone_rounds(slabs)
-
-
-def _lone_rounds(slabs: Sequence[_SlabOrNone]) -> list[tuple[_SlabOrNone, list[int]]]:
-    """:func:`_build_detached_freelists` of an array without NULLs, every miss costing 1."""
     n = len(slabs)
-    near = sorted(
-        {
-            i
-            for d in (1, 2, 3)
-            for i in compress(range(d, n), map(is_, slabs[d:], slabs))
-        }
+    return _build_detached_freelists(slabs, [False] * n, [1] * n, _near_repeats(slabs))
+
+
+def _near_repeats(slabs: Sequence[_SlabOrNone]) -> list[int]:
+    """The indices i (ascending) whose slab is also that of one of the 3 entries below i."""
+    n = len(slabs)
+    return sorted(
+        {i for d in (1, 2, 3) for i in compress(range(d, n), map(is_, slabs[d:], slabs))}
     )
+
+
+def _detached_run_groups(
+    slabs: Sequence[Slab], lens: Sequence[int]
+) -> list[tuple[Slab, list[int]]]:
+    """:func:`_detached_groups` over runs: ``slabs[j]`` holds the ``lens[j]`` pointers of run j.
+
+    Runs are never split (a round takes or skips a whole run), so each run counts as
+    ``lens[j]`` look-ahead misses; groups list run numbers, newest first, and a run's own
+    pointers are taken newest first, exactly as the per-pointer scan takes them.
+    """
+    return _build_detached_freelists(slabs, [False] * len(slabs), lens)
+
+
+def _build_detached_freelists(
+    slabs: Sequence[_SlabOrNone],
+    done: list[bool],
+    misses: Sequence[int],
+    near: list[int] | None = None,
+) -> list[tuple[_SlabOrNone, list[int]]]:
+    """The scan both callers share: entry i costs ``misses[i]`` look-ahead when skipped.
+
+    The kernel decrements the look-ahead before it records the first skipped index; with a
+    cost of 1 the first miss never exhausts the look-ahead, so recording it first (which a
+    run costing 3 or more needs) takes the same groups. ``done[i]`` entries are passed over.
+
+    ``near`` (:func:`_near_repeats`) is given only when nothing is done and every miss costs 1:
+    a round starting at i, with nothing below i taken yet, is then a group of one unless i is
+    in ``near``, so such rounds are emitted a stretch at a time.
+    """
     groups: list[tuple[_SlabOrNone, list[int]]] = []
-    done = [False] * n
-    lowest_done = n  # no entry below this one is taken
-    size = n
+    size = len(slabs)
+    lowest_done = size if near is not None else -1  # no entry below this one is taken
     while size:
         size -= 1
         while done[size] and size:
             size -= 1
         if done[size]:
             break
-        if size < lowest_done:
-            # rounds of one down to the next entry that shares a slab with an entry just below
+        if size < lowest_done and near is not None:
             while near and near[-1] > size:
                 near.pop()
             stop = near[-1] if near else -1
@@ -791,61 +816,6 @@ def _lone_rounds(slabs: Sequence[_SlabOrNone]) -> list[tuple[_SlabOrNone, list[i
                 members.append(size)
                 done[size] = True
                 lowest_done = min(lowest_done, size)
-                continue
-            if not first_skipped:
-                first_skipped = size + 1
-            lookahead -= 1
-            if not lookahead:
-                break
-        groups.append((slab, members))
-        size = first_skipped
-    return groups
-
-
-def _detached_run_groups(
-    slabs: Sequence[Slab], lens: Sequence[int]
-) -> list[tuple[Slab, list[int]]]:
-    """:func:`_detached_groups` over runs: ``slabs[j]`` holds the ``lens[j]`` pointers of run j.
-
-    Runs are never split (a round takes or skips a whole run), so each run counts as
-    ``lens[j]`` look-ahead misses; groups list run numbers, newest first, and a run's own
-    pointers are taken newest first, exactly as the per-pointer scan takes them.
-    """
-    return _build_detached_freelists(slabs, [False] * len(slabs), lens)
-
-
-def _build_detached_freelists(
-    slabs: Sequence[_SlabOrNone], done: list[bool], misses: Sequence[int]
-) -> list[tuple[_SlabOrNone, list[int]]]:
-    """The scan both callers share: entry i costs ``misses[i]`` look-ahead when skipped.
-
-    The kernel decrements the look-ahead before it records the first skipped index; with a
-    cost of 1 the first miss never exhausts the look-ahead, so recording it first (which a
-    run costing 3 or more needs) takes the same groups. ``done[i]`` entries are passed over.
-    """
-    groups: list[tuple[_SlabOrNone, list[int]]] = []
-    size = len(slabs)
-    while size:
-        size -= 1
-        while done[size] and size:
-            size -= 1
-        if done[size]:
-            break
-        slab = slabs[size]
-        done[size] = True
-        if slab is None:
-            groups.append((slab, [size]))
-            continue
-        members = [size]
-        lookahead = 3
-        first_skipped = 0
-        while size:
-            size -= 1
-            if done[size]:
-                continue
-            if slabs[size] is slab:
-                members.append(size)
-                done[size] = True
                 continue
             if not first_skipped:
                 first_skipped = size + 1

@@ -22,7 +22,6 @@ from rcukit.mm.slab import (
     _detached_groups,
     _detached_run_groups,
     _lanes,
-    _lone_rounds,
 )
 from rcukit.sched.sim import Task
 
@@ -113,7 +112,6 @@ def test_detached_groups_match_the_kernel_scan(labels: list[int | None], data: A
     per_ptr = [None if x is None else slabs[x] for x in labels]
     nulls = data.draw(st.lists(st.booleans(), min_size=len(labels), max_size=len(labels)))
     want_plain = _kernel_scan(per_ptr, [False] * len(labels))
-    assert _lone_rounds(per_ptr) == want_plain
     assert _detached_groups(per_ptr, list(range(len(labels)))) == want_plain
     idxs = [-1 if null else i for i, null in enumerate(nulls)]
     assert _detached_groups(per_ptr, idxs) == _kernel_scan(per_ptr, nulls)
