@@ -34,6 +34,8 @@ GROUPS = ("sim_kvfree", "compare_events", "app_rcu", "gp_scaling", "memory")
 FIGURES = (
     "sim_kvfree_ns_per_call",
     "sim_kvfree_vs_bare_loop",
+    "sim_kvfree_shuffled_vs_bare_loop",
+    "sim_flood_kmalloc_vs_bare_loop",
     "sim_events_per_wall_second",
     "sim_model_ops_per_wall_second",
     "sim_handoffs_per_wall_second",

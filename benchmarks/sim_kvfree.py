@@ -1,19 +1,31 @@
 """Simulated ``kvfree_rcu()`` per call, flood and drain, against a bare Python loop.
 
 The machine: 8 CPUs, the ``v6.1`` profile, the ``nowait`` allocator variant, no KASAN
-quarantine, a zone large enough that nothing is reclaimed. Each CPU kmallocs its objects first
-(not timed), then every CPU floods head-less ``kvfree_rcu(ptr)`` over them (timed: "flood"),
-then one ``kvfree_rcu_barrier()`` waits for the grace periods and frees every block through
-``kfree_bulk()`` (timed: "drain"). The per-call cost is (flood + drain) / calls, the best of the
-repetitions. The baseline is :func:`_common.bare_loop` over as many pointers, timed right before
-the flood and right before the drain of each repetition; the ratio is taken per repetition
-(against that repetition's faster bare loop) and the best repetition's ratio is reported.
+quarantine, a zone large enough that nothing is reclaimed. Three workloads, each a figure:
+
+- **in order** (``sim_kvfree_*``): each CPU kmallocs its objects first (not timed), then every
+  CPU floods head-less ``kvfree_rcu(ptr)`` over them in allocation order (timed: "flood"), then
+  one ``kvfree_rcu_barrier()`` waits for the grace periods and frees every block through
+  ``kfree_bulk()`` (timed: "drain"). The best case: each block is a few runs of consecutive
+  objects.
+- **shuffled** (``sim_kvfree_shuffled_vs_bare_loop``): the same pre-allocated objects, shuffled
+  (a fixed seed) and dealt to the CPUs, so every block lists objects of scattered slab pages in
+  no order, the way frees arrive from a real workload; ``kfree_bulk()`` gets no runs to use.
+- **kmalloc in the loop** (``sim_flood_kmalloc_vs_bare_loop``): nothing is pre-allocated; every
+  call is ``kmalloc()`` then ``kvfree_rcu()`` of that object (an rcuscale-like flood, the
+  per-call path), then the barrier.
+
+The per-call cost is (flood + drain) / calls, the best of the repetitions. The baseline is
+:func:`_common.bare_loop` over as many items, timed right before the flood and right before the
+drain of each repetition; the ratio is taken per repetition (against that repetition's faster
+bare loop) and the best repetition's ratio is reported.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from typing import Any
+from typing import Any, Literal
 
 from _common import Figure, Mode, Target, bare_loop, ns
 
@@ -24,6 +36,11 @@ from rcukit.sched.sim import Task
 
 NR_CPUS = 8
 OBJECT_SIZE = 32
+SHUFFLE_SEED = 0
+
+#: ``inorder``: pre-allocated, freed in allocation order; ``shuffled``: pre-allocated, freed
+#: in a random order; ``kmalloc``: kmalloc then kvfree_rcu per call.
+Workload = Literal["inorder", "shuffled", "kmalloc"]
 
 
 def config() -> KernelConfig:
@@ -38,7 +55,7 @@ def config() -> KernelConfig:
     )
 
 
-def one_run(per_cpu: int) -> dict[str, Any]:
+def one_run(per_cpu: int, workload: Workload = "inorder") -> dict[str, Any]:
     """One boot, flood and drain; wall seconds of each phase and of the two bare loops."""
     box: dict[str, Any] = {}
     gfp = int(GFP_KERNEL)
@@ -46,19 +63,34 @@ def one_run(per_cpu: int) -> dict[str, Any]:
     async def main() -> None:
         async with boot(config()) as k:
             ptrs: dict[int, list[int]] = {}
+            kv = k.kvfree
+            kmalloc = k.mm.kmalloc
 
             async def alloc(task: Task) -> None:
-                mine = [await k.mm.kmalloc(task, OBJECT_SIZE, gfp) for _ in range(per_cpu)]
+                mine = [await kmalloc(task, OBJECT_SIZE, gfp) for _ in range(per_cpu)]
                 ptrs[task.cpu.id] = mine
 
-            await k.run_on_cpus(alloc)
-            everything = [p for cpu in sorted(ptrs) for p in ptrs[cpu]]
-            kv = k.kvfree
+            if workload == "kmalloc":
+                everything = list(range(per_cpu * NR_CPUS))  # the bare loop's items
 
-            async def flood(task: Task) -> None:
-                f = kv.kvfree_rcu
-                for p in ptrs[task.cpu.id]:
-                    await f(task, p)
+                async def flood(task: Task) -> None:
+                    f = kv.kvfree_rcu
+                    for _ in range(per_cpu):
+                        await f(task, await kmalloc(task, OBJECT_SIZE, gfp))
+
+            else:
+                await k.run_on_cpus(alloc)
+                everything = [p for cpu in sorted(ptrs) for p in ptrs[cpu]]
+                if workload == "shuffled":
+                    mixed = everything[:]
+                    random.Random(SHUFFLE_SEED).shuffle(mixed)
+                    for cpu in sorted(ptrs):
+                        ptrs[cpu] = mixed[cpu * per_cpu : (cpu + 1) * per_cpu]
+
+                async def flood(task: Task) -> None:
+                    f = kv.kvfree_rcu
+                    for p in ptrs[task.cpu.id]:
+                        await f(task, p)
 
             async def barrier(task: Task) -> None:
                 await kv.kvfree_rcu_barrier(task)
@@ -87,13 +119,12 @@ def one_run(per_cpu: int) -> dict[str, Any]:
     return box
 
 
-def run(mode: Mode) -> list[Figure]:
-    per_cpu = mode.pick(50_000, 12_500, 200)
-    reps = mode.pick(7, 3, 1)
+def measure(per_cpu: int, reps: int, workload: Workload) -> tuple[float, dict[str, Any]]:
+    """Best per-repetition ratio against the bare loop, and the absolute numbers behind it."""
     best: dict[str, Any] = {}
     bare = ratio = float("inf")
     for _ in range(reps):
-        r = one_run(per_cpu)
+        r = one_run(per_cpu, workload)
         # the ratio pairs each repetition with its own bare loops: a noisy neighbour that
         # slows one repetition slows both sides of its ratio
         rep_bare = min(r["bare_flood"], r["bare_drain"])
@@ -102,26 +133,38 @@ def run(mode: Mode) -> list[Figure]:
         if not best or r["flood"] + r["drain"] < best["flood"] + best["drain"]:
             best = r
     calls = best["calls"]
-    per_call = ns(best["flood"] + best["drain"], calls)
-    bare_ns = ns(bare, calls)
     absolute = {
         "calls": calls,
+        "ns_per_call": ns(best["flood"] + best["drain"], calls),
         "flood_ns_per_call": ns(best["flood"], calls),
         "drain_ns_per_call": ns(best["drain"], calls),
-        "bare_loop_ns_per_iteration": bare_ns,
+        "bare_loop_ns_per_iteration": ns(bare, calls),
         "fast_path_calls": best["fast_calls"],
         "kfree_bulk_calls": best["bulk_calls"],
         "grace_periods": best["grace_periods"],
         "repetitions": reps,
     }
+    return round(ratio, 2), absolute
+
+
+def run(mode: Mode) -> list[Figure]:
+    per_cpu = mode.pick(50_000, 12_500, 200)
+    reps = mode.pick(7, 3, 1)
+    ratio, absolute = measure(per_cpu, reps, "inorder")
+    calls = absolute["calls"]
     what = (
         f"{NR_CPUS} CPUs, v6.1, nowait: head-less kvfree_rcu() flood + kvfree_rcu_barrier() "
         f"drain through kfree_bulk(), {calls} calls, best of {reps}"
     )
+    vs_bare = (
+        "; per call / a bare loop appending to a list and counting, timed in the same repetition"
+    )
+    shuffled, shuffled_abs = measure(per_cpu, reps, "shuffled")
+    flood, flood_abs = measure(per_cpu, reps, "kmalloc")
     return [
         Figure(
             "sim_kvfree_ns_per_call",
-            per_call,
+            absolute["ns_per_call"],
             "ns/call",
             None,
             absolute,
@@ -129,11 +172,30 @@ def run(mode: Mode) -> list[Figure]:
         ),
         Figure(
             "sim_kvfree_vs_bare_loop",
-            round(ratio, 2),
+            ratio,
             "x bare loop",
             Target("<=", 25),
             absolute,
-            what + "; per call / a bare loop appending to a list and counting, timed in the same "
-            "repetition (aim: 10x)",
+            what + vs_bare + " (aim: 10x)",
+        ),
+        Figure(
+            "sim_kvfree_shuffled_vs_bare_loop",
+            shuffled,
+            "x bare loop",
+            Target("<=", 25),
+            shuffled_abs,
+            what + ", the pre-allocated objects shuffled (seed "
+            f"{SHUFFLE_SEED}) and dealt to the CPUs" + vs_bare,
+        ),
+        Figure(
+            "sim_flood_kmalloc_vs_bare_loop",
+            flood,
+            "x bare loop",
+            None,
+            flood_abs,
+            what
+            + ", each call kmalloc(32) then kvfree_rcu() of it, nothing pre-allocated"
+            + vs_bare
+            + " (the per-call path; a run-based flood is issue 14's aim, <= 1x)",
         ),
     ]

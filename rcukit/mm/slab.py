@@ -23,7 +23,8 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import compress, pairwise
+from operator import is_
 from typing import TYPE_CHECKING, TypeVar
 
 from rcukit.errors import MemoryDebugError, PageAllocError
@@ -502,9 +503,11 @@ class SlabAllocator:
         block of them is a few arithmetic progressions. One is recognised with a handful of
         C-level big-integer operations on the array's bytes (``base + k * size`` per 8-byte
         lane, compared in one go; the first differing lane ends the segment), instead of
-        dividing every pointer in Python. A shuffled array degrades to one-object segments,
-        which costs about what a per-pointer loop would. The checks are :meth:`_locate`'s: a
-        known slab page, an object start inside the slab, allocated, and not listed twice.
+        dividing every pointer in Python. The cost stays proportional to the segment found:
+        the next pointer is compared first (a shuffled array makes one-object segments without
+        building any integer), then the compared width grows 64-fold (:data:`_PROBE_GROWTH`)
+        until a lane differs or the slab ends. The checks are :meth:`_locate`'s: a known slab
+        page, an object start inside the slab, allocated, and not listed twice.
         """
         if type(ptrs) is array and ptrs.typecode in "LQ" and ptrs.itemsize == 8:
             arr = ptrs  # a kvfree_rcu block's records, as they are
@@ -522,8 +525,9 @@ class SlabAllocator:
         slab_of = self._slab_of
         n = len(ptrs)
         runs: list[tuple[Slab, int, list[range]]] = []
-        spans: dict[Slab, int] = {}
+        nseg: dict[Slab, int] = {}
         prev: Slab | None = None
+        singles = 0
         i = 0
         while i < n:
             p0 = ptrs[i]
@@ -538,12 +542,27 @@ class SlabAllocator:
                 return None
             m = min(n - i, slab.nobj - idx0)
             if m > 1:
-                diff = int.from_bytes(raw[8 * i : 8 * (i + m)], "little") - _lanes(
-                    cache, base, idx0, m
-                )
-                if diff:
-                    m = ((diff & -diff).bit_length() - 1) >> 6  # the first lane that differs
-            if slab.used.count(1, idx0, idx0 + m) != m:
+                if ptrs[i + 1] - p0 != size:
+                    m = 1  # not run-shaped here: no integer built
+                    singles += 1
+                    if singles > _SINGLES_ALLOWED and 2 * singles > i:
+                        return None  # mostly single objects: the per-pointer path is cheaper
+                else:
+                    w = 2  # lanes 0 and 1 are known to match
+                    while w < m:
+                        w = min(w * _PROBE_GROWTH, m)
+                        diff = int.from_bytes(raw[8 * i : 8 * (i + w)], "little") - _lanes(
+                            cache, base, idx0, w
+                        )
+                        if diff:  # the first lane that differs ends the segment
+                            w = ((diff & -diff).bit_length() - 1) >> 6
+                            break
+                    m = w
+            used = slab.used
+            if m == 1:
+                if used[idx0] != 1:
+                    return None
+            elif used.count(1, idx0, idx0 + m) != m:
                 return None  # a free object in there (or one this call listed already)
             seg = range(idx0, idx0 + m)
             if slab is prev:
@@ -553,19 +572,10 @@ class SlabAllocator:
             else:
                 runs.append((slab, m, [seg]))
                 prev = slab
-            spans[slab] = spans.get(slab, 0) + 1
+            nseg[slab] = nseg.get(slab, 0) + 1
             i += m
-        if sum(spans.values()) != len(spans):
-            # a slab with several segments: they must not overlap (an object listed twice)
-            for slab, nseg in spans.items():
-                if nseg > 1:
-                    segs = sorted(
-                        (seg for r in runs if r[0] is slab for seg in r[2]),
-                        key=lambda r: r.start,
-                    )
-                    for a, b in pairwise(segs):
-                        if b.start < a.stop:
-                            return None
+        if len(nseg) != sum(nseg.values()) and _segments_overlap(runs, nseg):
+            return None
         return runs
 
     async def _kfree_bulk_checked(self, task: Task, ptrs: Sequence[int]) -> None:
@@ -725,8 +735,24 @@ def _detached_groups(
     others of the same slab, giving up after 3 misses (look-ahead) and resuming next round from
     the first object it skipped. A large-kmalloc entry (slab None) is a group of its own.
     ``idxs[i] < 0`` marks NULL entries.
+
+    Without NULLs, a round that starts at i with nothing below i taken yet is a group of one
+    exactly when none of the 3 entries below i is of the same slab; such stretches (all of a
+    shuffled array but a few places) are emitted at once (:func:`_near_repeats`), and the scan
+    itself runs only from the places where a neighbour within the look-ahead shares a slab.
     """
-    return _build_detached_freelists(slabs, [i < 0 for i in idxs], [1] * len(slabs))
+    if min(idxs, default=0) < 0:
+        return _build_detached_freelists(slabs, [i < 0 for i in idxs], [1] * len(slabs))
+    n = len(slabs)
+    return _build_detached_freelists(slabs, [False] * n, [1] * n, _near_repeats(slabs))
+
+
+def _near_repeats(slabs: Sequence[_SlabOrNone]) -> list[int]:
+    """The indices i (ascending) whose slab is also that of one of the 3 entries below i."""
+    n = len(slabs)
+    return sorted(
+        {i for d in (1, 2, 3) for i in compress(range(d, n), map(is_, slabs[d:], slabs))}
+    )
 
 
 def _detached_run_groups(
@@ -742,22 +768,38 @@ def _detached_run_groups(
 
 
 def _build_detached_freelists(
-    slabs: Sequence[_SlabOrNone], done: list[bool], misses: Sequence[int]
+    slabs: Sequence[_SlabOrNone],
+    done: list[bool],
+    misses: Sequence[int],
+    near: list[int] | None = None,
 ) -> list[tuple[_SlabOrNone, list[int]]]:
     """The scan both callers share: entry i costs ``misses[i]`` look-ahead when skipped.
 
     The kernel decrements the look-ahead before it records the first skipped index; with a
     cost of 1 the first miss never exhausts the look-ahead, so recording it first (which a
     run costing 3 or more needs) takes the same groups. ``done[i]`` entries are passed over.
+
+    ``near`` (:func:`_near_repeats`) is given only when nothing is done and every miss costs 1:
+    a round starting at i, with nothing below i taken yet, is then a group of one unless i is
+    in ``near``, so such rounds are emitted a stretch at a time.
     """
     groups: list[tuple[_SlabOrNone, list[int]]] = []
     size = len(slabs)
+    lowest_done = size if near is not None else -1  # no entry below this one is taken
     while size:
         size -= 1
         while done[size] and size:
             size -= 1
         if done[size]:
             break
+        if size < lowest_done and near is not None:
+            while near and near[-1] > size:
+                near.pop()
+            stop = near[-1] if near else -1
+            groups += [(slabs[i], [i]) for i in range(size, stop, -1)]
+            if stop < 0:
+                break
+            size = stop
         slab = slabs[size]
         done[size] = True
         if slab is None:
@@ -773,6 +815,7 @@ def _build_detached_freelists(
             if slabs[size] is slab:
                 members.append(size)
                 done[size] = True
+                lowest_done = min(lowest_done, size)
                 continue
             if not first_skipped:
                 first_skipped = size + 1
@@ -784,11 +827,47 @@ def _build_detached_freelists(
     return groups
 
 
+def _segments_overlap(
+    runs: Sequence[tuple[Slab, int, list[range]]], nseg: dict[Slab, int]
+) -> bool:
+    """Whether two segments of one slab share an object (a pointer listed twice): one pass over
+    the runs collects the segments of each slab that has several, then each such list is
+    sorted by start and checked pairwise."""
+    several: dict[Slab, list[range]] = {slab: [] for slab, k in nseg.items() if k > 1}
+    for slab, _, segs in runs:
+        mine = several.get(slab)
+        if mine is not None:
+            mine += segs
+    for segs in several.values():
+        segs.sort(key=_range_start)
+        for a, b in pairwise(segs):
+            if b.start < a.stop:
+                return True
+    return False
+
+
+def _range_start(r: range) -> int:
+    return r.start
+
+
+#: One-object segments :meth:`SlabAllocator._slab_runs` accepts before it hands an array that
+#: is mostly single objects (half of the pointers so far) to the per-pointer path.
+_SINGLES_ALLOWED = 8
+
+#: How much wider each probe of :meth:`SlabAllocator._slab_runs` compares than the one before
+#: (from the 2 lanes the neighbour check already matched): one probe of 128 lanes covers a whole
+#: kmalloc-32 slab, as the in-order case needs (8 cost it ~15% of its drain, measured), and a
+#: segment of k objects costs at most max(128, 64 * k) lanes, never the slab's ``nobj`` per pointer.
+_PROBE_GROWTH = 64
+
+
 def _lanes(cache: KmemCache, base: int, idx0: int, m: int) -> int:
     """``base + (idx0 + k) * size`` in 64-bit lane k, for k < m, as one integer.
 
     Adding lanes never carries: each lane's sum is an address inside the slab, below 2**64.
     So a pointer array equals this integer exactly when it lists those objects in order.
+    It is ``(base + idx0 * size)`` times m lanes of 1, plus ``k * size`` in lane k: masking the
+    cached integers to m lanes keeps the work proportional to m, not to the slab's ``nobj``.
     """
     offs = cache.lane_offsets
     ones = cache.lane_ones
@@ -800,10 +879,8 @@ def _lanes(cache: KmemCache, base: int, idx0: int, m: int) -> int:
             b.byteswap()
         offs = cache.lane_offsets = int.from_bytes(a.tobytes(), "little")
         ones = cache.lane_ones = int.from_bytes(b.tobytes(), "little")
-    if idx0:
-        offs >>= 64 * idx0
     if m < cache.nobj:
         mask = (1 << (64 * m)) - 1
         offs &= mask
         ones &= mask
-    return base * ones + offs
+    return (base + idx0 * cache.size) * ones + offs

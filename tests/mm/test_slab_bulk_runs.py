@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from array import array
 from typing import Any
 
@@ -52,6 +53,70 @@ def test_run_groups_match_the_per_pointer_scan(spec: list[tuple[int, int]]) -> N
     assert got == expected
 
 
+def _kernel_scan(slabs: list[Any], nulls: list[bool]) -> list[tuple[Any, list[int]]]:
+    """mm/slub.c's loop, transcribed: ``kmem_cache_free_bulk`` calls
+    ``build_detached_freelist`` until ``size`` is 0; each call skips NULLs at the top, takes the
+    last object and looks back with ``lookahead = 3``, decremented on every miss *before* the
+    first skipped index is recorded (so the first miss never ends the look). ``None`` stands
+    for a large kmalloc (a group alone)."""
+    done = nulls[:]
+    groups: list[tuple[Any, list[int]]] = []
+    size = len(slabs)
+    while size:
+        size -= 1
+        while size >= 0 and done[size]:
+            size -= 1
+        if size < 0:
+            break
+        slab = slabs[size]
+        done[size] = True
+        if slab is None:
+            groups.append((None, [size]))
+            continue
+        members = [size]
+        lookahead = 3
+        first_skipped = 0
+        while size:
+            size -= 1
+            if done[size]:
+                continue
+            if slabs[size] is slab:
+                members.append(size)
+                done[size] = True
+                continue
+            lookahead -= 1
+            if not lookahead:
+                break
+            if not first_skipped:
+                first_skipped = size + 1
+        groups.append((slab, members))
+        size = first_skipped
+    return groups
+
+
+#: a few slab pages (labels), None for a large kmalloc: arrays where slabs repeat within the
+#: look-ahead, far apart, alternate, or never
+label_lists = st.one_of(
+    st.lists(st.one_of(st.none(), st.integers(0, 3)), max_size=40),
+    st.lists(st.integers(0, 40), max_size=60),
+    st.integers(1, 30).flatmap(
+        lambda n: st.permutations([j // 2 for j in range(2 * n)])  # every slab twice, shuffled
+    ),
+)
+
+
+@settings(max_examples=300)
+@given(label_lists, st.data())
+def test_detached_groups_match_the_kernel_scan(labels: list[int | None], data: Any) -> None:
+    slabs: list[Any] = [object() for _ in range(41)]
+    per_ptr = [None if x is None else slabs[x] for x in labels]
+    nulls = data.draw(st.lists(st.booleans(), min_size=len(labels), max_size=len(labels)))
+    want_plain = _kernel_scan(per_ptr, [False] * len(labels))
+    assert _detached_groups(per_ptr, list(range(len(labels)))) == want_plain
+    idxs = [-1 if null else i for i, null in enumerate(nulls)]
+    assert _detached_groups(per_ptr, idxs) == _kernel_scan(per_ptr, nulls)
+
+
 def _state(k: Kernel, task: Task) -> dict[str, Any]:
     slab = pa(k).slab
     caches = {}
@@ -83,6 +148,13 @@ def _state(k: Kernel, task: Task) -> dict[str, Any]:
 Chunk = tuple[str, int, int, bool]
 chunk = st.one_of(
     st.tuples(st.just("slice"), st.integers(0, 250), st.integers(1, 140), st.booleans()),
+    # shuffled (the order frees arrive in), every other object, or pairs of neighbours
+    st.tuples(
+        st.sampled_from(["shuffled", "stride", "pairs"]),
+        st.integers(0, 250),
+        st.integers(2, 140),
+        st.booleans(),
+    ),
     st.tuples(
         st.sampled_from(["null", "zero", "freed", "large", "misaligned", "tail", "dup"]),
         st.integers(0, 250),
@@ -110,8 +182,14 @@ async def _run(chunks: list[Chunk], checked: bool, as_array: bool) -> tuple[Any,
             tail = p96 - (p96 % 4096) + (4096 // 96) * 96  # past the last object of its slab
             ptrs: list[int] = []
             for kind, a, n, rev in chunks:
-                if kind == "slice":
+                if kind in ("slice", "shuffled", "stride", "pairs"):
                     part = live[a : a + n]
+                    if kind == "shuffled":
+                        random.Random(a * 1000 + n).shuffle(part)
+                    elif kind == "stride":
+                        part = part[::2]
+                    elif kind == "pairs":  # (k, k+1), (k+5, k+6), ...: runs of two
+                        part = [p for j, p in enumerate(part) if j % 5 < 2]
                     ptrs += reversed(part) if rev else part
                 elif kind == "dup" and ptrs:
                     ptrs.append(ptrs[a % len(ptrs)])
@@ -144,6 +222,9 @@ async def _run(chunks: list[Chunk], checked: bool, as_array: bool) -> tuple[Any,
 @given(st.lists(chunk, min_size=1, max_size=6), st.booleans())
 @example([("slice", 40, 30, False), ("tail", 0, 1, False)], False)
 @example([("slice", 0, 140, False), ("slice", 100, 10, True), ("dup", 3, 1, False)], True)
+@example([("shuffled", 0, 140, False)], True)
+@example([("shuffled", 10, 100, False), ("dup", 7, 1, False)], False)
+@example([("pairs", 0, 140, False), ("stride", 1, 140, True)], True)
 def test_segment_path_matches_per_pointer_path(chunks: list[Chunk], as_array: bool) -> None:
     res: dict[bool, tuple[Any, Any]] = {}
 

@@ -13,6 +13,8 @@ from simtools import ROOT
 FIGURES = (
     "sim_kvfree_ns_per_call",
     "sim_kvfree_vs_bare_loop",
+    "sim_kvfree_shuffled_vs_bare_loop",
+    "sim_flood_kmalloc_vs_bare_loop",
     "sim_events_per_wall_second",
     "sim_model_ops_per_wall_second",
     "sim_handoffs_per_wall_second",
@@ -58,6 +60,7 @@ def test_run_py_quick_json_reports_every_figure() -> None:
     assert _is_number(out["env"]["cpu_count"])
     # every figure with a target says which way it must go
     assert out["details"]["sim_kvfree_vs_bare_loop"]["target"] == "<= 25"
+    assert out["details"]["sim_kvfree_shuffled_vs_bare_loop"]["target"] == "<= 25"
     assert out["details"]["app_kvfree_vs_call_rcu"]["target"] == ">= 3"
 
 
