@@ -5,6 +5,10 @@ the per-version code walk-throughs). The allocator-core *variant* is an independ
 profile says *whether and where* the enqueue path allocates a block page, the variant says
 *how* it does so when it does.
 
+``v5.5`` is where it all began (a35d16905efc, "rcu: Add basic support for kfree_rcu()
+batching"): no pointer blocks, every object linked through its own ``rcu_head`` on a per-CPU
+list, one batch in flight, so that rcuscale's batched-vs-unbatched runs of 2019 have both sides.
+
 ``rfc`` is the RFC's world: the v5.9 mechanism with one code path for RT and !RT (the patch's
 stated aim: "make the kfree_rcu() code common for RT and regular kernel"), so the variant is
 called under ``krcp->lock`` on every build and the builds can be compared. ``v5.9`` itself
@@ -34,7 +38,16 @@ class KvfreeProfile:
 
     name: str
     description: str
-    #: ``sizeof(struct kvfree_rcu_bulk_data)`` without the records: 16 (5.9-6.2), 32 (6.3).
+    #: v5.7+: page-sized pointer blocks (``kfree_rcu_bulk_data``); v5.5 has only the per-CPU
+    #: ``rcu_head`` list (``krcp->head``), so every object takes it and no block page exists.
+    blocks: bool
+    #: ``KFREE_N_BATCHES``: batches in flight per CPU. v5.5 has one (``krcp->head_free``, and
+    #: ``queue_kfree_rcu_work()`` refuses while it is busy); v5.6 made it two (``krw_arr[]``).
+    n_batches: int
+    #: A shrinker (``kfree_rcu_shrink_count/scan``, ~v5.7) pulls the monitors in under pressure.
+    shrinker: bool
+    #: ``sizeof(struct kvfree_rcu_bulk_data)`` without the records: 16 (5.9-6.2), 32 (6.3);
+    #: 0 where there is no block (v5.5).
     header_bytes: int
     #: ``KFREE_DRAIN_JIFFIES`` as a fraction of HZ: HZ/50 before v6.1, 5*HZ after.
     drain_hz_num: int
@@ -76,14 +89,21 @@ class KvfreeProfile:
         return (page_size - hdr) // pointer_size
 
 
-_V59 = KvfreeProfile(
-    name="v5.9",
-    description="v5.9: drain every HZ/50, GFP_NOWAIT|__GFP_NOWARN page under krcp->lock "
-    "(skipped on PREEMPT_RT), 2 cached pages prefilled at boot",
-    header_bytes=16,
+# kernel/rcu/tree.c at v5.5 (a35d16905efc): struct kfree_rcu_cpu is {rcu_work, head, head_free,
+# lock, monitor_work, monitor_todo, initialized}. kfree_call_rcu() pushes the object's rcu_head on
+# ->head and arms monitor_work for KFREE_DRAIN_JIFFIES (HZ / 50) unless monitor_todo says it is
+# armed; kfree_rcu_monitor() -> queue_kfree_rcu_work() moves ->head to ->head_free and calls
+# queue_rcu_work(system_wq), or, if ->head_free is still busy, re-arms itself; kfree_rcu_work()
+# walks ->head_free freeing each object. No blocks, no allocation, no page cache, no shrinker.
+_V5_5 = KvfreeProfile(
+    name="v5.5",
+    description="v5.5: the first kfree_rcu() batching: every object on the per-CPU rcu_head "
+    "list, one batch in flight (head_free), drain every HZ/50, no blocks or page cache",
+    blocks=False, n_batches=1, shrinker=False,
+    header_bytes=0,
     drain_hz_num=1, drain_hz_den=50, kick=False,
-    alloc_under_lock=True, rt_skips_alloc=True,
-    min_cached_objs=2, boot_prefill=True, refill_worker=False, refill_gfp=PREFILL_GFP_5_9,
+    alloc_under_lock=False, rt_skips_alloc=False,
+    min_cached_objs=0, boot_prefill=False, refill_worker=False, refill_gfp=0,
     single_arg_direct_alloc=False,
     shrinker_backoff=False,
     polled_snapshots=False, one_batch_per_run=False,
@@ -92,6 +112,18 @@ _V59 = KvfreeProfile(
 
 # Each release below is the one before it with only what that release changed; a line holds the
 # knobs of one mechanism (drain timing, enqueue allocation, the page cache, polled snapshots).
+# v5.9 gathers what v5.6 (two batches), v5.7 (pointer blocks, the shrinker) and v5.9 (blocks
+# allocated under the lock, the boot-filled cache) added.
+_V59 = attrs.evolve(
+    _V5_5,
+    name="v5.9",
+    description="v5.9: drain every HZ/50, GFP_NOWAIT|__GFP_NOWARN page under krcp->lock "
+    "(skipped on PREEMPT_RT), 2 cached pages prefilled at boot",
+    blocks=True, n_batches=2, shrinker=True,
+    header_bytes=16,
+    alloc_under_lock=True, rt_skips_alloc=True,
+    min_cached_objs=2, boot_prefill=True, refill_gfp=PREFILL_GFP_5_9,
+)
 _V5_11 = attrs.evolve(
     _V59,
     name="v5.11",
@@ -125,7 +157,9 @@ _V6_3 = attrs.evolve(
     polled_snapshots=True, one_batch_per_run=True,
 )
 
+#: Oldest first (the RFC, 2020-08 against 5.8-rc3, sits just before v5.9).
 PROFILES: dict[str, KvfreeProfile] = {
+    "v5.5": _V5_5,
     "rfc": attrs.evolve(
         _V59,
         name="rfc",
@@ -145,7 +179,8 @@ PROFILES: dict[str, KvfreeProfile] = {
 #: The profile each entry point runs when none is named, in one place (the README's "Version
 #: profiles" table): a booted kernel models v5.9, the release the RFC was written against;
 #: ``compare`` replays the RFC's world; ``rcuscale`` is run the way its published v6.1 runs were;
-#: an application domain gets the newest mechanism (per-block polled snapshots).
+#: an application domain gets the newest mechanism (per-block polled snapshots). ``v5.5`` is
+#: nobody's default: it is named (``--profile v5.5``) for the batched side of 2019's rcuscale runs.
 DEFAULT_PROFILES: Final = {
     "kernel": "v5.9",
     "compare": "rfc",

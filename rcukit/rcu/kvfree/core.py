@@ -24,6 +24,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
+from rcukit.errors import ConfigError
 from rcukit.rcu.profiles import REFILL_GFP_5_13, KvfreeProfile
 
 __all__ = [
@@ -37,7 +38,8 @@ __all__ = [
     "KvfreeStatistics",
 ]
 
-#: ``KFREE_N_BATCHES``: batches (``krwp``) per krcp.
+#: ``KFREE_N_BATCHES`` since v5.6: batches (``krwp``) per krcp (v5.5 had one:
+#: :attr:`KvfreePolicy.n_batches`).
 KFREE_N_BATCHES: Final = 2
 #: ``FREE_N_CHANNELS``: the kernel's block channels (0: slab -> kfree_bulk, 1: vmalloc).
 FREE_N_CHANNELS: Final = 2
@@ -53,6 +55,13 @@ class KvfreePolicy:
 
     #: ``KVFREE_BULK_MAX_ENTR``: records per block.
     capacity: int
+    #: v5.7+: pointer blocks. False (v5.5): every object takes the ``rcu_head`` list, and no
+    #: block page is ever allocated or cached.
+    blocks: bool
+    #: Batches (``krwp``) per krcp: 1 (v5.5 ``head_free``), 2 (v5.6+ ``KFREE_N_BATCHES``).
+    n_batches: int
+    #: ~v5.7+: the kfree_rcu shrinker is registered.
+    shrinker: bool
     #: v6.1 ``schedule_delayed_monitor_work()``: pull the monitor in once a block's worth waits.
     kick: bool
     #: v6.3: every insert stamps its block; the monitor frees blocks whose GP already passed.
@@ -85,12 +94,28 @@ class KvfreePolicy:
         preempt_rt: bool = False,
         defers_to_worker: bool = False,
         min_cached: int | None = None,
+        list_channel: bool = False,
     ) -> KvfreePolicy:
         """Derive the policy; ``defers_to_worker`` is the variant's (the page-cache variant).
 
         The page-cache variant is v5.11's answer grafted onto the profile: its cache holds
-        v5.11's five pages and is refilled with the flags the kernel settled on.
+        v5.11's five pages and is refilled with the flags the kernel settled on. A profile
+        without blocks (v5.5) has no page cache at all, whatever the variant or config say.
+
+        ``list_channel``: the host queues objects on an ``rcu_head`` list and builds
+        ``n_batches`` batches per krcp (the simulated kernel). A host that cannot (the
+        application domain: its objects carry no ``rcu_head`` and each queue builds
+        ``KFREE_N_BATCHES`` batches) gets a ConfigError for a profile that needs it.
         """
+        if not list_channel and (not profile.blocks or profile.n_batches != KFREE_N_BATCHES):
+            raise ConfigError(
+                f"profile {profile.name!r} needs an rcu_head list channel and "
+                f"{profile.n_batches} batch(es) per CPU ({profile.description}); an application "
+                f"domain queues objects without an rcu_head in blocks, {KFREE_N_BATCHES} "
+                "batches per queue: pick a profile from v5.9 on"
+            )
+        if not profile.blocks:
+            min_cached = 0
         default_cached = profile.min_cached_objs
         if defers_to_worker:
             default_cached = max(default_cached, 5)
@@ -99,6 +124,9 @@ class KvfreePolicy:
             refill_gfp = int(REFILL_GFP_5_13)
         return cls(
             capacity=capacity,
+            blocks=profile.blocks,
+            n_batches=profile.n_batches,
+            shrinker=profile.shrinker,
             kick=profile.kick,
             polled_snapshots=profile.polled_snapshots,
             one_batch_per_run=profile.one_batch_per_run,

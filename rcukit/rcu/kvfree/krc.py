@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from rcukit.locking.locks import HeldLock, LockKind
 from rcukit.rcu.kvfree.core import (
     FREE_N_CHANNELS,
-    KFREE_N_BATCHES,
     KfreeRcuCpu,
     KfreeRcuCpuWork,
     KvfreeRcuBulkData,
@@ -112,7 +111,7 @@ class Krc(KfreeRcuCpu[Bnode, Krwp]):
         reclaim = kv.reclaim.kfree_rcu_work
         self.krw = [
             Krwp(self, i, KrwpWork(f"kfree_rcu_work/{cpu}.{i}", reclaim, self, i))
-            for i in range(KFREE_N_BATCHES)
+            for i in range(kv.policy.n_batches)
         ]
         page_cache = kv.page_cache
         self.page_cache_work = KrcWork(

@@ -8,6 +8,7 @@ The mechanism of kernel.md section 1, version by version (see :mod:`rcukit.rcu.p
   or from the allocator-core *variant*, called inside the locked region where the profile does
   so (v5.9 / the RFC). On failure the two-argument form links its ``rcu_head`` into the list
   channel; the head-less form drops the lock, waits for a grace period and frees inline.
+  v5.5 has no blocks: every two-argument call takes the list channel, and one batch per CPU.
 * The monitor (delayed work) detaches the channels into a free ``krwp`` batch and hands it to
   ``queue_rcu_work``; after the grace period the reclaim work frees each block with one bulk call,
   walks the ``rcu_head`` list object by object (a cache miss each), and returns spare block pages
@@ -56,6 +57,7 @@ from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
     from rcukit.machine import Machine
+    from rcukit.mm.kswapd import Shrinker
     from rcukit.mm.mm import Mm
     from rcukit.rcu.tree import RcuState
     from rcukit.trace.events import Tracer
@@ -105,6 +107,7 @@ class KvfreeRcu:
             preempt_rt=cfg.preempt_rt,
             defers_to_worker=self.variant.defers_to_worker,
             min_cached=cfg.kvfree.rcu_min_cached_objs,
+            list_channel=True,
         )
         self.wq = kernel.system_wq
         #: Every count, live (the fast path bumps one per call: see KvfreeCounters).
@@ -115,6 +118,8 @@ class KvfreeRcu:
         self.monitor = KvfreeMonitor(self)
         self.page_cache = KvfreePageCache(self)
         self.drain = KvfreeDrain(self)
+        #: The registered "kfree_rcu" shrinker (None before ~v5.7, and until ``start()``).
+        self.shrinker: Shrinker | None = None
         self.krcs = [Krc(self, c) for c in range(cfg.nr_cpus)]
         c = cfg.cost
         self._lock_ns = c.raw_lock_ns
@@ -159,9 +164,10 @@ class KvfreeRcu:
         if self.policy.boot_prefill and self.policy.min_cached:
             self.page_cache.fill_at_boot()
         drain = self.drain
-        self.shrinker = self.mm.register_shrinker(
-            "kfree_rcu", drain.kfree_rcu_shrink_count, drain.kfree_rcu_shrink_scan
-        )
+        if self.policy.shrinker:  # not before ~v5.7
+            self.shrinker = self.mm.register_shrinker(
+                "kfree_rcu", drain.kfree_rcu_shrink_count, drain.kfree_rcu_shrink_scan
+            )
         self.rcu.add_hotplug_callback(drain.cpu_hotplug)
 
     # -- the enqueue path ------------------------------------------------------------------------
@@ -303,8 +309,13 @@ class KvfreeRcu:
         return int(self.mm.slab.object_size(ptr))
 
     async def _new_block(self, task: Task, krcp: Krc, idx: int, can_alloc: bool) -> Bnode | None:
-        """Attach a fresh block to channel ``idx``; None means "use the fallback"."""
-        if not krcp.initialized:
+        """Attach a fresh block to channel ``idx``; None means "use the fallback".
+
+        Without blocks (v5.5 ``kfree_call_rcu()``) that is every call: a two-argument call
+        links its ``rcu_head`` on ``krcp->head``; v5.5 has no head-less form, so a head-less
+        call does what a caller without an ``rcu_head`` must: ``synchronize_rcu(); kfree()``.
+        """
+        if not (krcp.initialized and self.policy.blocks):
             return None
         ctr = self.counters
         page: int | None = krcp.get_cached_bnode()
