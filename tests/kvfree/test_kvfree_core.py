@@ -81,7 +81,7 @@ def test_policy_kick_only_from_v6_1_and_at_a_blocks_worth(name: str, count: int)
     """v6.1 ``schedule_delayed_monitor_work()`` uses a 1-jiffy delay once ``krc_count()``
     reaches ``KVFREE_BULK_MAX_ENTR`` (v6.1, kernel/rcu/tree.c); earlier versions never kick."""
     prof = get_profile(name)
-    pol = KvfreePolicy.from_profile(prof, 508)
+    pol = KvfreePolicy.from_profile(prof, 508, list_channel=True)
     assert pol.kick_now(count) == (prof.kick and count >= 508)
 
 

@@ -51,7 +51,7 @@ def test_block_capacity_formula(page: int, ptr: int) -> None:
 
 def test_header_sizes_by_version() -> None:
     assert {n: p.header_bytes for n, p in PROFILES.items()} == {
-        "rfc": 16, "v5.9": 16, "v5.11": 16, "v5.13": 16, "v6.1": 16, "v6.3": 32,
+        "v5.5": 0, "rfc": 16, "v5.9": 16, "v5.11": 16, "v5.13": 16, "v6.1": 16, "v6.3": 32,
     }
 
 
@@ -88,7 +88,7 @@ def test_a_booted_block_holds_exactly_capacity_records(
 
 
 def test_unknown_profile_and_header_are_config_errors() -> None:
-    allowed = re.escape("allowed: rfc, v5.9, v5.11, v5.13, v6.1, v6.3")
+    allowed = re.escape("allowed: v5.5, rfc, v5.9, v5.11, v5.13, v6.1, v6.3")
     with pytest.raises(ConfigError, match=allowed):
         get_profile("v4.19")
     with pytest.raises(ConfigError, match="allowed: 'profile', 'rfc'"):
@@ -294,7 +294,7 @@ def test_flood_every_profile_every_variant(profile: str, variant: str) -> None:
     assert sum(st.records_per_block.values()) == st.bulk_calls
 
 
-@pytest.mark.parametrize("profile", list(PROFILES))
+@pytest.mark.parametrize("profile", [n for n, p in PROFILES.items() if p.blocks])
 def test_flood_with_the_default_page_cache(profile: str) -> None:
     c = KernelConfig(nr_cpus=2).replace(
         **{"kvfree.profile": profile, "kvfree.variant": "nowait", "kvfree.debug_objects": True}

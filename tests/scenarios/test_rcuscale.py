@@ -124,7 +124,7 @@ def test_kfree_mult_and_nthreads_in_the_banner() -> None:
         (["--kfree-nthreads", "0"], "kfree_nthreads = 0"),
         (["--kfree-mult", "0"], "kfree_mult = 0: it must be an integer >= 1"),
         (["--kfree-loops", "many"], "invalid int value: 'many'"),
-        (["--profile", "v9"], "allowed: rfc, v5.9, v5.11, v5.13, v6.1, v6.3"),
+        (["--profile", "v9"], "allowed: v5.5, rfc, v5.9, v5.11, v5.13, v6.1, v6.3"),
         (["--variant", "bogus"], "unknown allocator variant 'bogus'"),
         (["--cpus", "0"], "nr_cpus = 0 is out of range"),
         (["--config", "/nonexistent/k.toml"], "cannot read config file"),
