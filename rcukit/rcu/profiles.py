@@ -46,6 +46,9 @@ class KvfreeProfile:
     n_batches: int
     #: A shrinker (``kfree_rcu_shrink_count/scan``, ~v5.7) pulls the monitors in under pressure.
     shrinker: bool
+    #: v5.9: the head-less ``kvfree_rcu(ptr)`` ("rcu/tree: Support reclaim for head-less
+    #: object"); before it only ``kfree_rcu(ptr, rhf)`` existed.
+    headless: bool
     #: ``sizeof(struct kvfree_rcu_bulk_data)`` without the records: 16 (5.9-6.2), 32 (6.3);
     #: 0 where there is no block (v5.5).
     header_bytes: int
@@ -99,7 +102,7 @@ _V5_5 = KvfreeProfile(
     name="v5.5",
     description="v5.5: the first kfree_rcu() batching: every object on the per-CPU rcu_head "
     "list, one batch in flight (head_free), drain every HZ/50, no blocks or page cache",
-    blocks=False, n_batches=1, shrinker=False,
+    blocks=False, n_batches=1, shrinker=False, headless=False,
     header_bytes=0,
     drain_hz_num=1, drain_hz_den=50, kick=False,
     alloc_under_lock=False, rt_skips_alloc=False,
@@ -119,7 +122,7 @@ _V59 = attrs.evolve(
     name="v5.9",
     description="v5.9: drain every HZ/50, GFP_NOWAIT|__GFP_NOWARN page under krcp->lock "
     "(skipped on PREEMPT_RT), 2 cached pages prefilled at boot",
-    blocks=True, n_batches=2, shrinker=True,
+    blocks=True, n_batches=2, shrinker=True, headless=True,
     header_bytes=16,
     alloc_under_lock=True, rt_skips_alloc=True,
     min_cached_objs=2, boot_prefill=True, refill_gfp=PREFILL_GFP_5_9,

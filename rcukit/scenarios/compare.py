@@ -139,7 +139,8 @@ async def _flood(k: Kernel, w: Workload, task: Task) -> int:
     rng = random.Random(f"{k.config.seed}:{task.cpu.id}")
     mm = k.mm
     kv = k.kvfree
-    single_f = w.single_fraction
+    # Before v5.9 there is no head-less kvfree_rcu(): every call passes its rcu_head.
+    single_f = w.single_fraction if kv.policy.headless else 0.0
     vm_f = w.vmalloc_fraction
     size = w.object_size
     off = w.rcu_head_offset

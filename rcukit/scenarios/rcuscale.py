@@ -63,6 +63,7 @@ from rcukit.errors import ConfigError
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.gpseq import rcu_seq_diff
+from rcukit.rcu.profiles import get_profile
 from rcukit.rcu.segcblist import RcuHead
 from rcukit.sched.sim import Task
 
@@ -206,13 +207,24 @@ class _Kfreer:
     mem_during: int = 0
 
 
+def _check_profile(p: RcuscaleParams, config: KernelConfig) -> None:
+    """Before v5.9 there was no head-less kvfree_rcu(), so no ``kfree_rcu_test_single``."""
+    if p.kfree_rcu_test_single and not get_profile(config.kvfree.profile).headless:
+        raise ConfigError(
+            f"kfree_rcu_test_single: profile {config.kvfree.profile} has no head-less "
+            "kvfree_rcu(ptr) (it arrived in v5.9); its kfree'ers pass the rcu_head"
+        )
+
+
 async def run_rcuscale_async(params: RcuscaleParams, config: KernelConfig) -> RcuscaleResult:
+    _check_profile(params, config)
     async with boot(config) as k:
         return await _run(k, params)
 
 
 def run_rcuscale(params: RcuscaleParams, config: KernelConfig | None = None) -> RcuscaleResult:
     cfg = config or KernelConfig()
+    _check_profile(params, cfg)
     box: dict[str, RcuscaleResult] = {}
 
     async def main() -> None:
@@ -236,6 +248,8 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
     mm = k.mm
     kv = k.kvfree
     rcu = k.rcu
+    # Before v5.9 every kfree_rcu() passes its rcu_head (there is no head-less form).
+    headless = kv.policy.headless
     threads = [_Kfreer() for _ in range(nthreads)]
 
     async def rcu_reclaim_kfree_offset(task: Task, head: RcuHead) -> None:
@@ -283,7 +297,7 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
                 if p.kfree_rcu_test_single and not p.kfree_rcu_test_double:
                     single = True
                 else:
-                    single = both and bool(rng.getrandbits(16) & 0x800)
+                    single = both and headless and bool(rng.getrandbits(16) & 0x800)
                 if single:
                     await kv.kvfree_rcu_mightsleep(task, ptr)
                 else:

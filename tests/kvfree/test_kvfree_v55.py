@@ -14,12 +14,13 @@ from simtools import MS, VARIANTS, boot_and_run, freed
 
 from rcukit.app.config import DomainConfig
 from rcukit.config import KernelConfig
-from rcukit.errors import ConfigError
+from rcukit.errors import ConfigError, RcuUsageError
 from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.kvfree import sim as kvfree_sim
 from rcukit.rcu.kvfree.core import KvfreePolicy
 from rcukit.rcu.profiles import PROFILES, get_profile
+from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
 from rcukit.sched.sim import Task
 
 G = int(GFP_KERNEL)
@@ -193,3 +194,42 @@ def test_an_application_domain_rejects_a_blockless_profile() -> None:
     with pytest.raises(ConfigError, match=r"rcu_head list channel.*from v5\.9 on"):
         KvfreePolicy.from_profile(get_profile("v5.5"), 512)
     DomainConfig(profile="v5.5")  # the name itself is valid
+
+
+def test_the_head_less_form_does_not_exist_before_v5_9() -> None:
+    """v5.5 had only ``kfree_rcu(ptr, rhf)``; the head-less ``kvfree_rcu(ptr)`` arrived in v5.9
+    (kernel/rcu/tree.c, ``kvfree_call_rcu``: "rcu/tree: Support reclaim for head-less object").
+    A head-less call on v5.5 is a usage error that names the version, and it changes nothing:
+    no call is counted and the object stays the caller's."""
+
+    async def body(k: Kernel) -> Any:
+        kv = k.kvfree
+
+        async def cpu(task: Task) -> None:
+            p = await k.mm.kmalloc(task, 64, G)
+            with pytest.raises(RcuUsageError, match=r"head-less form arrived in v5\.9.*v5\.5"):
+                await kv.kvfree_rcu(task, p)
+            assert not freed(k, p)
+            await k.mm.kfree(task, p)
+
+        await k.run_on_cpus(cpu, [0])
+        return kv.statistics()
+
+    st = boot_and_run(_cfg(), body)
+    assert st.calls == 0 and st.pending == 0
+
+
+def test_rcuscale_on_v5_5_passes_the_rcu_head() -> None:
+    """rcuperf's kfree test of v5.5 (kernel/rcu/rcuperf.c, ``kfree_perf_thread``) always
+    passed the rcu_head; ``kfree_rcu_test_single`` needs v5.9's head-less form, so asking for
+    it on v5.5 is refused before anything runs, and the default run makes two-argument calls
+    only."""
+    cfg = KernelConfig(nr_cpus=2).replace(**{"kvfree.profile": "v5.5", "kvfree.variant": "nowait"})
+    with pytest.raises(ConfigError, match="no head-less kvfree_rcu"):
+        run_rcuscale(RcuscaleParams(kfree_rcu_test_single=True), cfg)
+    r = run_rcuscale(
+        RcuscaleParams(kfree_nthreads=2, kfree_alloc_num=300, kfree_loops=2), cfg
+    )
+    # a head-less call would have raised; every object went through the rcu_head list
+    assert r.objects == 1200
+    assert r.counts.kfree_calls == 1200 and r.counts.kfree_bulk_calls == 0

@@ -62,6 +62,8 @@ class KvfreePolicy:
     n_batches: int
     #: ~v5.7+: the kfree_rcu shrinker is registered.
     shrinker: bool
+    #: v5.9+: the head-less ``kvfree_rcu(ptr)`` exists (before it, a call is a usage error).
+    headless: bool
     #: v6.1 ``schedule_delayed_monitor_work()``: pull the monitor in once a block's worth waits.
     kick: bool
     #: v6.3: every insert stamps its block; the monitor frees blocks whose GP already passed.
@@ -127,6 +129,7 @@ class KvfreePolicy:
             blocks=profile.blocks,
             n_batches=profile.n_batches,
             shrinker=profile.shrinker,
+            headless=profile.headless,
             kick=profile.kick,
             polled_snapshots=profile.polled_snapshots,
             one_batch_per_run=profile.one_batch_per_run,

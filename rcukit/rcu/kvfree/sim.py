@@ -126,6 +126,7 @@ class KvfreeRcu:
         self._store_ns = c.kvfree_store_ns
         self._fast_ns = c.raw_lock_ns + c.kvfree_store_ns
         self._polled = self.policy.polled_snapshots
+        self._headless = self.policy.headless
         self._slab_of = mm.slab._slab_of
         self._page_offset = mm.page_offset
         self._page_shift = mm.slab.page_shift
@@ -157,6 +158,13 @@ class KvfreeRcu:
         """``kvfree_rcu_barrier()``: see :meth:`KvfreeDrain.kvfree_rcu_barrier`."""
         await self.drain.kvfree_rcu_barrier(task)
 
+    def _no_headless(self, ptr: int) -> RcuUsageError:
+        return RcuUsageError(
+            f"kvfree_rcu(0x{ptr:x}) without an rcu_head: the head-less form arrived in v5.9 "
+            f"(kernel/rcu/tree.c, kvfree_call_rcu); profile {self.profile.name} has only "
+            "kfree_rcu(ptr, rhf): pass the rcu_head"
+        )
+
     # -- boot --------------------------------------------------------------------------------
     def start(self) -> None:
         """``kvfree_rcu_init()``: (v5.9) fill the caches, register the shrinker and the
@@ -184,6 +192,8 @@ class KvfreeRcu:
         # calls_single and pending add these up); the slow path takes it back below.
         ctr = self.counters
         if head is None:
+            if not self._headless:
+                raise self._no_headless(ptr)
             # hardirq context always has irqs_disabled set, so this covers in_atomic()
             if task.preempt_count or task.irqs_disabled or task.rcu_read_nesting:
                 self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
