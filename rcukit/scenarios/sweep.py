@@ -217,7 +217,7 @@ def run_point(scenario: str, params: dict[str, Any], seed: int) -> dict[str, Any
     """
     p = prepare_point(scenario, params, seed)
     if isinstance(p.inputs, cmp.Workload):
-        row, _ = cmp.run_row(p.config, p.inputs, p.variant, p.kernel_config)
+        row = cmp.row_data(p.config, p.inputs, p.variant, p.kernel_config)
         row.pop("timeline", None)
         return row
     return run_rcuscale(p.inputs, p.config).to_json()
