@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Callable
@@ -111,11 +113,19 @@ def _cmd(args: argparse.Namespace) -> int:
         require_matplotlib()
     kernels: list[Any] | None = [] if (args.trace or args.ftrace) else None
     # Only when there are any, so run_compare() without the parameter still runs the built-ins.
-    extra: dict[str, Any] = {"block_sources": sources} if sources else {}
+    # Workers rebuild the sources from the same specs (and entry points): the objects need
+    # not pickle.
+    extra: dict[str, Any] = (
+        {"block_sources": sources,
+         "load_sources": functools.partial(load_block_sources, tuple(args.plugin))}
+        if sources else {}
+    )
+    # --trace/--ftrace keep every row's kernel in this process: run_compare() runs them inline.
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
 
     def run(progress: Callable[[str, str], None] | None) -> cmp.CompareResult:
         return cmp.run_compare(config, workload, variants, configs, progress=progress,
-                           kernels=kernels, **extra)
+                               kernels=kernels, jobs=jobs, **extra)
 
     if args.json or not sys.stderr.isatty():
         result = run(None)
@@ -140,6 +150,11 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+_jobs = number_type(
+    int, "a whole number",
+    lambda text, n: None if n >= 1 else f"{n}: expected a number of processes >= 1 (1 = inline)",
+)
+
 _scale = number_type(
     float, "a number", lambda text, v: None if v > 0 else f"{text!r}: the scale must be > 0"
 )
@@ -162,6 +177,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="add users' block-allocator variants: a BlockPageSource, a class of "
                    "one, or an iterable of them (repeatable); installed "
                    f"{ENTRY_POINT_GROUP} entry points are added too")
+    p.add_argument("--jobs", type=_jobs, metavar="N",
+                   help="run rows in N worker processes (default: one per core; 1 = inline); "
+                   "the output is the same whatever N; --trace and --ftrace run inline")
     p.add_argument("--from-host-zoneinfo", action="store_true",
                    help="size the zone and pcp lists from this host's /proc/zoneinfo")
     p.add_argument("--plot", metavar="FILE.png", help="write plots (needs the plot extra)")

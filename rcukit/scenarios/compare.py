@@ -10,8 +10,10 @@ PREEMPT_RT) change from row to row, so every difference in the table is theirs.
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, as_completed
 from typing import Any
 
 import attrs
@@ -22,9 +24,15 @@ from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources
 from rcukit.rcu.profiles import DEFAULT_PROFILES
+from rcukit.scenarios.executors import open_executor
 from rcukit.sched.sim import Task
 
 _GFP_KERNEL = int(GFP_KERNEL)
+
+#: How a worker process gets the users' block sources: a picklable callable (a module-level
+#: function, or a functools.partial of one over plain data such as ``MODULE:ATTR`` specs).
+#: Source objects themselves need not pickle (the mempool example holds a WeakKeyDictionary).
+SourcesLoader = Callable[[], Sequence[BlockPageSource]]
 
 VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
 SPLAT_KEYS = ("invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic")
@@ -203,6 +211,24 @@ def run_row(
     return result
 
 
+def row_data(
+    config: KernelConfig, workload: Workload, variant: str, kernel_config: str,
+    *, block_sources: Sequence[BlockPageSource] = (), load_sources: SourcesLoader | None = None,
+) -> dict[str, Any]:
+    """One row's data, its kernel released.
+
+    A finished kernel is cyclic garbage (tasks, locks, CPUs and subsystems point at each other),
+    which reference counting never frees: without a collection here, once per row after its
+    data is extracted, the process grows row on row. Module-level and plain data in and out, so
+    a worker process runs it too; ``load_sources`` (if given) supplies the block sources there.
+    """
+    sources = load_sources() if load_sources is not None else block_sources
+    data, k = run_row(config, workload, variant, kernel_config, block_sources=sources)
+    del k
+    gc.collect()
+    return data
+
+
 def check_names(variants: Sequence[str], configs: Sequence[str], known: Sequence[str]) -> None:
     for v in variants:
         if v not in known:
@@ -245,26 +271,57 @@ def run_compare(
     progress: Callable[[str, str], None] | None = None,
     kernels: list[tuple[str, str, Kernel]] | None = None,
     block_sources: Sequence[BlockPageSource] = (),
+    jobs: int = 1,
+    load_sources: SourcesLoader | None = None,
 ) -> CompareResult:
     """Run every variant under every build; ``block_sources`` adds the user's variants, whose
-    names ``variants`` may then list (each row boots a kernel with them registered)."""
+    names ``variants`` may then list (each row boots a kernel with them registered).
+
+    ``jobs > 1`` runs rows in that many worker processes (the sweep's pool, at most one per
+    row); rows come back in the order asked for and hold the same data as inline, since each
+    depends on its config, workload, variant and build alone. ``progress`` is then called as
+    rows finish, in any order. Keeping ``kernels`` (for traces) needs them in this process, so
+    it always runs inline. With user sources, workers need ``load_sources``, a picklable way to
+    build them there (the objects are not sent).
+    """
     cfg = config or default_config()
     wl = workload or Workload()
     sources = tuple(block_sources)
     check_names(variants, configs, BlockSources(sources).names())
-    rows = []
-    for variant in variants:
-        for kc in configs:
-            data, k = run_row(
-                cfg, wl, variant, kc, trace=kernels is not None, block_sources=sources
-            )
-            rows.append(data)
-            if kernels is not None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs = {jobs!r}: expected a positive number of processes")
+    cells = [(variant, kc) for variant in variants for kc in configs]
+    workers = 1 if kernels is not None else min(jobs, len(cells))
+    if workers > 1 and sources and load_sources is None:
+        raise ConfigError(
+            "user block sources cannot be sent to worker processes as objects; pass "
+            "load_sources= (a picklable callable that builds them) or jobs=1"
+        )
+    if workers == 1:
+        rows = []
+        for variant, kc in cells:
+            if kernels is None:
+                rows.append(row_data(cfg, wl, variant, kc, block_sources=sources))
+            else:
+                data, k = run_row(cfg, wl, variant, kc, trace=True, block_sources=sources)
+                rows.append(data)
                 kernels.append((variant, kc, k))
             if progress is not None:
                 progress(variant, kc)
-    return CompareResult(cfg, wl, tuple(rows))
-
+        return CompareResult(cfg, wl, tuple(rows))
+    loader = load_sources if sources else None
+    with open_executor(workers) as choice:
+        futures: dict[Future[dict[str, Any]], int] = {
+            choice.executor.submit(row_data, cfg, wl, variant, kc, load_sources=loader): i
+            for i, (variant, kc) in enumerate(cells)
+        }
+        found: dict[int, dict[str, Any]] = {}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            found[i] = fut.result()
+            if progress is not None:
+                progress(*cells[i])
+    return CompareResult(cfg, wl, tuple(found[i] for i in range(len(cells))))
 
 
 def verdict(rows: Sequence[dict[str, Any]]) -> list[str]:

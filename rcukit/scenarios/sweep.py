@@ -14,22 +14,19 @@ crashed sweep keeps every point it finished and ``resume`` runs only the rest.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import random
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 import attrs
 
@@ -37,10 +34,12 @@ from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, _coerce
 from rcukit.errors import ConfigError, SweepError
 from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.scenarios import compare as cmp
-from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
 
-P = ParamSpec("P")
-T = TypeVar("T")
+# Re-exported: sweep's executors are built in rcukit.scenarios.executors, shared with compare.
+from rcukit.scenarios.executors import ExecutorChoice as ExecutorChoice
+from rcukit.scenarios.executors import InlineExecutor as InlineExecutor
+from rcukit.scenarios.executors import open_executor as open_executor
+from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
 
 SCENARIOS = ("compare", "rcuscale")
 TOP_LEVEL_KEYS = ("scenario", "seeds", "grid", "fixed", "samples", "sample_seed")
@@ -218,7 +217,7 @@ def run_point(scenario: str, params: dict[str, Any], seed: int) -> dict[str, Any
     """
     p = prepare_point(scenario, params, seed)
     if isinstance(p.inputs, cmp.Workload):
-        row, _ = cmp.run_row(p.config, p.inputs, p.variant, p.kernel_config)
+        row = cmp.row_data(p.config, p.inputs, p.variant, p.kernel_config)
         row.pop("timeline", None)
         return row
     return run_rcuscale(p.inputs, p.config).to_json()
@@ -505,108 +504,6 @@ def _open_results(path: Path, scenario: str, resume: bool) -> set[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Execution
-
-
-class InlineExecutor(Executor):
-    """Runs each call at submit time, in this process: the reference every other executor
-    must match byte for byte, and the debugger-friendly way to run a sweep."""
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        fut: Future[T] = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except Exception as exc:
-            fut.set_exception(exc)
-        return fut
-
-
-@attrs.frozen
-class ExecutorChoice:
-    """An executor and how many points to keep submitted at once (None: all of them)."""
-
-    executor: Executor
-    max_in_flight: int | None
-    description: str
-
-
-def _check_scheduler(address: str) -> None:
-    # Caught here: distributed.Client fails fast on a malformed address but then hangs a
-    # minute in its finaliser at exit.
-    parts = urlsplit(address if "://" in address else "tcp://" + address)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if not parts.hostname or port is None:
-        raise ConfigError(
-            f"--scheduler {address!r}: expected a Dask scheduler address like "
-            "tcp://HOST:PORT (e.g. tcp://10.0.0.1:8786)"
-        )
-
-
-#: Imported once by the forkserver so every worker starts with the simulator loaded.
-_PRELOAD = [
-    "rcukit.scenarios.sweep",
-    "rcukit.scenarios.compare",
-    "rcukit.scenarios.rcuscale",
-    "rcukit.mm.mm",
-    "rcukit.rcu.tree",
-    "rcukit.rcu.kvfree.sim",
-]
-
-
-@contextlib.contextmanager
-def open_executor(
-    workers: int | None = None, scheduler: str | None = None
-) -> Iterator[ExecutorChoice]:
-    """Inline (``workers == 0``), a local process pool, or a Dask cluster's executor.
-
-    The pool spawns fresh interpreters rather than forking, so no parent thread or Trio state
-    leaks into a worker and macOS, Linux and Windows behave alike.
-    """
-    if scheduler is not None:
-        _check_scheduler(scheduler)
-        try:
-            import distributed
-        except ImportError:
-            raise ConfigError(
-                "--scheduler needs Dask's distributed package, an optional extra: "
-                "pip install 'rcukit[dask]'"
-            ) from None
-        try:
-            client = distributed.Client(  # type: ignore[no-untyped-call]
-                scheduler, set_as_default=False
-            )
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot connect to the Dask scheduler {scheduler!r}: {exc}") from exc
-        try:
-            ex = client.get_executor()  # type: ignore[no-untyped-call]
-            try:
-                yield ExecutorChoice(ex, None, f"Dask scheduler {scheduler}")
-            except BaseException:
-                ex.shutdown(wait=False)
-                raise
-            ex.shutdown(wait=True)
-        finally:
-            client.close()  # type: ignore[no-untyped-call]
-        return
-    n = (os.cpu_count() or 1) if workers is None else workers
-    if n < 0:
-        raise ConfigError(f"--workers {n}: expected 0 (inline) or a positive number of processes")
-    if n == 0:
-        yield ExecutorChoice(InlineExecutor(), 1, "inline")
-        return
-    # forkserver: workers fork from a clean server that has imported rcukit once, so they
-    # start fast and share no parent threads or Trio state (spawned workers ran ~40% slower).
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
-    try:
-        yield ExecutorChoice(pool, 2 * n, f"{n} worker processes")
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clitools import run_cli
 from simtools import ROOT
 
 import rcukit
@@ -293,6 +294,59 @@ def test_compare_unknown_variant_still_named_with_plugins(
     assert "unknown variant 'nosuch'; allowed: fast-try, nowait, gfp-zero, page-cache, nolock, " \
         "mempool-test" in capsys.readouterr().err
     assert calls == []
+
+
+def test_compare_bad_jobs_exits_2_before_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    _no_run(monkeypatch, calls)
+    for bad in ("0", "-3", "1.5", ""):
+        rc, out, err = run_cli(["compare", "--json", "--jobs", bad])
+        assert rc == 2 and out == "" and "argument --jobs:" in err
+    assert calls == []
+
+
+def test_compare_jobs_defaults_to_one_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    calls: list[dict[str, Any]] = []
+    _no_run(monkeypatch, calls)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    with pytest.raises(_Ran):
+        main(["compare", "--json"])
+    with pytest.raises(_Ran):
+        main(["compare", "--json", "--jobs", "1"])
+    assert [c["jobs"] for c in calls] == [3, 1]
+
+
+def test_compare_plugin_rows_in_workers_match_inline(plugin_module: str) -> None:
+    """Workers rebuild the sources from the --plugin specs (sys.path reaches them)."""
+    args = ["compare", "--json", "--plugin", f"{plugin_module}:SOURCES", "--variants",
+            "mempool-test,other-test", "--configs", "lockdep", "--scale", "0.01"]
+    rc1, out1, err1 = run_cli([*args, "--jobs", "1"])
+    rc2, out2, err2 = run_cli([*args, "--jobs", "2"])
+    assert rc1 == rc2 == 0, err1 + err2
+    assert out1 == out2
+    rows = json.loads(out2)["rows"]
+    assert [r["variant"] for r in rows] == ["mempool-test", "other-test"]
+
+
+def test_the_readme_mempool_variant_runs_in_worker_processes() -> None:
+    """examples/mempool_plugin.Mempool holds a WeakKeyDictionary, so it cannot be pickled:
+    ``--jobs 2`` must give the same bytes as ``--jobs 1`` all the same."""
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "examples"), str(ROOT)]))
+    outs = [
+        subprocess.run(
+            [sys.executable, "-m", "rcukit", "compare", "--plugin", "mempool_plugin:Mempool",
+             "--variants", "mempool,nowait", "--configs", "lockdep", "--scale", "0.02",
+             "--json", "--jobs", jobs],
+            capture_output=True, text=True, env=env, timeout=300, check=True,
+        ).stdout
+        for jobs in ("1", "2")
+    ]
+    assert outs[0] == outs[1]
+    assert [r["variant"] for r in json.loads(outs[1])["rows"]] == ["mempool", "nowait"]
 
 
 def test_a_user_mempool_variant_runs_in_compare_from_the_command_line() -> None:

@@ -198,6 +198,9 @@ ALLOWED_VARIANTS = "allowed: fast-try, nowait, gfp-zero, page-cache, nolock"
          ["'v9' is not a kvfree_rcu profile", "allowed: v5.5, rfc, v5.9, v5.11"]),
         (["--config", "/nonexistent/c.toml"], ["cannot read config file", "c.toml"]),
         (["--bogus"], ["unrecognized arguments: --bogus"]),
+        (["--jobs", "0"], ["--jobs", "0: expected a number of processes >= 1 (1 = inline)"]),
+        (["--jobs", "-2"], ["--jobs", "-2: expected a number of processes >= 1"]),
+        (["--jobs", "two"], ["--jobs", "'two' is not a whole number"]),
     ],
 )
 def test_bad_arguments_exit_2_with_what_is_allowed(args: list[str], expect: list[str]) -> None:
@@ -287,3 +290,62 @@ def test_kernel_config_from_the_zoneinfo_fixture() -> None:
     assert c.mm.zone_pages == 772_917  # DMA32 is this machine's largest zone
     assert c.mm.pcp_batch == 63 and c.mm.pcp_high == 7856
     assert c.kvfree.profile == "rfc" and c.nr_cpus == 4  # the rest of the base is kept
+
+
+# -- --jobs: rows in worker processes, the same output ------------------------------------------
+
+JOBS_SMALL = ["--variants", "nowait,page-cache", "--configs", "default,rt", "--scale", "0.02"]
+
+
+@pytest.mark.parametrize("form", [["--json"], []], ids=["json", "table"])
+def test_jobs_2_output_is_byte_identical_to_jobs_1(form: list[str]) -> None:
+    outs = []
+    for jobs in ("1", "2"):
+        rc, out, err = run_cli(["compare", *form, *JOBS_SMALL, "--jobs", jobs])
+        assert rc == 0, err
+        outs.append(out)
+    assert outs[0] == outs[1]
+    if form:
+        rows = json.loads(outs[1])["rows"]
+        assert [(r["variant"], r["kernel_config"]) for r in rows] == [
+            ("nowait", "default"), ("nowait", "rt"), ("page-cache", "default"),
+            ("page-cache", "rt"),
+        ]
+
+
+def test_run_compare_in_workers_keeps_row_order_and_reports_each_row() -> None:
+    wl = cmp.Workload().scaled(0.01)
+    cells = [("nolock", "lockdep"), ("nolock", "default"), ("nowait", "lockdep"),
+             ("nowait", "default")]
+    seen: list[tuple[str, str]] = []
+    pooled = cmp.run_compare(workload=wl, variants=["nolock", "nowait"],
+                             configs=["lockdep", "default"], jobs=2,
+                             progress=lambda v, c: seen.append((v, c)))
+    inline = cmp.run_compare(workload=wl, variants=["nolock", "nowait"],
+                             configs=["lockdep", "default"], jobs=1)
+    assert pooled.rows == inline.rows
+    assert [(r["variant"], r["kernel_config"]) for r in pooled.rows] == cells
+    assert sorted(seen) == sorted(cells)
+
+
+def test_run_compare_keeps_kernels_inline_whatever_jobs() -> None:
+    kernels: list[Any] = []
+    result = cmp.run_compare(workload=cmp.Workload().scaled(0.01), variants=["nowait"],
+                             configs=["default", "rt"], jobs=2, kernels=kernels)
+    assert [(v, c) for v, c, _ in kernels] == [("nowait", "default"), ("nowait", "rt")]
+    assert [k.now_ns for _, _, k in kernels] == [r["sim_time_ns"] for r in result.rows]
+
+
+def test_run_compare_bad_jobs_and_unsendable_sources_are_refused_before_running() -> None:
+    from rcukit.errors import ConfigError
+    from rcukit.rcu.kvfree.variants import PageCacheSource
+
+    class Local(PageCacheSource):  # a class local to a function: it cannot be pickled
+        name = "local-test"
+
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ConfigError, match="expected a positive number of processes"):
+            cmp.run_compare(variants=["nowait"], configs=["default"], jobs=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="pass load_sources="):
+        cmp.run_compare(variants=["local-test"], configs=["default", "rt"], jobs=2,
+                        block_sources=[Local()])
