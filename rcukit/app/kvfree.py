@@ -115,7 +115,7 @@ class _Batch(KfreeRcuCpuWork[_Block]):
         self.done = trio.Event()
 
 
-class _Krc(KfreeRcuCpu[_Block, _Batch]):
+class _Krc(KfreeRcuCpu[_Block, _Batch, _Block]):
     """The queue's ``krcp``: one channel per release target, no list channel."""
 
     def __init__(self) -> None:

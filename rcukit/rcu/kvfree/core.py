@@ -187,9 +187,11 @@ class KfreeRcuCpuWork(Generic[B]):
 
 
 W = TypeVar("W", bound=KfreeRcuCpuWork[Any])
+#: What the cache holds: spare block pages (the sim's addresses) or emptied blocks (the app's).
+C = TypeVar("C")
 
 
-class KfreeRcuCpu(Generic[B, W]):
+class KfreeRcuCpu(Generic[B, W, C]):
     """``struct kfree_rcu_cpu`` without its lock and work items (those are the host's)."""
 
     def __init__(self, nr_channels: int, krw: list[W]) -> None:
@@ -201,7 +203,7 @@ class KfreeRcuCpu(Generic[B, W]):
         #: ``count``: objects queued since the last batch was detached.
         self.count = 0
         #: ``bkvcache``: spare block pages (sim) or emptied blocks (app).
-        self.cache: list[Any] = []
+        self.cache: list[C] = []
         self.krw = krw
 
     def krc_count(self) -> int:
@@ -216,11 +218,11 @@ class KfreeRcuCpu(Generic[B, W]):
         """``need_offload_krc()``: is there a channel to detach?"""
         return any(self.bulk) or self.head is not None
 
-    def get_cached_bnode(self) -> Any | None:
+    def get_cached_bnode(self) -> C | None:
         """``get_cached_bnode()``: a spare block page, if the cache holds one."""
         return self.cache.pop() if self.cache else None
 
-    def put_cached_bnode(self, bnode: Any, min_cached: int) -> bool:
+    def put_cached_bnode(self, bnode: C, min_cached: int) -> bool:
         """``put_cached_bnode()``: keep ``bnode`` if the cache is short; False: free it."""
         if len(self.cache) < min_cached:
             self.cache.append(bnode)

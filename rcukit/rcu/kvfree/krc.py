@@ -88,7 +88,7 @@ class Krwp(KfreeRcuCpuWork[Bnode]):
         self.rwork = rwork
 
 
-class Krc(KfreeRcuCpu[Bnode, Krwp]):
+class Krc(KfreeRcuCpu[Bnode, Krwp, int]):
     """``struct kfree_rcu_cpu``: the core's channels and batches, plus this CPU's raw lock,
     monitor work, page-cache refill work and hrtimer (each mechanism's work function is its
     part's)."""

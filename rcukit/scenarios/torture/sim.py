@@ -57,6 +57,7 @@ from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError, CpuHotplugError, MemoryDebugError
 from rcukit.kernel import ALL_SUBSYSTEMS, Kernel, Subsystems, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
+from rcukit.mm.mm import Mm
 from rcukit.rcu.gpseq import RCU_SEQ_STATE_MASK, ULONG_MASK, ULONG_MAX_HALF, rcu_seq_diff
 from rcukit.rcu.kvfree.variants import builtin_variants
 from rcukit.rcu.segcblist import RcuHead
@@ -518,7 +519,7 @@ async def run_torture_async(
     return _result(params, cfg, state, time.perf_counter() - t0)
 
 
-def _live(mm: Any, ptr: int) -> bool:
+def _live(mm: Mm, ptr: int) -> bool:
     try:
         mm.check_access(ptr)
     except MemoryDebugError:
