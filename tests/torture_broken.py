@@ -25,14 +25,14 @@ class BrokenRcuState(RcuState):
     def rcu_gp_init(self, task: Task) -> None:
         super().rcu_gp_init(task)
         cpus = self.kernel.sim.cpus
-        for cpu_id in sorted(self._gp_cpus):
+        for cpu_id in sorted(self._holdouts.cpus):
             cur = cpus[cpu_id].current
             if cur is not None and cur.rcu_read_nesting:
-                self._gp_cpus.discard(cpu_id)
+                self._holdouts.cpus.discard(cpu_id)
                 self._rdp[cpu_id].qs_pending = False
                 return
-        for t in self._gp_tasks:
-            del self._gp_tasks[t]
+        for t in self._holdouts.tasks:
+            del self._holdouts.tasks[t]
             return
 
 

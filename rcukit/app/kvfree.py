@@ -162,11 +162,6 @@ class KvfreeQueue:
         """``krc_count()``: objects in this queue's blocks, not yet detached (settled value)."""
         return self._krc.count
 
-    @property
-    def chan_get(self) -> Callable[[object], _Channel | None]:
-        """The fast path's channel lookup (the domain inlines :meth:`kvfree_rcu` with it)."""
-        return self._chan_get
-
     # ---------------------------------------------------------------- enqueue
 
     def kvfree_rcu(self, obj: object, release: ReleaseTarget = None) -> None:

@@ -48,7 +48,7 @@ def check_profile(name: str | None) -> None:
     """Reject an unknown ``--profile`` with the allowed names (None: the command's default).
 
     Checked in the command rather than by argparse ``choices`` so the error reads like every
-    other bad value: ``rcukit CMD: error: unknown profile ...``, exit status 2.
+    other bad value: ``rcukit CMD: error: 'x' is not a kvfree_rcu profile; allowed: ...``, exit 2.
     """
     if name is not None:
         get_profile(name)

@@ -622,15 +622,6 @@ class RcuState:
                        f"{self.name} {signed_seq(self.core.gp_seq.current)} cpuqs")
         self._holdouts.report_cpu(cpu.id, t)
 
-    # The broken build of rcukit.scenarios.torture edits the holdouts under these names.
-    @property
-    def _gp_cpus(self) -> set[int]:
-        return self._holdouts.cpus
-
-    @property
-    def _gp_tasks(self) -> dict[Task, None]:
-        return self._holdouts.tasks
-
     # ================================================================== GP kthread
 
     def _snap(self, t: int) -> int:

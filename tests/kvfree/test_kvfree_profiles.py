@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 import pytest
-from simtools import MS, VARIANTS, boot_and_run, freed
+from simtools import MS, VARIANTS, boot_and_run, freed, on_cpu
 
 from rcukit.config import KernelConfig
 from rcukit.errors import ConfigError
@@ -243,10 +243,7 @@ async def _flood_and_verify(k: Kernel, n: int, think_ns: int) -> Any:
 
     per_cpu = await k.run_on_cpus(flood)
 
-    async def barrier(task: Task) -> None:
-        await kv.kvfree_rcu_barrier(task)
-
-    await k.run_on_cpus(barrier, [0])
+    await on_cpu(k, kv.kvfree_rcu_barrier)
     ptrs = [p for ps in per_cpu for p in ps]
     # Addresses are reused once freed; the last object at each address is freed as well.
     assert all(freed(k, p) for p in ptrs)

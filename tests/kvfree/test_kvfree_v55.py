@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from simtools import MS, VARIANTS, boot_and_run, freed
+from simtools import MS, VARIANTS, boot_and_run, freed, on_cpu
 
 from rcukit.app.config import DomainConfig
 from rcukit.config import KernelConfig
@@ -86,10 +86,7 @@ def test_v55_never_allocates_a_block_page_and_every_object_takes_the_list(
 
         per_cpu = await k.run_on_cpus(flood)
 
-        async def barrier(task: Task) -> None:
-            await kv.kvfree_rcu_barrier(task)
-
-        await k.run_on_cpus(barrier, [0])
+        await on_cpu(k, kv.kvfree_rcu_barrier)
         assert all(freed(k, p) for ps in per_cpu for p in ps)
         assert all(not krcp.cache and not any(krcp.bulk) for krcp in kv.krcs)
         return kv.statistics()

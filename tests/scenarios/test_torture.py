@@ -13,6 +13,7 @@ from torture_broken import BROKEN_RCU, BrokenAppTorture
 
 from rcukit.cli import build_parser, main
 from rcukit.cli import torture as torture_cli
+from rcukit.config import KernelConfig
 from rcukit.scenarios.torture import (
     RCU_TORTURE_PIPE_LEN,
     TortureParams,
@@ -119,8 +120,8 @@ def test_cli_torture_sim_json_and_text(capsys: pytest.CaptureFixture[str]) -> No
 def test_cli_exit_status_is_1_when_the_run_fails(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def broken(params: TortureParams, config: object) -> TortureResult:
-        return run_torture(params, config, subsystems=BROKEN_RCU)  # type: ignore[arg-type]
+    def broken(params: TortureParams, config: KernelConfig | None) -> TortureResult:
+        return run_torture(params, config, subsystems=BROKEN_RCU)
 
     monkeypatch.setattr(torture_cli, "run_torture", broken)
     assert main(["torture", "--duration", "0.5"]) == 1

@@ -130,14 +130,13 @@ class KvfreeRcu:
         self._slab_of = mm.slab._slab_of
         self._page_offset = mm.page_offset
         self._page_shift = mm.slab.page_shift
-        self.debug_objects = self.debug.enabled
         self._tracer = kernel.tracer
         #: The monitor's arming, bound once: the fast path calls it without a hop.
         self._arm_monitor = self.monitor.arm_monitor
-        #: Everything but the plain "block has room" case takes the modelled slow path.
-        self._slow = self.debug_objects or self._polled
-        #: The fast path's gate: ``.on`` means "take the slow path" (tracing, or ``_slow``).
-        self._gate: Tracer | _AlwaysOn = _AlwaysOn() if self._slow else kernel.tracer
+        # Debug objects and polled snapshots send every call down the modelled slow path, so
+        # the fast path's gate is always on; otherwise it is the tracer's (tracing is slow too).
+        always_slow = self.debug.enabled or self._polled
+        self._gate: Tracer | _AlwaysOn = _AlwaysOn() if always_slow else kernel.tracer
 
     @property
     def pending(self) -> int:
@@ -257,7 +256,7 @@ class KvfreeRcu:
             ctr.slow_single += 1
         if ptr >= VMALLOC_START:
             ctr.queued_vmalloc += 1
-        if self.debug_objects:
+        if self.debug.enabled:
             self.debug.debug_rcu_head_queue(task, ptr)
         krcp = self.krcs[cpu.id]
         # krc_this_cpu_lock(): local_irq_save + raw_spin_lock (lockdep-free: see kvfree_rcu).
@@ -303,7 +302,7 @@ class KvfreeRcu:
             # Head-less fallback: "can be used from might_sleep() context only".
             ctr.fallback_synchronize += 1
             await self.rcu.synchronize_rcu(task)
-            if self.debug_objects:
+            if self.debug.enabled:
                 self.debug.debug_rcu_head_unqueue(ptr)
             await self.mm.kvfree(task, ptr)
             ctr.pending += 1
