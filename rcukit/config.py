@@ -19,8 +19,9 @@ import attrs
 
 from rcukit.errors import ConfigError, GfpError
 from rcukit.mm.gfp import parse_gfp, validate_gfp
+from rcukit.mm.versions import MmVersion
 from rcukit.mm.zoneinfo import largest_zone, parse_zoneinfo, read_host_zoneinfo
-from rcukit.rcu.profiles import DEFAULT_PROFILES, profile_validator
+from rcukit.rcu.profiles import DEFAULT_PROFILES, get_profile, profile_validator
 
 T = TypeVar("T")
 
@@ -274,6 +275,11 @@ class KernelConfig:
     @property
     def tick_ns(self) -> int:
         return 1_000_000_000 // self.hz
+
+    @property
+    def mm_version(self) -> MmVersion:
+        """The page allocator of the kernel that ``kvfree.profile`` names (kernel.md 8.1, 8.2)."""
+        return get_profile(self.kvfree.profile).mm
 
     @property
     def rcu_preemptible(self) -> bool:

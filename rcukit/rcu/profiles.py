@@ -23,6 +23,7 @@ import attrs
 
 from rcukit.errors import ConfigError
 from rcukit.mm.gfp import GFP, GFP_KERNEL, GFP_NOWAIT
+from rcukit.mm.versions import MM_5_8, MM_6_0, MmVersion
 
 #: ``GFP_KERNEL|__GFP_NORETRY|__GFP_NOMEMALLOC|__GFP_NOWARN``: v5.13+ head-less path and refill.
 REFILL_GFP_5_13 = GFP_KERNEL | GFP.NORETRY | GFP.NOMEMALLOC | GFP.NOWARN
@@ -38,6 +39,9 @@ class KvfreeProfile:
 
     name: str
     description: str
+    #: The page allocator of the same kernel (pcp protection, boosted-watermark wake): a
+    #: profile names a whole kernel version, mm included (kernel.md 8.1, 8.2).
+    mm: MmVersion
     #: v5.7+: page-sized pointer blocks (``kfree_rcu_bulk_data``); v5.5 has only the per-CPU
     #: ``rcu_head`` list (``krcp->head``), so every object takes it and no block page exists.
     blocks: bool
@@ -102,6 +106,7 @@ _V5_5 = KvfreeProfile(
     name="v5.5",
     description="v5.5: the first kfree_rcu() batching: every object on the per-CPU rcu_head "
     "list, one batch in flight (head_free), drain every HZ/50, no blocks or page cache",
+    mm=MM_5_8,
     blocks=False, n_batches=1, shrinker=False, headless=False,
     header_bytes=0,
     drain_hz_num=1, drain_hz_den=50, kick=False,
@@ -148,6 +153,7 @@ _V6_1 = attrs.evolve(
     name="v6.1",
     description="v6.1: 5*HZ drain with a 1-jiffy kick once a block's worth is queued; "
     "shrinker back-off of the page-cache refill",
+    mm=MM_6_0,
     drain_hz_num=5, drain_hz_den=1, kick=True,
     shrinker_backoff=True,
 )
