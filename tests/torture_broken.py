@@ -24,6 +24,9 @@ class BrokenRcuState(RcuState):
 
     def rcu_gp_init(self, task: Task) -> None:
         super().rcu_gp_init(task)
+        # Forget the idle CPUs too (no wait for the first FQS scan), so the GP ends while the
+        # forgotten reader is still inside its section.
+        self._fqs_idle_pending = False
         cpus = self.kernel.sim.cpus
         for cpu_id in sorted(self._holdouts.cpus):
             cur = cpus[cpu_id].current

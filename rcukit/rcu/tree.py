@@ -50,6 +50,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from statistics import median_low
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
     from rcukit.machine import Machine
 
 __all__ = [
+    "RCU_JIFFIES_FQS_DIV",
     "HotplugCallback",
     "RcuCallback",
     "RcuCallbacks",
@@ -87,6 +89,7 @@ __all__ = [
     "RcuState",
     "RcuStats",
     "RcuWork",
+    "rcu_jiffies_till_force_qs",
 ]
 
 #: A ``call_rcu`` callback: invoked by the CPU's ``rcuc`` kthread with that task and the head
@@ -97,6 +100,16 @@ RcuCallback = Callable[[Task, RcuHead], object]
 _Waiter = Callable[[int], object]
 
 _FAKE_ADDR_BASE = 0xFFFF888004000000
+
+#: ``RCU_JIFFIES_FQS_DIV`` (``kernel/rcu/tree.h``): one more jiffy between FQS scans per 256
+#: possible CPUs.
+RCU_JIFFIES_FQS_DIV = 256
+
+
+def rcu_jiffies_till_force_qs(hz: int) -> int:
+    """``RCU_JIFFIES_TILL_FORCE_QS`` (``kernel/rcu/tree.h``, v5.9 and v6.1):
+    ``1 + (HZ > 250) + (HZ > 500)`` jiffies, i.e. 3 at HZ=1000, 2 at HZ=300, 1 at HZ<=250."""
+    return 1 + (hz > 250) + (hz > 500)
 
 
 def _func_name(f: object) -> str:
@@ -122,6 +135,9 @@ class RcuData:
     ticks_at_gp_start: int = 0
     #: ``rdp->dynticks``-like counter: even while the CPU is idle (RCU not watching).
     dynticks: int = 2
+    #: The CPU was seen in an extended QS (idle) since it began to owe the current GP one:
+    #: what ``rcu_dynticks_in_eqs_since()`` reads from ``->dynticks`` at the next FQS scan.
+    eqs_since_gp: bool = False
     #: Latest local time the CPU was known outside any read section (reader entry or exit,
     #: context switch): lets an expedited GP's IPI find a QS the CPU passed after the IPI was
     #: sent even when the CPU's clock has run ahead of the sender's.
@@ -131,6 +147,9 @@ class RcuData:
     #: The lazily created ``rcuc/N`` kthread that invokes this CPU's callbacks.
     rcuc: Task | None = None
     rcuc_wq: WaitQueue = attrs.field(factory=lambda: WaitQueue("rcu_cpu_kthread"))
+    #: This CPU's next scheduling-clock tick after a GP its callbacks waited for ended
+    #: (``rcu_sched_clock_irq`` -> ``rcu_pending`` -> ``invoke_rcu_core``).
+    core_tick: Timer | None = None
     invoked: int = 0
 
 
@@ -152,6 +171,12 @@ class RcuStats:
     #: Tasks currently preempted or blocked inside a read section.
     blocked_readers: int
     cpus_online: int
+    #: Normal GPs from ``rcu_gp_init`` to ``rcu_gp_cleanup`` (the kernel's ``gp_start`` to
+    #: ``gp_end``, in ns): the median (low median) and the longest, 0 before the first GP ends.
+    gp_duration_p50_ns: int = 0
+    gp_duration_max_ns: int = 0
+    #: ``rcu_state.n_force_qs``: force-quiescent-state scans (``rcu_gp_fqs``) so far.
+    fqs_scans: int = 0
 
 
 class RcuWork(Work):
@@ -240,6 +265,7 @@ class RcuCallbacks(RcuStatePart):
         cfg = rcu.kernel.config
         self._call_ns = cfg.cost.call_rcu_ns
         self._invoke_ns = cfg.cost.rcu_invoke_ns
+        self._tick_ns = cfg.tick_ns
         # rcu_do_batch runs with bottom halves off (a preempt count on !RT).
         self._bh_preempt = not cfg.preempt_rt
         #: CPUs with callbacks queued: the ones ``rcu_barrier`` visits.
@@ -289,10 +315,33 @@ class RcuCallbacks(RcuStatePart):
             rcu.rcu_start_this_gp(snap, t)
 
     def _gp_done(self, rdp: RcuData, target: int, now: int) -> None:
-        """A GP ``rdp``'s callbacks waited for ended (``rcu_gp_cleanup`` → ``rcu_core``)."""
+        """A GP ``rdp``'s callbacks waited for ended: the CPU notices on its next tick.
+
+        ``rcu_gp_cleanup`` only advances ``gp_seq`` (and the GP kthread's own CPU's list); every
+        CPU learns of the end from its next scheduling-clock interrupt, where
+        ``rcu_sched_clock_irq`` -> ``rcu_pending`` sees the GP completed and calls
+        ``invoke_rcu_core`` (v5.9 and v6.1 ``kernel/rcu/tree.c``). An idle CPU with callbacks
+        keeps its tick (``rcu_needs_cpu``); rcukit's idle CPUs have none, so the tick is a timer
+        at the next jiffy boundary, which on a busy CPU fires in that CPU's tick.
+        """
         rdp.wait_targets.discard(target)
-        if rdp.cpu.online:
-            self.invoke_rcu_core(rdp, now)
+        cpu = rdp.cpu
+        if not cpu.online:
+            return
+        timer = rdp.core_tick
+        if timer is None:
+            timer = rdp.core_tick = Timer(f"rcu_pending/{cpu.id}", self.rcu_pending)
+        elif timer.pending:
+            return
+        tick = self._tick_ns
+        self._kernel.sim.arm_timer(timer, cpu, (now // tick + 1) * tick)
+
+    def rcu_pending(self, timer: Timer) -> None:
+        """``rcu_pending`` at the CPU's tick: a GP its callbacks waited for has ended."""
+        cpu = timer.cpu
+        assert cpu is not None
+        if cpu.online:
+            self.invoke_rcu_core(self._rdp[cpu.id], cpu.local_ns)
 
     def invoke_rcu_core(self, rdp: RcuData, t: int) -> None:
         """``invoke_rcu_core``: wake (or create) this CPU's ``rcuc`` kthread."""
@@ -497,7 +546,7 @@ class RcuState:
         self._gp_init_ns = cfg.cost.gp_init_ns
         self._rdp: list[RcuData] = []
         for cpu in sim.cpus:
-            rdp = RcuData(cpu, Timer(f"rcu_idle/{cpu.id}", self.dyntick_save_progress_counter))
+            rdp = RcuData(cpu, Timer(f"rcu_idle/{cpu.id}", self.rcu_eqs_enter))
             rdp.dynticks = 2 if cpu.idle else 1
             cpu.data["rcu_data"] = rdp
             self._rdp.append(rdp)
@@ -511,6 +560,25 @@ class RcuState:
         self._kthread: Task | None = None
         self._gp_start_ns = 0
         self._qs_reports = 0
+        hz = cfg.hz
+        # rcu_init_geometry(): RCU_JIFFIES_TILL_FORCE_QS + nr_cpu_ids / RCU_JIFFIES_FQS_DIV.
+        d = rcu_jiffies_till_force_qs(hz) + cfg.nr_cpus // RCU_JIFFIES_FQS_DIV
+        #: ``jiffies_till_first_fqs``: the first FQS scan of a GP, in jiffies after its start.
+        self.jiffies_till_first_fqs = d
+        #: ``jiffies_till_next_fqs``: the wait between later FQS scans of the same GP.
+        self.jiffies_till_next_fqs = d
+        self._tick_ns = cfg.tick_ns
+        self._fqs_timer = Timer("rcu_gp_fqs", self._rcu_gp_fqs_timeout)
+        #: ``rnp->qsmask`` bits of the CPUs idle at the GP start: the first FQS scan clears
+        #: them (held as a flag and the set of non-idle CPUs at the start, so a GP never walks
+        #: the idle CPUs of a large machine one by one).
+        self._fqs_idle_pending = False
+        self._gp_nonidle_at_start: set[int] = set()
+        #: ``rcu_state.n_force_qs`` and its value at the current GP's start (stall reports).
+        self.n_force_qs = 0
+        self._n_force_qs_gpstart = 0
+        #: Durations of the normal GPs ended so far, in ns (``gp_end - gp_start``).
+        self._gp_durations: list[int] = []
         self.readers = RcuReaders(self)
         self.exp = RcuExp(self)
         self.stall = RcuStall(self)
@@ -590,8 +658,13 @@ class RcuState:
         Simulator.cancel_timer(rdp.idle_timer)
         self._nonidle.add(cpu.id)
 
-    def dyntick_save_progress_counter(self, timer: Timer) -> None:
-        """The GP machinery sees the idle CPU in an extended QS (``rcu_eqs_enter``'s effect)."""
+    def rcu_eqs_enter(self, timer: Timer) -> None:
+        """The idle CPU's ``->dynticks`` is even from now on, as other CPUs read it.
+
+        Entering idle reports nothing to the normal GP: the GP kthread finds the CPU in its
+        next FQS scan (``dyntick_save_progress_counter``, ``rcu_implicit_dynticks_qs``). The
+        expedited GP's IPI would find it quiescent at once, so that report stays immediate.
+        """
         cpu = timer.cpu
         assert cpu is not None
         if not cpu.online:
@@ -604,7 +677,7 @@ class RcuState:
             return
         self._nonidle.discard(cpu.id)
         if rdp.qs_pending:
-            self.rcu_report_qs_rdp(rdp, f"swapper/{cpu.id}", 0)
+            rdp.eqs_since_gp = True
         if rdp.exp_qs_pending:
             self.exp.rcu_report_exp_rdp(rdp, cpu.local_ns)
 
@@ -655,10 +728,92 @@ class RcuState:
             await task.sync()
             start.announced = False
             self.rcu_gp_init(task)
-            await self._holdouts.wait(task, "rcu_gp_fqs")
+            await self.rcu_gp_fqs_loop(task)
             task.charge(self._gp_init_ns)
             await task.sync()
             self.rcu_gp_cleanup(task)
+
+    def _gp_waiting(self) -> bool:
+        """``rnp->qsmask`` or ``rcu_preempt_blocked_readers_cgp()``: the GP cannot end yet."""
+        h = self._holdouts
+        return bool(h.cpus or h.tasks or self._fqs_idle_pending)
+
+    def _rcu_gp_fqs_timeout(self, timer: Timer) -> None:
+        """The GP kthread's ``swait_event_idle_timeout_exclusive`` ran out: FQS time."""
+        cpu = timer.cpu
+        assert cpu is not None
+        self._holdouts.wq.wake_one(cpu.local_ns)
+
+    async def rcu_gp_fqs_loop(self, task: Task) -> None:
+        """``rcu_gp_fqs_loop``: wait for the last QS report or the FQS time, scan, repeat.
+
+        ``jiffies_force_qs = jiffies + j`` with ``j = jiffies_till_first_fqs`` and then
+        ``jiffies_till_next_fqs``: the wait ends at a jiffy boundary. The last QS report wakes
+        the kthread early (``rcu_report_qs_rsp``), so a GP whose CPUs are all busy ends at their
+        reports, and one with an idle CPU lasts until an FQS scan finds it.
+        """
+        holdouts = self._holdouts
+        tick = self._tick_ns
+        timer = self._fqs_timer
+        sim = self.kernel.sim
+        first = True
+        j = self.jiffies_till_first_fqs
+        while self._gp_waiting():
+            force_at = (task.now_ns // tick + j) * tick
+            sim.arm_timer(timer, task.cpu, force_at)
+            while self._gp_waiting() and task.now_ns < force_at:
+                await task.block(holdouts.wq, "rcu_gp_fqs")
+            Simulator.cancel_timer(timer)
+            if not self._gp_waiting():
+                break
+            await task.sync()
+            self.rcu_gp_fqs(task, first)
+            first = False
+            j = self.jiffies_till_next_fqs
+        await wait_until(task, holdouts.end_fence)
+
+    def rcu_gp_fqs(self, task: Task, first_time: bool) -> None:
+        """``rcu_gp_fqs`` -> ``force_qs_rnp``: report the CPUs found in an extended QS.
+
+        The first scan (``dyntick_save_progress_counter``) clears every CPU idle now; a CPU that
+        was idle at the GP start but runs now must pass a QS like the others. Later scans
+        (``rcu_implicit_dynticks_qs``) also clear a CPU that went through idle since.
+        """
+        self.n_force_qs += 1
+        holdouts = self._holdouts
+        nonidle = self._nonidle
+        me = task.cpu.id
+        if first_time and self._fqs_idle_pending:
+            self._fqs_idle_pending = False
+            n_idle = self.hotplug.n_online - 1 - len(self._gp_nonidle_at_start)
+            cpus = self.kernel.sim.cpus
+            woke = sorted(nonidle - self._gp_nonidle_at_start - {me})
+            for cpu_id in woke:
+                rdp = self._rdp[cpu_id]
+                rdp.qs_pending = True
+                rdp.eqs_since_gp = False
+                rdp.ticks_at_gp_start = cpus[cpu_id].ticks
+                holdouts.cpus.add(cpu_id)
+            task.charge(self._qs_report_ns * max(0, n_idle - len(woke)))
+            holdouts.fence(task.now_ns)
+            if self.kernel.tracer.on:
+                g = signed_seq(self.core.gp_seq.current)
+                for cpu in cpus:
+                    if cpu.online and cpu.id != me and cpu.id not in nonidle:
+                        self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
+                                   f"{self.name} {g} {cpu.id} dti")
+        tracer = self.kernel.tracer
+        for cpu_id in sorted(holdouts.cpus):
+            rdp = self._rdp[cpu_id]
+            if cpu_id in nonidle and not rdp.eqs_since_gp:
+                continue
+            rdp.qs_pending = False
+            task.charge(self._qs_report_ns)
+            self._qs_reports += 1
+            if tracer.on:
+                self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
+                           f"{self.name} {signed_seq(self.core.gp_seq.current)} {cpu_id} dti")
+            holdouts.report_cpu(cpu_id, task.now_ns)
 
     def rcu_gp_init(self, task: Task) -> None:
         """``rcu_gp_init``: start the GP and snapshot who must pass a QS for it."""
@@ -674,9 +829,14 @@ class RcuState:
                 continue
             rdp = self._rdp[cpu_id]
             rdp.qs_pending = True
+            rdp.eqs_since_gp = False
             rdp.ticks_at_gp_start = cpus[cpu_id].ticks
             holdouts.cpus.add(cpu_id)
         holdouts.tasks.update(self.readers.blocked)
+        # The idle CPUs are in qsmask too; the first FQS scan finds them.
+        self._gp_nonidle_at_start = set(holdouts.cpus)
+        self._fqs_idle_pending = self.hotplug.n_online - 1 > len(holdouts.cpus)
+        self._n_force_qs_gpstart = self.n_force_qs
         if self.kernel.tracer.on:
             g = signed_seq(gp)
             self._emit(me, task.comm, task.pid, now, "rcu_grace_period", f"{self.name} {g} start")
@@ -690,6 +850,7 @@ class RcuState:
         now = task.now_ns
         core = self.core
         waiters = core.gp_seq.end()
+        self._gp_durations.append(now - self._gp_start_ns)
         self.stall.gp_ended()
         tracer = self.kernel.tracer
         if tracer.on:
@@ -862,6 +1023,7 @@ class RcuState:
     def statistics(self) -> RcuStats:
         gp_seq = self.core.gp_seq
         cbs = self.cbs
+        durations = self._gp_durations
         return RcuStats(
             gp_seq=gp_seq.current,
             started_gps=gp_seq.started,
@@ -875,7 +1037,14 @@ class RcuState:
             qs_reports=self._qs_reports,
             blocked_readers=len(self.readers.blocked),
             cpus_online=self.hotplug.n_online,
+            gp_duration_p50_ns=median_low(durations) if durations else 0,
+            gp_duration_max_ns=max(durations, default=0),
+            fqs_scans=self.n_force_qs,
         )
+
+    def gp_durations_ns(self) -> list[int]:
+        """The duration of every normal GP ended so far, in ns, oldest first (a copy)."""
+        return list(self._gp_durations)
 
     def rcu_data(self, cpu_id: int) -> RcuData:
         """The ``rcu_data`` of ``cpu_id`` (its callback list, QS state, rcuc kthread)."""

@@ -77,6 +77,7 @@ class RcuStall(RcuStatePart):
         cpus = self._kernel.sim.cpus
         lines = [f"INFO: {rcu.name} detected stalls on CPUs/tasks:"]
         holdouts = rcu._holdouts
+        fqs = rcu.n_force_qs - rcu._n_force_qs_gpstart  # print_cpu_stall_info()
         for cpu_id in sorted(holdouts.cpus):
             cpu = cpus[cpu_id]
             rdp = self._rdp[cpu_id]
@@ -85,7 +86,7 @@ class RcuStall(RcuStatePart):
             lines.append(
                 f"\t{cpu_id}-...{'!' if ticks == 0 else '.'}: ({ticks} ticks this GP) "
                 f"idle={rdp.dynticks & 0xFFFF:04x}/{busy}/{busy << 62:#x} "
-                f"softirq={cpu.ticks}/{rdp.ticks_at_gp_start} fqs=0"
+                f"softirq={cpu.ticks}/{rdp.ticks_at_gp_start} fqs={fqs}"
             )
         for t in holdouts.tasks:
             lines.append(f"\tP{t.pid} {t.comm}")

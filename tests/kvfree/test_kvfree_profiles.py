@@ -134,7 +134,10 @@ def test_hz50_drain_gives_small_blocks_on_a_trickle(profile: str) -> None:
 
     r = boot_and_run(_profile_cfg(profile), body)
     assert r["freed"] == 300  # every block drained by the monitor alone
-    assert 19 * MS <= r["first_drain_ns"] <= 22 * MS
+    # v5.11's first head-less call finds no block and falls back to synchronize_rcu(): a GP
+    # that waits for the idle CPU's FQS scan (3 jiffies) before the trickle goes on.
+    sync_ns = 3 * MS if profile == "v5.11" else 0
+    assert 19 * MS <= r["first_drain_ns"] - sync_ns <= 22 * MS
     assert max(r["hist"]) <= 21
     assert sum(r["hist"].values()) >= 14
 

@@ -119,7 +119,9 @@ def test_offlining_a_cpu_in_the_middle_of_invoking_its_callbacks() -> None:
             await task.sleep_ns(50 * MS)
 
         async def admin(task: Task) -> None:
-            await task.sleep_ns(3 * MS)
+            # Every CPU is idle, so the GP lasts until the first FQS scan (3 jiffies at HZ=1000)
+            # and the callbacks start on CPU 2's next tick: unplug a few batches after that.
+            await task.sleep_ns(6 * MS)
             ran = sum(c.n for c in cbs)
             assert 0 < ran < 100, f"{ran} callbacks ran before the unplug; the test needs some"
             await rcu.cpu_down(task, 2)

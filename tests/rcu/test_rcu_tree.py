@@ -170,7 +170,12 @@ def test_synchronize_rcu_waits_for_preexisting_readers_only(sync: str, preempt: 
             out["old_end"] = task.now_ns
 
         async def new_reader(task: Task) -> None:
-            await task.sleep_ns(2 * MS)
+            # Busy (not idle) until its reader begins: a CPU idle at the GP start and running
+            # at the first FQS scan must pass a QS, so an idle CPU's new reader would be
+            # waited for, as the kernel's dyntick_save_progress_counter() would.
+            while task.now_ns < 2 * MS:
+                task.charge(100 * US)
+                await task.cond_resched()
             with rcu.read_lock(task):
                 for _ in range(100):
                     task.charge(500 * US)
@@ -222,7 +227,9 @@ def test_expedited_is_much_faster_than_normal_and_counted_apart(preempt: bool) -
         res: dict[str, int] = {}
 
         async def busy(task: Task) -> None:
-            for _ in range(100):
+            # Busy through both GPs: the normal one lasts until the first FQS scan finds the
+            # waiter's idle CPU (3 jiffies), and the expedited one must still find them busy.
+            for _ in range(200):
                 task.charge(50 * US)
                 await task.cond_resched()
 
@@ -631,7 +638,7 @@ def test_a_cpu_stuck_in_a_reader_gets_exactly_one_stall_report() -> None:
     lines = out["reports"][0].split("\n")
     assert lines[0] == "INFO: rcu_sched detected stalls on CPUs/tasks:"
     assert re.fullmatch(r"\t1-\.\.\.[.!]: \(\d+ ticks this GP\) idle=\w+/1/0x[0-9a-f]+ "
-                        r"softirq=\d+/\d+ fqs=0", lines[1])
+                        r"softirq=\d+/\d+ fqs=\d+", lines[1])
     assert re.fullmatch(r"\t\(detected by 3, t=1\d jiffies, g=-1199, q=0\)", lines[2])
     assert out["left"] <= out["ret"], "the GP still ends, once the reader leaves"
     assert out["stats"].completed_gps == 2
