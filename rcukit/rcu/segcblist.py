@@ -20,7 +20,6 @@ Segments, oldest first:
 
 from __future__ import annotations
 
-import sys
 from collections import deque
 from collections.abc import Callable
 
@@ -30,7 +29,8 @@ from rcukit.errors import ConfigError, SegCbListError, SimulationError
 from rcukit.rcu.gpseq import ULONG_MASK, ULONG_MAX_HALF
 
 __all__ = [
-    "BLIMIT_UNLIMITED",
+    "DEFAULT_MAX_RCU_BLIMIT",
+    "DEFAULT_RCU_DIVISOR",
     "RCU_CBLIST_NSEGS",
     "RCU_DONE_TAIL",
     "RCU_NEXT_READY_TAIL",
@@ -47,8 +47,11 @@ RCU_NEXT_READY_TAIL = 2
 RCU_NEXT_TAIL = 3
 RCU_CBLIST_NSEGS = 4
 
-# What "blimit is ignored" becomes: no per-pass cap (older kernels put LONG_MAX in rdp->blimit).
-BLIMIT_UNLIMITED = sys.maxsize
+#: What "blimit is ignored" becomes since v5.5 (``kernel/rcu/tree.c``): "Maximum callbacks per
+#: rcu_do_batch ... even during callback flood" (before, ``rdp->blimit`` became ``LONG_MAX``).
+DEFAULT_MAX_RCU_BLIMIT = 10000
+#: ``rcu_divisor`` (v5.5+): a pass may invoke ``pending >> rcu_divisor`` when that is more.
+DEFAULT_RCU_DIVISOR = 7
 
 
 class RcuHead:
@@ -318,15 +321,19 @@ class BatchLimits:
     """How many ready callbacks one ``rcu_do_batch`` pass may invoke: ``rdp->blimit`` and its marks.
 
     The kernel caps a pass at ``blimit`` (10) so that callback invocation does not hog the CPU, but
-    once more than ``qhimark`` (10000) callbacks are queued the cap is ignored so the backlog can
-    drain, and it comes back only when the queue falls to ``qlowmark`` (100) or fewer. The gap
-    between the marks is hysteresis, so this object carries state: ``current`` is ``rdp->blimit``,
-    one instance per CPU. (kernel.md §6, "Batch limits".)
+    once more than ``qhimark`` (10000) callbacks are queued the cap is raised to
+    ``DEFAULT_MAX_RCU_BLIMIT`` (10000) so the backlog can drain, and it comes back only when the
+    queue falls to ``qlowmark`` (100) or fewer. The gap between the marks is hysteresis, so this
+    object carries state: ``current`` is ``rdp->blimit``, one instance per CPU. A pass also takes
+    ``pending >> rcu_divisor`` when that is more (``bl = max(rdp->blimit, pending >> rcu_divisor)``
+    in ``rcu_do_batch``, v5.5+; v5.9 and v6.1 ``kernel/rcu/tree.c``). (kernel.md §6, "Batch
+    limits".)
     """
 
     blimit: int = 10
     qhimark: int = 10000
     qlowmark: int = 100
+    rcu_divisor: int = DEFAULT_RCU_DIVISOR
     current: int = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -338,22 +345,24 @@ class BatchLimits:
             raise ConfigError(
                 f"qhimark={self.qhimark} must be greater than qlowmark={self.qlowmark}"
             )
+        if not 0 <= self.rcu_divisor <= 62:
+            raise ConfigError(f"rcu_divisor={self.rcu_divisor}: must be in 0 .. 62")
         self.current = self.blimit
 
     @property
-    def unlimited(self) -> bool:
-        """True while the backlog rule has lifted the per-pass cap."""
-        return self.current == BLIMIT_UNLIMITED
+    def raised(self) -> bool:
+        """True while the backlog rule has raised the per-pass cap."""
+        return self.current == DEFAULT_MAX_RCU_BLIMIT
 
     def limit_for(self, n_pending: int) -> int:
         """The cap for a pass that starts with ``n_pending`` callbacks queued on this CPU.
 
-        Above ``qhimark`` the cap is lifted (the kernel does this when ``call_rcu`` sees the queue
+        Above ``qhimark`` the cap is raised (the kernel does this when ``call_rcu`` sees the queue
         grow past it); at or below ``qlowmark`` it is restored (the kernel does this at the end of a
         batch); in between, whatever was in force stays in force.
         """
         if n_pending > self.qhimark:
-            self.current = BLIMIT_UNLIMITED
+            self.current = DEFAULT_MAX_RCU_BLIMIT
         elif n_pending <= self.qlowmark:
             self.current = self.blimit
-        return self.current
+        return max(self.current, n_pending >> self.rcu_divisor)

@@ -19,30 +19,38 @@ The pieces share the ``rcu_data`` and ``rcu_node``-like state kept here (``_rdp`
 :class:`~rcukit.rcu.tree_part.RcuStatePart`), as the ``#include``d files share ``tree.c``'s; the
 public API on :class:`RcuState` delegates to them.
 
-How a grace period runs here (event-driven: nothing ever polls):
+How a grace period runs here (event-driven: the kthread sleeps until a report or a timer):
 
 * Someone needs a GP (``call_rcu`` accelerated callbacks, ``synchronize_rcu`` parked a waiter, a
   poll was started) and raises ``gp_seq_needed``; the GP kthread (``rcu_preempt``, or
   ``rcu_sched`` without ``CONFIG_PREEMPT_RCU``, on the last CPU) wakes, does ``rcu_gp_init``
-  and snapshots the *holdouts*: the online CPUs that are not idle (a set kept by the idle hooks,
-  so a GP on a mostly idle 1024-CPU machine never looks at the idle ones, like the kernel's
-  dynticks snapshot) plus the tasks preempted inside a read section (``rnp->blkd_tasks``).
-* Each quiescent state removes one holdout: a context switch (``rcu_note_context_switch``), idle
-  entry (an extended QS), a voluntary schedule point outside a read section (``rcu_all_qs``)
-  and, with preemptible RCU, a tick outside a read section in preemptible context
-  (``rcu_flavor_sched_clock_irq``). A preempted reader holds the GP it was found in until it
-  leaves its outermost read section (``rcu_read_unlock_special``).
-* The last report wakes the kthread, which ends the GP (``rcu_gp_cleanup``), wakes the
-  ``synchronize_rcu`` waiters whose snapshot is now done and kicks the ``rcuc/N`` kthreads of the
-  CPUs whose callbacks waited for it; those advance their segmented list and invoke the ready
-  callbacks in ``blimit`` batches.
-* An expedited GP is driven by its caller (:mod:`rcukit.rcu.tree_exp`).
+  and snapshots the *holdouts*: the online CPUs that are not idle (a set kept by the idle hooks)
+  plus the tasks preempted inside a read section (``rnp->blkd_tasks``). The idle CPUs are in
+  the kernel's ``qsmask`` too; here they are one flag, so a GP on a mostly idle 1024-CPU
+  machine never walks them one by one.
+* Each quiescent state of a busy CPU removes one holdout: a context switch
+  (``rcu_note_context_switch``), a voluntary schedule point outside a read section
+  (``rcu_all_qs``) and, with preemptible RCU, a tick outside a read section in preemptible
+  context (``rcu_flavor_sched_clock_irq``). A preempted reader holds the GP it was found in
+  until it leaves its outermost read section (``rcu_read_unlock_special``).
+* Idle CPUs report nothing: the kthread's force-quiescent-state scans find them
+  (``rcu_gp_fqs_loop``), the first ``jiffies_till_first_fqs`` jiffies after the start (3 at
+  HZ=1000: ``RCU_JIFFIES_TILL_FORCE_QS + nr_cpu_ids / 256``), then every
+  ``jiffies_till_next_fqs``: ``dyntick_save_progress_counter`` clears the CPUs idle at the
+  first scan, ``rcu_implicit_dynticks_qs`` those that went idle since. So a GP with an idle
+  CPU lasts until a scan; one whose CPUs are all busy ends at their last report, which wakes
+  the kthread (``rcu_report_qs_rsp``).
+* ``rcu_gp_cleanup`` ends the GP and wakes the ``synchronize_rcu`` waiters whose snapshot is now
+  done; each CPU whose callbacks waited for it notices on its next tick (``rcu_pending`` ->
+  ``invoke_rcu_core``) and its ``rcuc/N`` kthread advances the segmented list and invokes the
+  ready callbacks in ``blimit`` batches.
+* An expedited GP is driven by its caller (:mod:`rcukit.rcu.tree_exp`): IPIs, no FQS wait.
 
 Local virtual time (see :mod:`rcukit.sched.sim`): most RCU events happen where the scheduler is
 not synced; the start and end fences of :mod:`rcukit.rcu.tree_fence` keep them honest without
-forcing a hand-off on each one. Idle entry is reported from a zero-delay timer on the idle CPU,
-which fires synced; so the set of non-idle CPUs a GP start reads never contains news from the
-future.
+forcing a hand-off on each one. Idle entry becomes visible to the GP side from a zero-delay
+timer on the idle CPU, which fires synced; so the set of non-idle CPUs a GP start or an FQS
+scan reads never contains news from the future.
 """
 
 from __future__ import annotations
@@ -110,6 +118,13 @@ def rcu_jiffies_till_force_qs(hz: int) -> int:
     """``RCU_JIFFIES_TILL_FORCE_QS`` (``kernel/rcu/tree.h``, v5.9 and v6.1):
     ``1 + (HZ > 250) + (HZ > 500)`` jiffies, i.e. 3 at HZ=1000, 2 at HZ=300, 1 at HZ<=250."""
     return 1 + (hz > 250) + (hz > 500)
+
+
+def _wakeme_after_rcu(wq: WaitQueue, timer: Timer) -> None:
+    """``wakeme_after_rcu``: the ``synchronize_rcu`` caller's callback completes its wait."""
+    cpu = timer.cpu
+    assert cpu is not None
+    wq.wake_all(cpu.local_ns)
 
 
 def _func_name(f: object) -> str:
@@ -389,9 +404,8 @@ class RcuCallbacks(RcuStatePart):
         limit = rdp.blimit.limit_for(cbl.n_cbs)
         batch = cbl.extract_done(limit)
         if tracer.on:
-            bl = "unlimited" if rdp.blimit.unlimited else str(limit)
             kernel.trace(task, "rcu_batch_start",
-                         f"{self._name} CBs={len(batch) + cbl.n_cbs} bl={bl}")
+                         f"{self._name} CBs={len(batch) + cbl.n_cbs} bl={limit}")
         task.in_softirq += 1
         if bh_preempt:
             task.preempt_count += 1
@@ -902,14 +916,26 @@ class RcuState:
     # ================================================================== synchronous waits
 
     async def synchronize_rcu(self, task: Task) -> None:
-        """Wait for a full normal grace period; concurrent callers share one."""
+        """Wait for a full normal grace period; concurrent callers share one.
+
+        The kernel's is ``wait_rcu_gp(call_rcu)``: it returns when a ``wakeme_after_rcu``
+        callback runs, i.e. on the caller's CPU's first tick after the GP end (v5.9 and v6.1
+        ``kernel/rcu/update.c``, ``__wait_rcu_gp``).
+        """
         self._may_block(task, "synchronize_rcu")
         await task.sync()
         s = self._snap(task.now_ns)
         wq = WaitQueue("synchronize_rcu")
-        self.core.gp_seq.add_waiter(s, wq.wake_all)
+        wakeme = Timer("wakeme_after_rcu", functools.partial(_wakeme_after_rcu, wq))
+        tick = self._tick_ns
+        arm_timer = self.kernel.sim.arm_timer
+
+        def gp_done(now: int) -> None:
+            arm_timer(wakeme, task.cpu, (now // tick + 1) * tick)
+
+        self.core.gp_seq.add_waiter(s, gp_done)
         self.rcu_start_this_gp(s, task.now_ns)
-        while not self.core.gp_seq.done(s):
+        while not self.core.gp_seq.done(s) or wakeme.pending:
             await task.block(wq, "synchronize_rcu")
 
     async def synchronize_rcu_expedited(self, task: Task) -> None:

@@ -94,6 +94,33 @@ def test_a_gp_with_an_idle_cpu_lasts_until_the_first_fqs_scan(hz: int) -> None:
     assert st_.gp_duration_p50_ns == st_.gp_duration_max_ns == end - start
 
 
+def test_synchronize_rcu_returns_on_the_callers_first_tick_after_the_gp_end() -> None:
+    """``synchronize_rcu`` is ``wait_rcu_gp(call_rcu)``: its ``wakeme_after_rcu`` callback
+    completes the wait, and that callback runs from the caller's CPU's first tick after
+    ``rcu_gp_cleanup`` (v5.9 and v6.1 ``kernel/rcu/update.c`` ``__wait_rcu_gp``,
+    ``kernel/rcu/tree.c`` ``rcu_sched_clock_irq``)."""
+
+    async def body(k: Kernel) -> dict[str, Any]:
+        rcu = k.rcu
+        k.tracer.enable(_GP_EVENTS)
+        out: dict[str, Any] = {}
+
+        async def w(task: Task) -> None:
+            task.charge(300 * US)
+            await rcu.synchronize_rcu(task)
+            out["ret"] = task.now_ns
+
+        k.spawn(w, 0)
+        await k.run()
+        out["events"] = list(k.tracer.events)
+        return out
+
+    out = run_sim(body, nr_cpus=2)
+    [(_, _, _, end)] = _gps(out["events"])
+    next_tick = (end // MS + 1) * MS
+    assert next_tick <= out["ret"] < next_tick + 10 * US
+
+
 @pytest.mark.parametrize("preempt", [False, True])
 def test_a_gp_whose_cpus_are_all_busy_ends_on_their_ticks(preempt: bool) -> None:
     """Busy CPUs pass a QS at their schedule points and ticks (``rcu_note_context_switch``,

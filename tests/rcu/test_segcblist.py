@@ -24,7 +24,7 @@ from rcukit.rcu.gpseq import (
     ulong_cmp_ge,
 )
 from rcukit.rcu.segcblist import (
-    BLIMIT_UNLIMITED,
+    DEFAULT_MAX_RCU_BLIMIT,
     RCU_DONE_TAIL,
     RCU_NEXT_READY_TAIL,
     RCU_NEXT_TAIL,
@@ -271,30 +271,38 @@ def test_repr_is_short() -> None:
 
 
 def test_batch_limits_hysteresis() -> None:
+    """``rcu_do_batch`` (v5.9 and v6.1 ``kernel/rcu/tree.c``): ``bl = max(rdp->blimit, pending >>
+    rcu_divisor)``; ``rdp->blimit`` is raised to ``DEFAULT_MAX_RCU_BLIMIT`` (10000) past
+    ``qhimark`` and restored to ``blimit`` once at most ``qlowmark`` remain."""
     bl = BatchLimits()
-    assert (bl.blimit, bl.qhimark, bl.qlowmark) == (10, 10000, 100)
+    assert (bl.blimit, bl.qhimark, bl.qlowmark, bl.rcu_divisor) == (10, 10000, 100, 7)
     assert bl.limit_for(0) == 10
-    assert bl.limit_for(10000) == 10  # at the mark, not above it
-    assert bl.limit_for(10001) == BLIMIT_UNLIMITED
-    assert bl.unlimited
-    assert bl.limit_for(5000) == BLIMIT_UNLIMITED  # still draining the backlog
-    assert bl.limit_for(101) == BLIMIT_UNLIMITED
+    assert bl.limit_for(1279) == 10  # 1279 >> 7 = 9
+    assert bl.limit_for(10000) == 10000 >> 7 == 78  # at the mark, not above it
+    assert bl.limit_for(10001) == DEFAULT_MAX_RCU_BLIMIT == 10000
+    assert bl.raised
+    assert bl.limit_for(5000) == DEFAULT_MAX_RCU_BLIMIT  # still draining the backlog
+    assert bl.limit_for(101) == DEFAULT_MAX_RCU_BLIMIT
     assert bl.limit_for(100) == 10  # restored at qlowmark
-    assert not bl.unlimited
-    assert bl.limit_for(5000) == 10  # and stays restored until qhimark again
+    assert not bl.raised
+    assert bl.limit_for(5000) == 5000 >> 7  # restored until qhimark again; the divisor rules
+    assert bl.limit_for(2_000_000) == 2_000_000 >> 7  # more than the raised cap
 
 
 def test_batch_limits_custom_and_validation() -> None:
     bl = BatchLimits(blimit=3, qhimark=50, qlowmark=5)
     assert bl.limit_for(10) == 3
-    assert bl.limit_for(51) == BLIMIT_UNLIMITED
+    assert bl.limit_for(51) == DEFAULT_MAX_RCU_BLIMIT
     assert bl.limit_for(5) == 3
+    assert BatchLimits(blimit=3, rcu_divisor=1).limit_for(10) == 5
     with pytest.raises(ConfigError, match="blimit"):
         BatchLimits(blimit=0)
     with pytest.raises(ValueError, match="qhimark"):
         BatchLimits(qhimark=100, qlowmark=100)
     with pytest.raises(ConfigError, match="qlowmark"):
         BatchLimits(qlowmark=-1)
+    with pytest.raises(ConfigError, match="rcu_divisor"):
+        BatchLimits(rcu_divisor=-1)
 
 
 # ------------------------------------------------------------------------ model-based
