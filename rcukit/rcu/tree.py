@@ -812,10 +812,12 @@ class RcuState:
             holdouts.fence(task.now_ns)
             if self.kernel.tracer.on:
                 g = signed_seq(self.core.gp_seq.current)
+                at_start = self._gp_nonidle_at_start
                 for cpu in cpus:
-                    if cpu.online and cpu.id != me and cpu.id not in nonidle:
+                    c = cpu.id
+                    if cpu.online and c != me and c not in nonidle and c not in at_start:
                         self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
-                                   f"{self.name} {g} {cpu.id} dti")
+                                   f"{self.name} {g} {c} dti")
         tracer = self.kernel.tracer
         for cpu_id in sorted(holdouts.cpus):
             rdp = self._rdp[cpu_id]

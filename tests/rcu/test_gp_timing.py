@@ -282,3 +282,55 @@ def test_no_callback_runs_before_its_gp_ends_or_before_its_cpus_next_tick(
         assert t >= (end // MS + 1) * MS, (t, end)
     st_ = out["stats"]
     assert st_.callbacks_invoked == st_.callbacks_queued
+
+
+@pytest.mark.parametrize("preempt", [False, True])
+def test_a_cpu_idle_at_the_gp_start_but_running_at_the_first_scan_owes_a_qs(
+    preempt: bool,
+) -> None:
+    """``dyntick_save_progress_counter`` (first FQS scan) clears only the CPUs in an extended
+    QS at that moment; one that left idle after the GP started stays in ``qsmask`` and must
+    pass a QS, so its reader holds the GP even though it began after the GP start. A CPU still
+    idle at the first scan is cleared and its later reader is not waited for (v5.9 and v6.1
+    ``kernel/rcu/tree.c``, ``rcu_gp_fqs``, ``force_qs_rnp``)."""
+
+    async def body(k: Kernel) -> dict[str, Any]:
+        rcu = k.rcu
+        k.tracer.enable(_GP_EVENTS)
+        out: dict[str, Any] = {}
+
+        async def reader(task: Task, wake_ns: int, length_ns: int, key: str) -> None:
+            await task.sleep_ns(wake_ns)
+            with rcu.read_lock(task):
+                end = task.now_ns + length_ns
+                while task.now_ns < end:
+                    task.charge(100 * US)
+                    await task.sync()
+            out[key] = task.now_ns
+            for _ in range(20):  # schedule points: a QS outside the reader
+                task.charge(100 * US)
+                await task.cond_resched()
+
+        async def early(task: Task) -> None:
+            await reader(task, 1 * MS, 8 * MS, "early_end")  # wakes before the first scan
+
+        async def late(task: Task) -> None:
+            await reader(task, 4500 * US, 20 * MS, "late_end")  # idle at the first scan
+
+        async def w(task: Task) -> None:
+            task.charge(300 * US)
+            await rcu.synchronize_rcu(task)
+
+        k.spawn(early, 1)
+        k.spawn(late, 2)
+        k.spawn(w, 0)
+        await k.run()
+        out["events"] = list(k.tracer.events)
+        out["stats"] = rcu.statistics()
+        return out
+
+    out = run_sim(body, nr_cpus=4, preempt_rcu=preempt)
+    [(_, _, start, end)] = _gps(out["events"])
+    assert start < 1 * MS, "CPU 1 was idle when the GP started"
+    assert out["early_end"] <= end < out["late_end"]
+    assert out["stats"].fqs_scans >= 2
