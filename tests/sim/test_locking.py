@@ -22,6 +22,8 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rcukit
 import rcukit.sim
@@ -29,7 +31,7 @@ from rcukit.config import KernelConfig
 from rcukit.errors import ConfigError, LockUsageError, SplatError
 from rcukit.kernel import Kernel
 from rcukit.locking import SPLAT_KINDS, Lock, LockKind, Splat, WaitType
-from rcukit.locking.checker import rt_spin_lock_file_line
+from rcukit.locking.checker import LockChecker, rt_spin_lock_file_line
 from rcukit.locking.splat import print_tainted, text_addr
 from rcukit.sched import Task
 
@@ -867,30 +869,42 @@ def test_might_sleep_in_an_rcu_reader_5_9() -> None:
     ]
 
 
-@pytest.mark.parametrize("preempt_rcu", [True, False])
-def test_might_sleep_in_an_rcu_reader_prints_the_nest_depth(preempt_rcu: bool) -> None:
-    """5.17+ ``__might_resched()`` prints "preempt_count: %x, expected: %x" and, only with
-    CONFIG_PREEMPT_RCU, "RCU nest depth: %d, expected: %u"; "Preemption disabled at:" only if
-    ``preempt_count()`` differs from the expected offset (``print_preempt_disable_ip()``)."""
+def test_might_sleep_in_an_rcu_reader_prints_the_nest_depth() -> None:
+    """5.17+ ``__might_resched()`` (kernel/sched/core.c) prints "preempt_count: %x, expected:
+    %x" and, with CONFIG_PREEMPT_RCU, "RCU nest depth: %d, expected: %u";
+    ``resched_offsets_ok()`` counts the RCU depth in, so a sleep in a preemptible reader is
+    reported with ``in_atomic(): 0``, and "Preemption disabled at:" is left out because
+    ``preempt_count()`` equals the expected offset (``print_preempt_disable_ip()``)."""
 
     async def body(k: Kernel, L: Locks, t: Task) -> None:
         t.rcu_read_nesting += 1
         k.locks.might_sleep(t, "synchronize_rcu")
         t.rcu_read_nesting -= 1
 
-    run = run_locks(
-        "default", body, nr_cpus=1, preempt_rcu=preempt_rcu, **{"kvfree.profile": "v6.1"}
-    )
+    run = run_locks("default", body, nr_cpus=1, preempt_rcu=True, **{"kvfree.profile": "v6.1"})
     lines = run.splats[0].format().split("\n")
     pid = run.tasks[0].pid
     assert lines[1:] == [
         f"in_atomic(): 0, irqs_disabled(): 0, non_block: 0, pid: {pid}, name: lk0",
         "preempt_count: 0, expected: 0",
-        *(["RCU nest depth: 1, expected: 0"] if preempt_rcu else []),
+        "RCU nest depth: 1, expected: 0",
         f"no locks held by lk0/{pid}.",
         f"CPU: 0 PID: {pid} Comm: lk0 Not tainted 6.1.0-rcukit #1",
         f"Call Trace: synchronize_rcu+0x0/0x0 <- {run.splats[0].site}",
     ]
+
+
+@pytest.mark.parametrize("preempt_rcu", [True, False])
+def test_rcu_nest_depth_line_needs_preempt_rcu(preempt_rcu: bool) -> None:
+    """``__might_resched()`` prints "RCU nest depth" under ``IS_ENABLED(CONFIG_PREEMPT_RCU)``
+    only (kernel/sched/core.c, 5.17+); "preempt_count:" always."""
+    run = run_locks(
+        "default", might_sleep_under_raw, nr_cpus=1, preempt_rcu=preempt_rcu,
+        **{"kvfree.profile": "v6.1"},
+    )
+    lines = run.splats[0].format().split("\n")
+    assert lines[2] == "preempt_count: 1, expected: 0"
+    assert ("RCU nest depth: 0, expected: 0" in lines) == preempt_rcu
 
 
 def test_release_and_version_come_from_the_profile() -> None:
@@ -935,3 +949,63 @@ def test_trace_shows_only_printed_reports() -> None:
 
     trio.run(wrap, clock=trio.testing.MockClock(autojump_threshold=0))
     assert box == [1]
+
+
+@attrs.define
+class _Cpu:
+    id: int = 0
+    local_ns: int = 0
+
+
+@attrs.define
+class _Ctx:
+    """The least a task needs to be ``current`` for the checker (its LockContext protocol)."""
+
+    cpu: _Cpu = attrs.field(factory=_Cpu)
+    pid: int = 1
+    comm: str = "t"
+    preempt_count: int = 1
+    irqs_disabled: int = 0
+    in_hardirq: int = 0
+    in_softirq: int = 0
+    rcu_read_nesting: int = 0
+    rcu_blocked_reader: bool = False
+    held_locks: list[Any] = attrs.field(factory=list)
+
+    def in_atomic(self) -> bool:
+        return bool(self.preempt_count or self.irqs_disabled or self.in_hardirq)
+
+
+@given(
+    gaps_ms=st.lists(st.integers(0, 2500), min_size=1, max_size=40),
+    hz=st.sampled_from([100, 250, 1000]),
+)
+def test_might_sleep_rate_limit_property(gaps_ms: list[int], hz: int) -> None:
+    """Whatever the spacing, ``___might_sleep()``'s ``prev_jiffy`` check (kernel/sched/core.c,
+    5.9; ``__might_resched()`` 5.17+) prints a report iff at least ``HZ`` jiffies passed since
+    the last printed one, and every violation is still counted."""
+    checker = LockChecker(prove_raw_lock_nesting=False, preempt_rt=False, hz=hz)
+    ctx = _Ctx()
+    want: list[bool] = []
+    last: int | None = None
+    for gap in gaps_ms:
+        ctx.cpu.local_ns += gap * 1_000_000
+        jiffies = ctx.cpu.local_ns * hz // 1_000_000_000
+        ok = last is None or jiffies >= last + hz
+        if ok:
+            last = jiffies
+        want.append(ok)
+        checker.might_sleep(ctx, "msleep")
+    assert checker.counts[SLP] == len(gaps_ms)
+    assert checker.reports_printed == sum(want)
+    assert [s.time_ns for s in checker.printed_reports] == [
+        t for t, ok in zip(_clock(gaps_ms), want, strict=True) if ok
+    ]
+
+
+def _clock(gaps_ms: list[int]) -> list[int]:
+    out, now = [], 0
+    for g in gaps_ms:
+        now += g * 1_000_000
+        out.append(now)
+    return out
