@@ -915,8 +915,10 @@ def test_release_and_version_come_from_the_profile() -> None:
     v61 = KernelConfig().replace(**{"kvfree.profile": "v6.1"})
     assert (v61.kernel_version, v61.kernel_release) == ((6, 1), "6.1.0-rcukit")
     assert v61.replace(release="6.1.55-rt15").kernel_release == "6.1.55-rt15"
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="debug_atomic_sleep = 'yes': expected true or false"):
         KernelConfig(debug_atomic_sleep="yes")  # type: ignore[arg-type]
+    assert not KernelConfig.from_toml_text("debug_atomic_sleep = false").debug_atomic_sleep
+    assert KernelConfig().debug_atomic_sleep  # a debug kernel, as the RFC's reports came from
 
 
 def test_trace_shows_only_printed_reports() -> None:
