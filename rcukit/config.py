@@ -8,6 +8,7 @@ that names the key instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import re
 import tomllib
 import types
 import typing
@@ -264,10 +265,15 @@ class KernelConfig:
     strict_splats: bool = attrs.field(default=False, validator=_is_bool)
     #: Print splats to stderr as they happen (they are always recorded).
     print_splats: bool = attrs.field(default=False, validator=_is_bool)
+    #: ``CONFIG_DEBUG_ATOMIC_SLEEP``: ``might_sleep()`` (and ``rt_spin_lock()``'s check on
+    #: PREEMPT_RT) reports sleeping in atomic context; without it only a task that really
+    #: blocks while atomic is reported ("scheduling while atomic").
+    debug_atomic_sleep: bool = attrs.field(default=True, validator=_is_bool)
     #: ``CONFIG_RCU_CPU_STALL_TIMEOUT`` in milliseconds (kernel default 21 s).
     rcu_stall_timeout_ms: int = attrs.field(default=21_000, validator=_in_range(1, 10**7))
-    #: Version string printed in splat headers, like ``init_utsname()->release``.
-    release: str = attrs.field(default="5.9.0-rcukit")
+    #: Version string printed in splat headers, like ``init_utsname()->release``; empty
+    #: derives ``X.Y.0-rcukit`` from the kernel the profile names (:attr:`kernel_version`).
+    release: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
     cost: CostModel = attrs.field(factory=CostModel)
     mm: MemoryConfig = attrs.field(factory=MemoryConfig)
     kvfree: KvfreeConfig = attrs.field(factory=KvfreeConfig)
@@ -280,6 +286,25 @@ class KernelConfig:
     def mm_version(self) -> MmVersion:
         """The page allocator of the kernel that ``kvfree.profile`` names (kernel.md 8.1, 8.2)."""
         return get_profile(self.kvfree.profile).mm
+
+    @property
+    def kernel_version(self) -> tuple[int, int]:
+        """(major, minor) of the kernel ``kvfree.profile`` names: ``vX.Y`` profiles say it, the
+        others (``rfc``) are the kernel of their page allocator. Report formats key on it."""
+        profile = get_profile(self.kvfree.profile)
+        m = re.fullmatch(r"v(\d+)\.(\d+)", profile.name) or re.match(
+            r"(\d+)\.(\d+)", profile.mm.kernel
+        )
+        assert m is not None, profile
+        return int(m.group(1)), int(m.group(2))
+
+    @property
+    def kernel_release(self) -> str:
+        """``utsname()->release`` as reports print it: :attr:`release`, or derived."""
+        if self.release:
+            return self.release
+        major, minor = self.kernel_version
+        return f"{major}.{minor}.0-rcukit"
 
     @property
     def rcu_preemptible(self) -> bool:

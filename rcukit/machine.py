@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rcukit.config import KernelConfig
-from rcukit.locking.checker import LockChecker
+from rcukit.locking.checker import LockChecker, LockStats
 from rcukit.locking.locks import Lock, LockKind
 from rcukit.locking.splat import SPLAT_KINDS, Splat
 from rcukit.sched.sim import Cpu, Simulator, Task
@@ -69,7 +69,11 @@ class Machine:
             prove_raw_lock_nesting=cfg.prove_raw_lock_nesting,
             preempt_rt=cfg.preempt_rt,
             strict=cfg.strict_splats,
-            release=cfg.release,
+            release=cfg.kernel_release,
+            kernel_version=cfg.kernel_version,
+            debug_atomic_sleep=cfg.debug_atomic_sleep,
+            preempt_rcu=cfg.rcu_preemptible,
+            hz=cfg.hz,
             out=sys.stderr if cfg.print_splats else None,
         )
         self.tracer = Tracer()
@@ -121,11 +125,18 @@ class Machine:
 
     def _trace_splat(self, splat: Splat) -> None:
         self.vmstat.inc(f"splat_{splat.kind}")
-        if self.tracer.on:
+        # The trace shows what the kernel printed, not what lockdep or the rate limit swallowed.
+        if splat.printed and self.tracer.on:
             self.tracer.emit(
                 "splat", splat.time_ns, splat.cpu, splat.comm, splat.pid,
                 f"{splat.title} lock={splat.lock_name or '-'} at {splat.ip}",
             )
 
     def splat_counts(self) -> dict[str, int]:
+        """Violations per kind, every one the checks saw ("would report")."""
         return {k: self.locks.counts.get(k, 0) for k in SPLAT_KINDS}
+
+    def splat_statistics(self) -> LockStats:
+        """Would-report counts and what the kernel printed (``reports_printed``,
+        ``first_report``): see :class:`rcukit.locking.checker.LockStats`."""
+        return self.locks.statistics()

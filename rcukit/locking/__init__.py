@@ -1,6 +1,7 @@
 """Lock types with lockdep's wait types, the wait-context checker, and splat reports."""
 
 from rcukit.locking.checker import LockChecker as LockChecker
+from rcukit.locking.checker import LockStats as LockStats
 from rcukit.locking.locks import HeldLock as HeldLock
 from rcukit.locking.locks import Lock as Lock
 from rcukit.locking.locks import LockKind as LockKind

@@ -1,6 +1,21 @@
-"""Splats: the reports the kernel prints, as data first and kernel-format text second."""
+"""Splats: the reports the kernel prints, as data first and kernel-format text second.
+
+The text follows the kernel version the report is for (``Splat.version``), because the reports
+changed: ``__might_resched()`` (5.17, "sched: Make might_sleep() output less confusing" and
+"sched: Make RCU nest depth distinct in __might_resched()") added the ``preempt_count:`` and
+``RCU nest depth:`` lines that ``___might_sleep()`` (5.9) does not print; ``dump_stack()``'s
+first line gained ``UID:`` in 6.10; ``print_tainted()`` prints one column per taint flag (18 up to
+5.19, 19 with TAINT_TEST from 6.0, 20 with TAINT_FWCTL from 6.15).
+
+Simplified: the stack is one ``Call Trace:`` line naming the modelled caller and the Python site
+that led to it, addresses of code are made up (stable per symbol), and
+``print_irqtrace_events()``'s ``irq event stamp`` block (printed when IRQs are off) is left out:
+rcukit does not count IRQ on/off events.
+"""
 
 from __future__ import annotations
+
+import zlib
 
 import attrs
 
@@ -12,6 +27,35 @@ _TITLES = {
     "sleeping_in_atomic": "BUG: sleeping function called from invalid context",
     "rcu_stall": "INFO: rcu_preempt detected stalls on CPUs/tasks",
 }
+
+#: ``enum taint_flags``: TAINT_WARN is bit 9, printed 'W'; bit 0 prints 'G' when clear.
+_TAINT_WARN = 9
+
+
+def _taint_flags_count(version: tuple[int, int]) -> int:
+    """``TAINT_FLAGS_COUNT``: 18 (TAINT_RANDSTRUCT the last) up to 5.19, TAINT_TEST from 6.0,
+    TAINT_FWCTL from 6.15 (``include/linux/panic.h``)."""
+    if version < (6, 0):
+        return 18
+    if version < (6, 15):
+        return 19
+    return 20
+
+
+def print_tainted(tainted: bool, version: tuple[int, int]) -> str:
+    """``print_tainted()`` (kernel/panic.c) when the only taint is TAINT_WARN, the one every
+    ``might_sleep``/``__schedule_bug`` report adds (``add_taint(TAINT_WARN, ...)``)."""
+    if not tainted:
+        return "Not tainted"
+    n = _taint_flags_count(version)
+    return "Tainted: G" + " " * (_TAINT_WARN - 1) + "W" + " " * (n - _TAINT_WARN - 1)
+
+
+def text_addr(sym: str) -> str:
+    """A made-up kernel text address for ``sym``, the same on every run (``[<%px>]``)."""
+    if not sym:
+        return "0000000000000000"
+    return f"{0xFFFFFFFF81000000 + (zlib.crc32(sym.encode()) & 0xFFFFF0):016x}"
 
 
 @attrs.frozen
@@ -25,7 +69,13 @@ class HeldLockInfo:
 
 @attrs.frozen
 class Splat:
-    """One report. ``site`` is the Python ``file:line`` that led to it."""
+    """One report. ``site`` is the Python ``file:line`` that led to it.
+
+    The checker fills in the state the kernel prints from at the time of the report: its
+    version, whether lockdep was already off (``debug_locks``), whether a previous report had
+    tainted the kernel, and whether this one was printed at all (``printed``; lockdep is
+    one-shot and ``might_sleep`` rate-limited, so most violations are counted, not printed).
+    """
 
     kind: str
     cpu: int
@@ -41,20 +91,35 @@ class Splat:
     site: str = ""
     context: tuple[int, int] = (0, 0)
     held: tuple[HeldLockInfo, ...] = ()
+    #: ``preempt_count()`` as the report prints it (HARDIRQ/SOFTIRQ offsets included).
     preempt_count: int = 0
     irqs_disabled: bool = False
     detail: str = ""
     #: Where preemption was disabled (the first held lock that disabled it), if a lock did.
     preempt_ip: str = ""
-    #: ``rcu_preempt_depth()``, printed by ``__might_sleep`` as "RCU nest depth".
+    #: ``rcu_preempt_depth()``, printed by ``__might_resched`` as "RCU nest depth".
     rcu_depth: int = 0
+    #: The ``expected`` of "RCU nest depth" (``rtlock_might_resched()`` passes the current depth).
+    rcu_expected: int = 0
+    #: ``__FILE__:__LINE__`` of the ``might_sleep`` check; empty prints ``site``.
+    file_line: str = ""
+    #: Kernel version whose format to print, ``(major, minor)``.
+    version: tuple[int, int] = (5, 9)
+    #: ``CONFIG_PREEMPT_RCU``: ``__might_resched`` prints "RCU nest depth" only then.
+    preempt_rcu: bool = False
+    #: TAINT_WARN was set by an earlier report ("Tainted: G W" instead of "Not tainted").
+    tainted: bool = False
+    #: lockdep had turned itself off (``debug_locks == 0``) before this report.
+    lockdep_off: bool = False
+    #: The kernel printed this report (it was not suppressed by one-shot or rate limit).
+    printed: bool = False
 
     @property
     def title(self) -> str:
         return _TITLES[self.kind]
 
     def key(self) -> tuple[str, str, str, str]:
-        """Lockdep reports a given problem once; we key that on kind, lock, ip and site."""
+        """One problem: kind, lock, ip and site (``LockChecker.splats`` keeps one per key)."""
         return (self.kind, self.lock_name, self.ip, self.site)
 
     def format(self) -> str:
@@ -69,7 +134,8 @@ class Splat:
     def __str__(self) -> str:
         return self.format()
 
-    def _held_lines(self) -> list[str]:
+    def _lockdep_held_locks(self) -> list[str]:
+        """``lockdep_print_held_locks()``."""
         n = len(self.held)
         if not n:
             return [f"no locks held by {self.comm}/{self.pid}."]
@@ -82,52 +148,82 @@ class Splat:
             )
         return lines
 
+    def _debug_show_held_locks(self) -> list[str]:
+        """``debug_show_held_locks()``: nothing to show once lockdep has turned itself off."""
+        if self.lockdep_off:
+            return ["INFO: lockdep is turned off."]
+        return self._lockdep_held_locks()
+
+    def _preempt_disabled_at(self) -> list[str]:
+        """``pr_err("Preemption disabled at:")`` then ``print_ip_sym()`` (CONFIG_DEBUG_PREEMPT)."""
+        ip = self.preempt_ip
+        sym = f"{ip}+0x0/0x0" if ip else "0x0"
+        return ["Preemption disabled at:", f"[<{text_addr(ip)}>] {sym}"]
+
     def _trailer(self) -> list[str]:
+        """``dump_stack()``: ``dump_stack_print_info()``'s line, then the (one-line) trace."""
+        uid = "UID: 0 " if self.version >= (6, 10) else ""
         return [
-            "stack backtrace:",
-            f"CPU: {self.cpu} PID: {self.pid} Comm: {self.comm} Not tainted {self.release} #1",
+            f"CPU: {self.cpu} {uid}PID: {self.pid} Comm: {self.comm} "
+            f"{print_tainted(self.tainted, self.version)} {self.release} #1",
             f"Call Trace: {self.ip}+0x0/0x0 <- {self.site}",
         ]
 
     def _format_wait_context(self) -> str:
+        """``print_lock_invalid_wait_context()`` (kernel/locking/lockdep.c, 5.7+)."""
         rule = "=" * 29
         lines = [
             "",
             rule,
             "[ BUG: Invalid wait context ]",
-            f"{self.release} #1 Not tainted",
+            # print_kernel_ident(): release, version up to its first space, print_tainted().
+            f"{self.release} #1 {print_tainted(self.tainted, self.version)}",
             "-" * 29,
             f"{self.comm}/{self.pid} is trying to lock:",
             f"{self.lock_addr:016x} ({self.lock_name}){{....}}"
             f"-{{{self.lock_outer}:{self.lock_inner}}}, at: {self.ip}+0x0/0x0",
             "other info that might help us debug this:",
             f"context-{{{self.context[0]}:{self.context[1]}}}",
-            *self._held_lines(),
+            *self._lockdep_held_locks(),
+            "stack backtrace:",
             *self._trailer(),
         ]
         return "\n".join(lines)
 
     def _format_sched_atomic(self) -> str:
+        """``__schedule_bug()`` (kernel/sched/core.c): title, held locks, modules, and where
+        preemption went off when ``in_atomic_preempt_off()`` (always, once it reports)."""
         lines = [
             f"BUG: scheduling while atomic: {self.comm}/{self.pid}/0x{self.preempt_count:08x}",
-            *self._held_lines(),
-            f"Preemption disabled at: {self.preempt_ip or self.ip}+0x0/0x0",
+            *self._debug_show_held_locks(),
+            "Modules linked in:",
+            *self._preempt_disabled_at(),
             *self._trailer(),
         ]
-        if self.lock_name:
-            lines.insert(1, f"sleeping lock: ({self.lock_name}) taken by {self.ip}")
         return "\n".join(lines)
 
     def _format_might_sleep(self) -> str:
+        """``___might_sleep()`` (5.9) / ``__might_resched()`` (5.17+), kernel/sched/core.c."""
         lines = [
-            f"BUG: sleeping function called from invalid context at {self.site}",
+            "BUG: sleeping function called from invalid context at "
+            f"{self.file_line or self.site}",
             f"in_atomic(): {int(self.preempt_count > 0)}, irqs_disabled(): "
             f"{int(self.irqs_disabled)}, non_block: 0, pid: {self.pid}, name: {self.comm}",
-            f"preempt_count: {self.preempt_count:x}, expected: 0",
-            f"RCU nest depth: {self.rcu_depth}, expected: 0",
-            *self._held_lines(),
-            *self._trailer(),
         ]
+        if self.version >= (5, 17):
+            lines.append(f"preempt_count: {self.preempt_count:x}, expected: 0")
+            if self.preempt_rcu:
+                lines.append(f"RCU nest depth: {self.rcu_depth}, expected: {self.rcu_expected}")
+            lines.extend(self._debug_show_held_locks())
+            show_preempt = self.preempt_count != 0
+        else:
+            lines.extend(self._debug_show_held_locks())
+            # preempt_count_equals() counts rcu_preempt_depth() in (not on RT, where the -rt
+            # patch's sched_rcu_preempt_depth() is 0: rcu_expected carries the depth then).
+            show_preempt = self.preempt_count + self.rcu_depth - self.rcu_expected != 0
+        if show_preempt:
+            lines.extend(self._preempt_disabled_at())
+        lines.extend(self._trailer())
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:
@@ -141,4 +237,5 @@ class Splat:
             "ip": self.ip,
             "site": self.site,
             "held": [h.name for h in self.held],
+            "printed": self.printed,
         }

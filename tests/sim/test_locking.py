@@ -22,13 +22,17 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rcukit
 import rcukit.sim
 from rcukit.config import KernelConfig
-from rcukit.errors import LockUsageError, SplatError
+from rcukit.errors import ConfigError, LockUsageError, SplatError
 from rcukit.kernel import Kernel
 from rcukit.locking import SPLAT_KINDS, Lock, LockKind, Splat, WaitType
+from rcukit.locking.checker import LockChecker, rt_spin_lock_file_line
+from rcukit.locking.splat import print_tainted, text_addr
 from rcukit.sched import Task
 
 BUILDS = ("default", "lockdep", "rt")
@@ -172,9 +176,12 @@ async def might_sleep_under_raw(k: Kernel, L: Locks, t: Task) -> None:
 
 N = NR_CPUS
 MATRIX: dict[str, tuple[Body, dict[str, dict[str, int]]]] = {
+    # On RT rt_spin_lock()'s might-sleep check fires on every CPU; the raw lock serializes the
+    # CPUs, so the spinlock_t is never contended and nobody schedules (no "scheduling while
+    # atomic": kernel.md 8.3).
     "raw->spinlock_t": (
         raw_then_spin,
-        {"default": expect(), "lockdep": expect(**{IWC: N}), "rt": expect(**{SWA: N})},
+        {"default": expect(), "lockdep": expect(**{IWC: N}), "rt": expect(**{SLP: N})},
     ),
     "spinlock_t->raw": (spin_then_raw, dict.fromkeys(BUILDS, expect())),
     "raw->raw": (raw_then_raw, dict.fromkeys(BUILDS, expect())),
@@ -183,13 +190,21 @@ MATRIX: dict[str, tuple[Body, dict[str, dict[str, int]]]] = {
     "mutex->spinlock_t": (mutex_then_spin, dict.fromkeys(BUILDS, expect())),
     "irq_save->spinlock_t": (
         irqsave_then_spin,
-        # lockdep does not track plain irq-off for wait contexts; RT's rt_mutex does care.
-        {"default": expect(), "lockdep": expect(), "rt": expect(**{SWA: N})},
+        # lockdep does not track plain irq-off for wait contexts; rt_spin_lock()'s might-sleep
+        # check does. CPUs 1-3 find the lock taken and block, but with preemption on
+        # (in_atomic_preempt_off() is false) schedule() does not call __schedule_bug().
+        {"default": expect(), "lockdep": expect(), "rt": expect(**{SLP: N})},
     ),
     "softirq->mutex": (softirq_then_mutex, dict.fromkeys(BUILDS, expect(**{IWC: N, SLP: N}))),
+    # In a hardirq preempt_count() has HARDIRQ_OFFSET: CPUs 1-3 block on the taken lock, so
+    # they also schedule while atomic.
     "hardirq->spinlock_t": (
         hardirq_then_spin,
-        {"default": expect(), "lockdep": expect(**{IWC: N}), "rt": expect(**{SWA: N})},
+        {
+            "default": expect(),
+            "lockdep": expect(**{IWC: N}),
+            "rt": expect(**{SLP: N, SWA: N - 1}),
+        },
     ),
     "hardirq->raw": (hardirq_then_raw, dict.fromkeys(BUILDS, expect())),
     "might_sleep under raw": (might_sleep_under_raw, dict.fromkeys(BUILDS, expect(**{SLP: N}))),
@@ -202,9 +217,11 @@ def test_lock_order_matrix(order: str, build: str) -> None:
     body, expected = MATRIX[order]
     run = run_locks(build, body)
     assert run.counts == expected[build]
-    # Printed (recorded) once per call site and kind, however many CPUs hit it.
+    # Kept once per call site and kind, however many CPUs hit it.
     assert len(run.splats) == sum(1 for v in expected[build].values() if v)
-    assert {s.cpu for s in run.splats} <= {0}
+    # CPU 0 meets each problem first, except blocking on the taken lock: CPU 0 finds it free.
+    assert {s.cpu for s in run.splats if s.kind != SWA} <= {0}
+    assert {s.cpu for s in run.splats if s.kind == SWA} <= {1}
     # Every task ends with its context restored and every lock free.
     for t in run.tasks:
         assert (t.preempt_count, t.irqs_disabled, t.in_hardirq, t.in_softirq) == (0, 0, 0, 0)
@@ -225,17 +242,36 @@ def test_matrix_is_deterministic(build: str) -> None:
 # -- the splat text ------------------------------------------------------------------------------
 
 SITE_RE = re.compile(r"^test_locking\.py:\d+$")
+#: print_tainted() with TAINT_WARN set, 18 flag columns (5.9 to 5.19).
+TAINTED_5 = "Tainted: G        W        "
 
 
-def _trailer(s: Splat, ip: str) -> list[str]:
+def _trailer(
+    s: Splat, ip: str, taint: str = "Not tainted", release: str = "5.9.0-rcukit"
+) -> list[str]:
     return [
-        "stack backtrace:",
-        f"CPU: 0 PID: {s.pid} Comm: lk0 Not tainted 5.9.0-rcukit #1",
+        f"CPU: {s.cpu} PID: {s.pid} Comm: {s.comm} {taint} {release} #1",
         f"Call Trace: {ip}+0x0/0x0 <- {s.site}",
     ]
 
 
+def _one(run: Run, kind: str) -> Splat:
+    [s] = [s for s in run.splats if s.kind == kind]
+    return s
+
+
+def _held(lock: Lock, wt: str, ip: str, i: int = 0) -> str:
+    return f" #{i}: {lock.addr:016x} ({lock.name}){{....}}-{{{wt}}}, at: {ip}+0x0/0x0"
+
+
+def _preempt_off_at(ip: str) -> list[str]:
+    return ["Preemption disabled at:", f"[<{text_addr(ip)}>] {ip}+0x0/0x0"]
+
+
 def test_invalid_wait_context_text_with_prove_raw_lock_nesting() -> None:
+    """``print_lock_invalid_wait_context()`` (kernel/locking/lockdep.c, 5.7+ incl. 5.9): the
+    banner, ``print_kernel_ident()``, the lock being taken, ``context-{%d:%d}`` (task context,
+    twice), ``lockdep_print_held_locks()``, ``stack backtrace:`` and ``dump_stack()``."""
     run = run_locks("lockdep", raw_then_spin)
     s = run.splats[0]
     L = run.locks
@@ -245,6 +281,7 @@ def test_invalid_wait_context_text_with_prove_raw_lock_nesting() -> None:
     )
     assert SITE_RE.match(s.site)
     assert s.title == "BUG: Invalid wait context"
+    assert s.printed
     assert s.format().split("\n") == [
         "",
         "=============================",
@@ -256,7 +293,8 @@ def test_invalid_wait_context_text_with_prove_raw_lock_nesting() -> None:
         "other info that might help us debug this:",
         "context-{5:5}",
         f"1 lock held by lk0/{pid}:",
-        f" #0: {L.raw.addr:016x} (krc.lock){{....}}-{{2:2}}, at: kvfree_call_rcu+0x0/0x0",
+        _held(L.raw, "2:2", "kvfree_call_rcu"),
+        "stack backtrace:",
         *_trailer(s, "rmqueue_bulk"),
     ]
     assert f"{L.raw.addr:016x}".startswith("ffff8880")
@@ -273,11 +311,19 @@ def test_invalid_wait_context_text_with_prove_raw_lock_nesting() -> None:
 def test_invalid_wait_context_numbers_follow_prove_raw_lock_nesting(
     build: str, mutex_wt: str, raw_wt: str, ctx: str
 ) -> None:
+    """A mutex under a raw lock: ``mutex_lock()`` runs ``might_sleep()`` first, then lockdep's
+    ``mutex_acquire()`` (kernel/locking/mutex.c, 5.9), so the might-sleep report comes first.
+    It is ``___might_sleep()``'s 5.9 text: no "preempt_count:"/"RCU nest depth:" lines (5.17
+    added them), and with CONFIG_DEBUG_PREEMPT "Preemption disabled at:" and the ip on the next
+    line (``print_ip_sym()``). It taints the kernel (TAINT_WARN), so lockdep's report printed
+    after it says "Tainted: G        W" (``print_tainted()``, kernel/panic.c)."""
     run = run_locks(build, raw_then_mutex)
-    iwc, slp = run.splats
+    slp, iwc = run.splats
     L = run.locks
     pid = run.tasks[0].pid
+    assert (slp.kind, iwc.kind) == (SLP, IWC)
     lines = iwc.format().split("\n")
+    assert lines[3] == f"5.9.0-rcukit #1 {TAINTED_5}"
     assert lines[5:11] == [
         f"lk0/{pid} is trying to lock:",
         f"{L.mutex.addr:016x} (&rcu_state.barrier_mutex){{....}}-{{{mutex_wt}}}"
@@ -285,16 +331,16 @@ def test_invalid_wait_context_numbers_follow_prove_raw_lock_nesting(
         "other info that might help us debug this:",
         f"context-{{{ctx}}}",
         f"1 lock held by lk0/{pid}:",
-        f" #0: {L.raw.addr:016x} (krc.lock){{....}}-{{{raw_wt}}}, at: kvfree_call_rcu+0x0/0x0",
+        _held(L.raw, raw_wt, "kvfree_call_rcu"),
     ]
-    # The mutex also sleeps with preemption off (raw_spin_lock without irqsave: IRQs stay on).
+    assert lines[-2] == f"CPU: 0 PID: {pid} Comm: lk0 {TAINTED_5} 5.9.0-rcukit #1"
+    # The mutex sleeps with preemption off (raw_spin_lock without irqsave: IRQs stay on).
     assert slp.format().split("\n") == [
         f"BUG: sleeping function called from invalid context at {slp.site}",
         f"in_atomic(): 1, irqs_disabled(): 0, non_block: 0, pid: {pid}, name: lk0",
-        "preempt_count: 1, expected: 0",
-        "RCU nest depth: 0, expected: 0",
         f"1 lock held by lk0/{pid}:",
-        f" #0: {L.raw.addr:016x} (krc.lock){{....}}-{{{raw_wt}}}, at: kvfree_call_rcu+0x0/0x0",
+        _held(L.raw, raw_wt, "kvfree_call_rcu"),
+        *_preempt_off_at("kvfree_call_rcu"),
         *_trailer(slp, "rcu_barrier"),
     ]
     assert slp.site == iwc.site
@@ -312,37 +358,221 @@ def test_wait_type_numbering() -> None:
 
 
 def test_softirq_mutex_text_has_no_locks_held() -> None:
+    """A softirq is LD_WAIT_CONFIG (``task_wait_context()``, lockdep.c) and counts as
+    SOFTIRQ_OFFSET (0x100) in ``preempt_count()`` (include/linux/preempt.h)."""
     run = run_locks("lockdep", softirq_then_mutex)
-    s = run.splats[0]
+    s = _one(run, IWC)
     pid = run.tasks[0].pid
     lines = s.format().split("\n")
     assert lines[8:10] == ["context-{3:3}", f"no locks held by lk0/{pid}."]
     assert lines[6].endswith("(&rcu_state.barrier_mutex){....}-{4:4}, at: rcu_barrier+0x0/0x0")
+    assert _one(run, SLP).preempt_count == 0x100
 
 
-def test_scheduling_while_atomic_text_on_rt() -> None:
+def test_rt_spinlock_under_raw_text_5_9() -> None:
+    """PREEMPT_RT, uncontended: the -rt patchset's ``rt_spin_lock()`` (5.9-rt) calls lockdep's
+    ``spin_acquire()`` and then ``rt_spin_lock_fastlock()``, whose
+    ``might_sleep_no_state_check()`` reports from kernel/locking/rtmutex.c (5.10-rt reports
+    say line 969). The lock being taken is already in lockdep's held locks. No "scheduling
+    while atomic": the rtmutex is free, nobody blocks (kernel.md 8.3; the old model printed it
+    for every acquisition, with a "sleeping lock:" line no kernel prints)."""
     run = run_locks("rt", raw_then_spin)
-    s = run.splats[0]
+    [s] = run.splats
     L = run.locks
     pid = run.tasks[0].pid
-    assert s.title == "BUG: scheduling while atomic"
-    assert (s.preempt_count, s.irqs_disabled) == (1, True)
+    assert s.title == "BUG: sleeping function called from invalid context"
+    assert (s.preempt_count, s.irqs_disabled, s.printed) == (1, True, True)
     assert s.format().split("\n") == [
-        f"BUG: scheduling while atomic: lk0/{pid}/0x00000001",
-        "sleeping lock: (&zone->lock) taken by rmqueue_bulk",
-        f"1 lock held by lk0/{pid}:",
-        f" #0: {L.raw.addr:016x} (krc.lock){{....}}-{{2:2}}, at: kvfree_call_rcu+0x0/0x0",
-        # Where preemption went off (the raw lock), as __schedule_bug prints preempt_disable_ip.
-        "Preemption disabled at: kvfree_call_rcu+0x0/0x0",
+        "BUG: sleeping function called from invalid context at kernel/locking/rtmutex.c:969",
+        f"in_atomic(): 1, irqs_disabled(): 1, non_block: 0, pid: {pid}, name: lk0",
+        f"2 locks held by lk0/{pid}:",
+        _held(L.raw, "2:2", "kvfree_call_rcu"),
+        _held(L.spin, "2:2", "rmqueue_bulk", 1),
+        *_preempt_off_at("kvfree_call_rcu"),
         *_trailer(s, "rmqueue_bulk"),
     ]
+    assert "sleeping lock" not in s.format()
+    # All four CPUs hit it at about the same time: one report per second is printed.
+    stats = run.kernel.splat_statistics()
+    assert (stats.sleeping_in_atomic, stats.reports_printed) == (N, 1)
+    assert stats.first_report == s.format()
+
+
+async def spin_raw_spin(k: Kernel, L: Locks, t: Task) -> None:
+    with (
+        k.locks.locked(t, L.spin2, "get_partial_node"),
+        k.locks.locked(t, L.raw, "kvfree_call_rcu", irqsave=True),
+        k.locks.locked(t, L.spin, "rmqueue_bulk"),
+    ):
+        t.charge(100)
+
+
+@pytest.mark.parametrize(
+    ("profile", "release", "file_line"),
+    [("v6.1", "6.1.0-rcukit", "kernel/locking/spinlock_rt.c:46")],
+)
+def test_rt_spinlock_under_raw_text_6_x(profile: str, release: str, file_line: str) -> None:
+    """5.17+ (``__might_resched()``, kernel/sched/core.c): after ``in_atomic()`` come
+    "preempt_count: %x, expected: %x" and, with CONFIG_PREEMPT_RCU (forced by RT), "RCU nest
+    depth: %d, expected: %u". ``rtlock_might_resched()`` (kernel/locking/spinlock_rt.c) expects
+    the current RCU depth, because every RT spinlock holds an ``rcu_read_lock()`` (taken after
+    the rtmutex in ``__rt_spin_lock()``), and lockdep lists it after the spinlock. 6.2-rt
+    reports give the file line 46."""
+    run = run_locks("rt", spin_raw_spin, nr_cpus=1, **{"kvfree.profile": profile})
+    [s] = run.splats
+    L = run.locks
+    pid = run.tasks[0].pid
+    assert s.format().split("\n") == [
+        f"BUG: sleeping function called from invalid context at {file_line}",
+        f"in_atomic(): 1, irqs_disabled(): 1, non_block: 0, pid: {pid}, name: lk0",
+        "preempt_count: 1, expected: 0",
+        "RCU nest depth: 1, expected: 1",
+        f"4 locks held by lk0/{pid}:",
+        _held(L.spin2, "2:2", "get_partial_node"),
+        f" #1: {0xFFFFFFFF82B5C2E0:016x} (rcu_read_lock){{....}}-{{1:2}}, at: rt_spin_lock+0x0/0x0",
+        _held(L.raw, "2:2", "kvfree_call_rcu", 2),
+        _held(L.spin, "2:2", "rmqueue_bulk", 3),
+        *_preempt_off_at("kvfree_call_rcu"),
+        *_trailer(s, "rmqueue_bulk", release=release),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("version", "file_line"),
+    [
+        ((5, 9), "kernel/locking/rtmutex.c:969"),
+        ((5, 15), "kernel/locking/spinlock_rt.c:35"),
+        ((5, 17), "kernel/locking/spinlock_rt.c:46"),
+        ((6, 4), "kernel/locking/spinlock_rt.c:46"),
+        ((6, 6), "kernel/locking/spinlock_rt.c:48"),
+        ((6, 15), "kernel/locking/spinlock_rt.c:48"),
+    ],
+)
+def test_rt_spin_lock_file_line_follows_the_kernel(
+    version: tuple[int, int], file_line: str
+) -> None:
+    """Where ``rt_spin_lock()``'s check lives: the -rt patchset's rtmutex.c before 5.15
+    (5.10-rt reports: rtmutex.c:969), spinlock_rt.c from 5.15 (``___might_sleep`` on line 35 in
+    the 5.15 file), ``rtlock_might_resched()`` from 5.17 (line 46 in 5.17-rt and 6.2-rt
+    reports), line 48 in 6.6.31 and later reports."""
+    assert rt_spin_lock_file_line(version) == file_line
+
+
+@pytest.mark.parametrize(
+    ("version", "text"),
+    [
+        ((5, 9), "Tainted: G        W        "),
+        ((5, 17), "Tainted: G        W        "),
+        ((6, 1), "Tainted: G        W         "),
+        ((6, 16), "Tainted: G        W          "),
+    ],
+)
+def test_print_tainted_columns(version: tuple[int, int], text: str) -> None:
+    """``print_tainted()`` (kernel/panic.c) prints one column per taint flag, 'G' for clear
+    bit 0 and 'W' for TAINT_WARN (bit 9): 18 columns up to 5.19 (a 5.17 report: "Tainted: G
+    W         5.17.0"), 19 with TAINT_TEST (6.0), 20 with TAINT_FWCTL (6.15; a 6.16-rc1 report:
+    "Tainted: G        W           6.16.0")."""
+    assert print_tainted(True, version) == text
+    assert print_tainted(False, version) == "Not tainted"
+
+
+def _contended_spin(hold_ns: int) -> Body:
+    """CPU 1 takes the spinlock_t in task context at time 0 and holds it ``hold_ns``; CPU 0
+    arrives at 500 ns holding a raw lock with IRQs off and takes the spinlock_t."""
+
+    async def body(k: Kernel, L: Locks, t: Task) -> None:
+        if t.cpu.id == 1:
+            with k.locks.locked(t, L.spin, "get_page_from_freelist"):
+                t.charge(hold_ns)
+            return
+        t.charge(500)
+        await t.sync()
+        await raw_then_spin(k, L, t)
+
+    return body
+
+
+def test_rt_contended_spinlock_schedules_while_atomic() -> None:
+    """PREEMPT_RT, contended: the might-sleep check fires first, then the rtmutex is taken by
+    another task, ``rt_spin_lock_slowlock()`` blocks and ``schedule()`` ->
+    ``schedule_debug()`` -> ``__schedule_bug()`` (kernel/sched/core.c, 5.9) prints "BUG:
+    scheduling while atomic: %s/%d/0x%08x" with ``preempt_count()`` including schedule()'s own
+    ``preempt_disable()`` (one raw lock: 0x00000002), the held locks (lockdep already has the
+    lock being taken), "Modules linked in:", "Preemption disabled at:" (``in_atomic_preempt_off``)
+    and the stack. The might-sleep report before it tainted the kernel (TAINT_WARN)."""
+    run = run_locks("rt", _contended_spin(10_000), nr_cpus=2)
+    assert run.counts == expect(**{SLP: 1, SWA: 1})
+    slp, swa = run.splats
+    L = run.locks
+    pid = run.tasks[0].pid
+    assert (slp.kind, swa.kind, swa.cpu, swa.time_ns) == (SLP, SWA, 0, 500)
+    assert swa.format().split("\n") == [
+        f"BUG: scheduling while atomic: lk0/{pid}/0x00000002",
+        f"2 locks held by lk0/{pid}:",
+        _held(L.raw, "2:2", "kvfree_call_rcu"),
+        _held(L.spin, "2:2", "rmqueue_bulk", 1),
+        "Modules linked in:",
+        *_preempt_off_at("kvfree_call_rcu"),
+        *_trailer(swa, "rmqueue_bulk", taint=TAINTED_5),
+    ]
+    # Both were printed: __schedule_bug() has no rate limit.
+    stats = run.kernel.splat_statistics()
+    assert (stats.reports_printed, stats.printed) == (2, {SLP: 1, SWA: 1})
+    assert stats.first_report == slp.format()
+    # CPU 0 waited for CPU 1's release.
+    assert run.tasks[0].cpu.local_ns >= 10_000
+
+
+def test_rt_uncontended_spinlock_does_not_schedule() -> None:
+    """The same two CPUs, but CPU 1 releases the lock (at 100 ns) before CPU 0 arrives (500 ns):
+    the rtmutex fast path takes it, only the might-sleep check reports (kernel.md 8.3)."""
+    run = run_locks("rt", _contended_spin(100), nr_cpus=2)
+    assert run.counts == expect(**{SLP: 1})
+    assert run.locks.spin.contentions == 0
+
+
+def test_rt_lock_owned_by_another_task_is_contended() -> None:
+    """A lock whose owner still holds it (here across a scheduling point) is contended even if
+    the owner's clock is behind: ``rt_mutex_cmpxchg_acquire()`` fails on any owner."""
+
+    async def body(k: Kernel, L: Locks, t: Task) -> None:
+        if t.cpu.id == 1:
+            k.locks.acquire(t, L.spin, "get_page_from_freelist")
+            L.spin.free_at_ns = 0
+            with k.locks.locked(t, L.raw, "kvfree_call_rcu", irqsave=True):
+                owner = L.spin.owner
+                L.spin.owner = object()  # another task holds it right now
+                k.locks.acquire(t, L.spin2, "rmqueue_bulk")
+                k.locks.release(t, L.spin2)
+                L.spin2.owner = object()
+                k.locks.acquire(t, L.spin2, "rmqueue_bulk")
+                k.locks.release(t, L.spin2)
+                L.spin.owner = owner
+            k.locks.release(t, L.spin)
+
+    run = run_locks("rt", body, nr_cpus=2)
+    assert run.counts == expect(**{SLP: 2, SWA: 1})
+
+
+def test_rt_without_debug_atomic_sleep() -> None:
+    """Without CONFIG_DEBUG_ATOMIC_SLEEP there is no might-sleep check (``might_sleep()`` and
+    ``___might_sleep()`` compile away, include/linux/kernel.h): an uncontended RT spinlock under a
+    raw lock prints nothing; a contended one still schedules and ``__schedule_bug()`` (not under
+    that option) reports it (kernel.md 8.3)."""
+    quiet = run_locks("rt", _contended_spin(100), nr_cpus=2, debug_atomic_sleep=False)
+    assert quiet.counts == expect()
+    assert quiet.kernel.splat_statistics().first_report == ""
+    loud = run_locks("rt", _contended_spin(10_000), nr_cpus=2, debug_atomic_sleep=False)
+    assert loud.counts == expect(**{SWA: 1})
+    [swa] = loud.splats
+    assert swa.format().split("\n")[-2].endswith(" Not tainted 5.9.0-rcukit #1")
 
 
 def test_splat_json() -> None:
     run = run_locks("rt", raw_then_spin)
     s = run.splats[0]
     assert s.to_json() == {
-        "kind": SWA,
+        "kind": SLP,
         "cpu": 0,
         "comm": "lk0",
         "pid": run.tasks[0].pid,
@@ -350,7 +580,8 @@ def test_splat_json() -> None:
         "lock": "&zone->lock",
         "ip": "rmqueue_bulk",
         "site": s.site,
-        "held": ["krc.lock"],
+        "held": ["krc.lock", "&zone->lock"],
+        "printed": True,
     }
 
 
@@ -440,7 +671,15 @@ def test_rt_spinlock_held_entry_records_no_preempt_or_irqsave() -> None:
 # -- reporting policy ----------------------------------------------------------------------------
 
 
-def test_once_per_call_site(capsys: pytest.CaptureFixture[str]) -> None:
+def test_lockdep_reports_once_per_boot(capsys: pytest.CaptureFixture[str]) -> None:
+    """lockdep is one-shot: ``print_lock_invalid_wait_context()`` (kernel/locking/lockdep.c,
+    5.7 to 6.x) begins with ``if (!debug_locks_off()) return 0;``, so the first report clears
+    ``debug_locks`` and nothing of lockdep's prints again for the rest of the boot (kernel.md
+    8.4). The old model printed once per call site ("2 x Invalid wait context" here), which no
+    kernel does. No "turning off the locking correctness validator." line: lockdep prints that
+    only for its internal limits (MAX_LOCKDEP_KEYS too low, non-static key), not here.
+    Every violation is still counted ("would report"), and kept once per call site."""
+
     async def body(k: Kernel, L: Locks, t: Task) -> None:
         for _ in range(3):
             with k.locks.locked(t, L.raw, "kvfree_call_rcu", irqsave=True):
@@ -452,15 +691,63 @@ def test_once_per_call_site(capsys: pytest.CaptureFixture[str]) -> None:
 
     run = run_locks("lockdep", body, print_splats=True)
     err = capsys.readouterr().err
-    # Counted every time: 4 CPUs x 4 acquisitions; printed once per call site.
+    # Counted every time: 4 CPUs x 4 acquisitions; printed once.
     assert run.counts == expect(**{IWC: 16})
-    assert err.count("[ BUG: Invalid wait context ]") == 2
-    assert len(run.splats) == 2
-    assert run.kernel.locks.unique_sites() == 2
+    assert err.count("[ BUG: Invalid wait context ]") == 1
+    assert "turning off the locking correctness validator" not in err
+    checker = run.kernel.locks
+    assert not checker.debug_locks
+    assert len(run.splats) == 2 and checker.unique_sites() == 2
+    assert [s.printed for s in run.splats] == [True, False]
     assert run.splats[0].site != run.splats[1].site
-    assert err == "".join(s.format() + "\n" for s in run.splats)
-    # The kernel also counts splats the /proc/vmstat way.
+    assert err == run.splats[0].format() + "\n"
+    stats = run.kernel.splat_statistics()
+    assert stats.to_json() == {
+        "sleeping_in_atomic": 0,
+        "scheduling_while_atomic": 0,
+        "invalid_wait_context": 16,
+        "reports_printed": 1,
+        "first_report": run.splats[0].format(),
+        "printed": {IWC: 1},
+    }
+    # The kernel also counts splats the /proc/vmstat way (every violation).
     assert run.kernel.vmstat["splat_invalid_wait_context"] == 16
+
+
+def test_might_sleep_is_rate_limited_to_one_per_second() -> None:
+    """``___might_sleep()`` (5.9) and ``__might_resched()`` (5.17+), kernel/sched/core.c:
+    ``if (time_before(jiffies, prev_jiffy + HZ) && prev_jiffy) return; prev_jiffy = jiffies;``
+    one static ``prev_jiffy`` for every caller: at most one report per second."""
+
+    async def body(k: Kernel, L: Locks, t: Task) -> None:
+        for gap_ms in (0, 500, 500, 1500, 10):
+            t.charge(gap_ms * 1_000_000)
+            await might_sleep_under_raw(k, L, t)
+
+    run = run_locks("default", body, nr_cpus=1)
+    # At 0 ms, 500 ms, 1000 ms, 2500 ms, 2510 ms: printed at 0, 1000 and 2500.
+    assert run.counts == expect(**{SLP: 5})
+    stats = run.kernel.splat_statistics()
+    assert stats.printed == {SLP: 3}
+    printed = run.kernel.locks.printed_reports
+    assert [s.time_ns // 1_000_000 for s in printed] == [0, 1000, 2500]
+    # Each printed one tainted the kernel (add_taint(TAINT_WARN, ...)) for the next.
+    assert [s.tainted for s in printed] == [False, True, True]
+
+
+def test_might_sleep_after_lockdep_turned_off() -> None:
+    """Once lockdep has reported, ``debug_show_held_locks()`` (kernel/locking/lockdep.c) prints
+    "INFO: lockdep is turned off." instead of the held locks, as in posted 5.4-6.6 reports."""
+
+    async def body(k: Kernel, L: Locks, t: Task) -> None:
+        await raw_then_spin(k, L, t)
+        t.charge(2_000_000_000)
+        await might_sleep_under_raw(k, L, t)
+
+    run = run_locks("lockdep", body, nr_cpus=1)
+    iwc, slp = run.splats
+    assert (iwc.printed, slp.printed, slp.lockdep_off) == (True, True, True)
+    assert slp.format().split("\n")[2] == "INFO: lockdep is turned off."
 
 
 def test_nothing_printed_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
@@ -509,7 +796,8 @@ def test_strict_splat_uncaught_propagates() -> None:
     while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
         err = err.exceptions[0]
     assert isinstance(err, SplatError)
-    assert str(err).startswith("BUG: scheduling while atomic: lk0/")
+    # The first violation on RT is rt_spin_lock()'s might-sleep check (kernel.md 8.3).
+    assert str(err).startswith("BUG: sleeping function called from invalid context at ")
 
 
 def test_release_of_a_lock_not_held_is_an_error() -> None:
@@ -557,20 +845,169 @@ def test_uncontended_lock_charges_no_wait() -> None:
     assert (run.locks.raw.contentions, run.locks.raw.wait_ns) == (0, 0)
 
 
-def test_might_sleep_in_an_rcu_reader_prints_the_nest_depth() -> None:
+def test_might_sleep_in_an_rcu_reader_5_9() -> None:
+    """5.9 ``___might_sleep()``: ``preempt_count_equals()`` adds ``rcu_preempt_depth()``, so a
+    sleep in a preemptible RCU reader reports with ``in_atomic(): 0`` and, with
+    CONFIG_DEBUG_PREEMPT, "Preemption disabled at:" and a stale ``preempt_disable_ip`` (0 here),
+    the confusion 5.17's "sched: Make might_sleep() output less confusing" removed."""
+
     async def body(k: Kernel, L: Locks, t: Task) -> None:
         t.rcu_read_nesting += 1  # what rcu_read_lock() does to the task
         k.locks.might_sleep(t, "synchronize_rcu")
         t.rcu_read_nesting -= 1
         k.locks.might_sleep(t, "synchronize_rcu")  # outside the reader: fine
 
-    run = run_locks("default", body, nr_cpus=1)
+    run = run_locks("default", body, nr_cpus=1, preempt_rcu=True)
     assert run.counts == expect(**{SLP: 1})
     lines = run.splats[0].format().split("\n")
     pid = run.tasks[0].pid
     assert lines[1:5] == [
         f"in_atomic(): 0, irqs_disabled(): 0, non_block: 0, pid: {pid}, name: lk0",
+        f"no locks held by lk0/{pid}.",
+        "Preemption disabled at:",
+        "[<0000000000000000>] 0x0",
+    ]
+
+
+def test_might_sleep_in_an_rcu_reader_prints_the_nest_depth() -> None:
+    """5.17+ ``__might_resched()`` (kernel/sched/core.c) prints "preempt_count: %x, expected:
+    %x" and, with CONFIG_PREEMPT_RCU, "RCU nest depth: %d, expected: %u";
+    ``resched_offsets_ok()`` counts the RCU depth in, so a sleep in a preemptible reader is
+    reported with ``in_atomic(): 0``, and "Preemption disabled at:" is left out because
+    ``preempt_count()`` equals the expected offset (``print_preempt_disable_ip()``)."""
+
+    async def body(k: Kernel, L: Locks, t: Task) -> None:
+        t.rcu_read_nesting += 1
+        k.locks.might_sleep(t, "synchronize_rcu")
+        t.rcu_read_nesting -= 1
+
+    run = run_locks("default", body, nr_cpus=1, preempt_rcu=True, **{"kvfree.profile": "v6.1"})
+    lines = run.splats[0].format().split("\n")
+    pid = run.tasks[0].pid
+    assert lines[1:] == [
+        f"in_atomic(): 0, irqs_disabled(): 0, non_block: 0, pid: {pid}, name: lk0",
         "preempt_count: 0, expected: 0",
         "RCU nest depth: 1, expected: 0",
         f"no locks held by lk0/{pid}.",
+        f"CPU: 0 PID: {pid} Comm: lk0 Not tainted 6.1.0-rcukit #1",
+        f"Call Trace: synchronize_rcu+0x0/0x0 <- {run.splats[0].site}",
     ]
+
+
+@pytest.mark.parametrize("preempt_rcu", [True, False])
+def test_rcu_nest_depth_line_needs_preempt_rcu(preempt_rcu: bool) -> None:
+    """``__might_resched()`` prints "RCU nest depth" under ``IS_ENABLED(CONFIG_PREEMPT_RCU)``
+    only (kernel/sched/core.c, 5.17+); "preempt_count:" always."""
+    run = run_locks(
+        "default", might_sleep_under_raw, nr_cpus=1, preempt_rcu=preempt_rcu,
+        **{"kvfree.profile": "v6.1"},
+    )
+    lines = run.splats[0].format().split("\n")
+    assert lines[2] == "preempt_count: 1, expected: 0"
+    assert ("RCU nest depth: 0, expected: 0" in lines) == preempt_rcu
+
+
+def test_release_and_version_come_from_the_profile() -> None:
+    """Reports name the kernel the profile stands for (``init_utsname()->release``); an
+    explicit ``release`` wins. ``rfc`` is the RFC's 5.8-rc3 base."""
+    assert KernelConfig().kernel_release == "5.9.0-rcukit"
+    assert KernelConfig().replace(**{"kvfree.profile": "rfc"}).kernel_version == (5, 8)
+    v61 = KernelConfig().replace(**{"kvfree.profile": "v6.1"})
+    assert (v61.kernel_version, v61.kernel_release) == ((6, 1), "6.1.0-rcukit")
+    assert v61.replace(release="6.1.55-rt15").kernel_release == "6.1.55-rt15"
+    with pytest.raises(ConfigError, match="debug_atomic_sleep = 'yes': expected true or false"):
+        KernelConfig(debug_atomic_sleep="yes")  # type: ignore[arg-type]
+    assert not KernelConfig.from_toml_text("debug_atomic_sleep = false").debug_atomic_sleep
+    assert KernelConfig().debug_atomic_sleep  # a debug kernel, as the RFC's reports came from
+
+
+def test_trace_shows_only_printed_reports() -> None:
+    """ftrace-style output shows what the kernel printed: lockdep's one report, not the
+    violations its one-shot swallowed; vmstat still counts every one."""
+    cfg = KernelConfig(nr_cpus=NR_CPUS).with_kernel_config("lockdep")
+
+    async def main() -> int:
+        async with rcukit.sim.boot(cfg) as k:
+            k.tracer.enable()
+            raw = k.new_lock("krc.lock", LockKind.RAW_SPINLOCK)
+            spin = k.new_lock("&zone->lock", LockKind.SPINLOCK)
+
+            async def fn(t: Task) -> None:
+                await t.sync()
+                with k.locks.locked(t, raw, "kvfree_call_rcu"), k.locks.locked(t, spin, "x"):
+                    t.charge(10)
+
+            for c in range(NR_CPUS):
+                k.spawn(fn, c, f"lk{c}")
+            await k.run()
+            splat_events = [e for e in k.tracer.events if e.name == "splat"]
+            assert k.vmstat["splat_invalid_wait_context"] == NR_CPUS
+            return len(splat_events)
+
+    box: list[int] = []
+
+    async def wrap() -> None:
+        box.append(await main())
+
+    trio.run(wrap, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert box == [1]
+
+
+@attrs.define
+class _Cpu:
+    id: int = 0
+    local_ns: int = 0
+
+
+@attrs.define
+class _Ctx:
+    """The least a task needs to be ``current`` for the checker (its LockContext protocol)."""
+
+    cpu: _Cpu = attrs.field(factory=_Cpu)
+    pid: int = 1
+    comm: str = "t"
+    preempt_count: int = 1
+    irqs_disabled: int = 0
+    in_hardirq: int = 0
+    in_softirq: int = 0
+    rcu_read_nesting: int = 0
+    rcu_blocked_reader: bool = False
+    held_locks: list[Any] = attrs.field(factory=list)
+
+    def in_atomic(self) -> bool:
+        return bool(self.preempt_count or self.irqs_disabled or self.in_hardirq)
+
+
+@given(
+    gaps_ms=st.lists(st.integers(0, 2500), min_size=1, max_size=40),
+    hz=st.sampled_from([100, 250, 1000]),
+)
+def test_might_sleep_rate_limit_property(gaps_ms: list[int], hz: int) -> None:
+    """Whatever the spacing, ``___might_sleep()``'s ``prev_jiffy`` check (kernel/sched/core.c,
+    5.9; ``__might_resched()`` 5.17+) prints a report iff at least ``HZ`` jiffies passed since
+    the last printed one, and every violation is still counted."""
+    checker = LockChecker(prove_raw_lock_nesting=False, preempt_rt=False, hz=hz)
+    ctx = _Ctx()
+    want: list[bool] = []
+    last: int | None = None
+    for gap in gaps_ms:
+        ctx.cpu.local_ns += gap * 1_000_000
+        jiffies = ctx.cpu.local_ns * hz // 1_000_000_000
+        ok = last is None or jiffies >= last + hz
+        if ok:
+            last = jiffies
+        want.append(ok)
+        checker.might_sleep(ctx, "msleep")
+    assert checker.counts[SLP] == len(gaps_ms)
+    assert checker.reports_printed == sum(want)
+    assert [s.time_ns for s in checker.printed_reports] == [
+        t for t, ok in zip(_clock(gaps_ms), want, strict=True) if ok
+    ]
+
+
+def _clock(gaps_ms: list[int]) -> list[int]:
+    out, now = [], 0
+    for g in gaps_ms:
+        now += g * 1_000_000
+        out.append(now)
+    return out

@@ -82,7 +82,10 @@ def test_enable_records_events_and_disable_stops() -> None:
     )
     names = [e.name for e in k.tracer]
     assert names.count("workqueue_execute_start") == 4
-    assert names.count("splat") == 4
+    # Four violations, one printed: lockdep is one-shot (print_lock_invalid_wait_context() ->
+    # debug_locks_off(), kernel.md 8.4) and the trace shows what the kernel printed.
+    assert names.count("splat") == 1
+    assert k.splat_counts()["invalid_wait_context"] == 4
     works = sorted(e.fields for e in k.tracer if e.name == "workqueue_execute_start")
     assert works == [f"work struct a{c}" for c in range(4)]
     for e in k.tracer:
@@ -109,9 +112,11 @@ def test_filter_keeps_only_named_events() -> None:
         k.tracer.listeners.append(seen.append)
 
     k = run_kernel(_work_and_splat("a"), before=setup, prove_raw_lock_nesting=True)
-    assert [e.name for e in k.tracer] == ["splat"] * 4
+    # One printed report (lockdep is one-shot), from whichever CPU hit it first.
+    assert [e.name for e in k.tracer] == ["splat"]
     assert seen == k.tracer.events
-    assert sorted(e.cpu for e in seen) == [0, 1, 2, 3]
+    [printed] = k.locks.printed_reports
+    assert [e.cpu for e in seen] == [printed.cpu]
 
 
 def test_tracer_limit_drops_but_listeners_see_all() -> None:
@@ -149,7 +154,7 @@ def test_ftrace_of_a_run() -> None:
     assert lines[0] == "# tracer: nop"
     assert lines[2] == "# entries-in-buffer/entries-written: -/-   #P:4"
     body = [ln for ln in lines if not ln.startswith("#")]
-    assert len(body) == len(k.tracer.events) == 8
+    assert len(body) == len(k.tracer.events) == 5  # 4 work items, lockdep's one report
     stamps = []
     for ln in body:
         m = FTRACE_RE.match(ln)
@@ -203,7 +208,7 @@ def test_perfetto_of_a_run_loads() -> None:
     )
     doc = json.loads(to_perfetto(k.tracer.events, nr_cpus=4))
     data = [r for r in doc["traceEvents"] if r["ph"] != "M"]
-    assert len(data) == 8
+    assert len(data) == 5  # 4 work items, lockdep's one report
     assert {r["tid"] for r in data} == {0, 1, 2, 3}
 
 
@@ -228,6 +233,9 @@ def test_counters_format_vmstat() -> None:
 
 
 def test_kernel_counts_splats_in_vmstat() -> None:
+    # On RT each CPU's uncontended spinlock_t under its raw lock is rt_spin_lock()'s
+    # might-sleep report (kernel.md 8.3; this said scheduling_while_atomic before). vmstat
+    # counts every violation, printed or rate-limited.
     k = run_kernel(_work_and_splat("a"), preempt_rt=True)
-    assert k.vmstat["splat_scheduling_while_atomic"] == 4
-    assert "splat_scheduling_while_atomic 4\n" in k.vmstat.format_vmstat()
+    assert k.vmstat["splat_sleeping_in_atomic"] == 4
+    assert "splat_sleeping_in_atomic 4\n" in k.vmstat.format_vmstat()
