@@ -51,7 +51,7 @@ from rcukit.rcu.kvfree.krc import VMALLOC_START, Bnode, Krc, Krwp
 from rcukit.rcu.kvfree.monitor import KvfreeMonitor
 from rcukit.rcu.kvfree.page_cache import KvfreePageCache
 from rcukit.rcu.kvfree.reclaim import KvfreeReclaim
-from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources
+from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources, MmBootHook
 from rcukit.rcu.profiles import KvfreeProfile, get_profile
 from rcukit.sched.sim import Task
 
@@ -97,6 +97,8 @@ class KvfreeRcu:
         self.rcu = rcu
         self.block_sources = block_sources if block_sources is not None else BlockSources()
         self.variant: BlockPageSource = self.block_sources.lookup(cfg.kvfree.variant)
+        if isinstance(self.variant, MmBootHook):
+            self.variant.boot_mm(mm)  # e.g. raw-zone-lock: zone->lock's class, before use
         self.variant_gfp_text = format_gfp(self.variant.gfp)
         self.capacity = self.profile.block_capacity(
             cfg.page_size, cfg.pointer_size, cfg.kvfree.header
