@@ -504,12 +504,13 @@ class PageAlloc:
         for a mask without ``__GFP_NOWARN`` prints and runs ``show_mem()`` (zone->lock)."""
         self._count_failure(plan)
         g = plan.gfp
-        mode = f"{g:#x}" if g else "0"
+        # "mode:%#x(%pGg)": C's %#x prints 0 as "0", and %pGg prints no flag names for 0.
+        mode = f"{g:#x}({plan.name})" if g else "0()"
         await self.warn.warn_alloc(
             task,
             plan.nowarn,
-            f"{task.comm}: page allocation failure: order:{order}, mode:{mode}"
-            f"({plan.name}), nodemask=(null)",
+            f"{task.comm}: page allocation failure: order:{order}, mode:{mode}, "
+            "nodemask=(null)",
         )
 
     def warn_alloc(self, task: Task, line: str) -> None:
