@@ -32,7 +32,7 @@ MM_ONLY = Subsystems(rcu=None, kvfree=False)
 #: The RCU engine alone: what its tests count (GPs, hand-offs, callbacks) is RCU's alone.
 RCU_ONLY = Subsystems(mm=None, kvfree=False)
 #: kvfree_rcu()'s block-allocator variants, in the order the RFC lists them.
-VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
+VARIANTS = ("fast-try", "nowait", "gfp-zero", "raw-zone-lock", "page-cache", "nolock")
 
 
 def cfg(**settings: Any) -> KernelConfig:

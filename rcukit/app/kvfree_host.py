@@ -89,9 +89,10 @@ class DomainKvfree:
         self._status = status
         self.counters = KvfreeCounters()
         # The app's batches each carry one GP cookie, so a batch in flight never takes more
-        # blocks: v6.3's need_wait_for_krwp_work() holds on every profile here.
+        # blocks: need_wait_for_krwp_work() (v6.3-rc6) holds on every profile here.
         policy = attrs.evolve(
             KvfreePolicy.from_profile(get_profile(config.profile), config.block_capacity),
+            need_wait_for_krwp_work=True,
             one_batch_per_run=True,
         )
         self._host = KvfreeHost(

@@ -31,7 +31,6 @@ module's :class:`PageAlloc`, kswapd, slab and vmalloc.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -55,6 +54,7 @@ from rcukit.mm.memmap import (
     PS_FREE,
     page_struct,
 )
+from rcukit.mm.show_mem import WarnAlloc
 from rcukit.mm.zone import (
     MAX_ORDER,
     PerCpuPages,
@@ -74,9 +74,6 @@ if TYPE_CHECKING:
 NOLOCK_GFP = int(GFP.NOWARN | GFP.ZERO | GFP.NOMEMALLOC)
 #: Orders above this are "costly" (and never served by ``alloc_pages_nolock``).
 PAGE_ALLOC_COSTLY_ORDER = 3
-#: ``warn_alloc`` ratelimit (``DEFAULT_RATELIMIT_INTERVAL``/``_BURST``): 10 lines per 5 s.
-WARN_RATELIMIT_NS = 5_000_000_000
-WARN_RATELIMIT_BURST = 10
 
 _GFP_HIGHMEM = int(GFP.HIGHMEM)
 _ALLOC_WMARK_MASK = int(AllocFlags.WMARK_MASK)
@@ -182,11 +179,13 @@ class PageAlloc:
         self.failures_by_gfp: dict[str, int] = {}
         #: ``warn_alloc`` lines (ratelimited like the kernel's), oldest first.
         self.warnings: list[str] = []
-        self.warnings_suppressed = 0
         # Blocks free_pages_nolock() could not give back (its zone trylock failed).
         self._parked: list[tuple[int, int, int]] = []
-        self._warn_window = -WARN_RATELIMIT_NS
-        self._warn_in_window = 0
+        #: ``warn_alloc()`` with its ``nopage_rs`` ratelimit and ``show_mem()`` (show_mem.py).
+        self.warn = WarnAlloc(self)
+        #: Tasks for which :meth:`lock_zone` declines ``zone->lock`` (never-merged proposal:
+        #: see ``RawZoneLockSource`` in rcukit.rcu.kvfree.variants); empty otherwise.
+        self.zone_lock_decliners: set[Task] = set()
 
 
     # -- small shared helpers ---------------------------------------------------------------------
@@ -207,8 +206,13 @@ class PageAlloc:
     async def lock_zone(self, task: Task, ip: str, trylock: bool) -> Lock | None:
         """``spin_lock_irqsave(&zone->lock)`` (or its trylock) after syncing with other CPUs.
 
-        Returns the held lock, or None when ``trylock`` found it busy (counted).
+        Returns the held lock, or None when ``trylock`` found it busy (counted), or when
+        ``task`` is one of :attr:`zone_lock_decliners` (Wilcox's ``zone_lock(zone)`` that
+        declines on RT: the raw-zone-lock variant).
         """
+        if self.zone_lock_decliners and task in self.zone_lock_decliners:
+            self.vmstat.inc("zone_lock_declined")
+            return None
         await task.sync()
         lock = self.zone.lock
         if trylock:
@@ -331,7 +335,7 @@ class PageAlloc:
                 f"{task.comm}: __GFP_NOFAIL order-{order} allocation ({plan.name}) cannot be "
                 "satisfied: reclaim made no progress and the OOM killer is not modelled"
             )
-        self.nopage(task, plan, order)
+        await self.nopage(task, plan, order)
         return None
 
     def gfp_pfmemalloc_allowed(self, task: Task, plan: _GfpPlan) -> bool:
@@ -495,35 +499,26 @@ class PageAlloc:
                 task, "fail_page_alloc", f"order={order} gfp_flags={plan.name} injected=1"
             )
 
-    def nopage(self, task: Task, plan: _GfpPlan, order: int) -> None:
-        """The slow path's ``nopage:`` label: count the failure and ``warn_alloc`` unless NOWARN."""
+    async def nopage(self, task: Task, plan: _GfpPlan, order: int) -> None:
+        """The slow path's ``nopage:`` label: count the failure and ``warn_alloc()``, which
+        for a mask without ``__GFP_NOWARN`` prints and runs ``show_mem()`` (zone->lock)."""
         self._count_failure(plan)
-        if not plan.nowarn:
-            g = plan.gfp
-            mode = f"{g:#x}" if g else "0"
-            self.warn_alloc(
-                task,
-                f"{task.comm}: page allocation failure: order:{order}, mode:{mode}"
-                f"({plan.name}), nodemask=(null)",
-            )
+        g = plan.gfp
+        # "mode:%#x(%pGg)": C's %#x prints 0 as "0", and %pGg prints no flag names for 0.
+        mode = f"{g:#x}({plan.name})" if g else "0()"
+        await self.warn.warn_alloc(
+            task,
+            plan.nowarn,
+            f"{task.comm}: page allocation failure: order:{order}, mode:{mode}, "
+            "nodemask=(null)",
+        )
 
     def warn_alloc(self, task: Task, line: str) -> None:
-        """A ``warn_alloc``-style line, ratelimited to 10 per 5 simulated seconds."""
-        now = task.now_ns
-        if now - self._warn_window >= WARN_RATELIMIT_NS:
-            self._warn_window = now
-            self._warn_in_window = 0
-        if self._warn_in_window >= WARN_RATELIMIT_BURST:
-            self.warnings_suppressed += 1
-            return
-        self._warn_in_window += 1
-        if len(self.warnings) < 10_000:
-            self.warnings.append(line)
-        self.vmstat.inc("warn_alloc")
-        if self.tracer.on:
-            self.kernel.trace(task, "warn_alloc", line)
-        if self.kernel.config.print_splats:
-            print(line, file=sys.stderr)
+        """A ``warn_alloc()`` headline alone (vmalloc's failures), under the same
+        ``nopage_rs`` ratelimit; its ``show_mem()`` is not modelled."""
+        if self.warn.ratelimit(task):
+            self.vmstat.inc("warn_alloc")
+            self.warn.pr_warn(task, line)
 
     # -- freeing ----------------------------------------------------------------------------------
     async def free_pages(self, task: Task, pfn: int, order: int = 0) -> None:

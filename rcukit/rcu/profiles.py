@@ -23,7 +23,7 @@ import attrs
 
 from rcukit.errors import ConfigError
 from rcukit.mm.gfp import GFP, GFP_KERNEL, GFP_NOWAIT
-from rcukit.mm.versions import MM_5_8, MM_6_0, MmVersion
+from rcukit.mm.versions import MM_5_8, MM_6_0, MM_6_5, MmVersion
 
 #: ``GFP_KERNEL|__GFP_NORETRY|__GFP_NOMEMALLOC|__GFP_NOWARN``: v5.13+ head-less path and refill.
 REFILL_GFP_5_13 = GFP_KERNEL | GFP.NORETRY | GFP.NOMEMALLOC | GFP.NOWARN
@@ -53,8 +53,10 @@ class KvfreeProfile:
     #: v5.9: the head-less ``kvfree_rcu(ptr)`` ("rcu/tree: Support reclaim for head-less
     #: object"); before it only ``kfree_rcu(ptr, rhf)`` existed.
     headless: bool
-    #: ``sizeof(struct kvfree_rcu_bulk_data)`` without the records: 16 (5.9-6.2), 32 (6.3);
-    #: 0 where there is no block (v5.5).
+    #: ``sizeof(struct kvfree_rcu_bulk_data)`` without the records, 64-bit: 16 (5.9-6.2:
+    #: ``nr_records``, ``next``), 32 (6.3-6.4: ``list_head``, ``unsigned long gp_snap``,
+    #: ``nr_records``), 40 (6.5+: ``gp_snap`` is a two-long ``rcu_gp_oldstate``); 0 where there
+    #: is no block (v5.5).
     header_bytes: int
     #: ``KFREE_DRAIN_JIFFIES`` as a fraction of HZ: HZ/50 before v6.1, 5*HZ after.
     drain_hz_num: int
@@ -75,13 +77,48 @@ class KvfreeProfile:
     refill_gfp: int
     #: v5.13+: the single-argument path drops the lock and allocates with REFILL_GFP_5_13.
     single_arg_direct_alloc: bool
-    #: v5.14+: the shrinker sets ``backoff_page_cache_fill`` (refill delayed by 5 s, 1 page).
+    #: v5.14 ("kvfree_rcu: Release a page cache under memory pressure", d0bfa8b3c411): the
+    #: shrinker's count adds the cached pages (``nr_bkv_objs``) and sets
+    #: ``backoff_page_cache_fill`` (refill delayed by 5 s, 1 page), its scan drains the caches
+    #: (``drain_page_cache()``). Before, the count is ``krcp->count`` alone.
     shrinker_backoff: bool
     #: v6.3: per-block polled GP snapshots; the monitor frees blocks whose GP already passed.
     polled_snapshots: bool
-    #: v6.3: queue at most one batch per monitor run; a krwp is reused only when all its
-    #: channels are free (``need_wait_for_krwp_work``).
+    #: ``need_wait_for_krwp_work()`` ("rcu/kvfree: Avoid freeing new kfree_rcu() memory after
+    #: old grace period", 5da7cb193db3, mainline in v6.3-rc6, backported to 5.10.y-6.2.y): a
+    #: krwp takes a batch only when all its channels are free. Before it, the monitor attached a
+    #: new channel to a krwp whose other channel still waited for an older grace period, and
+    #: ``queue_rcu_work()`` (already pending) did not ask for a new one: the new objects were
+    #: freed after the old GP.
+    need_wait_for_krwp_work: bool
+    #: v6.12 ``kvfree_rcu_queue_batch()`` (2b55d6a42d14, with ``kvfree_rcu_barrier()``) stops
+    #: after the first queued batch and returns whether it queued; 6.3-6.11's
+    #: ``kfree_rcu_monitor()`` loop went on to the next krwp (which, with
+    #: ``need_wait_for_krwp_work``, finds nothing left to detach).
     one_batch_per_run: bool
+    #: v6.5 ("rcu/kvfree: Add debug to check grace periods", cdfa0f6fa6b7; "Add debug check for
+    #: GP complete for kfree_rcu_cpu list", f32276a37652): ``gp_snap`` becomes a
+    #: ``struct rcu_gp_oldstate`` and ``kvfree_rcu_bulk()``/``kfree_rcu_work()`` free a block or
+    #: the list only if its snapshot's GP completed (``WARN_ON_ONCE`` otherwise, and the objects
+    #: are left alone).
+    gp_snap_check: bool
+    #: v6.1 ("rcu/kvfree: Back off upon fill_page_cache_func() allocation failure",
+    #: 093590c16b44, Michal Hocko): the refill stops at the first failed allocation; before,
+    #: it tried ``rcu_min_cached_objs`` times whatever failed.
+    fill_breaks_on_failure: bool
+    #: v6.5 ("rcu/kvfree: Make fill page cache start from krcp->nr_bkv_objs", 60888b77a06e):
+    #: the refill counts from the pages already cached; before, from 0 (a full cache refuses
+    #: the page in ``put_cached_bnode()``, which is freed, and the loop stops).
+    fill_from_cached: bool
+    #: v6.5 ("rcu/kvfree: Do not run a page work if a cache is disabled", 021a5ff84743; "Make
+    #: drain_page_cache() take early return if cache is disabled", 6b706e5603c4):
+    #: ``rcu_min_cached_objs = 0`` arms no refill worker at all.
+    no_page_work_without_cache: bool
+    #: v6.5 ("rcu/kvfree: Use consistent krcp when growing kfree_rcu() page cache",
+    #: 309a43165077): the head-less path re-takes the lock of the krcp it dropped
+    #: (``raw_spin_lock_irqsave(&(*krcp)->lock)``); 5.13-6.4 re-took ``krc_this_cpu_lock()``,
+    #: the krcp of whatever CPU the task runs on after the allocation slept.
+    relock_same_krcp: bool
     #: The vmalloc channel is freed with one ``vfree_bulk()`` instead of a ``vfree()`` loop.
     vfree_bulk: bool
 
@@ -91,7 +128,8 @@ class KvfreeProfile:
     def block_capacity(self, page_size: int, pointer_size: int, header: str) -> int:
         """``KVFREE_BULK_MAX_ENTR``; the ``rfc`` header is the RFC's PAGE_SIZE / sizeof(void *).
 
-        The header is two longs (five from v6.3), so it scales with the pointer size."""
+        The header is two longs (four from v6.3, five from v6.5), so it scales with the pointer
+        size."""
         hdr = 0 if header == "rfc" else self.header_bytes * pointer_size // 8
         return (page_size - hdr) // pointer_size
 
@@ -114,7 +152,10 @@ _V5_5 = KvfreeProfile(
     min_cached_objs=0, boot_prefill=False, refill_worker=False, refill_gfp=0,
     single_arg_direct_alloc=False,
     shrinker_backoff=False,
-    polled_snapshots=False, one_batch_per_run=False,
+    polled_snapshots=False, need_wait_for_krwp_work=False, one_batch_per_run=False,
+    gp_snap_check=False,
+    fill_breaks_on_failure=False, fill_from_cached=False, no_page_work_without_cache=False,
+    relock_same_krcp=False,
     vfree_bulk=False,
 )
 
@@ -152,18 +193,57 @@ _V6_1 = attrs.evolve(
     _V5_13,
     name="v6.1",
     description="v6.1: 5*HZ drain with a 1-jiffy kick once a block's worth is queued; "
-    "shrinker back-off of the page-cache refill",
+    "shrinker back-off of the page-cache refill, which stops at its first failure",
     mm=MM_6_0,
     drain_hz_num=5, drain_hz_den=1, kick=True,
     shrinker_backoff=True,
+    fill_breaks_on_failure=True,
 )
+# v6.3 as tagged: the krwp fix (5da7cb193db3) went into mainline for v6.3-rc6 (between the
+# 'platform-drivers-x86-v6.3-5' and 'sound-6.3-rc6' merges), so the release has it.
 _V6_3 = attrs.evolve(
     _V6_1,
     name="v6.3",
     description="v6.3: per-block polled GP snapshots, blocks whose GP already passed are "
-    "freed by the monitor without a new GP; one batch per monitor run",
+    "freed by the monitor without a new GP; a krwp takes a batch only when wholly free "
+    "(need_wait_for_krwp_work, since 6.3-rc6)",
     header_bytes=32,
-    polled_snapshots=True, one_batch_per_run=True,
+    polled_snapshots=True, need_wait_for_krwp_work=True,
+)
+# v6.4 changed nothing in kvfree_rcu (its rcu_gp_oldstate snapshots are v6.5's series): the
+# profile is v6.3's mechanism on the last allocator whose boosted watermark wakes kswapd
+# whatever the gfp.
+_V6_4 = attrs.evolve(
+    _V6_3,
+    name="v6.4",
+    description="v6.4: kvfree_rcu as in v6.3 (unsigned long gp_snap, 508 records a block); "
+    "the last page allocator whose rmqueue() wakes kswapd for a boosted watermark on any gfp",
+)
+_V6_5 = attrs.evolve(
+    _V6_4,
+    name="v6.5",
+    description="v6.5: rcu_gp_oldstate snapshots (507 records a block) checked before each "
+    "free; the head-less path re-locks the same krcp; the refill counts from the cached pages; "
+    "rmqueue() wakes kswapd only with __GFP_KSWAPD_RECLAIM",
+    mm=MM_6_5,
+    header_bytes=40,
+    gp_snap_check=True,
+    fill_from_cached=True, no_page_work_without_cache=True,
+    relock_same_krcp=True,
+)
+_V6_12 = attrs.evolve(
+    _V6_5,
+    name="v6.12",
+    description="v6.12: kvfree_rcu_barrier() (kmem_cache_destroy() waits for kvfree_rcu "
+    "objects); kvfree_rcu_queue_batch() queues at most one batch per monitor run",
+    one_batch_per_run=True,
+)
+_V6_15 = attrs.evolve(
+    _V6_12,
+    name="v6.15",
+    description="v6.15: kvfree_rcu in mm/slab_common.c (since 6.14), same mechanism; "
+    "try_alloc_pages() (alloc_pages_nolock() from 6.16) exists but kvfree_rcu never calls it: "
+    "the nolock variant grafts it on",
 )
 
 #: Oldest first (the RFC, 2020-08 against 5.8-rc3, sits just before v5.9).
@@ -182,6 +262,10 @@ PROFILES: dict[str, KvfreeProfile] = {
     "v5.13": _V5_13,
     "v6.1": _V6_1,
     "v6.3": _V6_3,
+    "v6.4": _V6_4,
+    "v6.5": _V6_5,
+    "v6.12": _V6_12,
+    "v6.15": _V6_15,
 }
 
 

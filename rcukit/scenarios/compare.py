@@ -34,7 +34,7 @@ _GFP_KERNEL = int(GFP_KERNEL)
 #: Source objects themselves need not pickle (the mempool example holds a WeakKeyDictionary).
 SourcesLoader = Callable[[], Sequence[BlockPageSource]]
 
-VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
+VARIANTS = ("fast-try", "nowait", "gfp-zero", "raw-zone-lock", "page-cache", "nolock")
 SPLAT_KEYS = ("invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic")
 
 

@@ -131,10 +131,14 @@ async def test_builtin_flags_and_descriptions(autojump_clock: Any) -> None:
     async with mm_kernel(KernelConfig(nr_cpus=1)) as k:
         assert pa(k) is not None
         v = {s.name: s for s in BlockSources()}
-        assert list(v) == ["fast-try", "nowait", "gfp-zero", "page-cache", "nolock"]
+        assert list(v) == [
+            "fast-try", "nowait", "gfp-zero", "raw-zone-lock", "page-cache", "nolock"
+        ]
         assert format_gfp(v["fast-try"].gfp) == "GFP_NOWAIT|__GFP_NOWARN|__GFP_FAST_TRY"
         assert format_gfp(v["nowait"].gfp) == "GFP_NOWAIT|__GFP_NOWARN"
-        assert format_gfp(v["gfp-zero"].gfp) == "__GFP_NOWARN"
+        # Wilcox's literal __get_free_page(0) (kernel.md 8.5): no __GFP_NOWARN.
+        assert v["gfp-zero"].gfp == 0
+        assert format_gfp(v["raw-zone-lock"].gfp) == "GFP_NOWAIT|__GFP_NOWARN"
         assert v["page-cache"].gfp == KVFREE_REFILL_GFP == 0x92CC0
         assert v["nolock"].gfp == NOLOCK_GFP
         assert [n for n, s in v.items() if s.defers_to_worker] == ["page-cache"]
@@ -150,12 +154,14 @@ async def test_registry_unknown_duplicate_and_user_variants(autojump_clock: Any)
     try:
         reg.lookup("bogus")
     except ConfigError as exc:
-        for name in ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock"):
+        for name in ("fast-try", "nowait", "gfp-zero", "raw-zone-lock", "page-cache", "nolock"):
             assert name in str(exc)
     atomic = GfpPageSource("atomic", 0xA20, "GFP_ATOMIC, for comparison")
     reg.register(atomic)
     assert reg.lookup("atomic") is atomic
-    assert reg.names() == ["fast-try", "nowait", "gfp-zero", "page-cache", "nolock", "atomic"]
+    assert reg.names() == [
+        "fast-try", "nowait", "gfp-zero", "raw-zone-lock", "page-cache", "nolock", "atomic"
+    ]
     with pytest.raises(ConfigError, match="already registered"):
         reg.register(GfpPageSource("atomic", 0, "again"))
     reg.register(GfpPageSource("atomic", 0, "again"), replace=True)

@@ -90,7 +90,7 @@ def test_policy_kick_only_from_v6_1_and_at_a_blocks_worth(name: str, count: int)
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.booleans(),
+    st.sampled_from(["v6.1", "v6.3", "v6.12"]),
     st.lists(
         st.one_of(
             st.tuples(st.just("insert"), st.integers(0, 1), st.integers(1, 7)),
@@ -102,13 +102,15 @@ def test_policy_kick_only_from_v6_1_and_at_a_blocks_worth(name: str, count: int)
     ),
 )
 def test_queue_batch_never_loses_an_object(
-    one_batch: bool, ops: list[tuple[str, int, int]]
+    profile: str, ops: list[tuple[str, int, int]]
 ) -> None:
-    """``kvfree_rcu_queue_batch()`` moves each channel into a krwp slot whose same channel is
-    free, and (v6.3 ``need_wait_for_krwp_work()``) only into a wholly free krwp, one per run
-    (v6.3, kernel/rcu/tree.c, ``kvfree_rcu_queue_batch``). Every object stays in exactly one
-    place until its batch is reclaimed; ``count`` restarts at 0 when a batch is detached."""
-    pol = _policy(one_batch)
+    """The monitor moves each channel into a krwp slot whose same channel is free (v6.1,
+    kernel/rcu/tree.c, ``kfree_rcu_monitor``), from v6.3-rc6 (5da7cb193db3,
+    ``need_wait_for_krwp_work()``) only into a wholly free krwp, and from v6.12
+    (``kvfree_rcu_queue_batch()``) stops after one queued batch. Every object stays in exactly
+    one place until its batch is reclaimed; ``count`` restarts at 0 when a batch is detached."""
+    pol = KvfreePolicy.from_profile(get_profile(profile), 8)
+    one_batch = pol.need_wait_for_krwp_work
     krc = _krc()
     ctr = KvfreeCounters()
     queued_works: list[int] = []
@@ -159,10 +161,48 @@ def test_queue_batch_never_loses_an_object(
     assert ctr.batches_queued == len(queued_works)
 
 
-def _policy(one_batch: bool) -> KvfreePolicy:
-    base = KvfreePolicy.from_profile(get_profile("v6.3" if one_batch else "v6.1"), 8)
-    assert base.one_batch_per_run == one_batch
-    return base
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("insert"), st.integers(0, 1), st.integers(1, 7)),
+            st.tuples(st.just("head"), st.integers(1, 3), st.just(0)),
+            st.tuples(st.just("batch"), st.just(0), st.just(0)),
+            st.tuples(st.just("reclaim"), st.integers(0, KFREE_N_BATCHES - 1), st.just(0)),
+        ),
+        max_size=40,
+    ),
+)
+def test_the_v6_12_break_changes_nothing_once_krwps_wait(ops: list[tuple[str, int, int]]) -> None:
+    """6.3-6.11's ``kfree_rcu_monitor()`` loop goes on to the next krwp after queueing a batch;
+    v6.12's ``kvfree_rcu_queue_batch()`` (2b55d6a42d14) breaks. With
+    ``need_wait_for_krwp_work()`` the first wholly free krwp takes every channel, so both
+    leave the krcp and the krwps in the same state after any sequence of operations."""
+    v63 = KvfreePolicy.from_profile(get_profile("v6.3"), 8)
+    v612 = KvfreePolicy.from_profile(get_profile("v6.12"), 8)
+    assert (v63.one_batch_per_run, v612.one_batch_per_run) == (False, True)
+    krcs = [_krc(), _krc()]
+    ctrs = [KvfreeCounters(), KvfreeCounters()]
+    for op, a, b in ops:
+        for krc, pol, ctr in zip(krcs, (v63, v612), ctrs, strict=True):
+            if op == "insert":
+                krc.bulk[a].append(_block(b))
+            elif op == "head":
+                if krc.head is None:
+                    krc.head = array("Q")
+                krc.head.extend(range(a))
+            elif op == "batch":
+                krc.kvfree_rcu_queue_batch(pol, ctr, lambda: 7, lambda w: True)
+            else:
+                krc.krw[a].bulk_free = [[], []]
+                krc.krw[a].head_free = None
+        a63, a612 = ([(len(c), [len(b) for b in c]) for c in k.bulk] for k in krcs)
+        assert a63 == a612
+        w63, w612 = (
+            [([len(b) for c in w.bulk_free for b in c], w.head_free) for w in k.krw] for k in krcs
+        )
+        assert w63 == w612
+    assert ctrs[0].batches_queued == ctrs[1].batches_queued
 
 
 def test_list_channel_is_stamped_when_it_is_detached() -> None:

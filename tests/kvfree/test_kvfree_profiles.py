@@ -26,32 +26,43 @@ G = int(GFP_KERNEL)
 
 # -- KVFREE_BULK_MAX_ENTR ---------------------------------------------------------------------
 
-#: (page size, pointer size) -> (v5.9-6.2, v6.3, rfc header). (PAGE_SIZE - header)/sizeof(void*)
-#: where the header is two longs before v6.3 (nr_records, next) and four from v6.3 (list_head,
-#: gp_snap, nr_records), so it halves with 4-byte pointers; the RFC's block has no header.
+#: (page size, pointer size) -> (v5.9-6.2, v6.3-6.4, v6.5+, rfc header).
+#: (PAGE_SIZE - header)/sizeof(void*) where the header is two longs before v6.3 (nr_records,
+#: next), four in v6.3-6.4 (list_head, unsigned long gp_snap, nr_records) and five from v6.5
+#: (gp_snap a two-long rcu_gp_oldstate), so it halves with 4-byte pointers; the RFC's block
+#: has no header.
 CAPACITY = {
-    (4096, 8): (510, 508, 512),
-    (16384, 8): (2046, 2044, 2048),
-    (4096, 4): (1022, 1020, 1024),
-    (16384, 4): (4094, 4092, 4096),
+    (4096, 8): (510, 508, 507, 512),
+    (16384, 8): (2046, 2044, 2043, 2048),
+    (4096, 4): (1022, 1020, 1019, 1024),
+    (16384, 4): (4094, 4092, 4091, 4096),
 }
 
 
 @pytest.mark.parametrize(("page", "ptr"), list(CAPACITY))
 def test_block_capacity_formula(page: int, ptr: int) -> None:
-    old, v63, rfc = CAPACITY[(page, ptr)]
+    """``KVFREE_BULK_MAX_ENTR = (PAGE_SIZE - sizeof(struct kvfree_rcu_bulk_data)) /
+    sizeof(void *)`` (kernel/rcu/tree.c; v6.5 "rcu/kvfree: Add debug to check grace periods",
+    cdfa0f6fa6b7, made ``gp_snap`` a ``struct rcu_gp_oldstate``)."""
+    old, v63, v65, rfc = CAPACITY[(page, ptr)]
     for name in ("rfc", "v5.9", "v5.11", "v5.13", "v6.1"):
         assert get_profile(name).block_capacity(page, ptr, "profile") == old
-    assert get_profile("v6.3").block_capacity(page, ptr, "profile") == v63
+    for name in ("v6.3", "v6.4"):
+        assert get_profile(name).block_capacity(page, ptr, "profile") == v63
+    for name in ("v6.5", "v6.12", "v6.15"):
+        assert get_profile(name).block_capacity(page, ptr, "profile") == v65
     for name in PROFILES:
         assert get_profile(name).block_capacity(page, ptr, "rfc") == rfc
-    # kernel.md 1.1: 4 KiB pages, 64-bit: 510 (5.9-6.2, Vlad's nr_records=510 traces), 508 (6.3).
-    assert (page, ptr) != (4096, 8) or (old, v63) == (510, 508)
+    # 4 KiB pages, 64-bit: 510 (5.9-6.2, Vlad's nr_records=510 traces), 508, 507.
+    assert (page, ptr) != (4096, 8) or (old, v63, v65) == (510, 508, 507)
 
 
 def test_header_sizes_by_version() -> None:
+    """``sizeof(struct kvfree_rcu_bulk_data)`` on 64-bit: 16 (v5.9-6.2), 32 (v6.3-6.4), 40
+    (v6.5+), kernel/rcu/tree.c of each tag (mm/slab_common.c from v6.14)."""
     assert {n: p.header_bytes for n, p in PROFILES.items()} == {
         "v5.5": 0, "rfc": 16, "v5.9": 16, "v5.11": 16, "v5.13": 16, "v6.1": 16, "v6.3": 32,
+        "v6.4": 32, "v6.5": 40, "v6.12": 40, "v6.15": 40,
     }
 
 
@@ -88,7 +99,9 @@ def test_a_booted_block_holds_exactly_capacity_records(
 
 
 def test_unknown_profile_and_header_are_config_errors() -> None:
-    allowed = re.escape("allowed: v5.5, rfc, v5.9, v5.11, v5.13, v6.1, v6.3")
+    allowed = re.escape(
+        "allowed: v5.5, rfc, v5.9, v5.11, v5.13, v6.1, v6.3, v6.4, v6.5, v6.12, v6.15"
+    )
     with pytest.raises(ConfigError, match=allowed):
         get_profile("v4.19")
     with pytest.raises(ConfigError, match="allowed: 'profile', 'rfc'"):
@@ -283,7 +296,7 @@ def test_flood_every_profile_every_variant(profile: str, variant: str) -> None:
 
     st = boot_and_run(c, body)
     prof = get_profile(profile)
-    if prof.alloc_under_lock and variant in ("fast-try", "nowait", "gfp-zero"):
+    if prof.alloc_under_lock and variant in ("fast-try", "nowait", "gfp-zero", "raw-zone-lock"):
         assert st.block_alloc_failures > 0  # injected failures reached the in-lock path
     if prof.single_arg_direct_alloc:
         # v5.13+: head-less calls allocate their own block (GFP_KERNEL, never injected);

@@ -298,8 +298,8 @@ def test_compare_unknown_variant_still_named_with_plugins(
     calls: list[dict[str, Any]] = []
     _no_run(monkeypatch, calls)
     assert main(["compare", "--variants", "nosuch", "--plugin", f"{plugin_module}:MEMPOOL"]) == 2
-    assert "unknown variant 'nosuch'; allowed: fast-try, nowait, gfp-zero, page-cache, nolock, " \
-        "mempool-test" in capsys.readouterr().err
+    assert "unknown variant 'nosuch'; allowed: fast-try, nowait, gfp-zero, raw-zone-lock, " \
+        "page-cache, nolock, mempool-test" in capsys.readouterr().err
     assert calls == []
 
 

@@ -20,7 +20,7 @@ from rcukit.scenarios import compare as cmp
 from rcukit.scenarios.compare import verdict
 
 FIXTURE_ZONEINFO = FIXTURES / "zoneinfo.txt"
-VARIANTS = ["fast-try", "nowait", "gfp-zero", "page-cache", "nolock"]
+VARIANTS = ["fast-try", "nowait", "gfp-zero", "raw-zone-lock", "page-cache", "nolock"]
 CONFIGS = ["default", "lockdep", "rt"]
 SPLAT_KINDS = {"invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic"}
 ROW_KEYS = {
@@ -181,7 +181,7 @@ def test_variants_in_a_file_may_be_one_comma_separated_string(tmp_path: Path) ->
     assert [r["variant"] for r in json.loads(out)["rows"]] == ["nowait", "nolock"]
 
 
-ALLOWED_VARIANTS = "allowed: fast-try, nowait, gfp-zero, page-cache, nolock"
+ALLOWED_VARIANTS = "allowed: fast-try, nowait, gfp-zero, raw-zone-lock, page-cache, nolock"
 
 
 @pytest.mark.parametrize(

@@ -68,16 +68,29 @@ class KvfreePolicy:
     kick: bool
     #: v6.3: every insert stamps its block; the monitor frees blocks whose GP already passed.
     polled_snapshots: bool
-    #: v6.3 ``need_wait_for_krwp_work()``: only a wholly free krwp takes a batch, one per run.
+    #: ``need_wait_for_krwp_work()`` (v6.3-rc6): only a wholly free krwp takes a batch.
+    need_wait_for_krwp_work: bool
+    #: v6.12 ``kvfree_rcu_queue_batch()``: stop after the first queued batch.
     one_batch_per_run: bool
+    #: v6.5: a block or list whose snapshot GP has not completed is not freed (WARN_ON_ONCE).
+    gp_snap_check: bool
     #: v5.9: the enqueue path calls the variant under ``krcp->lock`` (RT skip already applied).
     alloc_under_lock: bool
     #: v5.11+: a cache miss arms the page-cache refill worker.
     refill_worker: bool
     #: v5.13+: the head-less path drops the lock and allocates with ``refill_gfp``.
     single_arg_direct_alloc: bool
-    #: v5.14+: the shrinker backs the refill off (1 page, after a delay).
+    #: v5.14+: the shrinker counts cached pages, backs the refill off (1 page, after a delay)
+    #: and drains the caches.
     shrinker_backoff: bool
+    #: v6.1: the refill stops at its first failed allocation (before: tries every page).
+    fill_breaks_on_failure: bool
+    #: v6.5: the refill counts from the cached pages (before: from 0).
+    fill_from_cached: bool
+    #: v6.5: with ``rcu_min_cached_objs = 0`` no refill worker is armed.
+    no_page_work_without_cache: bool
+    #: v6.5: the head-less path re-locks the krcp it dropped; 5.13-6.4 ``krc_this_cpu_lock()``.
+    relock_same_krcp: bool
     #: The vmalloc channel is freed with one ``vfree_bulk()`` (the RFC), else one by one.
     vfree_bulk: bool
     #: v5.9: each CPU's cache is filled at boot.
@@ -132,12 +145,18 @@ class KvfreePolicy:
             headless=profile.headless,
             kick=profile.kick,
             polled_snapshots=profile.polled_snapshots,
+            need_wait_for_krwp_work=profile.need_wait_for_krwp_work,
             one_batch_per_run=profile.one_batch_per_run,
+            gp_snap_check=profile.gp_snap_check,
             alloc_under_lock=profile.alloc_under_lock
             and not (preempt_rt and profile.rt_skips_alloc),
             refill_worker=profile.refill_worker,
             single_arg_direct_alloc=profile.single_arg_direct_alloc,
             shrinker_backoff=profile.shrinker_backoff,
+            fill_breaks_on_failure=profile.fill_breaks_on_failure,
+            fill_from_cached=profile.fill_from_cached,
+            no_page_work_without_cache=profile.no_page_work_without_cache,
+            relock_same_krcp=profile.relock_same_krcp,
             vfree_bulk=profile.vfree_bulk,
             boot_prefill=profile.boot_prefill,
             min_cached=default_cached if min_cached is None else min_cached,
@@ -259,12 +278,18 @@ class KfreeRcuCpu(Generic[B, W, C]):
     ) -> bool:
         """``kvfree_rcu_queue_batch()``: detach channels into free krwp slots and queue each.
 
+        Before ``need_wait_for_krwp_work()`` a channel joins any krwp whose same channel is
+        free, even one whose batch waits for an older grace period (``queue_rcu_work`` of a
+        pending work asks for no new GP: the pre-fix use-after-free). With it, only a wholly
+        free krwp takes a batch, which then holds every channel, so the v6.12 ``break``
+        (``one_batch_per_run``) changes nothing observable.
+
         ``snapshot`` stamps the list channel (``get_state_synchronize_rcu``); the host's
         ``queue_rcu_work(krwp)`` asks for the batch's grace period and says whether it queued.
         """
         queued = False
         for krwp in self.krw:
-            if policy.one_batch_per_run and krwp.busy():
+            if policy.need_wait_for_krwp_work and krwp.busy():
                 continue
             if not self.need_offload_krc():
                 break

@@ -24,12 +24,15 @@ class KvfreeDrain(KvfreePart):
     """The shrinker's callbacks, ``kvfree_rcu_barrier`` and the hot-unplug callback."""
 
     def kfree_rcu_shrink_count(self, task: Task) -> int:
-        """``kfree_rcu_shrink_count``: queued objects plus cached pages; (v5.14+) back off."""
+        """``kfree_rcu_shrink_count``: the objects each CPU has queued (``krcp->count``); from
+        v5.14 (d0bfa8b3c411) plus its cached pages (``nr_bkv_objs``), and every CPU's refill
+        is backed off."""
         total = 0
         backoff = self._policy.shrinker_backoff
         for krcp in self._kv.krcs:
-            total += krcp.krc_count() + len(krcp.cache)
+            total += krcp.krc_count()
             if backoff:
+                total += len(krcp.cache)
                 krcp.backoff_page_cache_fill = True
         return total
 

@@ -33,8 +33,10 @@ class KvfreePageCache(KvfreePart):
 
     def run_page_cache_worker(self, task: Task, krcp: Krc) -> None:
         """``run_page_cache_worker`` (v5.11+): an hrtimer, so queue_work is not called under
-        the raw lock, kicks the refill."""
+        the raw lock, kicks the refill; (v6.5) not at all when the cache is disabled."""
         if krcp.work_in_progress:
+            return
+        if self._policy.no_page_work_without_cache and not self._policy.min_cached:
             return
         krcp.work_in_progress = True
         self._kernel.sim.arm_timer(krcp.hrtimer, task.cpu, task.now_ns)
@@ -52,18 +54,26 @@ class KvfreePageCache(KvfreePart):
             k.system_highpri_wq.queue_work(None, krcp.page_cache_work, cpu=krcp.cpu)
 
     async def fill_page_cache_func(self, task: Task, work: Work) -> None:
-        """``fill_page_cache_func``: allocate in a clean context, stop at the first failure."""
+        """``fill_page_cache_func``: allocate ``nr_pages`` in a clean context.
+
+        Up to v6.0 the loop runs from 0 and a failed allocation just moves on to the next
+        try; v6.1 (093590c16b44) stops at the first failure; v6.5 (60888b77a06e) starts from
+        the pages already cached. A page the full cache refuses is freed and ends the loop.
+        """
         assert isinstance(work, KrcWork)
         krcp = work.krcp
         ctr = self._counters
         pol = self._policy
         nr_pages = 1 if krcp.backoff_page_cache_fill else pol.min_cached
-        for _ in range(len(krcp.cache), nr_pages):
+        start = len(krcp.cache) if pol.fill_from_cached else 0
+        for _ in range(start, nr_pages):
             ctr.block_alloc_attempts += 1
             page = await self._mm.get_free_page(task, pol.refill_gfp)
             if page is None:
                 ctr.block_alloc_failures += 1
-                break
+                if pol.fill_breaks_on_failure:
+                    break
+                continue
             if not krcp.put_cached_bnode(page, pol.min_cached):
                 await self._mm.free_page(task, page)
                 break

@@ -45,12 +45,19 @@ class KvfreeReclaim(KvfreePart):
         krwp.bulk_free = [[], []]
         head = krwp.head_free
         krwp.head_free = None
+        head_gp_snap = krwp.head_free_gp_snap
         krcp.raw_spin_unlock_irqrestore(task)
         for idx in (0, 1):
             for bnode in chans[idx]:
                 await self.kvfree_rcu_bulk(task, krcp, idx, bnode)
         if head is not None:
-            await self.kvfree_rcu_list(task, head)
+            # v6.5: the list is freed only if its snapshot's GP completed (WARN_ON_ONCE).
+            if self._policy.gp_snap_check and not self._rcu.poll_state_synchronize_rcu(
+                head_gp_snap
+            ):
+                self._counters.gp_violations += 1
+            else:
+                await self.kvfree_rcu_list(task, head)
         self.sample_timeline(task)
 
     def sample_timeline(self, task: Task) -> None:
@@ -59,21 +66,28 @@ class KvfreeReclaim(KvfreePart):
 
     async def kvfree_rcu_bulk(self, task: Task, krcp: Krc, idx: int, bnode: Bnode) -> None:
         """``kvfree_rcu_bulk``: free one block's records with one call, then its page
-        (``put_cached_bnode``: kept if the cache is short, else given back)."""
+        (``put_cached_bnode``: kept if the cache is short, else given back).
+
+        With polled snapshots (v6.3+) a block whose GP has not completed is a violation; from
+        v6.5 (``WARN_ON_ONCE(!poll_state_synchronize_rcu_full(&bnode->gp_snap))``) its records
+        are then left alone rather than freed early, and only its page is recycled.
+        """
         k = self._kernel
         mm = self._mm
         ctr = self._counters
         nr = bnode.nr_records
+        pol = self._policy
+        if pol.polled_snapshots and not self._rcu.poll_state_synchronize_rcu(bnode.gp_snap):
+            ctr.gp_violations += 1
+            if pol.gp_snap_check:
+                await self._recycle_bnode(task, krcp, bnode)
+                return
         # the block's own array: kfree_bulk reads it as bytes (see SlabAllocator._slab_runs)
         ptrs = bnode.records[:nr]
         debug = self._debug
         if debug.enabled:
             for p in ptrs:
                 debug.debug_rcu_head_unqueue(p)
-        if self._policy.polled_snapshots and not self._rcu.poll_state_synchronize_rcu(
-            bnode.gp_snap
-        ):
-            ctr.gp_violations += 1
         if idx == 0:
             if k.tracer.on:
                 k.trace(
@@ -92,7 +106,12 @@ class KvfreeReclaim(KvfreePart):
         ctr.bulk_calls += 1
         ctr.records_per_block[nr] = ctr.records_per_block.get(nr, 0) + 1
         self.note_freed(nr)
-        ctr.blocks_in_use -= 1
+        await self._recycle_bnode(task, krcp, bnode)
+
+    async def _recycle_bnode(self, task: Task, krcp: Krc, bnode: Bnode) -> None:
+        """The end of ``kvfree_rcu_bulk``: the page back to the cache or the allocator."""
+        mm = self._mm
+        self._counters.blocks_in_use -= 1
         min_cached = self._policy.min_cached
         if len(krcp.cache) < min_cached:
             krcp.raw_spin_lock_irqsave(task)

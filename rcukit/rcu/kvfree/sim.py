@@ -51,7 +51,7 @@ from rcukit.rcu.kvfree.krc import VMALLOC_START, Bnode, Krc, Krwp
 from rcukit.rcu.kvfree.monitor import KvfreeMonitor
 from rcukit.rcu.kvfree.page_cache import KvfreePageCache
 from rcukit.rcu.kvfree.reclaim import KvfreeReclaim
-from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources
+from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources, MmBootHook
 from rcukit.rcu.profiles import KvfreeProfile, get_profile
 from rcukit.sched.sim import Task
 
@@ -97,6 +97,8 @@ class KvfreeRcu:
         self.rcu = rcu
         self.block_sources = block_sources if block_sources is not None else BlockSources()
         self.variant: BlockPageSource = self.block_sources.lookup(cfg.kvfree.variant)
+        if isinstance(self.variant, MmBootHook):
+            self.variant.boot_mm(mm)  # e.g. raw-zone-lock: zone->lock's class, before use
         self.variant_gfp_text = format_gfp(self.variant.gfp)
         self.capacity = self.profile.block_capacity(
             cfg.page_size, cfg.pointer_size, cfg.kvfree.header
@@ -269,10 +271,10 @@ class KvfreeRcu:
         chan = krcp.bulk[idx]
         bnode = chan[-1] if chan else None
         if bnode is None or bnode.nr_records == self.capacity:
-            bnode = await self._new_block(task, krcp, idx, single)
+            krcp, bnode = await self._new_block(task, krcp, idx, single)
             ok = bnode is not None
             # The v5.13+ direct allocation may sleep and the task migrate (CPU hot-unplug):
-            # _new_block re-took the *same* krcp's lock, as current kernels do, so keep it.
+            # _new_block re-took the lock of the krcp it returns (see relock_same_krcp).
             cpu = task.cpu
         if bnode is not None:
             bnode.records[bnode.nr_records] = ptr
@@ -317,15 +319,22 @@ class KvfreeRcu:
             return int(self.mm.vmap.area_size(ptr))
         return int(self.mm.slab.object_size(ptr))
 
-    async def _new_block(self, task: Task, krcp: Krc, idx: int, can_alloc: bool) -> Bnode | None:
-        """Attach a fresh block to channel ``idx``; None means "use the fallback".
+    async def _new_block(
+        self, task: Task, krcp: Krc, idx: int, can_alloc: bool
+    ) -> tuple[Krc, Bnode | None]:
+        """Attach a fresh block to channel ``idx`` of the returned krcp, whose lock is held;
+        None means "use the fallback".
 
         Without blocks (v5.5 ``kfree_call_rcu()``) that is every call: a two-argument call
         links its ``rcu_head`` on ``krcp->head``; v5.5 has no head-less form, so a head-less
         call does what a caller without an ``rcu_head`` must: ``synchronize_rcu(); kfree()``.
+
+        The v5.13+ head-less allocation drops the lock and may sleep; 5.13-6.4 re-take it with
+        ``*krcp = krc_this_cpu_lock(flags)``, the krcp of the CPU the task is on now (another
+        one after a migration), v6.5 (309a43165077) the krcp it dropped.
         """
         if not (krcp.initialized and self.policy.blocks):
-            return None
+            return krcp, None
         ctr = self.counters
         page: int | None = krcp.get_cached_bnode()
         if page is not None:
@@ -338,6 +347,8 @@ class KvfreeRcu:
                 krcp.raw_spin_unlock_irqrestore(task)
                 attempted = True
                 page = await self.mm.get_free_page(task, pol.refill_gfp)
+                if not pol.relock_same_krcp:
+                    krcp = self.krcs[task.cpu.id]
                 krcp.raw_spin_lock_irqsave(task)
             elif pol.alloc_under_lock:
                 if self.variant.defers_to_worker:
@@ -352,11 +363,11 @@ class KvfreeRcu:
             if page is None:
                 if pol.refill_worker:
                     self.page_cache.run_page_cache_worker(task, krcp)
-                return None
+                return krcp, None
         bnode = Bnode(page, self.capacity)
         krcp.bulk[idx].append(bnode)
         ctr.note_block()
-        return bnode
+        return krcp, bnode
 
     # -- results -------------------------------------------------------------------------------
     def statistics(self) -> KvfreeStatistics:

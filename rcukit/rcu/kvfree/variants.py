@@ -10,18 +10,24 @@ locks each GFP mask really takes, so the differences come out of the model.
 Built-ins (selectable by name in ``KernelConfig.kvfree.variant``; a :class:`BlockSources`
 registry per kernel resolves the name when kvfree_rcu is constructed):
 
-========== ====================================================================================
-fast-try   ``GFP_NOWAIT|__GFP_NOWARN|__GFP_FAST_TRY``: pcp lists only (the RFC's patch).
-nowait     ``GFP_NOWAIT|__GFP_NOWARN``: pcp, then a ``zone->lock`` refill; the slow path wakes
-           kswapd (the v5.9 code the RFC starts from).
-gfp-zero   ``__GFP_NOWARN``: Wilcox's ``__get_free_page(0)``, which never wakes kswapd because
-           ``__GFP_KSWAPD_RECLAIM`` is clear. NOWARN is added so a failure does not print a
-           ``warn_alloc`` line; it changes nothing else (the RFC used plain 0 only in a test).
-page-cache never allocates here: returns None and says so (``defers_to_worker``), so the engine
-           arms its page-cache refill worker, which allocates later in a clean context with
-           :data:`KVFREE_REFILL_GFP` (v5.11+, kernel.md 2.3).
-nolock     ``alloc_pages_nolock()`` (v6.15/6.16): trylocks only, ``__GFP_ZERO`` implied.
-========== ====================================================================================
+============= =================================================================================
+fast-try      ``GFP_NOWAIT|__GFP_NOWARN|__GFP_FAST_TRY``: pcp lists only (the RFC's patch).
+nowait        ``GFP_NOWAIT|__GFP_NOWARN``: pcp, then a ``zone->lock`` refill; the slow path wakes
+              kswapd (the v5.9 code the RFC starts from).
+gfp-zero      ``0``: Wilcox's ``__get_free_page(0)`` literally: no ``__GFP_KSWAPD_RECLAIM`` (the
+              slow path wakes no kswapd) and no ``__GFP_NOWARN``, so a failure goes through
+              ``warn_alloc()`` -> ``show_mem()`` -> ``show_free_areas()``, which takes
+              ``zone->lock`` (kernel.md 8.5, :mod:`rcukit.mm.show_mem`).
+raw-zone-lock Wilcox's other proposal in the RFC thread, **never merged**: "On non-RT, we could
+              make that lock a raw spinlock. On RT, we could decline to take the lock", behind a
+              ``zone_lock(zone)`` helper. ``GFP_NOWAIT|__GFP_NOWARN`` (nowait's path); on !RT the
+              machine's ``zone->lock`` is a ``raw_spinlock_t`` from boot; on RT this allocation
+              declines ``zone->lock`` (pcp pages only: an empty pcp list fails).
+page-cache    never allocates here: returns None and says so (``defers_to_worker``), so the engine
+              arms its page-cache refill worker, which allocates later in a clean context with
+              :data:`KVFREE_REFILL_GFP` (v5.11+, kernel.md 2.3).
+nolock        ``alloc_pages_nolock()`` (v6.15/6.16): trylocks only, ``__GFP_ZERO`` implied.
+============= =================================================================================
 
 Users add their own by passing them to ``rcukit.kernel.boot(config, block_sources=[...])`` (or
 ``Kernel(config, block_sources=...)``, ``run_compare(..., block_sources=...)``); the kernel's
@@ -36,6 +42,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rcukit.errors import ConfigError
+from rcukit.locking.locks import LockKind
 from rcukit.mm.gfp import (
     GFP,
     GFP_NOWAIT,
@@ -88,6 +95,63 @@ class GfpPageSource:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {format_gfp(self.gfp)}>"
+
+
+@runtime_checkable
+class MmBootHook(Protocol):
+    """A variant that changes the machine itself, once, when kvfree_rcu is built (before any
+    task runs): ``boot_mm(mm)``. Optional; only the raw-zone-lock proposal needs it."""
+
+    def boot_mm(self, mm: Mm) -> None: ...
+
+
+class RawZoneLockSource:
+    """Matthew Wilcox's proposal (RFC thread, 2020-07-31, quoted in the RFC; never merged):
+    abstract ``spin_lock(&zone->lock)`` behind ``zone_lock(zone)``; on non-RT make it a raw
+    spinlock, on RT decline to take it.
+
+    On !RT :meth:`boot_mm` turns the zone lock into a ``raw_spinlock_t`` for the whole machine
+    (every allocation, free, drain and kswapd pass), so taking it under ``krcp->lock`` is a
+    legal raw-in-raw nesting; what stays a ``spinlock_t`` on nowait's path (the slow path's
+    ``wakeup_kswapd()``, which the RFC itself points out, and the pcp protection of the
+    profile's kernel) still counts. On RT the zone lock stays a sleeping lock and this
+    allocation declines it: ``PageAlloc.lock_zone`` returns None for the calling task, so an
+    empty pcp list fails the allocation (counted in ``zone_lock_declined``).
+    """
+
+    name = "raw-zone-lock"
+    gfp = int(GFP_NOWAIT | GFP.NOWARN)
+    description = (
+        "Wilcox's never-merged proposal: zone->lock a raw_spinlock_t on !RT, declined on RT "
+        "(pcp only); GFP_NOWAIT|__GFP_NOWARN otherwise"
+    )
+    defers_to_worker = False
+
+    def boot_mm(self, mm: Mm) -> None:
+        """On !RT: ``zone->lock`` becomes a ``raw_spinlock_t`` before anyone has taken it."""
+        if mm.kernel.config.preempt_rt:
+            return
+        lock = mm.zone.lock
+        if lock.acquisitions:
+            raise ConfigError(
+                f"raw-zone-lock: {lock.name} was taken {lock.acquisitions} times before boot "
+                "finished; its class can only change before first use"
+            )
+        lock.kind = LockKind.RAW_SPINLOCK
+
+    async def get_page(self, task: Task, mm: Mm) -> int | None:
+        pa = mm.page_alloc
+        if not pa.preempt_rt:
+            return await mm.get_free_page(task, self.gfp)
+        decliners = pa.zone_lock_decliners
+        decliners.add(task)
+        try:
+            return await mm.get_free_page(task, self.gfp)
+        finally:
+            decliners.discard(task)
+
+    def __repr__(self) -> str:
+        return "<RawZoneLockSource raw-zone-lock>"
 
 
 class PageCacheSource:
@@ -200,7 +264,7 @@ class MempoolSource:
 
 
 def builtin_variants() -> dict[str, BlockPageSource]:
-    """Fresh instances of the five built-ins, keyed by name (one set per kernel)."""
+    """Fresh instances of the six built-ins, keyed by name (one set per kernel)."""
     nowarn = int(GFP.NOWARN)
     sources: list[BlockPageSource] = [
         GfpPageSource(
@@ -217,10 +281,11 @@ def builtin_variants() -> dict[str, BlockPageSource]:
         ),
         GfpPageSource(
             "gfp-zero",
-            nowarn,
-            "__get_free_page(0) (+__GFP_NOWARN): like nowait but never wakes kswapd "
-            "(Wilcox in the RFC thread)",
+            0,
+            "__get_free_page(0): no kswapd wake from the slow path, no __GFP_NOWARN: a failure "
+            "runs warn_alloc()/show_mem() under zone->lock (Wilcox in the RFC thread)",
         ),
+        RawZoneLockSource(),
         PageCacheSource(),
         NolockSource(),
     ]
