@@ -178,6 +178,9 @@ class MemoryConfig:
     min_free_kbytes: int | None = attrs.field(default=None, validator=_opt_range(0, 1 << 30))
     #: ``vm.watermark_scale_factor`` (default 10 = 0.1%).
     watermark_scale_factor: int = attrs.field(default=10, validator=_in_range(1, 3000))
+    #: ``vm.watermark_boost_factor`` (5.1+; default 15000: a fragmenting steal may boost the
+    #: watermarks by up to 150% of the high watermark, kernel.md 8.2); 0 disables boosting.
+    watermark_boost_factor: int = attrs.field(default=15_000, validator=_in_range(0, 10**6))
     #: pcp batch; None uses ``zone_batchsize()``.
     pcp_batch: int | None = attrs.field(default=None, validator=_opt_range(1, 1 << 20))
     #: pcp high; None uses ``6 * batch`` (5.8-5.13 default).
@@ -195,6 +198,12 @@ class MemoryConfig:
     background_hold_us: int = attrs.field(default=2_000, validator=_in_range(0, 10**9))
     #: Share of background bursts that use GFP_ATOMIC (the rest use GFP_KERNEL).
     background_atomic_fraction: float = attrs.field(default=0.2, validator=_in_range(0.0, 1.0))
+    #: Share of background bursts that allocate movable pages (``GFP_HIGHUSER_MOVABLE``, as
+    #: the page cache and anonymous memory do); the rest are split by
+    #: ``background_atomic_fraction``. Movable users split the free blocks that unmovable
+    #: allocations would otherwise take whole, so those fall back, steal and boost the
+    #: watermarks (kernel.md 8.2). 0 keeps every background burst unmovable.
+    background_movable_fraction: float = attrs.field(default=0.0, validator=_in_range(0.0, 1.0))
     #: Fault injection like ``fail_page_alloc``: probability in [0, 1].
     fail_page_alloc_probability: float = attrs.field(default=0.0, validator=_in_range(0.0, 1.0))
     #: ``fail_page_alloc`` interval: fail only every Nth eligible attempt (1 = every one).

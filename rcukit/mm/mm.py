@@ -67,6 +67,7 @@ class Mm:
             page_size=cfg.page_size,
             min_free_kbytes=mmc.min_free_kbytes,
             watermark_scale_factor=mmc.watermark_scale_factor,
+            watermark_boost_factor=mmc.watermark_boost_factor,
         )
         #: ``zone->lock`` (a ``spinlock_t``), the lock the RFC is about.
         self.zone_lock = self.zone.lock
