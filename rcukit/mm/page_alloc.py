@@ -515,9 +515,15 @@ class PageAlloc:
         """``rmqueue()``'s ``out:``: clear ZONE_BOOSTED_WATERMARK, ``wakeup_kswapd(zone, 0, 0)``.
 
         Whatever the gfp of the request that gets here (kernel.md 8.2), so a pcp hit under a
-        raw lock takes ``kswapd_wait``'s ``spinlock_t`` when kswapd sleeps.
+        raw lock takes ``kswapd_wait``'s ``spinlock_t`` when kswapd sleeps. ``zone->flags`` is
+        shared: the task syncs first, so a CPU whose clock is behind runs first and may find
+        the bit another CPU's steal set before that CPU reaches its own ``out:`` (the race
+        6.5's gating was written for); whoever tests it first clears it and wakes kswapd.
         """
+        await task.sync()
         zone = self.zone
+        if not zone.boosted:
+            return
         zone.boosted = False
         self.update_fast_mark()
         if await self.kswapd.wakeup(task, 0, 0):

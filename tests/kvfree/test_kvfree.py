@@ -35,6 +35,10 @@ SPLIT: dict[str, dict[str, dict[str, int]]] = {
         ("rt", "scheduling_while_atomic"),
     )
 }
+# The rfc profile is a 5.8 kernel: on RT its pcp lists sit under the -rt patchset's pa_lock, a
+# sleeping lock (kernel.md 8.1), so fast-try reports it and a refill reports both locks.
+SPLIT["rt"]["fast-try"] = {"scheduling_while_atomic": 1}
+SPLIT["rt"]["nowait"] = SPLIT["rt"]["gfp-zero"] = {"scheduling_while_atomic": 2}
 
 
 async def _need_a_block_with_pcp_empty(k: Kernel, *, single: bool) -> dict[str, Any]:
@@ -86,8 +90,8 @@ def test_block_allocation_under_krcp_lock_splits_the_variants(variant: str, buil
         got = {kind: n for kind, n in k.splat_counts().items() if n}
         assert got == SPLIT[build][variant]
         for s in k.locks.splats:  # lockdep names both locks, as in the RFC's report
-            assert s.lock_name == "&zone->lock"
-            assert [h.name for h in s.held] == ["krc.lock"]
+            assert s.lock_name in ("&zone->lock", "pa_lock.l")
+            assert s.held[0].name == "krc.lock"
         if variant == "page-cache":  # never allocates here: arms its worker, falls back
             assert (r["attempts"], r["rcu_head"]) == (0, 1)
         elif variant == "fast-try":  # pcp empty: fails at once, the rcu_head takes it
