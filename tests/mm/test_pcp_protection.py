@@ -236,24 +236,24 @@ async def test_alloc_pages_nolock_fails_only_when_pcp_and_zone_locks_are_busy(
         assert not k.locks.splats
 
 
-async def test_drain_takes_the_pcp_lock(autojump_clock: Any, mm_config: Any) -> None:
+@pytest.mark.parametrize("version", [MM_5_14, MM_6_0])
+async def test_drain_takes_the_pcp_lock(
+    autojump_clock: Any, mm_config: Any, version: MmVersion
+) -> None:
     """``drain_pages_zone()`` takes the pcp protection too: the local_lock before 6.0
     (5.14 ``local_lock_irqsave(&pagesets.lock)``), ``spin_lock(&pcp->lock)`` from 6.0."""
+    async with mm_kernel(mm_config(version, prove=True)) as k:
+        mm = k.mm
 
-    async def work(task: Task) -> int:
-        mm = task_mm[0]
-        assert await mm.alloc_pages(task, NOWAIT) is not None
-        lk = mm.page_alloc.pcp_locks[0]  # type: ignore[index]
-        before = lk.acquisitions
-        assert await mm.drain_local_pages(task) > 0
-        return lk.acquisitions - before
+        async def work(task: Task) -> int:
+            assert await mm.alloc_pages(task, NOWAIT) is not None
+            lk = mm.page_alloc.pcp_locks[0]  # type: ignore[index]
+            before = lk.acquisitions
+            assert await mm.drain_local_pages(task) > 0
+            return lk.acquisitions - before
 
-    task_mm: list[Any] = []
-    for version in (MM_5_14, MM_6_0):
-        async with mm_kernel(mm_config(version, prove=True)) as k:
-            task_mm[:] = [k.mm]
-            assert await on_cpu(k, work) == 1
-            k.mm.check()
+        assert await on_cpu(k, work) == 1
+        mm.check()
 
 
 async def test_irq_only_pcp_hits_stay_lock_free_and_cheap(autojump_clock: Any) -> None:
