@@ -17,6 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from simtools import MS, cfg, mm_kernel, on_cpu
 
+import rcukit
+import rcukit.sim
 from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel, boot
 from rcukit.locking.locks import Lock, LockKind
@@ -264,3 +266,32 @@ async def test_zone_lock_and_wakeups_are_attributed_to_krcp_only_under_it(
         assert zl_all >= 3 and wk_all >= 1  # the drains and the second refill
         assert (k.vmstat["zone_lock_in_krcp"], k.vmstat["kswapd_wakeups_in_krcp"]) == (1, 1)
         assert k.vmstat["pcp_lock_in_krcp"] == 0  # 5.8 !RT: no pcp lock at all
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_movable_background_bursts_use_the_movable_lists(fraction: float) -> None:
+    """``mm.background_movable_fraction`` bursts allocate ``GFP_HIGHUSER_MOVABLE``, whose
+    ``gfp_migratetype()`` is MIGRATE_MOVABLE, so they refill and free through the MOVABLE pcp
+    lists (5.8 ``rmqueue_pcplist()``/``free_unref_page_commit()`` index ``pcp->lists`` by
+    migratetype); 0 keeps every burst unmovable (GFP_KERNEL or GFP_ATOMIC)."""
+    c = KernelConfig(nr_cpus=2).replace(
+        **{"mm.background_allocs_per_ms": 200, "mm.background_movable_fraction": fraction}
+    )
+
+    async def idle(task: Task) -> None:
+        await task.sleep_ns(5 * MS)
+
+    kernels: list[Kernel] = []
+    res = rcukit.sim.simulate(idle, c, setup=kernels.append)
+    assert res.vmstat["background_allocated"] > 1000
+    pcps = kernels[0].mm.pcps
+    movable = sum(len(p.lists[MIGRATE_MOVABLE]) for p in pcps)
+    unmovable = sum(len(p.lists[MIGRATE_UNMOVABLE]) for p in pcps)
+    assert (movable > 0, unmovable > 0) == ((True, False) if fraction else (False, True))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_background_movable_fraction_is_validated(bad: float) -> None:
+    """A share outside [0, 1] is a configuration error, named."""
+    with pytest.raises(rcukit.ConfigError, match="background_movable_fraction"):
+        cfg(**{"mm.background_movable_fraction": bad})
