@@ -36,7 +36,10 @@ taken here through the lock checker:
 Zone-lock acquisitions, pcp-lock acquisitions and kswapd wake-ups made while the task holds
 kvfree_rcu's ``krcp->lock`` are also counted apart (``zone_lock_in_krcp``,
 ``pcp_lock_in_krcp``, ``kswapd_wakeups_in_krcp`` in vmstat), so what the block allocator did
-under the raw lock is not lost among the machine's other users.
+under the raw lock is not lost among the machine's other users. The boost has its own
+counters too: ``watermark_boosts`` (``boost_watermark()`` calls that raised the boost),
+``kswapd_wake_boosted`` (wake-ups from ``rmqueue()``'s ``out:``), ``watermark_boost_decays``
+(kswapd runs that took a boost back); ``pcp_trylock_fail`` counts busy pcp trylocks.
 
 Sharing between simulated CPUs follows :mod:`rcukit.sched.sim`: a CPU's pcp lists are touched
 without synchronisation; the zone, its lock and kswapd's wait queue only after ``task.sync()``.
