@@ -190,6 +190,13 @@ class MemoryConfig:
     initial_used_fraction: float = attrs.field(default=0.90, validator=_in_range(0.0, 0.999))
     #: Free pages at boot, overriding ``initial_used_fraction`` (to start below a watermark).
     initial_free_pages: int | None = attrs.field(default=None, validator=_opt_range(0, 1 << 26))
+    #: Order of the largest free block at boot. 10 (MAX_ORDER-1) is a freshly booted zone:
+    #: other users hold one end, the free memory is whole 4 MiB blocks. Below
+    #: ``pageblock_order`` (9) the free memory is scattered in blocks of 2^order pages between
+    #: other users' pages, as on a long-running machine, so an unmovable request that finds no
+    #: block of its own steals a small MOVABLE one and boosts the watermarks (kernel.md 8.2).
+    #: Scattered, at most half the zone can be free.
+    initial_free_max_order: int = attrs.field(default=10, validator=_in_range(0, 10))
     #: Background allocations per CPU per millisecond (other kernel users); 0 disables.
     background_allocs_per_ms: int = attrs.field(default=0, validator=_in_range(0, 10**6))
     #: Mean pages per background burst; None uses the pcp batch, so bursts empty pcp lists.

@@ -295,3 +295,49 @@ def test_background_movable_fraction_is_validated(bad: float) -> None:
     """A share outside [0, 1] is a configuration error, named."""
     with pytest.raises(rcukit.ConfigError, match="background_movable_fraction"):
         cfg(**{"mm.background_movable_fraction": bad})
+
+
+@pytest.mark.parametrize(("free", "order"), [(4587, 8), (1000, 3), (32_768, 8)])
+async def test_scattered_boot_free_memory_makes_every_unmovable_steal_boost(
+    autojump_clock: Any, free: int, order: int
+) -> None:
+    """``mm.initial_free_max_order`` below ``pageblock_order`` leaves the free memory in
+    unmergeable MOVABLE blocks of at most 2^order pages, so ``__rmqueue_fallback()`` finds no
+    block of a whole pageblock and ``steal_suitable_fallback()`` boosts for the first
+    unmovable refill (5.8 ``mm/page_alloc.c``; kernel.md 8.2)."""
+    c = cfg(
+        **{
+            "mm.zone_pages": 65_536,
+            "mm.initial_free_pages": free,
+            "mm.initial_free_max_order": order,
+            "mm.min_free_kbytes": 128,
+        }
+    )
+    async with mm_kernel(c) as k:
+        mm = k.mm
+        blocks = mm.zone.buddy.blocks()
+        assert mm.nr_free_pages() == free
+        assert max(o for _, o, _ in blocks) == order
+        assert {mt for _, _, mt in blocks} == {MIGRATE_MOVABLE}
+        assert mm.kswapd.pool.nr_pages == 65_536 - free
+        mm.check()  # among others: no two free buddies left unmerged
+
+        async def work(task: Task) -> None:
+            await task.sleep_ns(1000)
+            assert await mm.alloc_pages(task, KERNEL) is not None
+
+        await on_cpu(k, work)
+        assert mm.zone.buddy.nr_boosting_steals >= 1 and mm.zone.watermark_boost > 0
+
+
+def test_scattered_boot_free_memory_is_at_most_half_the_zone() -> None:
+    """Blocks kept apart leave at most every other 2^order piece free: asking for more is a
+    configuration error that names the options."""
+
+    async def nothing(task: Task) -> None:
+        await task.sleep_ns(1)
+
+    c = cfg(**{"mm.zone_pages": 65_536, "mm.initial_free_pages": 40_000,
+               "mm.initial_free_max_order": 8})
+    with pytest.raises(rcukit.ConfigError, match=r"initial_free_max_order = 8 .* 32768"):
+        rcukit.sim.simulate(nothing, c)
