@@ -215,6 +215,7 @@ class Kswapd:
         mm = self.mm
         vmstat = mm.vmstat
         vmstat.inc("pageoutrun")
+        await task.sync()  # the zone's boost and free count are shared state
         zone = mm.zone
         boost = zone.watermark_boost
         nr_boost_reclaim = boost
