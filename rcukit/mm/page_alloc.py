@@ -106,17 +106,6 @@ if TYPE_CHECKING:
 NOLOCK_GFP = int(GFP.NOWARN | GFP.ZERO | GFP.NOMEMALLOC)
 #: Orders above this are "costly" (and never served by ``alloc_pages_nolock``).
 PAGE_ALLOC_COSTLY_ORDER = 3
-#: The lockdep class of kvfree_rcu's ``krcp->lock`` (``__RAW_SPIN_LOCK_UNLOCKED(krc.lock)``),
-#: by which zone-lock, pcp-lock and kswapd-wake attribution recognises the raw lock.
-KRCP_LOCK_CLASS = "krc.lock"
-#: pcp lock classes as lockdep prints them: the -rt patchset's per-CPU ``pa_lock.l`` (5.x-rt),
-#: 5.14's ``pagesets.lock`` (``INIT_LOCAL_LOCK(lock)``, printed ``lock#2`` in the 5.14 merge
-#: window syzbot reports from ``rmqueue_pcplist``) and 6.0's ``&pcp->lock``.
-PCP_LOCK_RT_PATCH = "pa_lock.l"
-PCP_LOCK_LOCAL_LOCK = "lock#2"
-PCP_LOCK_SPINLOCK = "&pcp->lock"
-#: ``_fast_mark`` while the lock-free pcp fast path is closed (a pcp lock or a boost flag).
-_NO_FAST = sys.maxsize
 #: ``warn_alloc`` ratelimit (``DEFAULT_RATELIMIT_INTERVAL``/``_BURST``): 10 lines per 5 s.
 WARN_RATELIMIT_NS = 5_000_000_000
 WARN_RATELIMIT_BURST = 10
@@ -131,6 +120,18 @@ _ALLOC_TRYLOCK = int(AllocFlags.TRYLOCK)
 _ALLOC_KSWAPD = int(AllocFlags.KSWAPD)
 _ALLOC_WMARK_LOW = int(AllocFlags.WMARK_LOW)
 _ALLOC_WMARK_MIN = int(AllocFlags.WMARK_MIN)
+
+#: The lockdep class of kvfree_rcu's ``krcp->lock`` (``__RAW_SPIN_LOCK_UNLOCKED(krc.lock)``),
+#: by which zone-lock, pcp-lock and kswapd-wake attribution recognises the raw lock.
+KRCP_LOCK_CLASS = "krc.lock"
+#: pcp lock classes as lockdep prints them: the -rt patchset's per-CPU ``pa_lock.l`` (5.x-rt),
+#: 5.14's ``pagesets.lock`` (``INIT_LOCAL_LOCK(lock)``, printed ``lock#2`` in the 5.14 merge
+#: window syzbot reports from ``rmqueue_pcplist``) and 6.0's ``&pcp->lock``.
+PCP_LOCK_RT_PATCH = "pa_lock.l"
+PCP_LOCK_LOCAL_LOCK = "lock#2"
+PCP_LOCK_SPINLOCK = "&pcp->lock"
+#: ``_fast_mark`` while the lock-free pcp fast path is closed (a pcp lock or a boost flag).
+_NO_FAST = 1 << 62  # more pages than any zone
 
 
 class _GfpPlan:
