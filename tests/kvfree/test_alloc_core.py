@@ -111,10 +111,12 @@ async def test_kswapd_wakeup_below_low(
         addr = await get_under_raw_lock(k, variant, stock_pcp=False)
         assert addr is not None
         assert k.vmstat["kswapd_wake"] == (1 if wakes else 0)
-        locks = sorted(s.lock_name for s in k.locks.splats)
-        expect = ["&pgdat->kswapd_wait", "&zone->lock"] if wakes else ["&zone->lock"]
+        locks = {s.lock_name for s in k.locks.splats}
+        expect = {"&pgdat->kswapd_wait", "&zone->lock"} if wakes else {"&zone->lock"}
         if build == "rt":  # the 5.8-rt pcp lists' pa_lock (kernel.md 8.1) is reported too
-            expect = sorted([*expect, "pa_lock.l"])
+            expect.add("pa_lock.l")
+        # (A set: on RT the kswapd just woken may hold zone->lock when the refill wants it,
+        # which adds a report of another kind on the same lock.)
         assert locks == expect
 
 

@@ -36,9 +36,12 @@ SPLIT: dict[str, dict[str, dict[str, int]]] = {
     )
 }
 # The rfc profile is a 5.8 kernel: on RT its pcp lists sit under the -rt patchset's pa_lock, a
-# sleeping lock (kernel.md 8.1), so fast-try reports it and a refill reports both locks.
-SPLIT["rt"]["fast-try"] = {"scheduling_while_atomic": 1}
-SPLIT["rt"]["nowait"] = SPLIT["rt"]["gfp-zero"] = {"scheduling_while_atomic": 2}
+# sleeping lock (kernel.md 8.1), so every variant that touches a pcp list under krcp->lock
+# reports it, and one that refills under zone->lock reports both locks.
+_RT_KIND = next(iter(SPLIT["rt"]["nowait"]))
+for _v in SPLIT["rt"]:
+    if _v not in ("page-cache", "nolock"):
+        SPLIT["rt"][_v] = {_RT_KIND: 2 if _v in ("nowait", "gfp-zero") else 1}
 
 
 async def _need_a_block_with_pcp_empty(k: Kernel, *, single: bool) -> dict[str, Any]:

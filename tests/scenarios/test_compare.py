@@ -116,12 +116,13 @@ def test_table_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
 def test_verdict_is_derived_from_the_numbers(full: dict[str, Any]) -> None:
     rows = [dict(r) for r in full["rows"] if r["variant"] in ("nowait", "fast-try")]
     for r in rows:
+        # The rows' splats are set here, not measured: the verdict's wording is under test.
+        # (On the rfc profile's 5.8-rt the pa_lock makes fast-try splat too, see above.)
+        r["splats"] = dict.fromkeys(r["splats"], 0)
         if r["variant"] == "nowait" and r["kernel_config"] == "lockdep":
-            r["splats"] = {**r["splats"], "invalid_wait_context": 7}
+            r["splats"]["invalid_wait_context"] = 7
         if r["variant"] == "nowait" and r["kernel_config"] == "rt":
-            r["splats"] = {**r["splats"], "scheduling_while_atomic": 3}
-        if r["variant"] == "fast-try":  # splat-free rows by construction (on 5.8-rt the
-            r["splats"] = dict.fromkeys(r["splats"], 0)  # pa_lock makes it splat, see above)
+            r["splats"]["scheduling_while_atomic"] = 3
     lines = verdict(rows)
     assert lines[0] == "Splat-free in every build measured: fast-try."
     assert lines[1].startswith(
