@@ -179,6 +179,9 @@ class MemoryConfig:
     min_free_kbytes: int | None = attrs.field(default=None, validator=_opt_range(0, 1 << 30))
     #: ``vm.watermark_scale_factor`` (default 10 = 0.1%).
     watermark_scale_factor: int = attrs.field(default=10, validator=_in_range(1, 3000))
+    #: ``vm.watermark_boost_factor`` (5.1+; default 15000: a fragmenting steal may boost the
+    #: watermarks by up to 150% of the high watermark, kernel.md 8.2); 0 disables boosting.
+    watermark_boost_factor: int = attrs.field(default=15_000, validator=_in_range(0, 10**6))
     #: pcp batch; None uses ``zone_batchsize()``.
     pcp_batch: int | None = attrs.field(default=None, validator=_opt_range(1, 1 << 20))
     #: pcp high; None uses ``6 * batch`` (5.8-5.13 default).
@@ -188,6 +191,13 @@ class MemoryConfig:
     initial_used_fraction: float = attrs.field(default=0.90, validator=_in_range(0.0, 0.999))
     #: Free pages at boot, overriding ``initial_used_fraction`` (to start below a watermark).
     initial_free_pages: int | None = attrs.field(default=None, validator=_opt_range(0, 1 << 26))
+    #: Order of the largest free block at boot. 10 (MAX_ORDER-1) is a freshly booted zone:
+    #: other users hold one end, the free memory is whole 4 MiB blocks. Below
+    #: ``pageblock_order`` (9) the free memory is scattered in blocks of 2^order pages between
+    #: other users' pages, as on a long-running machine, so an unmovable request that finds no
+    #: block of its own steals a small MOVABLE one and boosts the watermarks (kernel.md 8.2).
+    #: Scattered, at most half the zone can be free.
+    initial_free_max_order: int = attrs.field(default=10, validator=_in_range(0, 10))
     #: Background allocations per CPU per millisecond (other kernel users); 0 disables.
     background_allocs_per_ms: int = attrs.field(default=0, validator=_in_range(0, 10**6))
     #: Mean pages per background burst; None uses the pcp batch, so bursts empty pcp lists.
@@ -196,6 +206,12 @@ class MemoryConfig:
     background_hold_us: int = attrs.field(default=2_000, validator=_in_range(0, 10**9))
     #: Share of background bursts that use GFP_ATOMIC (the rest use GFP_KERNEL).
     background_atomic_fraction: float = attrs.field(default=0.2, validator=_in_range(0.0, 1.0))
+    #: Share of background bursts that allocate movable pages (``GFP_HIGHUSER_MOVABLE``, as
+    #: the page cache and anonymous memory do); the rest are split by
+    #: ``background_atomic_fraction``. Movable users split the free blocks that unmovable
+    #: allocations would otherwise take whole, so those fall back, steal and boost the
+    #: watermarks (kernel.md 8.2). 0 keeps every background burst unmovable.
+    background_movable_fraction: float = attrs.field(default=0.0, validator=_in_range(0.0, 1.0))
     #: Fault injection like ``fail_page_alloc``: probability in [0, 1].
     fail_page_alloc_probability: float = attrs.field(default=0.0, validator=_in_range(0.0, 1.0))
     #: ``fail_page_alloc`` interval: fail only every Nth eligible attempt (1 = every one).

@@ -34,6 +34,11 @@ class LockKind(enum.Enum):
     SPINLOCK = "spinlock_t"
     MUTEX = "mutex"
     RCU = "rcu_read_lock"
+    #: ``local_lock_t`` on !PREEMPT_RT: a lockdep map of wait type LD_WAIT_CONFIG
+    #: (``INIT_LOCAL_LOCK``) over ``local_irq_save()``/``preempt_disable()``; it never spins
+    #: and never leaves preemption counted. On PREEMPT_RT a ``local_lock_t`` is a per-CPU
+    #: ``spinlock_t`` (a sleeping lock), so RT builds construct it as :attr:`SPINLOCK`.
+    LOCAL_LOCK = "local_lock_t"
 
     @property
     def wait_inner(self) -> WaitType:
@@ -49,6 +54,7 @@ _INNER = {
     LockKind.SPINLOCK: WaitType.CONFIG,
     LockKind.MUTEX: WaitType.SLEEP,
     LockKind.RCU: WaitType.CONFIG,
+    LockKind.LOCAL_LOCK: WaitType.CONFIG,
 }
 
 @attrs.define(eq=False)

@@ -8,11 +8,18 @@ drains (``free_pcppages_bulk``) happen all the time (kernel.md 3.3). That is wha
 
 Each CPU gets one non-workload task (``memload/N``) that, at ``background_allocs_per_ms`` pages
 per millisecond on average, allocates bursts of about ``background_burst`` order-0 pages (the
-pcp batch by default, so bursts empty the list), ``GFP_ATOMIC|__GFP_NOWARN`` for a
-``background_atomic_fraction`` share of bursts and ``GFP_KERNEL`` otherwise, holds each burst for
-an exponentially distributed time of mean ``background_hold_us`` and frees it. Everything is
-drawn from a per-CPU ``random.Random`` seeded from the kernel's RNG and the CPU number, so a
-run is the same for a given seed whatever else runs.
+pcp batch by default, so bursts empty the list), ``GFP_HIGHUSER_MOVABLE`` (page cache,
+anonymous memory) for a ``background_movable_fraction`` share of bursts, and of the rest
+``GFP_ATOMIC|__GFP_NOWARN`` for a ``background_atomic_fraction`` share and ``GFP_KERNEL``
+otherwise; it holds each burst for an exponentially distributed time of mean
+``background_hold_us`` and frees it. Everything is drawn from a per-CPU ``random.Random`` seeded
+from the kernel's RNG and the CPU number, so a run is the same for a given seed whatever else
+runs (with no movable share, no draw is spent on it: runs without it are unchanged).
+
+Movable bursts refill the MOVABLE pcp lists from the MOVABLE free lists, splitting the large
+free blocks; unmovable requests (kvfree_rcu's blocks, slab pages) then find no block of their
+own and fall back, stealing smaller MOVABLE blocks, and each steal of a block below a
+pageblock boosts the zone's watermarks and wakes kswapd from ``rmqueue()`` (kernel.md 8.2).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import heapq
 import random
 from typing import TYPE_CHECKING
 
-from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_KERNEL
+from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_HIGHUSER_MOVABLE, GFP_KERNEL
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
 
 ATOMIC_GFP = int(GFP_ATOMIC | GFP.NOWARN)
 KERNEL_GFP = int(GFP_KERNEL)
+MOVABLE_GFP = int(GFP_HIGHUSER_MOVABLE)
 
 
 class BackgroundLoad:
@@ -42,6 +50,7 @@ class BackgroundLoad:
         self.burst = cfg.background_burst or mm.pcps[0].batch
         self.hold_ns = cfg.background_hold_us * 1000
         self.atomic_fraction = cfg.background_atomic_fraction
+        self.movable_fraction = cfg.background_movable_fraction
         self.tasks: list[Task] = []
         #: Pages each CPU's task holds right now.
         self.held = [0] * len(mm.pcps)
@@ -73,7 +82,10 @@ class BackgroundLoad:
                 vmstat.inc("background_freed", len(pfns))
             if now >= next_burst:
                 n = rng.randint(lo, hi)
-                gfp = ATOMIC_GFP if rng.random() < self.atomic_fraction else KERNEL_GFP
+                if self.movable_fraction and rng.random() < self.movable_fraction:
+                    gfp = MOVABLE_GFP
+                else:
+                    gfp = ATOMIC_GFP if rng.random() < self.atomic_fraction else KERNEL_GFP
                 hold = int(rng.expovariate(1.0 / self.hold_ns)) if self.hold_ns else 0
                 got: list[int] = []
                 for _ in range(n):

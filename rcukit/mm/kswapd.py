@@ -9,8 +9,14 @@ shrinker to scan (``shrink_slab``), which is how kvfree_rcu's page cache gives p
 ``kswapd`` is a kthread blocked on ``pgdat->kswapd_wait``; ``wakeup_kswapd()`` takes that wait
 queue's ``spinlock_t`` (``wake_up_interruptible``), the sleeping lock on PREEMPT_RT the RFC
 complains about, but only when kswapd is actually asleep (``waitqueue_active``) and the zone is
-not balanced, as in the kernel. Woken, it reclaims until free pages reach the high watermark,
-with a ``cond_resched()`` between chunks, and sleeps again.
+not balanced or its watermark is boosted, as in the kernel. Woken, it reclaims until free pages
+reach the high watermark, with a ``cond_resched()`` between chunks, and sleeps again.
+
+Watermark boosting (5.1+, kernel.md 8.2; ``balance_pgdat()`` of 5.8 ``mm/vmscan.c``): every
+watermark checked includes ``zone->watermark_boost``. A boosted kswapd first reclaims the boost
+(``nr_boost_reclaim`` pages) even when the zone is balanced; if the zone is not balanced it
+forgets the boost and reclaims to the (boosted) high watermark instead. Either way, when it is
+done it takes ``zone->lock`` and lowers the boost by what it was when the run began.
 """
 
 from __future__ import annotations
@@ -153,17 +159,24 @@ class Kswapd:
 
     # -- kswapd itself -----------------------------------------------------------------------------
     def balanced(self) -> bool:
-        """``pgdat_balanced()``: free pages above the high watermark."""
+        """``pgdat_balanced()``: free pages above the high watermark (boost included)."""
         zone = self.mm.zone
-        return zone.buddy.nr_free > zone.wmark.high
+        return zone.buddy.nr_free > zone.wmark.high + zone.watermark_boost
 
     async def wakeup(self, task: Task, gfp: int, order: int) -> bool:
-        """``wakeup_kswapd()``: True if kswapd was woken (and the wait-queue lock taken)."""
+        """``wakeup_kswapd()``: True if kswapd was woken (and the wait-queue lock taken).
+
+        A balanced node is left alone unless its watermark is boosted
+        (``pgdat_watermark_boosted()``). Wake-ups made under kvfree_rcu's ``krcp->lock`` are
+        also counted as ``kswapd_wakeups_in_krcp``.
+        """
         mm = self.mm
         await task.sync()
         if not self.wait.waiters:  # !waitqueue_active(): kswapd is already running
             return False
-        if self.failures >= MAX_RECLAIM_RETRIES or self.balanced():
+        if self.failures >= MAX_RECLAIM_RETRIES or (
+            self.balanced() and not mm.zone.watermark_boost
+        ):
             return False
         if mm.tracer.on:
             mm.kernel.trace(
@@ -177,23 +190,61 @@ class Kswapd:
         self.wait.wake_all(task.now_ns)
         mm.locks.release(task, lock)
         mm.vmstat.inc("kswapd_wake")
+        if mm.page_alloc.in_krcp(task):
+            mm.vmstat.inc("kswapd_wakeups_in_krcp")
         return True
 
     async def main(self, task: Task) -> None:
-        """The kthread: sleep on ``kswapd_wait``; when woken, ``balance_pgdat`` to high."""
+        """The kthread: sleep on ``kswapd_wait``; when woken, :meth:`balance_pgdat`."""
         self.task = task
         task.data["PF_MEMALLOC"] = True
-        mm = self.mm
-        vmstat = mm.vmstat
         while True:
             await task.block(self.wait, "kswapd")
-            vmstat.inc("pageoutrun")
-            progress = False
-            while not self.balanced():
-                n = await self.shrink_node(task, SWAP_CLUSTER_MAX, charge_scan=True)
-                if n <= 0:
-                    break
-                progress = True
-                vmstat.inc("pgsteal_kswapd", n)
-                await task.cond_resched()
-            self.failures = 0 if progress else self.failures + 1
+            await self.balance_pgdat(task)
+
+    async def balance_pgdat(self, task: Task) -> None:
+        """``balance_pgdat()`` of 5.8: reclaim to the high watermark, or the boost first.
+
+        ``nr_boost_reclaim`` starts at the zone's boost; while the zone is balanced kswapd
+        reclaims that much anyway, and an unbalanced zone drops it ("ignore boosting") and
+        reclaims to the high watermark, boost included. At ``out:`` the boost snapshot is
+        taken back off ``zone->watermark_boost`` under ``zone->lock``. A run that reclaims
+        nothing and leaves the loop unbalanced or still boosting counts as a
+        ``kswapd_failures``; one that finds the node balanced does not.
+        """
+        mm = self.mm
+        vmstat = mm.vmstat
+        vmstat.inc("pageoutrun")
+        await task.sync()  # the zone's boost and free count are shared state
+        zone = mm.zone
+        boost = zone.watermark_boost
+        nr_boost_reclaim = boost
+        progress = False
+        while True:
+            balanced = self.balanced()
+            if not balanced and nr_boost_reclaim:
+                nr_boost_reclaim = 0  # "goto restart" without the boost
+            if balanced and not nr_boost_reclaim:
+                break  # goto out
+            n = await self.shrink_node(task, SWAP_CLUSTER_MAX, charge_scan=True)
+            if n <= 0:
+                # Out of the priority loop with nothing reclaimed this pass.
+                if not progress:
+                    self.failures += 1
+                break
+            progress = True
+            vmstat.inc("pgsteal_kswapd", n)
+            nr_boost_reclaim -= min(nr_boost_reclaim, n)
+            await task.cond_resched()
+        if progress:
+            self.failures = 0
+        if boost:
+            await task.sync()
+            lock = zone.lock
+            mm.locks.acquire(task, lock, "balance_pgdat", irqsave=True)
+            mm.page_alloc.count_zone_lock()
+            zone.watermark_boost -= min(zone.watermark_boost, boost)
+            task.charge(mm.spin_lock_cost)
+            mm.locks.release(task, lock)
+            mm.page_alloc.update_fast_mark()
+            vmstat.inc("watermark_boost_decays")

@@ -32,11 +32,24 @@ from rcukit.mm.memmap import PAGE_OFFSET, PS_OTHER, ZONE_NORMAL_START_PFN, MemMa
 from rcukit.mm.page_alloc import PageAlloc
 from rcukit.mm.slab import SlabAllocator
 from rcukit.mm.vmalloc import VMALLOC_END, VMALLOC_START, VmallocAllocator
-from rcukit.mm.zone import PerCpuPages, Zone
+from rcukit.mm.zone import MAX_ORDER, PerCpuPages, Zone
 from rcukit.sched.sim import Task, WaitQueue
 
 if TYPE_CHECKING:
     from rcukit.machine import Machine
+
+
+def _aligned_blocks(start: int, end: int) -> list[tuple[int, int]]:
+    """``[start, end)`` as naturally aligned ``(pfn, order)`` blocks, in address order."""
+    out: list[tuple[int, int]] = []
+    while start < end:
+        order = (start & -start).bit_length() - 1 if start else MAX_ORDER - 1
+        order = min(order, MAX_ORDER - 1)
+        while start + (1 << order) > end:
+            order -= 1
+        out.append((start, order))
+        start += 1 << order
+    return out
 
 
 class Mm:
@@ -67,12 +80,15 @@ class Mm:
             page_size=cfg.page_size,
             min_free_kbytes=mmc.min_free_kbytes,
             watermark_scale_factor=mmc.watermark_scale_factor,
+            watermark_boost_factor=mmc.watermark_boost_factor,
         )
         #: ``zone->lock`` (a ``spinlock_t``), the lock the RFC is about.
         self.zone_lock = self.zone.lock
         self.memmap = memmap = MemMap(ZONE_NORMAL_START_PFN, nr, cfg.page_size)
         self.kswapd = kswapd = Kswapd(self)
-        self._reserve_other_users(nr, mmc.initial_free_pages, mmc.initial_used_fraction)
+        self._reserve_other_users(
+            nr, mmc.initial_free_pages, mmc.initial_used_fraction, mmc.initial_free_max_order
+        )
         self._seed = kernel.rng.getrandbits(64)
         self.fault = FaultInjection.from_config(mmc, self._seed)
         #: ``/sys/kernel/debug/fail_page_alloc``.
@@ -116,7 +132,9 @@ class Mm:
         self.vfree = vmap.vfree
         self.vfree_bulk = vmap.vfree_bulk
 
-    def _reserve_other_users(self, nr: int, free_pages: int | None, used_fraction: float) -> None:
+    def _reserve_other_users(
+        self, nr: int, free_pages: int | None, used_fraction: float, free_max_order: int
+    ) -> None:
         """Hand the boot-time share of the zone to "other users" (what reclaim takes back)."""
         if free_pages is None:
             used = int(nr * used_fraction)
@@ -126,11 +144,49 @@ class Mm:
                     f"mm.initial_free_pages = {free_pages} exceeds mm.zone_pages = {nr}"
                 )
             used = nr - free_pages
-        blocks = self.zone.buddy.reserve(used, MIGRATE_MOVABLE)
+        if free_max_order >= MAX_ORDER - 1:
+            blocks = self.zone.buddy.reserve(used, MIGRATE_MOVABLE)
+        else:
+            blocks = self._scatter_free(nr - used, free_max_order)
         self.memmap.set_blocks(blocks, PS_OTHER)
         pool = self.kswapd.pool
         for pfn, order in blocks:
             pool.add(pfn, order)
+
+    def _scatter_free(self, free: int, order: int) -> list[tuple[int, int]]:
+        """Leave ``free`` pages free in blocks of at most 2^``order`` pages, spread over the
+        zone so that no two are buddies (they cannot merge); return the other users' blocks.
+
+        Every other 2^order piece is a candidate (its buddy stays in use), chosen evenly
+        spaced; a remainder below a piece is freed from the start of one more candidate.
+        """
+        buddy = self.zone.buddy
+        size = 1 << order
+        pieces: list[tuple[int, int]] = []
+        for pfn, o in buddy.reserve(buddy.nr_free, MIGRATE_MOVABLE):
+            if o <= order:
+                pieces.append((pfn, o))
+            else:
+                pieces.extend((p, order) for p in range(pfn, pfn + (1 << o), size))
+        candidates = [pfn for pfn, o in pieces if o == order and not (pfn >> order) & 1]
+        whole, rest = divmod(free, size)
+        n = whole + (1 if rest else 0)
+        if n > len(candidates):
+            raise ConfigError(
+                f"mm.initial_free_max_order = {order} keeps free blocks apart, so at most "
+                f"{len(candidates) * size} of mm.zone_pages = {buddy.nr_pages} can be free "
+                f"at boot; {free} were asked for (mm.initial_free_pages or "
+                "mm.initial_used_fraction)"
+            )
+        chosen = [candidates[j * len(candidates) // n] for j in range(n)]
+        taken = set(chosen)
+        used = [(pfn, o) for pfn, o in pieces if pfn not in taken]
+        for i, pfn in enumerate(chosen):
+            keep = size if i < whole else rest
+            for p, o in _aligned_blocks(pfn, pfn + keep):
+                buddy.free(p, o, MIGRATE_MOVABLE)
+            used.extend(_aligned_blocks(pfn + keep, pfn + size))
+        return used
 
     def start(self) -> None:
         """Boot: spawn kswapd0 on the last CPU and, if configured, the background load."""

@@ -2,15 +2,44 @@
 
 One node with one zone (ZONE_NORMAL) modelled on 5.8/5.9 (kernel.md 3), the allocator the RFC
 was written against, plus the RFC's ``__GFP_FAST_TRY`` and v6.15's ``alloc_pages_nolock()``
-(kernel.md 2.4). What matters for the debate is *which locks each request takes*, so every lock
-the kernel takes on these paths is taken here through the lock checker:
+(kernel.md 2.4), and the changes that decide the RFC's answer on later kernels (kernel.md 8.1,
+8.2), selected by the profile's :class:`~rcukit.mm.versions.MmVersion`. What matters for the
+debate is *which locks each request takes*, so every lock the kernel takes on these paths is
+taken here through the lock checker:
 
-* a pcp hit takes none (``local_irq_save`` only);
+* the pcp lists (allocation, ``free_unref_page``, drains) are protected by
+  ``MmVersion.pcp_lock``, decided once at boot:
+
+  - ``"irq"`` (5.8-5.13): ``local_irq_save()`` only, no lock, on !RT; the -rt patchset's
+    per-CPU ``pa_lock`` local_lock, a sleeping ``spinlock_t`` on PREEMPT_RT;
+  - ``"local_lock"`` (5.14-5.19): ``local_lock_irqsave(&pagesets.lock)``, lockdep wait type
+    LD_WAIT_CONFIG ("Invalid wait context" under a raw lock with PROVE_RAW_LOCK_NESTING even
+    on !RT), a sleeping per-CPU ``spinlock_t`` on RT;
+  - ``"pcp_spinlock"`` (6.0+): a ``spinlock_t pcp->lock`` per pcp. ``rmqueue_pcplist()`` and
+    ``free_unref_page()`` take it with ``pcp_spin_trylock()``: lockdep does not check a
+    trylock's wait context and ``rt_spin_trylock()`` never sleeps, so a pcp hit reports
+    nothing on any build; a failed trylock falls back to the buddy lists under ``zone->lock``
+    (``rmqueue_buddy()``, ``free_one_page()``). Drains take it with ``spin_lock()``;
+
 * an empty pcp list refills in ``rmqueue_bulk`` under ``zone->lock``, a ``spinlock_t`` (the
   RFC's problem (a) and (b): "Invalid wait context" under ``CONFIG_PROVE_RAW_LOCK_NESTING`` and
-  "scheduling while atomic" on PREEMPT_RT when the caller holds a raw lock);
+  a sleeping lock in atomic context on PREEMPT_RT when the caller holds a raw lock);
 * the slow path's ``wakeup_kswapd()`` takes ``pgdat->kswapd_wait``'s ``spinlock_t``;
+* watermark boosting (5.1+): a fallback steal of a block below a pageblock boosts the zone's
+  watermarks (``boost_watermark()``) and, for a request with ``ALLOC_KSWAPD``, sets
+  ``ZONE_BOOSTED_WATERMARK``; ``rmqueue()``'s ``out:`` label then clears the bit and calls
+  ``wakeup_kswapd()`` for whichever allocation comes next: whatever its gfp mask until 6.4
+  (``MmVersion.boost_wake == "always"``: pcp hits, ``__GFP_FAST_TRY`` and gfp 0 included), only
+  with ``__GFP_KSWAPD_RECLAIM`` from 6.5. ``alloc_pages_nolock()`` never wakes it;
 * direct reclaim sleeps.
+
+Zone-lock acquisitions, pcp-lock acquisitions and kswapd wake-ups made while the task holds
+kvfree_rcu's ``krcp->lock`` are also counted apart (``zone_lock_in_krcp``,
+``pcp_lock_in_krcp``, ``kswapd_wakeups_in_krcp`` in vmstat), so what the block allocator did
+under the raw lock is not lost among the machine's other users. The boost has its own
+counters too: ``watermark_boosts`` (``boost_watermark()`` calls that raised the boost),
+``kswapd_wake_boosted`` (wake-ups from ``rmqueue()``'s ``out:``), ``watermark_boost_decays``
+(kswapd runs that took a boost back); ``pcp_trylock_fail`` counts busy pcp trylocks.
 
 Sharing between simulated CPUs follows :mod:`rcukit.sched.sim`: a CPU's pcp lists are touched
 without synchronisation; the zone, its lock and kswapd's wait queue only after ``task.sync()``.
@@ -18,11 +47,13 @@ The watermark check reads the zone's free-page count without syncing, as the ker
 ``NR_FREE_PAGES`` without ``zone->lock`` (its value may be a few operations stale or ahead,
 like vmstat drift).
 
-Not modelled: compaction, the OOM killer (a request that would need it fails instead, counted
-as ``pgalloc_oom_fail``; ``__GFP_NOFAIL`` raises), deferred struct-page init (so the RFC's
-deferred-grow hunk has nothing to skip), ``drain_all_pages``, MIGRATE_HIGHATOMIC reserves, the
-5.x boosted-watermark kswapd wake in ``rmqueue()``, and NUMA. Reclaimed pages go straight back
-to the buddy lists.
+Not modelled: compaction (and the kcompactd wake after a boost), the OOM killer (a request
+that would need it fails instead, counted as ``pgalloc_oom_fail``; ``__GFP_NOFAIL`` raises),
+deferred struct-page init (so the RFC's deferred-grow hunk has nothing to skip),
+``drain_all_pages`` and remote pcp drains, MIGRATE_HIGHATOMIC reserves, ALLOC_NOFRAGMENT,
+5.9's exemption of GFP_ATOMIC order-0 requests from the boost at the min watermark, the
+5.13+ per-order pcp lists and 5.14+ ``zone_highsize()``, and NUMA. Reclaimed pages go straight
+back to the buddy lists.
 
 The zone's structures live in :mod:`rcukit.mm.zone`, page states and addresses in
 :mod:`rcukit.mm.memmap`; ``kernel.mm`` (:class:`rcukit.mm.mm.Mm`) composes them with this
@@ -36,6 +67,7 @@ from typing import TYPE_CHECKING
 
 from rcukit.config import CostModel
 from rcukit.errors import MemoryDebugError, PageAllocError, SimulationError
+from rcukit.locking.locks import LockKind
 from rcukit.mm.gfp import (
     GFP,
     MIGRATE_MOVABLE,
@@ -85,6 +117,18 @@ _ALLOC_TRYLOCK = int(AllocFlags.TRYLOCK)
 _ALLOC_KSWAPD = int(AllocFlags.KSWAPD)
 _ALLOC_WMARK_LOW = int(AllocFlags.WMARK_LOW)
 _ALLOC_WMARK_MIN = int(AllocFlags.WMARK_MIN)
+
+#: The lockdep class of kvfree_rcu's ``krcp->lock`` (``__RAW_SPIN_LOCK_UNLOCKED(krc.lock)``),
+#: by which zone-lock, pcp-lock and kswapd-wake attribution recognises the raw lock.
+KRCP_LOCK_CLASS = "krc.lock"
+#: pcp lock classes as lockdep prints them: the -rt patchset's per-CPU ``pa_lock.l`` (5.x-rt),
+#: 5.14's ``pagesets.lock`` (``INIT_LOCAL_LOCK(lock)``, printed ``lock#2`` in the 5.14 merge
+#: window syzbot reports from ``rmqueue_pcplist``) and 6.0's ``&pcp->lock``.
+PCP_LOCK_RT_PATCH = "pa_lock.l"
+PCP_LOCK_LOCAL_LOCK = "lock#2"
+PCP_LOCK_SPINLOCK = "&pcp->lock"
+#: ``_fast_mark`` while the lock-free pcp fast path is closed (a pcp lock or a boost flag).
+_NO_FAST = 1 << 62  # more pages than any zone
 
 
 class _GfpPlan:
@@ -157,7 +201,6 @@ class PageAlloc:
         self.fail_page_alloc = mm.fault.fail_page_alloc
         # Locals of the hot paths, read once.
         self._buddy = zone.buddy
-        self._wmark_low = zone.wmark.low
         self._pstate = memmap.pstate
         self._start_pfn = memmap.start_pfn
         self._nr_pages = memmap.nr_pages
@@ -170,6 +213,20 @@ class PageAlloc:
         self.pcps = [PerCpuPages(high=high, batch=batch) for _ in range(cfg.nr_cpus)]
         for cpu, pcp in zip(kernel.sim.cpus, self.pcps, strict=True):
             cpu.data["pcp"] = pcp
+        version = cfg.mm_version
+        #: Per-CPU pcp locks (None: IRQ-off only, 5.8 mainline !RT), see the module docstring.
+        self.pcp_locks = self._pcp_locks(version.pcp_lock, cfg.nr_cpus)
+        #: 6.0+: ``rmqueue_pcplist``/``free_unref_page`` use ``pcp_spin_trylock()``.
+        self._pcp_trylock = version.pcp_lock == "pcp_spinlock"
+        # local_lock_irqsave()/pa_lock disable IRQs (on !RT); 6.2+ pcp_spin_trylock() does not.
+        self._pcp_irqsave = not self._pcp_trylock
+        #: 5.1-6.4: ``rmqueue()`` wakes kswapd for a boosted watermark whatever the gfp.
+        self._boost_wake_always = version.boost_wake == "always"
+        #: What the lock-free pcp fast path compares free pages with: the (boosted) low
+        #: watermark, or ``_NO_FAST`` when every order-0 request must go through ``rmqueue()``
+        #: (a pcp lock to take, or ZONE_BOOSTED_WATERMARK to act on).
+        self._fast_mark = _NO_FAST
+        self.update_fast_mark()
 
         self._fault_on = self.fail_page_alloc.enabled
         #: The plan of every GFP mask seen so far (capped), keyed by the mask.
@@ -187,6 +244,33 @@ class PageAlloc:
         #: see ``RawZoneLockSource`` in rcukit.rcu.kvfree.variants); empty otherwise.
         self.zone_lock_decliners: set[Task] = set()
 
+
+    def _pcp_locks(self, pcp_lock: str, nr_cpus: int) -> list[Lock] | None:
+        """One pcp lock per CPU as the version and build have it, or None (IRQ-off only)."""
+        rt = self.preempt_rt
+        if pcp_lock == "irq":
+            if not rt:
+                return None
+            name, kind = PCP_LOCK_RT_PATCH, LockKind.SPINLOCK
+        elif pcp_lock == "local_lock":
+            name = PCP_LOCK_LOCAL_LOCK
+            kind = LockKind.SPINLOCK if rt else LockKind.LOCAL_LOCK
+        else:
+            name, kind = PCP_LOCK_SPINLOCK, LockKind.SPINLOCK
+        return [self.kernel.new_lock(name, kind) for _ in range(nr_cpus)]
+
+    def update_fast_mark(self) -> None:
+        """Recompute ``_fast_mark`` after the boost or ZONE_BOOSTED_WATERMARK changed."""
+        zone = self.zone
+        if self.pcp_locks is not None or zone.boosted:
+            self._fast_mark = _NO_FAST
+        else:
+            self._fast_mark = zone.wmark.low + zone.watermark_boost
+
+    @staticmethod
+    def in_krcp(task: Task) -> bool:
+        """Whether ``task`` holds a kvfree_rcu ``krcp->lock`` (attribution, slow paths only)."""
+        return any(h.lock.name == KRCP_LOCK_CLASS for h in task.held_locks)
 
     # -- small shared helpers ---------------------------------------------------------------------
     def gfp_name(self, gfp: int) -> str:
@@ -222,6 +306,26 @@ class PageAlloc:
         else:
             self.locks.acquire(task, lock, ip, irqsave=True)
         self.vmstat.inc("zone_lock_acquisitions")
+        if self.in_krcp(task):
+            self.vmstat.inc("zone_lock_in_krcp")
+        return lock
+
+    def pcp_lock(self, task: Task, ip: str, trylock: bool) -> Lock | None:
+        """This CPU's pcp lock, taken (or tried) as the version does; None when busy.
+
+        Only called when :attr:`pcp_locks` is set. The lock is per CPU, so no sync is needed.
+        """
+        assert self.pcp_locks is not None
+        lock = self.pcp_locks[task.cpu.id]
+        if trylock:
+            if not self.locks.trylock(task, lock, ip, irqsave=self._pcp_irqsave):
+                self.vmstat.inc("pcp_trylock_fail")
+                return None
+        else:
+            self.locks.acquire(task, lock, ip, irqsave=self._pcp_irqsave)
+        task.charge(self.spin_lock_cost)
+        if self.in_krcp(task):
+            self.vmstat.inc("pcp_lock_in_krcp")
         return lock
 
     def nr_free_pages(self) -> int:
@@ -233,8 +337,10 @@ class PageAlloc:
     async def alloc_pages(self, task: Task, gfp: int, order: int = 0) -> int | None:
         """``alloc_pages(gfp, order)``: a PFN, or None.
 
-        Order 0 with free memory above the low watermark and a page on this CPU's pcp list is
-        the fast path: no lock, no sync. Everything else goes through :meth:`_alloc_slow`.
+        Order 0 with free memory above the (boosted) low watermark and a page on this CPU's
+        pcp list is the fast path: no lock, no sync. It is closed (``_fast_mark``) on builds
+        whose pcp lists take a lock and while ZONE_BOOSTED_WATERMARK is set, so those requests
+        go through ``rmqueue()``. Everything else goes through :meth:`_alloc_slow`.
         """
         plan = self.plans.get(gfp)
         if plan is None:
@@ -246,7 +352,7 @@ class PageAlloc:
         if self._fault_on and self.fail_page_alloc.should_fail(plan.gfp, order):
             self._injected_failure(task, plan, order)
             return None
-        if order == 0 and self._buddy.nr_free > self._wmark_low:
+        if order == 0 and self._buddy.nr_free > self._fast_mark:
             pcp = self.pcps[task.cpu.id]
             lst = pcp.lists[plan.mt]
             if lst:
@@ -362,12 +468,17 @@ class PageAlloc:
     async def get_page_from_freelist(
         self, task: Task, plan: _GfpPlan, order: int, alloc_flags: int
     ) -> int | None:
-        """``get_page_from_freelist``: the watermark check for ``alloc_flags``, then ``rmqueue``."""
+        """``get_page_from_freelist``: the watermark check for ``alloc_flags``, then ``rmqueue``.
+
+        The mark is ``wmark_pages()``: the zone's watermark plus its boost.
+        """
         zone = self.zone
         if not alloc_flags & _ALLOC_NO_WATERMARKS:
             wm = zone.wmark
             idx = alloc_flags & _ALLOC_WMARK_MASK
-            mark = wm.min if idx == 0 else (wm.low if idx == 1 else wm.high)
+            mark = (wm.min if idx == 0 else (wm.low if idx == 1 else wm.high)) + (
+                zone.watermark_boost
+            )
             free = zone.buddy.nr_free
             # zone_watermark_fast(): order 0 above the mark needs no reserve arithmetic.
             if not (order == 0 and free > mark) and not zone_watermark_ok(
@@ -386,17 +497,74 @@ class PageAlloc:
     async def rmqueue(
         self, task: Task, plan: _GfpPlan, order: int, alloc_flags: int
     ) -> int | None:
-        """``rmqueue()`` of 5.8: order 0 from the pcp lists, higher orders under ``zone->lock``."""
-        trylock = bool(alloc_flags & _ALLOC_TRYLOCK)
+        """``rmqueue()``: order 0 from the pcp lists, higher orders under ``zone->lock``.
+
+        6.0+ (pcp spinlock) falls back to ``rmqueue_buddy()`` when the pcp trylock fails or
+        the list stays empty, as the kernel does; ``__GFP_FAST_TRY`` never does (its point is
+        never taking ``zone->lock``). The ``out:`` label acts on ZONE_BOOSTED_WATERMARK.
+        """
         if order == 0:
-            return await self.rmqueue_pcplist(task, plan, trylock)
-        if trylock and order > PAGE_ALLOC_COSTLY_ORDER:
+            pfn = await self.rmqueue_pcplist(task, plan, alloc_flags)
+            if pfn is None and self._pcp_trylock and not plan.fast_try:
+                pfn = await self.rmqueue_buddy(task, plan, 0, alloc_flags)
+        elif alloc_flags & _ALLOC_TRYLOCK and order > PAGE_ALLOC_COSTLY_ORDER:
             return None
-        lock = await self.lock_zone(task, "rmqueue", trylock)
+        else:
+            pfn = await self.rmqueue_buddy(task, plan, order, alloc_flags)
+        # out:
+        if self.zone.boosted and (
+            alloc_flags & _ALLOC_KSWAPD
+            or (self._boost_wake_always and not alloc_flags & _ALLOC_TRYLOCK)
+        ):
+            await self.wakeup_boosted(task)
+        return pfn
+
+    async def wakeup_boosted(self, task: Task) -> None:
+        """``rmqueue()``'s ``out:``: clear ZONE_BOOSTED_WATERMARK, ``wakeup_kswapd(zone, 0, 0)``.
+
+        Whatever the gfp of the request that gets here (kernel.md 8.2), so a pcp hit under a
+        raw lock takes ``kswapd_wait``'s ``spinlock_t`` when kswapd sleeps. ``zone->flags`` is
+        shared: the task syncs first, so a CPU whose clock is behind runs first and may find
+        the bit another CPU's steal set before that CPU reaches its own ``out:`` (the race
+        6.5's gating was written for); whoever tests it first clears it and wakes kswapd.
+        """
+        await task.sync()
+        zone = self.zone
+        if not zone.boosted:
+            return
+        zone.boosted = False
+        self.update_fast_mark()
+        if await self.kswapd.wakeup(task, 0, 0):
+            self.vmstat.inc("kswapd_wake_boosted")
+
+    def boost_after_steals(self, before: int, alloc_flags: int) -> None:
+        """``steal_suitable_fallback()``'s boost for every fragmenting steal since ``before``.
+
+        Caller holds ``zone->lock``. Each steal below a pageblock calls ``boost_watermark()``;
+        a request with ``ALLOC_KSWAPD`` also sets ZONE_BOOSTED_WATERMARK (5.0's "do not wake
+        kswapd with zone lock held": the wake waits for ``rmqueue()``'s ``out:``).
+        """
+        zone = self.zone
+        for _ in range(zone.buddy.nr_boosting_steals - before):
+            if zone.boost_watermark():
+                self.vmstat.inc("watermark_boosts")
+                if alloc_flags & _ALLOC_KSWAPD:
+                    zone.boosted = True
+        self.update_fast_mark()
+
+    async def rmqueue_buddy(
+        self, task: Task, plan: _GfpPlan, order: int, alloc_flags: int
+    ) -> int | None:
+        """A block straight off the buddy lists under ``zone->lock`` (``rmqueue_buddy()``)."""
+        lock = await self.lock_zone(task, "rmqueue", bool(alloc_flags & _ALLOC_TRYLOCK))
         if lock is None:
             return None
         mt = plan.mt
-        pfn = self.zone.buddy.rmqueue(order, mt)
+        buddy = self.zone.buddy
+        steals = buddy.nr_boosting_steals
+        pfn = buddy.rmqueue(order, mt)
+        if buddy.nr_boosting_steals != steals:
+            self.boost_after_steals(steals, alloc_flags)
         task.charge(self.spin_lock_cost + self.cost.buddy_page_ns)
         self.locks.release(task, lock)
         if pfn is None:
@@ -406,8 +574,28 @@ class PageAlloc:
         task.charge(self.cost.pcp_alloc_ns)
         return self.prep_new_page(task, pfn, order, plan, mt)
 
-    async def rmqueue_pcplist(self, task: Task, plan: _GfpPlan, trylock: bool) -> int | None:
-        """``rmqueue_pcplist``: an order-0 page from this CPU's list, refilled when empty."""
+    async def rmqueue_pcplist(self, task: Task, plan: _GfpPlan, alloc_flags: int) -> int | None:
+        """``rmqueue_pcplist``: an order-0 page from this CPU's list, refilled when empty.
+
+        Under this kernel's pcp protection (module docstring): none, ``pa_lock``/``pagesets``
+        local_lock, or a ``pcp->lock`` trylock (always a trylock from 6.0; also for
+        ``ALLOC_TRYLOCK``). A busy trylock returns None.
+        """
+        if self.pcp_locks is None:
+            return await self._rmqueue_pcplist(task, plan, alloc_flags)
+        lock = self.pcp_lock(
+            task, "rmqueue_pcplist", self._pcp_trylock or bool(alloc_flags & _ALLOC_TRYLOCK)
+        )
+        if lock is None:
+            return None
+        pfn = await self._rmqueue_pcplist(task, plan, alloc_flags)
+        self.locks.release(task, lock)
+        return pfn
+
+    async def _rmqueue_pcplist(
+        self, task: Task, plan: _GfpPlan, alloc_flags: int
+    ) -> int | None:
+        """``__rmqueue_pcplist``: the list access itself (the caller holds the protection)."""
         pcp = self.pcps[task.cpu.id]
         lists = pcp.lists
         if plan.fast_try:
@@ -417,7 +605,9 @@ class PageAlloc:
                 return None
         else:
             mt = plan.mt
-            if not lists[mt] and not await self.rmqueue_bulk(task, pcp, mt, pcp.batch, trylock):
+            if not lists[mt] and not await self.rmqueue_bulk(
+                task, pcp, mt, pcp.batch, alloc_flags
+            ):
                 return None
         pfn = lists[mt].popleft()
         pcp.count -= 1
@@ -425,26 +615,30 @@ class PageAlloc:
         return self.prep_new_page(task, pfn, 0, plan, mt)
 
     async def rmqueue_bulk(
-        self, task: Task, pcp: PerCpuPages, mt: int, count: int, trylock: bool
+        self, task: Task, pcp: PerCpuPages, mt: int, count: int, alloc_flags: int
     ) -> int:
         """``rmqueue_bulk``: up to ``count`` order-0 pages onto ``pcp``'s list ``mt``.
 
         Takes ``zone->lock`` (trylock for ``ALLOC_TRYLOCK``) and calls ``__rmqueue`` in a loop,
         appending at the tail as the kernel does; stops early when the zone runs dry and returns
-        how many pages it moved (0 also when the trylock failed).
+        how many pages it moved (0 also when the trylock failed). A fallback steal below a
+        pageblock boosts the watermarks (:meth:`boost_after_steals`).
         """
         if count < 0:
             raise PageAllocError(f"count {count} is invalid: must be >= 0")
-        lock = await self.lock_zone(task, "rmqueue_bulk", trylock)
+        lock = await self.lock_zone(task, "rmqueue_bulk", bool(alloc_flags & _ALLOC_TRYLOCK))
         if lock is None:
             return 0
         buddy = self.zone.buddy
+        steals = buddy.nr_boosting_steals
         pages: list[int] = []
         for _ in range(count):
             pfn = buddy.rmqueue(0, mt)
             if pfn is None:
                 break
             pages.append(pfn)
+        if buddy.nr_boosting_steals != steals:
+            self.boost_after_steals(steals, alloc_flags)
         n = len(pages)
         task.charge(self.spin_lock_cost + n * self.cost.buddy_page_ns)
         self.locks.release(task, lock)
@@ -527,7 +721,7 @@ class PageAlloc:
         if order == 0 and 0 <= i < self._nr_pages:
             mt = ORDER0_MT[self._pstate[i]]
             if mt < MIGRATE_PCPTYPES:
-                await self.free_unref_page_commit(task, pfn, mt, False)
+                await self.free_unref_page(task, pfn, mt, False)
                 return
         mt = self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
         await self.free_one_page(task, pfn, order, mt, trylock=False)
@@ -541,12 +735,32 @@ class PageAlloc:
         """
         mt = self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
         if order == 0:
-            await self.free_unref_page_commit(task, pfn, mt, True)
+            await self.free_unref_page(task, pfn, mt, True)
             return
         await self.free_one_page(task, pfn, order, mt, trylock=True)
 
+    async def free_unref_page(self, task: Task, pfn: int, mt: int, trylock: bool) -> None:
+        """``free_unref_page``: :meth:`free_unref_page_commit` under the pcp protection.
+
+        None on 5.8 !RT; the ``pa_lock``/``pagesets`` local_lock otherwise before 6.0; from 6.0
+        a ``pcp_spin_trylock()``, and when it fails the page goes to the buddy lists under
+        ``zone->lock`` instead (``free_one_page``), as it does for ``free_pages_nolock()``.
+        """
+        if self.pcp_locks is None:
+            await self.free_unref_page_commit(task, pfn, mt, trylock)
+            return
+        lock = self.pcp_lock(task, "free_unref_page", self._pcp_trylock or trylock)
+        if lock is None:
+            await self.free_one_page(task, pfn, 0, mt, trylock=trylock)
+            return
+        await self.free_unref_page_commit(task, pfn, mt, trylock)
+        self.locks.release(task, lock)
+
     async def free_unref_page_commit(self, task: Task, pfn: int, mt: int, trylock: bool) -> None:
-        """``free_unref_page_commit``: onto this CPU's pcp list, ``batch`` back at ``high``."""
+        """``free_unref_page_commit``: onto this CPU's pcp list, ``batch`` back at ``high``.
+
+        The caller holds the pcp protection (:meth:`free_unref_page`).
+        """
         self._pstate[pfn - self._start_pfn] = PS_FREE
         pcp = self.pcps[task.cpu.id]
         pcp.lists[mt].appendleft(pfn)
@@ -614,11 +828,19 @@ class PageAlloc:
         return len(pages)
 
     async def drain_local_pages(self, task: Task) -> int:
-        """``drain_local_pages``: every page of this CPU's pcp lists back to the buddy lists."""
+        """``drain_local_pages``: every page of this CPU's pcp lists back to the buddy lists,
+        under the pcp protection."""
         pcp = self.pcps[task.cpu.id]
         if not pcp.count:
             return 0
-        return await self.free_pcppages_bulk(task, pcp, pcp.count, False)
+        if self.pcp_locks is None:
+            return await self.free_pcppages_bulk(task, pcp, pcp.count, False)
+        # drain_pages_zone(): the local_lock before 6.0, spin_lock(&pcp->lock) from 6.0.
+        lock = self.pcp_lock(task, "drain_pages_zone", False)
+        assert lock is not None
+        n = await self.free_pcppages_bulk(task, pcp, pcp.count, False)
+        self.locks.release(task, lock)
+        return n
 
     def release_reclaimed(self, blocks: Sequence[tuple[int, int]]) -> None:
         """Reclaimed "other users" blocks back to the buddy lists (caller holds zone->lock)."""

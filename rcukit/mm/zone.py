@@ -32,8 +32,13 @@ from rcukit.mm.gfp import (
 
 #: Orders 0..MAX_ORDER-1 (5.x meaning of MAX_ORDER): the largest block is 4 MiB of 4 KiB pages.
 MAX_ORDER = 11
-#: x86-64 with hugetlb: a pageblock is one 2 MiB huge page. Only used by the steal heuristic.
+#: x86-64 with hugetlb: a pageblock is one 2 MiB huge page (the steal heuristic and the
+#: watermark boost step use it).
 PAGEBLOCK_ORDER = 9
+#: ``pageblock_nr_pages``.
+PAGEBLOCK_NR_PAGES = 1 << PAGEBLOCK_ORDER
+#: ``vm.watermark_boost_factor`` default (5.1+): the boost may reach 150% of the high watermark.
+WATERMARK_BOOST_FACTOR = 15_000
 
 #: ``fallbacks[]`` of mm/page_alloc.c (5.x), indexed by the requested migratetype.
 FALLBACKS: tuple[tuple[int, ...], ...] = (
@@ -256,7 +261,11 @@ class BuddyAllocator:
       cannot steal (block order < pageblock_order/2) takes the smallest fallback block instead.
     * A freed block goes to the migratetype the caller passes (the kernel reads the pageblock's),
       and merges with its buddy (``pfn ^ (1 << order)``) whatever list the buddy is on.
-    * HIGHATOMIC, CMA, ISOLATE, ALLOC_NOFRAGMENT and watermark boosting are absent.
+    * HIGHATOMIC, CMA, ISOLATE and ALLOC_NOFRAGMENT are absent. A steal of a block below
+      ``pageblock_order`` is counted in ``nr_boosting_steals``: those are the steals for which
+      ``steal_suitable_fallback()`` calls ``boost_watermark()`` (a block of a whole pageblock
+      or more is re-typed instead); the zone's owner applies the boost
+      (:meth:`Zone.boost_watermark`).
     """
 
     start_pfn: int = attrs.field(validator=_nonneg)
@@ -269,6 +278,8 @@ class BuddyAllocator:
     nr_free: int = attrs.field(init=False, default=0)
     #: Blocks taken from another migratetype's list (the ``mm_page_alloc_extfrag`` event count).
     nr_fallback_steals: int = attrs.field(init=False, default=0)
+    #: Of those, the ones of a block smaller than a pageblock (each boosts the watermark).
+    nr_boosting_steals: int = attrs.field(init=False, default=0)
     # head PFN -> (order, migratetype) of every free block, for O(1) buddy lookup.
     _heads: dict[int, tuple[int, int]] = attrs.field(init=False, factory=dict, repr=False)
 
@@ -358,6 +369,8 @@ class BuddyAllocator:
         self._remove(pfn, cur, fb)
         self._add(pfn, cur, start_mt)
         self.nr_fallback_steals += 1
+        if cur < PAGEBLOCK_ORDER:
+            self.nr_boosting_steals += 1
         return True
 
     def rmqueue(self, order: int, mt: int) -> int | None:
@@ -635,7 +648,13 @@ class PerCpuPages:
 
 @attrs.define(eq=False)
 class Zone:
-    """``struct zone`` as far as the model needs it: buddy lists, watermarks, ``zone->lock``."""
+    """``struct zone`` as far as the model needs it: buddy lists, watermarks, ``zone->lock``,
+    and the watermark boost of 5.1+ (kernel.md 8.2).
+
+    ``watermark_boost`` is added to every watermark the allocator and kswapd check
+    (``wmark_pages()`` is ``_watermark[i] + watermark_boost``); ``boosted`` is the
+    ``ZONE_BOOSTED_WATERMARK`` bit of ``zone->flags``, which ``rmqueue()`` tests and clears.
+    """
 
     name: str
     buddy: BuddyAllocator
@@ -643,6 +662,30 @@ class Zone:
     #: ``zone->lock`` (a ``spinlock_t``), the lock the RFC is about.
     lock: Lock
     managed_pages: int
+    #: ``vm.watermark_boost_factor`` (0 disables boosting).
+    watermark_boost_factor: int = WATERMARK_BOOST_FACTOR
+    #: ``zone->watermark_boost`` in pages (changed under ``zone->lock``).
+    watermark_boost: int = 0
+    #: ``ZONE_BOOSTED_WATERMARK``.
+    boosted: bool = False
+
+    def boost_watermark(self) -> bool:
+        """``boost_watermark()`` of 5.1-6.x ``mm/page_alloc.c``: one pageblock more, capped.
+
+        Called for a fragmenting fallback steal (``steal_suitable_fallback()``) with
+        ``zone->lock`` held. Nothing happens when the factor is 0 or the zone holds fewer than
+        four pageblocks ("boosting the watermark can cause an out of memory situation
+        immediately" on small machines); the cap is ``high * factor / 10000`` (150% of the
+        high watermark by default) but at least one pageblock. Returns whether it boosted.
+        """
+        if not self.watermark_boost_factor or self.managed_pages < PAGEBLOCK_NR_PAGES * 4:
+            return False
+        max_boost = self.wmark.high * self.watermark_boost_factor // 10000
+        if not max_boost:
+            return False
+        max_boost = max(PAGEBLOCK_NR_PAGES, max_boost)
+        self.watermark_boost = min(self.watermark_boost + PAGEBLOCK_NR_PAGES, max_boost)
+        return True
 
     @classmethod
     def setup(
@@ -654,6 +697,7 @@ class Zone:
         page_size: int,
         min_free_kbytes: int | None,
         watermark_scale_factor: int,
+        watermark_boost_factor: int = WATERMARK_BOOST_FACTOR,
     ) -> Zone:
         """``free_area_init_core()`` + ``setup_per_zone_wmarks()`` for one ZONE_NORMAL."""
         min_kb = (
@@ -666,4 +710,11 @@ class Zone:
             zone_min_pages(min_kb, nr_pages, page_size=page_size),
             watermark_scale_factor,
         )
-        return cls("Normal", BuddyAllocator(start_pfn, nr_pages), wmark, lock, nr_pages)
+        return cls(
+            "Normal",
+            BuddyAllocator(start_pfn, nr_pages),
+            wmark,
+            lock,
+            nr_pages,
+            watermark_boost_factor=watermark_boost_factor,
+        )

@@ -36,15 +36,20 @@ IWC = {"invalid_wait_context": 1}
 #: the lock, so the task never blocks. (These expectations said scheduling_while_atomic before
 #: the RT reports were modelled as the kernel prints them.)
 SLP = {"sleeping_in_atomic": 1}
+SLP2 = {"sleeping_in_atomic": 2}
 
 #: (variant, pcp stocked?) -> (gets a page?, splats on default, on lockdep, on rt)
+#: The default profile is a 5.8-era kernel: on RT its pcp lists are the -rt patchset's
+#: ``pa_lock`` local_lock, a sleeping lock taken for every pcp access (kernel.md 8.1), so on
+#: RT every variant that touches a pcp list reports it, and a refill reports ``zone->lock``
+#: too; ``alloc_pages_nolock()`` only trylocks.
 EXPECTED: dict[tuple[str, bool], tuple[bool, dict[str, int], dict[str, int], dict[str, int]]] = {
-    ("fast-try", False): (False, NONE, NONE, NONE),
-    ("fast-try", True): (True, NONE, NONE, NONE),
-    ("nowait", False): (True, NONE, IWC, SLP),
-    ("nowait", True): (True, NONE, NONE, NONE),
-    ("gfp-zero", False): (True, NONE, IWC, SLP),
-    ("gfp-zero", True): (True, NONE, NONE, NONE),
+    ("fast-try", False): (False, NONE, NONE, SLP),
+    ("fast-try", True): (True, NONE, NONE, SLP),
+    ("nowait", False): (True, NONE, IWC, SLP2),
+    ("nowait", True): (True, NONE, NONE, SLP),
+    ("gfp-zero", False): (True, NONE, IWC, SLP2),
+    ("gfp-zero", True): (True, NONE, NONE, SLP),
     ("page-cache", False): (False, NONE, NONE, NONE),
     ("page-cache", True): (False, NONE, NONE, NONE),
     ("nolock", False): (True, NONE, NONE, NONE),
@@ -87,11 +92,9 @@ async def test_variant_under_raw_lock(
         addr = await get_under_raw_lock(k, variant, stock_pcp=stocked)
         assert (addr is not None) == gets
         assert {kind: n for kind, n in k.splat_counts().items() if n} == want
-        for s in k.locks.splats:  # the splat names the zone lock and the raw lock held
-            assert s.lock_name == "&zone->lock"
-            # rt_spin_lock() calls lockdep's spin_acquire() before its might-sleep check.
-            taking = ["&zone->lock"] if build == "rt" else []
-            assert [h.name for h in s.held] == ["krc.lock", *taking]
+        for s in k.locks.splats:  # the splat names the zone or pcp lock, krc.lock held
+            assert s.lock_name in ("&zone->lock", "pa_lock.l")
+            assert s.held[0].name == "krc.lock"
         took_zone_lock = pa(k).zone_lock.acquisitions - locks_before > (1 if stocked else 0)
         assert took_zone_lock == (variant in ("nowait", "gfp-zero", "nolock") and not stocked)
         if addr is not None:
@@ -104,15 +107,20 @@ async def test_variant_under_raw_lock(
 async def test_kswapd_wakeup_below_low(
     autojump_clock: Any, variant: str, wakes: bool, build: str
 ) -> None:
-    """Below the low watermark nowait also takes ``&pgdat->kswapd_wait``; gfp-zero never."""
+    """Below the low watermark nowait also takes ``&pgdat->kswapd_wait``; gfp-zero never.
+    On RT the 5.8-rt ``pa_lock`` around the pcp lists is a sleeping lock as well."""
     c = KernelConfig(nr_cpus=2).with_kernel_config(build).replace(**{"mm.initial_free_pages": 1200})
     async with mm_kernel(c) as k:
         assert pa(k).zone.wmark.min < 1200 < pa(k).zone.wmark.low
         addr = await get_under_raw_lock(k, variant, stock_pcp=False)
         assert addr is not None
         assert k.vmstat["kswapd_wake"] == (1 if wakes else 0)
-        locks = sorted(s.lock_name for s in k.locks.splats)
-        expect = ["&pgdat->kswapd_wait", "&zone->lock"] if wakes else ["&zone->lock"]
+        locks = {s.lock_name for s in k.locks.splats}
+        expect = {"&pgdat->kswapd_wait", "&zone->lock"} if wakes else {"&zone->lock"}
+        if build == "rt":  # the 5.8-rt pcp lists' pa_lock (kernel.md 8.1) is reported too
+            expect.add("pa_lock.l")
+        # (A set: on RT the kswapd just woken may hold zone->lock when the refill wants it,
+        # which adds a report of another kind on the same lock.)
         assert locks == expect
 
 

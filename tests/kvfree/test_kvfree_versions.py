@@ -200,7 +200,7 @@ def test_the_head_less_allocation_relocks_this_cpus_krcp_until_v6_5(
             seen["freed"] = freed(k, ps[0])
 
         async def admin(task: Task) -> None:
-            await task.sleep_ns(MS + 3_000)
+            await task.sleep_ns(MS + 4_000)
             await k.rcu.cpu_down(task, 1)
 
         k.spawn(queuer, 1, "queuer")

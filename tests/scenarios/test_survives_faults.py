@@ -141,7 +141,7 @@ async def test_an_offlined_cpus_krcp_and_callbacks_are_freed_after_their_gp(
 
         async def admin(task: Task) -> None:
             while len(objs) < 150:
-                await task.sleep_ns(MS // 10)
+                await task.sleep_ns(MS // 100)
             await task.sync()
             seen["krc"] = kv.krcs[2].krc_count() + sum(
                 1 for w in kv.krcs[2].krw if w.busy()
