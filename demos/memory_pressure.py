@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
                 "kvfree.profile": "v6.1",
                 "mm.initial_used_fraction": used,
                 "mm.background_allocs_per_ms": bg,
+                # A freshly booted machine: no fragmentation, so no watermark boost (which
+                # would wake kswapd and its shrinkers even with room to spare).
+                "mm.initial_free_max_order": 10,
+                "mm.background_movable_fraction": 0.0,
             }
         )
         row, k = run_row(config, workload, "page-cache", "default")

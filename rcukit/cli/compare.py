@@ -14,10 +14,18 @@ from typing import Any
 
 import attrs
 
-from rcukit.cli.options import Default, add_shared_options, check_profile, number_type
+from rcukit.cli.options import (
+    PLOT_SUFFIXES,
+    Default,
+    add_shared_options,
+    check_profile,
+    number_type,
+    output_path,
+)
 from rcukit.cli.plugins import ENTRY_POINT_GROUP, load_block_sources
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
+from rcukit.rcu.profiles import PROFILES
 from rcukit.scenarios import compare as cmp
 from rcukit.scenarios.output import print_compare_table, write_plot, write_traces
 
@@ -42,7 +50,9 @@ def load_compare_file(path: str) -> tuple[KernelConfig, dict[str, Any]]:
     section = data.pop("compare", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [compare] must be a table")
-    allowed = {"variants", "configs", "scale"} | {f.name for f in attrs.fields(cmp.Workload)}
+    allowed = {"variants", "configs", "profiles", "scale"} | {
+        f.name for f in attrs.fields(cmp.Workload)
+    }
     for key in section:
         if key not in allowed:
             raise ConfigError(
@@ -91,6 +101,14 @@ def _cmd(args: argparse.Namespace) -> int:
     check_profile(args.profile)
     if args.profile is not None:
         config = config.replace(**{"kvfree.profile": args.profile})
+    if args.profiles and args.profile is not None:
+        raise ConfigError("--profile and --profiles both given: name the profiles once")
+    profiles = (
+        _names(args.profiles, "profiles", tuple(PROFILES)) if args.profiles
+        else _section_names(section["profiles"], "profiles", tuple(PROFILES))
+        if "profiles" in section and args.profile is None
+        else [config.kvfree.profile]
+    )
     variants = (
         _names(args.variants, "variants", known) if args.variants
         else _section_names(section.get("variants", known), "variants", known)
@@ -100,8 +118,10 @@ def _cmd(args: argparse.Namespace) -> int:
         else _section_names(section.get("configs", KERNEL_CONFIG_NAMES), "configs",
                             KERNEL_CONFIG_NAMES)
     )
-    cmp.check_names(variants, configs, known)
-    wl_fields = {k: v for k, v in section.items() if k not in ("variants", "configs", "scale")}
+    cmp.check_names(variants, configs, known, profiles)
+    wl_fields = {
+        k: v for k, v in section.items() if k not in ("variants", "configs", "profiles", "scale")
+    }
     workload = cmp.Workload(**wl_fields)
     scale = args.scale if args.scale is not None else section.get("scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
@@ -123,9 +143,9 @@ def _cmd(args: argparse.Namespace) -> int:
     # --trace/--ftrace keep every row's kernel in this process: run_compare() runs them inline.
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
 
-    def run(progress: Callable[[str, str], None] | None) -> cmp.CompareResult:
-        return cmp.run_compare(config, workload, variants, configs, progress=progress,
-                               kernels=kernels, jobs=jobs, **extra)
+    def run(progress: Callable[[cmp.Cell], None] | None) -> cmp.CompareResult:
+        return cmp.run_compare(config, workload, variants, configs, profiles=profiles,
+                               progress=progress, kernels=kernels, jobs=jobs, **extra)
 
     if args.json or not sys.stderr.isatty():
         result = run(None)
@@ -133,10 +153,12 @@ def _cmd(args: argparse.Namespace) -> int:
         from rich.progress import Progress
 
         with Progress(transient=True) as progress:
-            bar = progress.add_task("simulating", total=len(variants) * len(configs))
+            bar = progress.add_task(
+                "simulating", total=len(profiles) * len(variants) * len(configs)
+            )
 
-            def step(variant: str, kc: str) -> None:
-                progress.update(bar, advance=1, description=f"{variant} / {kc}")
+            def step(cell: cmp.Cell) -> None:
+                progress.update(bar, advance=1, description=" / ".join(cell))
 
             result = run(step)
     if args.json:
@@ -169,7 +191,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--variants", help=f"comma-separated subset of: {', '.join(cmp.VARIANTS)}")
     p.add_argument("--configs",
                    help=f"comma-separated subset of: {', '.join(KERNEL_CONFIG_NAMES)}")
-    p.add_argument("--scale", type=_scale, help="multiply the workload (default 1)")
+    p.add_argument("--profiles", metavar="A,B,...",
+                   help="run the question across kernel history in one table: comma-separated "
+                   f"profiles from {', '.join(PROFILES)} (instead of --profile)")
+    p.add_argument("--scale", type=_scale,
+                   help="multiply the workload: objects and simulated time (default 1: a "
+                   "second of simulated time per row)")
     # seed and profile parse to None so a --config file's values win when they are not given.
     add_shared_options(p, seed=None, profile=Default(None, "rfc, or the --config file's"),
                        config="kernel, workload and [compare] settings")
@@ -182,7 +209,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "the output is the same whatever N; --trace and --ftrace run inline")
     p.add_argument("--from-host-zoneinfo", action="store_true",
                    help="size the zone and pcp lists from this host's /proc/zoneinfo")
-    p.add_argument("--plot", metavar="FILE.png", help="write plots (needs the plot extra)")
-    p.add_argument("--trace", metavar="FILE.json", help="write a Perfetto trace of the runs")
-    p.add_argument("--ftrace", metavar="FILE.txt", help="write the trace in ftrace text form")
+    p.add_argument("--plot", metavar="FILE.png", type=output_path(PLOT_SUFFIXES),
+                   help="write plots (needs the plot extra)")
+    p.add_argument("--trace", metavar="FILE.json", type=output_path(),
+                   help="write a Perfetto trace of the runs")
+    p.add_argument("--ftrace", metavar="FILE.txt", type=output_path(),
+                   help="write the trace in ftrace text form")
     p.set_defaults(func=_cmd)

@@ -8,14 +8,25 @@ which one applies, so ``rcukit X --help`` documents the default ``X`` uses.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import attrs
 
 from rcukit.rcu.profiles import PROFILES, get_profile
 
-__all__ = ["Default", "add_shared_options", "check_profile", "module_params", "number_type"]
+__all__ = [
+    "PLOT_SUFFIXES",
+    "Default",
+    "add_shared_options",
+    "check_profile",
+    "module_params",
+    "number_type",
+    "output_path",
+]
 
 N = TypeVar("N", int, float)
 P = TypeVar("P", bound=attrs.AttrsInstance)
@@ -60,6 +71,7 @@ def number_type(
     """An argparse ``type=``: ``convert`` the text, then ``check(text, value)`` for a problem.
 
     Errors come out as argparse's own (``argument --x: ...``, exit status 2) before any run.
+    ``inf`` and ``nan`` are never a number here: no count, rate or duration is infinite.
     """
 
     def parse(text: str) -> N:
@@ -67,10 +79,45 @@ def number_type(
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}: it must be finite")
         problem = check(text, value) if check is not None else None
         if problem is not None:
             raise argparse.ArgumentTypeError(problem)
         return value
+
+    return parse
+
+
+#: Image formats matplotlib's Agg backend writes, chosen by the file name's suffix.
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
+
+
+def output_path(suffixes: Sequence[str] = ()) -> Callable[[str], str]:
+    """An argparse ``type=`` for a file the command writes at the end of its run.
+
+    Checked when the command line is parsed, so a mistyped directory or suffix is an error
+    (exit 2) before minutes of simulation, not a traceback after them: the directory must exist
+    and be writable, the name must not be a directory, and with ``suffixes`` the name must end
+    in one of them (matplotlib picks the image format from it).
+    """
+
+    def parse(text: str) -> str:
+        path = Path(text)
+        if not text or path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file name")
+        parent = path.parent
+        if not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r}: directory {str(parent)!r} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"{text!r}: directory {str(parent)!r} is not writable")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{text!r} exists and is not writable")
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a name ending in {', '.join(suffixes)}"
+            )
+        return text
 
     return parse
 

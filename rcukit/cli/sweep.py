@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from rcukit.cli.options import number_type
+from rcukit.cli.options import PLOT_SUFFIXES, number_type, output_path
 from rcukit.errors import ConfigError
 from rcukit.scenarios import sweep as sw
 
@@ -131,7 +131,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("sweep_file", nargs="?", metavar="SWEEP.toml",
                    help="the sweep: scenario, seeds, [grid], optional [fixed] and samples")
     run = p.add_argument_group("running a sweep")
-    run.add_argument("--out", metavar="RESULTS.jsonl", help="JSON-lines results, one per point")
+    run.add_argument("--out", metavar="RESULTS.jsonl", type=output_path(),
+                     help="JSON-lines results, one per point")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_workers, metavar="N",
                        help="local worker processes (default: one per core; 0 = inline)")
@@ -150,5 +151,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       help="result key to plot, dotted if nested (latency_ns.p99)")
     plot.add_argument("--where", metavar="FIELD=VALUE", action="append", default=[],
                       help="keep only points with this parameter value (repeatable)")
-    plot.add_argument("--out-plot", metavar="FILE.png", help="image to write")
+    plot.add_argument("--out-plot", metavar="FILE.png", type=output_path(PLOT_SUFFIXES),
+                      help="image to write")
     p.set_defaults(func=_cmd)

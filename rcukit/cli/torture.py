@@ -68,7 +68,26 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-_seconds = number_type(float, "a number of seconds")
+_seconds = number_type(
+    float, "a number of seconds",
+    lambda text, v: None if v >= 0 else f"{text!r}: a number of seconds must be >= 0",
+)
+_duration = number_type(
+    float, "a number of seconds",
+    lambda text, v: None if v > 0 else f"{text!r}: the test must last more than 0 seconds",
+)
+# rcutorture.onoff_interval counts jiffies: nothing shorter than one (1 ms at HZ=1000) exists,
+# and a shorter one would make a second of simulated time cost hours of hotplug.
+_ONOFF_MIN = 0.001
+_onoff = number_type(
+    float, "a number of seconds",
+    lambda text, v: None if v == 0 or v >= _ONOFF_MIN else
+    f"{text!r}: the hotplug interval is 0 (none) or at least {_ONOFF_MIN} s (one jiffy)",
+)
+_rate = number_type(
+    float, "a probability",
+    lambda text, v: None if 0 <= v <= 1 else f"{text!r}: a probability is from 0 to 1",
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,7 +101,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--mode", choices=("sim", "app"), default="sim",
                    help="sim: the simulated kernel on virtual time; app: rcukit.app on "
                    "Trio's real clock")
-    p.add_argument("--duration", type=_seconds, default=10.0,
+    p.add_argument("--duration", type=_duration, default=10.0,
                    help="test length in seconds (simulated in sim mode, real in app mode)")
     p.add_argument("--nreaders", type=int, default=-1,
                    help="reader threads (-1: one per CPU but one)")
@@ -90,10 +109,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--nfakewriters", type=int, default=4, help="fake writer threads")
     p.add_argument("--variant", default=None,
                    help="kvfree_rcu block allocator variant (sim mode; default nowait)")
-    p.add_argument("--onoff-interval", type=_seconds, default=0.0,
+    p.add_argument("--onoff-interval", type=_onoff, default=0.0,
                    help="seconds between CPU hotplug operations (app mode: QSBR readers "
                    "going offline); 0: none")
-    p.add_argument("--fault-rate", type=float, default=0.0,
+    p.add_argument("--fault-rate", type=_rate, default=0.0,
                    help="probability of failing each page and slab allocation (app mode: of "
                    "a callback or release function raising)")
     p.add_argument("--stall-cpu", type=_seconds, default=0.0,

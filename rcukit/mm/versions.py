@@ -22,8 +22,12 @@ import attrs
 #: * ``"local_lock"``: 5.14+, ``local_lock_irqsave(&pagesets.lock)``; lockdep gives a
 #:   local_lock the wait type of a ``spinlock_t`` (LD_WAIT_CONFIG), so under a raw lock it is
 #:   "Invalid wait context" with PROVE_RAW_LOCK_NESTING even on !RT, and a sleeping lock on RT.
-#: * ``"pcp_spinlock"``: 6.0+, a ``spinlock_t pcp->lock`` per pcp (``pcp_spin_lock*()``);
-#:   ``alloc_pages_nolock()`` takes it with ``pcp_spin_trylock()``.
+#: * ``"pcp_spinlock"``: 6.0+, a ``spinlock_t pcp->lock`` per pcp ("mm/page_alloc: replace
+#:   local_lock with normal spinlock"), taken by ``rmqueue_pcplist()`` and ``free_unref_page()``
+#:   with ``pcp_spin_trylock()``. lockdep does not check a trylock's wait context and
+#:   ``rt_spin_trylock()`` has no might-sleep check, so a pcp hit under a raw lock reports
+#:   nothing on any build; a refill still takes ``zone->lock``, and a failed trylock falls back
+#:   to ``rmqueue_buddy()`` (allocation) or ``free_one_page()`` (free), both under ``zone->lock``.
 PcpLock = Literal["irq", "local_lock", "pcp_spinlock"]
 PCP_LOCKS: Final = ("irq", "local_lock", "pcp_spinlock")
 

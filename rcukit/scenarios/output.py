@@ -13,7 +13,7 @@ from rcukit.trace.export import to_ftrace, to_perfetto
 
 if TYPE_CHECKING:
     from rcukit.kernel import Kernel
-    from rcukit.scenarios.compare import CompareResult
+    from rcukit.scenarios.compare import Cell, CompareResult
 
 
 def _us(ns: int) -> str:
@@ -21,49 +21,68 @@ def _us(ns: int) -> str:
 
 
 def print_compare_table(result: CompareResult, console: Console | None = None) -> None:
+    """One table per profile (its title names the kernel), identical rows collapsed into one
+    (their variants joined by ``=``), then the verdict."""
+    from rcukit.rcu.profiles import get_profile
+    from rcukit.scenarios.verdict import judge
+
     console = console or Console(width=200)
     cfg = result.config
     wl = result.workload
-    title = (
-        f"kvfree_rcu() block allocation: {cfg.nr_cpus} CPUs, profile {cfg.kvfree.profile}, "
-        f"{wl.flood_cpus} flooding CPUs x {wl.objects_per_cpu} objects, seed {cfg.seed}"
-    )
-    t = Table(title=title, show_lines=False, header_style="bold")
-    cols = [
-        ("variant", "left"), ("config", "left"), ("calls", "right"),
-        ("blk alloc", "right"), ("failed", "right"), ("fb rcu_head", "right"),
-        ("fb sync", "right"), ("invalid wait", "right"), ("sched atomic", "right"),
-        ("sleep atomic", "right"), ("kswapd", "right"), ("zone lock", "right"),
-        ("GPs", "right"), ("rec/blk", "right"), ("pending peak", "right"),
-        ("pages peak", "right"), ("p50 us", "right"), ("p99 us", "right"),
-        ("max us", "right"),
-    ]
-    for name, justify in cols:
-        t.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for r in result.rows:
-        s = r["splats"]
-
-        def red(n: int) -> str:
-            return f"[bold red]{n}[/]" if n else "0"
-
-        t.add_row(
-            r["variant"], r["kernel_config"], str(r["kvfree_calls"]),
-            str(r["block_alloc_attempts"]),
-            f"{r['block_alloc_failures']} ({r['block_alloc_failure_pct']:.1f}%)",
-            str(r["fallback_rcu_head"]), str(r["fallback_synchronize"]),
-            red(s["invalid_wait_context"]), red(s["scheduling_while_atomic"]),
-            red(s["sleeping_in_atomic"]), str(r["kswapd_wakeups"]),
-            str(r["zone_lock_acquisitions"]), str(r["grace_periods"]),
-            f"{r['records_per_block_mean']:.1f}", str(r["pending_peak"]),
-            str(r["pages_peak"]), _us(r["latency_ns"]["p50"]), _us(r["latency_ns"]["p99"]),
-            _us(r["latency_ns"]["max"]),
+    judged = judge(result.rows)
+    for profile in result.profiles:
+        prof = get_profile(profile)
+        title = (
+            f"kvfree_rcu() block allocation, profile {profile} (mm {prof.mm.kernel}): "
+            f"{cfg.nr_cpus} CPUs, {wl.flood_cpus} flooding CPUs x {wl.objects_per_cpu} objects, "
+            f"seed {cfg.seed}"
         )
-    console.print(t)
-    from rcukit.scenarios.compare import verdict
-
+        t = Table(title=title, caption=prof.description, show_lines=False, header_style="bold")
+        cols = [
+            ("variant", "left"), ("build", "left"), ("calls", "right"),
+            ("blk alloc", "right"), ("failed", "right"), ("fb rcu_head", "right"),
+            ("fb sync", "right"), ("invalid wait", "right"), ("sleep atomic", "right"),
+            ("sched atomic", "right"), ("printed", "right"), ("zone lock in krcp", "right"),
+            ("kswapd in krcp", "right"), ("GPs", "right"), ("GP p50 ms", "right"),
+            ("pending peak", "right"), ("pages peak", "right"), ("p99.9 us", "right"),
+            ("p99.99 us", "right"), ("max us", "right"),
+        ]
+        for name, justify in cols:
+            t.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for b in (b for b in judged.builds if b.profile == profile):
+            rows = [r for r in result.rows
+                    if r["profile"] == profile and r["kernel_config"] == b.kernel_config]
+            merged = {v: g for g in b.identical for v in g}
+            for r in rows:
+                group = merged.get(r["variant"], (r["variant"],))
+                if group[0] != r["variant"]:
+                    continue  # shown once, on the group's first row
+                t.add_row(r" = ".join(group), b.kernel_config, *_cells(r))
+        console.print(t)
     console.print("[bold]Verdict[/]")
-    for line in verdict(result.rows):
-        console.print(f"  - {line}", highlight=False)
+    for line in judged.lines():
+        console.print(f"  {line}", highlight=False)
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    s = r["splats"]
+
+    def red(n: int) -> str:
+        return f"[bold red]{n}[/]" if n else "0"
+
+    att = r["block_alloc_attempts"]
+    lat = r["latency_ns"]
+    return [
+        str(r["kvfree_calls"]), str(att),
+        f"{r['block_alloc_failures']} ({r['block_alloc_failure_pct']:.1f}%)" if att else "-",
+        str(r["fallback_rcu_head"]), str(r["fallback_synchronize"]),
+        red(s["invalid_wait_context"]), red(s["sleeping_in_atomic"]),
+        red(s["scheduling_while_atomic"]), str(r["reports_printed"]),
+        str(r["zone_lock_in_krcp"]), str(r["kswapd_wakeups_in_krcp"]),
+        str(r["grace_periods"]), f"{r['gp_duration_ns']['p50'] / 1e6:.2f}",
+        str(r["pending_peak"]), str(r["pages_peak"]),
+        _us(lat["p999"]), _us(lat["p9999"]), _us(lat["max"]),
+    ]
 
 
 def require_matplotlib() -> Any:
@@ -82,7 +101,8 @@ def require_matplotlib() -> Any:
 def write_plot(result: CompareResult, path: str) -> None:
     """Failure rate and splats per variant and build, and pending memory over time."""
     plt = require_matplotlib()
-    rows = result.rows
+    first = result.profiles[0]
+    rows = [r for r in result.rows if r["profile"] == first]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     configs = list(dict.fromkeys(r["kernel_config"] for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -117,19 +137,19 @@ def write_plot(result: CompareResult, path: str) -> None:
 
 
 def write_traces(
-    kernels: list[tuple[str, str, Kernel]], trace_path: str | None, ftrace_path: str | None
+    kernels: list[tuple[Cell, Kernel]], trace_path: str | None, ftrace_path: str | None
 ) -> None:
     """One Perfetto file with every run (a process per run) and/or one ftrace text file."""
     if trace_path:
         import json
 
         merged: list[dict[str, Any]] = []
-        for i, (variant, kc, k) in enumerate(kernels):
+        for i, ((profile, variant, kc), k) in enumerate(kernels):
             doc = json.loads(to_perfetto(k.tracer.events, k.config.nr_cpus))
             for ev in doc["traceEvents"]:
                 ev["pid"] = ev["pid"] + 10 * i
                 if ev.get("name") == "process_name":
-                    ev["args"]["name"] = f"{variant}/{kc}: {ev['args']['name']}"
+                    ev["args"]["name"] = f"{profile}/{variant}/{kc}: {ev['args']['name']}"
                 merged.append(ev)
         Path(trace_path).write_text(
             json.dumps({"traceEvents": merged, "displayTimeUnit": "ns"}, sort_keys=True),
@@ -137,7 +157,9 @@ def write_traces(
         )
     if ftrace_path:
         parts = []
-        for variant, kc, k in kernels:
-            parts.append(f"# ===== variant={variant} kernel_config={kc} =====\n")
+        for (profile, variant, kc), k in kernels:
+            parts.append(
+                f"# ===== profile={profile} variant={variant} kernel_config={kc} =====\n"
+            )
             parts.append(to_ftrace(k.tracer.events, k.config.nr_cpus))
         Path(ftrace_path).write_text("".join(parts), encoding="utf-8")

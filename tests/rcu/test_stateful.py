@@ -349,10 +349,11 @@ class _V59Machine(RcuMachine):
     profile = "v5.9"
 
 
-def test_the_invariants_rediscover_the_pre_v6_4_krwp_reuse_bug() -> None:
-    """Hypothesis found this on v5.9 (kernel.md 1.0, v6.4: "Avoid freeing new kfree_rcu()
-    memory after old grace period"): the monitor adds a new block to a krwp whose batch is
-    still waiting for an older grace period, so the new object is freed after the old GP."""
+def test_the_invariants_rediscover_the_pre_v6_3_krwp_reuse_bug() -> None:
+    """Hypothesis found this on v5.9 ("Avoid freeing new kfree_rcu() memory after old grace
+    period", 5da7cb193db3, mainline in 6.3-rc6 and backported to stable): the monitor adds a
+    new block to a krwp whose batch is still waiting for an older grace period, so the new
+    object is freed after the old GP."""
     m = _V59Machine()
     try:
         m.reader_enter(0)  # holds the first batch's grace period open

@@ -380,3 +380,38 @@ def test_a_user_mempool_variant_runs_in_compare_from_the_command_line() -> None:
     assert mine["block_alloc_failures"] == 0
     assert mine["splat_sites"] == 0
     assert mine["objects_freed"] == mine["kvfree_calls"] == rows["nowait"]["kvfree_calls"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["compare", "--ftrace", "/nonexistent/x.txt"], "argument --ftrace:"),
+        (["compare", "--trace", "/nonexistent/x.json"], "argument --trace:"),
+        (["compare", "--plot", "out.3.5"], "argument --plot:"),
+        (["compare", "--plot", "."], "argument --plot:"),
+        (["compare", "--scale", "inf"], "argument --scale:"),
+        (["compare", "--scale", "nan"], "argument --scale:"),
+        (["compare", "--profiles", "rfc,v9.9"], "'v9.9'"),
+        (["compare", "--profiles", "rfc", "--profile", "v5.9"], "--profiles"),
+        (["sweep", "examples/sweep-small.toml", "--out", "/nonexistent/r.jsonl"],
+         "argument --out:"),
+        (["torture", "--onoff-interval", "1e-9"], "argument --onoff-interval:"),
+        (["torture", "--duration", "0"], "argument --duration:"),
+        (["torture", "--duration", "inf"], "argument --duration:"),
+        (["torture", "--fault-rate", "1.5"], "argument --fault-rate:"),
+    ],
+)
+def test_bad_paths_and_numbers_exit_2_before_running(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], named: str
+) -> None:
+    """An output file is written after minutes of simulation: a path that cannot be written,
+    a plot name matplotlib cannot pick a format from, an infinite scale or a hotplug interval
+    shorter than a jiffy are refused when the command line is read (exit 2), not after the
+    run with a traceback."""
+    calls: list[dict[str, Any]] = []
+    _no_run(monkeypatch, calls)
+    monkeypatch.chdir(ROOT)
+    rc, out, err = run_cli(argv)
+    assert rc == 2, err
+    assert out == "" and named in err and "Traceback" not in err
+    assert calls == []

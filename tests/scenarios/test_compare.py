@@ -17,17 +17,19 @@ import rcukit.mm.zoneinfo as zoneinfo_mod
 from rcukit.cli import main
 from rcukit.config import KernelConfig
 from rcukit.scenarios import compare as cmp
-from rcukit.scenarios.compare import verdict
 
 FIXTURE_ZONEINFO = FIXTURES / "zoneinfo.txt"
 VARIANTS = ["fast-try", "nowait", "gfp-zero", "raw-zone-lock", "page-cache", "nolock"]
 CONFIGS = ["default", "lockdep", "rt"]
 SPLAT_KINDS = {"invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic"}
+#: The documented row keys (README, "compare --json").
 ROW_KEYS = {
-    "variant", "kernel_config", "kvfree_calls", "block_alloc_attempts", "block_alloc_failures",
-    "fallback_rcu_head", "fallback_synchronize", "splats", "kswapd_wakeups",
-    "zone_lock_acquisitions", "grace_periods", "objects_freed", "records_per_block_mean",
-    "pending_peak", "pages_peak", "latency_ns",
+    "profile", "variant", "kernel_config", "kvfree_calls", "block_alloc_attempts",
+    "block_alloc_failures", "fallback_rcu_head", "fallback_synchronize", "splats",
+    "reports_printed", "first_report", "violations", "kswapd_wakeups", "kswapd_wakeups_in_krcp",
+    "zone_lock_acquisitions", "zone_lock_in_krcp", "pcp_lock_in_krcp", "grace_periods",
+    "gp_duration_ns", "gp_violations", "objects_freed", "records_per_block_mean", "pending_peak",
+    "pages_peak", "latency_ns", "block_alloc_all", "block_alloc_all_failures",
 }
 SMALL = ["--variants", "nowait", "--configs", "lockdep", "--scale", "0.01"]
 
@@ -56,38 +58,83 @@ def test_json_is_byte_identical_for_the_same_arguments(full_runs: tuple[str, str
 
 
 def test_json_has_config_seed_and_every_row_key(full: dict[str, Any]) -> None:
-    assert {"config", "seed", "rows"} <= set(full)
+    assert {"config", "seed", "rows", "profiles", "verdict", "verdict_text"} <= set(full)
     assert full["seed"] == 0 == full["config"]["seed"]
     assert full["config"]["kvfree"]["profile"] == "rfc"  # the RFC's world by default
-    assert [(r["variant"], r["kernel_config"]) for r in full["rows"]] == [
-        (v, c) for v in VARIANTS for c in CONFIGS
+    assert list(full["profiles"]) == ["rfc"]
+    assert [(r["profile"], r["variant"], r["kernel_config"]) for r in full["rows"]] == [
+        ("rfc", v, c) for v in VARIANTS for c in CONFIGS
     ]
     for r in full["rows"]:
         assert set(r) >= ROW_KEYS, ROW_KEYS - set(r)
         assert set(r["splats"]) == SPLAT_KINDS
-        assert set(r["latency_ns"]) == {"p50", "p99", "max"}
-        assert 0 < r["latency_ns"]["p50"] <= r["latency_ns"]["p99"] <= r["latency_ns"]["max"]
+        assert set(r["latency_ns"]) == {"p50", "p99", "p999", "p9999", "max"}
+        lat = r["latency_ns"]
+        assert 0 < lat["p50"] <= lat["p99"] <= lat["p999"] <= lat["p9999"] <= lat["max"]
+        assert 0 < r["gp_duration_ns"]["p50"] <= r["gp_duration_ns"]["max"]
+        # what was printed is a subset of what the checker saw, and the first report is text
+        assert r["reports_printed"] <= sum(r["splats"].values())
+        assert (r["first_report"] != "") == (r["reports_printed"] > 0)
+        assert r["zone_lock_in_krcp"] <= r["zone_lock_acquisitions"]
+        assert r["kswapd_wakeups_in_krcp"] <= r["kswapd_wakeups"]
+
+
+def test_the_machine_is_the_rfc_authors_kind() -> None:
+    """The RFC's numbers (kernel.md 3.3): a pcp batch of 63 pages and a high mark of 378, which
+    5.8's zone_batchsize() gives every zone of 1 GiB or more of 4 KiB pages."""
+    from rcukit.mm.zone import pcp_high, zone_batchsize
+
+    cfg = cmp.default_config()
+    assert cfg.mm.zone_pages * cfg.page_size >= 1 << 30
+    assert zone_batchsize(cfg.mm.zone_pages, cfg.page_size) == 63
+    assert pcp_high(63) == 378
+
+
+def test_a_default_row_is_a_second_of_a_kernels_life() -> None:
+    """Issue 14: floods last long enough for blocks to fill, drain and refill while they go
+    on (the monitor drains mid-flood: the pending peak is far below the objects queued)."""
+    wl = cmp.Workload()
+    assert wl.objects_per_cpu * wl.think_ns >= 10**9
+    data = cmp.row_data(cmp.default_config(), wl.scaled(0.2), "nowait", "default")
+    assert data["sim_time_ns"] >= 0.2 * 10**9
+    assert data["pending_peak"] < data["kvfree_calls"] // 4
+    assert data["grace_periods"] > 20
 
 
 def test_every_object_is_freed_in_every_row(full: dict[str, Any]) -> None:
     for r in full["rows"]:
-        assert r["kvfree_calls"] == 4 * 2000  # 4 flooding CPUs x 40_000 x 0.05
+        assert r["kvfree_calls"] == 4 * 5000  # 4 flooding CPUs x 100_000 x 0.05
         assert r["objects_freed"] == r["kvfree_calls"]
         assert r["block_alloc_failures"] <= r["block_alloc_attempts"]
         assert r["grace_periods"] > 0 and r["records_per_block_mean"] > 0
 
 
-def test_splat_free_variants_and_the_default_build(full: dict[str, Any]) -> None:
+def test_the_pre_6_3_krwp_reuse_shows_in_compare(full: dict[str, Any]) -> None:
+    """Before "Avoid freeing new kfree_rcu() memory after old grace period" (5da7cb193db3,
+    6.3-rc6; kernel/rcu/tree.c kvfree_rcu_queue_batch / need_wait_for_krwp_work) the monitor
+    may add blocks to a krwp whose rcu_work already waits for an older grace period, and they
+    are freed after it. rfc is v5.9's mechanism, so a second of floods meets it (counted by the
+    reclaim as blocks freed before a full GP since their detach); v6.3 never does."""
+    assert sum(r["gp_violations"] for r in full["rows"]) > 0
+    rc, out, err = run_cli(["compare", "--json", "--profiles", "v6.3", "--variants", "nowait",
+                            "--scale", "0.05"])
+    assert rc == 0, err
+    assert [r["gp_violations"] for r in json.loads(out)["rows"]] == [0, 0, 0]
+
+
+def test_what_each_build_can_report(full: dict[str, Any]) -> None:
+    """The default build has neither lockdep nor sleeping spinlocks: nothing to report. Under
+    PROVE_RAW_LOCK_NESTING only lockdep's report exists; on PREEMPT_RT only the might-sleep
+    and scheduling-while-atomic ones. page-cache never allocates under krcp->lock from the
+    page allocator, and nolock only trylocks, so neither reports on any build."""
     for r in full["rows"]:
-        if r["variant"] in ("page-cache", "nolock") or r["kernel_config"] == "default":
-            assert sum(r["splats"].values()) == 0, r
-        # fast-try never reaches zone->lock, but the rfc profile is a 5.8 kernel whose pcp
-        # lists sit under the -rt patchset's pa_lock on PREEMPT_RT, a sleeping lock
-        # (kernel.md 8.1): splat-free on !RT only.
-        if r["variant"] == "fast-try":
-            assert (sum(r["splats"].values()) > 0) == (r["kernel_config"] == "rt"), r
-    # page-cache never allocates under krcp->lock
-    assert all(r["block_alloc_attempts"] == 0 for r in full["rows"] if r["variant"] == "page-cache")
+        s = r["splats"]
+        if r["kernel_config"] == "default" or r["variant"] in ("page-cache", "nolock"):
+            assert sum(s.values()) == 0, r
+        if r["kernel_config"] == "lockdep":
+            assert s["sleeping_in_atomic"] == s["scheduling_while_atomic"] == 0
+        if r["kernel_config"] == "rt":
+            assert s["invalid_wait_context"] == 0
 
 
 def test_a_different_seed_changes_the_output() -> None:
@@ -105,32 +152,95 @@ def test_table_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "--variants", "nowait,fast-try", "--configs", "lockdep",
                  "--scale", "0.01"]) == 0
     out = capsys.readouterr().out
-    assert "kvfree_rcu() block allocation: 4 CPUs, profile rfc" in out
+    assert "kvfree_rcu() block allocation, profile rfc (mm 5.8): 4 CPUs" in out
     assert "Verdict" in out
-    assert "Splat-free in every build measured" in out
-    for word in ("nowait", "fast-try", "lockdep", "invalid", "zone lock", "p99 us"):
+    assert "!RT + PROVE_RAW_LOCK_NESTING: recommended" in out
+    for word in ("nowait", "fast-try", "lockdep", "invalid", "krcp", "p99.99"):
         assert word in out
     assert not out.lstrip().startswith("{")
 
 
-def test_verdict_is_derived_from_the_numbers(full: dict[str, Any]) -> None:
-    rows = [dict(r) for r in full["rows"] if r["variant"] in ("nowait", "fast-try")]
-    for r in rows:
-        # The rows' splats are set here, not measured: the verdict's wording is under test.
-        # (On the rfc profile's 5.8-rt the pa_lock makes fast-try splat too, see above.)
-        r["splats"] = dict.fromkeys(r["splats"], 0)
-        if r["variant"] == "nowait" and r["kernel_config"] == "lockdep":
-            r["splats"]["invalid_wait_context"] = 7
-        if r["variant"] == "nowait" and r["kernel_config"] == "rt":
-            r["splats"]["scheduling_while_atomic"] = 3
-    lines = verdict(rows)
-    assert lines[0] == "Splat-free in every build measured: fast-try."
-    assert lines[1].startswith(
-        "nowait splats (lockdep: 7 x invalid wait context; rt: 3 x scheduling while atomic)"
-    )
-    assert "zone->lock (a spinlock_t)" in lines[1]
-    assert any(line.startswith("fast-try: ") and "in-context block allocations" in line
-               for line in lines)
+def _row(variant: str, build: str, **kw: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "profile": "rfc", "variant": variant, "kernel_config": build,
+        "kvfree_calls": 1000, "block_alloc_attempts": 10, "block_alloc_failures": 0,
+        "fallback_rcu_head": 0, "fallback_synchronize": 0,
+        "splats": dict.fromkeys(SPLAT_KINDS, 0), "reports_printed": 0, "first_report": "",
+        "violations": [], "zone_lock_in_krcp": 0,
+        "latency_ns": {"p50": 30, "p99": 30, "p999": 30, "p9999": 40, "max": 50},
+    }
+    row.update(kw)
+    return row
+
+
+def test_verdict_is_derived_from_the_numbers() -> None:
+    """Each status, reason and recommendation comes from a row's numbers: a would-report count
+    with the lock and caller that caused it makes a variant unsafe on that build; among the
+    safe ones the fewest fallbacks wins."""
+    iwc = {**dict.fromkeys(SPLAT_KINDS, 0), "invalid_wait_context": 7}
+    rows = [
+        _row("fast-try", "lockdep", block_alloc_failures=2, fallback_rcu_head=2),
+        _row("nowait", "lockdep", splats=iwc, reports_printed=1, first_report="BUG: ...",
+             violations=[{"kind": "invalid_wait_context", "lock": "&zone->lock",
+                          "ip": "rmqueue_bulk"}], zone_lock_in_krcp=7),
+        _row("page-cache", "lockdep", block_alloc_attempts=0, fallback_rcu_head=9),
+        _row("fast-try", "rt"),
+        _row("nowait", "rt"),
+        _row("page-cache", "rt", block_alloc_attempts=0, fallback_rcu_head=9),
+    ]
+    j = cmp.judge(rows)
+    lockdep, rt = j.builds
+    assert (lockdep.kernel_config, rt.kernel_config) == ("lockdep", "rt")
+    nowait = lockdep.status_of("nowait")
+    assert nowait is not None and nowait.status == "unsafe"
+    assert '"BUG: Invalid wait context" (&zone->lock from rmqueue_bulk(); 7 times)' in nowait.reason
+    assert "the log shows 1 (lockdep reports once" in nowait.reason
+    assert lockdep.recommended == ("fast-try",)  # 2 fallbacks beat page-cache's 9
+    assert rt.recommended == ("fast-try", "nowait")  # tied: both recommended
+    assert j.safe_everywhere["rfc"] == ("fast-try", "page-cache")
+    assert list(j.safe_on_some["rfc"]) == ["nowait"]
+    assert rt.identical == (("fast-try", "nowait"),)
+    text = "\n".join(j.lines())
+    assert "nowait is safe only on some builds: on !RT + PROVE_RAW_LOCK_NESTING" in text
+    assert "vfree_bulk(), rcukit's own invention" in text  # rfc's hypothetical reclaim
+    assert j.to_json()["builds"][0]["recommended"] == ["fast-try"]
+
+
+def test_a_profile_that_never_allocates_under_the_lock_says_so() -> None:
+    """From v5.11 the enqueue path never calls the page allocator under krcp->lock (the page
+    cache is refilled by fill_page_cache_func() from a workqueue: kernel/rcu/tree.c, 5.11
+    kvfree_call_rcu / add_ptr_to_bulk_krc_lock), so every variant's row is the same run."""
+    rows = [_row(v, "lockdep", profile="v5.11", block_alloc_attempts=0)
+            for v in ("fast-try", "nowait")]
+    j = cmp.judge(rows)
+    assert not j.builds[0].allocates_under_lock
+    assert [v.status for v in j.builds[0].variants] == ["unused", "unused"]
+    assert any("never allocates a block under krcp->lock" in line for line in j.lines())
+
+
+def test_v5_9_on_rt_skips_the_allocation_and_says_so() -> None:
+    """v5.9's kvfree_call_rcu() does not allocate under the raw lock on PREEMPT_RT ("it uses
+    sleeping locks", kernel/rcu/tree.c, 5.9, kvfree_call_rcu): the variant is never called
+    there, so the row is "skipped", not "0 % failed"."""
+    rows = [_row("nowait", "rt", profile="v5.9", block_alloc_attempts=0, fallback_rcu_head=99),
+            _row("nowait", "lockdep", profile="v5.9")]
+    j = cmp.judge(rows)
+    skipped = j.builds[0].status_of("nowait")
+    assert skipped is not None and skipped.status == "skipped"
+    assert "does not allocate under krcp->lock on PREEMPT_RT" in skipped.reason
+
+
+def test_profiles_run_the_question_across_kernel_history() -> None:
+    rc, out, err = run_cli(["compare", "--json", "--profiles", "rfc,v6.1", "--variants",
+                            "nowait", "--configs", "lockdep", "--scale", "0.01"])
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert [(r["profile"], r["variant"]) for r in doc["rows"]] == [
+        ("rfc", "nowait"), ("v6.1", "nowait")]
+    assert set(doc["profiles"]) == {"rfc", "v6.1"}
+    assert "v6.1" in doc["profiles"]["v6.1"]
+    v61 = doc["verdict"]["builds"][1]
+    assert v61["profile"] == "v6.1" and not v61["allocates_under_lock"]
 
 
 def test_config_file_sets_kernel_and_compare_fields(tmp_path: Path) -> None:
@@ -149,7 +259,7 @@ def test_config_file_sets_kernel_and_compare_fields(tmp_path: Path) -> None:
     assert doc["workload"]["flood_cpus"] == 2
     [row] = doc["rows"]
     assert (row["variant"], row["kernel_config"]) == ("nowait", "lockdep")
-    assert row["kvfree_calls"] == row["objects_freed"] == 2 * 400
+    assert row["kvfree_calls"] == row["objects_freed"] == 2 * 1000  # 100_000 x 0.01
     # the command line wins over the file
     rc, out, _ = run_cli(["compare", "--json", "--config", str(f), "--seed", "9",
                           "--profile", "v6.3"])
@@ -263,8 +373,8 @@ def test_trace_is_perfetto_json_with_grace_period_slices(artifacts: tuple[Path, 
     gps = [e for e in events if e["ph"] == "X" and e["name"] == "rcu_gp"]
     assert gps and all(e["dur"] > 0 for e in gps)
     names = {e["args"]["name"] for e in events if e.get("name") == "process_name"}
-    assert any(n.startswith("nowait/lockdep") for n in names)
-    assert any(n.startswith("fast-try/lockdep") for n in names)
+    assert any(n.startswith("rfc/nowait/lockdep") for n in names)
+    assert any(n.startswith("rfc/fast-try/lockdep") for n in names)
     assert any(e["name"] == "rcu_kvfree_callback" for e in events)
     assert any(e["name"] == "rcu_invoke_kfree_bulk_callback" for e in events)
 
@@ -272,7 +382,7 @@ def test_trace_is_perfetto_json_with_grace_period_slices(artifacts: tuple[Path, 
 def test_ftrace_text_has_the_kernels_tracepoints(artifacts: tuple[Path, str]) -> None:
     d, _ = artifacts
     text = (d / "t.txt").read_text(encoding="utf-8")
-    assert "# ===== variant=nowait kernel_config=lockdep =====" in text
+    assert "# ===== profile=rfc variant=nowait kernel_config=lockdep =====" in text
     assert re.search(r"rcu_kvfree_callback: rcu_preempt rhp=0x[0-9a-f]+ func=0x[0-9a-f]+ \d+",
                      text)
     assert re.search(r"rcu_invoke_kfree_bulk_callback: rcu_preempt bulk=0x[0-9a-f]+ "
@@ -328,7 +438,7 @@ def test_run_compare_in_workers_keeps_row_order_and_reports_each_row() -> None:
     seen: list[tuple[str, str]] = []
     pooled = cmp.run_compare(workload=wl, variants=["nolock", "nowait"],
                              configs=["lockdep", "default"], jobs=2,
-                             progress=lambda v, c: seen.append((v, c)))
+                             progress=lambda cell: seen.append(cell[1:]))
     inline = cmp.run_compare(workload=wl, variants=["nolock", "nowait"],
                              configs=["lockdep", "default"], jobs=1)
     assert pooled.rows == inline.rows
@@ -340,8 +450,8 @@ def test_run_compare_keeps_kernels_inline_whatever_jobs() -> None:
     kernels: list[Any] = []
     result = cmp.run_compare(workload=cmp.Workload().scaled(0.01), variants=["nowait"],
                              configs=["default", "rt"], jobs=2, kernels=kernels)
-    assert [(v, c) for v, c, _ in kernels] == [("nowait", "default"), ("nowait", "rt")]
-    assert [k.now_ns for _, _, k in kernels] == [r["sim_time_ns"] for r in result.rows]
+    assert [cell for cell, _ in kernels] == [("rfc", "nowait", "default"), ("rfc", "nowait", "rt")]
+    assert [k.now_ns for _, k in kernels] == [r["sim_time_ns"] for r in result.rows]
 
 
 def test_run_compare_bad_jobs_and_unsendable_sources_are_refused_before_running() -> None:

@@ -256,7 +256,7 @@ async def test_app_unknown_profile() -> None:
         (["--variant", "bogus"], "unknown allocator variant 'bogus'; known:"),
         (["--profile", "v9"], "'v9' is not a kvfree_rcu profile; allowed: v5.5, rfc"),
         (["--kernel-config", "rtx"], "invalid choice: 'rtx'"),
-        (["--fault-rate", "2"], "fault_rate = 2.0: expected a finite number in [0.0, 1.0]"),
+        (["--fault-rate", "2"], "argument --fault-rate: '2': a probability is from 0 to 1"),
         (["--duration", "abc"], "'abc' is not a number of seconds"),
         (["--mode", "app", "--variant", "nowait"], "--variant applies to --mode sim only"),
     ],

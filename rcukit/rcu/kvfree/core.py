@@ -188,12 +188,19 @@ B = TypeVar("B", bound=KvfreeRcuBulkData)
 class KfreeRcuCpuWork(Generic[B]):
     """``struct kfree_rcu_cpu_work`` (krwp): channels detached for one grace period."""
 
-    __slots__ = ("bulk_free", "gp_snap", "head_free", "head_free_gp_snap", "idx")
+    __slots__ = (
+        "bulk_free", "bulk_free_gp_snap", "gp_snap", "head_free", "head_free_gp_snap", "idx"
+    )
 
     def __init__(self, idx: int, nr_channels: int) -> None:
         self.idx = idx
         #: ``bulk_head_free[]``: per channel, the detached blocks.
         self.bulk_free: list[list[B]] = [[] for _ in range(nr_channels)]
+        #: Per channel, ``get_state_synchronize_rcu()`` when it was detached. No kernel keeps
+        #: this before v6.3's per-block snapshots: rcukit stamps it so the reclaim can tell a
+        #: batch freed before a full grace period passed (the pre-fix krwp reuse) on every
+        #: profile, at one cookie per channel and batch, without debug objects.
+        self.bulk_free_gp_snap: list[int] = [0] * nr_channels
         #: ``head_free``: the detached ``rcu_head`` list.
         self.head_free: array[int] | None = None
         self.head_free_gp_snap = 0
@@ -298,9 +305,11 @@ class KfreeRcuCpu(Generic[B, W, C]):
             free = krwp.bulk_free
             while len(free) < len(bulk):
                 free.append([])
+                krwp.bulk_free_gp_snap.append(0)
             for j, chan in enumerate(bulk):
                 if chan and not free[j]:
                     free[j] = chan
+                    krwp.bulk_free_gp_snap[j] = snapshot()
                     bulk[j] = []
                     moved = True
             if krwp.head_free is None and self.head is not None:
@@ -330,6 +339,10 @@ class KvfreeStatistics:
     queued_list: int
     block_alloc_attempts: int
     block_alloc_failures: int
+    #: Of those, the allocator-core variant's calls under ``krcp->lock`` (the RFC's question;
+    #: the rest are the page-cache worker's refills and the v5.13+ lock-dropped allocations).
+    block_alloc_in_lock: int
+    block_alloc_in_lock_failures: int
     blocks_from_cache: int
     blocks_in_use: int
     cached_pages: int
@@ -384,6 +397,8 @@ class KvfreeCounters:
     queued_vmalloc: int = 0
     block_alloc_attempts: int = 0
     block_alloc_failures: int = 0
+    block_alloc_in_lock: int = 0
+    block_alloc_in_lock_failures: int = 0
     blocks_from_cache: int = 0
     blocks_in_use: int = 0
     fallback_rcu_head: int = 0
@@ -453,6 +468,8 @@ class KvfreeCounters:
             queued_list=self.fallback_rcu_head,
             block_alloc_attempts=self.block_alloc_attempts,
             block_alloc_failures=self.block_alloc_failures,
+            block_alloc_in_lock=self.block_alloc_in_lock,
+            block_alloc_in_lock_failures=self.block_alloc_in_lock_failures,
             blocks_from_cache=self.blocks_from_cache,
             blocks_in_use=self.blocks_in_use,
             cached_pages=cached_pages,

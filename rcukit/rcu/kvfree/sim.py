@@ -356,6 +356,9 @@ class KvfreeRcu:
                 else:
                     attempted = True
                     page = await self.variant.get_page(task, self.mm)
+                    ctr.block_alloc_in_lock += 1
+                    if page is None:
+                        ctr.block_alloc_in_lock_failures += 1
             if attempted:
                 ctr.block_alloc_attempts += 1
                 if page is None:
