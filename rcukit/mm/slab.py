@@ -229,6 +229,55 @@ class SlabAllocator:
             self._trace_kmem_alloc(task, "kmem_cache_alloc", ptr, size, cache.size, gfp)
         return ptr
 
+    # -- runs of consecutive objects (run-based floods, rcukit.rcu.kvfree.runs) -----------------
+    def runs_allowed(self, gfp: int) -> bool:
+        """Whether :meth:`kmalloc_run` may stand for ``kmalloc(size, gfp)`` calls: nothing
+        per-object is watching (tracing, alloc sites, failslab) and ``gfp`` was validated."""
+        mm = self.mm
+        return (
+            not mm.tracer.on
+            and self.alloc_sites is None
+            and mm.failslab.probability <= 0.0
+            and gfp in self._gfp_plans
+        )
+
+    def kmalloc_cost(self, cache: KmemCache, gfp: int) -> int:
+        """What one :meth:`kmalloc` from ``cache`` charges (``kmalloc_ns``, plus the memset of
+        ``__GFP_ZERO``)."""
+        cost = self.mm.cost
+        if gfp & _ZERO:
+            return int(cost.kmalloc_ns + cost.zero_page_ns_per_4k * cache.size // 4096)
+        return int(cost.kmalloc_ns)
+
+    def kmalloc_run(self, task: Task, cache: KmemCache, gfp: int, kmax: int) -> tuple[int, int]:
+        """Up to ``kmax`` objects of ``cache``'s active slab, as that many :meth:`kmalloc` calls
+        would hand them out, provided they are consecutive: ``(first pointer, count)``.
+
+        SLUB hands out a slab's free objects in freelist order; on a fresh slab (and on one a
+        ``kfree_bulk()`` refilled segment by segment) that is ascending addresses, so the next
+        objects are one arithmetic progression, checked here with C-level list comparisons.
+        The caller has checked :meth:`runs_allowed` and that the active slab has a free object
+        (else :meth:`kmalloc` itself refills it). Each object is charged as ``kmalloc`` would.
+        """
+        slab = cache.active
+        assert slab is not None
+        fl = slab.freelist
+        a = fl[-1]
+        k = min(kmax, len(fl))
+        if k > 1 and (fl[-k] != a + k - 1 or fl[-k:] != list(range(a + k - 1, a - 1, -1))):
+            k = _consecutive_tail(fl, k)
+        del fl[-k:]
+        slab.used[a : a + k] = b"\x01" * k
+        slab.inuse += k
+        self.nr_objects += k
+        task.charge(k * self.kmalloc_cost(cache, gfp))
+        return slab.base + a * cache.size, k
+
+    async def kmalloc_refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
+        """What :meth:`kmalloc` does first when the active slab is full (or missing): the
+        newest partial slab, or a new one; None when no page could be had (kmalloc's NULL)."""
+        return await self._refill(task, cache, gfp)
+
     async def _refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
         """The active slab is full: take the newest partial slab or allocate a new one."""
         if cache.partial:
@@ -859,6 +908,21 @@ _SINGLES_ALLOWED = 8
 #: kmalloc-32 slab, as the in-order case needs (8 cost it ~15% of its drain, measured), and a
 #: segment of k objects costs at most max(128, 64 * k) lanes, never the slab's ``nobj`` per pointer.
 _PROBE_GROWTH = 64
+
+
+def _consecutive_tail(fl: list[int], k: int) -> int:
+    """The longest tail of ``fl``, at most ``k`` long, that pops as consecutive ascending
+    indices (``fl[-1], fl[-1] + 1, ...``); the longer tails of a shorter one never qualify, so
+    a binary search over C-level slice comparisons finds it."""
+    a = fl[-1]
+    lo, hi = 1, k  # a tail of lo qualifies; one of hi (the caller checked) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fl[-mid:] == list(range(a + mid - 1, a - 1, -1)):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _lanes(cache: KmemCache, base: int, idx0: int, m: int) -> int:

@@ -216,25 +216,31 @@ def _check_profile(p: RcuscaleParams, config: KernelConfig) -> None:
         )
 
 
-async def run_rcuscale_async(params: RcuscaleParams, config: KernelConfig) -> RcuscaleResult:
+async def run_rcuscale_async(
+    params: RcuscaleParams, config: KernelConfig, *, per_call: bool = False
+) -> RcuscaleResult:
+    """Run the test; ``per_call`` takes the reference path (one ``kmalloc`` and one
+    ``kvfree_rcu`` call per object) instead of run-based floods (module docstring)."""
     _check_profile(params, config)
     async with boot(config) as k:
-        return await _run(k, params)
+        return await _run(k, params, per_call)
 
 
-def run_rcuscale(params: RcuscaleParams, config: KernelConfig | None = None) -> RcuscaleResult:
+def run_rcuscale(
+    params: RcuscaleParams, config: KernelConfig | None = None, *, per_call: bool = False
+) -> RcuscaleResult:
     cfg = config or KernelConfig()
     _check_profile(params, cfg)
     box: dict[str, RcuscaleResult] = {}
 
     async def main() -> None:
-        box["r"] = await run_rcuscale_async(params, cfg)
+        box["r"] = await run_rcuscale_async(params, cfg, per_call=per_call)
 
     run_sim(main)
     return box["r"]
 
 
-async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
+async def _run(k: Kernel, p: RcuscaleParams, per_call: bool) -> RcuscaleResult:
     nr = k.config.nr_cpus
     nthreads = nr if p.kfree_nthreads < 0 else p.kfree_nthreads
     if nthreads == 0:
@@ -268,6 +274,19 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
         await task.sync()  # a global counter: read it at this CPU's time
         return mm.nr_free_pages()
 
+    runs = not per_call and mode == "kfree_rcu"
+
+    async def kfree_flood(task: Task, rng: random.Random, both: bool) -> None:
+        # One loop's kfree_alloc_num objects as one run-based flood; with both forms in play,
+        # the flood draws head-less vs two-argument from the thread's generator (per run, see
+        # KvfreeFlood.kvfree_rcu_flood), not bit by bit in the per-call loop's sequence.
+        n = p.kfree_alloc_num
+        if p.kfree_rcu_test_single and not p.kfree_rcu_test_double:
+            await kv.kvfree_rcu_flood(task, size, _GFP_KERNEL, n)
+            return
+        mix = rng if both and headless else None
+        await kv.kvfree_rcu_flood(task, size, _GFP_KERNEL, n, KFREE_OBJ_RH_OFFSET, mix)
+
     async def kfree_scale_thread(task: Task) -> None:
         me: int = task.data["me"]
         mine = threads[me]
@@ -284,6 +303,10 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
                 mine.mem_begin = mine.mem_during = await si_mem_available(task)
             elif quarter and loop % quarter == 0:
                 mine.mem_during = (mine.mem_during + await si_mem_available(task)) // 2
+            if runs:
+                await kfree_flood(task, rng, both)
+                await task.cond_resched()
+                continue
             for _ in range(p.kfree_alloc_num):
                 ptr = await mm.kmalloc(task, size, _GFP_KERNEL)
                 rh = ptr + KFREE_OBJ_RH_OFFSET
