@@ -273,6 +273,17 @@ class SlabAllocator:
         task.charge(k * self.kmalloc_cost(cache, gfp))
         return slab.base + a * cache.size, k
 
+    @staticmethod
+    def run_pointers(cache: KmemCache, ptr0: int, k: int) -> bytes:
+        """The ``k`` pointers ``ptr0, ptr0 + size, ...`` as a native 8-byte pointer array's
+        bytes (one big-integer product, not k Python integers), for a block's records."""
+        data = _lanes(cache, ptr0, 0, k).to_bytes(8 * k, "little")
+        if _BIG_ENDIAN:
+            swapped = array("Q", data)
+            swapped.byteswap()
+            data = swapped.tobytes()
+        return data
+
     async def kmalloc_refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
         """What :meth:`kmalloc` does first when the active slab is full (or missing): the
         newest partial slab, or a new one; None when no page could be had (kmalloc's NULL)."""

@@ -22,10 +22,9 @@ quarantine act in ``kfree_bulk()``, which is the same for both paths.
 from __future__ import annotations
 
 import random
-from array import array
 from typing import TYPE_CHECKING
 
-from rcukit.rcu.kvfree.krc import PTR_TYPECODE, KvfreePart
+from rcukit.rcu.kvfree.krc import KvfreePart
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
@@ -83,6 +82,7 @@ class KvfreeFlood(KvfreePart):
         may_single = single or mix is not None
         fast_ns = kv._fast_ns
         cap = kv.capacity
+        run_pointers = slab.run_pointers
         ctr = self._counters
         krcs = kv.krcs
         gate = kv._gate
@@ -130,8 +130,9 @@ class KvfreeFlood(KvfreePart):
             # the call whose charge reaches the tick takes the preemption point: end there too
             k = min(k, max(1, -(-(cpu.next_tick_ns - t0) // per)))
             ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
-            step = cache.size
-            bnode.records[nr : nr + k] = array(PTR_TYPECODE, range(ptr0, ptr0 + k * step, step))
+            memoryview(bnode.records).cast("B")[8 * nr : 8 * (nr + k)] = run_pointers(
+                cache, ptr0, k
+            )
             bnode.nr_records = nr + k
             count = krcp.count + k
             krcp.count = count
