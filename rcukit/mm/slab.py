@@ -73,7 +73,9 @@ class Slab:
         self.nobj = nobj
         self.used = bytearray(nobj)
         # Pop from the end: lowest index first on a fresh slab, LIFO reuse afterwards.
-        self.freelist: list[int] = list(range(nobj - 1, -1, -1))
+        self.freelist: list[int] = (
+            cache.descending[:] if nobj == cache.nobj else list(range(nobj - 1, -1, -1))
+        )
         self.inuse = 0
         self.on_partial = False
 
@@ -82,8 +84,8 @@ class KmemCache:
     """One ``kmalloc-<size>`` cache: its object size, slab order and slabs."""
 
     __slots__ = (
-        "active", "lane_offsets", "lane_ones", "name", "nobj", "nr_slabs", "order", "partial",
-        "size",
+        "active", "descending", "lane_offsets", "lane_ones", "name", "nobj", "nr_slabs", "order",
+        "partial", "size",
     )
 
     def __init__(self, size: int, order: int, page_size: int) -> None:
@@ -91,6 +93,9 @@ class KmemCache:
         self.size = size
         self.order = order
         self.nobj = (page_size << order) // size
+        #: ``nobj - 1, ..., 1, 0``: a fresh slab's freelist, and what a run of consecutive
+        #: objects ``a .. a + k - 1`` looks like at a freelist's tail (a slice of this).
+        self.descending = list(range(self.nobj - 1, -1, -1))
         #: ``i * size`` in 64-bit lane i, and 1 in every lane, for i < nobj: the integers
         #: kfree_bulk compares pointer arrays with (built by the first bulk free; 0 until then).
         self.lane_offsets = 0
@@ -264,7 +269,7 @@ class SlabAllocator:
         fl = slab.freelist
         a = fl[-1]
         k = min(kmax, len(fl))
-        if k > 1 and (fl[-k] != a + k - 1 or fl[-k:] != list(range(a + k - 1, a - 1, -1))):
+        if k > 1 and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None]):
             k = _consecutive_tail(fl, k)
         del fl[-k:]
         slab.used[a : a + k] = b"\x01" * k
@@ -501,6 +506,41 @@ class SlabAllocator:
         if runs is None:
             await self._kfree_bulk_checked(task, ptrs)
             return
+        await self._kfree_bulk_runs(task, ptrs, runs)
+
+    async def kfree_bulk_segments(
+        self, task: Task, ptrs: Sequence[int], segs: Sequence[tuple[Slab, int, int]]
+    ) -> None:
+        """:meth:`kfree_bulk` of ``ptrs`` that the caller knows to be ``segs``: for each
+        ``(slab, idx0, k)`` in order, the k consecutive objects of ``slab`` from ``idx0`` (a
+        block filled by run-based floods). The segments stand for :meth:`_slab_runs`' parse;
+        they are checked the same way (allocated, none listed twice) and anything else goes
+        to :meth:`kfree_bulk`, so state, cost and errors are the same."""
+        runs: list[tuple[Slab, int, list[range]]] = []
+        nseg: dict[Slab, int] = {}
+        prev: Slab | None = None
+        for slab, idx0, k in segs:
+            if slab.used.count(1, idx0, idx0 + k) != k:
+                await self.kfree_bulk(task, ptrs)
+                return
+            seg = range(idx0, idx0 + k)
+            if slab is prev:
+                run = runs[-1]
+                run[2].append(seg)
+                runs[-1] = (slab, run[1] + k, run[2])
+            else:
+                runs.append((slab, k, [seg]))
+                prev = slab
+            nseg[slab] = nseg.get(slab, 0) + 1
+        if len(nseg) != sum(nseg.values()) and _segments_overlap(runs, nseg):
+            await self.kfree_bulk(task, ptrs)
+            return
+        await self._kfree_bulk_runs(task, ptrs, runs)
+
+    async def _kfree_bulk_runs(
+        self, task: Task, ptrs: Sequence[int], runs: list[tuple[Slab, int, list[range]]]
+    ) -> None:
+        """Free checked ``runs`` (:meth:`_slab_runs`): detached freelists, cost, release."""
         mm = self.mm
         groups = _detached_run_groups([r[0] for r in runs], [r[1] for r in runs])
         cost = mm.cost

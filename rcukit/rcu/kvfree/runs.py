@@ -74,15 +74,21 @@ class KvfreeFlood(KvfreePart):
         if single:
             mix = None
         cache = slab.cache_for(size) if 0 < size <= slab.max_cache_size else None
-        runnable = cache is not None and (single or mix is not None or kv._headless) and (
-            single or 0 <= head_offset < cache.size  # type: ignore[operator]
-        )
-        if mix is not None and not kv._headless:
-            runnable = False
         may_single = single or mix is not None
+        # what the per-call path would reject (no head-less form, an rcu_head outside the
+        # object) is left to it, call by call, so it raises the same errors
+        runnable = (
+            cache is not None
+            and (kv._headless or not may_single)
+            and (head_offset is None or 0 <= head_offset < cache.size)
+        )
+        allowed = runnable and slab.runs_allowed(gfp)
         fast_ns = kv._fast_ns
+        # what one call charges: kmalloc's cost, then kvfree_rcu's lock and store
+        per = (slab.kmalloc_cost(cache, gfp) if cache is not None else 0) + fast_ns
         cap = kv.capacity
         run_pointers = slab.run_pointers
+        step = cache.size if cache is not None else 0
         ctr = self._counters
         krcs = kv.krcs
         gate = kv._gate
@@ -93,11 +99,10 @@ class KvfreeFlood(KvfreePart):
             krcp = krcs[cpu.id]
             chan = krcp.bulk[0]
             if (
-                not runnable
+                not allowed
                 or cache is None
                 or not chan
                 or gate.on
-                or not slab.runs_allowed(gfp)
                 or (
                     may_single
                     and (task.preempt_count or task.irqs_disabled or task.rcu_read_nesting)
@@ -105,6 +110,8 @@ class KvfreeFlood(KvfreePart):
             ):
                 got += await self._one(task, size, gfp, head_offset, mix)
                 remaining -= 1
+                # the first kmalloc validated gfp; debugfs knobs may have changed meanwhile
+                allowed = runnable and slab.runs_allowed(gfp)
                 continue
             active = cache.active
             if active is None or not active.freelist:
@@ -122,7 +129,6 @@ class KvfreeFlood(KvfreePart):
                 got += await self._one(task, size, gfp, head_offset, mix)
                 remaining -= 1
                 continue
-            per = slab.kmalloc_cost(cache, gfp) + fast_ns
             t0 = cpu.local_ns
             k = min(remaining, room, len(active.freelist))
             # the call whose count reaches mon_quiet_below arms the monitor: end the run there
@@ -134,6 +140,13 @@ class KvfreeFlood(KvfreePart):
                 cache, ptr0, k
             )
             bnode.nr_records = nr + k
+            segs = bnode.segs
+            if segs is not None:
+                if bnode.seg_end == nr:
+                    segs.append((active, (ptr0 - active.base) // step, k))
+                    bnode.seg_end = nr + k
+                else:
+                    bnode.segs = None  # a per-call store sits in between
             count = krcp.count + k
             krcp.count = count
             if single:
