@@ -278,6 +278,14 @@ class SlabAllocator:
         task.charge(k * self.kmalloc_cost(cache, gfp))
         return slab.base + a * cache.size, k
 
+    def slab_index(self, ptr: int) -> tuple[Slab, int] | None:
+        """``(slab, object index)`` of a slab object's start address, else None."""
+        slab = self._slab_of.get((ptr - self.mm.page_offset) >> self.page_shift)
+        if slab is None:
+            return None
+        idx, rem = divmod(ptr - slab.base, slab.cache.size)
+        return (slab, idx) if not rem and idx < slab.nobj else None
+
     @staticmethod
     def run_pointers(cache: KmemCache, ptr0: int, k: int) -> bytes:
         """The ``k`` pointers ``ptr0, ptr0 + size, ...`` as a native 8-byte pointer array's

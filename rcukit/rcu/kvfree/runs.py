@@ -174,8 +174,27 @@ class KvfreeFlood(KvfreePart):
         """One call of the reference path: ``kmalloc`` then ``kvfree_rcu``; with ``mix``, a
         head-less one when the drawn bit says so (rcuscale's ``torture_random() & 0x800``)."""
         self.per_call += 1
-        ptr = await self._mm.kmalloc(task, size, gfp)
+        slab = self._mm.slab
+        ptr = await slab.kmalloc(task, size, gfp)
         if mix is not None and mix.getrandbits(16) & 0x800:
             head_offset = None
-        await self._kv.kvfree_rcu(task, ptr, None if head_offset is None else ptr + head_offset)
-        return 1 if ptr else 0
+        kv = self._kv
+        await kv.kvfree_rcu(task, ptr, None if head_offset is None else ptr + head_offset)
+        if not ptr:
+            return 0
+        # If it went into a block right after that block's segments (typically as the first
+        # record of a new block), it is a one-object segment: the block stays tiled.
+        chan = kv.krcs[task.cpu.id].bulk[0]
+        if chan:
+            bnode = chan[-1]
+            end = bnode.seg_end
+            if (
+                bnode.segs is not None
+                and end == bnode.nr_records - 1
+                and bnode.records[end] == ptr
+            ):
+                where = slab.slab_index(ptr)
+                if where is not None:
+                    bnode.segs.append((where[0], where[1], 1))
+                    bnode.seg_end = end + 1
+        return 1
