@@ -26,8 +26,8 @@ from rcukit.wq import DelayedWork, WorkFn
 
 if TYPE_CHECKING:
     from rcukit.machine import Machine
-    from rcukit.mm.slab import Slab
     from rcukit.mm.mm import Mm
+    from rcukit.mm.slab import Slab
     from rcukit.rcu.kvfree.core import KvfreeCounters, KvfreePolicy
     from rcukit.rcu.kvfree.sim import KvfreeRcu
     from rcukit.rcu.tree import RcuState

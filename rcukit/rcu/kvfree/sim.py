@@ -246,8 +246,8 @@ class KvfreeRcu:
         head_offset: int | None = None,
         mix: random.Random | None = None,
     ) -> int:
-        """``n`` x (``kmalloc(size, gfp)``; ``kvfree_rcu()``), run-based: see
-        :meth:`KvfreeFlood.kvfree_rcu_flood <rcukit.rcu.kvfree.runs.KvfreeFlood.kvfree_rcu_flood>`."""
+        """``n`` x (``kmalloc(size, gfp)``; ``kvfree_rcu()``), advanced a run at a time: see
+        :meth:`rcukit.rcu.kvfree.runs.KvfreeFlood.kvfree_rcu_flood`."""
         return await self.flood.kvfree_rcu_flood(task, size, gfp, n, head_offset, mix)
 
     async def kvfree_call_rcu(self, task: Task, head: int | None, ptr: int) -> None:
