@@ -46,7 +46,7 @@ RH_OFFSET = 8
 
 
 def flood_kernel(config: KernelConfig, *, n: int, loops: int, single: bool, runs: bool,
-                 size: int = OBJ_SIZE) -> dict[str, Any]:
+                 size: int = OBJ_SIZE, trace: bool = False) -> dict[str, Any]:
     """One kfree'er per CPU, ``loops`` x (``n`` x kmalloc + kvfree_rcu; cond_resched), then
     ``kvfree_rcu_barrier()`` and ``rcu_barrier()``; everything either path could change."""
     out: dict[str, Any] = {}
@@ -57,6 +57,8 @@ def flood_kernel(config: KernelConfig, *, n: int, loops: int, single: bool, runs
         async with boot(config) as k:
             kv = k.kvfree
             mm = k.mm
+            if trace:
+                k.tracer.enable()
 
             async def kfreer(task: Task) -> None:
                 for _ in range(loops):
@@ -89,6 +91,7 @@ def flood_kernel(config: KernelConfig, *, n: int, loops: int, single: bool, runs
             out["slab"] = (mm.slab.nr_objects, mm.slab.stats())
             out["cpu_ns"] = [c.local_ns for c in k.sim.cpus]
             out["flood"] = (kv.flood.runs, kv.flood.per_call)
+            out["events"] = len(k.tracer.events) if trace else 0
 
     run_sim(main)
     return out
@@ -153,3 +156,21 @@ def test_runs_take_few_steps() -> None:
     assert runs + per_call < objects // 50
     # each new block is one call of the per-call path
     assert 0 < per_call <= run["stats"]["blocks_from_cache"] + run["stats"]["block_alloc_attempts"]
+
+
+def test_debug_features_take_the_per_call_path() -> None:
+    """Tracing (every call emits ``rcu_kvfree_callback`` and ``kmem_cache_alloc``, kernel
+    include/trace/events/rcu.h and kmem.h), debug objects (``debug_rcu_head_queue()`` per
+    call, v5.9+ ``kvfree_call_rcu()``) and alloc-site tracking see every object, so a flood
+    with any of them on runs call by call: no runs, and the same counts and trace."""
+    base = KernelConfig(nr_cpus=2).replace(**{"kvfree.profile": "v6.1", "kvfree.variant": "nowait"})
+    for config, trace in (
+        (base, True),
+        (base.replace(**{"kvfree.debug_objects": True}), False),
+        (base.replace(**{"mm.debug_alloc_sites": True}), False),
+    ):
+        ref = flood_kernel(config, n=700, loops=2, single=True, runs=False, trace=trace)
+        run = flood_kernel(config, n=700, loops=2, single=True, runs=True, trace=trace)
+        assert_equivalent(ref, run)
+        assert run["flood"] == (0, 2 * 2 * 700)
+        assert run["events"] == ref["events"]
