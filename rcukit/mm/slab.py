@@ -268,7 +268,9 @@ class SlabAllocator:
         assert slab is not None
         fl = slab.freelist
         a = fl[-1]
-        k = min(kmax, len(fl))
+        k = len(fl)
+        if kmax < k:
+            k = kmax
         if k > 1 and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None]):
             k = _consecutive_tail(fl, k)
         del fl[-k:]

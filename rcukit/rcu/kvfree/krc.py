@@ -67,7 +67,7 @@ class KrwpWork(RcuWork):
 class Bnode(KvfreeRcuBulkData):
     """A ``kvfree_rcu_bulk_data`` block: one page of pointer records (a preallocated array)."""
 
-    __slots__ = ("nr_records", "page", "seg_end", "segs")
+    __slots__ = ("nr_records", "page", "seg_end", "segs", "view")
 
     def __init__(self, page: int, capacity: int) -> None:
         super().__init__(array(PTR_TYPECODE, bytes(8 * capacity)))
@@ -78,6 +78,8 @@ class Bnode(KvfreeRcuBulkData):
         #: A block whose segments cover all its records is freed without re-parsing them.
         self.segs: list[tuple[Slab, int, int]] | None = []
         self.seg_end = 0
+        #: The records as bytes, made by the first run stored here (runs write whole runs).
+        self.view: memoryview | None = None
 
     def __len__(self) -> int:
         return self.nr_records

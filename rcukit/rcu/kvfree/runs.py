@@ -129,16 +129,26 @@ class KvfreeFlood(KvfreePart):
                 got += await self._one(task, size, gfp, head_offset, mix)
                 remaining -= 1
                 continue
-            t0 = cpu.local_ns
-            k = min(remaining, room, len(active.freelist))
+            # k: up to the nearest horizon (plain comparisons: min() costs more than the rest)
+            k = remaining
+            if room < k:
+                k = room
+            free = len(active.freelist)
+            if free < k:
+                k = free
             # the call whose count reaches mon_quiet_below arms the monitor: end the run there
-            k = min(k, max(1, krcp.mon_quiet_below - krcp.count))
+            quiet = krcp.mon_quiet_below - krcp.count
+            if quiet < k:
+                k = quiet if quiet > 1 else 1
             # the call whose charge reaches the tick takes the preemption point: end there too
-            k = min(k, max(1, -(-(cpu.next_tick_ns - t0) // per)))
+            tick = -((cpu.local_ns - cpu.next_tick_ns) // per)
+            if tick < k:
+                k = tick if tick > 1 else 1
             ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
-            memoryview(bnode.records).cast("B")[8 * nr : 8 * (nr + k)] = run_pointers(
-                cache, ptr0, k
-            )
+            view = bnode.view
+            if view is None:
+                view = bnode.view = memoryview(bnode.records).cast("B")
+            view[8 * nr : 8 * (nr + k)] = run_pointers(cache, ptr0, k)
             bnode.nr_records = nr + k
             segs = bnode.segs
             if segs is not None:
