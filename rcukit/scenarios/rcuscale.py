@@ -45,6 +45,22 @@ v5.5's rcuperf line ended at ``batches: %ld``). ``batches`` is ``rcu_seq_diff(en
 the footprint is ``(mem_begin - mem_during) >> (20 - PAGE_SHIFT)``, a signed value the kernel
 does not clamp.
 
+Run-based execution (the default; ``per_call=True`` / ``--per-call`` runs the reference loop):
+in the ``kfree_rcu`` mode each loop's ``kfree_alloc_num`` objects are one
+``kvfree.kvfree_rcu_flood()`` (:mod:`rcukit.rcu.kvfree.runs`), which advances from one event
+horizon to the next (a block boundary, the end of the active slab's free objects, the monitor,
+the tick) instead of call by call, with the same counts and simulated time as the per-call loop
+(``tests/kvfree/test_run_equivalence.py``). Loop boundaries, and with them the memory samples,
+``cond_resched()`` and the start/end bookkeeping, are unchanged. One thing differs by design:
+with both forms in play the kernel draws ``torture_random() & 0x800`` per object; a run draws
+only how many of its calls were head-less (the popcount of as many random bits), and a call
+taken on the per-call path (at a block boundary, where the form matters) draws its own bit.
+Same seed, same result, but not the per-call loop's sequence of draws, so the two paths agree
+exactly with ``kfree_rcu_test_single`` or ``_double`` alone and closely, not exactly, with
+both. ``no_batch`` and ``kfree_by_call_rcu`` queue one ``call_rcu()`` callback per object and
+stay per call (callback lists hold no runs yet). ``rcukit rcuscale`` runs with the KASAN
+quarantine off (``mm.debug_quarantine = 0``) unless a ``--config`` file says otherwise.
+
 ``si_mem_available()`` is modelled as the free pages of the buddy allocator: the simulated
 kernel has no page cache or reclaimable slab to add. With 2 or 3 loops the kernel's
 ``loop % (kfree_loops / 4)`` divides by zero on the second loop; the model skips the average
