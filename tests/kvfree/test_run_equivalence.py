@@ -35,6 +35,8 @@ from hypothesis import strategies as st
 from rcukit.config import KernelConfig
 from rcukit.kernel import boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
+from rcukit.rcu.kvfree.variants import BlockSources
+from rcukit.rcu.profiles import PROFILES as ALL_PROFILES
 from rcukit.sched.sim import Task
 
 EXAMPLES = int(os.environ.get("RCUKIT_EQUIV_EXAMPLES", "20"))
@@ -105,15 +107,16 @@ def assert_equivalent(ref: dict[str, Any], run: dict[str, Any]) -> None:
         assert abs(a - b) <= a / 100, (ref["end_ns"], run["end_ns"])
 
 
-PROFILES = ("v5.5", "v5.9", "rfc", "v5.11", "v5.13", "v6.1", "v6.3")
-VARIANTS = ("fast-try", "nowait", "gfp-zero", "page-cache", "nolock")
+#: Every version profile and every built-in allocator variant.
+PROFILES = tuple(ALL_PROFILES)
+VARIANTS = tuple(BlockSources().names())
 
 
 @st.composite
 def flood_configs(draw: st.DrawFn) -> tuple[KernelConfig, int, int, bool]:
     profile = draw(st.sampled_from(PROFILES))
     # v5.5 has no head-less kvfree_rcu() (it arrived in v5.9): two-argument calls there
-    single = draw(st.booleans()) and profile not in ("v5.5",)
+    single = draw(st.booleans()) and ALL_PROFILES[profile].headless
     config = KernelConfig(
         nr_cpus=draw(st.integers(1, 4)),
         seed=draw(st.integers(0, 3)),
