@@ -37,6 +37,8 @@ RH_OFFSET = 8
 #: The published run (kernel.md section 5): 16 CPUs x 20000 loops x 8000 objects.
 PUBLISHED_LOOPS = 20_000
 PUBLISHED_CPUS = 16
+#: Its simulated time ("Total time taken by all kfree'ers"), seed 0, measured by hand.
+PUBLISHED_SIM_S = 9.78
 
 
 def rcuscale_config(nr_cpus: int) -> KernelConfig:
@@ -133,8 +135,8 @@ def published_figure(mode: Mode) -> Figure:
         "rcuscale_published",
         round(rate, 4),
         "sim s / wall s",
-        # the published run (~12 s of kernel time) in at most 10 minutes
-        Target(">=", 0.02),
+        # the published run (9.78 s of simulated time, measured) in at most 10 minutes
+        Target(">=", PUBLISHED_SIM_S / 600),
         {
             "loops": loops,
             "objects": objects,
@@ -146,7 +148,7 @@ def published_figure(mode: Mode) -> Figure:
         f"rcukit rcuscale --cpus {PUBLISHED_CPUS} --kfree-nthreads {PUBLISHED_CPUS} "
         f"--kfree-alloc-num {ALLOC_NUM} --kfree-loops {loops} (the published run has "
         f"{PUBLISHED_LOOPS} loops): the closing line's total time per wall second of the whole "
-        "run (target: the published run's ~12 s in <= 10 min; aim: in 60 s, 0.2)",
+        f"run (target: the published run's {PUBLISHED_SIM_S} s in <= 10 min; aim: in 60 s)",
     )
 
 
