@@ -8,9 +8,9 @@
   iteration over as many items, measured in the same repetition; best repetition reported.
 - ``rcuscale_published``: ``rcukit rcuscale``'s published configuration (16 CPUs, 16 kfree'ers,
   ``kfree_alloc_num=8000``) scaled down to a few hundred loops (the published run has
-  ``kfree_loops=20000``): simulated seconds (the kernel's "Total time taken by all kfree'ers")
-  per wall second of the whole run (boot, floods, final barrier). The published run itself is
-  measured by hand (``/usr/bin/time -v rcukit rcuscale --cpus 16 --kfree-nthreads 16
+  ``kfree_loops=20000``): simulated milliseconds (the kernel's "Total time taken by all
+  kfree'ers") per wall second of the whole run (boot, floods, final barrier). The published
+  run itself is measured by hand (``/usr/bin/time -v rcukit rcuscale --cpus 16 --kfree-nthreads 16
   --kfree-loops 20000 --kfree-alloc-num 8000``); its wall time estimated from this figure is in
   the absolute numbers.
 """
@@ -128,15 +128,15 @@ def published_figure(mode: Mode) -> Figure:
     result = run_rcuscale(params, rcuscale_config(PUBLISHED_CPUS))
     wall = time.perf_counter() - t0
     sim_s = result.total_time_ns / 1e9
-    rate = sim_s / wall
+    rate = sim_s * 1000 / wall  # simulated milliseconds per wall second
     objects = result.objects
     published_objects = PUBLISHED_CPUS * PUBLISHED_LOOPS * ALLOC_NUM
     return Figure(
         "rcuscale_published",
-        round(rate, 4),
-        "sim s / wall s",
+        round(rate, 2),
+        "sim ms / wall s",
         # the published run (9.78 s of simulated time, measured) in at most 10 minutes
-        Target(">=", PUBLISHED_SIM_S / 600),
+        Target(">=", round(PUBLISHED_SIM_S * 1000 / 600, 1)),
         {
             "loops": loops,
             "objects": objects,
