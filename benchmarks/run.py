@@ -29,13 +29,15 @@ if str(HERE) not in sys.path:
 from _common import Figure, Mode  # noqa: E402
 
 #: The figure groups, in table order; each module has ``run(mode) -> list[Figure]``.
-GROUPS = ("sim_kvfree", "compare_events", "app_rcu", "gp_scaling", "memory")
+GROUPS = ("sim_kvfree", "sim_runs", "compare_events", "app_rcu", "gp_scaling", "memory")
 #: Every figure the full suite reports, in table order.
 FIGURES = (
     "sim_kvfree_ns_per_call",
     "sim_kvfree_vs_bare_loop",
     "sim_kvfree_shuffled_vs_bare_loop",
     "sim_flood_kmalloc_vs_bare_loop",
+    "sim_flood_vs_bare_loop",
+    "rcuscale_published",
     "sim_events_per_wall_second",
     "sim_model_ops_per_wall_second",
     "sim_handoffs_per_wall_second",

@@ -13,14 +13,18 @@ from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
 
 def _cmd(args: argparse.Namespace) -> int:
     check_profile(args.profile)
-    config = KernelConfig.from_toml(args.config) if args.config else KernelConfig()
+    # rcuscale measures speed: the KASAN-style quarantine is off unless a config file asks.
+    if args.config:
+        config = KernelConfig.from_toml(args.config)
+    else:
+        config = KernelConfig().replace(**{"mm.debug_quarantine": 0})
     config = config.replace(
         nr_cpus=args.cpus if args.cpus is not None else config.nr_cpus,
         seed=args.seed,
         **{"kvfree.profile": args.profile, "kvfree.variant": args.variant},
     )
     params = module_params(RcuscaleParams, args)
-    result = run_rcuscale(params, config)
+    result = run_rcuscale(params, config, per_call=args.per_call)
     if args.json:
         print(json.dumps(result.to_json(), sort_keys=True))
     else:
@@ -48,6 +52,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="pre-5.5 kfree_rcu (v5.5 rcuperf kfree_no_batch): one offset callback "
                    "per object, reclaimed by __rcu_reclaim")
     p.add_argument("--variant", default="page-cache", help="block allocator variant")
+    p.add_argument("--per-call", action="store_true",
+                   help="the reference path: one kmalloc and one kvfree_rcu call per object "
+                   "(default: run-based floods, same counts and times; the head-less/two-argument "
+                   "split is drawn per loop instead of per object)")
     default_profile = DEFAULT_PROFILES["rcuscale"]
     add_shared_options(
         p, profile=Default(default_profile, default_profile), cpus=Default(None, "4"),

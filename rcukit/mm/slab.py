@@ -73,7 +73,9 @@ class Slab:
         self.nobj = nobj
         self.used = bytearray(nobj)
         # Pop from the end: lowest index first on a fresh slab, LIFO reuse afterwards.
-        self.freelist: list[int] = list(range(nobj - 1, -1, -1))
+        self.freelist: list[int] = (
+            cache.descending[:] if nobj == cache.nobj else list(range(nobj - 1, -1, -1))
+        )
         self.inuse = 0
         self.on_partial = False
 
@@ -82,8 +84,8 @@ class KmemCache:
     """One ``kmalloc-<size>`` cache: its object size, slab order and slabs."""
 
     __slots__ = (
-        "active", "lane_offsets", "lane_ones", "name", "nobj", "nr_slabs", "order", "partial",
-        "size",
+        "active", "descending", "lane_offsets", "lane_ones", "name", "nobj", "nr_slabs", "order",
+        "partial", "size",
     )
 
     def __init__(self, size: int, order: int, page_size: int) -> None:
@@ -91,6 +93,9 @@ class KmemCache:
         self.size = size
         self.order = order
         self.nobj = (page_size << order) // size
+        #: ``nobj - 1, ..., 1, 0``: a fresh slab's freelist, and what a run of consecutive
+        #: objects ``a .. a + k - 1`` looks like at a freelist's tail (a slice of this).
+        self.descending = list(range(self.nobj - 1, -1, -1))
         #: ``i * size`` in 64-bit lane i, and 1 in every lane, for i < nobj: the integers
         #: kfree_bulk compares pointer arrays with (built by the first bulk free; 0 until then).
         self.lane_offsets = 0
@@ -228,6 +233,76 @@ class SlabAllocator:
         if mm.tracer.on:
             self._trace_kmem_alloc(task, "kmem_cache_alloc", ptr, size, cache.size, gfp)
         return ptr
+
+    # -- runs of consecutive objects (run-based floods, rcukit.rcu.kvfree.runs) -----------------
+    def runs_allowed(self, gfp: int) -> bool:
+        """Whether :meth:`kmalloc_run` may stand for ``kmalloc(size, gfp)`` calls: nothing
+        per-object is watching (tracing, alloc sites, failslab) and ``gfp`` was validated."""
+        mm = self.mm
+        return (
+            not mm.tracer.on
+            and self.alloc_sites is None
+            and mm.failslab.probability <= 0.0
+            and gfp in self._gfp_plans
+        )
+
+    def kmalloc_cost(self, cache: KmemCache, gfp: int) -> int:
+        """What one :meth:`kmalloc` from ``cache`` charges (``kmalloc_ns``, plus the memset of
+        ``__GFP_ZERO``)."""
+        cost = self.mm.cost
+        if gfp & _ZERO:
+            return int(cost.kmalloc_ns + cost.zero_page_ns_per_4k * cache.size // 4096)
+        return int(cost.kmalloc_ns)
+
+    def kmalloc_run(self, task: Task, cache: KmemCache, gfp: int, kmax: int) -> tuple[int, int]:
+        """Up to ``kmax`` objects of ``cache``'s active slab, as that many :meth:`kmalloc` calls
+        would hand them out, provided they are consecutive: ``(first pointer, count)``.
+
+        SLUB hands out a slab's free objects in freelist order; on a fresh slab (and on one a
+        ``kfree_bulk()`` refilled segment by segment) that is ascending addresses, so the next
+        objects are one arithmetic progression, checked here with C-level list comparisons.
+        The caller has checked :meth:`runs_allowed` and that the active slab has a free object
+        (else :meth:`kmalloc` itself refills it). Each object is charged as ``kmalloc`` would.
+        """
+        slab = cache.active
+        assert slab is not None
+        fl = slab.freelist
+        a = fl[-1]
+        k = len(fl)
+        if kmax < k:
+            k = kmax
+        if k > 1 and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None]):
+            k = _consecutive_tail(fl, k)
+        del fl[-k:]
+        slab.used[a : a + k] = b"\x01" * k
+        slab.inuse += k
+        self.nr_objects += k
+        task.charge(k * self.kmalloc_cost(cache, gfp))
+        return slab.base + a * cache.size, k
+
+    def slab_index(self, ptr: int) -> tuple[Slab, int] | None:
+        """``(slab, object index)`` of a slab object's start address, else None."""
+        slab = self._slab_of.get((ptr - self.mm.page_offset) >> self.page_shift)
+        if slab is None:
+            return None
+        idx, rem = divmod(ptr - slab.base, slab.cache.size)
+        return (slab, idx) if not rem and idx < slab.nobj else None
+
+    @staticmethod
+    def run_pointers(cache: KmemCache, ptr0: int, k: int) -> bytes:
+        """The ``k`` pointers ``ptr0, ptr0 + size, ...`` as a native 8-byte pointer array's
+        bytes (one big-integer product, not k Python integers), for a block's records."""
+        data = _lanes(cache, ptr0, 0, k).to_bytes(8 * k, "little")
+        if _BIG_ENDIAN:
+            swapped = array("Q", data)
+            swapped.byteswap()
+            data = swapped.tobytes()
+        return data
+
+    async def kmalloc_refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
+        """What :meth:`kmalloc` does first when the active slab is full (or missing): the
+        newest partial slab, or a new one; None when no page could be had (kmalloc's NULL)."""
+        return await self._refill(task, cache, gfp)
 
     async def _refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
         """The active slab is full: take the newest partial slab or allocate a new one."""
@@ -441,6 +516,41 @@ class SlabAllocator:
         if runs is None:
             await self._kfree_bulk_checked(task, ptrs)
             return
+        await self._kfree_bulk_runs(task, ptrs, runs)
+
+    async def kfree_bulk_segments(
+        self, task: Task, ptrs: Sequence[int], segs: Sequence[tuple[Slab, int, int]]
+    ) -> None:
+        """:meth:`kfree_bulk` of ``ptrs`` that the caller knows to be ``segs``: for each
+        ``(slab, idx0, k)`` in order, the k consecutive objects of ``slab`` from ``idx0`` (a
+        block filled by run-based floods). The segments stand for :meth:`_slab_runs`' parse;
+        they are checked the same way (allocated, none listed twice) and anything else goes
+        to :meth:`kfree_bulk`, so state, cost and errors are the same."""
+        runs: list[tuple[Slab, int, list[range]]] = []
+        nseg: dict[Slab, int] = {}
+        prev: Slab | None = None
+        for slab, idx0, k in segs:
+            if slab.used.count(1, idx0, idx0 + k) != k:
+                await self.kfree_bulk(task, ptrs)
+                return
+            seg = range(idx0, idx0 + k)
+            if slab is prev:
+                run = runs[-1]
+                run[2].append(seg)
+                runs[-1] = (slab, run[1] + k, run[2])
+            else:
+                runs.append((slab, k, [seg]))
+                prev = slab
+            nseg[slab] = nseg.get(slab, 0) + 1
+        if len(nseg) != sum(nseg.values()) and _segments_overlap(runs, nseg):
+            await self.kfree_bulk(task, ptrs)
+            return
+        await self._kfree_bulk_runs(task, ptrs, runs)
+
+    async def _kfree_bulk_runs(
+        self, task: Task, ptrs: Sequence[int], runs: list[tuple[Slab, int, list[range]]]
+    ) -> None:
+        """Free checked ``runs`` (:meth:`_slab_runs`): detached freelists, cost, release."""
         mm = self.mm
         groups = _detached_run_groups([r[0] for r in runs], [r[1] for r in runs])
         cost = mm.cost
@@ -859,6 +969,21 @@ _SINGLES_ALLOWED = 8
 #: kmalloc-32 slab, as the in-order case needs (8 cost it ~15% of its drain, measured), and a
 #: segment of k objects costs at most max(128, 64 * k) lanes, never the slab's ``nobj`` per pointer.
 _PROBE_GROWTH = 64
+
+
+def _consecutive_tail(fl: list[int], k: int) -> int:
+    """The longest tail of ``fl``, at most ``k`` long, that pops as consecutive ascending
+    indices (``fl[-1], fl[-1] + 1, ...``); the longer tails of a shorter one never qualify, so
+    a binary search over C-level slice comparisons finds it."""
+    a = fl[-1]
+    lo, hi = 1, k  # a tail of lo qualifies; one of hi (the caller checked) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fl[-mid:] == list(range(a + mid - 1, a - 1, -1)):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _lanes(cache: KmemCache, base: int, idx0: int, m: int) -> int:

@@ -45,6 +45,22 @@ v5.5's rcuperf line ended at ``batches: %ld``). ``batches`` is ``rcu_seq_diff(en
 the footprint is ``(mem_begin - mem_during) >> (20 - PAGE_SHIFT)``, a signed value the kernel
 does not clamp.
 
+Run-based execution (the default; ``per_call=True`` / ``--per-call`` runs the reference loop):
+in the ``kfree_rcu`` mode each loop's ``kfree_alloc_num`` objects are one
+``kvfree.kvfree_rcu_flood()`` (:mod:`rcukit.rcu.kvfree.runs`), which advances from one event
+horizon to the next (a block boundary, the end of the active slab's free objects, the monitor,
+the tick) instead of call by call, with the same counts and simulated time as the per-call loop
+(``tests/kvfree/test_run_equivalence.py``). Loop boundaries, and with them the memory samples,
+``cond_resched()`` and the start/end bookkeeping, are unchanged. One thing differs by design:
+with both forms in play the kernel draws ``torture_random() & 0x800`` per object; a run draws
+only how many of its calls were head-less (the popcount of as many random bits), and a call
+taken on the per-call path (at a block boundary, where the form matters) draws its own bit.
+Same seed, same result, but not the per-call loop's sequence of draws, so the two paths agree
+exactly with ``kfree_rcu_test_single`` or ``_double`` alone and closely, not exactly, with
+both. ``no_batch`` and ``kfree_by_call_rcu`` queue one ``call_rcu()`` callback per object and
+stay per call (callback lists hold no runs yet). ``rcukit rcuscale`` runs with the KASAN
+quarantine off (``mm.debug_quarantine = 0``) unless a ``--config`` file says otherwise.
+
 ``si_mem_available()`` is modelled as the free pages of the buddy allocator: the simulated
 kernel has no page cache or reclaimable slab to add. With 2 or 3 loops the kernel's
 ``loop % (kfree_loops / 4)`` divides by zero on the second loop; the model skips the average
@@ -216,25 +232,31 @@ def _check_profile(p: RcuscaleParams, config: KernelConfig) -> None:
         )
 
 
-async def run_rcuscale_async(params: RcuscaleParams, config: KernelConfig) -> RcuscaleResult:
+async def run_rcuscale_async(
+    params: RcuscaleParams, config: KernelConfig, *, per_call: bool = False
+) -> RcuscaleResult:
+    """Run the test; ``per_call`` takes the reference path (one ``kmalloc`` and one
+    ``kvfree_rcu`` call per object) instead of run-based floods (module docstring)."""
     _check_profile(params, config)
     async with boot(config) as k:
-        return await _run(k, params)
+        return await _run(k, params, per_call)
 
 
-def run_rcuscale(params: RcuscaleParams, config: KernelConfig | None = None) -> RcuscaleResult:
+def run_rcuscale(
+    params: RcuscaleParams, config: KernelConfig | None = None, *, per_call: bool = False
+) -> RcuscaleResult:
     cfg = config or KernelConfig()
     _check_profile(params, cfg)
     box: dict[str, RcuscaleResult] = {}
 
     async def main() -> None:
-        box["r"] = await run_rcuscale_async(params, cfg)
+        box["r"] = await run_rcuscale_async(params, cfg, per_call=per_call)
 
     run_sim(main)
     return box["r"]
 
 
-async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
+async def _run(k: Kernel, p: RcuscaleParams, per_call: bool) -> RcuscaleResult:
     nr = k.config.nr_cpus
     nthreads = nr if p.kfree_nthreads < 0 else p.kfree_nthreads
     if nthreads == 0:
@@ -268,6 +290,19 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
         await task.sync()  # a global counter: read it at this CPU's time
         return mm.nr_free_pages()
 
+    runs = not per_call and mode == "kfree_rcu"
+
+    async def kfree_flood(task: Task, rng: random.Random, both: bool) -> None:
+        # One loop's kfree_alloc_num objects as one run-based flood; with both forms in play,
+        # the flood draws head-less vs two-argument from the thread's generator (per run, see
+        # KvfreeFlood.kvfree_rcu_flood), not bit by bit in the per-call loop's sequence.
+        n = p.kfree_alloc_num
+        if p.kfree_rcu_test_single and not p.kfree_rcu_test_double:
+            await kv.kvfree_rcu_flood(task, size, _GFP_KERNEL, n)
+            return
+        mix = rng if both and headless else None
+        await kv.kvfree_rcu_flood(task, size, _GFP_KERNEL, n, KFREE_OBJ_RH_OFFSET, mix)
+
     async def kfree_scale_thread(task: Task) -> None:
         me: int = task.data["me"]
         mine = threads[me]
@@ -284,6 +319,10 @@ async def _run(k: Kernel, p: RcuscaleParams) -> RcuscaleResult:
                 mine.mem_begin = mine.mem_during = await si_mem_available(task)
             elif quarter and loop % quarter == 0:
                 mine.mem_during = (mine.mem_during + await si_mem_available(task)) // 2
+            if runs:
+                await kfree_flood(task, rng, both)
+                await task.cond_resched()
+                continue
             for _ in range(p.kfree_alloc_num):
                 ptr = await mm.kmalloc(task, size, _GFP_KERNEL)
                 rh = ptr + KFREE_OBJ_RH_OFFSET

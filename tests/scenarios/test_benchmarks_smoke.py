@@ -15,6 +15,8 @@ FIGURES = (
     "sim_kvfree_vs_bare_loop",
     "sim_kvfree_shuffled_vs_bare_loop",
     "sim_flood_kmalloc_vs_bare_loop",
+    "sim_flood_vs_bare_loop",
+    "rcuscale_published",
     "sim_events_per_wall_second",
     "sim_model_ops_per_wall_second",
     "sim_handoffs_per_wall_second",
@@ -62,6 +64,8 @@ def test_run_py_quick_json_reports_every_figure() -> None:
     assert out["details"]["sim_kvfree_vs_bare_loop"]["target"] == "<= 25"
     assert out["details"]["sim_kvfree_shuffled_vs_bare_loop"]["target"] == "<= 25"
     assert out["details"]["app_kvfree_vs_call_rcu"]["target"] == ">= 3"
+    assert out["details"]["sim_flood_vs_bare_loop"]["target"] == "<= 1"
+    assert out["details"]["rcuscale_published"]["target"] == ">= 16.3"
 
 
 def test_run_py_rejects_an_unknown_group() -> None:

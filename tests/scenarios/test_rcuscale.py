@@ -245,3 +245,37 @@ def test_no_batch_and_kfree_by_call_rcu_are_exclusive() -> None:
     rc, out, err = run_cli(["rcuscale", "--no-batch", "--kfree-by-call-rcu",
                             "--kfree-alloc-num", "5", "--kfree-loops", "1"])
     assert rc == 2 and out == "" and "never existed" in err
+
+
+@pytest.mark.parametrize("form", ["--kfree-rcu-test-single", "--kfree-rcu-test-double"])
+def test_run_based_floods_match_the_per_call_loop(form: str) -> None:
+    """rcuscale.c ``kfree_scale_thread`` (v6.1): per loop, ``kfree_alloc_num`` x (``kmalloc``;
+    ``kfree_rcu(p, rh)`` or, with ``kfree_rcu_test_single``, ``kfree_rcu_mightsleep(p)``).
+    ``rcukit rcuscale`` runs each loop as one run-based flood; ``--per-call`` is the reference
+    loop. With one form only nothing is drawn at random, so everything the run prints is the
+    same: closing line, counts, memory samples, the thread that finished last."""
+    args = ["--cpus", "2", "--kfree-alloc-num", "3000", "--kfree-loops", "8", form]
+    assert rcuscale_json(*args) == rcuscale_json(*args, "--per-call")
+
+
+def test_mixed_forms_are_drawn_per_run_and_stay_close() -> None:
+    """The kernel picks head-less vs two-argument per object (``torture_random(&tr) & 0x800``,
+    rcuscale.c v5.9+); a run draws how many of its calls were head-less instead (one popcount
+    per run, ``KvfreeFlood.kvfree_rcu_flood``). Same seed, same result; against the per-call
+    loop's own draws the same objects go the same way in aggregate: the same objects and
+    loops, the simulated time within 2 % and the blocks about as full."""
+    runs = rcuscale_json()
+    assert rcuscale_json() == runs
+    ref = rcuscale_json("--per-call")
+    assert (runs["objects"], runs["loops"]) == (ref["objects"], ref["loops"])
+    assert abs(runs["total_time_ns"] - ref["total_time_ns"]) <= ref["total_time_ns"] / 50
+    assert abs(runs["records_per_block_mean"] - ref["records_per_block_mean"]) <= 10
+    assert rcuscale_json("--seed", "1") != runs
+
+
+def test_per_call_modes_ignore_runs() -> None:
+    """``--no-batch`` and ``--kfree-by-call-rcu`` queue one callback per object (v5.5 rcuperf,
+    v6.2+ rcuscale.c): they have no run-based path, so ``--per-call`` changes nothing."""
+    for mode in ("--no-batch", "--kfree-by-call-rcu"):
+        args = ["--cpus", "1", "--kfree-alloc-num", "500", "--kfree-loops", "2", mode]
+        assert rcuscale_json(*args) == rcuscale_json(*args, "--per-call")

@@ -27,6 +27,7 @@ from rcukit.wq import DelayedWork, WorkFn
 if TYPE_CHECKING:
     from rcukit.machine import Machine
     from rcukit.mm.mm import Mm
+    from rcukit.mm.slab import Slab
     from rcukit.rcu.kvfree.core import KvfreeCounters, KvfreePolicy
     from rcukit.rcu.kvfree.sim import KvfreeRcu
     from rcukit.rcu.tree import RcuState
@@ -66,12 +67,19 @@ class KrwpWork(RcuWork):
 class Bnode(KvfreeRcuBulkData):
     """A ``kvfree_rcu_bulk_data`` block: one page of pointer records (a preallocated array)."""
 
-    __slots__ = ("nr_records", "page")
+    __slots__ = ("nr_records", "page", "seg_end", "segs", "view")
 
     def __init__(self, page: int, capacity: int) -> None:
         super().__init__(array(PTR_TYPECODE, bytes(8 * capacity)))
         self.page = page
         self.nr_records = 0
+        #: What run-based floods stored, as ``(slab, first index, count)`` segments that tile
+        #: ``records[:seg_end]`` (:mod:`.runs`); None once a per-call store broke the tiling.
+        #: A block whose segments cover all its records is freed without re-parsing them.
+        self.segs: list[tuple[Slab, int, int]] | None = []
+        self.seg_end = 0
+        #: The records as bytes, made by the first run stored here (runs write whole runs).
+        self.view: memoryview | None = None
 
     def __len__(self) -> int:
         return self.nr_records

@@ -105,7 +105,12 @@ class KvfreeReclaim(KvfreePart):
                     task, "rcu_invoke_kfree_bulk_callback",
                     f"rcu_preempt bulk=0x{bnode.page:x} nr_records={nr}",
                 )
-            await mm.kfree_bulk(task, ptrs)
+            segs = bnode.segs
+            if segs and bnode.seg_end == nr:
+                # filled by run-based floods alone: its segments are the parse
+                await mm.slab.kfree_bulk_segments(task, ptrs, segs)
+            else:
+                await mm.kfree_bulk(task, ptrs)
         elif self._policy.vfree_bulk:
             await mm.vfree_bulk(task, ptrs)
         else:

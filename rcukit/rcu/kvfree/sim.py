@@ -33,6 +33,7 @@ small part owning its own state, as ``mm/slab_common.c`` keeps them apart within
 
 from __future__ import annotations
 
+import random
 from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -51,6 +52,7 @@ from rcukit.rcu.kvfree.krc import VMALLOC_START, Bnode, Krc, Krwp
 from rcukit.rcu.kvfree.monitor import KvfreeMonitor
 from rcukit.rcu.kvfree.page_cache import KvfreePageCache
 from rcukit.rcu.kvfree.reclaim import KvfreeReclaim
+from rcukit.rcu.kvfree.runs import KvfreeFlood
 from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources, MmBootHook
 from rcukit.rcu.profiles import KvfreeProfile, get_profile
 from rcukit.sched.sim import Task
@@ -120,6 +122,7 @@ class KvfreeRcu:
         self.monitor = KvfreeMonitor(self)
         self.page_cache = KvfreePageCache(self)
         self.drain = KvfreeDrain(self)
+        self.flood = KvfreeFlood(self)
         #: The registered "kfree_rcu" shrinker (None before ~v5.7, and until ``start()``).
         self.shrinker: Shrinker | None = None
         self.krcs = [Krc(self, c) for c in range(cfg.nr_cpus)]
@@ -235,6 +238,19 @@ class KvfreeRcu:
         await self._kvfree_slow(task, head, ptr)
 
     kvfree_rcu_mightsleep = kvfree_rcu
+
+    async def kvfree_rcu_flood(
+        self,
+        task: Task,
+        size: int,
+        gfp: int,
+        n: int,
+        head_offset: int | None = None,
+        mix: random.Random | None = None,
+    ) -> int:
+        """``n`` x (``kmalloc(size, gfp)``; ``kvfree_rcu()``), advanced a run at a time: see
+        :meth:`rcukit.rcu.kvfree.runs.KvfreeFlood.kvfree_rcu_flood`."""
+        return await self.flood.kvfree_rcu_flood(task, size, gfp, n, head_offset, mix)
 
     async def kvfree_call_rcu(self, task: Task, head: int | None, ptr: int) -> None:
         """``kvfree_call_rcu(head, ptr)`` (the v6.3 argument order)."""

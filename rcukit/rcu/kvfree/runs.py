@@ -1,0 +1,210 @@
+"""Run-based floods: ``kmalloc()`` then ``kvfree_rcu()`` of the same object, n times, advanced
+one *event horizon* at a time instead of one call at a time.
+
+Between two calls of such a flood nothing observable happens except at a horizon (design.md,
+"Run-based execution"): the current block fills (``KVFREE_BULK_MAX_ENTR`` records), the active
+slab runs out of free objects (or its free objects stop being consecutive), the monitor would
+have something to do (``krcp.mon_quiet_below``), the CPU reaches its next tick (timers, the RCU
+tick, preemption: ``cpu.next_tick_ns``). Up to the nearest horizon the flood takes a run of k
+consecutive slab objects (:meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run`), stores their k
+pointers into the current block with one slice assignment, bumps the same counters by k and
+charges k times the per-call costs (``kmalloc_ns`` and ``raw_lock_ns + kvfree_store_ns``: the
+CostModel fields the per-call path charges), so simulated time is the per-call path's.
+
+At a horizon it does exactly what the per-call path would do there: arms the monitor, takes the
+preemption point, refills the active slab. Whatever is unusual (a new block, with its
+allocation under the lock and fallbacks; a slab that cannot be refilled; tracing, debug objects,
+polled snapshots, alloc-site tracking, failslab; a head-less call from atomic context) is one
+call of the reference per-call path, after which the runs resume. Use-after-free checks and the
+quarantine act in ``kfree_bulk()``, which is the same for both paths.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from rcukit.rcu.kvfree.krc import KvfreePart
+from rcukit.sched.sim import Task
+
+if TYPE_CHECKING:
+    from rcukit.rcu.kvfree.sim import KvfreeRcu
+
+__all__ = ["KvfreeFlood"]
+
+
+class KvfreeFlood(KvfreePart):
+    """``kvfree_rcu_flood()``: n x (``kmalloc(size, gfp)``; ``kvfree_rcu(p[, p + head])``)."""
+
+    def __init__(self, kv: KvfreeRcu) -> None:
+        super().__init__(kv)
+        #: Runs taken and calls that went down the per-call path (for profiles and tests).
+        self.runs = 0
+        self.per_call = 0
+
+    async def kvfree_rcu_flood(
+        self,
+        task: Task,
+        size: int,
+        gfp: int,
+        n: int,
+        head_offset: int | None = None,
+        mix: random.Random | None = None,
+    ) -> int:
+        """Allocate ``n`` objects of ``size`` bytes and queue each with ``kvfree_rcu()``, as
+        ``for _ in range(n): p = kmalloc(size, gfp); kvfree_rcu(p, p + head_offset)`` would
+        (head-less ``kvfree_rcu_mightsleep(p)`` when ``head_offset`` is None).
+
+        ``mix`` (with ``head_offset``): each call is head-less with probability 1/2, as
+        rcuscale's ``kfree_scale_thread`` picks per object. A call of the per-call path draws
+        its own bit from ``mix``; a run of k calls draws only how many of its k were head-less
+        (the popcount of k random bits), since inside a run both forms do the same thing. So
+        the draws are reproducible for a seed but not the per-call loop's sequence.
+
+        Returns when all ``n`` are queued (or freed inline by the head-less fallback), with
+        the number of non-NULL objects. Counts, simulated time and the state left behind are
+        the per-call loop's (``tests/kvfree/test_run_equivalence.py`` holds them equal).
+        """
+        kv = self._kv
+        mm = self._mm
+        slab = mm.slab
+        if type(gfp) is not int:
+            gfp = int(gfp)
+        single = head_offset is None
+        if single:
+            mix = None
+        cache = slab.cache_for(size) if 0 < size <= slab.max_cache_size else None
+        may_single = single or mix is not None
+        # what the per-call path would reject (no head-less form, an rcu_head outside the
+        # object) is left to it, call by call, so it raises the same errors
+        runnable = (
+            cache is not None
+            and (kv._headless or not may_single)
+            and (head_offset is None or 0 <= head_offset < cache.size)
+        )
+        allowed = runnable and slab.runs_allowed(gfp)
+        fast_ns = kv._fast_ns
+        # what one call charges: kmalloc's cost, then kvfree_rcu's lock and store
+        per = (slab.kmalloc_cost(cache, gfp) if cache is not None else 0) + fast_ns
+        cap = kv.capacity
+        run_pointers = slab.run_pointers
+        step = cache.size if cache is not None else 0
+        ctr = self._counters
+        krcs = kv.krcs
+        gate = kv._gate
+        got = 0
+        remaining = n
+        while remaining > 0:
+            cpu = task.cpu
+            krcp = krcs[cpu.id]
+            chan = krcp.bulk[0]
+            if (
+                not allowed
+                or cache is None
+                or not chan
+                or gate.on
+                or (
+                    may_single
+                    and (task.preempt_count or task.irqs_disabled or task.rcu_read_nesting)
+                )
+            ):
+                got += await self._one(task, size, gfp, head_offset, mix)
+                remaining -= 1
+                # the first kmalloc validated gfp; debugfs knobs may have changed meanwhile
+                allowed = runnable and slab.runs_allowed(gfp)
+                continue
+            active = cache.active
+            if active is None or not active.freelist:
+                # kmalloc()'s first step when the active slab is full: a partial or new slab.
+                if await slab.kmalloc_refill(task, cache, gfp) is None:
+                    # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
+                    remaining -= 1
+                    if mix is not None:
+                        mix.getrandbits(16)
+                continue
+            bnode = chan[-1]
+            nr = bnode.nr_records
+            room = cap - nr
+            if room == 0:
+                got += await self._one(task, size, gfp, head_offset, mix)
+                remaining -= 1
+                continue
+            # k: up to the nearest horizon (plain comparisons: min() costs more than the rest)
+            k = remaining
+            if room < k:
+                k = room
+            free = len(active.freelist)
+            if free < k:
+                k = free
+            # the call whose count reaches mon_quiet_below arms the monitor: end the run there
+            quiet = krcp.mon_quiet_below - krcp.count
+            if quiet < k:
+                k = quiet if quiet > 1 else 1
+            # the call whose charge reaches the tick takes the preemption point: end there too
+            tick = -((cpu.local_ns - cpu.next_tick_ns) // per)
+            if tick < k:
+                k = tick if tick > 1 else 1
+            ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
+            view = bnode.view
+            if view is None:
+                view = bnode.view = memoryview(bnode.records).cast("B")
+            view[8 * nr : 8 * (nr + k)] = run_pointers(cache, ptr0, k)
+            bnode.nr_records = nr + k
+            segs = bnode.segs
+            if segs is not None:
+                if bnode.seg_end == nr:
+                    segs.append((active, (ptr0 - active.base) // step, k))
+                    bnode.seg_end = nr + k
+                else:
+                    bnode.segs = None  # a per-call store sits in between
+            count = krcp.count + k
+            krcp.count = count
+            if single:
+                ctr.fast_single += k
+            elif mix is None:
+                ctr.fast_double += k
+            else:
+                s = mix.getrandbits(k).bit_count()
+                ctr.fast_single += s
+                ctr.fast_double += k - s
+            t = cpu.local_ns + k * fast_ns
+            cpu.local_ns = t
+            self.runs += 1
+            got += k
+            remaining -= k
+            if count >= krcp.mon_quiet_below:
+                kv._arm_monitor(task, krcp)
+            if t >= cpu.next_tick_ns:
+                await task.preempt_point()
+        return got
+
+    async def _one(
+        self, task: Task, size: int, gfp: int, head_offset: int | None, mix: random.Random | None
+    ) -> int:
+        """One call of the reference path: ``kmalloc`` then ``kvfree_rcu``; with ``mix``, a
+        head-less one when the drawn bit says so (rcuscale's ``torture_random() & 0x800``)."""
+        self.per_call += 1
+        slab = self._mm.slab
+        ptr = await slab.kmalloc(task, size, gfp)
+        if mix is not None and mix.getrandbits(16) & 0x800:
+            head_offset = None
+        kv = self._kv
+        await kv.kvfree_rcu(task, ptr, None if head_offset is None else ptr + head_offset)
+        if not ptr:
+            return 0
+        # If it went into a block right after that block's segments (typically as the first
+        # record of a new block), it is a one-object segment: the block stays tiled.
+        chan = kv.krcs[task.cpu.id].bulk[0]
+        if chan:
+            bnode = chan[-1]
+            end = bnode.seg_end
+            if (
+                bnode.segs is not None
+                and end == bnode.nr_records - 1
+                and bnode.records[end] == ptr
+            ):
+                where = slab.slab_index(ptr)
+                if where is not None:
+                    bnode.segs.append((where[0], where[1], 1))
+                    bnode.seg_end = end + 1
+        return 1

@@ -1,0 +1,143 @@
+"""Runs of consecutive slab objects: ``SlabAllocator.kmalloc_run`` and ``kfree_bulk_segments``.
+
+Kernel facts the runs rest on (mm/slub.c, v5.9 to v6.x): a fresh slab's freelist links its
+objects in address order (``shuffle_freelist()`` only with ``CONFIG_SLAB_FREELIST_RANDOM``,
+which the model does not enable), so consecutive ``kmalloc()`` calls from one active slab return
+ascending addresses ``size`` apart; ``kfree_bulk()`` (``build_detached_freelist()``) gives a
+slab page's objects back in one go. A run must hand out exactly what that many ``kmalloc()``
+calls would, and freeing a block by its segments must leave what ``kfree_bulk()`` leaves.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+import pytest
+from simtools import cfg, mm_kernel, on_cpu
+
+from rcukit.errors import MemoryDebugError
+from rcukit.kernel import Kernel
+from rcukit.mm.gfp import GFP_KERNEL
+from rcukit.mm.slab import Slab
+from rcukit.sched.sim import Task
+
+KERNEL = int(GFP_KERNEL)
+
+
+def _state(k: Kernel) -> tuple[Any, ...]:
+    slab = k.mm.slab
+    cache = slab.cache_for(32)
+    slabs = sorted({id(s): s for s in slab._slab_of.values()}.values(), key=lambda s: s.base)
+    return (
+        slab.nr_objects,
+        [(s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial) for s in slabs],
+        cache.active.base if cache.active else None,
+        k.mm.nr_free_pages(),
+        [c.local_ns for c in k.sim.cpus],
+    )
+
+
+async def _alloc(k: Kernel, n: int, runs: bool) -> list[int]:
+    """``n`` kmalloc(32) calls, or the same through ``kmalloc_run`` (refilling as kmalloc)."""
+
+    async def go(task: Task) -> list[int]:
+        slab = k.mm.slab
+        if not runs:
+            return [await slab.kmalloc(task, 32, KERNEL) for _ in range(n)]
+        cache = slab.cache_for(32)
+        out: list[int] = []
+        while len(out) < n:
+            if cache.active is None or not cache.active.freelist:
+                assert await slab.kmalloc_refill(task, cache, KERNEL) is not None
+                continue
+            p0, got = slab.kmalloc_run(task, cache, KERNEL, n - len(out))
+            out += range(p0, p0 + got * 32, 32)
+        return out
+
+    return await on_cpu(k, go)
+
+
+async def test_kmalloc_run_hands_out_what_kmalloc_would(autojump_clock: Any) -> None:
+    """Fresh slabs: same pointers, same slab state, same simulated time as n kmalloc calls."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        pa = await _alloc(a, 700, runs=False)
+        pb = await _alloc(b, 700, runs=True)
+        assert pa == pb
+        assert _state(a) == _state(b)
+
+
+async def test_kmalloc_run_stops_where_the_freelist_stops_being_consecutive(
+    autojump_clock: Any,
+) -> None:
+    """After frees in scattered order, the freelist's tail is not one progression: a run
+    takes only the consecutive part, and runs plus kmalloc calls still match kmalloc alone."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        for k in (a, b):
+            ptrs = await _alloc(k, 128, runs=False)
+
+            async def give_back(task: Task, k: Kernel = k, ptrs: list[int] = ptrs) -> None:
+                # objects 5, 6, 7, then 2, then 9 (LIFO: 9 is handed out first)
+                for i in (5, 6, 7, 2, 9):
+                    await k.mm.kfree(task, ptrs[i])
+
+            await on_cpu(k, give_back)
+        cache = b.mm.slab.cache_for(32)
+        assert cache.active is not None
+        assert cache.active.freelist[-5:] == [5, 6, 7, 2, 9]  # kfree appends; kmalloc pops
+
+        async def one_run(task: Task) -> tuple[int, int]:
+            return b.mm.slab.kmalloc_run(task, cache, KERNEL, 5)
+
+        p0, got = await on_cpu(b, one_run)
+        assert got == 1  # 9, then 2: not consecutive
+        first = [await on_cpu(a, lambda t: a.mm.kmalloc(t, 32, KERNEL))]
+        assert [p0] == first
+        assert _state(a) == _state(b)
+
+
+async def _block_of(k: Kernel, n: int) -> tuple[array[int], list[tuple[Slab, int, int]]]:
+    ptrs = await _alloc(k, n, runs=False)
+    segs: list[tuple[Slab, int, int]] = []
+    for p in ptrs:
+        where = k.mm.slab.slab_index(p)
+        assert where is not None
+        s, i = where
+        if segs and segs[-1][0] is s and segs[-1][1] + segs[-1][2] == i:
+            segs[-1] = (s, segs[-1][1], segs[-1][2] + 1)
+        else:
+            segs.append((s, i, 1))
+    return array("Q", ptrs), segs
+
+
+async def test_kfree_bulk_segments_leaves_what_kfree_bulk_leaves(autojump_clock: Any) -> None:
+    """Same freelists, partial lists, discarded slabs, page counts and charged time."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 64})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 64})) as b:
+        ptrs_a, _ = await _block_of(a, 900)
+        ptrs_b, segs = await _block_of(b, 900)
+        assert len(segs) > 1
+        await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
+        await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, ptrs_b, segs))
+        assert _state(a) == _state(b)
+
+
+async def test_kfree_bulk_segments_reports_a_double_free_like_kfree_bulk(
+    autojump_clock: Any,
+) -> None:
+    """A segment whose object is no longer allocated falls back to kfree_bulk's checks: the
+    same KASAN double-free report, and nothing freed."""
+    async with mm_kernel(cfg()) as k:
+        ptrs, segs = await _block_of(k, 300)
+        await on_cpu(k, lambda t: k.mm.kfree(t, ptrs[200]))
+
+        async def again(task: Task) -> None:
+            before = _state(k)[:4]
+            with pytest.raises(MemoryDebugError, match="double-free in kfree_bulk") as info:
+                await k.mm.slab.kfree_bulk_segments(task, ptrs, segs)
+            assert f"{ptrs[200]:#x}" in str(info.value)
+            assert _state(k)[:4] == before
+
+        await on_cpu(k, again)
