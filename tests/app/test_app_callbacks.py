@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 import trio.testing
@@ -131,15 +133,26 @@ async def test_a_failing_on_error_handler_is_itself_reported() -> None:
 
 
 async def test_async_and_non_callable_callbacks_are_refused() -> None:
+    """Refused at the call (issue 16 item 6; it used to be reported only when invoked): an
+    ``async def``, a method or partial of one; a callable returning an awaitable anyway is
+    still reported when invoked."""
     seen: list[Exception] = []
 
     async def coro() -> None:  # pragma: no cover - never awaited
         pass
 
+    class Obj:
+        async def method(self) -> None:  # pragma: no cover - never awaited
+            pass
+
     async with open_domain(on_error=seen.append) as rcu:
         with pytest.raises(RcuArgumentError, match="must be callable"):
             rcu.call_rcu(42)  # type: ignore[arg-type]
-        rcu.call_rcu(coro)
+        for fn in (coro, Obj().method, functools.partial(coro)):
+            with pytest.raises(RcuArgumentError, match="async function"):
+                rcu.call_rcu(fn)
+        assert rcu.statistics().callbacks_pending == 0
+        rcu.call_rcu(lambda: coro())
         await rcu.rcu_barrier()
     assert len(seen) == 1 and "returned an awaitable" in str(seen[0])
 
