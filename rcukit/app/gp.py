@@ -2,9 +2,9 @@
 
 :class:`~rcukit.rcu.gpcore.GpCore` is the clock-agnostic engine the simulated kernel uses too:
 ``gp_seq`` in the kernel's encoding, the outstanding request (``gp_seq_needed``), the waiter heap
-and the polled-API arithmetic (kernel.md §6). This adds what the application domain needs on
-top: one :class:`anyio.Event` per target ``gp_seq``, so that every ``synchronize_rcu()`` caller that needs
-the same grace period shares it (liburcu's "batch concurrent synchronize_rcu", folly's
+and the polled-API arithmetic (kernel.md §6). This adds what the application domain needs on top:
+one :class:`anyio.Event` per target ``gp_seq``, so that every ``synchronize_rcu()`` caller that
+needs the same grace period shares it (liburcu's "batch concurrent synchronize_rcu", folly's
 TurnSequencer), and a cached ``rcu_seq_snap()`` that kvfree_rcu's slow path stamps blocks with.
 """
 

@@ -1,15 +1,16 @@
 """A domain's life: starting its two tasks, closing cleanly, closing after an abort.
 
-Leaving the ``async with`` block normally runs ``rcu_barrier()`` and ``kvfree_rcu_barrier()``
-until nothing is pending, for at most ``close_timeout`` seconds: a reader that never leaves,
-or callbacks that keep queueing callbacks, then make the exit report what is still pending
-and raise :class:`~rcukit.errors.RcuLeakError` rather than hang. (Each barrier waits only for
-work queued before it, as the kernel's does, so chained callbacks cannot stall one barrier.)
-Leaving it by an exception or a cancellation stops accepting work, then (shielded, bounded by ``close_timeout``) waits for the readers still inside a section,
-runs one last grace period inline and releases everything; if readers never leave, what could
-not be released is reported as an :class:`~rcukit.errors.RcuLeakError` instead. If a task stops
-while the domain is open (its nursery was cancelled), the domain is *dead*: every waiter wakes
-and raises, since no grace period can complete any more.
+Leaving the ``async with`` block normally runs ``rcu_barrier()`` and ``kvfree_rcu_barrier()`` until
+nothing is pending, for at most ``close_timeout`` seconds: a reader that never leaves, or callbacks
+that keep queueing callbacks, then make the exit report what is still pending and raise
+:class:`~rcukit.errors.RcuLeakError` rather than hang. (Each barrier waits only for work queued
+before it, as the kernel's does, so chained callbacks cannot stall one barrier.) Leaving it by an
+exception or a cancellation stops accepting work, then (shielded, bounded by ``close_timeout``)
+waits for the readers still inside a section, runs one last grace period inline and releases
+everything; if readers never leave, what could not be released is reported as an
+:class:`~rcukit.errors.RcuLeakError` instead. If a task stops while the domain is open (its nursery
+was cancelled), the domain is *dead*: every waiter wakes and raises, since no grace period can
+complete any more.
 """
 
 from __future__ import annotations
