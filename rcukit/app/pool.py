@@ -6,6 +6,12 @@ slab its objects back is :meth:`ObjectPool.free_bulk`: one ``list.extend`` per b
 call per object. A pool of buffers is also what an application reaches for to stop allocating a
 fresh ``bytearray`` per request.
 
+Without debug mode the pool still refuses to cache an object that is already free (it keeps
+the ids of its free objects in a set: a double free, say a pooled object given to
+``kvfree_rcu`` twice, would otherwise make the pool hand one object out twice). That costs a
+set operation per object, like SLUB's cheap freelist check (``set_freepointer`` with
+CONFIG_SLAB_FREELIST_HARDENED catches ``object == fp``), not the full debug bookkeeping.
+
 Debug mode does what ``slub_debug=FPZ`` plus KASAN's quarantine do for the kernel:
 
 * every allocation and free records its call site (the first frame outside rcukit; frees done
@@ -106,6 +112,8 @@ class ObjectPool(Generic[T]):
     poison: Callable[[T], object] | None = attrs.field(default=None, kw_only=True)
     name: str = attrs.field(default="", kw_only=True)
     _free: list[T] = attrs.field(init=False, factory=list)
+    #: ``id()`` of every object in ``_free`` (production mode's double-free check).
+    _free_ids: set[int] = attrs.field(init=False, factory=set)
     _quarantine: deque[T] = attrs.field(init=False, factory=deque)
     _lives: dict[int, _Life] = attrs.field(init=False, factory=dict)
     _created: int = attrs.field(init=False, default=0)
@@ -130,6 +138,7 @@ class ObjectPool(Generic[T]):
                 self._quarantine.append(obj)
             else:
                 self._free.append(obj)
+                self._free_ids.add(id(obj))
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -144,7 +153,9 @@ class ObjectPool(Generic[T]):
         free = self._free
         self._allocs += 1
         if free:
-            return free.pop()
+            obj = free.pop()
+            self._free_ids.discard(id(obj))
+            return obj
         self._created += 1
         return self.factory()
 
@@ -155,10 +166,14 @@ class ObjectPool(Generic[T]):
             if err is not None:
                 raise err
             return
+        ids = self._free_ids
+        if id(obj) in ids:
+            raise self._double_free([obj])
         self._frees += 1
         free = self._free
         if self.max_cached is None or len(free) < self.max_cached:
             free.append(obj)
+            ids.add(id(obj))
         else:
             self._dropped += 1
 
@@ -173,15 +188,54 @@ class ObjectPool(Generic[T]):
             objs = list(objs)
             self._raise_all(self._free_bulk_debug(objs, [site] * len(objs)))
             return
+        if not isinstance(objs, list):
+            objs = list(objs)
+        ids = self._free_ids
+        n0 = len(ids)
+        ids.update(map(id, objs))
+        if len(ids) - n0 != len(objs):
+            self._free_bulk_dedup(objs, n0)
+            return
         free = self._free
-        n0 = len(free)
         free.extend(objs)
-        n = len(free) - n0
-        self._frees += n
+        self._frees += len(objs)
         cap = self.max_cached
         if cap is not None and len(free) > cap:
             self._dropped += len(free) - cap
+            for o in free[cap:]:
+                ids.discard(id(o))
             del free[cap:]
+
+    def _free_bulk_dedup(self, objs: list[T], n0: int) -> None:
+        """A ``free_bulk`` with objects already free (or twice in the list): free each once,
+        then raise for the rest (the ids were added optimistically; recompute them)."""
+        ids = self._free_ids
+        free = self._free
+        ids.clear()
+        ids.update(map(id, free))
+        dup: list[T] = []
+        for o in objs:
+            if id(o) in ids:
+                dup.append(o)
+                continue
+            ids.add(id(o))
+            free.append(o)
+            self._frees += 1
+        cap = self.max_cached
+        if cap is not None and len(free) > cap:
+            self._dropped += len(free) - cap
+            for o in free[cap:]:
+                ids.discard(id(o))
+            del free[cap:]
+        raise self._double_free(dup)
+
+    def _double_free(self, objs: list[T]) -> MemoryDebugError:
+        what = ", ".join(_describe(o) for o in objs[:5])
+        return MemoryDebugError(
+            f"double free into pool {self.name!r} of {len(objs)} object(s) already free ({what}); "
+            "the pool kept one copy of each (a pooled object given to kvfree_rcu() twice?). "
+            "ObjectPool(debug=True) names the sites"
+        )
 
     # ---------------------------------------------------------------- debug checks
 

@@ -86,7 +86,8 @@ class ReadGuard:
 
     def __enter__(self) -> None:
         if not self.active:
-            self._refuse()
+            self._refuse()  # raises, or (a worker thread) waits for the phase and counts in
+            return
         self.count += 1
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
