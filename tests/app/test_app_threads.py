@@ -38,7 +38,7 @@ def test_a_thread_reader_leaving_while_a_gp_waits_wakes_the_gp(backend: str, deb
             async with open_domain(debug=debug) as rcu, anyio.create_task_group() as tg:
                 inside = threading.Event()
                 leave = threading.Event()
-                ended: list[bool] = []
+                ended = anyio.Event()
 
                 def reader() -> None:
                     with rcu.read_lock():
@@ -47,7 +47,7 @@ def test_a_thread_reader_leaving_while_a_gp_waits_wakes_the_gp(backend: str, deb
 
                 async def sync() -> None:
                     await rcu.synchronize_rcu()
-                    ended.append(True)
+                    ended.set()
 
                 async def run_reader() -> None:
                     await in_worker_thread(reader)
@@ -56,10 +56,9 @@ def test_a_thread_reader_leaving_while_a_gp_waits_wakes_the_gp(backend: str, deb
                 await anyio.to_thread.run_sync(inside.wait, 10)
                 tg.start_soon(sync)
                 await wait_blocked()
-                assert not ended and rcu.statistics().readers == 1
+                assert not ended.is_set() and rcu.statistics().readers == 1
                 leave.set()
-                while not ended:
-                    await anyio.sleep(0.001)
+                await ended.wait()
                 await rcu.synchronize_rcu()  # and later GPs still work
 
     run_on(backend, main)
@@ -168,7 +167,7 @@ def test_refused_thread_updates_change_nothing(backend: str) -> None:
     run_on(backend, main)
 
 
-class rcu_blocked:  # noqa: N801 - a helper context manager, named for what it does
+class rcu_blocked:
     """Hold a reader in a task so nothing queued can be released meanwhile."""
 
     def __init__(self, rcu: Any) -> None:
