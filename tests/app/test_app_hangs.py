@@ -53,9 +53,8 @@ def test_nested_and_deep_read_sections_are_found(backend: str) -> None:
                     else:
                         await rcu.synchronize_rcu()
 
-                with rcu.read_lock(), rcu.read_lock():
-                    with pytest.raises(RcuUsageError):
-                        await deep(5)
+                with rcu.read_lock(), rcu.read_lock(), pytest.raises(RcuUsageError):
+                    await deep(5)
                 # another task's reader is not the caller's: that GP just waits for it
                 async with anyio.create_task_group() as tg:
                     leave = anyio.Event()
