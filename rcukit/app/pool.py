@@ -6,10 +6,13 @@ slab its objects back is :meth:`ObjectPool.free_bulk`: one ``list.extend`` per b
 call per object. A pool of buffers is also what an application reaches for to stop allocating a
 fresh ``bytearray`` per request.
 
-Without debug mode the pool still refuses to cache an object that is already free (it keeps
-the ids of its free objects in a set: a double free, say a pooled object given to
-``kvfree_rcu`` twice, would otherwise make the pool hand one object out twice). That costs a
-set operation per object, like SLUB's cheap freelist check (``set_freepointer`` with
+Without debug mode the pool still never caches an object twice (a double free, say a pooled
+object given to ``kvfree_rcu`` twice, would otherwise make the pool hand one object out
+twice): free objects are kept in a *set*, so a duplicate collapses and the size check after a
+``free_bulk`` notices it. For the usual pooled objects (identity equality and hashing) that
+costs a set insert instead of a list append per object; objects that are unhashable or
+compare by value (``bytearray``) are kept in a list plus a set of their ids, which costs
+more. It is the spirit of SLUB's cheap always-on freelist check (``set_freepointer`` under
 CONFIG_SLAB_FREELIST_HARDENED catches ``object == fp``), not the full debug bookkeeping.
 
 Debug mode does what ``slub_debug=FPZ`` plus KASAN's quarantine do for the kernel:
@@ -111,9 +114,12 @@ class ObjectPool(Generic[T]):
     debug: bool = attrs.field(default=False, kw_only=True)
     poison: Callable[[T], object] | None = attrs.field(default=None, kw_only=True)
     name: str = attrs.field(default="", kw_only=True)
+    #: Free objects (production mode): a set when objects hash by identity, else ``_free``
+    #: plus the ``id()`` of each in ``_free_ids``. Which one is decided by the first object.
+    _free_set: set[T] = attrs.field(init=False, factory=set)
     _free: list[T] = attrs.field(init=False, factory=list)
-    #: ``id()`` of every object in ``_free`` (production mode's double-free check).
     _free_ids: set[int] = attrs.field(init=False, factory=set)
+    _by_identity: bool | None = attrs.field(init=False, default=None)
     _quarantine: deque[T] = attrs.field(init=False, factory=deque)
     _lives: dict[int, _Life] = attrs.field(init=False, factory=dict)
     _created: int = attrs.field(init=False, default=0)
@@ -137,8 +143,8 @@ class ObjectPool(Generic[T]):
                 self._poison(obj)
                 self._quarantine.append(obj)
             else:
-                self._free.append(obj)
-                self._free_ids.add(id(obj))
+                self._free_plain([obj])
+                self._frees -= 1  # made free, not freed
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -150,8 +156,11 @@ class ObjectPool(Generic[T]):
         """An object from the pool, or a new one from the factory if none is free."""
         if self.debug:
             return self._alloc_debug(call_site())
-        free = self._free
         self._allocs += 1
+        fs = self._free_set
+        if fs:
+            return fs.pop()
+        free = self._free
         if free:
             obj = free.pop()
             self._free_ids.discard(id(obj))
@@ -166,16 +175,7 @@ class ObjectPool(Generic[T]):
             if err is not None:
                 raise err
             return
-        ids = self._free_ids
-        if id(obj) in ids:
-            raise self._double_free([obj])
-        self._frees += 1
-        free = self._free
-        if self.max_cached is None or len(free) < self.max_cached:
-            free.append(obj)
-            ids.add(id(obj))
-        else:
-            self._dropped += 1
+        self._free_plain([obj])
 
     def free_bulk(self, objs: Iterable[T]) -> None:
         """Give many objects back with one call (``kmem_cache_free_bulk``).
@@ -188,53 +188,66 @@ class ObjectPool(Generic[T]):
             objs = list(objs)
             self._raise_all(self._free_bulk_debug(objs, [site] * len(objs)))
             return
-        if not isinstance(objs, list):
-            objs = list(objs)
-        ids = self._free_ids
-        n0 = len(ids)
-        ids.update(map(id, objs))
-        if len(ids) - n0 != len(objs):
-            self._free_bulk_dedup(objs, n0)
-            return
-        free = self._free
-        free.extend(objs)
-        self._frees += len(objs)
-        cap = self.max_cached
-        if cap is not None and len(free) > cap:
-            self._dropped += len(free) - cap
-            for o in free[cap:]:
-                ids.discard(id(o))
-            del free[cap:]
+        self._free_plain(objs if isinstance(objs, list) else list(objs))
 
-    def _free_bulk_dedup(self, objs: list[T], n0: int) -> None:
-        """A ``free_bulk`` with objects already free (or twice in the list): free each once,
-        then raise for the rest (the ids were added optimistically; recompute them)."""
+    def _free_plain(self, objs: list[T]) -> None:
+        """Production free of ``objs``: each cached once; duplicates raise after the rest."""
+        by_identity = self._by_identity
+        if by_identity is None:
+            if not objs:
+                return
+            t = type(objs[0])
+            by_identity = self._by_identity = (
+                t.__hash__ is object.__hash__ and t.__eq__ is object.__eq__
+            )
+        if by_identity:
+            fs = self._free_set
+            n0 = len(fs)
+            fs.update(objs)
+            n = len(fs) - n0
+            self._frees += n
+            cap = self.max_cached
+            if cap is not None and len(fs) > cap:
+                self._dropped += len(fs) - cap
+                for _ in range(len(fs) - cap):
+                    fs.pop()
+            if n != len(objs):
+                raise self._double_free(self._duplicates(objs), len(objs) - n)
+            return
         ids = self._free_ids
         free = self._free
-        ids.clear()
-        ids.update(map(id, free))
         dup: list[T] = []
         for o in objs:
-            if id(o) in ids:
+            i = id(o)
+            if i in ids:
                 dup.append(o)
                 continue
-            ids.add(id(o))
-            free.append(o)
             self._frees += 1
-        cap = self.max_cached
-        if cap is not None and len(free) > cap:
-            self._dropped += len(free) - cap
-            for o in free[cap:]:
-                ids.discard(id(o))
-            del free[cap:]
-        raise self._double_free(dup)
+            if self.max_cached is None or len(free) < self.max_cached:
+                ids.add(i)
+                free.append(o)
+            else:
+                self._dropped += 1
+        if dup:
+            raise self._double_free(dup, len(dup))
 
-    def _double_free(self, objs: list[T]) -> MemoryDebugError:
-        what = ", ".join(_describe(o) for o in objs[:5])
+    @staticmethod
+    def _duplicates(objs: list[T]) -> list[T]:
+        """Which of ``objs`` repeat within the call (the rare path, for the message)."""
+        seen: set[int] = set()
+        dup = []
+        for o in objs:
+            if id(o) in seen:
+                dup.append(o)
+            seen.add(id(o))
+        return dup
+
+    def _double_free(self, sample: list[T], n: int) -> MemoryDebugError:
+        what = f" (among them {', '.join(_describe(o) for o in sample[:5])})" if sample else ""
         return MemoryDebugError(
-            f"double free into pool {self.name!r} of {len(objs)} object(s) already free ({what}); "
-            "the pool kept one copy of each (a pooled object given to kvfree_rcu() twice?). "
-            "ObjectPool(debug=True) names the sites"
+            f"double free into pool {self.name!r}: {n} object(s) were already free{what}; the "
+            "pool kept one copy of each (a pooled object given to kvfree_rcu() twice?). "
+            "ObjectPool(debug=True) names the allocation and free sites"
         )
 
     # ---------------------------------------------------------------- debug checks
@@ -288,7 +301,7 @@ class ObjectPool(Generic[T]):
         return f"allocated at {life.alloc_site}"
 
     def statistics(self) -> PoolStatistics:
-        cached = len(self._quarantine) if self.debug else len(self._free)
+        cached = len(self._quarantine) if self.debug else len(self._free_set) + len(self._free)
         return PoolStatistics(
             name=self.name,
             debug=self.debug,

@@ -27,9 +27,8 @@ def test_a_guard_kept_across_grace_periods(backend: str, gps: int) -> None:
                     for _ in range(gps):
                         await rcu.synchronize_rcu()
                     if debug or gps % 2:
-                        with pytest.raises(RcuUsageError, match="kept|later"):
-                            with guard:
-                                pass
+                        with pytest.raises(RcuUsageError, match=r"kept|later"), guard:
+                            pass
                     else:
                         with guard:
                             assert rcu.statistics().readers == 1
@@ -135,3 +134,15 @@ def test_a_pooled_object_queued_twice_is_never_handed_out_twice(backend: str) ->
     with pytest.raises(MemoryDebugError, match="double free"):
         pool.free(got[0])
         pool.free(got[0])
+
+
+def test_a_value_compared_pooled_object_freed_twice_is_cached_once() -> None:
+    """Objects that are unhashable or compare by value (``bytearray``) take the id-set path of
+    the same check."""
+    pool: ObjectPool[bytearray] = ObjectPool(lambda: bytearray(8))
+    a, b = pool.alloc(), pool.alloc()
+    with pytest.raises(MemoryDebugError, match="1 object"):
+        pool.free_bulk([a, b, a])
+    assert pool.statistics().cached == 2
+    got = [pool.alloc(), pool.alloc(), pool.alloc()]
+    assert len({id(o) for o in got}) == 3

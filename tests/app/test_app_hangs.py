@@ -31,9 +31,8 @@ def test_waiting_for_a_gp_inside_ones_own_read_section_raises(
             async with open_domain(debug=debug) as rcu:
                 rcu.call_rcu(len, "queued")
                 rcu.kvfree_rcu(object())
-                with rcu.read_lock():
-                    with pytest.raises(RcuUsageError, match="deadlock"):
-                        await getattr(rcu, call)()
+                with rcu.read_lock(), pytest.raises(RcuUsageError, match="deadlock"):
+                    await getattr(rcu, call)()
                 await getattr(rcu, call)()  # outside: fine
 
     run_on(backend, main)
@@ -89,23 +88,25 @@ def test_stall_warning_names_what_holds_the_gp_and_repeats(
 
     async def main() -> None:
         with anyio.fail_after(10):
-            async with open_domain(debug=debug, stall_timeout=0.05) as rcu:
-                async with anyio.create_task_group() as tg:
-                    leave = anyio.Event()
+            async with (
+                open_domain(debug=debug, stall_timeout=0.05) as rcu,
+                anyio.create_task_group() as tg,
+            ):
+                leave = anyio.Event()
 
-                    async def stuck_reader() -> None:
-                        with rcu.read_lock():
-                            await leave.wait()
+                async def stuck_reader() -> None:
+                    with rcu.read_lock():
+                        await leave.wait()
 
-                    async def sync() -> None:
-                        await rcu.synchronize_rcu()
+                async def sync() -> None:
+                    await rcu.synchronize_rcu()
 
-                    tg.start_soon(stuck_reader)
-                    await wait_blocked()
-                    tg.start_soon(sync)
-                    await anyio.sleep(0.3)
-                    assert rcu.stalls == 2  # at 0.05 s, then at 0.05 + 3 * 0.05 s
-                    leave.set()
+                tg.start_soon(stuck_reader)
+                await wait_blocked()
+                tg.start_soon(sync)
+                await anyio.sleep(0.3)
+                assert rcu.stalls == 2  # at 0.05 s, then at 0.05 + 3 * 0.05 s
+                leave.set()
 
     run_on(backend, main)
     msgs = [r.getMessage() for r in caplog.records if r.name == "rcukit"]
