@@ -135,9 +135,15 @@ class GracePeriods:
             raise RcuClosedError("the RCU domain stopped before the grace period ended")
 
     def sleeper(self, what: str, wake: Callable[[], None]) -> Sleeper:
-        """Register the current task as waiting for a GP (see the module docstring)."""
-        me = Sleeper(what, anyio.get_current_task().coro, wake)
+        """Register the current task as waiting for a GP (see the module docstring).
+
+        If a GP is already waiting for readers, its task looks again: the new sleeper may be
+        one of the readers it waits for.
+        """
+        me = Sleeper(what, self.loop.current_coro(), wake)
         self.sleepers.add(me)
+        if self._readers.old is not None:
+            self._wake.set()
         return me
 
     async def synchronize_rcu(self, what: str, cookie: int | None = None) -> None:

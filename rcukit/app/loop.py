@@ -16,6 +16,7 @@ do not pay for AnyIO's per-call backend lookup.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import threading
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import trio
 from anyio.abc import AsyncBackend
 
 from rcukit.errors import RcuClosedError, RcuUsageError
@@ -37,7 +39,7 @@ T = TypeVar("T")
 class EventLoop:
     """The loop a domain was opened in: its thread, its AnyIO backend and its token."""
 
-    __slots__ = ("_call_soon", "backend", "name", "thread", "token")
+    __slots__ = ("_call_soon", "backend", "current_coro", "name", "thread", "token")
 
     def __init__(self) -> None:
         self.token = anyio.lowlevel.current_token()
@@ -50,6 +52,10 @@ class EventLoop:
         )
         #: ``threading.get_ident()`` of the loop's thread.
         self.thread = threading.get_ident()
+        #: The running task's coroutine, straight from the loop (cheaper than AnyIO's TaskInfo).
+        self.current_coro: Callable[[], object] = (
+            _trio_current_coro if self.name == "trio" else _asyncio_current_coro
+        )
 
     def __repr__(self) -> str:
         return f"<EventLoop {self.name} thread={self.thread}>"
@@ -108,6 +114,15 @@ class EventLoop:
             f"{what} called in thread {threading.current_thread().name!r}, not in the domain's "
             f"{self.name} event loop; from a worker thread use `{instead}`"
         )
+
+
+def _trio_current_coro() -> object:
+    return trio.lowlevel.current_task().coro
+
+
+def _asyncio_current_coro() -> object:
+    task = asyncio.current_task()
+    return task.get_coro() if task is not None else None
 
 
 def _loop_gone(exc: RuntimeError) -> bool:

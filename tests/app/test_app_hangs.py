@@ -39,6 +39,46 @@ def test_waiting_for_a_gp_inside_ones_own_read_section_raises(
 
 
 @on_both_loops
+@pytest.mark.parametrize("call", ["synchronize_rcu", "rcu_barrier"])
+def test_a_reader_that_already_holds_a_running_gp_and_then_waits_raises(
+    backend: str, call: str
+) -> None:
+    """The GP that waits for the reader started before the reader asked to wait (another task
+    asked for it): the GP task looks again when a new waiter arrives."""
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with open_domain() as rcu, anyio.create_task_group() as tg:
+                rcu.call_rcu(len, "queued")
+                entered = anyio.Event()
+                go = anyio.Event()
+                raised: list[BaseException] = []
+
+                async def reader() -> None:
+                    with rcu.read_lock():
+                        entered.set()
+                        await go.wait()
+                        try:
+                            await getattr(rcu, call)()
+                        except RcuUsageError as exc:
+                            raised.append(exc)
+
+                async def other() -> None:
+                    await rcu.synchronize_rcu()
+
+                tg.start_soon(reader)
+                await entered.wait()
+                tg.start_soon(other)
+                await wait_blocked()
+                assert rcu.statistics().gp_in_progress
+                go.set()
+                await wait_blocked()
+                assert len(raised) == 1 and "deadlock" in str(raised[0])
+
+    run_on(backend, main)
+
+
+@on_both_loops
 def test_nested_and_deep_read_sections_are_found(backend: str) -> None:
     """The section may be entered several frames up the await chain, and nested."""
 
