@@ -38,7 +38,7 @@ async def in_worker_thread(fn: Callable[[], T]) -> T:
     """Run ``fn`` in a worker thread of the running loop's own kind: ``trio.to_thread.run_sync``
     under Trio, ``asyncio.to_thread`` under asyncio."""
     if sniffio.current_async_library() == "trio":
-        return await trio.to_thread.run_sync(fn)
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
     return await asyncio.to_thread(fn)
 
 

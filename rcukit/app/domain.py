@@ -36,6 +36,7 @@ the way the kernel splits ``tree.c`` and its plugins — the read side
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -50,7 +51,7 @@ from rcukit.app.grace import GracePeriods, check_cookie
 from rcukit.app.kvfree import KvfreeQueue, ReleaseTarget
 from rcukit.app.kvfree_host import DomainKvfree
 from rcukit.app.lifecycle import DomainLifecycle
-from rcukit.app.loop import EventLoop
+from rcukit.app.loop import EventLoop, thread_in_read_lock
 from rcukit.app.readers import DebugReadSection, QsbrWorker, Readers, ReadSection
 from rcukit.app.sites import call_site
 from rcukit.app.stats import DomainStatistics
@@ -349,7 +350,10 @@ class FromThread:
     returns (AnyIO's ``from_thread.run`` with the domain's loop token), so it works from
     ``trio.to_thread.run_sync``, ``asyncio.to_thread``, ``anyio.to_thread.run_sync`` and plain
     threads alike. Called in the loop's own thread they raise ``RcuUsageError`` (they would
-    block the loop they wait for); on a stopped loop, ``RcuClosedError``.
+    block the loop they wait for); on a stopped loop, ``RcuClosedError``. Called inside the
+    thread's own read section they raise ``RcuUsageError`` too (the thread would wait for
+    itself): debug mode knows the thread's sections, production reads the thread's code for
+    ``with rcu.read_lock():`` (:func:`~rcukit.app.loop.thread_in_read_lock`).
     """
 
     __slots__ = ("_rcu",)
@@ -357,23 +361,39 @@ class FromThread:
     def __init__(self, rcu: RcuDomain) -> None:
         self._rcu = rcu
 
+    def _run(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        rcu = self._rcu
+        if rcu._loop.in_loop_thread():
+            rcu._loop.run(what, fn, *args)  # raises: the loop's own thread
+        r = rcu._readers
+        if r.debug:
+            held = r.in_read_section(r.whoami()[0]) is not None
+        else:
+            held = thread_in_read_lock(sys._getframe(2), r.is_held_section_owner)
+        if held:
+            raise RcuUsageError(
+                f"rcu.from_thread.{what} inside this thread's own RCU read section: it would "
+                "wait for a grace period that waits for this very reader (deadlock)"
+            )
+        rcu._loop.run(what, fn, *args)
+
     def synchronize_rcu(self) -> None:
-        self._rcu._loop.run("synchronize_rcu()", self._rcu.synchronize_rcu)
+        self._run("synchronize_rcu()", self._rcu.synchronize_rcu)
 
     def cond_synchronize_rcu(self, cookie: int) -> None:
-        self._rcu._loop.run("cond_synchronize_rcu()", self._rcu.cond_synchronize_rcu, cookie)
+        self._run("cond_synchronize_rcu()", self._rcu.cond_synchronize_rcu, cookie)
 
     def rcu_barrier(self) -> None:
-        self._rcu._loop.run("rcu_barrier()", self._rcu.rcu_barrier)
+        self._run("rcu_barrier()", self._rcu.rcu_barrier)
 
     def kvfree_rcu_barrier(self) -> None:
-        self._rcu._loop.run("kvfree_rcu_barrier()", self._rcu.kvfree_rcu_barrier)
+        self._run("kvfree_rcu_barrier()", self._rcu.kvfree_rcu_barrier)
 
     def call_rcu_wait(self, func: Callable[..., object], *args: Any) -> None:
-        self._rcu._loop.run("call_rcu_wait()", self._rcu.call_rcu_wait, func, *args)
+        self._run("call_rcu_wait()", self._rcu.call_rcu_wait, func, *args)
 
     def kvfree_rcu_wait(self, obj: object, release: ReleaseTarget = None) -> None:
-        self._rcu._loop.run("kvfree_rcu_wait()", self._rcu.kvfree_rcu_wait, obj, release)
+        self._run("kvfree_rcu_wait()", self._rcu.kvfree_rcu_wait, obj, release)
 
 
 @asynccontextmanager

@@ -8,7 +8,8 @@ AnyIO gives the domain one vocabulary on both loops: task groups, cancel scopes 
   must wake the grace-period task without blocking on the loop): Trio's
   ``TrioToken.run_sync_soon`` or asyncio's ``loop.call_soon_threadsafe``;
 * the coroutine chain of a suspended task, to see whether a task waiting for a grace period
-  is itself inside a read section (:func:`holds_with`).
+  is itself inside a read section (:func:`holds_with`), and the same question for a worker
+  thread about to block in ``rcu.from_thread`` (:func:`thread_in_read_lock`).
 
 The AnyIO backend class is resolved once per domain, so the domain's own checkpoints and events
 do not pay for AnyIO's per-call backend lookup.
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dis
 import gc
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from types import FrameType
 from typing import Any, TypeVar
 
 import anyio
@@ -31,7 +34,7 @@ from anyio.abc import AsyncBackend
 
 from rcukit.errors import RcuClosedError, RcuUsageError
 
-__all__ = ["EventLoop", "coroutine_chain", "holds_with"]
+__all__ = ["EventLoop", "coroutine_chain", "holds_with", "thread_in_read_lock"]
 
 T = TypeVar("T")
 
@@ -152,3 +155,83 @@ def holds_with(coro: object, is_ours: Callable[[object], bool]) -> bool:
             if owner is not None and getattr(r, "__name__", "") == "__exit__" and is_ours(owner):
                 return True
     return False
+
+
+_LOADS_NAME = frozenset(("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_GLOBAL", "LOAD_NAME"))
+
+
+def thread_in_read_lock(frame: FrameType | None, is_ours: Callable[[object], bool]) -> bool:
+    """Is the calling thread inside ``with <domain>.read_lock():`` somewhere up its stack?
+
+    A running thread's frames do not show their ``with`` managers, so this reads the code: for
+    each frame, the ``with`` blocks whose cleanup handler (the exception table's
+    ``WITH_EXCEPT_START`` targets) spans the frame's current instruction, and for each the
+    expression before its ``BEFORE_WITH``: a ``.read_lock()`` call on a name (or attribute
+    chain) that resolves, in that frame, to this domain. Anything it cannot resolve counts as
+    "not ours" (no false alarm). Only ``rcu.from_thread`` calls pay for it.
+    """
+    while frame is not None:
+        if _frame_in_read_lock(frame, is_ours):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _frame_in_read_lock(frame: FrameType, is_ours: Callable[[object], bool]) -> bool:
+    code = frame.f_code
+    lasti = frame.f_lasti
+    # the exception table as dis reads it (Python 3.11+; typeshed does not list it)
+    entries: list[Any] = getattr(dis.Bytecode(code), "exception_entries", [])
+    spans: dict[int, list[int]] = {}
+    for e in entries:
+        sp = spans.setdefault(e.target, [e.start, e.end])
+        sp[0] = min(sp[0], e.start)
+        sp[1] = max(sp[1], e.end)
+    live = [t for t, (lo, hi) in spans.items() if lo <= lasti < hi]
+    if not live:
+        return False
+    ins = list(dis.get_instructions(code))
+    at = {i.offset: n for n, i in enumerate(ins)}
+    for t in live:
+        n = at.get(t)
+        if n is None or n + 1 >= len(ins) or ins[n + 1].opname != "WITH_EXCEPT_START":
+            continue
+        lo = spans[t][0]
+        setup = [k for k, i in enumerate(ins) if i.opname == "BEFORE_WITH" and i.offset < lo]
+        if setup and _receiver_is_ours(ins, setup[-1], frame, is_ours):
+            return True
+    return False
+
+
+def _receiver_is_ours(
+    ins: list[dis.Instruction], k: int, frame: FrameType, is_ours: Callable[[object], bool]
+) -> bool:
+    """``ins[k]`` is a BEFORE_WITH: was its manager made by ``<ours>.read_lock()``?"""
+    j = k - 1
+    while j >= 0 and ins[j].opname not in ("LOAD_METHOD", "LOAD_ATTR"):
+        if ins[j].opname in _LOADS_NAME:
+            return False
+        j -= 1
+    if j < 0 or ins[j].argval != "read_lock":
+        return False
+    chain: list[str] = []
+    j -= 1
+    while j >= 0 and ins[j].opname == "LOAD_ATTR":
+        chain.append(str(ins[j].argval))
+        j -= 1
+    if j < 0 or ins[j].opname not in _LOADS_NAME:
+        return False
+    name = str(ins[j].argval)
+    scope = frame.f_locals
+    if name in scope:
+        obj = scope[name]
+    elif name in frame.f_globals:
+        obj = frame.f_globals[name]
+    else:
+        return False
+    try:
+        for attr in reversed(chain):
+            obj = getattr(obj, attr)
+    except Exception:
+        return False
+    return is_ours(obj)

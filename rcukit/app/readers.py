@@ -333,6 +333,10 @@ class Readers:
             return owner._readers is self and owner.state == _HELD
         return False
 
+    def is_held_section_owner(self, obj: object) -> bool:
+        """Is ``obj`` the domain whose ``read_lock()`` made a thread's ``with`` manager?"""
+        return getattr(obj, "_readers", None) is self
+
     def stall_report(self) -> str:
         """Who holds the running GP: sections and QSBR workers (tasks and sites in debug)."""
         old = self.old

@@ -307,3 +307,41 @@ def test_pointer_and_token_read_sections_from_a_thread(backend: str) -> None:
                     assert ptr.dereference() == 2
 
     run_on(backend, main)
+
+
+@on_both_loops
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_blocking_call_inside_the_threads_own_read_section_raises(
+    backend: str, debug: bool
+) -> None:
+    """``rcu.from_thread.synchronize_rcu()`` (or a barrier) inside the thread's own section
+    would wedge the domain; it raises instead, in every mode, and works outside."""
+
+    class Holder:
+        def __init__(self, rcu: Any) -> None:
+            self.rcu = rcu
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with open_domain(debug=debug) as rcu:
+                h = Holder(rcu)
+
+                def nested() -> None:
+                    rcu.from_thread.rcu_barrier()
+
+                def worker() -> None:
+                    with rcu.read_lock():
+                        with pytest.raises(RcuUsageError, match="own RCU read section"):
+                            rcu.from_thread.synchronize_rcu()
+                        with pytest.raises(RcuUsageError, match="own RCU read section"):
+                            nested()
+                    with h.rcu.read_lock(), pytest.raises(RcuUsageError):
+                        rcu.from_thread.kvfree_rcu_barrier()
+                    rcu.from_thread.synchronize_rcu()  # outside: fine
+                    other = threading.Lock()
+                    with other:
+                        rcu.from_thread.synchronize_rcu()  # another `with`: fine
+
+                await in_worker_thread(worker)
+
+    run_on(backend, main)
