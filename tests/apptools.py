@@ -15,7 +15,6 @@ import anyio
 import pytest
 import sniffio
 import trio
-import trio.testing
 
 from rcukit.app import RcuDomain
 
@@ -47,31 +46,31 @@ async def wait_blocked() -> None:
     await anyio.wait_all_tasks_blocked()
 
 
-async def hold_reader(rcu: RcuDomain, nursery: trio.Nursery) -> trio.Event:
+async def hold_reader(rcu: RcuDomain, nursery: Any) -> anyio.Event:
     """Start a reader that stays inside ``rcu.read_lock()`` until the returned event is set, and
-    return once it is inside: any grace period started now waits for it."""
-    release = trio.Event()
+    return once it is inside: any grace period started now waits for it (either loop)."""
+    release = anyio.Event()
 
     async def reader() -> None:
         with rcu.read_lock():
             await release.wait()
 
     nursery.start_soon(reader)
-    await trio.testing.wait_all_tasks_blocked()
+    await anyio.wait_all_tasks_blocked()
     return release
 
 
-async def start_sync(rcu: RcuDomain, nursery: trio.Nursery) -> trio.Event:
+async def start_sync(rcu: RcuDomain, nursery: Any) -> anyio.Event:
     """Start a synchronize_rcu() in the background and let it run until it blocks; the returned
     event is set when it returns."""
-    done = trio.Event()
+    done = anyio.Event()
 
     async def sync() -> None:
         await rcu.synchronize_rcu()
         done.set()
 
     nursery.start_soon(sync)
-    await trio.testing.wait_all_tasks_blocked()
+    await anyio.wait_all_tasks_blocked()
     return done
 
 
@@ -87,7 +86,7 @@ class SpyPool:
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.freed: list[Any] = []
-        self.event = trio.Event()
+        self.event = anyio.Event()
 
     def free_bulk(self, objs: list[Any]) -> None:
         self.calls.append(len(objs))

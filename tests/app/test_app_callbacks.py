@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import functools
 
+import anyio
 import pytest
-import trio
-import trio.testing
 from apptools import hold_reader
 
 from rcukit.app import open_domain
 from rcukit.errors import RcuArgumentError
 
+pytestmark = pytest.mark.anyio
+
+
 
 async def test_call_rcu_runs_after_a_grace_period_that_covers_every_earlier_reader() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
-        release = trio.Event()
+    async with open_domain() as rcu, anyio.create_task_group() as n:
+        release = anyio.Event()
         ran: list[int] = []
         reader_left = False
 
@@ -26,7 +28,7 @@ async def test_call_rcu_runs_after_a_grace_period_that_covers_every_earlier_read
                 reader_left = True
 
         n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
 
         def cb(i: int) -> None:
             assert reader_left  # never before the pre-existing reader left
@@ -34,7 +36,7 @@ async def test_call_rcu_runs_after_a_grace_period_that_covers_every_earlier_read
 
         for i in range(5):
             rcu.call_rcu(cb, i)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         assert ran == [] and rcu.statistics().callbacks_pending == 5
         release.set()
         await rcu.rcu_barrier()
@@ -67,24 +69,24 @@ async def test_rcu_barrier_returns_at_once_when_nothing_is_queued() -> None:
 
 
 async def test_rcu_barrier_waits_for_callbacks_queued_by_any_task_before_it() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
+    async with open_domain() as rcu, anyio.create_task_group() as n:
         ran: list[str] = []
 
         async def other() -> None:
             rcu.call_rcu(ran.append, "other")
 
         n.start_soon(other)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         rcu.call_rcu(ran.append, "mine")
         await rcu.rcu_barrier()
         assert sorted(ran) == ["mine", "other"]
 
 
 async def test_a_cancelled_barrier_leaves_nothing_behind() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
+    async with open_domain() as rcu, anyio.create_task_group() as n:
         release = await hold_reader(rcu, n)
         rcu.call_rcu(lambda: None)
-        with trio.move_on_after(0.01):
+        with anyio.move_on_after(0.01):
             await rcu.rcu_barrier()
         release.set()
         await rcu.rcu_barrier()
