@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dis
 import gc
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
@@ -45,6 +46,11 @@ class EventLoop:
     __slots__ = ("_call_soon", "backend", "current_coro", "name", "thread", "token")
 
     def __init__(self) -> None:
+        if not getattr(sys, "_is_gil_enabled", lambda: True)():
+            raise RcuUsageError(
+                "rcukit's application domain needs the GIL (its worker-thread read side relies "
+                "on it); this interpreter runs without one (free-threaded build, PYTHON_GIL=0)"
+            )
         self.token = anyio.lowlevel.current_token()
         self.backend: type[AsyncBackend] = self.token.backend_class
         native: Any = self.token.native_token
