@@ -345,3 +345,40 @@ def test_a_blocking_call_inside_the_threads_own_read_section_raises(
                 await in_worker_thread(worker)
 
     run_on(backend, main)
+
+
+@on_both_loops
+def test_a_thread_that_races_a_phase_flip_waits_for_its_phase(backend: str) -> None:
+    """A worker thread whose guard's phase flipped between ``read_lock()`` and ``__enter__``
+    (possible only across threads) asks for a grace period and enters once its phase is
+    current again, instead of raising; in the loop's thread the same is a guard kept for
+    later, and raises."""
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with open_domain() as rcu:
+                got = threading.Event()
+                flipped = threading.Event()
+
+                def worker() -> int:
+                    g = rcu.read_lock()
+                    got.set()
+                    flipped.wait(10)
+                    with g:
+                        return rcu.statistics().readers
+
+                async with anyio.create_task_group() as tg:
+                    out: list[int] = []
+
+                    async def run() -> None:
+                        out.append(await in_worker_thread(worker))
+
+                    tg.start_soon(run)
+                    await anyio.to_thread.run_sync(got.wait, 10)
+                    gps = rcu.statistics().gps_completed
+                    await rcu.synchronize_rcu()  # one flip: the thread's guard is now stale
+                    flipped.set()
+                assert out == [1]
+                assert rcu.statistics().gps_completed >= gps + 2  # the thread asked for one
+
+    run_on(backend, main)
