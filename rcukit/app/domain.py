@@ -318,6 +318,8 @@ class RcuDomain:
             backpressure_events=self._cap.backpressure,
             errors=self._errors.count,
             closed=self._status.closed,
+            stall_warnings=gp.stalls,
+            event_loop=self._loop.name,
         )
 
 

@@ -146,6 +146,7 @@ def test_stall_warning_names_what_holds_the_gp_and_repeats(
                 tg.start_soon(sync)
                 await anyio.sleep(0.55)
                 assert rcu.stalls == 2  # at 0.1 s, then at 0.1 + 3 * 0.1 s
+                assert rcu.statistics().stall_warnings == 2
                 leave.set()
 
     run_on(backend, main)
