@@ -182,7 +182,8 @@ class KvfreeQueue:
         check is this queue's equivalent), so nothing is queued unless it succeeds.
         """
         if _get_ident() != self._thread:
-            self._host.loop.run_sync("kvfree_rcu()", self.kvfree_rcu, obj, release)
+            site = call_site() if self._host.debug else None
+            self._host.loop.run_sync("kvfree_rcu()", self.enqueue_slow, obj, release, site, False)
             return
         try:
             ch = self._chan_get(release)

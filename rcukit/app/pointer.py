@@ -39,6 +39,8 @@ class RcuPointer(Generic[T]):
 
         Readers that started before this call may still hold the old value: release it with
         ``rcu.kvfree_rcu(old)``, ``rcu.call_rcu(...)`` or after ``await rcu.synchronize_rcu()``.
+        Safe from worker threads too: the swap makes no call, so under the GIL no other thread
+        runs between the read of the old value and the store of the new one.
         """
         old = self._value
         self._value = new

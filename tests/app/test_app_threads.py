@@ -20,6 +20,7 @@ from apptools import in_worker_thread, on_both_loops, run_on, wait_blocked
 
 from rcukit.app import ObjectPool, RcuPointer, open_domain
 from rcukit.errors import (
+    MemoryDebugError,
     RcuArgumentError,
     RcuBackpressureError,
     RcuClosedError,
@@ -380,5 +381,26 @@ def test_a_thread_that_races_a_phase_flip_waits_for_its_phase(backend: str) -> N
                     flipped.set()
                 assert out == [1]
                 assert rcu.statistics().gps_completed >= gps + 2  # the thread asked for one
+
+    run_on(backend, main)
+
+
+@on_both_loops
+def test_debug_double_kvfree_from_a_thread_names_the_threads_call_sites(backend: str) -> None:
+    """Debug mode's double-kvfree check sees a worker thread's calls with their own sites."""
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with open_domain(debug=True) as rcu:
+                obj = object()
+
+                def worker() -> str:
+                    rcu.kvfree_rcu(obj)
+                    with pytest.raises(MemoryDebugError) as ei:
+                        rcu.kvfree_rcu(obj)
+                    return str(ei.value)
+
+                msg = await in_worker_thread(worker)
+                assert msg.count("test_app_threads.py") == 2 and "in worker" in msg
 
     run_on(backend, main)
