@@ -471,6 +471,11 @@ class Readers:
         return w
 
     def _check_owner(self, w: QsbrWorker, what: str) -> None:
+        if not self.loop.in_loop_thread():
+            raise RcuUsageError(
+                f"{what} from a worker thread on the QSBR worker of {w.task_name}: a QSBR "
+                "worker reports for its own task only"
+            )
         if not w._registered:
             raise RcuUsageError(f"{what} on a QSBR worker that was unregistered (from {w.site})")
         if self.debug:

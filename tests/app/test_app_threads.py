@@ -404,3 +404,30 @@ def test_debug_double_kvfree_from_a_thread_names_the_threads_call_sites(backend:
                 assert msg.count("test_app_threads.py") == 2 and "in worker" in msg
 
     run_on(backend, main)
+
+
+@on_both_loops
+def test_qsbr_worker_calls_from_another_thread_are_refused(backend: str) -> None:
+    """A QSBR worker is a task of the loop (liburcu: a registered thread reports for itself);
+    reports from another thread raise before changing the GP's accounting."""
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with open_domain() as rcu:
+                with rcu.register_qsbr() as w:
+                    await rcu.synchronize_rcu()  # the worker is quiescent while it waits
+                    rcu.start_poll_synchronize_rcu()  # a GP that owes us a report
+                    await wait_blocked()
+
+                    def worker() -> None:
+                        for call in (w.quiescent_state, w.offline, w.online, w.unregister):
+                            with pytest.raises(RcuUsageError, match="worker thread|own task"):
+                                call()
+                        assert rcu.get_completed_synchronize_rcu() is not None
+
+                    await in_worker_thread(worker)
+                    assert w.is_online and rcu.statistics().gp_in_progress
+                    w.quiescent_state()
+                    await rcu.synchronize_rcu()
+
+    run_on(backend, main)
