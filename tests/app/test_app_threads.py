@@ -421,7 +421,7 @@ def test_qsbr_worker_calls_from_another_thread_are_refused(backend: str) -> None
 
                     def worker() -> None:
                         for call in (w.quiescent_state, w.offline, w.online, w.unregister):
-                            with pytest.raises(RcuUsageError, match="worker thread|own task"):
+                            with pytest.raises(RcuUsageError, match=r"worker thread|own task"):
                                 call()
                         assert rcu.get_completed_synchronize_rcu() is not None
 
