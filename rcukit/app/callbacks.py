@@ -32,7 +32,7 @@ from rcukit.rcu.segcblist import RcuHead, SegCbList
 __all__ = ["CB_GRANT", "INVOKE_CHUNK", "RESCHED_NS", "Callbacks", "KvfreeWork"]
 
 #: ``rcu_resched_ns``: the longest the callback task runs callbacks or releases blocks before it
-#: lets other tasks in (a Trio checkpoint costs microseconds, so no per-10-callbacks ``blimit``).
+#: lets other tasks in (a checkpoint costs microseconds, so no per-10-callbacks ``blimit``).
 RESCHED_NS: Final = 3_000_000
 #: Callbacks extracted per chunk; a chunk is invoked completely before any checkpoint, so a
 #: cancellation can never strand extracted callbacks.
@@ -82,7 +82,7 @@ class KvfreeWork(Protocol):
     """What the callback task does for kvfree_rcu on each pass (the kvfree kworker)."""
 
     def next_deadline(self) -> float:
-        """The earliest monitor deadline of any queue (trio clock; inf when all are idle)."""
+        """The earliest monitor deadline of any queue (the loop's clock; inf when all are idle)."""
         ...
 
     async def kvfree_work(self) -> None:

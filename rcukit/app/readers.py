@@ -6,9 +6,10 @@ entering it increments that counter; leaving decrements the *same* counter, beca
 object itself remembers the phase. A grace period flips the phase and waits until the old phase's
 counter is zero: every reader that began before the flip has then left, whatever it awaited in
 between (``PREEMPT_RCU``'s blocked-readers list, kernel.md §6, done with counters as SRCU and
-liburcu's phase flip do). Trio is single-threaded and a ``with`` statement evaluates
-``read_lock()`` and enters the guard with no checkpoint in between, so one flip per GP is enough
-(C implementations need two because reading the phase and incrementing race with the flip).
+liburcu's phase flip do). An event loop runs one task at a time and a ``with`` statement
+evaluates ``read_lock()`` and enters the guard with no checkpoint in between, so one flip per GP
+is enough (C implementations need two because reading the phase and incrementing race with the
+flip; worker threads, which can race it, take the slow path described below).
 Nesting needs no per-task state: each level counts once in the phase it started in.
 
 The price of that speed: a non-debug guard does not know which task holds it. The debug flavour
