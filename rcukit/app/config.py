@@ -23,7 +23,8 @@ __all__ = ["DEFAULT_MAX_PENDING", "DomainConfig"]
 #: Default cap on callbacks + kvfree_rcu objects awaiting a grace period: 2048 blocks of
 #: pointers (about 8 MiB of slots), comfortably above a million retired objects in flight.
 DEFAULT_MAX_PENDING = 1 << 20
-#: Pointers are 8 bytes on every platform a Trio app runs on; the block formula needs it.
+#: Pointers are 8 bytes on every platform an asyncio or Trio app runs on (the block formula
+#: needs it).
 POINTER_SIZE = 8
 
 

@@ -36,7 +36,7 @@ __all__ = ["DomainKvfree", "KvfreeHost"]
 class KvfreeHost:
     """What a :class:`KvfreeQueue` needs from its domain, and nothing else.
 
-    The domain builds one and hands it to each of its queues; the queue adds Trio's clock, the
+    The domain builds one and hands it to each of its queues; the queue adds the loop's clock, the
     grants and the release targets on top of the engine in :mod:`rcukit.rcu.kvfree.core`.
     """
 

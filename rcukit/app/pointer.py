@@ -1,10 +1,10 @@
 """``RcuPointer``: the published reference readers follow (``rcu_assign_pointer`` and co.).
 
-In C the pointer primitives exist for memory ordering; an event loop runs one task at a time
-(and the GIL orders worker threads), so ordering is free and what is left is the *discipline*: updaters publish with :meth:`assign`
-and retire the old value after a grace period; readers fetch with :meth:`dereference` inside a
-read section. In debug mode :meth:`dereference` checks that discipline the way
-``rcu_dereference_check()`` does under lockdep, and raises outside a read section (an online
+In C the pointer primitives exist for memory ordering; an event loop runs one task at a time (and
+the GIL orders worker threads), so ordering is free and what is left is the *discipline*: updaters
+publish with :meth:`assign` and retire the old value after a grace period; readers fetch with
+:meth:`dereference` inside a read section. In debug mode :meth:`dereference` checks that discipline
+the way ``rcu_dereference_check()`` does under lockdep, and raises outside a read section (an online
 QSBR worker counts as inside one).
 """
 
