@@ -1,4 +1,6 @@
-"""Application RCU on Trio's real clock: the read side, and releasing objects after a GP.
+"""Application RCU on the real clock of both event loops: the read side, and releasing objects
+after a GP. Every measurement runs once under ``trio.run`` (figures ``app_*``) and once under
+``asyncio.run`` (figures ``app_asyncio_*``), in the same process.
 
 Read side: ``with rcu.read_lock(): pass`` against the cheapest ``with`` there is (a pre-built
 object whose ``__enter__``/``__exit__`` do nothing) and against an uncontended ``trio.Lock``
@@ -9,6 +11,9 @@ taken two ways, each loop timed in the same Trio task, interleaved, best of the 
   (the fair comparison: a Trio app that wants mutual exclusion pays it);
 * ``lock.acquire_nowait(); lock.release()``: the same lock without the scheduler pass (the
   flattering comparison for the lock: only the bookkeeping of ownership is left).
+
+Under asyncio the lock is an uncontended ``asyncio.Lock`` taken with ``async with`` (its
+``acquire()`` returns without yielding to the loop when the lock is free).
 
 Release: objects from an :class:`~rcukit.app.ObjectPool` (allocated before the clock starts)
 are retired three ways and the wall time runs until every one is back in its pool:
@@ -24,8 +29,10 @@ The figures are release rates (objects per second) divided one by the other.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -92,21 +99,31 @@ def _time_trio_lock_nowait(n: int) -> float:
     return time.perf_counter() - t0
 
 
-async def _read_side(mode: Mode) -> dict[str, float]:
+async def _time_asyncio_lock(n: int) -> float:
+    lock = asyncio.Lock()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        async with lock:
+            pass
+    return time.perf_counter() - t0
+
+
+async def _read_side(mode: Mode, backend: str) -> dict[str, float]:
     n = mode.pick(1_000_000, 200_000, 2_000)
     n_lock = n // 20  # a trio.Lock round trip is a scheduler pass: microseconds
     reps = mode.pick(7, 5, 1)
-    best = dict.fromkeys(("bare", "read_lock", "trio_lock", "trio_lock_nowait"), float("inf"))
+    best = dict.fromkeys(("bare", "read_lock", "lock", "lock_nowait"), float("inf"))
     async with open_domain() as rcu:
         for _ in range(reps):
             gc.collect()
             best["bare"] = min(best["bare"], _time_bare_with(n) / n)
             best["read_lock"] = min(best["read_lock"], _time_read_lock(rcu, n) / n)
-            best["trio_lock"] = min(best["trio_lock"], await _time_trio_lock(n_lock) / n_lock)
-            best["trio_lock_nowait"] = min(
-                best["trio_lock_nowait"], _time_trio_lock_nowait(n) / n
-            )
-    return {k: ns(v, 1) for k, v in best.items()}
+            if backend == "trio":
+                best["lock"] = min(best["lock"], await _time_trio_lock(n_lock) / n_lock)
+                best["lock_nowait"] = min(best["lock_nowait"], _time_trio_lock_nowait(n) / n)
+            else:
+                best["lock"] = min(best["lock"], await _time_asyncio_lock(n) / n)
+    return {k: ns(v, 1) for k, v in best.items() if v != float("inf")}
 
 
 async def _release(mode: Mode, n_objects: int, n_sync: int) -> dict[str, float]:
@@ -162,22 +179,29 @@ async def _release_best(mode: Mode) -> dict[str, float]:
     return best
 
 
-def run(mode: Mode) -> list[Figure]:
+def _run_on(backend: str, main: Callable[[], Awaitable[None]]) -> None:
+    if backend == "trio":
+        trio.run(main)
+    else:
+        asyncio.run(main())  # type: ignore[arg-type]
+
+
+def _measure(mode: Mode, backend: str) -> tuple[dict[str, float], dict[str, float]]:
     box: dict[str, Any] = {}
 
     async def main() -> None:
-        box["read"] = await _read_side(mode)
+        box["read"] = await _read_side(mode, backend)
         box["release"] = await _release_best(mode)
 
-    trio.run(main)
-    rd = box["read"]
-    rel = box["release"]
-    read_abs = {
-        "read_lock_ns": rd["read_lock"],
-        "bare_with_ns": rd["bare"],
-        "trio_lock_ns": rd["trio_lock"],
-        "trio_lock_nowait_ns": rd["trio_lock_nowait"],
-    }
+    _run_on(backend, main)
+    return box["read"], box["release"]
+
+
+def run(mode: Mode) -> list[Figure]:
+    return _figures_trio(mode) + _figures_asyncio(mode)
+
+
+def _rates(rel: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
     rate = {k: 1 / rel[k] for k in ("kvfree_rcu", "call_rcu", "synchronize_each")}
     rel_abs = {
         "kvfree_rcu_objects_per_s": round(rate["kvfree_rcu"]),
@@ -186,6 +210,64 @@ def run(mode: Mode) -> list[Figure]:
         "objects": rel["objects"],
         "synchronize_each_objects": rel["synchronize_each_objects"],
     }
+    return rate, rel_abs
+
+
+def _figures_asyncio(mode: Mode) -> list[Figure]:
+    rd, rel = _measure(mode, "asyncio")
+    read_abs = {
+        "read_lock_ns": rd["read_lock"],
+        "bare_with_ns": rd["bare"],
+        "asyncio_lock_ns": rd["lock"],
+    }
+    rate, rel_abs = _rates(rel)
+    return [
+        Figure(
+            "app_asyncio_read_lock_vs_bare_with",
+            round(rd["read_lock"] / rd["bare"], 2),
+            "x bare with",
+            Target("<=", 2),
+            read_abs,
+            "under asyncio.run: `with rcu.read_lock(): pass` / `with cm: pass`",
+        ),
+        Figure(
+            "app_asyncio_read_lock_vs_asyncio_lock",
+            round(rd["lock"] / rd["read_lock"], 2),
+            "x cheaper",
+            None,
+            read_abs,
+            "`async with asyncio.Lock()` (uncontended: no loop pass) / `with rcu.read_lock()`",
+        ),
+        Figure(
+            "app_asyncio_kvfree_vs_call_rcu",
+            round(rate["kvfree_rcu"] / rate["call_rcu"], 2),
+            "x objects/s",
+            Target(">=", 3),
+            rel_abs,
+            f"under asyncio.run: release rate of {rel['objects']} pooled objects, "
+            "kvfree_rcu(obj, pool) / call_rcu(pool.free, obj)",
+        ),
+        Figure(
+            "app_asyncio_kvfree_vs_synchronize_each",
+            round(rate["kvfree_rcu"] / rate["synchronize_each"], 2),
+            "x objects/s",
+            Target(">=", 50),
+            rel_abs,
+            "under asyncio.run: kvfree_rcu(obj, pool) / `await synchronize_rcu(); "
+            f"pool.free(obj)` per object ({rel['synchronize_each_objects']} objects)",
+        ),
+    ]
+
+
+def _figures_trio(mode: Mode) -> list[Figure]:
+    rd, rel = _measure(mode, "trio")
+    read_abs = {
+        "read_lock_ns": rd["read_lock"],
+        "bare_with_ns": rd["bare"],
+        "trio_lock_ns": rd["lock"],
+        "trio_lock_nowait_ns": rd["lock_nowait"],
+    }
+    rate, rel_abs = _rates(rel)
     return [
         Figure(
             "app_read_lock_vs_bare_with",
@@ -197,7 +279,7 @@ def run(mode: Mode) -> list[Figure]:
         ),
         Figure(
             "app_read_lock_vs_trio_lock",
-            round(rd["trio_lock"] / rd["read_lock"], 2),
+            round(rd["lock"] / rd["read_lock"], 2),
             "x cheaper",
             Target(">=", 10),
             read_abs,
@@ -206,7 +288,7 @@ def run(mode: Mode) -> list[Figure]:
         ),
         Figure(
             "app_read_lock_vs_trio_lock_nowait",
-            round(rd["trio_lock_nowait"] / rd["read_lock"], 2),
+            round(rd["lock_nowait"] / rd["read_lock"], 2),
             "x cheaper",
             None,
             read_abs,

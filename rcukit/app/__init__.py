@@ -1,4 +1,4 @@
-"""Real RCU for Trio applications, on Trio's real clock.
+"""Real RCU for asyncio and Trio applications (and their worker threads), on the loop's clock.
 
 ``async with rcukit.open_domain() as rcu:`` starts the grace-period machinery; readers use
 ``with rcu.read_lock():``; updaters publish through :class:`RcuPointer` and retire old values

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import trio
+import anyio
 
+from rcukit.app.loop import EventLoop
 from rcukit.errors import RcuBackpressureError
 
 __all__ = ["CapUser", "PendingCap"]
@@ -40,14 +41,16 @@ class CapUser(Protocol):
 class PendingCap:
     """``max_pending`` over every :class:`CapUser`, and the tasks waiting for room."""
 
-    __slots__ = ("_lot", "_users", "backpressure", "max_pending")
+    __slots__ = ("_loop", "_room", "_users", "backpressure", "max_pending")
 
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_pending: int, loop: EventLoop) -> None:
+        self._loop = loop
+        #: Set (and replaced) when room may have appeared; every waiter sleeps on it.
+        self._room: anyio.Event | None = None
         self.max_pending = max_pending
         #: Times a caller hit the cap (raised, or waited).
         self.backpressure = 0
         self._users: list[CapUser] = []
-        self._lot = trio.lowlevel.ParkingLot()
 
     def add_user(self, user: CapUser) -> None:
         self._users.append(user)
@@ -76,12 +79,17 @@ class PendingCap:
             u.cap_pressure()
 
     async def wait_for_room(self) -> None:
-        await self._lot.park()
+        ev = self._room
+        if ev is None:
+            ev = self._room = self._loop.event()
+        await ev.wait()
 
     def room_changed(self) -> None:
-        if self._lot:
-            self._lot.unpark_all()
+        ev = self._room
+        if ev is not None:
+            self._room = None
+            ev.set()
 
     def release_all(self) -> None:
         """The domain closed: nobody gets room any more; waiters wake and raise."""
-        self._lot.unpark_all()
+        self.room_changed()

@@ -23,7 +23,8 @@ __all__ = ["DEFAULT_MAX_PENDING", "DomainConfig"]
 #: Default cap on callbacks + kvfree_rcu objects awaiting a grace period: 2048 blocks of
 #: pointers (about 8 MiB of slots), comfortably above a million retired objects in flight.
 DEFAULT_MAX_PENDING = 1 << 20
-#: Pointers are 8 bytes on every platform a Trio app runs on; the block formula needs it.
+#: Pointers are 8 bytes on every platform an asyncio or Trio app runs on (the block formula
+#: needs it).
 POINTER_SIZE = 8
 
 
@@ -92,9 +93,14 @@ class DomainConfig:
     kick_delay: float = attrs.field(default=0.0, validator=_seconds(False))
     #: Page size for KVFREE_BULK_MAX_ENTR (4096: 508 slots with v6.3, 510 with v6.1).
     page_size: int = attrs.field(default=4096, validator=_page_size)
-    #: On an aborted exit (exception, cancellation), how long to wait for readers before
-    #: reporting queued objects as leaked instead of releasing them.
+    #: How long a closing domain waits: on a normal exit for its barriers (then what is left
+    #: is reported and RcuLeakError raised), on an aborted one (exception, cancellation) for
+    #: its readers (then queued objects are reported as leaked instead of released).
     close_timeout: float = attrs.field(default=5.0, validator=_seconds(False))
+    #: ``rcu_cpu_stall_timeout``: a grace period waiting longer than this many seconds logs
+    #: (logger "rcukit") who holds it, then again every three timeouts; None: never. The
+    #: kernel's default (CONFIG_RCU_CPU_STALL_TIMEOUT) is 21 s.
+    stall_timeout: float | None = attrs.field(default=21.0, validator=_seconds(True))
     #: Starting gp_seq; the kernel starts just below the wrap to shake out wrap bugs.
     initial_gp_seq: int = attrs.field(default=0, validator=_int_at_least(0))
 

@@ -1,4 +1,4 @@
-"""``RcuDomain`` and ``open_domain``: real RCU for a Trio program, on Trio's real clock.
+"""``RcuDomain`` and ``open_domain``: real RCU for an asyncio or Trio program, on its real clock.
 
 A domain runs two background tasks, mirroring the kernel's split of labour:
 
@@ -12,13 +12,19 @@ A domain runs two background tasks, mirroring the kernel's split of labour:
 
 ``synchronize_rcu`` callers that need the same ``gp_seq`` share one GP; with no readers a GP
 takes two scheduler passes (the GP task's and the waiter's). Leaving the ``async with`` block
-runs ``rcu_barrier()`` and ``kvfree_rcu_barrier()`` until nothing is pending. Leaving it by an
+runs ``rcu_barrier()`` and ``kvfree_rcu_barrier()`` until nothing is pending (at most
+``close_timeout``, then :class:`~rcukit.errors.RcuLeakError`). Leaving it by an
 exception or a cancellation stops accepting work, then (shielded, bounded by
 ``close_timeout``) waits for the readers still inside a section, runs one last grace period
 inline and releases everything; if readers never leave, what could not be released is reported
 as an :class:`~rcukit.errors.RcuLeakError` instead. Exceptions raised by callbacks and release
 functions never stop the machinery or the rest of their batch: they go to ``on_error``, or are
 raised together as an ``ExceptionGroup`` when the domain exits.
+
+The domain belongs to the event loop it was opened in (asyncio or Trio, through AnyIO; see
+:mod:`rcukit.app.loop`). Worker threads read with the same ``read_lock()``; their ``call_rcu``,
+``kvfree_rcu`` and other non-blocking updates run on the loop (the thread waits for the
+result), and what blocks has a blocking form in :attr:`RcuDomain.from_thread`.
 
 :class:`RcuDomain` holds no machinery of its own: it composes the parts, each owning its state,
 the way the kernel splits ``tree.c`` and its plugins — the read side
@@ -30,11 +36,12 @@ the way the kernel splits ``tree.c`` and its plugins — the read side
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import trio
+import anyio
 
 from rcukit.app.backpressure import PendingCap
 from rcukit.app.callbacks import Callbacks
@@ -44,12 +51,13 @@ from rcukit.app.grace import GracePeriods, check_cookie
 from rcukit.app.kvfree import KvfreeQueue, ReleaseTarget
 from rcukit.app.kvfree_host import DomainKvfree
 from rcukit.app.lifecycle import DomainLifecycle
+from rcukit.app.loop import EventLoop, thread_in_read_lock
 from rcukit.app.readers import DebugReadSection, QsbrWorker, Readers, ReadSection
 from rcukit.app.sites import call_site
 from rcukit.app.stats import DomainStatistics
 from rcukit.app.status import DomainStatus, ErrorLog, raise_exit_errors
 from rcukit.app.wakeup import Wakeup
-from rcukit.errors import RcuUsageError
+from rcukit.errors import RcuLeakError, RcuUsageError
 from rcukit.rcu.gpseq import RCU_GET_STATE_COMPLETED
 from rcukit.rcu.profiles import DEFAULT_PROFILES
 
@@ -57,7 +65,7 @@ __all__ = ["RcuDomain", "open_domain"]
 
 
 class RcuDomain:
-    """An RCU domain for one Trio program (get one from :func:`open_domain`).
+    """An RCU domain for one asyncio or Trio program (get one from :func:`open_domain`).
 
     Read side: ``with rcu.read_lock():`` (or ``rcu_read_lock()``/``rcu_read_unlock(token)``),
     QSBR workers from :meth:`register_qsbr`. Update side: :meth:`synchronize_rcu`,
@@ -66,20 +74,25 @@ class RcuDomain:
 
     def __init__(self, config: DomainConfig) -> None:
         self._cfg = config
+        self._loop = loop = EventLoop()
         self._status = status = DomainStatus()
         self._errors = errors = ErrorLog(config.on_error)
-        gp_wake = Wakeup()
-        self._readers = readers = Readers(config.debug, gp_wake.set)
-        self._cap = cap = PendingCap(config.max_pending)
+        gp_wake = Wakeup(loop)
+        self._readers = readers = Readers(
+            config.debug, loop, gp_wake.set_threadsafe, request_flip=self._request_gp_threadsafe
+        )
+        self._cap = cap = PendingCap(config.max_pending, loop)
         self._gp = gp = GracePeriods(
-            GpState(config.initial_gp_seq),
+            GpState(config.initial_gp_seq, loop),
+            loop,
             readers,
             gp_wake,
             status,
             on_start=self._gp_started,
             on_end=self._gp_ended,
+            stall_timeout=config.stall_timeout,
         )
-        self._callbacks = callbacks = Callbacks(gp, readers, cap, status, errors)
+        self._callbacks = callbacks = Callbacks(gp, loop, readers, cap, status, errors)
         self._kvfree = kvfree = DomainKvfree(
             config, gp, readers, cap, status, errors, monitor_armed=callbacks.wake_by
         )
@@ -88,6 +101,12 @@ class RcuDomain:
         # exactly what ``KvfreeQueue.kvfree_rcu`` costs (the method below documents the call).
         self.kvfree_rcu = self._krc.kvfree_rcu  # type: ignore[method-assign]
         self._life = DomainLifecycle(config, status, errors, readers, gp, callbacks, kvfree, cap)
+        #: Blocking forms of the update side, for worker threads (see :class:`FromThread`).
+        self.from_thread = FromThread(self)
+
+    def _request_gp_threadsafe(self) -> None:
+        gp = self._gp
+        self._loop.call_soon_threadsafe(lambda: gp.request_gp(gp.state.snap))
 
     def _gp_started(self) -> None:
         self._kvfree.withdraw_grants()
@@ -99,7 +118,9 @@ class RcuDomain:
     def __repr__(self) -> str:
         state = "closed" if self._status.closed else "open"
         gp_seq = self._gp.state.core.gp_seq.current
-        return f"<RcuDomain {state} gp_seq={gp_seq:#x} debug={self.debug}>"
+        return (
+            f"<RcuDomain {state} on {self._loop.name} gp_seq={gp_seq:#x} debug={self.debug}>"
+        )
 
     # ================================================================ properties
 
@@ -109,7 +130,24 @@ class RcuDomain:
 
     @property
     def closed(self) -> bool:
+        """The domain has closed (everything released); it accepts no more work."""
         return self._status.closed
+
+    @property
+    def closing(self) -> bool:
+        """The ``async with`` block was left: a callback that re-queues itself should stop."""
+        st = self._status
+        return st.closing or st.stopping or st.closed
+
+    @property
+    def event_loop(self) -> str:
+        """"asyncio" or "trio": the loop the domain was opened in."""
+        return self._loop.name
+
+    @property
+    def stalls(self) -> int:
+        """RCU stall warnings logged so far (see ``stall_timeout``)."""
+        return self._gp.stalls
 
     @property
     def config(self) -> DomainConfig:
@@ -171,6 +209,8 @@ class RcuDomain:
 
     def start_poll_synchronize_rcu(self) -> int:
         """Like :meth:`get_state_synchronize_rcu`, and make sure a grace period will run."""
+        if not self._loop.in_loop_thread():
+            return self._loop.run_sync("start_poll_synchronize_rcu()", self._gp.start_poll)
         return self._gp.start_poll()
 
     def poll_state_synchronize_rcu(self, cookie: int) -> bool:
@@ -243,7 +283,9 @@ class RcuDomain:
     # ================================================================ statistics
 
     def statistics(self) -> DomainStatistics:
-        """A frozen snapshot; cheap enough to call from a metrics loop."""
+        """A frozen snapshot; cheap enough to call from a metrics loop (or a worker thread)."""
+        if not self._loop.in_loop_thread():
+            return self._loop.run_sync("statistics()", self.statistics)
         kvfree = self._kvfree
         kvfree.settle(drop_grants=False)
         gp = self._gp
@@ -276,6 +318,8 @@ class RcuDomain:
             backpressure_events=self._cap.backpressure,
             errors=self._errors.count,
             closed=self._status.closed,
+            stall_warnings=gp.stalls,
+            event_loop=self._loop.name,
         )
 
 
@@ -301,12 +345,65 @@ class _DebugRcuDomain(RcuDomain):
         self._callbacks.call_rcu(func, args, call_site())
 
 
+class FromThread:
+    """``rcu.from_thread``: the domain's blocking calls for a worker thread.
+
+    Each runs the domain's own coroutine on its event loop and blocks the thread until it
+    returns (AnyIO's ``from_thread.run`` with the domain's loop token), so it works from
+    ``trio.to_thread.run_sync``, ``asyncio.to_thread``, ``anyio.to_thread.run_sync`` and plain
+    threads alike. Called in the loop's own thread they raise ``RcuUsageError`` (they would
+    block the loop they wait for); on a stopped loop, ``RcuClosedError``. Called inside the
+    thread's own read section they raise ``RcuUsageError`` too (the thread would wait for
+    itself): debug mode knows the thread's sections, production reads the thread's code for
+    ``with rcu.read_lock():`` (:func:`~rcukit.app.loop.thread_in_read_lock`).
+    """
+
+    __slots__ = ("_rcu",)
+
+    def __init__(self, rcu: RcuDomain) -> None:
+        self._rcu = rcu
+
+    def _run(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        rcu = self._rcu
+        if rcu._loop.in_loop_thread():
+            rcu._loop.run(what, fn, *args)  # raises: the loop's own thread
+        r = rcu._readers
+        if r.debug:
+            held = r.in_read_section(r.whoami()[0]) is not None
+        else:
+            held = thread_in_read_lock(sys._getframe(2), r.is_held_section_owner)
+        if held:
+            raise RcuUsageError(
+                f"rcu.from_thread.{what} inside this thread's own RCU read section: it would "
+                "wait for a grace period that waits for this very reader (deadlock)"
+            )
+        rcu._loop.run(what, fn, *args)
+
+    def synchronize_rcu(self) -> None:
+        self._run("synchronize_rcu()", self._rcu.synchronize_rcu)
+
+    def cond_synchronize_rcu(self, cookie: int) -> None:
+        self._run("cond_synchronize_rcu()", self._rcu.cond_synchronize_rcu, cookie)
+
+    def rcu_barrier(self) -> None:
+        self._run("rcu_barrier()", self._rcu.rcu_barrier)
+
+    def kvfree_rcu_barrier(self) -> None:
+        self._run("kvfree_rcu_barrier()", self._rcu.kvfree_rcu_barrier)
+
+    def call_rcu_wait(self, func: Callable[..., object], *args: Any) -> None:
+        self._run("call_rcu_wait()", self._rcu.call_rcu_wait, func, *args)
+
+    def kvfree_rcu_wait(self, obj: object, release: ReleaseTarget = None) -> None:
+        self._run("kvfree_rcu_wait()", self._rcu.kvfree_rcu_wait, obj, release)
+
+
 @asynccontextmanager
-async def _nursery_or(nursery: trio.Nursery | None) -> AsyncIterator[trio.Nursery]:
+async def _nursery_or(nursery: Any) -> AsyncIterator[Any]:
     if nursery is not None:
         yield nursery
         return
-    async with trio.open_nursery() as own:
+    async with anyio.create_task_group() as own:
         yield own
 
 
@@ -323,13 +420,15 @@ async def open_domain(
     page_size: int = 4096,
     close_timeout: float = 5.0,
     initial_gp_seq: int = 0,
-    nursery: trio.Nursery | None = None,
+    stall_timeout: float | None = 21.0,
+    nursery: Any = None,
 ) -> AsyncIterator[RcuDomain]:
-    """Open an RCU domain: ``async with rcukit.open_domain() as rcu:``.
+    """Open an RCU domain: ``async with rcukit.open_domain() as rcu:``, under asyncio or Trio.
 
-    The grace-period and callback tasks run in a nursery of the domain's own, or in
-    ``nursery`` if given. Every keyword but ``nursery`` is a :class:`DomainConfig` field (see
-    there). Leaving the block releases everything queued (see the module docstring).
+    The grace-period and callback tasks run in a task group of the domain's own, or in
+    ``nursery`` if given (an AnyIO task group, or a Trio nursery under Trio). Every keyword but
+    ``nursery`` is a :class:`DomainConfig` field (see there). Leaving the block releases
+    everything queued (see the module docstring).
     """
     cfg = DomainConfig(
         debug=debug,
@@ -342,17 +441,23 @@ async def open_domain(
         page_size=page_size,
         close_timeout=close_timeout,
         initial_gp_seq=initial_gp_seq,
+        stall_timeout=stall_timeout,
     )
     dom = (_DebugRcuDomain if debug else RcuDomain)(cfg)
     life = dom._life
     body: BaseException | None = None
+    leak: RcuLeakError | None = None
     async with _nursery_or(nursery) as n:
         await life.start(n)
         try:
             yield dom
-            await life.flush()
+            flushed = await life.flush()
         except BaseException as exc:
             body = exc
-        with trio.CancelScope(shield=True):
-            await life.shutdown(aborted=body is not None)
-    raise_exit_errors(body, dom._errors.take())
+        with anyio.CancelScope(shield=True):
+            if body is not None:
+                await life.shutdown(aborted=True)
+            else:
+                # a flush that ran out of time gives the final drain none either
+                leak = await life.shutdown(aborted=False, patience=None if flushed else 0.0)
+    raise_exit_errors(body if body is not None else leak, dom._errors.take())

@@ -38,11 +38,13 @@ the snapshot of its last insert, as in the kernel.
 
 from __future__ import annotations
 
+import inspect
 import math
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-import trio
+import anyio
 
 from rcukit.app.pool import ObjectPool
 from rcukit.app.sites import call_site
@@ -63,6 +65,7 @@ ReleaseTarget = Any
 MAX_CHANNELS: Final = 256
 
 DROP, BULK, CALL = 0, 1, 2
+_get_ident = threading.get_ident
 _KIND_NAMES = {DROP: "drop", BULK: "free_bulk", CALL: "call"}
 
 
@@ -110,16 +113,16 @@ class _Batch(KfreeRcuCpuWork[_Block]):
 
     __slots__ = ("done",)
 
-    def __init__(self, idx: int) -> None:
+    def __init__(self, idx: int, done: anyio.Event) -> None:
         super().__init__(idx, 0)
-        self.done = trio.Event()
+        self.done = done
 
 
 class _Krc(KfreeRcuCpu[_Block, _Batch, _Block]):
     """The queue's ``krcp``: one channel per release target, no list channel."""
 
-    def __init__(self) -> None:
-        super().__init__(0, [_Batch(i) for i in range(KFREE_N_BATCHES)])
+    def __init__(self, event: Callable[[], anyio.Event]) -> None:
+        super().__init__(0, [_Batch(i, event()) for i in range(KFREE_N_BATCHES)])
 
 
 class KvfreeQueue:
@@ -137,6 +140,7 @@ class KvfreeQueue:
         "_kicked",
         "_krc",
         "_policy",
+        "_thread",
         "deadline",
         "name",
     )
@@ -149,7 +153,9 @@ class KvfreeQueue:
         #: Release target -> channel; insertion order is the channel's index in ``_krc.bulk``.
         self._channels: dict[object, _Channel] = {}
         self._chan_get = self._channels.get
-        self._krc = _Krc()
+        self._krc = _Krc(host.loop.event)
+        #: The loop's thread: the fast path runs there only (``krc_this_cpu_lock``'s part).
+        self._thread = host.loop.thread
         #: When the monitor runs next (trio clock); inf while idle.
         self.deadline = math.inf
         self._kicked = False
@@ -171,8 +177,14 @@ class KvfreeQueue:
         "drop the reference"), an object with ``free_bulk(list)``, or a function called as
         ``release(obj)`` (pass ``Conn.close``, not ``conn.close``: each distinct target gets its
         own blocks). Never blocks; raises :class:`~rcukit.errors.RcuBackpressureError` at the
-        domain's pending cap (use :meth:`kvfree_rcu_wait` there).
+        domain's pending cap (use :meth:`kvfree_rcu_wait` there). From a worker thread the call
+        is made on the domain's loop (the kernel takes the krcp lock on every call; the thread
+        check is this queue's equivalent), so nothing is queued unless it succeeds.
         """
+        if _get_ident() != self._thread:
+            site = call_site() if self._host.debug else None
+            self._host.loop.run_sync("kvfree_rcu()", self.enqueue_slow, obj, release, site, False)
+            return
         try:
             ch = self._chan_get(release)
         except TypeError:  # unhashable release target: the slow path explains
@@ -193,19 +205,21 @@ class KvfreeQueue:
         Must not be called inside a read section (it may wait for a GP).
         """
         h = self._host
+        if not h.loop.in_loop_thread():
+            h.loop.refuse_thread("kvfree_rcu_wait()", "rcu.from_thread.kvfree_rcu_wait(obj)")
         worker = h.might_sleep("kvfree_rcu_wait()")
         h.check_open("kvfree_rcu_wait()")
         site = call_site() if h.debug else None
         if h.room(1) >= 1:
             self.enqueue_slow(obj, release, site, False)
-            await trio.lowlevel.checkpoint()
+            await h.loop.checkpoint()
             return
         kind, target = self._resolve(release)
         if site is not None:
             h.debug_check(obj, target if kind == BULK else None, site)
         h.note_backpressure()
         try:
-            await h.wait_gp(h.gp.snap, worker)
+            await h.wait_gp(h.gp.snap, worker, "kvfree_rcu_wait()")
         except BaseException:
             # Cancelled while waiting: never lose the object; queue it past the cap (bounded
             # by the number of tasks that can be in here at once).
@@ -274,6 +288,17 @@ class KvfreeQueue:
         if callable(getattr(target, "free_bulk", None)):
             return BULK, target
         if callable(target):
+            if not _takes_one_argument(target):
+                raise RcuArgumentError(
+                    f"release={target!r} cannot be called with the object (release(obj)); pass "
+                    "a function of one argument such as `Conn.close`, not a bound method "
+                    "`conn.close` or a function of none"
+                )
+            if inspect.iscoroutinefunction(target):
+                raise RcuArgumentError(
+                    f"release={target!r} is an async function; release functions run "
+                    "synchronously in the domain's callback task"
+                )
             return CALL, target
         raise RcuArgumentError(
             f"release={target!r}: expected None, an object with a free_bulk(list) method "
@@ -281,6 +306,7 @@ class KvfreeQueue:
         )
 
     def _new_channel(self, release: ReleaseTarget) -> _Channel:
+        """A channel for a new release target, checked here (once per target), at the call."""
         try:
             hash(release)
         except TypeError:
@@ -343,7 +369,7 @@ class KvfreeQueue:
         if kick and self._all_busy():
             # Both batches in flight: their reclaim re-kicks us (see the module docstring).
             kick = False
-        now = trio.current_time()
+        now = h.loop.current_time()
         deadline = now + (h.kick_delay if kick else h.drain_delay)
         if kick:
             self._kicked = True
@@ -355,7 +381,7 @@ class KvfreeQueue:
         """Run the monitor on the callback task's next pass (memory pressure, backpressure)."""
         if self._krc.need_offload_krc() or self.deadline != math.inf:
             self._kicked = True
-            now = trio.current_time()
+            now = self._host.loop.current_time()
             if now < self.deadline:
                 self.deadline = now
                 self._host.monitor_armed(now)
@@ -408,7 +434,7 @@ class KvfreeQueue:
 
         def queue_rcu_work(b: _Batch) -> bool:
             b.gp_snap = h.gp.snap
-            b.done = trio.Event()
+            b.done = h.loop.event()
             ctr.batches_in_flight += 1
             h.request_gp(b.gp_snap)
             return True
@@ -443,7 +469,7 @@ class KvfreeQueue:
         if krc.need_offload_krc() and self._policy.kick_now(krc.count):
             self.kick()
 
-    def inflight_events(self) -> list[trio.Event]:
+    def inflight_events(self) -> list[anyio.Event]:
         return [b.done for b in self._krc.krw if b.busy()]
 
     # ---------------------------------------------------------------- release
@@ -491,12 +517,18 @@ class KvfreeQueue:
                 h.report(exc, f"free_bulk() of {len(objs)} kvfree_rcu objects into {target!r}")
         elif kind == CALL:
             fn: Callable[[Any], object] = target
+            fatal: BaseException | None = None
             for i, obj in enumerate(objs):
                 try:
                     fn(obj)
                 except Exception as exc:
                     where = f" queued by kvfree_rcu() at {sites[i]}" if sites is not None else ""
                     h.report(exc, f"release function {fn!r} on {_describe(obj)}{where}")
+                except BaseException as exc:  # the rest of the block is still released
+                    if fatal is None:
+                        fatal = exc
+            if fatal is not None:
+                raise fatal
 
     def take_everything(self) -> list[_Block]:
         """Detach every block, queued or in flight (a closing domain releases or reports them)."""
@@ -529,3 +561,16 @@ class KvfreeQueue:
 
     def blocks_cached(self) -> int:
         return len(self._krc.cache)
+
+
+def _takes_one_argument(fn: Callable[..., object]) -> bool:
+    """Can ``fn(obj)`` be called? (Unknown signatures, builtins say, are given the benefit.)"""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    try:
+        sig.bind(None)
+    except TypeError:
+        return False
+    return True

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio
 import attrs
-import trio
 
 from rcukit.app.backpressure import PendingCap
 from rcukit.app.callbacks import RESCHED_NS
@@ -21,6 +21,7 @@ from rcukit.app.config import DomainConfig
 from rcukit.app.gp import GpState
 from rcukit.app.grace import GracePeriods
 from rcukit.app.kvfree import KvfreeQueue, ReleaseTarget
+from rcukit.app.loop import EventLoop
 from rcukit.app.pool import ObjectPool
 from rcukit.app.readers import QsbrWorker, QuiescentWhileWaiting, Readers
 from rcukit.app.status import DomainStatus, ErrorLog
@@ -35,10 +36,12 @@ __all__ = ["DomainKvfree", "KvfreeHost"]
 class KvfreeHost:
     """What a :class:`KvfreeQueue` needs from its domain, and nothing else.
 
-    The domain builds one and hands it to each of its queues; the queue adds Trio's clock, the
+    The domain builds one and hands it to each of its queues; the queue adds the loop's clock, the
     grants and the release targets on top of the engine in :mod:`rcukit.rcu.kvfree.core`.
     """
 
+    #: The domain's event loop: its clock, events, and the way in from worker threads.
+    loop: EventLoop
     #: The domain-wide kvfree_rcu accounting (every queue adds to it).
     counters: KvfreeCounters
     #: The profile's facts (kick, polled snapshots, block capacity, cache size).
@@ -56,7 +59,7 @@ class KvfreeHost:
     accepting: Callable[[], bool]
     check_open: Callable[[str], None]
     might_sleep: Callable[[str], QsbrWorker | None]
-    wait_gp: Callable[[int, QsbrWorker | None], Awaitable[None]]
+    wait_gp: Callable[[int, QsbrWorker | None, str], Awaitable[None]]
     request_gp: Callable[[int], None]
     #: How much of ``want`` fits under the domain's pending cap.
     room: Callable[[int], int]
@@ -72,7 +75,17 @@ class KvfreeHost:
 class DomainKvfree:
     """Every kvfree_rcu queue of one domain (see the module docstring)."""
 
-    __slots__ = ("_debug", "_host", "_readers", "_status", "counters", "default", "queues")
+    __slots__ = (
+        "_debug",
+        "_gp",
+        "_host",
+        "_loop",
+        "_readers",
+        "_status",
+        "counters",
+        "default",
+        "queues",
+    )
 
     def __init__(
         self,
@@ -86,6 +99,8 @@ class DomainKvfree:
     ) -> None:
         self._debug = config.debug
         self._readers = readers
+        self._gp = gp
+        self._loop = loop = gp.loop
         self._status = status
         self.counters = KvfreeCounters()
         # The app's batches each carry one GP cookie, so a batch in flight never takes more
@@ -96,6 +111,7 @@ class DomainKvfree:
             one_batch_per_run=True,
         )
         self._host = KvfreeHost(
+            loop=loop,
             counters=self.counters,
             policy=policy,
             gp=gp.state,
@@ -127,6 +143,8 @@ class DomainKvfree:
         return self._host.policy.capacity
 
     def new_queue(self, name: str) -> KvfreeQueue:
+        if not self._loop.in_loop_thread():
+            return self._loop.run_sync("kvfree_queue()", self.new_queue, name)
         self._status.check_open("kvfree_queue()")
         q = KvfreeQueue(self._host, name or f"queue{len(self.queues)}")
         self.queues.append(q)
@@ -147,25 +165,49 @@ class DomainKvfree:
 
     async def kvfree_rcu_barrier(self) -> None:
         """``__kvfree_rcu_barrier`` over every queue (see ``RcuDomain.kvfree_rcu_barrier``)."""
+        loop = self._loop
+        if not loop.in_loop_thread():
+            loop.refuse_thread("kvfree_rcu_barrier()", "rcu.from_thread.kvfree_rcu_barrier()")
         check_open = self._status.check_open
         worker = self._readers.might_sleep("kvfree_rcu_barrier()")
         check_open("kvfree_rcu_barrier()")
         waited = False
-        with QuiescentWhileWaiting(worker):
-            for q in list(self.queues):
-                while q.need_offload_krc():
-                    if q.kvfree_rcu_queue_batch():
-                        break
-                    for ev in q.inflight_events():
-                        await ev.wait()
-                        waited = True
-                    check_open("kvfree_rcu_barrier()")
-            for ev in [ev for q in self.queues for ev in q.inflight_events()]:
-                await ev.wait()
-                waited = True
+        woken = loop.event()
+        me = self._gp.sleeper("kvfree_rcu_barrier()", woken.set)
+
+        async def wait(ev: anyio.Event) -> None:
+            # the batch's event, or an early wake by the self-deadlock check
+            if ev.is_set():
+                return
+            async with anyio.create_task_group() as tg:
+
+                async def one(e: anyio.Event) -> None:
+                    await e.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(one, ev)
+                tg.start_soon(one, woken)
+            if me.deadlock:
+                raise me.refuse()
+
+        try:
+            with QuiescentWhileWaiting(worker):
+                for q in list(self.queues):
+                    while q.need_offload_krc():
+                        if q.kvfree_rcu_queue_batch():
+                            break
+                        for ev in q.inflight_events():
+                            await wait(ev)
+                            waited = True
+                        check_open("kvfree_rcu_barrier()")
+                for ev in [ev for q in self.queues for ev in q.inflight_events()]:
+                    await wait(ev)
+                    waited = True
+        finally:
+            self._gp.sleepers.discard(me)
         check_open("kvfree_rcu_barrier()")
         if not waited:
-            await trio.lowlevel.checkpoint()
+            await loop.checkpoint()
 
     # ---------------------------------------------------------------- the kworker pass
 
@@ -175,7 +217,7 @@ class DomainKvfree:
     async def kvfree_work(self) -> None:
         if self.counters.batches_in_flight:
             await self._reclaim_ready()
-        now = trio.current_time()
+        now = self._loop.current_time()
         for q in list(self.queues):
             if q.deadline <= now:
                 q.kfree_rcu_monitor()
@@ -189,7 +231,7 @@ class DomainKvfree:
                     q.release_block(blk)
                     blk = q.take_block(b)
                     if blk is not None and time.perf_counter_ns() > until:
-                        await trio.lowlevel.checkpoint()
+                        await self._loop.checkpoint()
                         until = time.perf_counter_ns() + RESCHED_NS
                 q.finish_batch(b)
 

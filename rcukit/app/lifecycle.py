@@ -1,21 +1,26 @@
 """A domain's life: starting its two tasks, closing cleanly, closing after an abort.
 
-Leaving the ``async with`` block normally runs ``rcu_barrier()`` and ``kvfree_rcu_barrier()``
-until nothing is pending. Leaving it by an exception or a cancellation stops accepting work,
-then (shielded, bounded by ``close_timeout``) waits for the readers still inside a section,
-runs one last grace period inline and releases everything; if readers never leave, what could
-not be released is reported as an :class:`~rcukit.errors.RcuLeakError` instead. If a task stops
-while the domain is open (its nursery was cancelled), the domain is *dead*: every waiter wakes
-and raises, since no grace period can complete any more.
+Leaving the ``async with`` block normally runs ``rcu_barrier()`` and ``kvfree_rcu_barrier()`` until
+nothing is pending, for at most ``close_timeout`` seconds: a reader that never leaves, or callbacks
+that keep queueing callbacks, then make the exit report what is still pending and raise
+:class:`~rcukit.errors.RcuLeakError` rather than hang. (Each barrier waits only for work queued
+before it, as the kernel's does, so chained callbacks cannot stall one barrier.) Leaving it by an
+exception or a cancellation stops accepting work, then (shielded, bounded by ``close_timeout``)
+waits for the readers still inside a section, runs one last grace period inline and releases
+everything; if readers never leave, what could not be released is reported as an
+:class:`~rcukit.errors.RcuLeakError` instead. If a task stops while the domain is open (its nursery
+was cancelled), the domain is *dead*: every waiter wakes and raises, since no grace period can
+complete any more.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import anyio
+import anyio.abc
 import attrs
-import trio
 
 from rcukit.app.backpressure import PendingCap
 from rcukit.app.callbacks import Callbacks
@@ -26,7 +31,11 @@ from rcukit.app.readers import Readers
 from rcukit.app.status import DomainStatus, ErrorLog
 from rcukit.errors import RcuLeakError
 
-__all__ = ["DomainLifecycle"]
+__all__ = ["FLUSH_ROUNDS", "DomainLifecycle"]
+
+#: Barrier rounds a normal exit runs before it leaves work that callbacks keep queueing to the
+#: final grace period (a finite chain of callbacks queueing callbacks up to this deep drains).
+FLUSH_ROUNDS = 4
 
 
 @attrs.define(eq=False)
@@ -42,10 +51,11 @@ class DomainLifecycle:
     _callbacks: Callbacks
     _kvfree: DomainKvfree
     _cap: PendingCap
-    _scopes: list[trio.CancelScope] = attrs.field(factory=list, init=False)
-    _task_done: list[trio.Event] = attrs.field(factory=list, init=False)
+    _scopes: list[anyio.CancelScope] = attrs.field(factory=list, init=False)
+    _task_done: list[anyio.Event] = attrs.field(factory=list, init=False)
 
-    async def start(self, nursery: trio.Nursery) -> None:
+    async def start(self, nursery: Any) -> None:
+        """Start the two tasks in ``nursery``: an AnyIO task group or a Trio nursery."""
         await nursery.start(self._run_task, "grace-period", self._gp.rcu_gp_kthread)
         await nursery.start(self._run_task, "callback", self._rcu_core_kthread)
         self._status.accepting = True
@@ -57,13 +67,13 @@ class DomainLifecycle:
         self,
         which: str,
         body: Callable[[], Awaitable[None]],
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run one of the domain's tasks, shielded: only :meth:`shutdown` stops it."""
-        done = trio.Event()
+        done = self._gp.loop.event()
         self._task_done.append(done)
         try:
-            with trio.CancelScope(shield=True) as cs:
+            with anyio.CancelScope(shield=True) as cs:
                 self._scopes.append(cs)
                 task_status.started()
                 await body()
@@ -86,16 +96,33 @@ class DomainLifecycle:
         self._kvfree.release_barriers()
         self._cap.room_changed()
 
-    async def flush(self) -> None:
-        """Normal exit: barriers until nothing is pending (callbacks may queue more work)."""
-        while self._status.dead is None:
-            await self._callbacks.rcu_barrier()
-            await self._kvfree.kvfree_rcu_barrier()
-            self._kvfree.settle(drop_grants=False)
-            if not self._callbacks.queued and not self._kvfree.pending:
-                return
+    async def flush(self) -> bool:
+        """Normal exit: barriers until nothing is pending, for ``close_timeout`` at most.
 
-    async def shutdown(self, aborted: bool) -> None:
+        Returns False if the time ran out (readers that never left, or callbacks that keep
+        queueing callbacks); :meth:`shutdown` then reports what is left.
+        """
+        self._status.closing = True
+        rounds = 0
+        with anyio.move_on_after(self._config.close_timeout):
+            while self._status.dead is None:
+                before = self._pending()
+                await self._callbacks.rcu_barrier()
+                await self._kvfree.kvfree_rcu_barrier()
+                rounds += 1
+                left = self._pending()
+                # Each barrier waits only for work queued before it; work that callbacks keep
+                # queueing (a chain that never ends) is left to the final grace period.
+                if not left or (left >= before and rounds >= FLUSH_ROUNDS):
+                    break
+            return True
+        return False
+
+    def _pending(self) -> int:
+        self._kvfree.settle(drop_grants=False)
+        return self._callbacks.queued + self._kvfree.pending
+
+    async def shutdown(self, aborted: bool, patience: float | None = None) -> RcuLeakError | None:
         """Stop accepting work, stop the tasks, release everything (call shielded)."""
         st = self._status
         st.accepting = False
@@ -107,9 +134,10 @@ class DomainLifecycle:
         for ev in self._task_done:
             await ev.wait()
         st.dead = None  # whatever stopped the tasks, the domain is now simply closing
-        patience = self._config.close_timeout if aborted else math.inf
+        if patience is None:
+            patience = self._config.close_timeout
         try:
-            await self._final_drain(patience)
+            return await self._final_drain(patience, report=aborted)
         finally:
             st.closed = True
             self._readers.close()
@@ -117,14 +145,14 @@ class DomainLifecycle:
             self._callbacks.release_barriers()
             self._cap.release_all()
 
-    async def _final_drain(self, patience: float) -> None:
+    async def _final_drain(self, patience: float, report: bool) -> RcuLeakError | None:
         gp = self._gp
         cbs = self._callbacks
         kv = self._kvfree
         kv.settle(drop_grants=True)
         if not cbs.queued and not kv.pending:
-            return
-        with trio.move_on_after(patience):
+            return None
+        with anyio.move_on_after(patience):
             first = True
             while True:
                 if gp.state.core.gp_seq.in_progress():
@@ -138,10 +166,11 @@ class DomainLifecycle:
             # it is safe to release.
             cbs.invoke_all_ready()
             kv.release_everything()
-            return
-        self._report_leak()
+            return None
+        return self._report_leak(report)
 
-    def _report_leak(self) -> None:
+    def _report_leak(self, report: bool) -> RcuLeakError | None:
+        """What could not be released: reported (aborted exit) or returned to be raised."""
         r = self._readers
         n_cbs = self._callbacks.pending
         self._kvfree.settle(drop_grants=True)
@@ -154,14 +183,15 @@ class DomainLifecycle:
         online = r.online_sites()
         if online:
             holders += "; QSBR workers online, registered at: " + ", ".join(online[:10])
-        self._errors.report(
-            RcuLeakError(
-                f"RCU domain closed but its readers did not leave within close_timeout="
-                f"{self._config.close_timeout}s ({r.n_readers} read sections held, {r.n_online} "
-                f"QSBR workers online): {n_cbs} call_rcu callbacks were not invoked and {n_kv} "
-                f"kvfree_rcu objects were not released{holders}"
-            ),
-            "reported by the closing RCU domain",
+        leak = RcuLeakError(
+            f"RCU domain closed but its readers did not leave within close_timeout="
+            f"{self._config.close_timeout}s ({r.n_readers} read sections held, {r.n_online} "
+            f"QSBR workers online): {n_cbs} call_rcu callbacks were not invoked and {n_kv} "
+            f"kvfree_rcu objects were not released{holders}"
         )
         self._callbacks.drop_all()
         self._kvfree.drop_everything()
+        if report:
+            self._errors.report(leak, "reported by the closing RCU domain")
+            return None
+        return leak

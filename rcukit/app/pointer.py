@@ -1,10 +1,10 @@
 """``RcuPointer``: the published reference readers follow (``rcu_assign_pointer`` and co.).
 
-In C the pointer primitives exist for memory ordering; under Trio one task runs at a time, so
-ordering is free and what is left is the *discipline*: updaters publish with :meth:`assign`
-and retire the old value after a grace period; readers fetch with :meth:`dereference` inside a
-read section. In debug mode :meth:`dereference` checks that discipline the way
-``rcu_dereference_check()`` does under lockdep, and raises outside a read section (an online
+In C the pointer primitives exist for memory ordering; an event loop runs one task at a time (and
+the GIL orders worker threads), so ordering is free and what is left is the *discipline*: updaters
+publish with :meth:`assign` and retire the old value after a grace period; readers fetch with
+:meth:`dereference` inside a read section. In debug mode :meth:`dereference` checks that discipline
+the way ``rcu_dereference_check()`` does under lockdep, and raises outside a read section (an online
 QSBR worker counts as inside one).
 """
 
@@ -39,6 +39,8 @@ class RcuPointer(Generic[T]):
 
         Readers that started before this call may still hold the old value: release it with
         ``rcu.kvfree_rcu(old)``, ``rcu.call_rcu(...)`` or after ``await rcu.synchronize_rcu()``.
+        Safe from worker threads too: the swap makes no call, so under the GIL no other thread
+        runs between the read of the old value and the store of the new one.
         """
         old = self._value
         self._value = new

@@ -6,6 +6,15 @@ slab its objects back is :meth:`ObjectPool.free_bulk`: one ``list.extend`` per b
 call per object. A pool of buffers is also what an application reaches for to stop allocating a
 fresh ``bytearray`` per request.
 
+Without debug mode the pool still never caches an object twice (a double free, say a pooled
+object given to ``kvfree_rcu`` twice, would otherwise make the pool hand one object out
+twice): free objects are kept in a *set*, so a duplicate collapses and the size check after a
+``free_bulk`` notices it. For the usual pooled objects (identity equality and hashing) that
+costs a set insert instead of a list append per object; objects that are unhashable or
+compare by value (``bytearray``) are kept in a list plus a set of their ids, which costs
+more. It is the spirit of SLUB's cheap always-on freelist check (``set_freepointer`` under
+CONFIG_SLAB_FREELIST_HARDENED catches ``object == fp``), not the full debug bookkeeping.
+
 Debug mode does what ``slub_debug=FPZ`` plus KASAN's quarantine do for the kernel:
 
 * every allocation and free records its call site (the first frame outside rcukit; frees done
@@ -105,7 +114,12 @@ class ObjectPool(Generic[T]):
     debug: bool = attrs.field(default=False, kw_only=True)
     poison: Callable[[T], object] | None = attrs.field(default=None, kw_only=True)
     name: str = attrs.field(default="", kw_only=True)
+    #: Free objects (production mode): a set when objects hash by identity, else ``_free``
+    #: plus the ``id()`` of each in ``_free_ids``. Which one is decided by the first object.
+    _free_set: set[T] = attrs.field(init=False, factory=set)
     _free: list[T] = attrs.field(init=False, factory=list)
+    _free_ids: set[int] = attrs.field(init=False, factory=set)
+    _by_identity: bool | None = attrs.field(init=False, default=None)
     _quarantine: deque[T] = attrs.field(init=False, factory=deque)
     _lives: dict[int, _Life] = attrs.field(init=False, factory=dict)
     _created: int = attrs.field(init=False, default=0)
@@ -129,7 +143,8 @@ class ObjectPool(Generic[T]):
                 self._poison(obj)
                 self._quarantine.append(obj)
             else:
-                self._free.append(obj)
+                self._free_plain([obj])
+                self._frees -= 1  # made free, not freed
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -141,10 +156,15 @@ class ObjectPool(Generic[T]):
         """An object from the pool, or a new one from the factory if none is free."""
         if self.debug:
             return self._alloc_debug(call_site())
-        free = self._free
         self._allocs += 1
+        fs = self._free_set
+        if fs:
+            return fs.pop()
+        free = self._free
         if free:
-            return free.pop()
+            obj = free.pop()
+            self._free_ids.discard(id(obj))
+            return obj
         self._created += 1
         return self.factory()
 
@@ -155,12 +175,7 @@ class ObjectPool(Generic[T]):
             if err is not None:
                 raise err
             return
-        self._frees += 1
-        free = self._free
-        if self.max_cached is None or len(free) < self.max_cached:
-            free.append(obj)
-        else:
-            self._dropped += 1
+        self._free_plain([obj])
 
     def free_bulk(self, objs: Iterable[T]) -> None:
         """Give many objects back with one call (``kmem_cache_free_bulk``).
@@ -173,15 +188,67 @@ class ObjectPool(Generic[T]):
             objs = list(objs)
             self._raise_all(self._free_bulk_debug(objs, [site] * len(objs)))
             return
+        self._free_plain(objs if isinstance(objs, list) else list(objs))
+
+    def _free_plain(self, objs: list[T]) -> None:
+        """Production free of ``objs``: each cached once; duplicates raise after the rest."""
+        by_identity = self._by_identity
+        if by_identity is None:
+            if not objs:
+                return
+            t = type(objs[0])
+            by_identity = self._by_identity = (
+                t.__hash__ is object.__hash__ and t.__eq__ is object.__eq__
+            )
+        if by_identity:
+            fs = self._free_set
+            n0 = len(fs)
+            fs.update(objs)
+            n = len(fs) - n0
+            self._frees += n
+            cap = self.max_cached
+            if cap is not None and len(fs) > cap:
+                self._dropped += len(fs) - cap
+                for _ in range(len(fs) - cap):
+                    fs.pop()
+            if n != len(objs):
+                raise self._double_free(self._duplicates(objs), len(objs) - n)
+            return
+        ids = self._free_ids
         free = self._free
-        n0 = len(free)
-        free.extend(objs)
-        n = len(free) - n0
-        self._frees += n
-        cap = self.max_cached
-        if cap is not None and len(free) > cap:
-            self._dropped += len(free) - cap
-            del free[cap:]
+        dup: list[T] = []
+        for o in objs:
+            i = id(o)
+            if i in ids:
+                dup.append(o)
+                continue
+            self._frees += 1
+            if self.max_cached is None or len(free) < self.max_cached:
+                ids.add(i)
+                free.append(o)
+            else:
+                self._dropped += 1
+        if dup:
+            raise self._double_free(dup, len(dup))
+
+    @staticmethod
+    def _duplicates(objs: list[T]) -> list[T]:
+        """Which of ``objs`` repeat within the call (the rare path, for the message)."""
+        seen: set[int] = set()
+        dup = []
+        for o in objs:
+            if id(o) in seen:
+                dup.append(o)
+            seen.add(id(o))
+        return dup
+
+    def _double_free(self, sample: list[T], n: int) -> MemoryDebugError:
+        what = f" (among them {', '.join(_describe(o) for o in sample[:5])})" if sample else ""
+        return MemoryDebugError(
+            f"double free into pool {self.name!r}: {n} object(s) were already free{what}; the "
+            "pool kept one copy of each (a pooled object given to kvfree_rcu() twice?). "
+            "ObjectPool(debug=True) names the allocation and free sites"
+        )
 
     # ---------------------------------------------------------------- debug checks
 
@@ -234,7 +301,7 @@ class ObjectPool(Generic[T]):
         return f"allocated at {life.alloc_site}"
 
     def statistics(self) -> PoolStatistics:
-        cached = len(self._quarantine) if self.debug else len(self._free)
+        cached = len(self._quarantine) if self.debug else len(self._free_set) + len(self._free)
         return PoolStatistics(
             name=self.name,
             debug=self.debug,

@@ -6,9 +6,10 @@ entering it increments that counter; leaving decrements the *same* counter, beca
 object itself remembers the phase. A grace period flips the phase and waits until the old phase's
 counter is zero: every reader that began before the flip has then left, whatever it awaited in
 between (``PREEMPT_RCU``'s blocked-readers list, kernel.md §6, done with counters as SRCU and
-liburcu's phase flip do). Trio is single-threaded and a ``with`` statement evaluates
-``read_lock()`` and enters the guard with no checkpoint in between, so one flip per GP is enough
-(C implementations need two because reading the phase and incrementing race with the flip).
+liburcu's phase flip do). An event loop runs one task at a time and a ``with`` statement
+evaluates ``read_lock()`` and enters the guard with no checkpoint in between, so one flip per GP
+is enough (C implementations need two because reading the phase and incrementing race with the
+flip; worker threads, which can race it, take the slow path described below).
 Nesting needs no per-task state: each level counts once in the phase it started in.
 
 The price of that speed: a non-debug guard does not know which task holds it. The debug flavour
@@ -20,18 +21,34 @@ unlock, or ``RcuPointer.dereference()`` outside a section.
 reading, until it reports a quiescent state or goes offline. Each GP start bumps ``qs_gen`` and
 sets ``qs_owed`` to the number of online workers; a worker reporting for the first time in this
 GP decrements it. A GP therefore never walks the worker list, and offline workers cost nothing.
+
+**Worker threads** read through the same ``read_lock()``: rcukit supports CPython with the GIL
+only, where a Python function body runs without a thread switch between its entry and its
+next call or backward jump (the interpreter drops the GIL only at those points), so the guard's
+check-and-count in ``__enter__`` and count-and-test in ``__exit__`` are atomic against other
+threads. What a worker thread does differently is on the slow paths: leaving the old phase
+wakes the GP task through the loop (:meth:`Wakeup.set_threadsafe`), and a guard found inactive
+(a GP flipped the phase between ``read_lock()`` and ``__enter__``) makes the thread ask for a GP
+and wait for its phase to come back, instead of raising as it does in the loop's thread, where
+that can only be a guard kept for later.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
+import anyio
 import attrs
-import trio
 
+from rcukit.app.loop import EventLoop
 from rcukit.app.sites import call_site
 from rcukit.errors import RcuClosedError, RcuUsageError
+
+#: How often a worker thread looks whether its reader phase is back (the rare path above).
+THREAD_PHASE_POLL: Final = 0.0005
 
 __all__ = [
     "DebugReadSection",
@@ -54,10 +71,11 @@ class ReadSection(Protocol):
 class ReadGuard:
     """One reader phase: its counter, and the context manager ``read_lock()`` returns for it."""
 
-    __slots__ = ("active", "closed", "count", "phase", "waiter")
+    __slots__ = ("active", "closed", "count", "phase", "readers", "waiter")
 
-    def __init__(self, phase: int) -> None:
+    def __init__(self, phase: int, readers: Readers) -> None:
         self.phase = phase
+        self.readers = readers
         self.count = 0
         self.active = phase == 0
         self.closed = False
@@ -69,7 +87,8 @@ class ReadGuard:
 
     def __enter__(self) -> None:
         if not self.active:
-            self._refuse()
+            self._refuse()  # raises, or (a worker thread) waits for the phase and counts in
+            return
         self.count += 1
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -81,10 +100,24 @@ class ReadGuard:
     def _refuse(self) -> None:
         if self.closed:
             raise RcuClosedError("read_lock() on a closed RCU domain; the domain has exited")
+        if not self.readers.loop.in_loop_thread():
+            self._enter_from_thread()
+            return
         raise RcuUsageError(
             "a read_lock() guard was entered after a grace period flipped the reader phase; "
             "enter it at once (`with rcu.read_lock():`) instead of keeping it for later"
         )
+
+    def _enter_from_thread(self) -> None:
+        """A worker thread raced a phase flip: ask for a GP and wait for this phase to return."""
+        self.readers.request_flip()
+        while True:
+            if self.active:
+                self.count += 1  # atomic with the test above (no call in between)
+                return
+            if self.closed:
+                raise RcuClosedError("read_lock() on a closed RCU domain; the domain has exited")
+            time.sleep(THREAD_PHASE_POLL)
 
     def _drained(self, c: int) -> None:
         if c < 0:
@@ -103,18 +136,20 @@ _NEW, _HELD, _RELEASED = 0, 1, 2
 class DebugReadSection:
     """A debug-mode read section: one object per ``read_lock()``, knowing its task and site."""
 
-    __slots__ = ("_readers", "guard", "site", "state", "task")
+    __slots__ = ("_readers", "flips", "guard", "site", "state", "task", "task_name")
 
     def __init__(self, readers: Readers, site: str) -> None:
         self._readers = readers
         self.site = site
         self.state = _NEW
-        self.task: trio.lowlevel.Task | None = None
+        #: Phase flips when the guard was handed out: entering it after any flip is refused.
+        self.flips = readers.flips
+        self.task: int | None = None
+        self.task_name = ""
         self.guard: ReadGuard | None = None
 
     def __repr__(self) -> str:
-        task = self.task.name if self.task is not None else None
-        return f"<DebugReadSection from {self.site} task={task!r} state={self.state}>"
+        return f"<DebugReadSection from {self.site} task={self.task_name} state={self.state}>"
 
     def __enter__(self) -> None:
         self._readers.debug_enter(self)
@@ -133,11 +168,12 @@ class QsbrWorker:
     waiting for the worker. Use it as a context manager to unregister on exit.
     """
 
-    __slots__ = ("_gen", "_online", "_readers", "_registered", "site", "task")
+    __slots__ = ("_gen", "_online", "_readers", "_registered", "site", "task", "task_name")
 
-    def __init__(self, readers: Readers, task: trio.lowlevel.Task, site: str) -> None:
+    def __init__(self, readers: Readers, task: int, task_name: str, site: str) -> None:
         self._readers = readers
         self.task = task
+        self.task_name = task_name
         self.site = site
         self._online = False
         self._registered = True
@@ -145,7 +181,7 @@ class QsbrWorker:
 
     def __repr__(self) -> str:
         state = "online" if self._online else "offline"
-        return f"<QsbrWorker task={self.task.name!r} {state} registered at {self.site}>"
+        return f"<QsbrWorker task={self.task_name} {state} registered at {self.site}>"
 
     @property
     def is_online(self) -> bool:
@@ -221,25 +257,36 @@ class Readers:
     """Everything that decides whether a grace period may end (see the module docstring)."""
 
     debug: bool
-    #: Wakes whoever waits for the old phase to drain (the GP task, or a closing domain).
+    loop: EventLoop
+    #: Wakes whoever waits for the old phase to drain (the GP task, or a closing domain); from
+    #: any thread.
     wake: Callable[[], None]
-    guards: tuple[ReadGuard, ReadGuard] = attrs.field(
-        init=False, factory=lambda: (ReadGuard(0), ReadGuard(1))
-    )
+    #: Asks for a grace period from any thread (a worker thread waiting for its phase).
+    request_flip: Callable[[], None] = attrs.field(default=lambda: None)
+    guards: tuple[ReadGuard, ReadGuard] = attrs.field(init=False)
     current: ReadGuard = attrs.field(init=False)
+    #: Phase flips so far (debug sections refuse to be entered after one).
+    flips: int = attrs.field(init=False, default=0)
     #: The phase a running GP waits for; None between GPs.
     old: ReadGuard | None = attrs.field(init=False, default=None)
     qs_gen: int = attrs.field(init=False, default=0)
     qs_owed: int = attrs.field(init=False, default=0)
     n_online: int = attrs.field(init=False, default=0)
-    by_task: dict[trio.lowlevel.Task, QsbrWorker] = attrs.field(init=False, factory=dict)
-    #: Debug only: every held section, per task, oldest first.
-    sections: dict[trio.lowlevel.Task, list[DebugReadSection]] = attrs.field(
-        init=False, factory=dict
-    )
+    by_task: dict[int, QsbrWorker] = attrs.field(init=False, factory=dict)
+    #: Debug only: every held section, per task (or thread), oldest first.
+    sections: dict[int, list[DebugReadSection]] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
+        self.guards = (ReadGuard(0, self), ReadGuard(1, self))
         self.current = self.guards[0]
+
+    def whoami(self) -> tuple[int, str]:
+        """The calling task's id and name, or a worker thread's (negative id)."""
+        if not self.loop.in_loop_thread():
+            t = threading.current_thread()
+            return -threading.get_ident(), f"thread {t.name!r}"
+        info = anyio.get_current_task()
+        return info.id, f"task {info.name or info.id!r}"
 
     # ---------------------------------------------------------------- grace periods
 
@@ -251,6 +298,7 @@ class Readers:
         new.active = True
         self.current = new
         self.old = old
+        self.flips += 1
         self.qs_gen += 1
         self.qs_owed = self.n_online
         return new
@@ -260,8 +308,9 @@ class Readers:
         return (old is None or old.count == 0) and self.qs_owed == 0
 
     def arm(self) -> None:
-        if self.old is not None:
-            self.old.waiter = self.wake
+        old = self.old
+        if old is not None:
+            old.waiter = self.wake
 
     def end_gp(self) -> None:
         if self.old is not None:
@@ -277,12 +326,46 @@ class Readers:
     def n_readers(self) -> int:
         return self.guards[0].count + self.guards[1].count
 
+    def is_held_section(self, owner: object) -> bool:
+        """Is ``owner`` (a ``with`` statement's manager) one of this domain's read sections?"""
+        if isinstance(owner, ReadGuard):
+            return owner.readers is self
+        if isinstance(owner, DebugReadSection):
+            return owner._readers is self and owner.state == _HELD
+        return False
+
+    def is_held_section_owner(self, obj: object) -> bool:
+        """Is ``obj`` the domain whose ``read_lock()`` made a thread's ``with`` manager?"""
+        return getattr(obj, "_readers", None) is self
+
+    def stall_report(self) -> str:
+        """Who holds the running GP: sections and QSBR workers (tasks and sites in debug)."""
+        old = self.old
+        n = old.count if old is not None else 0
+        parts = [f"{n} read section(s) of the old phase"]
+        if self.qs_owed:
+            owing = [w for w in self.by_task.values() if w.is_online and w._gen != self.qs_gen]
+            parts.append(
+                f"{self.qs_owed} QSBR worker(s) without a quiescent state: "
+                + ", ".join(f"{w.task_name} registered at {w.site}" for w in owing[:10])
+            )
+        if self.debug and old is not None:
+            held = [s for s in self.held_sections() if s.guard is old]
+            if held:
+                parts.append(
+                    "held by: "
+                    + ", ".join(f"{s.task_name} at {s.site}" for s in held[:10])
+                )
+        return "; ".join(parts)
+
     # ---------------------------------------------------------------- checks
 
     def might_sleep(self, what: str) -> QsbrWorker | None:
         """``might_sleep()`` for GP waits: refuse inside a read section (debug mode), and
         return the calling task's QSBR worker so it can be quiescent while it waits."""
-        task = trio.lowlevel.current_task()
+        if not self.debug and not self.by_task:
+            return None
+        task, _ = self.whoami()
         if self.debug:
             inner = self.in_read_section(task)
             if inner is not None:
@@ -294,7 +377,7 @@ class Readers:
 
     def reader_check(self, what: str) -> None:
         """``rcu_dereference_check()``: debug mode only, called by RcuPointer."""
-        task = trio.lowlevel.current_task()
+        task, _ = self.whoami()
         if self.in_read_section(task) is not None:
             return
         w = self.by_task.get(task)
@@ -311,7 +394,7 @@ class Readers:
 
     # ---------------------------------------------------------------- debug sections
 
-    def in_read_section(self, task: trio.lowlevel.Task) -> DebugReadSection | None:
+    def in_read_section(self, task: int) -> DebugReadSection | None:
         """The innermost section ``task`` holds (debug mode only; None otherwise)."""
         held = self.sections.get(task)
         return held[-1] if held else None
@@ -322,12 +405,19 @@ class Readers:
                 f"a read section from {s.site} was entered twice; call read_lock() once per "
                 "`with` (debug mode)"
             )
+        if s.flips != self.flips:
+            raise RcuUsageError(
+                f"a read_lock() guard from {s.site} was entered after a grace period flipped the "
+                "reader phase; enter it at once (`with rcu.read_lock():`) instead of keeping it "
+                "for later"
+            )
+        task, name = self.whoami()
         g = self.current
-        if not g.active:
+        if g.active:
+            g.count += 1  # atomic with the test (see the module docstring)
+        else:
             g._refuse()
-        task = trio.lowlevel.current_task()
-        g.count += 1
-        s.task, s.guard, s.state = task, g, _HELD
+        s.task, s.task_name, s.guard, s.state = task, name, g, _HELD
         self.sections.setdefault(task, []).append(s)
 
     def debug_exit(self, s: DebugReadSection) -> None:
@@ -342,7 +432,7 @@ class Readers:
                 f"(unbalanced unlock)"
             )
         assert s.task is not None and s.guard is not None
-        task = trio.lowlevel.current_task()
+        task, name = self.whoami()
         held = self.sections.get(s.task, [])
         for i in range(len(held) - 1, -1, -1):
             if held[i] is s:
@@ -352,10 +442,10 @@ class Readers:
             self.sections.pop(s.task, None)
         s.state = _RELEASED
         s.guard.__exit__(None, None, None)
-        if task is not s.task:
+        if task != s.task:
             raise RcuUsageError(
-                f"read section locked in task {s.task.name!r} at {s.site} was unlocked from "
-                f"task {task.name!r} at {call_site()}; RCU read sections belong to one task"
+                f"read section locked in {s.task_name} at {s.site} was unlocked from "
+                f"{name} at {call_site()}; RCU read sections belong to one task"
             )
 
     def held_sections(self) -> list[DebugReadSection]:
@@ -364,27 +454,37 @@ class Readers:
     # ---------------------------------------------------------------- QSBR
 
     def register(self, site: str) -> QsbrWorker:
-        task = trio.lowlevel.current_task()
+        if not self.loop.in_loop_thread():
+            raise RcuUsageError(
+                "register_qsbr() from a worker thread: QSBR workers are tasks of the domain's "
+                "event loop; a worker thread reads with `with rcu.read_lock():`"
+            )
+        task, name = self.whoami()
         if task in self.by_task:
             prev = self.by_task[task]
             raise RcuUsageError(
-                f"task {task.name!r} already registered a QSBR worker at {prev.site}; "
+                f"{name} already registered a QSBR worker at {prev.site}; "
                 "register once per task"
             )
-        w = QsbrWorker(self, task, site)
+        w = QsbrWorker(self, task, name, site)
         self.by_task[task] = w
         self.set_online(w)
         return w
 
     def _check_owner(self, w: QsbrWorker, what: str) -> None:
+        if not self.loop.in_loop_thread():
+            raise RcuUsageError(
+                f"{what} from a worker thread on the QSBR worker of {w.task_name}: a QSBR "
+                "worker reports for its own task only"
+            )
         if not w._registered:
             raise RcuUsageError(f"{what} on a QSBR worker that was unregistered (from {w.site})")
         if self.debug:
-            task = trio.lowlevel.current_task()
-            if task is not w.task:
+            task, name = self.whoami()
+            if task != w.task:
                 raise RcuUsageError(
-                    f"{what} from task {task.name!r} on the QSBR worker registered by task "
-                    f"{w.task.name!r} at {w.site}; a worker reports for its own task only"
+                    f"{what} from {name} on the QSBR worker registered by "
+                    f"{w.task_name} at {w.site}; a worker reports for its own task only"
                 )
 
     def report_qs(self, w: QsbrWorker) -> None:

@@ -54,3 +54,7 @@ class DomainStatistics:
     #: Exceptions raised by callbacks and release functions (reported or handled).
     errors: int
     closed: bool
+    #: RCU stall warnings logged (grace periods that waited longer than ``stall_timeout``).
+    stall_warnings: int = 0
+    #: "asyncio" or "trio": the event loop the domain runs on.
+    event_loop: str = ""

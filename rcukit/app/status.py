@@ -22,10 +22,12 @@ MAX_KEPT_ERRORS: Final = 100
 class DomainStatus:
     """Open, closing, closed, or dead (a background task stopped while the domain was open)."""
 
-    __slots__ = ("accepting", "closed", "dead", "stopping")
+    __slots__ = ("accepting", "closed", "closing", "dead", "stopping")
 
     def __init__(self) -> None:
         self.accepting = False
+        #: The ``async with`` block was left: the domain drains and will close.
+        self.closing = False
         self.closed = False
         self.stopping = False
         #: Why the domain cannot complete grace periods any more; None while it can.

@@ -2,13 +2,16 @@
 
 The grace-period task and the callback task each sleep on exactly one of these, and the hot
 paths that wake them (a reader leaving the old phase, ``call_rcu`` on an idle domain) must cost
-next to nothing when nobody sleeps. ``trio.Event`` cannot be reset and ``ParkingLot`` pays for
-generality; this is the kernel's ``swait``/``wake_up`` pairing for a single kthread.
+next to nothing when nobody sleeps. An event cannot be reset, so each sleep gets a fresh one;
+this is the kernel's ``swait``/``wake_up`` pairing for a single kthread. A worker thread wakes
+the sleeper through :meth:`set_threadsafe` (the loop runs ``set`` soon).
 """
 
 from __future__ import annotations
 
-import trio
+import anyio
+
+from rcukit.app.loop import EventLoop
 
 __all__ = ["Wakeup"]
 
@@ -16,36 +19,47 @@ __all__ = ["Wakeup"]
 class Wakeup:
     """``set()`` wakes the sleeper, or is remembered until the next ``wait()`` if none sleeps."""
 
-    __slots__ = ("_pending", "_task")
+    __slots__ = ("_event", "_loop", "_pending")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: EventLoop) -> None:
+        self._loop = loop
         self._pending = False
-        self._task: trio.lowlevel.Task | None = None
+        self._event: anyio.Event | None = None
 
     def set(self) -> None:
-        task = self._task
-        if task is not None:
-            self._task = None
-            trio.lowlevel.reschedule(task)
+        ev = self._event
+        if ev is not None:
+            self._event = None
+            ev.set()
         else:
             self._pending = True
+
+    def set_threadsafe(self) -> None:
+        """``set()`` from any thread: in the loop's thread now, elsewhere on the loop soon."""
+        loop = self._loop
+        if loop.in_loop_thread():
+            self.set()
+        else:
+            loop.call_soon_threadsafe(self.set)
 
     async def wait(self) -> None:
         """Return once ``set()`` has been called since the last ``wait()``; always a checkpoint."""
         if self._pending:
             self._pending = False
             try:
-                await trio.lowlevel.checkpoint()
+                await self._loop.checkpoint()
             except BaseException:
                 self._pending = True  # do not lose the wakeup to a cancellation
                 raise
             return
-        if self._task is not None:
+        if self._event is not None:
             raise RuntimeError("Wakeup supports a single waiter")
-        self._task = trio.lowlevel.current_task()
-
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            self._task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        ev = self._event = self._loop.event()
+        try:
+            await ev.wait()
+        except BaseException:
+            if self._event is ev:
+                self._event = None
+            elif ev.is_set():
+                self._pending = True  # set, then cancelled before we ran: keep the wakeup
+            raise

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import anyio
+import anyio.lowlevel
 import pytest
-import trio
-import trio.testing
 from apptools import SpyPool, hold_reader, pending
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rcukit.app import open_domain
 from rcukit.errors import RcuBackpressureError
+
+pytestmark = pytest.mark.anyio
+
 
 
 async def test_call_rcu_raises_at_the_cap_and_names_it() -> None:
@@ -41,7 +44,7 @@ async def test_kvfree_and_call_rcu_share_one_cap() -> None:
 
 
 async def test_call_rcu_wait_waits_for_room() -> None:
-    async with open_domain(max_pending=50) as rcu, trio.open_nursery() as n:
+    async with open_domain(max_pending=50) as rcu, anyio.create_task_group() as n:
         ran = 0
 
         def cb() -> None:
@@ -58,13 +61,13 @@ async def test_call_rcu_wait_waits_for_room() -> None:
                 queued += 1
 
         n.start_soon(producer)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         assert queued == 50 and pending(rcu) == 50  # blocked at the cap, not raising
         assert rcu.statistics().backpressure_events >= 1
         release.set()
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             while queued < 80:
-                await trio.sleep(0.001)
+                await anyio.sleep(0.001)
                 assert pending(rcu) <= 50
         await rcu.rcu_barrier()
         assert ran == 80
@@ -87,12 +90,12 @@ async def test_kvfree_rcu_wait_at_the_cap_frees_inline_after_a_gp() -> None:
 
 async def test_a_cancelled_kvfree_rcu_wait_does_not_lose_its_object() -> None:
     spy = SpyPool()
-    async with open_domain(max_pending=2, release=spy) as rcu, trio.open_nursery() as n:
+    async with open_domain(max_pending=2, release=spy) as rcu, anyio.create_task_group() as n:
         release = await hold_reader(rcu, n)
         rcu.kvfree_rcu(object())
         rcu.kvfree_rcu(object())
         victim = object()
-        with trio.move_on_after(0.01):
+        with anyio.move_on_after(0.01):
             await rcu.kvfree_rcu_wait(victim)  # waits for a GP the reader holds up
         release.set()
         await rcu.kvfree_rcu_barrier()
@@ -129,7 +132,7 @@ async def test_pending_never_exceeds_the_cap(cap: int, ops: list[str]) -> None:
                     await rcu.call_rcu_wait(cb)
                     queued_cb += 1
                 else:
-                    await trio.lowlevel.checkpoint()
+                    await anyio.lowlevel.checkpoint()
             except RcuBackpressureError:
                 assert op in ("kv", "cb") and pending(rcu) == cap
             assert pending(rcu) <= cap

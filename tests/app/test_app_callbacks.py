@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
+import anyio
 import pytest
-import trio
-import trio.testing
 from apptools import hold_reader
 
 from rcukit.app import open_domain
 from rcukit.errors import RcuArgumentError
 
+pytestmark = pytest.mark.anyio
+
+
 
 async def test_call_rcu_runs_after_a_grace_period_that_covers_every_earlier_reader() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
-        release = trio.Event()
+    async with open_domain() as rcu, anyio.create_task_group() as n:
+        release = anyio.Event()
         ran: list[int] = []
         reader_left = False
 
@@ -24,7 +28,7 @@ async def test_call_rcu_runs_after_a_grace_period_that_covers_every_earlier_read
                 reader_left = True
 
         n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
 
         def cb(i: int) -> None:
             assert reader_left  # never before the pre-existing reader left
@@ -32,7 +36,7 @@ async def test_call_rcu_runs_after_a_grace_period_that_covers_every_earlier_read
 
         for i in range(5):
             rcu.call_rcu(cb, i)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         assert ran == [] and rcu.statistics().callbacks_pending == 5
         release.set()
         await rcu.rcu_barrier()
@@ -65,24 +69,24 @@ async def test_rcu_barrier_returns_at_once_when_nothing_is_queued() -> None:
 
 
 async def test_rcu_barrier_waits_for_callbacks_queued_by_any_task_before_it() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
+    async with open_domain() as rcu, anyio.create_task_group() as n:
         ran: list[str] = []
 
         async def other() -> None:
             rcu.call_rcu(ran.append, "other")
 
         n.start_soon(other)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         rcu.call_rcu(ran.append, "mine")
         await rcu.rcu_barrier()
         assert sorted(ran) == ["mine", "other"]
 
 
 async def test_a_cancelled_barrier_leaves_nothing_behind() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
+    async with open_domain() as rcu, anyio.create_task_group() as n:
         release = await hold_reader(rcu, n)
         rcu.call_rcu(lambda: None)
-        with trio.move_on_after(0.01):
+        with anyio.move_on_after(0.01):
             await rcu.rcu_barrier()
         release.set()
         await rcu.rcu_barrier()
@@ -131,15 +135,26 @@ async def test_a_failing_on_error_handler_is_itself_reported() -> None:
 
 
 async def test_async_and_non_callable_callbacks_are_refused() -> None:
+    """Refused at the call (issue 16 item 6; it used to be reported only when invoked): an
+    ``async def``, a method or partial of one; a callable returning an awaitable anyway is
+    still reported when invoked."""
     seen: list[Exception] = []
 
     async def coro() -> None:  # pragma: no cover - never awaited
         pass
 
+    class Obj:
+        async def method(self) -> None:  # pragma: no cover - never awaited
+            pass
+
     async with open_domain(on_error=seen.append) as rcu:
         with pytest.raises(RcuArgumentError, match="must be callable"):
             rcu.call_rcu(42)  # type: ignore[arg-type]
-        rcu.call_rcu(coro)
+        for fn in (coro, Obj().method, functools.partial(coro)):
+            with pytest.raises(RcuArgumentError, match="async function"):
+                rcu.call_rcu(fn)
+        assert rcu.statistics().callbacks_pending == 0
+        rcu.call_rcu(lambda: coro())
         await rcu.rcu_barrier()
     assert len(seen) == 1 and "returned an awaitable" in str(seen[0])
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
-import trio
-import trio.testing
 from apptools import SpyPool, hold_reader
 
 from rcukit.app import ObjectPool, open_domain
 from rcukit.errors import MemoryDebugError, RcuArgumentError, RcuUsageError
+
+pytestmark = pytest.mark.anyio
+
 
 
 @pytest.mark.parametrize(
@@ -53,11 +55,11 @@ async def test_rcu_barrier_does_not_cover_kvfree_but_kvfree_rcu_barrier_does() -
 async def test_monitor_drains_after_the_drain_delay() -> None:
     spy = SpyPool()
     async with open_domain(release=spy, drain_delay=0.05) as rcu:
-        t0 = trio.current_time()
+        t0 = anyio.current_time()
         rcu.kvfree_rcu(object())
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await spy.event.wait()
-        assert trio.current_time() - t0 >= 0.05
+        assert anyio.current_time() - t0 >= 0.05
         assert rcu.statistics().kvfree_batches == 1
 
 
@@ -67,10 +69,10 @@ async def test_a_blocks_worth_kicks_the_monitor() -> None:
         cap = rcu.block_capacity
         for _ in range(cap - 1):
             rcu.kvfree_rcu(object())
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         assert spy.freed == []  # below a block's worth: waits for the 60 s drain
         rcu.kvfree_rcu(object())  # the kick
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await spy.event.wait()
         assert len(spy.freed) == cap and spy.calls == [cap]  # one block, one bulk call
 
@@ -80,7 +82,7 @@ async def test_no_kick_before_v6_1() -> None:
     async with open_domain(release=spy, profile="v5.13", drain_delay=60.0) as rcu:
         for _ in range(3 * rcu.block_capacity):
             rcu.kvfree_rcu(object())
-        await trio.sleep(0.02)
+        await anyio.sleep(0.02)
         assert spy.freed == []
         await rcu.kvfree_rcu_barrier()
         assert len(spy.freed) == 3 * rcu.block_capacity
@@ -91,12 +93,12 @@ async def test_at_most_two_batches_in_flight(profile: str) -> None:
     spy = SpyPool()
     async with open_domain(release=spy, drain_delay=60.0, page_size=256, profile=profile) as rcu:
         cap = rcu.block_capacity
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             release = await hold_reader(rcu, n)
             for _ in range(4):
                 for _ in range(cap):
                     rcu.kvfree_rcu(object())
-                await trio.testing.wait_all_tasks_blocked()
+                await anyio.wait_all_tasks_blocked()
             s = rcu.statistics()
             assert s.kvfree_batches == 2  # the third and fourth kicks found both krwp busy
             assert s.kvfree_pending == 4 * cap and spy.freed == []
@@ -123,7 +125,7 @@ async def test_blocks_whose_gp_already_passed_are_freed_without_a_new_gp(
         await rcu.synchronize_rcu()
         await rcu.synchronize_rcu()  # the blocks' snapshot GP has completed
         gps = rcu.statistics().gps_completed
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await spy.event.wait()
         s = rcu.statistics()
         assert len(spy.freed) == 10
@@ -137,29 +139,29 @@ async def test_blocks_whose_gp_already_passed_are_freed_without_a_new_gp(
 async def test_objects_queued_during_a_gp_wait_for_the_next_one() -> None:
     """The block stamp is the snapshot of the *last* insert, taken after the GP started."""
     spy = SpyPool()
-    async with open_domain(release=spy, drain_delay=0.01) as rcu, trio.open_nursery() as n:
-        r1_go, r2_go = trio.Event(), trio.Event()
+    async with open_domain(release=spy, drain_delay=0.01) as rcu, anyio.create_task_group() as n:
+        r1_go, r2_go = anyio.Event(), anyio.Event()
 
         async def r1() -> None:
             with rcu.read_lock():
                 await r1_go.wait()
 
         n.start_soon(r1)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         rcu.kvfree_rcu(object())  # stamped before GP1: GP1 suffices
         n.start_soon(rcu.synchronize_rcu)
-        await trio.testing.wait_all_tasks_blocked()  # GP1 running, waiting for r1
+        await anyio.wait_all_tasks_blocked()  # GP1 running, waiting for r1
 
         async def r2() -> None:
             with rcu.read_lock():  # a reader in the new phase
                 await r2_go.wait()
 
         n.start_soon(r2)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         late = object()
         rcu.kvfree_rcu(late)  # r2 may hold it: needs a GP that waits for r2
         r1_go.set()
-        await trio.sleep(0.05)  # GP1 ends; the monitor runs
+        await anyio.sleep(0.05)  # GP1 ends; the monitor runs
         assert all(o is not late for o in spy.freed)
         assert rcu.statistics().kvfree_pending >= 1
         r2_go.set()

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 import trio
-import trio.testing
 from apptools import SpyPool
 
 from rcukit.app import DomainConfig, open_domain
 from rcukit.app.callbacks import Callbacks
 from rcukit.errors import ConfigError, RcuClosedError, RcuLeakError
 
+pytestmark = pytest.mark.anyio
+
+
 
 async def test_leaving_the_block_releases_everything_without_waiting_for_the_drain() -> None:
     spy = SpyPool()
     ran: list[int] = []
-    t0 = trio.current_time()
+    t0 = anyio.current_time()
     async with open_domain(release=spy) as rcu:  # 5 s drain delay
         for i in range(1500):
             rcu.kvfree_rcu(i)
             rcu.call_rcu(ran.append, i)
-    assert trio.current_time() - t0 < 2.0  # the barriers, not the drain timer
+    assert anyio.current_time() - t0 < 2.0  # the barriers, not the drain timer
     assert len(spy.freed) == 1500 and len(ran) == 1500
     s = rcu.statistics()
     assert s.closed and s.kvfree_pending == 0 and s.callbacks_pending == 0
@@ -47,20 +51,20 @@ async def test_use_after_close_is_a_clear_error() -> None:
 async def test_cancelled_from_outside_frees_everything_and_leaves_nothing_running() -> None:
     spy = SpyPool()
     ran: list[int] = []
-    with trio.CancelScope() as cs:
-        async with open_domain(release=spy) as rcu, trio.open_nursery() as n:
+    with anyio.CancelScope() as cs:
+        async with open_domain(release=spy) as rcu, anyio.create_task_group() as n:
 
             async def busy_reader() -> None:
                 while True:
                     with rcu.read_lock():
-                        await trio.lowlevel.checkpoint()
+                        await anyio.lowlevel.checkpoint()
 
             n.start_soon(busy_reader)
             for i in range(700):
                 rcu.kvfree_rcu(i)
                 rcu.call_rcu(ran.append, i)
             cs.cancel()
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
     assert cs.cancelled_caught
     assert len(spy.freed) == 700 and len(ran) == 700
     s = rcu.statistics()
@@ -71,23 +75,23 @@ async def test_cancelled_from_outside_frees_everything_and_leaves_nothing_runnin
 
 async def test_readers_that_never_leave_turn_a_cancelled_close_into_a_leak_report() -> None:
     spy = SpyPool()
-    async with trio.open_nursery() as outer:
-        holding = trio.Event()
+    async with anyio.create_task_group() as outer:
+        holding = anyio.Event()
         leak = pytest.RaisesGroup(pytest.RaisesExc(RcuLeakError, match="were not released"))
-        with leak, trio.CancelScope() as cs:
+        with leak, anyio.CancelScope() as cs:
             async with open_domain(release=spy, close_timeout=0.05, debug=True) as rcu:
 
                 async def stuck_reader() -> None:
                     with rcu.read_lock():
                         holding.set()
-                        await trio.sleep_forever()
+                        await anyio.sleep_forever()
 
                 outer.start_soon(stuck_reader)  # outside the cancelled scope
                 await holding.wait()
                 rcu.kvfree_rcu(object())
                 rcu.call_rcu(print)
                 cs.cancel()
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
         assert spy.freed == []  # a reader may still use them: reported, not freed
         s = rcu.statistics()
         assert s.closed and s.kvfree_pending == 0 and s.callbacks_pending == 0
@@ -96,21 +100,21 @@ async def test_readers_that_never_leave_turn_a_cancelled_close_into_a_leak_repor
 
 async def test_leak_reports_name_the_stuck_section_and_go_to_on_error() -> None:
     seen: list[Exception] = []
-    async with trio.open_nursery() as outer:
-        holding = trio.Event()
-        with trio.CancelScope() as cs:
+    async with anyio.create_task_group() as outer:
+        holding = anyio.Event()
+        with anyio.CancelScope() as cs:
             async with open_domain(on_error=seen.append, close_timeout=0.02, debug=True) as rcu:
 
                 async def stuck_reader() -> None:
                     with rcu.read_lock():
                         holding.set()
-                        await trio.sleep_forever()
+                        await anyio.sleep_forever()
 
                 outer.start_soon(stuck_reader)
                 await holding.wait()
                 rcu.kvfree_rcu(object())
                 cs.cancel()
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
         outer.cancel_scope.cancel()
     assert len(seen) == 1 and isinstance(seen[0], RcuLeakError)
     assert "test_app_lifecycle.py" in str(seen[0])  # debug mode names the section's site
@@ -135,6 +139,7 @@ async def test_body_exception_and_callback_errors_are_raised_together() -> None:
             raise KeyError("body")
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # a Trio nursery, and its child_tasks
 async def test_tasks_can_live_in_the_callers_nursery() -> None:
     async with trio.open_nursery() as n:
         async with open_domain(nursery=n) as rcu:
@@ -143,6 +148,7 @@ async def test_tasks_can_live_in_the_callers_nursery() -> None:
         assert len(n.child_tasks) == 0  # stopped on exit
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # a Trio nursery, and its child_tasks
 async def test_cancelling_the_callers_nursery_does_not_kill_an_open_domain() -> None:
     """The background tasks belong to the domain's lifetime, not to the nursery's scope."""
     async with trio.open_nursery() as outer:
@@ -156,7 +162,7 @@ async def test_cancelling_the_callers_nursery_does_not_kill_an_open_domain() -> 
         spy = SpyPool()
         async with open_domain(nursery=inner, release=spy) as rcu:
             inner.cancel_scope.cancel()
-            await trio.testing.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
             await rcu.synchronize_rcu()
             rcu.kvfree_rcu(1)
         assert spy.freed == [1]
@@ -209,3 +215,12 @@ async def test_bad_configuration_is_refused(field: str, value: object) -> None:
     with pytest.raises((ConfigError, TypeError)):
         async with open_domain(**kwargs):
             pass  # pragma: no cover
+
+
+async def test_tasks_can_live_in_the_callers_task_group() -> None:
+    """``nursery=`` takes an AnyIO task group on either loop."""
+    async with anyio.create_task_group() as tg:
+        async with open_domain(nursery=tg) as rcu:
+            await rcu.synchronize_rcu()
+            rcu.call_rcu(len, "x")
+        assert rcu.closed and rcu.statistics().callbacks_pending == 0

@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 from rcukit.app import POISON_FREE, ObjectPool
 from rcukit.errors import ConfigError, MemoryDebugError
 
+pytestmark = pytest.mark.anyio
+
+
 
 class Buf:
     __slots__ = ("data",)

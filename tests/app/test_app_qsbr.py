@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
-import trio
-import trio.testing
 from apptools import hold_reader, start_sync
 
 from rcukit.app import RcuPointer, open_domain
 from rcukit.errors import RcuUsageError
 
+pytestmark = pytest.mark.anyio
+
+
 
 async def test_gp_waits_for_each_online_worker_to_report_once() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
-        report = [trio.Event(), trio.Event()]
-        registered = trio.Event()
+    async with open_domain() as rcu, anyio.create_task_group() as n:
+        report = [anyio.Event(), anyio.Event()]
+        registered = anyio.Event()
         count = 0
 
         async def worker(i: int) -> None:
@@ -26,7 +28,7 @@ async def test_gp_waits_for_each_online_worker_to_report_once() -> None:
                 await report[i].wait()
                 w.quiescent_state()
                 w.quiescent_state()  # a second report in the same GP changes nothing
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
 
         n.start_soon(worker, 0)
         n.start_soon(worker, 1)
@@ -34,7 +36,7 @@ async def test_gp_waits_for_each_online_worker_to_report_once() -> None:
         assert rcu.statistics().qsbr_online == 2
         done = await start_sync(rcu, n)
         report[0].set()
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         assert not done.is_set()  # worker 1 still owes its quiescent state
         report[1].set()
         await done.wait()
@@ -43,9 +45,9 @@ async def test_gp_waits_for_each_online_worker_to_report_once() -> None:
 
 
 async def test_offline_and_idle_workers_do_not_hold_up_gps() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
-        ready = trio.Event()
-        go_online = trio.Event()
+    async with open_domain() as rcu, anyio.create_task_group() as n:
+        ready = anyio.Event()
+        go_online = anyio.Event()
 
         async def worker() -> None:
             with rcu.register_qsbr() as w:
@@ -54,33 +56,33 @@ async def test_offline_and_idle_workers_do_not_hold_up_gps() -> None:
                     ready.set()
                     await go_online.wait()
                 assert w.is_online
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
 
         n.start_soon(worker)
         await ready.wait()
         for _ in range(3):
             await rcu.synchronize_rcu()  # an offline worker costs nothing
         go_online.set()
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         done = await start_sync(rcu, n)
         assert not done.is_set()  # online again: GPs wait for it
         n.cancel_scope.cancel()
 
 
 async def test_going_offline_mid_gp_counts_as_a_quiescent_state() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
+    async with open_domain() as rcu, anyio.create_task_group() as n:
         w_box: list[object] = []
-        go = trio.Event()
+        go = anyio.Event()
 
         async def worker() -> None:
             w = rcu.register_qsbr()
             w_box.append(w)
             await go.wait()
             w.offline()
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
 
         n.start_soon(worker)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         done = await start_sync(rcu, n)
         assert not done.is_set()
         go.set()
@@ -90,16 +92,16 @@ async def test_going_offline_mid_gp_counts_as_a_quiescent_state() -> None:
 
 
 async def test_a_worker_that_comes_online_mid_gp_is_not_waited_for() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
+    async with open_domain() as rcu, anyio.create_task_group() as n:
         release = await hold_reader(rcu, n)
         done = await start_sync(rcu, n)  # GP now in progress, waiting for the reader
 
         async def late_worker() -> None:
             rcu.register_qsbr()  # online after the GP started
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
 
         n.start_soon(late_worker)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         release.set()
         await done.wait()
         n.cancel_scope.cancel()
@@ -107,8 +109,8 @@ async def test_a_worker_that_comes_online_mid_gp_is_not_waited_for() -> None:
 
 async def test_gp_cost_does_not_grow_with_idle_workers() -> None:
     """A thousand offline workers: GP start/end never walk them (only the owed count)."""
-    async with open_domain() as rcu, trio.open_nursery() as n:
-        ready = trio.Event()
+    async with open_domain() as rcu, anyio.create_task_group() as n:
+        ready = anyio.Event()
         registered = 0
 
         async def idle() -> None:
@@ -118,7 +120,7 @@ async def test_gp_cost_does_not_grow_with_idle_workers() -> None:
             registered += 1
             if registered == 1000:
                 ready.set()
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
 
         for _ in range(1000):
             n.start_soon(idle)
@@ -136,7 +138,7 @@ async def test_gp_cost_does_not_grow_with_idle_workers() -> None:
 async def test_synchronize_from_an_online_worker_is_quiescent_not_a_deadlock() -> None:
     async with open_domain() as rcu:
         with rcu.register_qsbr() as w:
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 await rcu.synchronize_rcu()
                 await rcu.kvfree_rcu_barrier()
             assert w.is_online  # back online afterwards, as liburcu does
@@ -159,7 +161,7 @@ async def test_qsbr_misuse() -> None:
             except RcuUsageError as exc:
                 errors.append(exc)
 
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(other)
         assert errors and "its own task" in str(errors[0])
         w.unregister()

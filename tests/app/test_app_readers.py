@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
-import trio
-import trio.testing
 from apptools import hold_reader, start_sync
 
 import rcukit
 from rcukit.app import RcuPointer, open_domain
 from rcukit.errors import RcuClosedError, RcuUsageError
 
+pytestmark = pytest.mark.anyio
+
+
 
 async def test_grace_period_waits_for_a_reader_that_awaits_inside() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
-        left = trio.Event()
-        release = trio.Event()
+    async with open_domain() as rcu, anyio.create_task_group() as n:
+        left = anyio.Event()
+        release = anyio.Event()
 
         async def reader() -> None:
             with rcu.read_lock():
@@ -23,7 +25,7 @@ async def test_grace_period_waits_for_a_reader_that_awaits_inside() -> None:
             left.set()
 
         n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         done = await start_sync(rcu, n)
         assert not done.is_set()
         assert rcu.statistics().gp_in_progress
@@ -33,7 +35,7 @@ async def test_grace_period_waits_for_a_reader_that_awaits_inside() -> None:
 
 
 async def test_readers_that_start_after_the_gp_do_not_hold_it_up() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
+    async with open_domain() as rcu, anyio.create_task_group() as n:
         release_old = await hold_reader(rcu, n)
         done = await start_sync(rcu, n)
         await hold_reader(rcu, n)  # a new reader, never released
@@ -45,9 +47,9 @@ async def test_readers_that_start_after_the_gp_do_not_hold_it_up() -> None:
 
 
 async def test_nested_sections_across_a_phase_flip() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
-        inner_go = trio.Event()
-        finish = trio.Event()
+    async with open_domain() as rcu, anyio.create_task_group() as n:
+        inner_go = anyio.Event()
+        finish = anyio.Event()
 
         async def reader() -> None:
             with rcu.read_lock():
@@ -56,10 +58,10 @@ async def test_nested_sections_across_a_phase_flip() -> None:
                     await finish.wait()
 
         n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         done = await start_sync(rcu, n)
         inner_go.set()
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         assert not done.is_set()  # the outer section still holds the old phase
         finish.set()
         await done.wait()
@@ -90,15 +92,15 @@ async def test_a_guard_kept_past_a_grace_period_is_refused() -> None:
 
 
 async def test_reader_cancelled_inside_its_section_releases_it() -> None:
-    async with open_domain() as rcu, trio.open_nursery() as n:
-        n2 = trio.CancelScope()
+    async with open_domain() as rcu, anyio.create_task_group() as n:
+        n2 = anyio.CancelScope()
 
         async def reader() -> None:
             with n2, rcu.read_lock():
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
 
         n.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        await anyio.wait_all_tasks_blocked()
         done = await start_sync(rcu, n)
         assert rcu.statistics().readers == 1 and not done.is_set()
         n2.cancel()
@@ -133,7 +135,7 @@ async def test_debug_unlock_from_another_task_and_double_unlock() -> None:
             except RcuUsageError as exc:
                 errors.append(exc)
 
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(other)
         assert len(errors) == 1 and "unlocked from task" in str(errors[0])
         assert rcu.statistics().readers == 0  # released anyway, so GPs keep moving

@@ -15,8 +15,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
-import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,9 @@ from rcukit.app import ObjectPool, RcuPointer, open_domain
 from rcukit.errors import MemoryDebugError
 
 MODES = ("kvfree", "kvfree_queue", "kvfree_wait", "call_rcu", "sync", "poll", "cond")
+
+pytestmark = pytest.mark.anyio
+
 
 
 def _version(buf: bytearray) -> int:
@@ -33,9 +37,9 @@ def _version(buf: bytearray) -> int:
 async def _hold(rng: random.Random, steps: int) -> None:
     for _ in range(steps):
         if rng.random() < 0.2:
-            await trio.sleep(rng.random() * 0.0005)
+            await anyio.sleep(rng.random() * 0.0005)
         else:
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
 
 
 async def torture(
@@ -60,7 +64,7 @@ async def torture(
             buf = pool.alloc()
             buf[:8] = (i << 32).to_bytes(8, "little")
             ptrs.append(RcuPointer(rcu, buf))
-        stop = trio.Event()
+        stop = anyio.Event()
 
         def check(obj: bytearray, gen: int, version: int) -> None:
             pool.check(obj, gen)
@@ -99,7 +103,7 @@ async def torture(
                     w.quiescent_state()
                     if rng.random() < 0.2:
                         with w.extended_qs():
-                            await trio.sleep(rng.random() * 0.001)
+                            await anyio.sleep(rng.random() * 0.001)
 
         async def writer(k: int) -> None:
             rng = random.Random(seed * 3000 + k)
@@ -127,7 +131,7 @@ async def torture(
                     cookie = rcu.start_poll_synchronize_rcu()
                     # Polling is what the polled API is for.
                     while not rcu.poll_state_synchronize_rcu(cookie):  # noqa: ASYNC110
-                        await trio.sleep(0.0002)
+                        await anyio.sleep(0.0002)
                     pool.free(old)
                 else:
                     cookie = rcu.get_state_synchronize_rcu()
@@ -137,12 +141,12 @@ async def torture(
                 counts["updates"] += 1
                 await _hold(rng, rng.randrange(0, 3))
 
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             for k in range(readers):
                 n.start_soon(reader, k)
             for k in range(qsbr_readers):
                 n.start_soon(qsbr_reader, k)
-            async with trio.open_nursery() as wn:
+            async with anyio.create_task_group() as wn:
                 for k in range(writers):
                     wn.start_soon(writer, k)
             stop.set()

@@ -1,0 +1,36 @@
+"""The README's application example runs unchanged under ``asyncio.run`` and ``trio.run``
+(issue 16, "Done means")."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from apptools import on_both_loops
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## RCU in an asyncio or Trio application", 1)[1]
+    m = re.search(r"```python\n(.*?)```", section, re.S)
+    assert m is not None
+    return m.group(1)
+
+
+@on_both_loops
+def test_the_readme_example_runs_on_both_loops(backend: str) -> None:
+    code = _example()
+    last = "asyncio.run(main())   # or: trio.run(main)"
+    assert last in code
+    if backend == "trio":
+        code = code.replace(last, "import trio\ntrio.run(main)")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == ["safe", "after a GP"] and lines[2].startswith("DomainStatistics(")
