@@ -99,11 +99,11 @@ def default_config() -> KernelConfig:
     return base.replace(
         **{
             "mm.zone_pages": 262_144,
-            # Neighbours take pages in bursts of 256, most of a pcp list's high mark of 378,
-            # so the lists run dry now and then and a block allocation may meet one empty
-            # (the RFC's rmqueue_bulk() under zone->lock).
-            "mm.background_allocs_per_ms": 100,
-            "mm.background_burst": 256,
+            # Neighbours take 50 pages a millisecond per CPU in bursts of 320, most of a pcp
+            # list's high mark of 378, so the lists run dry now and then and a block
+            # allocation may meet one empty (the RFC's rmqueue_bulk() under zone->lock).
+            "mm.background_allocs_per_ms": 50,
+            "mm.background_burst": 320,
             "mm.initial_used_fraction": 0.965,
             "mm.debug_quarantine": 0,
             # A long-running machine: free memory scattered in small MOVABLE blocks, half the
