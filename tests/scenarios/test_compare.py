@@ -109,13 +109,13 @@ def test_every_object_is_freed_in_every_row(full: dict[str, Any]) -> None:
         assert r["grace_periods"] > 0 and r["records_per_block_mean"] > 0
 
 
-def test_the_pre_6_3_krwp_reuse_shows_in_compare(full: dict[str, Any]) -> None:
+def test_v6_3_compare_rows_are_free_of_the_krwp_reuse() -> None:
     """Before "Avoid freeing new kfree_rcu() memory after old grace period" (5da7cb193db3,
     6.3-rc6; kernel/rcu/tree.c kvfree_rcu_queue_batch / need_wait_for_krwp_work) the monitor
     may add blocks to a krwp whose rcu_work already waits for an older grace period, and they
-    are freed after it. rfc is v5.9's mechanism, so a second of floods meets it (counted by the
-    reclaim as blocks freed before a full GP since their detach); v6.3 never does."""
-    assert sum(r["gp_violations"] for r in full["rows"]) > 0
+    are freed after it. rfc is v5.9's mechanism, so compare's rows count it (by the
+    reclaim as blocks freed before a full GP since their detach; whether a second of floods
+    meets it depends on the seed, see tests/rcu/test_stateful.py for a replay); v6.3 never does."""
     rc, out, err = run_cli(["compare", "--json", "--profiles", "v6.3", "--variants", "nowait",
                             "--scale", "0.05"])
     assert rc == 0, err
