@@ -258,6 +258,14 @@ def _unsafe_reason(row: Mapping[str, Any], would: Mapping[str, int]) -> str:
 
 def _recommend(judged: Sequence[VariantJudgement]) -> tuple[tuple[str, ...], str]:
     safe = [v for v in judged if v.status == "safe"]
+    skipped = [v for v in judged if v.status == "skipped"]
+    if not safe and skipped and len(skipped) == len(judged):
+        c = skipped[0].cost
+        return (), (
+            f"no variant is called here: {skipped[0].reason} ({c.fallbacks} fallbacks, "
+            f"{c.fallback_pct:.3f}% of calls; call p99.99 {_us(c.latency_p9999_ns)}, max "
+            f"{_us(c.latency_max_ns)})."
+        )
     if not safe:
         unsafe = [v.variant for v in judged if v.status == "unsafe"]
         return (), (
@@ -285,7 +293,6 @@ def _recommend(judged: Sequence[VariantJudgement]) -> tuple[tuple[str, ...], str
     unsafe = [v.variant for v in judged if v.status == "unsafe"]
     if unsafe:
         text += f"; not safe here: {', '.join(unsafe)}"
-    skipped = [v for v in judged if v.status == "skipped"]
     if skipped:
         text += (
             f"; never called here: {', '.join(v.variant for v in skipped)} "
@@ -323,7 +330,8 @@ def judge(rows: Sequence[Mapping[str, Any]]) -> Judgement:
         every, some = [], {}
         for v in variants:
             js = [(b, b.status_of(v)) for b in pb]
-            ok = [b for b, j in js if j is not None and j.status in ("safe", "unused")]
+            ok = [b for b, j in js
+                  if j is not None and j.status in ("safe", "unused", "skipped")]
             bad = [(b, j) for b, j in js if j is not None and j.status == "unsafe"]
             if not bad and ok:
                 every.append(v)

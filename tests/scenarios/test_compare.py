@@ -467,3 +467,18 @@ def test_run_compare_bad_jobs_and_unsendable_sources_are_refused_before_running(
     with pytest.raises(ConfigError, match="pass load_sources="):
         cmp.run_compare(variants=["local-test"], configs=["default", "rt"], jobs=2,
                         block_sources=[Local()])
+
+
+def test_a_build_that_never_calls_the_allocator_is_not_called_unsafe() -> None:
+    """v5.9 on PREEMPT_RT skips the in-lock allocation for every variant (kernel/rcu/tree.c,
+    5.9, kvfree_call_rcu): no variant is unsafe there, none is called, and the verdict says
+    so with what the fallbacks cost instead of "no variant is safe"."""
+    rows = [_row(v, "rt", profile="v5.9", block_alloc_attempts=0, fallback_rcu_head=50)
+            for v in ("fast-try", "nowait")]
+    rows += [_row(v, "lockdep", profile="v5.9") for v in ("fast-try", "nowait")]
+    j = cmp.judge(rows)
+    rt = j.builds[0]
+    assert rt.recommended == ()
+    assert rt.recommendation.startswith("no variant is called here: v5.9 does not allocate")
+    assert "50 fallbacks" in rt.recommendation
+    assert j.safe_everywhere["v5.9"] == ("fast-try", "nowait")
