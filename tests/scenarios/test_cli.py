@@ -101,8 +101,11 @@ def test_locks_text_prints_each_splat_once(capsys: pytest.CaptureFixture[str]) -
     captured = capsys.readouterr()
     for name in ("default", "lockdep", "rt"):
         assert f"== kernel config: {name} ==" in captured.out
-    assert "'invalid_wait_context': 4" in captured.out
-    assert "'sleeping_in_atomic': 4" in captured.out
+    assert "default: 4 CPUs nested the locks; nothing to report on this build." in captured.out
+    assert ('lockdep: 4 CPUs nested the locks; would report "BUG: Invalid wait context" 4 times, '
+            "1 printed.") in captured.out
+    assert ('rt: 4 CPUs nested the locks; would report "BUG: sleeping function called from '
+            'invalid context" 4 times, 1 printed.') in captured.out
     # Four CPUs hit each problem; the kernel prints it once: lockdep is one-shot
     # (debug_locks_off()), might-sleep reports are rate-limited to one per second (prev_jiffy).
     assert captured.err.count("[ BUG: Invalid wait context ]") == 1
