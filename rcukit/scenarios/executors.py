@@ -61,6 +61,34 @@ def _check_scheduler(address: str) -> None:
         )
 
 
+#: How often a worker checks that the process that made its pool is still alive.
+PARENT_POLL_S = 0.5
+
+
+def watch_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
+    """A pool worker's initializer: exit when the process that made the pool is gone.
+
+    After ``kill -9`` of ``rcukit sweep`` nobody shuts the pool down: its workers would sit on
+    their call queue for ever, holding the forkserver and the resource tracker alive with them.
+    A worker's own parent is the forkserver, so ``PR_SET_PDEATHSIG`` cannot tell; a daemon
+    thread polls the pool owner's pid instead (signal 0 only checks that it exists).
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                continue  # it exists (owned by someone else: a reused pid, or a setuid parent)
+
+    threading.Thread(target=watch, name="rcukit-watch-parent", daemon=True).start()
+
+
 #: Imported once by the forkserver so every worker starts with the simulator loaded.
 _PRELOAD = [
     "rcukit.scenarios.sweep",
@@ -117,7 +145,9 @@ def open_executor(
     # start fast and share no parent threads or Trio state (spawned workers ran ~40% slower).
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+    pool = ProcessPoolExecutor(
+        max_workers=n, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)
+    )
     try:
         yield ExecutorChoice(pool, 2 * n, f"{n} worker processes")
     except BaseException:

@@ -383,3 +383,69 @@ def test_real_sweep_on_a_dask_cluster_matches_inline(tmp_path: Path) -> None:
         on_dask = _run_real(tmp_path, "dask", "--scheduler", cluster.scheduler_address)
     assert len(on_dask) == 4
     assert on_dask == _run_real(tmp_path, "inline", "--workers", "0")
+
+
+_OWNER = """
+import time
+from rcukit.scenarios.executors import open_executor
+if __name__ == "__main__":
+    with open_executor(2) as choice:
+        futs = [choice.executor.submit(time.sleep, 60) for _ in range(2)]
+        time.sleep(1.0)
+        print("ready", flush=True)
+        time.sleep(120)
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc for the pool")
+def test_pool_workers_exit_when_their_owner_is_killed(tmp_path: Path) -> None:
+    """kill -9 of a sweep leaves nobody to shut its pool down: the workers notice their owner
+    is gone (executors.watch_parent) and exit, and the forkserver and resource tracker, whose
+    pipes they held, follow."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "owner.py"
+    script.write_text(_OWNER, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                             env=env, stderr=subprocess.DEVNULL)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+        pool = _descendants(owner.pid)
+        assert len(pool) >= 3  # the forkserver, its two workers (and the resource tracker)
+    finally:
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait()
+        owner.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in pool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in pool if _running(p)] == []
