@@ -250,6 +250,14 @@ _DEC_RE: Final = re.compile(r"[0-9]+")
 
 
 def _as_nonnegative(flags: int, what: str) -> int:
+    # gfp_t is an unsigned int: a float would be truncated silently (2.5 -> 2) and a string
+    # would fail inside int() with a message that names neither the mask nor the caller.
+    # IntFlag members (GFP.NOWARN) and plain ints are masks; bool is not.
+    if isinstance(flags, bool) or not isinstance(flags, int):
+        raise GfpError(
+            f"{what}: GFP flags must be an int mask (e.g. GFP_KERNEL | GFP.NOWARN), got "
+            f"{type(flags).__name__} {flags!r}; parse_gfp() reads kernel names"
+        )
     value = int(flags)
     if value < 0:
         raise GfpError(f"{what}: GFP flags must be a non-negative int, got {value}")

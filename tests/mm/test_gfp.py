@@ -430,3 +430,12 @@ def test_gfp_to_alloc_flags_rt_and_cma() -> None:
     assert gfp_to_alloc_flags(g.GFP_HIGHUSER_MOVABLE, cma=True) & AllocFlags.CMA
     assert not gfp_to_alloc_flags(g.GFP_HIGHUSER_MOVABLE) & AllocFlags.CMA
     assert not gfp_to_alloc_flags(GFP_KERNEL, cma=True) & AllocFlags.CMA
+
+
+@pytest.mark.parametrize("bad", [2.5, 3.0, "0x10", "GFP_KERNEL", None, True])
+def test_a_mask_that_is_not_an_int_is_refused_by_name(bad: object) -> None:
+    """gfp_t is an unsigned int (include/linux/types.h): a float must not be truncated into a
+    mask, nor a string fail inside int(); both are GfpError naming the type and parse_gfp()."""
+    for fn in (validate_gfp, format_gfp):
+        with pytest.raises(GfpError, match=f"got {type(bad).__name__}.*parse_gfp"):
+            fn(bad)  # type: ignore[arg-type]
