@@ -8,6 +8,7 @@ errors they raise. The simulator is :mod:`rcukit.sim`.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from rcukit.app import APP_DRAIN_DELAY as APP_DRAIN_DELAY
 from rcukit.app import DEFAULT_MAX_PENDING as DEFAULT_MAX_PENDING
 from rcukit.app import DomainConfig as DomainConfig
 from rcukit.app import DomainStatistics as DomainStatistics
@@ -34,6 +35,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+source"
 
 __all__ = [
+    "APP_DRAIN_DELAY",
     "DEFAULT_MAX_PENDING",
     "ConfigError",
     "DomainConfig",

@@ -6,6 +6,7 @@ with ``rcu.kvfree_rcu(old)`` (batched, released in bulk, pooled objects back to 
 :class:`ObjectPool`), ``rcu.call_rcu(fn, *args)`` or ``await rcu.synchronize_rcu()``.
 """
 
+from rcukit.app.config import APP_DRAIN_DELAY as APP_DRAIN_DELAY
 from rcukit.app.config import DEFAULT_MAX_PENDING as DEFAULT_MAX_PENDING
 from rcukit.app.config import DomainConfig as DomainConfig
 from rcukit.app.domain import RcuDomain as RcuDomain
@@ -21,6 +22,7 @@ from rcukit.app.readers import ReadSection as ReadSection
 from rcukit.app.stats import DomainStatistics as DomainStatistics
 
 __all__ = [
+    "APP_DRAIN_DELAY",
     "DEFAULT_MAX_PENDING",
     "KFREE_N_BATCHES",
     "DomainConfig",
