@@ -2,8 +2,8 @@
 kvfree_rcu() machinery built on the same grace-period engine.
 
 This package is the application API: ``async with rcukit.open_domain() as rcu:``, read
-sections, ``RcuPointer``, ``synchronize_rcu``/``call_rcu``/``kvfree_rcu``, ``ObjectPool`` and the
-errors they raise. The simulator is :mod:`rcukit.sim`.
+sections, ``RcuPointer``, ``RcuDict``, ``synchronize_rcu``/``call_rcu``/``kvfree_rcu``,
+``ObjectPool`` and the errors they raise. The simulator is :mod:`rcukit.sim`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -16,6 +16,7 @@ from rcukit.app import KvfreeQueue as KvfreeQueue
 from rcukit.app import ObjectPool as ObjectPool
 from rcukit.app import PoolStatistics as PoolStatistics
 from rcukit.app import QsbrWorker as QsbrWorker
+from rcukit.app import RcuDict as RcuDict
 from rcukit.app import RcuDomain as RcuDomain
 from rcukit.app import RcuPointer as RcuPointer
 from rcukit.app import ReadSection as ReadSection
@@ -48,6 +49,7 @@ __all__ = [
     "RcuArgumentError",
     "RcuBackpressureError",
     "RcuClosedError",
+    "RcuDict",
     "RcuDomain",
     "RcuLeakError",
     "RcuPointer",

@@ -235,7 +235,8 @@ class RcuDomain:
         nothing is scanned on a timer), so the guarantee and the latency are those of
         :meth:`synchronize_rcu`; what this adds is the reclaim side of "now": every
         kvfree_rcu queue's monitor runs at once (:meth:`flush`), so what was retired before
-        the call rides on the next grace period instead of waiting for a drain. Same rules as :meth:`synchronize_rcu` (never inside a read section).
+        the call rides on the next grace period instead of waiting for a drain. Same rules as
+        :meth:`synchronize_rcu` (never inside a read section).
         """
         if self._loop.in_loop_thread() and not self._status.closed:
             self._cap.flush()

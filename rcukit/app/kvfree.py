@@ -181,8 +181,9 @@ class KvfreeQueue:
         "drop the reference"), an object with ``free_bulk(list)``, or a function called as
         ``release(obj)`` (pass ``Conn.close``, not ``conn.close``: each distinct target gets its
         own blocks). ``size``: the bytes ``obj`` counts for when the domain weighs objects
-        (``max_pending_bytes`` or ``weight``; ignored otherwise). Never blocks; raises :class:`~rcukit.errors.RcuBackpressureError` at the
-        domain's pending cap (use :meth:`kvfree_rcu_wait` there). From a worker thread the call
+        (``max_pending_bytes`` or ``weight``; ignored otherwise). Never blocks; raises
+        :class:`~rcukit.errors.RcuBackpressureError` at the domain's pending cap (use
+        :meth:`kvfree_rcu_wait` there). From a worker thread the call
         is made on the domain's loop (the kernel takes the krcp lock on every call; the thread
         check is this queue's equivalent), so nothing is queued unless it succeeds.
         """

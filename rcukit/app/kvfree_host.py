@@ -85,6 +85,7 @@ class DomainKvfree:
     """Every kvfree_rcu queue of one domain (see the module docstring)."""
 
     __slots__ = (
+        "_cap",
         "_debug",
         "_gp",
         "_host",
@@ -92,7 +93,6 @@ class DomainKvfree:
         "_readers",
         "_status",
         "_weight",
-        "_cap",
         "counters",
         "default",
         "queues",

@@ -163,7 +163,8 @@ async def test_flush_starts_reclaim_now() -> None:
         rcu.flush()
         with anyio.fail_after(5):
             while len(spy.freed) < 2:
-                await anyio.sleep(0.001)
+                await spy.event.wait()
+                spy.event = anyio.Event()
         assert anyio.current_time() - t0 < 1.0  # not the 60 s drain
         # the call_rcu GP already covers their blocks' snapshots: the monitors free them early
         # (kvfree_rcu_drain_ready, v6.3) or batch them; either way at once
@@ -195,7 +196,6 @@ async def test_synchronize_rcu_expedited_waits_for_readers_and_drains() -> None:
         release.set()
         with anyio.fail_after(5):
             await done.wait()
-            while not spy.freed:  # the flushed batch rides on the next GP, not a 60 s drain
-                await anyio.sleep(0.001)
+            await spy.event.wait()  # the flushed batch rides on the next GP, not a 60 s drain
         with rcu.read_lock(), pytest.raises(RcuUsageError, match="deadlock"):
             await rcu.synchronize_rcu_expedited()
