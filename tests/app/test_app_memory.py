@@ -24,9 +24,10 @@ class Config:
     nbytes: int = 4 * MB
 
 
-async def _reload_at_50hz(rcu: object, seconds: float, sized: bool) -> int:
-    """Reload a 4 MB config every 20 ms; return the peak of pending kvfree_rcu bytes."""
-    peak = 0
+async def _reload_at_50hz(rcu: object, seconds: float, sized: bool) -> tuple[int, int]:
+    """Reload a 4 MB config every 20 ms; return the peaks of pending kvfree_rcu bytes (as the
+    domain weighed them) and of pending versions."""
+    peak = versions = 0
     n = round(seconds * 50)
     for v in range(1, n + 1):
         await anyio.sleep(0.02)
@@ -37,7 +38,8 @@ async def _reload_at_50hz(rcu: object, seconds: float, sized: bool) -> int:
             rcu.kvfree_rcu(old)  # type: ignore[attr-defined]
         st = rcu.statistics()  # type: ignore[attr-defined]
         peak = max(peak, st.kvfree_pending_bytes)
-    return peak
+        versions = max(versions, st.kvfree_pending)
+    return peak, versions
 
 
 async def test_a_4mb_config_at_50hz_stays_a_few_versions_by_default() -> None:
@@ -47,15 +49,18 @@ async def test_a_4mb_config_at_50hz_stays_a_few_versions_by_default() -> None:
     hundreds of MB pending. The application default drains every 20 ms, so what is pending
     stays within a few versions; ``drain_delay=None`` still selects the kernel's timing."""
     assert APP_DRAIN_DELAY == 0.02
-    async with open_domain(weight=lambda c: c.nbytes) as rcu:
-        peak = await _reload_at_50hz(rcu, 0.6, sized=False)
+    async with open_domain() as rcu:  # every default, nothing weighed
+        _, versions = await _reload_at_50hz(rcu, 0.6, sized=True)
+    assert 1 <= versions <= 4  # at most 16 MB waiting, never the 508 versions of a kick
+    async with open_domain(weight=lambda c: c.nbytes) as rcu:  # the same, weighed
+        peak, _ = await _reload_at_50hz(rcu, 0.6, sized=False)
         await rcu.kvfree_rcu_barrier()
         assert rcu.statistics().kvfree_pending_bytes == 0
-    assert 4 * MB <= peak <= 16 * MB  # at most four versions waiting, never the 508 of a kick
-    async with open_domain(weight=lambda c: c.nbytes, drain_delay=None, profile="v6.3") as rcu:
-        kernel_peak = await _reload_at_50hz(rcu, 0.6, sized=True)
+    assert 4 * MB <= peak <= 16 * MB
+    async with open_domain(max_pending_bytes=1 << 40, drain_delay=None, profile="v6.3") as rcu:
+        kernel_peak, versions = await _reload_at_50hz(rcu, 0.6, sized=True)
     # the kernel's 5 s drain: every version of the run is still pending at its end
-    assert kernel_peak == 30 * 4 * MB
+    assert (kernel_peak, versions) == (30 * 4 * MB, 30)
 
 
 async def test_the_byte_cap_raises_like_the_object_cap() -> None:
