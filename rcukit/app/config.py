@@ -2,8 +2,10 @@
 
 The kvfree_rcu knobs come from a kernel version profile (:mod:`rcukit.rcu.profiles`): block
 capacity from ``KVFREE_BULK_MAX_ENTR``'s formula, the drain interval (``KFREE_DRAIN_JIFFIES``),
-the kick, polled snapshots and the page-cache size. The rest is what an application needs and
-the kernel does not: a cap on pending objects, a default release target, an error handler.
+the kick, polled snapshots and the page-cache size; the drain interval defaults to an
+application's 20 ms rather than the kernel's 5 s (see :data:`APP_DRAIN_DELAY`). The rest is
+what an application needs and the kernel does not: caps on pending objects and bytes, a
+default release target, an error handler.
 """
 
 from __future__ import annotations

@@ -24,7 +24,10 @@ has its own krcp, so one worker's burst kicks only its own monitor.
   reclaim of a batch re-kicks the monitor instead, which is the same thing without the polling.
 * **Reclaim.** After the grace period the domain's callback task releases each block in bulk and
   keeps up to ``rcu_min_cached_objs`` empty blocks for reuse (the per-CPU page cache).
-* **Backpressure.** The domain caps pending objects. At the cap the non-blocking
+* **Backpressure.** The domain caps pending objects (and, with ``max_pending_bytes``, their
+  bytes: each object weighs ``size=`` or ``weight(obj)``, counted per block and given back
+  when the block is released; weighed inserts always take the slow path). At a cap the
+  non-blocking
   :meth:`KvfreeQueue.kvfree_rcu` raises, and :meth:`KvfreeQueue.kvfree_rcu_wait` does what the
   kernel's head-less path does when it cannot get a block: ``synchronize_rcu()``, then release
   inline (``kvfree_rcu_mightsleep``).

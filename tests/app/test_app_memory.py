@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import attrs
 import pytest
-from apptools import SpyPool, hold_reader
+from apptools import SpyPool, hold_reader, in_worker_thread
 
 from rcukit.app import APP_DRAIN_DELAY, open_domain
 from rcukit.errors import ConfigError, RcuArgumentError, RcuBackpressureError, RcuUsageError
@@ -204,3 +204,27 @@ async def test_synchronize_rcu_expedited_waits_for_readers_and_drains() -> None:
             await spy.event.wait()  # the flushed batch rides on the next GP, not a 60 s drain
         with rcu.read_lock(), pytest.raises(RcuUsageError, match="deadlock"):
             await rcu.synchronize_rcu_expedited()
+
+
+async def test_the_memory_calls_from_a_worker_thread() -> None:
+    """flush(), kvfree_rcu(obj, size=) and the expedited GP from a worker thread: run on the
+    loop (a refusal at the byte cap changes nothing), or block the thread, never the loop."""
+    spy = SpyPool()
+    async with open_domain(max_pending_bytes=8 * MB, release=spy, drain_delay=60.0) as rcu:
+
+        def work() -> str:
+            rcu.kvfree_rcu(Config(1), size=6 * MB)
+            try:
+                rcu.kvfree_rcu(Config(2), size=6 * MB)
+            except RcuBackpressureError:
+                refused = "refused"
+            assert rcu.statistics().kvfree_pending_bytes == 6 * MB  # nothing queued
+            rcu.flush()
+            rcu.from_thread.synchronize_rcu_expedited()
+            rcu.from_thread.kvfree_rcu_barrier()
+            return refused
+
+        assert await in_worker_thread(work) == "refused"
+        assert [c.version for c in spy.freed] == [1]
+        st = rcu.statistics()
+        assert (st.kvfree_pending_bytes, st.backpressure_events) == (0, 1)
