@@ -27,10 +27,9 @@ has its own krcp, so one worker's burst kicks only its own monitor.
 * **Backpressure.** The domain caps pending objects (and, with ``max_pending_bytes``, their
   bytes: each object weighs ``size=`` or ``weight(obj)``, counted per block and given back
   when the block is released; weighed inserts always take the slow path). At a cap the
-  non-blocking
-  :meth:`KvfreeQueue.kvfree_rcu` raises, and :meth:`KvfreeQueue.kvfree_rcu_wait` does what the
-  kernel's head-less path does when it cannot get a block: ``synchronize_rcu()``, then release
-  inline (``kvfree_rcu_mightsleep``).
+  non-blocking :meth:`KvfreeQueue.kvfree_rcu` raises, and :meth:`KvfreeQueue.kvfree_rcu_wait`
+  does what the kernel's head-less path does when it cannot get a block:
+  ``synchronize_rcu()``, then release inline (``kvfree_rcu_mightsleep``).
 
 The hot path is one dict lookup, one length check and one ``list.append``: each channel holds a
 *grant* (``limit``) of slots it may fill without bookkeeping, sized so that the block, the kick
