@@ -2,12 +2,13 @@
 kvfree_rcu() machinery built on the same grace-period engine.
 
 This package is the application API: ``async with rcukit.open_domain() as rcu:``, read
-sections, ``RcuPointer``, ``synchronize_rcu``/``call_rcu``/``kvfree_rcu``, ``ObjectPool`` and the
-errors they raise. The simulator is :mod:`rcukit.sim`.
+sections, ``RcuPointer``, ``RcuDict``, ``synchronize_rcu``/``call_rcu``/``kvfree_rcu``,
+``ObjectPool`` and the errors they raise. The simulator is :mod:`rcukit.sim`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
+from rcukit.app import APP_DRAIN_DELAY as APP_DRAIN_DELAY
 from rcukit.app import DEFAULT_MAX_PENDING as DEFAULT_MAX_PENDING
 from rcukit.app import DomainConfig as DomainConfig
 from rcukit.app import DomainStatistics as DomainStatistics
@@ -15,6 +16,7 @@ from rcukit.app import KvfreeQueue as KvfreeQueue
 from rcukit.app import ObjectPool as ObjectPool
 from rcukit.app import PoolStatistics as PoolStatistics
 from rcukit.app import QsbrWorker as QsbrWorker
+from rcukit.app import RcuDict as RcuDict
 from rcukit.app import RcuDomain as RcuDomain
 from rcukit.app import RcuPointer as RcuPointer
 from rcukit.app import ReadSection as ReadSection
@@ -34,6 +36,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+source"
 
 __all__ = [
+    "APP_DRAIN_DELAY",
     "DEFAULT_MAX_PENDING",
     "ConfigError",
     "DomainConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "RcuArgumentError",
     "RcuBackpressureError",
     "RcuClosedError",
+    "RcuDict",
     "RcuDomain",
     "RcuLeakError",
     "RcuPointer",

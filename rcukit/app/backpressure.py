@@ -4,6 +4,10 @@ Memory stays bounded only if both ways of deferring work count against one cap
 (``max_pending``). Each fast path takes room in advance (a *grant*) so that it only has to count;
 :meth:`PendingCap.room` takes idle grants back when the cap is near. The two users are the
 callback list and the kvfree_rcu queues, each behind the small :class:`CapUser` interface.
+
+A second, optional cap counts *bytes* (``max_pending_bytes``): only kvfree_rcu objects have a
+weight, and a weighed insert always takes the slow path (no grants), so the byte count is exact.
+Hitting it has the object cap's consequences: the same error, the same kick, the same waiters.
 """
 
 from __future__ import annotations
@@ -41,13 +45,26 @@ class CapUser(Protocol):
 class PendingCap:
     """``max_pending`` over every :class:`CapUser`, and the tasks waiting for room."""
 
-    __slots__ = ("_loop", "_room", "_users", "backpressure", "max_pending")
+    __slots__ = (
+        "_loop",
+        "_room",
+        "_users",
+        "backpressure",
+        "max_pending",
+        "max_pending_bytes",
+        "pending_bytes",
+    )
 
-    def __init__(self, max_pending: int, loop: EventLoop) -> None:
+    def __init__(
+        self, max_pending: int, loop: EventLoop, max_pending_bytes: int | None = None
+    ) -> None:
         self._loop = loop
         #: Set (and replaced) when room may have appeared; every waiter sleeps on it.
         self._room: anyio.Event | None = None
         self.max_pending = max_pending
+        #: The byte cap (None: none) and the weighed bytes queued and not yet released.
+        self.max_pending_bytes = max_pending_bytes
+        self.pending_bytes = 0
         #: Times a caller hit the cap (raised, or waited).
         self.backpressure = 0
         self._users: list[CapUser] = []
@@ -65,6 +82,24 @@ class PendingCap:
             room = self.max_pending - sum(u.cap_load() for u in users)
         return max(0, min(want, room))
 
+    def bytes_fit(self, nbytes: int) -> bool:
+        """Does an object of ``nbytes`` fit under the byte cap (always, without one)?"""
+        cap = self.max_pending_bytes
+        return cap is None or self.pending_bytes + nbytes <= cap
+
+    def cap_error_bytes(self, what: str, nbytes: int, instead: str) -> RcuBackpressureError:
+        return RcuBackpressureError(
+            f"{what}: an object of {nbytes} bytes does not fit under the domain's cap of "
+            f"max_pending_bytes={self.max_pending_bytes} ({self.pending_bytes} bytes of "
+            f"kvfree_rcu objects await a grace period); use `{instead}` to wait for room, "
+            "call rcu.flush() to start reclaim now, or raise max_pending_bytes in open_domain()"
+        )
+
+    def flush(self) -> None:
+        """Start reclaim now: every user gets its work moving, as at the cap (not counted)."""
+        for u in self._users:
+            u.cap_pressure()
+
     def cap_error(self, what: str, instead: str) -> RcuBackpressureError:
         return RcuBackpressureError(
             f"{what}: the domain's cap of max_pending={self.max_pending} callbacks and "
@@ -75,8 +110,7 @@ class PendingCap:
     def note_backpressure(self) -> None:
         """Count a cap hit and get things moving: GPs for callbacks, drains for kvfree."""
         self.backpressure += 1
-        for u in self._users:
-            u.cap_pressure()
+        self.flush()
 
     async def wait_for_room(self) -> None:
         ev = self._room

@@ -2,8 +2,10 @@
 
 The kvfree_rcu knobs come from a kernel version profile (:mod:`rcukit.rcu.profiles`): block
 capacity from ``KVFREE_BULK_MAX_ENTR``'s formula, the drain interval (``KFREE_DRAIN_JIFFIES``),
-the kick, polled snapshots and the page-cache size. The rest is what an application needs and
-the kernel does not: a cap on pending objects, a default release target, an error handler.
+the kick, polled snapshots and the page-cache size; the drain interval defaults to an
+application's 20 ms rather than the kernel's 5 s (see :data:`APP_DRAIN_DELAY`). The rest is
+what an application needs and the kernel does not: caps on pending objects and bytes, a
+default release target, an error handler.
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ from rcukit.errors import ConfigError
 from rcukit.rcu.gpseq import ULONG_MASK
 from rcukit.rcu.profiles import DEFAULT_PROFILES, PROFILES, profile_validator
 
-__all__ = ["DEFAULT_MAX_PENDING", "DomainConfig"]
+__all__ = ["APP_DRAIN_DELAY", "DEFAULT_MAX_PENDING", "DomainConfig"]
 
 #: Default cap on callbacks + kvfree_rcu objects awaiting a grace period: 2048 blocks of
 #: pointers (about 8 MiB of slots), comfortably above a million retired objects in flight.
 DEFAULT_MAX_PENDING = 1 << 20
+#: The application default for the kvfree_rcu monitor's drain (seconds). The kernel's
+#: ``KFREE_DRAIN_JIFFIES`` (5 s from v6.1) suits a machine with gigabytes of small objects in
+#: flight and a kick at a page of pointers (508); an application retiring a 4 MB config at
+#: 50 Hz would hold 508 of them (~2 GB) before the kick, or 250 (~1 GB) for the 5 s. Twenty
+#: milliseconds keeps what waits to about one drain plus one grace period of updates; pass
+#: ``drain_delay=None`` for the profile's own interval.
+APP_DRAIN_DELAY = 0.02
 #: Pointers are 8 bytes on every platform an asyncio or Trio app runs on (the block formula
 #: needs it).
 POINTER_SIZE = 8
@@ -32,6 +41,16 @@ def _int_at_least(lo: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(inst: object, att: attrs.Attribute[Any], v: Any) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"{att.name} = {v!r}: expected an integer >= {lo}")
+
+    return check
+
+
+def _optional_int_at_least(lo: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    check_int = _int_at_least(lo)
+
+    def check(inst: object, att: attrs.Attribute[Any], v: Any) -> None:
+        if v is not None:
+            check_int(inst, att, v)
 
     return check
 
@@ -87,8 +106,17 @@ class DomainConfig:
     )
     #: kvfree_rcu kernel version profile.
     profile: str = attrs.field(default=DEFAULT_PROFILES["app"], validator=profile_validator)
-    #: Monitor drain delay in seconds; None: the profile's KFREE_DRAIN_JIFFIES (5 s for v6.1+).
-    drain_delay: float | None = attrs.field(default=None, validator=_seconds(True))
+    #: Monitor drain delay in seconds (default :data:`APP_DRAIN_DELAY`, 20 ms); None: the
+    #: profile's KFREE_DRAIN_JIFFIES (5 s for v6.1+, HZ/50 before).
+    drain_delay: float | None = attrs.field(default=APP_DRAIN_DELAY, validator=_seconds(True))
+    #: A cap on the *bytes* of kvfree_rcu objects pending at once, beside ``max_pending``'s
+    #: count; None: no byte cap. Each object weighs ``kvfree_rcu(obj, size=n)``'s ``n``, else
+    #: ``weight(obj)``. At the cap ``kvfree_rcu`` raises RcuBackpressureError and
+    #: ``kvfree_rcu_wait`` waits a GP and releases inline, as at the object cap.
+    max_pending_bytes: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
+    #: ``weight(obj) -> bytes`` for objects queued without ``size=``; setting it (or
+    #: ``max_pending_bytes``) turns byte accounting on (``statistics().kvfree_pending_bytes``).
+    weight: Callable[[Any], int] | None = attrs.field(default=None, validator=_callable_or_none)
     #: Delay of a "kick" (a block's worth queued); the kernel's is one jiffy.
     kick_delay: float = attrs.field(default=0.0, validator=_seconds(False))
     #: Page size for KVFREE_BULK_MAX_ENTR (4096: 508 slots with v6.3, 510 with v6.1).
@@ -117,6 +145,11 @@ class DomainConfig:
     def block_capacity(self) -> int:
         """``KVFREE_BULK_MAX_ENTR`` for this page size and profile (8-byte pointers)."""
         return PROFILES[self.profile].block_capacity(self.page_size, POINTER_SIZE, "kernel")
+
+    @property
+    def byte_accounting(self) -> bool:
+        """Objects are weighed (a byte cap or a weight function was given)."""
+        return self.max_pending_bytes is not None or self.weight is not None
 
     @property
     def effective_drain_delay(self) -> float:

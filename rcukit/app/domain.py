@@ -45,7 +45,7 @@ import anyio
 
 from rcukit.app.backpressure import PendingCap
 from rcukit.app.callbacks import Callbacks
-from rcukit.app.config import DEFAULT_MAX_PENDING, DomainConfig
+from rcukit.app.config import APP_DRAIN_DELAY, DEFAULT_MAX_PENDING, DomainConfig
 from rcukit.app.gp import GpState
 from rcukit.app.grace import GracePeriods, check_cookie
 from rcukit.app.kvfree import KvfreeQueue, ReleaseTarget
@@ -81,7 +81,7 @@ class RcuDomain:
         self._readers = readers = Readers(
             config.debug, loop, gp_wake.set_threadsafe, request_flip=self._request_gp_threadsafe
         )
-        self._cap = cap = PendingCap(config.max_pending, loop)
+        self._cap = cap = PendingCap(config.max_pending, loop, config.max_pending_bytes)
         self._gp = gp = GracePeriods(
             GpState(config.initial_gp_seq, loop),
             loop,
@@ -225,6 +225,23 @@ class RcuDomain:
         """Wait for a grace period only if none has elapsed since ``cookie`` was taken."""
         await self._gp.synchronize_rcu("cond_synchronize_rcu()", check_cookie(cookie))
 
+    async def synchronize_rcu_expedited(self) -> None:
+        """``synchronize_rcu_expedited()``: a grace period now, for a latency-sensitive updater.
+
+        The kernel's expedited GP (``kernel/rcu/tree_exp.h``) skips the normal GP's pacing: it
+        does not wait for the GP kthread's ``jiffies_till_first_fqs`` scans but IPIs every CPU
+        and has each reader report as it leaves. A domain's normal GP already works that way
+        (it starts as soon as it is needed, and the last reader of the old phase wakes it;
+        nothing is scanned on a timer), so the guarantee and the latency are those of
+        :meth:`synchronize_rcu`; what this adds is the reclaim side of "now": every
+        kvfree_rcu queue's monitor runs at once (:meth:`flush`), so what was retired before
+        the call rides on the next grace period instead of waiting for a drain. Same rules as
+        :meth:`synchronize_rcu` (never inside a read section).
+        """
+        if self._loop.in_loop_thread() and not self._status.closed:
+            self._cap.flush()
+        await self._gp.synchronize_rcu("synchronize_rcu_expedited()")
+
     # ================================================================ callbacks
 
     def call_rcu(self, func: Callable[..., object], *args: Any) -> None:
@@ -250,20 +267,26 @@ class RcuDomain:
 
     # ================================================================ kvfree_rcu
 
-    def kvfree_rcu(self, obj: object, release: ReleaseTarget = None) -> None:
+    def kvfree_rcu(
+        self, obj: object, release: ReleaseTarget = None, size: int | None = None
+    ) -> None:
         """Release ``obj`` after a grace period, batched in blocks and released in bulk.
 
         ``release``: None uses the domain's default (``open_domain(release=...)``: an
         :class:`~rcukit.app.pool.ObjectPool`, a function, or "drop the reference"); a pool (or
         anything with ``free_bulk(list)``) gets one call per block; a function is called with
-        each object. Never blocks; at the pending cap it raises
-        :class:`~rcukit.errors.RcuBackpressureError` (await :meth:`kvfree_rcu_wait` instead).
+        each object. ``size``: the bytes ``obj`` counts for against ``max_pending_bytes`` (else
+        ``weight(obj)``; ignored when the domain does not weigh objects). Never blocks; at the
+        pending cap (objects or bytes) it raises :class:`~rcukit.errors.RcuBackpressureError`
+        (await :meth:`kvfree_rcu_wait` instead).
         """
-        self._krc.kvfree_rcu(obj, release)
+        self._krc.kvfree_rcu(obj, release, size)
 
-    async def kvfree_rcu_wait(self, obj: object, release: ReleaseTarget = None) -> None:
+    async def kvfree_rcu_wait(
+        self, obj: object, release: ReleaseTarget = None, size: int | None = None
+    ) -> None:
         """``kvfree_rcu_mightsleep``: at the pending cap, wait a GP and release ``obj`` inline."""
-        await self._krc.kvfree_rcu_wait(obj, release)
+        await self._krc.kvfree_rcu_wait(obj, release, size)
 
     kvfree_rcu_mightsleep = kvfree_rcu_wait
 
@@ -279,6 +302,20 @@ class RcuDomain:
         Objects freed inline by :meth:`kvfree_rcu_wait` are the caller's business.
         """
         await self._kvfree.kvfree_rcu_barrier()
+
+    def flush(self) -> None:
+        """Start reclaim now: every kvfree_rcu queue's monitor runs on the callback task's
+        next pass (its batch asks for a grace period at once) and pending callbacks get theirs.
+
+        What the kernel's shrinker does (``kfree_rcu_shrink_scan`` calls ``kfree_rcu_monitor``
+        on every CPU). Returns at once; ``await rcu.kvfree_rcu_barrier()`` waits for the
+        release. Safe from a worker thread (the call runs on the loop).
+        """
+        if not self._loop.in_loop_thread():
+            self._loop.run_sync("flush()", self.flush)
+            return
+        self._status.check_open("flush()")
+        self._cap.flush()
 
     # ================================================================ statistics
 
@@ -305,6 +342,8 @@ class RcuDomain:
             kvfree_queued=kv.objects_freed + kv.pending,
             kvfree_freed=kv.objects_freed,
             kvfree_pending=kv.pending,
+            kvfree_pending_bytes=self._cap.pending_bytes,
+            max_pending_bytes=self._cap.max_pending_bytes,
             kvfree_freed_early=kv.freed_early_polled,
             kvfree_freed_inline=kv.fallback_synchronize,
             kvfree_batches=kv.batches_queued,
@@ -394,8 +433,13 @@ class FromThread:
     def call_rcu_wait(self, func: Callable[..., object], *args: Any) -> None:
         self._run("call_rcu_wait()", self._rcu.call_rcu_wait, func, *args)
 
-    def kvfree_rcu_wait(self, obj: object, release: ReleaseTarget = None) -> None:
-        self._run("kvfree_rcu_wait()", self._rcu.kvfree_rcu_wait, obj, release)
+    def kvfree_rcu_wait(
+        self, obj: object, release: ReleaseTarget = None, size: int | None = None
+    ) -> None:
+        self._run("kvfree_rcu_wait()", self._rcu.kvfree_rcu_wait, obj, release, size)
+
+    def synchronize_rcu_expedited(self) -> None:
+        self._run("synchronize_rcu_expedited()", self._rcu.synchronize_rcu_expedited)
 
 
 @asynccontextmanager
@@ -415,12 +459,14 @@ async def open_domain(
     release: ReleaseTarget = None,
     on_error: Callable[[Exception], object] | None = None,
     profile: str = DEFAULT_PROFILES["app"],
-    drain_delay: float | None = None,
+    drain_delay: float | None = APP_DRAIN_DELAY,
     kick_delay: float = 0.0,
     page_size: int = 4096,
     close_timeout: float = 5.0,
     initial_gp_seq: int = 0,
     stall_timeout: float | None = 21.0,
+    max_pending_bytes: int | None = None,
+    weight: Callable[[Any], int] | None = None,
     nursery: Any = None,
 ) -> AsyncIterator[RcuDomain]:
     """Open an RCU domain: ``async with rcukit.open_domain() as rcu:``, under asyncio or Trio.
@@ -442,6 +488,8 @@ async def open_domain(
         close_timeout=close_timeout,
         initial_gp_seq=initial_gp_seq,
         stall_timeout=stall_timeout,
+        max_pending_bytes=max_pending_bytes,
+        weight=weight,
     )
     dom = (_DebugRcuDomain if debug else RcuDomain)(cfg)
     life = dom._life

@@ -24,10 +24,12 @@ has its own krcp, so one worker's burst kicks only its own monitor.
   reclaim of a batch re-kicks the monitor instead, which is the same thing without the polling.
 * **Reclaim.** After the grace period the domain's callback task releases each block in bulk and
   keeps up to ``rcu_min_cached_objs`` empty blocks for reuse (the per-CPU page cache).
-* **Backpressure.** The domain caps pending objects. At the cap the non-blocking
-  :meth:`KvfreeQueue.kvfree_rcu` raises, and :meth:`KvfreeQueue.kvfree_rcu_wait` does what the
-  kernel's head-less path does when it cannot get a block: ``synchronize_rcu()``, then release
-  inline (``kvfree_rcu_mightsleep``).
+* **Backpressure.** The domain caps pending objects (and, with ``max_pending_bytes``, their
+  bytes: each object weighs ``size=`` or ``weight(obj)``, counted per block and given back
+  when the block is released; weighed inserts always take the slow path). At a cap the
+  non-blocking :meth:`KvfreeQueue.kvfree_rcu` raises, and :meth:`KvfreeQueue.kvfree_rcu_wait`
+  does what the kernel's head-less path does when it cannot get a block:
+  ``synchronize_rcu()``, then release inline (``kvfree_rcu_mightsleep``).
 
 The hot path is one dict lookup, one length check and one ``list.append``: each channel holds a
 *grant* (``limit``) of slots it may fill without bookkeeping, sized so that the block, the kick
@@ -76,12 +78,14 @@ def _describe(obj: object) -> str:
 class _Block(KvfreeRcuBulkData):
     """``struct kvfree_rcu_bulk_data``: records, a GP snapshot, and (debug) the queue sites."""
 
-    __slots__ = ("chan", "sites")
+    __slots__ = ("chan", "nbytes", "sites")
 
     def __init__(self) -> None:
         super().__init__([])
         self.chan: _Channel | None = None
         self.sites: list[str] = []
+        #: Bytes its records weigh (byte accounting only).
+        self.nbytes = 0
 
 
 class _Channel:
@@ -170,20 +174,26 @@ class KvfreeQueue:
 
     # ---------------------------------------------------------------- enqueue
 
-    def kvfree_rcu(self, obj: object, release: ReleaseTarget = None) -> None:
+    def kvfree_rcu(
+        self, obj: object, release: ReleaseTarget = None, size: int | None = None
+    ) -> None:
         """Release ``obj`` after a grace period, batched with everything else in this queue.
 
         ``release`` is None (use the domain's default: an :class:`ObjectPool`, a function, or
         "drop the reference"), an object with ``free_bulk(list)``, or a function called as
         ``release(obj)`` (pass ``Conn.close``, not ``conn.close``: each distinct target gets its
-        own blocks). Never blocks; raises :class:`~rcukit.errors.RcuBackpressureError` at the
-        domain's pending cap (use :meth:`kvfree_rcu_wait` there). From a worker thread the call
+        own blocks). ``size``: the bytes ``obj`` counts for when the domain weighs objects
+        (``max_pending_bytes`` or ``weight``; ignored otherwise). Never blocks; raises
+        :class:`~rcukit.errors.RcuBackpressureError` at the domain's pending cap (use
+        :meth:`kvfree_rcu_wait` there). From a worker thread the call
         is made on the domain's loop (the kernel takes the krcp lock on every call; the thread
         check is this queue's equivalent), so nothing is queued unless it succeeds.
         """
         if _get_ident() != self._thread:
             site = call_site() if self._host.debug else None
-            self._host.loop.run_sync("kvfree_rcu()", self.enqueue_slow, obj, release, site, False)
+            self._host.loop.run_sync(
+                "kvfree_rcu()", self.enqueue_slow, obj, release, site, False, size
+            )
             return
         try:
             ch = self._chan_get(release)
@@ -194,9 +204,11 @@ class KvfreeQueue:
             if len(recs) < ch.limit:
                 recs.append(obj)
                 return
-        self.enqueue_slow(obj, release, None, False)
+        self.enqueue_slow(obj, release, None, False, size)
 
-    async def kvfree_rcu_wait(self, obj: object, release: ReleaseTarget = None) -> None:
+    async def kvfree_rcu_wait(
+        self, obj: object, release: ReleaseTarget = None, size: int | None = None
+    ) -> None:
         """``kvfree_rcu_mightsleep()``: like :meth:`kvfree_rcu`, but waits at the pending cap.
 
         Below the cap it queues ``obj`` (and checkpoints). At the cap it does what the kernel's
@@ -210,8 +222,9 @@ class KvfreeQueue:
         worker = h.might_sleep("kvfree_rcu_wait()")
         h.check_open("kvfree_rcu_wait()")
         site = call_site() if h.debug else None
-        if h.room(1) >= 1:
-            self.enqueue_slow(obj, release, site, False)
+        nbytes = 0 if h.weigh is None else h.weigh(obj, size)
+        if h.room(1) >= 1 and h.cap.bytes_fit(nbytes):
+            self.enqueue_slow(obj, release, site, False, size)
             await h.loop.checkpoint()
             return
         kind, target = self._resolve(release)
@@ -224,13 +237,18 @@ class KvfreeQueue:
             # Cancelled while waiting: never lose the object; queue it past the cap (bounded
             # by the number of tasks that can be in here at once).
             if h.accepting():
-                self.enqueue_slow(obj, release, site, True)
+                self.enqueue_slow(obj, release, site, True, size)
             raise
         self._ctr.fallback_synchronize += 1
         self._release_objects(kind, target, [obj], [site] if site else None)
 
     def enqueue_slow(
-        self, obj: object, release: ReleaseTarget, site: str | None, force: bool
+        self,
+        obj: object,
+        release: ReleaseTarget,
+        site: str | None,
+        force: bool,
+        size: int | None = None,
     ) -> None:
         """Everything the fast path leaves out: validation, blocks, the monitor, the cap."""
         h = self._host
@@ -248,9 +266,14 @@ class KvfreeQueue:
             if site is None:
                 site = call_site()
             h.debug_check(obj, ch.target if ch.kind == BULK else None, site)
+        weigh = h.weigh
+        nbytes = 0 if weigh is None else weigh(obj, size)
         if not force and h.room(1) < 1:
             h.note_backpressure()
             raise h.cap_error("kvfree_rcu()", "await rcu.kvfree_rcu_wait(obj)")
+        if not force and not h.cap.bytes_fit(nbytes):
+            h.note_backpressure()
+            raise h.cap.cap_error_bytes("kvfree_rcu()", nbytes, "await rcu.kvfree_rcu_wait(obj)")
         pol = self._policy
         cap = pol.capacity
         blk = ch.cur
@@ -259,6 +282,9 @@ class KvfreeQueue:
         recs = blk.records
         blk.gp_snap = h.gp.snap
         recs.append(obj)
+        if nbytes:
+            blk.nbytes += nbytes
+            h.cap.pending_bytes += nbytes
         if site is not None:
             blk.sites.append(site)
             h.debug_sites[id(obj)] = (obj, site)
@@ -269,8 +295,10 @@ class KvfreeQueue:
         ctr.pending += 1
         if self.deadline == math.inf or (pol.kick_now(krc.count) and not self._kicked):
             self.schedule_delayed_monitor_work()
-        if h.debug:
-            return  # debug mode keeps every insert on this path (sites, double-free checks)
+        if h.debug or weigh is not None:
+            # debug mode keeps every insert on this path (sites, double-free checks), and so
+            # does byte accounting (every object is weighed)
+            return
         want = cap - len(recs)
         if pol.kick and not self._kicked and not self._all_busy():
             # The insert that brings the queue to a block's worth must take this path: it
@@ -494,6 +522,9 @@ class KvfreeQueue:
             recs.clear()
             blk.sites.clear()
             self._ctr.pending -= n
+            if blk.nbytes:
+                h.cap.pending_bytes -= blk.nbytes
+                blk.nbytes = 0
         blk.chan = None
         self._krc.put_cached_bnode(blk, self._policy.min_cached)
         h.room_changed()

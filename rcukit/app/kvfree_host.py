@@ -25,11 +25,15 @@ from rcukit.app.loop import EventLoop
 from rcukit.app.pool import ObjectPool
 from rcukit.app.readers import QsbrWorker, QuiescentWhileWaiting, Readers
 from rcukit.app.status import DomainStatus, ErrorLog
-from rcukit.errors import MemoryDebugError
+from rcukit.errors import MemoryDebugError, RcuArgumentError
 from rcukit.rcu.kvfree.core import KvfreeCounters, KvfreePolicy
 from rcukit.rcu.profiles import get_profile
 
 __all__ = ["DomainKvfree", "KvfreeHost"]
+
+
+def _describe(obj: object) -> str:
+    return f"{type(obj).__name__} object at {id(obj):#x}"
 
 
 @attrs.frozen(eq=False)
@@ -70,18 +74,25 @@ class KvfreeHost:
     monitor_armed: Callable[[float], None]
     report: Callable[[BaseException, str], None]
     debug_check: Callable[[object, object, str], None]
+    #: The domain's pending cap itself, for the byte count (``max_pending_bytes``).
+    cap: PendingCap
+    #: ``weigh(obj, size) -> bytes`` when the domain weighs objects, else None (no byte
+    #: accounting: every insert may take the fast path).
+    weigh: Callable[[object, int | None], int] | None
 
 
 class DomainKvfree:
     """Every kvfree_rcu queue of one domain (see the module docstring)."""
 
     __slots__ = (
+        "_cap",
         "_debug",
         "_gp",
         "_host",
         "_loop",
         "_readers",
         "_status",
+        "_weight",
         "counters",
         "default",
         "queues",
@@ -132,7 +143,11 @@ class DomainKvfree:
             monitor_armed=monitor_armed,
             report=errors.report,
             debug_check=self._debug_check_kvfree,
+            cap=cap,
+            weigh=self._weigh if config.byte_accounting else None,
         )
+        self._weight = config.weight
+        self._cap = cap
         #: The domain's own queue (``rcu.kvfree_rcu``), first of ``queues``.
         self.default = KvfreeQueue(self._host, "default")
         self.queues = [self.default]
@@ -149,6 +164,30 @@ class DomainKvfree:
         q = KvfreeQueue(self._host, name or f"queue{len(self.queues)}")
         self.queues.append(q)
         return q
+
+    def _weigh(self, obj: object, size: int | None) -> int:
+        """The bytes ``obj`` counts for: ``size=`` if given, else ``weight(obj)``."""
+        if size is None:
+            weight = self._weight
+            if weight is None:
+                raise RcuArgumentError(
+                    f"kvfree_rcu({_describe(obj)}): the domain caps pending bytes "
+                    "(max_pending_bytes) but this call gave no size= and open_domain() has no "
+                    "weight= function"
+                )
+            n: object = weight(obj)
+            what = f"weight({_describe(obj)}) returned"
+        else:
+            n = size
+            what = "size ="
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise RcuArgumentError(f"kvfree_rcu(): {what} {n!r}; expected an integer >= 0")
+        return n
+
+    def flush(self) -> None:
+        """Run every queue's monitor on the callback task's next pass (``rcu.flush()``)."""
+        for q in self.queues:
+            q.kick()
 
     def _debug_check_kvfree(self, obj: object, pool: object, site: str) -> None:
         prev = self._host.debug_sites.get(id(obj))
@@ -292,6 +331,8 @@ class DomainKvfree:
             for blk in q.take_everything():
                 blk.records.clear()
                 blk.sites.clear()
+                blk.nbytes = 0
         self.counters.pending = 0
         self.counters.batches_in_flight = 0
+        self._cap.pending_bytes = 0
         self._host.debug_sites.clear()

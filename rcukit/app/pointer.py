@@ -6,12 +6,19 @@ publish with :meth:`assign` and retire the old value after a grace period; reade
 :meth:`dereference` inside a read section. In debug mode :meth:`dereference` checks that discipline
 the way ``rcu_dereference_check()`` does under lockdep, and raises outside a read section (an online
 QSBR worker counts as inside one).
+
+Updaters that await (build the new value from the old, with I/O in between) would lose each
+other's writes with a plain :meth:`~RcuPointer.assign`: :meth:`~RcuPointer.compare_and_set`
+publishes only if the value is still the one the update started from (the kernel's
+``cmpxchg`` on an RCU pointer, as in ``rcu_replace_pointer`` under a lock-free updater), and
+:meth:`~RcuPointer.update` is the retry loop around it, retiring the old value for you.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from rcukit.app.domain import RcuDomain
@@ -45,6 +52,38 @@ class RcuPointer(Generic[T]):
         old = self._value
         self._value = new
         return old
+
+    def compare_and_set(self, expected: T, new: T) -> bool:
+        """Publish ``new`` only if the current value *is* ``expected``; say whether it did.
+
+        The caller retires ``expected`` after a successful swap (it is the old value). Like
+        :meth:`assign`, the check and the store make no call, so they are one step under the
+        GIL: safe from worker threads, and never interleaved with another task's swap.
+        """
+        if self._value is not expected:
+            return False
+        self._value = new
+        return True
+
+    async def update(
+        self, fn: Callable[[T], T | Awaitable[T]], release: Any = None, size: int | None = None
+    ) -> T:
+        """Read-copy-update with retries: publish ``fn(old)`` and retire ``old``; return the new.
+
+        ``fn`` gets the current value and returns its replacement (it may be async, and may
+        await: the swap is a :meth:`compare_and_set`, so if another updater published in the
+        meantime ``fn`` runs again on the newer value, and no write is lost). ``fn`` must build
+        a new value, not modify ``old`` (readers may hold it). The old value goes to
+        ``rcu.kvfree_rcu_wait(old, release, size)``: released after a grace period, in bulk;
+        at the pending cap this waits. Must not be called inside a read section.
+        """
+        while True:
+            old = self._value
+            res = fn(old)
+            new: T = await res if inspect.isawaitable(res) else res
+            if self.compare_and_set(old, new):
+                await self.rcu.kvfree_rcu_wait(old, release, size)
+                return new
 
     def dereference(self) -> T:
         """The current value, for a reader (``rcu_dereference``); debug mode checks the section."""

@@ -58,3 +58,7 @@ class DomainStatistics:
     stall_warnings: int = 0
     #: "asyncio" or "trio": the event loop the domain runs on.
     event_loop: str = ""
+    #: Bytes of kvfree_rcu objects pending (byte accounting only: ``max_pending_bytes`` or
+    #: ``weight``; else 0) and the byte cap (None: none).
+    kvfree_pending_bytes: int = 0
+    max_pending_bytes: int | None = None

@@ -42,3 +42,18 @@ def test_a_user_test_using_the_fixture_fails_on_callback_errors(
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)  # pytest-trio reports fixture exits as failures
     result.stdout.fnmatch_lines(["*ValueError*invalid literal*"])
+
+
+async def test_asyncio_rcu_domain_runs_under_asyncio_in_a_trio_mode_project(
+    asyncio_rcu_domain: RcuDomain,
+) -> None:
+    """This project sets ``trio_mode``; the plugin takes the ``trio`` mark off a test of the
+    asyncio fixture, so AnyIO runs it under asyncio."""
+    import sniffio
+
+    assert sniffio.current_async_library() == "asyncio"
+    assert asyncio_rcu_domain.event_loop == "asyncio" and asyncio_rcu_domain.debug
+    got: list[int] = []
+    asyncio_rcu_domain.call_rcu(got.append, 1)
+    await asyncio_rcu_domain.rcu_barrier()
+    assert got == [1]

@@ -104,10 +104,24 @@ def test_memory_pressure(capsys: pytest.CaptureFixture[str]) -> None:
     assert free_squeezed < free
 
 
-def test_rcu_table_server(capsys: pytest.CaptureFixture[str]) -> None:
-    """Real sockets on 127.0.0.1: 3 clients x 50 requests against a table swapped under them."""
-    assert load("rcu_table_server").main(["--clients", "3", "--requests", "50"]) == 0
+@pytest.mark.parametrize("loop", ["trio", "asyncio"])
+def test_rcu_table_server(capsys: pytest.CaptureFixture[str], loop: str) -> None:
+    """Real sockets on 127.0.0.1: 3 clients x 50 requests against a table swapped under them,
+    RCU-protected then lock-protected, on each event loop."""
+    demo = load("rcu_table_server")
+    assert demo.main(["--loop", loop, "--clients", "3", "--requests", "50"]) == 0
     out = capsys.readouterr().out
+    assert out.startswith(f"event loop: {loop}; 3 clients x 50 requests on 127.0.0.1")
+    rows = {}
+    for m in re.finditer(
+        r"^(rcu|lock)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.M
+    ):
+        rows[m.group(1)] = tuple(int(g) for g in m.groups()[1:])
+    assert list(rows) == ["rcu", "lock"], out
+    for served, rate, p50, p99, swaps, errors, dead in rows.values():
+        assert served == 150 and rate > 0 and 0 < p50 <= p99 and swaps > 0
+        assert errors == 0 and dead == 0  # no reader ever saw a released table
+    assert re.search(r"^rcu p99 / lock p99: \d+\.\d\d$", out, re.M)
     m = re.search(r"served (\d+) requests on 127\.0\.0\.1:(\d+) while the writer swapped the "
                   r"table (\d+) times", out)
     assert m is not None, out
@@ -120,11 +134,14 @@ def test_rcu_table_server(capsys: pytest.CaptureFixture[str]) -> None:
     assert int(m.group(1)) == swaps  # every retired table released, after the barrier
 
 
-def test_rcu_table_server_under_constant_swapping() -> None:
-    """The writer swaps at every scheduler turn: readers race it on every request."""
-    import trio
-
-    r = trio.run(load("rcu_table_server").run, 3, 50, 0, 0.0)
+@pytest.mark.parametrize("loop", ["trio", "asyncio"])
+@pytest.mark.parametrize("table", ["rcu", "lock"])
+def test_rcu_table_server_under_constant_swapping(loop: str, table: str) -> None:
+    """The writer reloads back to back: readers race it on every request."""
+    demo = load("rcu_table_server")
+    r = demo.run_on(loop, lambda: demo.run(3, 50, 0, 0.0, table))
     assert r["swaps"] > 0
     assert (r["ok"], r["errors"], r["wrong"], r["dead"]) == (150, 0, 0, 0)
-    assert r["tables_released"] == r["swaps"]
+    # RCU retires every replaced table after a grace period; the lock table is reloaded in place
+    assert r["tables_released"] == (r["swaps"] if table == "rcu" else 0)
+    assert r["p50_us"] <= r["p99_us"] and r["requests_per_s"] > 0

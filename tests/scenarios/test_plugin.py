@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +115,98 @@ def test_no_splats_fails_a_test_with_a_splat(pytester: pytest.Pytester) -> None:
         ]
     )
     assert "test_clean FAILED" not in result.stdout.str()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _readme_plugin_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Testing your own code: the pytest plugin", 1)[1]
+    m = re.search(r"```python\n(.*?)```", section, re.S)
+    assert m is not None
+    return m.group(1)
+
+
+def test_the_readme_plugin_example_passes_from_a_clean_directory(tmp_path: Path) -> None:
+    """A user's project: its own pytest config (no trio_mode, no asyncio plugin), the README's
+    file as its only test, the installed rcukit on the path. Run as a user would."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
+    (tmp_path / "test_readme_plugin.py").write_text(_readme_plugin_example())
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-W", "error"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert f"rootdir: {tmp_path}" in out and "configfile: pytest.ini" in out
+    for line in (
+        "test_readme_plugin.py::test_my_flood_is_splat_free PASSED",
+        "test_readme_plugin.py::test_routes_under_trio PASSED",
+        "test_readme_plugin.py::test_config_under_asyncio[asyncio] PASSED",
+    ):
+        assert line in out, out
+    assert "3 passed" in out
+
+
+USER_PROJECT = '''
+import pytest
+from rcukit.locking import LockKind
+
+
+async def nest(kernel, task):
+    raw = kernel.new_lock("krc.lock", LockKind.RAW_SPINLOCK)
+    spin = kernel.new_lock("&zone->lock", LockKind.SPINLOCK)
+    with kernel.locks.locked(task, raw, "kvfree_call_rcu"):
+        with kernel.locks.locked(task, spin, "rmqueue_bulk"):
+            task.charge(10)
+
+
+@pytest.mark.no_splats
+@pytest.mark.kernel_config(nr_cpus=1, prove_raw_lock_nesting=True)
+async def test_with_splat(sim_kernel):
+    async def work(task):
+        await nest(sim_kernel, task)
+    await sim_kernel.run_on_cpus(work)
+
+
+@pytest.mark.no_splats
+@pytest.mark.kernel_config(nr_cpus=1)
+async def test_clean(sim_kernel):
+    async def work(task):
+        await nest(sim_kernel, task)
+    await sim_kernel.run_on_cpus(work)
+
+
+@pytest.mark.rcu_domain(max_pending=3)
+async def test_marker_configures_the_domain(rcu_domain):
+    assert rcu_domain.config.max_pending == 3 and rcu_domain.debug
+
+
+async def test_asyncio_domain_callback_error_fails_the_test(asyncio_rcu_domain):
+    asyncio_rcu_domain.call_rcu(int, "not a number")
+'''
+
+
+def test_the_plugin_without_trio_mode_marks_and_checks_splats_at_teardown(
+    pytester: pytest.Pytester,
+) -> None:
+    """No ``trio_mode``: the Trio fixtures' tests are marked for pytest-trio by the plugin,
+    the no_splats marker fails the splat test at teardown, the asyncio fixture runs on
+    asyncio and its exit reports callback errors."""
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_user=USER_PROJECT)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    # the asyncio test passes its call and errors at teardown (the domain exit raises)
+    result.assert_outcomes(passed=3, failed=1, errors=1)
+    out = result.stdout.str()
+    assert "test_user.py::test_clean PASSED" in out
+    assert "test_user.py::test_marker_configures_the_domain PASSED" in out
+    result.stdout.fnmatch_lines(["*kernel reported splats {'invalid_wait_context': 1}; first:"])
+    assert "ValueError" in out and "invalid literal" in out
