@@ -83,8 +83,13 @@ __all__ = [
 RTORT_SIZE: Final = 48
 #: ``rtort_rcu`` is the first member, so the rcu_head sits at the object's address.
 RTORT_RH_OFFSET: Final = 0
-#: How writers retire the old element, in turn.
-WRITER_MODES: Final = ("call_rcu", "kvfree_rcu", "kvfree_rcu_mightsleep", "synchronize_rcu")
+#: How writers retire the old element, one picked at random each time as ``rcu_torture_writer``
+#: picks its ``synctype`` (v6.1 ``kernel/rcu/rcutorture.c``: RTWS_DEF_FREE, RTWS_EXP_SYNC,
+#: RTWS_COND_GET, RTWS_POLL_GET, RTWS_SYNC), plus the two ``kvfree_rcu`` forms.
+WRITER_MODES: Final = (
+    "call_rcu", "kvfree_rcu", "kvfree_rcu_mightsleep", "synchronize_rcu",
+    "synchronize_rcu_expedited", "cond_synchronize_rcu", "poll_state_synchronize_rcu",
+)
 #: What fake writers do (``rcu_torture_fakewriter``'s sync types), plus ``rcu_barrier``.
 FAKEWRITER_OPS: Final = ("sync", "exp_sync", "cond_sync", "poll")
 
@@ -93,6 +98,17 @@ _CTR_MASK = ULONG_MASK & ~RCU_SEQ_STATE_MASK
 #: ``rcu_read_delay``: the short spin and the long one (µs, ms).
 _SHORTDELAY_US = 200
 _LONGDELAY_MS = 300
+#: Reads whose section spans tick boundaries: one in this many, for up to this many ticks.
+_SPAN_TICKS_ONE_IN = 4
+_SPAN_TICKS_MAX = 4
+#: kvfree torture: a burst of this many objects per channel (more than a block's
+#: ``KVFREE_BULK_MAX_ENTR``, so v6.1's kick brings the monitor forward to the next jiffy), and
+#: the gap between bursts (more than v5.x's ``KFREE_DRAIN_JIFFIES`` = HZ/50).
+_KV_BURST = 600
+_KV_GAP_MS = 25
+#: kvfree torture: one read in this many holds its section 20..60 ms, longer than a monitor
+#: period, so a grace period outlives the detach of the next channel.
+_KV_LONG_READ_ONE_IN = 8
 
 
 def torture_config(
@@ -102,8 +118,13 @@ def torture_config(
     variant: str | None = None,
     profile: str | None = None,
     kernel_config: str = "default",
+    preempt_rcu: bool = False,
 ) -> KernelConfig:
     """The kernel a torture run boots: ``base`` with the run's seed, build, variant and faults.
+
+    ``preempt_rcu`` builds ``CONFIG_PREEMPT_RCU=y`` (rcutorture's TREE01-03 scenarios): readers
+    are preemptible, a reader preempted inside its section holds up grace periods from the
+    blocked-tasks list, and the tick inside a section must report no quiescent state.
 
     ``CONFIG_DEBUG_OBJECTS_RCU_HEAD``-style checking is on (rcutorture's configs enable it), so
     a double ``kvfree_rcu`` and a free before its grace period are caught by the kernel too.
@@ -120,6 +141,8 @@ def torture_config(
                 f"unknown allocator variant {variant!r}; known: {', '.join(sorted(known))}"
             )
     changes: dict[str, Any] = {"seed": seed, "kvfree.debug_objects": True}
+    if preempt_rcu:
+        changes["preempt_rcu"] = True
     if variant is not None:
         changes["kvfree.variant"] = variant
     if profile is not None:
@@ -148,13 +171,24 @@ class _Rtort(Slot):
 class _FreeHead(RcuHead):
     """The ``rcu_head`` a ``call_rcu`` retirement queues: frees the object after the GP."""
 
-    __slots__ = ("el", "gen", "ptr")
+    __slots__ = ("el", "gen", "invoked", "ptr")
 
     def __init__(self, el: _Rtort, ptr: int) -> None:
         super().__init__(None)
         self.el = el
         self.ptr = ptr
         self.gen = el.gen
+        self.invoked = False
+
+
+class _BarrierHead(RcuHead):
+    """``rcu_torture_barrier_cbs``' callback: ``rcu_barrier()`` must not return before it ran."""
+
+    __slots__ = ("invoked",)
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.invoked = 0
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -169,6 +203,10 @@ class _State(TortureState[_Rtort]):
     current: _Rtort | None = None
     kfreed: int = 0
     allocated: set[int] = attrs.field(factory=set)
+    #: kvfree torture: the object published per channel (slab, vmalloc) for readers to hold.
+    kv_current: list[int] = attrs.field(factory=lambda: [0, 0])
+    #: kvfree torture: objects the flood task queued with ``kvfree_rcu()``.
+    kv_queued: int = 0
     kernel: Kernel | None = None
 
 
@@ -230,8 +268,17 @@ class _Torture(TortureRun[_Rtort]):
         self.s.kfreed += 1
 
     async def free_cb(self, task: Task, head: RcuHead) -> None:
-        """The ``call_rcu`` retirement's callback: the object's grace period is over."""
+        """The ``call_rcu`` retirement's callback: the object's grace period is over.
+
+        A callback runs once per ``call_rcu()`` (the kernel's CONFIG_DEBUG_OBJECTS_RCU_HEAD
+        catches a second invocation): a second one is reported and frees nothing.
+        """
         assert isinstance(head, _FreeHead)
+        if head.invoked:
+            self.s.warn(f"call_rcu callback for element {head.el.idx} invoked twice "
+                        f"(on CPU {task.cpu.id} at {task.now_ns} ns)")
+            return
+        head.invoked = True
         if head.el.gen == head.gen:
             head.el.mbtest = 0
         await self.kfree(task, head.ptr, "call_rcu callback")
@@ -242,7 +289,6 @@ class _Torture(TortureRun[_Rtort]):
         rng = self.rng("writer", me)
         s = self.s
         retired = s.retired_lists[me]
-        turn = me
         while True:
             await task.sleep_ns(rng.randint(500_000, 1_500_000))  # torture_hrtimeout_us(500, 1000)
             if task.now_ns >= s.end_ns:
@@ -259,29 +305,71 @@ class _Torture(TortureRun[_Rtort]):
             if old is None:
                 continue
             self.retire_start(task, old, retired)
-            mode = WRITER_MODES[turn % len(WRITER_MODES)]
-            turn += 1
-            await self.retire(task, old, mode)
+            await self.retire(task, old, WRITER_MODES[rng.randrange(len(WRITER_MODES))], rng)
 
     def retire_start(self, task: Task, old: _Rtort, retired: deque[_Rtort]) -> None:
         """Pipe count 1 from now (caller synced)."""
         self.s.retire_slot(old, self.rcu.get_state_synchronize_rcu(task), retired)
 
-    async def retire(self, task: Task, old: _Rtort, mode: str) -> None:
+    async def retire(
+        self, task: Task, old: _Rtort, mode: str, rng: random.Random | None = None
+    ) -> None:
+        """Free ``old`` one grace period from now, the way ``mode`` says.
+
+        The waiting modes are ``rcu_torture_writer``'s (v6.1 ``kernel/rcu/rcutorture.c``):
+        RTWS_SYNC and RTWS_EXP_SYNC take a full cookie first and, after the wait (the
+        expedited one twice, as v6.1 does), ``WARN`` unless ``poll_state_synchronize_rcu_full``
+        says it is done ("Cookie check"); RTWS_COND_GET sleeps up to ``gp_cond_wi`` (16
+        jiffies) between ``get_state_synchronize_rcu()`` and ``cond_synchronize_rcu()``;
+        RTWS_POLL_GET sleeps up to 16 jiffies between polls of its
+        ``start_poll_synchronize_rcu()`` cookie. Then the object is freed at once, so a wait
+        that returned early is a use after free for any reader still holding it.
+        """
         ptr = old.ptr
+        rcu = self.rcu
+        tick = self.tick_ns
         try:
             if mode == "call_rcu":
-                self.rcu.call_rcu(task, _FreeHead(old, ptr), self.free_cb)
-            elif mode == "kvfree_rcu":
+                rcu.call_rcu(task, _FreeHead(old, ptr), self.free_cb)
+                return
+            if mode == "kvfree_rcu":
                 await self.kv.kvfree_rcu(task, ptr, ptr + RTORT_RH_OFFSET)
-            elif mode == "kvfree_rcu_mightsleep":
+                return
+            if mode == "kvfree_rcu_mightsleep":
                 await self.kv.kvfree_rcu_mightsleep(task, ptr)
+                return
+            if mode == "synchronize_rcu_expedited":
+                full = rcu.get_state_synchronize_rcu_full(task)
+                await rcu.synchronize_rcu_expedited(task)
+                await rcu.synchronize_rcu_expedited(task)
+                self.cookie_check(task, rcu.poll_state_synchronize_rcu_full(full), mode)
+            elif mode == "cond_synchronize_rcu":
+                cookie = rcu.get_state_synchronize_rcu(task)
+                if rng is not None:
+                    await task.sleep_ns(rng.randrange(16 * tick))
+                await rcu.cond_synchronize_rcu(task, cookie)
+                self.cookie_check(task, rcu.poll_state_synchronize_rcu(cookie), mode)
+            elif mode == "poll_state_synchronize_rcu":
+                cookie = rcu.start_poll_synchronize_rcu(task)
+                while True:
+                    await task.sync()
+                    if rcu.poll_state_synchronize_rcu(cookie):
+                        break
+                    await task.sleep_ns((rng.randrange(16) if rng else 0) * tick + tick)
             else:
-                await self.rcu.synchronize_rcu(task)
-                old.mbtest = 0
-                await self.kfree(task, ptr, "synchronize_rcu retirement")
+                full = rcu.get_state_synchronize_rcu_full(task)
+                await rcu.synchronize_rcu(task)
+                self.cookie_check(task, rcu.poll_state_synchronize_rcu_full(full), mode)
+            old.mbtest = 0
+            await self.kfree(task, ptr, f"{mode} retirement")
         except MemoryDebugError as exc:
             self.s.memory_error(exc, mode)
+
+    def cookie_check(self, task: Task, done: bool, mode: str) -> None:
+        """``do_rtws_sync``'s "Cookie check": the wait must have completed the cookie."""
+        if not done:
+            self.s.warn(f"{task.comm}: Cookie check failed {mode}() on CPU {task.cpu.id} at "
+                        f"{task.now_ns} ns: the grace period taken before it is not over")
 
     # -- readers ----------------------------------------------------------------------------
     async def reader(self, task: Task) -> None:
@@ -306,17 +394,25 @@ class _Torture(TortureRun[_Rtort]):
                 return
             ptr = p.ptr
             gen = p.gen
+            kv_ptr = s.kv_current[rng.randrange(2)]
             if p.mbtest == 0:
                 s.mberror += 1
                 s.error(f"reader {task.comm} found element {p.idx} marked free (rtmbe)")
+            cpu = task.cpu.id
             await self.read_delay(task, rng)
             await task.sync()
             pipe = self.pipe_seen(p, gen)
             completed = min(rcu_seq_diff(rcu.gp_seq, started), RCU_TORTURE_PIPE_LEN)
-            try:
-                self.mm.check_access(ptr, task)
-            except MemoryDebugError as exc:
-                s.memory_error(exc, f"reader {task.comm}")
+            where = f"reader {task.comm}"
+            if task.cpu.id != cpu:
+                where += f" (migrated from CPU {cpu} inside its section)"
+            for held in (ptr, kv_ptr):
+                if not held:
+                    continue
+                try:
+                    self.mm.check_access(held, task)
+                except MemoryDebugError as exc:
+                    s.memory_error(exc, where)
             s.record_read(pipe, completed,
                           f"reader {task.comm} on CPU {task.cpu.id} at {task.now_ns} ns", p.idx)
         finally:
@@ -327,19 +423,32 @@ class _Torture(TortureRun[_Rtort]):
 
         The odds are rcutorture's scaled to far fewer reads per second: the long delay
         (300 ms, to push the GP machinery) about once per ``nreaders * 20000`` reads, the short
-        one (200 µs) once per ``2 * nreaders``; preemptible builds are preempted (or, rarely,
-        blocked for a while) inside the section, which queues the reader on the blocked list.
+        one (200 µs) once per ``2 * nreaders``. Every delay spins *inside* the section a tick
+        at a time with a preemption point at each boundary, as rcutorture's ``mdelay``/
+        ``udelay`` inside ``rcu_torture_one_read`` do, so the scheduling-clock interrupt lands
+        inside the reader: on a PREEMPT_RCU build ``rcu_sched_clock_irq`` must see the reader
+        and report no quiescent state, and a task woken meanwhile preempts it (round robin at
+        the tick), which queues it on the blocked list; on !PREEMPT the tick waits for the
+        outermost ``rcu_read_unlock`` (preemption is off). One read in
+        ``_SPAN_TICKS_ONE_IN`` spans up to ``_SPAN_TICKS_MAX`` ticks. Preemptible builds are
+        also preempted (``torture_preempt_schedule``) or blocked for up to a jiffy inside the
+        section one read in ``2 * nreaders``. The kvfree torture adds 20..60 ms sections.
         """
         n = self.nreaders
+        tick = self.tick_ns
         if not rng.randrange(n * 20_000):
             await self.spin(task, _LONGDELAY_MS * 1_000_000)
         if not rng.randrange(2 * n):
-            task.charge(_SHORTDELAY_US * 1000)
+            await self.spin(task, _SHORTDELAY_US * 1000)
+        if not rng.randrange(_SPAN_TICKS_ONE_IN):
+            await self.spin(task, rng.randrange(tick // 2, _SPAN_TICKS_MAX * tick))
+        if self.p.kvfree_torture and not rng.randrange(_KV_LONG_READ_ONE_IN):
+            await self.spin(task, rng.randrange(20, 60) * 1_000_000)
         if self.rcu.preemptible:
-            r = rng.randrange(n * 50)
+            r = rng.randrange(4 * n)
             if r == 0:
-                await task.sleep_ns(rng.randrange(1, 1_000_000))
-            elif r < 5:
+                await task.sleep_ns(rng.randrange(1, tick))
+            elif r < 2:
                 await task.yield_cpu()
 
     async def spin(self, task: Task, ns: int) -> None:
@@ -365,8 +474,7 @@ class _Torture(TortureRun[_Rtort]):
             if task.now_ns >= s.end_ns:
                 return
             if not rng.randrange(nfake * 8):
-                await rcu.rcu_barrier(task)
-                s.fake["barrier"] += 1
+                await self.barrier(task)
                 continue
             op = FAKEWRITER_OPS[rng.randrange(len(FAKEWRITER_OPS))]
             if op == "sync":
@@ -385,6 +493,82 @@ class _Torture(TortureRun[_Rtort]):
                         break
                     await task.sleep_ns((rng.randrange(16) + 1) * tick)
             s.fake[op] += 1
+
+    def barrier_cb(self, task: Task, head: RcuHead) -> None:
+        assert isinstance(head, _BarrierHead)
+        head.invoked += 1
+
+    async def barrier(self, task: Task) -> None:
+        """``rcu_torture_barrier``: queue a callback, ``rcu_barrier()``, check it ran.
+
+        rcutorture's barrier kthreads each ``call_rcu()`` one callback, then
+        ``rcu_barrier()`` must not return before every one of them was invoked
+        ("rcu_barrier() failed", ``n_barrier_errors``; v6.1 ``kernel/rcu/rcutorture.c``,
+        ``rcu_torture_barrier``); here the fake writer queues its own.
+        """
+        head = _BarrierHead()
+        self.rcu.call_rcu(task, head, self.barrier_cb)
+        await self.rcu.rcu_barrier(task)
+        self.s.fake["barrier"] += 1
+        if head.invoked != 1:
+            self.s.warn(f"{task.comm}: rcu_barrier() failed: a callback queued before it was "
+                        f"invoked {head.invoked} times when it returned (CPU {task.cpu.id}, "
+                        f"{task.now_ns} ns)")
+
+    # -- kvfree torture ---------------------------------------------------------------------
+    async def kv_alloc(self, task: Task, chan: int) -> int:
+        """A 48-byte object for ``chan``: kmalloc (slab channel) or vmalloc (vmalloc one)."""
+        if chan:
+            ptr = await self.mm.vmalloc(task, RTORT_SIZE)
+        else:
+            ptr = await self.mm.kmalloc(task, RTORT_SIZE, _GFP_KERNEL)
+        if ptr:
+            self.s.allocated.add(ptr)
+        return ptr
+
+    async def kv_queue(self, task: Task, ptrs: list[int], where: str) -> None:
+        s = self.s
+        for ptr in ptrs:
+            try:
+                await self.kv.kvfree_rcu(task, ptr, ptr + RTORT_RH_OFFSET)
+            except MemoryDebugError as exc:
+                s.memory_error(exc, where)
+            s.kv_queued += 1
+            s.retired += 1
+
+    async def kvfree_flood(self, task: Task) -> None:
+        """rcukit's kvfree torture: bursts of ``kvfree_rcu()`` that alternate channels.
+
+        Each burst publishes a fresh object of one channel (slab or vmalloc) for readers to
+        hold, then queues the previous one and ``_KV_BURST - 1`` more of that channel; the
+        next burst, ``_KV_GAP_MS``..2x later, uses the other channel. So one monitor run
+        detaches only one channel into a ``krwp``, and the next run, while the readers' long
+        sections keep that batch's grace period open, finds the other channel of the same
+        ``krwp`` free. Before ``need_wait_for_krwp_work()`` (5da7cb193db3, v6.3-rc6; backported
+        to stable) it attaches the new channel there, ``queue_rcu_work()`` of the pending work
+        asks for no new grace period, and the new objects are freed when the old one ends:
+        the reclaim's ``gp_violations`` and the readers' KASAN checks see it.
+        """
+        rng = self.rng("kvfree", 0)
+        s = self.s
+        chan = 0
+        while True:
+            await task.sleep_ns(rng.randrange(_KV_GAP_MS, 2 * _KV_GAP_MS) * 1_000_000)
+            if task.now_ns >= s.end_ns:
+                return
+            fresh = await self.kv_alloc(task, chan)
+            if not fresh:
+                continue
+            await task.sync()
+            old = s.kv_current[chan]
+            s.kv_current[chan] = fresh
+            ptrs = [old] if old else []
+            for _ in range(_KV_BURST - 1):
+                ptr = await self.kv_alloc(task, chan)
+                if ptr:
+                    ptrs.append(ptr)
+            await self.kv_queue(task, ptrs, "kvfree torture")
+            chan ^= 1
 
     async def onoff(self, task: Task) -> None:
         """``torture_onoff``: every interval, flip a random non-boot CPU offline or online."""
@@ -434,6 +618,9 @@ class _Torture(TortureRun[_Rtort]):
         if last is not None:
             self.retire_start(task, last, s.retired_lists[-1])
             await self.retire(task, last, "synchronize_rcu")
+        kv_last = [ptr for ptr in s.kv_current if ptr]
+        s.kv_current = [0, 0]
+        await self.kv_queue(task, kv_last, "kvfree torture cleanup")
         await self.drain(partial(rcu.synchronize_rcu, task), task.sync)
         await rcu.rcu_barrier(task)
         await self.kv.kvfree_rcu_barrier(task)
@@ -456,6 +643,8 @@ def _spawn_all(k: Kernel, t: _Torture, p: TortureParams) -> None:
         place(t.reader, f"rcu_torture_reader/{i}", i)
     for i in range(p.nfakewriters):
         place(t.fakewriter, f"rcu_torture_fakewriter/{i}", i)
+    if p.kvfree_torture:
+        k.spawn(t.kvfree_flood, 0, "rcu_torture_kvfree")
     if p.onoff_interval > 0 and n > 1:
         k.spawn(t.onoff, 0, "torture_onoff")
     if p.stall_cpu > 0:
@@ -551,6 +740,8 @@ def _result(p: TortureParams, cfg: KernelConfig, s: _State, wall: float) -> Tort
             "kernel_config": "rt" if cfg.preempt_rt else (
                 "lockdep" if cfg.prove_raw_lock_nesting else "default"
             ),
+            "preempt_rcu": cfg.rcu_preemptible,
+            **({"kvfree_torture": True} if p.kvfree_torture else {}),
         },
         rtc=cur.ptr if cur is not None else 0,
         failures=s.failures(kv.gp_violations),
