@@ -54,7 +54,7 @@ from typing import Any, Final
 import attrs
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
-from rcukit.errors import ConfigError, CpuHotplugError, MemoryDebugError
+from rcukit.errors import ConfigError, CpuHotplugError, MemoryDebugError, SimulationError
 from rcukit.kernel import ALL_SUBSYSTEMS, Kernel, Subsystems, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.mm.mm import Mm
@@ -703,6 +703,12 @@ async def run_torture_async(
         for exc in eg.exceptions:
             assert isinstance(exc, MemoryDebugError)
             state.memory_error(exc, "kernel")
+    except* SimulationError as eg:
+        # A hung kernel (every task blocked: an rcu_barrier() or a grace period that never
+        # ends) is rcutorture's hung-task failure: the run does not finish.
+        crash = eg
+        for exc in eg.exceptions:
+            state.error(f"kernel: {exc}")
     if crash is not None:
         state.error("the run stopped early: the kernel hit the error above")
     return _result(params, cfg, state, time.perf_counter() - t0)
@@ -720,6 +726,9 @@ def _result(p: TortureParams, cfg: KernelConfig, s: _State, wall: float) -> Tort
     k = s.kernel
     assert k is not None
     kv = k.kvfree.statistics()
+    if kv.gp_violations:
+        s.error(f"kvfree_rcu: {kv.gp_violations} freed before a full grace period had passed "
+                "since they were queued (gp_violations)")
     freed = s.kfreed + kv.objects_freed
     live = sum(1 for ptr in s.allocated if _live(k.mm, ptr)) if s.finished else 0
     stats = k.rcu.statistics()
