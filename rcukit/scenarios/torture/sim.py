@@ -105,9 +105,15 @@ _SPAN_TICKS_MAX = 4
 #: ``KVFREE_BULK_MAX_ENTR``, so v6.1's kick brings the monitor forward to the next jiffy), and
 #: the gap between bursts (more than v5.x's ``KFREE_DRAIN_JIFFIES`` = HZ/50).
 _KV_BURST = 600
-_KV_GAP_MS = 25
-#: kvfree torture: one read in this many holds its section 20..60 ms, longer than a monitor
-#: period, so a grace period outlives the detach of the next channel.
+_KV_GAP_MS = 21
+#: kvfree torture: a burst switches channel one time in this many, so a channel's run of
+#: bursts (about 100 ms) is as long as a grace period held open by the kvfree readers.
+_KV_SWITCH_ONE_IN = 4
+#: kvfree torture: one read in this many holds its section 30..80 ms, so some reader still
+#: holds an object when a batch freed early is reclaimed.
+#: kvfree torture: the kvfree reader's sections, longer than a monitor period plus a burst
+#: gap, so the grace period of a batch outlives the detach of the next channel.
+_KV_READER_MS = (40, 80)
 _KV_LONG_READ_ONE_IN = 8
 
 
@@ -238,6 +244,10 @@ class _Torture(TortureRun[_Rtort]):
         self.kv = k.kvfree
         self.tick_ns = k.config.tick_ns
         self.nreaders = p.real_readers(k.config.nr_cpus)
+        #: The head-less ``kvfree_rcu(ptr)`` exists from v5.9 (3042f83f19be) only.
+        self.writer_modes = tuple(
+            m for m in WRITER_MODES if m != "kvfree_rcu_mightsleep" or k.kvfree.profile.headless
+        )
 
     def full_gps(self, cookie: int) -> int:
         return full_gps_since(cookie, self.rcu.gp_seq)
@@ -305,7 +315,8 @@ class _Torture(TortureRun[_Rtort]):
             if old is None:
                 continue
             self.retire_start(task, old, retired)
-            await self.retire(task, old, WRITER_MODES[rng.randrange(len(WRITER_MODES))], rng)
+            modes = self.writer_modes
+            await self.retire(task, old, modes[rng.randrange(len(modes))], rng)
 
     def retire_start(self, task: Task, old: _Rtort, retired: deque[_Rtort]) -> None:
         """Pipe count 1 from now (caller synced)."""
@@ -432,7 +443,7 @@ class _Torture(TortureRun[_Rtort]):
         outermost ``rcu_read_unlock`` (preemption is off). One read in
         ``_SPAN_TICKS_ONE_IN`` spans up to ``_SPAN_TICKS_MAX`` ticks. Preemptible builds are
         also preempted (``torture_preempt_schedule``) or blocked for up to a jiffy inside the
-        section one read in ``2 * nreaders``. The kvfree torture adds 20..60 ms sections.
+        section one read in ``2 * nreaders``. The kvfree torture adds 30..80 ms sections.
         """
         n = self.nreaders
         tick = self.tick_ns
@@ -443,7 +454,7 @@ class _Torture(TortureRun[_Rtort]):
         if not rng.randrange(_SPAN_TICKS_ONE_IN):
             await self.spin(task, rng.randrange(tick // 2, _SPAN_TICKS_MAX * tick))
         if self.p.kvfree_torture and not rng.randrange(_KV_LONG_READ_ONE_IN):
-            await self.spin(task, rng.randrange(20, 60) * 1_000_000)
+            await self.spin(task, rng.randrange(30, 80) * 1_000_000)
         if self.rcu.preemptible:
             r = rng.randrange(4 * n)
             if r == 0:
@@ -517,13 +528,14 @@ class _Torture(TortureRun[_Rtort]):
 
     # -- kvfree torture ---------------------------------------------------------------------
     async def kv_alloc(self, task: Task, chan: int) -> int:
-        """A 48-byte object for ``chan``: kmalloc (slab channel) or vmalloc (vmalloc one)."""
+        """A 48-byte object for ``chan``: kmalloc (slab channel) or vmalloc (vmalloc one).
+
+        Its leak check is the count (queued against freed by kvfree_rcu): its address is
+        reused by other slab users, so it does not join ``allocated``."""
         if chan:
             ptr = await self.mm.vmalloc(task, RTORT_SIZE)
         else:
             ptr = await self.mm.kmalloc(task, RTORT_SIZE, _GFP_KERNEL)
-        if ptr:
-            self.s.allocated.add(ptr)
         return ptr
 
     async def kv_queue(self, task: Task, ptrs: list[int], where: str) -> None:
@@ -537,23 +549,25 @@ class _Torture(TortureRun[_Rtort]):
             s.retired += 1
 
     async def kvfree_flood(self, task: Task) -> None:
-        """rcukit's kvfree torture: bursts of ``kvfree_rcu()`` that alternate channels.
+        """rcukit's kvfree torture: bursts of ``kvfree_rcu()`` in runs on one channel.
 
         Each burst publishes a fresh object of one channel (slab or vmalloc) for readers to
-        hold, then queues the previous one and ``_KV_BURST - 1`` more of that channel; the
-        next burst, ``_KV_GAP_MS``..2x later, uses the other channel. So one monitor run
-        detaches only one channel into a ``krwp``, and the next run, while the readers' long
-        sections keep that batch's grace period open, finds the other channel of the same
-        ``krwp`` free. Before ``need_wait_for_krwp_work()`` (5da7cb193db3, v6.3-rc6; backported
-        to stable) it attaches the new channel there, ``queue_rcu_work()`` of the pending work
-        asks for no new grace period, and the new objects are freed when the old one ends:
-        the reclaim's ``gp_violations`` and the readers' KASAN checks see it.
+        hold, then queues the previous one and ``_KV_BURST - 1`` more of that channel; bursts
+        come every ``_KV_GAP_MS`` to 10 ms more, and one in ``_KV_SWITCH_ONE_IN`` switches
+        channel. The kvfree readers keep grace periods tens of milliseconds long, so a
+        ``krwp`` that took one channel's blocks while the previous grace period ran waits
+        through its own grace period with its other channel free; a switch then makes the
+        monitor detach the other channel. Before ``need_wait_for_krwp_work()`` (5da7cb193db3,
+        v6.3-rc6; backported to stable) it attaches it to that busy ``krwp``,
+        ``queue_rcu_work()`` of the pending work asks for no new grace period, and the new
+        objects are freed when the one already running ends: the reclaim's ``gp_violations``
+        (and, when a reader still holds one, KASAN) sees it.
         """
         rng = self.rng("kvfree", 0)
         s = self.s
         chan = 0
         while True:
-            await task.sleep_ns(rng.randrange(_KV_GAP_MS, 2 * _KV_GAP_MS) * 1_000_000)
+            await task.sleep_ns(rng.randrange(_KV_GAP_MS, _KV_GAP_MS + 10) * 1_000_000)
             if task.now_ns >= s.end_ns:
                 return
             fresh = await self.kv_alloc(task, chan)
@@ -568,7 +582,36 @@ class _Torture(TortureRun[_Rtort]):
                 if ptr:
                     ptrs.append(ptr)
             await self.kv_queue(task, ptrs, "kvfree torture")
-            chan ^= 1
+            if not rng.randrange(_KV_SWITCH_ONE_IN):
+                chan ^= 1
+
+    async def kvfree_reader(self, task: Task) -> None:
+        """rcukit's kvfree torture reader: back-to-back 40..80 ms read sections.
+
+        It is inside a section almost all the time, so most grace periods start while it
+        reads and last until it leaves: long enough for the monitor to detach the next burst's
+        channel while the previous batch still waits (see :meth:`kvfree_flood`). It holds the
+        objects published for readers and checks them at the end, like the other readers.
+        """
+        rng = self.rng("kvfree_reader", task.data["me"])
+        rcu = self.rcu
+        s = self.s
+        lo, hi = _KV_READER_MS
+        while task.now_ns < s.end_ns:
+            rcu.rcu_read_lock(task)
+            try:
+                await task.sync()
+                held = [ptr for ptr in s.kv_current if ptr]
+                await self.spin(task, rng.randrange(lo, hi) * 1_000_000)
+                await task.sync()
+                for ptr in held:
+                    try:
+                        self.mm.check_access(ptr, task)
+                    except MemoryDebugError as exc:
+                        s.memory_error(exc, f"reader {task.comm}")
+            finally:
+                rcu.rcu_read_unlock(task)
+            await task.sleep_ns(rng.randrange(1, self.tick_ns))
 
     async def onoff(self, task: Task) -> None:
         """``torture_onoff``: every interval, flip a random non-boot CPU offline or online."""
@@ -645,6 +688,11 @@ def _spawn_all(k: Kernel, t: _Torture, p: TortureParams) -> None:
         place(t.fakewriter, f"rcu_torture_fakewriter/{i}", i)
     if p.kvfree_torture:
         k.spawn(t.kvfree_flood, 0, "rcu_torture_kvfree")
+        # Two, overlapping, so a grace period that starts as one leaves still waits for the
+        # other; not on the GP kthread's CPU (the last): on !PREEMPT that delays GP starts.
+        for i in range(2):
+            cpu = (1 + i) % max(1, n - 1)
+            k.spawn(t.kvfree_reader, cpu, f"rcu_torture_kvfree_reader/{i}").data["me"] = i
     if p.onoff_interval > 0 and n > 1:
         k.spawn(t.onoff, 0, "torture_onoff")
     if p.stall_cpu > 0:
@@ -703,12 +751,12 @@ async def run_torture_async(
         for exc in eg.exceptions:
             assert isinstance(exc, MemoryDebugError)
             state.memory_error(exc, "kernel")
-    except* SimulationError as eg:
+    except* SimulationError as hung:
         # A hung kernel (every task blocked: an rcu_barrier() or a grace period that never
         # ends) is rcutorture's hung-task failure: the run does not finish.
-        crash = eg
-        for exc in eg.exceptions:
-            state.error(f"kernel: {exc}")
+        crash = hung
+        for err in hung.exceptions:
+            state.error(f"kernel: {err}")
     if crash is not None:
         state.error("the run stopped early: the kernel hit the error above")
     return _result(params, cfg, state, time.perf_counter() - t0)
