@@ -6,19 +6,30 @@ What the kernel's ``rcutorture`` checks (:mod:`.common`), checked here on virtua
   the kernel); each one in use is a ``kmalloc()`` object of the simulated slab, so a reader can
   ask KASAN (``mm.check_access``) whether the memory it holds is still live.
 * Writers publish a fresh element as ``rcu_torture_current`` (``rcu_assign_pointer``) and retire
-  the old one, cycling through ``call_rcu`` (the callback frees it), two-argument ``kvfree_rcu``,
-  head-less ``kvfree_rcu`` and ``synchronize_rcu`` (then ``kfree``): every retirement frees the
-  object one grace period later, so each path is checked by the readers' KASAN check. A
+  the old one through a primitive picked at random, as ``rcu_torture_writer`` picks its
+  ``synctype``: ``call_rcu`` (the callback frees it), two-argument and head-less
+  ``kvfree_rcu``, or a wait then ``kfree``: ``synchronize_rcu``, ``synchronize_rcu_expedited``
+  (twice), ``cond_synchronize_rcu`` on a cookie, a ``start_poll_synchronize_rcu`` poll loop.
+  Every retirement frees the object one grace period later, so each path is checked by the
+  readers' KASAN check, and the waits are also checked against their cookies. A
   retired element's *pipe count* is 1 at removal and advances by one at every grace period after
   that, up to ``RCU_TORTURE_PIPE_LEN``, when its slot goes back to the free list.
 * Readers take ``rcu_read_lock``, read ``rcu_torture_current``, maybe dawdle (rcutorture's
-  ``rcu_read_delay``: a short spin now and then, a long one rarely, a preemption in preemptible
-  builds), then record the element's pipe count in the ``Reader Pipe`` histogram and the grace
-  periods that elapsed meanwhile in ``Reader Batch``, and check its memory is live. A pipe count
+  ``rcu_read_delay``: spins inside the section that cross tick boundaries, a long one rarely,
+  a preemption in preemptible builds, see :meth:`_Torture.read_delay`), then record the
+  element's pipe count in the ``Reader Pipe`` histogram and the grace periods that elapsed
+  meanwhile in ``Reader Batch``, and check its memory is live. A pipe count
   of 2 or more means a whole grace period ended while the reader still held the element: an RCU
   failure. So is a use after free.
 * Fake writers hammer the update side: ``synchronize_rcu``, ``synchronize_rcu_expedited``,
-  ``cond_synchronize_rcu`` on a cookie, polling, and now and then ``rcu_barrier``.
+  ``cond_synchronize_rcu`` on a cookie, polling, and now and then ``rcu_barrier`` after a
+  ``call_rcu`` of their own, which must have run when the barrier returns.
+* A callback invoked twice, a wait whose cookie is not done after it, a failed barrier and a
+  hung kernel (every task blocked) are failures too; so is ``gp_violations`` of kvfree_rcu's
+  reclaim (an object freed before a full grace period since it was queued).
+* Optional: ``kvfree_torture`` floods ``kvfree_rcu()`` in bursts, runs of them on one channel
+  (slab, then vmalloc), with two readers holding 40..80 ms sections, which finds the pre-6.3
+  ``krwp`` reuse (:meth:`_Torture.kvfree_flood`) on the profiles that have it.
 * Optional: an *onoff* task offlines and onlines random non-boot CPUs (``torture_onoff``), fault
   injection on page and slab allocation, and a *stall* task that spins inside a read section
   past the stall timeout (``stall_cpu``), which must produce a stall report and nothing worse.
