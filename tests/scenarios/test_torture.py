@@ -137,7 +137,7 @@ def test_cli_cannot_reach_the_broken_build() -> None:
     assert not any("broken" in o for o in opts)
     assert {"--mode", "--duration", "--nreaders", "--nwriters", "--nfakewriters", "--seed",
             "--variant", "--profile", "--onoff-interval", "--fault-rate", "--stall-cpu",
-            "--kernel-config", "--json"} <= opts
+            "--kernel-config", "--json", "--preempt-rcu", "--kvfree-torture"} <= opts
 
 
 def test_app_torture_passes_with_hotplug_faults_and_a_stall() -> None:
@@ -167,6 +167,8 @@ def test_cli_torture_app_mode(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["mode"] == "app" and doc["passed"] and doc.keys() >= JSON_KEYS
     assert main(["torture", "--mode", "app", "--duration", "0.1", "--kernel-config", "rt"]) == 2
     assert "--kernel-config applies to --mode sim only" in capsys.readouterr().err
+    assert main(["torture", "--mode", "app", "--duration", "0.1", "--preempt-rcu"]) == 2
+    assert "--preempt-rcu applies to --mode sim only" in capsys.readouterr().err
 
 
 def test_sim_readers_span_ticks_and_are_preempted_on_preempt_rcu(
