@@ -39,6 +39,8 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
             ("--variant", args.variant, None),
             ("--kernel-config", args.kernel_config, "default"),
             ("--cpus", args.cpus, None),
+            ("--preempt-rcu", args.preempt_rcu, False),
+            ("--kvfree-torture", args.kvfree_torture, False),
         ):
             if value != default:
                 raise ConfigError(
@@ -54,6 +56,7 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
         variant=args.variant,
         profile=args.profile,
         kernel_config=args.kernel_config,
+        preempt_rcu=args.preempt_rcu,
     )
     return run_torture(params, config)
 
@@ -120,6 +123,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "appear and the test still pass")
     p.add_argument("--kernel-config", choices=KERNEL_CONFIG_NAMES, default="default",
                    help="kernel build (sim mode)")
+    p.add_argument("--preempt-rcu", action="store_true",
+                   help="CONFIG_PREEMPT_RCU=y: preemptible readers (sim mode; rt implies it)")
+    p.add_argument("--kvfree-torture", action="store_true",
+                   help="also flood kvfree_rcu() in bursts alternating the slab and vmalloc "
+                   "channels, with long readers: finds the pre-6.3 krwp reuse (sim mode)")
     add_shared_options(p, profile=Default(None, "v5.9 in sim mode, v6.3 in app mode"),
                        cpus=Default(None, "4; sim mode only"))
     p.set_defaults(func=_cmd)

@@ -7,6 +7,7 @@ about a second of real time. The broken builds prove the checks catch a real RCU
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from torture_broken import BROKEN_RCU, BrokenAppTorture
@@ -136,7 +137,7 @@ def test_cli_cannot_reach_the_broken_build() -> None:
     assert not any("broken" in o for o in opts)
     assert {"--mode", "--duration", "--nreaders", "--nwriters", "--nfakewriters", "--seed",
             "--variant", "--profile", "--onoff-interval", "--fault-rate", "--stall-cpu",
-            "--kernel-config", "--json"} <= opts
+            "--kernel-config", "--json", "--preempt-rcu", "--kvfree-torture"} <= opts
 
 
 def test_app_torture_passes_with_hotplug_faults_and_a_stall() -> None:
@@ -166,3 +167,71 @@ def test_cli_torture_app_mode(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["mode"] == "app" and doc["passed"] and doc.keys() >= JSON_KEYS
     assert main(["torture", "--mode", "app", "--duration", "0.1", "--kernel-config", "rt"]) == 2
     assert "--kernel-config applies to --mode sim only" in capsys.readouterr().err
+    assert main(["torture", "--mode", "app", "--duration", "0.1", "--preempt-rcu"]) == 2
+    assert "--preempt-rcu applies to --mode sim only" in capsys.readouterr().err
+
+
+def test_sim_readers_span_ticks_and_are_preempted_on_preempt_rcu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rcutorture's readers delay *inside* the section (``rcu_read_delay`` in
+    ``rcu_torture_one_read``, v6.1 ``kernel/rcu/rcutorture.c``), so the scheduling-clock
+    interrupt lands in readers: with CONFIG_PREEMPT_RCU ``rcu_sched_clock_irq`` ->
+    ``rcu_flavor_sched_clock_irq`` sees ``rcu_preempt_depth() > 0`` and reports no QS
+    (``kernel/rcu/tree_plugin.h``), and a reader preempted there is queued by
+    ``rcu_preempt_ctxt_queue``. Counted by wrapping the two, behaviour unchanged."""
+    from rcukit.rcu.tree import RcuState
+    from rcukit.rcu.tree_plugin import RcuReaders
+
+    seen = {"tick_in_reader": 0, "preempted_reader": 0}
+    tick = RcuState.rcu_sched_clock_irq
+    queue = RcuReaders.rcu_preempt_ctxt_queue
+
+    def counting_tick(self: RcuState, task: Any, voluntary: bool) -> None:
+        if task.rcu_read_nesting and task.comm.startswith("rcu_torture_reader"):
+            seen["tick_in_reader"] += 1
+        tick(self, task, voluntary)
+
+    def counting_queue(self: RcuReaders, task: Any, rdp: Any) -> None:
+        if task.comm.startswith("rcu_torture_reader"):
+            seen["preempted_reader"] += 1
+        queue(self, task, rdp)
+
+    monkeypatch.setattr(RcuState, "rcu_sched_clock_irq", counting_tick)
+    monkeypatch.setattr(RcuReaders, "rcu_preempt_ctxt_queue", counting_queue)
+    r = run_torture(TortureParams(duration=1), torture_config(preempt_rcu=True))
+    _healthy(r)
+    assert r.settings["preempt_rcu"] is True
+    assert seen["tick_in_reader"] > 100 and seen["preempted_reader"] > 10, seen
+
+
+def test_sim_writers_wait_through_every_update_primitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rcu_torture_writer`` (v6.1 ``kernel/rcu/rcutorture.c``) frees its old element after
+    ``synchronize_rcu``, ``synchronize_rcu_expedited`` (twice, with a full-cookie check),
+    ``cond_synchronize_rcu`` and a ``start_poll_synchronize_rcu`` / poll loop, besides
+    ``call_rcu``: the real writer, whose objects readers check, uses each."""
+    from rcukit.rcu.tree import RcuState
+
+    callers: dict[str, set[str]] = {}
+    for name in ("synchronize_rcu_expedited", "cond_synchronize_rcu",
+                 "start_poll_synchronize_rcu", "call_rcu"):
+        orig = getattr(RcuState, name)
+
+        def wrapped(self: RcuState, task: Any, *a: Any, _o: Any = orig, _n: str = name) -> Any:
+            callers.setdefault(_n, set()).add(task.comm)
+            return _o(self, task, *a)
+
+        monkeypatch.setattr(RcuState, name, wrapped)
+    r = run_torture(TortureParams(duration=1))
+    _healthy(r)
+    for name, comms in callers.items():
+        assert "rcu_torture_writer/0" in comms, name
+    assert len(callers) == 4
+
+
+def test_app_torture_runs_qsbr_readers_without_hotplug() -> None:
+    """liburcu's urcu-qsbr readers hold references between quiescent states; app mode runs
+    them in every run (not only with ``onoff_interval``), and they read."""
+    r = run_app_torture(TortureParams(duration=0.5), seed=2)
+    _healthy(r)
+    assert r.onoff["offline"] == 0

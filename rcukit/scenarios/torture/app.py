@@ -12,8 +12,9 @@ The same test as :mod:`.sim` (:mod:`.common`), with the simulated kernel replace
   reader that sees 2 or more held an element across a whole grace period (``Reader Batch``
   counts the full grace periods polled as done during each read the same way);
 * readers hold their section across awaits now and then; some are cancelled inside it (the
-  section must be released by the cancellation); with ``onoff_interval`` QSBR readers go
-  offline and online (the application's CPU hotplug);
+  section must be released by the cancellation); QSBR readers (``register_qsbr``) hold the
+  element between two quiescent states, across awaits now and then, in every run, and with
+  ``onoff_interval`` they also go offline and online (the application's CPU hotplug);
 * fake writers run ``synchronize_rcu``, ``cond_synchronize_rcu``, polling and both barriers,
   some cancelled mid-wait (the engine must stay consistent);
 * ``fault_rate`` makes ``call_rcu`` callbacks and kvfree release functions raise after doing
@@ -275,7 +276,9 @@ class AppTorture(TortureRun[_Slot]):
         self.s.cancelled_reads += 1
 
     async def qsbr_reader(self, me: int) -> None:
-        """A QSBR reader that goes offline every ``onoff_interval`` (the app's CPU hotplug)."""
+        """A QSBR reader (liburcu's ``urcu-qsbr``): between two quiescent states it holds the
+        element, so a grace period that ignores online QSBR workers frees it under the reader.
+        With ``onoff_interval`` it also goes offline that often (the app's CPU hotplug)."""
         rng = self.rng("qsbr", me)
         s = self.s
         interval = self.p.onoff_interval
@@ -285,9 +288,9 @@ class AppTorture(TortureRun[_Slot]):
             while not self.stop.is_set():
                 obj = self.cur.dereference()
                 if obj is not None:
-                    await self.observe(obj, rng, None)
+                    await self.observe(obj, rng, self.rcu.get_state_synchronize_rcu())
                 w.quiescent_state()
-                if trio.current_time() >= next_flip:
+                if interval > 0 and trio.current_time() >= next_flip:
                     s.onoff["offline"] += 1
                     s.onoff["offline_ok"] += 1
                     with w.extended_qs():
@@ -409,9 +412,8 @@ async def run_app_torture_async(
                         workers.start_soon(t.reader, i)
                     for i in range(params.nfakewriters):
                         workers.start_soon(t.fakewriter, i)
-                    if params.onoff_interval > 0:
-                        for i in range(max(1, t.nreaders // 2)):
-                            workers.start_soon(t.qsbr_reader, i)
+                    for i in range(max(1, t.nreaders // 2)):
+                        workers.start_soon(t.qsbr_reader, i)
                     if params.stall_cpu > 0:
                         workers.start_soon(t.stall)
                     await trio.sleep(params.duration)

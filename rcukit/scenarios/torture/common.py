@@ -101,6 +101,11 @@ class TortureParams:
     #: (at most the kernel's 10 s).
     stall_cpu_holdoff: float | None = attrs.field(default=None)
     reader_delay_us: int = attrs.field(default=2000, validator=_check_int(1, 10**7))
+    #: rcukit's kvfree torture (sim mode): a flood task queues ``kvfree_rcu()`` objects in
+    #: bursts that alternate between the slab and the vmalloc channel, readers hold some
+    #: sections for tens of milliseconds, so the monitor attaches a channel to a ``krwp``
+    #: whose batch still waits for an older grace period (the pre-fix krwp reuse).
+    kvfree_torture: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         h = self.stall_cpu_holdoff
@@ -169,6 +174,10 @@ class TortureState(Generic[SlotT]):
     uaf: int = 0
     double_free: int = 0
     internal_errors: int = 0
+    #: rcutorture's ``WARN_ON_ONCE``s of the update side: a cookie not done after the wait
+    #: that should have completed it, an ``rcu_barrier()`` that returned before a callback
+    #: queued before it ran, a callback invoked twice.
+    warnings: int = 0
     #: Elements retired (objects queued for freeing).
     retired: int = 0
     errors: list[str] = attrs.field(factory=list)
@@ -190,6 +199,11 @@ class TortureState(Generic[SlotT]):
     def error(self, msg: str) -> None:
         if len(self.errors) < _MAX_ERRORS:
             self.errors.append(msg)
+
+    def warn(self, msg: str) -> None:
+        """An update-side check failed (rcutorture's ``WARN_ON_ONCE``): an RCU failure."""
+        self.warnings += 1
+        self.error(msg)
 
     def memory_error(self, exc: MemoryDebugError, where: str) -> None:
         """Count a memory checker's report by kind and keep its text."""
@@ -232,8 +246,9 @@ class TortureState(Generic[SlotT]):
     # -- the end ----------------------------------------------------------------------------
     def failures(self, more: int) -> int:
         """RCU failures: reads at pipe >= 2, reads of an element marked free, internal errors,
-        ``more`` the mode's own, and one if the run did not finish its cleanup."""
-        n = self.rcu_errors + self.mberror + self.internal_errors + more
+        update-side warnings, ``more`` the mode's own, and one if the run did not finish its
+        cleanup."""
+        n = self.rcu_errors + self.mberror + self.internal_errors + self.warnings + more
         return n if self.finished else n + 1
 
     def result(
