@@ -47,6 +47,8 @@ def load_compare_file(path: str) -> tuple[KernelConfig, dict[str, Any]]:
         raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+    except ValueError as exc:  # a NUL in the name, or bytes that are not UTF-8
+        raise ConfigError(f"cannot read config file {path!r}: {exc}") from exc
     section = data.pop("compare", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [compare] must be a table")
