@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
 
+import attrs
 from rich.console import Console
 from rich.table import Table
 
 from rcukit.errors import ConfigError
-from rcukit.trace.export import to_ftrace, to_perfetto
+from rcukit.trace.events import DEFAULT_SELECTION, TraceEvent
+from rcukit.trace.export import FtraceWriter, PerfettoWriter, open_text
 
 if TYPE_CHECKING:
     from rcukit.kernel import Kernel
@@ -136,30 +138,73 @@ def write_plot(result: CompareResult, path: str) -> None:
     plt.close(fig)
 
 
+@attrs.define
+class TraceFiles:
+    """The ``--trace`` (Perfetto JSON) and ``--ftrace`` (text) files of a run of rows, written
+    as the rows run: :meth:`attach` hooks a freshly booted kernel's tracer to both writers
+    with the selection, and each row is a process pair in Perfetto and a section in ftrace.
+    Memory stays bounded however long the rows run (the writers stream; the tracer keeps no
+    list). Use as a context manager; the files are complete once it exits.
+    """
+
+    trace_path: str | None
+    ftrace_path: str | None
+    events: frozenset[str] | None = DEFAULT_SELECTION
+    cpus: frozenset[int] | None = None
+    window_ns: tuple[int, int] | None = None
+    _perfetto: PerfettoWriter | None = attrs.field(default=None, init=False)
+    _ftrace: FtraceWriter | None = attrs.field(default=None, init=False)
+    _files: list[IO[str]] = attrs.field(factory=list, init=False)
+
+    def __enter__(self) -> TraceFiles:
+        if self.trace_path:
+            f = open_text(self.trace_path)
+            self._files.append(f)
+            self._perfetto = PerfettoWriter(f)
+        if self.ftrace_path:
+            f = open_text(self.ftrace_path)
+            self._files.append(f)
+            self._ftrace = FtraceWriter(f)
+        return self
+
+    def attach(self, cell: Cell, k: Kernel) -> None:
+        """Trace ``k`` (booted for ``cell``) into the files, as a new section of each."""
+        tr = k.tracer
+        tr.enable(self.events, cpus=self.cpus, window_ns=self.window_ns, keep=False)
+        tr.listeners.extend(self.begin(cell, k.config.nr_cpus))
+
+    def begin(self, cell: Cell, nr_cpus: int) -> list[Callable[[TraceEvent], None]]:
+        """Start ``cell``'s section in each file; returns the writers' ``write`` methods."""
+        profile, variant, kc = cell
+        out: list[Callable[[TraceEvent], None]] = []
+        if self._perfetto is not None:
+            self._perfetto.begin(nr_cpus, f"{profile}/{variant}/{kc}")
+            out.append(self._perfetto.write)
+        if self._ftrace is not None:
+            self._ftrace.begin(nr_cpus, f"profile={profile} variant={variant} kernel_config={kc}")
+            out.append(self._ftrace.write)
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._perfetto is not None:
+                self._perfetto.close()
+            if self._ftrace is not None:
+                self._ftrace.end()
+        finally:
+            for f in self._files:
+                f.close()
+
+
 def write_traces(
     kernels: list[tuple[Cell, Kernel]], trace_path: str | None, ftrace_path: str | None
 ) -> None:
-    """One Perfetto file with every run (a process per run) and/or one ftrace text file."""
-    if trace_path:
-        import json
-
-        merged: list[dict[str, Any]] = []
-        for i, ((profile, variant, kc), k) in enumerate(kernels):
-            doc = json.loads(to_perfetto(k.tracer.events, k.config.nr_cpus))
-            for ev in doc["traceEvents"]:
-                ev["pid"] = ev["pid"] + 10 * i
-                if ev.get("name") == "process_name":
-                    ev["args"]["name"] = f"{profile}/{variant}/{kc}: {ev['args']['name']}"
-                merged.append(ev)
-        Path(trace_path).write_text(
-            json.dumps({"traceEvents": merged, "displayTimeUnit": "ns"}, sort_keys=True),
-            encoding="utf-8",
-        )
-    if ftrace_path:
-        parts = []
-        for (profile, variant, kc), k in kernels:
-            parts.append(
-                f"# ===== profile={profile} variant={variant} kernel_config={kc} =====\n"
-            )
-            parts.append(to_ftrace(k.tracer.events, k.config.nr_cpus))
-        Path(ftrace_path).write_text("".join(parts), encoding="utf-8")
+    """One Perfetto file with every run (a process pair per run) and/or one ftrace text file,
+    from kernels whose tracers kept their events (``run_compare(kernels=...)``), streamed to
+    the files. ``rcukit compare`` uses :class:`TraceFiles` instead, which keeps no events."""
+    with TraceFiles(trace_path, ftrace_path) as files:
+        for cell, k in kernels:
+            writers = files.begin(cell, k.config.nr_cpus)
+            for ev in k.tracer.events:
+                for write in writers:
+                    write(ev)
