@@ -15,7 +15,12 @@ from rcukit.trace.export import FtraceWriter, PerfettoWriter, open_text
 
 if TYPE_CHECKING:
     from rcukit.kernel import Kernel
+    from rcukit.locking.checker import LockChecker, LockContext
+    from rcukit.locking.locks import Lock
+    from rcukit.rcu.kvfree.krc import Krc
     from rcukit.scenarios.compare import Cell, CompareResult
+    from rcukit.sched.sim import Task
+    from rcukit.trace.events import Tracer
 
 
 def _us(ns: int) -> str:
@@ -172,6 +177,7 @@ class TraceFiles:
         tr = k.tracer
         tr.enable(self.events, cpus=self.cpus, window_ns=self.window_ns, keep=False)
         tr.listeners.extend(self.begin(cell, k.config.nr_cpus))
+        trace_tracks(k)
 
     def begin(self, cell: Cell, nr_cpus: int) -> list[Callable[[TraceEvent], None]]:
         """Start ``cell``'s section in each file; returns the writers' ``write`` methods."""
@@ -208,3 +214,107 @@ def write_traces(
             for ev in k.tracer.events:
                 for write in writers:
                     write(ev)
+
+
+def trace_tracks(k: Kernel) -> None:
+    """Give ``k``'s trace the Perfetto tracks a kernel engineer expects, as far as its
+    tracer's selection asks for them: lock-hold slices of each CPU's ``krc.lock``
+    (``lock_krcp``, track ``krc.lock/N``) and of ``&zone->lock`` (``lock_zone``), and
+    counters sampled at each tick when they change (``nr_free_pages`` of the zone,
+    ``krc_pending``: objects queued to kvfree_rcu() and not yet freed).
+
+    ``k`` is a whole kernel (mm and kvfree_rcu booted), as compare's are. The lock methods
+    are wrapped on this kernel's objects only, so an untraced kernel runs
+    the same code as ever; nothing here changes what the simulation does.
+    """
+    tr = k.tracer
+    if tr.selects("lock_krcp"):
+        kv = k.kvfree
+        since = [0] * len(kv.krcs)
+        for krcp in kv.krcs:
+            _trace_krcp_lock(tr, krcp, since)
+        slow = kv._kvfree_slow
+
+        async def traced_slow(task: Task, head: int | None, ptr: int) -> None:
+            # kvfree_call_rcu()'s slow path takes krcp->lock inline, first thing
+            since[task.cpu.id] = task.cpu.local_ns
+            await slow(task, head, ptr)
+
+        setattr(kv, "_kvfree_slow", traced_slow)  # noqa: B010
+    if tr.selects("lock_zone"):
+        _trace_zone_lock(tr, k.locks, k.mm.zone.lock)
+    counters = [n for n in ("nr_free_pages", "krc_pending") if tr.selects(n)]
+    if counters:
+        _sample_counters(k, counters)
+
+
+def _trace_krcp_lock(tr: Tracer, krcp: Krc, since: list[int]) -> None:
+    """Hold slices of ``krcp->lock`` on track ``krc.lock/CPU``; ``since[cpu]`` is when it was
+    taken (by this wrapper, or by the slow path's inline lock, which its wrapper times)."""
+    lock, unlock = krcp.raw_spin_lock_irqsave, krcp.raw_spin_unlock_irqrestore
+    cpu = krcp.cpu
+    track = f"krc.lock/{cpu}"
+
+    def traced_lock(task: Task) -> None:
+        lock(task)
+        since[cpu] = task.cpu.local_ns
+
+    def traced_unlock(task: Task) -> None:
+        if tr.on:
+            t0 = since[cpu]
+            tr.emit("lock_krcp", t0, task.cpu.id, task.comm, task.pid, "lock=krc.lock",
+                    ph="X", dur_ns=task.cpu.local_ns - t0, track=track)
+        unlock(task)
+
+    setattr(krcp, "raw_spin_lock_irqsave", traced_lock)  # noqa: B010
+    setattr(krcp, "raw_spin_unlock_irqrestore", traced_unlock)  # noqa: B010
+
+
+def _trace_zone_lock(tr: Tracer, locks: LockChecker, zone_lock: Lock) -> None:
+    """Hold slices of ``zone_lock``: ``locks`` (slotted, so its methods cannot be replaced on
+    the instance) becomes an instance of a subclass that times them; same layout, same state."""
+    from rcukit.locking.checker import LockChecker
+
+    since = [0]
+
+    class TracedLockChecker(LockChecker):
+        __slots__ = ()
+
+        def _take(self, task: LockContext, lock: Lock, ip: str, irqsave: bool) -> None:
+            super()._take(task, lock, ip, irqsave)
+            if lock is zone_lock:
+                since[0] = task.cpu.local_ns
+
+        def release(self, task: LockContext, lock: Lock) -> None:
+            if lock is zone_lock and tr.on:
+                t0 = since[0]
+                tr.emit("lock_zone", t0, task.cpu.id, task.comm, task.pid,
+                        f"lock={lock.name}", ph="X", dur_ns=task.cpu.local_ns - t0,
+                        track=lock.name)
+            super().release(task, lock)
+
+    locks.__class__ = TracedLockChecker
+
+
+def _sample_counters(k: Kernel, names: list[str]) -> None:
+    tr = k.tracer
+    last: dict[str, int] = {}
+    mm = k.mm if "nr_free_pages" in names else None
+    kv = k.kvfree if "krc_pending" in names else None
+
+    def sample(task: Task, voluntary: bool) -> None:
+        if not tr.on:
+            return
+        now = task.cpu.local_ns
+        values = []
+        if mm is not None:
+            values.append(("nr_free_pages", mm.zone.buddy.nr_free))
+        if kv is not None:
+            values.append(("krc_pending", kv.pending))
+        for name, value in values:
+            if last.get(name) != value:
+                last[name] = value
+                tr.emit(name, now, task.cpu.id, task.comm, task.pid, f"{name}={value}",
+                        ph="C", track=name)
+
+    k.add_tick_hook(sample)

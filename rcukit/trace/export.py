@@ -57,6 +57,9 @@ RCUKIT_EVENTS = (
     "lock_zone", "work", "nr_free_pages", "krc_pending",
 )
 
+#: workqueue tracepoints that open and close a work item's slice in Perfetto.
+_WORK_PHASES = {"workqueue_execute_start": "B", "workqueue_execute_end": "E"}
+
 _HEADER = (
     "# tracer: nop\n"
     "#\n"
@@ -251,6 +254,21 @@ class PerfettoWriter:
         elif ev.ph == "i":
             rec["s"] = "t"
         self._emit(rec)
+        phase = _WORK_PHASES.get(ev.name)
+        if phase is not None:
+            self._work_slice(ev, phase)
+
+    def _work_slice(self, ev: TraceEvent, phase: str) -> None:
+        """A work item's run as a slice on its worker's track (``kworker/0:1``...), named after
+        the work (the fields' ``work struct NAME``)."""
+        track = ev.comm
+        tid = self._tracks.get(track)
+        if tid is None:
+            tid = self._tracks[track] = 1000 + len(self._tracks)
+            self._emit({"ph": "M", "pid": self._pid + 1, "tid": tid, "name": "thread_name",
+                        "args": {"name": track}})
+        self._emit({"name": ev.fields.removeprefix("work struct "), "cat": "workqueue",
+                    "ph": phase, "ts": ev.ts_ns / 1000.0, "pid": self._pid + 1, "tid": tid})
 
     def close(self) -> None:
         self.out.write("\n]}\n")

@@ -385,3 +385,42 @@ def test_compare_cli_trace_with_filters(tmp_path: Path) -> None:
     text = f.read_text(encoding="utf-8")
     n = int(re.search(r"entries-written: (\d+)/", text)[1])  # type: ignore[index]
     assert n == len(evs)
+
+
+def test_perfetto_tracks_of_locks_work_and_counters(tmp_path: Path) -> None:
+    """Lock holds of each CPU's ``krcp->lock`` and of ``zone->lock`` as slices (one holder at
+    a time: they never overlap on a track), work items as slices on their worker's track, and
+    counter tracks for the zone's free pages and kvfree_rcu()'s pending objects."""
+    t = tmp_path / "t.json"
+    _rows_with(TraceFiles(str(t), None, events=frozenset(
+        {"lock_*", "nr_free_pages", "krc_pending", "workqueue_*"})))
+    doc = json.loads(t.read_text(encoding="utf-8"))
+    evs = doc["traceEvents"]
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in evs
+               if e.get("name") == "thread_name"}
+    for pid in (2, 12):  # each row's kthreads process
+        names = {n for (p, _), n in threads.items() if p == pid}
+        assert {"krc.lock/0", "krc.lock/1", "&zone->lock"} <= names
+        assert any(n.startswith("kworker/") for n in names)
+    for (pid, tid), name in threads.items():
+        if "lock" not in name:
+            continue
+        holds = sorted((e["ts"], e["dur"]) for e in evs
+                       if e["ph"] == "X" and e["pid"] == pid and e.get("tid") == tid)
+        assert holds, name
+        for (t0, d0), (t1, _) in zip(holds, holds[1:]):
+            assert d0 >= 0 and t0 + d0 <= t1 + 1e-9, name
+    counters = {next(iter(e["args"])) for e in evs if e["ph"] == "C"}
+    assert counters == {"nr_free_pages", "krc_pending"}
+    begins = sum(e["ph"] == "B" for e in evs)
+    assert begins and begins == sum(e["ph"] == "E" for e in evs)
+
+
+def test_trace_files_are_deterministic(tmp_path: Path) -> None:
+    """Same config and seed, same trace, byte for byte (lock slices and counters included)."""
+    outs = []
+    for i in range(2):
+        t, f = tmp_path / f"t{i}.json", tmp_path / f"f{i}.txt"
+        _rows_with(TraceFiles(str(t), str(f), events=frozenset({"*"})))
+        outs.append((t.read_bytes(), f.read_bytes()))
+    assert outs[0] == outs[1]
