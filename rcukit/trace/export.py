@@ -224,6 +224,11 @@ class PerfettoWriter:
 
     def write(self, ev: TraceEvent) -> None:
         pid = self._pid
+        if ev.ph == "C":  # a process-level counter track, named by its one series
+            key, _, value = ev.fields.partition("=")
+            self._emit({"name": ev.name, "cat": event_system(ev.name), "ph": "C",
+                        "ts": ev.ts_ns / 1000.0, "pid": pid + 1, "args": {key: int(value)}})
+            return
         if ev.track:
             tid = self._tracks.get(ev.track)
             if tid is None:
@@ -241,14 +246,8 @@ class PerfettoWriter:
             "pid": pid,
             "tid": tid,
         }
-        if ev.ph == "C":
-            key, _, value = ev.fields.partition("=")
-            rec["args"] = {key: int(value)}
-            rec["pid"] = self._pid + 1
-            del rec["tid"]
-        else:
-            rec["args"] = {"fields": ev.fields, "comm": f"{ev.comm}-{ev.pid}", "cpu": ev.cpu,
-                           "flags": ev.flags}
+        rec["args"] = {"fields": ev.fields, "comm": f"{ev.comm}-{ev.pid}", "cpu": ev.cpu,
+                       "flags": ev.flags}
         if ev.ph == "X":
             rec["dur"] = ev.dur_ns / 1000.0
         elif ev.ph == "i":

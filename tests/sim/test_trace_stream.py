@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -408,7 +409,7 @@ def test_perfetto_tracks_of_locks_work_and_counters(tmp_path: Path) -> None:
         holds = sorted((e["ts"], e["dur"]) for e in evs
                        if e["ph"] == "X" and e["pid"] == pid and e.get("tid") == tid)
         assert holds, name
-        for (t0, d0), (t1, _) in zip(holds, holds[1:]):
+        for (t0, d0), (t1, _) in pairwise(holds):
             assert d0 >= 0 and t0 + d0 <= t1 + 1e-9, name
     counters = {next(iter(e["args"])) for e in evs if e["ph"] == "C"}
     assert counters == {"nr_free_pages", "krc_pending"}
