@@ -123,7 +123,7 @@ class Machine:
     def trace(self, task: Task, name: str, fields: str, **kw: Any) -> None:
         """Emit a tracepoint from ``task`` (callers test ``tracer.on`` first)."""
         self.tracer.emit(name, task.now_ns, task.cpu.id, task.comm, task.pid, fields,
-                         flags=lat_flags(task), **kw)
+                         ctx=task, **kw)
 
     def _cpu_flags(self, cpu: int) -> str:
         """Latency flags for an event emitted without a task: what runs on ``cpu`` now."""

@@ -250,7 +250,10 @@ class Tracer:
         dur_ns: int = 0,
         track: str = "",
         flags: str | None = None,
+        ctx: FlagsContext | None = None,
     ) -> None:
+        """Record one event if the selection takes it; ``flags`` (else those of ``ctx``, the
+        emitting task, else of what runs on ``cpu``) are worked out only then."""
         sel = self._selected.get(name)
         if sel is None:
             sel = self.selects(name)
@@ -262,7 +265,10 @@ class Tracer:
         if w is not None and (ts_ns + dur_ns < w[0] or ts_ns >= w[1]):
             return
         if flags is None:
-            flags = self.context(cpu) if self.context is not None else NO_FLAGS
+            if ctx is not None:
+                flags = lat_flags(ctx)
+            else:
+                flags = self.context(cpu) if self.context is not None else NO_FLAGS
         ev = TraceEvent(ts_ns, cpu, comm, pid, name, fields, ph, dur_ns, track, flags)
         self.written += 1
         if self.keep:
