@@ -262,7 +262,7 @@ def _trace_krcp_lock(tr: Tracer, krcp: Krc, since: list[int]) -> None:
     def traced_unlock(task: Task) -> None:
         if tr.on:
             t0 = since[cpu]
-            tr.emit("lock_krcp", t0, task.cpu.id, task.comm, task.pid, "lock=krc.lock",
+            tr.emit("lock_krcp", t0, task.cpu.id, task.comm, task.pid, "",
                     ph="X", dur_ns=task.cpu.local_ns - t0, track=track)
         unlock(task)
 
@@ -288,9 +288,8 @@ def _trace_zone_lock(tr: Tracer, locks: LockChecker, zone_lock: Lock) -> None:
         def release(self, task: LockContext, lock: Lock) -> None:
             if lock is zone_lock and tr.on:
                 t0 = since[0]
-                tr.emit("lock_zone", t0, task.cpu.id, task.comm, task.pid,
-                        f"lock={lock.name}", ph="X", dur_ns=task.cpu.local_ns - t0,
-                        track=lock.name)
+                tr.emit("lock_zone", t0, task.cpu.id, task.comm, task.pid, "",
+                        ph="X", dur_ns=task.cpu.local_ns - t0, track=lock.name)
             super().release(task, lock)
 
     locks.__class__ = TracedLockChecker

@@ -246,8 +246,12 @@ class PerfettoWriter:
             "pid": pid,
             "tid": tid,
         }
-        rec["args"] = {"fields": ev.fields, "comm": f"{ev.comm}-{ev.pid}", "cpu": ev.cpu,
-                       "flags": ev.flags}
+        args: dict[str, Any] = {"comm": f"{ev.comm}-{ev.pid}", "cpu": ev.cpu}
+        if ev.fields:
+            args["fields"] = ev.fields
+        if ev.ph == "i":  # a slice spans contexts: its end's flags would mislead
+            args["flags"] = ev.flags
+        rec["args"] = args
         if ev.ph == "X":
             rec["dur"] = ev.dur_ns / 1000.0
         elif ev.ph == "i":
