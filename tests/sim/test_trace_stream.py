@@ -20,7 +20,7 @@ from rcukit.kernel import Kernel
 from rcukit.locking.locks import LockKind
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.scenarios import compare as cmp
-from rcukit.scenarios.output import TraceFiles
+from rcukit.scenarios.output import TraceFiles, write_traces
 from rcukit.sched.sim import Task
 from rcukit.trace.events import (
     DEFAULT_SELECTION,
@@ -425,3 +425,16 @@ def test_trace_files_are_deterministic(tmp_path: Path) -> None:
         _rows_with(TraceFiles(str(t), str(f), events=frozenset({"*"})))
         outs.append((t.read_bytes(), f.read_bytes()))
     assert outs[0] == outs[1]
+
+
+def test_write_traces_from_kept_kernels(tmp_path: Path) -> None:
+    """``run_compare(kernels=...)`` keeps each row's events in memory; ``write_traces`` streams
+    them to the same files the CLI writes."""
+    ks: list[Any] = []
+    cmp.run_compare(cmp.default_config(), TINY, ["nowait"], ["default"], kernels=ks)
+    t, f = tmp_path / "t.json", tmp_path / "f.txt"
+    write_traces(ks, str(t), str(f))
+    doc = json.loads(t.read_text(encoding="utf-8"))
+    n = sum(1 for e in doc["traceEvents"] if e["ph"] == "i")
+    assert n == sum(1 for e in ks[0][1].tracer.events if e.ph == "i") > 0
+    assert f"entries-in-buffer/entries-written: {n}/{n} " in f.read_text(encoding="utf-8")
