@@ -19,7 +19,7 @@ from rcukit.locking.checker import LockChecker, LockStats
 from rcukit.locking.locks import Lock, LockKind
 from rcukit.locking.splat import SPLAT_KINDS, Splat
 from rcukit.sched.sim import Cpu, Simulator, Task
-from rcukit.trace.events import Counters, Tracer
+from rcukit.trace.events import NO_FLAGS, Counters, Tracer, lat_flags
 from rcukit.wq import Workqueue, wq_worker_sleeping
 
 TickHook = Callable[[Task, bool], None]
@@ -77,6 +77,7 @@ class Machine:
             out=sys.stderr if cfg.print_splats else None,
         )
         self.tracer = Tracer()
+        self.tracer.context = self._cpu_flags
         self.vmstat = Counters()
         self.rng = random.Random(cfg.seed)
         self.system_wq = self._workqueue("events")
@@ -121,7 +122,13 @@ class Machine:
 
     def trace(self, task: Task, name: str, fields: str, **kw: Any) -> None:
         """Emit a tracepoint from ``task`` (callers test ``tracer.on`` first)."""
-        self.tracer.emit(name, task.now_ns, task.cpu.id, task.comm, task.pid, fields, **kw)
+        self.tracer.emit(name, task.now_ns, task.cpu.id, task.comm, task.pid, fields,
+                         ctx=task, **kw)
+
+    def _cpu_flags(self, cpu: int) -> str:
+        """Latency flags for an event emitted without a task: what runs on ``cpu`` now."""
+        current = self.sim.cpus[cpu].current
+        return lat_flags(current) if current is not None else NO_FLAGS
 
     def _trace_splat(self, splat: Splat) -> None:
         self.vmstat.inc(f"splat_{splat.kind}")

@@ -149,6 +149,11 @@ class Workqueue:
                         task.pid, f"work struct {work.name}",
                     )
                 await work.func(task, work)
+                if tracer.on:
+                    tracer.emit(
+                        "workqueue_execute_end", task.now_ns, task.cpu.id, task.comm,
+                        task.pid, f"work struct {work.name}",
+                    )
                 task.data["wq_item"] = False
                 if task.data.pop("wq_slept", False):
                     pool.nr_busy += 1

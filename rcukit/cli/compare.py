@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -27,7 +28,15 @@ from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.rcu.profiles import PROFILES
 from rcukit.scenarios import compare as cmp
-from rcukit.scenarios.output import print_compare_table, write_plot, write_traces
+from rcukit.scenarios.output import TraceFiles, print_compare_table, write_plot
+from rcukit.trace.events import (
+    DEFAULT_SELECTION,
+    HIGH_RATE_EVENTS,
+    parse_cpu_list,
+    parse_event_names,
+    parse_window_ms,
+)
+from rcukit.trace.export import KERNEL_EVENTS, RCUKIT_EVENTS
 
 
 def _flatten(prefix: str, data: dict[str, Any], out: dict[str, Any]) -> None:
@@ -133,7 +142,7 @@ def _cmd(args: argparse.Namespace) -> int:
         from rcukit.scenarios.output import require_matplotlib
 
         require_matplotlib()
-    kernels: list[Any] | None = [] if (args.trace or args.ftrace) else None
+    traces = _trace_files(args, config.nr_cpus)
     # Only when there are any, so run_compare() without the parameter still runs the built-ins.
     # Workers rebuild the sources from the same specs (and entry points): the objects need
     # not pickle.
@@ -142,36 +151,86 @@ def _cmd(args: argparse.Namespace) -> int:
          "load_sources": functools.partial(load_block_sources, tuple(args.plugin))}
         if sources else {}
     )
-    # --trace/--ftrace keep every row's kernel in this process: run_compare() runs them inline.
+    # --trace/--ftrace stream every row's events from this process: run_compare() runs inline.
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    if traces is not None:
+        extra["tracing"] = traces.attach
 
     def run(progress: Callable[[cmp.Cell], None] | None) -> cmp.CompareResult:
         return cmp.run_compare(config, workload, variants, configs, profiles=profiles,
-                               progress=progress, kernels=kernels, jobs=jobs, **extra)
+                               progress=progress, jobs=jobs, **extra)
 
-    if args.json or not sys.stderr.isatty():
-        result = run(None)
-    else:
-        from rich.progress import Progress
+    with traces if traces is not None else contextlib.nullcontext():
+        result = _run(args, run, len(profiles) * len(variants) * len(configs))
 
-        with Progress(transient=True) as progress:
-            bar = progress.add_task(
-                "simulating", total=len(profiles) * len(variants) * len(configs)
-            )
-
-            def step(cell: cmp.Cell) -> None:
-                progress.update(bar, advance=1, description=" / ".join(cell))
-
-            result = run(step)
     if args.json:
         print(json.dumps(result.to_json(), sort_keys=True))
     else:
         print_compare_table(result)
     if args.plot:
         write_plot(result, args.plot)
-    if kernels is not None:
-        write_traces(kernels, args.trace, args.ftrace)
     return 0
+
+
+def _run(
+    args: argparse.Namespace,
+    run: Callable[[Callable[[cmp.Cell], None] | None], cmp.CompareResult],
+    total: int,
+) -> cmp.CompareResult:
+    if args.json or not sys.stderr.isatty():
+        return run(None)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        bar = progress.add_task("simulating", total=total)
+
+        def step(cell: cmp.Cell) -> None:
+            progress.update(bar, advance=1, description=" / ".join(cell))
+
+        return run(step)
+
+
+def _trace_files(args: argparse.Namespace, nr_cpus: int) -> TraceFiles | None:
+    """The trace files the options ask for, their selection checked against the machine."""
+    if not (args.trace or args.ftrace):
+        for opt in ("trace_events", "trace_cpus", "trace_window"):
+            if getattr(args, opt) is not None:
+                raise ConfigError(f"--{opt.replace('_', '-')} needs --trace or --ftrace")
+        return None
+    if args.trace_cpus is not None and max(args.trace_cpus) >= nr_cpus:
+        raise ConfigError(
+            f"--trace-cpus {max(args.trace_cpus)}: the machine has CPUs 0-{nr_cpus - 1}"
+        )
+    return TraceFiles(
+        args.trace, args.ftrace,
+        events=args.trace_events if args.trace_events is not None else DEFAULT_SELECTION,
+        cpus=args.trace_cpus, window_ns=args.trace_window,
+    )
+
+
+def _trace_events(text: str) -> frozenset[str]:
+    try:
+        names = parse_event_names(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    known = (*KERNEL_EVENTS, *RCUKIT_EVENTS)
+    for n in names:
+        body = n.removeprefix("!")
+        if not any(c in body for c in "*?[") and body not in known:
+            raise argparse.ArgumentTypeError(
+                f"unknown event {body!r}; known: {', '.join(sorted(known))} (globs allowed)"
+            )
+    return names
+
+
+def _parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def wrapped(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return wrapped
 
 
 _jobs = number_type(
@@ -217,4 +276,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="write a Perfetto trace of the runs")
     p.add_argument("--ftrace", metavar="FILE.txt", type=output_path(),
                    help="write the trace in ftrace text form")
+    p.add_argument("--trace-events", metavar="NAME,...", type=_trace_events,
+                   help="events to trace: tracepoint names or globs (rcu_*), !NAME to leave "
+                   "one out (default: all but the per-object and per-page ones, "
+                   f"{', '.join(HIGH_RATE_EVENTS)}; '*' is everything)")
+    p.add_argument("--trace-cpus", metavar="LIST", type=_parsed(parse_cpu_list),
+                   help="trace only these CPUs: 0,2 or 0-3 (default: all)")
+    p.add_argument("--trace-window", metavar="START:END", type=_parsed(parse_window_ms),
+                   help="trace only events in this span of simulated milliseconds, e.g. "
+                   "0:50 or 200: (default: the whole run)")
     p.set_defaults(func=_cmd)

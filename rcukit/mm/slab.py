@@ -39,6 +39,7 @@ from rcukit.mm.fault import (
 )
 from rcukit.mm.gfp import GFP
 from rcukit.sched.sim import Task
+from rcukit.trace.events import symbol_offset
 
 if TYPE_CHECKING:
     from rcukit.mm.mm import Mm
@@ -379,7 +380,7 @@ class SlabAllocator:
         mm.kernel.trace(
             task,
             event,
-            f"call_site={self._site(task)} ptr={ptr:#x} bytes_req={bytes_req} "
+            f"call_site={symbol_offset(*raw_site(task)[:2])} ptr={ptr:#x} bytes_req={bytes_req} "
             f"bytes_alloc={bytes_alloc} gfp_flags={mm.gfp_name(gfp)}",
         )
 
@@ -476,7 +477,9 @@ class SlabAllocator:
                 site = raw_site(task)
                 self._remember_free(ptr, site, cache.size)
                 if mm.tracer.on:
-                    mm.kernel.trace(task, "kfree", f"call_site={Site.from_raw(site)} ptr={ptr:#x}")
+                    mm.kernel.trace(
+                        task, "kfree", f"call_site={symbol_offset(*site[:2])} ptr={ptr:#x}"
+                    )
             if slab is not cache.active:
                 if not slab.on_partial:
                     slab.on_partial = True
@@ -496,7 +499,7 @@ class SlabAllocator:
         self.nr_objects -= 1
         self._remember_free(ptr, site, self.page_size << order)
         if mm.tracer.on:
-            mm.kernel.trace(task, "kfree", f"call_site={Site.from_raw(site)} ptr={ptr:#x}")
+            mm.kernel.trace(task, "kfree", f"call_site={symbol_offset(*site[:2])} ptr={ptr:#x}")
         await mm.free_pages(task, mm.virt_to_pfn(ptr), order)
 
     async def kfree_bulk(self, task: Task, ptrs: Sequence[int]) -> None:

@@ -13,6 +13,7 @@ row, so every difference in the table is theirs.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import random
@@ -216,10 +217,14 @@ async def _flood(k: Kernel, w: Workload, task: Task) -> int:
 async def run_row_async(
     config: KernelConfig, workload: Workload, variant: str, kernel_config: str,
     *, trace: bool = False, block_sources: Sequence[BlockPageSource] = (),
+    tracing: Callable[[Kernel], None] | None = None,
 ) -> tuple[dict[str, Any], Kernel]:
+    """``tracing`` (if given) sets up the booted kernel's tracer instead of ``trace``."""
     cfg = config.with_kernel_config(kernel_config).replace(**{"kvfree.variant": variant})
     async with boot(cfg, block_sources=block_sources) as k:
-        if trace:
+        if tracing is not None:
+            tracing(k)
+        elif trace:
             k.tracer.enable()
         cpus = list(range(min(workload.flood_cpus, cfg.nr_cpus)))
 
@@ -242,12 +247,14 @@ async def run_row_async(
 def run_row(
     config: KernelConfig, workload: Workload, variant: str, kernel_config: str,
     *, trace: bool = False, block_sources: Sequence[BlockPageSource] = (),
+    tracing: Callable[[Kernel], None] | None = None,
 ) -> tuple[dict[str, Any], Kernel]:
     box: dict[str, Any] = {}
 
     async def main() -> None:
         box["r"] = await run_row_async(
-            config, workload, variant, kernel_config, trace=trace, block_sources=block_sources
+            config, workload, variant, kernel_config, trace=trace, block_sources=block_sources,
+            tracing=tracing,
         )
 
     run_sim(main)
@@ -334,6 +341,7 @@ def run_compare(
     block_sources: Sequence[BlockPageSource] = (),
     jobs: int = 1,
     load_sources: SourcesLoader | None = None,
+    tracing: Callable[[Cell, Kernel], None] | None = None,
 ) -> CompareResult:
     """Run every variant under every build of every profile (default: the config's profile);
     ``block_sources`` adds the user's variants, whose names ``variants`` may then list (each
@@ -343,7 +351,9 @@ def run_compare(
     row); rows come back in the order asked for and hold the same data as inline, since each
     depends on its config, workload, profile, variant and build alone. ``progress`` is then
     called as rows finish, in any order. Keeping ``kernels`` (for traces) needs them in this
-    process, so it always runs inline. With user sources, workers need ``load_sources``, a
+    process, so it always runs inline; so does ``tracing``, called with each row's cell and
+    kernel once booted, to stream its trace (the kernel is released after the row). With user
+    sources, workers need ``load_sources``, a
     picklable way to build them there (the objects are not sent).
     """
     cfg = config or default_config()
@@ -356,7 +366,7 @@ def run_compare(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs = {jobs!r}: expected a positive number of processes")
     cells: list[Cell] = [(p, v, kc) for p in names for v in variants for kc in configs]
-    workers = 1 if kernels is not None else min(jobs, len(cells))
+    workers = 1 if kernels is not None or tracing is not None else min(jobs, len(cells))
     if workers > 1 and sources and load_sources is None:
         raise ConfigError(
             "user block sources cannot be sent to worker processes as objects; pass "
@@ -370,7 +380,13 @@ def run_compare(
         rows = []
         for cell in cells:
             profile, variant, kc = cell
-            if kernels is None:
+            if tracing is not None and kernels is None:
+                data, k = run_row(cfg_of(profile), wl, variant, kc, block_sources=sources,
+                                  tracing=functools.partial(tracing, cell))
+                rows.append(data)
+                del k
+                gc.collect()
+            elif kernels is None:
                 rows.append(row_data(cfg_of(profile), wl, variant, kc, block_sources=sources))
             else:
                 data, k = run_row(cfg_of(profile), wl, variant, kc, trace=True,

@@ -21,7 +21,8 @@ from rcukit.trace.export import format_ftrace_line
 from rcukit.wq import Work
 
 FTRACE_RE = re.compile(
-    r"^ *(?P<comm>\S+)-(?P<pid>\d+) \[(?P<cpu>\d{3})\] \.\.\.\.\. "
+    r"^ *(?P<comm>\S+)-(?P<pid>\d+) \[(?P<cpu>\d{3})\] "
+    r"(?P<flags>[.dbD][.Nnp][.hsHzZ][.\da-f]{2}) "
     r"+(?P<secs>\d+)\.(?P<usecs>\d{6}): (?P<name>\w+): (?P<fields>.*)$"
 )
 
@@ -82,6 +83,9 @@ def test_enable_records_events_and_disable_stops() -> None:
     )
     names = [e.name for e in k.tracer]
     assert names.count("workqueue_execute_start") == 4
+    # process_one_work() traces the end of each item too (trace_workqueue_execute_end(),
+    # kernel/workqueue.c since v2.6.36): 4 more events than before it was modelled.
+    assert names.count("workqueue_execute_end") == 4
     # Four violations, one printed: lockdep is one-shot (print_lock_invalid_wait_context() ->
     # debug_locks_off(), kernel.md 8.4) and the trace shows what the kernel printed.
     assert names.count("splat") == 1
@@ -89,7 +93,7 @@ def test_enable_records_events_and_disable_stops() -> None:
     works = sorted(e.fields for e in k.tracer if e.name == "workqueue_execute_start")
     assert works == [f"work struct a{c}" for c in range(4)]
     for e in k.tracer:
-        if e.name == "workqueue_execute_start":
+        if e.name.startswith("workqueue_execute_"):
             assert e.comm.startswith(f"kworker/{e.cpu}:")
         else:
             assert e.comm == f"fn/{e.cpu}"
@@ -141,8 +145,14 @@ def test_ftrace_line_format() -> None:
     assert format_ftrace_line(ev) == (
         "  kworker/3:1-42 [003] .....     1.234567: workqueue_execute_start: work struct w"
     )
-    long = TraceEvent(12_000_001_000, 12, "rcu_preempt_kthread", 7, "x", "a=1")
-    assert format_ftrace_line(long) == "rcu_preempt_kthread-7 [012] .....    12.000001: x: a=1"
+    long = TraceEvent(12_000_001_000, 12, "rcu_preempt_kthread", 7, "rcu_fqs", "a=1",
+                      flags="d..1.")
+    assert format_ftrace_line(long) == (
+        "rcu_preempt_kthread-7 [012] d..1.    12.000001: rcu_fqs: a=1"
+    )
+    # Not a kernel tracepoint: printed under rcukit's own name (rcukit.trace.export).
+    own = TraceEvent(1000, 0, "t", 1, "kfree_rcu_monitor", "cpu=0")
+    assert format_ftrace_line(own).endswith(" rcukit_kfree_rcu_monitor: cpu=0")
 
 
 def test_ftrace_of_a_run() -> None:
@@ -152,15 +162,19 @@ def test_ftrace_of_a_run() -> None:
     text = to_ftrace(k.tracer.events, nr_cpus=4)
     lines = text.splitlines()
     assert lines[0] == "# tracer: nop"
-    assert lines[2] == "# entries-in-buffer/entries-written: -/-   #P:4"
+    assert lines[2] == "# entries-in-buffer/entries-written: 9/9   #P:4"
     body = [ln for ln in lines if not ln.startswith("#")]
-    assert len(body) == len(k.tracer.events) == 5  # 4 work items, lockdep's one report
+    # 4 work items (start and end), lockdep's one report
+    assert len(body) == len(k.tracer.events) == 9
     stamps = []
     for ln in body:
         m = FTRACE_RE.match(ln)
         assert m is not None, ln
-        ev = next(e for e in k.tracer if e.fields == m["fields"] and e.cpu == int(m["cpu"]))
-        assert (m["comm"], int(m["pid"]), m["name"]) == (ev.comm, ev.pid, ev.name)
+        ev = next(e for e in k.tracer if e.fields == m["fields"] and e.cpu == int(m["cpu"])
+                  and m["name"].endswith(e.name))
+        name = ev.name if ev.name != "splat" else "rcukit_splat"
+        assert (m["comm"], int(m["pid"]), m["name"], m["flags"]) == (
+            ev.comm, ev.pid, name, ev.flags)
         assert int(m["secs"]) * 1_000_000 + int(m["usecs"]) == ev.ts_ns // 1000
         stamps.append(ev.ts_ns)
     assert stamps == sorted(stamps)
@@ -195,8 +209,8 @@ def test_perfetto_json() -> None:
     assert len(data) == len(events)
     first = data[0]
     assert (first["pid"], first["tid"], first["ts"], first["s"]) == (1, 0, 1.0, "t")
-    assert first["args"] == {"fields": "ptr=1", "comm": "fn/0-1", "cpu": 0}
-    assert first["cat"] == "kvfree"
+    assert first["args"] == {"fields": "ptr=1", "comm": "fn/0-1", "cpu": 0, "flags": "....."}
+    assert first["cat"] == "rcukit"  # kvfree_call_rcu is a function, not a tracepoint
     gps = [r for r in data if r["name"] == "rcu_grace_period"]
     assert [(r["ts"], r["dur"], r["pid"]) for r in gps] == [(0.0, 3000.0, 2), (3000.0, 1.0, 2)]
     assert len({r["tid"] for r in gps}) == 1
@@ -208,8 +222,14 @@ def test_perfetto_of_a_run_loads() -> None:
     )
     doc = json.loads(to_perfetto(k.tracer.events, nr_cpus=4))
     data = [r for r in doc["traceEvents"] if r["ph"] != "M"]
-    assert len(data) == 5  # 4 work items, lockdep's one report
-    assert {r["tid"] for r in data} == {0, 1, 2, 3}
+    instants = [r for r in data if r["ph"] == "i"]
+    assert len(instants) == 9  # 4 work items (start and end), lockdep's one report
+    assert {r["tid"] for r in instants} == {0, 1, 2, 3}
+    # each work item is also a slice on its worker's track, in the kthreads process
+    slices = [r for r in data if r["ph"] in "BE"]
+    assert sorted((r["name"], r["ph"]) for r in slices) == sorted(
+        (f"a{c}", ph) for c in range(4) for ph in "BE")
+    assert {r["pid"] for r in slices} == {2}
 
 
 # -- counters --------------------------------------------------------------------------------------

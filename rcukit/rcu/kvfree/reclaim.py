@@ -103,7 +103,7 @@ class KvfreeReclaim(KvfreePart):
             if k.tracer.on:
                 k.trace(
                     task, "rcu_invoke_kfree_bulk_callback",
-                    f"rcu_preempt bulk=0x{bnode.page:x} nr_records={nr}",
+                    f"{self._rcu.name} bulk=0x{bnode.page:x} nr_records={nr}",
                 )
             segs = bnode.segs
             if segs and bnode.seg_end == nr:
@@ -117,7 +117,7 @@ class KvfreeReclaim(KvfreePart):
             for p in ptrs:
                 if k.tracer.on:
                     k.trace(task, "rcu_invoke_kvfree_callback",
-                            f"rcu_preempt rhp=0x{p:x} func=0x0")
+                            f"{self._rcu.name} rhp=0x{p:x} func=0x0")
                 await mm.vfree(task, p)
         ctr.bulk_calls += 1
         ctr.records_per_block[nr] = ctr.records_per_block.get(nr, 0) + 1
@@ -147,7 +147,8 @@ class KvfreeReclaim(KvfreePart):
             if debug.enabled:
                 debug.debug_rcu_head_unqueue(p)
             if k.tracer.on:
-                k.trace(task, "rcu_invoke_kvfree_callback", f"rcu_preempt rhp=0x{p:x} func=0x0")
+                k.trace(task, "rcu_invoke_kvfree_callback",
+                        f"{self._rcu.name} rhp=0x{p:x} func=0x0")
             await self._mm.kvfree(task, p)
         self.note_freed(len(head))
         await task.cond_resched()

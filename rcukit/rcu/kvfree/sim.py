@@ -312,7 +312,7 @@ class KvfreeRcu:
         if self._tracer.on:
             self.kernel.trace(
                 task, "rcu_kvfree_callback",
-                f"rcu_preempt rhp=0x{head or ptr:x} func=0x{(head or ptr) - ptr:x} "
+                f"{self.rcu.name} rhp=0x{head or ptr:x} func=0x{(head or ptr) - ptr:x} "
                 f"{krcp.krc_count()}",
             )
         krcp.raw_spin_unlock_irqrestore(task)
