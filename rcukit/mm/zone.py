@@ -234,47 +234,47 @@ class FreeList:
     sorted container's Python-level insertion and removal cost microseconds.
     """
 
-    __slots__ = ("_heap", "_live")
+    __slots__ = ("heap", "live")
 
     def __init__(self, pfns: Iterable[int] = ()) -> None:
-        self._live: set[int] = set(pfns)
-        self._heap: list[int] = sorted(self._live)
+        self.live: set[int] = set(pfns)
+        self.heap: list[int] = sorted(self.live)
 
     def add(self, pfn: int) -> None:
-        self._live.add(pfn)
-        heapq.heappush(self._heap, pfn)
+        self.live.add(pfn)
+        heapq.heappush(self.heap, pfn)
 
     def remove(self, pfn: int) -> None:
         """Unlist ``pfn`` (KeyError if it is not listed)."""
-        live = self._live
+        live = self.live
         live.remove(pfn)
-        if len(self._heap) > 2 * len(live) + 64:
-            self._heap = sorted(live)
+        if len(self.heap) > 2 * len(live) + 64:
+            self.heap = sorted(live)
 
     def first(self) -> int:
         """The lowest listed PFN (the list must not be empty)."""
-        heap = self._heap
-        live = self._live
+        heap = self.heap
+        live = self.live
         while heap[0] not in live:
             heapq.heappop(heap)
         return heap[0]
 
     def in_range(self, lo: int, hi: int) -> list[int]:
         """The listed PFNs in ``[lo, hi]``, lowest first (error reports only: O(n))."""
-        return sorted(p for p in self._live if lo <= p <= hi)
+        return sorted(p for p in self.live if lo <= p <= hi)
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self.live)
 
     def __bool__(self) -> bool:
-        return bool(self._live)
+        return bool(self.live)
 
     def __iter__(self) -> Iterator[int]:
         """Lowest PFN first."""
-        return iter(sorted(self._live))
+        return iter(sorted(self.live))
 
     def __contains__(self, pfn: object) -> bool:
-        return pfn in self._live
+        return pfn in self.live
 
 
 def _empty_free_area() -> list[list[FreeList]]:
@@ -373,7 +373,9 @@ class BuddyAllocator:
         return self.start_pfn + self.nr_pages
 
     def _add(self, pfn: int, order: int, mt: int) -> None:
-        self.free_area[order][mt].add(pfn)
+        lst = self.free_area[order][mt]
+        lst.live.add(pfn)
+        heapq.heappush(lst.heap, pfn)
         self._heads[pfn] = (order, mt)
         self.nr_free += 1 << order
         i = pfn - self.start_pfn
@@ -392,11 +394,13 @@ class BuddyAllocator:
         The low half is kept and each upper half goes back on the list one order down, so
         consecutive order-0 requests walk PFNs upward through a block.
         """
-        _check_order(order)
-        _check_mt(mt)
+        if not (0 <= order < MAX_ORDER and 0 <= mt < MIGRATE_PCPTYPES):
+            _check_order(order)
+            _check_mt(mt)
+        area = self.free_area
         for cur in range(order, MAX_ORDER):
-            lst = self.free_area[cur][mt]
-            if lst:
+            lst = area[cur][mt]
+            if lst.live:
                 pfn = lst.first()
                 self._remove(pfn, cur, mt)
                 while cur > order:
@@ -476,20 +480,26 @@ class BuddyAllocator:
         Freeing a PFN outside the zone or overlapping a free block raises ``MemoryDebugError``
         (the kernel would corrupt its lists; the simulation must notice).
         """
-        _check_order(order)
-        _check_mt(mt)
+        if not (0 <= order < MAX_ORDER and 0 <= mt < MIGRATE_PCPTYPES):
+            _check_order(order)
+            _check_mt(mt)
         size = 1 << order
         if pfn & (size - 1):
             raise PageAllocError(f"pfn {pfn:#x} is not aligned to order {order}")
-        if pfn < self.start_pfn or pfn + size > self.end_pfn:
+        start = self.start_pfn
+        if pfn < start or pfn + size > self.end_pfn:
             raise MemoryDebugError(
                 f"foreign free: pfn {pfn:#x} order {order} is outside the zone "
-                f"[{self.start_pfn:#x}, {self.end_pfn:#x})"
+                f"[{start:#x}, {self.end_pfn:#x})"
             )
-        self._check_not_free(pfn, order)
+        i = pfn - start
+        covered = self._covered
+        if (covered.find(1, i, i + size) >= 0) if order else covered[i]:
+            self._double_free(pfn, order)
+        heads = self._heads
         while order < MAX_ORDER - 1:
             buddy = pfn ^ (1 << order)
-            entry = self._heads.get(buddy)
+            entry = heads.get(buddy)
             if entry is None or entry[0] != order:
                 break
             self._remove(buddy, order, entry[1])
@@ -497,18 +507,9 @@ class BuddyAllocator:
             order += 1
         self._add(pfn, order, mt)
 
-    def _check_not_free(self, pfn: int, order: int) -> None:
-        i = pfn - self.start_pfn
-        if order:
-            if self._covered.find(1, i, i + (1 << order)) < 0:
-                return
-        elif not self._covered[i]:
-            return
-        self._double_free(pfn, order)
-        raise SimulationError(f"buddy: pfn {pfn:#x} is covered but no free block overlaps it")
-
     def _double_free(self, pfn: int, order: int) -> None:
-        """Raise the double-free report for a block that overlaps a free one."""
+        """Raise the double-free report for a block the covered map says overlaps a free one:
+        the block containing ``pfn`` first, else the lowest-order free block inside."""
         # A free block containing pfn starts at pfn rounded down to its own order.
         for o in range(MAX_ORDER):
             head = pfn & ~((1 << o) - 1)
@@ -527,6 +528,7 @@ class BuddyAllocator:
                         f"double free: pfn {pfn:#x} order {order} contains the free block "
                         f"{head:#x} order {o}"
                     )
+        raise SimulationError(f"buddy: pfn {pfn:#x} is covered but no free block overlaps it")
 
     def free_bulk(self, pages: Iterable[tuple[int, int]]) -> int:
         """Free order-0 ``(pfn, migratetype)`` pairs, as ``free_pcppages_bulk()`` hands them over.
