@@ -323,8 +323,8 @@ class PageAlloc:
                 return None
         else:
             self.locks.acquire(task, lock, ip, irqsave=self._pcp_irqsave)
-        task.charge(self.spin_lock_cost)
-        if self.in_krcp(task):
+        task.cpu.local_ns += self.spin_lock_cost  # task.charge(): every pcp hit comes here
+        if KRCP_LOCK_CLASS in [h.lock.name for h in task.held_locks]:  # in_krcp(task)
             self.vmstat.inc("pcp_lock_in_krcp")
         return lock
 

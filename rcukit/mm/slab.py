@@ -172,6 +172,10 @@ class SlabAllocator:
         self.alloc_sites: dict[int, RawSite] | None = {} if mmc.debug_alloc_sites else None
         self.nr_objects = 0
         self._gfp_plans = mm.page_alloc.plans
+        # Read on every kmalloc: the failslab knobs (the object, whose fields debugfs changes)
+        # and the frozen cost model's per-object charge.
+        self._failslab = mm.failslab
+        self._kmalloc_ns = mm.cost.kmalloc_ns
 
     # -- helpers ---------------------------------------------------------------------------------
     def cache_for(self, size: int) -> KmemCache:
@@ -211,7 +215,8 @@ class SlabAllocator:
         if size > self.max_cache_size:
             return await self._kmalloc_large(task, size, gfp)
         cache = self._by8[(size - 1) >> 3] if size <= 192 else self.cache_for(size)
-        if mm.failslab.probability > 0.0 and mm.failslab.should_fail(gfp):
+        failslab = self._failslab
+        if failslab.probability > 0.0 and failslab.should_fail(gfp):
             mm.vmstat.inc("failslab")
             return 0
         slab = cache.active
@@ -224,10 +229,9 @@ class SlabAllocator:
         slab.inuse += 1
         self.nr_objects += 1
         ptr = slab.base + idx * cache.size
-        cost = mm.cost
-        task.charge(cost.kmalloc_ns)
+        task.cpu.local_ns += self._kmalloc_ns  # task.charge(), inline on this per-call path
         if gfp & _ZERO:
-            task.charge(cost.zero_page_ns_per_4k * cache.size // 4096)
+            task.charge(mm.cost.zero_page_ns_per_4k * cache.size // 4096)
         if self.alloc_sites is not None:
             self.alloc_sites[ptr] = raw_site(task)
         if mm.tracer.on:
@@ -242,17 +246,16 @@ class SlabAllocator:
         return (
             not mm.tracer.on
             and self.alloc_sites is None
-            and mm.failslab.probability <= 0.0
+            and self._failslab.probability <= 0.0
             and gfp in self._gfp_plans
         )
 
     def kmalloc_cost(self, cache: KmemCache, gfp: int) -> int:
         """What one :meth:`kmalloc` from ``cache`` charges (``kmalloc_ns``, plus the memset of
         ``__GFP_ZERO``)."""
-        cost = self.mm.cost
         if gfp & _ZERO:
-            return int(cost.kmalloc_ns + cost.zero_page_ns_per_4k * cache.size // 4096)
-        return int(cost.kmalloc_ns)
+            return int(self._kmalloc_ns + self.mm.cost.zero_page_ns_per_4k * cache.size // 4096)
+        return int(self._kmalloc_ns)
 
     def kmalloc_run(self, task: Task, cache: KmemCache, gfp: int, kmax: int) -> tuple[int, int]:
         """Up to ``kmax`` objects of ``cache``'s active slab, as that many :meth:`kmalloc` calls

@@ -400,9 +400,18 @@ class BuddyAllocator:
         area = self.free_area
         for cur in range(order, MAX_ORDER):
             lst = area[cur][mt]
-            if lst.live:
-                pfn = lst.first()
-                self._remove(pfn, cur, mt)
+            live = lst.live
+            if live:
+                # _remove() of the list's lowest PFN, taken off the heap at once
+                heap = lst.heap
+                pfn = heapq.heappop(heap)
+                while pfn not in live:
+                    pfn = heapq.heappop(heap)
+                live.remove(pfn)
+                del self._heads[pfn]
+                self.nr_free -= 1 << cur
+                i = pfn - self.start_pfn
+                self._covered[i : i + (1 << cur)] = _UNCOVER[cur]
                 while cur > order:
                     cur -= 1
                     self._add(pfn + (1 << cur), cur, mt)
