@@ -63,7 +63,9 @@ _NOFAIL = int(GFP.NOFAIL)
 class Slab:
     """One slab page block: objects of ``cache.size`` from ``base``; ``used[i]`` = allocated."""
 
-    __slots__ = ("base", "cache", "freelist", "inuse", "nobj", "on_partial", "order", "pfn", "used")
+    __slots__ = (
+        "base", "cache", "freelist", "fresh", "inuse", "nobj", "on_partial", "order", "pfn", "used",
+    )
 
     def __init__(self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int) -> None:
         self.cache = cache
@@ -78,6 +80,10 @@ class Slab:
         )
         self.inuse = 0
         self.on_partial = False
+        #: Nothing was freed back yet: the freelist is still the fresh descending one with its
+        #: tail popped, so any tail of it pops as consecutive indices (kmalloc_run skips the
+        #: comparison). Every path that pushes onto the freelist clears it.
+        self.fresh = True
 
 
 class KmemCache:
@@ -274,13 +280,18 @@ class SlabAllocator:
         k = len(fl)
         if kmax < k:
             k = kmax
-        if k > 1 and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None]):
+        if (
+            k > 1
+            and not slab.fresh
+            and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None])
+        ):
             k = _consecutive_tail(fl, k)
         del fl[-k:]
         slab.used[a : a + k] = b"\x01" * k
         slab.inuse += k
         self.nr_objects += k
-        task.charge(k * self.kmalloc_cost(cache, gfp))
+        per = self.kmalloc_cost(cache, gfp) if gfp & _ZERO else self._kmalloc_ns
+        task.cpu.local_ns += k * per  # task.charge() of k kmalloc() costs
         return slab.base + a * cache.size, k
 
     def slab_index(self, ptr: int) -> tuple[Slab, int] | None:
@@ -472,6 +483,7 @@ class SlabAllocator:
                 self._locate(task, ptr, "kfree")
             slab.used[idx] = 0
             slab.freelist.append(idx)
+            slab.fresh = False
             slab.inuse -= 1
             self.nr_objects -= 1
             task.charge(cost.kfree_ns + cost.cache_miss_ns if cache_miss else cost.kfree_ns)
@@ -564,6 +576,7 @@ class SlabAllocator:
         for slab, members in groups:
             used = slab.used
             fl = slab.freelist
+            slab.fresh = False
             nr = 0
             for j in members:
                 for seg in reversed(runs[j][2]):
@@ -740,6 +753,7 @@ class SlabAllocator:
                 continue
             used = slab.used
             fl = slab.freelist
+            slab.fresh = False
             for i in members:
                 idx = idxs[i]
                 used[idx] = 0

@@ -98,6 +98,32 @@ async def test_kmalloc_run_stops_where_the_freelist_stops_being_consecutive(
         assert _state(a) == _state(b)
 
 
+@pytest.mark.parametrize("bulk", [False, True])
+async def test_kmalloc_run_after_frees_into_the_active_slab(
+    autojump_clock: Any, bulk: bool
+) -> None:
+    """Objects freed back into the active slab (``kfree()`` or ``kfree_bulk()``: SLUB pushes
+    them on the freelist, mm/slub.c ``do_slab_free()``/``build_detached_freelist()``) are
+    handed out first and are not consecutive with the rest: runs must notice that the slab is
+    no longer fresh, so runs plus kmalloc calls keep matching kmalloc calls alone."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        for k in (a, b):
+            ptrs = await _alloc(k, 100, runs=False)
+
+            async def give_back(task: Task, k: Kernel = k, ptrs: list[int] = ptrs) -> None:
+                back = [ptrs[i] for i in (40, 12, 13, 14, 90)]
+                if bulk:
+                    await k.mm.kfree_bulk(task, back)
+                else:
+                    for p in back:
+                        await k.mm.kfree(task, p)
+
+            await on_cpu(k, give_back)
+        assert await _alloc(a, 60, runs=False) == await _alloc(b, 60, runs=True)
+        assert _state(a) == _state(b)
+
+
 async def _block_of(k: Kernel, n: int) -> tuple[array[int], list[tuple[Slab, int, int]]]:
     ptrs = await _alloc(k, n, runs=False)
     segs: list[tuple[Slab, int, int]] = []
