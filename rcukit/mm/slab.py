@@ -227,7 +227,7 @@ class SlabAllocator:
             return 0
         slab = cache.active
         if slab is None or not slab.freelist:
-            slab = await self._refill(task, cache, gfp)
+            slab = await self.kmalloc_refill(task, cache, gfp)
             if slab is None:
                 return 0
         idx = slab.freelist.pop()
@@ -316,10 +316,6 @@ class SlabAllocator:
     async def kmalloc_refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
         """What :meth:`kmalloc` does first when the active slab is full (or missing): the
         newest partial slab, or a new one; None when no page could be had (kmalloc's NULL)."""
-        return await self._refill(task, cache, gfp)
-
-    async def _refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
-        """The active slab is full: take the newest partial slab or allocate a new one."""
         if cache.partial:
             slab, _ = cache.partial.popitem()
             slab.on_partial = False
@@ -551,6 +547,13 @@ class SlabAllocator:
             seg = range(idx0, idx0 + k)
             if slab is prev:
                 run = runs[-1]
+                last = run[2][-1]
+                if last.stop == idx0:
+                    # a run cut at a tick, or the block's first record from the per-call
+                    # path: one segment (the free below pushes the same indices either way)
+                    run[2][-1] = range(last.start, idx0 + k)
+                    runs[-1] = (slab, run[1] + k, run[2])
+                    continue
                 run[2].append(seg)
                 runs[-1] = (slab, run[1] + k, run[2])
             else:
