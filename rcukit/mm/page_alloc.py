@@ -358,14 +358,7 @@ class PageAlloc:
             lst = pcp.lists[plan.mt]
             if free > self._fast_mark:
                 if lst:
-                    pfn = lst.popleft()
-                    pcp.count -= 1
-                    self._pstate[pfn - self._start_pfn] = plan.state0
-                    task.charge(plan.hit_ns)
-                    self.vmstat.inc("pgalloc_normal")
-                    if self.tracer.on:
-                        self._trace_alloc(task, pfn, 0, plan.mt, plan)
-                    return pfn
+                    return self._pcp_take(task, pcp, lst, plan)
             elif lst and self.pcp_locks is not None and not plan.fast_try:
                 zone = self.zone
                 if free > zone.wmark.low + zone.watermark_boost:
@@ -384,13 +377,7 @@ class PageAlloc:
         lock = self.pcp_lock(task, "rmqueue_pcplist", self._pcp_trylock)
         pfn: int | None
         if lock is not None:
-            pfn = lst.popleft()
-            pcp.count -= 1
-            task.charge(plan.hit_ns)  # pcp_alloc_ns, and the zeroing of __GFP_ZERO
-            self._pstate[pfn - self._start_pfn] = plan.state0  # prep_new_page()
-            self.vmstat.inc("pgalloc_normal")
-            if self.tracer.on:
-                self._trace_alloc(task, pfn, 0, plan.mt, plan)
+            pfn = self._pcp_take(task, pcp, lst, plan)
             self.locks.release(task, lock)
         else:
             # 6.0+: the pcp trylock failed, rmqueue_buddy() under zone->lock instead
@@ -400,6 +387,44 @@ class PageAlloc:
         if pfn is None:
             return await self.alloc_pages_slowpath(task, plan, 0)
         return pfn
+
+    def _pcp_take(self, task: Task, pcp: PerCpuPages, lst: deque[int], plan: _GfpPlan) -> int:
+        """A pcp hit: the list head, ``pcp_alloc_ns`` (and the zeroing of ``__GFP_ZERO``),
+        ``prep_new_page()``'s page state, ``pgalloc_normal`` and ``mm_page_alloc``."""
+        pfn = lst.popleft()
+        pcp.count -= 1
+        self._pstate[pfn - self._start_pfn] = plan.state0
+        task.charge(plan.hit_ns)
+        self.vmstat.inc("pgalloc_normal")
+        if self.tracer.on:
+            self._trace_alloc(task, pfn, 0, plan.mt, plan)
+        return pfn
+
+    async def alloc_pages_each(self, task: Task, gfp: int, n: int) -> list[int]:
+        """``n`` calls of ``alloc_pages(gfp, 0)`` one after another, stopping at the first
+        that fails: the pages got, in order. Not a kernel interface: for a caller that
+        allocates a burst of single pages (the background load), so that the lock-free pcp
+        hits, which never sleep, run in this one frame; every other page (a refill, a locked
+        pcp, the slow path, fault injection) is :meth:`alloc_pages` itself.
+        """
+        plan = self.plans.get(gfp)
+        if plan is None:
+            plan = self.gfp_plan(gfp)
+        got: list[int] = []
+        mt = plan.mt
+        while len(got) < n:
+            pcp = self.pcps[task.cpu.id]
+            lst = pcp.lists[mt]
+            if lst and not self._fault_on and self._buddy.nr_free > self._fast_mark:
+                if plan.might_sleep:
+                    self.locks.might_sleep(task, "__alloc_pages_nodemask")
+                got.append(self._pcp_take(task, pcp, lst, plan))
+                continue
+            pfn = await self.alloc_pages(task, gfp, 0)
+            if pfn is None:
+                break
+            got.append(pfn)
+        return got
 
     def prep_new_page(self, task: Task, pfn: int, order: int, plan: _GfpPlan, mt: int) -> int:
         """``prep_new_page`` + accounting + ``mm_page_alloc``."""
@@ -777,6 +802,23 @@ class PageAlloc:
                 return
         mt = self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
         await self.free_one_page(task, pfn, order, mt, trylock=False)
+
+    async def free_pages_each(self, task: Task, pfns: Sequence[int]) -> None:
+        """``free_pages(pfn, 0)`` for each of ``pfns`` in order. Not a kernel interface: the
+        counterpart of :meth:`alloc_pages_each`, where a free onto an unlocked pcp list that
+        needs no drain runs in this frame and every other one is :meth:`free_pages` itself."""
+        start = self._start_pfn
+        nr = self._nr_pages
+        pstate = self._pstate
+        for pfn in pfns:
+            i = pfn - start
+            if self.pcp_locks is None and 0 <= i < nr:
+                mt = ORDER0_MT[pstate[i]]
+                pcp = self.pcps[task.cpu.id]
+                if mt < MIGRATE_PCPTYPES and pcp.count + 1 < pcp.high:
+                    self._pcp_free(task, pcp, pfn, mt)
+                    continue
+            await self.free_pages(task, pfn, 0)
 
     async def free_pages_nolock(self, task: Task, pfn: int, order: int = 0) -> None:
         """``free_pages_nolock()`` (v6.15): like :meth:`free_pages` with trylocks only.
