@@ -408,13 +408,20 @@ class BuddyAllocator:
                 while pfn not in live:
                     pfn = heapq.heappop(heap)
                 live.remove(pfn)
-                del self._heads[pfn]
-                self.nr_free -= 1 << cur
-                i = pfn - self.start_pfn
-                self._covered[i : i + (1 << cur)] = _UNCOVER[cur]
+                heads = self._heads
+                del heads[pfn]
+                # expand(): the upper halves go back, still free and covered; only the
+                # 2^order pages handed out leave nr_free and the covered map
                 while cur > order:
                     cur -= 1
-                    self._add(pfn + (1 << cur), cur, mt)
+                    half = pfn + (1 << cur)
+                    lst = area[cur][mt]
+                    lst.live.add(half)
+                    heapq.heappush(lst.heap, half)
+                    heads[half] = (cur, mt)
+                self.nr_free -= 1 << order
+                i = pfn - self.start_pfn
+                self._covered[i : i + (1 << order)] = _UNCOVER[order]
                 return pfn
         return None
 
@@ -496,7 +503,7 @@ class BuddyAllocator:
         if pfn & (size - 1):
             raise PageAllocError(f"pfn {pfn:#x} is not aligned to order {order}")
         start = self.start_pfn
-        if pfn < start or pfn + size > self.end_pfn:
+        if pfn < start or pfn + size > start + self.nr_pages:
             raise MemoryDebugError(
                 f"foreign free: pfn {pfn:#x} order {order} is outside the zone "
                 f"[{start:#x}, {self.end_pfn:#x})"
@@ -505,16 +512,25 @@ class BuddyAllocator:
         covered = self._covered
         if (covered.find(1, i, i + size) >= 0) if order else covered[i]:
             self._double_free(pfn, order)
+        # The freed pages join nr_free and the covered map; a merged buddy was already
+        # counted and covered, so merging only moves list entries.
+        self.nr_free += size
+        covered[i : i + size] = _COVER[order]
         heads = self._heads
+        area = self.free_area
         while order < MAX_ORDER - 1:
             buddy = pfn ^ (1 << order)
             entry = heads.get(buddy)
             if entry is None or entry[0] != order:
                 break
-            self._remove(buddy, order, entry[1])
+            area[order][entry[1]].remove(buddy)
+            del heads[buddy]
             pfn &= buddy
             order += 1
-        self._add(pfn, order, mt)
+        lst = area[order][mt]
+        lst.live.add(pfn)
+        heapq.heappush(lst.heap, pfn)
+        heads[pfn] = (order, mt)
 
     def _double_free(self, pfn: int, order: int) -> None:
         """Raise the double-free report for a block the covered map says overlaps a free one:
