@@ -324,7 +324,9 @@ class PageAlloc:
         else:
             self.locks.acquire(task, lock, ip, irqsave=self._pcp_irqsave)
         task.cpu.local_ns += self.spin_lock_cost  # task.charge(): every pcp hit comes here
-        if KRCP_LOCK_CLASS in [h.lock.name for h in task.held_locks]:  # in_krcp(task)
+        # in_krcp(task); the pcp lock just taken is one of the held locks and is not krc.lock
+        held = task.held_locks
+        if len(held) > 1 and KRCP_LOCK_CLASS in [h.lock.name for h in held]:
             self.vmstat.inc("pcp_lock_in_krcp")
         return lock
 
@@ -382,7 +384,7 @@ class PageAlloc:
         else:
             # 6.0+: the pcp trylock failed, rmqueue_buddy() under zone->lock instead
             pfn = await self.rmqueue_buddy(task, plan, 0, first)
-        if self._boost_wake_due(first):
+        if self.zone.boosted and self._boost_wake_due(first):
             await self.wakeup_boosted(task)
         if pfn is None:
             return await self.alloc_pages_slowpath(task, plan, 0)
