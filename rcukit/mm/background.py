@@ -65,6 +65,9 @@ class BackgroundLoad:
         cpu = task.cpu.id
         rng = random.Random(f"rcukit-memload:{self.seed}:{cpu}")
         vmstat = mm.vmstat
+        # n x alloc_pages() / free_pages() of single pages, the pcp hits in one frame
+        alloc_pages_each = mm.page_alloc.alloc_pages_each
+        free_pages_each = mm.page_alloc.free_pages_each
         burst_mean = self.burst
         lo, hi = max(1, burst_mean // 2), max(1, burst_mean + burst_mean // 2)
         # Mean ns between bursts so that bursts * burst_mean = rate pages per ms.
@@ -77,8 +80,7 @@ class BackgroundLoad:
             while held and held[0][0] <= now:
                 _, _, pfns = heapq.heappop(held)
                 self.held[cpu] -= len(pfns)
-                for pfn in pfns:
-                    await mm.free_pages(task, pfn, 0)
+                await free_pages_each(task, pfns)
                 vmstat.inc("background_freed", len(pfns))
             if now >= next_burst:
                 n = rng.randint(lo, hi)
@@ -87,13 +89,9 @@ class BackgroundLoad:
                 else:
                     gfp = ATOMIC_GFP if rng.random() < self.atomic_fraction else KERNEL_GFP
                 hold = int(rng.expovariate(1.0 / self.hold_ns)) if self.hold_ns else 0
-                got: list[int] = []
-                for _ in range(n):
-                    page = await mm.alloc_pages(task, gfp, 0)
-                    if page is None:
-                        vmstat.inc("background_failed")
-                        break
-                    got.append(page)
+                got = await alloc_pages_each(task, gfp, n)
+                if len(got) < n:
+                    vmstat.inc("background_failed")
                 vmstat.inc("background_allocated", len(got))
                 if got:
                     seq += 1

@@ -62,6 +62,7 @@ module's :class:`PageAlloc`, kswapd, slab and vmalloc.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -244,7 +245,6 @@ class PageAlloc:
         #: see ``RawZoneLockSource`` in rcukit.rcu.kvfree.variants); empty otherwise.
         self.zone_lock_decliners: set[Task] = set()
 
-
     def _pcp_locks(self, pcp_lock: str, nr_cpus: int) -> list[Lock] | None:
         """One pcp lock per CPU as the version and build have it, or None (IRQ-off only)."""
         rt = self.preempt_rt
@@ -269,8 +269,8 @@ class PageAlloc:
 
     @staticmethod
     def in_krcp(task: Task) -> bool:
-        """Whether ``task`` holds a kvfree_rcu ``krcp->lock`` (attribution, slow paths only)."""
-        return any(h.lock.name == KRCP_LOCK_CLASS for h in task.held_locks)
+        """Whether ``task`` holds a kvfree_rcu ``krcp->lock`` (a list, cheaper than any()'s)."""
+        return KRCP_LOCK_CLASS in [h.lock.name for h in task.held_locks]
 
     # -- small shared helpers ---------------------------------------------------------------------
     def gfp_name(self, gfp: int) -> str:
@@ -323,8 +323,10 @@ class PageAlloc:
                 return None
         else:
             self.locks.acquire(task, lock, ip, irqsave=self._pcp_irqsave)
-        task.charge(self.spin_lock_cost)
-        if self.in_krcp(task):
+        task.cpu.local_ns += self.spin_lock_cost  # task.charge(): every pcp hit comes here
+        # in_krcp(task); the pcp lock just taken is one of the held locks and is not krc.lock
+        held = task.held_locks
+        if len(held) > 1 and KRCP_LOCK_CLASS in [h.lock.name for h in held]:
             self.vmstat.inc("pcp_lock_in_krcp")
         return lock
 
@@ -352,19 +354,79 @@ class PageAlloc:
         if self._fault_on and self.fail_page_alloc.should_fail(plan.gfp, order):
             self._injected_failure(task, plan, order)
             return None
-        if order == 0 and self._buddy.nr_free > self._fast_mark:
+        if order == 0:
+            free = self._buddy.nr_free
             pcp = self.pcps[task.cpu.id]
             lst = pcp.lists[plan.mt]
-            if lst:
-                pfn = lst.popleft()
-                pcp.count -= 1
-                self._pstate[pfn - self._start_pfn] = plan.state0
-                task.charge(plan.hit_ns)
-                self.vmstat.inc("pgalloc_normal")
-                if self.tracer.on:
-                    self._trace_alloc(task, pfn, 0, plan.mt, plan)
-                return pfn
+            if free > self._fast_mark:
+                if lst:
+                    return self._pcp_take(task, pcp, lst, plan)
+            elif lst and self.pcp_locks is not None and not plan.fast_try:
+                zone = self.zone
+                if free > zone.wmark.low + zone.watermark_boost:
+                    return await self._rmqueue_pcplist_hit(task, plan, pcp, lst)
         return await self._alloc_slow(task, plan, order)
+
+    async def _rmqueue_pcplist_hit(
+        self, task: Task, plan: _GfpPlan, pcp: PerCpuPages, lst: deque[int]
+    ) -> int | None:
+        """:meth:`_alloc_slow` for an order-0 request above the low watermark whose pcp list
+        has a page, on a build whose pcp lists take a lock: the same steps (the pcp lock as
+        ``rmqueue_pcplist()`` takes it, the page, ``rmqueue()``'s ``out:``) without the five
+        coroutine frames in between, since nothing on the way can sleep or refill.
+        """
+        first = _ALLOC_WMARK_LOW | (_ALLOC_KSWAPD if plan.wakes_kswapd else 0)
+        lock = self.pcp_lock(task, "rmqueue_pcplist", self._pcp_trylock)
+        pfn: int | None
+        if lock is not None:
+            pfn = self._pcp_take(task, pcp, lst, plan)
+            self.locks.release(task, lock)
+        else:
+            # 6.0+: the pcp trylock failed, rmqueue_buddy() under zone->lock instead
+            pfn = await self.rmqueue_buddy(task, plan, 0, first)
+        if self.zone.boosted and self._boost_wake_due(first):
+            await self.wakeup_boosted(task)
+        if pfn is None:
+            return await self.alloc_pages_slowpath(task, plan, 0)
+        return pfn
+
+    def _pcp_take(self, task: Task, pcp: PerCpuPages, lst: deque[int], plan: _GfpPlan) -> int:
+        """A pcp hit: the list head, ``pcp_alloc_ns`` (and the zeroing of ``__GFP_ZERO``),
+        ``prep_new_page()``'s page state, ``pgalloc_normal`` and ``mm_page_alloc``."""
+        pfn = lst.popleft()
+        pcp.count -= 1
+        self._pstate[pfn - self._start_pfn] = plan.state0
+        task.charge(plan.hit_ns)
+        self.vmstat.inc("pgalloc_normal")
+        if self.tracer.on:
+            self._trace_alloc(task, pfn, 0, plan.mt, plan)
+        return pfn
+
+    async def alloc_pages_each(self, task: Task, gfp: int, n: int) -> list[int]:
+        """``n`` calls of ``alloc_pages(gfp, 0)`` one after another, stopping at the first
+        that fails: the pages got, in order. Not a kernel interface: for a caller that
+        allocates a burst of single pages (the background load), so that the lock-free pcp
+        hits, which never sleep, run in this one frame; every other page (a refill, a locked
+        pcp, the slow path, fault injection) is :meth:`alloc_pages` itself.
+        """
+        plan = self.plans.get(gfp)
+        if plan is None:
+            plan = self.gfp_plan(gfp)
+        got: list[int] = []
+        mt = plan.mt
+        while len(got) < n:
+            pcp = self.pcps[task.cpu.id]
+            lst = pcp.lists[mt]
+            if lst and not self._fault_on and self._buddy.nr_free > self._fast_mark:
+                if plan.might_sleep:
+                    self.locks.might_sleep(task, "__alloc_pages_nodemask")
+                got.append(self._pcp_take(task, pcp, lst, plan))
+                continue
+            pfn = await self.alloc_pages(task, gfp, 0)
+            if pfn is None:
+                break
+            got.append(pfn)
+        return got
 
     def prep_new_page(self, task: Task, pfn: int, order: int, plan: _GfpPlan, mt: int) -> int:
         """``prep_new_page`` + accounting + ``mm_page_alloc``."""
@@ -511,13 +573,17 @@ class PageAlloc:
             return None
         else:
             pfn = await self.rmqueue_buddy(task, plan, order, alloc_flags)
-        # out:
-        if self.zone.boosted and (
-            alloc_flags & _ALLOC_KSWAPD
-            or (self._boost_wake_always and not alloc_flags & _ALLOC_TRYLOCK)
-        ):
+        if self._boost_wake_due(alloc_flags):  # out:
             await self.wakeup_boosted(task)
         return pfn
+
+    def _boost_wake_due(self, alloc_flags: int) -> bool:
+        """``rmqueue()``'s ``out:`` test: ZONE_BOOSTED_WATERMARK set, and the request may wake
+        kswapd for it (``ALLOC_KSWAPD``; before 6.5 any request but a trylock one)."""
+        return self.zone.boosted and bool(
+            alloc_flags & _ALLOC_KSWAPD
+            or (self._boost_wake_always and not alloc_flags & _ALLOC_TRYLOCK)
+        )
 
     async def wakeup_boosted(self, task: Task) -> None:
         """``rmqueue()``'s ``out:``: clear ZONE_BOOSTED_WATERMARK, ``wakeup_kswapd(zone, 0, 0)``.
@@ -721,10 +787,40 @@ class PageAlloc:
         if order == 0 and 0 <= i < self._nr_pages:
             mt = ORDER0_MT[self._pstate[i]]
             if mt < MIGRATE_PCPTYPES:
+                pcp = self.pcps[task.cpu.id]
+                if pcp.count + 1 < pcp.high:
+                    # free_unref_page() without the drain, so without an await on the way
+                    if self.pcp_locks is None:
+                        self._pcp_free(task, pcp, pfn, mt)
+                        return
+                    lock = self.pcp_lock(task, "free_unref_page", self._pcp_trylock)
+                    if lock is not None:
+                        self._pcp_free(task, pcp, pfn, mt)
+                        self.locks.release(task, lock)
+                        return
+                    await self.free_one_page(task, pfn, 0, mt, trylock=False)
+                    return
                 await self.free_unref_page(task, pfn, mt, False)
                 return
         mt = self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
         await self.free_one_page(task, pfn, order, mt, trylock=False)
+
+    async def free_pages_each(self, task: Task, pfns: Sequence[int]) -> None:
+        """``free_pages(pfn, 0)`` for each of ``pfns`` in order. Not a kernel interface: the
+        counterpart of :meth:`alloc_pages_each`, where a free onto an unlocked pcp list that
+        needs no drain runs in this frame and every other one is :meth:`free_pages` itself."""
+        start = self._start_pfn
+        nr = self._nr_pages
+        pstate = self._pstate
+        for pfn in pfns:
+            i = pfn - start
+            if self.pcp_locks is None and 0 <= i < nr:
+                mt = ORDER0_MT[pstate[i]]
+                pcp = self.pcps[task.cpu.id]
+                if mt < MIGRATE_PCPTYPES and pcp.count + 1 < pcp.high:
+                    self._pcp_free(task, pcp, pfn, mt)
+                    continue
+            await self.free_pages(task, pfn, 0)
 
     async def free_pages_nolock(self, task: Task, pfn: int, order: int = 0) -> None:
         """``free_pages_nolock()`` (v6.15): like :meth:`free_pages` with trylocks only.
@@ -761,16 +857,20 @@ class PageAlloc:
 
         The caller holds the pcp protection (:meth:`free_unref_page`).
         """
-        self._pstate[pfn - self._start_pfn] = PS_FREE
         pcp = self.pcps[task.cpu.id]
+        self._pcp_free(task, pcp, pfn, mt)
+        if pcp.count >= pcp.high:
+            await self.free_pcppages_bulk(task, pcp, pcp.batch, trylock)
+
+    def _pcp_free(self, task: Task, pcp: PerCpuPages, pfn: int, mt: int) -> None:
+        """``free_unref_page_commit()`` up to the ``high`` test: the page onto the list head."""
+        self._pstate[pfn - self._start_pfn] = PS_FREE
         pcp.lists[mt].appendleft(pfn)
         pcp.count += 1
         task.charge(self.cost.pcp_free_ns)
         self.vmstat.inc("pgfree")
         if self.tracer.on:
             self._trace_free(task, pfn, 0)
-        if pcp.count >= pcp.high:
-            await self.free_pcppages_bulk(task, pcp, pcp.batch, trylock)
 
     @staticmethod
     def _free_where(task: Task, pfn: int, order: int) -> str:

@@ -64,7 +64,9 @@ _NOFAIL = int(GFP.NOFAIL)
 class Slab:
     """One slab page block: objects of ``cache.size`` from ``base``; ``used[i]`` = allocated."""
 
-    __slots__ = ("base", "cache", "freelist", "inuse", "nobj", "on_partial", "order", "pfn", "used")
+    __slots__ = (
+        "base", "cache", "freelist", "fresh", "inuse", "nobj", "on_partial", "order", "pfn", "used",
+    )
 
     def __init__(self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int) -> None:
         self.cache = cache
@@ -79,6 +81,10 @@ class Slab:
         )
         self.inuse = 0
         self.on_partial = False
+        #: Nothing was freed back yet: the freelist is still the fresh descending one with its
+        #: tail popped, so any tail of it pops as consecutive indices (kmalloc_run skips the
+        #: comparison). Every path that pushes onto the freelist clears it.
+        self.fresh = True
 
 
 class KmemCache:
@@ -173,6 +179,10 @@ class SlabAllocator:
         self.alloc_sites: dict[int, RawSite] | None = {} if mmc.debug_alloc_sites else None
         self.nr_objects = 0
         self._gfp_plans = mm.page_alloc.plans
+        # Read on every kmalloc: the failslab knobs (the object, whose fields debugfs changes)
+        # and the frozen cost model's per-object charge.
+        self._failslab = mm.failslab
+        self._kmalloc_ns = mm.cost.kmalloc_ns
 
     # -- helpers ---------------------------------------------------------------------------------
     def cache_for(self, size: int) -> KmemCache:
@@ -212,12 +222,13 @@ class SlabAllocator:
         if size > self.max_cache_size:
             return await self._kmalloc_large(task, size, gfp)
         cache = self._by8[(size - 1) >> 3] if size <= 192 else self.cache_for(size)
-        if mm.failslab.probability > 0.0 and mm.failslab.should_fail(gfp):
+        failslab = self._failslab
+        if failslab.probability > 0.0 and failslab.should_fail(gfp):
             mm.vmstat.inc("failslab")
             return 0
         slab = cache.active
         if slab is None or not slab.freelist:
-            slab = await self._refill(task, cache, gfp)
+            slab = await self.kmalloc_refill(task, cache, gfp)
             if slab is None:
                 return 0
         idx = slab.freelist.pop()
@@ -225,10 +236,9 @@ class SlabAllocator:
         slab.inuse += 1
         self.nr_objects += 1
         ptr = slab.base + idx * cache.size
-        cost = mm.cost
-        task.charge(cost.kmalloc_ns)
+        task.cpu.local_ns += self._kmalloc_ns  # task.charge(), inline on this per-call path
         if gfp & _ZERO:
-            task.charge(cost.zero_page_ns_per_4k * cache.size // 4096)
+            task.charge(mm.cost.zero_page_ns_per_4k * cache.size // 4096)
         if self.alloc_sites is not None:
             self.alloc_sites[ptr] = raw_site(task)
         if mm.tracer.on:
@@ -243,17 +253,16 @@ class SlabAllocator:
         return (
             not mm.tracer.on
             and self.alloc_sites is None
-            and mm.failslab.probability <= 0.0
+            and self._failslab.probability <= 0.0
             and gfp in self._gfp_plans
         )
 
     def kmalloc_cost(self, cache: KmemCache, gfp: int) -> int:
         """What one :meth:`kmalloc` from ``cache`` charges (``kmalloc_ns``, plus the memset of
         ``__GFP_ZERO``)."""
-        cost = self.mm.cost
         if gfp & _ZERO:
-            return int(cost.kmalloc_ns + cost.zero_page_ns_per_4k * cache.size // 4096)
-        return int(cost.kmalloc_ns)
+            return int(self._kmalloc_ns + self.mm.cost.zero_page_ns_per_4k * cache.size // 4096)
+        return int(self._kmalloc_ns)
 
     def kmalloc_run(self, task: Task, cache: KmemCache, gfp: int, kmax: int) -> tuple[int, int]:
         """Up to ``kmax`` objects of ``cache``'s active slab, as that many :meth:`kmalloc` calls
@@ -272,13 +281,18 @@ class SlabAllocator:
         k = len(fl)
         if kmax < k:
             k = kmax
-        if k > 1 and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None]):
+        if (
+            k > 1
+            and not slab.fresh
+            and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None])
+        ):
             k = _consecutive_tail(fl, k)
         del fl[-k:]
         slab.used[a : a + k] = b"\x01" * k
         slab.inuse += k
         self.nr_objects += k
-        task.charge(k * self.kmalloc_cost(cache, gfp))
+        per = self.kmalloc_cost(cache, gfp) if gfp & _ZERO else self._kmalloc_ns
+        task.cpu.local_ns += k * per  # task.charge() of k kmalloc() costs
         return slab.base + a * cache.size, k
 
     def slab_index(self, ptr: int) -> tuple[Slab, int] | None:
@@ -303,10 +317,6 @@ class SlabAllocator:
     async def kmalloc_refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
         """What :meth:`kmalloc` does first when the active slab is full (or missing): the
         newest partial slab, or a new one; None when no page could be had (kmalloc's NULL)."""
-        return await self._refill(task, cache, gfp)
-
-    async def _refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
-        """The active slab is full: take the newest partial slab or allocate a new one."""
         if cache.partial:
             slab, _ = cache.partial.popitem()
             slab.on_partial = False
@@ -470,6 +480,7 @@ class SlabAllocator:
                 self._locate(task, ptr, "kfree")
             slab.used[idx] = 0
             slab.freelist.append(idx)
+            slab.fresh = False
             slab.inuse -= 1
             self.nr_objects -= 1
             task.charge(cost.kfree_ns + cost.cache_miss_ns if cache_miss else cost.kfree_ns)
@@ -539,6 +550,13 @@ class SlabAllocator:
             seg = range(idx0, idx0 + k)
             if slab is prev:
                 run = runs[-1]
+                last = run[2][-1]
+                if last.stop == idx0:
+                    # a run cut at a tick, or the block's first record from the per-call
+                    # path: one segment (the free below pushes the same indices either way)
+                    run[2][-1] = range(last.start, idx0 + k)
+                    runs[-1] = (slab, run[1] + k, run[2])
+                    continue
                 run[2].append(seg)
                 runs[-1] = (slab, run[1] + k, run[2])
             else:
@@ -564,6 +582,7 @@ class SlabAllocator:
         for slab, members in groups:
             used = slab.used
             fl = slab.freelist
+            slab.fresh = False
             nr = 0
             for j in members:
                 for seg in reversed(runs[j][2]):
@@ -740,6 +759,7 @@ class SlabAllocator:
                 continue
             used = slab.used
             fl = slab.freelist
+            slab.fresh = False
             for i in members:
                 idx = idxs[i]
                 used[idx] = 0

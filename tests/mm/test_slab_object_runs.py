@@ -98,6 +98,32 @@ async def test_kmalloc_run_stops_where_the_freelist_stops_being_consecutive(
         assert _state(a) == _state(b)
 
 
+@pytest.mark.parametrize("bulk", [False, True])
+async def test_kmalloc_run_after_frees_into_the_active_slab(
+    autojump_clock: Any, bulk: bool
+) -> None:
+    """Objects freed back into the active slab (``kfree()`` or ``kfree_bulk()``: SLUB pushes
+    them on the freelist, mm/slub.c ``do_slab_free()``/``build_detached_freelist()``) are
+    handed out first and are not consecutive with the rest: runs must notice that the slab is
+    no longer fresh, so runs plus kmalloc calls keep matching kmalloc calls alone."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        for k in (a, b):
+            ptrs = await _alloc(k, 100, runs=False)
+
+            async def give_back(task: Task, k: Kernel = k, ptrs: list[int] = ptrs) -> None:
+                back = [ptrs[i] for i in (40, 12, 13, 14, 90)]
+                if bulk:
+                    await k.mm.kfree_bulk(task, back)
+                else:
+                    for p in back:
+                        await k.mm.kfree(task, p)
+
+            await on_cpu(k, give_back)
+        assert await _alloc(a, 60, runs=False) == await _alloc(b, 60, runs=True)
+        assert _state(a) == _state(b)
+
+
 async def _block_of(k: Kernel, n: int) -> tuple[array[int], list[tuple[Slab, int, int]]]:
     ptrs = await _alloc(k, n, runs=False)
     segs: list[tuple[Slab, int, int]] = []
@@ -112,13 +138,23 @@ async def _block_of(k: Kernel, n: int) -> tuple[array[int], list[tuple[Slab, int
     return array("Q", ptrs), segs
 
 
-async def test_kfree_bulk_segments_leaves_what_kfree_bulk_leaves(autojump_clock: Any) -> None:
-    """Same freelists, partial lists, discarded slabs, page counts and charged time."""
+@pytest.mark.parametrize("cut", [0, 1, 7])
+async def test_kfree_bulk_segments_leaves_what_kfree_bulk_leaves(
+    autojump_clock: Any, cut: int
+) -> None:
+    """Same freelists, partial lists, discarded slabs, page counts and charged time; also
+    when segments of one slab are cut where a run stopped (a tick, or the block's first
+    record stored by the per-call path): ``cut`` splits every segment that often."""
     async with mm_kernel(cfg(**{"mm.debug_quarantine": 64})) as a, \
             mm_kernel(cfg(**{"mm.debug_quarantine": 64})) as b:
         ptrs_a, _ = await _block_of(a, 900)
-        ptrs_b, segs = await _block_of(b, 900)
-        assert len(segs) > 1
+        ptrs_b, whole = await _block_of(b, 900)
+        assert len(whole) > 1
+        segs: list[tuple[Slab, int, int]] = []
+        for s, i, n in whole:
+            step = max(1, n // (cut + 1))
+            segs += [(s, j, min(step, i + n - j)) for j in range(i, i + n, step)]
+        assert len(segs) > len(whole) or not cut
         await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
         await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, ptrs_b, segs))
         assert _state(a) == _state(b)

@@ -17,6 +17,7 @@ from rcukit.mm.zone import (
     MIGRATE_UNMOVABLE,
     MIN_FREE_KBYTES_CAP_LATER,
     BuddyAllocator,
+    FreeList,
     PerCpuPages,
     Watermarks,
     compute_watermarks,
@@ -281,6 +282,46 @@ def test_check_catches_corruption() -> None:
     c.free_area[10][U].add(1024)
     with pytest.raises(SimulationError, match="indexed as"):
         c.check()
+
+
+def test_check_catches_a_stale_covered_map() -> None:
+    """The covered-page map behind the double-free check must mark exactly the free blocks'
+    pages (5.x ``__free_one_page()`` relies on ``PageBuddy``/``page_order`` of the buddy for
+    the same question); ``check()`` compares it with the lists."""
+    b = BuddyAllocator(0, 1024)
+    assert b.rmqueue(0, M) == 0
+    b.check()
+    b._covered[0] = 1
+    with pytest.raises(SimulationError, match="covered map"):
+        b.check()
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 300)), max_size=400))
+def test_free_list_hands_out_the_lowest_pfn_like_a_sorted_list(
+    ops: list[tuple[bool, int]],
+) -> None:
+    """``FreeList`` (``free_area[order].free_list[mt]``) stands for a sorted list of PFNs:
+    whatever the adds and removals (the heap keeps stale entries and duplicates of re-added
+    PFNs, and is rebuilt when they pile up), ``first()`` is the lowest listed PFN and
+    iteration, length and membership are those of the set, so ``__rmqueue_smallest()``
+    picks what it picked with a sorted list (the model's deterministic choice, not the
+    kernel's list head)."""
+    fl = FreeList([5, 1])
+    ref = {1, 5}
+    for add, pfn in ops:
+        if add and pfn not in ref:
+            fl.add(pfn)
+            ref.add(pfn)
+        elif not add and pfn in ref:
+            fl.remove(pfn)
+            ref.discard(pfn)
+        assert len(fl) == len(ref) and bool(fl) == bool(ref)
+        assert list(fl) == sorted(ref) and (pfn in fl) == (pfn in ref)
+        if ref:
+            assert fl.first() == min(ref)
+        assert len(fl.heap) <= 2 * len(ref) + 65
+    assert fl.in_range(10, 200) == sorted(p for p in ref if 10 <= p <= 200)
 
 
 _ops = st.lists(
