@@ -257,6 +257,8 @@ class KvfreeConfig:
     rcu_delay_page_cache_fill_msec: int = attrs.field(default=5000, validator=_in_range(0, 100_000))
     #: ``CONFIG_DEBUG_OBJECTS_RCU_HEAD``-style checks: a double kvfree_rcu() is an error and
     #: every free is checked against the grace period its object waited for (costs memory).
+    #: The kernel option covers call_rcu() too: a head queued twice is reported ("Double-freed
+    #: CB", ``rcu.statistics().double_call_rcu``) and not queued again.
     debug_objects: bool = attrs.field(default=False, validator=_is_bool)
 
 

@@ -76,6 +76,7 @@ class Machine:
             hz=cfg.hz,
             out=sys.stderr if cfg.print_splats else None,
         )
+        self.sim.locks = self.locks
         self.tracer = Tracer()
         self.tracer.context = self._cpu_flags
         self.vmstat = Counters()

@@ -522,7 +522,8 @@ class PageAlloc:
             self.kernel.trace(
                 task, "mm_vmscan_direct_reclaim_begin", f"order={order} gfp_flags={plan.name}"
             )
-        await task.sleep_ns(self.cost.direct_reclaim_ns)
+        # the schedule() check is done above, under the kernel's name for the caller
+        await task.sim.sleep(task, self.cost.direct_reclaim_ns)
         n = await self.kswapd.shrink_node(task, SWAP_CLUSTER_MAX, charge_scan=False)
         self.vmstat.inc("pgsteal_direct", n)
         return n

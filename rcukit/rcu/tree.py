@@ -127,6 +127,10 @@ def _wakeme_after_rcu(wq: WaitQueue, timer: Timer) -> None:
     wq.wake_all(cpu.local_ns)
 
 
+def _rcu_leak_callback(task: Task, head: RcuHead) -> None:
+    """``rcu_leak_callback``: what a double-queued head runs instead of its callback."""
+
+
 def _func_name(f: object) -> str:
     if isinstance(f, functools.partial):
         return _func_name(f.func)
@@ -192,6 +196,9 @@ class RcuStats:
     gp_duration_max_ns: int = 0
     #: ``rcu_state.n_force_qs``: force-quiescent-state scans (``rcu_gp_fqs``) so far.
     fqs_scans: int = 0
+    #: ``call_rcu()`` of a head already queued (``CONFIG_DEBUG_OBJECTS_RCU_HEAD``'s
+    #: "Double-freed CB"; only counted with ``kvfree.debug_objects``), each one dropped.
+    double_call_rcu: int = 0
 
 
 class RcuWork(Work):
@@ -293,6 +300,17 @@ class RcuCallbacks(RcuStatePart):
         self._barrier_wq = WaitQueue("rcu_barrier_mutex")
         self._rhp: dict[int, int] = {}
         self._rhp_next = 0
+        #: ``CONFIG_DEBUG_OBJECTS_RCU_HEAD`` (``kvfree.debug_objects``): the rcu_heads queued
+        #: and not yet invoked (by id), the double queueings found, the lines printed.
+        self._queued_heads: set[int] | None = None
+        self.double_call_rcu = 0
+        self.double_call_rcu_reports: list[str] = []
+        # v5.9: WARN_ONCE; v5.12+ (mem_dump_obj() added): pr_err while ++doublefrees < 4.
+        self._double_print_max = 1 if cfg.kernel_version < (5, 12) else 3
+        if cfg.kvfree.debug_objects:
+            self._queued_heads = set()
+            # only the debug build pays for the check: call_rcu itself stays as it is
+            self.call_rcu = self._call_rcu_debug  # type: ignore[method-assign]
 
     @property
     def pending(self) -> int:
@@ -318,6 +336,32 @@ class RcuCallbacks(RcuStatePart):
                             f"{rdp.cblist.n_cbs}")
         if not self._gp_seq.in_progress():
             self.rcu_accelerate_cbs(rdp, cpu.local_ns)
+
+    call_rcu_plain = call_rcu
+
+    def _call_rcu_debug(self, task: Task, head: RcuHead, func: RcuCallback) -> None:
+        """``__call_rcu`` with ``CONFIG_DEBUG_OBJECTS_RCU_HEAD``: ``debug_rcu_head_queue()``
+        refuses a head that is queued and not yet invoked. The kernel then prints "Double-freed
+        CB", points the queued head at ``rcu_leak_callback`` (so neither callback runs: the
+        object leaks rather than being freed twice) and returns without queueing it again."""
+        heads = self._queued_heads
+        assert heads is not None
+        key = id(head)
+        if key not in heads:
+            self.call_rcu_plain(task, head, func)
+            heads.add(key)
+            return
+        self.double_call_rcu += 1
+        if len(self.double_call_rcu_reports) < self._double_print_max:
+            msg = (
+                f"__call_rcu(): Double-freed CB {self.rhp_addr(head):#x}->"
+                f"{_func_name(head.func)}()!!!  ({task.comm}/{task.pid} on cpu {task.cpu.id})"
+            )
+            self.double_call_rcu_reports.append(msg)
+            out = self._kernel.locks.out
+            if out is not None:
+                print(msg, file=out)
+        head.func = cast("Callable[[RcuHead], object]", _rcu_leak_callback)
 
     def rcu_accelerate_cbs(self, rdp: RcuData, t: int) -> None:
         """``rcu_accelerate_cbs``: give unassigned callbacks a GP and make sure it is coming."""
@@ -403,6 +447,10 @@ class RcuCallbacks(RcuStatePart):
         bh_preempt = self._bh_preempt
         limit = rdp.blimit.limit_for(cbl.n_cbs)
         batch = cbl.extract_done(limit)
+        heads = self._queued_heads
+        if heads is not None:  # debug_rcu_head_unqueue() before each is invoked
+            for head in batch:
+                heads.discard(id(head))
         if tracer.on:
             kernel.trace(task, "rcu_batch_start",
                          f"{self._name} CBs={len(batch) + cbl.n_cbs} bl={limit}")
@@ -1068,6 +1116,7 @@ class RcuState:
             gp_duration_p50_ns=median_low(durations) if durations else 0,
             gp_duration_max_ns=max(durations, default=0),
             fqs_scans=self.n_force_qs,
+            double_call_rcu=cbs.double_call_rcu,
         )
 
     def gp_durations_ns(self) -> list[int]:

@@ -33,6 +33,7 @@ import trio
 import trio.testing
 
 from rcukit.errors import SimulationError
+from rcukit.locking.checker import LockChecker
 from rcukit.locking.locks import HeldLock
 
 TaskFn = Callable[["Task"], Awaitable[object]]
@@ -187,7 +188,17 @@ class Task:
             await self.sim.schedule_point(self, voluntary=False)
 
     async def sleep_ns(self, ns: int) -> None:
-        """``schedule_timeout``: block for ``ns`` of simulated time."""
+        """``schedule_timeout``: block for ``ns`` of simulated time.
+
+        ``schedule_timeout()`` arms a timer and calls ``schedule()``, whose ``schedule_debug()``
+        prints "BUG: scheduling while atomic" (``__schedule_bug``) when preemption is off: a
+        raw spinlock, a softirq, a non-preemptible RCU reader. The lock model checks that here
+        (``LockChecker.schedule``); with only IRQs off ``schedule()`` reports nothing.
+        """
+        if self.preempt_count or self.in_hardirq or self.in_softirq:
+            locks = self.sim.locks
+            if locks is not None:
+                locks.schedule(self, "schedule_timeout")
         await self.sim.sleep(self, ns)
 
     async def block(self, wq: WaitQueue, reason: str = "") -> None:
@@ -278,6 +289,9 @@ class Simulator:
         self.running: Task | None = None
         #: Charged to a CPU per context switch (set from the cost model by the Kernel).
         self.switch_cost_ns = 0
+        #: The lock model ``schedule()`` reports sleeping in atomic context to (set by the
+        #: Machine; None for a bare scheduler).
+        self.locks: LockChecker | None = None
         self.finished = False
         self.error: BaseException | None = None
 

@@ -17,6 +17,7 @@ from rcukit.errors import MemoryDebugError, RcuUsageError
 from rcukit.kernel import Kernel
 from rcukit.locking.locks import LockKind
 from rcukit.mm.gfp import GFP_KERNEL
+from rcukit.mm.slab import ZERO_SIZE_PTR
 from rcukit.sched.sim import Task
 
 G = int(GFP_KERNEL)
@@ -220,6 +221,77 @@ def test_kvfree_rcu_none_does_nothing() -> None:
         assert not k.locks.splats
 
     boot_and_run(cfg(**{"kvfree.debug_objects": True}), body)
+
+
+@pytest.mark.parametrize("profile", ["v5.9", "v6.1"])
+@pytest.mark.parametrize("debug", [False, True])
+def test_kvfree_rcu_of_zero_size_ptr_is_queued_and_freed_as_nothing(
+    profile: str, debug: bool
+) -> None:
+    """``kmalloc(0)`` returns ``ZERO_SIZE_PTR`` ((void *)16) and ``kfree()`` / ``kvfree()`` of
+    it do nothing (``ZERO_OR_NULL_PTR`` in include/linux/slab.h; mm/slub.c ``kfree``).
+    ``kvfree_call_rcu()`` (v5.9 and v6.1, kernel/rcu/tree.c) has no such test: it queues the
+    pointer like any other, ``debug_rcu_head_queue()`` tracks it by address, and KASAN's
+    queue-time hook (``kasan_record_aux_stack``, v6.1 mm/kasan/generic.c) returns for an
+    address that is not ``virt_addr_valid``. So no report at queue time, on either build.
+
+    At reclaim the block goes to ``kfree_bulk()``; rcukit skips ZERO_SIZE_PTR there as
+    ``kfree()`` does (v5.9/v6.1 ``build_detached_freelist`` skips only NULL and asks "Do we
+    need !ZERO_OR_NULL_PTR(object) here? (for kfree)"): nothing is freed and the allocator
+    is left as it was."""
+
+    async def body(k: Kernel) -> None:
+        kv = k.kvfree
+        slab = k.mm.slab
+
+        async def work(task: Task) -> None:
+            before = slab.nr_objects
+            p = await k.mm.kmalloc(task, 0, G)
+            assert p == ZERO_SIZE_PTR and slab.nr_objects == before
+            await kv.kvfree_rcu(task, p)
+            q = await k.mm.kmalloc(task, 64, G)
+            await kv.kvfree_rcu(task, q, q + 8)
+            await kv.kvfree_rcu_barrier(task)
+            assert freed(k, q) and slab.nr_objects == before
+            # a second one after the first was reclaimed is no double kvfree_rcu
+            await kv.kvfree_rcu_mightsleep(task, p)
+            await kv.kvfree_rcu_barrier(task)
+            await k.mm.kvfree(task, p)
+            await k.mm.kfree(task, p)
+            assert slab.nr_objects == before
+
+        await on_cpu(k, work)
+        st = kv.statistics()
+        assert st.pending == 0 and st.gp_violations == 0 and st.calls == 3
+        assert not k.locks.splats
+
+    boot_and_run(cfg(**{"kvfree.profile": profile, "kvfree.debug_objects": debug}), body)
+
+
+def test_zero_size_ptr_queued_twice_is_a_double_kvfree_rcu_under_debug_objects() -> None:
+    """``debug_rcu_head_queue()`` (v6.1, kernel/rcu/rcu.h) is ``debug_object_activate()`` on
+    the address: ZERO_SIZE_PTR is one address, so two ``kvfree_rcu()`` of it in flight are a
+    "Double-freed call" like any other double queueing (lib/debugobjects.c,
+    ``debug_object_activate``: an already active object). The two-argument form of a zero-size
+    object has no room for its rcu_head (ksize(ZERO_SIZE_PTR) == 0): a usage error."""
+
+    async def body(k: Kernel) -> None:
+        kv = k.kvfree
+
+        async def work(task: Task) -> None:
+            p = await k.mm.kmalloc(task, 0, G)
+            with pytest.raises(RcuUsageError, match="rcu_head is not inside the object"):
+                await kv.kvfree_rcu(task, p, p + 8)
+            await kv.kvfree_rcu(task, p)
+            with pytest.raises(MemoryDebugError, match="double kvfree_rcu"):
+                await kv.kvfree_rcu(task, p)
+            assert not task.held_locks and task.preempt_count == 0
+            await kv.kvfree_rcu_barrier(task)
+
+        await on_cpu(k, work)
+        assert kv.statistics().pending == 0
+
+    boot_and_run(cfg(**{"kvfree.profile": "v6.1", "kvfree.debug_objects": True}), body)
 
 
 @pytest.mark.parametrize("where", ["past_end", "before_start", "vmalloc_past_end"])

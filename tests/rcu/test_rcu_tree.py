@@ -559,7 +559,10 @@ def test_sleeping_in_a_nonpreemptible_reader_splats_like_might_sleep() -> None:
 
     splats, n, end, ret = run_sim(body, nr_cpus=2)
     assert n == 1
-    text = splats[0]
+    # schedule() inside the reader is also __schedule_bug()'s report, printed first (its
+    # schedule_debug() runs before rcu_note_context_switch() in __schedule())
+    assert len(splats) == 2 and splats[0].startswith("BUG: scheduling while atomic: sleepy/")
+    text = splats[1]
     assert text.startswith("BUG: sleeping function called from invalid context at "
                            "test_rcu_tree.py:")
     # 5.9's ___might_sleep(): no "preempt_count:"/"RCU nest depth:" lines (5.17 added them,
@@ -841,3 +844,86 @@ def test_a_snapshot_from_a_cpu_running_ahead_is_not_satisfied_by_an_older_gp(
             checked += 1
             assert re_ <= ran, f"callback queued at {queued} ran at {ran} inside [{rs}, {re_}]"
     assert checked == 1
+
+
+# -- CONFIG_DEBUG_OBJECTS_RCU_HEAD: an rcu_head queued twice ---------------------------------------
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_double_call_rcu_is_reported_and_dropped_with_debug_objects(debug: bool) -> None:
+    """``__call_rcu()`` (v5.9 and v6.1, kernel/rcu/tree.c) starts with
+    ``debug_rcu_head_queue(head)`` (kernel/rcu/rcu.h: ``debug_object_activate()``): with
+    CONFIG_DEBUG_OBJECTS_RCU_HEAD a head still queued is refused, "Double-freed CB %p->%pS()!!!"
+    is printed (v5.9 WARN_ONCE; v5.12+ pr_err for the first three), the queued head's func is
+    set to ``rcu_leak_callback`` and the second call returns without queueing. So neither
+    callback runs (the object leaks instead of being freed twice). ``rcu_do_batch()``'s
+    ``debug_rcu_head_unqueue()`` lets an invoked head be queued again. Without the option the
+    head is linked twice and its callback runs twice."""
+
+    async def body(k: Kernel) -> dict[str, Any]:
+        rcu = k.rcu
+        ran: list[str] = []
+
+        def first(task: Task, head: RcuHead) -> None:
+            ran.append("first")
+
+        def second(task: Task, head: RcuHead) -> None:
+            ran.append("second")
+
+        h = RcuHead()
+
+        async def w(task: Task) -> None:
+            rcu.call_rcu(task, h, first)
+            rcu.call_rcu(task, h, second)
+            await rcu.rcu_barrier(task)
+            rcu.call_rcu(task, h, second)  # invoked (or leaked) already: a fresh queueing
+            await rcu.rcu_barrier(task)
+
+        k.spawn(w, 0)
+        await k.run()
+        return {
+            "ran": ran,
+            "stats": rcu.statistics(),
+            "reports": list(rcu.cbs.double_call_rcu_reports),
+        }
+
+    out = run_sim(body, nr_cpus=2, **{"kvfree.debug_objects": debug})
+    st = out["stats"]
+    if debug:
+        assert out["ran"] == ["second"]
+        assert st.double_call_rcu == 1
+        assert st.callbacks_queued == st.callbacks_invoked
+        (msg,) = out["reports"]
+        assert re.match(r"__call_rcu\(\): Double-freed CB 0x[0-9a-f]+->.*first\(\)!!!", msg)
+    else:
+        # the same head linked twice: the list holds it twice and the second func runs twice
+        assert out["ran"] == ["second", "second", "second"]
+        assert st.double_call_rcu == 0 and not out["reports"]
+
+
+@pytest.mark.parametrize(("profile", "printed"), [("v5.9", 1), ("v6.1", 3)])
+def test_double_call_rcu_reports_are_limited_like_the_kernels(profile: str, printed: int) -> None:
+    """v5.9 ``__call_rcu()`` reports a double-queued head with ``WARN_ONCE`` (kernel/rcu/tree.c);
+    from v5.12 ("rcu: Make call_rcu() print mem_dump_obj() info for double-freed callback")
+    it prints while ``atomic_inc_return(&doublefrees) < 4``, so v6.1 prints the first three.
+    Every one is counted and dropped."""
+
+    async def body(k: Kernel) -> tuple[int, int, int]:
+        rcu = k.rcu
+        heads = [RcuHead() for _ in range(5)]
+
+        async def w(task: Task) -> None:
+            for h in heads:
+                rcu.call_rcu(task, h, lambda t, hd: None)
+                rcu.call_rcu(task, h, lambda t, hd: None)
+            await rcu.rcu_barrier(task)
+
+        k.spawn(w, 1)
+        await k.run()
+        st = rcu.statistics()
+        return st.double_call_rcu, len(rcu.cbs.double_call_rcu_reports), st.callbacks_pending
+
+    doubles, reports, pending = run_sim(
+        body, nr_cpus=2, **{"kvfree.debug_objects": True, "kvfree.profile": profile}
+    )
+    assert (doubles, reports, pending) == (5, printed, 0)

@@ -1011,3 +1011,71 @@ def _clock(gaps_ms: list[int]) -> list[int]:
         now += g * 1_000_000
         out.append(now)
     return out
+
+
+# -- sleeping in atomic context: task.sleep_ns() is schedule_timeout() ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "ctx", "reports"),
+    [
+        ("default", "raw_spinlock", 1),
+        ("lockdep", "raw_spinlock", 1),
+        ("rt", "raw_spinlock", 1),
+        ("default", "spinlock", 1),
+        ("rt", "spinlock", 0),  # PREEMPT_RT's spinlock_t is an rtmutex: sleeping is allowed
+        ("default", "preempt_disable", 1),
+        ("default", "softirq", 1),
+        ("default", "irqs_off", 0),
+        ("default", "rcu_read_lock", 1),  # !PREEMPT_RCU: rcu_read_lock() disables preemption
+        ("rt", "rcu_read_lock", 0),  # PREEMPT_RCU: a reader may block (a blocked reader)
+    ],
+)
+def test_sleep_ns_in_atomic_context_is_scheduling_while_atomic(
+    build: str, ctx: str, reports: int
+) -> None:
+    """``schedule_timeout()`` (v5.9 and v6.1, kernel/time/timer.c) arms a timer and calls
+    ``schedule()``; ``__schedule()`` -> ``schedule_debug()`` (kernel/sched/core.c) prints "BUG:
+    scheduling while atomic" through ``__schedule_bug()`` whenever ``in_atomic_preempt_off()``:
+    preemption is disabled (a raw spinlock, a non-RT spinlock_t, ``preempt_disable()``, a
+    softirq, a non-preemptible RCU reader). With only IRQs off ``schedule()`` checks nothing,
+    and neither ``schedule_timeout()`` nor ``msleep()`` calls ``might_sleep()``. Every such
+    sleep is reported, every time (``__schedule_bug`` is not ratelimited)."""
+
+    async def body(k: Kernel, L: Locks, t: Task) -> None:
+        for _ in range(2):
+            if ctx == "raw_spinlock":
+                with k.locks.locked(t, L.raw, "kvfree_call_rcu", irqsave=True):
+                    await t.sleep_ns(1000)
+            elif ctx == "spinlock":
+                with k.locks.locked(t, L.spin, "rmqueue_bulk"):
+                    await t.sleep_ns(1000)
+            elif ctx == "preempt_disable":
+                t.preempt_count += 1
+                await t.sleep_ns(1000)
+                t.preempt_count -= 1
+            elif ctx == "softirq":
+                with t.softirq():
+                    await t.sleep_ns(1000)
+            elif ctx == "irqs_off":
+                with k.locks.irq_disabled(t):
+                    await t.sleep_ns(1000)
+            else:
+                k.rcu.rcu_read_lock(t)
+                await t.sleep_ns(1000)
+                k.rcu.rcu_read_unlock(t)
+        await t.sleep_ns(1000)  # a sleep outside any atomic section is fine
+
+    run = run_locks(build, body)
+    assert run.counts[SWA] == 2 * NR_CPUS * reports
+    assert run.kernel.locks.printed[SWA] == 2 * NR_CPUS * reports
+    # !PREEMPT_RCU's context switch inside a reader is also rcu_note_context_switch()'s
+    # might-sleep complaint (modelled by the RCU engine, counted every time)
+    rcu_sleep = 2 * NR_CPUS if (ctx, build) == ("rcu_read_lock", "default") else 0
+    assert run.counts["sleeping_in_atomic"] == rcu_sleep
+    swa = [s for s in run.splats if s.kind == SWA]
+    assert len(swa) == reports  # kept once per call site
+    for s in swa:
+        assert s.ip == "schedule_timeout" and s.preempt_count >= 2
+        assert s.format().startswith("BUG: scheduling while atomic: lk")
+    assert run.kernel.locks.tainted == bool(reports)

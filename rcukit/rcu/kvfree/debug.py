@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rcukit.errors import MemoryDebugError
+from rcukit.mm.slab import ZERO_SIZE_PTR
 from rcukit.rcu.kvfree.krc import KvfreePart
 from rcukit.sched.sim import Task
 
@@ -36,7 +37,10 @@ class KvfreeDebugObjects(KvfreePart):
                 f"kvfree_rcu(0x{ptr:x}) from {task.comm}/{task.pid}: the object is already "
                 f"queued for freeing after a grace period (double kvfree_rcu)"
             )
-        self._mm.check_access(ptr, task)
+        # kmalloc(0)'s ZERO_SIZE_PTR is no object to check: the kernel's KASAN hook at queue
+        # time (kasan_record_aux_stack) returns for an address that is not virt_addr_valid.
+        if ptr != ZERO_SIZE_PTR:
+            self._mm.check_access(ptr, task)
         self._pending[ptr] = self._rcu.get_state_synchronize_rcu(task)
 
     def debug_rcu_head_unqueue(self, ptr: int) -> None:
