@@ -27,7 +27,9 @@ def _sentinel(*args: Any, **kwargs: Any) -> Any:
 
 
 @pytest.fixture
-def no_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_runs(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Output names the fuzz draws (out.png, "-", "a=b") land in a scratch directory.
+    monkeypatch.chdir(tmp_path_factory.mktemp("cli_fuzz"))
     import rcukit.cli.locks as locks_cli
     import rcukit.cli.rcuscale as rcuscale_cli
     import rcukit.cli.torture as torture_cli
