@@ -43,6 +43,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import anyio
 import trio
 from _common import Figure, Mode, Target, ns
 
@@ -215,10 +216,7 @@ async def _release_best(mode: Mode) -> dict[str, float]:
 
 
 def _run_on(backend: str, main: Callable[[], Awaitable[None]]) -> None:
-    if backend == "trio":
-        trio.run(main)
-    else:
-        asyncio.run(main())  # type: ignore[arg-type]
+    anyio.run(main, backend=backend)
 
 
 def _measure(

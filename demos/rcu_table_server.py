@@ -27,7 +27,7 @@ Run: ``python demos/rcu_table_server.py [--loop asyncio|trio] [--table rcu|lock|
 from __future__ import annotations
 
 import argparse
-import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -220,18 +220,14 @@ async def run(
 
 def run_on(loop: str, fn: Callable[[], Awaitable[Any]]) -> Any:
     """``asyncio.run`` or ``trio.run`` (the demo's code is the same on both, through AnyIO)."""
-    if loop == "trio":
-        import trio
-
-        return trio.run(fn)
-    return asyncio.run(fn())  # type: ignore[arg-type]
+    return anyio.run(fn, backend=loop)
 
 
 def compare(
     loop: str, clients: int, requests: int, port: int, tables: list[str]
 ) -> list[dict[str, Any]]:
     """Each table kind under the same load, one after the other, on ``loop``."""
-    return [run_on(loop, lambda t=t: run(clients, requests, port, table=t)) for t in tables]
+    return [run_on(loop, functools.partial(run, clients, requests, port, table=t)) for t in tables]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,9 +28,7 @@ on_both_loops = pytest.mark.parametrize("backend", BACKENDS)
 
 def run_on(backend: str, fn: Callable[[], Awaitable[T]]) -> T:
     """``asyncio.run`` or ``trio.run`` of ``fn``, as an application would start it."""
-    if backend == "trio":
-        return trio.run(fn)
-    return asyncio.run(fn())  # type: ignore[arg-type]
+    return anyio.run(fn, backend=backend)
 
 
 async def in_worker_thread(fn: Callable[[], T]) -> T:

@@ -15,6 +15,7 @@ from rcukit.cli.options import Default, add_shared_options
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.kernel import Kernel, simulate
 from rcukit.locking.locks import Lock, LockKind
+from rcukit.locking.splat import SPLAT_TITLES
 from rcukit.sched.sim import Task
 
 
@@ -44,21 +45,12 @@ def run_nesting(config: KernelConfig, printed: dict[str, int] | None = None) -> 
     return res.splat_counts
 
 
-#: The first line of each report, as the kernel prints it.
-_TITLES = {
-    "invalid_wait_context": "BUG: Invalid wait context",
-    "sleeping_in_atomic": "BUG: sleeping function called from invalid context",
-    "scheduling_while_atomic": "BUG: scheduling while atomic",
-    "rcu_stall": "rcu: INFO: rcu_preempt detected stalls",
-}
-
-
 def _summary(name: str, cpus: int, counts: dict[str, int], printed: dict[str, int]) -> str:
     seen = {kind: n for kind, n in counts.items() if n}
     if not seen:
         return f"{name}: {cpus} CPUs nested the locks; nothing to report on this build."
     parts = [
-        f'"{_TITLES.get(kind, kind)}" {n} times, {printed.get(kind, 0)} printed'
+        f'"{SPLAT_TITLES[kind]}" {n} times, {printed.get(kind, 0)} printed'
         for kind, n in seen.items()
     ]
     return f"{name}: {cpus} CPUs nested the locks; would report " + "; ".join(parts) + "."

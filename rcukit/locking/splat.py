@@ -21,7 +21,8 @@ import attrs
 
 SPLAT_KINDS = ("invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic", "rcu_stall")
 
-_TITLES = {
+#: The first line the kernel prints for each kind of report.
+SPLAT_TITLES = {
     "invalid_wait_context": "BUG: Invalid wait context",
     "scheduling_while_atomic": "BUG: scheduling while atomic",
     "sleeping_in_atomic": "BUG: sleeping function called from invalid context",
@@ -116,7 +117,7 @@ class Splat:
 
     @property
     def title(self) -> str:
-        return _TITLES[self.kind]
+        return SPLAT_TITLES[self.kind]
 
     def key(self) -> tuple[str, str, str, str]:
         """One problem: kind, lock, ip and site (``LockChecker.splats`` keeps one per key)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -57,8 +58,6 @@ _COST_COLS = (
 
 def _width() -> int:
     # A terminal's own width; a pipe or file gets lines a reader can still take in.
-    import shutil
-
     return max(100, shutil.get_terminal_size((120, 24)).columns)
 
 

@@ -23,13 +23,13 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from rcukit.locking.splat import SPLAT_TITLES
 from rcukit.rcu.profiles import get_profile
 
-#: What each would-report counter stands for: the first line the kernel prints.
+#: The reports a block allocation under krcp->lock can cause (an RCU stall is not one).
 REPORT_TITLES: Final = {
-    "invalid_wait_context": "BUG: Invalid wait context",
-    "sleeping_in_atomic": "BUG: sleeping function called from invalid context",
-    "scheduling_while_atomic": "BUG: scheduling while atomic",
+    kind: SPLAT_TITLES[kind]
+    for kind in ("invalid_wait_context", "sleeping_in_atomic", "scheduling_while_atomic")
 }
 
 #: The builds, as the kernel configs that make them (``KernelConfig.with_kernel_config``).

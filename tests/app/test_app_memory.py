@@ -8,7 +8,7 @@ import attrs
 import pytest
 from apptools import SpyPool, hold_reader, in_worker_thread
 
-from rcukit.app import APP_DRAIN_DELAY, open_domain
+from rcukit.app import APP_DRAIN_DELAY, RcuDomain, open_domain
 from rcukit.errors import ConfigError, RcuArgumentError, RcuBackpressureError, RcuUsageError
 
 pytestmark = pytest.mark.anyio
@@ -24,7 +24,7 @@ class Config:
     nbytes: int = 4 * MB
 
 
-async def _reload_at_50hz(rcu: object, seconds: float, sized: bool) -> tuple[int, int]:
+async def _reload_at_50hz(rcu: RcuDomain, seconds: float, sized: bool) -> tuple[int, int]:
     """Reload a 4 MB config every 20 ms; return the peaks of pending kvfree_rcu bytes (as the
     domain weighed them) and of pending versions."""
     peak = versions = 0
@@ -33,10 +33,10 @@ async def _reload_at_50hz(rcu: object, seconds: float, sized: bool) -> tuple[int
         await anyio.sleep(0.02)
         old = Config(v)
         if sized:
-            rcu.kvfree_rcu(old, size=old.nbytes)  # type: ignore[attr-defined]
+            rcu.kvfree_rcu(old, size=old.nbytes)
         else:
-            rcu.kvfree_rcu(old)  # type: ignore[attr-defined]
-        st = rcu.statistics()  # type: ignore[attr-defined]
+            rcu.kvfree_rcu(old)
+        st = rcu.statistics()
         peak = max(peak, st.kvfree_pending_bytes)
         versions = max(versions, st.kvfree_pending)
     return peak, versions

@@ -13,49 +13,38 @@ from apptools import on_both_loops
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _example() -> str:
+def _example(heading: str) -> str:
     text = (ROOT / "README.md").read_text()
-    section = text.split("## RCU in an asyncio or Trio application", 1)[1]
+    section = text.split(heading, 1)[1]
     m = re.search(r"```python\n(.*?)```", section, re.S)
     assert m is not None
     return m.group(1)
+
+
+def _run_example(heading: str, backend: str) -> list[str]:
+    """The README's first example under ``heading``, run as written (asyncio) or with its last
+    line switched to ``trio.run`` as its comment says; its output lines."""
+    code = _example(heading)
+    last = "asyncio.run(main())   # or: trio.run(main)"
+    assert last in code
+    if backend == "trio":
+        code = code.replace(last, "import trio\ntrio.run(main)")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
 
 
 @on_both_loops
 def test_the_readme_example_runs_on_both_loops(backend: str) -> None:
-    code = _example()
-    last = "asyncio.run(main())   # or: trio.run(main)"
-    assert last in code
-    if backend == "trio":
-        code = code.replace(last, "import trio\ntrio.run(main)")
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = _run_example("## RCU in an asyncio or Trio application", backend)
     assert lines[:2] == ["safe", "after a GP"] and lines[2].startswith("DomainStatistics(")
-
-
-def _second_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Tables that change: `RcuDict` and updates that await", 1)[1]
-    m = re.search(r"```python\n(.*?)```", section, re.S)
-    assert m is not None
-    return m.group(1)
 
 
 @on_both_loops
 def test_the_readme_rcudict_example_runs_on_both_loops(backend: str) -> None:
-    code = _second_example()
-    last = "asyncio.run(main())   # or: trio.run(main)"
-    assert last in code
-    if backend == "trio":
-        code = code.replace(last, "import trio\ntrio.run(main)")
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = _run_example("### Tables that change: `RcuDict` and updates that await", backend)
     assert lines[0] == "eth0 2"
     # three awaiting updates raced; each was retried until published: none lost
     assert lines[1] == str(

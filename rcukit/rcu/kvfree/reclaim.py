@@ -61,14 +61,15 @@ class KvfreeReclaim(KvfreePart):
                 ctr.gp_violations += len(blocks)
             for bnode in blocks:
                 await self.kvfree_rcu_bulk(task, krcp, idx, bnode)
-        if head is not None:
-            if not poll(head_gp_snap) and (self._policy.gp_snap_check or not self._debug.enabled):
+        if head is not None and not poll(head_gp_snap):
+            if self._policy.gp_snap_check:
+                # v6.5: the list is left alone (WARN_ON_ONCE) rather than freed early.
                 ctr.gp_violations += 1
-                # v6.5: the list is then left alone (WARN_ON_ONCE); before, it is freed early.
-                if self._policy.gp_snap_check:
-                    head = None
-            if head is not None:
-                await self.kvfree_rcu_list(task, head)
+                head = None
+            elif not self._debug.enabled:  # debug objects count each object instead
+                ctr.gp_violations += 1
+        if head is not None:
+            await self.kvfree_rcu_list(task, head)
         self.sample_timeline(task)
 
     def sample_timeline(self, task: Task) -> None:
