@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rcukit",
         description=(
             "Simulate the Linux kernel's kvfree_rcu() machinery on Trio and replay the "
-            "__GFP_FAST_TRY debate; RCU for Trio applications."
+            "__GFP_FAST_TRY debate; RCU for asyncio and Trio applications."
         ),
     )
     parser.add_argument("--version", action="version", version=f"rcukit {rcukit.__version__}")
