@@ -28,7 +28,9 @@ from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.rcu.profiles import PROFILES
 from rcukit.scenarios import compare as cmp
-from rcukit.scenarios.output import TraceFiles, print_compare_table, write_plot
+from rcukit.scenarios.figures import write_plot
+from rcukit.scenarios.output import print_compare_table
+from rcukit.scenarios.trace_files import TraceFiles
 from rcukit.trace.events import (
     DEFAULT_SELECTION,
     HIGH_RATE_EVENTS,
@@ -139,7 +141,7 @@ def _cmd(args: argparse.Namespace) -> int:
         raise ConfigError(f"scale = {scale!r}: it must be a number > 0")
     workload = workload.scaled(float(scale))
     if args.plot:
-        from rcukit.scenarios.output import require_matplotlib
+        from rcukit.scenarios.figures import require_matplotlib
 
         require_matplotlib()
     traces = _trace_files(args, config.nr_cpus)

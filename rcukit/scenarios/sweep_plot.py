@@ -187,7 +187,7 @@ def _title(table: PlotTable) -> str:
 
 def plot_table(table: PlotTable, out: str | Path, *, heatmap: bool) -> None:
     """Write a heat map (``by`` on the y axis) or a line plot (one line per ``by`` value)."""
-    from rcukit.scenarios.output import require_matplotlib
+    from rcukit.scenarios.figures import require_matplotlib
 
     plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")

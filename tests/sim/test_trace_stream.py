@@ -20,7 +20,7 @@ from rcukit.kernel import Kernel
 from rcukit.locking.locks import LockKind
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.scenarios import compare as cmp
-from rcukit.scenarios.output import TraceFiles, write_traces
+from rcukit.scenarios.trace_files import TraceFiles, write_traces
 from rcukit.sched.sim import Task
 from rcukit.trace.events import (
     DEFAULT_SELECTION,
