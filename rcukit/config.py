@@ -182,9 +182,9 @@ class MemoryConfig:
     #: ``vm.watermark_boost_factor`` (5.1+; default 15000: a fragmenting steal may boost the
     #: watermarks by up to 150% of the high watermark, kernel.md 8.2); 0 disables boosting.
     watermark_boost_factor: int = attrs.field(default=15_000, validator=_in_range(0, 10**6))
-    #: pcp batch; None uses ``zone_batchsize()``.
+    #: pcp batch in pages; None uses ``zone_batchsize()``.
     pcp_batch: int | None = attrs.field(default=None, validator=_opt_range(1, 1 << 20))
-    #: pcp high; None uses ``6 * batch`` (5.8-5.13 default).
+    #: pcp high mark in pages; None uses ``6 * batch`` (5.8-5.13 default).
     pcp_high: int | None = attrs.field(default=None, validator=_opt_range(1, 1 << 22))
     #: Fraction of the zone in use by other kernel users at boot (page cache, slab...). Those
     #: pages are what kswapd and direct reclaim take back.
@@ -270,9 +270,13 @@ class KernelConfig:
     shows (``BUG: scheduling while atomic`` and ``BUG: Invalid wait context``).
     """
 
+    #: Possible CPUs (``nr_cpu_ids``), each with its krcp, pcp lists and RCU data.
     nr_cpus: int = attrs.field(default=4, validator=_in_range(1, 4096))
+    #: ``CONFIG_HZ`` in ticks per second: one jiffy is 1/HZ s.
     hz: int = attrs.field(default=1000, validator=_one_of(ALLOWED_HZ))
+    #: Base page size in bytes (``PAGE_SIZE``): a block page holds (size - header) / 8 pointers.
     page_size: int = attrs.field(default=4096, validator=_one_of(ALLOWED_PAGE_SIZES))
+    #: ``sizeof(void *)`` in bytes.
     pointer_size: int = attrs.field(default=8, validator=_one_of(ALLOWED_POINTER_SIZES))
     preempt_rt: bool = attrs.field(default=False, validator=_is_bool)
     prove_raw_lock_nesting: bool = attrs.field(default=False, validator=_is_bool)

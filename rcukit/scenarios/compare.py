@@ -67,11 +67,17 @@ def _bool(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
 class Workload:
     """What every row runs. ``scale`` multiplies the number of objects."""
 
+    #: CPUs flooding kvfree_rcu() (the first ones; at most the machine's).
     flood_cpus: int = attrs.field(default=4, validator=_int_at_least(1))
+    #: Objects each flooding CPU allocates and frees.
     objects_per_cpu: int = attrs.field(default=100_000, validator=_int_at_least(1))
+    #: Share of head-less kvfree_rcu(ptr) calls (from v5.9; the rest pass their rcu_head).
     single_fraction: float = attrs.field(default=0.25, validator=_fraction)
+    #: Share of objects from vmalloc() rather than kmalloc().
     vmalloc_fraction: float = attrs.field(default=0.02, validator=_fraction)
+    #: Object size in bytes.
     object_size: int = attrs.field(default=64, validator=_int_at_least(1))
+    #: Offset of the object's rcu_head in bytes.
     rcu_head_offset: int = attrs.field(default=16, validator=_int_at_least(0))
     #: Work the caller does per object between calls (simulated ns): with the default count a
     #: flood lasts a second, so blocks fill, drain and refill (and the shrinker, kswapd and
