@@ -170,7 +170,9 @@ def _cmd(args: argparse.Namespace) -> int:
     else:
         print_compare_table(result)
     if args.plot:
-        write_plot(result, args.plot)
+        written = write_plot(result, args.plot)
+        if len(written) > 1:  # one figure per profile: say where they went
+            print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
 
 
