@@ -164,7 +164,7 @@ def workload_line(workload: Workload, swept: Collection[str] = ()) -> str:
         + " x "
         + _say(swept, ("objects_per_cpu", "scale"), f"{w.objects_per_cpu:,}", "N (varies)")
         + " kvfree_rcu() calls, one per "
-        + _say(swept, ("think_ns",), f"{w.think_ns / 1000:g} us", "T us (varies)")
+        + _say(swept, ("think_ns",), f"{w.think_ns / 1000:g} µs", "T µs (varies)")
         + " ("
         + _say(swept, ("single_fraction",), f"{100 * w.single_fraction:g} %", "a varying share")
         + " head-less, "
@@ -247,9 +247,12 @@ def _timeline_panel(ax: Any, rows: Sequence[Mapping[str, Any]], variants: Sequen
     groups = _timeline_groups(rows, variants, kc)
     for gi, (names, samples) in enumerate(groups):
         vi = variants.index(names[0])
+        # Dense runs (thousands of samples) thin out so the curves beneath stay visible.
+        dense = len(samples) > 150
         ax.step([s[0] for s in samples], [s[1] for s in samples], where="post",
                 color=_COLORS[vi % len(_COLORS)], linestyle=_DASHES[gi % len(_DASHES)],
-                marker=_MARKERS[vi % len(_MARKERS)], markersize=4, linewidth=0.9,
+                marker=_MARKERS[vi % len(_MARKERS)], markersize=4,
+                linewidth=0.5 if dense else 0.9, alpha=0.8 if dense else 1.0,
                 markevery=max(1, len(samples) // 15), label=" = ".join(names))
     ax.set_title(BUILD_LABELS.get(kc, kc), fontsize=10)
     ax.set_xlabel("simulated time (ms)")
@@ -374,7 +377,7 @@ def _latency_panel(ax: Any, rows: Sequence[Mapping[str, Any]], variants: Sequenc
     ax.set_yscale("log")
     _log_ticks(ax)
     ax.set_title("what it pays: kvfree_rcu() tail", fontsize=10)
-    ax.set_ylabel("one call, simulated us (log scale)")
+    ax.set_ylabel("one call, simulated µs (log scale)")
     _variant_axis(ax, variants)
     ax.grid(True, axis="y", which="major", alpha=0.3)
     ax.legend(handles=[

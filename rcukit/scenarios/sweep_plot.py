@@ -194,10 +194,10 @@ SPECIAL_LABELS: Mapping[str, str] = {
     "scale": "objects per CPU, as a multiple of the default",
 }
 #: Units a field's name carries (cost.pcp_alloc_ns, kvfree.rcu_delay_page_cache_fill_msec).
-_NAME_UNITS = (("_ns", "ns"), ("_us", "us"), ("_msec", "ms"), ("_ms", "ms"),
+_NAME_UNITS = (("_ns", "ns"), ("_us", "µs"), ("_msec", "ms"), ("_ms", "ms"),
                ("_kbytes", "KiB"), ("_fraction", "0..1"), ("_probability", "probability, 0..1"))
 #: Words that already say the unit in a label.
-_UNIT_WORDS = {"ns": ("ns", "nanosecond"), "us": ("us", "microsecond"),
+_UNIT_WORDS = {"ns": ("ns", "nanosecond"), "µs": ("us", "µs", "microsecond"),
                "ms": ("ms", "millisecond"), "KiB": ("KiB", "kbytes")}
 #: A label longer than this loses its parenthesised aside.
 _LABEL_MAX = 60
@@ -368,7 +368,7 @@ _BUILD_NAMES = {(False, False): "default build", (True, False): "PROVE_RAW_LOCK_
 def cell_text(value: float, figure: str) -> str:
     """A heat-map cell: times (``*_ns`` figures) in ns/us/ms/s, other numbers to 4 digits."""
     if figure.endswith("_ns") or "_ns." in figure:
-        for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
             if abs(value) >= scale:
                 return f"{value / scale:.3g} {unit}"
         return f"{value:.3g} ns"

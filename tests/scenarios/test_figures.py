@@ -57,7 +57,7 @@ def test_compare_figure_names_machine_profile_seed_and_labels_every_axis(
     assert [ax.get_title() for ax in splats] == [
         "default build", "CONFIG_PROVE_RAW_LOCK_NESTING", "CONFIG_PREEMPT_RT"]
     assert timelines[0].get_xlabel() == "simulated time (ms)"
-    assert "(%" in pays[0].get_ylabel() and "us" in pays[2].get_ylabel()
+    assert "(%" in pays[0].get_ylabel() and "µs" in pays[2].get_ylabel()
     # counts that span orders of magnitude are on log scales
     assert [ax.get_yscale() for ax in splats] == ["log"] * 3
     assert (pays[1].get_yscale(), pays[2].get_yscale()) == ("symlog", "log")
