@@ -193,7 +193,7 @@ def _variant_axis(ax: Any, variants: Sequence[str]) -> None:
 
 
 def _splat_panel(ax: Any, rows: Sequence[Mapping[str, Any]], variants: Sequence[str],
-                 kc: str) -> bool:
+                 kc: str) -> None:
     """Reports per kind for one build; a star marks what the kernel log printed."""
     width = 0.8 / len(SPLAT_LABELS)
     top = 0
@@ -226,7 +226,6 @@ def _splat_panel(ax: Any, rows: Sequence[Mapping[str, Any]], variants: Sequence[
     if not top:
         ax.text(0.5, 0.5, "no reports", transform=ax.transAxes, ha="center", va="center",
                 color="0.3")
-    return bool(top)
 
 
 def _timeline_groups(
@@ -335,14 +334,14 @@ def _fallback_panel(ax: Any, rows: Sequence[Mapping[str, Any]], variants: Sequen
 
     ax.legend(handles=[
         Patch(facecolor="0.8", edgecolor="black", label="bar: fell back to the object's rcu_head"),
-        plt_marker("D", "diamond: a head-less call fell back to synchronize_rcu()"),
+        _marker_handle("D", "diamond: a head-less call fell back to synchronize_rcu()"),
     ], fontsize=7, loc="upper left")
     if not top:
         ax.text(0.5, 0.5, "no fallbacks", transform=ax.transAxes, ha="center", va="center",
                 color="0.3")
 
 
-def plt_marker(marker: str, label: str, filled: bool = False) -> Any:
+def _marker_handle(marker: str, label: str, filled: bool = False) -> Any:
     from matplotlib.lines import Line2D
 
     return Line2D([], [], marker=marker, color="black", linestyle="none",
@@ -381,8 +380,8 @@ def _latency_panel(ax: Any, rows: Sequence[Mapping[str, Any]], variants: Sequenc
     _variant_axis(ax, variants)
     ax.grid(True, axis="y", which="major", alpha=0.3)
     ax.legend(handles=[
-        plt_marker("o", "p99.9 (filled)", filled=True),
-        plt_marker("o", "max (open; hidden where it equals p99.9)"),
+        _marker_handle("o", "p99.9 (filled)", filled=True),
+        _marker_handle("o", "max (open; hidden where it equals p99.9)"),
     ], fontsize=7, loc="best")
 
 

@@ -201,6 +201,9 @@ _UNIT_WORDS = {"ns": ("ns", "nanosecond"), "µs": ("us", "µs", "microsecond"),
                "ms": ("ms", "millisecond"), "KiB": ("KiB", "kbytes")}
 #: A label longer than this loses its parenthesised aside.
 _LABEL_MAX = 60
+#: The build a point's config is, by (prove_raw_lock_nesting, preempt_rt).
+_BUILD_NAMES = {(False, False): "default build", (True, False): "PROVE_RAW_LOCK_NESTING",
+                (False, True): "PREEMPT_RT", (True, True): "PREEMPT_RT + PROVE_RAW_LOCK_NESTING"}
 _DOC_LINE = re.compile(r"^(\s*)#:\s?(.*)$")
 _FIELD_LINE = re.compile(r"^(\s*)(\w+)\s*:")
 
@@ -233,7 +236,8 @@ def attribute_docs(cls: type) -> dict[str, str]:
 
 
 def _cut(text: str, stops: str) -> str:
-    """``text`` up to the first of ``stops`` outside parentheses and code spans."""
+    """``text`` up to the first of ``stops`` (followed by a space or the end) outside
+    parentheses, so "(default 1 GiB: batch 63)" stays whole."""
     depth = 0
     for i, ch in enumerate(text):
         if ch == "(":
@@ -318,8 +322,9 @@ class PlotContext:
     seeds: tuple[int, ...]
 
 
-def plot_context(records: Sequence[Mapping[str, Any]], table: PlotTable) -> PlotContext:
-    """The machine of the first point the table draws (its swept fields vary on the axes)."""
+def plot_context(records: Sequence[Mapping[str, Any]], table: PlotTable) -> PlotContext | None:
+    """The machine of the first point the table draws (its swept fields vary on the axes);
+    None if that point no longer builds (a results file from an older rcukit)."""
     from rcukit.scenarios.sweep import prepare_point
 
     where = dict(table.where)
@@ -329,7 +334,10 @@ def plot_context(records: Sequence[Mapping[str, Any]], table: PlotTable) -> Plot
         and all(a in r["params"] for a in (table.x, table.by) if a)
     ]
     first = min(chosen, key=lambda r: r["point"])
-    point = prepare_point(first["scenario"], first["params"], first["seed"])
+    try:
+        point = prepare_point(first["scenario"], first["params"], first["seed"])
+    except ConfigError:
+        return None
     seeds = tuple(sorted({r["seed"] for r in chosen}))
     return PlotContext(first["scenario"], point.config, point.inputs, seeds)
 
@@ -361,12 +369,8 @@ def _title(table: PlotTable, context: PlotContext | None = None) -> str:
     return "\n".join(lines)
 
 
-_BUILD_NAMES = {(False, False): "default build", (True, False): "PROVE_RAW_LOCK_NESTING",
-                (False, True): "PREEMPT_RT", (True, True): "PREEMPT_RT + PROVE_RAW_LOCK_NESTING"}
-
-
 def cell_text(value: float, figure: str) -> str:
-    """A heat-map cell: times (``*_ns`` figures) in ns/us/ms/s, other numbers to 4 digits."""
+    """A heat-map cell: times (``*_ns`` figures) in ns/µs/ms/s, other numbers to 4 digits."""
     if figure.endswith("_ns") or "_ns." in figure:
         for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
             if abs(value) >= scale:

@@ -298,3 +298,18 @@ def test_machine_line_reads_the_config() -> None:
                            "high 186; 96.5 % in use at boot), HZ=1000, seed 0")
     assert fg.machine_line(cfg, ["nr_cpus", "seed"]).startswith("N CPUs (varies), one 1 GiB")
     assert "seed" not in fg.machine_line(cfg, ["seed"])
+
+
+def test_sweep_plot_of_a_stale_results_file_keeps_its_labels() -> None:
+    """A point this rcukit no longer builds (mm.pcp_batch = 0 is out of range) leaves the
+    machine out of the title; the figure and its labels are still drawn."""
+    recs = [{"point": i, "seed": 1, "scenario": "compare", "params": {"mm.pcp_batch": b},
+             "result": {"pending_peak": 10 * (i + 1)}} for i, b in enumerate((0, 31))]
+    table = sp.tabulate(recs, "mm.pcp_batch", "pending_peak")
+    assert sp.plot_context(recs, table) is None
+    fig = sp.build_figure(table, heatmap=False, context=None)
+    ax = fig.axes[0]
+    assert ax.get_title() == "peak objects queued, mean of 1 seed\nbars: min..max over seeds"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (
+        "pcp batch in pages [mm.pcp_batch]", "peak objects queued")
+    fig.clf()
