@@ -1,8 +1,9 @@
 """``rcukit torture``: rcutorture on the simulated kernel (``--mode sim``) or on Trio's real
 clock through the application API (``--mode app``).
 
-The exit status is 0 only when the run saw no RCU failure, no leak, no use after free and no
-double free; 1 otherwise; 2 for bad options. The deliberately broken build the tests use is not
+The exit status is 0 only when the run saw no RCU failure, no leak, no use after free, no
+double free and left the kernel untainted (no BUG, KASAN or WARNING report); 1 otherwise; 2 for
+bad options. The deliberately broken build the tests use is not
 reachable from here.
 """
 
@@ -41,6 +42,7 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
             ("--cpus", args.cpus, None),
             ("--preempt-rcu", args.preempt_rcu, False),
             ("--kvfree-torture", args.kvfree_torture, False),
+            ("--panic-on-warn", args.panic_on_warn, False),
         ):
             if value != default:
                 raise ConfigError(
@@ -57,6 +59,7 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
         profile=args.profile,
         kernel_config=args.kernel_config,
         preempt_rcu=args.preempt_rcu,
+        panic_on_warn=args.panic_on_warn,
     )
     return run_torture(params, config)
 
@@ -128,6 +131,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--kvfree-torture", action="store_true",
                    help="also flood kvfree_rcu() in bursts alternating the slab and vmalloc "
                    "channels, with long readers: finds the pre-6.3 krwp reuse (sim mode)")
+    p.add_argument("--panic-on-warn", action="store_true",
+                   help="kernel.panic_on_warn=1: the first WARNING or KASAN report panics the "
+                   "simulated kernel and stops the run (sim mode); without it the kernel "
+                   "reports, taints itself and goes on, and a tainted run fails")
     add_shared_options(p, profile=Default(None, "v5.9 in sim mode, v6.3 in app mode"),
                        cpus=Default(None, "4; sim mode only"))
     p.set_defaults(func=_cmd)
