@@ -453,7 +453,8 @@ def test_rt_spinlock_under_raw_text_6_x(profile: str, release: str, file_line: s
         "RCU nest depth: 1, expected: 1",
         f"4 locks held by lk0/{pid}:",
         _held(L.spin2, "2:2", "get_partial_node"),
-        f" #1: {0xFFFFFFFF82B5C2E0:016x} (rcu_read_lock){{....}}-{{1:2}}, at: {symbol_frame('rt_spin_lock')}",
+        f" #1: {0xFFFFFFFF82B5C2E0:016x} (rcu_read_lock){{....}}-{{1:2}}, "
+        f"at: {symbol_frame('rt_spin_lock')}",
         _held(L.raw, "2:2", "kvfree_call_rcu", 2),
         _held(L.spin, "2:2", "rmqueue_bulk", 3),
         *_preempt_off_at("kvfree_call_rcu"),
