@@ -459,3 +459,32 @@ def test_panic_state_defaults_print_nothing() -> None:
     """A bare ``PanicState`` (what a lone lock checker gets) starts untainted."""
     ps = PanicState()
     assert ps.print_tainted() == "Not tainted" and ps.taint == ""
+
+
+def test_warn_alloc_dump_stack_prints_the_taint_and_kernel_symbols() -> None:
+    """``warn_alloc()`` (mm/page_alloc.c) calls ``dump_stack()``, whose header is
+    ``dump_stack_print_info()``'s (lib/dump_stack.c): taint and release like every other
+    report, then the trace from ``warn_alloc`` down, kernel symbols only."""
+
+    async def body(task: Task) -> list[str]:
+        return task.data["k"].mm.page_alloc.warn.dump_stack(task)  # type: ignore[no-any-return]
+
+    box: list[Kernel] = []
+
+    async def main() -> None:
+        async with boot(KernelConfig(nr_cpus=1)) as k:
+            k.panic.add_taint(TAINT_WARN)
+            t = k.spawn(body, 0, "alloc")
+            t.data["k"] = k
+            await k.run()
+            box.append(k)
+            assert t.result == [
+                f"CPU: 0 PID: {t.pid} Comm: alloc Tainted: G        W         5.9.0-rcukit #1",
+                "Call Trace:",
+                *(f" {symbol_frame(f)}" for f in ("dump_stack", "warn_alloc",
+                                                  "__alloc_pages_slowpath",
+                                                  "__alloc_pages_nodemask")),
+            ]
+
+    run_sim(main)
+    assert box
