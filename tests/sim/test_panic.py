@@ -488,3 +488,17 @@ def test_warn_alloc_dump_stack_prints_the_taint_and_kernel_symbols() -> None:
 
     run_sim(main)
     assert box
+
+
+def test_kasan_report_shows_the_allocation_track_when_recorded() -> None:
+    """``describe_object_stacks()`` (mm/kasan/report.c) prints "Allocated by task" and "Freed
+    by task" with their stacks; rcukit shows the task, CPU, time and the line it recorded
+    (allocation sites only with ``mm.debug_alloc_sites``)."""
+    k, others, heads = _run(_kvfree_then_kfree, **{"mm.debug_alloc_sites": True})
+    _nothing_lost(k, others, heads)
+    [r] = k.panic.reports
+    lines = r.text.split("\n")
+    alloc = lines.index(next(x for x in lines if x.startswith("Allocated by task ")))
+    assert lines[alloc].startswith("Allocated by task body on cpu 1 at ")
+    assert lines[alloc + 1].startswith(" test_panic.py:")
+    assert alloc < lines.index(next(x for x in lines if x.startswith("Freed by task ")))
