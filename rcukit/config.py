@@ -291,6 +291,10 @@ class KernelConfig:
     #: PREEMPT_RT) reports sleeping in atomic context; without it only a task that really
     #: blocks while atomic is reported ("scheduling while atomic").
     debug_atomic_sleep: bool = attrs.field(default=True, validator=_is_bool)
+    #: ``kernel.panic_on_warn`` (sysctl, kernel/panic.c): the first WARNING or KASAN report
+    #: (or "scheduling while atomic") panics and the run stops with
+    #: :class:`rcukit.errors.KernelPanic`; otherwise the kernel reports, taints and goes on.
+    panic_on_warn: bool = attrs.field(default=False, validator=_is_bool)
     #: ``CONFIG_RCU_CPU_STALL_TIMEOUT`` in milliseconds (kernel default 21 s).
     rcu_stall_timeout_ms: int = attrs.field(default=21_000, validator=_in_range(1, 10**7))
     #: Version string printed in splat headers, like ``init_utsname()->release``; empty

@@ -25,7 +25,29 @@ class ZoneinfoParseError(ConfigError):
 
 
 class MemoryDebugError(RcukitError, RuntimeError):
-    """A use after free, double free or foreign free caught by the debug layer (KASAN/SLUB)."""
+    """A use after free, double free or foreign free caught by the debug layer (KASAN/SLUB).
+
+    A KASAN-style error also says what was found, for a kernel that reports it and goes on:
+    ``kind`` ("double-free", "invalid-free", "use-after-free"), the pointer, the function that
+    found it, and the sites known as ``(what, site)`` pairs ("Allocated", "Freed").
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "",
+        ptr: int = 0,
+        where: str = "",
+        detail: str = "",
+        sites: tuple[tuple[str, object], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.ptr = ptr
+        self.where = where
+        self.detail = detail
+        self.sites = sites
 
 
 class RcuUsageError(RcukitError, RuntimeError):
@@ -42,6 +64,15 @@ class SplatError(RcukitError, RuntimeError):
 
 class LockUsageError(RcukitError, RuntimeError):
     """Lock API misuse the kernel would catch: releasing a lock the task does not hold."""
+
+
+class KernelPanic(RcukitError, RuntimeError):
+    """The simulated kernel panicked (``panic_on_warn`` and a WARN or KASAN report): the run
+    stops. The message is the whole panic text; ``title`` its first line."""
+
+    def __init__(self, message: str, *, title: str = "") -> None:
+        super().__init__(message)
+        self.title = title or message.split("\n", 1)[0]
 
 
 class SimulationError(RcukitError, RuntimeError):

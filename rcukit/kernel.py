@@ -21,6 +21,7 @@ from rcukit.errors import SimulationError
 from rcukit.locking.splat import Splat
 from rcukit.machine import Machine
 from rcukit.mm.mm import Mm
+from rcukit.panic import BugReport
 from rcukit.rcu.kvfree.sim import KvfreeRcu
 from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources
 from rcukit.rcu.tree import RcuState
@@ -149,6 +150,12 @@ async def boot(
 ) -> AsyncIterator[Kernel]:
     """Boot a simulated kernel in a nursery; kthreads stop when the block exits.
 
+    A bug the kernel finds in its own kthreads, workers or RCU callbacks (a double free in
+    the reclaim's bulk free, a callback that raises, an unbalanced ``rcu_read_unlock()``) is
+    reported, taints the kernel (``kernel.panic``) and the run goes on; with
+    ``panic_on_warn=True`` the first one raises :class:`rcukit.errors.KernelPanic` out of the
+    block.
+
     ``overrides`` are config fields, dotted for nested ones (``**{"mm.pcp_batch": 31}``).
     ``block_sources`` are the user's allocator-core variants (``BlockPageSource``), selectable
     by name in ``kvfree.variant`` beside the built-ins.
@@ -176,6 +183,10 @@ class SimResult(Generic[T]):
     splat_counts: dict[str, int]
     vmstat: dict[str, int]
     handoffs: int
+    #: The taint flags at the end (``"BW"``...; "" untainted) and every bug report the kernel
+    #: found in its kthreads, workers and callbacks (:mod:`rcukit.panic`).
+    taint: str = ""
+    reports: tuple[BugReport, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -183,6 +194,8 @@ class SimResult(Generic[T]):
             "now_ns": self.now_ns,
             "splats": self.splat_counts,
             "vmstat": self.vmstat,
+            "taint": self.taint,
+            "reports": [r.to_json() for r in self.reports],
         }
 
 
@@ -234,4 +247,6 @@ def simulate(
         splat_counts=k.splat_counts(),
         vmstat=k.vmstat.snapshot(),
         handoffs=k.sim.handoffs,
+        taint=k.panic.taint,
+        reports=tuple(k.panic.reports),
     )

@@ -18,6 +18,7 @@ from rcukit.config import KernelConfig
 from rcukit.locking.checker import LockChecker, LockStats
 from rcukit.locking.locks import Lock, LockKind
 from rcukit.locking.splat import SPLAT_KINDS, Splat
+from rcukit.panic import PanicState
 from rcukit.sched.sim import Cpu, Simulator, Task
 from rcukit.trace.events import NO_FLAGS, Counters, Tracer, lat_flags
 from rcukit.wq import Workqueue, wq_worker_sleeping
@@ -65,6 +66,12 @@ class Machine:
         self._hooks = _Hooks()
         self.sim = Simulator(cfg.nr_cpus, cfg.tick_ns, self._hooks)
         self.sim.switch_cost_ns = cfg.cost.context_switch_ns
+        out = sys.stderr if cfg.print_splats else None
+        #: ``tainted_mask``, ``panic_on_warn`` and the bug reports (:mod:`rcukit.panic`).
+        self.panic = PanicState(
+            version=cfg.kernel_version, release=cfg.kernel_release,
+            panic_on_warn=cfg.panic_on_warn, out=out,
+        )
         self.locks = LockChecker(
             prove_raw_lock_nesting=cfg.prove_raw_lock_nesting,
             preempt_rt=cfg.preempt_rt,
@@ -74,8 +81,10 @@ class Machine:
             debug_atomic_sleep=cfg.debug_atomic_sleep,
             preempt_rcu=cfg.rcu_preemptible,
             hz=cfg.hz,
-            out=sys.stderr if cfg.print_splats else None,
+            out=out,
+            panic=self.panic,
         )
+        self.panic.debug_locks_off = self.locks.debug_locks_off
         self.sim.locks = self.locks
         self.tracer = Tracer()
         self.tracer.context = self._cpu_flags

@@ -19,6 +19,7 @@ from rcukit.config import KvfreeConfig as KvfreeConfig
 from rcukit.config import MemoryConfig as MemoryConfig
 from rcukit.errors import ConfigError as ConfigError
 from rcukit.errors import GfpError as GfpError
+from rcukit.errors import KernelPanic as KernelPanic
 from rcukit.errors import MemoryDebugError as MemoryDebugError
 from rcukit.errors import RcukitError as RcukitError
 from rcukit.errors import RcuUsageError as RcuUsageError
@@ -39,6 +40,7 @@ from rcukit.mm.gfp import GFP_NONE as GFP_NONE
 from rcukit.mm.gfp import GFP_NOWAIT as GFP_NOWAIT
 from rcukit.mm.gfp import format_gfp as format_gfp
 from rcukit.mm.gfp import parse_gfp as parse_gfp
+from rcukit.panic import BugReport as BugReport
 from rcukit.rcu.kvfree.variants import BlockPageSource as BlockPageSource
 from rcukit.rcu.kvfree.variants import BlockSources as BlockSources
 from rcukit.rcu.profiles import DEFAULT_PROFILES as DEFAULT_PROFILES
@@ -56,11 +58,13 @@ __all__ = [
     "PROFILES",
     "BlockPageSource",
     "BlockSources",
+    "BugReport",
     "ConfigError",
     "CostModel",
     "GfpError",
     "Kernel",
     "KernelConfig",
+    "KernelPanic",
     "KvfreeConfig",
     "KvfreeProfile",
     "LockKind",

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
+from rcukit.errors import LockUsageError, MemoryDebugError, RcuUsageError
 from rcukit.locking.checker import LockChecker
 from rcukit.sched.sim import Simulator, Task, Timer, WaitQueue
 from rcukit.trace.events import Tracer
@@ -142,13 +143,16 @@ class Workqueue:
                 work = pool.items.popleft()
                 work.queued = False
                 work.running = True
-                task.data["wq_item"] = True
+                task.data["wq_item"] = work
                 if tracer.on:
                     tracer.emit(
                         "workqueue_execute_start", task.now_ns, task.cpu.id, task.comm,
                         task.pid, f"work struct {work.name}",
                     )
-                await work.func(task, work)
+                try:
+                    await work.func(task, work)
+                except (MemoryDebugError, RcuUsageError, LockUsageError) as err:
+                    self.process_one_work_failed(task, work, err)
                 if tracer.on:
                     tracer.emit(
                         "workqueue_execute_end", task.now_ns, task.cpu.id, task.comm,
@@ -168,6 +172,31 @@ class Workqueue:
             pool.idle.append(task)
             await task.block(task.data["wq_wait"], "worker_thread")
 
+
+    def process_one_work_failed(self, task: Task, work: Work, err: Exception) -> None:
+        """A work function hit a bug rcukit's checks catch: report it and go on.
+
+        In the kernel the check itself reports (KASAN, ``bad_page()``, a ``WARN()``) and the
+        function goes on or returns; an error rcukit raises unwinds the Python function, so
+        the rest of this item is abandoned, like a work function that returns at its
+        ``if (WARN_ON(...)) return;``. The worker then runs the pool's next item with a clean
+        context (locks it held dropped, preemption, IRQs and RCU nesting reset), as the pool's
+        next worker would after an oops killed this one (``make_task_dead()``). Memory errors
+        are reported as the detector prints them, the rest as a WARNING in the work function
+        (lib/bug.c ``report_bug()``, kernel/panic.c ``__warn()``, v5.9)."""
+        panic = self.locks.panic
+        chain, wq = current_frames(task)
+        if isinstance(err, MemoryDebugError) and err.kind:
+            panic.kasan_report_invalid_free(task, err, chain[0], chain, workqueue=wq)
+        elif isinstance(err, MemoryDebugError):
+            panic.bad_page(task, err, chain, workqueue=wq)
+        else:
+            panic.warn(task, chain[0], chain, message=str(err), workqueue=wq)
+        for h in reversed(task.held_locks):
+            h.lock.owner = None
+            h.lock.free_at_ns = task.now_ns
+        task.held_locks.clear()
+        task.preempt_count = task.irqs_disabled = task.rcu_read_nesting = 0
 
     # -- the API -----------------------------------------------------------------------------
     def queue_work(self, task: Task | None, work: Work, cpu: int | None = None) -> bool:
@@ -238,6 +267,30 @@ class Workqueue:
     @staticmethod
     def delayed_work_pending(dwork: DelayedWork) -> bool:
         return dwork.pending
+
+
+def symbol_of(fn: object) -> str:
+    """The kernel symbol a Python function models: its name (a ``partial``'s function's)."""
+    inner = getattr(fn, "func", fn)
+    return str(getattr(inner, "__name__", "") or type(inner).__name__)
+
+
+def current_frames(task: Task) -> tuple[list[str], str]:
+    """The kernel call chain of ``task`` below the function that found a bug, outermost
+    last, and ``print_worker_info()``'s "Workqueue:" text for a kworker ("" otherwise).
+
+    A kworker runs ``work->func`` from ``process_one_work()`` in ``worker_thread()``; another
+    kthread's function runs from ``kthread()``; both start at ``ret_from_fork``. A workload
+    task is the function it was spawned with."""
+    work = task.data.get("wq_item")
+    if isinstance(work, Work):
+        fn = symbol_of(work.func)
+        wq = work.wq.name if work.wq is not None else ""
+        return [fn, "process_one_work", "worker_thread", "kthread", "ret_from_fork"], f"{wq} {fn}"
+    fn = symbol_of(task.fn)
+    if task.is_workload:
+        return [fn], ""
+    return [fn, "kthread", "ret_from_fork"], ""
 
 
 def wq_worker_sleeping(prev: Task) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import rcukit
 from rcukit.cli import compare, locks, rcuscale, sweep, torture
-from rcukit.errors import RcukitError
+from rcukit.errors import KernelPanic, RcukitError
 
 __all__ = ["build_parser", "main"]
 
@@ -46,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         rc: int = args.func(args)
+    except KernelPanic as exc:
+        # kernel.panic_on_warn stopped a run: a failed run (1), not a misuse (2).
+        print(f"rcukit {args.command}: {exc}", file=sys.stderr)
+        return 1
     except RcukitError as exc:
         print(f"rcukit {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -111,6 +111,8 @@ def _cmd(args: argparse.Namespace) -> int:
         config = KernelConfig.from_zoneinfo(None, base=config)
     if args.seed is not None:
         config = config.replace(seed=args.seed)
+    if args.panic_on_warn:
+        config = config.replace(panic_on_warn=True)
     check_profile(args.profile)
     if args.profile is not None:
         config = config.replace(**{"kvfree.profile": args.profile})
@@ -269,6 +271,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="add users' block-allocator variants: a BlockPageSource, a class of "
                    "one, or an iterable of them (repeatable); installed "
                    f"{ENTRY_POINT_GROUP} entry points are added too")
+    p.add_argument("--panic-on-warn", action="store_true",
+                   help="kernel.panic_on_warn=1 in every row: the first WARNING, KASAN or "
+                   "scheduling-while-atomic report panics and compare stops (exit 1)")
     p.add_argument("--jobs", type=_jobs, metavar="N",
                    help="run rows in N worker processes (default: one per core; 1 = inline); "
                    "the output is the same whatever N; --trace and --ftrace run inline")

@@ -1,8 +1,9 @@
 """``rcukit torture``: rcutorture on the simulated kernel (``--mode sim``) or on Trio's real
 clock through the application API (``--mode app``).
 
-The exit status is 0 only when the run saw no RCU failure, no leak, no use after free and no
-double free; 1 otherwise; 2 for bad options. The deliberately broken build the tests use is not
+The exit status is 0 only when the run saw no RCU failure, no leak, no use after free, no
+double free and left the kernel untainted (no BUG, KASAN or WARNING report); 1 otherwise; 2 for
+bad options. The deliberately broken build the tests use is not
 reachable from here.
 """
 
@@ -22,12 +23,16 @@ from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.scenarios.torture import (
+    SoakResult,
+    SoakRun,
     TortureParams,
     TortureResult,
     run_app_torture,
+    run_soak,
     run_torture,
     torture_config,
 )
+from rcukit.scenarios.torture.soak import SOAK_MAX_SECONDS
 
 
 def run_from_args(args: argparse.Namespace) -> TortureResult:
@@ -41,6 +46,7 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
             ("--cpus", args.cpus, None),
             ("--preempt-rcu", args.preempt_rcu, False),
             ("--kvfree-torture", args.kvfree_torture, False),
+            ("--panic-on-warn", args.panic_on_warn, False),
         ):
             if value != default:
                 raise ConfigError(
@@ -57,11 +63,57 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
         profile=args.profile,
         kernel_config=args.kernel_config,
         preempt_rcu=args.preempt_rcu,
+        panic_on_warn=args.panic_on_warn,
     )
     return run_torture(params, config)
 
 
+def soak_from_args(args: argparse.Namespace) -> SoakResult:
+    """``--soak SECONDS``: the matrix of runs (:func:`run_soak`), each printed as it ends
+    unless ``--json``. The options the soak loops over itself are refused."""
+    for opt, value, default in (
+        ("--mode", args.mode, "sim"),
+        ("--variant", args.variant, None),
+        ("--profile", args.profile, None),
+        ("--kernel-config", args.kernel_config, "default"),
+        ("--cpus", args.cpus, None),
+        ("--kvfree-torture", args.kvfree_torture, False),
+    ):
+        if value != default:
+            raise ConfigError(
+                f"{opt} cannot be combined with --soak: the soak runs every profile, variant "
+                "and kernel build in sim mode, and app-mode runs among them"
+            )
+    params = module_params(TortureParams, args)
+    parts = ["rcukit", "torture", "--soak", f"{args.soak:g}"]
+    if args.duration != _DEFAULT_DURATION:
+        parts += ["--duration", f"{args.duration:g}"]
+    if args.seed:
+        parts += ["--seed", str(args.seed)]
+    for flag, on in (("--preempt-rcu", args.preempt_rcu), ("--panic-on-warn", args.panic_on_warn)):
+        if on:
+            parts.append(flag)
+
+    def show(run: SoakRun) -> None:
+        verdict = "ok" if run.passed else f"FAILED ({run.first_error or run.taint})"
+        print(f"soak: run {run.seed - args.seed + 1}: {run.command}: {verdict}", flush=True)
+
+    return run_soak(
+        args.soak, params, seed=args.seed, command=" ".join(parts),
+        on_run=None if args.json else show,
+        preempt_rcu=args.preempt_rcu, panic_on_warn=args.panic_on_warn,
+    )
+
+
 def _cmd(args: argparse.Namespace) -> int:
+    if args.soak is not None:
+        soak = soak_from_args(args)
+        if args.json:
+            print(json.dumps(soak.to_json(), sort_keys=True))
+        else:
+            for line in soak.summary_lines():
+                print(line)
+        return 0 if soak.passed else 1
     result = run_from_args(args)
     if args.json:
         print(json.dumps(result.to_json(), sort_keys=True))
@@ -87,6 +139,12 @@ _onoff = number_type(
     lambda text, v: None if v == 0 or v >= _ONOFF_MIN else
     f"{text!r}: the hotplug interval is 0 (none) or at least {_ONOFF_MIN} s (one jiffy)",
 )
+_soak = number_type(
+    float, "a number of seconds",
+    lambda text, v: None if 0 < v <= SOAK_MAX_SECONDS else
+    f"{text!r}: a soak lasts more than 0 and at most {SOAK_MAX_SECONDS:g} wall seconds",
+)
+_DEFAULT_DURATION = 10.0
 _rate = number_type(
     float, "a probability",
     lambda text, v: None if 0 <= v <= 1 else f"{text!r}: a probability is from 0 to 1",
@@ -104,7 +162,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--mode", choices=("sim", "app"), default="sim",
                    help="sim: the simulated kernel on virtual time; app: rcukit.app on "
                    "Trio's real clock")
-    p.add_argument("--duration", type=_duration, default=10.0,
+    p.add_argument("--duration", type=_duration, default=_DEFAULT_DURATION,
                    help="test length in seconds (simulated in sim mode, real in app mode)")
     p.add_argument("--nreaders", type=int, default=-1,
                    help="reader threads (-1: one per CPU but one)")
@@ -128,9 +186,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--kvfree-torture", action="store_true",
                    help="also flood kvfree_rcu() in bursts alternating the slab and vmalloc "
                    "channels, with long readers: finds the pre-6.3 krwp reuse (sim mode)")
+    p.add_argument("--soak", type=_soak, metavar="SECONDS", default=None,
+                   help="run torture back to back for SECONDS of wall time over every profile, "
+                   "variant and kernel build (sim mode, with hotplug every 0.05 s and 30%% "
+                   "faults unless given) with app-mode runs among them, seeds advancing; "
+                   "prints one summary and fails if any run failed")
+    p.add_argument("--panic-on-warn", action="store_true",
+                   help="kernel.panic_on_warn=1: the first WARNING or KASAN report panics the "
+                   "simulated kernel and stops the run (sim mode); without it the kernel "
+                   "reports, taints itself and goes on, and a tainted run fails")
     add_shared_options(p, profile=Default(None, "v5.9 in sim mode, v6.3 in app mode"),
                        cpus=Default(None, "4; sim mode only"))
     p.set_defaults(func=_cmd)
 
 
-__all__ = ["register", "run_from_args"]
+__all__ = ["register", "run_from_args", "soak_from_args"]

@@ -38,6 +38,7 @@ import attrs
 from rcukit.errors import LockUsageError, SplatError
 from rcukit.locking.locks import HeldLock, Lock, LockKind, WaitType
 from rcukit.locking.splat import HeldLockInfo, Splat
+from rcukit.panic import TAINT_WARN, PanicState, ReportContext
 
 
 class LockCpu(Protocol):
@@ -177,8 +178,9 @@ class LockChecker:
     first_report: str = attrs.field(default="", init=False)
     #: lockdep's ``debug_locks``: cleared by its first report, and lockdep stays off.
     debug_locks: bool = attrs.field(default=True, init=False)
-    #: TAINT_WARN, set by every printed might-sleep and scheduling-while-atomic report.
-    tainted: bool = attrs.field(default=False, init=False)
+    #: The kernel's taint and ``panic_on_warn`` (:mod:`rcukit.panic`): every printed
+    #: might-sleep and scheduling-while-atomic report adds TAINT_WARN.
+    panic: PanicState = attrs.field(factory=PanicState)
     #: ``___might_sleep``'s ``static unsigned long prev_jiffy`` (None: never printed).
     prev_jiffy: int | None = attrs.field(default=None, init=False)
     _reported: set[tuple[str, str, str, str]] = attrs.field(factory=set, init=False)
@@ -420,10 +422,10 @@ class LockChecker:
             if self.prev_jiffy is not None and jiffies < self.prev_jiffy + self.hz:
                 return False
             self.prev_jiffy = jiffies
-            self.tainted = True
+            self.panic.add_taint(TAINT_WARN)
             return True
         if kind == "scheduling_while_atomic":
-            self.tainted = True
+            self.panic.add_taint(TAINT_WARN)
         return True
 
     def record(self, splat: Splat) -> None:
@@ -431,13 +433,13 @@ class LockChecker:
         if splat.kind == "sleeping_in_atomic" and not self.debug_atomic_sleep:
             return
         self.counts[splat.kind] += 1
-        tainted, lockdep_off = self.tainted, not self.debug_locks
+        taint, lockdep_off = self.panic.tainted_mask, not self.debug_locks
         printed = self._may_print(splat)
         splat = attrs.evolve(
             splat,
             version=self.kernel_version,
             preempt_rcu=self.preempt_rcu,
-            tainted=tainted,
+            taint=taint,
             lockdep_off=lockdep_off,
             printed=printed,
         )
@@ -457,8 +459,29 @@ class LockChecker:
                 print(text, file=self.out)
         for cb in self.listeners:
             cb(splat)
+        if printed and splat.kind == "scheduling_while_atomic" and self.panic.panic_on_warn:
+            # __schedule_bug(): "if (panic_on_warn) panic("scheduling while atomic\n");"
+            # (6.2+: check_panic_on_warn("scheduling while atomic")).
+            msg = "scheduling while atomic"
+            if self.kernel_version >= (6, 2):
+                msg += ": panic_on_warn set ..."
+            self.panic.panic(
+                ReportContext.at(splat.cpu, splat.pid, splat.comm, splat.time_ns), msg,
+                ["__schedule_bug", "__schedule", "schedule", splat.ip],
+            )
         if self.strict:
             raise SplatError(splat)
+
+    @property
+    def tainted(self) -> bool:
+        """TAINT_WARN is set (by a report of this model or any other)."""
+        return self.panic.test_taint(TAINT_WARN)
+
+    def debug_locks_off(self) -> bool:
+        """``__debug_locks_off()``: lockdep stops reporting; True if it was on."""
+        was = self.debug_locks
+        self.debug_locks = False
+        return was
 
     def unique_sites(self) -> int:
         """Call sites with a violation (kind, lock, ip, site)."""

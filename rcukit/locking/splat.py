@@ -7,8 +7,9 @@ changed: ``__might_resched()`` (5.17, "sched: Make might_sleep() output less con
 first line gained ``UID:`` in 6.10; ``print_tainted()`` prints one column per taint flag (18 up to
 5.19, 19 with TAINT_TEST from 6.0, 20 with TAINT_FWCTL from 6.15).
 
-Simplified: the stack is one ``Call Trace:`` line naming the modelled caller and the Python site
-that led to it, addresses of code are made up (stable per symbol), and
+Simplified: the call trace names the report's own functions and the modelled caller, with
+made-up offsets fixed per symbol (:func:`rcukit.panic.symbol_frame`) so the text never depends on
+the Python code around the model; addresses of code are made up (stable per symbol), and
 ``print_irqtrace_events()``'s ``irq event stamp`` block (printed when IRQs are off) is left out:
 rcukit does not count IRQ on/off events.
 """
@@ -19,6 +20,8 @@ import zlib
 
 import attrs
 
+from rcukit.panic import print_tainted, symbol_frame
+
 SPLAT_KINDS = ("invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic", "rcu_stall")
 
 #: The first line the kernel prints for each kind of report.
@@ -28,29 +31,6 @@ SPLAT_TITLES = {
     "sleeping_in_atomic": "BUG: sleeping function called from invalid context",
     "rcu_stall": "INFO: rcu_preempt detected stalls on CPUs/tasks",
 }
-
-#: ``enum taint_flags``: TAINT_WARN is bit 9, printed 'W'; bit 0 prints 'G' when clear.
-_TAINT_WARN = 9
-
-
-def _taint_flags_count(version: tuple[int, int]) -> int:
-    """``TAINT_FLAGS_COUNT``: 18 (TAINT_RANDSTRUCT the last) up to 5.19, TAINT_TEST from 6.0,
-    TAINT_FWCTL from 6.15 (``include/linux/panic.h``)."""
-    if version < (6, 0):
-        return 18
-    if version < (6, 15):
-        return 19
-    return 20
-
-
-def print_tainted(tainted: bool, version: tuple[int, int]) -> str:
-    """``print_tainted()`` (kernel/panic.c) when the only taint is TAINT_WARN, the one every
-    ``might_sleep``/``__schedule_bug`` report adds (``add_taint(TAINT_WARN, ...)``)."""
-    if not tainted:
-        return "Not tainted"
-    n = _taint_flags_count(version)
-    return "Tainted: G" + " " * (_TAINT_WARN - 1) + "W" + " " * (n - _TAINT_WARN - 1)
-
 
 def text_addr(sym: str) -> str:
     """A made-up kernel text address for ``sym``, the same on every run (``[<%px>]``)."""
@@ -108,8 +88,9 @@ class Splat:
     version: tuple[int, int] = (5, 9)
     #: ``CONFIG_PREEMPT_RCU``: ``__might_resched`` prints "RCU nest depth" only then.
     preempt_rcu: bool = False
-    #: TAINT_WARN was set by an earlier report ("Tainted: G W" instead of "Not tainted").
-    tainted: bool = False
+    #: ``tainted_mask`` when the report was printed: earlier reports' flags ("Tainted: G  B  W"
+    #: instead of "Not tainted"; see :mod:`rcukit.panic`).
+    taint: int = 0
     #: lockdep had turned itself off (``debug_locks == 0``) before this report.
     lockdep_off: bool = False
     #: The kernel printed this report (it was not suppressed by one-shot or rate limit).
@@ -145,7 +126,7 @@ class Splat:
         for i, h in enumerate(self.held):
             lines.append(
                 f" #{i}: {h.addr:016x} ({h.name}){{....}}-{{{h.outer}:{h.inner}}}"
-                f", at: {h.ip}+0x0/0x0"
+                f", at: {symbol_frame(h.ip)}"
             )
         return lines
 
@@ -158,16 +139,33 @@ class Splat:
     def _preempt_disabled_at(self) -> list[str]:
         """``pr_err("Preemption disabled at:")`` then ``print_ip_sym()`` (CONFIG_DEBUG_PREEMPT)."""
         ip = self.preempt_ip
-        sym = f"{ip}+0x0/0x0" if ip else "0x0"
+        sym = symbol_frame(ip) if ip else "0x0"
         return ["Preemption disabled at:", f"[<{text_addr(ip)}>] {sym}"]
 
+    def _reporter_frames(self) -> list[str]:
+        """The frames between ``dump_stack()`` and the modelled caller (``ip``): the function
+        that printed the report and the path to it (kernel/locking/lockdep.c,
+        kernel/sched/core.c, kernel/locking/spinlock_rt.c)."""
+        if self.kind == "invalid_wait_context":
+            return ["__lock_acquire", "lock_acquire"]
+        if self.kind == "scheduling_while_atomic":
+            return ["__schedule_bug", "__schedule", "schedule"]
+        might = "__might_resched" if self.version >= (5, 17) else "___might_sleep"
+        if self.file_line.startswith("kernel/locking/"):
+            return [might, "rt_spin_lock"]
+        return [might]
+
     def _trailer(self) -> list[str]:
-        """``dump_stack()``: ``dump_stack_print_info()``'s line, then the (one-line) trace."""
+        """``dump_stack()``: ``dump_stack_print_info()``'s line, then the call trace, one frame
+        per line, kernel symbols only (the Python site stays in ``site``, not in the text)."""
         uid = "UID: 0 " if self.version >= (6, 10) else ""
+        top = "dump_stack_lvl" if self.version >= (5, 14) else "dump_stack"
+        frames = [top, *self._reporter_frames(), self.ip]
         return [
             f"CPU: {self.cpu} {uid}PID: {self.pid} Comm: {self.comm} "
-            f"{print_tainted(self.tainted, self.version)} {self.release} #1",
-            f"Call Trace: {self.ip}+0x0/0x0 <- {self.site}",
+            f"{print_tainted(self.taint, self.version)} {self.release} #1",
+            "Call Trace:",
+            *(f" {symbol_frame(f)}" for f in frames if f),
         ]
 
     def _format_wait_context(self) -> str:
@@ -178,11 +176,11 @@ class Splat:
             rule,
             "[ BUG: Invalid wait context ]",
             # print_kernel_ident(): release, version up to its first space, print_tainted().
-            f"{self.release} #1 {print_tainted(self.tainted, self.version)}",
+            f"{self.release} #1 {print_tainted(self.taint, self.version)}",
             "-" * 29,
             f"{self.comm}/{self.pid} is trying to lock:",
             f"{self.lock_addr:016x} ({self.lock_name}){{....}}"
-            f"-{{{self.lock_outer}:{self.lock_inner}}}, at: {self.ip}+0x0/0x0",
+            f"-{{{self.lock_outer}:{self.lock_inner}}}, at: {symbol_frame(self.ip)}",
             "other info that might help us debug this:",
             f"context-{{{self.context[0]}:{self.context[1]}}}",
             *self._lockdep_held_locks(),

@@ -283,4 +283,9 @@ def memory_error(
         parts.append(describe_site(alloc_site, what="allocated"))
     if show_free:
         parts.append(describe_site(free_site, what="freed"))
-    return MemoryDebugError("; ".join(parts))
+    sites = ((("Allocated", alloc_site),) if show_alloc else ()) + (
+        (("Freed", free_site),) if show_free else ()
+    )
+    return MemoryDebugError(
+        "; ".join(parts), kind=kind, ptr=ptr, where=where, detail=detail, sites=sites
+    )

@@ -150,16 +150,12 @@ class WarnAlloc:
         return True
 
     def dump_stack(self, task: Task) -> list[str]:
-        """``dump_stack()``: the header and the path that got here (the unwind is charged)."""
+        """``dump_stack()``: the header (taint and release included, as every report of this
+        kernel prints it: rcukit.panic) and the path that got here (the unwind is charged)."""
         task.charge(DUMP_STACK_NS)
-        return [
-            f"CPU: {task.cpu.id} PID: {task.pid} Comm: {task.comm}",
-            "Call Trace:",
-            " dump_stack+0x0/0x0",
-            " warn_alloc+0x0/0x0",
-            " __alloc_pages_slowpath+0x0/0x0",
-            " __alloc_pages_nodemask+0x0/0x0",
-        ]
+        return self._pa.kernel.panic.dump_stack(
+            task, ["warn_alloc", "__alloc_pages_slowpath", "__alloc_pages_nodemask"]
+        )
 
     async def show_mem(self, task: Task) -> list[str]:
         """``show_mem()`` (lib/show_mem.c): "Mem-Info:", ``show_free_areas()``, RAM totals."""

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, cast
 
 import attrs
 
-from rcukit.errors import RcuUsageError
+from rcukit.errors import KernelPanic, RcuUsageError, SimulationError, SplatError
 from rcukit.rcu.gpcore import GpCore, signed_seq
 from rcukit.rcu.gpseq import (
     RCU_GET_STATE_COMPLETED,
@@ -82,7 +82,7 @@ from rcukit.rcu.tree_part import RcuStatePart
 from rcukit.rcu.tree_plugin import RcuReaders
 from rcukit.rcu.tree_stall import RcuStall
 from rcukit.sched.sim import Cpu, Simulator, Task, Timer, WaitQueue
-from rcukit.wq import Work, WorkFn, Workqueue
+from rcukit.wq import Work, WorkFn, Workqueue, current_frames, symbol_of
 
 if TYPE_CHECKING:
     from rcukit.machine import Machine
@@ -470,9 +470,14 @@ class RcuCallbacks(RcuStatePart):
                         f"RCU callback head {head!r} has no function: queue heads with "
                         "call_rcu(task, head, func)"
                     )
-                res = func(task, head)
-                if res is not None and inspect.isawaitable(res):
-                    await res
+                try:
+                    res = func(task, head)
+                    if res is not None and inspect.isawaitable(res):
+                        await res
+                except (KernelPanic, SplatError, SimulationError):
+                    raise
+                except Exception as err:
+                    self.rcu_callback_failed(task, func, err)
         finally:
             if bh_preempt:
                 task.preempt_count -= 1
@@ -482,6 +487,22 @@ class RcuCallbacks(RcuStatePart):
         rdp.invoked += n
         if tracer.on:
             kernel.trace(task, "rcu_batch_end", f"{self._name} CBs-invoked={n}")
+
+    def rcu_callback_failed(self, task: Task, func: RcuCallback, err: Exception) -> None:
+        """A callback raised: report it as a WARNING in the callback and invoke the next one.
+
+        A kernel callback cannot raise; what lets the kernel go on is the callback's own
+        ``if (WARN_ON(...)) return;``: ``report_bug()`` (lib/bug.c) and ``__warn()``
+        (kernel/panic.c, v5.9) print the WARNING and add TAINT_WARN, the callback returns and
+        ``rcu_do_batch()`` (kernel/rcu/tree.c) invokes the rest of the batch. (An oops there
+        would be fatal: callbacks run with bottom halves off, and ``oops_end()`` panics with
+        "Fatal exception in interrupt" when ``in_interrupt()``.) With ``panic_on_warn`` the
+        WARNING panics the machine."""
+        sym = symbol_of(func)
+        chain, _ = current_frames(task)
+        frames = [sym, "rcu_do_batch", "rcu_core", *chain]
+        msg = f"{type(err).__name__}: {err}"
+        self._kernel.panic.warn(task, sym, frames, message=msg)
 
     async def rcu_barrier(self, task: Task) -> None:
         """``rcu_barrier``: entrain a callback behind every CPU's and wait for them all."""

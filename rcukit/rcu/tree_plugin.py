@@ -24,6 +24,7 @@ from rcukit.locking.checker import python_site
 from rcukit.locking.splat import HeldLockInfo, Splat
 from rcukit.rcu.gpcore import signed_seq
 from rcukit.rcu.tree_part import RcuStatePart
+from rcukit.wq import current_frames
 
 if TYPE_CHECKING:
     from rcukit.rcu.tree import RcuData, RcuState
@@ -61,6 +62,8 @@ class RcuReaders(RcuStatePart):
         self.blocked: dict[Task, None] = {}
         #: CPU hotplug is moving a dead CPU's tasks: a reader switched out then is no splat.
         self.migrating = False
+        #: ``__rcu_read_unlock()``'s ``WARN_ON_ONCE`` has fired (BUGFLAG_DONE).
+        self.warned_unbalanced = False
 
     def rcu_read_lock(self, task: Task) -> None:
         """``__rcu_read_lock``: enter a read-side critical section (nestable).
@@ -79,7 +82,8 @@ class RcuReaders(RcuStatePart):
         """``__rcu_read_unlock``: the outermost unlock may report deferred QSes."""
         n = task.rcu_read_nesting
         if n <= 0:
-            raise self._unbalanced(task)
+            self.rcu_read_unlock_unbalanced(task)
+            return
         task.rcu_read_nesting = n - 1
         if not self.preemptible:
             task.preempt_count -= 1
@@ -90,6 +94,40 @@ class RcuReaders(RcuStatePart):
             rdp.qs_ns = task.cpu.local_ns
             if rdp.exp_qs_pending and not task.in_atomic():
                 self._rcu.exp.rcu_report_exp_rdp(rdp, task.cpu.local_ns)
+
+    def rcu_read_unlock_unbalanced(self, task: Task) -> None:
+        """``rcu_read_unlock()`` by a task not in a read section: a WARNING, and go on.
+
+        With ``CONFIG_PREEMPT_RCU`` ``__rcu_read_unlock()`` (kernel/rcu/tree_plugin.h, v5.9)
+        decrements ``current->rcu_read_lock_nesting`` and, under ``CONFIG_PROVE_LOCKING``,
+        ``WARN_ON_ONCE(rrln < 0 || rrln > RCU_NEST_PMAX)``: one report per boot. Without it
+        the unlock is ``preempt_enable()``, whose ``preempt_count_sub()``
+        (kernel/sched/core.c, ``CONFIG_DEBUG_PREEMPT``) refuses the underflow with
+        ``DEBUG_LOCKS_WARN_ON(val > preempt_count())``: printed only if lockdep was still on,
+        and it turns lockdep off. Either way the task that holds the read lock keeps it (its
+        own count is untouched). rcukit leaves the caller's nesting at 0 where PREEMPT_RCU
+        leaves it at -1 (which would make the caller's next reader unprotected), and
+        lockdep's own "bad unlock balance" report from ``rcu_lock_release()`` is not
+        modelled. The message says who holds the lock, if anyone does."""
+        kernel = self._kernel
+        panic = kernel.panic
+        chain, wq = current_frames(task)
+        msg = str(self._unbalanced(task))
+        if self.preemptible:
+            if self.warned_unbalanced:
+                panic.counts["warning_once_suppressed"] += 1
+                return
+            self.warned_unbalanced = True
+            panic.warn(task, "__rcu_read_unlock", ["__rcu_read_unlock", *chain],
+                       message=msg, workqueue=wq)
+            return
+        if not kernel.locks.debug_locks_off():
+            panic.counts["warning_lockdep_off"] += 1
+            return
+        panic.warn(
+            task, "preempt_count_sub", ["preempt_count_sub", "__rcu_read_unlock", *chain],
+            message=f"DEBUG_LOCKS_WARN_ON(val > preempt_count())\n{msg}", workqueue=wq,
+        )
 
     def _unbalanced(self, task: Task) -> RcuUsageError:
         holders = [t for t in self._kernel.sim.tasks if t.rcu_read_nesting > 0]

@@ -153,6 +153,9 @@ def _row_data(k: Kernel, variant: str, kernel_config: str) -> dict[str, Any]:
         "splat_sites": k.locks.unique_sites(),
         "reports_printed": locks.reports_printed,
         "first_report": locks.first_report,
+        # The kernel's taint letters at the end ("" untainted; W from a printed might-sleep or
+        # scheduling-while-atomic report, B from KASAN: rcukit.panic).
+        "tainted": k.panic.taint,
         "violations": [
             {"kind": kind, "lock": lock, "ip": ip}
             for kind, lock, ip in dict.fromkeys(

@@ -14,6 +14,7 @@ from simtools import MS, US, Kernel, run_sim
 import rcukit
 import rcukit.sim
 from rcukit.errors import GpSeqError, RcuUsageError
+from rcukit.panic import symbol_frame
 from rcukit.rcu.gpcore import RCU_GP_SEQ_INIT, GpCore, RcuSeq, signed_seq
 from rcukit.rcu.gpseq import RCU_GET_STATE_COMPLETED, ULONG_MASK, RcuGpOldState
 from rcukit.rcu.segcblist import RcuHead
@@ -504,38 +505,6 @@ def test_blocking_inside_a_read_section_is_an_error(call: str) -> None:
     assert "inside an RCU read-side critical section (nesting 1)" in msg
 
 
-def test_unbalanced_and_foreign_unlocks_are_errors() -> None:
-    async def body(k: Kernel) -> list[str]:
-        rcu = k.rcu
-        msgs: list[str] = []
-
-        async def lone(task: Task) -> None:
-            with pytest.raises(RcuUsageError) as exc:
-                rcu.rcu_read_unlock(task)
-            msgs.append(str(exc.value))
-            holder = k.spawn(hold, 1, "holder")
-            await task.sleep_ns(1 * MS)
-            with pytest.raises(RcuUsageError) as exc:
-                rcu.rcu_read_unlock(task)  # the lock is holder's, not ours
-            msgs.append(str(exc.value))
-            holder.data["go"] = True
-
-        async def hold(task: Task) -> None:
-            rcu.rcu_read_lock(task)
-            while not task.data.get("go"):
-                await task.sleep_ns(1 * MS)
-            rcu.rcu_read_unlock(task)
-
-        k.spawn(lone, 0, "lone")
-        await k.run()
-        return msgs
-
-    m = run_sim(body, nr_cpus=2, preempt_rcu=True)
-    assert re.fullmatch(r"rcu_read_unlock\(\) by lone/\d+ without a matching rcu_read_lock\(\).*",
-                        m[0])
-    assert "holder/" in m[1] and "must be called by the task that called rcu_read_lock()" in m[1]
-
-
 def test_sleeping_in_a_nonpreemptible_reader_splats_like_might_sleep() -> None:
     async def body(k: Kernel) -> tuple[list[str], int, int, int]:
         rcu = k.rcu
@@ -570,7 +539,8 @@ def test_sleeping_in_a_nonpreemptible_reader_splats_like_might_sleep() -> None:
     # went off (rcu_read_lock() is preempt_disable() on !PREEMPT_RCU).
     assert "RCU nest depth" not in text and "preempt_count:" not in text
     assert "in_atomic(): 1" in text
-    assert "Preemption disabled at:\n[<" in text and "] rcu_read_lock+0x0/0x0\n" in text
+    assert "Preemption disabled at:\n[<" in text
+    assert f"] {symbol_frame('rcu_read_lock')}\n" in text
     assert end <= ret, "the grace period still waits for the (buggy) reader"
 
 

@@ -39,6 +39,7 @@ def no_runs(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFa
     monkeypatch.setattr(cmp, "run_compare", _sentinel)
     monkeypatch.setattr(rcuscale_cli, "run_rcuscale", _sentinel)
     monkeypatch.setattr(torture_cli, "run_torture", _sentinel)
+    monkeypatch.setattr(torture_cli, "run_soak", _sentinel)
     monkeypatch.setattr(sw, "run_sweep", _sentinel)
     monkeypatch.setattr(locks_cli, "run_nesting", _sentinel)
 
@@ -46,12 +47,13 @@ def no_runs(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFa
 #: Flags each subcommand takes, and values that are good, bad, or odd.
 _FLAGS = {
     "compare": ["--variants", "--configs", "--profiles", "--profile", "--scale", "--seed",
-                "--jobs", "--plot", "--trace", "--ftrace", "--config", "--plugin", "--json"],
+                "--jobs", "--plot", "--trace", "--ftrace", "--config", "--plugin", "--json",
+                "--panic-on-warn"],
     "rcuscale": ["--cpus", "--kfree-nthreads", "--kfree-alloc-num", "--kfree-loops",
                  "--kfree-mult", "--profile", "--variant", "--seed", "--json"],
     "torture": ["--mode", "--duration", "--nreaders", "--nwriters", "--onoff-interval",
                 "--fault-rate", "--stall-cpu", "--kernel-config", "--profile", "--cpus",
-                "--variant", "--json"],
+                "--variant", "--json", "--soak", "--panic-on-warn"],
     "sweep": ["--out", "--workers", "--plot", "--x", "--y", "--figure", "--where", "--resume"],
     "locks": ["--cpus", "--seed", "--json"],
 }

@@ -10,12 +10,13 @@ or the page allocator, passing a quiescent state between blocks.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from rcukit.errors import MemoryDebugError
 from rcukit.rcu.kvfree.krc import Bnode, Krc, KrwpWork, KvfreePart
 from rcukit.sched.sim import Task
-from rcukit.wq import Work
+from rcukit.wq import Work, current_frames
 
 if TYPE_CHECKING:
     from rcukit.rcu.kvfree.sim import KvfreeRcu
@@ -107,19 +108,28 @@ class KvfreeReclaim(KvfreePart):
                     f"{self._rcu.name} bulk=0x{bnode.page:x} nr_records={nr}",
                 )
             segs = bnode.segs
-            if segs and bnode.seg_end == nr:
-                # filled by run-based floods alone: its segments are the parse
-                await mm.slab.kfree_bulk_segments(task, ptrs, segs)
-            else:
-                await mm.kfree_bulk(task, ptrs)
+            try:
+                if segs and bnode.seg_end == nr:
+                    # filled by run-based floods alone: its segments are the parse
+                    await mm.slab.kfree_bulk_segments(task, ptrs, segs)
+                else:
+                    await mm.kfree_bulk(task, ptrs)
+            except MemoryDebugError as err:
+                await self.free_bulk_skipping_bad(task, ptrs, err, mm.kfree_bulk)
         elif self._policy.vfree_bulk:
-            await mm.vfree_bulk(task, ptrs)
+            try:
+                await mm.vfree_bulk(task, ptrs)
+            except MemoryDebugError as err:
+                await self.free_bulk_skipping_bad(task, ptrs, err, mm.vfree_bulk)
         else:
             for p in ptrs:
                 if k.tracer.on:
                     k.trace(task, "rcu_invoke_kvfree_callback",
                             f"{self._rcu.name} rhp=0x{p:x} func=0x0")
-                await mm.vfree(task, p)
+                try:
+                    await mm.vfree(task, p)
+                except MemoryDebugError as err:
+                    self.report_bad_free(task, err, ["vfree"])
         ctr.bulk_calls += 1
         ctr.records_per_block[nr] = ctr.records_per_block.get(nr, 0) + 1
         self.note_freed(nr)
@@ -150,12 +160,91 @@ class KvfreeReclaim(KvfreePart):
             if k.tracer.on:
                 k.trace(task, "rcu_invoke_kvfree_callback",
                         f"{self._rcu.name} rhp=0x{p:x} func=0x0")
-            await self._mm.kvfree(task, p)
+            try:
+                await self._mm.kvfree(task, p)
+            except MemoryDebugError as err:
+                self.report_bad_free(task, err, ["kfree", "kvfree"])
         self.note_freed(len(head))
         await task.cond_resched()
+
+    # -- the error path: a bad pointer found while freeing (kernel: report, skip, go on) -------
+    async def free_bulk_skipping_bad(
+        self,
+        task: Task,
+        ptrs: Sequence[int],
+        err: MemoryDebugError,
+        free: Callable[[Task, Sequence[int]], Awaitable[None]],
+    ) -> None:
+        """A bulk free met a pointer KASAN refuses: report it, leave it out, free the rest.
+
+        ``kmem_cache_free_bulk()`` (mm/slub.c, v5.9) chains each slab's objects into a
+        detached freelist and ``slab_free()`` runs ``slab_free_freelist_hook()``, which drops
+        every object whose ``slab_free_hook()`` returns true: ``__kasan_slab_free()`` does so
+        after ``kasan_report_invalid_free()`` for an object already free (or not an object).
+        So one bad pointer costs a report and the others are freed. rcukit's allocator checks
+        the whole array first and raises at the first bad one; this path reports it, drops
+        that occurrence (the later one of a pointer listed twice) and frees the rest again,
+        until the rest goes through. An error on a pointer not in the array is not a bad
+        pointer of this call and is raised."""
+        rest = list(ptrs)
+        while True:
+            i = _bad_index(rest, err)
+            if i < 0:
+                raise err
+            self.report_bad_free(task, err, ["kmem_cache_free_bulk"])
+            del rest[i]
+            try:
+                await free(task, rest)
+                return
+            except MemoryDebugError as again:
+                err = again
+
+    def report_bad_free(self, task: Task, err: MemoryDebugError, inner: list[str]) -> None:
+        """Report ``err`` as the kernel's detector prints it, in the reclaim's call chain.
+
+        A slab object: KASAN's ``kasan_report_invalid_free()`` from ``slab_free_hook()``, its
+        ip the caller of ``kfree``/``kmem_cache_free_bulk`` (``kfree_bulk()`` is inline). A
+        vmalloc address: ``__vunmap()``'s ``WARN(1, "Trying to vfree() nonexistent vm area
+        (%p)")`` (``vfree()`` itself from 6.3), and the area is left alone. 6.3 split
+        ``kvfree_rcu_bulk()``/``kvfree_rcu_list()`` out of ``kfree_rcu_work()``."""
+        panic = self._kernel.panic
+        chain, wq = current_frames(task)
+        split = self._kernel.config.kernel_version >= (6, 3)
+        helper = ("kvfree_rcu_list" if "kvfree" in inner else "kvfree_rcu_bulk") if split else ""
+        below = [f for f in (helper, *chain) if f]
+        if self._mm.is_vmalloc_addr(err.ptr):
+            caller = "vfree" if split else "__vunmap"
+            frames = [caller, *([] if caller in inner else inner), *below]
+            msg = f"Trying to vfree() nonexistent vm area ({err.ptr:#x})"
+            panic.warn(task, caller, frames, message=msg, workqueue=wq)
+            return
+        ip = inner[-1] if len(inner) > 1 else below[0]
+        kasan = ["print_address_description", "kasan_report_invalid_free", "__kasan_slab_free",
+                 "slab_free_freelist_hook"]
+        if err.kind:
+            panic.kasan_report_invalid_free(task, err, ip, [*kasan, *inner, *below],
+                                            workqueue=wq)
+        else:
+            panic.bad_page(task, err, [*inner, *below], workqueue=wq)
 
     def note_freed(self, n: int) -> None:
         """``n`` queued objects were freed: count them and tell the listeners."""
         self._counters.note_freed(n)
         for cb in self.freed_listeners:
             cb(n)
+
+
+def _bad_index(ptrs: list[int], err: MemoryDebugError) -> int:
+    """Where in ``ptrs`` the free ``err`` reports failed: the second occurrence of a pointer
+    listed twice, else its first; -1 if the pointer is not there."""
+    p = err.ptr
+    try:
+        first = ptrs.index(p)
+    except ValueError:
+        return -1
+    if "appears twice" in err.detail:
+        try:
+            return ptrs.index(p, first + 1)
+        except ValueError:
+            return first
+    return first

@@ -24,6 +24,7 @@ from rcukit.scenarios.torture.sim import (
     run_torture_async,
     torture_config,
 )
+from rcukit.scenarios.torture.soak import SoakResult, SoakRun, run_soak
 
 __all__ = [
     "APP_NR_CPUS",
@@ -31,12 +32,15 @@ __all__ = [
     "RTORT_POOL",
     "WRITER_MODES",
     "AppTorture",
+    "SoakResult",
+    "SoakRun",
     "TortureInjectedError",
     "TortureParams",
     "TortureResult",
     "full_gps_since",
     "run_app_torture",
     "run_app_torture_async",
+    "run_soak",
     "run_torture",
     "run_torture_async",
     "torture_config",

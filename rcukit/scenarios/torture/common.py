@@ -270,6 +270,8 @@ class TortureState(Generic[SlotT]):
         log: tuple[str, ...],
         sim_ns: int,
         wall_s: float,
+        taint: str = "",
+        reports: tuple[str, ...] = (),
     ) -> TortureResult:
         """The :class:`TortureResult`: the state's counters plus what only the mode knows.
 
@@ -320,6 +322,8 @@ class TortureState(Generic[SlotT]):
             log=log,
             sim_ns=sim_ns,
             wall_s=wall_s,
+            taint=taint,
+            reports=reports,
         )
 
 
@@ -433,11 +437,20 @@ class TortureResult:
     log: tuple[str, ...]
     sim_ns: int
     wall_s: float
+    #: The kernel's taint flags at the end (``/proc/sys/kernel/tainted`` letters: B for a
+    #: KASAN or bad-page report, W for a WARNING or a might-sleep splat); "" untainted.
+    taint: str = ""
+    #: The first line of every bug report the kernel printed (:mod:`rcukit.panic`).
+    reports: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
-        """Exit status 0: no failure, no leak, no use after free, no double free."""
-        return not (self.failures or self.leaks or self.use_after_free or self.double_free)
+        """Exit status 0: no failure, no leak, no use after free, no double free, and an
+        untainted kernel (rcutorture's console check fails a run whose log has a BUG or
+        WARNING: tools/testing/selftests/rcutorture/bin/parse-console.sh)."""
+        return not (
+            self.failures or self.leaks or self.use_after_free or self.double_free or self.taint
+        )
 
     def summary_lines(self) -> list[str]:
         """rcutorture's end-of-test statistics (``rcu_torture_stats_print``) and verdict."""
@@ -460,6 +473,10 @@ class TortureResult:
         )
         for e in self.errors:
             lines.append(f"rcu-torture: {e}")
+        if self.taint:
+            lines.append(f"rcu-torture: !!! the kernel is tainted ({self.taint}): "
+                         f"{len(self.reports)} bug report(s)")
+            lines.extend(f"rcu-torture: {r}" for r in self.reports[:_MAX_ERRORS])
         verdict = "SUCCESS" if self.passed else "FAILURE"
         parms = " ".join(f"{k}={v}" for k, v in self.settings.items())
         lines.append(f"--- End of test: {verdict}: {parms}")
@@ -497,6 +514,8 @@ class TortureResult:
             "onoff": self.onoff,
             "kvfree": self.kvfree,
             "errors": list(self.errors),
+            "taint": self.taint,
+            "reports": list(self.reports),
             "sim_ns": self.sim_ns,
             "wall_s": round(self.wall_s, 3),
         }

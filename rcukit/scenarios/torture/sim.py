@@ -65,7 +65,13 @@ from typing import Any, Final
 import attrs
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
-from rcukit.errors import ConfigError, CpuHotplugError, MemoryDebugError, SimulationError
+from rcukit.errors import (
+    ConfigError,
+    CpuHotplugError,
+    KernelPanic,
+    MemoryDebugError,
+    SimulationError,
+)
 from rcukit.kernel import ALL_SUBSYSTEMS, Kernel, Subsystems, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.mm.mm import Mm
@@ -136,8 +142,12 @@ def torture_config(
     profile: str | None = None,
     kernel_config: str = "default",
     preempt_rcu: bool = False,
+    panic_on_warn: bool = False,
 ) -> KernelConfig:
     """The kernel a torture run boots: ``base`` with the run's seed, build, variant and faults.
+
+    ``panic_on_warn`` sets the sysctl (:attr:`KernelConfig.panic_on_warn`): the first bug
+    report stops the run with a kernel panic instead of tainting the kernel.
 
     ``preempt_rcu`` builds ``CONFIG_PREEMPT_RCU=y`` (rcutorture's TREE01-03 scenarios): readers
     are preemptible, a reader preempted inside its section holds up grace periods from the
@@ -160,6 +170,8 @@ def torture_config(
     changes: dict[str, Any] = {"seed": seed, "kvfree.debug_objects": True}
     if preempt_rcu:
         changes["preempt_rcu"] = True
+    if panic_on_warn:
+        changes["panic_on_warn"] = True
     if variant is not None:
         changes["kvfree.variant"] = variant
     if profile is not None:
@@ -762,6 +774,11 @@ async def run_torture_async(
         for exc in eg.exceptions:
             assert isinstance(exc, MemoryDebugError)
             state.memory_error(exc, "kernel")
+    except* KernelPanic as panicked:
+        # panic_on_warn: the first report stopped the machine.
+        crash = panicked
+        for oops in panicked.exceptions:
+            state.error(f"kernel: {getattr(oops, 'title', oops)}")
     except* SimulationError as hung:
         # A hung kernel (every task blocked: an rcu_barrier() or a grace period that never
         # ends) is rcutorture's hung-task failure: the run does not finish.
@@ -795,6 +812,9 @@ def _result(p: TortureParams, cfg: KernelConfig, s: _State, wall: float) -> Tort
     for sp in k.locks.splats:
         if sp.kind == "rcu_stall":
             log.append(sp.format())
+    reports = k.panic.reports
+    if reports:
+        log.append(reports[0].text)  # the first bug report, as the console shows it
     cur = s.current
     return s.result(
         p,
@@ -830,6 +850,8 @@ def _result(p: TortureParams, cfg: KernelConfig, s: _State, wall: float) -> Tort
         log=tuple(log),
         sim_ns=k.sim.max_local_ns(),
         wall_s=wall,
+        taint=k.panic.taint,
+        reports=tuple(r.title for r in reports),
     )
 
 

@@ -1,0 +1,383 @@
+"""Bug reports, taint and panic: what the kernel does when it finds a bug in itself.
+
+A simulated kernel that finds a bug in one of its kthreads, workers or callbacks does what the
+kernel does: it prints a report, sets a taint flag and goes on (``panic_on_warn`` makes the
+first report fatal). Modelled from:
+
+* ``kernel/panic.c``: ``add_taint()`` sets a bit of ``tainted_mask`` (``LOCKDEP_NOW_UNRELIABLE``
+  also turns lockdep off, printing "Disabling lock debugging due to kernel taint");
+  ``print_tainted()`` prints ``Tainted:`` and one column per flag (its letter when set, a space
+  or, for the first, ``G`` when clear), or ``Not tainted``; ``__warn()`` prints
+  "WARNING: CPU: n PID: n at caller", panics if ``panic_on_warn`` is set (before the stack
+  dump), else dumps the stack, prints the end marker and adds ``TAINT_WARN``; ``panic()``
+  prints "Kernel panic - not syncing: ..." and a stack, then stops the machine. 6.2 ("panic:
+  Consolidate open-coded panic_on_warn checks") made the message name its origin:
+  ``check_panic_on_warn("KASAN")`` prints "KASAN: panic_on_warn set ...".
+* ``lib/bug.c`` ``report_bug()``: a ``WARN()`` prints the ``cut here`` line, then ``__warn()``.
+* ``lib/dump_stack.c`` ``dump_stack_print_info()``: "CPU: n PID: n Comm: c <print_tainted()>
+  <release> #1", then (``print_worker_info()``) "Workqueue: <wq> <work fn>" in a kworker.
+* ``mm/kasan/report.c``: ``kasan_report_invalid_free()`` (the ``=====`` rule,
+  "BUG: KASAN: double-free in <ip>", the stack, the allocation and free tracks, the object) and
+  ``end_report()`` (``panic_on_warn`` unless ``kasan_multi_shot``, then
+  ``add_taint(TAINT_BAD_PAGE, LOCKDEP_NOW_UNRELIABLE)``). Before 6.1 the title was
+  "double-free or invalid-free" for both kinds; from 5.19 only the first KASAN report of a
+  boot is printed (``report_enabled()``: ``KASAN_BIT_REPORTED``, no ``kasan_multi_shot``).
+
+Simplified: frames are kernel symbols with made-up offsets (:func:`symbol_frame`, stable per
+symbol), no registers or ``<TASK>`` markers are printed, KASAN's shadow-memory dump and
+``dump_page()`` are left out, and the allocation and free tracks show the Python site rcukit
+recorded (the simulator keeps no kernel stack for them). Every report is counted and kept
+whether or not the kernel would print it.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import NoReturn, Protocol, TextIO, cast
+
+import attrs
+
+from rcukit.errors import KernelPanic, MemoryDebugError
+
+__all__ = [
+    "TAINT_BAD_PAGE",
+    "TAINT_DIE",
+    "TAINT_WARN",
+    "BugContext",
+    "BugReport",
+    "PanicState",
+    "ReportContext",
+    "print_tainted",
+    "symbol_frame",
+]
+
+#: ``enum taint_flags`` bits rcukit sets (include/linux/panic.h).
+TAINT_BAD_PAGE = 5
+TAINT_DIE = 7
+TAINT_WARN = 9
+#: ``taint_flags[].c_true`` in bit order: P F S R M B U D A W C I O E L K X T N J.
+_TAINT_LETTERS = "PFSRMBUDAWCIOELKXTNJ"
+_RULE = "=" * 66
+
+
+def taint_flags_count(version: tuple[int, int]) -> int:
+    """``TAINT_FLAGS_COUNT``: 18 (TAINT_RANDSTRUCT the last) up to 5.19, TAINT_TEST from 6.0,
+    TAINT_FWCTL from 6.15 (``include/linux/panic.h``)."""
+    if version < (6, 0):
+        return 18
+    if version < (6, 15):
+        return 19
+    return 20
+
+
+def print_tainted(mask: int, version: tuple[int, int]) -> str:
+    """``print_tainted()`` (kernel/panic.c): ``Not tainted``, or a column per flag."""
+    if not mask:
+        return "Not tainted"
+    cols = []
+    for bit in range(taint_flags_count(version)):
+        if mask >> bit & 1:
+            cols.append(_TAINT_LETTERS[bit])
+        else:
+            cols.append("G" if bit == 0 else " ")
+    return "Tainted: " + "".join(cols)
+
+
+def taint_letters(mask: int) -> str:
+    """The set flags' letters alone (``/proc/sys/kernel/tainted`` decoded), e.g. ``"BW"``."""
+    return "".join(_TAINT_LETTERS[b] for b in range(len(_TAINT_LETTERS)) if mask >> b & 1)
+
+
+def symbol_frame(sym: str) -> str:
+    """``%pS`` of a return address in ``sym``: ``sym+0xOFF/0xSIZE``.
+
+    The offset and size are made up but fixed per symbol (a CRC of the name), so a report
+    reads the same on every run and whatever Python code changes around the model."""
+    crc = zlib.crc32(sym.encode())
+    size = 0x100 + ((crc >> 4) & 0x3F) * 0x10
+    off = 4 + (crc >> 12) % (size - 8)
+    return f"{sym}+{off:#x}/{size:#x}"
+
+
+def call_trace(frames: Sequence[str]) -> list[str]:
+    """``show_trace_log_lvl()``: "Call Trace:" and one indented frame per line, innermost
+    first."""
+    return ["Call Trace:", *(f" {symbol_frame(f)}" for f in frames if f)]
+
+
+class _BugCpu(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def local_ns(self) -> int: ...
+
+
+class BugContext(Protocol):
+    """What a report reads of ``current``: its CPU (id and clock), pid and comm."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def cpu(self) -> _BugCpu: ...
+    @property
+    def comm(self) -> str: ...
+
+
+@attrs.frozen
+class _AtCpu:
+    id: int
+    local_ns: int
+
+
+@attrs.frozen
+class ReportContext:
+    """A :class:`BugContext` rebuilt from a report that has already been taken (a splat)."""
+
+    pid: int
+    comm: str
+    cpu: _AtCpu
+
+    @classmethod
+    def at(cls, cpu: int, pid: int, comm: str, time_ns: int) -> ReportContext:
+        return cls(pid, comm, _AtCpu(cpu, time_ns))
+
+
+class _Site(Protocol):
+    file: str
+    line: int
+    time_ns: int
+    cpu: int
+    comm: str
+
+
+def _track(what: str, site: object) -> list[str]:
+    """``print_track()``: "Allocated by task ..." and its stack, or "(stack is not available)".
+    rcukit keeps the task, CPU, time and the Python line of the modelled caller."""
+    if site is None:
+        return [f"{what} by task ?:", "(stack is not available)", ""]
+    s = cast(_Site, site)
+    return [
+        f"{what} by task {s.comm} on cpu {s.cpu} at {s.time_ns / 1e9:.6f}s:",
+        f" {os.path.basename(s.file)}:{s.line}",
+        "",
+    ]
+
+
+@attrs.frozen
+class BugReport:
+    """One report the kernel found: its kind, where, and the text as printed.
+
+    ``kind`` is ``"warning"`` (``__warn``), ``"kasan"`` (a KASAN report) or ``"bad_page"``.
+    ``taint`` is the taint string *after* the report (``/proc/sys/kernel/tainted`` letters).
+    ``printed`` is False for a report the kernel would swallow (KASAN's one-shot)."""
+
+    kind: str
+    title: str
+    cpu: int
+    comm: str
+    pid: int
+    time_ns: int
+    text: str
+    taint: str
+    printed: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "title": self.title,
+            "cpu": self.cpu,
+            "comm": self.comm,
+            "pid": self.pid,
+            "time_ns": self.time_ns,
+            "taint": self.taint,
+            "printed": self.printed,
+        }
+
+
+@attrs.define(eq=False, kw_only=True)
+class PanicState:
+    """One kernel's ``tainted_mask``, ``panic_on_warn`` and the bug reports it printed."""
+
+    #: The kernel whose formats are printed, ``(major, minor)``, and its release string.
+    version: tuple[int, int] = (5, 9)
+    release: str = "5.9.0-rcukit"
+    #: ``kernel.panic_on_warn``: the first WARN (or KASAN report) panics.
+    panic_on_warn: bool = False
+    #: Where printed reports go (None: kept in ``reports`` only).
+    out: TextIO | None = None
+    tainted_mask: int = attrs.field(default=0, init=False)
+    reports: list[BugReport] = attrs.field(factory=list, init=False)
+    #: Reports per kind, printed or not.
+    counts: Counter[str] = attrs.field(factory=Counter, init=False)
+    #: ``KASAN_BIT_REPORTED``.
+    kasan_reported: bool = attrs.field(default=False, init=False)
+    #: ``__debug_locks_off()`` of the lock model (set by the machine): True if it was on.
+    debug_locks_off: Callable[[], bool] | None = attrs.field(default=None, init=False)
+    listeners: list[Callable[[BugReport], None]] = attrs.field(factory=list, init=False)
+    max_recorded: int = attrs.field(default=1000, init=False)
+
+    # -- taint ---------------------------------------------------------------------------------
+    def add_taint(self, flag: int, *, lockdep_ok: bool = True) -> list[str]:
+        """``add_taint()``: set ``flag``; ``LOCKDEP_NOW_UNRELIABLE`` turns lockdep off. Returns
+        what it printed."""
+        lines: list[str] = []
+        if not lockdep_ok and self.debug_locks_off is not None and self.debug_locks_off():
+            lines.append("Disabling lock debugging due to kernel taint")
+        self.tainted_mask |= 1 << flag
+        return lines
+
+    def test_taint(self, flag: int) -> bool:
+        return bool(self.tainted_mask >> flag & 1)
+
+    def print_tainted(self) -> str:
+        return print_tainted(self.tainted_mask, self.version)
+
+    @property
+    def taint(self) -> str:
+        """The set flags' letters, ``""`` when untainted."""
+        return taint_letters(self.tainted_mask)
+
+    # -- pieces of a report --------------------------------------------------------------------
+    def dump_stack(
+        self, ctx: BugContext, frames: Sequence[str], *, workqueue: str = ""
+    ) -> list[str]:
+        """``dump_stack()``: ``dump_stack_print_info()``'s lines, then the call trace (with
+        ``dump_stack``/``dump_stack_lvl`` itself as the innermost frame, 5.14+ the latter)."""
+        uid = "UID: 0 " if self.version >= (6, 10) else ""
+        lines = [
+            f"CPU: {ctx.cpu.id} {uid}PID: {ctx.pid} Comm: {ctx.comm} "
+            f"{self.print_tainted()} {self.release} #1"
+        ]
+        if workqueue:
+            lines.append(f"Workqueue: {workqueue}")
+        top = "dump_stack_lvl" if self.version >= (5, 14) else "dump_stack"
+        lines.extend(call_trace([top, *frames]))
+        return lines
+
+    def _end_marker(self) -> str:
+        """``print_oops_end_marker()``: a random ``oops_id`` up to 5.18, zeros from 5.19
+        ("panic: remove oops_id"); the made-up id is fixed per release."""
+        oops_id = 0 if self.version >= (5, 19) else zlib.crc32(self.release.encode()) << 16
+        return f"---[ end trace {oops_id:016x} ]---"
+
+    def _emit(self, report: BugReport) -> BugReport:
+        self.counts[report.kind] += 1
+        if len(self.reports) < self.max_recorded:
+            self.reports.append(report)
+        if report.printed and self.out is not None:
+            print(report.text, file=self.out)
+        for cb in self.listeners:
+            cb(report)
+        return report
+
+    def _report(
+        self, kind: str, title: str, ctx: BugContext, lines: list[str], *, printed: bool = True
+    ) -> BugReport:
+        return self._emit(
+            BugReport(
+                kind=kind, title=title, cpu=ctx.cpu.id, comm=ctx.comm, pid=ctx.pid,
+                time_ns=ctx.cpu.local_ns, text="\n".join(lines), taint=self.taint,
+                printed=printed,
+            )
+        )
+
+    # -- the reports ---------------------------------------------------------------------------
+    def warn(
+        self,
+        ctx: BugContext,
+        caller: str,
+        frames: Sequence[str],
+        *,
+        message: str = "",
+        workqueue: str = "",
+    ) -> BugReport:
+        """``report_bug()`` of a ``WARN()`` in ``caller``, then ``__warn()``.
+
+        With ``panic_on_warn`` it panics after the WARNING line and the message, before the
+        stack dump, as ``__warn()`` does; otherwise TAINT_WARN is added after the report, so
+        the report's own header still shows the taint from before it."""
+        head = [
+            "------------[ cut here ]------------",
+            f"WARNING: CPU: {ctx.cpu.id} PID: {ctx.pid} at {symbol_frame(caller)}",
+        ]
+        if message:
+            head.append(message)
+        title = f"WARNING: CPU: {ctx.cpu.id} PID: {ctx.pid} at {caller}"
+        if self.panic_on_warn:
+            self._report("warning", title, ctx, head)
+            origin = "kernel: " if self.version >= (6, 2) else ""
+            self.panic(ctx, f"{origin}panic_on_warn set ...", frames, workqueue=workqueue)
+        lines = [
+            *head,
+            "Modules linked in:",
+            *self.dump_stack(ctx, frames, workqueue=workqueue),
+            self._end_marker(),
+        ]
+        self.add_taint(TAINT_WARN)
+        return self._report("warning", title, ctx, lines)
+
+    def kasan_report_invalid_free(
+        self,
+        ctx: BugContext,
+        err: MemoryDebugError,
+        ip: str,
+        frames: Sequence[str],
+        *,
+        workqueue: str = "",
+    ) -> BugReport:
+        """``kasan_report_invalid_free()`` and ``end_report()`` for a free KASAN refused.
+
+        ``err`` carries what the slab allocator found (:class:`rcukit.errors.MemoryDebugError`:
+        kind, pointer, sites). The caller skips the object, as ``slab_free_hook()`` returning
+        true leaves it out of the freelist: the rest of a bulk free goes on."""
+        kind = err.kind or "invalid-free"
+        if self.version < (6, 1):
+            kind = "double-free or invalid-free"
+        title = f"BUG: KASAN: {kind} in {ip}"
+        printed = True
+        if self.version >= (5, 19):
+            printed = not self.kasan_reported
+            self.kasan_reported = True
+        lines = [_RULE, f"BUG: KASAN: {kind} in {symbol_frame(ip)}", ""]
+        lines.extend(self.dump_stack(ctx, frames, workqueue=workqueue))
+        lines.append("")
+        for what, site in err.sites:
+            lines.extend(_track(what, site))
+        lines.append(f"The buggy address {err.ptr:#x}: {err.detail}" if err.detail else
+                     f"The buggy address {err.ptr:#x}")
+        lines.append(_RULE)
+        if self.panic_on_warn:
+            # end_report(): panic_on_warn before the taint (kasan_multi_shot is not modelled).
+            self._report("kasan", title, ctx, lines, printed=printed)
+            origin = "KASAN: " if self.version >= (6, 2) else ""
+            self.panic(ctx, f"{origin}panic_on_warn set ...", frames, workqueue=workqueue)
+        lines.extend(self.add_taint(TAINT_BAD_PAGE, lockdep_ok=False))
+        return self._report("kasan", title, ctx, lines, printed=printed)
+
+    def bad_page(
+        self, ctx: BugContext, err: MemoryDebugError, frames: Sequence[str], *, workqueue: str = ""
+    ) -> BugReport:
+        """``bad_page()`` (mm/page_alloc.c): "BUG: Bad page state in process <comm>", the
+        reason, a stack dump, ``add_taint(TAINT_BAD_PAGE, LOCKDEP_NOW_UNRELIABLE)``; the page is
+        left alone (not freed) and the kernel goes on. ``bad_page()`` does not check
+        ``panic_on_warn``."""
+        title = f"BUG: Bad page state in process {ctx.comm}"
+        lines = [title, str(err), "Modules linked in:"]
+        lines.extend(self.dump_stack(ctx, frames, workqueue=workqueue))
+        lines.extend(self.add_taint(TAINT_BAD_PAGE, lockdep_ok=False))
+        return self._report("bad_page", title, ctx, lines)
+
+    def panic(
+        self, ctx: BugContext, message: str, frames: Sequence[str], *, workqueue: str = ""
+    ) -> NoReturn:
+        """``panic()``: "Kernel panic - not syncing: <message>", a stack dump
+        (``CONFIG_DEBUG_BUGVERBOSE``), the end line; raises :class:`KernelPanic` (the machine
+        stops: every CPU is halted)."""
+        head = f"Kernel panic - not syncing: {message}"
+        lines = [head, *self.dump_stack(ctx, frames, workqueue=workqueue),
+                 f"---[ end {head} ]---"]
+        report = self._report("panic", head, ctx, lines)
+        raise KernelPanic(report.text, title=head)
