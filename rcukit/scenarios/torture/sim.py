@@ -65,7 +65,13 @@ from typing import Any, Final
 import attrs
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
-from rcukit.errors import ConfigError, CpuHotplugError, MemoryDebugError, SimulationError
+from rcukit.errors import (
+    ConfigError,
+    CpuHotplugError,
+    MemoryDebugError,
+    SimulationError,
+    did_you_mean,
+)
 from rcukit.kernel import ALL_SUBSYSTEMS, Kernel, Subsystems, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.mm.mm import Mm
@@ -155,7 +161,8 @@ def torture_config(
         known = builtin_variants()
         if variant not in known:
             raise ConfigError(
-                f"unknown allocator variant {variant!r}; known: {', '.join(sorted(known))}"
+                f"unknown allocator variant {variant!r}{did_you_mean(variant, known)}; "
+                f"known: {', '.join(sorted(known))}"
             )
     changes: dict[str, Any] = {"seed": seed, "kvfree.debug_objects": True}
     if preempt_rcu:
