@@ -9,7 +9,6 @@ reachable from here.
 from __future__ import annotations
 
 import argparse
-import json
 
 from rcukit.cli.options import (
     Default,
@@ -17,6 +16,7 @@ from rcukit.cli.options import (
     check_profile,
     module_params,
     number_type,
+    print_json,
 )
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
@@ -64,7 +64,7 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
 def _cmd(args: argparse.Namespace) -> int:
     result = run_from_args(args)
     if args.json:
-        print(json.dumps(result.to_json(), sort_keys=True))
+        print_json(result.to_json())
     else:
         for line in result.summary_lines():
             print(line)
