@@ -166,14 +166,13 @@ def add_shared_options(
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def add_format_option(parser: argparse.ArgumentParser, formats: Sequence[str] = FORMATS) -> None:
+def add_format_option(parser: argparse.ArgumentParser) -> None:
     """``--format`` (after :func:`add_shared_options`, whose ``--json`` stays its alias)."""
     parser.add_argument(
-        "--format", choices=formats, default=None,
-        help="text: tables for this terminal; plain: ASCII, at most 80 columns, for a "
+        "--format", choices=FORMATS, default=None,
+        help="text (default): tables for this terminal; plain: ASCII, at most 80 columns, for a "
         "mailing-list post; markdown: GitHub tables; csv: one line per row; json: the same as "
-        "--json" if "csv" in formats else
-        "text: for this terminal; plain: ASCII, at most 80 columns; json: the same as --json",
+        "--json",
     )
 
 
