@@ -6,7 +6,7 @@ sections, ``RcuPointer``, ``RcuDict``, ``synchronize_rcu``/``call_rcu``/``kvfree
 ``ObjectPool`` and the errors they raise. The simulator is :mod:`rcukit.sim`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from rcukit.app import APP_DRAIN_DELAY as APP_DRAIN_DELAY
 from rcukit.app import DEFAULT_MAX_PENDING as DEFAULT_MAX_PENDING
@@ -30,9 +30,11 @@ from rcukit.errors import RcukitError as RcukitError
 from rcukit.errors import RcuLeakError as RcuLeakError
 from rcukit.errors import RcuUsageError as RcuUsageError
 
+# Only ``__version__`` is public: importing ``version`` by name made ``rcukit.version`` the
+# stdlib's function.
 try:
-    __version__ = version("rcukit")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__: str = _metadata.version("rcukit")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+source"
 
 __all__ = [

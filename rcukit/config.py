@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from rcukit.errors import ConfigError, GfpError
+from rcukit.errors import ConfigError, GfpError, did_you_mean
 from rcukit.mm.gfp import parse_gfp, validate_gfp
 from rcukit.mm.versions import MmVersion
 from rcukit.mm.zoneinfo import largest_zone, parse_zoneinfo, read_host_zoneinfo
@@ -340,7 +340,8 @@ class KernelConfig:
         """Apply one of the named builds ``rcukit compare`` uses: default, lockdep, rt."""
         if name not in KERNEL_CONFIG_NAMES:
             raise ConfigError(
-                f"kernel config {name!r} is unknown; allowed: {', '.join(KERNEL_CONFIG_NAMES)}"
+                f"kernel config {name!r} is unknown{did_you_mean(name, KERNEL_CONFIG_NAMES)}; "
+                f"allowed: {', '.join(KERNEL_CONFIG_NAMES)}"
             )
         return attrs.evolve(
             self, prove_raw_lock_nesting=(name == "lockdep"), preempt_rt=(name == "rt")
@@ -386,9 +387,16 @@ class KernelConfig:
         elif isinstance(text_or_path, Path) or "\n" not in str(text_or_path):
             p = Path(text_or_path)
             try:
-                infos = parse_zoneinfo(p.read_text(encoding="utf-8"), source=str(p))
+                text = p.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"cannot read zoneinfo {str(p)!r}: {exc.strerror}") from exc
+            except UnicodeDecodeError as exc:  # a binary file: /proc/zoneinfo is ASCII text
+                raise ConfigError(
+                    f"{str(p)!r} is not a /proc/zoneinfo text: byte {exc.start} is not UTF-8"
+                ) from None
+            except ValueError as exc:  # a NUL in the name
+                raise ConfigError(f"cannot read zoneinfo {str(p)!r}: {exc}") from None
+            infos = parse_zoneinfo(text, source=str(p))
         else:
             infos = parse_zoneinfo(str(text_or_path))
         zone = largest_zone(infos)
@@ -444,7 +452,8 @@ def _build(cls: type[T], data: Mapping[str, Any], source: str, prefix: str) -> T
         full = prefix + key
         if key not in fields:
             allowed = ", ".join(sorted(fields))
-            raise ConfigError(f"{source}: unknown key {full!r}; allowed here: {allowed}")
+            hint = did_you_mean(key, fields)
+            raise ConfigError(f"{source}: unknown key {full!r}{hint}; allowed here: {allowed}")
         tp = hints[key]
         if attrs.has(tp):
             kwargs[key] = _build(tp, value, source, full + ".")
@@ -465,7 +474,8 @@ def _replace_dotted(obj: Any, changes: Mapping[str, Any]) -> Any:
         head, _, rest = key.partition(".")
         if head not in names:
             raise ConfigError(
-                f"unknown config field {key!r}; allowed: {', '.join(sorted(names))}"
+                f"unknown config field {key!r}{did_you_mean(head, names)}; "
+                f"allowed: {', '.join(sorted(names))}"
             )
         if rest:
             nested.setdefault(head, {})[rest] = value

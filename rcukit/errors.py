@@ -7,6 +7,21 @@ working for people who do not know rcukit's hierarchy.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: object, allowed: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the allowed name closest to a mistyped one, else ``""``.
+
+    Appended to "unknown name" messages (profiles, variants, builds, keys) so a typo costs one
+    glance: difflib's ratio, at most one suggestion, nothing when nothing is close.
+    """
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 class RcukitError(Exception):
     """Base class of every error rcukit raises on purpose."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import sys
 import tomllib
@@ -18,18 +17,27 @@ import attrs
 from rcukit.cli.options import (
     PLOT_SUFFIXES,
     Default,
+    add_format_option,
     add_shared_options,
     check_profile,
     number_type,
+    output_format,
     output_path,
+    print_json,
 )
 from rcukit.cli.plugins import ENTRY_POINT_GROUP, load_block_sources
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
-from rcukit.errors import ConfigError
+from rcukit.errors import ConfigError, did_you_mean
 from rcukit.rcu.profiles import PROFILES
 from rcukit.scenarios import compare as cmp
 from rcukit.scenarios.figures import write_plot
-from rcukit.scenarios.output import print_compare_table
+from rcukit.scenarios.output import (
+    BUILT_IN_ZONE,
+    compare_csv,
+    compare_markdown,
+    compare_plain,
+    print_compare_table,
+)
 from rcukit.scenarios.trace_files import TraceFiles
 from rcukit.trace.events import (
     DEFAULT_SELECTION,
@@ -69,7 +77,8 @@ def load_compare_file(path: str) -> tuple[KernelConfig, dict[str, Any]]:
     for key in section:
         if key not in allowed:
             raise ConfigError(
-                f"{path}: unknown key 'compare.{key}'; allowed here: {', '.join(sorted(allowed))}"
+                f"{path}: unknown key 'compare.{key}'{did_you_mean(key, allowed)}; "
+                f"allowed here: {', '.join(sorted(allowed))}"
             )
     KernelConfig.from_mapping(data, source=path)  # validates keys and values, names them
     flat: dict[str, Any] = {}
@@ -83,7 +92,10 @@ def _names(text: str, what: str, allowed: tuple[str, ...]) -> list[str]:
         raise ConfigError(f"--{what} is empty; allowed: {', '.join(allowed)}")
     for n in names:
         if n not in allowed:
-            raise ConfigError(f"unknown {what[:-1]} {n!r}; allowed: {', '.join(allowed)}")
+            raise ConfigError(
+                f"unknown {what[:-1]} {n!r}{did_you_mean(n, allowed)}; "
+                f"allowed: {', '.join(allowed)}"
+            )
     return names
 
 
@@ -99,6 +111,7 @@ def _section_names(value: Any, what: str, allowed: tuple[str, ...]) -> list[str]
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    fmt = output_format(args)
     sources = load_block_sources(args.plugin)
     # Users' variants are allowed by name here; run_compare() checks them against its sources.
     known = (*cmp.VARIANTS, *(s.name for s in sources))
@@ -107,8 +120,18 @@ def _cmd(args: argparse.Namespace) -> int:
         config, section = load_compare_file(args.config)
     else:
         config = cmp.default_config()
+    zone_from = (
+        args.config if args.config and config.mm.zone_pages != cmp.default_config().mm.zone_pages
+        else BUILT_IN_ZONE
+    )
+    if args.from_host_zoneinfo and args.zoneinfo:
+        raise ConfigError("--zoneinfo and --from-host-zoneinfo both given: choose one")
     if args.from_host_zoneinfo:
         config = KernelConfig.from_zoneinfo(None, base=config)
+        zone_from = "this host's /proc/zoneinfo"
+    elif args.zoneinfo:
+        config = KernelConfig.from_zoneinfo(Path(args.zoneinfo), base=config)
+        zone_from = args.zoneinfo
     if args.seed is not None:
         config = config.replace(seed=args.seed)
     if args.panic_on_warn:
@@ -165,12 +188,18 @@ def _cmd(args: argparse.Namespace) -> int:
                                progress=progress, jobs=jobs, **extra)
 
     with traces if traces is not None else contextlib.nullcontext():
-        result = _run(args, run, len(profiles) * len(variants) * len(configs))
+        result = _run(args, run, len(profiles) * len(variants) * len(configs), fmt)
 
-    if args.json:
-        print(json.dumps(result.to_json(), sort_keys=True))
+    if fmt == "json":
+        print_json(result.to_json())
+    elif fmt == "csv":
+        sys.stdout.write(compare_csv(result))
+    elif fmt == "markdown":
+        sys.stdout.write(compare_markdown(result, zone_from=zone_from))
+    elif fmt == "plain":
+        sys.stdout.write(compare_plain(result, zone_from=zone_from))
     else:
-        print_compare_table(result)
+        print_compare_table(result, zone_from=zone_from)
     if args.plot:
         written = write_plot(result, args.plot)
         if len(written) > 1:  # one figure per profile: say where they went
@@ -182,8 +211,9 @@ def _run(
     args: argparse.Namespace,
     run: Callable[[Callable[[cmp.Cell], None] | None], cmp.CompareResult],
     total: int,
+    fmt: str,
 ) -> cmp.CompareResult:
-    if args.json or not sys.stderr.isatty():
+    if fmt != "text" or not sys.stderr.isatty():
         return run(None)
     from rich.progress import Progress
 
@@ -267,6 +297,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # seed and profile parse to None so a --config file's values win when they are not given.
     add_shared_options(p, seed=None, profile=Default(None, "rfc, or the --config file's"),
                        config="kernel, workload and [compare] settings")
+    add_format_option(p)
     p.add_argument("--plugin", metavar="MODULE:ATTR", action="append", default=[],
                    help="add users' block-allocator variants: a BlockPageSource, a class of "
                    "one, or an iterable of them (repeatable); installed "
@@ -279,6 +310,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "the output is the same whatever N; --trace and --ftrace run inline")
     p.add_argument("--from-host-zoneinfo", action="store_true",
                    help="size the zone and pcp lists from this host's /proc/zoneinfo")
+    p.add_argument("--zoneinfo", metavar="FILE",
+                   help="size the zone and pcp lists from FILE, another machine's "
+                   "/proc/zoneinfo (cat /proc/zoneinfo > FILE there)")
     p.add_argument("--plot", metavar="FILE.png", type=output_path(PLOT_SUFFIXES),
                    help="write plots (needs the plot extra)")
     p.add_argument("--trace", metavar="FILE.json", type=output_path(),

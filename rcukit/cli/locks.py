@@ -8,15 +8,32 @@ v5.9 kvfree_rcu() path does when the pcp list is empty, and prints the splats ea
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from typing import Any
 
-from rcukit.cli.options import Default, add_shared_options
+from rcukit.cli.options import (
+    Default,
+    add_format_option,
+    add_shared_options,
+    output_format,
+    print_json,
+)
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.kernel import Kernel, simulate
 from rcukit.locking.locks import Lock, LockKind
 from rcukit.locking.splat import SPLAT_TITLES
+from rcukit.scenarios.output import render_table
 from rcukit.sched.sim import Task
+
+#: What each build turns on (the ``build`` column's legend).
+_BUILDS = {"default": "-", "lockdep": "PROVE_RAW_LOCK_NESTING", "rt": "PREEMPT_RT"}
+#: The table's splat columns, in SPLAT_TITLES's kinds.
+_KINDS = (
+    ("IWC", "invalid_wait_context"),
+    ("SIC", "sleeping_in_atomic"),
+    ("SWA", "scheduling_while_atomic"),
+    ("stall", "rcu_stall"),
+)
 
 
 def run_nesting(config: KernelConfig, printed: dict[str, int] | None = None) -> dict[str, int]:
@@ -56,18 +73,51 @@ def _summary(name: str, cpus: int, counts: dict[str, int], printed: dict[str, in
     return f"{name}: {cpus} CPUs nested the locks; would report " + "; ".join(parts) + "."
 
 
+def _cell(n: int, printed: int) -> str:
+    return f"{n} ({printed} printed)" if n else "0"
+
+
 def _cmd(args: argparse.Namespace) -> int:
-    base = KernelConfig(nr_cpus=args.cpus, seed=args.seed, print_splats=not args.json)
+    fmt = output_format(args)
+    # The kernel log (the splats themselves) goes to stderr in the terminal form only.
+    base = KernelConfig(nr_cpus=args.cpus, seed=args.seed, print_splats=fmt == "text")
     rows: dict[str, Any] = {}
+    printed: dict[str, dict[str, int]] = {}
     for name in KERNEL_CONFIG_NAMES:
-        if not args.json:
+        if fmt == "text":
             print(f"== kernel config: {name} ==")
-        printed: dict[str, int] = {}
-        rows[name] = run_nesting(base.with_kernel_config(name), printed)
-        if not args.json:
-            print(_summary(name, args.cpus, rows[name], printed) + "\n")
-    if args.json:
-        print(json.dumps({"seed": args.seed, "cpus": args.cpus, "splats": rows}, sort_keys=True))
+        printed[name] = {}
+        rows[name] = run_nesting(base.with_kernel_config(name), printed[name])
+    if fmt == "json":
+        print_json({"seed": args.seed, "cpus": args.cpus, "splats": rows})
+        return 0
+    if fmt == "csv":  # numbers, one column each, for a spreadsheet
+        columns = (("build", "left"), ("turns_on", "left"),
+                   *((f"{kind}{what}", "right") for _, kind in _KINDS
+                     for what in ("", "_printed")))
+        numbers = [
+            [name, _BUILDS[name],
+             *(str(n.get(kind, 0)) for _, kind in _KINDS for n in (rows[name], printed[name]))]
+            for name in KERNEL_CONFIG_NAMES
+        ]
+        sys.stdout.write(render_table(fmt, "", columns, numbers) or "")
+        return 0
+    table = [
+        [name, _BUILDS[name],
+         *(_cell(rows[name].get(kind, 0), printed[name].get(kind, 0)) for _, kind in _KINDS)]
+        for name in KERNEL_CONFIG_NAMES
+    ]
+    notes = [f"{abbr}: {SPLAT_TITLES[kind]}" for abbr, kind in _KINDS]
+    notes.append("printed: how many the kernel log shows (lockdep reports once, then turns "
+                 "itself off; might-sleep reports at most once a second)")
+    notes += [_summary(name, args.cpus, rows[name], printed[name]) for name in rows]
+    title = (f"krc.lock (raw_spinlock_t, IRQs off) then &zone->lock (spinlock_t) on "
+             f"{args.cpus} CPUs, seed {args.seed}: what each build reports")
+    columns = (("build", "left"), ("turns on", "left"),
+               *((abbr, "right") for abbr, _ in _KINDS))
+    text = render_table(fmt, title, columns, table, notes)
+    if text is not None:
+        sys.stdout.write(text)
     return 0
 
 
@@ -78,4 +128,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
     )
     add_shared_options(p, cpus=Default(4, "4"))
+    add_format_option(p)
     p.set_defaults(func=_cmd)

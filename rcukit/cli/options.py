@@ -8,25 +8,42 @@ which one applies, so ``rcukit X --help`` documents the default ``X`` uses.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
+from rcukit.errors import ConfigError
 from rcukit.rcu.profiles import PROFILES, get_profile
 
 __all__ = [
+    "FORMATS",
+    "JSON_SCHEMA",
     "PLOT_SUFFIXES",
     "Default",
+    "add_format_option",
     "add_shared_options",
     "check_profile",
     "module_params",
     "number_type",
+    "output_format",
     "output_path",
+    "plain_help",
+    "print_json",
 ]
+
+#: The version of every JSON document the commands print (``"schema": N``). Raised when a key
+#: is renamed, removed or changes meaning; adding keys keeps it.
+JSON_SCHEMA = 1
+
+#: ``--format`` values: rich tables for a terminal, GitHub markdown, CSV, the JSON document, and
+#: plain text for a mailing-list post (ASCII only, at most 80 columns).
+FORMATS = ("text", "plain", "markdown", "csv", "json")
 
 N = TypeVar("N", int, float)
 P = TypeVar("P", bound=attrs.AttrsInstance)
@@ -147,3 +164,57 @@ def add_shared_options(
     if config is not None:
         parser.add_argument("--config", metavar="FILE.toml", help=config)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_format_option(parser: argparse.ArgumentParser) -> None:
+    """``--format`` (after :func:`add_shared_options`, whose ``--json`` stays its alias)."""
+    parser.add_argument(
+        "--format", choices=FORMATS, default=None,
+        help="text (default): tables for this terminal; plain: ASCII, at most 80 columns, for a "
+        "mailing-list post; markdown: GitHub tables; csv: one line per row; json: the same as "
+        "--json",
+    )
+
+
+def output_format(args: argparse.Namespace) -> str:
+    """The format asked for: ``--json`` is ``--format json``; the two must not disagree."""
+    fmt: str | None = getattr(args, "format", None)
+    if args.json:
+        if fmt not in (None, "json"):
+            raise ConfigError(f"--json and --format {fmt} both given: choose one")
+        return "json"
+    return fmt or "text"
+
+
+def print_json(doc: dict[str, Any]) -> None:
+    """One JSON document on stdout, sorted keys, with the schema version."""
+    print(json.dumps({"schema": JSON_SCHEMA, **doc}, sort_keys=True))
+
+
+_LITERAL = re.compile(r"``(.+?)``")
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`<]*?)\s*(?:<[^>]*>)?`")
+_EMPHASIS = re.compile(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])")
+# "(kernel.md 3.3)", "(kernel.md section 5; ...)", "kernel.md §6": the project's reference notes,
+# which an installed rcukit does not ship.
+_CITE_ALONE = re.compile(r"\s*\(kernel\.md[^();]*\)")
+_CITE_LEAD = re.compile(
+    r"kernel\.md(?:\s+(?:section\s+|§)?[0-9][0-9.]*(?:\s*(?:and|,)\s*[0-9.]+)*)?[;,]\s*"
+)
+_CITE = re.compile(r",?\s*kernel\.md(?:\s+(?:section\s+|§)?[0-9][0-9.]*)?")
+
+
+def plain_help(text: str | None) -> str | None:
+    """Help text without reStructuredText markup or citations of files users do not have.
+
+    The subcommands' descriptions are their modules' docstrings, written for Sphinx and for
+    readers of the repository: ````x```` becomes x, ``:mod:`~a.b``` becomes b, ``*word*`` becomes
+    word, and references to kernel.md (the project's notes, not installed) are dropped.
+    """
+    if not text:
+        return text
+    text = _CITE_ALONE.sub("", text)
+    text = _CITE_LEAD.sub("", text)
+    text = _CITE.sub("", text)
+    text = _ROLE.sub(lambda m: m[2].rpartition(".")[2] if m[1] else m[2], text)
+    text = _LITERAL.sub(r"\1", text)
+    return _EMPHASIS.sub(r"\1", text)

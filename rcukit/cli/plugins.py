@@ -9,12 +9,11 @@ fails at its first row.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.metadata
 from collections.abc import Iterable, Sequence
 
-from rcukit.errors import ConfigError
+from rcukit.errors import ConfigError, did_you_mean
 from rcukit.rcu.kvfree.variants import BlockPageSource, check_variant_name
 
 __all__ = ["ENTRY_POINT_GROUP", "load_block_sources"]
@@ -50,12 +49,17 @@ def _resolve(spec: str) -> object:
             f"--plugin {spec!r}: cannot import module {module_name.strip()!r}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    try:
-        return functools.reduce(getattr, attr.strip().split("."), module)
-    except AttributeError:
-        raise ConfigError(
-            f"--plugin {spec!r}: module {module.__name__!r} has no attribute {attr.strip()!r}"
-        ) from None
+    obj: object = module
+    for part in attr.strip().split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            hint = did_you_mean(part, [n for n in dir(obj) if not n.startswith("_")])
+            raise ConfigError(
+                f"--plugin {spec!r}: module {module.__name__!r} has no attribute "
+                f"{attr.strip()!r}{hint}"
+            ) from None
+    return obj
 
 
 def _sources(obj: object, where: str) -> list[BlockPageSource]:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from rcukit.cli.options import Default, add_shared_options, check_profile, module_params
+from rcukit.cli.options import (
+    Default,
+    add_shared_options,
+    check_profile,
+    module_params,
+    print_json,
+)
 from rcukit.config import KernelConfig
 from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
@@ -26,7 +31,7 @@ def _cmd(args: argparse.Namespace) -> int:
     params = module_params(RcuscaleParams, args)
     result = run_rcuscale(params, config, per_call=args.per_call)
     if args.json:
-        print(json.dumps(result.to_json(), sort_keys=True))
+        print_json(result.to_json())
     else:
         print(result.banner())
         print(result.closing_line())
@@ -37,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from rcukit.scenarios import rcuscale
 
     p = sub.add_parser("rcuscale", help="rcuscale's kfree_rcu_test on the simulated kernel",
-                       description=rcuscale.__doc__)
+                       description="\n\n".join((rcuscale.__doc__ or "").split("\n\n")[:2]))
     p.add_argument("--kfree-nthreads", type=int, default=-1, help="threads (-1: one per CPU)")
     p.add_argument("--kfree-alloc-num", type=int, default=8000, help="objects per loop")
     p.add_argument("--kfree-loops", type=int, default=10, help="loops per thread")

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from rcukit.cli.options import PLOT_SUFFIXES, number_type, output_path
+from rcukit.cli.options import PLOT_SUFFIXES, number_type, output_path, print_json
 from rcukit.errors import ConfigError
 from rcukit.scenarios import sweep as sw
 
@@ -78,6 +78,10 @@ def _run(args: argparse.Namespace) -> int:
             spec, args.out, choice.executor, resume=args.resume,
             max_in_flight=choice.max_in_flight, progress=progress,
         )
+    if args.json:
+        print_json({"ran": summary.ran, "skipped": summary.skipped, "total": summary.total,
+                    "sweep_file": args.sweep_file, "out": args.out})
+        return 0
     print(
         f"{summary.ran} points run, {summary.skipped} already in {args.out}; "
         f"{summary.total} points in {args.sweep_file}"
@@ -96,6 +100,9 @@ def _plot(args: argparse.Namespace) -> int:
         where=parse_where(args.where),
     )
     kind = "heat map" if args.y else "line plot"
+    if args.json:
+        print_json({"wrote": args.out_plot, "kind": kind, "figure": table.figure})
+        return 0
     print(f"wrote {kind} of {table.figure} to {args.out_plot}")
     return 0
 
@@ -130,6 +137,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("sweep_file", nargs="?", metavar="SWEEP.toml",
                    help="the sweep: scenario, seeds, [grid], optional [fixed] and samples")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON object (the results file is JSON lines "
+                   "either way)")
     run = p.add_argument_group("running a sweep")
     run.add_argument("--out", metavar="RESULTS.jsonl", type=output_path(),
                      help="JSON-lines results, one per point")

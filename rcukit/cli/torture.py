@@ -10,7 +10,6 @@ reachable from here.
 from __future__ import annotations
 
 import argparse
-import json
 
 from rcukit.cli.options import (
     Default,
@@ -18,6 +17,7 @@ from rcukit.cli.options import (
     check_profile,
     module_params,
     number_type,
+    print_json,
 )
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig
 from rcukit.errors import ConfigError
@@ -109,14 +109,14 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.soak is not None:
         soak = soak_from_args(args)
         if args.json:
-            print(json.dumps(soak.to_json(), sort_keys=True))
+            print_json(soak.to_json())
         else:
             for line in soak.summary_lines():
                 print(line)
         return 0 if soak.passed else 1
     result = run_from_args(args)
     if args.json:
-        print(json.dumps(result.to_json(), sort_keys=True))
+        print_json(result.to_json())
     else:
         for line in result.summary_lines():
             print(line)

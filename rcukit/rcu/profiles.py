@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import attrs
 
-from rcukit.errors import ConfigError
+from rcukit.errors import ConfigError, did_you_mean
 from rcukit.mm.gfp import GFP, GFP_KERNEL, GFP_NOWAIT
 from rcukit.mm.versions import MM_5_8, MM_6_0, MM_6_5, MmVersion
 
@@ -298,4 +298,7 @@ def profile_validator(inst: object, att: attrs.Attribute[Any], value: object) ->
 
 
 def _unknown(name: object) -> str:
-    return f"{name!r} is not a kvfree_rcu profile; allowed: {', '.join(PROFILES)}"
+    return (
+        f"{name!r} is not a kvfree_rcu profile{did_you_mean(name, PROFILES)}; "
+        f"allowed: {', '.join(PROFILES)}"
+    )

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, config_to_dict
-from rcukit.errors import ConfigError
+from rcukit.errors import ConfigError, did_you_mean
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.kvfree.variants import BlockPageSource, BlockSources
@@ -295,11 +295,14 @@ def check_names(
 ) -> None:
     for v in variants:
         if v not in known:
-            raise ConfigError(f"unknown variant {v!r}; allowed: {', '.join(known)}")
+            raise ConfigError(
+                f"unknown variant {v!r}{did_you_mean(v, known)}; allowed: {', '.join(known)}"
+            )
     for c in configs:
         if c not in KERNEL_CONFIG_NAMES:
             raise ConfigError(
-                f"unknown kernel config {c!r}; allowed: {', '.join(KERNEL_CONFIG_NAMES)}"
+                f"unknown kernel config {c!r}{did_you_mean(c, KERNEL_CONFIG_NAMES)}; "
+                f"allowed: {', '.join(KERNEL_CONFIG_NAMES)}"
             )
     for p in profiles:
         get_profile(p)

@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 
 from rcukit.config import KERNEL_CONFIG_NAMES, KernelConfig, _coerce
-from rcukit.errors import ConfigError, SweepError
+from rcukit.errors import ConfigError, SweepError, did_you_mean
 from rcukit.rcu.profiles import DEFAULT_PROFILES
 from rcukit.scenarios import compare as cmp
 
@@ -143,7 +143,8 @@ class PreparedPoint:
 def _choice(key: str, value: Any, allowed: Sequence[str], where: str) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ConfigError(
-            f"{where}: {key} = {value!r} is not allowed; allowed: {', '.join(allowed)}"
+            f"{where}: {key} = {value!r} is not allowed{did_you_mean(value, allowed)}; "
+            f"allowed: {', '.join(allowed)}"
         )
     return value
 
@@ -323,12 +324,14 @@ def parse_spec(data: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(
-                f"{source}: unknown key {key!r}; allowed at top level: {', '.join(TOP_LEVEL_KEYS)}"
+                f"{source}: unknown key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)}; "
+                f"allowed at top level: {', '.join(TOP_LEVEL_KEYS)}"
             )
     scenario = data.get("scenario")
     if scenario not in SCENARIOS:
         raise ConfigError(
-            f"{source}: scenario = {scenario!r} is not allowed; allowed: "
+            f"{source}: scenario = {scenario!r} is not allowed{did_you_mean(scenario, SCENARIOS)}; "
+            "allowed: "
             f"{', '.join(repr(s) for s in SCENARIOS)}"
         )
     seeds = data.get("seeds")

@@ -26,6 +26,7 @@ def _zero() -> dict[str, int]:
 
 def expected_locks_json(cpus: int, seed: int = 0) -> dict[str, object]:
     return {
+        "schema": 1,  # the JSON schema version every command's --json carries
         "cpus": cpus,
         "seed": seed,
         "splats": {
@@ -51,14 +52,14 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: rcukit ")
+    assert out.startswith("Usage: rcukit ")  # rich-argparse's heading
     assert "locks" in out
     assert "--version" in out
 
 
 def test_no_subcommand_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
-    assert capsys.readouterr().out.startswith("usage: rcukit ")
+    assert capsys.readouterr().out.startswith("Usage: rcukit ")
 
 
 @pytest.mark.parametrize(
@@ -102,11 +103,13 @@ def test_locks_text_prints_each_splat_once(capsys: pytest.CaptureFixture[str]) -
     captured = capsys.readouterr()
     for name in ("default", "lockdep", "rt"):
         assert f"== kernel config: {name} ==" in captured.out
-    assert "default: 4 CPUs nested the locks; nothing to report on this build." in captured.out
+    # The sentences follow the table, folded to the terminal's width.
+    said = " ".join(captured.out.split())
+    assert "default: 4 CPUs nested the locks; nothing to report on this build." in said
     assert ('lockdep: 4 CPUs nested the locks; would report "BUG: Invalid wait context" 4 times, '
-            "1 printed.") in captured.out
+            "1 printed.") in said
     assert ('rt: 4 CPUs nested the locks; would report "BUG: sleeping function called from '
-            'invalid context" 4 times, 1 printed.') in captured.out
+            'invalid context" 4 times, 1 printed.') in said
     # Four CPUs hit each problem; the kernel prints it once: lockdep is one-shot
     # (debug_locks_off()), might-sleep reports are rate-limited to one per second (prev_jiffy).
     assert captured.err.count("[ BUG: Invalid wait context ]") == 1
@@ -152,7 +155,7 @@ def test_python_dash_m_rcukit_runs_the_command() -> None:
         assert json.loads(proc.stdout) == expected_locks_json(2)
     bad = subprocess.run([sys.executable, "-m", "rcukit", "nosuch"], capture_output=True,
                          text=True, check=False, timeout=60)
-    assert bad.returncode == 2 and "usage: rcukit " in bad.stderr
+    assert bad.returncode == 2 and "Usage: rcukit " in bad.stderr
 
 
 def test_a_subcommand_that_cannot_be_imported_is_not_silently_dropped() -> None:

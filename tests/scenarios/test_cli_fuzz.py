@@ -48,19 +48,21 @@ def no_runs(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFa
 _FLAGS = {
     "compare": ["--variants", "--configs", "--profiles", "--profile", "--scale", "--seed",
                 "--jobs", "--plot", "--trace", "--ftrace", "--config", "--plugin", "--json",
-                "--panic-on-warn"],
+                "--panic-on-warn", "--format", "--zoneinfo", "--from-host-zoneinfo"],
     "rcuscale": ["--cpus", "--kfree-nthreads", "--kfree-alloc-num", "--kfree-loops",
                  "--kfree-mult", "--profile", "--variant", "--seed", "--json"],
     "torture": ["--mode", "--duration", "--nreaders", "--nwriters", "--onoff-interval",
                 "--fault-rate", "--stall-cpu", "--kernel-config", "--profile", "--cpus",
                 "--variant", "--json", "--soak", "--panic-on-warn"],
-    "sweep": ["--out", "--workers", "--plot", "--x", "--y", "--figure", "--where", "--resume"],
-    "locks": ["--cpus", "--seed", "--json"],
+    "sweep": ["--out", "--workers", "--plot", "--x", "--y", "--figure", "--where", "--resume",
+              "--json"],
+    "locks": ["--cpus", "--seed", "--json", "--format"],
 }
 _VALUES = st.sampled_from([
     "", "0", "1", "-1", "2", "0.5", "1e-9", "inf", "nan", "-inf", "1e300", "abc", "rfc",
     "v9.9", "nowait", "nowait,bogus", ",", "lockdep", "rt", "/nonexistent/x.json", "x.3.5",
-    "out.png", "MODULE:ATTR", "a=b", "sim", "app", "\x00", "-", "--", "☃",
+    "out.png", "MODULE:ATTR", "a=b", "sim", "app", "\x00", "-", "--", "☃", "csv", "plain",
+    "markdown", "json", "/proc/zoneinfo", "/bin/sh",
 ])
 
 

@@ -152,7 +152,8 @@ def test_table_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "--variants", "nowait,fast-try", "--configs", "lockdep",
                  "--scale", "0.01"]) == 0
     out = capsys.readouterr().out
-    assert "kvfree_rcu() under krcp->lock, profile rfc (page allocator of 5.8): 4 CPUs" in out
+    # The machine (and where its zone came from) is a line of its own under each title.
+    assert "kvfree_rcu() under krcp->lock, profile rfc (page allocator of 5.8)\n4 CPUs" in out
     assert "What it costs, profile rfc" in out
     assert "Verdict" in out
     assert "!RT + PROVE_RAW_LOCK_NESTING: recommended" in out

@@ -210,7 +210,9 @@ async def test_bad_configuration_while_a_kernel_runs(autojump_clock: Any, tmp_pa
                lambda: KernelConfig.from_zoneinfo("Node 0, zone Normal\n  pages free  abc\n"))
         expect(ConfigError, r"unknown allocator variant 'bogus'; known: .*nowait",
                lambda: Kernel(KernelConfig().replace(**{"kvfree.variant": "bogus"})))
-        expect(ConfigError, r"'v9' is not a kvfree_rcu profile; allowed: v5\.5, rfc, v5\.9",
+        # the closest name is suggested before the list (difflib, rcukit.errors.did_you_mean)
+        expect(ConfigError, r"'v9' is not a kvfree_rcu profile \(did you mean 'v5\.9'\?\); "
+               r"allowed: v5\.5, rfc, v5\.9",
                lambda: Kernel(KernelConfig().replace(**{"kvfree.profile": "v9"})))
         expect(ConfigError, r"unknown allocator variant", lambda: torture_config(variant="x"))
         expect(ConfigError, r"'v9' is not a kvfree_rcu profile",
@@ -233,7 +235,8 @@ async def test_bad_configuration_while_a_kernel_runs(autojump_clock: Any, tmp_pa
 
 
 async def test_app_unknown_profile() -> None:
-    with pytest.raises(ConfigError, match=r"'v9' is not a kvfree_rcu profile; allowed: v5.5, rfc"):
+    with pytest.raises(ConfigError, match=r"'v9' is not a kvfree_rcu profile \(did you mean "
+                       r"'v5\.9'\?\); allowed: v5\.5, rfc"):
         async with open_domain(profile="v9"):
             pass  # pragma: no cover
     async with open_domain(profile="v6.1") as rcu:  # the next one works
@@ -245,7 +248,8 @@ async def test_app_unknown_profile() -> None:
     ("argv", "err"),
     [
         (["--variant", "bogus"], "unknown allocator variant 'bogus'; known:"),
-        (["--profile", "v9"], "'v9' is not a kvfree_rcu profile; allowed: v5.5, rfc"),
+        (["--profile", "v9"],
+         "'v9' is not a kvfree_rcu profile (did you mean 'v5.9'?); allowed: v5.5, rfc"),
         (["--kernel-config", "rtx"], "invalid choice: 'rtx'"),
         (["--fault-rate", "2"], "argument --fault-rate: '2': a probability is from 0 to 1"),
         (["--duration", "abc"], "'abc' is not a number of seconds"),

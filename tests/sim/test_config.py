@@ -132,19 +132,25 @@ def test_from_toml_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "key", "cls"),
+    ("text", "key", "cls", "close"),
     [
-        ("nr_cpu = 4\n", "nr_cpu", KernelConfig),
-        ("[mm]\nzone_page = 4\n", "mm.zone_page", MemoryConfig),
-        ("[cost]\nraw_lock = 4\n", "cost.raw_lock", CostModel),
-        ("[kvfree]\nprofil = 'v5.9'\n", "kvfree.profil", KvfreeConfig),
+        ("nr_cpu = 4\n", "nr_cpu", KernelConfig, "nr_cpus"),
+        ("[mm]\nzone_page = 4\n", "mm.zone_page", MemoryConfig, "zone_pages"),
+        ("[cost]\nraw_lock = 4\n", "cost.raw_lock", CostModel, "raw_lock_ns"),
+        ("[kvfree]\nprofil = 'v5.9'\n", "kvfree.profil", KvfreeConfig, "profile"),
+        ("[kvfree]\nzzz = 1\n", "kvfree.zzz", KvfreeConfig, None),
     ],
 )
-def test_unknown_key_is_named_with_allowed_keys(text: str, key: str, cls: type) -> None:
+def test_unknown_key_is_named_with_allowed_keys(
+    text: str, key: str, cls: type, close: str | None
+) -> None:
+    """The key is named in full, then the close one in its table if any ("did you mean"),
+    then every key allowed there."""
     with pytest.raises(ConfigError) as exc:
         KernelConfig.from_toml_text(text, source="my.toml")
     msg = str(exc.value)
-    assert msg == f"my.toml: unknown key {key!r}; allowed here: {_allowed_keys(cls)}"
+    hint = f" (did you mean {close!r}?)" if close else ""
+    assert msg == f"my.toml: unknown key {key!r}{hint}; allowed here: {_allowed_keys(cls)}"
 
 
 @pytest.mark.parametrize(
@@ -199,7 +205,8 @@ def test_replace_dotted() -> None:
 
 def test_replace_errors() -> None:
     c = KernelConfig()
-    with pytest.raises(ConfigError, match=r"unknown config field 'nr_cpu'; allowed: .*nr_cpus"):
+    with pytest.raises(ConfigError, match=r"unknown config field 'nr_cpu' \(did you mean "
+                       r"'nr_cpus'\?\); allowed: .*nr_cpus"):
         c.replace(nr_cpu=2)
     with pytest.raises(ConfigError, match=r"unknown config field 'nope'; allowed: .*pcp_batch"):
         c.replace(**{"mm.nope": 1})

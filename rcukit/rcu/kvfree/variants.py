@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from rcukit.errors import ConfigError
+from rcukit.errors import ConfigError, did_you_mean
 from rcukit.locking.locks import LockKind
 from rcukit.mm.gfp import (
     GFP,
@@ -334,7 +334,8 @@ class BlockSources:
             return self._by_name[name]
         except KeyError:
             known = ", ".join(sorted(self._by_name))
-            raise ConfigError(f"unknown allocator variant {name!r}; known: {known}") from None
+            hint = did_you_mean(name, self._by_name)
+            raise ConfigError(f"unknown allocator variant {name!r}{hint}; known: {known}") from None
 
     def names(self) -> list[str]:
         """Every known name, built-ins first, in registration order."""

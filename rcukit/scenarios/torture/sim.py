@@ -71,6 +71,7 @@ from rcukit.errors import (
     KernelPanic,
     MemoryDebugError,
     SimulationError,
+    did_you_mean,
 )
 from rcukit.kernel import ALL_SUBSYSTEMS, Kernel, Subsystems, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
@@ -165,7 +166,8 @@ def torture_config(
         known = builtin_variants()
         if variant not in known:
             raise ConfigError(
-                f"unknown allocator variant {variant!r}; known: {', '.join(sorted(known))}"
+                f"unknown allocator variant {variant!r}{did_you_mean(variant, known)}; "
+                f"known: {', '.join(sorted(known))}"
             )
     changes: dict[str, Any] = {"seed": seed, "kvfree.debug_objects": True}
     if preempt_rcu:
