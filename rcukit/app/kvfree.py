@@ -35,7 +35,10 @@ The hot path is one dict lookup, one length check and one ``list.append``: each 
 *grant* (``limit``) of slots it may fill without bookkeeping, sized so that the block, the kick
 threshold and the domain's pending cap are all honoured exactly; the slow path settles the
 accounts. Grants are withdrawn whenever ``gp_seq`` moves, so the stamp every block carries is
-the snapshot of its last insert, as in the kernel.
+the snapshot of its last insert, as in the kernel. The dict looked up is the *calling thread's*
+channel map (a ``threading.local`` namespace): only the loop thread's is ever filled, so that
+one lookup is also the thread check the kernel's ``krc_this_cpu_lock()`` stands for here, and a
+worker thread always falls through to the slow path, which runs the insert on the loop.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import inspect
 import math
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 
@@ -137,7 +140,6 @@ class KvfreeQueue:
     """
 
     __slots__ = (
-        "_chan_get",
         "_channels",
         "_ctr",
         "_host",
@@ -145,6 +147,7 @@ class KvfreeQueue:
         "_krc",
         "_policy",
         "_thread",
+        "_thread_channels",
         "deadline",
         "name",
     )
@@ -154,12 +157,18 @@ class KvfreeQueue:
         self._ctr = host.counters
         self._policy = host.policy
         self.name = name
-        #: Release target -> channel; insertion order is the channel's index in ``_krc.bulk``.
-        self._channels: dict[object, _Channel] = {}
-        self._chan_get = self._channels.get
-        self._krc = _Krc(host.loop.event)
         #: The loop's thread: the fast path runs there only (``krc_this_cpu_lock``'s part).
         self._thread = host.loop.thread
+        assert _get_ident() == self._thread, "a kvfree_rcu queue is built on its loop's thread"
+        #: Each thread's own channel map: only the loop thread's is ever filled, so looking a
+        #: target up in the calling thread's map is the thread check and the channel lookup in
+        #: one step (a worker thread finds no channel and takes the slow path, which marshals
+        #: the call to the loop).
+        self._thread_channels = threading.local()
+        #: Release target -> channel (the loop thread's map, filled on the loop only);
+        #: insertion order is the channel's index in ``_krc.bulk``.
+        self._channels = cast("dict[object, _Channel]", self._thread_channels.__dict__)
+        self._krc = _Krc(host.loop.event)
         #: When the monitor runs next (trio clock); inf while idle.
         self.deadline = math.inf
         self._kicked = False
@@ -186,24 +195,31 @@ class KvfreeQueue:
         (``max_pending_bytes`` or ``weight``; ignored otherwise). Never blocks; raises
         :class:`~rcukit.errors.RcuBackpressureError` at the domain's pending cap (use
         :meth:`kvfree_rcu_wait` there). From a worker thread the call
-        is made on the domain's loop (the kernel takes the krcp lock on every call; the thread
-        check is this queue's equivalent), so nothing is queued unless it succeeds.
+        is made on the domain's loop (the kernel takes the krcp lock on every call; finding the
+        channel in the calling thread's own map is this queue's equivalent), so nothing is
+        queued unless it succeeds.
         """
+        try:
+            ch = self._thread_channels.__dict__[release]
+        except (KeyError, TypeError):
+            # a new release target, an unhashable one (the slow path explains), or a call
+            # from a worker thread (whose map is always empty)
+            self._enqueue_any_thread(obj, release, size)
+            return
+        recs = ch.recs
+        if len(recs) < ch.limit:
+            recs.append(obj)
+            return
+        self.enqueue_slow(obj, release, None, False, size)
+
+    def _enqueue_any_thread(self, obj: object, release: ReleaseTarget, size: int | None) -> None:
+        """The fast path found no channel: insert on the slow path, on the loop's thread."""
         if _get_ident() != self._thread:
             site = call_site() if self._host.debug else None
             self._host.loop.run_sync(
                 "kvfree_rcu()", self.enqueue_slow, obj, release, site, False, size
             )
             return
-        try:
-            ch = self._chan_get(release)
-        except TypeError:  # unhashable release target: the slow path explains
-            ch = None
-        if ch is not None:
-            recs = ch.recs
-            if len(recs) < ch.limit:
-                recs.append(obj)
-                return
         self.enqueue_slow(obj, release, None, False, size)
 
     async def kvfree_rcu_wait(

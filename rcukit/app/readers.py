@@ -71,7 +71,7 @@ class ReadSection(Protocol):
 class ReadGuard:
     """One reader phase: its counter, and the context manager ``read_lock()`` returns for it."""
 
-    __slots__ = ("active", "closed", "count", "phase", "readers", "waiter")
+    __slots__ = ("active", "closed", "count", "phase", "readers", "waiter", "wake_below")
 
     def __init__(self, phase: int, readers: Readers) -> None:
         self.phase = phase
@@ -81,6 +81,10 @@ class ReadGuard:
         self.closed = False
         #: Set while a GP waits for this phase to drain; called when ``count`` reaches zero.
         self.waiter: Callable[[], None] | None = None
+        #: ``__exit__`` takes its slow path when the count drops below this: 0 (an unbalanced
+        #: unlock only), or 1 while ``waiter`` is set (the last reader out wakes it). One
+        #: comparison on the way out instead of testing the count and the waiter.
+        self.wake_below = 0
 
     def __repr__(self) -> str:
         return f"<ReadGuard phase={self.phase} readers={self.count} active={self.active}>"
@@ -94,7 +98,7 @@ class ReadGuard:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         c = self.count - 1
         self.count = c
-        if c <= 0 and (c or self.waiter is not None):
+        if c < self.wake_below:
             self._drained(c)
 
     def _refuse(self) -> None:
@@ -311,9 +315,11 @@ class Readers:
         old = self.old
         if old is not None:
             old.waiter = self.wake
+            old.wake_below = 1  # after the waiter: a thread's reader may leave between the two
 
     def end_gp(self) -> None:
         if self.old is not None:
+            self.old.wake_below = 0
             self.old.waiter = None
             self.old = None
 

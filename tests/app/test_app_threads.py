@@ -10,11 +10,13 @@ worker that runs it after a grace period; ``synchronize_rcu`` blocks the calling
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from apptools import in_worker_thread, on_both_loops, run_on, wait_blocked
 
@@ -215,6 +217,60 @@ def test_kvfree_rcu_from_a_thread_releases_each_object_once(backend: str) -> Non
                 s = pool.statistics()
                 assert s.in_use == 0 and s.cached == 1200 and s.frees == 1200
                 assert rcu.statistics().kvfree_queues == 2
+
+    run_on(backend, main)
+
+
+@on_both_loops
+def test_thread_kvfree_rcu_racing_the_loops_fast_path_releases_each_object_once(
+    backend: str,
+) -> None:
+    """The kernel inserts into the krcp of the CPU it runs on, under that krcp's lock
+    (``add_ptr_to_bulk_krc_lock()`` begins with ``*krcp = krc_this_cpu_lock(flags)``;
+    kernel/rcu/tree.c, v6.3). Here only the loop thread's channel map is ever filled, so a
+    worker thread inserting into the same queue and release target while the loop thread fills
+    its grant on the fast path (thread switches forced every microsecond, grace periods moving
+    ``gp_seq`` under both) never appends to the loop's block itself: its calls run on the loop,
+    every object is released exactly once and the accounts come out even."""
+    n_loop, n_thread = 20_000, 1_500
+    pool: ObjectPool[object] = ObjectPool(object)
+
+    async def main() -> None:
+        with anyio.fail_after(60):
+            async with open_domain() as rcu:
+                q = rcu.kvfree_queue("shared")
+                loop_objs = [pool.alloc() for _ in range(n_loop)]
+                thread_objs = [pool.alloc() for _ in range(n_thread)]
+                started = threading.Event()
+                thread_maps: list[int] = []
+
+                def worker() -> None:
+                    started.set()
+                    for o in thread_objs:
+                        q.kvfree_rcu(o, pool)
+                    # the fast path's lookup never found (or made) a channel in this thread
+                    thread_maps.append(len(vars(q._thread_channels)))
+
+                switch = sys.getswitchinterval()
+                sys.setswitchinterval(1e-6)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(in_worker_thread, worker)
+                        await anyio.to_thread.run_sync(started.wait, 10)
+                        for i, o in enumerate(loop_objs):
+                            q.kvfree_rcu(o, pool)
+                            if i % 2_000 == 1_999:
+                                await rcu.synchronize_rcu()  # gp_seq moves: grants withdrawn
+                            elif i % 50 == 49:
+                                await anyio.lowlevel.checkpoint()  # worker calls run
+                finally:
+                    sys.setswitchinterval(switch)
+                await rcu.kvfree_rcu_barrier()
+                assert thread_maps == [0]
+                s = pool.statistics()
+                assert s.in_use == 0 and s.frees == s.cached == n_loop + n_thread
+                st = rcu.statistics()
+                assert st.kvfree_pending == 0 and st.kvfree_freed == n_loop + n_thread
 
     run_on(backend, main)
 
