@@ -30,7 +30,8 @@ Options:
 
 Output is made at a fixed width (``rcukit_run_columns``) and without colour, so a page is the
 same from build to build; a command that takes longer than ``rcukit_run_timeout`` seconds is a
-build error.
+build error. A page with a command is read again on every build, incremental ones included:
+the code it runs may have changed even when the page has not.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from typing import Any, ClassVar
 from docutils import nodes
 from docutils.parsers.rst import directives
 from sphinx.application import Sphinx
+from sphinx.environment import BuildEnvironment
 from sphinx.util.docutils import SphinxDirective
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +62,21 @@ def _scratch(app: Sphinx, docname: str) -> Path:
     if docname not in dirs:
         dirs[docname] = tempfile.TemporaryDirectory(prefix="rcukit-docs-")
     return Path(dirs[docname].name)
+
+
+def _pages_with_commands(env: BuildEnvironment) -> set[str]:
+    pages: set[str] = env.__dict__.setdefault("rcukit_run_pages", set())
+    return pages
+
+
+def _always_outdated(
+    app: Sphinx, env: BuildEnvironment, added: set[str], changed: set[str], removed: set[str]
+) -> list[str]:
+    return sorted(_pages_with_commands(env) - removed)
+
+
+def _purge(app: Sphinx, env: BuildEnvironment, docname: str) -> None:
+    _pages_with_commands(env).discard(docname)
 
 
 def _cleanup(app: Sphinx, exception: BaseException | None) -> None:
@@ -84,6 +101,7 @@ class RcukitRun(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         config = self.env.config
+        _pages_with_commands(self.env).add(self.env.docname)
         args = shlex.split(self.arguments[0])
         shown = self.arguments[0]
         extra = [p for p in self.options.get("pythonpath", "").split(",") if p]
@@ -155,5 +173,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("rcukit_run_columns", 100, "env", int)
     app.add_config_value("rcukit_run_timeout", 120, "env", int)
     app.add_directive("rcukit-run", RcukitRun)
+    app.connect("env-get-outdated", _always_outdated)
+    app.connect("env-purge-doc", _purge)
     app.connect("build-finished", _cleanup)
     return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}
