@@ -79,7 +79,8 @@ def test_command_pages_show_what_the_command_printed(site: Path) -> None:
     torture = _text(site / "cli" / "torture.html")
     assert "End of test: SUCCESS" in torture and "End of test: FAILURE" in torture
     sweep = _text(site / "cli" / "sweep.html")
-    assert "4 points run" in sweep and "0 points run, 4 already in tiny.jsonl" in sweep
+    assert "$ rcukit sweep sweep-tiny.toml --out tiny.jsonl --inline --resume" in sweep
+    assert '"params": {' in sweep and '"mm.pcp_batch": 7' in sweep  # a results line, read back
     assert str(ROOT) not in sweep  # no checkout path leaks into a page
 
 
