@@ -35,7 +35,8 @@ extensions = [
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "figures/README*", "**/.pytest_cache"]
+# docs/figures/ holds generated PNGs (and maybe notes about them), not pages
+exclude_patterns = ["_build", "figures/**.md", "figures/**.rst", "**/.pytest_cache"]
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3

@@ -39,7 +39,9 @@ CHECKED = {"python", "toml"}
 
 
 def _pages() -> list[Path]:
-    return sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
+    """The pages Sphinx builds (``conf.py`` leaves out ``_build`` and the figures' folder)."""
+    skip = {"_build", "figures"}
+    return sorted(p for p in DOCS.rglob("*.md") if not skip & set(p.relative_to(DOCS).parts))
 
 
 def _blocks(page: Path) -> list[tuple[str, str]]:
