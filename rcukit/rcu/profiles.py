@@ -126,7 +126,7 @@ class KvfreeProfile:
         return max(1, hz * self.drain_hz_num // self.drain_hz_den)
 
     def block_capacity(self, page_size: int, pointer_size: int, header: str) -> int:
-        """``KVFREE_BULK_MAX_ENTR``; the ``rfc`` header is the RFC's PAGE_SIZE / sizeof(void *).
+        """``KVFREE_BULK_MAX_ENTR``; the ``rfc`` header is the RFC's ``PAGE_SIZE / sizeof(void *)``.
 
         The header is two longs (four from v6.3, five from v6.5), so it scales with the pointer
         size."""
