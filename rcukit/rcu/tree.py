@@ -132,9 +132,11 @@ def _rcu_leak_callback(task: Task, head: RcuHead) -> None:
 
 
 def _func_name(f: object) -> str:
+    """What ``%ps`` prints for a callback: its symbol, no class or module (the modelled
+    callbacks are named after their kernel counterparts, ``wakeme_after_rcu``...)."""
     if isinstance(f, functools.partial):
         return _func_name(f.func)
-    name = getattr(f, "__qualname__", None)
+    name = getattr(f, "__name__", None)
     return name if isinstance(name, str) else type(f).__name__
 
 
@@ -330,7 +332,7 @@ class RcuCallbacks(RcuStatePart):
         rdp.cblist.enqueue(head)
         self.queued += 1
         self.cpus_with_cbs.add(cpu.id)
-        if self._kernel.tracer.on:
+        if self._kernel.tracer.tp.rcu_callback:
             self._rcu._emit(cpu.id, task.comm, task.pid, cpu.local_ns, "rcu_callback",
                             f"{self._name} rhp={self.rhp_addr(head):#x} func={_func_name(func)} "
                             f"{rdp.cblist.n_cbs}")
@@ -442,7 +444,7 @@ class RcuCallbacks(RcuStatePart):
         """``rcu_do_batch``: invoke at most ``blimit`` ready callbacks, bottom halves off."""
         cbl = rdp.cblist
         kernel = self._kernel
-        tracer = kernel.tracer
+        tp = kernel.tracer.tp
         invoke_ns = self._invoke_ns
         bh_preempt = self._bh_preempt
         limit = rdp.blimit.limit_for(cbl.n_cbs)
@@ -451,7 +453,7 @@ class RcuCallbacks(RcuStatePart):
         if heads is not None:  # debug_rcu_head_unqueue() before each is invoked
             for head in batch:
                 heads.discard(id(head))
-        if tracer.on:
+        if tp.rcu_batch_start:
             kernel.trace(task, "rcu_batch_start",
                          f"{self._name} CBs={len(batch) + cbl.n_cbs} bl={limit}")
         task.in_softirq += 1
@@ -461,7 +463,7 @@ class RcuCallbacks(RcuStatePart):
             for head in batch:
                 task.charge(invoke_ns)
                 func = cast("RcuCallback | None", head.func)
-                if tracer.on:
+                if tp.rcu_invoke_callback:
                     kernel.trace(task, "rcu_invoke_callback",
                                  f"{self._name} rhp={self.rhp_addr(head, drop=True):#x} "
                                  f"func={_func_name(func)}")
@@ -480,7 +482,7 @@ class RcuCallbacks(RcuStatePart):
         n = len(batch)
         self.invoked += n
         rdp.invoked += n
-        if tracer.on:
+        if tp.rcu_batch_end:
             kernel.trace(task, "rcu_batch_end", f"{self._name} CBs-invoked={n}")
 
     async def rcu_barrier(self, task: Task) -> None:
@@ -499,7 +501,7 @@ class RcuCallbacks(RcuStatePart):
         self._barrier_seq = rcu_seq_start(self._barrier_seq)
         now = task.now_ns
         kernel = self._kernel
-        if kernel.tracer.on:
+        if kernel.tracer.tp.rcu_barrier:
             kernel.trace(task, "rcu_barrier", f"{self._name} Begin cpu -1 remaining 0 # 0")
         bar = self._rcu_barrier_entrain(now)
         while bar.count:
@@ -509,7 +511,7 @@ class RcuCallbacks(RcuStatePart):
         self._barrier_seq = rcu_seq_end(self._barrier_seq)
         self._barrier_running = False
         self.barriers += 1
-        if kernel.tracer.on:
+        if kernel.tracer.tp.rcu_barrier:
             kernel.trace(task, "rcu_barrier", f"{self._name} End cpu -1 remaining 0 # 0")
         self._barrier_wq.wake_all(task.now_ns)
 
@@ -752,10 +754,23 @@ class RcuState:
         cpu.local_ns += self._qs_report_ns
         t = cpu.local_ns
         self._qs_reports += 1
-        if self.kernel.tracer.on:
+        tp = self.kernel.tracer.tp
+        if tp.rcu_grace_period:
             self._emit(cpu.id, comm, pid, t, "rcu_grace_period",
                        f"{self.name} {signed_seq(self.core.gp_seq.current)} cpuqs")
+        if tp.rcu_qs:
+            self._trace_qs(cpu.id, comm, pid, t, "cpuqs")
         self._holdouts.report_cpu(cpu.id, t)
+
+    def _trace_qs(self, cpu_id: int, comm: str, pid: int, t: int, how: str) -> None:
+        """The ``rcu_qs`` slice of CPU ``cpu_id``: from the GP's start to the QS reported for
+        it at ``t`` (by the CPU itself, ``cpuqs``, or by force_qs_rnp() for an idle CPU,
+        ``dti``), on track ``rcu_qs/CPU N``; what the CPU's ``rcu_data.cpu_no_qs`` covers."""
+        g = signed_seq(self.core.gp_seq.current)
+        self.kernel.tracer.emit(
+            "rcu_qs", self._gp_start_ns, cpu_id, comm, pid, f"{self.name} g={g} {how}",
+            ph="X", dur_ns=t - self._gp_start_ns, track=f"rcu_qs/CPU {cpu_id}",
+        )
 
     # ================================================================== GP kthread
 
@@ -858,7 +873,7 @@ class RcuState:
                 holdouts.cpus.add(cpu_id)
             task.charge(self._qs_report_ns * max(0, n_idle - len(woke)))
             holdouts.fence(task.now_ns)
-            if self.kernel.tracer.on:
+            if self.kernel.tracer.tp.rcu_fqs:
                 g = signed_seq(self.core.gp_seq.current)
                 at_start = self._gp_nonidle_at_start
                 for cpu in cpus:
@@ -866,7 +881,7 @@ class RcuState:
                     if cpu.online and c != me and c not in nonidle and c not in at_start:
                         self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
                                    f"{self.name} {g} {c} dti")
-        tracer = self.kernel.tracer
+        tp = self.kernel.tracer.tp
         for cpu_id in sorted(holdouts.cpus):
             rdp = self._rdp[cpu_id]
             if cpu_id in nonidle and not rdp.eqs_since_gp:
@@ -874,9 +889,11 @@ class RcuState:
             rdp.qs_pending = False
             task.charge(self._qs_report_ns)
             self._qs_reports += 1
-            if tracer.on:
+            if tp.rcu_fqs:
                 self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
                            f"{self.name} {signed_seq(self.core.gp_seq.current)} {cpu_id} dti")
+            if tp.rcu_qs:
+                self._trace_qs(cpu_id, task.comm, task.pid, task.now_ns, "dti")
             holdouts.report_cpu(cpu_id, task.now_ns)
 
     def rcu_gp_init(self, task: Task) -> None:
@@ -901,7 +918,7 @@ class RcuState:
         self._gp_nonidle_at_start = set(holdouts.cpus)
         self._fqs_idle_pending = self.hotplug.n_online - 1 > len(holdouts.cpus)
         self._n_force_qs_gpstart = self.n_force_qs
-        if self.kernel.tracer.on:
+        if self.kernel.tracer.tp.rcu_grace_period:
             g = signed_seq(gp)
             self._emit(me, task.comm, task.pid, now, "rcu_grace_period", f"{self.name} {g} start")
             for cpu_id in sorted(holdouts.cpus):

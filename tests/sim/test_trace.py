@@ -91,7 +91,11 @@ def test_enable_records_events_and_disable_stops() -> None:
     assert names.count("splat") == 1
     assert k.splat_counts()["invalid_wait_context"] == 4
     works = sorted(e.fields for e in k.tracer if e.name == "workqueue_execute_start")
-    assert works == [f"work struct a{c}" for c in range(4)]
+    # "work struct %p: function %ps" (include/trace/events/workqueue.h, v5.6+): a hashed
+    # pointer (16 hex digits, distinct per work item), then the work function's symbol
+    assert sorted(w.rpartition(": function ")[2] for w in works) == [f"a{c}" for c in range(4)]
+    assert all(re.fullmatch(r"work struct [0-9a-f]{16}: function a\d", w) for w in works)
+    assert len({w.split(":")[0] for w in works}) == 4
     for e in k.tracer:
         if e.name.startswith("workqueue_execute_"):
             assert e.comm.startswith(f"kworker/{e.cpu}:")

@@ -287,7 +287,7 @@ def test_call_site_is_symbol_offset_and_stable() -> None:
 def _rows_with(files: TraceFiles) -> None:
     with files:
         cmp.run_compare(cmp.default_config(), TINY, ["nowait"], ["default", "rt"],
-                        tracing=files.attach)
+                        tracing=files.row)
 
 
 def test_trace_files_stream_rows(tmp_path: Path) -> None:
