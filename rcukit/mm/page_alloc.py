@@ -192,8 +192,7 @@ class PageAlloc:
         self.cost = cfg.cost
         self.locks = kernel.locks
         self.vmstat = kernel.vmstat
-        self.tracer = kernel.tracer
-        self.tp = kernel.tracer.tp
+        self.tp = kernel.tracer.tp  # the tracepoints' static keys
         self.preempt_rt = cfg.preempt_rt
         self.spin_lock_cost = mm.spin_lock_cost
         self.zero_cost = cfg.cost.zero_page_ns(cfg.page_size)

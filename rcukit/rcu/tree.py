@@ -873,14 +873,18 @@ class RcuState:
                 holdouts.cpus.add(cpu_id)
             task.charge(self._qs_report_ns * max(0, n_idle - len(woke)))
             holdouts.fence(task.now_ns)
-            if self.kernel.tracer.tp.rcu_fqs:
+            tp = self.kernel.tracer.tp
+            if tp.rcu_fqs or tp.rcu_qs:
                 g = signed_seq(self.core.gp_seq.current)
                 at_start = self._gp_nonidle_at_start
                 for cpu in cpus:
                     c = cpu.id
                     if cpu.online and c != me and c not in nonidle and c not in at_start:
-                        self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
-                                   f"{self.name} {g} {c} dti")
+                        if tp.rcu_fqs:
+                            self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
+                                       f"{self.name} {g} {c} dti")
+                        if tp.rcu_qs:
+                            self._trace_qs(c, task.comm, task.pid, task.now_ns, "dti")
         tp = self.kernel.tracer.tp
         for cpu_id in sorted(holdouts.cpus):
             rdp = self._rdp[cpu_id]
