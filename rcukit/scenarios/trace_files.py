@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING
 
 import attrs
 
+from rcukit.mm.page_alloc import KRCP_LOCK_CLASS
 from rcukit.trace.events import DEFAULT_SELECTION, TraceEvent
 from rcukit.trace.export import FtraceWriter, PerfettoWriter, join_perfetto, open_text
 
@@ -175,17 +176,20 @@ def trace_tracks(k: Kernel, row: int = 0) -> None:
 
     * lock-hold slices: each CPU's ``krcp->lock`` (``lock_krcp``, track ``krc.lock/N``; every
       call then takes kvfree_rcu()'s modelled slow path, where the lock is seen), ``zone->lock``
-      (``lock_zone``) and the pcp lists' lock as the profile's mm version has it
-      (``lock_pcp``, track ``LOCK/N``: the -rt patch's ``pa_lock``, 5.14's
-      ``pagesets.lock``, 6.0's ``pcp->lock``; 5.8-5.13 on !RT protect the lists with
-      ``local_irq_save()`` alone, so there is no lock to show), each with its taker's ``ip``;
+      (``lock_zone``) and the pcp lists' lock as the profile's mm version has it (track
+      ``LOCK/N``: the -rt patch's ``pa_lock``, 5.14's ``pagesets.lock``, 6.0's
+      ``pcp->lock``; 5.8-5.13 on !RT protect the lists with ``local_irq_save()`` alone, so
+      there is no lock to show): ``lock_pcp_in_krcp`` for a hold taken inside ``krcp->lock``
+      (the RFC's question; few), ``lock_pcp`` for the others (one per page allocated or
+      freed: off by default), each slice with its taker's ``ip``;
     * flow arrows, one per kvfree_rcu() block: from the ``kvfree_block`` slice of the call
       that attached the block (its allocation included) to the ``kfree_bulk`` slice of the
       ``kvfree_rcu_bulk()`` that freed its records, each on its task's track (the flooding
       task's, the kworker's); flow ids are unique within ``row``'s part of a file;
-    * counters sampled at each tick when they change: ``nr_free_pages`` of the zone,
-      ``pcp_count/CPU N`` (the CPU's ``pcp->count``), ``krc_pending`` (objects queued to
-      kvfree_rcu() and not yet freed) and ``kvfree_blocks`` (block pages in use).
+    * counters sampled at most once per tick period, when they change: ``nr_free_pages`` of
+      the zone, ``pcp_count`` (each CPU's ``pcp->count``, series ``cpu0``...),
+      ``krc_pending`` (objects queued to kvfree_rcu() and not yet freed) and
+      ``kvfree_blocks`` (block pages in use).
 
     Grace periods (``rcu_gp``) and per-CPU quiescent states (``rcu_qs``) are emitted by the RCU
     model itself (:mod:`rcukit.rcu.tree`). ``k`` is a whole kernel (mm and kvfree_rcu booted),
@@ -207,14 +211,15 @@ def trace_tracks(k: Kernel, row: int = 0) -> None:
 
         setattr(kv, "_kvfree_slow", traced_slow)  # noqa: B010
         kv.force_slow_path()
-    watched: dict[int, tuple[str, str]] = {}
+    # id(lock): (event of a hold outside krcp->lock, of one inside it, track)
+    watched: dict[int, tuple[str, str, str]] = {}
     if tr.selects("lock_zone"):
         lock = k.mm.zone.lock
-        watched[id(lock)] = ("lock_zone", lock.name)
+        watched[id(lock)] = ("lock_zone", "lock_zone", lock.name)
     pcp_locks = k.mm.page_alloc.pcp_locks
-    if pcp_locks is not None and tr.selects("lock_pcp"):
+    if pcp_locks is not None and (tr.selects("lock_pcp") or tr.selects("lock_pcp_in_krcp")):
         for cpu, lock in enumerate(pcp_locks):
-            watched[id(lock)] = ("lock_pcp", f"{lock.name}/{cpu}")
+            watched[id(lock)] = ("lock_pcp", "lock_pcp_in_krcp", f"{lock.name}/{cpu}")
     if watched:
         _trace_locks(tr, k.locks, watched)
     if tr.selects("kvfree_block") or tr.selects("kfree_bulk"):
@@ -247,29 +252,41 @@ def _trace_krcp_lock(tr: Tracer, krcp: Krc, since: list[int]) -> None:
     setattr(krcp, "raw_spin_unlock_irqrestore", traced_unlock)  # noqa: B010
 
 
-def _trace_locks(tr: Tracer, locks: LockChecker, watched: dict[int, tuple[str, str]]) -> None:
-    """Hold slices of the locks in ``watched`` (``id(lock)``: event and track): ``locks``
-    (slotted, so its methods cannot be replaced on the instance) becomes an instance of a
-    subclass that times them; same layout, same state. A slice says who took the lock
-    (``ip=``, the call site the lock model records)."""
+def _trace_locks(
+    tr: Tracer, locks: LockChecker, watched: dict[int, tuple[str, str, str]]
+) -> None:
+    """Hold slices of the locks in ``watched`` (``id(lock)``: the event of a hold taken
+    outside ``krcp->lock``, of one taken inside it, and the track): ``locks`` (slotted, so its
+    methods cannot be replaced on the instance) becomes an instance of a subclass that times
+    them; same layout, same state. A slice says who took the lock (``ip=``, the call site the
+    lock model records). Holds whose event the selection leaves out cost no event."""
     from rcukit.locking.checker import LockChecker
 
-    since: dict[int, tuple[int, str]] = {}
+    since: dict[int, tuple[int, str, str]] = {}
+    wanted = {
+        key: (out if tr.selects(out) else "", inside if tr.selects(inside) else "", track)
+        for key, (out, inside, track) in watched.items()
+    }
 
     class TracedLockChecker(LockChecker):
         __slots__ = ()
 
         def _take(self, task: LockContext, lock: Lock, ip: str, irqsave: bool) -> None:
             super()._take(task, lock, ip, irqsave)
-            if id(lock) in watched:
-                since[id(lock)] = (task.cpu.local_ns, ip)
+            w = wanted.get(id(lock))
+            if w is not None:
+                # in_krcp(): the lock just taken is held, so look below it
+                inside = any(h.lock.name == KRCP_LOCK_CLASS for h in task.held_locks[:-1])
+                name = w[1] if inside else w[0]
+                if name:
+                    since[id(lock)] = (task.cpu.local_ns, ip, name)
 
         def release(self, task: LockContext, lock: Lock) -> None:
-            w = watched.get(id(lock))
-            if w is not None and tr.on:
-                t0, ip = since[id(lock)]
-                tr.emit(w[0], t0, task.cpu.id, task.comm, task.pid, f"ip={ip}",
-                        ph="X", dur_ns=task.cpu.local_ns - t0, track=w[1])
+            taken = since.pop(id(lock), None)
+            if taken is not None and tr.on:
+                t0, ip, name = taken
+                tr.emit(name, t0, task.cpu.id, task.comm, task.pid, f"ip={ip}",
+                        ph="X", dur_ns=task.cpu.local_ns - t0, track=wanted[id(lock)][2])
             super().release(task, lock)
 
     locks.__class__ = TracedLockChecker
@@ -313,35 +330,39 @@ def _trace_blocks(tr: Tracer, kv: KvfreeRcu, row: int) -> None:
 
 
 def _sample_counters(k: Kernel, names: list[str]) -> None:
-    """The counter tracks of :func:`trace_tracks`, sampled by the tick hook of each CPU."""
+    """The counter tracks of :func:`trace_tracks`, sampled from the tick hooks at most once
+    per tick period of simulated time, each when it changed: ``pcp_count`` is one record
+    with a series per CPU (``cpu0``...), read from whichever CPU's tick samples (a plot,
+    not the simulation: each CPU's list is its own)."""
     tr = k.tracer
-    last: dict[str, int] = {}
+    last: dict[str, str] = {}
     mm = k.mm
     kv = k.kvfree
     zone_free = "nr_free_pages" in names
     pcp = "pcp_count" in names
     pending = "krc_pending" in names
     blocks = "kvfree_blocks" in names
-    pcp_tracks = [f"pcp_count/CPU {c}" for c in range(k.config.nr_cpus)]
+    period = k.config.tick_ns
+    next_ns = [0]
 
     def sample(task: Task, voluntary: bool) -> None:
-        if not tr.on:
+        now = task.cpu.local_ns
+        if not tr.on or now < next_ns[0]:
             return
+        next_ns[0] = now + period
         values = []
         if zone_free:
-            values.append(("nr_free_pages", "nr_free_pages", mm.zone.buddy.nr_free))
+            values.append(("nr_free_pages", f"nr_free_pages={mm.zone.buddy.nr_free}"))
         if pcp:
-            c = task.cpu.id
-            values.append(("pcp_count", pcp_tracks[c], mm.pcps[c].count))
+            values.append(("pcp_count", " ".join(f"cpu{c}={p.count}"
+                                                 for c, p in enumerate(mm.pcps))))
         if pending:
-            values.append(("krc_pending", "krc_pending", kv.pending))
+            values.append(("krc_pending", f"krc_pending={kv.pending}"))
         if blocks:
-            values.append(("kvfree_blocks", "kvfree_blocks", kv.counters.blocks_in_use))
-        now = task.cpu.local_ns
-        for name, track, value in values:
-            if last.get(track) != value:
-                last[track] = value
-                tr.emit(name, now, task.cpu.id, task.comm, task.pid, f"{name}={value}",
-                        ph="C", track=track)
+            values.append(("kvfree_blocks", f"kvfree_blocks={kv.counters.blocks_in_use}"))
+        for name, fields in values:
+            if last.get(name) != fields:
+                last[name] = fields
+                tr.emit(name, now, task.cpu.id, task.comm, task.pid, fields, ph="C")
 
     k.add_tick_hook(sample)

@@ -131,7 +131,7 @@ def symbol_offset(code: CodeType, lasti: int) -> str:
 HIGH_RATE_EVENTS = (
     "kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "rcu_kvfree_callback",
     "rcu_invoke_kvfree_callback", "mm_page_alloc", "mm_page_free", "mm_page_alloc_zone_locked",
-    "mm_page_pcpu_drain", "lock_krcp",
+    "mm_page_pcpu_drain", "lock_krcp", "lock_pcp",
 )
 
 #: The selection a trace gets when none is given: everything but :data:`HIGH_RATE_EVENTS`.

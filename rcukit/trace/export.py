@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from rcukit.trace.events import TraceEvent
+from rcukit.trace.events import NO_FLAGS, TraceEvent
 
 #: Kernel tracepoints rcukit emits, by system (include/trace/events/{rcu,kmem,vmscan,
 #: workqueue}.h); every other event name is rcukit's own.
@@ -55,8 +55,8 @@ RCUKIT_SYSTEM = "rcukit"
 #: rcukit's own events: reports, the monitor, and the slices and counters Perfetto shows.
 RCUKIT_EVENTS = (
     "splat", "kfree_rcu_monitor", "warn_alloc", "fail_page_alloc", "rcu_gp", "rcu_qs",
-    "lock_krcp", "lock_zone", "lock_pcp", "kvfree_block", "kfree_bulk", "nr_free_pages",
-    "pcp_count", "krc_pending", "kvfree_blocks",
+    "lock_krcp", "lock_zone", "lock_pcp", "lock_pcp_in_krcp", "kvfree_block", "kfree_bulk",
+    "nr_free_pages", "pcp_count", "krc_pending", "kvfree_blocks",
 )
 
 #: workqueue tracepoints that open and close a work item's slice in Perfetto.
@@ -241,10 +241,17 @@ class PerfettoWriter:
 
     def write(self, ev: TraceEvent) -> None:
         pid = self._pid
-        if ev.ph == "C":  # a process-level counter track, named by its one series
-            key, _, value = ev.fields.partition("=")
+        if ev.ph == "C":  # process-level counter tracks, one per ``key=value`` of the fields
+            series = {}
+            for kv in ev.fields.split():
+                key, _, value = kv.partition("=")
+                series[key] = int(value)
             self._emit({"name": ev.track or ev.name, "cat": event_system(ev.name), "ph": "C",
-                        "ts": ev.ts_ns / 1000.0, "pid": pid + 1, "args": {key: int(value)}})
+                        "ts": ev.ts_ns / 1000.0, "pid": pid + 1, "args": series})
+            return
+        phase = _WORK_PHASES.get(ev.name)
+        if phase is not None:  # the work item's slice says it all: no instant beside it
+            self._work_slice(ev, phase)
             return
         if ev.track:
             tid = self._tracks.get(ev.track)
@@ -263,11 +270,13 @@ class PerfettoWriter:
             "pid": pid,
             "tid": tid,
         }
-        args: dict[str, Any] = {"comm": f"{ev.comm}-{ev.pid}", "cpu": ev.cpu}
+        args: dict[str, Any] = {"comm": f"{ev.comm}-{ev.pid}"}
+        if ev.track:  # on a CPU's own track the CPU goes without saying
+            args["cpu"] = ev.cpu
         if ev.fields:
             args["fields"] = ev.fields
-        if ev.ph == "i":  # a slice spans contexts: its end's flags would mislead
-            args["flags"] = ev.flags
+        if ev.ph == "i" and ev.flags != NO_FLAGS:  # a slice spans contexts: its end's flags
+            args["flags"] = ev.flags  # would mislead; "....." (nothing to show) goes unsaid
         rec["args"] = args
         if ev.ph == "X":
             rec["dur"] = ev.dur_ns / 1000.0
@@ -277,12 +286,7 @@ class PerfettoWriter:
             if ev.flow_in:
                 rec["bind_id"] = ev.flow_in
                 rec["flow_in"] = True
-        elif ev.ph == "i":
-            rec["s"] = "t"
-        self._emit(rec)
-        phase = _WORK_PHASES.get(ev.name)
-        if phase is not None:
-            self._work_slice(ev, phase)
+        self._emit(rec)  # an instant without a scope ("s") is the thread's
 
     def _work_slice(self, ev: TraceEvent, phase: str) -> None:
         """A work item's run as a slice on its worker's track (``kworker/0:1``...), named after

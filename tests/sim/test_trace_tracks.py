@@ -123,10 +123,12 @@ def test_traced_rows_in_workers_write_the_same_bytes(tmp_path: Path) -> None:
 # -- Perfetto tracks -------------------------------------------------------------------------------
 
 
-def _perfetto(tmp_path: Path, profile: str, build: str) -> tuple[list[dict[str, Any]], Any]:
+def _perfetto(
+    tmp_path: Path, profile: str, build: str, events: frozenset[str] = DEFAULT_SELECTION
+) -> tuple[list[dict[str, Any]], Any]:
     t = tmp_path / "t.json"
     config = cmp.default_config().replace(**{"kvfree.profile": profile})
-    with TraceFiles(str(t), None) as files:
+    with TraceFiles(str(t), None, events=events) as files:
         res = cmp.run_compare(config, TINY, ["nowait"], [build], tracing=files.row)
     evs: list[dict[str, Any]] = json.loads(t.read_text(encoding="utf-8"))["traceEvents"]
     return evs, res.rows[0]
@@ -146,8 +148,9 @@ def test_pcp_lock_holds(tmp_path: Path, profile: str, build: str, lock: str) -> 
     patchset's per-CPU ``pa_lock`` local_lock on 5.x PREEMPT_RT, a ``spinlock_t pcp->lock``
     per pcp from v6.0 ("mm/page_alloc: protect PCP lists with a spinlock"). Each CPU's lock
     gets a track of hold slices that never overlap (one holder at a time), each naming the
-    function that took it."""
-    evs, _ = _perfetto(tmp_path, profile, build)
+    function that took it; those taken inside ``krcp->lock`` (``lock_pcp_in_krcp``) are as
+    many as vmstat's ``pcp_lock_in_krcp`` counts, the rest (``lock_pcp``) one per page."""
+    evs, row = _perfetto(tmp_path, profile, build, frozenset({"lock_pcp*"}))
     tracks = {k: n for k, n in _threads(evs).items() if n.startswith(f"{lock}/")}
     assert set(tracks.values()) == {f"{lock}/{c}" for c in range(4)}
     for (pid, tid), name in tracks.items():
@@ -157,6 +160,22 @@ def test_pcp_lock_holds(tmp_path: Path, profile: str, build: str, lock: str) -> 
         assert all(f.startswith("ip=") for _, _, f in holds)
         for (t0, d0, _), (t1, _, _) in pairwise(holds):
             assert d0 >= 0 and t0 + d0 <= t1 + 1e-9, name
+    inside = [e for e in evs if e.get("name") == "lock_pcp_in_krcp"]
+    assert len(inside) == row["pcp_lock_in_krcp"]
+    assert sum(1 for e in evs if e.get("name") == "lock_pcp") > 10 * len(inside)
+
+
+def test_default_trace_shows_pcp_holds_inside_krcp_lock(tmp_path: Path) -> None:
+    """The RFC's question is what the block allocator does under ``krcp->lock``: the default
+    trace keeps those pcp-lock holds (the -rt ``pa_lock``, a sleeping lock under a raw one on
+    v5.9 PREEMPT_RT) and leaves out the per-page holds of everyone else."""
+    evs, row = _perfetto(tmp_path, "rfc", "rt")
+    names = {e.get("name") for e in evs}
+    assert "lock_pcp" not in names
+    inside = [e for e in evs if e.get("name") == "lock_pcp_in_krcp"]
+    assert len(inside) == row["pcp_lock_in_krcp"] > 0
+    threads = _threads(evs)
+    assert {threads[(e["pid"], e["tid"])].split("/")[0] for e in inside} == {"pa_lock.l"}
 
 
 def test_no_pcp_lock_where_irqs_off_protect_the_lists(tmp_path: Path) -> None:
@@ -216,23 +235,28 @@ def test_one_flow_arrow_per_block(tmp_path: Path) -> None:
 def test_counter_tracks(tmp_path: Path) -> None:
     """Counters as ``/proc/zoneinfo`` and kvfree_rcu() have them: the zone's free pages
     (``NR_FREE_PAGES``), each CPU's ``pcp->count``, the objects queued and not yet freed
-    (``krcp->count`` summed) and the block pages in use; each sampled when it changes."""
+    (``krcp->count`` summed) and the block pages in use; each sampled at most once per tick
+    period (HZ=1000: 1 ms) and only when it changed."""
     evs, row = _perfetto(tmp_path, "rfc", "default")
-    series: dict[str, list[int]] = defaultdict(list)
+    series: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for e in evs:
         if e["ph"] == "C":
-            series[e["name"]].append(next(iter(e["args"].values())))
-    # each CPU samples its own pcp->count at its tick; the flooding CPUs 0 and 1 tick
-    assert {"nr_free_pages", "krc_pending", "kvfree_blocks", "pcp_count/CPU 0",
-            "pcp_count/CPU 1"} <= set(series) <= {"nr_free_pages", "krc_pending",
-                                                  "kvfree_blocks",
-                                                  *(f"pcp_count/CPU {c}" for c in range(4))}
-    for name, values in series.items():
+            for key, value in e["args"].items():
+                series[f"{e['name']} {key}"].append((e["ts"], value))
+    assert set(series) == {"nr_free_pages nr_free_pages", "krc_pending krc_pending",
+                           "kvfree_blocks kvfree_blocks",
+                           *(f"pcp_count cpu{c}" for c in range(4))}
+    for name, points in series.items():
+        assert min(v for _, v in points) >= 0, name
+        stamps = sorted(t for t, _ in points)
+        assert all(b - a >= 1000.0 - 1e-6 for a, b in pairwise(stamps)), name  # us
+        assert len(points) <= row["sim_time_ns"] // 1_000_000 + 1, name
+    for name in ("nr_free_pages", "krc_pending", "kvfree_blocks"):
+        values = [v for _, v in sorted(series[f"{name} {name}"])]
         assert all(a != b for a, b in pairwise(values)), name
-        assert min(values) >= 0, name
-    assert max(series["krc_pending"]) <= row["pending_peak"]
-    assert max(series["kvfree_blocks"]) <= row["pages_peak"]
-    assert max(series["pcp_count/CPU 0"]) > 0
+    assert max(v for _, v in series["krc_pending krc_pending"]) <= row["pending_peak"]
+    assert max(v for _, v in series["kvfree_blocks kvfree_blocks"]) <= row["pages_peak"]
+    assert max(v for _, v in series["pcp_count cpu0"]) > 0
 
 
 # -- ftrace text -----------------------------------------------------------------------------------
