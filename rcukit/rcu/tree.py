@@ -127,7 +127,7 @@ def _wakeme_after_rcu(wq: WaitQueue, timer: Timer) -> None:
     wq.wake_all(cpu.local_ns)
 
 
-def _rcu_leak_callback(task: Task, head: RcuHead) -> None:
+def rcu_leak_callback(task: Task, head: RcuHead) -> None:
     """``rcu_leak_callback``: what a double-queued head runs instead of its callback."""
 
 
@@ -363,7 +363,7 @@ class RcuCallbacks(RcuStatePart):
             out = self._kernel.locks.out
             if out is not None:
                 print(msg, file=out)
-        head.func = cast("Callable[[RcuHead], object]", _rcu_leak_callback)
+        head.func = cast("Callable[[RcuHead], object]", rcu_leak_callback)
 
     def rcu_accelerate_cbs(self, rdp: RcuData, t: int) -> None:
         """``rcu_accelerate_cbs``: give unassigned callbacks a GP and make sure it is coming."""
@@ -550,12 +550,13 @@ class RcuCallbacks(RcuStatePart):
             return False
         rwork.rcu_pending = True
         rwork.rcu_wq = wq
-        self.call_rcu(task, rwork.rcu_head, self._rcu_work_rcufn)
+        self.call_rcu(task, rwork.rcu_head, self.rcu_work_rcufn)
         return True
 
     @staticmethod
-    def _rcu_work_rcufn(task: Task, head: RcuHead) -> None:
-        """``rcu_work_rcufn``: queue the work on the CPU invoking the callback."""
+    def rcu_work_rcufn(task: Task, head: RcuHead) -> None:
+        """``rcu_work_rcufn``: queue the work on the CPU invoking the callback (the name is the
+        kernel's: trace lines print it as the callback's ``%ps``)."""
         assert isinstance(head, _RcuWorkHead)
         rwork = head.rwork
         rwork.rcu_pending = False
