@@ -131,7 +131,7 @@ class Machine:
         return Lock(name, kind, self._lock_addr)
 
     def trace(self, task: Task, name: str, fields: str, **kw: Any) -> None:
-        """Emit a tracepoint from ``task`` (callers test ``tracer.on`` first)."""
+        """Emit a tracepoint from ``task`` (callers test its key, ``tracer.tp.NAME``, first)."""
         self.tracer.emit(name, task.now_ns, task.cpu.id, task.comm, task.pid, fields,
                          ctx=task, **kw)
 
@@ -143,7 +143,7 @@ class Machine:
     def _trace_splat(self, splat: Splat) -> None:
         self.vmstat.inc(f"splat_{splat.kind}")
         # The trace shows what the kernel printed, not what lockdep or the rate limit swallowed.
-        if splat.printed and self.tracer.on:
+        if splat.printed and self.tracer.tp.splat:
             self.tracer.emit(
                 "splat", splat.time_ns, splat.cpu, splat.comm, splat.pid,
                 f"{splat.title} lock={splat.lock_name or '-'} at {splat.ip}",

@@ -9,6 +9,7 @@ between items (``cond_resched``), as kworkers do.
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -40,6 +41,17 @@ class Work:
     @property
     def pending(self) -> bool:
         return self.queued
+
+
+def work_fields(work: Work) -> str:
+    """What ``workqueue_execute_start`` and (v5.6+) ``workqueue_execute_end`` print:
+    ``work struct %p: function %ps`` (include/trace/events/workqueue.h). ``%p`` prints a
+    hashed pointer (``ptr_to_id()``: 32 bits, zero-extended), here a hash of the work's name
+    so it is the same on every run; ``%ps`` the work function's symbol, which is the name's
+    part before ``/`` (work items are named after their kernel work function:
+    ``kfree_rcu_monitor/0``, ``kfree_rcu_work/1.0``...)."""
+    name = work.name
+    return f"work struct {zlib.crc32(name.encode()):016x}: function {name.partition('/')[0]}"
 
 
 class DelayedWork(Work):
@@ -144,19 +156,19 @@ class Workqueue:
                 work.queued = False
                 work.running = True
                 task.data["wq_item"] = work
-                if tracer.on:
+                if tracer.tp.workqueue_execute_start:
                     tracer.emit(
                         "workqueue_execute_start", task.now_ns, task.cpu.id, task.comm,
-                        task.pid, f"work struct {work.name}",
+                        task.pid, work_fields(work),
                     )
                 try:
                     await work.func(task, work)
                 except (MemoryDebugError, RcuUsageError, LockUsageError) as err:
                     self.process_one_work_failed(task, work, err)
-                if tracer.on:
+                if tracer.tp.workqueue_execute_end:
                     tracer.emit(
                         "workqueue_execute_end", task.now_ns, task.cpu.id, task.comm,
-                        task.pid, f"work struct {work.name}",
+                        task.pid, work_fields(work),
                     )
                 task.data["wq_item"] = False
                 if task.data.pop("wq_slept", False):

@@ -178,10 +178,11 @@ def _cmd(args: argparse.Namespace) -> int:
          "load_sources": functools.partial(load_block_sources, tuple(args.plugin))}
         if sources else {}
     )
-    # --trace/--ftrace stream every row's events from this process: run_compare() runs inline.
+    # --trace/--ftrace: each row, in whichever process runs it, streams its own part of the
+    # files; the parts are joined in row order when the with-block below ends.
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     if traces is not None:
-        extra["tracing"] = traces.attach
+        extra["tracing"] = traces.row
 
     def run(progress: Callable[[cmp.Cell], None] | None) -> cmp.CompareResult:
         return cmp.run_compare(config, workload, variants, configs, profiles=profiles,
@@ -307,7 +308,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "scheduling-while-atomic report panics and compare stops (exit 1)")
     p.add_argument("--jobs", type=_jobs, metavar="N",
                    help="run rows in N worker processes (default: one per core; 1 = inline); "
-                   "the output is the same whatever N; --trace and --ftrace run inline")
+                   "the output (trace files included) is the same whatever N")
     p.add_argument("--from-host-zoneinfo", action="store_true",
                    help="size the zone and pcp lists from this host's /proc/zoneinfo")
     p.add_argument("--zoneinfo", metavar="FILE",

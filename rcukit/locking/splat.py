@@ -98,6 +98,10 @@ class Splat:
 
     @property
     def title(self) -> str:
+        if self.kind == "rcu_stall" and self.detail:
+            # print_other_cpu_stall(): "INFO: %s detected stalls on CPUs/tasks:" names the
+            # run's flavour (rcu_state.name: rcu_preempt or rcu_sched), so take it from there
+            return self.detail.partition("\n")[0].removesuffix(":")
         return SPLAT_TITLES[self.kind]
 
     def key(self) -> tuple[str, str, str, str]:

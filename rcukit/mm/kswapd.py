@@ -178,7 +178,7 @@ class Kswapd:
             self.balanced() and not mm.zone.watermark_boost
         ):
             return False
-        if mm.tracer.on:
+        if mm.tp.mm_vmscan_wakeup_kswapd:
             mm.kernel.trace(
                 task,
                 "mm_vmscan_wakeup_kswapd",

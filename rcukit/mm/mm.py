@@ -64,6 +64,8 @@ class Mm:
         self.locks = kernel.locks
         self.vmstat = kernel.vmstat
         self.tracer = kernel.tracer
+        #: The tracepoints' static keys (``tp.kmalloc``...): one load at a call site.
+        self.tp = kernel.tracer.tp
         self.page_size = cfg.page_size
         self.page_shift = cfg.page_size.bit_length() - 1
         self.page_offset = PAGE_OFFSET

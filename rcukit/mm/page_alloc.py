@@ -192,7 +192,7 @@ class PageAlloc:
         self.cost = cfg.cost
         self.locks = kernel.locks
         self.vmstat = kernel.vmstat
-        self.tracer = kernel.tracer
+        self.tp = kernel.tracer.tp  # the tracepoints' static keys
         self.preempt_rt = cfg.preempt_rt
         self.spin_lock_cost = mm.spin_lock_cost
         self.zero_cost = cfg.cost.zero_page_ns(cfg.page_size)
@@ -398,7 +398,7 @@ class PageAlloc:
         self._pstate[pfn - self._start_pfn] = plan.state0
         task.charge(plan.hit_ns)
         self.vmstat.inc("pgalloc_normal")
-        if self.tracer.on:
+        if self.tp.mm_page_alloc:
             self._trace_alloc(task, pfn, 0, plan.mt, plan)
         return pfn
 
@@ -434,7 +434,7 @@ class PageAlloc:
         if plan.zero:
             task.charge(self.zero_cost << order)
         self.vmstat.inc("pgalloc_normal", 1 << order)
-        if self.tracer.on:
+        if self.tp.mm_page_alloc:
             self._trace_alloc(task, pfn, order, mt, plan)
         return pfn
 
@@ -518,7 +518,7 @@ class PageAlloc:
         """``__alloc_pages_direct_reclaim``: a real sleep (schedule point), then 32 pages back."""
         self.locks.schedule(task, "__perform_reclaim")
         self.vmstat.inc("allocstall_normal")
-        if self.tracer.on:
+        if self.tp.mm_vmscan_direct_reclaim_begin:
             self.kernel.trace(
                 task, "mm_vmscan_direct_reclaim_begin", f"order={order} gfp_flags={plan.name}"
             )
@@ -636,7 +636,7 @@ class PageAlloc:
         self.locks.release(task, lock)
         if pfn is None:
             return None
-        if self.tracer.on:
+        if self.tp.mm_page_alloc_zone_locked:
             self._trace_zone_locked(task, pfn, order, mt, 0)
         task.charge(self.cost.pcp_alloc_ns)
         return self.prep_new_page(task, pfn, order, plan, mt)
@@ -713,7 +713,7 @@ class PageAlloc:
         if n:
             pcp.lists[mt].extend(pages)
             pcp.count += n
-            if self.tracer.on:
+            if self.tp.mm_page_alloc_zone_locked:
                 for pfn in pages:
                     self._trace_zone_locked(task, pfn, 0, mt, 1)
         return n
@@ -755,7 +755,7 @@ class PageAlloc:
     def _injected_failure(self, task: Task, plan: _GfpPlan, order: int) -> None:
         self.vmstat.inc("fail_page_alloc")
         self._count_failure(plan)
-        if self.tracer.on:
+        if self.tp.fail_page_alloc:
             self.kernel.trace(
                 task, "fail_page_alloc", f"order={order} gfp_flags={plan.name} injected=1"
             )
@@ -870,7 +870,7 @@ class PageAlloc:
         pcp.count += 1
         task.charge(self.cost.pcp_free_ns)
         self.vmstat.inc("pgfree")
-        if self.tracer.on:
+        if self.tp.mm_page_free:
             self._trace_free(task, pfn, 0)
 
     @staticmethod
@@ -890,7 +890,7 @@ class PageAlloc:
         """``free_one_page``: a higher-order block straight back to the buddy lists."""
         self.memmap.set_blocks(((pfn, order),), PS_FREE)
         self.vmstat.inc("pgfree", 1 << order)
-        if self.tracer.on:
+        if self.tp.mm_page_free:
             self._trace_free(task, pfn, order)
         lock = await self.lock_zone(task, "free_one_page", trylock)
         if lock is None:

@@ -129,7 +129,7 @@ class WarnAlloc:
         task.charge(PRINTK_LINE_NS)
         if len(pa.warnings) < 10_000:
             pa.warnings.append(line)
-        if pa.tracer.on:
+        if pa.tp.warn_alloc:
             pa.kernel.trace(task, "warn_alloc", line)
         if pa.kernel.config.print_splats:
             print(line, file=sys.stderr)

@@ -241,7 +241,7 @@ class SlabAllocator:
             task.charge(mm.cost.zero_page_ns_per_4k * cache.size // 4096)
         if self.alloc_sites is not None:
             self.alloc_sites[ptr] = raw_site(task)
-        if mm.tracer.on:
+        if mm.tp.kmem_cache_alloc:
             self._trace_kmem_alloc(task, "kmem_cache_alloc", ptr, size, cache.size, gfp)
         return ptr
 
@@ -251,7 +251,7 @@ class SlabAllocator:
         per-object is watching (tracing, alloc sites, failslab) and ``gfp`` was validated."""
         mm = self.mm
         return (
-            not mm.tracer.on
+            not (mm.tp.kmalloc or mm.tp.kmem_cache_alloc)
             and self.alloc_sites is None
             and self._failslab.probability <= 0.0
             and gfp in self._gfp_plans
@@ -377,7 +377,7 @@ class SlabAllocator:
         task.charge(mm.cost.kmalloc_ns)
         if self.alloc_sites is not None:
             self.alloc_sites[ptr] = raw_site(task)
-        if mm.tracer.on:
+        if mm.tp.kmalloc:
             self._trace_kmem_alloc(task, "kmalloc", ptr, size, self.page_size << order, gfp)
         return ptr
 
@@ -484,10 +484,10 @@ class SlabAllocator:
             slab.inuse -= 1
             self.nr_objects -= 1
             task.charge(cost.kfree_ns + cost.cache_miss_ns if cache_miss else cost.kfree_ns)
-            if self.quarantine is not None or self.alloc_sites is not None or mm.tracer.on:
+            if self.quarantine is not None or self.alloc_sites is not None or mm.tp.kfree:
                 site = raw_site(task)
                 self._remember_free(ptr, site, cache.size)
-                if mm.tracer.on:
+                if mm.tp.kfree:
                     mm.kernel.trace(
                         task, "kfree", f"call_site={symbol_offset(*site[:2])} ptr={ptr:#x}"
                     )
@@ -509,7 +509,7 @@ class SlabAllocator:
         del self._large[ptr]
         self.nr_objects -= 1
         self._remember_free(ptr, site, self.page_size << order)
-        if mm.tracer.on:
+        if mm.tp.kfree:
             mm.kernel.trace(task, "kfree", f"call_site={symbol_offset(*site[:2])} ptr={ptr:#x}")
         await mm.free_pages(task, mm.virt_to_pfn(ptr), order)
 

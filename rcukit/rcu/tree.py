@@ -127,14 +127,16 @@ def _wakeme_after_rcu(wq: WaitQueue, timer: Timer) -> None:
     wq.wake_all(cpu.local_ns)
 
 
-def _rcu_leak_callback(task: Task, head: RcuHead) -> None:
+def rcu_leak_callback(task: Task, head: RcuHead) -> None:
     """``rcu_leak_callback``: what a double-queued head runs instead of its callback."""
 
 
 def _func_name(f: object) -> str:
+    """What ``%ps`` prints for a callback: its symbol, no class or module (the modelled
+    callbacks are named after their kernel counterparts, ``wakeme_after_rcu``...)."""
     if isinstance(f, functools.partial):
         return _func_name(f.func)
-    name = getattr(f, "__qualname__", None)
+    name = getattr(f, "__name__", None)
     return name if isinstance(name, str) else type(f).__name__
 
 
@@ -330,7 +332,7 @@ class RcuCallbacks(RcuStatePart):
         rdp.cblist.enqueue(head)
         self.queued += 1
         self.cpus_with_cbs.add(cpu.id)
-        if self._kernel.tracer.on:
+        if self._kernel.tracer.tp.rcu_callback:
             self._rcu._emit(cpu.id, task.comm, task.pid, cpu.local_ns, "rcu_callback",
                             f"{self._name} rhp={self.rhp_addr(head):#x} func={_func_name(func)} "
                             f"{rdp.cblist.n_cbs}")
@@ -361,7 +363,7 @@ class RcuCallbacks(RcuStatePart):
             out = self._kernel.locks.out
             if out is not None:
                 print(msg, file=out)
-        head.func = cast("Callable[[RcuHead], object]", _rcu_leak_callback)
+        head.func = cast("Callable[[RcuHead], object]", rcu_leak_callback)
 
     def rcu_accelerate_cbs(self, rdp: RcuData, t: int) -> None:
         """``rcu_accelerate_cbs``: give unassigned callbacks a GP and make sure it is coming."""
@@ -442,7 +444,7 @@ class RcuCallbacks(RcuStatePart):
         """``rcu_do_batch``: invoke at most ``blimit`` ready callbacks, bottom halves off."""
         cbl = rdp.cblist
         kernel = self._kernel
-        tracer = kernel.tracer
+        tp = kernel.tracer.tp
         invoke_ns = self._invoke_ns
         bh_preempt = self._bh_preempt
         limit = rdp.blimit.limit_for(cbl.n_cbs)
@@ -451,7 +453,7 @@ class RcuCallbacks(RcuStatePart):
         if heads is not None:  # debug_rcu_head_unqueue() before each is invoked
             for head in batch:
                 heads.discard(id(head))
-        if tracer.on:
+        if tp.rcu_batch_start:
             kernel.trace(task, "rcu_batch_start",
                          f"{self._name} CBs={len(batch) + cbl.n_cbs} bl={limit}")
         task.in_softirq += 1
@@ -461,7 +463,7 @@ class RcuCallbacks(RcuStatePart):
             for head in batch:
                 task.charge(invoke_ns)
                 func = cast("RcuCallback | None", head.func)
-                if tracer.on:
+                if tp.rcu_invoke_callback:
                     kernel.trace(task, "rcu_invoke_callback",
                                  f"{self._name} rhp={self.rhp_addr(head, drop=True):#x} "
                                  f"func={_func_name(func)}")
@@ -485,7 +487,7 @@ class RcuCallbacks(RcuStatePart):
         n = len(batch)
         self.invoked += n
         rdp.invoked += n
-        if tracer.on:
+        if tp.rcu_batch_end:
             kernel.trace(task, "rcu_batch_end", f"{self._name} CBs-invoked={n}")
 
     def rcu_callback_failed(self, task: Task, func: RcuCallback, err: Exception) -> None:
@@ -520,7 +522,7 @@ class RcuCallbacks(RcuStatePart):
         self._barrier_seq = rcu_seq_start(self._barrier_seq)
         now = task.now_ns
         kernel = self._kernel
-        if kernel.tracer.on:
+        if kernel.tracer.tp.rcu_barrier:
             kernel.trace(task, "rcu_barrier", f"{self._name} Begin cpu -1 remaining 0 # 0")
         bar = self._rcu_barrier_entrain(now)
         while bar.count:
@@ -530,7 +532,7 @@ class RcuCallbacks(RcuStatePart):
         self._barrier_seq = rcu_seq_end(self._barrier_seq)
         self._barrier_running = False
         self.barriers += 1
-        if kernel.tracer.on:
+        if kernel.tracer.tp.rcu_barrier:
             kernel.trace(task, "rcu_barrier", f"{self._name} End cpu -1 remaining 0 # 0")
         self._barrier_wq.wake_all(task.now_ns)
 
@@ -569,12 +571,13 @@ class RcuCallbacks(RcuStatePart):
             return False
         rwork.rcu_pending = True
         rwork.rcu_wq = wq
-        self.call_rcu(task, rwork.rcu_head, self._rcu_work_rcufn)
+        self.call_rcu(task, rwork.rcu_head, self.rcu_work_rcufn)
         return True
 
     @staticmethod
-    def _rcu_work_rcufn(task: Task, head: RcuHead) -> None:
-        """``rcu_work_rcufn``: queue the work on the CPU invoking the callback."""
+    def rcu_work_rcufn(task: Task, head: RcuHead) -> None:
+        """``rcu_work_rcufn``: queue the work on the CPU invoking the callback (the name is the
+        kernel's: trace lines print it as the callback's ``%ps``)."""
         assert isinstance(head, _RcuWorkHead)
         rwork = head.rwork
         rwork.rcu_pending = False
@@ -773,10 +776,23 @@ class RcuState:
         cpu.local_ns += self._qs_report_ns
         t = cpu.local_ns
         self._qs_reports += 1
-        if self.kernel.tracer.on:
+        tp = self.kernel.tracer.tp
+        if tp.rcu_grace_period:
             self._emit(cpu.id, comm, pid, t, "rcu_grace_period",
                        f"{self.name} {signed_seq(self.core.gp_seq.current)} cpuqs")
+        if tp.rcu_qs:
+            self._trace_qs(cpu.id, comm, pid, t, "cpuqs")
         self._holdouts.report_cpu(cpu.id, t)
+
+    def _trace_qs(self, cpu_id: int, comm: str, pid: int, t: int, how: str) -> None:
+        """The ``rcu_qs`` slice of CPU ``cpu_id``: from the GP's start to the QS reported for
+        it at ``t`` (by the CPU itself, ``cpuqs``, or by force_qs_rnp() for an idle CPU,
+        ``dti``), on track ``rcu_qs/CPU N``; what the CPU's ``rcu_data.cpu_no_qs`` covers."""
+        g = signed_seq(self.core.gp_seq.current)
+        self.kernel.tracer.emit(
+            "rcu_qs", self._gp_start_ns, cpu_id, comm, pid, f"{self.name} g={g} {how}",
+            ph="X", dur_ns=t - self._gp_start_ns, track=f"rcu_qs/CPU {cpu_id}",
+        )
 
     # ================================================================== GP kthread
 
@@ -879,15 +895,19 @@ class RcuState:
                 holdouts.cpus.add(cpu_id)
             task.charge(self._qs_report_ns * max(0, n_idle - len(woke)))
             holdouts.fence(task.now_ns)
-            if self.kernel.tracer.on:
+            tp = self.kernel.tracer.tp
+            if tp.rcu_fqs or tp.rcu_qs:
                 g = signed_seq(self.core.gp_seq.current)
                 at_start = self._gp_nonidle_at_start
                 for cpu in cpus:
                     c = cpu.id
                     if cpu.online and c != me and c not in nonidle and c not in at_start:
-                        self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
-                                   f"{self.name} {g} {c} dti")
-        tracer = self.kernel.tracer
+                        if tp.rcu_fqs:
+                            self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
+                                       f"{self.name} {g} {c} dti")
+                        if tp.rcu_qs:
+                            self._trace_qs(c, task.comm, task.pid, task.now_ns, "dti")
+        tp = self.kernel.tracer.tp
         for cpu_id in sorted(holdouts.cpus):
             rdp = self._rdp[cpu_id]
             if cpu_id in nonidle and not rdp.eqs_since_gp:
@@ -895,9 +915,11 @@ class RcuState:
             rdp.qs_pending = False
             task.charge(self._qs_report_ns)
             self._qs_reports += 1
-            if tracer.on:
+            if tp.rcu_fqs:
                 self._emit(me, task.comm, task.pid, task.now_ns, "rcu_fqs",
                            f"{self.name} {signed_seq(self.core.gp_seq.current)} {cpu_id} dti")
+            if tp.rcu_qs:
+                self._trace_qs(cpu_id, task.comm, task.pid, task.now_ns, "dti")
             holdouts.report_cpu(cpu_id, task.now_ns)
 
     def rcu_gp_init(self, task: Task) -> None:
@@ -922,7 +944,7 @@ class RcuState:
         self._gp_nonidle_at_start = set(holdouts.cpus)
         self._fqs_idle_pending = self.hotplug.n_online - 1 > len(holdouts.cpus)
         self._n_force_qs_gpstart = self.n_force_qs
-        if self.kernel.tracer.on:
+        if self.kernel.tracer.tp.rcu_grace_period:
             g = signed_seq(gp)
             self._emit(me, task.comm, task.pid, now, "rcu_grace_period", f"{self.name} {g} start")
             for cpu_id in sorted(holdouts.cpus):

@@ -83,7 +83,7 @@ class RcuExp(RcuStatePart):
         holdouts = self.holdouts
         holdouts.end_fence = now
         rcu = self._rcu
-        if self._kernel.tracer.on:
+        if self._kernel.tracer.tp.rcu_exp_grace_period:
             self._kernel.trace(task, "rcu_exp_grace_period", f"{rcu.name} {signed_seq(seq)} start")
         ipi_ns = self._ipi_ns
         me = task.cpu
@@ -127,7 +127,7 @@ class RcuExp(RcuStatePart):
         seq = self._seq
         waiters = seq.end()
         now = task.now_ns
-        if self._kernel.tracer.on:
+        if self._kernel.tracer.tp.rcu_exp_grace_period:
             self._kernel.trace(task, "rcu_exp_grace_period",
                                f"{self._rcu.name} {signed_seq(seq.current)} end")
         for w in waiters:

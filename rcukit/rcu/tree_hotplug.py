@@ -103,7 +103,7 @@ class RcuHotplug(RcuStatePart):
         if rdp.rcuc is not None:
             rdp.rcuc = None  # rcuc/N exits; a new one is created if the CPU comes back
             rdp.rcuc_wq.wake_all(now)
-        if self._kernel.tracer.on:
+        if self._kernel.tracer.tp.rcu_grace_period:
             self._kernel.trace(task, "rcu_grace_period",
                                f"{rcu.name} {signed_seq(rcu.core.gp_seq.current)} cpuofl")
         await self._run_callbacks(task, cpu_id, False)
@@ -136,7 +136,7 @@ class RcuHotplug(RcuStatePart):
         rdp.qs_pending = False
         rdp.exp_qs_pending = False
         rdp.blimit = BatchLimits()
-        if self._kernel.tracer.on:
+        if self._kernel.tracer.tp.rcu_grace_period:
             self._kernel.trace(task, "rcu_grace_period",
                                f"{rcu.name} {signed_seq(rcu.core.gp_seq.current)} cpuonl")
         await self._run_callbacks(task, cpu_id, True)

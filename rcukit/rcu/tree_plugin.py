@@ -149,7 +149,7 @@ class RcuReaders(RcuStatePart):
         t = task.cpu.local_ns
         del self.blocked[task]
         rcu = self._rcu
-        if self._kernel.tracer.on:
+        if self._kernel.tracer.tp.rcu_unlock_preempted_task:
             rcu._emit(task.cpu.id, task.comm, task.pid, t, "rcu_unlock_preempted_task",
                       f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq.current)} pid={task.pid}")
         rcu._holdouts.report_task(task, t)  # rcu_report_unblock_qs_rnp
@@ -181,7 +181,7 @@ class RcuReaders(RcuStatePart):
             rcu._holdouts.tasks[task] = None
         if rdp.exp_qs_pending:
             rcu.exp.holdouts.tasks[task] = None
-        if self._kernel.tracer.on:
+        if self._kernel.tracer.tp.rcu_preempt_task:
             rcu._emit(rdp.cpu.id, task.comm, task.pid, rdp.cpu.local_ns, "rcu_preempt_task",
                       f"{rcu.name} gp_seq={signed_seq(rcu.core.gp_seq.current)} pid={task.pid}")
 

@@ -13,13 +13,12 @@ row, so every difference in the table is theirs.
 
 from __future__ import annotations
 
-import functools
 import gc
 import math
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, as_completed
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -271,11 +270,20 @@ def run_row(
     return result
 
 
+class RowTracing(Protocol):
+    """A row's trace (:class:`rcukit.scenarios.trace_files.RowTrace`): plain data, so it goes
+    to the worker process with the row; hooked to the row's kernel once booted, closed after."""
+
+    def attach(self, k: Kernel) -> None: ...
+    def close(self) -> None: ...
+
+
 def row_data(
     config: KernelConfig, workload: Workload, variant: str, kernel_config: str,
     *, block_sources: Sequence[BlockPageSource] = (), load_sources: SourcesLoader | None = None,
+    trace: RowTracing | None = None,
 ) -> dict[str, Any]:
-    """One row's data, its kernel released.
+    """One row's data, its kernel released; ``trace`` (if given) traces the row's kernel.
 
     A finished kernel is cyclic garbage (tasks, locks, CPUs and subsystems point at each other),
     which reference counting never frees: without a collection here, once per row after its
@@ -283,7 +291,14 @@ def row_data(
     a worker process runs it too; ``load_sources`` (if given) supplies the block sources there.
     """
     sources = load_sources() if load_sources is not None else block_sources
-    data, k = run_row(config, workload, variant, kernel_config, block_sources=sources)
+    if trace is None:
+        data, k = run_row(config, workload, variant, kernel_config, block_sources=sources)
+    else:
+        try:
+            data, k = run_row(config, workload, variant, kernel_config, block_sources=sources,
+                              tracing=trace.attach)
+        finally:
+            trace.close()
     del k
     gc.collect()
     return data
@@ -353,7 +368,7 @@ def run_compare(
     block_sources: Sequence[BlockPageSource] = (),
     jobs: int = 1,
     load_sources: SourcesLoader | None = None,
-    tracing: Callable[[Cell, Kernel], None] | None = None,
+    tracing: Callable[[Cell], RowTracing] | None = None,
 ) -> CompareResult:
     """Run every variant under every build of every profile (default: the config's profile);
     ``block_sources`` adds the user's variants, whose names ``variants`` may then list (each
@@ -363,9 +378,9 @@ def run_compare(
     row); rows come back in the order asked for and hold the same data as inline, since each
     depends on its config, workload, profile, variant and build alone. ``progress`` is then
     called as rows finish, in any order. Keeping ``kernels`` (for traces) needs them in this
-    process, so it always runs inline; so does ``tracing``, called with each row's cell and
-    kernel once booted, to stream its trace (the kernel is released after the row). With user
-    sources, workers need ``load_sources``, a
+    process, so it always runs inline. ``tracing`` (``TraceFiles.row``) is called here with
+    each row's cell, in order, for the row's trace, which whichever process runs the row
+    streams to its own part of the files. With user sources, workers need ``load_sources``, a
     picklable way to build them there (the objects are not sent).
     """
     cfg = config or default_config()
@@ -378,7 +393,7 @@ def run_compare(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs = {jobs!r}: expected a positive number of processes")
     cells: list[Cell] = [(p, v, kc) for p in names for v in variants for kc in configs]
-    workers = 1 if kernels is not None or tracing is not None else min(jobs, len(cells))
+    workers = 1 if kernels is not None else min(jobs, len(cells))
     if workers > 1 and sources and load_sources is None:
         raise ConfigError(
             "user block sources cannot be sent to worker processes as objects; pass "
@@ -388,18 +403,16 @@ def run_compare(
     def cfg_of(profile: str) -> KernelConfig:
         return cfg.replace(**{"kvfree.profile": profile})
 
+    traces: list[RowTracing | None] = [
+        tracing(cell) if tracing is not None and kernels is None else None for cell in cells
+    ]
     if workers == 1:
         rows = []
-        for cell in cells:
+        for cell, trace in zip(cells, traces, strict=True):
             profile, variant, kc = cell
-            if tracing is not None and kernels is None:
-                data, k = run_row(cfg_of(profile), wl, variant, kc, block_sources=sources,
-                                  tracing=functools.partial(tracing, cell))
-                rows.append(data)
-                del k
-                gc.collect()
-            elif kernels is None:
-                rows.append(row_data(cfg_of(profile), wl, variant, kc, block_sources=sources))
+            if kernels is None:
+                rows.append(row_data(cfg_of(profile), wl, variant, kc, block_sources=sources,
+                                     trace=trace))
             else:
                 data, k = run_row(cfg_of(profile), wl, variant, kc, trace=True,
                                   block_sources=sources)
@@ -411,7 +424,8 @@ def run_compare(
     loader = load_sources if sources else None
     with open_executor(workers) as choice:
         futures: dict[Future[dict[str, Any]], int] = {
-            choice.executor.submit(row_data, cfg_of(p), wl, v, kc, load_sources=loader): i
+            choice.executor.submit(row_data, cfg_of(p), wl, v, kc, load_sources=loader,
+                                   trace=traces[i]): i
             for i, (p, v, kc) in enumerate(cells)
         }
         found: dict[int, dict[str, Any]] = {}

@@ -1,8 +1,11 @@
 """Tracepoints and counters.
 
-Call sites test ``tracer.on`` before building an event, so a tracepoint nobody listens to costs
-one attribute load and a branch, like a static key in the kernel. Counters are plain integers in
-a dict keyed by the kernel's /proc/vmstat names so they print the way a kernel engineer reads them.
+Call sites test their tracepoint's key (``tracer.tp.kmalloc``...) before building an event, so a
+tracepoint nobody listens to costs an attribute load and a branch, like the static key behind
+``trace_kmalloc()`` in the kernel: the keys are worked out from the selection once, when tracing
+is enabled, not per call. ``tracer.on`` says whether any tracing is on. Counters are plain
+integers in a dict keyed by the kernel's /proc/vmstat names so they print the way a kernel
+engineer reads them.
 
 What a run records is chosen as ftrace chooses it: by event name (``set_event``, globs allowed),
 by CPU (``tracing_cpumask``) and, a simulator's addition, by a window of simulated time. Events
@@ -30,7 +33,9 @@ class TraceEvent:
     """One tracepoint hit. ``ph`` is the Perfetto phase: ``i`` instant, ``X`` complete slice,
     ``B``/``E`` slice begin/end on ``track``, ``C`` a counter (``fields`` is ``name=value``).
 
-    ``flags`` is the latency format of the context that emitted it (:func:`lat_flags`)."""
+    ``flags`` is the latency format of the context that emitted it (:func:`lat_flags`).
+    ``flow_out``/``flow_in`` (slices only; 0: none) tie this slice to another as the start or
+    the end of an arrow with that id (a kvfree_rcu() block from its filling to its freeing)."""
 
     ts_ns: int
     cpu: int
@@ -42,6 +47,8 @@ class TraceEvent:
     dur_ns: int = 0
     track: str = ""
     flags: str = NO_FLAGS
+    flow_out: int = 0
+    flow_in: int = 0
 
 
 class _HeldLockKind(Protocol):
@@ -124,7 +131,7 @@ def symbol_offset(code: CodeType, lasti: int) -> str:
 HIGH_RATE_EVENTS = (
     "kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "rcu_kvfree_callback",
     "rcu_invoke_kvfree_callback", "mm_page_alloc", "mm_page_free", "mm_page_alloc_zone_locked",
-    "mm_page_pcpu_drain", "lock_krcp",
+    "mm_page_pcpu_drain", "lock_krcp", "lock_pcp",
 )
 
 #: The selection a trace gets when none is given: everything but :data:`HIGH_RATE_EVENTS`.
@@ -177,6 +184,62 @@ def parse_window_ms(text: str) -> tuple[int, int]:
     return round(start * 1_000_000), end_ns
 
 
+class Tracepoints:
+    """The static keys of the tracepoints rcukit emits: ``tp.NAME`` is True while tracing is on
+    and the selection takes ``NAME``, as ``trace_NAME_enabled()`` tests the tracepoint's
+    ``struct static_key`` (include/linux/tracepoint.h). :meth:`Tracer.enable` sets them once, so
+    a call site pays one attribute load, and a run whose selection drops an event keeps the
+    fast paths that event's call sites would otherwise leave (kvfree_rcu()'s, the run-based
+    floods')."""
+
+    __slots__ = (
+        "fail_page_alloc", "kfree", "kfree_rcu_monitor", "kmalloc", "kmem_cache_alloc",
+        "mm_page_alloc", "mm_page_alloc_zone_locked", "mm_page_free",
+        "mm_vmscan_direct_reclaim_begin", "mm_vmscan_wakeup_kswapd", "rcu_barrier",
+        "rcu_batch_end", "rcu_batch_start", "rcu_callback", "rcu_exp_grace_period", "rcu_fqs",
+        "rcu_grace_period",
+        "rcu_invoke_callback", "rcu_invoke_kfree_bulk_callback", "rcu_invoke_kvfree_callback",
+        "rcu_kvfree_callback", "rcu_preempt_task", "rcu_qs", "rcu_unlock_preempted_task",
+        "splat", "warn_alloc", "workqueue_execute_end", "workqueue_execute_start",
+    )
+    fail_page_alloc: bool
+    kfree: bool
+    kfree_rcu_monitor: bool
+    kmalloc: bool
+    kmem_cache_alloc: bool
+    mm_page_alloc: bool
+    mm_page_alloc_zone_locked: bool
+    mm_page_free: bool
+    mm_vmscan_direct_reclaim_begin: bool
+    mm_vmscan_wakeup_kswapd: bool
+    rcu_barrier: bool
+    rcu_batch_end: bool
+    rcu_batch_start: bool
+    rcu_callback: bool
+    rcu_exp_grace_period: bool
+    rcu_fqs: bool
+    rcu_grace_period: bool
+    rcu_invoke_callback: bool
+    rcu_invoke_kfree_bulk_callback: bool
+    rcu_invoke_kvfree_callback: bool
+    rcu_kvfree_callback: bool
+    rcu_preempt_task: bool
+    rcu_qs: bool
+    rcu_unlock_preempted_task: bool
+    splat: bool
+    warn_alloc: bool
+    workqueue_execute_end: bool
+    workqueue_execute_start: bool
+
+    def __init__(self) -> None:
+        self.set(lambda name: False)
+
+    def set(self, selects: Callable[[str], bool]) -> None:
+        """Set every key to ``selects(name)``."""
+        for name in self.__slots__:
+            setattr(self, name, selects(name))
+
+
 class Tracer:
     """Collects events when ``on``; listeners see every selected event (the ftrace pipe).
 
@@ -198,6 +261,9 @@ class Tracer:
         self.keep = True
         #: The latency flags of what runs on a CPU now, for events emitted without a task.
         self.context: Callable[[int], str] | None = None
+        #: The tracepoints' static keys, updated in place by :meth:`enable`/:meth:`disable`
+        #: (call sites may keep a reference to this object).
+        self.tp = Tracepoints()
         self._selected: dict[str, bool] = {}
 
     def enable(
@@ -217,9 +283,11 @@ class Tracer:
         self.window_ns = window_ns
         self.keep = keep
         self._selected = {}
+        self.tp.set(self.selects)
 
     def disable(self) -> None:
         self.on = False
+        self.tp.set(lambda name: False)
 
     def selects(self, name: str) -> bool:
         """Whether ``name`` passes the event filter (globs resolved once per name)."""
@@ -251,6 +319,8 @@ class Tracer:
         track: str = "",
         flags: str | None = None,
         ctx: FlagsContext | None = None,
+        flow_out: int = 0,
+        flow_in: int = 0,
     ) -> None:
         """Record one event if the selection takes it; ``flags`` (else those of ``ctx``, the
         emitting task, else of what runs on ``cpu``) are worked out only then."""
@@ -269,7 +339,9 @@ class Tracer:
                 flags = lat_flags(ctx)
             else:
                 flags = self.context(cpu) if self.context is not None else NO_FLAGS
-        ev = TraceEvent(ts_ns, cpu, comm, pid, name, fields, ph, dur_ns, track, flags)
+        ev = TraceEvent(
+            ts_ns, cpu, comm, pid, name, fields, ph, dur_ns, track, flags, flow_out, flow_in
+        )
         self.written += 1
         if self.keep:
             if len(self.events) < self.limit:

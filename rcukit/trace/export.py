@@ -19,11 +19,12 @@ from __future__ import annotations
 import heapq
 import io
 import json
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from rcukit.trace.events import TraceEvent
+from rcukit.trace.events import NO_FLAGS, TraceEvent
 
 #: Kernel tracepoints rcukit emits, by system (include/trace/events/{rcu,kmem,vmscan,
 #: workqueue}.h); every other event name is rcukit's own.
@@ -53,8 +54,9 @@ RCUKIT_SYSTEM = "rcukit"
 
 #: rcukit's own events: reports, the monitor, and the slices and counters Perfetto shows.
 RCUKIT_EVENTS = (
-    "splat", "kfree_rcu_monitor", "warn_alloc", "fail_page_alloc", "rcu_gp", "lock_krcp",
-    "lock_zone", "work", "nr_free_pages", "krc_pending",
+    "splat", "kfree_rcu_monitor", "warn_alloc", "fail_page_alloc", "rcu_gp", "rcu_qs",
+    "lock_krcp", "lock_zone", "lock_pcp", "lock_pcp_in_krcp", "kvfree_block", "kfree_bulk",
+    "nr_free_pages", "pcp_count", "krc_pending", "kvfree_blocks",
 )
 
 #: workqueue tracepoints that open and close a work item's slice in Perfetto.
@@ -183,23 +185,35 @@ def to_ftrace(events: Iterable[TraceEvent], nr_cpus: int = 0) -> str:
     return buf.getvalue()
 
 
+#: What a Perfetto JSON document starts and ends with; :func:`join_perfetto` puts runs
+#: written apart (``document=False``) between them.
+PERFETTO_HEAD = '{"displayTimeUnit":"ns","traceEvents":[\n'
+PERFETTO_TAIL = "\n]}\n"
+
+
 class PerfettoWriter:
     """Chrome trace-event JSON (opens in ui.perfetto.dev), streamed to ``out`` record by record.
 
     Each run is two processes: "CPUs" (a thread per CPU, where instants land) and "kthreads"
     (a thread per named track: ``rcu_gp``, lock holds, work items...), so grace periods and lock
-    holds show as slices beside the CPUs; counters (``ph: C``) are process-level counter tracks.
-    :meth:`close` ends the JSON document.
+    holds show as slices beside the CPUs; counters (``ph: C``) are process-level counter tracks,
+    named by their track. A slice with ``flow_out``/``flow_in`` carries the Chrome JSON flow
+    fields (``bind_id`` and ``flow_out``/``flow_in``: Perfetto draws an arrow between the two
+    slices of one id). :meth:`close` ends the JSON document; with ``document=False`` the
+    writer writes only the records (comma-separated), one part of a document that
+    :func:`join_perfetto` assembles, so rows traced in different processes make one file.
     """
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], *, document: bool = True) -> None:
         self.out = out
         self.records = 0
         self._runs = 0
         self._pid = 1
         self._tracks: dict[str, int] = {}
         self._first = True
-        out.write('{"displayTimeUnit":"ns","traceEvents":[\n')
+        self._document = document
+        if document:
+            out.write(PERFETTO_HEAD)
 
     def _emit(self, rec: dict[str, Any]) -> None:
         if not self._first:
@@ -208,10 +222,13 @@ class PerfettoWriter:
         self.out.write(json.dumps(rec, separators=(",", ":"), sort_keys=True))
         self.records += 1
 
-    def begin(self, nr_cpus: int, title: str = "") -> None:
-        """Start a run: its processes (named ``title: CPUs`` and ``title: kthreads``)."""
-        self._pid = pid = 1 + 10 * self._runs
-        self._runs += 1
+    def begin(self, nr_cpus: int, title: str = "", *, run: int | None = None) -> None:
+        """Start a run: its processes (named ``title: CPUs`` and ``title: kthreads``), with
+        the process ids of the ``run``-th run (default: the next one this writer starts)."""
+        if run is None:
+            run = self._runs
+        self._pid = pid = 1 + 10 * run
+        self._runs = run + 1
         self._tracks = {}
         prefix = f"{title}: " if title else ""
         self._emit({"ph": "M", "pid": pid, "name": "process_name",
@@ -224,10 +241,17 @@ class PerfettoWriter:
 
     def write(self, ev: TraceEvent) -> None:
         pid = self._pid
-        if ev.ph == "C":  # a process-level counter track, named by its one series
-            key, _, value = ev.fields.partition("=")
-            self._emit({"name": ev.name, "cat": event_system(ev.name), "ph": "C",
-                        "ts": ev.ts_ns / 1000.0, "pid": pid + 1, "args": {key: int(value)}})
+        if ev.ph == "C":  # process-level counter tracks, one per ``key=value`` of the fields
+            series = {}
+            for kv in ev.fields.split():
+                key, _, value = kv.partition("=")
+                series[key] = int(value)
+            self._emit({"name": ev.track or ev.name, "cat": event_system(ev.name), "ph": "C",
+                        "ts": ev.ts_ns / 1000.0, "pid": pid + 1, "args": series})
+            return
+        phase = _WORK_PHASES.get(ev.name)
+        if phase is not None:  # the work item's slice says it all: no instant beside it
+            self._work_slice(ev, phase)
             return
         if ev.track:
             tid = self._tracks.get(ev.track)
@@ -246,35 +270,56 @@ class PerfettoWriter:
             "pid": pid,
             "tid": tid,
         }
-        args: dict[str, Any] = {"comm": f"{ev.comm}-{ev.pid}", "cpu": ev.cpu}
+        args: dict[str, Any] = {"comm": f"{ev.comm}-{ev.pid}"}
+        if ev.track:  # on a CPU's own track the CPU goes without saying
+            args["cpu"] = ev.cpu
         if ev.fields:
             args["fields"] = ev.fields
-        if ev.ph == "i":  # a slice spans contexts: its end's flags would mislead
-            args["flags"] = ev.flags
+        if ev.ph == "i" and ev.flags != NO_FLAGS:  # a slice spans contexts: its end's flags
+            args["flags"] = ev.flags  # would mislead; "....." (nothing to show) goes unsaid
         rec["args"] = args
         if ev.ph == "X":
             rec["dur"] = ev.dur_ns / 1000.0
-        elif ev.ph == "i":
-            rec["s"] = "t"
-        self._emit(rec)
-        phase = _WORK_PHASES.get(ev.name)
-        if phase is not None:
-            self._work_slice(ev, phase)
+            if ev.flow_out:
+                rec["bind_id"] = ev.flow_out
+                rec["flow_out"] = True
+            if ev.flow_in:
+                rec["bind_id"] = ev.flow_in
+                rec["flow_in"] = True
+        self._emit(rec)  # an instant without a scope ("s") is the thread's
 
     def _work_slice(self, ev: TraceEvent, phase: str) -> None:
         """A work item's run as a slice on its worker's track (``kworker/0:1``...), named after
-        the work (the fields' ``work struct NAME``)."""
+        the work function (the fields' ``work struct %p: function %ps``)."""
         track = ev.comm
         tid = self._tracks.get(track)
         if tid is None:
             tid = self._tracks[track] = 1000 + len(self._tracks)
             self._emit({"ph": "M", "pid": self._pid + 1, "tid": tid, "name": "thread_name",
                         "args": {"name": track}})
-        self._emit({"name": ev.fields.removeprefix("work struct "), "cat": "workqueue",
+        self._emit({"name": ev.fields.rpartition("function ")[2], "cat": "workqueue",
                     "ph": phase, "ts": ev.ts_ns / 1000.0, "pid": self._pid + 1, "tid": tid})
 
     def close(self) -> None:
-        self.out.write("\n]}\n")
+        if self._document:
+            self.out.write(PERFETTO_TAIL)
+
+
+def join_perfetto(out: IO[str], parts: Iterable[IO[str]]) -> None:
+    """Write one Perfetto JSON document to ``out`` from ``parts`` written by
+    ``PerfettoWriter(document=False)`` (empty parts are skipped), in the order given."""
+    out.write(PERFETTO_HEAD)
+    first = True
+    for part in parts:
+        head = part.read(1 << 16)
+        if not head:
+            continue
+        if not first:
+            out.write(",\n")
+        first = False
+        out.write(head)
+        shutil.copyfileobj(part, out, 1 << 20)
+    out.write(PERFETTO_TAIL)
 
 
 def to_perfetto(events: Iterable[TraceEvent], nr_cpus: int) -> str:
@@ -302,6 +347,7 @@ __all__ = [
     "event_system",
     "format_ftrace_line",
     "ftrace_name",
+    "join_perfetto",
     "open_text",
     "to_ftrace",
     "to_perfetto",

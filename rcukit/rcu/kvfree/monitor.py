@@ -116,7 +116,7 @@ class KvfreeMonitor(KvfreePart):
                 ctr.freed_early_polled += len(ready_head)
                 await reclaim.kvfree_rcu_list(task, ready_head)
         reclaim.sample_timeline(task)
-        if k.tracer.on:
+        if k.tracer.tp.kfree_rcu_monitor:
             k.trace(task, "kfree_rcu_monitor", f"cpu={krcp.cpu} pending={krcp.krc_count()}")
 
     def kvfree_rcu_drain_ready(

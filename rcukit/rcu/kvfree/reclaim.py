@@ -102,7 +102,7 @@ class KvfreeReclaim(KvfreePart):
             for p in ptrs:
                 debug.debug_rcu_head_unqueue(p)
         if idx == 0:
-            if k.tracer.on:
+            if k.tracer.tp.rcu_invoke_kfree_bulk_callback:
                 k.trace(
                     task, "rcu_invoke_kfree_bulk_callback",
                     f"{self._rcu.name} bulk=0x{bnode.page:x} nr_records={nr}",
@@ -123,7 +123,7 @@ class KvfreeReclaim(KvfreePart):
                 await self.free_bulk_skipping_bad(task, ptrs, err, mm.vfree_bulk)
         else:
             for p in ptrs:
-                if k.tracer.on:
+                if k.tracer.tp.rcu_invoke_kvfree_callback:
                     k.trace(task, "rcu_invoke_kvfree_callback",
                             f"{self._rcu.name} rhp=0x{p:x} func=0x0")
                 try:
@@ -157,7 +157,7 @@ class KvfreeReclaim(KvfreePart):
             task.charge(miss)
             if debug.enabled:
                 debug.debug_rcu_head_unqueue(p)
-            if k.tracer.on:
+            if k.tracer.tp.rcu_invoke_kvfree_callback:
                 k.trace(task, "rcu_invoke_kvfree_callback",
                         f"{self._rcu.name} rhp=0x{p:x} func=0x0")
             try:

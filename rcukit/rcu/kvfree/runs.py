@@ -102,7 +102,7 @@ class KvfreeFlood(KvfreePart):
                 not allowed
                 or cache is None
                 or not chan
-                or gate.on
+                or gate.rcu_kvfree_callback
                 or (
                     may_single
                     and (task.preempt_count or task.irqs_disabled or task.rcu_read_nesting)

@@ -62,17 +62,18 @@ if TYPE_CHECKING:
     from rcukit.mm.kswapd import Shrinker
     from rcukit.mm.mm import Mm
     from rcukit.rcu.tree import RcuState
-    from rcukit.trace.events import Tracer
+    from rcukit.trace.events import Tracepoints
 
 __all__ = ["KFREE_N_BATCHES", "Bnode", "Krc", "Krwp", "KvfreeRcu", "KvfreeStatistics"]
 
 
 class _AlwaysOn:
-    """Stands in for the tracer on the fast path's gate when every call must take the slow
-    path anyway (debug objects, polled snapshots): one attribute test covers both reasons."""
+    """Stands in for the tracepoint keys on the fast path's gate when every call must take the
+    slow path anyway (debug objects, polled snapshots, lock-hold tracing): one attribute test
+    covers every reason."""
 
     __slots__ = ()
-    on = True
+    rcu_kvfree_callback = True
 
 
 class KvfreeRcu:
@@ -139,9 +140,16 @@ class KvfreeRcu:
         #: The monitor's arming, bound once: the fast path calls it without a hop.
         self._arm_monitor = self.monitor.arm_monitor
         # Debug objects and polled snapshots send every call down the modelled slow path, so
-        # the fast path's gate is always on; otherwise it is the tracer's (tracing is slow too).
+        # the fast path's gate is always on; otherwise it is the rcu_kvfree_callback
+        # tracepoint's key (the slow path emits it), so a trace that leaves the per-object
+        # event out keeps the fast path.
         always_slow = self.debug.enabled or self._polled
-        self._gate: Tracer | _AlwaysOn = _AlwaysOn() if always_slow else kernel.tracer
+        self._gate: Tracepoints | _AlwaysOn = _AlwaysOn() if always_slow else kernel.tracer.tp
+
+    def force_slow_path(self) -> None:
+        """Send every call down the modelled slow path (:meth:`_kvfree_slow`), as a trace of
+        each ``krcp->lock`` hold needs: the fast path takes the lock inline, unseen."""
+        self._gate = _AlwaysOn()
 
     @property
     def pending(self) -> int:
@@ -211,7 +219,7 @@ class KvfreeRcu:
         cpu = task.cpu
         krcp = self.krcs[cpu.id]
         chan = krcp.bulk[0]
-        if chan and not (self._gate.on or ptr >= VMALLOC_START):
+        if chan and not (self._gate.rcu_kvfree_callback or ptr >= VMALLOC_START):
             bnode = chan[-1]
             n = bnode.nr_records
             if n != self.capacity:
@@ -309,7 +317,7 @@ class KvfreeRcu:
             krcp.count += 1
             ctr.pending += 1
             self._arm_monitor(task, krcp)
-        if self._tracer.on:
+        if self._tracer.tp.rcu_kvfree_callback:
             self.kernel.trace(
                 task, "rcu_kvfree_callback",
                 f"{self.rcu.name} rhp=0x{head or ptr:x} func=0x{(head or ptr) - ptr:x} "
