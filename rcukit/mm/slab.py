@@ -65,7 +65,8 @@ class Slab:
     """One slab page block: objects of ``cache.size`` from ``base``; ``used[i]`` = allocated."""
 
     __slots__ = (
-        "base", "cache", "freelist", "fresh", "inuse", "nobj", "on_partial", "order", "pfn", "used",
+        "base", "cache", "freelist", "fresh", "inuse", "nobj", "on_partial", "order", "pfn",
+        "pointers", "used",
     )
 
     def __init__(self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int) -> None:
@@ -85,6 +86,9 @@ class Slab:
         #: tail popped, so any tail of it pops as consecutive indices (kmalloc_run skips the
         #: comparison). Every path that pushes onto the freelist clears it.
         self.fresh = True
+        #: Every object's pointer as a native 8-byte array's bytes, made by the first run-based
+        #: flood that stores this slab's objects in a block (:meth:`SlabAllocator.pointers`).
+        self.pointers: bytes | None = None
 
 
 class KmemCache:
@@ -304,14 +308,19 @@ class SlabAllocator:
         return (slab, idx) if not rem and idx < slab.nobj else None
 
     @staticmethod
-    def run_pointers(cache: KmemCache, ptr0: int, k: int) -> bytes:
-        """The ``k`` pointers ``ptr0, ptr0 + size, ...`` as a native 8-byte pointer array's
-        bytes (one big-integer product, not k Python integers), for a block's records."""
-        data = _lanes(cache, ptr0, 0, k).to_bytes(8 * k, "little")
-        if _BIG_ENDIAN:
-            swapped = array("Q", data)
-            swapped.byteswap()
-            data = swapped.tobytes()
+    def pointers(slab: Slab) -> bytes:
+        """Every object pointer of ``slab`` (``base, base + size, ...``) as a native 8-byte
+        pointer array's bytes, made once per slab with one big-integer product (not a Python
+        integer per object): a block's records take runs of it as slices."""
+        data = slab.pointers
+        if data is None:
+            nobj = slab.nobj
+            data = _lanes(slab.cache, slab.base, 0, nobj).to_bytes(8 * nobj, "little")
+            if _BIG_ENDIAN:
+                swapped = array("Q", data)
+                swapped.byteswap()
+                data = swapped.tobytes()
+            slab.pointers = data
         return data
 
     async def kmalloc_refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
@@ -325,6 +334,23 @@ class SlabAllocator:
         new = await self._new_slab(task, cache, gfp)
         if new is not None:
             cache.active = new
+        return new
+
+    def kmalloc_refill_nowait(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
+        """:meth:`kmalloc_refill` when it cannot sleep: the newest partial slab, or a new
+        order-0 slab whose page is a pcp hit (``PageAlloc.alloc_page_nowait``); None, with
+        nothing done, when the refill needs :meth:`kmalloc_refill` itself."""
+        if cache.partial:
+            slab, _ = cache.partial.popitem()
+            slab.on_partial = False
+            cache.active = slab
+            return slab
+        if cache.order:
+            return None
+        pfn = self.mm.page_alloc.alloc_page_nowait(task, gfp & ~_ZERO)
+        if pfn is None:
+            return None
+        new = cache.active = self._setup_slab(cache, pfn, 0)
         return new
 
     async def _new_slab(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
@@ -342,6 +368,12 @@ class SlabAllocator:
             pfn = await mm.alloc_pages(task, flags, 0)
         if pfn is None:
             return None
+        return self._setup_slab(cache, pfn, order)
+
+    def _setup_slab(self, cache: KmemCache, pfn: int, order: int) -> Slab:
+        """The rest of ``allocate_slab()`` once the pages are there: the slab, PG_slab, and
+        the pfn -> slab map."""
+        mm = self.mm
         nobj = (self.page_size << order) // cache.size
         slab = Slab(cache, pfn, order, mm.page_address(pfn), nobj)
         mm.mark_slab(pfn, True)
@@ -352,13 +384,15 @@ class SlabAllocator:
         return slab
 
     async def _discard_slab(self, task: Task, slab: Slab) -> None:
+        """``discard_slab()``: the slab's pages back to the page allocator."""
         mm = self.mm
         for i in range(1 << slab.order):
             del self._slab_of[slab.pfn + i]
         slab.cache.nr_slabs -= 1
         mm.mark_slab(slab.pfn, False)
         mm.vmstat.inc("nr_slab_pages", -(1 << slab.order))
-        await mm.free_pages(task, slab.pfn, slab.order)
+        if slab.order or not mm.page_alloc.free_page_nowait(task, slab.pfn):
+            await mm.free_pages(task, slab.pfn, slab.order)
 
     async def _kmalloc_large(self, task: Task, size: int, gfp: int) -> int:
         if size > self.kmalloc_max_size:
@@ -573,7 +607,13 @@ class SlabAllocator:
     ) -> None:
         """Free checked ``runs`` (:meth:`_slab_runs`): detached freelists, cost, release."""
         mm = self.mm
-        groups = _detached_run_groups([r[0] for r in runs], [r[1] for r in runs])
+        slabs = [r[0] for r in runs]
+        if len(set(slabs)) == len(slabs):
+            # every run its own slab: each round takes one run, newest first (the scan's
+            # look-ahead finds no other object of that slab)
+            groups = [(slab, [j]) for j, slab in reversed(list(enumerate(slabs)))]
+        else:
+            groups = _detached_run_groups(slabs, [r[1] for r in runs])
         cost = mm.cost
         task.charge(
             len(groups) * cost.kfree_bulk_call_ns + len(ptrs) * cost.kfree_bulk_per_object_ns
@@ -602,7 +642,8 @@ class SlabAllocator:
                 for slab, k, _ in runs:
                     sizes += [slab.cache.size] * k
                 q.put_many(ptrs, sizes, site, allocs)
-        await self._discard_empty(task, to_discard)
+        if to_discard:
+            await self._discard_empty(task, to_discard)
 
     @staticmethod
     def _bulk_released(slab: Slab, to_discard: list[Slab]) -> None:

@@ -87,7 +87,7 @@ class KvfreeFlood(KvfreePart):
         # what one call charges: kmalloc's cost, then kvfree_rcu's lock and store
         per = (slab.kmalloc_cost(cache, gfp) if cache is not None else 0) + fast_ns
         cap = kv.capacity
-        run_pointers = slab.run_pointers
+        pointers = slab.pointers
         step = cache.size if cache is not None else 0
         ctr = self._counters
         krcs = kv.krcs
@@ -116,7 +116,10 @@ class KvfreeFlood(KvfreePart):
             active = cache.active
             if active is None or not active.freelist:
                 # kmalloc()'s first step when the active slab is full: a partial or new slab.
-                if await slab.kmalloc_refill(task, cache, gfp) is None:
+                if (
+                    slab.kmalloc_refill_nowait(task, cache, gfp) is None
+                    and await slab.kmalloc_refill(task, cache, gfp) is None
+                ):
                     # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
                     remaining -= 1
                     if mix is not None:
@@ -148,12 +151,13 @@ class KvfreeFlood(KvfreePart):
             view = bnode.view
             if view is None:
                 view = bnode.view = memoryview(bnode.records).cast("B")
-            view[8 * nr : 8 * (nr + k)] = run_pointers(cache, ptr0, k)
+            a = (ptr0 - active.base) // step
+            view[8 * nr : 8 * (nr + k)] = pointers(active)[8 * a : 8 * (a + k)]
             bnode.nr_records = nr + k
             segs = bnode.segs
             if segs is not None:
                 if bnode.seg_end == nr:
-                    segs.append((active, (ptr0 - active.base) // step, k))
+                    segs.append((active, a, k))
                     bnode.seg_end = nr + k
                 else:
                     bnode.segs = None  # a per-call store sits in between
