@@ -25,7 +25,7 @@ from array import array
 from collections.abc import Sequence
 from itertools import compress, pairwise
 from operator import is_
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from rcukit.errors import MemoryDebugError, PageAllocError
 from rcukit.mm.fault import (
@@ -567,19 +567,20 @@ class SlabAllocator:
         await self._kfree_bulk_runs(task, ptrs, runs)
 
     async def kfree_bulk_segments(
-        self, task: Task, ptrs: Sequence[int], segs: Sequence[tuple[Slab, int, int]]
+        self, task: Task, segs: Sequence[tuple[Slab, int, int]]
     ) -> None:
-        """:meth:`kfree_bulk` of ``ptrs`` that the caller knows to be ``segs``: for each
-        ``(slab, idx0, k)`` in order, the k consecutive objects of ``slab`` from ``idx0`` (a
-        block filled by run-based floods). The segments stand for :meth:`_slab_runs`' parse;
-        they are checked the same way (allocated, none listed twice) and anything else goes
-        to :meth:`kfree_bulk`, so state, cost and errors are the same."""
+        """:meth:`kfree_bulk` of the pointers ``segs`` stand for: for each ``(slab, idx0, k)``
+        in order, the k consecutive objects of ``slab`` from ``idx0`` (a block filled by
+        run-based floods). The segments stand for :meth:`_slab_runs`' parse; they are
+        checked the same way (allocated, none listed twice) and anything else goes to
+        :meth:`kfree_bulk` (the pointer array made from them), so state, cost and errors are
+        the same."""
         runs: list[tuple[Slab, int, list[range]]] = []
         nseg: dict[Slab, int] = {}
         prev: Slab | None = None
         for slab, idx0, k in segs:
             if slab.used.count(1, idx0, idx0 + k) != k:
-                await self.kfree_bulk(task, ptrs)
+                await self.kfree_bulk(task, segment_pointers(segs))
                 return
             seg = range(idx0, idx0 + k)
             if slab is prev:
@@ -598,14 +599,19 @@ class SlabAllocator:
                 prev = slab
             nseg[slab] = nseg.get(slab, 0) + 1
         if len(nseg) != sum(nseg.values()) and _segments_overlap(runs, nseg):
-            await self.kfree_bulk(task, ptrs)
+            await self.kfree_bulk(task, segment_pointers(segs))
             return
-        await self._kfree_bulk_runs(task, ptrs, runs)
+        await self._kfree_bulk_runs(task, segs, runs)
 
     async def _kfree_bulk_runs(
-        self, task: Task, ptrs: Sequence[int], runs: list[tuple[Slab, int, list[range]]]
+        self,
+        task: Task,
+        ptrs: Sequence[int] | Sequence[tuple[Slab, int, int]],
+        runs: list[tuple[Slab, int, list[range]]],
     ) -> None:
-        """Free checked ``runs`` (:meth:`_slab_runs`): detached freelists, cost, release."""
+        """Free checked ``runs`` (:meth:`_slab_runs`): detached freelists, cost, release.
+        ``ptrs``: the pointers, or the segments they were given as (made into pointers only
+        if the quarantine or alloc-site tracking wants them)."""
         mm = self.mm
         slabs = [r[0] for r in runs]
         if len(set(slabs)) == len(slabs):
@@ -615,8 +621,9 @@ class SlabAllocator:
         else:
             groups = _detached_run_groups(slabs, [r[1] for r in runs])
         cost = mm.cost
+        nr_ptrs = sum([r[1] for r in runs])
         task.charge(
-            len(groups) * cost.kfree_bulk_call_ns + len(ptrs) * cost.kfree_bulk_per_object_ns
+            len(groups) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
         )
         to_discard: list[Slab] = []
         for slab, members in groups:
@@ -634,14 +641,17 @@ class SlabAllocator:
             self._bulk_released(slab, to_discard)
         q = self.quarantine
         if q is not None or self.alloc_sites is not None:
+            if ptrs and type(ptrs[0]) is tuple:
+                ptrs = segment_pointers(cast("Sequence[tuple[Slab, int, int]]", ptrs))
+            freed = cast("Sequence[int]", ptrs)
             site = raw_site(task)
             sites = self.alloc_sites
-            allocs = [sites.pop(p, None) for p in ptrs] if sites is not None else None
+            allocs = [sites.pop(p, None) for p in freed] if sites is not None else None
             if q is not None:
                 sizes: list[int] = []
                 for slab, k, _ in runs:
                     sizes += [slab.cache.size] * k
-                q.put_many(ptrs, sizes, site, allocs)
+                q.put_many(freed, sizes, site, allocs)
         if to_discard:
             await self._discard_empty(task, to_discard)
 
@@ -1048,6 +1058,18 @@ def _consecutive_tail(fl: list[int], k: int) -> int:
         else:
             hi = mid
     return lo
+
+
+def segment_pointers(segs: Sequence[tuple[Slab, int, int]]) -> array[int]:
+    """The pointers ``(slab, idx0, k)`` segments list, in order: a pointer array as a block's
+    records hold them (slices of each slab's :meth:`SlabAllocator.pointers`)."""
+    pointers = SlabAllocator.pointers
+    data = b"".join([pointers(slab)[8 * a : 8 * (a + k)] for slab, a, k in segs])
+    return array(_PTR_TYPECODE, data)
+
+
+#: ``array`` typecode of an unsigned 8-byte pointer ("L" where C's long has 8 bytes).
+_PTR_TYPECODE = "L" if array("L").itemsize == 8 else "Q"
 
 
 def _lanes(cache: KmemCache, base: int, idx0: int, m: int) -> int:

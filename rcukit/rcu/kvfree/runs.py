@@ -6,9 +6,9 @@ Between two calls of such a flood nothing observable happens except at a horizon
 slab runs out of free objects (or its free objects stop being consecutive), the monitor would
 have something to do (``krcp.mon_quiet_below``), the CPU reaches its next tick (timers, the RCU
 tick, preemption: ``cpu.next_tick_ns``). Up to the nearest horizon the flood takes a run of k
-consecutive slab objects (:meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run`), stores their k
-pointers into the current block with one slice assignment, bumps the same counters by k and
-charges k times the per-call costs (``kmalloc_ns`` and ``raw_lock_ns + kvfree_store_ns``: the
+consecutive slab objects (:meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run`), stores them in
+the current block as one ``(slab, first index, k)`` segment (the pointer array is written only
+when somebody reads it: ``Bnode.fill_records``), bumps the same counters by k and charges k times the per-call costs (``kmalloc_ns`` and ``raw_lock_ns + kvfree_store_ns``: the
 CostModel fields the per-call path charges), so simulated time is the per-call path's.
 
 At a horizon it does exactly what the per-call path would do there: arms the monitor, takes the
@@ -22,9 +22,10 @@ quarantine act in ``kfree_bulk()``, which is the same for both paths.
 from __future__ import annotations
 
 import random
+from array import array
 from typing import TYPE_CHECKING
 
-from rcukit.rcu.kvfree.krc import KvfreePart
+from rcukit.rcu.kvfree.krc import PTR_TYPECODE, KvfreePart
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
@@ -148,19 +149,19 @@ class KvfreeFlood(KvfreePart):
             if tick < k:
                 k = tick if tick > 1 else 1
             ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
-            view = bnode.view
-            if view is None:
-                view = bnode.view = memoryview(bnode.records).cast("B")
             a = (ptr0 - active.base) // step
-            view[8 * nr : 8 * (nr + k)] = pointers(active)[8 * a : 8 * (a + k)]
             bnode.nr_records = nr + k
             segs = bnode.segs
-            if segs is not None:
-                if bnode.seg_end == nr:
-                    segs.append((active, a, k))
-                    bnode.seg_end = nr + k
-                else:
-                    bnode.segs = None  # a per-call store sits in between
+            if segs is not None and bnode.seg_end == nr:
+                # the records stay unwritten while segments tile them (Bnode.fill_records)
+                segs.append((active, a, k))
+                bnode.seg_end = nr + k
+            else:
+                # a per-call store sits in between: the array is the record from here on
+                bnode.fill_records()
+                bnode.segs = None
+                run = pointers(active)[8 * a : 8 * (a + k)]
+                bnode.records[nr : nr + k] = array(PTR_TYPECODE, run)
             count = krcp.count + k
             krcp.count = count
             if single:
