@@ -8,8 +8,9 @@ have something to do (``krcp.mon_quiet_below``), the CPU reaches its next tick (
 tick, preemption: ``cpu.next_tick_ns``). Up to the nearest horizon the flood takes a run of k
 consecutive slab objects (:meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run`), stores them in
 the current block as one ``(slab, first index, k)`` segment (the pointer array is written only
-when somebody reads it: ``Bnode.fill_records``), bumps the same counters by k and charges k times the per-call costs (``kmalloc_ns`` and ``raw_lock_ns + kvfree_store_ns``: the
-CostModel fields the per-call path charges), so simulated time is the per-call path's.
+when somebody reads it: ``Bnode.fill_records``), bumps the same counters by k and charges
+k times the per-call costs (``kmalloc_ns`` and ``raw_lock_ns + kvfree_store_ns``: the CostModel
+fields the per-call path charges), so simulated time is the per-call path's.
 
 At a horizon it does exactly what the per-call path would do there: arms the monitor, takes the
 preemption point, refills the active slab. Whatever is unusual (a new block, with its
