@@ -630,11 +630,14 @@ class SlabAllocator:
             used = slab.used
             fl = slab.freelist
             slab.fresh = False
+            # a segment's indices, last first: a slice of the cache's descending list
+            descending = slab.cache.descending
+            top = len(descending)
             nr = 0
             for j in members:
                 for seg in reversed(runs[j][2]):
                     used[seg.start : seg.stop] = bytes(len(seg))
-                    fl.extend(reversed(seg))
+                    fl += descending[top - seg.stop : top - seg.start]
                 nr += runs[j][1]
             slab.inuse -= nr
             self.nr_objects -= nr

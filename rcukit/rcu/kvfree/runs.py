@@ -30,6 +30,7 @@ from rcukit.rcu.kvfree.krc import PTR_TYPECODE, KvfreePart
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
+    from rcukit.mm.slab import KmemCache
     from rcukit.rcu.kvfree.sim import KvfreeRcu
 
 __all__ = ["KvfreeFlood"]
@@ -103,7 +104,6 @@ class KvfreeFlood(KvfreePart):
             if (
                 not allowed
                 or cache is None
-                or not chan
                 or gate.on
                 or (
                     may_single
@@ -113,6 +113,11 @@ class KvfreeFlood(KvfreePart):
                 got += await self._one(task, size, gfp, head_offset, mix)
                 remaining -= 1
                 # the first kmalloc validated gfp; debugfs knobs may have changed meanwhile
+                allowed = runnable and slab.runs_allowed(gfp)
+                continue
+            if not chan:
+                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
+                remaining -= 1
                 allowed = runnable and slab.runs_allowed(gfp)
                 continue
             active = cache.active
@@ -131,7 +136,7 @@ class KvfreeFlood(KvfreePart):
             nr = bnode.nr_records
             room = cap - nr
             if room == 0:
-                got += await self._one(task, size, gfp, head_offset, mix)
+                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
                 remaining -= 1
                 continue
             # k: up to the nearest horizon (plain comparisons: min() costs more than the rest)
@@ -198,8 +203,40 @@ class KvfreeFlood(KvfreePart):
         await kv.kvfree_rcu(task, ptr, None if head_offset is None else ptr + head_offset)
         if not ptr:
             return 0
-        # If it went into a block right after that block's segments (typically as the first
-        # record of a new block), it is a one-object segment: the block stays tiled.
+        self._tile_one(task, ptr)
+        return 1
+
+    async def _boundary(
+        self,
+        task: Task,
+        cache: KmemCache,
+        size: int,
+        gfp: int,
+        head_offset: int | None,
+        mix: random.Random | None,
+    ) -> int:
+        """:meth:`_one` where the flood has no block with room (none yet, or the current one
+        full) and the runs' conditions hold: ``kmalloc()`` from an active slab with a free
+        object is :meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run` of one (the same steps
+        and charge), and ``kvfree_rcu()`` would take its slow path at once (its fast path
+        needs a block with room, and nothing in between can yield), so that is called
+        directly. With no free object in the active slab it is :meth:`_one` itself."""
+        active = cache.active
+        if active is None or not active.freelist:
+            return await self._one(task, size, gfp, head_offset, mix)
+        self.per_call += 1
+        ptr, _ = self._mm.slab.kmalloc_run(task, cache, gfp, 1)
+        if mix is not None and mix.getrandbits(16) & 0x800:
+            head_offset = None
+        await self._kv._kvfree_slow(task, None if head_offset is None else ptr + head_offset, ptr)
+        self._tile_one(task, ptr)
+        return 1
+
+    def _tile_one(self, task: Task, ptr: int) -> None:
+        """If ``ptr`` went into a block right after that block's segments (typically as the
+        first record of a new block), it is a one-object segment: the block stays tiled."""
+        kv = self._kv
+        slab = self._mm.slab
         chan = kv.krcs[task.cpu.id].bulk[0]
         if chan:
             bnode = chan[-1]
@@ -213,4 +250,3 @@ class KvfreeFlood(KvfreePart):
                 if where is not None:
                     bnode.segs.append((where[0], where[1], 1))
                     bnode.seg_end = end + 1
-        return 1
