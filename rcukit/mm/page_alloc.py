@@ -427,7 +427,12 @@ class PageAlloc:
                 return None
             if plan.might_sleep:
                 self.locks.might_sleep(task, "__alloc_pages_nodemask")
-            self.pcp_trylock_brief(task)  # succeeds: checked above, and a report takes no time
+            # pcp_trylock_brief(), which succeeds: checked above, and a report takes no time
+            lock.acquisitions += 1
+            cpu.local_ns += self.spin_lock_cost
+            held = task.held_locks
+            if held and KRCP_LOCK_CLASS in [h.lock.name for h in held]:
+                self.vmstat.inc("pcp_lock_in_krcp")
             pfn = self._pcp_take(task, pcp, lst, plan)
             lock.free_at_ns = cpu.local_ns
             return pfn
