@@ -68,8 +68,7 @@ from typing import TYPE_CHECKING
 
 from rcukit.config import CostModel
 from rcukit.errors import MemoryDebugError, PageAllocError, SimulationError
-from rcukit.locking.checker import LockChecker
-from rcukit.locking.locks import LockKind
+from rcukit.locking import LockChecker, LockKind
 from rcukit.mm.gfp import (
     GFP,
     MIGRATE_MOVABLE,
