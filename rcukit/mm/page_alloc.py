@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING
 
 from rcukit.config import CostModel
 from rcukit.errors import MemoryDebugError, PageAllocError, SimulationError
-from rcukit.locking.locks import LockKind
+from rcukit.locking import LockChecker, LockKind
 from rcukit.mm.gfp import (
     GFP,
     MIGRATE_MOVABLE,
@@ -330,6 +330,38 @@ class PageAlloc:
             self.vmstat.inc("pcp_lock_in_krcp")
         return lock
 
+    def pcp_trylock_brief(self, task: Task) -> Lock | None:
+        """:meth:`pcp_lock` as a 6.0+ ``pcp_spin_trylock()`` that succeeds, for a critical
+        section that cannot sleep, take another lock or emit an event (a pcp hit or free with
+        tracing off): the lock, or None, with nothing done, when that does not apply or the
+        lock is busy (the caller then takes :meth:`pcp_lock`, which counts the failure).
+
+        A trylock checks no wait context and reports nothing, and nothing inside looks at the
+        held-lock stack or the IRQ and preemption state, so the lock model has only the
+        acquisition to count here (no ``HeldLock`` pushed and popped); the caller sets the
+        lock's ``free_at_ns`` at its ``pcp_spin_unlock()``.
+        """
+        locks = self.pcp_locks
+        tp = self.tp
+        if (
+            locks is None
+            or not self._pcp_trylock
+            or tp.mm_page_alloc
+            or tp.mm_page_free
+            or type(self.locks) is not LockChecker  # somebody watches the lock model (lock_pcp)
+        ):
+            return None
+        cpu = task.cpu
+        lock = locks[cpu.id]
+        if lock.owner is not None or lock.free_at_ns > cpu.local_ns:
+            return None
+        lock.acquisitions += 1
+        cpu.local_ns += self.spin_lock_cost
+        held = task.held_locks
+        if held and KRCP_LOCK_CLASS in [h.lock.name for h in held]:
+            self.vmstat.inc("pcp_lock_in_krcp")
+        return lock
+
     def nr_free_pages(self) -> int:
         """``nr_free_pages()``: free pages on the buddy lists (the watermark gauge)."""
         return self.zone.buddy.nr_free
@@ -367,6 +399,55 @@ class PageAlloc:
                     return await self._rmqueue_pcplist_hit(task, plan, pcp, lst)
         return await self._alloc_slow(task, plan, order)
 
+    def alloc_page_nowait(self, task: Task, gfp: int) -> int | None:
+        """:meth:`alloc_pages` ``(gfp, 0)`` when it is a pcp hit that cannot sleep: the lock-free
+        one, or (6.0+, tracing off) :meth:`_rmqueue_pcplist_hit` with its trylock succeeding
+        and no boosted watermark to act on. The same steps in the same order, without a
+        coroutine; None, with nothing done, whenever anything else could happen (fault
+        injection, an empty list, the low watermark, a busy pcp lock), so that the caller
+        then awaits :meth:`alloc_pages` itself. Not a kernel interface: the slab's refill
+        of a run-based flood (``SlabAllocator.kmalloc_refill_nowait``).
+        """
+        plan = self.plans.get(gfp)
+        if plan is None or self._fault_on:
+            return None
+        cpu = task.cpu
+        pcp = self.pcps[cpu.id]
+        lst = pcp.lists[plan.mt]
+        if not lst:
+            return None
+        free = self._buddy.nr_free
+        if free <= self._fast_mark:
+            zone = self.zone
+            locks = self.pcp_locks
+            if (
+                locks is None
+                or plan.fast_try
+                or zone.boosted
+                or free <= zone.wmark.low + zone.watermark_boost
+                or not self._pcp_trylock
+                or self.tp.mm_page_alloc
+                or type(self.locks) is not LockChecker
+            ):
+                return None
+            lock = locks[cpu.id]
+            if lock.owner is not None or lock.free_at_ns > cpu.local_ns:
+                return None
+            if plan.might_sleep:
+                self.locks.might_sleep(task, "__alloc_pages_nodemask")
+            # pcp_trylock_brief(), which succeeds: checked above, and a report takes no time
+            lock.acquisitions += 1
+            cpu.local_ns += self.spin_lock_cost
+            held = task.held_locks
+            if held and KRCP_LOCK_CLASS in [h.lock.name for h in held]:
+                self.vmstat.inc("pcp_lock_in_krcp")
+            pfn = self._pcp_take(task, pcp, lst, plan)
+            lock.free_at_ns = cpu.local_ns
+            return pfn
+        if plan.might_sleep:
+            self.locks.might_sleep(task, "__alloc_pages_nodemask")
+        return self._pcp_take(task, pcp, lst, plan)
+
     async def _rmqueue_pcplist_hit(
         self, task: Task, plan: _GfpPlan, pcp: PerCpuPages, lst: deque[int]
     ) -> int | None:
@@ -376,9 +457,12 @@ class PageAlloc:
         coroutine frames in between, since nothing on the way can sleep or refill.
         """
         first = _ALLOC_WMARK_LOW | (_ALLOC_KSWAPD if plan.wakes_kswapd else 0)
-        lock = self.pcp_lock(task, "rmqueue_pcplist", self._pcp_trylock)
         pfn: int | None
-        if lock is not None:
+        brief = self.pcp_trylock_brief(task)
+        if brief is not None:
+            pfn = self._pcp_take(task, pcp, lst, plan)
+            brief.free_at_ns = task.cpu.local_ns  # pcp_spin_unlock()
+        elif (lock := self.pcp_lock(task, "rmqueue_pcplist", self._pcp_trylock)) is not None:
             pfn = self._pcp_take(task, pcp, lst, plan)
             self.locks.release(task, lock)
         else:
@@ -794,6 +878,11 @@ class PageAlloc:
                     if self.pcp_locks is None:
                         self._pcp_free(task, pcp, pfn, mt)
                         return
+                    brief = self.pcp_trylock_brief(task)
+                    if brief is not None:
+                        self._pcp_free(task, pcp, pfn, mt)
+                        brief.free_at_ns = task.cpu.local_ns
+                        return
                     lock = self.pcp_lock(task, "free_unref_page", self._pcp_trylock)
                     if lock is not None:
                         self._pcp_free(task, pcp, pfn, mt)
@@ -805,6 +894,30 @@ class PageAlloc:
                 return
         mt = self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
         await self.free_one_page(task, pfn, order, mt, trylock=False)
+
+    def free_page_nowait(self, task: Task, pfn: int) -> bool:
+        """:meth:`free_pages` ``(pfn, 0)`` when it is a pcp free that cannot sleep: onto this
+        CPU's pcp list below ``high``, lock-free or (6.0+, tracing off) under a trylock that
+        succeeds. False, with nothing done, otherwise (the caller awaits :meth:`free_pages`).
+        Not a kernel interface: the slab's discard after a run-based flood's bulk free."""
+        i = pfn - self._start_pfn
+        if not 0 <= i < self._nr_pages:
+            return False
+        mt = ORDER0_MT[self._pstate[i]]
+        if mt >= MIGRATE_PCPTYPES:
+            return False
+        pcp = self.pcps[task.cpu.id]
+        if pcp.count + 1 >= pcp.high:
+            return False
+        if self.pcp_locks is None:
+            self._pcp_free(task, pcp, pfn, mt)
+            return True
+        brief = self.pcp_trylock_brief(task)
+        if brief is None:
+            return False
+        self._pcp_free(task, pcp, pfn, mt)
+        brief.free_at_ns = task.cpu.local_ns
+        return True
 
     async def free_pages_each(self, task: Task, pfns: Sequence[int]) -> None:
         """``free_pages(pfn, 0)`` for each of ``pfns`` in order. Not a kernel interface: the

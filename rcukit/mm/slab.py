@@ -25,7 +25,7 @@ from array import array
 from collections.abc import Sequence
 from itertools import compress, pairwise
 from operator import is_
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from rcukit.errors import MemoryDebugError, PageAllocError
 from rcukit.mm.fault import (
@@ -65,7 +65,8 @@ class Slab:
     """One slab page block: objects of ``cache.size`` from ``base``; ``used[i]`` = allocated."""
 
     __slots__ = (
-        "base", "cache", "freelist", "fresh", "inuse", "nobj", "on_partial", "order", "pfn", "used",
+        "base", "cache", "freelist", "fresh", "inuse", "nobj", "on_partial", "order", "pfn",
+        "pointers", "used",
     )
 
     def __init__(self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int) -> None:
@@ -85,6 +86,9 @@ class Slab:
         #: tail popped, so any tail of it pops as consecutive indices (kmalloc_run skips the
         #: comparison). Every path that pushes onto the freelist clears it.
         self.fresh = True
+        #: Every object's pointer as a native 8-byte array's bytes, made by the first run-based
+        #: flood that stores this slab's objects in a block (:meth:`SlabAllocator.pointers`).
+        self.pointers: bytes | None = None
 
 
 class KmemCache:
@@ -304,14 +308,19 @@ class SlabAllocator:
         return (slab, idx) if not rem and idx < slab.nobj else None
 
     @staticmethod
-    def run_pointers(cache: KmemCache, ptr0: int, k: int) -> bytes:
-        """The ``k`` pointers ``ptr0, ptr0 + size, ...`` as a native 8-byte pointer array's
-        bytes (one big-integer product, not k Python integers), for a block's records."""
-        data = _lanes(cache, ptr0, 0, k).to_bytes(8 * k, "little")
-        if _BIG_ENDIAN:
-            swapped = array("Q", data)
-            swapped.byteswap()
-            data = swapped.tobytes()
+    def pointers(slab: Slab) -> bytes:
+        """Every object pointer of ``slab`` (``base, base + size, ...``) as a native 8-byte
+        pointer array's bytes, made once per slab with one big-integer product (not a Python
+        integer per object): a block's records take runs of it as slices."""
+        data = slab.pointers
+        if data is None:
+            nobj = slab.nobj
+            data = _lanes(slab.cache, slab.base, 0, nobj).to_bytes(8 * nobj, "little")
+            if _BIG_ENDIAN:
+                swapped = array("Q", data)
+                swapped.byteswap()
+                data = swapped.tobytes()
+            slab.pointers = data
         return data
 
     async def kmalloc_refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
@@ -325,6 +334,23 @@ class SlabAllocator:
         new = await self._new_slab(task, cache, gfp)
         if new is not None:
             cache.active = new
+        return new
+
+    def kmalloc_refill_nowait(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
+        """:meth:`kmalloc_refill` when it cannot sleep: the newest partial slab, or a new
+        order-0 slab whose page is a pcp hit (``PageAlloc.alloc_page_nowait``); None, with
+        nothing done, when the refill needs :meth:`kmalloc_refill` itself."""
+        if cache.partial:
+            slab, _ = cache.partial.popitem()
+            slab.on_partial = False
+            cache.active = slab
+            return slab
+        if cache.order:
+            return None
+        pfn = self.mm.page_alloc.alloc_page_nowait(task, gfp & ~_ZERO)
+        if pfn is None:
+            return None
+        new = cache.active = self._setup_slab(cache, pfn, 0)
         return new
 
     async def _new_slab(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
@@ -342,6 +368,12 @@ class SlabAllocator:
             pfn = await mm.alloc_pages(task, flags, 0)
         if pfn is None:
             return None
+        return self._setup_slab(cache, pfn, order)
+
+    def _setup_slab(self, cache: KmemCache, pfn: int, order: int) -> Slab:
+        """The rest of ``allocate_slab()`` once the pages are there: the slab, PG_slab, and
+        the pfn -> slab map."""
+        mm = self.mm
         nobj = (self.page_size << order) // cache.size
         slab = Slab(cache, pfn, order, mm.page_address(pfn), nobj)
         mm.mark_slab(pfn, True)
@@ -352,13 +384,15 @@ class SlabAllocator:
         return slab
 
     async def _discard_slab(self, task: Task, slab: Slab) -> None:
+        """``discard_slab()``: the slab's pages back to the page allocator."""
         mm = self.mm
         for i in range(1 << slab.order):
             del self._slab_of[slab.pfn + i]
         slab.cache.nr_slabs -= 1
         mm.mark_slab(slab.pfn, False)
         mm.vmstat.inc("nr_slab_pages", -(1 << slab.order))
-        await mm.free_pages(task, slab.pfn, slab.order)
+        if slab.order or not mm.page_alloc.free_page_nowait(task, slab.pfn):
+            await mm.free_pages(task, slab.pfn, slab.order)
 
     async def _kmalloc_large(self, task: Task, size: int, gfp: int) -> int:
         if size > self.kmalloc_max_size:
@@ -533,19 +567,20 @@ class SlabAllocator:
         await self._kfree_bulk_runs(task, ptrs, runs)
 
     async def kfree_bulk_segments(
-        self, task: Task, ptrs: Sequence[int], segs: Sequence[tuple[Slab, int, int]]
+        self, task: Task, segs: Sequence[tuple[Slab, int, int]]
     ) -> None:
-        """:meth:`kfree_bulk` of ``ptrs`` that the caller knows to be ``segs``: for each
-        ``(slab, idx0, k)`` in order, the k consecutive objects of ``slab`` from ``idx0`` (a
-        block filled by run-based floods). The segments stand for :meth:`_slab_runs`' parse;
-        they are checked the same way (allocated, none listed twice) and anything else goes
-        to :meth:`kfree_bulk`, so state, cost and errors are the same."""
+        """:meth:`kfree_bulk` of the pointers ``segs`` stand for: for each ``(slab, idx0, k)``
+        in order, the k consecutive objects of ``slab`` from ``idx0`` (a block filled by
+        run-based floods). The segments stand for :meth:`_slab_runs`' parse; they are
+        checked the same way (allocated, none listed twice) and anything else goes to
+        :meth:`kfree_bulk` (the pointer array made from them), so state, cost and errors are
+        the same."""
         runs: list[tuple[Slab, int, list[range]]] = []
         nseg: dict[Slab, int] = {}
         prev: Slab | None = None
         for slab, idx0, k in segs:
             if slab.used.count(1, idx0, idx0 + k) != k:
-                await self.kfree_bulk(task, ptrs)
+                await self.kfree_bulk(task, segment_pointers(segs))
                 return
             seg = range(idx0, idx0 + k)
             if slab is prev:
@@ -564,45 +599,64 @@ class SlabAllocator:
                 prev = slab
             nseg[slab] = nseg.get(slab, 0) + 1
         if len(nseg) != sum(nseg.values()) and _segments_overlap(runs, nseg):
-            await self.kfree_bulk(task, ptrs)
+            await self.kfree_bulk(task, segment_pointers(segs))
             return
-        await self._kfree_bulk_runs(task, ptrs, runs)
+        await self._kfree_bulk_runs(task, segs, runs)
 
     async def _kfree_bulk_runs(
-        self, task: Task, ptrs: Sequence[int], runs: list[tuple[Slab, int, list[range]]]
+        self,
+        task: Task,
+        ptrs: Sequence[int] | Sequence[tuple[Slab, int, int]],
+        runs: list[tuple[Slab, int, list[range]]],
     ) -> None:
-        """Free checked ``runs`` (:meth:`_slab_runs`): detached freelists, cost, release."""
+        """Free checked ``runs`` (:meth:`_slab_runs`): detached freelists, cost, release.
+        ``ptrs``: the pointers, or the segments they were given as (made into pointers only
+        if the quarantine or alloc-site tracking wants them)."""
         mm = self.mm
-        groups = _detached_run_groups([r[0] for r in runs], [r[1] for r in runs])
+        slabs = [r[0] for r in runs]
+        if len(set(slabs)) == len(slabs):
+            # every run its own slab: each round takes one run, newest first (the scan's
+            # look-ahead finds no other object of that slab)
+            groups = [(slab, [j]) for j, slab in reversed(list(enumerate(slabs)))]
+        else:
+            groups = _detached_run_groups(slabs, [r[1] for r in runs])
         cost = mm.cost
+        nr_ptrs = sum([r[1] for r in runs])
         task.charge(
-            len(groups) * cost.kfree_bulk_call_ns + len(ptrs) * cost.kfree_bulk_per_object_ns
+            len(groups) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
         )
         to_discard: list[Slab] = []
         for slab, members in groups:
             used = slab.used
             fl = slab.freelist
             slab.fresh = False
+            # a segment's indices, last first: a slice of the cache's descending list
+            descending = slab.cache.descending
+            top = len(descending)
             nr = 0
             for j in members:
                 for seg in reversed(runs[j][2]):
                     used[seg.start : seg.stop] = bytes(len(seg))
-                    fl.extend(reversed(seg))
+                    fl += descending[top - seg.stop : top - seg.start]
                 nr += runs[j][1]
             slab.inuse -= nr
             self.nr_objects -= nr
             self._bulk_released(slab, to_discard)
         q = self.quarantine
         if q is not None or self.alloc_sites is not None:
+            if ptrs and type(ptrs[0]) is tuple:
+                ptrs = segment_pointers(cast("Sequence[tuple[Slab, int, int]]", ptrs))
+            freed = cast("Sequence[int]", ptrs)
             site = raw_site(task)
             sites = self.alloc_sites
-            allocs = [sites.pop(p, None) for p in ptrs] if sites is not None else None
+            allocs = [sites.pop(p, None) for p in freed] if sites is not None else None
             if q is not None:
                 sizes: list[int] = []
                 for slab, k, _ in runs:
                     sizes += [slab.cache.size] * k
-                q.put_many(ptrs, sizes, site, allocs)
-        await self._discard_empty(task, to_discard)
+                q.put_many(freed, sizes, site, allocs)
+        if to_discard:
+            await self._discard_empty(task, to_discard)
 
     @staticmethod
     def _bulk_released(slab: Slab, to_discard: list[Slab]) -> None:
@@ -1007,6 +1061,18 @@ def _consecutive_tail(fl: list[int], k: int) -> int:
         else:
             hi = mid
     return lo
+
+
+def segment_pointers(segs: Sequence[tuple[Slab, int, int]]) -> array[int]:
+    """The pointers ``(slab, idx0, k)`` segments list, in order: a pointer array as a block's
+    records hold them (slices of each slab's :meth:`SlabAllocator.pointers`)."""
+    pointers = SlabAllocator.pointers
+    data = b"".join([pointers(slab)[8 * a : 8 * (a + k)] for slab, a, k in segs])
+    return array(_PTR_TYPECODE, data)
+
+
+#: ``array`` typecode of an unsigned 8-byte pointer ("L" where C's long has 8 bytes).
+_PTR_TYPECODE = "L" if array("L").itemsize == 8 else "Q"
 
 
 def _lanes(cache: KmemCache, base: int, idx0: int, m: int) -> int:

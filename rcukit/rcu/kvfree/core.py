@@ -134,7 +134,7 @@ class KvfreePolicy:
         default_cached = profile.min_cached_objs
         if defers_to_worker:
             default_cached = max(default_cached, 5)
-        refill_gfp = profile.refill_gfp
+        refill_gfp = int(profile.refill_gfp)  # an int: IntFlag arithmetic is slow
         if defers_to_worker and not profile.refill_worker:
             refill_gfp = int(REFILL_GFP_5_13)
         return cls(

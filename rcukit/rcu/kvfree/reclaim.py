@@ -95,9 +95,15 @@ class KvfreeReclaim(KvfreePart):
             if pol.gp_snap_check:
                 await self._recycle_bnode(task, krcp, bnode)
                 return
+        segs = bnode.segs
+        # filled by run-based floods alone: its segments are the parse, and the records they
+        # stand for were never written (KvfreeRcuBulkData.fill_records)
+        tiled = segs is not None and bnode.seg_end == nr and nr > 0
+        debug = self._debug
+        if not tiled or debug.enabled:
+            bnode.fill_records()
         # the block's own array: kfree_bulk reads it as bytes (see SlabAllocator._slab_runs)
         ptrs = bnode.records[:nr]
-        debug = self._debug
         if debug.enabled:
             for p in ptrs:
                 debug.debug_rcu_head_unqueue(p)
@@ -107,14 +113,16 @@ class KvfreeReclaim(KvfreePart):
                     task, "rcu_invoke_kfree_bulk_callback",
                     f"{self._rcu.name} bulk=0x{bnode.page:x} nr_records={nr}",
                 )
-            segs = bnode.segs
             try:
-                if segs and bnode.seg_end == nr:
-                    # filled by run-based floods alone: its segments are the parse
-                    await mm.slab.kfree_bulk_segments(task, ptrs, segs)
+                if segs is not None and tiled:
+                    await mm.slab.kfree_bulk_segments(task, segs)
                 else:
                     await mm.kfree_bulk(task, ptrs)
             except MemoryDebugError as err:
+                if tiled:
+                    # the error path wants the pointers the segments stood for
+                    bnode.fill_records()
+                    ptrs = bnode.records[:nr]
                 await self.free_bulk_skipping_bad(task, ptrs, err, mm.kfree_bulk)
         elif self._policy.vfree_bulk:
             try:

@@ -6,10 +6,11 @@ Between two calls of such a flood nothing observable happens except at a horizon
 slab runs out of free objects (or its free objects stop being consecutive), the monitor would
 have something to do (``krcp.mon_quiet_below``), the CPU reaches its next tick (timers, the RCU
 tick, preemption: ``cpu.next_tick_ns``). Up to the nearest horizon the flood takes a run of k
-consecutive slab objects (:meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run`), stores their k
-pointers into the current block with one slice assignment, bumps the same counters by k and
-charges k times the per-call costs (``kmalloc_ns`` and ``raw_lock_ns + kvfree_store_ns``: the
-CostModel fields the per-call path charges), so simulated time is the per-call path's.
+consecutive slab objects (:meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run`), stores them in
+the current block as one ``(slab, first index, k)`` segment (the pointer array is written only
+when somebody reads it: ``Bnode.fill_records``), bumps the same counters by k and charges
+k times the per-call costs (``kmalloc_ns`` and ``raw_lock_ns + kvfree_store_ns``: the CostModel
+fields the per-call path charges), so simulated time is the per-call path's.
 
 At a horizon it does exactly what the per-call path would do there: arms the monitor, takes the
 preemption point, refills the active slab. Whatever is unusual (a new block, with its
@@ -22,12 +23,14 @@ quarantine act in ``kfree_bulk()``, which is the same for both paths.
 from __future__ import annotations
 
 import random
+from array import array
 from typing import TYPE_CHECKING
 
-from rcukit.rcu.kvfree.krc import KvfreePart
+from rcukit.rcu.kvfree.krc import PTR_TYPECODE, KvfreePart
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
+    from rcukit.mm.slab import KmemCache
     from rcukit.rcu.kvfree.sim import KvfreeRcu
 
 __all__ = ["KvfreeFlood"]
@@ -87,7 +90,7 @@ class KvfreeFlood(KvfreePart):
         # what one call charges: kmalloc's cost, then kvfree_rcu's lock and store
         per = (slab.kmalloc_cost(cache, gfp) if cache is not None else 0) + fast_ns
         cap = kv.capacity
-        run_pointers = slab.run_pointers
+        pointers = slab.pointers
         step = cache.size if cache is not None else 0
         ctr = self._counters
         krcs = kv.krcs
@@ -101,7 +104,6 @@ class KvfreeFlood(KvfreePart):
             if (
                 not allowed
                 or cache is None
-                or not chan
                 or gate.rcu_kvfree_callback
                 or (
                     may_single
@@ -113,10 +115,18 @@ class KvfreeFlood(KvfreePart):
                 # the first kmalloc validated gfp; debugfs knobs may have changed meanwhile
                 allowed = runnable and slab.runs_allowed(gfp)
                 continue
+            if not chan:
+                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
+                remaining -= 1
+                allowed = runnable and slab.runs_allowed(gfp)
+                continue
             active = cache.active
             if active is None or not active.freelist:
                 # kmalloc()'s first step when the active slab is full: a partial or new slab.
-                if await slab.kmalloc_refill(task, cache, gfp) is None:
+                if (
+                    slab.kmalloc_refill_nowait(task, cache, gfp) is None
+                    and await slab.kmalloc_refill(task, cache, gfp) is None
+                ):
                     # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
                     remaining -= 1
                     if mix is not None:
@@ -126,7 +136,7 @@ class KvfreeFlood(KvfreePart):
             nr = bnode.nr_records
             room = cap - nr
             if room == 0:
-                got += await self._one(task, size, gfp, head_offset, mix)
+                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
                 remaining -= 1
                 continue
             # k: up to the nearest horizon (plain comparisons: min() costs more than the rest)
@@ -145,18 +155,19 @@ class KvfreeFlood(KvfreePart):
             if tick < k:
                 k = tick if tick > 1 else 1
             ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
-            view = bnode.view
-            if view is None:
-                view = bnode.view = memoryview(bnode.records).cast("B")
-            view[8 * nr : 8 * (nr + k)] = run_pointers(cache, ptr0, k)
+            a = (ptr0 - active.base) // step
             bnode.nr_records = nr + k
             segs = bnode.segs
-            if segs is not None:
-                if bnode.seg_end == nr:
-                    segs.append((active, (ptr0 - active.base) // step, k))
-                    bnode.seg_end = nr + k
-                else:
-                    bnode.segs = None  # a per-call store sits in between
+            if segs is not None and bnode.seg_end == nr:
+                # the records stay unwritten while segments tile them (Bnode.fill_records)
+                segs.append((active, a, k))
+                bnode.seg_end = nr + k
+            else:
+                # a per-call store sits in between: the array is the record from here on
+                bnode.fill_records()
+                bnode.segs = None
+                run = pointers(active)[8 * a : 8 * (a + k)]
+                bnode.records[nr : nr + k] = array(PTR_TYPECODE, run)
             count = krcp.count + k
             krcp.count = count
             if single:
@@ -192,8 +203,40 @@ class KvfreeFlood(KvfreePart):
         await kv.kvfree_rcu(task, ptr, None if head_offset is None else ptr + head_offset)
         if not ptr:
             return 0
-        # If it went into a block right after that block's segments (typically as the first
-        # record of a new block), it is a one-object segment: the block stays tiled.
+        self._tile_one(task, ptr)
+        return 1
+
+    async def _boundary(
+        self,
+        task: Task,
+        cache: KmemCache,
+        size: int,
+        gfp: int,
+        head_offset: int | None,
+        mix: random.Random | None,
+    ) -> int:
+        """:meth:`_one` where the flood has no block with room (none yet, or the current one
+        full) and the runs' conditions hold: ``kmalloc()`` from an active slab with a free
+        object is :meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run` of one (the same steps
+        and charge), and ``kvfree_rcu()`` would take its slow path at once (its fast path
+        needs a block with room, and nothing in between can yield), so that is called
+        directly. With no free object in the active slab it is :meth:`_one` itself."""
+        active = cache.active
+        if active is None or not active.freelist:
+            return await self._one(task, size, gfp, head_offset, mix)
+        self.per_call += 1
+        ptr, _ = self._mm.slab.kmalloc_run(task, cache, gfp, 1)
+        if mix is not None and mix.getrandbits(16) & 0x800:
+            head_offset = None
+        await self._kv._kvfree_slow(task, None if head_offset is None else ptr + head_offset, ptr)
+        self._tile_one(task, ptr)
+        return 1
+
+    def _tile_one(self, task: Task, ptr: int) -> None:
+        """If ``ptr`` went into a block right after that block's segments (typically as the
+        first record of a new block), it is a one-object segment: the block stays tiled."""
+        kv = self._kv
+        slab = self._mm.slab
         chan = kv.krcs[task.cpu.id].bulk[0]
         if chan:
             bnode = chan[-1]
@@ -207,4 +250,3 @@ class KvfreeFlood(KvfreePart):
                 if where is not None:
                     bnode.segs.append((where[0], where[1], 1))
                     bnode.seg_end = end + 1
-        return 1
