@@ -8,8 +8,8 @@ of rcukit).
 
 * ``sim_kernel`` boots a simulated kernel on pytest-trio's autojump clock; override its config
   with ``@pytest.mark.kernel_config(nr_cpus=8, prove_raw_lock_nesting=True)``. With
-  ``@pytest.mark.no_splats`` the test fails at teardown if the kernel printed any splat (the
-  ``no_splats(kernel)`` fixture checks at a point of your choosing).
+  ``@pytest.mark.no_splats`` the test fails at teardown if the kernel printed any splat or bug
+  report (the ``no_splats(kernel)`` fixture checks at a point of your choosing).
 * ``rcu_domain`` is an open application RCU domain (``rcukit.open_domain(debug=True)``) on
   Trio's real clock, so misuse (``synchronize_rcu()`` inside a read section, an unlock from
   another task, ``RcuPointer.dereference()`` outside a section) raises at once. It is closed
@@ -107,11 +107,21 @@ async def sim_kernel(
 
 
 def assert_no_splats(kernel: Kernel) -> None:
-    """Fail with the first splat's kernel-format text if the kernel reported any."""
+    """Fail with the first report's kernel-format text if the kernel reported any: a lock
+    splat, or a bug report (WARNING, KASAN, bad page) that the kernel survived but that left it
+    tainted, as rcutorture's console check fails a log with a BUG or WARNING in it."""
     if kernel.locks.splats:
         first = kernel.locks.splats[0]
         counts = {k: v for k, v in kernel.splat_counts().items() if v}
         pytest.fail(f"kernel reported splats {counts}; first:\n{first.format()}", pytrace=False)
+    reports = kernel.panic.reports
+    if reports:
+        kinds = {r.kind for r in reports}
+        pytest.fail(
+            f"kernel printed {len(reports)} bug report(s) {sorted(kinds)}, tainted "
+            f"{kernel.panic.taint!r}; first:\n{reports[0].text}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture

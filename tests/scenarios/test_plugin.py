@@ -213,3 +213,39 @@ def test_the_plugin_without_trio_mode_marks_and_checks_splats_at_teardown(
     assert "test_user.py::test_marker_configures_the_domain PASSED" in out
     result.stdout.fnmatch_lines(["*kernel reported splats {'invalid_wait_context': 1}; first:"])
     assert "ValueError" in out and "invalid literal" in out
+
+
+BUG_REPORT_PROJECT = '''
+import pytest
+from rcukit.rcu.segcblist import RcuHead
+
+
+@pytest.mark.no_splats
+@pytest.mark.kernel_config(nr_cpus=1)
+async def test_a_callback_warns(sim_kernel):
+    def broken_cb(task, head):
+        raise ValueError("boom")
+
+    async def work(task):
+        sim_kernel.rcu.call_rcu(task, RcuHead(None), broken_cb)
+        await sim_kernel.rcu.rcu_barrier(task)
+    await sim_kernel.run_on_cpus(work)
+'''
+
+
+def test_no_splats_fails_a_test_whose_kernel_printed_a_bug_report(
+    pytester: pytest.Pytester,
+) -> None:
+    """A kernel that WARNs goes on, tainted (``__warn()``, kernel/panic.c, v5.9); rcutorture's
+    console check still fails such a run, and so does the plugin's ``no_splats`` marker."""
+    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    pytester.makepyfile(test_inner=BUG_REPORT_PROJECT)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*kernel printed 1 bug report(s) [[]'warning'[]], tainted 'W'; first:",
+            "*------------[[] cut here []]------------",
+            "*ValueError: boom",
+        ]
+    )
