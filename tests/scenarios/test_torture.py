@@ -31,11 +31,13 @@ JSON_KEYS = {
 }
 
 
-def _healthy(r: TortureResult) -> None:
+def _healthy(r: TortureResult, min_ops: int = 100) -> None:
+    """``min_ops``: reads and updates the run must have made; app runs go for a span of real
+    time, so on a loaded machine they make fewer (a floor that still proves they ran)."""
     assert r.passed, "\n".join(r.summary_lines())
     assert r.failures == r.leaks == r.use_after_free == r.double_free == 0
     assert not any(r.reader_pipe[2:]) and r.rtmbe == 0
-    assert r.reads > 100 and r.updates > 100
+    assert r.reads > min_ops and r.updates > min_ops
     # Every element went round the whole pipe and back to the free list.
     assert r.rta == r.rtf and r.free_block_circulation[0] == r.rta
     assert r.free_block_circulation[RCU_TORTURE_PIPE_LEN - 1] == r.rta
@@ -146,7 +148,7 @@ def test_app_torture_passes_with_hotplug_faults_and_a_stall() -> None:
                       stall_cpu_holdoff=0.2),
         seed=5,
     )
-    _healthy(r)
+    _healthy(r, min_ops=10)
     assert r.mode == "app"
     assert r.kvfree["injected_faults"] > 0
     assert r.kvfree["faults_reported"] == r.kvfree["injected_faults"]
@@ -233,5 +235,5 @@ def test_app_torture_runs_qsbr_readers_without_hotplug() -> None:
     """liburcu's urcu-qsbr readers hold references between quiescent states; app mode runs
     them in every run (not only with ``onoff_interval``), and they read."""
     r = run_app_torture(TortureParams(duration=0.5), seed=2)
-    _healthy(r)
+    _healthy(r, min_ops=10)
     assert r.onoff["offline"] == 0
