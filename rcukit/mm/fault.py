@@ -15,6 +15,7 @@ after free names both sites. A "site" is the modelled caller: the innermost Pyth
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sys
@@ -131,12 +132,7 @@ class Site:
     @classmethod
     def from_raw(cls, raw: RawSite) -> Site:
         code, lasti, time_ns, cpu, comm = raw
-        line = code.co_firstlineno
-        for start, end, lineno in code.co_lines():
-            if start <= lasti < end:
-                line = lineno if lineno is not None else line
-                break
-        return cls(code.co_filename, line, time_ns, cpu, comm)
+        return cls(code.co_filename, _line_at(code, lasti), time_ns, cpu, comm)
 
     @classmethod
     def of(cls, raw: RawSite | None) -> Site | None:
@@ -147,6 +143,18 @@ class Site:
             f"{os.path.basename(self.file)}:{self.line} "
             f"(cpu {self.cpu}, {self.comm}, t={self.time_ns} ns)"
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _line_at(code: CodeType, lasti: int) -> int:
+    """The source line of bytecode offset ``lasti`` in ``code``: a walk of the line table
+    (tens of microseconds in a long function), remembered because a run asks for the same
+    few call sites again and again (every vfree() of a --kvfree-torture run)."""
+    line = code.co_firstlineno
+    for start, end, lineno in code.co_lines():
+        if start <= lasti < end:
+            return lineno if lineno is not None else line
+    return line
 
 
 def raw_site(task: Task | None, now_ns: int = 0) -> RawSite:
