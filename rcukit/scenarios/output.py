@@ -73,9 +73,10 @@ _COST_COLS = (
     ("GP p50 ms", "right", "median grace-period length"),
     ("pending peak", "right", "most objects queued at once"),
     ("pages peak", "right", "most block pages held at once"),
-    ("p99.9 us", "right", "kvfree_rcu() call latency, simulated (fallbacks included)"),
-    ("p99.99 us", "right", ""),
-    ("max us", "right", ""),
+    ("p99.9 us", "right", "kvfree_rcu() call latency, 99.9th percentile, simulated (fallbacks "
+     "included)"),
+    ("p99.99 us", "right", "the same, 99.99th percentile"),
+    ("max us", "right", "the slowest call"),
 )
 
 
