@@ -154,6 +154,9 @@ class RcuData:
     exp_qs_pending: bool = False
     #: ``cpu.ticks`` when the current GP started (the stall report's "ticks this GP").
     ticks_at_gp_start: int = 0
+    #: The CPU has noticed the current GP (``rdp->gp_seq`` caught up by
+    #: ``__note_gp_changes()``, which prints the CPU's ``cpustart``).
+    gp_noticed: bool = True
     #: ``rdp->dynticks``-like counter: even while the CPU is idle (RCU not watching).
     dynticks: int = 2
     #: The CPU was seen in an extended QS (idle) since it began to owe the current GP one:
@@ -716,6 +719,8 @@ class RcuState:
         """The tick (and, ``voluntary``, ``rcu_all_qs`` at a schedule point): a QS outside a
         read section (``rcu_flavor_sched_clock_irq``), then ``rcu_core``'s acceleration."""
         rdp = self._rdp[task.cpu.id]
+        if not rdp.gp_noticed:
+            self.rcu_note_gp_changes(rdp, task.comm, task.pid)
         if (
             (rdp.qs_pending or rdp.exp_qs_pending)
             and not task.rcu_read_nesting
@@ -769,8 +774,19 @@ class RcuState:
 
     # ================================================================== QS reports
 
+    def rcu_note_gp_changes(self, rdp: RcuData, comm: str, pid: int) -> None:
+        """``note_gp_changes()`` from the CPU's ``rcu_core()``: it sees the GP that started
+        since it last looked and prints ``cpustart`` (``__note_gp_changes``); nothing else
+        in the model waits on it."""
+        rdp.gp_noticed = True
+        if self.kernel.tracer.tp.rcu_grace_period:
+            self._emit(rdp.cpu.id, comm, pid, rdp.cpu.local_ns, "rcu_grace_period",
+                       f"{self.name} {signed_seq(self.core.gp_seq.current)} cpustart")
+
     def rcu_report_qs_rdp(self, rdp: RcuData, comm: str, pid: int) -> None:
         """``rcu_report_qs_rdp``: this CPU no longer holds up the current normal GP."""
+        if not rdp.gp_noticed:
+            self.rcu_note_gp_changes(rdp, comm, pid)
         rdp.qs_pending = False
         cpu = rdp.cpu
         cpu.local_ns += self._qs_report_ns
@@ -892,6 +908,7 @@ class RcuState:
                 rdp.qs_pending = True
                 rdp.eqs_since_gp = False
                 rdp.ticks_at_gp_start = cpus[cpu_id].ticks
+                rdp.gp_noticed = False
                 holdouts.cpus.add(cpu_id)
             task.charge(self._qs_report_ns * max(0, n_idle - len(woke)))
             holdouts.fence(task.now_ns)
@@ -938,6 +955,7 @@ class RcuState:
             rdp.qs_pending = True
             rdp.eqs_since_gp = False
             rdp.ticks_at_gp_start = cpus[cpu_id].ticks
+            rdp.gp_noticed = False
             holdouts.cpus.add(cpu_id)
         holdouts.tasks.update(self.readers.blocked)
         # The idle CPUs are in qsmask too; the first FQS scan finds them.
@@ -947,9 +965,10 @@ class RcuState:
         if self.kernel.tracer.tp.rcu_grace_period:
             g = signed_seq(gp)
             self._emit(me, task.comm, task.pid, now, "rcu_grace_period", f"{self.name} {g} start")
-            for cpu_id in sorted(holdouts.cpus):
-                self._emit(cpu_id, task.comm, task.pid, now, "rcu_grace_period",
-                           f"{self.name} {g} cpustart")
+            # rcu_gp_init() runs __note_gp_changes() for its own CPU only; the others notice
+            # the GP in their own rcu_core() (rcu_note_gp_changes below).
+            self._emit(me, task.comm, task.pid, now, "rcu_grace_period",
+                       f"{self.name} {g} cpustart")
         self.stall.record_gp_stall_check_time(task.cpu, now)
 
     def rcu_gp_cleanup(self, task: Task) -> None:

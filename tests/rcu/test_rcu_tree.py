@@ -695,6 +695,50 @@ def test_traces_use_the_kernel_wording() -> None:
     assert sl.fields == "rcu_preempt g=-1196"
 
 
+def test_each_cpu_prints_its_own_cpustart_before_its_cpuqs() -> None:
+    """``rcu_gp_init()`` calls ``__note_gp_changes()`` only for the rcu_data of its own CPU
+    (``if (rnp == rdp->mynode)``, one leaf node below CONFIG_RCU_FANOUT_LEAF CPUs), which
+    prints that CPU's ``cpustart``; every other CPU prints its own when its ``rcu_core()`` runs
+    ``note_gp_changes()``, before it can report ``cpuqs`` (v5.9 and v6.1
+    ``kernel/rcu/tree.c``)."""
+
+    async def body(k: Kernel) -> list[Any]:
+        rcu = k.rcu
+        k.tracer.enable(frozenset({"rcu_grace_period"}))
+
+        async def busy(task: Task) -> None:
+            for _ in range(8):
+                task.charge(300 * US)
+                await task.cond_resched()
+
+        async def w(task: Task) -> None:
+            for _ in range(2):
+                await rcu.synchronize_rcu(task)
+
+        for cpu in (1, 2, 3):
+            k.spawn(busy, cpu)
+        k.spawn(w, 0)
+        await k.run()
+        return list(k.tracer.events)
+
+    events = run_sim(body, nr_cpus=4)
+    gps = [e for e in events if e.name == "rcu_grace_period"]
+    starts = [e for e in gps if e.fields.endswith(" start")]
+    assert len(starts) >= 2
+    for start in starts:
+        g = start.fields.split()[1]
+        mine = [e for e in gps if e.fields.split()[1] == g]
+        cpustarts = [e for e in mine if e.fields.endswith(" cpustart")]
+        # the GP kthread prints one, for its own CPU, at rcu_gp_init()
+        by_kthread = [e for e in cpustarts if e.comm == start.comm]
+        assert [(e.cpu, e.ts_ns) for e in by_kthread] == [(start.cpu, start.ts_ns)]
+        for qs in (e for e in mine if e.fields.endswith(" cpuqs")):
+            own = [e for e in cpustarts if e.cpu == qs.cpu]
+            assert own and own[0].ts_ns <= qs.ts_ns, (qs, cpustarts)
+            assert own[0].comm == qs.comm or own[0].comm == start.comm
+        assert len({e.cpu for e in cpustarts}) == len(cpustarts)  # once per CPU per GP
+
+
 def test_runs_are_deterministic() -> None:
     def once() -> list[tuple[int, int, str, str]]:
         async def body(k: Kernel) -> list[tuple[int, int, str, str]]:
