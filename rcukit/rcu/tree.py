@@ -436,6 +436,10 @@ class RcuCallbacks(RcuStatePart):
             self.rcu_accelerate_cbs(rdp, task.now_ns)
         while cbl.ready_cbs():
             await self.rcu_do_batch(rdp, task)
+            if not cbl.ready_cbs():
+                # rcu_do_batch() raises RCU_SOFTIRQ again only while ready callbacks remain;
+                # a GP that ended meanwhile is noticed at the CPU's next tick
+                break
             await task.cond_resched()
             if rdp.rcuc is not task:
                 return

@@ -233,6 +233,10 @@ ops = st.lists(
        preempt=st.booleans())
 @example(nr_cpus=2, plans=[[("busy", 1001)], [("call", 157), ("busy", 904), ("call", 1143),
                                               ("busy", 956)]], preempt=False)
+# rcuc/0 finished a batch just before another CPU ended the next GP: rcu_do_batch() raises
+# RCU_SOFTIRQ again only while ready callbacks remain, so the rest wait for CPU 0's tick
+@example(nr_cpus=2, plans=[[("call", 1), ("busy", 1), ("call", 1), ("busy", 1901)],
+                           [("busy", 1)], []], preempt=False)
 def test_no_callback_runs_before_its_gp_ends_or_before_its_cpus_next_tick(
     nr_cpus: int, plans: list[list[tuple[str, int]]], preempt: bool
 ) -> None:
