@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rcukit.cli.options import (
     Default,
@@ -24,6 +24,9 @@ from rcukit.locking.locks import Lock, LockKind
 from rcukit.locking.splat import SPLAT_TITLES
 from rcukit.scenarios.output import render_table
 from rcukit.sched.sim import Task
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 #: What each build turns on (the ``build`` column's legend).
 _BUILDS = {"default": "-", "lockdep": "PROVE_RAW_LOCK_NESTING", "rt": "PREEMPT_RT"}
@@ -92,7 +95,7 @@ def _cmd(args: argparse.Namespace) -> int:
         print_json({"seed": args.seed, "cpus": args.cpus, "splats": rows})
         return 0
     if fmt == "csv":  # numbers, one column each, for a spreadsheet
-        columns = (("build", "left"), ("turns_on", "left"),
+        columns: tuple[tuple[str, JustifyMethod], ...] = (("build", "left"), ("turns_on", "left"),
                    *((f"{kind}{what}", "right") for _, kind in _KINDS
                      for what in ("", "_printed")))
         numbers = [

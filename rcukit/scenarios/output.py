@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -52,7 +52,7 @@ def _us(ns: int) -> str:
 
 
 #: The two tables' columns: (header, justify, meaning for the legend).
-_SAFETY_COLS = (
+_SAFETY_COLS: tuple[tuple[str, JustifyMethod, str], ...] = (
     ("variant", "left", ""),
     ("build", "left", "default; lockdep = PROVE_RAW_LOCK_NESTING; rt = PREEMPT_RT"),
     ("in-lock allocs", "right", "the variant's block allocations under krcp->lock"),
@@ -66,7 +66,7 @@ _SAFETY_COLS = (
      "rate-limited)"),
     ("zone->lock", "right", "zone->lock taken under krcp->lock"),
 )
-_COST_COLS = (
+_COST_COLS: tuple[tuple[str, JustifyMethod, str], ...] = (
     ("variant", "left", ""),
     ("build", "left", ""),
     ("GPs", "right", "grace periods completed"),
@@ -134,7 +134,7 @@ def _wrapped(line: str, width: int) -> str:
                          subsequent_indent=indent + "  ", break_on_hyphens=False)
 
 
-def _table(caption: str | None, cols: tuple[tuple[str, str, str], ...],
+def _table(caption: str | None, cols: tuple[tuple[str, JustifyMethod, str], ...],
            narrow: bool, ascii_only: bool) -> Table:
     if narrow:
         # No rules between columns and no build column (each build is a section of rows):
@@ -147,8 +147,7 @@ def _table(caption: str | None, cols: tuple[tuple[str, str, str], ...],
         t = Table(caption=caption, header_style="bold", caption_justify="left")
     for name, justify, _ in cols:
         header = name.replace(" ", "\n", 1) if narrow else name
-        t.add_column(header, justify=justify, overflow="fold",  # type: ignore[arg-type]
-                     no_wrap=name == "variant")
+        t.add_column(header, justify=justify, overflow="fold", no_wrap=name == "variant")
     return t
 
 
@@ -336,7 +335,7 @@ def _cost_cells(r: dict[str, Any]) -> list[str]:
 def render_table(
     fmt: str,
     title: str,
-    columns: tuple[tuple[str, str], ...],
+    columns: tuple[tuple[str, JustifyMethod], ...],
     rows: list[list[str]],
     notes: Sequence[str] = (),
     console: Console | None = None,
@@ -369,7 +368,7 @@ def render_table(
     table = Table(header_style="" if ascii_only else "bold", safe_box=ascii_only,
                   box=_ASCII_HEAD if ascii_only else box.SIMPLE_HEAD, show_edge=False)
     for name, justify in columns:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify)
     for row in rows:
         table.add_row(*row)
     console.print(Text(title, style="" if ascii_only else "bold"))
