@@ -31,14 +31,17 @@ has its own krcp, so one worker's burst kicks only its own monitor.
   does what the kernel's head-less path does when it cannot get a block:
   ``synchronize_rcu()``, then release inline (``kvfree_rcu_mightsleep``).
 
-The hot path is one dict lookup, one length check and one ``list.append``: each channel holds a
-*grant* (``limit``) of slots it may fill without bookkeeping, sized so that the block, the kick
-threshold and the domain's pending cap are all honoured exactly; the slow path settles the
-accounts. Grants are withdrawn whenever ``gp_seq`` moves, so the stamp every block carries is
-the snapshot of its last insert, as in the kernel. The dict looked up is the *calling thread's*
-channel map (a ``threading.local`` namespace): only the loop thread's is ever filled, so that
-one lookup is also the thread check the kernel's ``krc_this_cpu_lock()`` stands for here, and a
-worker thread always falls through to the slow path, which runs the insert on the loop.
+The hot path is one dict lookup, one length check and one ``list.append``: each channel's
+current records carry a *grant* (``limit``) of slots the fast path may fill without
+bookkeeping, sized so that the block, the kick threshold and the domain's pending cap are all
+honoured exactly; the slow path settles the accounts. Grants are withdrawn whenever ``gp_seq``
+moves, so the stamp every block carries is the snapshot of its last insert, as in the kernel.
+The dict looked up maps release targets to records in the *calling thread's* namespace (a
+``threading.local``): only the loop thread's is ever filled, so that one lookup is also the
+thread check the kernel's ``krc_this_cpu_lock()`` stands for here, and a worker thread always
+falls through to the slow path, which runs the insert on the loop. Released block shells are
+reused (beyond the kernel's page cache, as a freed page comes back from the page allocator), so
+a burst's blocks are not new objects for the garbage collector to trace.
 """
 
 from __future__ import annotations
@@ -78,13 +81,28 @@ def _describe(obj: object) -> str:
     return f"{type(obj).__name__} object at {id(obj):#x}"
 
 
+class _Recs(list[Any]):
+    """A block's records, and how far the fast path may fill them without bookkeeping.
+
+    The grant lives on the list itself so that the fast path reaches both with one lookup.
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limit = 0
+
+
 class _Block(KvfreeRcuBulkData):
     """``struct kvfree_rcu_bulk_data``: records, a GP snapshot, and (debug) the queue sites."""
 
     __slots__ = ("chan", "nbytes", "sites")
 
+    records: _Recs
+
     def __init__(self) -> None:
-        super().__init__([])
+        super().__init__(_Recs())
         self.chan: _Channel | None = None
         self.sites: list[str] = []
         #: Bytes its records weigh (byte accounting only).
@@ -94,7 +112,7 @@ class _Block(KvfreeRcuBulkData):
 class _Channel:
     """One release target's chain of blocks (``krcp->bulk_head[idx]``), oldest first."""
 
-    __slots__ = ("base", "blocks", "cur", "idx", "key", "kind", "limit", "recs", "target")
+    __slots__ = ("base", "blocks", "cur", "idx", "key", "kind", "recs", "target")
 
     def __init__(self, key: object, kind: int, target: Any, idx: int, blocks: list[_Block]) -> None:
         self.key = key
@@ -104,11 +122,11 @@ class _Channel:
         self.idx = idx
         self.blocks = blocks
         self.cur: _Block | None = None
-        #: The current block's records (or an empty list no block owns).
-        self.recs: list[Any] = []
-        #: len(recs) when the accounts were last settled; the fast path may fill up to limit.
+        #: The current block's records (or an empty list no block owns, with no grant).
+        self.recs = _Recs()
+        #: len(recs) when the accounts were last settled; the fast path may fill up to
+        #: ``recs.limit``.
         self.base = 0
-        self.limit = 0
 
     def __repr__(self) -> str:
         return f"<channel {_KIND_NAMES[self.kind]} {self.target!r} blocks={len(self.blocks)}>"
@@ -146,8 +164,10 @@ class KvfreeQueue:
         "_kicked",
         "_krc",
         "_policy",
+        "_recs",
+        "_spare",
         "_thread",
-        "_thread_channels",
+        "_thread_recs",
         "deadline",
         "name",
     )
@@ -160,14 +180,20 @@ class KvfreeQueue:
         #: The loop's thread: the fast path runs there only (``krc_this_cpu_lock``'s part).
         self._thread = host.loop.thread
         assert _get_ident() == self._thread, "a kvfree_rcu queue is built on its loop's thread"
-        #: Each thread's own channel map: only the loop thread's is ever filled, so looking a
-        #: target up in the calling thread's map is the thread check and the channel lookup in
-        #: one step (a worker thread finds no channel and takes the slow path, which marshals
-        #: the call to the loop).
-        self._thread_channels = threading.local()
-        #: Release target -> channel (the loop thread's map, filled on the loop only);
-        #: insertion order is the channel's index in ``_krc.bulk``.
-        self._channels = cast("dict[object, _Channel]", self._thread_channels.__dict__)
+        #: Each thread's own map of release target -> the channel's current records: only the
+        #: loop thread's is ever filled, so looking a target up in the calling thread's map is
+        #: the thread check and the lookup in one step (a worker thread finds nothing and takes
+        #: the slow path, which marshals the call to the loop).
+        self._thread_recs = threading.local()
+        #: The loop thread's map (kept equal to each channel's ``recs``).
+        self._recs = cast("dict[object, _Recs]", self._thread_recs.__dict__)
+        #: Release target -> channel; insertion order is the channel's index in ``_krc.bulk``.
+        self._channels: dict[object, _Channel] = {}
+        #: Empty block shells beyond the kernel's page cache (``krc.cache``), reused before new
+        #: ones are built: the page allocator's part (a freed page comes back from the per-CPU
+        #: lists). Bounded by the blocks the pending cap allows; reuse keeps a burst's blocks
+        #: out of the garbage collector's young generation.
+        self._spare: list[_Block] = []
         self._krc = _Krc(host.loop.event)
         #: When the monitor runs next (trio clock); inf while idle.
         self.deadline = math.inf
@@ -200,14 +226,13 @@ class KvfreeQueue:
         queued unless it succeeds.
         """
         try:
-            ch = self._thread_channels.__dict__[release]
+            recs = self._thread_recs.__dict__[release]
         except (KeyError, TypeError):
             # a new release target, an unhashable one (the slow path explains), or a call
             # from a worker thread (whose map is always empty)
             self._enqueue_any_thread(obj, release, size)
             return
-        recs = ch.recs
-        if len(recs) < ch.limit:
+        if len(recs) < recs.limit:
             recs.append(obj)
             return
         self.enqueue_slow(obj, release, None, False, size)
@@ -304,7 +329,7 @@ class KvfreeQueue:
         if site is not None:
             blk.sites.append(site)
             h.debug_sites[id(obj)] = (obj, site)
-        ch.base = ch.limit = len(recs)
+        ch.base = recs.limit = len(recs)
         krc = self._krc
         krc.count += 1
         ctr = self._ctr
@@ -322,7 +347,7 @@ class KvfreeQueue:
             # reclaim re-kicks instead.)
             want = min(want, cap - 1 - krc.count)
         grant = h.room(want)
-        ch.limit = len(recs) + grant
+        recs.limit = len(recs) + grant
         ctr.reserved += grant
 
     def _resolve(self, release: ReleaseTarget) -> tuple[int, Any]:
@@ -369,17 +394,18 @@ class KvfreeQueue:
         ch = _Channel(release, kind, target, len(bulk), blocks)
         bulk.append(blocks)
         self._channels[release] = ch
+        self._recs[release] = ch.recs
         return ch
 
     def _new_block(self, ch: _Channel) -> _Block:
         blk: _Block | None = self._krc.get_cached_bnode()
         if blk is None:
-            blk = _Block()
+            blk = self._spare.pop() if self._spare else _Block()
         blk.chan = ch
         ch.blocks.append(blk)
         ch.cur = blk
-        ch.recs = blk.records
-        ch.base = ch.limit = 0
+        ch.recs = self._recs[ch.key] = recs = blk.records
+        ch.base = recs.limit = 0
         return blk
 
     # ---------------------------------------------------------------- accounting
@@ -395,8 +421,9 @@ class KvfreeQueue:
             ctr.reserved -= used
 
     def _drop_grant(self, ch: _Channel) -> None:
-        self._ctr.reserved -= ch.limit - ch.base
-        ch.limit = ch.base
+        recs = ch.recs
+        self._ctr.reserved -= recs.limit - ch.base
+        recs.limit = ch.base
 
     def settle_all(self, drop_grants: bool) -> None:
         for ch in self._channels.values():
@@ -461,8 +488,8 @@ class KvfreeQueue:
 
     def _detach_current(self, ch: _Channel) -> None:
         ch.cur = None
-        ch.recs = []
-        ch.base = ch.limit = 0
+        ch.recs = self._recs[ch.key] = _Recs()
+        ch.base = 0
 
     def need_offload_krc(self) -> bool:
         return self._krc.need_offload_krc()
@@ -489,6 +516,7 @@ class KvfreeQueue:
             for ch in self._channels.values():
                 self._detach_current(ch)
             self._channels.clear()
+            self._recs.clear()
             krc.bulk.clear()
             self._kicked = False
         return queued
@@ -542,7 +570,11 @@ class KvfreeQueue:
                 h.cap.pending_bytes -= blk.nbytes
                 blk.nbytes = 0
         blk.chan = None
-        self._krc.put_cached_bnode(blk, self._policy.min_cached)
+        pol = self._policy
+        if not self._krc.put_cached_bnode(blk, pol.min_cached):
+            spare = self._spare
+            if len(spare) <= h.cap.max_pending // pol.capacity:
+                spare.append(blk)
         h.room_changed()
 
     def _release_objects(
@@ -588,6 +620,7 @@ class KvfreeQueue:
         for ch in self._channels.values():
             self._detach_current(ch)
         self._channels.clear()
+        self._recs.clear()
         krc.bulk.clear()
         for b in krc.krw:
             if b.busy():

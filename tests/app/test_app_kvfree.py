@@ -39,6 +39,32 @@ async def test_one_free_bulk_call_per_block() -> None:
         assert s.blocks_in_use == 0 and 0 < s.blocks_cached <= 5  # rcu_min_cached_objs
 
 
+async def test_released_block_shells_are_reused_within_the_caps_bound() -> None:
+    """Beyond the kernel's page cache (``rcu_min_cached_objs``, still what ``blocks_cached``
+    reports), released blocks are kept as spare shells and a second burst builds none: the
+    page allocator's part (a freed page comes back hot). The spares never exceed the blocks the
+    pending cap allows, so a burst cannot make the domain keep more than it could hold."""
+    spy = SpyPool()
+    blocks = 8  # more than the page cache's 5
+    async with open_domain(profile="v6.1", release=spy, max_pending=blocks * 510) as rcu:
+        q = rcu.kvfree_queue("burst")
+        shells: set[int] = set()
+        for burst in range(2):
+            for _ in range(blocks * 510 - 1):
+                q.kvfree_rcu(object())
+            assert q.blocks_in_use() == blocks
+            assert (len(q._spare), q.blocks_cached()) == (0, 0)  # every shell in use again
+            seen = {id(b) for chan in q._krc.bulk for b in chan}
+            if burst:
+                assert seen == shells  # no block built anew
+            shells = seen
+            await rcu.kvfree_rcu_barrier()
+            assert q.blocks_in_use() == 0 and q.blocks_cached() == 5
+            assert len(q._spare) == blocks - 5
+            assert len(q._spare) <= rcu.statistics().max_pending // 510 + 1
+        assert len(spy.freed) == 2 * (blocks * 510 - 1)
+
+
 async def test_rcu_barrier_does_not_cover_kvfree_but_kvfree_rcu_barrier_does() -> None:
     spy = SpyPool()
     # the kernel's timing (drain_delay=None: the v6.3 profile's 5 s), not the app's 20 ms

@@ -249,7 +249,7 @@ def test_thread_kvfree_rcu_racing_the_loops_fast_path_releases_each_object_once(
                     for o in thread_objs:
                         q.kvfree_rcu(o, pool)
                     # the fast path's lookup never found (or made) a channel in this thread
-                    thread_maps.append(len(vars(q._thread_channels)))
+                    thread_maps.append(len(vars(q._thread_recs)))
 
                 switch = sys.getswitchinterval()
                 sys.setswitchinterval(1e-6)
