@@ -2,30 +2,44 @@
 
 A simulated kernel that finds a bug in one of its kthreads, workers or callbacks does what the
 kernel does: it prints a report, sets a taint flag and goes on (``panic_on_warn`` makes the
-first report fatal). Modelled from:
+first report fatal). Modelled from (each version boundary checked against the kernel source
+or the commit that moved it; tests/sim/test_panic.py names the evidence):
 
 * ``kernel/panic.c``: ``add_taint()`` sets a bit of ``tainted_mask`` (``LOCKDEP_NOW_UNRELIABLE``
   also turns lockdep off, printing "Disabling lock debugging due to kernel taint");
   ``print_tainted()`` prints ``Tainted:`` and one column per flag (its letter when set, a space
-  or, for the first, ``G`` when clear), or ``Not tainted``; ``__warn()`` prints
-  "WARNING: CPU: n PID: n at caller", panics if ``panic_on_warn`` is set (before the stack
-  dump), else dumps the stack, prints the end marker and adds ``TAINT_WARN``; ``panic()``
-  prints "Kernel panic - not syncing: ..." and a stack, then stops the machine. 6.2 ("panic:
+  or, for the first, ``G`` when clear), or ``Not tainted``; ``print_tainted_verbose()`` (6.11,
+  "kernel/panic: add verbose logging of kernel taints in backtraces") lists the set flags by
+  name. ``__warn()`` prints "WARNING: CPU: n PID: n at caller", the message and (5.10+,
+  3f388f28639f "panic: dump registers on panic_on_warn") "Modules linked in:", then panics if
+  ``panic_on_warn`` is set (before the stack dump; before 5.10 before the modules too), else
+  dumps the stack, prints the end marker (``oops_id`` zero from 5.17, e83a4472bf9f "panic:
+  remove oops_id") and adds ``TAINT_WARN``; ``panic()`` prints "Kernel panic - not syncing:
+  ...", a stack and the end line, then stops the machine. 6.2 (79cc1ba7badf "panic:
   Consolidate open-coded panic_on_warn checks") made the message name its origin:
-  ``check_panic_on_warn("KASAN")`` prints "KASAN: panic_on_warn set ...".
+  ``check_panic_on_warn("kernel")``, ``check_panic_on_warn("KASAN")``.
 * ``lib/bug.c`` ``report_bug()``: a ``WARN()`` prints the ``cut here`` line, then ``__warn()``.
 * ``lib/dump_stack.c`` ``dump_stack_print_info()``: "CPU: n PID: n Comm: c <print_tainted()>
-  <release> #1", then (``print_worker_info()``) "Workqueue: <wq> <work fn>" in a kworker.
+  <release> #1" ("UID: 0" after the CPU from 6.11, "lib/dump_stack: report process UID"), the
+  verbose taint line when tainted (6.11), then (``print_worker_info()``) "Workqueue: <wq> <work
+  fn>" in a kworker; ``dump_stack_lvl()`` (5.14, 4469c0f17ec6 "printk: introduce
+  dump_stack_lvl()") is the innermost frame from then on.
 * ``mm/kasan/report.c``: ``kasan_report_invalid_free()`` (the ``=====`` rule,
   "BUG: KASAN: double-free in <ip>", the stack, the allocation and free tracks, the object) and
-  ``end_report()`` (``panic_on_warn`` unless ``kasan_multi_shot``, then
-  ``add_taint(TAINT_BAD_PAGE, LOCKDEP_NOW_UNRELIABLE)``). Before 6.1 the title was
-  "double-free or invalid-free" for both kinds; from 5.19 only the first KASAN report of a
-  boot is printed (``report_enabled()``: ``KASAN_BIT_REPORTED``, no ``kasan_multi_shot``).
+  ``end_report()`` (``panic_on_warn`` unless ``kasan_multi_shot``, and
+  ``add_taint(TAINT_BAD_PAGE, LOCKDEP_NOW_UNRELIABLE)``). Before 6.0 the title was
+  "double-free or invalid-free" for both kinds ("kasan: separate double free case from invalid
+  free", mm-stable-2022-08-03). From 5.18 ("kasan: respect KASAN_BIT_REPORTED in all reporting
+  routines", c068664c97c7) an invalid free obeys ``report_enabled()``: only the first KASAN
+  report of a boot is printed (no ``kasan_multi_shot``); and ("kasan: disable LOCKDEP when
+  printing reports", same series) ``end_report()`` panics before adding the taint, where
+  earlier kernels tainted first.
 
 Simplified: frames are kernel symbols with made-up offsets (:func:`symbol_frame`, stable per
-symbol), no registers or ``<TASK>`` markers are printed, KASAN's shadow-memory dump and
-``dump_page()`` are left out, and the allocation and free tracks show the Python site rcukit
+symbol), no registers or ``<TASK>`` markers are printed (a WARN takes ``__warn()``'s path
+without ``regs``, as ``warn_slowpath_fmt()`` does), KASAN's shadow-memory dump, its 6.1+ "Free
+of addr" line and ``dump_page()`` are left out, the CPU line has no preemption model (6.15
+prints ``preempt_model_str()``), and the allocation and free tracks show the Python site rcukit
 recorded (the simulator keeps no kernel stack for them). Every report is counted and kept
 whether or not the kernel would print it.
 """
@@ -50,7 +64,9 @@ __all__ = [
     "BugReport",
     "PanicState",
     "ReportContext",
+    "dump_stack_print_info",
     "print_tainted",
+    "print_tainted_verbose",
     "symbol_frame",
 ]
 
@@ -60,6 +76,14 @@ TAINT_DIE = 7
 TAINT_WARN = 9
 #: ``taint_flags[].c_true`` in bit order: P F S R M B U D A W C I O E L K X T N J.
 _TAINT_LETTERS = "PFSRMBUDAWCIOELKXTNJ"
+#: ``taint_flags[].desc`` in bit order (``TAINT_FLAG()``'s ``#taint``), the names
+#: ``print_tainted_verbose()`` prints.
+_TAINT_NAMES = (
+    "PROPRIETARY_MODULE", "FORCED_MODULE", "CPU_OUT_OF_SPEC", "FORCED_RMMOD", "MACHINE_CHECK",
+    "BAD_PAGE", "USER", "DIE", "OVERRIDDEN_ACPI_TABLE", "WARN", "CRAP", "FIRMWARE_WORKAROUND",
+    "OOT_MODULE", "UNSIGNED_MODULE", "SOFTLOCKUP", "LIVEPATCH", "AUX", "RANDSTRUCT", "TEST",
+    "FWCTL",
+)
 _RULE = "=" * 66
 
 
@@ -84,6 +108,32 @@ def print_tainted(mask: int, version: tuple[int, int]) -> str:
         else:
             cols.append("G" if bit == 0 else " ")
     return "Tainted: " + "".join(cols)
+
+
+def print_tainted_verbose(mask: int, version: tuple[int, int]) -> str:
+    """``print_tainted_verbose()`` (kernel/panic.c, 6.11+): ``Tainted:`` and each set flag as
+    ``[letter]=NAME``, comma-separated, e.g. "Tainted: [B]=BAD_PAGE, [W]=WARN"."""
+    if not mask:
+        return "Not tainted"
+    return "Tainted: " + ", ".join(
+        f"[{_TAINT_LETTERS[bit]}]={_TAINT_NAMES[bit]}"
+        for bit in range(taint_flags_count(version)) if mask >> bit & 1
+    )
+
+
+def dump_stack_print_info(
+    cpu: int, pid: int, comm: str, mask: int, release: str, version: tuple[int, int]
+) -> list[str]:
+    """``dump_stack_print_info()`` (lib/dump_stack.c) up to the worker line: "CPU: n PID: n
+    Comm: c <print_tainted()> <release> #1", "UID: 0" (the current euid) after the CPU from
+    6.11, and from 6.11 too, when tainted, ``print_tainted_verbose()`` on a line of its own.
+    Every report's header (panic.py's and the lock splats') comes from here."""
+    uid = "UID: 0 " if version >= (6, 11) else ""
+    lines = [f"CPU: {cpu} {uid}PID: {pid} Comm: {comm} {print_tainted(mask, version)} "
+             f"{release} #1"]
+    if mask and version >= (6, 11):
+        lines.append(print_tainted_verbose(mask, version))
+    return lines
 
 
 def taint_letters(mask: int) -> str:
@@ -246,11 +296,9 @@ class PanicState:
     ) -> list[str]:
         """``dump_stack()``: ``dump_stack_print_info()``'s lines, then the call trace (with
         ``dump_stack``/``dump_stack_lvl`` itself as the innermost frame, 5.14+ the latter)."""
-        uid = "UID: 0 " if self.version >= (6, 10) else ""
-        lines = [
-            f"CPU: {ctx.cpu.id} {uid}PID: {ctx.pid} Comm: {ctx.comm} "
-            f"{self.print_tainted()} {self.release} #1"
-        ]
+        lines = dump_stack_print_info(
+            ctx.cpu.id, ctx.pid, ctx.comm, self.tainted_mask, self.release, self.version
+        )
         if workqueue:
             lines.append(f"Workqueue: {workqueue}")
         top = "dump_stack_lvl" if self.version >= (5, 14) else "dump_stack"
@@ -258,9 +306,9 @@ class PanicState:
         return lines
 
     def _end_marker(self) -> str:
-        """``print_oops_end_marker()``: a random ``oops_id`` up to 5.18, zeros from 5.19
-        ("panic: remove oops_id"); the made-up id is fixed per release."""
-        oops_id = 0 if self.version >= (5, 19) else zlib.crc32(self.release.encode()) << 16
+        """``print_oops_end_marker()``: a random ``oops_id`` up to 5.16, zeros from 5.17
+        (e83a4472bf9f "panic: remove oops_id"); the made-up id is fixed per release."""
+        oops_id = 0 if self.version >= (5, 17) else zlib.crc32(self.release.encode()) << 16
         return f"---[ end trace {oops_id:016x} ]---"
 
     def _emit(self, report: BugReport) -> BugReport:
@@ -296,9 +344,10 @@ class PanicState:
     ) -> BugReport:
         """``report_bug()`` of a ``WARN()`` in ``caller``, then ``__warn()``.
 
-        With ``panic_on_warn`` it panics after the WARNING line and the message, before the
-        stack dump, as ``__warn()`` does; otherwise TAINT_WARN is added after the report, so
-        the report's own header still shows the taint from before it."""
+        With ``panic_on_warn`` it panics after the WARNING line, the message and (5.10+)
+        "Modules linked in:", before the stack dump, as ``__warn()`` does; otherwise
+        TAINT_WARN is added after the report, so the report's own header still shows the
+        taint from before it."""
         head = [
             "------------[ cut here ]------------",
             f"WARNING: CPU: {ctx.cpu.id} PID: {ctx.pid} at {symbol_frame(caller)}",
@@ -307,7 +356,9 @@ class PanicState:
             head.append(message)
         title = f"WARNING: CPU: {ctx.cpu.id} PID: {ctx.pid} at {caller}"
         if self.panic_on_warn:
-            self._report("warning", title, ctx, head)
+            # 3f388f28639f (5.10) moved the check after print_modules() and show_regs().
+            printed = [*head, "Modules linked in:"] if self.version >= (5, 10) else head
+            self._report("warning", title, ctx, printed)
             origin = "kernel: " if self.version >= (6, 2) else ""
             self.panic(ctx, f"{origin}panic_on_warn set ...", frames, workqueue=workqueue)
         lines = [
@@ -334,11 +385,11 @@ class PanicState:
         kind, pointer, sites). The caller skips the object, as ``slab_free_hook()`` returning
         true leaves it out of the freelist: the rest of a bulk free goes on."""
         kind = err.kind or "invalid-free"
-        if self.version < (6, 1):
+        if self.version < (6, 0):
             kind = "double-free or invalid-free"
         title = f"BUG: KASAN: {kind} in {ip}"
         printed = True
-        if self.version >= (5, 19):
+        if self.version >= (5, 18):
             printed = not self.kasan_reported
             self.kasan_reported = True
         lines = [_RULE, f"BUG: KASAN: {kind} in {symbol_frame(ip)}", ""]
@@ -349,12 +400,17 @@ class PanicState:
         lines.append(f"The buggy address {err.ptr:#x}: {err.detail}" if err.detail else
                      f"The buggy address {err.ptr:#x}")
         lines.append(_RULE)
+        # end_report(): add_taint() right after the closing rule up to 5.17, after the
+        # panic_on_warn check from 5.18 (kasan_multi_shot is not modelled).
+        taint_first = self.version < (5, 18)
+        if taint_first:
+            lines.extend(self.add_taint(TAINT_BAD_PAGE, lockdep_ok=False))
         if self.panic_on_warn:
-            # end_report(): panic_on_warn before the taint (kasan_multi_shot is not modelled).
             self._report("kasan", title, ctx, lines, printed=printed)
             origin = "KASAN: " if self.version >= (6, 2) else ""
             self.panic(ctx, f"{origin}panic_on_warn set ...", frames, workqueue=workqueue)
-        lines.extend(self.add_taint(TAINT_BAD_PAGE, lockdep_ok=False))
+        if not taint_first:
+            lines.extend(self.add_taint(TAINT_BAD_PAGE, lockdep_ok=False))
         return self._report("kasan", title, ctx, lines, printed=printed)
 
     def bad_page(

@@ -4,7 +4,8 @@ The text follows the kernel version the report is for (``Splat.version``), becau
 changed: ``__might_resched()`` (5.17, "sched: Make might_sleep() output less confusing" and
 "sched: Make RCU nest depth distinct in __might_resched()") added the ``preempt_count:`` and
 ``RCU nest depth:`` lines that ``___might_sleep()`` (5.9) does not print; ``dump_stack()``'s
-first line gained ``UID:`` in 6.10; ``print_tainted()`` prints one column per taint flag (18 up to
+header is :func:`rcukit.panic.dump_stack_print_info` (``UID:`` and the verbose taint line from
+6.11); ``print_tainted()`` prints one column per taint flag (18 up to
 5.19, 19 with TAINT_TEST from 6.0, 20 with TAINT_FWCTL from 6.15).
 
 Simplified: the call trace names the report's own functions and the modelled caller, with
@@ -20,7 +21,7 @@ import zlib
 
 import attrs
 
-from rcukit.panic import print_tainted, symbol_frame
+from rcukit.panic import dump_stack_print_info, print_tainted, symbol_frame
 
 SPLAT_KINDS = ("invalid_wait_context", "scheduling_while_atomic", "sleeping_in_atomic", "rcu_stall")
 
@@ -162,12 +163,12 @@ class Splat:
     def _trailer(self) -> list[str]:
         """``dump_stack()``: ``dump_stack_print_info()``'s line, then the call trace, one frame
         per line, kernel symbols only (the Python site stays in ``site``, not in the text)."""
-        uid = "UID: 0 " if self.version >= (6, 10) else ""
         top = "dump_stack_lvl" if self.version >= (5, 14) else "dump_stack"
         frames = [top, *self._reporter_frames(), self.ip]
         return [
-            f"CPU: {self.cpu} {uid}PID: {self.pid} Comm: {self.comm} "
-            f"{print_tainted(self.taint, self.version)} {self.release} #1",
+            *dump_stack_print_info(
+                self.cpu, self.pid, self.comm, self.taint, self.release, self.version
+            ),
             "Call Trace:",
             *(f" {symbol_frame(f)}" for f in frames if f),
         ]

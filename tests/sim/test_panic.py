@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from simtools import freed
 
-from rcukit.errors import KernelPanic, RcuUsageError
+from rcukit.errors import KernelPanic, MemoryDebugError, RcuUsageError
 from rcukit.kernel import Kernel, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.panic import (
@@ -24,7 +24,10 @@ from rcukit.panic import (
     TAINT_DIE,
     TAINT_WARN,
     PanicState,
+    ReportContext,
+    dump_stack_print_info,
     print_tainted,
+    print_tainted_verbose,
     symbol_frame,
 )
 from rcukit.rcu.segcblist import RcuHead
@@ -158,7 +161,7 @@ def test_kvfree_rcu_then_kfree_is_a_kasan_double_free_in_the_worker() -> None:
     ``slab_free_freelist_hook()`` drops every object ``slab_free_hook()`` refuses: KASAN's
     ``__kasan_slab_free()`` calls ``kasan_report_invalid_free()`` for an object already free
     and returns true (mm/slub.c, mm/kasan/common.c, v5.9). So one report, the rest freed,
-    and ``end_report()`` adds TAINT_BAD_PAGE with LOCKDEP_NOW_UNRELIABLE. Before 6.1 the title
+    and ``end_report()`` adds TAINT_BAD_PAGE with LOCKDEP_NOW_UNRELIABLE. Before 6.0 the title
     is "double-free or invalid-free"; ``kfree_bulk()`` is inline, so the ip is
     ``kfree_rcu_work`` (mm/kasan/report.c)."""
     k, others, heads = _run(_kvfree_then_kfree)
@@ -187,10 +190,10 @@ def test_kvfree_rcu_then_kfree_is_a_kasan_double_free_in_the_worker() -> None:
 
 
 def test_kasan_title_and_ip_follow_the_version() -> None:
-    """6.1 split the title ("double-free" / "invalid-free", mm/kasan/report.c
+    """6.0 split the title ("double-free" / "invalid-free", mm/kasan/report.c
     ``print_error_description()``); 6.3 moved the bulk free into ``kvfree_rcu_bulk()``
     (kernel/rcu/tree.c), the caller KASAN names; ``dump_stack_lvl`` heads the trace from 5.14
-    and the end of the report panics before the taint with ``panic_on_warn``."""
+    and (5.18+) the end of the report panics before the taint with ``panic_on_warn``."""
     k, others, heads = _run(_kvfree_then_kfree, profile="v6.3")
     _nothing_lost(k, others, heads)
     [r] = k.panic.reports
@@ -236,9 +239,10 @@ def test_double_kvfree_rcu_of_a_vmalloc_area_warns_in_vunmap() -> None:
     assert k.panic.taint == "W"
 
 
-def test_kasan_reports_once_per_boot_from_5_19() -> None:
-    """``report_enabled()`` (mm/kasan/report.c, 5.19+): without ``kasan_multi_shot`` only the
-    first KASAN report of a boot is printed; rcukit still keeps and counts every one."""
+def test_kasan_reports_once_per_boot_from_5_18() -> None:
+    """``report_enabled()`` (mm/kasan/report.c, 5.18+ for an invalid free): without
+    ``kasan_multi_shot`` only the first KASAN report of a boot is printed; rcukit still keeps
+    and counts every one."""
 
     async def two(k: Kernel, task: Task) -> None:
         await _kvfree_then_kfree(k, task)
@@ -404,11 +408,12 @@ def test_a_failing_work_item_warns_and_the_worker_goes_on() -> None:
     ],
 )
 def test_panic_on_warn_stops_at_the_first_report(bad: Bad, profile: str, message: str) -> None:
-    """``kernel.panic_on_warn``: ``__warn()`` panics after the WARNING line, before the stack
-    dump; KASAN's ``end_report()`` panics before adding the taint (kernel/panic.c,
-    mm/kasan/report.c); ``panic()`` prints "Kernel panic - not syncing: %s", the stack and
-    "---[ end Kernel panic - not syncing: %s ]---". 6.2 ("panic: Consolidate open-coded
-    panic_on_warn checks") prefixes the origin: "kernel: " from ``__warn()``, "KASAN: "."""
+    """``kernel.panic_on_warn``: ``__warn()`` panics after the WARNING line (and, 5.10+, the
+    modules), before the stack dump; KASAN's ``end_report()`` panics (5.18+ before adding the
+    taint, earlier after it) (kernel/panic.c, mm/kasan/report.c); ``panic()`` prints "Kernel
+    panic - not syncing: %s", the stack and "---[ end Kernel panic - not syncing: %s ]---".
+    6.2 ("panic: Consolidate open-coded panic_on_warn checks") prefixes the origin: "kernel: "
+    from ``__warn()``, "KASAN: "."""
     with pytest.raises(KernelPanic) as info:
         _run(bad, profile=profile, panic_on_warn=True)
     head = f"Kernel panic - not syncing: {message}"
@@ -502,3 +507,206 @@ def test_kasan_report_shows_the_allocation_track_when_recorded() -> None:
     assert lines[alloc].startswith("Allocated by task body on cpu 1 at ")
     assert lines[alloc + 1].startswith(" test_panic.py:")
     assert alloc < lines.index(next(x for x in lines if x.startswith("Freed by task ")))
+
+
+# -- version boundaries, each checked against the kernel source or the commit that moved it ------
+
+
+def _ctx() -> ReportContext:
+    return ReportContext.at(0, 42, "kworker/0:1", 1_000_000)
+
+
+def _free_error(kind: str = "double-free") -> MemoryDebugError:
+    return MemoryDebugError(f"{kind} in kfree", kind=kind, ptr=0xFFFF888003A00000)
+
+
+@pytest.mark.parametrize(
+    ("version", "kind", "title"),
+    [
+        ((5, 19), "double-free", "BUG: KASAN: double-free or invalid-free in kfree"),
+        ((5, 19), "invalid-free", "BUG: KASAN: double-free or invalid-free in kfree"),
+        ((6, 0), "double-free", "BUG: KASAN: double-free in kfree"),
+        ((6, 0), "invalid-free", "BUG: KASAN: invalid-free in kfree"),
+    ],
+)
+def test_kasan_title_split_from_6_0(version: tuple[int, int], kind: str, title: str) -> None:
+    """``print_error_description()`` (mm/kasan/report.c): "double-free or invalid-free" for
+    both kinds until "kasan: separate double free case from invalid free" (Kuan-Ying Lee)
+    passed ``KASAN_REPORT_DOUBLE_FREE`` / ``KASAN_REPORT_INVALID_FREE`` to
+    ``kasan_report_invalid_free()``; Andrew Morton's "MM updates for 5.20-rc1" pull
+    (tags/mm-stable-2022-08-03, merged as 6614a3c3164a) carries it, so 6.0 (5.20) prints
+    the split titles (6.1 added the "Free of addr" line, not modelled)."""
+    ps = PanicState(version=version, release=f"{version[0]}.{version[1]}.0-rcukit")
+    r = ps.kasan_report_invalid_free(_ctx(), _free_error(kind), "kfree", ["kfree"])
+    assert r.title == title
+    assert r.text.split("\n")[1] == title.replace(" kfree", f" {symbol_frame('kfree')}")
+
+
+@pytest.mark.parametrize(("version", "printed"), [((5, 17), [True, True]),
+                                                 ((5, 18), [True, False])])
+def test_kasan_invalid_free_is_one_shot_from_5_18(
+    version: tuple[int, int], printed: list[bool]
+) -> None:
+    """Up to 5.17 ``kasan_report_invalid_free()`` called ``start_report()`` without
+    ``report_enabled()`` (only ``__kasan_report()`` checked ``KASAN_BIT_REPORTED``), so every
+    invalid free was printed. c068664c97c7 ("kasan: respect KASAN_BIT_REPORTED in all
+    reporting routines", in mainline for 5.18-rc1: its hash is in linux-next-20220328's
+    merge of Linus's tree, and 5.18-rc1 KASAN reports show the same series' ``print_report``)
+    made it obey the one-shot: without ``kasan_multi_shot`` the second is not printed."""
+    ps = PanicState(version=version)
+    reports = [ps.kasan_report_invalid_free(_ctx(), _free_error(), "kfree", ["kfree"])
+               for _ in range(2)]
+    assert [r.printed for r in reports] == printed
+    assert ps.counts["kasan"] == 2 and ps.taint == "B"
+
+
+@pytest.mark.parametrize(("version", "taint_first"), [((5, 17), True), ((5, 18), False)])
+def test_kasan_panic_on_warn_taints_first_before_5_18(
+    version: tuple[int, int], taint_first: bool
+) -> None:
+    """``end_report()`` (mm/kasan/report.c): up to 5.17 it prints the closing rule, then
+    ``add_taint(TAINT_BAD_PAGE, LOCKDEP_NOW_UNRELIABLE)``, then panics on ``panic_on_warn``,
+    so the panic's header says "Tainted: G    B" and the report ends with "Disabling lock
+    debugging due to kernel taint"; "kasan: disable LOCKDEP when printing reports" (the
+    5.18 series of c068664c97c7) moved ``add_taint()`` after the panic checks, so a 5.18
+    panic is "Not tainted"."""
+    ps = PanicState(version=version, panic_on_warn=True)
+    ps.debug_locks_off = lambda: True
+    with pytest.raises(KernelPanic) as info:
+        ps.kasan_report_invalid_free(_ctx(), _free_error(), "kfree", ["kfree"])
+    kasan, panic = ps.reports
+    assert info.value.title == "Kernel panic - not syncing: panic_on_warn set ..."
+    disabling = "Disabling lock debugging due to kernel taint"
+    assert (kasan.text.split("\n")[-1] == disabling) == taint_first
+    assert kasan.taint == ("B" if taint_first else "")
+    header = panic.text.split("\n")[1]
+    assert header.endswith(("Tainted: G    B" + " " * 12 if taint_first else "Not tainted")
+                           + f" {ps.release} #1")
+
+
+@pytest.mark.parametrize(("version", "modules"), [((5, 9), False), ((5, 10), True)])
+def test_warn_prints_modules_before_panic_on_warn_from_5_10(
+    version: tuple[int, int], modules: bool
+) -> None:
+    """``__warn()`` (kernel/panic.c): up to 5.9 ``panic_on_warn`` panics right after the
+    WARNING line and the message; 3f388f28639f ("panic: dump registers on panic_on_warn",
+    merged with Andrew Morton's batch of the 5.10 merge window) moved the check after
+    ``print_modules()`` and ``show_regs()``, so "Modules linked in:" is printed before the
+    panic; the stack still comes from ``panic()``."""
+    ps = PanicState(version=version, panic_on_warn=True)
+    with pytest.raises(KernelPanic):
+        ps.warn(_ctx(), "broken_cb", ["broken_cb"], message="ValueError: boom")
+    warning = ps.reports[0].text.split("\n")
+    assert warning[2] == "ValueError: boom"
+    assert (warning[-1] == "Modules linked in:") == modules
+    assert len(warning) == 3 + modules
+
+
+@pytest.mark.parametrize(
+    ("version", "origin"),
+    [((6, 1), ""), ((6, 2), "kernel: ")],
+)
+def test_panic_on_warn_names_its_origin_from_6_2(version: tuple[int, int], origin: str) -> None:
+    """79cc1ba7badf ("panic: Consolidate open-coded panic_on_warn checks", Kees Cook, 6.2;
+    backported to stable 5.15.91 and others, which rcukit does not model) replaced
+    ``panic("panic_on_warn set ...\\n")`` with ``check_panic_on_warn("kernel")`` in
+    ``__warn()`` and ``check_panic_on_warn("KASAN")`` in ``end_report()``: "%s: panic_on_warn
+    set ..."."""
+    ps = PanicState(version=version, panic_on_warn=True)
+    with pytest.raises(KernelPanic) as info:
+        ps.warn(_ctx(), "broken_cb", ["broken_cb"])
+    assert info.value.title == f"Kernel panic - not syncing: {origin}panic_on_warn set ..."
+    ps = PanicState(version=version, panic_on_warn=True)
+    with pytest.raises(KernelPanic) as info:
+        ps.kasan_report_invalid_free(_ctx(), _free_error(), "kfree", ["kfree"])
+    kasan = "KASAN: " if origin else ""
+    assert info.value.title == f"Kernel panic - not syncing: {kasan}panic_on_warn set ..."
+
+
+@pytest.mark.parametrize(("version", "zero"), [((5, 16), False), ((5, 17), True)])
+def test_end_marker_oops_id_is_zero_from_5_17(version: tuple[int, int], zero: bool) -> None:
+    """``print_oops_end_marker()`` (kernel/panic.c) printed a random boot-time ``oops_id``
+    until e83a4472bf9f ("panic: remove oops_id", Sebastian Andrzej Siewior), which is in
+    Linus's tree in the 5.17 merge window (pushed with it to a mirror on 2022-01-21); since
+    then ``"---[ end trace %016llx ]---"`` with ``0ULL`` (kernel/panic.c, 6.17)."""
+    ps = PanicState(version=version)
+    marker = ps.warn(_ctx(), "broken_cb", ["broken_cb"]).text.split("\n")[-1]
+    m = re.fullmatch(r"---\[ end trace ([0-9a-f]{16}) \]---", marker)
+    assert m is not None and (m[1] == "0" * 16) == zero
+
+
+@pytest.mark.parametrize(("version", "top"), [((5, 13), "dump_stack"), ((5, 14), "dump_stack_lvl")])
+def test_dump_stack_lvl_is_the_innermost_frame_from_5_14(
+    version: tuple[int, int], top: str
+) -> None:
+    """4469c0f17ec6 ("printk: introduce dump_stack_lvl()", Alexander Potapenko, posted in
+    May 2021 after 5.13-rc1; lib/dump_stack.c at that commit) made ``dump_stack()`` a
+    wrapper of ``dump_stack_lvl(KERN_DEFAULT)``, so the trace starts at ``dump_stack_lvl``
+    (Ubuntu's 5.13 kernel has no such symbol, its 5.15 has it)."""
+    lines = PanicState(version=version).dump_stack(_ctx(), ["kfree"])
+    assert lines[lines.index("Call Trace:") + 1] == f" {symbol_frame(top)}"
+
+
+@pytest.mark.parametrize(
+    ("version", "mask", "header"),
+    [
+        ((6, 10), 1 << TAINT_WARN,
+         ["CPU: 0 PID: 42 Comm: kworker/0:1 Tainted: G        W          6.10.0-rcukit #1"]),
+        ((6, 11), 0, ["CPU: 0 UID: 0 PID: 42 Comm: kworker/0:1 Not tainted 6.11.0-rcukit #1"]),
+        ((6, 11), (1 << TAINT_BAD_PAGE) | (1 << TAINT_WARN),
+         ["CPU: 0 UID: 0 PID: 42 Comm: kworker/0:1 Tainted: G    B   W          "
+          "6.11.0-rcukit #1",
+          "Tainted: [B]=BAD_PAGE, [W]=WARN"]),
+    ],
+)
+def test_dump_stack_header_gains_uid_and_verbose_taint_in_6_11(
+    version: tuple[int, int], mask: int, header: list[str]
+) -> None:
+    """``dump_stack_print_info()`` (lib/dump_stack.c): "lib/dump_stack: report process UID
+    in dump_stack_print_info()" (Suren Baghdasaryan) and "kernel/panic: add verbose logging
+    of kernel taints in backtraces" (Jani Nikula) both came in Andrew Morton's "non-MM
+    updates for 6.11-rc1" (tags/mm-nonmm-stable-2024-07-21, based on 6.10-rc5): 6.10-rc7
+    reports print "CPU: n PID:" and no second line, 6.11-rc1 reports "CPU: n UID: 0 PID:"
+    and, when tainted, ``print_tainted_verbose()`` ("Tainted: [W]=WARN")."""
+    release = f"{version[0]}.{version[1]}.0-rcukit"
+    ps = PanicState(version=version, release=release)
+    ps.tainted_mask = mask
+    lines = ps.dump_stack(_ctx(), ["kfree"])
+    assert lines[:lines.index("Call Trace:")] == header
+    assert dump_stack_print_info(0, 42, "kworker/0:1", mask, release, version) == header
+
+
+def test_print_tainted_verbose_names_every_flag() -> None:
+    """``taint_flags[]`` (kernel/panic.c, 6.17): ``TAINT_FLAG(name, c_true, ...)`` with
+    ``.desc = #taint``; ``print_tainted_verbose()`` prints each set flag as "[c]=NAME"
+    joined by ", ", over ``TAINT_FLAGS_COUNT`` flags (TAINT_FWCTL 'J' from 6.15)."""
+    every = (1 << 20) - 1
+    text = print_tainted_verbose(every, (6, 15))
+    assert text.startswith("Tainted: [P]=PROPRIETARY_MODULE, [F]=FORCED_MODULE, ")
+    assert text.endswith("[T]=RANDSTRUCT, [N]=TEST, [J]=FWCTL")
+    assert text.count("=") == 20
+    assert "FWCTL" not in print_tainted_verbose(every, (6, 14))
+    assert print_tainted_verbose(0, (6, 15)) == "Not tainted"
+
+
+def test_a_6_12_splat_after_a_kasan_report_prints_the_verbose_taint() -> None:
+    """The lock splats share ``dump_stack_print_info()`` with the bug reports (lib/dump_stack.c
+    is one function): on a 6.12 kernel a WARN and a "scheduling while atomic" after a KASAN
+    report carry "UID: 0" and the verbose taint line of what came before them."""
+
+    async def both(k: Kernel, task: Task) -> None:
+        await _kvfree_then_kfree(k, task)
+        await k.kvfree.kvfree_rcu_barrier(task)
+        await _raising_callback(k, task)
+        await k.rcu.rcu_barrier(task)
+        task.preempt_count += 1
+        k.locks.schedule(task, "msleep")
+        task.preempt_count -= 1
+
+    k, others, heads = _run(both, profile="v6.12")
+    _nothing_lost(k, others, heads)
+    kasan, warn = k.panic.reports
+    assert "Tainted: [" not in kasan.text and " UID: 0 PID: " in kasan.text
+    assert "Tainted: [B]=BAD_PAGE" in warn.text.split("\n")
+    [splat] = k.locks.printed_reports
+    assert "Tainted: [B]=BAD_PAGE, [W]=WARN" in splat.format().split("\n")
