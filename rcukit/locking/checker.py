@@ -424,7 +424,9 @@ class LockChecker:
             self.prev_jiffy = jiffies
             self.panic.add_taint(TAINT_WARN)
             return True
-        if kind == "scheduling_while_atomic":
+        if kind == "scheduling_while_atomic" and not self.panic.panic_on_warn:
+            # __schedule_bug() adds TAINT_WARN after the stack dump, which panic_on_warn
+            # never reaches
             self.panic.add_taint(TAINT_WARN)
         return True
 
@@ -448,9 +450,12 @@ class LockChecker:
             self._reported.add(key)
             if len(self.splats) < self.max_recorded:
                 self.splats.append(splat)
+        fatal = (
+            printed and splat.kind == "scheduling_while_atomic" and self.panic.panic_on_warn
+        )
         if printed:
             self.printed[splat.kind] += 1
-            text = splat.format()
+            text = splat.format(dump_stack=not fatal)
             if not self.first_report:
                 self.first_report = text
             if len(self.printed_reports) < self.max_recorded:
@@ -459,9 +464,10 @@ class LockChecker:
                 print(text, file=self.out)
         for cb in self.listeners:
             cb(splat)
-        if printed and splat.kind == "scheduling_while_atomic" and self.panic.panic_on_warn:
+        if fatal:
             # __schedule_bug(): "if (panic_on_warn) panic("scheduling while atomic\n");"
-            # (6.2+: check_panic_on_warn("scheduling while atomic")).
+            # (6.2+: check_panic_on_warn("scheduling while atomic")), before dump_stack()
+            # and add_taint().
             msg = "scheduling while atomic"
             if self.kernel_version >= (6, 2):
                 msg += ": panic_on_warn set ..."

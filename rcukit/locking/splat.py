@@ -109,11 +109,13 @@ class Splat:
         """One problem: kind, lock, ip and site (``LockChecker.splats`` keeps one per key)."""
         return (self.kind, self.lock_name, self.ip, self.site)
 
-    def format(self) -> str:
+    def format(self, *, dump_stack: bool = True) -> str:
+        """The report as printed. ``dump_stack=False``: what ``__schedule_bug()`` printed
+        before ``panic_on_warn`` stopped it (the stack dump comes after that check)."""
         if self.kind == "invalid_wait_context":
             return self._format_wait_context()
         if self.kind == "scheduling_while_atomic":
-            return self._format_sched_atomic()
+            return self._format_sched_atomic(dump_stack)
         if self.kind == "sleeping_in_atomic":
             return self._format_might_sleep()
         return self.detail
@@ -194,16 +196,18 @@ class Splat:
         ]
         return "\n".join(lines)
 
-    def _format_sched_atomic(self) -> str:
+    def _format_sched_atomic(self, dump_stack: bool = True) -> str:
         """``__schedule_bug()`` (kernel/sched/core.c): title, held locks, modules, and where
-        preemption went off when ``in_atomic_preempt_off()`` (always, once it reports)."""
+        preemption went off when ``in_atomic_preempt_off()`` (always, once it reports); then
+        the ``panic_on_warn`` check, then ``dump_stack()``."""
         lines = [
             f"BUG: scheduling while atomic: {self.comm}/{self.pid}/0x{self.preempt_count:08x}",
             *self._debug_show_held_locks(),
             "Modules linked in:",
             *self._preempt_disabled_at(),
-            *self._trailer(),
         ]
+        if dump_stack:
+            lines.extend(self._trailer())
         return "\n".join(lines)
 
     def _format_might_sleep(self) -> str:

@@ -435,6 +435,33 @@ def test_panic_on_warn_scheduling_while_atomic() -> None:
         simulate(atomic_sleep, KernelConfig(nr_cpus=1, panic_on_warn=True), cpus=[0])
 
 
+@pytest.mark.parametrize("panic_on_warn", [False, True])
+def test_schedule_bug_checks_panic_on_warn_before_its_stack_dump(panic_on_warn: bool) -> None:
+    """``__schedule_bug()`` (kernel/sched/core.c, v5.9 and v6.2+ alike) prints the title, the
+    held locks, the modules and "Preemption disabled at:", then checks ``panic_on_warn``, and
+    only then calls ``dump_stack()`` and ``add_taint(TAINT_WARN, ...)``: with the sysctl set,
+    the report has no stack of its own and the panic's header is not tainted W."""
+
+    async def atomic_sleep(task: Task) -> None:
+        task.preempt_count += 1
+        await task.sleep_ns(1000)
+
+    box: dict[str, Kernel] = {}
+    cfg = KernelConfig(nr_cpus=1, panic_on_warn=panic_on_warn)
+    if panic_on_warn:
+        with pytest.raises(KernelPanic) as info:
+            simulate(atomic_sleep, cfg, cpus=[0], setup=lambda k: box.setdefault("k", k))
+        assert "Not tainted" in str(info.value)
+    else:
+        simulate(atomic_sleep, cfg, cpus=[0], setup=lambda k: box.setdefault("k", k))
+    k = box["k"]
+    report = k.locks.first_report
+    assert report.startswith("BUG: scheduling while atomic: ")
+    assert "Preemption disabled at:" in report
+    assert ("Call Trace:" in report) is not panic_on_warn
+    assert k.panic.test_taint(TAINT_WARN) is not panic_on_warn
+
+
 def test_panic_on_warn_is_validated() -> None:
     """The sysctl is a boolean: anything else is refused when the config is built."""
     with pytest.raises(ValueError, match="panic_on_warn"):
