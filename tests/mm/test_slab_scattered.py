@@ -179,7 +179,7 @@ async def test_a_shuffled_block_takes_the_scattered_path(autojump_clock: Any) ->
             assert await slab._kfree_bulk_scattered(task, block, parsed)
             assert slab.nr_objects == before["nr_objects"] - 200
             # another cache's object in the array: parsed, then refused when its slab is seen
-            mixed = array("Q", ptrs[200:300] + [await mm.kmalloc(task, 64, KERNEL)])
+            mixed = array("Q", [*ptrs[200:300], await mm.kmalloc(task, 64, KERNEL)])
             parsed = slab._slab_objects(mixed)
             assert parsed is not None
             before = _state(k, task)
