@@ -575,6 +575,18 @@ class SlabAllocator:
         """
         if not len(ptrs):
             return
+        step = self.max_cache_size
+        head = ptrs[: 2 * _SINGLES_ALLOWED + 1]
+        if len(head) > 2 * _SINGLES_ALLOWED and not any(
+            0 < b - a <= step for a, b in pairwise(head)
+        ):
+            # no two neighbours among the first pointers: not run-shaped, so the scattered
+            # parse comes first (the segment parse would give up on it after those)
+            objects = self._slab_objects(ptrs)
+            if objects is not None:
+                if not await self._kfree_bulk_scattered(task, ptrs, objects):
+                    await self._kfree_bulk_checked(task, ptrs)
+                return
         runs = self._slab_runs(ptrs)
         if runs is not None:
             await self._kfree_bulk_runs(task, ptrs, runs)
