@@ -129,7 +129,7 @@ class KmemCache:
 
 #: :meth:`SlabAllocator._slab_objects`' parse: the cache, each pointer's slab and object index
 #: (newest first), and the slab keys as little-endian 64-bit lanes.
-_Scattered = tuple[KmemCache, list[Slab], list[int], bytes]
+_Scattered = tuple[KmemCache, list[Slab], Sequence[int], bytes]
 
 
 def kmalloc_sizes(page_size: int) -> tuple[int, ...]:
@@ -577,11 +577,13 @@ class SlabAllocator:
             return
         step = self.max_cache_size
         head = ptrs[: 2 * _SINGLES_ALLOWED + 1]
-        if len(head) > 2 * _SINGLES_ALLOWED and not any(
-            0 < b - a <= step for a, b in pairwise(head)
+        if (
+            type(ptrs) is array
+            and len(head) > 2 * _SINGLES_ALLOWED
+            and not any(0 < b - a <= step for a, b in pairwise(head))
         ):
-            # no two neighbours among the first pointers: not run-shaped, so the scattered
-            # parse comes first (the segment parse would give up on it after those)
+            # a pointer block with no two neighbours among its first pointers: not run-shaped,
+            # so the scattered parse comes first (the segment parse would give up after those)
             objects = self._slab_objects(ptrs)
             if objects is not None:
                 if not await self._kfree_bulk_scattered(task, ptrs, objects):
@@ -836,9 +838,9 @@ class SlabAllocator:
         if whole & high != high & offset * ones or whole & (size - 1) * ones:
             return None  # outside the window, or not the start of an object of this size
         pfns = ((whole & (window - (1 << shift)) * ones) >> shift).to_bytes(8 * n, "little")
-        idxs = _lanes_list(
-            ((whole & ((1 << shift) - 1) * ones) >> cache.size_shift).to_bytes(8 * n, "little")
-        )
+        lanes = ((whole & ((1 << shift) - 1) * ones) >> cache.size_shift).to_bytes(8 * n, "little")
+        # below 256 objects an index is its lane's low byte
+        idxs = lanes[0::8] if cache.nobj <= 256 else _lanes_list(lanes)
         slabs = list(map(self._slab_of.get, _lanes_list(pfns)[::-1]))
         if None in slabs:
             return None  # a large kmalloc, not a slab page
@@ -885,13 +887,12 @@ class SlabAllocator:
             if slab.fresh:
                 slab.fresh = False
                 was_fresh.append(slab)
-            if slab is not active:
-                if not slab.on_partial:
-                    slab.on_partial = True
-                    partial[slab] = None
-                    joined.append(slab)
-                if not inuse:
-                    emptied.append(slab)
+            if not slab.on_partial and slab is not active:
+                slab.on_partial = True
+                partial[slab] = None
+                joined.append(slab)
+            if not inuse and slab is not active:
+                emptied.append(slab)
         else:
             idx = -1
         if idx >= 0:
@@ -1206,7 +1207,7 @@ def _near_keys(keys: bytes, n: int) -> list[int]:
     lanes = int.from_bytes(low, "little")
     near: set[int] = set()
     zero = bytes(2)
-    for d in (1, 2, 3):
+    for d in range(1, min(4, n)):  # the look-ahead's 3
         raw = (lanes ^ (lanes >> (16 * d))).to_bytes(2 * n, "little")
         at = raw.find(zero, 0, 2 * (n - d))
         while at >= 0:
