@@ -60,6 +60,9 @@ _COMP = int(GFP.COMP)
 _NOWARN_NORETRY = int(GFP.NOWARN | GFP.NORETRY)
 _NOFAIL = int(GFP.NOFAIL)
 
+#: 1 in a little-endian 64-bit lane.
+_LANE_ONE = (1).to_bytes(8, "little")
+
 
 class Slab:
     """One slab page block: objects of ``cache.size`` from ``base``; ``used[i]`` = allocated."""
@@ -96,7 +99,7 @@ class KmemCache:
 
     __slots__ = (
         "active", "descending", "lane_offsets", "lane_ones", "name", "nobj", "nr_slabs", "order",
-        "partial", "size",
+        "partial", "size", "size_shift",
     )
 
     def __init__(self, size: int, order: int, page_size: int) -> None:
@@ -115,9 +118,18 @@ class KmemCache:
         #: Slabs with free objects other than the active one (insertion-ordered set).
         self.partial: dict[Slab, None] = {}
         self.nr_slabs = 0
+        #: log2 of a power-of-two size: with one-page slabs, ``ptr & (PAGE_SIZE - 1) >>
+        #: size_shift`` is the object index (kfree_bulk's scattered path,
+        #: :meth:`SlabAllocator._slab_objects`).
+        self.size_shift = size.bit_length() - 1
 
     def __repr__(self) -> str:
         return f"<KmemCache {self.name} order={self.order} objs={self.nobj}>"
+
+
+#: :meth:`SlabAllocator._slab_objects`' parse: the cache, each pointer's slab and object index
+#: (newest first), and the slab keys as little-endian 64-bit lanes.
+_Scattered = tuple[KmemCache, list[Slab], Sequence[int], bytes]
 
 
 def kmalloc_sizes(page_size: int) -> tuple[int, ...]:
@@ -182,6 +194,8 @@ class SlabAllocator:
         )
         self.alloc_sites: dict[int, RawSite] | None = {} if mmc.debug_alloc_sites else None
         self.nr_objects = 0
+        #: 1 in every 64-bit lane of the longest array :meth:`_slab_objects` parsed.
+        self._lane_ones = 0
         self._gfp_plans = mm.page_alloc.plans
         # Read on every kmalloc: the failslab knobs (the object, whose fields debugfs changes)
         # and the frozen cost model's per-object charge.
@@ -554,17 +568,35 @@ class SlabAllocator:
         twice) raises with the allocator unchanged. NULLs are skipped as the kernel does.
 
         The common case (every pointer a live slab object, listed once) is checked and freed a
-        segment of consecutive objects at a time (:meth:`_slab_runs`); anything else,
-        including every error, takes the per-pointer path. Both leave the same state, charge
-        the same cost and raise the same errors.
+        segment of consecutive objects at a time (:meth:`_slab_runs`), or, when the pointers
+        are not in order, with per-object steps that are C-level passes over the whole array
+        (:meth:`_slab_objects`); anything else, including every error, takes the per-pointer
+        path. All leave the same state, charge the same cost and raise the same errors.
         """
         if not len(ptrs):
             return
+        step = self.max_cache_size
+        head = ptrs[: 2 * _SINGLES_ALLOWED + 1]
+        if (
+            type(ptrs) is array
+            and len(head) > 2 * _SINGLES_ALLOWED
+            and not any(0 < b - a <= step for a, b in pairwise(head))
+        ):
+            # a pointer block with no two neighbours among its first pointers: not run-shaped,
+            # so the scattered parse comes first (the segment parse would give up after those)
+            objects = self._slab_objects(ptrs)
+            if objects is not None:
+                if not await self._kfree_bulk_scattered(task, ptrs, objects):
+                    await self._kfree_bulk_checked(task, ptrs)
+                return
         runs = self._slab_runs(ptrs)
-        if runs is None:
-            await self._kfree_bulk_checked(task, ptrs)
+        if runs is not None:
+            await self._kfree_bulk_runs(task, ptrs, runs)
             return
-        await self._kfree_bulk_runs(task, ptrs, runs)
+        objects = self._slab_objects(ptrs)
+        if objects is not None and await self._kfree_bulk_scattered(task, ptrs, objects):
+            return
+        await self._kfree_bulk_checked(task, ptrs)
 
     async def kfree_bulk_segments(
         self, task: Task, segs: Sequence[tuple[Slab, int, int]]
@@ -764,6 +796,147 @@ class SlabAllocator:
             return None
         return runs
 
+    def _slab_objects(self, ptrs: Sequence[int]) -> _Scattered | None:
+        """Each pointer's slab page and object index, newest first, if every pointer is the
+        start of an object of the first pointer's cache, a power-of-two cache of one-page slabs
+        (else None): the unordered arrays :meth:`_slab_runs` leaves, parsed without a Python
+        step per pointer. That each slab is of that cache, and each object allocated and listed
+        once, is left to :meth:`_kfree_bulk_scattered`.
+
+        The array is read as one integer of 64-bit lanes (as :meth:`_slab_runs` does): masking
+        every lane at once checks that each pointer is in the direct map's first window (the
+        bits above PAGE_OFFSET's lowest set bit are PAGE_OFFSET's) and object-aligned, and gives
+        its pfn (the bits in between, above the page offset) and object index (the page offset
+        shifted by the size's log2); the slabs come from one C-level dict lookup per pfn.
+        Returns ``(cache, slabs, indices, pfns)``, the first two newest first, ``pfns`` as
+        little-endian 64-bit lanes (for :func:`_near_keys`).
+        """
+        if type(ptrs) is array and ptrs.typecode in "LQ" and ptrs.itemsize == 8:
+            arr = ptrs
+        else:
+            try:
+                arr = array("Q", ptrs)
+            except (OverflowError, TypeError):
+                return None
+        n = len(arr)
+        offset = self.mm.page_offset
+        shift = self.page_shift
+        first = self._slab_of.get((arr[0] - offset) >> shift)
+        if first is None:
+            return None
+        cache = first.cache
+        size = cache.size
+        if cache.order or size & (size - 1):
+            return None
+        if _BIG_ENDIAN:
+            arr = array(arr.typecode, arr)
+            arr.byteswap()
+        whole = int.from_bytes(arr.tobytes(), "little")
+        ones = self._lane_ones_of(n)
+        window = offset & -offset
+        high = ((1 << 64) - window) * ones
+        if whole & high != high & offset * ones or whole & (size - 1) * ones:
+            return None  # outside the window, or not the start of an object of this size
+        pfns = ((whole & (window - (1 << shift)) * ones) >> shift).to_bytes(8 * n, "little")
+        lanes = ((whole & ((1 << shift) - 1) * ones) >> cache.size_shift).to_bytes(8 * n, "little")
+        # below 256 objects an index is its lane's low byte
+        idxs = lanes[0::8] if cache.nobj <= 256 else _lanes_list(lanes)
+        slabs = list(map(self._slab_of.get, _lanes_list(pfns)[::-1]))
+        if None in slabs:
+            return None  # a large kmalloc, not a slab page
+        return cache, cast("list[Slab]", slabs), idxs[::-1], pfns
+
+    def _lane_ones_of(self, n: int) -> int:
+        """1 in each of ``n`` 64-bit lanes (made once for the longest array seen)."""
+        ones = self._lane_ones
+        if ones.bit_length() < 64 * n - 63:
+            ones = self._lane_ones = int.from_bytes(_LANE_ONE * n, "little")
+        return ones & ((1 << (64 * n)) - 1)
+
+    async def _kfree_bulk_scattered(
+        self, task: Task, ptrs: Sequence[int], objects: _Scattered
+    ) -> bool:
+        """Free what :meth:`_slab_objects` parsed as the per-pointer path would, or, if an
+        object is free or listed twice, undo and return False (the caller then takes the
+        per-pointer path, which raises).
+
+        The detached freelists take each slab's objects newest first (a round starts at the
+        newest object left and collects older ones of its slab), so every slab's freelist gets
+        its objects in reverse array order whatever the grouping: the frees are one pass over
+        the array, newest first, which also finds a free object (a repeat finds its first
+        listing freed already). A slab joins the partial list at its first group, i.e. in order
+        of first appearance newest first. Only the number of groups (the cost) and the order in
+        which emptied slabs are discarded depend on the grouping itself.
+        """
+        cache, newest_first, idxs, keys = objects
+        n = len(newest_first)
+        active = cache.active
+        partial = cache.partial
+        joined: list[Slab] = []  # put on the partial list by this call
+        was_fresh: list[Slab] = []
+        emptied: list[Slab] = []
+        pairs = zip(newest_first, idxs, strict=True)
+        for slab, idx in pairs:
+            used = slab.used
+            if slab.cache is not cache or used[idx] != 1:
+                break
+            used[idx] = 0
+            slab.freelist.append(idx)
+            inuse = slab.inuse - 1
+            slab.inuse = inuse
+            if slab.fresh:
+                slab.fresh = False
+                was_fresh.append(slab)
+            if not slab.on_partial and slab is not active:
+                slab.on_partial = True
+                partial[slab] = None
+                joined.append(slab)
+            if not inuse and slab is not active:
+                emptied.append(slab)
+        else:
+            idx = -1
+        if idx >= 0:
+            done = n - 1 - len(list(pairs))
+            undo = zip(reversed(newest_first[:done]), reversed(idxs[:done]), strict=True)
+            for slab, idx in undo:
+                slab.used[idx] = 1
+                slab.freelist.pop()
+                slab.inuse += 1
+            for slab in joined:
+                slab.on_partial = False
+                del partial[slab]
+            for slab in was_fresh:
+                slab.fresh = True
+            return False
+        self.nr_objects -= n
+        slabs = newest_first[::-1]
+        singles: list[range] = []
+        groups = _build_detached_freelists(
+            slabs, [False] * n, [1] * n, _near_keys(keys, n), singles
+        )
+        cost = self.mm.cost
+        task.charge(
+            (len(groups) + sum(map(len, singles))) * cost.kfree_bulk_call_ns
+            + n * cost.kfree_bulk_per_object_ns
+        )
+        q = self.quarantine
+        if q is not None or self.alloc_sites is not None:
+            site = raw_site(task)
+            freed = list(ptrs)
+            sites = self.alloc_sites
+            allocs = [sites.pop(p, None) for p in freed] if sites is not None else None
+            if q is not None:
+                q.put_many(freed, [cache.size] * n, site, allocs)
+        if len(emptied) > 1:
+            # discarded in the order of each slab's last group: the one holding its oldest
+            # object, which starts a group of its own unless a recorded group took it
+            start = {m: g[0] for s, g in groups if s in emptied for m in g}
+            oldest = {s: slabs.index(s) for s in emptied}
+            emptied.sort(key=lambda s: -start.get(oldest[s], oldest[s]))
+        if emptied:
+            await self._discard_empty(task, emptied)
+        return True
+
     async def _kfree_bulk_checked(self, task: Task, ptrs: Sequence[int]) -> None:
         """:meth:`kfree_bulk` a pointer at a time: NULLs, large kmallocs, and every error."""
         n = len(ptrs)
@@ -959,6 +1132,7 @@ def _build_detached_freelists(
     done: list[bool],
     misses: Sequence[int],
     near: list[int] | None = None,
+    singles: list[range] | None = None,
 ) -> list[tuple[_SlabOrNone, list[int]]]:
     """The scan both callers share: entry i costs ``misses[i]`` look-ahead when skipped.
 
@@ -968,7 +1142,8 @@ def _build_detached_freelists(
 
     ``near`` (:func:`_near_repeats`) is given only when nothing is done and every miss costs 1:
     a round starting at i, with nothing below i taken yet, is then a group of one unless i is
-    in ``near``, so such rounds are emitted a stretch at a time.
+    in ``near``, so such rounds are emitted a stretch at a time; into ``singles`` as the range
+    of their indices (newest first), if it is given, instead of a group each.
     """
     groups: list[tuple[_SlabOrNone, list[int]]] = []
     size = len(slabs)
@@ -983,7 +1158,10 @@ def _build_detached_freelists(
             while near and near[-1] > size:
                 near.pop()
             stop = near[-1] if near else -1
-            groups += [(slabs[i], [i]) for i in range(size, stop, -1)]
+            if singles is None:
+                groups += [(slabs[i], [i]) for i in range(size, stop, -1)]
+            else:
+                singles.append(range(size, stop, -1))
             if stop < 0:
                 break
             size = stop
@@ -1012,6 +1190,41 @@ def _build_detached_freelists(
         groups.append((slab, members))
         size = first_skipped
     return groups
+
+
+def _near_keys(keys: bytes, n: int) -> list[int]:
+    """What :func:`_near_repeats` gives for ``n`` slabs named by the 8-byte little-endian keys
+    in ``keys`` (one per slab), possibly with a few more indices (a round the scan then runs
+    for real, and finds a group of one; none is ever missing).
+
+    Each key's low 16 bits are compared, in 16-bit lanes of one integer: lane j of
+    ``lanes ^ (lanes >> 16 * d)`` is zero when entries j and j + d may share a slab, found
+    with a C-level search for two zero bytes at a lane boundary (not per pointer in Python).
+    """
+    low = bytearray(2 * n)
+    low[0::2] = keys[0::8]
+    low[1::2] = keys[1::8]
+    lanes = int.from_bytes(low, "little")
+    near: set[int] = set()
+    zero = bytes(2)
+    for d in range(1, min(4, n)):  # the look-ahead's 3
+        raw = (lanes ^ (lanes >> (16 * d))).to_bytes(2 * n, "little")
+        at = raw.find(zero, 0, 2 * (n - d))
+        while at >= 0:
+            if at & 1:
+                at = raw.find(zero, at + 1, 2 * (n - d))
+                continue
+            near.add((at >> 1) + d)
+            at = raw.find(zero, at + 2, 2 * (n - d))
+    return sorted(near)
+
+
+def _lanes_list(lanes: bytes) -> list[int]:
+    """Little-endian 64-bit lanes as a list of ints."""
+    arr = array(_PTR_TYPECODE, lanes)
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    return arr.tolist()
 
 
 def _segments_overlap(
