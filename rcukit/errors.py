@@ -56,10 +56,13 @@ class MemoryDebugError(RcukitError, RuntimeError):
         where: str = "",
         detail: str = "",
         sites: tuple[tuple[str, object], ...] = (),
+        pfn: int | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.ptr = ptr
+        #: The page's frame number, for a bad page state.
+        self.pfn = pfn
         self.where = where
         self.detail = detail
         self.sites = sites

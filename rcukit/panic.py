@@ -268,6 +268,11 @@ class PanicState:
     debug_locks_off: Callable[[], bool] | None = attrs.field(default=None, init=False)
     listeners: list[Callable[[BugReport], None]] = attrs.field(factory=list, init=False)
     max_recorded: int = attrs.field(default=1000, init=False)
+    #: ``bad_page()``'s ratelimit (its function-static ``nr_shown``, ``nr_unshown`` and
+    #: ``resume``, the last in simulated ns).
+    bad_page_shown: int = attrs.field(default=0, init=False)
+    bad_page_unshown: int = attrs.field(default=0, init=False)
+    bad_page_resume_ns: int = attrs.field(default=0, init=False)
 
     # -- taint ---------------------------------------------------------------------------------
     def add_taint(self, flag: int, *, lockdep_ok: bool = True) -> list[str]:
@@ -416,15 +421,39 @@ class PanicState:
     def bad_page(
         self, ctx: BugContext, err: MemoryDebugError, frames: Sequence[str], *, workqueue: str = ""
     ) -> BugReport:
-        """``bad_page()`` (mm/page_alloc.c): "BUG: Bad page state in process <comm>", the
-        reason, a stack dump, ``add_taint(TAINT_BAD_PAGE, LOCKDEP_NOW_UNRELIABLE)``; the page is
-        left alone (not freed) and the kernel goes on. ``bad_page()`` does not check
-        ``panic_on_warn``."""
+        """``bad_page()`` (mm/page_alloc.c): "BUG: Bad page state in process <comm>
+        pfn:<pfn>", ``dump_page()``'s "page dumped because: <reason>", the modules, a stack
+        dump; ``add_taint(TAINT_BAD_PAGE, LOCKDEP_NOW_UNRELIABLE)`` even when the report is
+        swallowed. The page is left alone (not freed) and the kernel goes on; ``bad_page()``
+        does not check ``panic_on_warn``. Ratelimited as the kernel's: a burst of 60 reports,
+        then silence until a minute after the burst's first, then "BUG: Bad page state: N
+        messages suppressed". The page's flags and counts (``__dump_page()``'s other lines) are
+        not modelled; the reason is rcukit's own wording of what its page map found."""
+        now = ctx.cpu.local_ns
+        lines: list[str] = []
+        printed = True
+        if self.bad_page_shown == 60:
+            if now < self.bad_page_resume_ns:
+                self.bad_page_unshown += 1
+                printed = False
+            else:
+                if self.bad_page_unshown:
+                    lines.append(
+                        f"BUG: Bad page state: {self.bad_page_unshown} messages suppressed"
+                    )
+                    self.bad_page_unshown = 0
+                self.bad_page_shown = 0
+        if printed:
+            if self.bad_page_shown == 0:
+                self.bad_page_resume_ns = now + 60 * 10**9
+            self.bad_page_shown += 1
         title = f"BUG: Bad page state in process {ctx.comm}"
-        lines = [title, str(err), "Modules linked in:"]
+        if err.pfn is not None:
+            title += f"  pfn:{err.pfn:05x}"
+        lines += [title, f"page dumped because: {err.detail or err}", "Modules linked in:"]
         lines.extend(self.dump_stack(ctx, frames, workqueue=workqueue))
         lines.extend(self.add_taint(TAINT_BAD_PAGE, lockdep_ok=False))
-        return self._report("bad_page", title, ctx, lines)
+        return self._report("bad_page", title, ctx, lines, printed=printed)
 
     def panic(
         self, ctx: BugContext, message: str, frames: Sequence[str], *, workqueue: str = ""

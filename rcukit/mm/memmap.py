@@ -122,35 +122,38 @@ class MemMap:
         return f"not a kmalloc object: its page (pfn 0x{pfn:x}) is {state}"
 
     def check_free(self, where: str, pfn: int, order: int) -> int:
-        """``free_page_is_bad()``/``bad_page()``: the block's migratetype, or MemoryDebugError."""
+        """``free_page_is_bad()``/``bad_page()``: the block's migratetype, or MemoryDebugError
+        (``pfn`` and the reason in ``detail``, for ``bad_page()``'s report)."""
         if not 0 <= order < MAX_ORDER:
             raise PageAllocError(f"order {order} is invalid: allowed 0..{MAX_ORDER - 1}")
         i = pfn - self.start_pfn
         if not 0 <= i < self.nr_pages:
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: pfn is outside the zone "
-                f"[0x{self.start_pfn:x}, 0x{self.end_pfn:x})"
+            raise _bad_page(
+                where, pfn,
+                f"pfn is outside the zone [0x{self.start_pfn:x}, 0x{self.end_pfn:x})",
             )
         v = self.pstate[i]
         if v == PS_FREE:
-            raise MemoryDebugError(f"BUG: Bad page state: {where}: double free, the page is free")
+            raise _bad_page(where, pfn, "double free, the page is free")
         if v == PS_OTHER:
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: the page belongs to other kernel users "
-                "(the allocator never returned it)"
+            raise _bad_page(
+                where, pfn, "the page belongs to other kernel users (the allocator never "
+                "returned it)",
             )
         if v == PS_TAIL:
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: a tail page of a higher-order block "
-                "(free the block's first page with its order)"
+            raise _bad_page(
+                where, pfn, "a tail page of a higher-order block (free the block's first "
+                "page with its order)",
             )
         if v & PS_SLAB:
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: the page belongs to a slab (use kfree)"
-            )
+            raise _bad_page(where, pfn, "the page belongs to a slab (use kfree)")
         mt, got = (v >> 4) - 1, v & 0x0F
         if got != order:
-            raise MemoryDebugError(
-                f"BUG: Bad page state: {where}: the block was allocated with order {got}"
-            )
+            raise _bad_page(where, pfn, f"the block was allocated with order {got}")
         return mt
+
+
+def _bad_page(where: str, pfn: int, reason: str) -> MemoryDebugError:
+    return MemoryDebugError(
+        f"BUG: Bad page state: {where}: {reason}", pfn=pfn, detail=reason
+    )

@@ -23,6 +23,7 @@ from rcukit.panic import (
     TAINT_BAD_PAGE,
     TAINT_DIE,
     TAINT_WARN,
+    BugReport,
     PanicState,
     ReportContext,
     dump_stack_print_info,
@@ -393,6 +394,62 @@ def test_a_failing_work_item_warns_and_the_worker_goes_on() -> None:
     assert "Workqueue: events broken_work" in r.text
     assert r.title.endswith(" at broken_work") and "RcuUsageError" not in r.title
     assert "the item's own bug" in r.text
+
+
+def test_bad_page_report_names_the_pfn_and_the_reason() -> None:
+    """``bad_page()`` (mm/page_alloc.c, v5.9 and since): "BUG: Bad page state in process %s
+    pfn:%05lx", then ``dump_page(page, reason)``'s "page dumped because: %s", the modules, the
+    stack; ``add_taint(TAINT_BAD_PAGE, LOCKDEP_NOW_UNRELIABLE)``. A work item freeing a page
+    twice is reported and the kernel goes on."""
+    pfns: list[int] = []
+
+    async def queue(k: Kernel, task: Task) -> None:
+        async def double_free(task: Task, work: Work) -> None:
+            pa = k.mm.page_alloc
+            pfn = await pa.alloc_pages(task, _GFP, 0)
+            assert pfn is not None
+            pfns.append(pfn)
+            await pa.free_pages(task, pfn, 0)
+            await pa.free_pages(task, pfn, 0)
+
+        k.system_wq.queue_work(task, Work("double_free", double_free))
+        await task.sleep_ns(5_000_000)
+
+    k, others, heads = _run(queue)
+    _nothing_lost(k, others, heads)
+    [r] = k.panic.reports
+    lines = r.text.split("\n")
+    assert lines[0] == f"BUG: Bad page state in process {r.comm}  pfn:{pfns[0]:05x}"
+    assert r.comm.startswith("kworker/1:")
+    assert lines[1] == "page dumped because: double free, the page is free"
+    assert lines[2] == "Modules linked in:"
+    assert "Workqueue: events double_free" in r.text
+    assert r.kind == "bad_page" and r.printed and k.panic.taint == "B"
+
+
+def test_bad_page_is_ratelimited_sixty_a_minute() -> None:
+    """``bad_page()``'s ratelimit (mm/page_alloc.c, v5.9): "Allow a burst of 60 reports, then
+    keep quiet for that minute"; the first report after the minute prints "BUG: Bad page
+    state: %lu messages suppressed" before its own title. Swallowed reports still taint."""
+    p = PanicState()
+    err = MemoryDebugError("BUG: Bad page state: x", pfn=0x1234, detail="double free")
+
+    def at(ns: int) -> BugReport:
+        return p.bad_page(ReportContext.at(0, 1, "swapper/0", ns), err, ["free_pages"])
+
+    shown = [at(i * 1_000_000).printed for i in range(70)]
+    assert shown == [True] * 60 + [False] * 10
+    assert p.bad_page_unshown == 10 and p.counts["bad_page"] == 70
+    assert p.test_taint(TAINT_BAD_PAGE)
+    assert not at(59_999_999_999).printed  # still inside the burst's minute
+    after = at(60_000_000_000)
+    assert after.printed
+    assert after.text.split("\n")[:2] == [
+        "BUG: Bad page state: 11 messages suppressed",
+        "BUG: Bad page state in process swapper/0  pfn:01234",
+    ]
+    assert all(at(60_000_000_000 + i).printed for i in range(59))
+    assert not at(60_000_000_000 + 59).printed
 
 
 # -- panic_on_warn --------------------------------------------------------------------------------
