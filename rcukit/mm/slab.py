@@ -386,13 +386,20 @@ class SlabAllocator:
     async def _discard_slab(self, task: Task, slab: Slab) -> None:
         """``discard_slab()``: the slab's pages back to the page allocator."""
         mm = self.mm
+        self._unlink_slab(slab)
+        if slab.order or not mm.page_alloc.free_page_nowait(task, slab.pfn):
+            await mm.free_pages(task, slab.pfn, slab.order)
+
+    def _unlink_slab(self, slab: Slab) -> None:
+        """``discard_slab()`` before the pages go: the pfn -> slab map, the cache's count,
+        PG_slab and ``nr_slab_pages``."""
+        mm = self.mm
+        slab_of = self._slab_of
         for i in range(1 << slab.order):
-            del self._slab_of[slab.pfn + i]
+            del slab_of[slab.pfn + i]
         slab.cache.nr_slabs -= 1
         mm.mark_slab(slab.pfn, False)
         mm.vmstat.inc("nr_slab_pages", -(1 << slab.order))
-        if slab.order or not mm.page_alloc.free_page_nowait(task, slab.pfn):
-            await mm.free_pages(task, slab.pfn, slab.order)
 
     async def _kmalloc_large(self, task: Task, size: int, gfp: int) -> int:
         if size > self.kmalloc_max_size:
@@ -574,7 +581,17 @@ class SlabAllocator:
         run-based floods). The segments stand for :meth:`_slab_runs`' parse; they are
         checked the same way (allocated, none listed twice) and anything else goes to
         :meth:`kfree_bulk` (the pointer array made from them), so state, cost and errors are
-        the same."""
+        the same.
+
+        The usual block (each slab's objects one consecutive stretch, no slab twice, no
+        quarantine or alloc-site tracking) is freed here in one pass over flat
+        ``(slab, start, stop)`` triples; anything else takes the general parse below.
+        """
+        if self.quarantine is None and self.alloc_sites is None:
+            stretches = _contiguous_stretches(segs)
+            if stretches is not None:
+                await self._kfree_bulk_stretches(task, segs, stretches)
+                return
         runs: list[tuple[Slab, int, list[range]]] = []
         nseg: dict[Slab, int] = {}
         prev: Slab | None = None
@@ -602,6 +619,46 @@ class SlabAllocator:
             await self.kfree_bulk(task, segment_pointers(segs))
             return
         await self._kfree_bulk_runs(task, segs, runs)
+
+    async def _kfree_bulk_stretches(
+        self,
+        task: Task,
+        segs: Sequence[tuple[Slab, int, int]],
+        stretches: tuple[list[Slab], list[int], list[int]],
+    ) -> None:
+        """:meth:`_kfree_bulk_runs` for :func:`_contiguous_stretches` (every slab once, so
+        each stretch is its own detached freelist, newest first), after the same checks as
+        :meth:`kfree_bulk_segments` (all allocated; else :meth:`kfree_bulk`)."""
+        slabs, starts, stops = stretches
+        for slab, start, stop in zip(slabs, starts, stops, strict=True):
+            if slab.used.count(1, start, stop) != stop - start:
+                await self.kfree_bulk(task, segment_pointers(segs))
+                return
+        nr_ptrs = sum(stops) - sum(starts)
+        cost = self.mm.cost
+        task.cpu.local_ns += (
+            len(slabs) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
+        )
+        to_discard: list[Slab] = []
+        newest_first = zip(reversed(slabs), reversed(starts), reversed(stops), strict=True)
+        for slab, start, stop in newest_first:
+            n = stop - start
+            slab.used[start:stop] = bytes(n)
+            cache = slab.cache
+            top = cache.nobj
+            slab.freelist += cache.descending[top - stop : top - start]
+            slab.fresh = False
+            slab.inuse -= n
+            # _bulk_released(), inline
+            if slab is not cache.active:
+                if not slab.on_partial:
+                    slab.on_partial = True
+                    cache.partial[slab] = None
+                if slab.inuse == 0:
+                    to_discard.append(slab)
+        self.nr_objects -= nr_ptrs
+        if to_discard:
+            await self._discard_empty(task, to_discard)
 
     async def _kfree_bulk_runs(
         self,
@@ -673,12 +730,20 @@ class SlabAllocator:
     async def _discard_empty(self, task: Task, slabs: list[Slab]) -> None:
         """After a whole bulk free, ``discard_slab()`` for each still-empty slab beyond
         ``min_partial`` (as ``__slab_free()`` does when ``n->nr_partial >= s->min_partial``)."""
+        free_page_nowait = self.mm.page_alloc.free_page_nowait
         for slab in slabs:
             cache = slab.cache
             if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
                 del cache.partial[slab]
                 slab.on_partial = False
-                await self._discard_slab(task, slab)
+                if slab.order:
+                    await self._discard_slab(task, slab)
+                    continue
+                # _discard_slab() of an order-0 slab, without a coroutine while the page's
+                # free is a pcp free that cannot sleep
+                self._unlink_slab(slab)
+                if not free_page_nowait(task, slab.pfn):
+                    await self.mm.free_pages(task, slab.pfn, 0)
 
     def _slab_runs(self, ptrs: Sequence[int]) -> list[tuple[Slab, int, list[range]]] | None:
         """``ptrs`` as runs of consecutive same-slab pointers, if every pointer is a live slab
@@ -1031,6 +1096,35 @@ def _segments_overlap(
             if b.start < a.stop:
                 return True
     return False
+
+
+def _contiguous_stretches(
+    segs: Sequence[tuple[Slab, int, int]],
+) -> tuple[list[Slab], list[int], list[int]] | None:
+    """``segs`` merged into ``(slabs, starts, stops)`` when every slab's segments follow one
+    another as one consecutive stretch of its objects and no slab comes back later; else
+    None. Such a block is :meth:`SlabAllocator._slab_runs`' parse with one segment per run
+    and every run its own slab."""
+    slabs: list[Slab] = []
+    starts: list[int] = []
+    stops: list[int] = []
+    prev: Slab | None = None
+    stop = 0
+    for slab, idx0, k in segs:
+        if slab is prev:
+            if idx0 != stop:
+                return None
+            stop += k
+            stops[-1] = stop
+            continue
+        prev = slab
+        slabs.append(slab)
+        starts.append(idx0)
+        stop = idx0 + k
+        stops.append(stop)
+    if len(set(slabs)) != len(slabs):
+        return None
+    return slabs, starts, stops
 
 
 def _range_start(r: range) -> int:
