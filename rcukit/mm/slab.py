@@ -375,10 +375,14 @@ class SlabAllocator:
         the pfn -> slab map."""
         mm = self.mm
         nobj = (self.page_size << order) // cache.size
-        slab = Slab(cache, pfn, order, mm.page_address(pfn), nobj)
+        # page_address(), inline: once per slab page of a flood
+        slab = Slab(cache, pfn, order, mm.page_offset + (pfn << self.page_shift), nobj)
         mm.mark_slab(pfn, True)
-        for i in range(1 << order):
-            self._slab_of[pfn + i] = slab
+        if order:
+            for i in range(1 << order):
+                self._slab_of[pfn + i] = slab
+        else:
+            self._slab_of[pfn] = slab
         cache.nr_slabs += 1
         mm.vmstat.inc("nr_slab_pages", 1 << order)
         return slab

@@ -123,15 +123,15 @@ class KvfreeFlood(KvfreePart):
             active = cache.active
             if active is None or not active.freelist:
                 # kmalloc()'s first step when the active slab is full: a partial or new slab.
-                if (
-                    slab.kmalloc_refill_nowait(task, cache, gfp) is None
-                    and await slab.kmalloc_refill(task, cache, gfp) is None
-                ):
-                    # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
-                    remaining -= 1
-                    if mix is not None:
-                        mix.getrandbits(16)
-                continue
+                # Without a sleep nothing above has changed: the run goes on from here.
+                active = slab.kmalloc_refill_nowait(task, cache, gfp)
+                if active is None:
+                    if await slab.kmalloc_refill(task, cache, gfp) is None:
+                        # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
+                        remaining -= 1
+                        if mix is not None:
+                            mix.getrandbits(16)
+                    continue
             bnode = chan[-1]
             nr = bnode.nr_records
             room = cap - nr
