@@ -628,25 +628,24 @@ class SlabAllocator:
         self,
         task: Task,
         segs: Sequence[tuple[Slab, int, int]],
-        stretches: tuple[list[Slab], list[int], list[int]],
+        stretches: list[tuple[Slab, int, int]],
     ) -> None:
         """:meth:`_kfree_bulk_runs` for :func:`_contiguous_stretches` (every slab once, so
         each stretch is its own detached freelist, newest first), after the same checks as
         :meth:`kfree_bulk_segments` (all allocated; else :meth:`kfree_bulk`)."""
-        slabs, starts, stops = stretches
-        for slab, start, stop in zip(slabs, starts, stops, strict=True):
-            if slab.used.count(1, start, stop) != stop - start:
+        nr_ptrs = 0
+        for slab, start, n in stretches:
+            if slab.used.count(1, start, start + n) != n:
                 await self.kfree_bulk(task, segment_pointers(segs))
                 return
-        nr_ptrs = sum(stops) - sum(starts)
+            nr_ptrs += n
         cost = self.mm.cost
         task.cpu.local_ns += (
-            len(slabs) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
+            len(stretches) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
         )
         to_discard: list[Slab] = []
-        newest_first = zip(reversed(slabs), reversed(starts), reversed(stops), strict=True)
-        for slab, start, stop in newest_first:
-            n = stop - start
+        for slab, start, n in reversed(stretches):
+            stop = start + n
             slab.used[start:stop] = bytes(n)
             cache = slab.cache
             top = cache.nobj
@@ -734,7 +733,11 @@ class SlabAllocator:
     async def _discard_empty(self, task: Task, slabs: list[Slab]) -> None:
         """After a whole bulk free, ``discard_slab()`` for each still-empty slab beyond
         ``min_partial`` (as ``__slab_free()`` does when ``n->nr_partial >= s->min_partial``)."""
-        free_page_nowait = self.mm.page_alloc.free_page_nowait
+        mm = self.mm
+        free_page_nowait = mm.page_alloc.free_page_nowait
+        mark_slab = mm.mark_slab
+        vmstat = mm.vmstat
+        slab_of = self._slab_of
         for slab in slabs:
             cache = slab.cache
             if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
@@ -743,11 +746,15 @@ class SlabAllocator:
                 if slab.order:
                     await self._discard_slab(task, slab)
                     continue
-                # _discard_slab() of an order-0 slab, without a coroutine while the page's
-                # free is a pcp free that cannot sleep
-                self._unlink_slab(slab)
-                if not free_page_nowait(task, slab.pfn):
-                    await self.mm.free_pages(task, slab.pfn, 0)
+                # _discard_slab() of an order-0 slab (_unlink_slab() inline), without a
+                # coroutine while the page's free is a pcp free that cannot sleep
+                pfn = slab.pfn
+                del slab_of[pfn]
+                cache.nr_slabs -= 1
+                mark_slab(pfn, False)
+                vmstat.inc("nr_slab_pages", -1)
+                if not free_page_nowait(task, pfn):
+                    await self.mm.free_pages(task, pfn, 0)
 
     def _slab_runs(self, ptrs: Sequence[int]) -> list[tuple[Slab, int, list[range]]] | None:
         """``ptrs`` as runs of consecutive same-slab pointers, if every pointer is a live slab
@@ -1104,31 +1111,29 @@ def _segments_overlap(
 
 def _contiguous_stretches(
     segs: Sequence[tuple[Slab, int, int]],
-) -> tuple[list[Slab], list[int], list[int]] | None:
-    """``segs`` merged into ``(slabs, starts, stops)`` when every slab's segments follow one
-    another as one consecutive stretch of its objects and no slab comes back later; else
-    None. Such a block is :meth:`SlabAllocator._slab_runs`' parse with one segment per run
-    and every run its own slab."""
-    slabs: list[Slab] = []
-    starts: list[int] = []
-    stops: list[int] = []
+) -> list[tuple[Slab, int, int]] | None:
+    """``segs`` merged into ``(slab, first index, count)`` stretches when every slab's
+    segments follow one another as one consecutive stretch of its objects and no slab comes
+    back later; else None. Such a block is :meth:`SlabAllocator._slab_runs`' parse with one
+    segment per run and every run its own slab."""
+    out: list[tuple[Slab, int, int]] = []
     prev: Slab | None = None
-    stop = 0
-    for slab, idx0, k in segs:
+    end = 0
+    for seg in segs:
+        slab, idx0, k = seg
         if slab is prev:
-            if idx0 != stop:
+            if idx0 != end:
                 return None
-            stop += k
-            stops[-1] = stop
+            end += k
+            _, start, n = out[-1]
+            out[-1] = (slab, start, n + k)
             continue
+        out.append(seg)
         prev = slab
-        slabs.append(slab)
-        starts.append(idx0)
-        stop = idx0 + k
-        stops.append(stop)
-    if len(set(slabs)) != len(slabs):
+        end = idx0 + k
+    if len({seg[0] for seg in out}) != len(out):
         return None
-    return slabs, starts, stops
+    return out
 
 
 def _range_start(r: range) -> int:
