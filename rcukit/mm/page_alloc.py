@@ -1082,7 +1082,11 @@ class PageAlloc:
     # -- convenience ------------------------------------------------------------------------------
     async def get_free_page(self, task: Task, gfp: int) -> int | None:
         """``__get_free_page(gfp)``: a direct-map address, or None."""
-        pfn = await self.alloc_pages(task, gfp & ~_GFP_HIGHMEM, 0)
+        flags = gfp & ~_GFP_HIGHMEM
+        # a pcp hit that cannot sleep takes no coroutine (kvfree_rcu's block pages)
+        pfn = self.alloc_page_nowait(task, flags)
+        if pfn is None:
+            pfn = await self.alloc_pages(task, flags, 0)
         return None if pfn is None else PAGE_OFFSET + (pfn << self._page_shift)
 
     async def free_page(self, task: Task, addr: int) -> None:
