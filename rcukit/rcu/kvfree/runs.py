@@ -120,73 +120,82 @@ class KvfreeFlood(KvfreePart):
                 remaining -= 1
                 allowed = runnable and slab.runs_allowed(gfp)
                 continue
-            active = cache.active
-            if active is None or not active.freelist:
-                # kmalloc()'s first step when the active slab is full: a partial or new slab.
-                # Without a sleep nothing above has changed: the run goes on from here.
-                active = slab.kmalloc_refill_nowait(task, cache, gfp)
-                if active is None:
-                    if await slab.kmalloc_refill(task, cache, gfp) is None:
-                        # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
-                        remaining -= 1
-                        if mix is not None:
-                            mix.getrandbits(16)
-                    continue
-            bnode = chan[-1]
-            nr = bnode.nr_records
-            room = cap - nr
-            if room == 0:
-                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
-                remaining -= 1
-                continue
-            # k: up to the nearest horizon (plain comparisons: min() costs more than the rest)
-            k = remaining
-            if room < k:
-                k = room
-            free = len(active.freelist)
-            if free < k:
-                k = free
-            # the call whose count reaches mon_quiet_below arms the monitor: end the run there
-            quiet = krcp.mon_quiet_below - krcp.count
-            if quiet < k:
-                k = quiet if quiet > 1 else 1
-            # the call whose charge reaches the tick takes the preemption point: end there too
-            tick = -((cpu.local_ns - cpu.next_tick_ns) // per)
-            if tick < k:
-                k = tick if tick > 1 else 1
-            ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
-            a = (ptr0 - active.base) // step
-            bnode.nr_records = nr + k
-            segs = bnode.segs
-            if segs is not None and bnode.seg_end == nr:
-                # the records stay unwritten while segments tile them (Bnode.fill_records)
-                segs.append((active, a, k))
-                bnode.seg_end = nr + k
-            else:
-                # a per-call store sits in between: the array is the record from here on
-                bnode.fill_records()
-                bnode.segs = None
-                run = pointers(active)[8 * a : 8 * (a + k)]
-                bnode.records[nr : nr + k] = array(PTR_TYPECODE, run)
-            count = krcp.count + k
-            krcp.count = count
-            if single:
-                ctr.fast_single += k
-            elif mix is None:
-                ctr.fast_double += k
-            else:
-                s = mix.getrandbits(k).bit_count()
-                ctr.fast_single += s
-                ctr.fast_double += k - s
-            t = cpu.local_ns + k * fast_ns
-            cpu.local_ns = t
-            self.runs += 1
-            got += k
-            remaining -= k
-            if count >= krcp.mon_quiet_below:
-                kv._arm_monitor(task, krcp)
-            if t >= cpu.next_tick_ns:
-                await task.preempt_point()
+            # Runs follow one another here while nothing can have changed what the checks
+            # above read: no sleep, no preemption point, no per-call step, no monitor arming.
+            while True:
+                active = cache.active
+                if active is None or not active.freelist:
+                    # kmalloc()'s first step when the active slab is full: a partial or new
+                    # slab. Without a sleep nothing above has changed: the run goes on.
+                    active = slab.kmalloc_refill_nowait(task, cache, gfp)
+                    if active is None:
+                        if await slab.kmalloc_refill(task, cache, gfp) is None:
+                            # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
+                            remaining -= 1
+                            if mix is not None:
+                                mix.getrandbits(16)
+                        break
+                bnode = chan[-1]
+                nr = bnode.nr_records
+                room = cap - nr
+                if room == 0:
+                    got += await self._boundary(task, cache, size, gfp, head_offset, mix)
+                    remaining -= 1
+                    break
+                # k: up to the nearest horizon (plain comparisons: min() costs more than this)
+                k = remaining
+                if room < k:
+                    k = room
+                free = len(active.freelist)
+                if free < k:
+                    k = free
+                # the call whose count reaches mon_quiet_below arms the monitor: the run ends
+                quiet = krcp.mon_quiet_below - krcp.count
+                if quiet < k:
+                    k = quiet if quiet > 1 else 1
+                # the call whose charge reaches the tick takes the preemption point: ends too
+                tick = -((cpu.local_ns - cpu.next_tick_ns) // per)
+                if tick < k:
+                    k = tick if tick > 1 else 1
+                ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
+                a = (ptr0 - active.base) // step
+                bnode.nr_records = nr + k
+                segs = bnode.segs
+                if segs is not None and bnode.seg_end == nr:
+                    # the records stay unwritten while segments tile them (Bnode.fill_records)
+                    segs.append((active, a, k))
+                    bnode.seg_end = nr + k
+                else:
+                    # a per-call store sits in between: the array is the record from here on
+                    bnode.fill_records()
+                    bnode.segs = None
+                    run = pointers(active)[8 * a : 8 * (a + k)]
+                    bnode.records[nr : nr + k] = array(PTR_TYPECODE, run)
+                count = krcp.count + k
+                krcp.count = count
+                if single:
+                    ctr.fast_single += k
+                elif mix is None:
+                    ctr.fast_double += k
+                else:
+                    s = mix.getrandbits(k).bit_count()
+                    ctr.fast_single += s
+                    ctr.fast_double += k - s
+                t = cpu.local_ns + k * fast_ns
+                cpu.local_ns = t
+                self.runs += 1
+                got += k
+                remaining -= k
+                if count >= krcp.mon_quiet_below:
+                    kv._arm_monitor(task, krcp)
+                    if t >= cpu.next_tick_ns:
+                        await task.preempt_point()
+                    break
+                if t >= cpu.next_tick_ns:
+                    await task.preempt_point()
+                    break
+                if remaining <= 0:
+                    break
         return got
 
     async def _one(
