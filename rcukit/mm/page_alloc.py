@@ -192,6 +192,7 @@ class PageAlloc:
         self.cost = cfg.cost
         self.locks = kernel.locks
         self.vmstat = kernel.vmstat
+        self._vmstat_counts = kernel.vmstat.counts  # pcp hits and frees bump them inline
         self.tp = kernel.tracer.tp  # the tracepoints' static keys
         self.preempt_rt = cfg.preempt_rt
         self.spin_lock_cost = mm.spin_lock_cost
@@ -481,7 +482,8 @@ class PageAlloc:
         pcp.count -= 1
         self._pstate[pfn - self._start_pfn] = plan.state0
         task.cpu.local_ns += plan.hit_ns  # task.charge(), inline: every pcp hit comes here
-        self.vmstat.inc("pgalloc_normal")
+        vc = self._vmstat_counts
+        vc["pgalloc_normal"] = vc.get("pgalloc_normal", 0) + 1
         if self.tp.mm_page_alloc:
             self._trace_alloc(task, pfn, 0, plan.mt, plan)
         return pfn
@@ -998,7 +1000,8 @@ class PageAlloc:
         pcp.lists[mt].appendleft(pfn)
         pcp.count += 1
         task.cpu.local_ns += self.cost.pcp_free_ns  # task.charge(), inline
-        self.vmstat.inc("pgfree")
+        vc = self._vmstat_counts
+        vc["pgfree"] = vc.get("pgfree", 0) + 1
         if self.tp.mm_page_free:
             self._trace_free(task, pfn, 0)
 

@@ -384,7 +384,8 @@ class SlabAllocator:
         else:
             self._slab_of[pfn] = slab
         cache.nr_slabs += 1
-        mm.vmstat.inc("nr_slab_pages", 1 << order)
+        vc = mm.vmstat.counts  # vmstat.inc(), inline: once per slab page
+        vc["nr_slab_pages"] = vc.get("nr_slab_pages", 0) + (1 << order)
         return slab
 
     async def _discard_slab(self, task: Task, slab: Slab) -> None:
@@ -736,7 +737,7 @@ class SlabAllocator:
         mm = self.mm
         free_page_nowait = mm.page_alloc.free_page_nowait
         mark_slab = mm.mark_slab
-        vmstat = mm.vmstat
+        vc = mm.vmstat.counts
         slab_of = self._slab_of
         for slab in slabs:
             cache = slab.cache
@@ -752,7 +753,7 @@ class SlabAllocator:
                 del slab_of[pfn]
                 cache.nr_slabs -= 1
                 mark_slab(pfn, False)
-                vmstat.inc("nr_slab_pages", -1)
+                vc["nr_slab_pages"] = vc.get("nr_slab_pages", 0) - 1
                 if not free_page_nowait(task, pfn):
                     await self.mm.free_pages(task, pfn, 0)
 
