@@ -933,7 +933,13 @@ class PageAlloc:
         held = task.held_locks
         if held and KRCP_LOCK_CLASS in [h.lock.name for h in held]:
             self.vmstat.inc("pcp_lock_in_krcp")
-        self._pcp_free(task, pcp, pfn, mt)
+        # _pcp_free(), inline (tracing is off here)
+        self._pstate[i] = PS_FREE
+        pcp.lists[mt].appendleft(pfn)
+        pcp.count += 1
+        cpu.local_ns += self.cost.pcp_free_ns
+        vc = self._vmstat_counts
+        vc["pgfree"] = vc.get("pgfree", 0) + 1
         lock.free_at_ns = cpu.local_ns
         return True
 
