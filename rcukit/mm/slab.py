@@ -645,24 +645,29 @@ class SlabAllocator:
             len(stretches) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
         )
         to_discard: list[Slab] = []
+        # the freelist pushes of a slab this free empties wait until _discard_empty() has
+        # decided whether the slab survives: most are discarded at once, their pushes unseen
+        unbuilt: dict[Slab, tuple[int, int]] = {}
         for slab, start, n in reversed(stretches):
             stop = start + n
             slab.used[start:stop] = bytes(n)
             cache = slab.cache
             top = cache.nobj
-            slab.freelist += cache.descending[top - stop : top - start]
             slab.fresh = False
-            slab.inuse -= n
+            inuse = slab.inuse = slab.inuse - n
             # _bulk_released(), inline
             if slab is not cache.active:
                 if not slab.on_partial:
                     slab.on_partial = True
                     cache.partial[slab] = None
-                if slab.inuse == 0:
+                if inuse == 0:
                     to_discard.append(slab)
+                    unbuilt[slab] = (top - stop, top - start)
+                    continue
+            slab.freelist += cache.descending[top - stop : top - start]
         self.nr_objects -= nr_ptrs
         if to_discard:
-            await self._discard_empty(task, to_discard)
+            await self._discard_empty(task, to_discard, unbuilt)
 
     async def _kfree_bulk_runs(
         self,
@@ -731,9 +736,20 @@ class SlabAllocator:
             if slab.inuse == 0:
                 to_discard.append(slab)
 
-    async def _discard_empty(self, task: Task, slabs: list[Slab]) -> None:
+    async def _discard_empty(
+        self,
+        task: Task,
+        slabs: list[Slab],
+        unbuilt: dict[Slab, tuple[int, int]] | None = None,
+    ) -> None:
         """After a whole bulk free, ``discard_slab()`` for each still-empty slab beyond
-        ``min_partial`` (as ``__slab_free()`` does when ``n->nr_partial >= s->min_partial``)."""
+        ``min_partial`` (as ``__slab_free()`` does when ``n->nr_partial >= s->min_partial``).
+
+        ``unbuilt``: emptied slabs whose freelist still lacks the bulk free's pushes (the
+        slice ``cache.descending[lo:hi]``). A discarded slab's freelist is never read again
+        (its ``used`` bytes were cleared, so a stale pointer into it is still caught); the
+        others get theirs before anything else can run: before any sleep here, and at the
+        end."""
         mm = self.mm
         free_page_nowait = mm.page_alloc.free_page_nowait
         mark_slab = mm.mark_slab
@@ -744,7 +760,11 @@ class SlabAllocator:
             if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
                 del cache.partial[slab]
                 slab.on_partial = False
+                if unbuilt:
+                    unbuilt.pop(slab, None)
                 if slab.order:
+                    if unbuilt:
+                        _build_freelists(unbuilt)
                     await self._discard_slab(task, slab)
                     continue
                 # _discard_slab() of an order-0 slab (_unlink_slab() inline), without a
@@ -755,7 +775,11 @@ class SlabAllocator:
                 mark_slab(pfn, False)
                 vc["nr_slab_pages"] = vc.get("nr_slab_pages", 0) - 1
                 if not free_page_nowait(task, pfn):
+                    if unbuilt:
+                        _build_freelists(unbuilt)
                     await self.mm.free_pages(task, pfn, 0)
+        if unbuilt:
+            _build_freelists(unbuilt)
 
     def _slab_runs(self, ptrs: Sequence[int]) -> list[tuple[Slab, int, list[range]]] | None:
         """``ptrs`` as runs of consecutive same-slab pointers, if every pointer is a live slab
@@ -1135,6 +1159,13 @@ def _contiguous_stretches(
     if len({seg[0] for seg in out}) != len(out):
         return None
     return out
+
+
+def _build_freelists(unbuilt: dict[Slab, tuple[int, int]]) -> None:
+    """The freelist pushes ``SlabAllocator._discard_empty`` was given to make, made."""
+    for slab, (lo, hi) in unbuilt.items():
+        slab.freelist += slab.cache.descending[lo:hi]
+    unbuilt.clear()
 
 
 def _range_start(r: range) -> int:

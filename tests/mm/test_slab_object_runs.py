@@ -166,6 +166,27 @@ async def test_kfree_bulk_segments_leaves_what_kfree_bulk_leaves(
         assert _state(a) == _state(b)
 
 
+async def test_kfree_bulk_segments_with_a_full_pcp_list_leaves_what_kfree_bulk_leaves(
+    autojump_clock: Any,
+) -> None:
+    """Emptied slabs beyond ``min_partial`` go back to the page allocator one page at a time
+    (mm/slub.c v6.1 ``discard_slab()`` -> ``__free_pages()``); with the pcp list at ``high``
+    each free drains a batch under ``zone->lock`` (mm/page_alloc.c
+    ``free_unref_page_commit()``), which may sleep: the slabs that survive still get their
+    freelists first, so the state is kfree_bulk()'s."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        ptrs_a, _ = await _block_of(a, 1500)
+        _, segs = await _block_of(b, 1500)
+        for k in (a, b):
+            for pcp in k.mm.page_alloc.pcps:
+                pcp.high = min(pcp.high, pcp.count + 1)
+        await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
+        await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, segs))
+        assert _state(a) == _state(b)
+        assert b.mm.vmstat["pgfree"] > 0
+
+
 async def test_kfree_bulk_segments_with_a_slab_twice_leaves_what_kfree_bulk_leaves(
     autojump_clock: Any,
 ) -> None:
