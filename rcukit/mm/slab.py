@@ -290,7 +290,7 @@ class SlabAllocator:
             and not slab.fresh
             and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None])
         ):
-            k = _consecutive_tail(fl, k)
+            k = _consecutive_tail(fl, k, cache.descending)
         del fl[-k:]
         slab.used[a : a + k] = b"\x01" * k
         slab.inuse += k
@@ -1183,15 +1183,24 @@ _SINGLES_ALLOWED = 8
 _PROBE_GROWTH = 64
 
 
-def _consecutive_tail(fl: list[int], k: int) -> int:
+def _consecutive_tail(fl: list[int], k: int, descending: list[int]) -> int:
     """The longest tail of ``fl``, at most ``k`` long, that pops as consecutive ascending
-    indices (``fl[-1], fl[-1] + 1, ...``); the longer tails of a shorter one never qualify, so
-    a binary search over C-level slice comparisons finds it."""
+    indices (``fl[-1], fl[-1] + 1, ...``; a slice of the cache's ``descending``). The longer
+    tails of a shorter one never qualify, so the length doubles until a tail fails, then a
+    binary search between the last two finds it: the work follows the answer, not ``k``."""
     a = fl[-1]
+    top = len(descending) - a  # descending[top - m : top] == [a + m - 1, ..., a]
     lo, hi = 1, k  # a tail of lo qualifies; one of hi (the caller checked) does not
+    m = 2
+    while m < hi:
+        if fl[-m] == a + m - 1 and fl[-m:] == descending[top - m : top]:
+            lo = m
+            m *= 2
+        else:
+            hi = m
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if fl[-mid:] == list(range(a + mid - 1, a - 1, -1)):
+        if fl[-mid] == a + mid - 1 and fl[-mid:] == descending[top - mid : top]:
             lo = mid
         else:
             hi = mid

@@ -10,6 +10,7 @@ calls would, and freeing a block by its segments must leave what ``kfree_bulk()`
 
 from __future__ import annotations
 
+import random
 from array import array
 from typing import Any
 
@@ -121,6 +122,30 @@ async def test_kmalloc_run_after_frees_into_the_active_slab(
 
             await on_cpu(k, give_back)
         assert await _alloc(a, 60, runs=False) == await _alloc(b, 60, runs=True)
+        assert _state(a) == _state(b)
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_kmalloc_run_after_scattered_frees(autojump_clock: Any, seed: int) -> None:
+    """``kfree()`` pushes each object on the slab's freelist (mm/slub.c v6.1
+    ``do_slab_free()``: LIFO), so after frees in a random order the freelist's tail pops as
+    short ascending stretches here and there: runs must find each stretch's length exactly
+    (``_consecutive_tail``), so that runs hand out what kmalloc() calls hand out."""
+    rng = random.Random(seed)
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        picks = sorted(rng.sample(range(120), rng.randint(5, 110)))
+        # some ascending stretches freed last-first (they pop ascending), some shuffled
+        order = picks[::-1] if seed % 2 else rng.sample(picks, len(picks))
+        for k in (a, b):
+            ptrs = await _alloc(k, 120, runs=False)
+
+            async def give_back(task: Task, k: Kernel = k, ptrs: list[int] = ptrs) -> None:
+                for i in order:
+                    await k.mm.kfree(task, ptrs[i])
+
+            await on_cpu(k, give_back)
+        assert await _alloc(a, 150, runs=False) == await _alloc(b, 150, runs=True)
         assert _state(a) == _state(b)
 
 
