@@ -30,7 +30,7 @@ from rcukit.rcu.kvfree.krc import PTR_TYPECODE, KvfreePart
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
-    from rcukit.mm.slab import KmemCache
+    from rcukit.mm.slab import KmemCache, Slab
     from rcukit.rcu.kvfree.sim import KvfreeRcu
 
 __all__ = ["KvfreeFlood"]
@@ -238,14 +238,16 @@ class KvfreeFlood(KvfreePart):
         if mix is not None and mix.getrandbits(16) & 0x800:
             head_offset = None
         await self._kv._kvfree_slow(task, None if head_offset is None else ptr + head_offset, ptr)
-        self._tile_one(task, ptr)
+        # still allocated (not freed by the head-less fallback), it is in the slab it came from
+        idx = (ptr - active.base) // cache.size
+        self._tile_one(task, ptr, (active, idx) if active.used[idx] == 1 else None)
         return 1
 
-    def _tile_one(self, task: Task, ptr: int) -> None:
+    def _tile_one(self, task: Task, ptr: int, where: tuple[Slab, int] | None = None) -> None:
         """If ``ptr`` went into a block right after that block's segments (typically as the
-        first record of a new block), it is a one-object segment: the block stays tiled."""
+        first record of a new block), it is a one-object segment: the block stays tiled.
+        ``where``: its ``(slab, index)`` when the caller knows it."""
         kv = self._kv
-        slab = self._mm.slab
         chan = kv.krcs[task.cpu.id].bulk[0]
         if chan:
             bnode = chan[-1]
@@ -255,7 +257,8 @@ class KvfreeFlood(KvfreePart):
                 and end == bnode.nr_records - 1
                 and bnode.records[end] == ptr
             ):
-                where = slab.slab_index(ptr)
+                if where is None:
+                    where = self._mm.slab.slab_index(ptr)
                 if where is not None:
                     bnode.segs.append((where[0], where[1], 1))
                     bnode.seg_end = end + 1
