@@ -192,6 +192,7 @@ class PageAlloc:
         self.cost = cfg.cost
         self.locks = kernel.locks
         self.vmstat = kernel.vmstat
+        self._vmstat_counts = kernel.vmstat.counts  # pcp hits and frees bump them inline
         self.tp = kernel.tracer.tp  # the tracepoints' static keys
         self.preempt_rt = cfg.preempt_rt
         self.spin_lock_cost = mm.spin_lock_cost
@@ -480,8 +481,9 @@ class PageAlloc:
         pfn = lst.popleft()
         pcp.count -= 1
         self._pstate[pfn - self._start_pfn] = plan.state0
-        task.charge(plan.hit_ns)
-        self.vmstat.inc("pgalloc_normal")
+        task.cpu.local_ns += plan.hit_ns  # task.charge(), inline: every pcp hit comes here
+        vc = self._vmstat_counts
+        vc["pgalloc_normal"] = vc.get("pgalloc_normal", 0) + 1
         if self.tp.mm_page_alloc:
             self._trace_alloc(task, pfn, 0, plan.mt, plan)
         return pfn
@@ -909,14 +911,36 @@ class PageAlloc:
         pcp = self.pcps[task.cpu.id]
         if pcp.count + 1 >= pcp.high:
             return False
-        if self.pcp_locks is None:
+        locks = self.pcp_locks
+        if locks is None:
             self._pcp_free(task, pcp, pfn, mt)
             return True
-        brief = self.pcp_trylock_brief(task)
-        if brief is None:
+        # pcp_trylock_brief(), inline (a slab page per 100-odd objects of a flood comes here)
+        tp = self.tp
+        if (
+            not self._pcp_trylock
+            or tp.mm_page_alloc
+            or tp.mm_page_free
+            or type(self.locks) is not LockChecker
+        ):
             return False
-        self._pcp_free(task, pcp, pfn, mt)
-        brief.free_at_ns = task.cpu.local_ns
+        cpu = task.cpu
+        lock = locks[cpu.id]
+        if lock.owner is not None or lock.free_at_ns > cpu.local_ns:
+            return False
+        lock.acquisitions += 1
+        cpu.local_ns += self.spin_lock_cost
+        held = task.held_locks
+        if held and KRCP_LOCK_CLASS in [h.lock.name for h in held]:
+            self.vmstat.inc("pcp_lock_in_krcp")
+        # _pcp_free(), inline (tracing is off here)
+        self._pstate[i] = PS_FREE
+        pcp.lists[mt].appendleft(pfn)
+        pcp.count += 1
+        cpu.local_ns += self.cost.pcp_free_ns
+        vc = self._vmstat_counts
+        vc["pgfree"] = vc.get("pgfree", 0) + 1
+        lock.free_at_ns = cpu.local_ns
         return True
 
     async def free_pages_each(self, task: Task, pfns: Sequence[int]) -> None:
@@ -981,8 +1005,9 @@ class PageAlloc:
         self._pstate[pfn - self._start_pfn] = PS_FREE
         pcp.lists[mt].appendleft(pfn)
         pcp.count += 1
-        task.charge(self.cost.pcp_free_ns)
-        self.vmstat.inc("pgfree")
+        task.cpu.local_ns += self.cost.pcp_free_ns  # task.charge(), inline
+        vc = self._vmstat_counts
+        vc["pgfree"] = vc.get("pgfree", 0) + 1
         if self.tp.mm_page_free:
             self._trace_free(task, pfn, 0)
 
@@ -1066,7 +1091,11 @@ class PageAlloc:
     # -- convenience ------------------------------------------------------------------------------
     async def get_free_page(self, task: Task, gfp: int) -> int | None:
         """``__get_free_page(gfp)``: a direct-map address, or None."""
-        pfn = await self.alloc_pages(task, gfp & ~_GFP_HIGHMEM, 0)
+        flags = gfp & ~_GFP_HIGHMEM
+        # a pcp hit that cannot sleep takes no coroutine (kvfree_rcu's block pages)
+        pfn = self.alloc_page_nowait(task, flags)
+        if pfn is None:
+            pfn = await self.alloc_pages(task, flags, 0)
         return None if pfn is None else PAGE_OFFSET + (pfn << self._page_shift)
 
     async def free_page(self, task: Task, addr: int) -> None:

@@ -304,7 +304,7 @@ class SlabAllocator:
             and not slab.fresh
             and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None])
         ):
-            k = _consecutive_tail(fl, k)
+            k = _consecutive_tail(fl, k, cache.descending)
         del fl[-k:]
         slab.used[a : a + k] = b"\x01" * k
         slab.inuse += k
@@ -389,24 +389,36 @@ class SlabAllocator:
         the pfn -> slab map."""
         mm = self.mm
         nobj = (self.page_size << order) // cache.size
-        slab = Slab(cache, pfn, order, mm.page_address(pfn), nobj)
+        # page_address(), inline: once per slab page of a flood
+        slab = Slab(cache, pfn, order, mm.page_offset + (pfn << self.page_shift), nobj)
         mm.mark_slab(pfn, True)
-        for i in range(1 << order):
-            self._slab_of[pfn + i] = slab
+        if order:
+            for i in range(1 << order):
+                self._slab_of[pfn + i] = slab
+        else:
+            self._slab_of[pfn] = slab
         cache.nr_slabs += 1
-        mm.vmstat.inc("nr_slab_pages", 1 << order)
+        vc = mm.vmstat.counts  # vmstat.inc(), inline: once per slab page
+        vc["nr_slab_pages"] = vc.get("nr_slab_pages", 0) + (1 << order)
         return slab
 
     async def _discard_slab(self, task: Task, slab: Slab) -> None:
         """``discard_slab()``: the slab's pages back to the page allocator."""
         mm = self.mm
+        self._unlink_slab(slab)
+        if slab.order or not mm.page_alloc.free_page_nowait(task, slab.pfn):
+            await mm.free_pages(task, slab.pfn, slab.order)
+
+    def _unlink_slab(self, slab: Slab) -> None:
+        """``discard_slab()`` before the pages go: the pfn -> slab map, the cache's count,
+        PG_slab and ``nr_slab_pages``."""
+        mm = self.mm
+        slab_of = self._slab_of
         for i in range(1 << slab.order):
-            del self._slab_of[slab.pfn + i]
+            del slab_of[slab.pfn + i]
         slab.cache.nr_slabs -= 1
         mm.mark_slab(slab.pfn, False)
         mm.vmstat.inc("nr_slab_pages", -(1 << slab.order))
-        if slab.order or not mm.page_alloc.free_page_nowait(task, slab.pfn):
-            await mm.free_pages(task, slab.pfn, slab.order)
 
     async def _kmalloc_large(self, task: Task, size: int, gfp: int) -> int:
         if size > self.kmalloc_max_size:
@@ -606,7 +618,17 @@ class SlabAllocator:
         run-based floods). The segments stand for :meth:`_slab_runs`' parse; they are
         checked the same way (allocated, none listed twice) and anything else goes to
         :meth:`kfree_bulk` (the pointer array made from them), so state, cost and errors are
-        the same."""
+        the same.
+
+        The usual block (each slab's objects one consecutive stretch, no slab twice, no
+        quarantine or alloc-site tracking) is freed here in one pass over flat
+        ``(slab, start, stop)`` triples; anything else takes the general parse below.
+        """
+        if self.quarantine is None and self.alloc_sites is None:
+            stretches = _contiguous_stretches(segs)
+            if stretches is not None:
+                await self._kfree_bulk_stretches(task, segs, stretches)
+                return
         runs: list[tuple[Slab, int, list[range]]] = []
         nseg: dict[Slab, int] = {}
         prev: Slab | None = None
@@ -634,6 +656,50 @@ class SlabAllocator:
             await self.kfree_bulk(task, segment_pointers(segs))
             return
         await self._kfree_bulk_runs(task, segs, runs)
+
+    async def _kfree_bulk_stretches(
+        self,
+        task: Task,
+        segs: Sequence[tuple[Slab, int, int]],
+        stretches: list[tuple[Slab, int, int]],
+    ) -> None:
+        """:meth:`_kfree_bulk_runs` for :func:`_contiguous_stretches` (every slab once, so
+        each stretch is its own detached freelist, newest first), after the same checks as
+        :meth:`kfree_bulk_segments` (all allocated; else :meth:`kfree_bulk`)."""
+        nr_ptrs = 0
+        for slab, start, n in stretches:
+            if slab.used.count(1, start, start + n) != n:
+                await self.kfree_bulk(task, segment_pointers(segs))
+                return
+            nr_ptrs += n
+        cost = self.mm.cost
+        task.cpu.local_ns += (
+            len(stretches) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
+        )
+        to_discard: list[Slab] = []
+        # the freelist pushes of a slab this free empties wait until _discard_empty() has
+        # decided whether the slab survives: most are discarded at once, their pushes unseen
+        unbuilt: dict[Slab, tuple[int, int]] = {}
+        for slab, start, n in reversed(stretches):
+            stop = start + n
+            slab.used[start:stop] = bytes(n)
+            cache = slab.cache
+            top = cache.nobj
+            slab.fresh = False
+            inuse = slab.inuse = slab.inuse - n
+            # _bulk_released(), inline
+            if slab is not cache.active:
+                if not slab.on_partial:
+                    slab.on_partial = True
+                    cache.partial[slab] = None
+                if inuse == 0:
+                    to_discard.append(slab)
+                    unbuilt[slab] = (top - stop, top - start)
+                    continue
+            slab.freelist += cache.descending[top - stop : top - start]
+        self.nr_objects -= nr_ptrs
+        if to_discard:
+            await self._discard_empty(task, to_discard, unbuilt)
 
     async def _kfree_bulk_runs(
         self,
@@ -702,15 +768,50 @@ class SlabAllocator:
             if slab.inuse == 0:
                 to_discard.append(slab)
 
-    async def _discard_empty(self, task: Task, slabs: list[Slab]) -> None:
+    async def _discard_empty(
+        self,
+        task: Task,
+        slabs: list[Slab],
+        unbuilt: dict[Slab, tuple[int, int]] | None = None,
+    ) -> None:
         """After a whole bulk free, ``discard_slab()`` for each still-empty slab beyond
-        ``min_partial`` (as ``__slab_free()`` does when ``n->nr_partial >= s->min_partial``)."""
+        ``min_partial`` (as ``__slab_free()`` does when ``n->nr_partial >= s->min_partial``).
+
+        ``unbuilt``: emptied slabs whose freelist still lacks the bulk free's pushes (the
+        slice ``cache.descending[lo:hi]``). A discarded slab's freelist is never read again
+        (its ``used`` bytes were cleared, so a stale pointer into it is still caught); the
+        others get theirs before anything else can run: before any sleep here, and at the
+        end."""
+        mm = self.mm
+        free_page_nowait = mm.page_alloc.free_page_nowait
+        mark_slab = mm.mark_slab
+        vc = mm.vmstat.counts
+        slab_of = self._slab_of
         for slab in slabs:
             cache = slab.cache
             if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
                 del cache.partial[slab]
                 slab.on_partial = False
-                await self._discard_slab(task, slab)
+                if unbuilt:
+                    unbuilt.pop(slab, None)
+                if slab.order:
+                    if unbuilt:
+                        _build_freelists(unbuilt)
+                    await self._discard_slab(task, slab)
+                    continue
+                # _discard_slab() of an order-0 slab (_unlink_slab() inline), without a
+                # coroutine while the page's free is a pcp free that cannot sleep
+                pfn = slab.pfn
+                del slab_of[pfn]
+                cache.nr_slabs -= 1
+                mark_slab(pfn, False)
+                vc["nr_slab_pages"] = vc.get("nr_slab_pages", 0) - 1
+                if not free_page_nowait(task, pfn):
+                    if unbuilt:
+                        _build_freelists(unbuilt)
+                    await self.mm.free_pages(task, pfn, 0)
+        if unbuilt:
+            _build_freelists(unbuilt)
 
     def _slab_runs(self, ptrs: Sequence[int]) -> list[tuple[Slab, int, list[range]]] | None:
         """``ptrs`` as runs of consecutive same-slab pointers, if every pointer is a live slab
@@ -1246,6 +1347,40 @@ def _segments_overlap(
     return False
 
 
+def _contiguous_stretches(
+    segs: Sequence[tuple[Slab, int, int]],
+) -> list[tuple[Slab, int, int]] | None:
+    """``segs`` merged into ``(slab, first index, count)`` stretches when every slab's
+    segments follow one another as one consecutive stretch of its objects and no slab comes
+    back later; else None. Such a block is :meth:`SlabAllocator._slab_runs`' parse with one
+    segment per run and every run its own slab."""
+    out: list[tuple[Slab, int, int]] = []
+    prev: Slab | None = None
+    end = 0
+    for seg in segs:
+        slab, idx0, k = seg
+        if slab is prev:
+            if idx0 != end:
+                return None
+            end += k
+            _, start, n = out[-1]
+            out[-1] = (slab, start, n + k)
+            continue
+        out.append(seg)
+        prev = slab
+        end = idx0 + k
+    if len({seg[0] for seg in out}) != len(out):
+        return None
+    return out
+
+
+def _build_freelists(unbuilt: dict[Slab, tuple[int, int]]) -> None:
+    """The freelist pushes ``SlabAllocator._discard_empty`` was given to make, made."""
+    for slab, (lo, hi) in unbuilt.items():
+        slab.freelist += slab.cache.descending[lo:hi]
+    unbuilt.clear()
+
+
 def _range_start(r: range) -> int:
     return r.start
 
@@ -1261,15 +1396,24 @@ _SINGLES_ALLOWED = 8
 _PROBE_GROWTH = 64
 
 
-def _consecutive_tail(fl: list[int], k: int) -> int:
+def _consecutive_tail(fl: list[int], k: int, descending: list[int]) -> int:
     """The longest tail of ``fl``, at most ``k`` long, that pops as consecutive ascending
-    indices (``fl[-1], fl[-1] + 1, ...``); the longer tails of a shorter one never qualify, so
-    a binary search over C-level slice comparisons finds it."""
+    indices (``fl[-1], fl[-1] + 1, ...``; a slice of the cache's ``descending``). The longer
+    tails of a shorter one never qualify, so the length doubles until a tail fails, then a
+    binary search between the last two finds it: the work follows the answer, not ``k``."""
     a = fl[-1]
+    top = len(descending) - a  # descending[top - m : top] == [a + m - 1, ..., a]
     lo, hi = 1, k  # a tail of lo qualifies; one of hi (the caller checked) does not
+    m = 2
+    while m < hi:
+        if fl[-m] == a + m - 1 and fl[-m:] == descending[top - m : top]:
+            lo = m
+            m *= 2
+        else:
+            hi = m
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if fl[-mid:] == list(range(a + mid - 1, a - 1, -1)):
+        if fl[-mid] == a + mid - 1 and fl[-mid:] == descending[top - mid : top]:
             lo = mid
         else:
             hi = mid

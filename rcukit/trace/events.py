@@ -358,10 +358,13 @@ class Tracer:
 class Counters:
     """``/proc/vmstat``-style named counters (``pgalloc_normal``, ``kswapd_wake``...)."""
 
-    __slots__ = ("_c",)
+    __slots__ = ("_c", "counts")
 
     def __init__(self) -> None:
         self._c: dict[str, int] = {}
+        #: The counters themselves, for a path that bumps one per slab page or pcp page
+        #: (``c[name] = c.get(name, 0) + n``, what :meth:`inc` does, without the call).
+        self.counts = self._c
 
     def inc(self, name: str, n: int = 1) -> None:
         c = self._c

@@ -10,6 +10,7 @@ calls would, and freeing a block by its segments must leave what ``kfree_bulk()`
 
 from __future__ import annotations
 
+import random
 from array import array
 from typing import Any
 
@@ -124,6 +125,30 @@ async def test_kmalloc_run_after_frees_into_the_active_slab(
         assert _state(a) == _state(b)
 
 
+@pytest.mark.parametrize("seed", range(8))
+async def test_kmalloc_run_after_scattered_frees(autojump_clock: Any, seed: int) -> None:
+    """``kfree()`` pushes each object on the slab's freelist (mm/slub.c v6.1
+    ``do_slab_free()``: LIFO), so after frees in a random order the freelist's tail pops as
+    short ascending stretches here and there: runs must find each stretch's length exactly
+    (``_consecutive_tail``), so that runs hand out what kmalloc() calls hand out."""
+    rng = random.Random(seed)
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        picks = sorted(rng.sample(range(120), rng.randint(5, 110)))
+        # some ascending stretches freed last-first (they pop ascending), some shuffled
+        order = picks[::-1] if seed % 2 else rng.sample(picks, len(picks))
+        for k in (a, b):
+            ptrs = await _alloc(k, 120, runs=False)
+
+            async def give_back(task: Task, k: Kernel = k, ptrs: list[int] = ptrs) -> None:
+                for i in order:
+                    await k.mm.kfree(task, ptrs[i])
+
+            await on_cpu(k, give_back)
+        assert await _alloc(a, 150, runs=False) == await _alloc(b, 150, runs=True)
+        assert _state(a) == _state(b)
+
+
 async def _block_of(k: Kernel, n: int) -> tuple[array[int], list[tuple[Slab, int, int]]]:
     ptrs = await _alloc(k, n, runs=False)
     segs: list[tuple[Slab, int, int]] = []
@@ -138,15 +163,19 @@ async def _block_of(k: Kernel, n: int) -> tuple[array[int], list[tuple[Slab, int
     return array("Q", ptrs), segs
 
 
+@pytest.mark.parametrize("quarantine", [0, 64])
 @pytest.mark.parametrize("cut", [0, 1, 7])
 async def test_kfree_bulk_segments_leaves_what_kfree_bulk_leaves(
-    autojump_clock: Any, cut: int
+    autojump_clock: Any, cut: int, quarantine: int
 ) -> None:
     """Same freelists, partial lists, discarded slabs, page counts and charged time; also
     when segments of one slab are cut where a run stopped (a tick, or the block's first
-    record stored by the per-call path): ``cut`` splits every segment that often."""
-    async with mm_kernel(cfg(**{"mm.debug_quarantine": 64})) as a, \
-            mm_kernel(cfg(**{"mm.debug_quarantine": 64})) as b:
+    record stored by the per-call path): ``cut`` splits every segment that often. Without
+    the quarantine the block (each slab one stretch) takes the one-pass stretches path, with
+    it the general parse: both are kfree_bulk()'s detached freelists (mm/slub.c v6.1,
+    ``build_detached_freelist()``)."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": quarantine})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": quarantine})) as b:
         ptrs_a, _ = await _block_of(a, 900)
         ptrs_b, whole = await _block_of(b, 900)
         assert len(whole) > 1
@@ -162,18 +191,65 @@ async def test_kfree_bulk_segments_leaves_what_kfree_bulk_leaves(
         assert _state(a) == _state(b)
 
 
-async def test_kfree_bulk_segments_reports_a_double_free_like_kfree_bulk(
+async def test_kfree_bulk_segments_with_a_full_pcp_list_leaves_what_kfree_bulk_leaves(
     autojump_clock: Any,
 ) -> None:
+    """Emptied slabs beyond ``min_partial`` go back to the page allocator one page at a time
+    (mm/slub.c v6.1 ``discard_slab()`` -> ``__free_pages()``); with the pcp list at ``high``
+    each free drains a batch under ``zone->lock`` (mm/page_alloc.c
+    ``free_unref_page_commit()``), which may sleep: the slabs that survive still get their
+    freelists first, so the state is kfree_bulk()'s."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        ptrs_a, _ = await _block_of(a, 1500)
+        _, segs = await _block_of(b, 1500)
+        for k in (a, b):
+            for pcp in k.mm.page_alloc.pcps:
+                pcp.high = min(pcp.high, pcp.count + 1)
+        await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
+        await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, segs))
+        assert _state(a) == _state(b)
+        assert b.mm.vmstat["pgfree"] > 0
+
+
+async def test_kfree_bulk_segments_with_a_slab_twice_leaves_what_kfree_bulk_leaves(
+    autojump_clock: Any,
+) -> None:
+    """A slab whose objects come back later in the block (two detached freelists for it,
+    mm/slub.c v6.1 ``build_detached_freelist()`` looks ahead only 3 objects) is not one
+    stretch: the general parse frees it, as kfree_bulk() does the pointer array."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        _, whole_a = await _block_of(a, 900)
+        _, whole_b = await _block_of(b, 900)
+        assert len(whole_b) > 2
+
+        def interleaved(whole: list[tuple[Slab, int, int]]) -> list[tuple[Slab, int, int]]:
+            s, i, n = whole[0]
+            half = n // 2
+            return [(s, i, half), whole[1], (s, i + half, n - half), *whole[2:]]
+
+        ptrs_a = segment_pointers(interleaved(whole_a))
+        await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
+        await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, interleaved(whole_b)))
+        assert _state(a) == _state(b)
+
+
+@pytest.mark.parametrize("quarantine", [0, 64])
+async def test_kfree_bulk_segments_reports_a_double_free_like_kfree_bulk(
+    autojump_clock: Any, quarantine: int
+) -> None:
     """A segment whose object is no longer allocated falls back to kfree_bulk's checks: the
-    same KASAN double-free report, and nothing freed."""
-    async with mm_kernel(cfg()) as k:
+    same KASAN double-free report (or, without the quarantine, the invalid-free of a free
+    object), and nothing freed."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": quarantine})) as k:
         ptrs, segs = await _block_of(k, 300)
         await on_cpu(k, lambda t: k.mm.kfree(t, ptrs[200]))
 
         async def again(task: Task) -> None:
             before = _state(k)[:4]
-            with pytest.raises(MemoryDebugError, match="double-free in kfree_bulk") as info:
+            kind = "double-free" if quarantine else "invalid-free"
+            with pytest.raises(MemoryDebugError, match=f"{kind} in kfree_bulk") as info:
                 await k.mm.slab.kfree_bulk_segments(task, segs)
             assert f"{ptrs[200]:#x}" in str(info.value)
             assert _state(k)[:4] == before

@@ -3,6 +3,7 @@ batching switches and bad module parameters (kernel.md section 5)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from typing import Any
@@ -13,6 +14,7 @@ from clitools import run_cli
 from rcukit.cli import main
 from rcukit.config import KernelConfig
 from rcukit.errors import ConfigError
+from rcukit.scenarios import rcuscale
 from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
 
 CLOSING = re.compile(
@@ -279,3 +281,23 @@ def test_per_call_modes_ignore_runs() -> None:
     for mode in ("--no-batch", "--kfree-by-call-rcu"):
         args = ["--cpus", "1", "--kfree-alloc-num", "500", "--kfree-loops", "2", mode]
         assert rcuscale_json(*args) == rcuscale_json(*args, "--per-call")
+
+
+def test_collector_thresholds_are_restored_and_results_do_not_depend_on_them() -> None:
+    """The run lowers how often Python's cyclic collector runs (a speed measure, nothing the
+    kernel has: rcuscale.c measures simulated time here); the thresholds are back afterwards,
+    and a run under the default thresholds gives the same result."""
+    params = RcuscaleParams(kfree_nthreads=2, kfree_alloc_num=2000, kfree_loops=4)
+    before = gc.get_threshold()
+    r = run_rcuscale(params)
+    assert gc.get_threshold() == before
+    saved = rcuscale.GC_THRESHOLDS
+    try:
+        rcuscale.GC_THRESHOLDS = before
+        same = run_rcuscale(params)
+    finally:
+        rcuscale.GC_THRESHOLDS = saved
+    assert (same.total_time_ns, same.batches, same.objects) == (
+        r.total_time_ns, r.batches, r.objects
+    )
+    assert r.objects == 2 * 4 * 2000

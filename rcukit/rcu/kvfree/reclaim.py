@@ -102,8 +102,9 @@ class KvfreeReclaim(KvfreePart):
         debug = self._debug
         if not tiled or debug.enabled:
             bnode.fill_records()
-        # the block's own array: kfree_bulk reads it as bytes (see SlabAllocator._slab_runs)
-        ptrs = bnode.records[:nr]
+        # the block's own array: kfree_bulk reads it as bytes (see SlabAllocator._slab_runs);
+        # a tiled block's records are never read unless something goes wrong
+        ptrs = bnode.records[:nr] if not tiled or idx or debug.enabled else bnode.records
         if debug.enabled:
             for p in ptrs:
                 debug.debug_rcu_head_unqueue(p)
@@ -153,7 +154,12 @@ class KvfreeReclaim(KvfreePart):
             krcp.put_cached_bnode(bnode.page, min_cached)
             krcp.raw_spin_unlock_irqrestore(task)
         else:
-            await mm.free_page(task, bnode.page)
+            page = bnode.page
+            # free_page() of a page that goes onto the pcp list is one that cannot sleep
+            if page & (mm.page_size - 1) or not mm.page_alloc.free_page_nowait(
+                task, mm.virt_to_pfn(page)
+            ):
+                await mm.free_page(task, page)
         await task.cond_resched()
 
     async def kvfree_rcu_list(self, task: Task, head: array[int]) -> None:

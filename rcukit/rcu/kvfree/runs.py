@@ -30,7 +30,7 @@ from rcukit.rcu.kvfree.krc import PTR_TYPECODE, KvfreePart
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
-    from rcukit.mm.slab import KmemCache
+    from rcukit.mm.slab import KmemCache, Slab
     from rcukit.rcu.kvfree.sim import KvfreeRcu
 
 __all__ = ["KvfreeFlood"]
@@ -120,73 +120,82 @@ class KvfreeFlood(KvfreePart):
                 remaining -= 1
                 allowed = runnable and slab.runs_allowed(gfp)
                 continue
-            active = cache.active
-            if active is None or not active.freelist:
-                # kmalloc()'s first step when the active slab is full: a partial or new slab.
-                if (
-                    slab.kmalloc_refill_nowait(task, cache, gfp) is None
-                    and await slab.kmalloc_refill(task, cache, gfp) is None
-                ):
-                    # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
+            # Runs follow one another here while nothing can have changed what the checks
+            # above read: no sleep, no preemption point, no per-call step, no monitor arming.
+            while True:
+                active = cache.active
+                if active is None or not active.freelist:
+                    # kmalloc()'s first step when the active slab is full: a partial or new
+                    # slab. Without a sleep nothing above has changed: the run goes on.
+                    active = slab.kmalloc_refill_nowait(task, cache, gfp)
+                    if active is None:
+                        if await slab.kmalloc_refill(task, cache, gfp) is None:
+                            # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
+                            remaining -= 1
+                            if mix is not None:
+                                mix.getrandbits(16)
+                        break
+                bnode = chan[-1]
+                nr = bnode.nr_records
+                room = cap - nr
+                if room == 0:
+                    got += await self._boundary(task, cache, size, gfp, head_offset, mix)
                     remaining -= 1
-                    if mix is not None:
-                        mix.getrandbits(16)
-                continue
-            bnode = chan[-1]
-            nr = bnode.nr_records
-            room = cap - nr
-            if room == 0:
-                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
-                remaining -= 1
-                continue
-            # k: up to the nearest horizon (plain comparisons: min() costs more than the rest)
-            k = remaining
-            if room < k:
-                k = room
-            free = len(active.freelist)
-            if free < k:
-                k = free
-            # the call whose count reaches mon_quiet_below arms the monitor: end the run there
-            quiet = krcp.mon_quiet_below - krcp.count
-            if quiet < k:
-                k = quiet if quiet > 1 else 1
-            # the call whose charge reaches the tick takes the preemption point: end there too
-            tick = -((cpu.local_ns - cpu.next_tick_ns) // per)
-            if tick < k:
-                k = tick if tick > 1 else 1
-            ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
-            a = (ptr0 - active.base) // step
-            bnode.nr_records = nr + k
-            segs = bnode.segs
-            if segs is not None and bnode.seg_end == nr:
-                # the records stay unwritten while segments tile them (Bnode.fill_records)
-                segs.append((active, a, k))
-                bnode.seg_end = nr + k
-            else:
-                # a per-call store sits in between: the array is the record from here on
-                bnode.fill_records()
-                bnode.segs = None
-                run = pointers(active)[8 * a : 8 * (a + k)]
-                bnode.records[nr : nr + k] = array(PTR_TYPECODE, run)
-            count = krcp.count + k
-            krcp.count = count
-            if single:
-                ctr.fast_single += k
-            elif mix is None:
-                ctr.fast_double += k
-            else:
-                s = mix.getrandbits(k).bit_count()
-                ctr.fast_single += s
-                ctr.fast_double += k - s
-            t = cpu.local_ns + k * fast_ns
-            cpu.local_ns = t
-            self.runs += 1
-            got += k
-            remaining -= k
-            if count >= krcp.mon_quiet_below:
-                kv._arm_monitor(task, krcp)
-            if t >= cpu.next_tick_ns:
-                await task.preempt_point()
+                    break
+                # k: up to the nearest horizon (plain comparisons: min() costs more than this)
+                k = remaining
+                if room < k:
+                    k = room
+                free = len(active.freelist)
+                if free < k:
+                    k = free
+                # the call whose count reaches mon_quiet_below arms the monitor: the run ends
+                quiet = krcp.mon_quiet_below - krcp.count
+                if quiet < k:
+                    k = quiet if quiet > 1 else 1
+                # the call whose charge reaches the tick takes the preemption point: ends too
+                tick = -((cpu.local_ns - cpu.next_tick_ns) // per)
+                if tick < k:
+                    k = tick if tick > 1 else 1
+                ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
+                a = (ptr0 - active.base) // step
+                bnode.nr_records = nr + k
+                segs = bnode.segs
+                if segs is not None and bnode.seg_end == nr:
+                    # the records stay unwritten while segments tile them (Bnode.fill_records)
+                    segs.append((active, a, k))
+                    bnode.seg_end = nr + k
+                else:
+                    # a per-call store sits in between: the array is the record from here on
+                    bnode.fill_records()
+                    bnode.segs = None
+                    run = pointers(active)[8 * a : 8 * (a + k)]
+                    bnode.records[nr : nr + k] = array(PTR_TYPECODE, run)
+                count = krcp.count + k
+                krcp.count = count
+                if single:
+                    ctr.fast_single += k
+                elif mix is None:
+                    ctr.fast_double += k
+                else:
+                    s = mix.getrandbits(k).bit_count()
+                    ctr.fast_single += s
+                    ctr.fast_double += k - s
+                t = cpu.local_ns + k * fast_ns
+                cpu.local_ns = t
+                self.runs += 1
+                got += k
+                remaining -= k
+                if count >= krcp.mon_quiet_below:
+                    kv._arm_monitor(task, krcp)
+                    if t >= cpu.next_tick_ns:
+                        await task.preempt_point()
+                    break
+                if t >= cpu.next_tick_ns:
+                    await task.preempt_point()
+                    break
+                if remaining <= 0:
+                    break
         return got
 
     async def _one(
@@ -229,14 +238,16 @@ class KvfreeFlood(KvfreePart):
         if mix is not None and mix.getrandbits(16) & 0x800:
             head_offset = None
         await self._kv._kvfree_slow(task, None if head_offset is None else ptr + head_offset, ptr)
-        self._tile_one(task, ptr)
+        # still allocated (not freed by the head-less fallback), it is in the slab it came from
+        idx = (ptr - active.base) // cache.size
+        self._tile_one(task, ptr, (active, idx) if active.used[idx] == 1 else None)
         return 1
 
-    def _tile_one(self, task: Task, ptr: int) -> None:
+    def _tile_one(self, task: Task, ptr: int, where: tuple[Slab, int] | None = None) -> None:
         """If ``ptr`` went into a block right after that block's segments (typically as the
-        first record of a new block), it is a one-object segment: the block stays tiled."""
+        first record of a new block), it is a one-object segment: the block stays tiled.
+        ``where``: its ``(slab, index)`` when the caller knows it."""
         kv = self._kv
-        slab = self._mm.slab
         chan = kv.krcs[task.cpu.id].bulk[0]
         if chan:
             bnode = chan[-1]
@@ -246,7 +257,8 @@ class KvfreeFlood(KvfreePart):
                 and end == bnode.nr_records - 1
                 and bnode.records[end] == ptr
             ):
-                where = slab.slab_index(ptr)
+                if where is None:
+                    where = self._mm.slab.slab_index(ptr)
                 if where is not None:
                     bnode.segs.append((where[0], where[1], 1))
                     bnode.seg_end = end + 1
