@@ -13,7 +13,7 @@ from rcukit.cli.options import (
 )
 from rcukit.config import KernelConfig
 from rcukit.rcu.profiles import DEFAULT_PROFILES
-from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
+from rcukit.scenarios.rcuscale import RcuscaleParams, fewer_gc_passes, run_rcuscale
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -29,7 +29,8 @@ def _cmd(args: argparse.Namespace) -> int:
         **{"kvfree.profile": args.profile, "kvfree.variant": args.variant},
     )
     params = module_params(RcuscaleParams, args)
-    result = run_rcuscale(params, config, per_call=args.per_call)
+    with fewer_gc_passes():
+        result = run_rcuscale(params, config, per_call=args.per_call)
     if args.json:
         print_json(result.to_json())
     else:

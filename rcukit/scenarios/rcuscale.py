@@ -255,8 +255,7 @@ def run_rcuscale(
     async def main() -> None:
         box["r"] = await run_rcuscale_async(params, cfg, per_call=per_call)
 
-    with _fewer_gc_passes():
-        run_sim(main)
+    run_sim(main)
     return box["r"]
 
 
@@ -266,13 +265,16 @@ GC_THRESHOLDS = (10_000, 50, 100)
 
 
 @contextmanager
-def _fewer_gc_passes() -> Iterator[None]:
-    """Python's cyclic collector runs less often while the test runs (thresholds restored
-    after). A run-based flood allocates and drops a few container objects per slab page and
-    per block (slabs, segments, blocks), none of them in a cycle, so the collector's passes
-    find almost nothing and cost 5-7 % of the wall time. Nothing in the simulation depends on
-    when garbage is collected (no finalizers, no weak references), so results are the same:
-    only fewer, larger passes."""
+def fewer_gc_passes() -> Iterator[None]:
+    """Python's cyclic collector runs less often inside the block (thresholds restored after).
+
+    A run-based flood allocates and drops a few container objects per slab page and per
+    block (slabs, segments, blocks), none of them in a cycle, so the collector's passes find
+    almost nothing and cost 3-7 % of the wall time. Nothing in the simulation depends on when
+    garbage is collected (no finalizers, no weak references), so results are the same: only
+    fewer, larger passes. The thresholds are the interpreter's, so the library never sets
+    them itself: ``rcukit rcuscale`` (a process of its own) wraps its run in this, and so may
+    a caller of :func:`run_rcuscale` that owns its process."""
     old = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:

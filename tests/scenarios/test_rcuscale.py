@@ -15,7 +15,7 @@ from rcukit.cli import main
 from rcukit.config import KernelConfig
 from rcukit.errors import ConfigError
 from rcukit.scenarios import rcuscale
-from rcukit.scenarios.rcuscale import RcuscaleParams, run_rcuscale
+from rcukit.scenarios.rcuscale import RcuscaleParams, fewer_gc_passes, run_rcuscale
 
 CLOSING = re.compile(
     r"^Total time taken by all kfree'ers: (\d+) ns, loops: (\d+), batches: (\d+), "
@@ -284,19 +284,19 @@ def test_per_call_modes_ignore_runs() -> None:
 
 
 def test_collector_thresholds_are_restored_and_results_do_not_depend_on_them() -> None:
-    """The run lowers how often Python's cyclic collector runs (a speed measure, nothing the
-    kernel has: rcuscale.c measures simulated time here); the thresholds are back afterwards,
-    and a run under the default thresholds gives the same result."""
+    """The command lowers how often Python's cyclic collector runs (a speed measure, nothing
+    the kernel has: rcuscale.c measures simulated time here); the library function leaves the
+    interpreter's thresholds alone, the context manager puts them back, and a run under
+    either gives the same result."""
     params = RcuscaleParams(kfree_nthreads=2, kfree_alloc_num=2000, kfree_loops=4)
     before = gc.get_threshold()
-    r = run_rcuscale(params)
+    seen: list[tuple[int, ...]] = []
+    with fewer_gc_passes():
+        seen.append(gc.get_threshold())
+        r = run_rcuscale(params)
+    assert seen == [rcuscale.GC_THRESHOLDS] and gc.get_threshold() == before
+    same = run_rcuscale(params)
     assert gc.get_threshold() == before
-    saved = rcuscale.GC_THRESHOLDS
-    try:
-        rcuscale.GC_THRESHOLDS = before
-        same = run_rcuscale(params)
-    finally:
-        rcuscale.GC_THRESHOLDS = saved
     assert (same.total_time_ns, same.batches, same.objects) == (
         r.total_time_ns, r.batches, r.objects
     )
