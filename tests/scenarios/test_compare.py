@@ -311,6 +311,10 @@ ALLOWED_VARIANTS = "allowed: fast-try, nowait, gfp-zero, raw-zone-lock, page-cac
     [
         (["--variants", "nowait,bogus"], ["unknown variant 'bogus'", ALLOWED_VARIANTS]),
         (["--variants", ","], ["--variants is empty", ALLOWED_VARIANTS]),
+        # An empty shell variable ("--variants $V") must not silently mean every variant.
+        (["--variants", ""], ["--variants is empty", ALLOWED_VARIANTS]),
+        (["--configs", ""], ["--configs is empty", "allowed: default, lockdep, rt"]),
+        (["--profiles", ""], ["--profiles is empty", "allowed: v5.5, rfc, v5.9"]),
         (["--configs", "foo"], ["unknown config 'foo'", "allowed: default, lockdep, rt"]),
         (["--scale", "-1"], ["--scale", "must be > 0"]),
         (["--scale", "0"], ["--scale", "must be > 0"]),
