@@ -107,6 +107,10 @@ def _section_names(value: Any, what: str, allowed: tuple[str, ...]) -> list[str]
         raise ConfigError(
             f"compare.{what} = {value!r}: expected a list of names; allowed: {', '.join(allowed)}"
         )
+    if not value:
+        raise ConfigError(
+            f"compare.{what} = []: {what} is empty; allowed: {', '.join(allowed)}"
+        )
     return list(value)
 
 

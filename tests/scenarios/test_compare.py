@@ -282,6 +282,10 @@ def test_config_file_sets_kernel_and_compare_fields(tmp_path: Path) -> None:
         ("[compare]\nvariants = ['bogus']\n", "'bogus'"),
         ("[compare]\nscale = -1\n", "scale"),
         ("[compare]\nconfigs = 7\n", "compare.configs"),
+        # empty lists ran no row and printed empty tables with exit status 0
+        ("[compare]\nvariants = []\n", "compare.variants = []: variants is empty"),
+        ("[compare]\nconfigs = []\n", "compare.configs = []: configs is empty"),
+        ("[compare]\nprofiles = []\n", "compare.profiles = []: profiles is empty"),
     ],
 )
 def test_bad_config_file_exits_2_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
@@ -480,6 +484,16 @@ def test_run_compare_bad_jobs_and_unsendable_sources_are_refused_before_running(
     with pytest.raises(ConfigError, match="pass load_sources="):
         cmp.run_compare(variants=["local-test"], configs=["default", "rt"], jobs=2,
                         block_sources=[Local()])
+
+
+def test_run_compare_refuses_empty_variants_or_configs_before_running() -> None:
+    """No row to run is a mistake, not an empty table with success."""
+    from rcukit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="variants is empty; allowed: fast-try, nowait"):
+        cmp.run_compare(variants=[], configs=["default"])
+    with pytest.raises(ConfigError, match="configs is empty; allowed: default, lockdep, rt"):
+        cmp.run_compare(variants=["nowait"], configs=())
 
 
 def test_a_build_that_never_calls_the_allocator_is_not_called_unsafe() -> None:
