@@ -199,6 +199,9 @@ class Nameless:
 class BadName(PageCacheSource):
     name = "two words"
 
+class Shadow(PageCacheSource):
+    name = "nowait"
+
 MIXED = [MEMPOOL, 7]
 '''
 
@@ -251,6 +254,12 @@ def _no_run(monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]]) -> Non
         (f"{PLUGIN_MODULE}:Nameless", "is not a BlockPageSource"),
         (f"{PLUGIN_MODULE}:NeedsArgs", "cannot instantiate NeedsArgs() with no arguments"),
         (f"{PLUGIN_MODULE}:BadName", "variant name 'two words' is invalid"),
+        # a name given twice failed at the first row's boot, advising replace=True
+        (f"{PLUGIN_MODULE}:MEMPOOL",
+         f"--plugin '{PLUGIN_MODULE}:MEMPOOL': variant 'mempool-test' is already given by "
+         f"--plugin '{PLUGIN_MODULE}:MEMPOOL'; each variant name may be given once"),
+        (f"{PLUGIN_MODULE}:SOURCES", "variant 'mempool-test' is already given by"),
+        (f"{PLUGIN_MODULE}:Shadow", "variant 'nowait' is already a built-in variant"),
     ],
 )
 def test_compare_bad_plugin_exits_2_before_running(
