@@ -206,6 +206,9 @@ async def test_a_crashed_background_task_fails_waiters_clearly(
         ("on_error", "log"),
         ("initial_gp_seq", 5),
         ("debug", "yes"),
+        # a GP waiting "longer than 0 s" warned in a loop: 2000 log lines in 0.2 s
+        ("stall_timeout", 0),
+        ("stall_timeout", -1),
     ],
 )
 async def test_bad_configuration_is_refused(field: str, value: object) -> None:
