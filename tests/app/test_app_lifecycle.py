@@ -260,3 +260,13 @@ async def test_exit_error_group_without_a_body_error_counts_what_the_domain_repo
             rcu.kvfree_rcu(2, release=bad)
     assert info.value.message == "2 error(s) reported by the RCU domain (see each one's note)"
     assert [type(e) for e in info.value.exceptions] == [KeyError, KeyError]
+
+
+@pytest.mark.parametrize("nursery", [42, "tg", object()])
+async def test_a_nursery_that_is_not_one_is_refused_by_name(nursery: object) -> None:
+    """``open_domain(nursery=42)`` failed deep inside with "'int' object has no attribute
+    'start'"; it names the keyword and what it takes."""
+    with pytest.raises(ConfigError, match=r"nursery = .*: expected an AnyIO task group or a "
+                       r"Trio nursery"):
+        async with open_domain(nursery=nursery):
+            pass  # pragma: no cover
