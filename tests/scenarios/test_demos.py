@@ -134,6 +134,33 @@ def test_rcu_table_server(capsys: pytest.CaptureFixture[str], loop: str) -> None
     assert int(m.group(1)) == swaps  # every retired table released, after the barrier
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--clients", "0"], "--clients: 0: expected a number >= 1"),
+     (["--requests", "-1"], "--requests: -1: expected a number >= 1"),
+     (["--clients", "x"], "--clients: 'x' is not a whole number")],
+)
+def test_rcu_table_server_refuses_an_empty_load(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--clients 0`` served nothing and printed "rcu p99 / lock p99: 0.00" as a result."""
+    demo = load("rcu_table_server")
+    with pytest.raises(SystemExit) as exc:
+        demo.main(args)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_rcu_table_server_help_says_the_whole_first_sentence(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    demo = load("rcu_table_server")
+    with pytest.raises(SystemExit):
+        demo.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("hammer it, against the same server with a lock-protected table, on asyncio or "
+            "Trio.") in out
+
+
 @pytest.mark.parametrize("loop", ["trio", "asyncio"])
 @pytest.mark.parametrize("table", ["rcu", "lock"])
 def test_rcu_table_server_under_constant_swapping(loop: str, table: str) -> None:
