@@ -38,6 +38,19 @@ def test_each_demo_has_a_story_and_runs_as_a_script(
     assert "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["rfc_in_one_screen", "batching", "memory_pressure"])
+@pytest.mark.parametrize("objects", ["0", "-5"])
+def test_each_demo_refuses_no_objects(
+    name: str, objects: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--objects 0`` died in a traceback (a ConfigError, or ZeroDivisionError in batching's
+    per-object figures); it is a usage error naming the option."""
+    with pytest.raises(SystemExit) as exc:
+        load(name).main(["--objects", objects])
+    assert exc.value.code == 2
+    assert f"--objects {objects}: expected a number of objects >= 1" in capsys.readouterr().err
+
+
 def test_rfc_in_one_screen(capsys: pytest.CaptureFixture[str]) -> None:
     # 0.3 s of floods: the pcp list runs dry under krcp->lock a few times in that span
     assert load("rfc_in_one_screen").main(["--objects", "30000"]) == 0
