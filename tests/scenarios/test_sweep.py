@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,11 @@ def test_tabulate_averages_seeds_only() -> None:
         sp.tabulate(_records(), "variant", "lat.p50", by="mm.pcp_batch")
     with pytest.raises(ConfigError, match="'nr_cpus' is not a swept parameter"):
         sp.tabulate(_records(), "nr_cpus", "fail")
+    # A --where value no point has names the values that were swept.
+    with pytest.raises(ConfigError, match=re.escape(
+        "no point matches --where mm.pcp_batch=8 (mm.pcp_batch takes 7, 31)"
+    )):
+        sp.tabulate(_records(), "variant", "fail", where={"mm.pcp_batch": 8})
     assert sp.parse_where(["a=31", "b=nowait", "c=0.5"]) == {"a": 31, "b": "nowait", "c": 0.5}
 
 
