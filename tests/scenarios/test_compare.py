@@ -331,6 +331,10 @@ ALLOWED_VARIANTS = "allowed: fast-try, nowait, gfp-zero, raw-zone-lock, page-cac
         (["--jobs", "0"], ["--jobs", "0: expected a number of processes >= 1 (1 = inline)"]),
         (["--jobs", "-2"], ["--jobs", "-2: expected a number of processes >= 1"]),
         (["--jobs", "two"], ["--jobs", "'two' is not a whole number"]),
+        # found by tests/scenarios/test_cli_fuzz.py: open() raised ValueError, a traceback
+        (["--trace", "\x00"], ["--trace", "a file name cannot hold a NUL byte"]),
+        (["--ftrace", "a\x00b.txt"], ["--ftrace", "a file name cannot hold a NUL byte"]),
+        (["--plot", "\x00.png"], ["--plot", "a file name cannot hold a NUL byte"]),
     ],
 )
 def test_bad_arguments_exit_2_with_what_is_allowed(args: list[str], expect: list[str]) -> None:
