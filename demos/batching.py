@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", type=int, default=4000, help="objects per CPU")
     args = ap.parse_args(argv)
+    if args.objects < 1:
+        ap.error(f"--objects {args.objects}: expected a number of objects >= 1")
     n = args.objects
     config = KernelConfig(nr_cpus=4).replace(
         **{"kvfree.profile": "v6.1", "kvfree.variant": "page-cache", "mm.debug_quarantine": 0}

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", type=int, default=20_000, help="objects per flooding CPU")
     args = ap.parse_args(argv)
+    if args.objects < 1:
+        ap.error(f"--objects {args.objects}: expected a number of objects >= 1")
     workload = Workload(objects_per_cpu=args.objects, think_ns=2_000)
     print(f"{'memory':10s} {'kswapd':>7s} {'shrinker scans':>15s} {'cache pages drained':>20s} "
           f"{'fallbacks':>10s} {'pending peak':>13s} {'free at end':>15s}")

@@ -230,12 +230,24 @@ def compare(
     return [run_on(loop, functools.partial(run, clients, requests, port, table=t)) for t in tables]
 
 
+def _at_least_one(text: str) -> int:
+    """A count of clients or requests: an empty load measures nothing (p99 ratio 0/0)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: expected a number >= 1")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    # The docstring's first paragraph (its first line alone stops mid-sentence).
+    ap = argparse.ArgumentParser(description=" ".join((__doc__ or "").split("\n\n")[0].split()))
     ap.add_argument("--loop", choices=["asyncio", "trio"], default="trio")
     ap.add_argument("--table", choices=["rcu", "lock", "both"], default="both")
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=500, help="requests per client")
+    ap.add_argument("--clients", type=_at_least_one, default=8)
+    ap.add_argument("--requests", type=_at_least_one, default=500, help="requests per client")
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args(argv)
     tables = ["rcu", "lock"] if args.table == "both" else [args.table]

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", type=int, default=30_000, help="objects per flooding CPU")
     args = ap.parse_args(argv)
+    if args.objects < 1:
+        ap.error(f"--objects {args.objects}: expected a number of objects >= 1")
     config = default_config()
     workload = Workload(objects_per_cpu=args.objects)
     rows = {}

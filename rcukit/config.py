@@ -466,6 +466,15 @@ def _build(cls: type[T], data: Mapping[str, Any], source: str, prefix: str) -> T
         raise ConfigError(f"{source}: {prefix}{msg}" if prefix else f"{source}: {msg}") from None
 
 
+def _in_a_table(obj: Any, key: str) -> str:
+    """`` (did you mean 'kvfree.variant'?)`` for a field given without its table's name."""
+    for f in attrs.fields(type(obj)):
+        inner = getattr(obj, f.name)
+        if attrs.has(type(inner)) and key in {g.name for g in attrs.fields(type(inner))}:
+            return f" (did you mean {f.name + '.' + key!r}?)"
+    return ""
+
+
 def _replace_dotted(obj: Any, changes: Mapping[str, Any]) -> Any:
     direct: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
@@ -473,9 +482,11 @@ def _replace_dotted(obj: Any, changes: Mapping[str, Any]) -> Any:
     for key, value in changes.items():
         head, _, rest = key.partition(".")
         if head not in names:
+            hint = did_you_mean(head, names) or (
+                "" if rest else _in_a_table(obj, key)
+            )
             raise ConfigError(
-                f"unknown config field {key!r}{did_you_mean(head, names)}; "
-                f"allowed: {', '.join(sorted(names))}"
+                f"unknown config field {key!r}{hint}; allowed: {', '.join(sorted(names))}"
             )
         if rest:
             nested.setdefault(head, {})[rest] = value

@@ -14,7 +14,8 @@ of rcukit).
   Trio's real clock, so misuse (``synchronize_rcu()`` inside a read section, an unlock from
   another task, ``RcuPointer.dereference()`` outside a section) raises at once. It is closed
   after the test, which runs the barriers: errors raised by callbacks or release functions fail
-  the test there. ``asyncio_rcu_domain`` is the same under ``asyncio``.
+  the test there, and so does a read section the test left open. ``asyncio_rcu_domain`` is
+  the same under ``asyncio``.
   ``@pytest.mark.rcu_domain(max_pending=100, ...)`` passes keywords to ``open_domain``.
 """
 
@@ -138,6 +139,21 @@ def _domain_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
     return kwargs
 
 
+def _no_section_left_open(rcu: Any) -> None:
+    """Fail a test that left a read section open.
+
+    With nothing queued the domain closes without waiting for readers, so a forgotten
+    ``rcu_read_unlock()`` (a ``read_lock().__enter__()`` without its exit) passed silently.
+    """
+    held = rcu.statistics().readers
+    if held:
+        pytest.fail(
+            f"the test left {held} RCU read section(s) open: a read_lock() entered and never "
+            "left (use `with rcu.read_lock():`)",
+            pytrace=False,
+        )
+
+
 @_trio_fixture
 async def rcu_domain(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """An open ``rcukit.RcuDomain`` (``debug=True``) under Trio, on the real clock."""
@@ -145,6 +161,7 @@ async def rcu_domain(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
 
     async with open_domain(**_domain_kwargs(request)) as rcu:
         yield rcu
+    _no_section_left_open(rcu)
 
 
 @pytest.fixture
@@ -156,3 +173,4 @@ async def asyncio_rcu_domain(
 
     async with open_domain(**_domain_kwargs(request)) as rcu:
         yield rcu
+    _no_section_left_open(rcu)

@@ -56,14 +56,18 @@ def _optional_int_at_least(lo: int) -> Callable[[Any, attrs.Attribute[Any], Any]
 
 
 def _seconds(
-    optional: bool, finite: bool = True
+    optional: bool, finite: bool = True, positive: bool = False
 ) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(inst: object, att: attrs.Attribute[Any], v: Any) -> None:
         if v is None and optional:
             return
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v):
+        if (
+            isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v)
+            or (positive and v == 0)
+        ):
             what = "None or " if optional else ""
-            raise ConfigError(f"{att.name} = {v!r}: expected {what}a number of seconds >= 0")
+            least = "> 0" if positive else ">= 0"
+            raise ConfigError(f"{att.name} = {v!r}: expected {what}a number of seconds {least}")
         if finite and math.isinf(v):
             raise ConfigError(f"{att.name} = {v!r}: must be finite")
 
@@ -127,8 +131,11 @@ class DomainConfig:
     close_timeout: float = attrs.field(default=5.0, validator=_seconds(False))
     #: ``rcu_cpu_stall_timeout``: a grace period waiting longer than this many seconds logs
     #: (logger "rcukit") who holds it, then again every three timeouts; None: never. The
-    #: kernel's default (CONFIG_RCU_CPU_STALL_TIMEOUT) is 21 s.
-    stall_timeout: float | None = attrs.field(default=21.0, validator=_seconds(True))
+    #: kernel's default (CONFIG_RCU_CPU_STALL_TIMEOUT) is 21 s. Zero is refused: it would
+    #: warn in a loop (the kernel raises anything below 3 s to 3 s; None is "off" here).
+    stall_timeout: float | None = attrs.field(
+        default=21.0, validator=_seconds(True, positive=True)
+    )
     #: Starting gp_seq; the kernel starts just below the wrap to shake out wrap bugs.
     initial_gp_seq: int = attrs.field(default=0, validator=_int_at_least(0))
 

@@ -57,7 +57,7 @@ from rcukit.app.sites import call_site
 from rcukit.app.stats import DomainStatistics
 from rcukit.app.status import DomainStatus, ErrorLog, raise_exit_errors
 from rcukit.app.wakeup import Wakeup
-from rcukit.errors import RcuLeakError, RcuUsageError
+from rcukit.errors import ConfigError, RcuLeakError, RcuUsageError
 from rcukit.rcu.gpseq import RCU_GET_STATE_COMPLETED
 from rcukit.rcu.profiles import DEFAULT_PROFILES
 
@@ -445,6 +445,11 @@ class FromThread:
 @asynccontextmanager
 async def _nursery_or(nursery: Any) -> AsyncIterator[Any]:
     if nursery is not None:
+        if not callable(getattr(nursery, "start", None)):
+            raise ConfigError(
+                f"nursery = {nursery!r}: expected an AnyIO task group or a Trio nursery to "
+                "run the domain's tasks in (or None: the domain opens its own)"
+            )
         yield nursery
         return
     async with anyio.create_task_group() as own:

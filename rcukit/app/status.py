@@ -81,11 +81,20 @@ class ErrorLog:
 
 
 def raise_exit_errors(body: BaseException | None, errors: list[BaseException]) -> None:
-    """Raise what left the ``async with`` body together with what callbacks raised."""
-    msg = f"{len(errors)} error(s) in RCU callbacks or release functions"
+    """Raise what left the ``async with`` body together with what the domain reported.
+
+    The reported errors come from callbacks and release functions, but also from the domain's
+    own tasks and its close (an ``RcuLeakError``), so the group's message says only who
+    reported them; each error's note says where it arose.
+    """
+    msg = f"{len(errors)} error(s) reported by the RCU domain (see each one's note)"
     if body is not None:
         if errors:
-            raise BaseExceptionGroup(msg, [body, *errors])
+            raise BaseExceptionGroup(
+                f"the async with body raised {type(body).__name__}, and the RCU domain "
+                f"reported {len(errors)} more error(s) (see each one's note)",
+                [body, *errors],
+            )
         raise body
     if errors:
         if all(isinstance(e, Exception) for e in errors):

@@ -99,4 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rcukit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BaseExceptionGroup as group:
+        # Ctrl-C in a task of a nursery (app-mode torture) arrives wrapped in groups.
+        interrupt, rest = group.split(KeyboardInterrupt)
+        if interrupt is None or rest is not None:
+            raise
+        print(f"rcukit {args.command}: interrupted", file=sys.stderr)
+        return 130
     return rc

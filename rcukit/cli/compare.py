@@ -107,6 +107,10 @@ def _section_names(value: Any, what: str, allowed: tuple[str, ...]) -> list[str]
         raise ConfigError(
             f"compare.{what} = {value!r}: expected a list of names; allowed: {', '.join(allowed)}"
         )
+    if not value:
+        raise ConfigError(
+            f"compare.{what} = []: {what} is empty; allowed: {', '.join(allowed)}"
+        )
     return list(value)
 
 
@@ -139,20 +143,20 @@ def _cmd(args: argparse.Namespace) -> int:
     check_profile(args.profile)
     if args.profile is not None:
         config = config.replace(**{"kvfree.profile": args.profile})
-    if args.profiles and args.profile is not None:
+    if args.profiles is not None and args.profile is not None:
         raise ConfigError("--profile and --profiles both given: name the profiles once")
     profiles = (
-        _names(args.profiles, "profiles", tuple(PROFILES)) if args.profiles
+        _names(args.profiles, "profiles", tuple(PROFILES)) if args.profiles is not None
         else _section_names(section["profiles"], "profiles", tuple(PROFILES))
         if "profiles" in section and args.profile is None
         else [config.kvfree.profile]
     )
     variants = (
-        _names(args.variants, "variants", known) if args.variants
+        _names(args.variants, "variants", known) if args.variants is not None
         else _section_names(section.get("variants", known), "variants", known)
     )
     configs = (
-        _names(args.configs, "configs", KERNEL_CONFIG_NAMES) if args.configs
+        _names(args.configs, "configs", KERNEL_CONFIG_NAMES) if args.configs is not None
         else _section_names(section.get("configs", KERNEL_CONFIG_NAMES), "configs",
                             KERNEL_CONFIG_NAMES)
     )

@@ -120,6 +120,8 @@ def output_path(suffixes: Sequence[str] = ()) -> Callable[[str], str]:
     """
 
     def parse(text: str) -> str:
+        if "\x00" in text:  # open() would raise ValueError after the rows
+            raise argparse.ArgumentTypeError(f"{text!r}: a file name cannot hold a NUL byte")
         path = Path(text)
         if not text or path.is_dir():
             raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file name")

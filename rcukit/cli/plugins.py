@@ -14,7 +14,7 @@ import importlib.metadata
 from collections.abc import Iterable, Sequence
 
 from rcukit.errors import ConfigError, did_you_mean
-from rcukit.rcu.kvfree.variants import BlockPageSource, check_variant_name
+from rcukit.rcu.kvfree.variants import BlockPageSource, builtin_variants, check_variant_name
 
 __all__ = ["ENTRY_POINT_GROUP", "load_block_sources"]
 
@@ -25,15 +25,29 @@ _NEEDS = "a source needs name, gfp, description, defers_to_worker and an async g
 def load_block_sources(plugins: Sequence[str]) -> list[BlockPageSource]:
     """The installed entry points' sources, then each ``--plugin``'s, in order."""
     sources: list[BlockPageSource] = []
+    # A name given twice would fail at boot with advice for Python callers (replace=True);
+    # say here which two places gave it.
+    given = dict.fromkeys(builtin_variants(), "a built-in variant")
+
+    def add(found: list[BlockPageSource], where: str) -> None:
+        for source in found:
+            if source.name in given:
+                raise ConfigError(
+                    f"{where}: variant {source.name!r} is already {given[source.name]}; "
+                    "each variant name may be given once"
+                )
+            given[source.name] = f"given by {where}"
+            sources.append(source)
+
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         where = f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP}"
         try:
             obj = ep.load()
         except Exception as exc:
             raise ConfigError(f"{where}: cannot load it: {type(exc).__name__}: {exc}") from exc
-        sources.extend(_sources(obj, where))
+        add(_sources(obj, where), where)
     for spec in plugins:
-        sources.extend(_sources(_resolve(spec), f"--plugin {spec!r}"))
+        add(_sources(_resolve(spec), f"--plugin {spec!r}"), f"--plugin {spec!r}")
     return sources
 
 

@@ -389,6 +389,15 @@ def run_compare(
     names = list(profiles) if profiles is not None else [cfg.kvfree.profile]
     if not names:
         raise ConfigError("profiles is empty; name at least one kvfree_rcu profile")
+    # An empty list would run no row and print empty tables with exit status 0.
+    if not variants:
+        raise ConfigError(
+            "variants is empty; allowed: " + ", ".join(BlockSources(sources).names())
+        )
+    if not configs:
+        raise ConfigError(
+            f"configs is empty; allowed: {', '.join(KERNEL_CONFIG_NAMES)}"
+        )
     check_names(variants, configs, BlockSources(sources).names(), names)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs = {jobs!r}: expected a positive number of processes")

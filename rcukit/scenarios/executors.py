@@ -151,7 +151,13 @@ def open_executor(
     try:
         yield ExecutorChoice(pool, 2 * n, f"{n} worker processes")
     except BaseException:
+        # Jobs already handed to a worker would run to their end (a compare row takes up to a
+        # minute) and interpreter exit joins them, so a Ctrl-C would hang that long for
+        # results nobody records. Stop the workers (Python 3.14's terminate_workers()).
+        workers_now = list(pool._processes.values())
         pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers_now:
+            proc.terminate()
         raise
     pool.shutdown(wait=True)
 

@@ -134,7 +134,12 @@ def tabulate(
     ]
     if not chosen:
         shown = ", ".join(f"{k}={v!r}" for k, v in where.items())
-        raise ConfigError(f"no point matches --where {shown}")
+        taken = {
+            k: _order(list(dict.fromkeys(r["params"][k] for r in records if k in r["params"])))
+            for k in where
+        }
+        swept = "; ".join(f"{k} takes {', '.join(map(repr, vs))}" for k, vs in taken.items())
+        raise ConfigError(f"no point matches --where {shown} ({swept})")
     for name in names:
         if name in axes:
             continue

@@ -506,6 +506,10 @@ class Simulator:
     # -- the hand-off machinery ----------------------------------------------------------------
     async def _park(self, task: Task) -> None:
         def abort(_: Any) -> trio.lowlevel.Abort:
+            # Cancelled (Ctrl-C, the boot nursery closing): the task is leaving, not waiting
+            # for the baton, so a later hand-off to it must not reschedule() it (Trio asserts);
+            # _resume_next() then only marks it, as for a task not started yet.
+            task.trio_task = None
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)

@@ -206,6 +206,9 @@ async def test_a_crashed_background_task_fails_waiters_clearly(
         ("on_error", "log"),
         ("initial_gp_seq", 5),
         ("debug", "yes"),
+        # a GP waiting "longer than 0 s" warned in a loop: 2000 log lines in 0.2 s
+        ("stall_timeout", 0),
+        ("stall_timeout", -1),
     ],
 )
 async def test_bad_configuration_is_refused(field: str, value: object) -> None:
@@ -224,3 +227,46 @@ async def test_tasks_can_live_in_the_callers_task_group() -> None:
             await rcu.synchronize_rcu()
             rcu.call_rcu(len, "x")
         assert rcu.closed and rcu.statistics().callbacks_pending == 0
+
+
+async def test_exit_error_group_names_the_body_and_counts_only_the_domain_errors() -> None:
+    """A body that raises while a read section leaks: the group holds the body's error and the
+    close's RcuLeakError, and its message neither calls the leak a callback error nor counts the
+    body among the domain's errors."""
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with open_domain(close_timeout=0.05) as rcu:
+            rcu.read_lock().__enter__()  # a reader that never leaves
+            rcu.kvfree_rcu(1, release=lambda obj: None)
+            raise ValueError("bug in the body")
+    group = info.value
+    assert [type(e) for e in group.exceptions] == [ValueError, RcuLeakError]
+    assert group.message == (
+        "the async with body raised ValueError, and the RCU domain reported 1 more error(s) "
+        "(see each one's note)"
+    )
+    assert "callbacks or release functions" not in group.message
+    assert "reported by the closing RCU domain" in getattr(group.exceptions[1], "__notes__", [])
+
+
+async def test_exit_error_group_without_a_body_error_counts_what_the_domain_reported() -> None:
+    """Only the domain's own errors (a release function that raised): the count is theirs."""
+
+    def bad(obj: object) -> None:
+        raise KeyError(obj)
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with open_domain() as rcu:
+            rcu.kvfree_rcu(1, release=bad)
+            rcu.kvfree_rcu(2, release=bad)
+    assert info.value.message == "2 error(s) reported by the RCU domain (see each one's note)"
+    assert [type(e) for e in info.value.exceptions] == [KeyError, KeyError]
+
+
+@pytest.mark.parametrize("nursery", [42, "tg", object()])
+async def test_a_nursery_that_is_not_one_is_refused_by_name(nursery: object) -> None:
+    """``open_domain(nursery=42)`` failed deep inside with "'int' object has no attribute
+    'start'"; it names the keyword and what it takes."""
+    with pytest.raises(ConfigError, match=r"nursery = .*: expected an AnyIO task group or a "
+                       r"Trio nursery"):
+        async with open_domain(nursery=nursery):
+            pass  # pragma: no cover

@@ -167,6 +167,47 @@ def test_a_subcommand_that_cannot_be_imported_is_not_silently_dropped() -> None:
     assert "ModuleNotFoundError" in proc.stderr and "rcukit.scenarios.sweep" in proc.stderr
 
 
+def test_ctrl_c_inside_a_nursery_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``rcukit torture --mode app`` interrupted: Trio delivers the KeyboardInterrupt to a task
+    in a nursery, so it leaves ``trio.run`` inside exception groups; it printed the groups'
+    traceback and exited 1 instead of "interrupted" and 130 like the other commands."""
+    import trio
+
+    import rcukit.cli.torture as torture_cli
+
+    def interrupted_in_a_nursery(args: Any) -> Any:
+        async def main() -> None:
+            async def worker() -> None:
+                raise KeyboardInterrupt
+
+            async with trio.open_nursery() as outer:
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(worker)
+                outer.cancel_scope.cancel()
+
+        trio.run(main)
+
+    monkeypatch.setattr(torture_cli, "run_from_args", interrupted_in_a_nursery)
+    rc, out, err = run_cli(["torture", "--mode", "app", "--duration", "1"])
+    assert (rc, out, err) == (130, "", "rcukit torture: interrupted\n")
+
+
+def test_an_error_beside_the_interrupt_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a group of nothing but KeyboardInterrupts means "interrupted"; a real error that
+    came with it still surfaces."""
+    import rcukit.cli.torture as torture_cli
+
+    def both(args: Any) -> Any:
+        raise BaseExceptionGroup("two", [KeyboardInterrupt(), ValueError("bug")])
+
+    monkeypatch.setattr(torture_cli, "run_from_args", both)
+    with pytest.raises(BaseExceptionGroup) as info:
+        run_cli(["torture", "--mode", "app", "--duration", "1"])
+    assert info.value.subgroup(ValueError) is not None
+
+
 # -- compare --plugin: every mistake exits 2 before a simulation starts ------------------------
 
 PLUGIN_MODULE = "rcukit_cli_test_plugin"
@@ -198,6 +239,9 @@ class Nameless:
 
 class BadName(PageCacheSource):
     name = "two words"
+
+class Shadow(PageCacheSource):
+    name = "nowait"
 
 MIXED = [MEMPOOL, 7]
 '''
@@ -251,6 +295,12 @@ def _no_run(monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]]) -> Non
         (f"{PLUGIN_MODULE}:Nameless", "is not a BlockPageSource"),
         (f"{PLUGIN_MODULE}:NeedsArgs", "cannot instantiate NeedsArgs() with no arguments"),
         (f"{PLUGIN_MODULE}:BadName", "variant name 'two words' is invalid"),
+        # a name given twice failed at the first row's boot, advising replace=True
+        (f"{PLUGIN_MODULE}:MEMPOOL",
+         f"--plugin '{PLUGIN_MODULE}:MEMPOOL': variant 'mempool-test' is already given by "
+         f"--plugin '{PLUGIN_MODULE}:MEMPOOL'; each variant name may be given once"),
+        (f"{PLUGIN_MODULE}:SOURCES", "variant 'mempool-test' is already given by"),
+        (f"{PLUGIN_MODULE}:Shadow", "variant 'nowait' is already a built-in variant"),
     ],
 )
 def test_compare_bad_plugin_exits_2_before_running(

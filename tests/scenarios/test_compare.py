@@ -282,6 +282,10 @@ def test_config_file_sets_kernel_and_compare_fields(tmp_path: Path) -> None:
         ("[compare]\nvariants = ['bogus']\n", "'bogus'"),
         ("[compare]\nscale = -1\n", "scale"),
         ("[compare]\nconfigs = 7\n", "compare.configs"),
+        # empty lists ran no row and printed empty tables with exit status 0
+        ("[compare]\nvariants = []\n", "compare.variants = []: variants is empty"),
+        ("[compare]\nconfigs = []\n", "compare.configs = []: configs is empty"),
+        ("[compare]\nprofiles = []\n", "compare.profiles = []: profiles is empty"),
     ],
 )
 def test_bad_config_file_exits_2_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
@@ -311,6 +315,10 @@ ALLOWED_VARIANTS = "allowed: fast-try, nowait, gfp-zero, raw-zone-lock, page-cac
     [
         (["--variants", "nowait,bogus"], ["unknown variant 'bogus'", ALLOWED_VARIANTS]),
         (["--variants", ","], ["--variants is empty", ALLOWED_VARIANTS]),
+        # An empty shell variable ("--variants $V") must not silently mean every variant.
+        (["--variants", ""], ["--variants is empty", ALLOWED_VARIANTS]),
+        (["--configs", ""], ["--configs is empty", "allowed: default, lockdep, rt"]),
+        (["--profiles", ""], ["--profiles is empty", "allowed: v5.5, rfc, v5.9"]),
         (["--configs", "foo"], ["unknown config 'foo'", "allowed: default, lockdep, rt"]),
         (["--scale", "-1"], ["--scale", "must be > 0"]),
         (["--scale", "0"], ["--scale", "must be > 0"]),
@@ -323,6 +331,10 @@ ALLOWED_VARIANTS = "allowed: fast-try, nowait, gfp-zero, raw-zone-lock, page-cac
         (["--jobs", "0"], ["--jobs", "0: expected a number of processes >= 1 (1 = inline)"]),
         (["--jobs", "-2"], ["--jobs", "-2: expected a number of processes >= 1"]),
         (["--jobs", "two"], ["--jobs", "'two' is not a whole number"]),
+        # found by tests/scenarios/test_cli_fuzz.py: open() raised ValueError, a traceback
+        (["--trace", "\x00"], ["--trace", "a file name cannot hold a NUL byte"]),
+        (["--ftrace", "a\x00b.txt"], ["--ftrace", "a file name cannot hold a NUL byte"]),
+        (["--plot", "\x00.png"], ["--plot", "a file name cannot hold a NUL byte"]),
     ],
 )
 def test_bad_arguments_exit_2_with_what_is_allowed(args: list[str], expect: list[str]) -> None:
@@ -476,6 +488,16 @@ def test_run_compare_bad_jobs_and_unsendable_sources_are_refused_before_running(
     with pytest.raises(ConfigError, match="pass load_sources="):
         cmp.run_compare(variants=["local-test"], configs=["default", "rt"], jobs=2,
                         block_sources=[Local()])
+
+
+def test_run_compare_refuses_empty_variants_or_configs_before_running() -> None:
+    """No row to run is a mistake, not an empty table with success."""
+    from rcukit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="variants is empty; allowed: fast-try, nowait"):
+        cmp.run_compare(variants=[], configs=["default"])
+    with pytest.raises(ConfigError, match="configs is empty; allowed: default, lockdep, rt"):
+        cmp.run_compare(variants=["nowait"], configs=())
 
 
 def test_a_build_that_never_calls_the_allocator_is_not_called_unsafe() -> None:

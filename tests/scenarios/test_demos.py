@@ -38,6 +38,19 @@ def test_each_demo_has_a_story_and_runs_as_a_script(
     assert "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["rfc_in_one_screen", "batching", "memory_pressure"])
+@pytest.mark.parametrize("objects", ["0", "-5"])
+def test_each_demo_refuses_no_objects(
+    name: str, objects: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--objects 0`` died in a traceback (a ConfigError, or ZeroDivisionError in batching's
+    per-object figures); it is a usage error naming the option."""
+    with pytest.raises(SystemExit) as exc:
+        load(name).main(["--objects", objects])
+    assert exc.value.code == 2
+    assert f"--objects {objects}: expected a number of objects >= 1" in capsys.readouterr().err
+
+
 def test_rfc_in_one_screen(capsys: pytest.CaptureFixture[str]) -> None:
     # 0.3 s of floods: the pcp list runs dry under krcp->lock a few times in that span
     assert load("rfc_in_one_screen").main(["--objects", "30000"]) == 0
@@ -132,6 +145,33 @@ def test_rcu_table_server(capsys: pytest.CaptureFixture[str], loop: str) -> None
                   out)
     assert m is not None, out
     assert int(m.group(1)) == swaps  # every retired table released, after the barrier
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--clients", "0"], "--clients: 0: expected a number >= 1"),
+     (["--requests", "-1"], "--requests: -1: expected a number >= 1"),
+     (["--clients", "x"], "--clients: 'x' is not a whole number")],
+)
+def test_rcu_table_server_refuses_an_empty_load(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--clients 0`` served nothing and printed "rcu p99 / lock p99: 0.00" as a result."""
+    demo = load("rcu_table_server")
+    with pytest.raises(SystemExit) as exc:
+        demo.main(args)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_rcu_table_server_help_says_the_whole_first_sentence(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    demo = load("rcu_table_server")
+    with pytest.raises(SystemExit):
+        demo.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("hammer it, against the same server with a lock-protected table, on asyncio or "
+            "Trio.") in out
 
 
 @pytest.mark.parametrize("loop", ["trio", "asyncio"])

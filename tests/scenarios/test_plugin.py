@@ -249,3 +249,43 @@ def test_no_splats_fails_a_test_whose_kernel_printed_a_bug_report(
             "*ValueError: boom",
         ]
     )
+
+
+LEAKED_SECTION_PROJECT = '''
+import anyio
+
+
+async def test_leaves_a_section_open(rcu_domain):
+    rcu_domain.read_lock().__enter__()  # a forgotten rcu_read_unlock()
+
+
+async def test_leaves_one_open_in_a_child_task(asyncio_rcu_domain):
+    async def child():
+        asyncio_rcu_domain.read_lock().__enter__()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(child)
+
+
+async def test_balanced(rcu_domain):
+    with rcu_domain.read_lock():
+        pass
+'''
+
+
+def test_a_read_section_left_open_fails_the_test_at_teardown(pytester: pytest.Pytester) -> None:
+    """With nothing queued the domain closed without waiting for readers, so a test that
+    entered read_lock() and never left passed; the fixtures now fail it at teardown."""
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_user=LEAKED_SECTION_PROJECT)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    # pytest-trio reports the Trio fixture's teardown failure as the test's failure; the
+    # asyncio test passes its call and errors at teardown
+    result.assert_outcomes(passed=2, failed=1, errors=1)
+    out = result.stdout.str()
+    assert out.count("the test left 1 RCU read section(s) open: a read_lock() entered and "
+                     "never left") >= 2  # once per failing test (and in the summary lines)
+    result.stdout.fnmatch_lines([
+        "FAILED test_user.py::test_leaves_a_section_open - the test left 1 RCU read se*",
+        "ERROR test_user.py::test_leaves_one_open_in_a_child_task*",
+    ])
+    assert "test_user.py::test_balanced PASSED" in result.stdout.str()

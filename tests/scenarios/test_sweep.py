@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,11 @@ def test_tabulate_averages_seeds_only() -> None:
         sp.tabulate(_records(), "variant", "lat.p50", by="mm.pcp_batch")
     with pytest.raises(ConfigError, match="'nr_cpus' is not a swept parameter"):
         sp.tabulate(_records(), "nr_cpus", "fail")
+    # A --where value no point has names the values that were swept.
+    with pytest.raises(ConfigError, match=re.escape(
+        "no point matches --where mm.pcp_batch=8 (mm.pcp_batch takes 7, 31)"
+    )):
+        sp.tabulate(_records(), "variant", "fail", where={"mm.pcp_batch": 8})
     assert sp.parse_where(["a=31", "b=nowait", "c=0.5"]) == {"a": 31, "b": "nowait", "c": 0.5}
 
 
@@ -449,3 +455,38 @@ def test_pool_workers_exit_when_their_owner_is_killed(tmp_path: Path) -> None:
     while any(_running(p) for p in pool) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [p for p in pool if _running(p)] == []
+
+
+_INTERRUPTED_OWNER = """
+import time
+from rcukit.scenarios.executors import open_executor
+if __name__ == "__main__":
+    try:
+        with open_executor(2) as choice:
+            futs = [choice.executor.submit(time.sleep, 60) for _ in range(4)]
+            time.sleep(1.0)
+            raise KeyboardInterrupt  # Ctrl-C while every worker runs a long job
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+def test_an_interrupted_pool_stops_its_workers_instead_of_waiting_for_their_jobs(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C of ``rcukit compare --jobs 2`` printed "interrupted" and then sat 40 s: the jobs
+    already handed to workers ran to the end and interpreter exit joined them. Nobody wants
+    those results (the interrupted command records none), so the workers are stopped."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "owner.py"
+    script.write_text(_INTERRUPTED_OWNER, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    elapsed = time.monotonic() - t0
+    assert proc.stdout == "interrupted\n" and proc.returncode == 0, proc.stderr
+    assert elapsed < 30  # the jobs sleep 60 s each

@@ -210,6 +210,15 @@ def test_replace_errors() -> None:
         c.replace(nr_cpu=2)
     with pytest.raises(ConfigError, match=r"unknown config field 'nope'; allowed: .*pcp_batch"):
         c.replace(**{"mm.nope": 1})
+    # A table's field given bare (as in @pytest.mark.kernel_config(variant=...)) names its
+    # dotted key instead of only listing the top-level fields.
+    with pytest.raises(ConfigError, match=r"unknown config field 'variant' \(did you mean "
+                       r"'kvfree.variant'\?\); allowed: "):
+        c.replace(variant="nowait")
+    with pytest.raises(ConfigError, match=r"'pcp_batch' \(did you mean 'mm.pcp_batch'\?\)"):
+        c.replace(pcp_batch=31)
+    with pytest.raises(ConfigError, match=r"unknown config field 'nope'; allowed: "):
+        c.replace(nope=1)
     with pytest.raises(ConfigError, match="config field 'nr_cpus' has no sub-fields"):
         c.replace(**{"nr_cpus.x": 1})
     with pytest.raises(ConfigError, match="pcp_batch = 0 is out of range"):

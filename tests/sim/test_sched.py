@@ -431,3 +431,33 @@ def test_simulate_matches_boot() -> None:
     assert len(sim_log) == 150
     assert sim_log == boot_log
     assert res.results == results
+
+
+# -- cancellation from outside (Ctrl-C, a deadline) -------------------------------------------
+
+
+@pytest.mark.parametrize("deadline_s", [0.0005, 0.001, 0.0013, 0.002, 0.0031])
+async def test_a_cancel_while_the_baton_is_in_flight_stops_the_run_cleanly(
+    autojump_clock: trio.testing.MockClock, deadline_s: float
+) -> None:
+    """``rcukit torture`` interrupted by Ctrl-C died in Trio's ``reschedule()`` assertion
+    (or a TrioInternalError): the cancel aborted a parked CPU task while another held the
+    baton, and that one then handed the baton to the aborted task. A deadline reached by the
+    simulation's own clock jumps is the same cancel, deterministically; the run must stop with
+    the cancel caught and no Trio error. (A task left alone once the others are cancelled
+    hands the baton to itself, which costs no checkpoint, so it may run on to its end: which
+    tasks are cut short depends on Trio's scheduling order; not all of them finish.)"""
+
+    async def pingpong(task: Task) -> int:
+        for _ in range(10_000):
+            task.charge(7_000 * (task.cpu.id + 1))
+            await task.sync()
+            await task.sleep_ns(50_000 + 3_000 * task.cpu.id)
+        return task.now_ns
+
+    async with rcukit.sim.boot(KernelConfig(nr_cpus=4)) as k:
+        tasks = [k.spawn(pingpong, c) for c in range(4)]
+        with trio.move_on_after(deadline_s) as scope:
+            await k.run()
+    assert scope.cancelled_caught
+    assert any(t.result is None for t in tasks)  # cut short, not a finished run
