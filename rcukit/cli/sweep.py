@@ -30,7 +30,7 @@ examples:
       --figure latency_ns.p99 --where variant=nowait --out-plot p99.png
 """
 
-RUN_ONLY = ("out", "workers", "inline", "scheduler", "resume")
+RUN_ONLY = ("out", "jobs", "workers", "inline", "scheduler", "resume")
 PLOT_ONLY = ("x", "y", "lines", "figure", "out_plot", "where")
 
 
@@ -70,7 +70,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.sweep_file is None or args.out is None:
         raise ConfigError("a sweep needs SWEEP.toml and --out RESULTS.jsonl (or use --plot)")
     spec = sw.load_spec(args.sweep_file)
-    workers = 0 if args.inline else args.workers
+    workers = args.workers
+    if args.inline or args.jobs == 1:
+        workers = 0
+    elif args.jobs is not None:
+        workers = args.jobs
     with sw.open_executor(workers, args.scheduler) as choice, _progress(
         f"sweep ({choice.description})"
     ) as progress:
@@ -121,6 +125,11 @@ def _cmd(args: argparse.Namespace) -> int:
     return _run(args)
 
 
+_jobs = number_type(
+    int, "a whole number",
+    lambda text, n: None if n >= 1 else f"{n}: expected a number of processes >= 1 (1 = inline)",
+)
+#: The old spelling, kept working (0 = inline); ``--jobs`` is compare's and make's.
 _workers = number_type(
     int, "a whole number",
     lambda text, n: f"{n}: expected 0 (inline) or a number of processes" if n < 0 else None,
@@ -144,8 +153,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--out", metavar="RESULTS.jsonl", type=output_path(),
                      help="JSON-lines results, one per point")
     where = run.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_workers, metavar="N",
-                       help="local worker processes (default: one per core; 0 = inline)")
+    where.add_argument("--jobs", type=_jobs, metavar="N",
+                       help="run points in N local worker processes (default: one per core; "
+                       "1 = inline), as compare --jobs; the results are the same whatever N")
+    where.add_argument("--workers", type=_workers, metavar="N", help=argparse.SUPPRESS)
     where.add_argument("--inline", action="store_true", help="run every point in this process")
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                        help="run on a Dask cluster (needs the dask extra)")

@@ -54,8 +54,8 @@ _FLAGS = {
     "torture": ["--mode", "--duration", "--nreaders", "--nwriters", "--onoff-interval",
                 "--fault-rate", "--stall-cpu", "--kernel-config", "--profile", "--cpus",
                 "--variant", "--json", "--soak", "--panic-on-warn"],
-    "sweep": ["--out", "--workers", "--plot", "--x", "--y", "--figure", "--where", "--resume",
-              "--json"],
+    "sweep": ["--out", "--jobs", "--workers", "--plot", "--x", "--y", "--figure", "--where",
+              "--resume", "--json"],
     "locks": ["--cpus", "--seed", "--json", "--format"],
 }
 _VALUES = st.sampled_from([

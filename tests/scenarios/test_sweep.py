@@ -349,8 +349,8 @@ def test_plot_cli_writes_line_plot_and_heat_map(
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "heat map of fail" in capsys.readouterr().out
     assert main(["sweep", "--plot", str(res), "--x", "variant", "--figure", "fail",
-                 "--out-plot", str(heat), "--workers", "2"]) == 2
-    assert "--workers runs a sweep" in capsys.readouterr().err
+                 "--out-plot", str(heat), "--jobs", "2"]) == 2
+    assert "--jobs runs a sweep" in capsys.readouterr().err
 
 
 # --- the real scenarios, on every executor -------------------------------------------------
@@ -375,7 +375,10 @@ def test_real_sweep_inline_and_process_pool_are_byte_identical(tmp_path: Path) -
     row = json.loads(ref[0])["result"]
     assert row["variant"] == "nowait" and row["kernel_config"] == "default"
     assert "timeline" not in row and row["kvfree_calls"] > 0
-    assert _run_real(tmp_path, "pool", "--workers", "2") == ref
+    assert _run_real(tmp_path, "pool", "--jobs", "2") == ref
+    # the old spelling still works (0 = inline), as does compare's 1 = inline
+    assert _run_real(tmp_path, "old", "--workers", "2") == ref
+    assert _run_real(tmp_path, "one", "--jobs", "1") == ref
 
 
 def test_real_sweep_on_a_dask_cluster_matches_inline(tmp_path: Path) -> None:
