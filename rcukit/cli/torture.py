@@ -10,6 +10,7 @@ reachable from here.
 from __future__ import annotations
 
 import argparse
+import time
 
 from rcukit.cli.options import (
     Default,
@@ -94,15 +95,25 @@ def soak_from_args(args: argparse.Namespace) -> SoakResult:
         if on:
             parts.append(flag)
 
+    done: list[SoakRun] = []
+
     def show(run: SoakRun) -> None:
+        done.append(run)
+        if args.json:
+            return
         verdict = "ok" if run.passed else f"FAILED ({run.first_error or run.taint})"
         print(f"soak: run {run.seed - args.seed + 1}: {run.command}: {verdict}", flush=True)
 
-    return run_soak(
-        args.soak, params, seed=args.seed, command=" ".join(parts),
-        on_run=None if args.json else show,
-        preempt_rcu=args.preempt_rcu, panic_on_warn=args.panic_on_warn,
-    )
+    t0 = time.monotonic()
+    try:
+        return run_soak(
+            args.soak, params, seed=args.seed, command=" ".join(parts), on_run=show,
+            preempt_rcu=args.preempt_rcu, panic_on_warn=args.panic_on_warn,
+        )
+    except KeyboardInterrupt:
+        # Ctrl-C: the runs that finished are still a result; the one under way is dropped.
+        return SoakResult(command=" ".join(parts), seconds=float(args.soak),
+                          wall_s=time.monotonic() - t0, runs=tuple(done), interrupted=True)
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -113,6 +124,8 @@ def _cmd(args: argparse.Namespace) -> int:
         else:
             for line in soak.summary_lines():
                 print(line)
+        if soak.interrupted:
+            return 130  # as the shell reports SIGINT, after the summary
         return 0 if soak.passed else 1
     result = run_from_args(args)
     if args.json:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -157,6 +158,40 @@ def test_cli_soak_checks_its_argument_first() -> None:
                   ["--kernel-config", "rt"], ["--kvfree-torture"], ["--cpus", "2"]):
         rc, out, err = run_cli(["torture", "--soak", "1", *extra])
         assert rc == 2 and out == "" and "cannot be combined with --soak" in err, extra
+
+
+def test_cli_soak_interrupted_sums_up_the_runs_that_finished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C during a soak (here: during its third run) prints the summary of the runs that
+    finished, ends with INTERRUPTED and exits 130; ``--json`` says ``"interrupted": true``."""
+    from rcukit.scenarios.torture import soak
+
+    real = soak.run_torture
+
+    def ctrl_c_in_run(n: int) -> Any:
+        calls = itertools.count(1)
+
+        def run_torture(*a: Any, **k: Any) -> Any:
+            if next(calls) == n:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+
+        return run_torture
+
+    for json_flag in ([], ["--json"]):
+        monkeypatch.setattr(soak, "run_torture", ctrl_c_in_run(3))
+        rc, out, _ = run_cli(["torture", "--soak", "60", "--duration", "0.3", *json_flag])
+        assert rc == 130
+        if json_flag:
+            doc = json.loads(out)
+            assert doc["interrupted"] and not doc["passed"] and doc["runs"] == 2
+            continue
+        lines = out.strip().split("\n")
+        assert [x.split(":")[1] for x in lines[:2]] == [" run 1", " run 2"]
+        assert lines[3].startswith("soak: 2 runs (2 sim, 0 app) in ")
+        assert lines[-1].startswith("--- End of soak: INTERRUPTED after ")
+        assert lines[-1].endswith(" of 60 s")
 
 
 def test_cli_short_soak(double_free_once: list[int]) -> None:

@@ -72,6 +72,8 @@ class SoakResult:
     seconds: float
     wall_s: float
     runs: tuple[SoakRun, ...]
+    #: Stopped by the user (Ctrl-C) before ``seconds`` had passed: the runs that finished.
+    interrupted: bool = False
 
     @property
     def failed(self) -> tuple[SoakRun, ...]:
@@ -79,7 +81,7 @@ class SoakResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.runs) and not self.failed
+        return bool(self.runs) and not self.failed and not self.interrupted
 
     def totals(self) -> dict[str, int]:
         runs = self.runs
@@ -118,7 +120,11 @@ class SoakResult:
         for r in self.failed:
             why = r.first_error or (f"kernel tainted ({r.taint})" if r.taint else "failed")
             lines.append(f"soak: FAILED: {r.command}: {why}")
-        lines.append(f"--- End of soak: {'SUCCESS' if self.passed else 'FAILURE'}")
+        if self.interrupted:
+            end = "INTERRUPTED" if not self.failed else "FAILURE (interrupted)"
+            lines.append(f"--- End of soak: {end} after {self.wall_s:.1f} of {self.seconds:g} s")
+        else:
+            lines.append(f"--- End of soak: {'SUCCESS' if self.passed else 'FAILURE'}")
         return lines
 
     def to_json(self) -> dict[str, Any]:
@@ -127,6 +133,7 @@ class SoakResult:
             "seconds": self.seconds,
             "wall_s": round(self.wall_s, 3),
             "passed": self.passed,
+            "interrupted": self.interrupted,
             **self.totals(),
             "coverage": self.coverage(),
             "failed": [r.to_json() for r in self.failed],
