@@ -3,6 +3,7 @@ and the extra tracks (lock holds, counters) a kernel engineer expects in them.""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -105,11 +106,20 @@ class TraceFiles:
     window_ns: tuple[int, int] | None = None
     _dir: str | None = attrs.field(default=None, init=False)
     _rows: list[RowTrace] = attrs.field(factory=list, init=False)
+    #: The output files this run created (removed again if no row ever starts).
+    _created: list[str] = attrs.field(factory=list, init=False)
 
     def __enter__(self) -> TraceFiles:
+        self._created = []
         for path in (self.trace_path, self.ftrace_path):
             if path:
-                open_text(path).close()  # fail now, not after the rows, if it cannot be written
+                existed = os.path.lexists(path)
+                # fail now, not after the rows, if it cannot be written; appending to nothing
+                # leaves an existing file as it is until there is a trace to replace it with
+                with open(path, "a", encoding="utf-8"):
+                    pass
+                if not existed:
+                    self._created.append(path)
         self._dir = tempfile.mkdtemp(prefix="rcukit-trace-")
         self._rows = []
         return self
@@ -131,6 +141,13 @@ class TraceFiles:
     def __exit__(self, *exc: object) -> None:
         try:
             rows = self._rows
+            if not rows:
+                # nothing ran (the run failed before its first row): existing files are left
+                # alone and the ones this run created go
+                for path in self._created:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+                return
             if self.trace_path:
                 with open_text(self.trace_path) as out:
                     join_perfetto(out, _parts([r.perfetto_part for r in rows]))

@@ -28,7 +28,9 @@ def _sentinel(*args: Any, **kwargs: Any) -> Any:
 
 @pytest.fixture
 def no_runs(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    # Output names the fuzz draws (out.png, "-", "a=b") land in a scratch directory.
+    # Output names the fuzz draws (out.png, "-", "a=b") land in a scratch directory. Never a
+    # system path: the suite may run as root, and a trace file opened at /bin/sh once
+    # truncated the machine's shell.
     monkeypatch.chdir(tmp_path_factory.mktemp("cli_fuzz"))
     import rcukit.cli.locks as locks_cli
     import rcukit.cli.rcuscale as rcuscale_cli
@@ -62,7 +64,7 @@ _VALUES = st.sampled_from([
     "", "0", "1", "-1", "2", "0.5", "1e-9", "inf", "nan", "-inf", "1e300", "abc", "rfc",
     "v9.9", "nowait", "nowait,bogus", ",", "lockdep", "rt", "/nonexistent/x.json", "x.3.5",
     "out.png", "MODULE:ATTR", "a=b", "sim", "app", "\x00", "-", "--", "☃", "csv", "plain",
-    "markdown", "json", "/proc/zoneinfo", "/bin/sh",
+    "markdown", "json", "/proc/zoneinfo", "sub/dir/x.txt", ".",
 ])
 
 

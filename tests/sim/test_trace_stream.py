@@ -443,3 +443,27 @@ def test_write_traces_from_kept_kernels(tmp_path: Path) -> None:
     assert sum(1 for e in doc["traceEvents"] if e["ph"] in "BE") == work
     assert (f"entries-in-buffer/entries-written: {n + work}/{n + work} "
             in f.read_text(encoding="utf-8"))
+
+
+def test_trace_files_leave_an_existing_file_alone_when_no_row_ran(tmp_path: Path) -> None:
+    """A run that fails before its first row (a bad plugin, a config check, Ctrl-C at boot)
+    loses nothing: a file already at the ``--trace``/``--ftrace`` path keeps its bytes, and a
+    file the run created for the check is removed again."""
+    old = tmp_path / "old.json"
+    old.write_text("yesterday's trace")
+    new = tmp_path / "new.txt"
+    with pytest.raises(RuntimeError), TraceFiles(str(old), str(new)):
+        assert new.exists()  # created now: a path that cannot be written fails here
+        raise RuntimeError("the run failed before any row")
+    assert old.read_text() == "yesterday's trace"
+    assert not new.exists()
+
+
+def test_trace_files_of_finished_rows_replace_the_old_file(tmp_path: Path) -> None:
+    """Once a row has run, the files hold the rows that ran, even if a later one failed."""
+    old = tmp_path / "old.txt"
+    old.write_text("yesterday's trace")
+    with pytest.raises(RuntimeError), TraceFiles(None, str(old)) as files:
+        files.row(("rfc", "nowait", "default"))
+        raise RuntimeError("the second row failed")
+    assert old.read_text() != "yesterday's trace"
