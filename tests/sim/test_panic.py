@@ -290,21 +290,23 @@ def test_raising_callback_warns_and_the_batch_goes_on() -> None:
     assert k.panic.taint == "W"
 
 
+async def _kasan_then_warn_then_splat(k: Kernel, task: Task) -> None:
+    """A KASAN report, then a WARNING, then a "scheduling while atomic" splat."""
+    await _kvfree_then_kfree(k, task)
+    await k.kvfree.kvfree_rcu_barrier(task)
+    await _raising_callback(k, task)
+    await k.rcu.rcu_barrier(task)
+    task.preempt_count += 1
+    k.locks.schedule(task, "msleep")
+    task.preempt_count -= 1
+
+
 def test_later_reports_print_the_taint_of_earlier_ones() -> None:
     """``dump_stack_print_info()`` (lib/dump_stack.c) prints ``print_tainted()`` at the time
     of the dump: the first report says "Not tainted", the next one the flags the first set
     ("Tainted: G    B" after KASAN), and a splat after both "Tainted: G    B   W"."""
 
-    async def both(k: Kernel, task: Task) -> None:
-        await _kvfree_then_kfree(k, task)
-        await k.kvfree.kvfree_rcu_barrier(task)
-        await _raising_callback(k, task)
-        await k.rcu.rcu_barrier(task)
-        task.preempt_count += 1
-        k.locks.schedule(task, "msleep")
-        task.preempt_count -= 1
-
-    k, others, heads = _run(both)
+    k, others, heads = _run(_kasan_then_warn_then_splat)
     _nothing_lost(k, others, heads)
     kasan, warn = k.panic.reports
     assert " Not tainted 5.9.0-rcukit #1" in kasan.text
@@ -778,16 +780,7 @@ def test_a_6_12_splat_after_a_kasan_report_prints_the_verbose_taint() -> None:
     is one function): on a 6.12 kernel a WARN and a "scheduling while atomic" after a KASAN
     report carry "UID: 0" and the verbose taint line of what came before them."""
 
-    async def both(k: Kernel, task: Task) -> None:
-        await _kvfree_then_kfree(k, task)
-        await k.kvfree.kvfree_rcu_barrier(task)
-        await _raising_callback(k, task)
-        await k.rcu.rcu_barrier(task)
-        task.preempt_count += 1
-        k.locks.schedule(task, "msleep")
-        task.preempt_count -= 1
-
-    k, others, heads = _run(both, profile="v6.12")
+    k, others, heads = _run(_kasan_then_warn_then_splat, profile="v6.12")
     _nothing_lost(k, others, heads)
     kasan, warn = k.panic.reports
     assert "Tainted: [" not in kasan.text and " UID: 0 PID: " in kasan.text
