@@ -68,8 +68,8 @@ class Slab:
     """One slab page block: objects of ``cache.size`` from ``base``; ``used[i]`` = allocated."""
 
     __slots__ = (
-        "base", "cache", "freelist", "inuse", "nobj", "on_partial", "order", "pfn", "pointers",
-        "seams", "stretched", "used",
+        "base", "cache", "freelist", "fresh", "inuse", "nobj", "on_partial", "order", "pfn",
+        "pointers", "seams", "used",
     )
 
     def __init__(self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int) -> None:
@@ -85,13 +85,13 @@ class Slab:
         )
         self.inuse = 0
         self.on_partial = False
-        #: The freelist is consecutive stretches that end where ``seams`` say: the fresh
-        #: descending list (its tail popped), then what bulk frees pushed, each stretch with
-        #: its seam, so kmalloc_run knows a run's length without comparing the freelist.
-        #: Every path that pushes single objects (kfree, the per-pointer bulk paths) clears it.
-        self.stretched = True
+        #: Nothing was freed back yet: the freelist is still the fresh descending one with its
+        #: tail popped, so any tail of it pops as consecutive indices (kmalloc_run skips the
+        #: comparison). Every path that pushes onto the freelist clears it.
+        self.fresh = True
         #: Freelist lengths (ascending) at which a bulk free pushed a stretch of consecutive
-        #: indices; those at or above the freelist's length are stale (dropped when seen).
+        #: indices: hints where the tail's consecutive stretch starts, so kmalloc_run need not
+        #: search for it. Only hints: kmalloc_run checks them, and pushes elsewhere skip them.
         self.seams: list[int] = []
         #: Every object's pointer as a native 8-byte array's bytes, made by the first run-based
         #: flood that stores this slab's objects in a block (:meth:`SlabAllocator.pointers`).
@@ -292,9 +292,7 @@ class SlabAllocator:
 
         SLUB hands out a slab's free objects in freelist order; on a fresh slab (and on one a
         ``kfree_bulk()`` refilled segment by segment) that is ascending addresses, so the next
-        objects are one arithmetic progression. Where each stretch starts is known
-        (``Slab.seams``) unless single objects were pushed since: then C-level list
-        comparisons find how far the progression goes.
+        objects are one arithmetic progression, checked here with C-level list comparisons.
         The caller has checked :meth:`runs_allowed` and that the active slab has a free object
         (else :meth:`kmalloc` itself refills it). Each object is charged as ``kmalloc`` would.
         """
@@ -305,19 +303,20 @@ class SlabAllocator:
         n = k = len(fl)
         if kmax < k:
             k = kmax
-        if k > 1:
-            if slab.stretched:
-                # the tail's stretch, and those below it while each continues the one above
-                seams = slab.seams
-                while seams and seams[-1] >= n:
-                    seams.pop()  # its stretch was taken since
-                j = len(seams) - 1
-                m = n - seams[j] if j >= 0 else n
-                while m < k and fl[-m - 1] == a + m:
-                    j -= 1
-                    m = n - seams[j] if j >= 0 else n
-                if m < k:
-                    k = m
+        if k > 1 and not slab.fresh:
+            seams = slab.seams
+            while seams and seams[-1] >= n:
+                seams.pop()
+            # the tail stretch's length if the newest seam still marks where it starts:
+            # checked (consecutive, and not continued below), else the search finds it
+            m = n - seams[-1] if seams else n
+            if (
+                m < k
+                and fl[-m] == a + m - 1
+                and fl[-m - 1] != a + m
+                and (m == 1 or fl[-m:] == cache.descending[-a - m : -a or None])
+            ):
+                k = m
             elif fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None]:
                 k = _consecutive_tail(fl, k, cache.descending)
         del fl[-k:]
@@ -555,7 +554,7 @@ class SlabAllocator:
                 self._locate(task, ptr, "kfree")
             slab.used[idx] = 0
             slab.freelist.append(idx)
-            slab.stretched = False
+            slab.fresh = False
             slab.inuse -= 1
             self.nr_objects -= 1
             task.charge(cost.kfree_ns + cost.cache_miss_ns if cache_miss else cost.kfree_ns)
@@ -700,6 +699,7 @@ class SlabAllocator:
             slab.used[start:stop] = bytes(n)
             cache = slab.cache
             top = cache.nobj
+            slab.fresh = False
             inuse = slab.inuse = slab.inuse - n
             # _bulk_released(), inline
             if slab is not cache.active:
@@ -747,6 +747,7 @@ class SlabAllocator:
         for slab, members in groups:
             used = slab.used
             fl = slab.freelist
+            slab.fresh = False
             # a segment's indices, last first: a slice of the cache's descending list
             descending = slab.cache.descending
             top = len(descending)
@@ -998,7 +999,7 @@ class SlabAllocator:
         active = cache.active
         partial = cache.partial
         joined: list[Slab] = []  # put on the partial list by this call
-        was_stretched: list[Slab] = []
+        was_fresh: list[Slab] = []
         emptied: list[Slab] = []
         pairs = zip(newest_first, idxs, strict=True)
         for slab, idx in pairs:
@@ -1009,9 +1010,9 @@ class SlabAllocator:
             slab.freelist.append(idx)
             inuse = slab.inuse - 1
             slab.inuse = inuse
-            if slab.stretched:
-                slab.stretched = False
-                was_stretched.append(slab)
+            if slab.fresh:
+                slab.fresh = False
+                was_fresh.append(slab)
             if not slab.on_partial and slab is not active:
                 slab.on_partial = True
                 partial[slab] = None
@@ -1030,8 +1031,8 @@ class SlabAllocator:
             for slab in joined:
                 slab.on_partial = False
                 del partial[slab]
-            for slab in was_stretched:
-                slab.stretched = True
+            for slab in was_fresh:
+                slab.fresh = True
             return False
         self.nr_objects -= n
         slabs = newest_first[::-1]
@@ -1111,7 +1112,7 @@ class SlabAllocator:
                 continue
             used = slab.used
             fl = slab.freelist
-            slab.stretched = False
+            slab.fresh = False
             for i in members:
                 idx = idxs[i]
                 used[idx] = 0

@@ -20,7 +20,6 @@ import trio.testing
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from simtools import cfg, mm_kernel, on_cpu
-from slab_hints import stretches_hold
 
 from rcukit.errors import MemoryDebugError
 from rcukit.kernel import Kernel
@@ -37,10 +36,7 @@ def _state(k: Kernel) -> tuple[Any, ...]:
     slabs = sorted({id(s): s for s in slab._slab_of.values()}.values(), key=lambda s: s.base)
     return (
         slab.nr_objects,
-        [
-            (s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial, stretches_hold(s))
-            for s in slabs
-        ],
+        [(s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial) for s in slabs],
         cache.active.base if cache.active else None,
         k.mm.nr_free_pages(),
         [c.local_ns for c in k.sim.cpus],

@@ -19,7 +19,6 @@ import trio.testing
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from simtools import Kernel, mm_kernel, pa
-from slab_hints import stretches_hold
 
 from rcukit.config import KernelConfig
 from rcukit.mm.gfp import GFP_KERNEL
@@ -52,7 +51,7 @@ def _state(k: Kernel, task: Task) -> dict[str, Any]:
             c.active.base if c.active is not None else None,
             [s.base for s in c.partial],
             sorted(
-                (s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial, stretches_hold(s))
+                (s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial, s.fresh)
                 for s in slabs
                 if s.cache is c
             ),
