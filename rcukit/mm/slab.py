@@ -69,7 +69,7 @@ class Slab:
 
     __slots__ = (
         "base", "cache", "freelist", "fresh", "inuse", "nobj", "on_partial", "order", "pfn",
-        "pointers", "seams", "used",
+        "pointers", "used",
     )
 
     def __init__(self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int) -> None:
@@ -89,10 +89,6 @@ class Slab:
         #: tail popped, so any tail of it pops as consecutive indices (kmalloc_run skips the
         #: comparison). Every path that pushes onto the freelist clears it.
         self.fresh = True
-        #: Freelist lengths (ascending) at which a bulk free pushed a stretch of consecutive
-        #: indices: hints where the tail's consecutive stretch starts, so kmalloc_run need not
-        #: search for it. Only hints: kmalloc_run checks them, and pushes elsewhere skip them.
-        self.seams: list[int] = []
         #: Every object's pointer as a native 8-byte array's bytes, made by the first run-based
         #: flood that stores this slab's objects in a block (:meth:`SlabAllocator.pointers`).
         self.pointers: bytes | None = None
@@ -300,25 +296,15 @@ class SlabAllocator:
         assert slab is not None
         fl = slab.freelist
         a = fl[-1]
-        n = k = len(fl)
+        k = len(fl)
         if kmax < k:
             k = kmax
-        if k > 1 and not slab.fresh:
-            seams = slab.seams
-            while seams and seams[-1] >= n:
-                seams.pop()
-            # the tail stretch's length if the newest seam still marks where it starts:
-            # checked (consecutive, and not continued below), else the search finds it
-            m = n - seams[-1] if seams else n
-            if (
-                m < k
-                and fl[-m] == a + m - 1
-                and fl[-m - 1] != a + m
-                and (m == 1 or fl[-m:] == cache.descending[-a - m : -a or None])
-            ):
-                k = m
-            elif fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None]:
-                k = _consecutive_tail(fl, k, cache.descending)
+        if (
+            k > 1
+            and not slab.fresh
+            and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None])
+        ):
+            k = _consecutive_tail(fl, k, cache.descending)
         del fl[-k:]
         slab.used[a : a + k] = b"\x01" * k
         slab.inuse += k
@@ -710,13 +696,7 @@ class SlabAllocator:
                     to_discard.append(slab)
                     unbuilt[slab] = (top - stop, top - start)
                     continue
-            fl = slab.freelist
-            seams = slab.seams
-            nfl = len(fl)
-            while seams and seams[-1] >= nfl:
-                seams.pop()  # its stretch was taken since
-            seams.append(nfl)
-            fl += cache.descending[top - stop : top - start]
+            slab.freelist += cache.descending[top - stop : top - start]
         self.nr_objects -= nr_ptrs
         if to_discard:
             await self._discard_empty(task, to_discard, unbuilt)
@@ -752,14 +732,9 @@ class SlabAllocator:
             descending = slab.cache.descending
             top = len(descending)
             nr = 0
-            seams = slab.seams
             for j in members:
                 for seg in reversed(runs[j][2]):
                     used[seg.start : seg.stop] = bytes(len(seg))
-                    nfl = len(fl)
-                    while seams and seams[-1] >= nfl:
-                        seams.pop()
-                    seams.append(nfl)
                     fl += descending[top - seg.stop : top - seg.start]
                 nr += runs[j][1]
             slab.inuse -= nr
@@ -1402,13 +1377,7 @@ def _contiguous_stretches(
 def _build_freelists(unbuilt: dict[Slab, tuple[int, int]]) -> None:
     """The freelist pushes ``SlabAllocator._discard_empty`` was given to make, made."""
     for slab, (lo, hi) in unbuilt.items():
-        fl = slab.freelist
-        seams = slab.seams
-        nfl = len(fl)
-        while seams and seams[-1] >= nfl:
-            seams.pop()
-        seams.append(nfl)
-        fl += slab.cache.descending[lo:hi]
+        slab.freelist += slab.cache.descending[lo:hi]
     unbuilt.clear()
 
 
