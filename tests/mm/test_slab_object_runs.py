@@ -15,6 +15,10 @@ from array import array
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from simtools import cfg, mm_kernel, on_cpu
 
 from rcukit.errors import MemoryDebugError
@@ -40,7 +44,8 @@ def _state(k: Kernel) -> tuple[Any, ...]:
 
 
 async def _alloc(k: Kernel, n: int, runs: bool) -> list[int]:
-    """``n`` kmalloc(32) calls, or the same through ``kmalloc_run`` (refilling as kmalloc)."""
+    """``n`` kmalloc(32) calls, or the same through ``kmalloc_run`` (refilling as kmalloc),
+    each run checked to be as long as the freelist's consecutive tail allows."""
 
     async def go(task: Task) -> list[int]:
         slab = k.mm.slab
@@ -52,7 +57,14 @@ async def _alloc(k: Kernel, n: int, runs: bool) -> list[int]:
             if cache.active is None or not cache.active.freelist:
                 assert await slab.kmalloc_refill(task, cache, KERNEL) is not None
                 continue
+            # a run is the freelist's whole consecutive tail (up to what is asked): the
+            # flood's horizons and random draws follow its length
+            fl = cache.active.freelist
+            want = 1
+            while want < min(n - len(out), len(fl)) and fl[-want - 1] == fl[-1] + want:
+                want += 1
             p0, got = slab.kmalloc_run(task, cache, KERNEL, n - len(out))
+            assert got == want
             out += range(p0, p0 + got * 32, 32)
         return out
 
@@ -147,6 +159,80 @@ async def test_kmalloc_run_after_scattered_frees(autojump_clock: Any, seed: int)
             await on_cpu(k, give_back)
         assert await _alloc(a, 150, runs=False) == await _alloc(b, 150, runs=True)
         assert _state(a) == _state(b)
+
+
+async def _free(k: Kernel, what: str, gone: list[int]) -> None:
+    """``gone`` freed by one kfree() (its one pointer), kfree_bulk(), or kfree_bulk_segments()
+    of one-object segments (merged there as a flood's block would be)."""
+    segs: list[tuple[Slab, int, int]] = []
+    for p in gone:
+        where = k.mm.slab.slab_index(p)
+        assert where is not None
+        segs.append((where[0], where[1], 1))
+
+    async def go(task: Task) -> None:
+        if what == "kfree":
+            await k.mm.kfree(task, gone[0])
+        elif what == "bulk":
+            await k.mm.kfree_bulk(task, array("Q", gone))
+        else:
+            await k.mm.slab.kfree_bulk_segments(task, segs)
+
+    await on_cpu(k, go)
+
+
+#: One step of :func:`test_kmalloc_run_after_mixed_frees`: (what, position, count).
+_Op = tuple[str, int, int]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["alloc", "bulk", "segments", "kfree"]),
+            st.integers(0, 400),
+            st.integers(1, 300),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+@example([("alloc", 0, 300), ("segments", 10, 50), ("segments", 70, 50), ("kfree", 5, 1),
+          ("alloc", 0, 120)])
+@example([("alloc", 0, 300), ("bulk", 60, 40), ("alloc", 0, 10), ("bulk", 20, 30),
+          ("alloc", 0, 100)])
+@example([("alloc", 0, 300), ("bulk", 20, 10), ("segments", 10, 10), ("alloc", 0, 300)])
+def test_kmalloc_run_after_mixed_frees(ops: list[_Op]) -> None:
+    """Bulk frees push consecutive stretches on a slab's freelist (mm/slub.c v6.1
+    ``build_detached_freelist()``, one detached freelist per slab page), ``kfree()`` pushes
+    single objects (``do_slab_free()``), and ``kmalloc()`` pops from the same end: whatever
+    mix of them came before, in any order (so the stretch starts ``kmalloc_run`` remembers
+    are sometimes stale), runs hand out exactly what kmalloc() calls hand out."""
+
+    async def main() -> None:
+        async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+                mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+            live: list[int] = []
+            for what, pos, n in ops:
+                if what == "alloc":
+                    got = await _alloc(a, n, runs=False)
+                    assert got == await _alloc(b, n, runs=True)
+                    live += got
+                    continue
+                pos = min(pos, len(live))
+                if what == "kfree":
+                    n = 1
+                gone = live[pos : pos + n]
+                del live[pos : pos + n]
+                if not gone:
+                    continue
+                await _free(a, "bulk" if what == "segments" else what, gone)
+                await _free(b, what, gone)
+                assert _state(a) == _state(b)
+            assert await _alloc(a, 200, runs=False) == await _alloc(b, 200, runs=True)
+            assert _state(a) == _state(b)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 async def _block_of(k: Kernel, n: int) -> tuple[array[int], list[tuple[Slab, int, int]]]:
