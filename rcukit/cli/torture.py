@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterable
 
 from rcukit.cli.options import (
     Default,
@@ -41,19 +42,18 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
     check_profile(args.profile)
     params = module_params(TortureParams, args)
     if args.mode == "app":
-        for opt, value, default in (
-            ("--variant", args.variant, None),
-            ("--kernel-config", args.kernel_config, "default"),
-            ("--cpus", args.cpus, None),
-            ("--preempt-rcu", args.preempt_rcu, False),
-            ("--kvfree-torture", args.kvfree_torture, False),
-            ("--panic-on-warn", args.panic_on_warn, False),
-        ):
-            if value != default:
-                raise ConfigError(
-                    f"{opt} applies to --mode sim only (the app mode runs on the host's "
-                    "allocator and scheduler)"
-                )
+        _refuse_given(
+            (
+                ("--variant", args.variant, None),
+                ("--kernel-config", args.kernel_config, "default"),
+                ("--cpus", args.cpus, None),
+                ("--preempt-rcu", args.preempt_rcu, False),
+                ("--kvfree-torture", args.kvfree_torture, False),
+                ("--panic-on-warn", args.panic_on_warn, False),
+            ),
+            "applies to --mode sim only (the app mode runs on the host's allocator and "
+            "scheduler)",
+        )
         profile = args.profile or DEFAULT_PROFILES["app"]
         return run_app_torture(params, seed=args.seed, profile=profile)
     base = KernelConfig() if args.cpus is None else KernelConfig(nr_cpus=args.cpus)
@@ -69,22 +69,29 @@ def run_from_args(args: argparse.Namespace) -> TortureResult:
     return run_torture(params, config)
 
 
+def _refuse_given(options: Iterable[tuple[str, object, object]], why: str) -> None:
+    """ConfigError for the first ``(flag, value, default)`` given a value other than its
+    default: "<flag> <why>"."""
+    for opt, value, default in options:
+        if value != default:
+            raise ConfigError(f"{opt} {why}")
+
+
 def soak_from_args(args: argparse.Namespace) -> SoakResult:
     """``--soak SECONDS``: the matrix of runs (:func:`run_soak`), each printed as it ends
     unless ``--json``. The options the soak loops over itself are refused."""
-    for opt, value, default in (
-        ("--mode", args.mode, "sim"),
-        ("--variant", args.variant, None),
-        ("--profile", args.profile, None),
-        ("--kernel-config", args.kernel_config, "default"),
-        ("--cpus", args.cpus, None),
-        ("--kvfree-torture", args.kvfree_torture, False),
-    ):
-        if value != default:
-            raise ConfigError(
-                f"{opt} cannot be combined with --soak: the soak runs every profile, variant "
-                "and kernel build in sim mode, and app-mode runs among them"
-            )
+    _refuse_given(
+        (
+            ("--mode", args.mode, "sim"),
+            ("--variant", args.variant, None),
+            ("--profile", args.profile, None),
+            ("--kernel-config", args.kernel_config, "default"),
+            ("--cpus", args.cpus, None),
+            ("--kvfree-torture", args.kvfree_torture, False),
+        ),
+        "cannot be combined with --soak: the soak runs every profile, variant and kernel "
+        "build in sim mode, and app-mode runs among them",
+    )
     params = module_params(TortureParams, args)
     parts = ["rcukit", "torture", "--soak", f"{args.soak:g}"]
     if args.duration != _DEFAULT_DURATION:

@@ -911,28 +911,13 @@ class PageAlloc:
         pcp = self.pcps[task.cpu.id]
         if pcp.count + 1 >= pcp.high:
             return False
-        locks = self.pcp_locks
-        if locks is None:
+        if self.pcp_locks is None:
             self._pcp_free(task, pcp, pfn, mt)
             return True
-        # pcp_trylock_brief(), inline (a slab page per 100-odd objects of a flood comes here)
-        tp = self.tp
-        if (
-            not self._pcp_trylock
-            or tp.mm_page_alloc
-            or tp.mm_page_free
-            or type(self.locks) is not LockChecker
-        ):
+        lock = self.pcp_trylock_brief(task)
+        if lock is None:
             return False
         cpu = task.cpu
-        lock = locks[cpu.id]
-        if lock.owner is not None or lock.free_at_ns > cpu.local_ns:
-            return False
-        lock.acquisitions += 1
-        cpu.local_ns += self.spin_lock_cost
-        held = task.held_locks
-        if held and KRCP_LOCK_CLASS in [h.lock.name for h in held]:
-            self.vmstat.inc("pcp_lock_in_krcp")
         # _pcp_free(), inline (tracing is off here)
         self._pstate[i] = PS_FREE
         pcp.lists[mt].appendleft(pfn)

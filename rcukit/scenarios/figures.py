@@ -445,15 +445,20 @@ def plot_paths(result: CompareResult, path: str | Path) -> list[tuple[str, Path]
 
 def write_plot(result: CompareResult, path: str | Path) -> list[Path]:
     """Write one figure per profile (:func:`plot_paths`); return the files written."""
-    plt = require_matplotlib()
     written = []
     for profile, out in plot_paths(result, path):
-        fig = build_figure(result, profile)
-        try:
-            fig.savefig(out, dpi=100)
-        except OSError as exc:
-            raise ConfigError(f"cannot write plot {str(out)!r}: {exc.strerror}") from exc
-        finally:
-            plt.close(fig)
+        save_figure(build_figure(result, profile), out)
         written.append(out)
     return written
+
+
+def save_figure(fig: Any, out: str | Path) -> None:
+    """Write ``fig`` to ``out`` (format from the suffix) and close it; a file that cannot be
+    written is a ConfigError naming it."""
+    plt = require_matplotlib()
+    try:
+        fig.savefig(out, dpi=100)
+    except OSError as exc:
+        raise ConfigError(f"cannot write plot {str(out)!r}: {exc.strerror}") from exc
+    finally:
+        plt.close(fig)

@@ -487,16 +487,9 @@ def plot_table(
     table: PlotTable, out: str | Path, *, heatmap: bool, context: PlotContext | None = None
 ) -> None:
     """Write :func:`build_figure`'s figure to ``out``."""
-    from rcukit.scenarios.figures import require_matplotlib
+    from rcukit.scenarios.figures import save_figure
 
-    plt = require_matplotlib()
-    fig = build_figure(table, heatmap=heatmap, context=context)
-    try:
-        fig.savefig(out, dpi=100)
-    except OSError as exc:
-        raise ConfigError(f"cannot write plot {str(out)!r}: {exc.strerror}") from exc
-    finally:
-        plt.close(fig)
+    save_figure(build_figure(table, heatmap=heatmap, context=context), out)
 
 
 def plot_results(
