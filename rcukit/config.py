@@ -234,6 +234,9 @@ class MemoryConfig:
     #: the last N frees; 0 turns free-site tracking off (it costs about a microsecond per
     #: single kfree and a fraction of that per object in kfree_bulk; benchmarks may turn it off).
     debug_quarantine: int = attrs.field(default=65_536, validator=_in_range(0, 1 << 24))
+    #: CONFIG_SLUB_CPU_PARTIAL (Kconfig default y): per-CPU partial lists in SLUB
+    #: (:mod:`rcukit.mm.slub_partial`); off, frees put slabs straight on the node list.
+    slub_cpu_partial: bool = attrs.field(default=True, validator=_is_bool)
 
 
 KERNEL_CONFIG_NAMES = ("default", "lockdep", "rt")

@@ -12,16 +12,17 @@ is ``kfree_bulk_call_ns`` per group (slab page touched) plus ``kfree_bulk_per_ob
 object, against ``kfree_ns`` (+ ``cache_miss_ns`` for callers that chased an ``rcu_head``) per
 single ``kfree``.
 
-Simplifications: one active slab and one partial list per cache, shared by all CPUs (SLUB's
-per-CPU slabs and the node ``list_lock`` are not modelled; slab metadata changes are lockless
-cmpxchg in SLUB's fast paths and have no timing effect here). Empty slabs beyond
-``MIN_PARTIAL`` go back to the page allocator, as ``discard_slab`` does.
+Which slab a CPU allocates from and where a freed object's slab goes are SLUB's lists, per
+CPU and per node (:mod:`rcukit.mm.slub_partial`): cpu slabs, per-CPU partial lists, the node
+partial list and ``min_partial``. Slab metadata changes are lockless cmpxchg in SLUB's fast
+paths and have no timing effect here; the node ``list_lock`` is not modelled.
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import compress, pairwise
 from operator import is_
@@ -38,6 +39,12 @@ from rcukit.mm.fault import (
     raw_site,
 )
 from rcukit.mm.gfp import GFP
+from rcukit.mm.slub_partial import (
+    cpu_partial_limit,
+    get_partial,
+    min_partial,
+    slab_free_list_step,
+)
 from rcukit.sched.sim import Task
 from rcukit.trace.events import symbol_offset
 
@@ -46,8 +53,6 @@ if TYPE_CHECKING:
 
 #: ``kmalloc(0)`` returns this non-NULL poison pointer; freeing it is a no-op.
 ZERO_SIZE_PTR = 16
-#: ``s->min_partial`` floor: empty slabs kept per cache before slabs are given back.
-MIN_PARTIAL = 5
 #: ``slub_max_order``.
 SLUB_MAX_ORDER = 3
 
@@ -68,8 +73,8 @@ class Slab:
     """One slab page block: objects of ``cache.size`` from ``base``; ``used[i]`` = allocated."""
 
     __slots__ = (
-        "base", "cache", "freelist", "fresh", "inuse", "nobj", "on_partial", "order", "pfn",
-        "pointers", "used",
+        "base", "cache", "freelist", "fresh", "frozen", "inuse", "nobj", "on_partial", "order",
+        "pfn", "pobjects", "pointers", "used",
     )
 
     def __init__(self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int) -> None:
@@ -84,7 +89,13 @@ class Slab:
             cache.descending[:] if nobj == cache.nobj else list(range(nobj - 1, -1, -1))
         )
         self.inuse = 0
+        #: On the node partial list (``kmem_cache_node->partial``).
         self.on_partial = False
+        #: A cpu slab or on a per-CPU partial list: frees leave it where it is.
+        self.frozen = False
+        #: Before 5.16: free objects on the per-CPU partial list up to this slab, counted when
+        #: it was put there (``page->pobjects``).
+        self.pobjects = 0
         #: Nothing was freed back yet: the freelist is still the fresh descending one with its
         #: tail popped, so any tail of it pops as consecutive indices (kmalloc_run skips the
         #: comparison). Every path that pushes onto the freelist clears it.
@@ -95,14 +106,24 @@ class Slab:
 
 
 class KmemCache:
-    """One ``kmalloc-<size>`` cache: its object size, slab order and slabs."""
+    """One ``kmalloc-<size>`` cache: its object size, slab order and slab lists
+    (:mod:`rcukit.mm.slub_partial`)."""
 
     __slots__ = (
-        "active", "descending", "lane_offsets", "lane_ones", "name", "nobj", "nr_slabs", "order",
+        "cpu_partial", "cpu_partial_limit", "cpu_partial_objects", "cpu_slab", "descending",
+        "lane_offsets", "lane_ones", "min_partial", "name", "nobj", "nr_slabs", "order",
         "partial", "size", "size_shift",
     )
 
-    def __init__(self, size: int, order: int, page_size: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        order: int,
+        page_size: int,
+        nr_cpus: int = 1,
+        kernel: tuple[int, int] = (6, 1),
+        cpu_partial: bool = True,
+    ) -> None:
         self.name = f"kmalloc-{size // 1024}k" if size >= 8192 else f"kmalloc-{size}"
         self.size = size
         self.order = order
@@ -114,9 +135,19 @@ class KmemCache:
         #: kfree_bulk compares pointer arrays with (built by the first bulk free; 0 until then).
         self.lane_offsets = 0
         self.lane_ones = 0
-        self.active: Slab | None = None
-        #: Slabs with free objects other than the active one (insertion-ordered set).
-        self.partial: dict[Slab, None] = {}
+        #: ``kmem_cache_cpu->slab`` per CPU: the slab each CPU allocates from (frozen).
+        self.cpu_slab: list[Slab | None] = [None] * nr_cpus
+        #: ``kmem_cache_cpu->partial`` per CPU, head last (frozen slabs).
+        self.cpu_partial: list[list[Slab]] = [[] for _ in range(nr_cpus)]
+        #: Its limit: free objects before 5.16, slabs from 5.16; 0 without
+        #: CONFIG_SLUB_CPU_PARTIAL.
+        self.cpu_partial_limit = (
+            cpu_partial_limit(size, self.nobj, page_size, kernel) if cpu_partial else 0
+        )
+        self.cpu_partial_objects = kernel < (5, 16)
+        #: ``kmem_cache_node->partial``, head first: slabs with free objects no CPU holds.
+        self.partial: OrderedDict[Slab, None] = OrderedDict()
+        self.min_partial = min_partial(size)
         self.nr_slabs = 0
         #: log2 of a power-of-two size: with one-page slabs, ``ptr & (PAGE_SIZE - 1) >>
         #: size_shift`` is the object index (kfree_bulk's scattered path,
@@ -167,9 +198,14 @@ class SlabAllocator:
         self.mm = mm
         self.page_size = page_size = mm.page_size
         self.page_shift = mm.page_shift
-        nr_cpus = mm.kernel.config.nr_cpus
+        config = mm.kernel.config
+        nr_cpus = config.nr_cpus
+        kernel = config.kernel_version
         self.caches = [
-            KmemCache(s, slab_order(s, page_size, nr_cpus), page_size)
+            KmemCache(
+                s, slab_order(s, page_size, nr_cpus), page_size, nr_cpus, kernel,
+                mm.config.slub_cpu_partial,
+            )
             for s in kmalloc_sizes(page_size)
         ]
         self.max_cache_size = self.caches[-1].size
@@ -244,7 +280,7 @@ class SlabAllocator:
         if failslab.probability > 0.0 and failslab.should_fail(gfp):
             mm.vmstat.inc("failslab")
             return 0
-        slab = cache.active
+        slab = cache.cpu_slab[task.cpu.id]
         if slab is None or not slab.freelist:
             slab = await self.kmalloc_refill(task, cache, gfp)
             if slab is None:
@@ -283,16 +319,16 @@ class SlabAllocator:
         return int(self._kmalloc_ns)
 
     def kmalloc_run(self, task: Task, cache: KmemCache, gfp: int, kmax: int) -> tuple[int, int]:
-        """Up to ``kmax`` objects of ``cache``'s active slab, as that many :meth:`kmalloc` calls
-        would hand them out, provided they are consecutive: ``(first pointer, count)``.
+        """Up to ``kmax`` objects of the CPU's cpu slab of ``cache``, as that many
+        :meth:`kmalloc` calls would hand them out, if consecutive: ``(first pointer, count)``.
 
         SLUB hands out a slab's free objects in freelist order; on a fresh slab (and on one a
         ``kfree_bulk()`` refilled segment by segment) that is ascending addresses, so the next
         objects are one arithmetic progression, checked here with C-level list comparisons.
-        The caller has checked :meth:`runs_allowed` and that the active slab has a free object
+        The caller has checked :meth:`runs_allowed` and that the cpu slab has a free object
         (else :meth:`kmalloc` itself refills it). Each object is charged as ``kmalloc`` would.
         """
-        slab = cache.active
+        slab = cache.cpu_slab[task.cpu.id]
         assert slab is not None
         fl = slab.freelist
         a = fl[-1]
@@ -338,33 +374,30 @@ class SlabAllocator:
         return data
 
     async def kmalloc_refill(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
-        """What :meth:`kmalloc` does first when the active slab is full (or missing): the
-        newest partial slab, or a new one; None when no page could be had (kmalloc's NULL)."""
-        if cache.partial:
-            slab, _ = cache.partial.popitem()
-            slab.on_partial = False
-            cache.active = slab
+        """What :meth:`kmalloc` does first when the CPU's cpu slab is full (or missing):
+        ``___slab_alloc()``'s next slab (:func:`~rcukit.mm.slub_partial.get_partial`), or a
+        new one; None when no page could be had (kmalloc's NULL)."""
+        slab = get_partial(cache, task.cpu.id)
+        if slab is not None:
             return slab
         new = await self._new_slab(task, cache, gfp)
         if new is not None:
-            cache.active = new
+            new.frozen = True
+            cache.cpu_slab[task.cpu.id] = new
         return new
 
     def kmalloc_refill_nowait(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
-        """:meth:`kmalloc_refill` when it cannot sleep: the newest partial slab, or a new
-        order-0 slab whose page is a pcp hit (``PageAlloc.alloc_page_nowait``); None, with
-        nothing done, when the refill needs :meth:`kmalloc_refill` itself."""
-        if cache.partial:
-            slab, _ = cache.partial.popitem()
-            slab.on_partial = False
-            cache.active = slab
+        """:meth:`kmalloc_refill` when it cannot sleep: a partial slab, or a new order-0 slab
+        whose page is a pcp hit (``PageAlloc.alloc_page_nowait``); None, with the cpu slab
+        gone, when the refill needs :meth:`kmalloc_refill` itself."""
+        slab = get_partial(cache, task.cpu.id)
+        if slab is not None or cache.order:
             return slab
-        if cache.order:
-            return None
         pfn = self.mm.page_alloc.alloc_page_nowait(task, gfp & ~_ZERO)
         if pfn is None:
             return None
-        new = cache.active = self._setup_slab(cache, pfn, 0)
+        new = cache.cpu_slab[task.cpu.id] = self._setup_slab(cache, pfn, 0)
+        new.frozen = True
         return new
 
     async def _new_slab(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
@@ -551,14 +584,11 @@ class SlabAllocator:
                     mm.kernel.trace(
                         task, "kfree", f"call_site={symbol_offset(*site[:2])} ptr={ptr:#x}"
                     )
-            if slab is not cache.active:
-                if not slab.on_partial:
-                    slab.on_partial = True
-                    cache.partial[slab] = None
-                if slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
-                    del cache.partial[slab]
-                    slab.on_partial = False
-                    await self._discard_slab(task, slab)
+            if not slab.frozen:
+                to_free: list[Slab] = []
+                slab_free_list_step(cache, slab, task.cpu.id, to_free)
+                if to_free:
+                    await self._free_slabs(task, to_free)
             return
         _, order = self._locate(task, ptr, "kfree")
         task.charge(cost.kfree_ns + cost.cache_miss_ns if cache_miss else cost.kfree_ns)
@@ -676,30 +706,21 @@ class SlabAllocator:
         task.cpu.local_ns += (
             len(stretches) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
         )
-        to_discard: list[Slab] = []
-        # the freelist pushes of a slab this free empties wait until _discard_empty() has
-        # decided whether the slab survives: most are discarded at once, their pushes unseen
-        unbuilt: dict[Slab, tuple[int, int]] = {}
+        to_free: list[Slab] = []
+        cpu = task.cpu.id
         for slab, start, n in reversed(stretches):
             stop = start + n
             slab.used[start:stop] = bytes(n)
             cache = slab.cache
-            top = cache.nobj
             slab.fresh = False
-            inuse = slab.inuse = slab.inuse - n
-            # _bulk_released(), inline
-            if slab is not cache.active:
-                if not slab.on_partial:
-                    slab.on_partial = True
-                    cache.partial[slab] = None
-                if inuse == 0:
-                    to_discard.append(slab)
-                    unbuilt[slab] = (top - stop, top - start)
-                    continue
-            slab.freelist += cache.descending[top - stop : top - start]
+            slab.inuse -= n
+            # a slab this free discards never has its freelist read again
+            if slab.frozen or not slab_free_list_step(cache, slab, cpu, to_free):
+                top = cache.nobj
+                slab.freelist += cache.descending[top - stop : top - start]
         self.nr_objects -= nr_ptrs
-        if to_discard:
-            await self._discard_empty(task, to_discard, unbuilt)
+        if to_free:
+            await self._free_slabs(task, to_free)
 
     async def _kfree_bulk_runs(
         self,
@@ -723,7 +744,8 @@ class SlabAllocator:
         task.charge(
             len(groups) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
         )
-        to_discard: list[Slab] = []
+        to_free: list[Slab] = []
+        cpu = task.cpu.id
         for slab, members in groups:
             used = slab.used
             fl = slab.freelist
@@ -739,7 +761,8 @@ class SlabAllocator:
                 nr += runs[j][1]
             slab.inuse -= nr
             self.nr_objects -= nr
-            self._bulk_released(slab, to_discard)
+            if not slab.frozen:
+                slab_free_list_step(slab.cache, slab, cpu, to_free)
         q = self.quarantine
         if q is not None or self.alloc_sites is not None:
             if ptrs and type(ptrs[0]) is tuple:
@@ -753,65 +776,30 @@ class SlabAllocator:
                 for slab, k, _ in runs:
                     sizes += [slab.cache.size] * k
                 q.put_many(freed, sizes, site, allocs)
-        if to_discard:
-            await self._discard_empty(task, to_discard)
+        if to_free:
+            await self._free_slabs(task, to_free)
 
-    @staticmethod
-    def _bulk_released(slab: Slab, to_discard: list[Slab]) -> None:
-        """A bulk free gave objects back to ``slab``: unless it is the active slab it joins the
-        partial list, and an emptied one is a candidate for :meth:`_discard_empty`."""
-        cache = slab.cache
-        if slab is not cache.active:
-            if not slab.on_partial:
-                slab.on_partial = True
-                cache.partial[slab] = None
-            if slab.inuse == 0:
-                to_discard.append(slab)
-
-    async def _discard_empty(
-        self,
-        task: Task,
-        slabs: list[Slab],
-        unbuilt: dict[Slab, tuple[int, int]] | None = None,
-    ) -> None:
-        """After a whole bulk free, ``discard_slab()`` for each still-empty slab beyond
-        ``min_partial`` (as ``__slab_free()`` does when ``n->nr_partial >= s->min_partial``).
-
-        ``unbuilt``: emptied slabs whose freelist still lacks the bulk free's pushes (the
-        slice ``cache.descending[lo:hi]``). A discarded slab's freelist is never read again
-        (its ``used`` bytes were cleared, so a stale pointer into it is still caught); the
-        others get theirs before anything else can run: before any sleep here, and at the
-        end."""
+    async def _free_slabs(self, task: Task, slabs: list[Slab]) -> None:
+        """``discard_slab()`` of slabs a free took off their lists, in order: the pfn -> slab
+        map, the cache's count, PG_slab, ``nr_slab_pages``, and the pages back (a pcp free
+        that cannot sleep where it can, without a coroutine per slab)."""
         mm = self.mm
         free_page_nowait = mm.page_alloc.free_page_nowait
         mark_slab = mm.mark_slab
         vc = mm.vmstat.counts
         slab_of = self._slab_of
         for slab in slabs:
-            cache = slab.cache
-            if slab.on_partial and slab.inuse == 0 and len(cache.partial) > MIN_PARTIAL:
-                del cache.partial[slab]
-                slab.on_partial = False
-                if unbuilt:
-                    unbuilt.pop(slab, None)
-                if slab.order:
-                    if unbuilt:
-                        _build_freelists(unbuilt)
-                    await self._discard_slab(task, slab)
-                    continue
-                # _discard_slab() of an order-0 slab (_unlink_slab() inline), without a
-                # coroutine while the page's free is a pcp free that cannot sleep
-                pfn = slab.pfn
-                del slab_of[pfn]
-                cache.nr_slabs -= 1
-                mark_slab(pfn, False)
-                vc["nr_slab_pages"] = vc.get("nr_slab_pages", 0) - 1
-                if not free_page_nowait(task, pfn):
-                    if unbuilt:
-                        _build_freelists(unbuilt)
-                    await self.mm.free_pages(task, pfn, 0)
-        if unbuilt:
-            _build_freelists(unbuilt)
+            if slab.order:
+                await self._discard_slab(task, slab)
+                continue
+            # _discard_slab() of an order-0 slab, _unlink_slab() inline
+            pfn = slab.pfn
+            del slab_of[pfn]
+            slab.cache.nr_slabs -= 1
+            mark_slab(pfn, False)
+            vc["nr_slab_pages"] = vc.get("nr_slab_pages", 0) - 1
+            if not free_page_nowait(task, pfn):
+                await mm.free_pages(task, pfn, 0)
 
     def _slab_runs(self, ptrs: Sequence[int]) -> list[tuple[Slab, int, list[range]]] | None:
         """``ptrs`` as runs of consecutive same-slab pointers, if every pointer is a live slab
@@ -971,41 +959,33 @@ class SlabAllocator:
         """
         cache, newest_first, idxs, keys = objects
         n = len(newest_first)
-        active = cache.active
-        partial = cache.partial
-        joined: list[Slab] = []  # put on the partial list by this call
+        nobj = cache.nobj
+        was_full: list[tuple[int, Slab]] = []  # (pass position of its newest object, slab)
         was_fresh: list[Slab] = []
         emptied: list[Slab] = []
-        pairs = zip(newest_first, idxs, strict=True)
-        for slab, idx in pairs:
+        for i, (slab, idx) in enumerate(zip(newest_first, idxs, strict=True)):
             used = slab.used
             if slab.cache is not cache or used[idx] != 1:
                 break
             used[idx] = 0
             slab.freelist.append(idx)
-            inuse = slab.inuse - 1
-            slab.inuse = inuse
+            inuse = slab.inuse
+            slab.inuse = inuse - 1
+            if inuse == nobj and not slab.frozen:
+                was_full.append((i, slab))
             if slab.fresh:
                 slab.fresh = False
                 was_fresh.append(slab)
-            if not slab.on_partial and slab is not active:
-                slab.on_partial = True
-                partial[slab] = None
-                joined.append(slab)
-            if not inuse and slab is not active:
+            if inuse == 1:
                 emptied.append(slab)
         else:
-            idx = -1
-        if idx >= 0:
-            done = n - 1 - len(list(pairs))
-            undo = zip(reversed(newest_first[:done]), reversed(idxs[:done]), strict=True)
+            i = n
+        if i < n:
+            undo = zip(reversed(newest_first[:i]), reversed(idxs[:i]), strict=True)
             for slab, idx in undo:
                 slab.used[idx] = 1
                 slab.freelist.pop()
                 slab.inuse += 1
-            for slab in joined:
-                slab.on_partial = False
-                del partial[slab]
             for slab in was_fresh:
                 slab.fresh = True
             return False
@@ -1028,14 +1008,10 @@ class SlabAllocator:
             allocs = [sites.pop(p, None) for p in freed] if sites is not None else None
             if q is not None:
                 q.put_many(freed, [cache.size] * n, site, allocs)
-        if len(emptied) > 1:
-            # discarded in the order of each slab's last group: the one holding its oldest
-            # object, which starts a group of its own unless a recorded group took it
-            start = {m: g[0] for s, g in groups if s in emptied for m in g}
-            oldest = {s: slabs.index(s) for s in emptied}
-            emptied.sort(key=lambda s: -start.get(oldest[s], oldest[s]))
-        if emptied:
-            await self._discard_empty(task, emptied)
+        if was_full or emptied:
+            to_free = _scattered_list_steps(cache, task.cpu.id, slabs, groups, was_full, emptied)
+            if to_free:
+                await self._free_slabs(task, to_free)
         return True
 
     async def _kfree_bulk_checked(self, task: Task, ptrs: Sequence[int]) -> None:
@@ -1078,7 +1054,8 @@ class SlabAllocator:
         task.charge(len(groups) * cost.kfree_bulk_call_ns + live * cost.kfree_bulk_per_object_ns)
         site = raw_site(task)
         q = self.quarantine
-        to_discard: list[Slab] = []
+        to_free: list[Slab] = []
+        cpu = task.cpu.id
         large: list[tuple[int, int]] = []
         for slab, members in groups:
             if slab is None:
@@ -1094,7 +1071,8 @@ class SlabAllocator:
                 fl.append(idx)
             slab.inuse -= len(members)
             self.nr_objects -= len(members)
-            self._bulk_released(slab, to_discard)
+            if not slab.frozen:
+                slab_free_list_step(slab.cache, slab, cpu, to_free)
         if q is not None or self.alloc_sites is not None:
             freed = [ptrs[i] for i in range(n) if slabs[i] is not None]
             sites = self.alloc_sites
@@ -1102,7 +1080,7 @@ class SlabAllocator:
             if q is not None:
                 sizes = [s.cache.size for s in slabs if s is not None]
                 q.put_many(freed, sizes, site, allocs)
-        await self._discard_empty(task, to_discard)
+        await self._free_slabs(task, to_free)
         for ptr, order in large:
             await self._free_large(task, ptr, order, site)
 
@@ -1293,6 +1271,60 @@ def _build_detached_freelists(
     return groups
 
 
+def _scattered_list_steps(
+    cache: KmemCache,
+    cpu: int,
+    slabs: list[Slab],
+    groups: list[tuple[Slab, list[int]]],
+    was_full: list[tuple[int, Slab]],
+    emptied: list[Slab],
+) -> list[Slab]:
+    """``__slab_free()``'s list steps of a scattered ``kfree_bulk()`` whose objects were all
+    freed at once (:meth:`SlabAllocator._kfree_bulk_scattered`), in the order and with the
+    ``inuse`` the detached freelists, one after the other, would have given them; the slabs
+    to discard, in order.
+
+    Only two groups of a slab can move it: its first, if the slab was full (frozen onto the
+    CPU's partial list, or onto the node list), and its last, if that empties it. Groups start
+    at strictly decreasing array indices (each round at the newest object left), so a slab's
+    first group starts at its newest object and its last is the one holding its oldest. Until
+    its last group an emptied slab still holds objects (for a drain of the CPU's partial list
+    in between); a full slab's first group leaves it with ``nobj`` minus that group's size
+    (``page->pobjects`` before 5.16).
+    """
+    n = len(slabs)
+    size_at = {g[0]: len(g) for _, g in groups}
+    first = {s: n - 1 - i for i, s in was_full}
+    # (array index where the group starts, 0 = a full slab's first group / 1 = last, slab)
+    events: list[tuple[int, int, Slab]] = [(at, 0, s) for s, at in first.items()]
+    after = {s: s.inuse for s in first}  # its inuse between its first and last group
+    if emptied:
+        start = {m: g[0] for s, g in groups if s.inuse == 0 for m in g}
+        for s in emptied:
+            oldest = slabs.index(s)
+            at = start.get(oldest, oldest)
+            if first.get(s) != at:
+                events.append((at, 1, s))
+                s.inuse = after[s] = 1  # not empty until its last group
+    events.sort(key=_newest_group_first)
+    to_free: list[Slab] = []
+    nobj = cache.nobj
+    for at, last, slab in events:
+        if last:
+            slab.inuse = 0
+            if not slab.frozen:
+                slab_free_list_step(cache, slab, cpu, to_free)
+            continue
+        slab.inuse = nobj - size_at.get(at, 1)
+        slab_free_list_step(cache, slab, cpu, to_free)
+        slab.inuse = after[slab]
+    return to_free
+
+
+def _newest_group_first(event: tuple[int, int, Slab]) -> tuple[int, int]:
+    return -event[0], event[1]
+
+
 def _near_keys(keys: bytes, n: int) -> list[int]:
     """What :func:`_near_repeats` gives for ``n`` slabs named by the 8-byte little-endian keys
     in ``keys`` (one per slab), possibly with a few more indices (a round the scan then runs
@@ -1372,13 +1404,6 @@ def _contiguous_stretches(
     if len({seg[0] for seg in out}) != len(out):
         return None
     return out
-
-
-def _build_freelists(unbuilt: dict[Slab, tuple[int, int]]) -> None:
-    """The freelist pushes ``SlabAllocator._discard_empty`` was given to make, made."""
-    for slab, (lo, hi) in unbuilt.items():
-        slab.freelist += slab.cache.descending[lo:hi]
-    unbuilt.clear()
 
 
 def _range_start(r: range) -> int:

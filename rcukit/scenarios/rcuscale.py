@@ -48,7 +48,7 @@ does not clamp.
 Run-based execution (the default; ``per_call=True`` / ``--per-call`` runs the reference loop):
 in the ``kfree_rcu`` mode each loop's ``kfree_alloc_num`` objects are one
 ``kvfree.kvfree_rcu_flood()`` (:mod:`rcukit.rcu.kvfree.runs`), which advances from one event
-horizon to the next (a block boundary, the end of the active slab's free objects, the monitor,
+horizon to the next (a block boundary, the end of the cpu slab's free objects, the monitor,
 the tick) instead of call by call, with the same counts and simulated time as the per-call loop
 (``tests/kvfree/test_run_equivalence.py``). Loop boundaries, and with them the memory samples,
 ``cond_resched()`` and the start/end bookkeeping, are unchanged. One thing differs by design:

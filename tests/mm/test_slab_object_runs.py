@@ -36,8 +36,13 @@ def _state(k: Kernel) -> tuple[Any, ...]:
     slabs = sorted({id(s): s for s in slab._slab_of.values()}.values(), key=lambda s: s.base)
     return (
         slab.nr_objects,
-        [(s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial) for s in slabs],
-        cache.active.base if cache.active else None,
+        [
+            (s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial, s.frozen)
+            for s in slabs
+        ],
+        [s.base if s is not None else None for s in cache.cpu_slab],
+        [[s.base for s in pl] for pl in cache.cpu_partial],
+        [s.base for s in cache.partial],
         k.mm.nr_free_pages(),
         [c.local_ns for c in k.sim.cpus],
     )
@@ -54,12 +59,13 @@ async def _alloc(k: Kernel, n: int, runs: bool) -> list[int]:
         cache = slab.cache_for(32)
         out: list[int] = []
         while len(out) < n:
-            if cache.active is None or not cache.active.freelist:
+            cpu_slab = cache.cpu_slab[task.cpu.id]
+            if cpu_slab is None or not cpu_slab.freelist:
                 assert await slab.kmalloc_refill(task, cache, KERNEL) is not None
                 continue
             # a run is the freelist's whole consecutive tail (up to what is asked): the
             # flood's horizons and random draws follow its length
-            fl = cache.active.freelist
+            fl = cpu_slab.freelist
             want = 1
             while want < min(n - len(out), len(fl)) and fl[-want - 1] == fl[-1] + want:
                 want += 1
@@ -98,8 +104,9 @@ async def test_kmalloc_run_stops_where_the_freelist_stops_being_consecutive(
 
             await on_cpu(k, give_back)
         cache = b.mm.slab.cache_for(32)
-        assert cache.active is not None
-        assert cache.active.freelist[-5:] == [5, 6, 7, 2, 9]  # kfree appends; kmalloc pops
+        cpu_slab = cache.cpu_slab[0]
+        assert cpu_slab is not None
+        assert cpu_slab.freelist[-5:] == [5, 6, 7, 2, 9]  # kfree appends; kmalloc pops
 
         async def one_run(task: Task) -> tuple[int, int]:
             return b.mm.slab.kmalloc_run(task, cache, KERNEL, 5)

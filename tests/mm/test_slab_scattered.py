@@ -48,10 +48,14 @@ def _state(k: Kernel, task: Task) -> dict[str, Any]:
             continue
         caches[c.name] = (
             c.nr_slabs,
-            c.active.base if c.active is not None else None,
+            [s.base if s is not None else None for s in c.cpu_slab],
+            [[s.base for s in pl] for pl in c.cpu_partial],
             [s.base for s in c.partial],
             sorted(
-                (s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial, s.fresh)
+                (
+                    s.base, bytes(s.used), list(s.freelist), s.inuse, s.on_partial, s.frozen,
+                    s.pobjects, s.fresh,
+                )
                 for s in slabs
                 if s.cache is c
             ),

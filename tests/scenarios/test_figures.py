@@ -24,7 +24,7 @@ from rcukit.scenarios.compare import CompareResult, Workload, default_config, ru
 
 SMALL = Workload().scaled(0.01)
 #: Long enough for nowait to meet an empty pcp list under lockdep (the RFC's splat).
-SHORT = Workload().scaled(0.08)  # long enough for the lockdep row to show the RFC splat
+SHORT = Workload().scaled(0.25)  # long enough for the lockdep row to show the RFC splat
 
 
 @pytest.fixture(scope="module")

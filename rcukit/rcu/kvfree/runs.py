@@ -2,8 +2,8 @@
 one *event horizon* at a time instead of one call at a time.
 
 Between two calls of such a flood nothing observable happens except at a horizon (design.md,
-"Run-based execution"): the current block fills (``KVFREE_BULK_MAX_ENTR`` records), the active
-slab runs out of free objects (or its free objects stop being consecutive), the monitor would
+"Run-based execution"): the current block fills (``KVFREE_BULK_MAX_ENTR`` records), the CPU's
+cpu slab runs out of free objects (or its free objects stop being consecutive), the monitor would
 have something to do (``krcp.mon_quiet_below``), the CPU reaches its next tick (timers, the RCU
 tick, preemption: ``cpu.next_tick_ns``). Up to the nearest horizon the flood takes a run of k
 consecutive slab objects (:meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run`), stores them in
@@ -13,7 +13,7 @@ k times the per-call costs (``kmalloc_ns`` and ``raw_lock_ns + kvfree_store_ns``
 fields the per-call path charges), so simulated time is the per-call path's.
 
 At a horizon it does exactly what the per-call path would do there: arms the monitor, takes the
-preemption point, refills the active slab. Whatever is unusual (a new block, with its
+preemption point, refills the cpu slab. Whatever is unusual (a new block, with its
 allocation under the lock and fallbacks; a slab that cannot be refilled; tracing, debug objects,
 polled snapshots, alloc-site tracking, failslab; a head-less call from atomic context) is one
 call of the reference per-call path, after which the runs resume. Use-after-free checks and the
@@ -122,10 +122,11 @@ class KvfreeFlood(KvfreePart):
                 continue
             # Runs follow one another here while nothing can have changed what the checks
             # above read: no sleep, no preemption point, no per-call step, no monitor arming.
+            cpu_slab = cache.cpu_slab
             while True:
-                active = cache.active
+                active = cpu_slab[cpu.id]
                 if active is None or not active.freelist:
-                    # kmalloc()'s first step when the active slab is full: a partial or new
+                    # kmalloc()'s first step when the cpu slab is full: a partial or new
                     # slab. Without a sleep nothing above has changed: the run goes on.
                     active = slab.kmalloc_refill_nowait(task, cache, gfp)
                     if active is None:
@@ -225,12 +226,12 @@ class KvfreeFlood(KvfreePart):
         mix: random.Random | None,
     ) -> int:
         """:meth:`_one` where the flood has no block with room (none yet, or the current one
-        full) and the runs' conditions hold: ``kmalloc()`` from an active slab with a free
+        full) and the runs' conditions hold: ``kmalloc()`` from the cpu slab with a free
         object is :meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run` of one (the same steps
         and charge), and ``kvfree_rcu()`` would take its slow path at once (its fast path
         needs a block with room, and nothing in between can yield), so that is called
-        directly. With no free object in the active slab it is :meth:`_one` itself."""
-        active = cache.active
+        directly. With no free object in the cpu slab it is :meth:`_one` itself."""
+        active = cache.cpu_slab[task.cpu.id]
         if active is None or not active.freelist:
             return await self._one(task, size, gfp, head_offset, mix)
         self.per_call += 1
