@@ -17,12 +17,13 @@ CPU freed what: a CPU reuses the slabs it freed into before anything the node li
   once it is at its limit); a slab on the node list that the free empties is discarded when
   the node list holds at least ``s->min_partial`` slabs.
 
-The limit of ``c->partial`` counts free objects before 5.16 (``s->cpu_partial``: the free
-objects each slab had when it was put there, ``page->pobjects``) and slabs from 5.16
-(``s->cpu_partial_slabs``, "mm, slub: convert kmem_cpu_slab protection to local_lock" series:
-"mm/slub: use slab counts for cpu partial"); 6.8 stopped freezing the slabs on ``c->partial``
-("slub: Delay freezing of partial slabs"), which changes nothing this model observes: a free
-into such a slab still leaves it where it is.
+The limit of ``c->partial`` counts free objects before 5.16 (``s->cpu_partial``, against the
+free objects each slab had when it was put there, ``page->pobjects``, never updated after) and
+slabs from 5.16 ("mm, slub: change percpu partial accounting from objects to pages",
+b47291ef02b0, with "mm/slub: increase default cpu partial list sizes"). 6.8 stopped freezing
+the slabs on ``c->partial`` ("slub: Delay freezing of partial slabs"), which changes nothing
+this model observes: a free into such a slab still leaves it where it is. 7.0 replaced all of
+this with percpu sheaves; no profile models 7.0.
 
 Not modelled: ``c->freelist`` apart from the slab's own (the cpu slab's objects, remote frees
 included, are one LIFO freelist), NUMA nodes (one node), the ``list_lock`` (a spinlock_t taken
