@@ -322,14 +322,25 @@ class SlabAllocator:
         """Up to ``kmax`` objects of the CPU's cpu slab of ``cache``, as that many
         :meth:`kmalloc` calls would hand them out, if consecutive: ``(first pointer, count)``.
 
-        SLUB hands out a slab's free objects in freelist order; on a fresh slab (and on one a
-        ``kfree_bulk()`` refilled segment by segment) that is ascending addresses, so the next
-        objects are one arithmetic progression, checked here with C-level list comparisons.
         The caller has checked :meth:`runs_allowed` and that the cpu slab has a free object
         (else :meth:`kmalloc` itself refills it). Each object is charged as ``kmalloc`` would.
         """
         slab = cache.cpu_slab[task.cpu.id]
         assert slab is not None
+        a = slab.freelist[-1]
+        k = self.take_run(slab, kmax)
+        task.cpu.local_ns += k * self.kmalloc_cost(cache, gfp)  # task.charge() of k kmallocs
+        return slab.base + a * cache.size, k
+
+    def take_run(self, slab: Slab, kmax: int) -> int:
+        """:meth:`kmalloc_run` without the charge: the objects ``a .. a + k - 1`` from the tail
+        of ``slab``'s freelist (``a`` its last entry), k at most ``kmax`` and the freelist's
+        length; k. The run-based flood calls it directly, its charge folded into its own.
+
+        SLUB hands out a slab's free objects in freelist order; on a fresh slab (and on one a
+        ``kfree_bulk()`` refilled segment by segment) that is ascending addresses, so the next
+        objects are one arithmetic progression, checked here with C-level list comparisons.
+        """
         fl = slab.freelist
         a = fl[-1]
         k = len(fl)
@@ -338,16 +349,14 @@ class SlabAllocator:
         if (
             k > 1
             and not slab.fresh
-            and (fl[-k] != a + k - 1 or fl[-k:] != cache.descending[-a - k : -a or None])
+            and (fl[-k] != a + k - 1 or fl[-k:] != slab.cache.descending[-a - k : -a or None])
         ):
-            k = _consecutive_tail(fl, k, cache.descending)
+            k = _consecutive_tail(fl, k, slab.cache.descending)
         del fl[-k:]
         slab.used[a : a + k] = b"\x01" * k
         slab.inuse += k
         self.nr_objects += k
-        per = self.kmalloc_cost(cache, gfp) if gfp & _ZERO else self._kmalloc_ns
-        task.cpu.local_ns += k * per  # task.charge() of k kmalloc() costs
-        return slab.base + a * cache.size, k
+        return k
 
     def slab_index(self, ptr: int) -> tuple[Slab, int] | None:
         """``(slab, object index)`` of a slab object's start address, else None."""

@@ -91,7 +91,7 @@ class KvfreeFlood(KvfreePart):
         per = (slab.kmalloc_cost(cache, gfp) if cache is not None else 0) + fast_ns
         cap = kv.capacity
         pointers = slab.pointers
-        step = cache.size if cache is not None else 0
+        take_run = slab.take_run
         ctr = self._counters
         krcs = kv.krcs
         gate = kv._gate
@@ -158,8 +158,8 @@ class KvfreeFlood(KvfreePart):
                 tick = -((cpu.local_ns - cpu.next_tick_ns) // per)
                 if tick < k:
                     k = tick if tick > 1 else 1
-                ptr0, k = slab.kmalloc_run(task, cache, gfp, k)
-                a = (ptr0 - active.base) // step
+                a = active.freelist[-1]
+                k = take_run(active, k)
                 bnode.nr_records = nr + k
                 segs = bnode.segs
                 if segs is not None and bnode.seg_end == nr:
@@ -182,7 +182,7 @@ class KvfreeFlood(KvfreePart):
                     s = mix.getrandbits(k).bit_count()
                     ctr.fast_single += s
                     ctr.fast_double += k - s
-                t = cpu.local_ns + k * fast_ns
+                t = cpu.local_ns + k * per  # kmalloc's charge and kvfree_rcu's
                 cpu.local_ns = t
                 self.runs += 1
                 got += k
