@@ -44,6 +44,12 @@ SLEEPING = "S"
 DEAD = "X"
 
 
+#: A simulated CPU yields to Trio at every 16th tick of its own (a Trio checkpoint, costing
+#: a few microseconds per 16 simulated milliseconds at HZ=1000), so that a cancel from outside
+#: reaches a simulation that never hands the baton to another task. Nothing else runs in
+#: between that could touch the simulation: results do not depend on it.
+_TRIO_CHECKPOINT_TICKS_MASK = 15
+
 class SchedHooks(Protocol):
     """What the scheduler tells the rest of the kernel (RCU, mostly). All calls are synced."""
 
@@ -573,6 +579,10 @@ class Simulator:
         """Give the baton to the earliest CPU (perhaps ``me`` again) and wait to get it back."""
         if self._resume_next(me) is not me:
             await self._park(me)
+        else:
+            # the baton came straight back, so no Trio checkpoint happened: a cancel from
+            # outside (a deadline, Ctrl-C, the boot nursery closing) is taken here
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     def _wake_driver(self) -> None:
         if self._driver is not None and self._driver_waiting:
@@ -590,6 +600,10 @@ class Simulator:
                 cpu = task.cpu  # CPU hot-unplug may have migrated us meanwhile
             self._advance_now(cpu.local_ns)
             cpu.ticks += 1
+            if not cpu.ticks & _TRIO_CHECKPOINT_TICKS_MASK:
+                # a CPU running alone may never hand the baton over, and then nothing else in
+                # the Trio run (a driver whose deadline passed, Ctrl-C) would get a turn
+                await trio.lowlevel.checkpoint()
             self._align_tick(cpu)
             self._run_timers(cpu, task)
             self.hooks.on_tick(task, voluntary)
@@ -639,6 +653,8 @@ class Simulator:
     async def hand_off_blocked(self, me: Task) -> None:
         if self._resume_next(me) is not me:
             await self._park(me)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()  # as in hand_off()
 
     # -- driving a run --------------------------------------------------------------------------
     def attach(self, nursery: trio.Nursery) -> None:

@@ -444,9 +444,8 @@ async def test_a_cancel_while_the_baton_is_in_flight_stops_the_run_cleanly(
     (or a TrioInternalError): the cancel aborted a parked CPU task while another held the
     baton, and that one then handed the baton to the aborted task. A deadline reached by the
     simulation's own clock jumps is the same cancel, deterministically; the run must stop with
-    the cancel caught and no Trio error. (A task left alone once the others are cancelled
-    hands the baton to itself, which costs no checkpoint, so it may run on to its end: which
-    tasks are cut short depends on Trio's scheduling order; not all of them finish.)"""
+    the cancel caught and no Trio error, every task cut short: a task left alone once the
+    others are cancelled hands the baton to itself, and takes the cancel there."""
 
     async def pingpong(task: Task) -> int:
         for _ in range(10_000):
@@ -460,4 +459,28 @@ async def test_a_cancel_while_the_baton_is_in_flight_stops_the_run_cleanly(
         with trio.move_on_after(deadline_s) as scope:
             await k.run()
     assert scope.cancelled_caught
-    assert any(t.result is None for t in tasks)  # cut short, not a finished run
+    assert all(t.result is None for t in tasks)  # cut short, not a finished run
+
+
+async def test_a_cpu_running_alone_takes_a_cancel_at_its_next_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A single CPU-bound task never hands the baton to anyone (no other CPU has anything to
+    do), so no Trio checkpoint happens on its own; a deadline from outside must still stop it
+    within two of its yields to Trio (every 16 ticks; the driver the deadline cancels runs in
+    the scheduler batch after the one that found it due, which may start with the CPU's task),
+    not after the 10 simulated seconds it would run."""
+
+    async def spin(task: Task) -> int:
+        for _ in range(10_000_000):
+            task.charge(1_000)
+            await task.cond_resched()
+        return task.now_ns
+
+    async with rcukit.sim.boot(KernelConfig(nr_cpus=1)) as k:
+        t = k.spawn(spin, 0)
+        with trio.move_on_after(0.005) as scope:
+            await k.run()
+        assert scope.cancelled_caught
+        assert t.result is None
+        assert k.sim.now_ns <= 5_000_000 + 2 * 16 * k.config.tick_ns
