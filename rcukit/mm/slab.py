@@ -162,6 +162,10 @@ class KmemCache:
 #: (newest first), and the slab keys as little-endian 64-bit lanes.
 _Scattered = tuple[KmemCache, list[Slab], Sequence[int], bytes]
 
+#: :meth:`SlabAllocator._scatter_masks_of`: the length and cache they are for, the check mask
+#: and what it must read, the pfn mask and the page-offset mask.
+_ScatterMasks = tuple[int, KmemCache, int, int, int, int]
+
 
 def kmalloc_sizes(page_size: int) -> tuple[int, ...]:
     """SLUB's kmalloc size classes: 8..2*PAGE_SIZE powers of two plus 96 and 192."""
@@ -232,6 +236,8 @@ class SlabAllocator:
         self.nr_objects = 0
         #: 1 in every 64-bit lane of the longest array :meth:`_slab_objects` parsed.
         self._lane_ones = 0
+        #: :meth:`_slab_objects`' masks for the last array length and cache it parsed.
+        self._scatter_masks: _ScatterMasks | None = None
         self._gfp_plans = mm.page_alloc.plans
         # Read on every kmalloc: the failslab knobs (the object, whose fields debugfs changes)
         # and the frozen cost model's per-object charge.
@@ -930,19 +936,40 @@ class SlabAllocator:
             arr = array(arr.typecode, arr)
             arr.byteswap()
         whole = int.from_bytes(arr.tobytes(), "little")
-        ones = self._lane_ones_of(n)
-        window = offset & -offset
-        high = ((1 << 64) - window) * ones
-        if whole & high != high & offset * ones or whole & (size - 1) * ones:
+        masks = self._scatter_masks
+        if masks is None or masks[0] != n or masks[1] is not cache:
+            # a drain's blocks are nearly all full: the masks are made once per length
+            masks = self._scatter_masks = self._scatter_masks_of(n, cache)
+        _, _, check, expect, pfn_mask, idx_mask = masks
+        if whole & check != expect:
             return None  # outside the window, or not the start of an object of this size
-        pfns = ((whole & (window - (1 << shift)) * ones) >> shift).to_bytes(8 * n, "little")
-        lanes = ((whole & ((1 << shift) - 1) * ones) >> cache.size_shift).to_bytes(8 * n, "little")
+        pfns = ((whole & pfn_mask) >> shift).to_bytes(8 * n, "little")
+        lanes = ((whole & idx_mask) >> cache.size_shift).to_bytes(8 * n, "little")
         # below 256 objects an index is its lane's low byte
         idxs = lanes[0::8] if cache.nobj <= 256 else _lanes_list(lanes)
         slabs = list(map(self._slab_of.get, _lanes_list(pfns)[::-1]))
-        if None in slabs:
+        if not all(slabs):  # a Slab is always true; ``None in`` compares each with None
             return None  # a large kmalloc, not a slab page
         return cache, cast("list[Slab]", slabs), idxs[::-1], pfns
+
+    def _scatter_masks_of(self, n: int, cache: KmemCache) -> _ScatterMasks:
+        """:meth:`_slab_objects`' masks over ``n`` 64-bit lanes of pointers to ``cache``'s
+        objects: the bits that must equal PAGE_OFFSET's (above its lowest set bit, the direct
+        map's window) together with the object-alignment bits that must be 0, what they must
+        read, then the pfn bits and the page-offset bits."""
+        ones = self._lane_ones_of(n)
+        offset = self.mm.page_offset
+        shift = self.page_shift
+        window = offset & -offset
+        high = ((1 << 64) - window) * ones
+        return (
+            n,
+            cache,
+            high | (cache.size - 1) * ones,
+            high & offset * ones,
+            (window - (1 << shift)) * ones,
+            ((1 << shift) - 1) * ones,
+        )
 
     def _lane_ones_of(self, n: int) -> int:
         """1 in each of ``n`` 64-bit lanes (made once for the longest array seen)."""
@@ -971,7 +998,7 @@ class SlabAllocator:
         nobj = cache.nobj
         was_full: list[tuple[int, Slab]] = []  # (pass position of its newest object, slab)
         was_fresh: list[Slab] = []
-        emptied: list[Slab] = []
+        emptied: list[tuple[int, Slab]] = []  # (pass position of its oldest object, slab)
         for i, (slab, idx) in enumerate(zip(newest_first, idxs, strict=True)):
             used = slab.used
             if slab.cache is not cache or used[idx] != 1:
@@ -986,7 +1013,7 @@ class SlabAllocator:
                 slab.fresh = False
                 was_fresh.append(slab)
             if inuse == 1:
-                emptied.append(slab)
+                emptied.append((i, slab))
         else:
             i = n
         if i < n:
@@ -1286,7 +1313,7 @@ def _scattered_list_steps(
     slabs: list[Slab],
     groups: list[tuple[Slab, list[int]]],
     was_full: list[tuple[int, Slab]],
-    emptied: list[Slab],
+    emptied: list[tuple[int, Slab]],
 ) -> list[Slab]:
     """``__slab_free()``'s list steps of a scattered ``kfree_bulk()`` whose objects were all
     freed at once (:meth:`SlabAllocator._kfree_bulk_scattered`), in the order and with the
@@ -1299,7 +1326,8 @@ def _scattered_list_steps(
     first group starts at its newest object and its last is the one holding its oldest. Until
     its last group an emptied slab still holds objects (for a drain of the CPU's partial list
     in between); a full slab's first group leaves it with ``nobj`` minus that group's size
-    (``page->pobjects`` before 5.16).
+    (``page->pobjects`` before 5.16). ``was_full`` and ``emptied`` give each slab with its
+    pass position (newest first) of its newest and oldest object in the array.
     """
     n = len(slabs)
     size_at = {g[0]: len(g) for _, g in groups}
@@ -1309,8 +1337,8 @@ def _scattered_list_steps(
     after = {s: s.inuse for s in first}  # its inuse between its first and last group
     if emptied:
         start = {m: g[0] for s, g in groups if s.inuse == 0 for m in g}
-        for s in emptied:
-            oldest = slabs.index(s)
+        for i, s in emptied:
+            oldest = n - 1 - i
             at = start.get(oldest, oldest)
             if first.get(s) != at:
                 events.append((at, 1, s))
