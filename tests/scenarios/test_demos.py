@@ -81,6 +81,7 @@ def test_rfc_in_one_screen(capsys: pytest.CaptureFixture[str]) -> None:
     # fast-try stays silent; it pays only when every pcp list of its CPU is empty (its loop
     # takes any migratetype's list), which this machine makes rare
     assert splats == 0 and head + sync <= failed
+    assert ("fast-try paid nothing in this run" in out) == (failed == 0)
 
 
 def test_batching(capsys: pytest.CaptureFixture[str]) -> None:
