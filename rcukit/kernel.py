@@ -73,6 +73,9 @@ class Kernel(Machine):
         self._mm = subsystems.mm(self) if subsystems.mm is not None else None
         self._rcu = subsystems.rcu(self) if subsystems.rcu is not None else None
         self._kvfree = None
+        if self._mm is not None and self._rcu is not None:
+            # CPU hotplug is RCU's (cpu_down/cpu_up); SLUB flushes a dead CPU's slabs
+            self._rcu.add_hotplug_callback(self._mm.slab.cpu_hotplug)
         if subsystems.kvfree:
             assert self._mm is not None and self._rcu is not None  # Subsystems checked it
             self._kvfree = KvfreeRcu(self, self._mm, self._rcu, BlockSources(block_sources))

@@ -41,6 +41,7 @@ from rcukit.mm.fault import (
 from rcukit.mm.gfp import GFP
 from rcukit.mm.slub_partial import (
     cpu_partial_limit,
+    flush_cpu_slab,
     get_partial,
     min_partial,
     slab_free_list_step,
@@ -414,6 +415,17 @@ class SlabAllocator:
         new = cache.cpu_slab[task.cpu.id] = self._setup_slab(cache, pfn, 0)
         new.frozen = True
         return new
+
+    async def cpu_hotplug(self, task: Task, cpu_id: int, online: bool) -> None:
+        """``slub_cpu_dead()``, the hotplug callback: an offlined CPU's cpu slabs and per-CPU
+        partial lists go to the node lists (:func:`~rcukit.mm.slub_partial.flush_cpu_slab`),
+        their empty slabs past ``min_partial`` back to the page allocator."""
+        if online:
+            return
+        to_free: list[Slab] = []
+        for cache in self.caches:
+            flush_cpu_slab(cache, cpu_id, to_free)
+        await self._free_slabs(task, to_free)
 
     async def _new_slab(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
         """``allocate_slab()``: the cache's order first (NOWARN|NORETRY), then the minimum."""

@@ -42,6 +42,7 @@ __all__ = [
     "MAX_PARTIAL",
     "MIN_PARTIAL",
     "cpu_partial_limit",
+    "flush_cpu_slab",
     "get_partial",
     "min_partial",
     "put_cpu_partial",
@@ -201,3 +202,23 @@ def slab_free_list_step(cache: KmemCache, slab: Slab, cpu: int, to_free: list[Sl
         to_free.append(slab)
         return True
     return False
+
+
+def flush_cpu_slab(cache: KmemCache, cpu: int, to_free: list[Slab]) -> None:
+    """``__flush_cpu_slab()`` (``slub_cpu_dead()``, a CPU going offline): the cpu slab is
+    deactivated and the per-CPU partial list unfrozen (:func:`unfreeze_partials`).
+
+    ``deactivate_slab()``: an empty slab is discarded when the node list holds ``min_partial``
+    slabs, one with free objects goes to the node list's head, a full one to no list."""
+    slab = cache.cpu_slab[cpu]
+    if slab is not None:
+        cache.cpu_slab[cpu] = None
+        slab.frozen = False
+        node = cache.partial
+        if not slab.inuse and len(node) >= cache.min_partial:
+            to_free.append(slab)
+        elif slab.freelist:
+            node[slab] = None
+            node.move_to_end(slab, last=False)
+            slab.on_partial = True
+    unfreeze_partials(cache, cpu, to_free)

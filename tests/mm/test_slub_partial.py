@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from simtools import cfg, mm_kernel, on_cpu
 
+import rcukit.sim
 from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.mm.slab import SlabAllocator
@@ -204,3 +205,31 @@ async def test_get_partial_node_fills_the_cpu_partial_list_to_half(
         assert [s.base for s in cache.cpu_partial[0]] == node[1:4]  # head last
         assert [s.base for s in cache.partial] == node[4:]
         assert cache.cpu_partial[1] == cpu1
+
+
+async def test_an_offlined_cpu_gives_its_slabs_to_the_node_list(autojump_clock: Any) -> None:
+    """``slub_cpu_dead()`` (mm/slub.c, CPUHP_SLUB_DEAD) flushes the dead CPU's slabs
+    (``__flush_cpu_slab``): its cpu slab is deactivated (``deactivate_slab()``: with free
+    objects, to the node list's head) and its per-CPU partial list unfrozen to the node list's
+    tail (``unfreeze_partials()``); nothing of it stays frozen for a CPU that is gone."""
+    async with rcukit.sim.boot(cfg(**{"kvfree.profile": "v6.1"})) as k:
+        cache = _slab(k).cache_for(32)
+        nobj = cache.nobj
+        a = await _alloc(k, 32, nobj + 72, cpu=1)  # slab 0 full, slab 1 its cpu slab
+        s0, s1 = _slab(k).slab_index(a[0]), _slab(k).slab_index(a[-1])
+        assert s0 is not None and s1 is not None
+
+        async def free_one(task: Task) -> None:
+            await _slab(k).kfree(task, a[0])  # slab 0 was full: onto CPU 1's list
+
+        await on_cpu(k, free_one, 1)
+        assert cache.cpu_partial[1] == [s0[0]] and cache.cpu_slab[1] is s1[0]
+
+        async def down(task: Task) -> None:
+            await k.rcu.cpu_down(task, 1)
+
+        await on_cpu(k, down, 0)
+        assert cache.cpu_slab[1] is None and cache.cpu_partial[1] == []
+        assert list(cache.partial) == [s1[0], s0[0]]
+        assert not s0[0].frozen and not s1[0].frozen
+        assert s0[0].on_partial and s1[0].on_partial
