@@ -670,9 +670,9 @@ class SlabAllocator:
         ``(slab, start, stop)`` triples; anything else takes the general parse below.
         """
         if self.quarantine is None and self.alloc_sites is None:
-            stretches = _contiguous_stretches(segs)
-            if stretches is not None:
-                await self._kfree_bulk_stretches(task, segs, stretches)
+            parsed = _contiguous_stretches(segs)
+            if parsed is not None:
+                await self._kfree_bulk_stretches(task, segs, *parsed)
                 return
         runs: list[tuple[Slab, int, list[range]]] = []
         nseg: dict[Slab, int] = {}
@@ -707,16 +707,32 @@ class SlabAllocator:
         task: Task,
         segs: Sequence[tuple[Slab, int, int]],
         stretches: list[tuple[Slab, int, int]],
+        more: dict[Slab, list[range]] | None,
     ) -> None:
         """:meth:`_kfree_bulk_runs` for :func:`_contiguous_stretches` (every slab once, so
-        each stretch is its own detached freelist, newest first), after the same checks as
-        :meth:`kfree_bulk_segments` (all allocated; else :meth:`kfree_bulk`)."""
+        each slab is its own detached freelist, newest first), after the same checks as
+        :meth:`kfree_bulk_segments` (all allocated, no object listed twice; else
+        :meth:`kfree_bulk`). ``more``: every stretch of the slabs whose objects came as
+        several (a flood took them from a freelist that several bulk frees had refilled),
+        each slab still one detached freelist whose stretches are pushed last first."""
         nr_ptrs = 0
         for slab, start, n in stretches:
             if slab.used.count(1, start, start + n) != n:
                 await self.kfree_bulk(task, segment_pointers(segs))
                 return
             nr_ptrs += n
+        if more is not None:
+            for slab, several in more.items():
+                used = slab.used
+                for r in several[1:]:
+                    n = len(r)
+                    if used.count(1, r.start, r.stop) != n:
+                        await self.kfree_bulk(task, segment_pointers(segs))
+                        return
+                    nr_ptrs += n
+                if _ranges_overlap(several):
+                    await self.kfree_bulk(task, segment_pointers(segs))
+                    return
         cost = self.mm.cost
         task.cpu.local_ns += (
             len(stretches) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
@@ -724,15 +740,27 @@ class SlabAllocator:
         to_free: list[Slab] = []
         cpu = task.cpu.id
         for slab, start, n in reversed(stretches):
-            stop = start + n
-            slab.used[start:stop] = bytes(n)
             cache = slab.cache
             slab.fresh = False
-            slab.inuse -= n
-            # a slab this free discards never has its freelist read again
+            rs = more.get(slab) if more is not None else None
+            if rs is None:
+                stop = start + n
+                slab.used[start:stop] = bytes(n)
+                slab.inuse -= n
+                # a slab this free discards never has its freelist read again
+                if slab.frozen or not slab_free_list_step(cache, slab, cpu, to_free):
+                    top = cache.nobj
+                    slab.freelist += cache.descending[top - stop : top - start]
+                continue
+            used = slab.used
+            for r in rs:
+                used[r.start : r.stop] = bytes(len(r))
+                slab.inuse -= len(r)
             if slab.frozen or not slab_free_list_step(cache, slab, cpu, to_free):
                 top = cache.nobj
-                slab.freelist += cache.descending[top - stop : top - start]
+                fl = slab.freelist
+                for r in reversed(rs):
+                    fl += cache.descending[top - r.stop : top - r.start]
         self.nr_objects -= nr_ptrs
         if to_free:
             await self._free_slabs(task, to_free)
@@ -1408,39 +1436,59 @@ def _segments_overlap(
         mine = several.get(slab)
         if mine is not None:
             mine += segs
-    for segs in several.values():
-        segs.sort(key=_range_start)
-        for a, b in pairwise(segs):
-            if b.start < a.stop:
-                return True
-    return False
+    return any(_ranges_overlap(segs) for segs in several.values())
+
+
+def _ranges_overlap(segs: list[range]) -> bool:
+    """Whether two of ``segs`` (index ranges of one slab) share an index: sorted by start,
+    each must end before the next begins."""
+    ordered = sorted(segs, key=_range_start)
+    return any(b.start < a.stop for a, b in pairwise(ordered))
 
 
 def _contiguous_stretches(
     segs: Sequence[tuple[Slab, int, int]],
-) -> list[tuple[Slab, int, int]] | None:
+) -> tuple[list[tuple[Slab, int, int]], dict[Slab, list[range]] | None] | None:
     """``segs`` merged into ``(slab, first index, count)`` stretches when every slab's
-    segments follow one another as one consecutive stretch of its objects and no slab comes
-    back later; else None. Such a block is :meth:`SlabAllocator._slab_runs`' parse with one
-    segment per run and every run its own slab."""
+    segments follow one another and no slab comes back later; else None. Such a block is
+    :meth:`SlabAllocator._slab_runs`' parse with every run its own slab.
+
+    A slab's segments are usually one consecutive stretch of its objects. When they are not
+    (the flood took them from a freelist that several bulk frees had refilled, one stretch per
+    free), the slab's entry is its first stretch and the second item maps it to all its
+    stretches, in order, as ranges (None when no slab has several)."""
     out: list[tuple[Slab, int, int]] = []
+    more: dict[Slab, list[range]] | None = None
+    rs: list[range] | None = None  # more[prev], once prev has several stretches
     prev: Slab | None = None
     end = 0
     for seg in segs:
         slab, idx0, k = seg
         if slab is prev:
-            if idx0 != end:
-                return None
-            end += k
-            _, start, n = out[-1]
-            out[-1] = (slab, start, n + k)
+            if idx0 == end:
+                end += k
+                if rs is None:
+                    _, start, n = out[-1]
+                    out[-1] = (slab, start, n + k)
+                else:
+                    rs[-1] = range(rs[-1].start, end)
+                continue
+            if rs is None:
+                _, start, n = out[-1]
+                rs = [range(start, start + n)]
+                if more is None:
+                    more = {}
+                more[slab] = rs
+            rs.append(range(idx0, idx0 + k))
+            end = idx0 + k
             continue
         out.append(seg)
         prev = slab
+        rs = None
         end = idx0 + k
     if len({seg[0] for seg in out}) != len(out):
         return None
-    return out
+    return out, more
 
 
 def _range_start(r: range) -> int:
