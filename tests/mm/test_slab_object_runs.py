@@ -25,7 +25,7 @@ from simtools import cfg, mm_kernel, on_cpu
 from rcukit.errors import MemoryDebugError
 from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP_KERNEL
-from rcukit.mm.slab import Slab, segment_pointers
+from rcukit.mm.slab import Slab, _consecutive_tail, segment_pointers
 from rcukit.sched.sim import Task
 
 KERNEL = int(GFP_KERNEL)
@@ -422,3 +422,39 @@ async def test_kfree_bulk_segments_reports_an_object_listed_twice_in_a_slabs_str
         assert len(set(head)) == 1 and len({tuple(t) for t in tail}) == 1
         assert "appears twice" in errors[1]
         assert _state(a) == _state(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 8).flatmap(
+        lambda nobj_log: st.tuples(
+            st.just(8 << nobj_log),
+            st.lists(st.tuples(st.integers(0, 10**6), st.booleans()), min_size=1, max_size=9),
+            st.randoms(use_true_random=False),
+        )
+    )
+)
+def test_consecutive_tail_is_the_longest_ascending_tail(
+    case: tuple[int, list[tuple[int, bool]], random.Random],
+) -> None:
+    """The run a slab's freelist hands out is its longest tail that pops as consecutive
+    objects (SLUB pops the freelist: mm/slub.c v6.1 ``slab_alloc_node()``), for freelists
+    made of stretches pushed by bulk frees (``build_detached_freelist()``, one stretch per
+    slab page), in any order, and single objects pushed by ``kfree()`` in between: the fast
+    candidate and the fallback search agree with popping one object at a time."""
+    nobj, cuts, rng = case
+    descending = list(range(nobj - 1, -1, -1))
+    bounds = sorted({c % nobj for c, _ in cuts} | {0, nobj})
+    # one piece more than cuts at most: the last one is a stretch
+    singles = [single for _, single in cuts] + [False]
+    pieces = [(list(range(x, y)), singles[i]) for i, (x, y) in enumerate(pairwise(bounds))]
+    rng.shuffle(pieces)
+    fl: list[int] = []
+    for objs, single in pieces:
+        fl += rng.sample(objs, len(objs)) if single else objs[::-1]
+    a = fl[-1]
+    longest = 1
+    while longest < len(fl) and fl[-longest - 1] == a + longest:
+        longest += 1
+    for k in range(longest + 1, len(fl) + 1):
+        assert _consecutive_tail(fl, k, descending) == longest
