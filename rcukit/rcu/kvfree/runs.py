@@ -163,8 +163,9 @@ class KvfreeFlood(KvfreePart):
                 if quiet < k:
                     k = quiet if quiet > 1 else 1
                 # the call whose charge reaches the tick takes the preemption point: ends too
-                tick = -((t - next_tick) // per)
-                if tick < k:
+                # (that call is within k exactly when k - 1 calls' charge reaches the tick)
+                if t + (k - 1) * per >= next_tick:
+                    tick = -((t - next_tick) // per)
                     k = tick if tick > 1 else 1
                 a = fl[-1]
                 k = take_run(active, k)
