@@ -110,9 +110,9 @@ class KmemCache:
     (:mod:`rcukit.mm.slub_partial`)."""
 
     __slots__ = (
-        "cpu_partial", "cpu_partial_limit", "cpu_partial_objects", "cpu_slab", "descending",
-        "lane_offsets", "lane_ones", "min_partial", "name", "nobj", "nr_slabs", "order",
-        "partial", "size", "size_shift",
+        "allocated", "cpu_partial", "cpu_partial_limit", "cpu_partial_objects", "cpu_slab",
+        "descending", "freed", "lane_offsets", "lane_ones", "min_partial", "name", "nobj",
+        "nr_slabs", "order", "partial", "size", "size_shift",
     )
 
     def __init__(
@@ -131,6 +131,10 @@ class KmemCache:
         #: ``nobj - 1, ..., 1, 0``: a fresh slab's freelist, and what a run of consecutive
         #: objects ``a .. a + k - 1`` looks like at a freelist's tail (a slice of this).
         self.descending = list(range(self.nobj - 1, -1, -1))
+        #: ``allocated[k]``, ``freed[k]``: k bytes of 1 and of 0, what a run of k objects
+        #: writes into a slab's ``used`` (made once per cache, not once per run).
+        self.allocated = [b"\x01" * k for k in range(self.nobj + 1)]
+        self.freed = [bytes(k) for k in range(self.nobj + 1)]
         #: ``i * size`` in 64-bit lane i, and 1 in every lane, for i < nobj: the integers
         #: kfree_bulk compares pointer arrays with (built by the first bulk free; 0 until then).
         self.lane_offsets = 0
@@ -359,7 +363,7 @@ class SlabAllocator:
         ):
             k = _consecutive_tail(fl, k, slab.cache.descending)
         del fl[-k:]
-        slab.used[a : a + k] = b"\x01" * k
+        slab.used[a : a + k] = slab.cache.allocated[k]
         slab.inuse += k
         self.nr_objects += k
         return k
@@ -750,7 +754,7 @@ class SlabAllocator:
             rs = more.get(slab) if more is not None else None
             if rs is None:
                 stop = start + n
-                slab.used[start:stop] = bytes(n)
+                slab.used[start:stop] = cache.freed[n]
                 slab.inuse -= n
                 # a slab this free discards never has its freelist read again
                 if slab.frozen or not slab_free_list_step(cache, slab, cpu, to_free):
@@ -759,7 +763,7 @@ class SlabAllocator:
                 continue
             used = slab.used
             for r in rs:
-                used[r.start : r.stop] = bytes(len(r))
+                used[r.start : r.stop] = cache.freed[len(r)]
                 slab.inuse -= len(r)
             if slab.frozen or not slab_free_list_step(cache, slab, cpu, to_free):
                 top = cache.nobj
