@@ -1523,22 +1523,30 @@ def _consecutive_tail(fl: list[int], k: int, descending: list[int]) -> int:
     answer is the m whose tail qualifies while the tail of m + 1 does not. A freelist is
     stretches of consecutive objects (a bulk free pushes one per detached freelist), so the
     one-entry test ``fl[-m] == a + m - 1`` nearly always tells a qualifying length from one
-    past the first stretch: a binary search with it alone gives a candidate, and one slice
-    comparison proves it (its m + 1 failed the one-entry test, or is ``k``). Only when that
-    proof fails (an entry that fits the progression by chance, after single frees) does the
-    search fall back to whole-tail comparisons, the length doubling until a tail fails, then
-    a binary search between the last two: the work follows the answer, not ``k``."""
+    past the first stretch: with it alone the length doubles until the test fails (most
+    stretches at a freelist's tail are short), a binary search between the last two gives a
+    candidate, and one slice comparison proves it (its m + 1 failed the one-entry test, or
+    is ``k``). Only when that proof fails (an entry that fits the progression by chance,
+    after single frees) does the search fall back to whole-tail comparisons, the same way:
+    the work follows the answer, not ``k``."""
     a = fl[-1]
     top = len(descending) - a  # descending[top - m : top] == [a + m - 1, ..., a]
     lo, hi = 1, k  # a tail of lo qualifies; one of hi (the caller checked) does not
+    m = 2
+    while m < hi:
+        if fl[-m] == a + m - 1:
+            lo = m
+            m *= 2
+        else:
+            hi = m
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if fl[-mid] == a + mid - 1:
             lo = mid
         else:
             hi = mid
-    if fl[-lo:] == descending[top - lo : top]:
-        return lo
+    if lo == 1 or fl[-lo:] == descending[top - lo : top]:
+        return lo  # a tail of one always qualifies
     lo, hi = 1, k
     m = 2
     while m < hi:
