@@ -25,7 +25,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import compress, pairwise
-from operator import is_
+from operator import attrgetter, is_
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from rcukit.errors import MemoryDebugError, PageAllocError
@@ -1449,9 +1449,14 @@ def _segments_overlap(
 
 def _ranges_overlap(segs: list[range]) -> bool:
     """Whether two of ``segs`` (index ranges of one slab) share an index: sorted by start,
-    each must end before the next begins."""
-    ordered = sorted(segs, key=_range_start)
-    return any(b.start < a.stop for a, b in pairwise(ordered))
+    each must end before the next begins (a C-level sort key and a plain loop: a few
+    ranges per slab, checked for a block's every slab that came as several stretches)."""
+    stop = 0
+    for r in sorted(segs, key=_START):
+        if r.start < stop:
+            return True
+        stop = r.stop
+    return False
 
 
 def _contiguous_stretches(
@@ -1499,8 +1504,8 @@ def _contiguous_stretches(
     return out, more
 
 
-def _range_start(r: range) -> int:
-    return r.start
+#: A range's start, as a sort key that runs in C (:func:`_ranges_overlap`).
+_START = attrgetter("start")
 
 
 #: One-object segments :meth:`SlabAllocator._slab_runs` accepts before it hands an array that
