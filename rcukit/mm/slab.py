@@ -25,7 +25,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import compress, pairwise
-from operator import is_
+from operator import attrgetter, is_
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from rcukit.errors import MemoryDebugError, PageAllocError
@@ -111,9 +111,9 @@ class KmemCache:
     (:mod:`rcukit.mm.slub_partial`)."""
 
     __slots__ = (
-        "cpu_partial", "cpu_partial_limit", "cpu_partial_objects", "cpu_slab", "descending",
-        "lane_offsets", "lane_ones", "min_partial", "name", "nobj", "nr_slabs", "order",
-        "partial", "size", "size_shift",
+        "allocated", "cpu_partial", "cpu_partial_limit", "cpu_partial_objects", "cpu_slab",
+        "descending", "freed", "lane_offsets", "lane_ones", "min_partial", "name", "nobj",
+        "nr_slabs", "order", "partial", "size", "size_shift",
     )
 
     def __init__(
@@ -132,6 +132,10 @@ class KmemCache:
         #: ``nobj - 1, ..., 1, 0``: a fresh slab's freelist, and what a run of consecutive
         #: objects ``a .. a + k - 1`` looks like at a freelist's tail (a slice of this).
         self.descending = list(range(self.nobj - 1, -1, -1))
+        #: ``allocated[k]``, ``freed[k]``: k bytes of 1 and of 0, what a run of k objects
+        #: writes into a slab's ``used`` (made once per cache, not once per run).
+        self.allocated = [b"\x01" * k for k in range(self.nobj + 1)]
+        self.freed = [bytes(k) for k in range(self.nobj + 1)]
         #: ``i * size`` in 64-bit lane i, and 1 in every lane, for i < nobj: the integers
         #: kfree_bulk compares pointer arrays with (built by the first bulk free; 0 until then).
         self.lane_offsets = 0
@@ -360,7 +364,7 @@ class SlabAllocator:
         ):
             k = _consecutive_tail(fl, k, slab.cache.descending)
         del fl[-k:]
-        slab.used[a : a + k] = b"\x01" * k
+        slab.used[a : a + k] = slab.cache.allocated[k]
         slab.inuse += k
         self.nr_objects += k
         return k
@@ -682,9 +686,13 @@ class SlabAllocator:
         ``(slab, start, stop)`` triples; anything else takes the general parse below.
         """
         if self.quarantine is None and self.alloc_sites is None:
-            stretches = _contiguous_stretches(segs)
-            if stretches is not None:
-                await self._kfree_bulk_stretches(task, segs, stretches)
+            parsed = _contiguous_stretches(segs)
+            if parsed is not None:
+                to_free = self._kfree_bulk_stretches(task, *parsed)
+                if to_free is None:
+                    await self.kfree_bulk(task, segment_pointers(segs))
+                elif to_free:
+                    await self._free_slabs(task, to_free)
                 return
         runs: list[tuple[Slab, int, list[range]]] = []
         nseg: dict[Slab, int] = {}
@@ -714,21 +722,38 @@ class SlabAllocator:
             return
         await self._kfree_bulk_runs(task, segs, runs)
 
-    async def _kfree_bulk_stretches(
+    def _kfree_bulk_stretches(
         self,
         task: Task,
-        segs: Sequence[tuple[Slab, int, int]],
         stretches: list[tuple[Slab, int, int]],
-    ) -> None:
+        more: dict[Slab, list[range]] | None,
+    ) -> list[Slab] | None:
         """:meth:`_kfree_bulk_runs` for :func:`_contiguous_stretches` (every slab once, so
-        each stretch is its own detached freelist, newest first), after the same checks as
-        :meth:`kfree_bulk_segments` (all allocated; else :meth:`kfree_bulk`)."""
+        each slab is its own detached freelist, newest first), after the same checks as
+        :meth:`kfree_bulk_segments` (all allocated, no object listed twice; else None and
+        nothing changed: the caller hands the block to :meth:`kfree_bulk`). ``more``: every
+        stretch of the slabs whose objects came as several (a flood took them from a
+        freelist that several bulk frees had refilled), each slab still one detached
+        freelist whose stretches are pushed last first.
+
+        Nothing here sleeps, so it is a plain function (one coroutine less per block): it
+        returns the emptied slabs the caller gives back to the page allocator
+        (:meth:`_free_slabs`)."""
         nr_ptrs = 0
         for slab, start, n in stretches:
             if slab.used.count(1, start, start + n) != n:
-                await self.kfree_bulk(task, segment_pointers(segs))
-                return
+                return None
             nr_ptrs += n
+        if more is not None:
+            for slab, several in more.items():
+                used = slab.used
+                for r in several[1:]:
+                    n = len(r)
+                    if used.count(1, r.start, r.stop) != n:
+                        return None
+                    nr_ptrs += n
+                if _ranges_overlap(several):
+                    return None
         cost = self.mm.cost
         task.cpu.local_ns += (
             len(stretches) * cost.kfree_bulk_call_ns + nr_ptrs * cost.kfree_bulk_per_object_ns
@@ -736,18 +761,29 @@ class SlabAllocator:
         to_free: list[Slab] = []
         cpu = task.cpu.id
         for slab, start, n in reversed(stretches):
-            stop = start + n
-            slab.used[start:stop] = bytes(n)
             cache = slab.cache
             slab.fresh = False
-            slab.inuse -= n
-            # a slab this free discards never has its freelist read again
+            rs = more.get(slab) if more is not None else None
+            if rs is None:
+                stop = start + n
+                slab.used[start:stop] = cache.freed[n]
+                slab.inuse -= n
+                # a slab this free discards never has its freelist read again
+                if slab.frozen or not slab_free_list_step(cache, slab, cpu, to_free):
+                    top = cache.nobj
+                    slab.freelist += cache.descending[top - stop : top - start]
+                continue
+            used = slab.used
+            for r in rs:
+                used[r.start : r.stop] = cache.freed[len(r)]
+                slab.inuse -= len(r)
             if slab.frozen or not slab_free_list_step(cache, slab, cpu, to_free):
                 top = cache.nobj
-                slab.freelist += cache.descending[top - stop : top - start]
+                fl = slab.freelist
+                for r in reversed(rs):
+                    fl += cache.descending[top - r.stop : top - r.start]
         self.nr_objects -= nr_ptrs
-        if to_free:
-            await self._free_slabs(task, to_free)
+        return to_free
 
     async def _kfree_bulk_runs(
         self,
@@ -1420,43 +1456,68 @@ def _segments_overlap(
         mine = several.get(slab)
         if mine is not None:
             mine += segs
-    for segs in several.values():
-        segs.sort(key=_range_start)
-        for a, b in pairwise(segs):
-            if b.start < a.stop:
-                return True
+    return any(_ranges_overlap(segs) for segs in several.values())
+
+
+def _ranges_overlap(segs: list[range]) -> bool:
+    """Whether two of ``segs`` (index ranges of one slab) share an index: sorted by start,
+    each must end before the next begins (a C-level sort key and a plain loop: a few
+    ranges per slab, checked for a block's every slab that came as several stretches)."""
+    stop = 0
+    for r in sorted(segs, key=_START):
+        if r.start < stop:
+            return True
+        stop = r.stop
     return False
 
 
 def _contiguous_stretches(
     segs: Sequence[tuple[Slab, int, int]],
-) -> list[tuple[Slab, int, int]] | None:
+) -> tuple[list[tuple[Slab, int, int]], dict[Slab, list[range]] | None] | None:
     """``segs`` merged into ``(slab, first index, count)`` stretches when every slab's
-    segments follow one another as one consecutive stretch of its objects and no slab comes
-    back later; else None. Such a block is :meth:`SlabAllocator._slab_runs`' parse with one
-    segment per run and every run its own slab."""
+    segments follow one another and no slab comes back later; else None. Such a block is
+    :meth:`SlabAllocator._slab_runs`' parse with every run its own slab.
+
+    A slab's segments are usually one consecutive stretch of its objects. When they are not
+    (the flood took them from a freelist that several bulk frees had refilled, one stretch per
+    free), the slab's entry is its first stretch and the second item maps it to all its
+    stretches, in order, as ranges (None when no slab has several)."""
     out: list[tuple[Slab, int, int]] = []
+    more: dict[Slab, list[range]] | None = None
+    rs: list[range] | None = None  # more[prev], once prev has several stretches
     prev: Slab | None = None
     end = 0
     for seg in segs:
         slab, idx0, k = seg
         if slab is prev:
-            if idx0 != end:
-                return None
-            end += k
-            _, start, n = out[-1]
-            out[-1] = (slab, start, n + k)
+            if idx0 == end:
+                end += k
+                if rs is None:
+                    _, start, n = out[-1]
+                    out[-1] = (slab, start, n + k)
+                else:
+                    rs[-1] = range(rs[-1].start, end)
+                continue
+            if rs is None:
+                _, start, n = out[-1]
+                rs = [range(start, start + n)]
+                if more is None:
+                    more = {}
+                more[slab] = rs
+            rs.append(range(idx0, idx0 + k))
+            end = idx0 + k
             continue
         out.append(seg)
         prev = slab
+        rs = None
         end = idx0 + k
     if len({seg[0] for seg in out}) != len(out):
         return None
-    return out
+    return out, more
 
 
-def _range_start(r: range) -> int:
-    return r.start
+#: A range's start, as a sort key that runs in C (:func:`_ranges_overlap`).
+_START = attrgetter("start")
 
 
 #: One-object segments :meth:`SlabAllocator._slab_runs` accepts before it hands an array that
@@ -1472,12 +1533,38 @@ _PROBE_GROWTH = 64
 
 def _consecutive_tail(fl: list[int], k: int, descending: list[int]) -> int:
     """The longest tail of ``fl``, at most ``k`` long, that pops as consecutive ascending
-    indices (``fl[-1], fl[-1] + 1, ...``; a slice of the cache's ``descending``). The longer
-    tails of a shorter one never qualify, so the length doubles until a tail fails, then a
-    binary search between the last two finds it: the work follows the answer, not ``k``."""
+    indices (``fl[-1], fl[-1] + 1, ...``; a slice of the cache's ``descending``). The caller
+    checked that the tail of ``k`` does not.
+
+    Tails are prefix-closed (a longer one qualifies only if every shorter one does), so the
+    answer is the m whose tail qualifies while the tail of m + 1 does not. A freelist is
+    stretches of consecutive objects (a bulk free pushes one per detached freelist), so the
+    one-entry test ``fl[-m] == a + m - 1`` nearly always tells a qualifying length from one
+    past the first stretch: with it alone the length doubles until the test fails (most
+    stretches at a freelist's tail are short), a binary search between the last two gives a
+    candidate, and one slice comparison proves it (its m + 1 failed the one-entry test, or
+    is ``k``). Only when that proof fails (an entry that fits the progression by chance,
+    after single frees) does the search fall back to whole-tail comparisons, the same way:
+    the work follows the answer, not ``k``."""
     a = fl[-1]
     top = len(descending) - a  # descending[top - m : top] == [a + m - 1, ..., a]
     lo, hi = 1, k  # a tail of lo qualifies; one of hi (the caller checked) does not
+    m = 2
+    while m < hi:
+        if fl[-m] == a + m - 1:
+            lo = m
+            m *= 2
+        else:
+            hi = m
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fl[-mid] == a + mid - 1:
+            lo = mid
+        else:
+            hi = mid
+    if lo == 1 or fl[-lo:] == descending[top - lo : top]:
+        return lo  # a tail of one always qualifies
+    lo, hi = 1, k
     m = 2
     while m < hi:
         if fl[-m] == a + m - 1 and fl[-m:] == descending[top - m : top]:

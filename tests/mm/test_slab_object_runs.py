@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from array import array
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from simtools import cfg, mm_kernel, on_cpu
 from rcukit.errors import MemoryDebugError
 from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP_KERNEL
-from rcukit.mm.slab import Slab, segment_pointers
+from rcukit.mm.slab import Slab, _consecutive_tail, segment_pointers
 from rcukit.sched.sim import Task
 
 KERNEL = int(GFP_KERNEL)
@@ -348,3 +349,112 @@ async def test_kfree_bulk_segments_reports_a_double_free_like_kfree_bulk(
             assert _state(k)[:4] == before
 
         await on_cpu(k, again)
+
+
+def _with_gaps(whole: list[tuple[Slab, int, int]]) -> list[tuple[Slab, int, int]]:
+    """Each slab's stretch as its thirds, the middle one left out and the last third first
+    when the slab has room: the shapes a flood takes from a freelist refilled by several
+    bulk frees (stretches in any order, not adjacent)."""
+    segs: list[tuple[Slab, int, int]] = []
+    for s, i, n in whole:
+        third = n // 3
+        if third == 0:
+            segs.append((s, i, n))
+            continue
+        first, last = (s, i, third), (s, i + 2 * third, n - 2 * third)
+        segs += [last, first] if n % 2 else [first, last]
+    return segs
+
+
+async def test_kfree_bulk_segments_with_gaps_leaves_what_kfree_bulk_leaves(
+    autojump_clock: Any,
+) -> None:
+    """A slab's objects in a block as several stretches that are not adjacent (each slab
+    still one detached freelist: mm/slub.c v6.1 ``build_detached_freelist()`` takes every
+    object of the page it finds within its look-ahead) free as kfree_bulk() of the same
+    pointers does: freelists, partial lists, discarded slabs, page counts, charged time."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        _, whole_a = await _block_of(a, 900)
+        _, whole_b = await _block_of(b, 900)
+        segs_b = _with_gaps(whole_b)
+        assert any(x[0] is y[0] for x, y in pairwise(segs_b))
+        ptrs_a = segment_pointers(_with_gaps(whole_a))
+        await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
+        await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, segs_b))
+        assert _state(a) == _state(b)
+
+
+async def test_kfree_bulk_segments_reports_an_object_listed_twice_in_a_slabs_stretches(
+    autojump_clock: Any,
+) -> None:
+    """Two stretches of one slab sharing an object (a pointer queued twice) are caught before
+    anything is freed, as kfree_bulk() catches it (mm/slub.c v6.1: the second free of the
+    object is a double free; KASAN reports it): the same error, the allocator unchanged."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        _, whole_a = await _block_of(a, 300)
+        _, whole_b = await _block_of(b, 300)
+
+        def twice(whole: list[tuple[Slab, int, int]]) -> list[tuple[Slab, int, int]]:
+            s, i, n = whole[0]
+            return [(s, i + n // 2, n - n // 2), (s, i, n // 2 + 1), *whole[1:]]
+
+        ptrs_a = segment_pointers(twice(whole_a))
+        errors: list[str] = []
+
+        async def bulk(task: Task) -> None:
+            with pytest.raises(MemoryDebugError) as info:
+                await a.mm.kfree_bulk(task, ptrs_a)
+            errors.append(str(info.value))
+
+        async def segments(task: Task) -> None:
+            before = _state(b)
+            with pytest.raises(MemoryDebugError) as info:
+                await b.mm.slab.kfree_bulk_segments(task, twice(whole_b))
+            errors.append(str(info.value))
+            assert _state(b) == before
+
+        await on_cpu(a, bulk)
+        await on_cpu(b, segments)
+        # the same report but for the caller's site (file, line, task)
+        head, tail = (e.split(" at ", 1)[0] for e in errors), (e.split(";")[1:] for e in errors)
+        assert len(set(head)) == 1 and len({tuple(t) for t in tail}) == 1
+        assert "appears twice" in errors[1]
+        assert _state(a) == _state(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 8).flatmap(
+        lambda nobj_log: st.tuples(
+            st.just(8 << nobj_log),
+            st.lists(st.tuples(st.integers(0, 10**6), st.booleans()), min_size=1, max_size=9),
+            st.randoms(use_true_random=False),
+        )
+    )
+)
+def test_consecutive_tail_is_the_longest_ascending_tail(
+    case: tuple[int, list[tuple[int, bool]], random.Random],
+) -> None:
+    """The run a slab's freelist hands out is its longest tail that pops as consecutive
+    objects (SLUB pops the freelist: mm/slub.c v6.1 ``slab_alloc_node()``), for freelists
+    made of stretches pushed by bulk frees (``build_detached_freelist()``, one stretch per
+    slab page), in any order, and single objects pushed by ``kfree()`` in between: the fast
+    candidate and the fallback search agree with popping one object at a time."""
+    nobj, cuts, rng = case
+    descending = list(range(nobj - 1, -1, -1))
+    bounds = sorted({c % nobj for c, _ in cuts} | {0, nobj})
+    # one piece more than cuts at most: the last one is a stretch
+    singles = [single for _, single in cuts] + [False]
+    pieces = [(list(range(x, y)), singles[i]) for i, (x, y) in enumerate(pairwise(bounds))]
+    rng.shuffle(pieces)
+    fl: list[int] = []
+    for objs, single in pieces:
+        fl += rng.sample(objs, len(objs)) if single else objs[::-1]
+    a = fl[-1]
+    longest = 1
+    while longest < len(fl) and fl[-longest - 1] == a + longest:
+        longest += 1
+    for k in range(longest + 1, len(fl) + 1):
+        assert _consecutive_tail(fl, k, descending) == longest

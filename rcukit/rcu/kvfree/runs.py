@@ -122,81 +122,101 @@ class KvfreeFlood(KvfreePart):
                 continue
             # Runs follow one another here while nothing can have changed what the checks
             # above read: no sleep, no preemption point, no per-call step, no monitor arming.
+            # Nothing else runs either, so what only those read stays in locals until the
+            # loop ends: the monitor's threshold and the tick cannot move, the block is the
+            # channel's last one (only a boundary call adds one) and stays tiled if it was;
+            # its record count, the krcp count, the counters and the run count are written
+            # back before anything that could read them.
             cpu_slab = cache.cpu_slab
+            cpu_id = cpu.id
+            quiet_below = krcp.mon_quiet_below
+            next_tick = cpu.next_tick_ns
+            count = krcp.count
+            t = cpu.local_ns
+            bnode = chan[-1]
+            nr = bnode.nr_records
+            segs = bnode.segs
+            tiles = segs if segs is not None and bnode.seg_end == nr else None
+            singles = doubles = nruns = 0
+            room = cap - nr
             while True:
-                active = cpu_slab[cpu.id]
+                active = cpu_slab[cpu_id]
                 if active is None or not active.freelist:
                     # kmalloc()'s first step when the cpu slab is full: a partial or new
                     # slab. Without a sleep nothing above has changed: the run goes on.
                     active = slab.kmalloc_refill_nowait(task, cache, gfp)
+                    t = cpu.local_ns  # a new slab's page was charged
                     if active is None:
-                        if await slab.kmalloc_refill(task, cache, gfp) is None:
-                            # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
-                            remaining -= 1
-                            if mix is not None:
-                                mix.getrandbits(16)
-                        break
-                bnode = chan[-1]
-                nr = bnode.nr_records
+                        break  # the refill may sleep
                 room = cap - nr
                 if room == 0:
-                    got += await self._boundary(task, cache, size, gfp, head_offset, mix)
-                    remaining -= 1
-                    break
+                    break  # a new block: the per-call path's
                 # k: up to the nearest horizon (plain comparisons: min() costs more than this)
                 k = remaining
                 if room < k:
                     k = room
-                free = len(active.freelist)
-                if free < k:
-                    k = free
+                fl = active.freelist
+                if len(fl) < k:
+                    k = len(fl)
                 # the call whose count reaches mon_quiet_below arms the monitor: the run ends
-                quiet = krcp.mon_quiet_below - krcp.count
+                quiet = quiet_below - count
                 if quiet < k:
                     k = quiet if quiet > 1 else 1
                 # the call whose charge reaches the tick takes the preemption point: ends too
-                tick = -((cpu.local_ns - cpu.next_tick_ns) // per)
-                if tick < k:
+                # (that call is within k exactly when k - 1 calls' charge reaches the tick)
+                if t + (k - 1) * per >= next_tick:
+                    tick = -((t - next_tick) // per)
                     k = tick if tick > 1 else 1
-                a = active.freelist[-1]
+                a = fl[-1]
                 k = take_run(active, k)
-                bnode.nr_records = nr + k
-                segs = bnode.segs
-                if segs is not None and bnode.seg_end == nr:
+                if tiles is not None:
                     # the records stay unwritten while segments tile them (Bnode.fill_records)
-                    segs.append((active, a, k))
-                    bnode.seg_end = nr + k
+                    tiles.append((active, a, k))
                 else:
                     # a per-call store sits in between: the array is the record from here on
-                    bnode.fill_records()
-                    bnode.segs = None
+                    if segs is not None:
+                        bnode.fill_records()
+                        bnode.segs = segs = None
                     run = pointers(active)[8 * a : 8 * (a + k)]
                     bnode.records[nr : nr + k] = array(PTR_TYPECODE, run)
-                count = krcp.count + k
-                krcp.count = count
+                nr += k
+                count += k
                 if single:
-                    ctr.fast_single += k
+                    singles += k
                 elif mix is None:
-                    ctr.fast_double += k
+                    doubles += k
                 else:
                     s = mix.getrandbits(k).bit_count()
-                    ctr.fast_single += s
-                    ctr.fast_double += k - s
-                t = cpu.local_ns + k * per  # kmalloc's charge and kvfree_rcu's
+                    singles += s
+                    doubles += k - s
+                t += k * per  # kmalloc's charge and kvfree_rcu's
                 cpu.local_ns = t
-                self.runs += 1
+                nruns += 1
                 got += k
                 remaining -= k
-                if count >= krcp.mon_quiet_below:
+                if count >= quiet_below or t >= next_tick or remaining <= 0:
+                    break
+            bnode.nr_records = nr
+            krcp.count = count
+            if tiles is not None:
+                bnode.seg_end = nr
+            ctr.fast_single += singles
+            ctr.fast_double += doubles
+            self.runs += nruns
+            if active is None:
+                if await slab.kmalloc_refill(task, cache, gfp) is None:
+                    # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
+                    remaining -= 1
+                    if mix is not None:
+                        mix.getrandbits(16)
+            elif room == 0:
+                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
+                remaining -= 1
+            else:
+                if count >= quiet_below:
                     kv._arm_monitor(task, krcp)
-                    if t >= cpu.next_tick_ns:
-                        await task.preempt_point()
-                    break
-                if t >= cpu.next_tick_ns:
+                if t >= next_tick:
                     await task.preempt_point()
-                    break
-                if remaining <= 0:
-                    break
         return got
 
     async def _one(
