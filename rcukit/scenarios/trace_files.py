@@ -13,6 +13,7 @@ from typing import IO, TYPE_CHECKING
 
 import attrs
 
+from rcukit.errors import ConfigError
 from rcukit.mm.page_alloc import KRCP_LOCK_CLASS
 from rcukit.trace.events import DEFAULT_SELECTION, TraceEvent
 from rcukit.trace.export import FtraceWriter, PerfettoWriter, join_perfetto, open_text
@@ -116,8 +117,14 @@ class TraceFiles:
                 existed = os.path.lexists(path)
                 # fail now, not after the rows, if it cannot be written; appending to nothing
                 # leaves an existing file as it is until there is a trace to replace it with
-                with open(path, "a", encoding="utf-8"):
-                    pass
+                try:
+                    with open(path, "a", encoding="utf-8"):
+                        pass
+                except OSError as exc:  # /proc files, devices, a full disk...
+                    for made in self._created:  # the --trace file, when --ftrace fails
+                        with contextlib.suppress(OSError):
+                            os.remove(made)
+                    raise ConfigError(f"cannot write {path!r}: {exc.strerror}") from exc
                 if not existed:
                     self._created.append(path)
         self._dir = tempfile.mkdtemp(prefix="rcukit-trace-")

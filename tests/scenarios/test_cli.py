@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -475,3 +476,15 @@ def test_bad_paths_and_numbers_exit_2_before_running(
     assert rc == 2, err
     assert out == "" and named in err and "Traceback" not in err
     assert calls == []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/zoneinfo"), reason="the host has no /proc")
+def test_trace_into_a_file_that_refuses_writes_exits_2_before_any_row(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``/proc/zoneinfo`` passes the output-path checks as root (it exists and access() says
+    writable) but opening it to append fails with EINVAL: an error naming it, exit 2, before
+    the rows (the CLI fuzz found the traceback)."""
+    assert main(["compare", "--trace", "/proc/zoneinfo", "--scale", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write '/proc/zoneinfo'" in err and "Traceback" not in err
