@@ -1548,33 +1548,28 @@ def _consecutive_tail(fl: list[int], k: int, descending: list[int]) -> int:
     the work follows the answer, not ``k``."""
     a = fl[-1]
     top = len(descending) - a  # descending[top - m : top] == [a + m - 1, ..., a]
-    lo, hi = 1, k  # a tail of lo qualifies; one of hi (the caller checked) does not
-    m = 2
-    while m < hi:
-        if fl[-m] == a + m - 1:
-            lo = m
-            m *= 2
-        else:
-            hi = m
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fl[-mid] == a + mid - 1:
-            lo = mid
-        else:
-            hi = mid
+    lo = _tail_search(fl, a, k, descending, top, False)
     if lo == 1 or fl[-lo:] == descending[top - lo : top]:
         return lo  # a tail of one always qualifies
+    return _tail_search(fl, a, k, descending, top, True)
+
+
+def _tail_search(
+    fl: list[int], a: int, k: int, descending: list[int], top: int, whole: bool
+) -> int:
+    """:func:`_consecutive_tail`'s search: double, then bisect, on the one-entry test, or
+    (``whole``) on the whole-tail comparison too. A tail of 1 qualifies, one of ``k`` not."""
     lo, hi = 1, k
     m = 2
     while m < hi:
-        if fl[-m] == a + m - 1 and fl[-m:] == descending[top - m : top]:
+        if fl[-m] == a + m - 1 and (not whole or fl[-m:] == descending[top - m : top]):
             lo = m
             m *= 2
         else:
             hi = m
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if fl[-mid] == a + mid - 1 and fl[-mid:] == descending[top - mid : top]:
+        if fl[-mid] == a + mid - 1 and (not whole or fl[-mid:] == descending[top - mid : top]):
             lo = mid
         else:
             hi = mid
