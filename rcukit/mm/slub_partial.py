@@ -36,6 +36,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections import OrderedDict
+
     from rcukit.mm.slab import KmemCache, Slab
 
 __all__ = [
@@ -146,28 +148,24 @@ def get_partial_node(cache: KmemCache, cpu: int) -> Slab:
     without drain) until it holds more than half its limit (free objects before 5.16,
     slabs from 5.16)."""
     node = cache.partial
-    slab, _ = node.popitem(last=False)
-    slab.on_partial = False
-    slab.frozen = True
+    slab = _freeze_node_head(node)
     limit = cache.cpu_partial_limit
     if not limit:
         return slab
-    if cache.cpu_partial_objects:
-        available = len(slab.freelist)
-        while available <= limit // 2 and node:
-            more, _ = node.popitem(last=False)
-            more.on_partial = False
-            more.frozen = True
-            available += len(more.freelist)
-            put_cpu_partial(cache, cpu, more, None)
-    else:
-        taken = 0
-        while taken <= limit // 2 and node:
-            more, _ = node.popitem(last=False)
-            more.on_partial = False
-            more.frozen = True
-            taken += 1
-            put_cpu_partial(cache, cpu, more, None)
+    by_objects = cache.cpu_partial_objects
+    held = len(slab.freelist) if by_objects else 0
+    while held <= limit // 2 and node:
+        more = _freeze_node_head(node)
+        held += len(more.freelist) if by_objects else 1
+        put_cpu_partial(cache, cpu, more, None)
+    return slab
+
+
+def _freeze_node_head(node: OrderedDict[Slab, None]) -> Slab:
+    """The node list's head, taken off it and frozen (``acquire_slab()``)."""
+    slab, _ = node.popitem(last=False)
+    slab.on_partial = False
+    slab.frozen = True
     return slab
 
 

@@ -259,8 +259,9 @@ def run_rcuscale(
     return box["r"]
 
 
-#: ``gc.set_threshold()`` while a test runs: a young pass per 100,000 container allocations
-#: (default 700), the middle one every 50 of those, the full one every 100 middle ones.
+#: ``gc.set_threshold()`` inside :func:`fewer_gc_passes`: a young pass per 100,000 container
+#: allocations (default 700), the middle one every 50 of those, the full one every 100 middle
+#: ones.
 GC_THRESHOLDS = (100_000, 50, 100)
 
 

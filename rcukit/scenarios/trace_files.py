@@ -121,15 +121,18 @@ class TraceFiles:
                     with open(path, "a", encoding="utf-8"):
                         pass
                 except OSError as exc:  # /proc files, devices, a full disk...
-                    for made in self._created:  # the --trace file, when --ftrace fails
-                        with contextlib.suppress(OSError):
-                            os.remove(made)
+                    self._remove_created()  # the --trace file, when --ftrace fails
                     raise ConfigError(f"cannot write {path!r}: {exc.strerror}") from exc
                 if not existed:
                     self._created.append(path)
         self._dir = tempfile.mkdtemp(prefix="rcukit-trace-")
         self._rows = []
         return self
+
+    def _remove_created(self) -> None:
+        for path in self._created:
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
     def row(self, cell: Cell) -> RowTrace:
         """The next row's part (``cell`` is its profile, variant and kernel build)."""
@@ -151,9 +154,7 @@ class TraceFiles:
             if not rows:
                 # nothing ran (the run failed before its first row): existing files are left
                 # alone and the ones this run created go
-                for path in self._created:
-                    with contextlib.suppress(OSError):
-                        os.remove(path)
+                self._remove_created()
                 return
             if self.trace_path:
                 with open_text(self.trace_path) as out:

@@ -650,11 +650,9 @@ class Simulator:
         self._pick_current(cpu)
         await self.hand_off_blocked(task)
 
-    async def hand_off_blocked(self, me: Task) -> None:
-        if self._resume_next(me) is not me:
-            await self._park(me)
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()  # as in hand_off()
+    #: After blocking or sleeping: the same hand-off (a name of its own where the task left
+    #: the runqueue, for the reader and the profiles).
+    hand_off_blocked = hand_off
 
     # -- driving a run --------------------------------------------------------------------------
     def attach(self, nursery: trio.Nursery) -> None:
