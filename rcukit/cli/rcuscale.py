@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("rcuscale", help="rcuscale's kfree_rcu_test on the simulated kernel",
                        description="\n\n".join((rcuscale.__doc__ or "").split("\n\n")[:2]))
-    p.add_argument("--kfree-nthreads", type=int, default=-1, help="threads (-1: one per CPU)")
+    p.add_argument("--kfree-nthreads", type=int, default=-1,
+                   help="threads (-1: one per CPU, -2: all but one, ...; at least one)")
     p.add_argument("--kfree-alloc-num", type=int, default=8000, help="objects per loop")
     p.add_argument("--kfree-loops", type=int, default=10, help="loops per thread")
     p.add_argument("--kfree-rcu-test-single", action="store_true",

@@ -61,6 +61,16 @@ both. ``no_batch`` and ``kfree_by_call_rcu`` queue one ``call_rcu()`` callback p
 stay per call (callback lists hold no runs yet). ``rcukit rcuscale`` runs with the KASAN
 quarantine off (``mm.debug_quarantine = 0``) unless a ``--config`` file says otherwise.
 
+What it prints is what the kernel's console shows with ``rcuscale.verbose=0``:
+``kfree_scale_init()``'s two lines, the parameters as given (``"rcu-scale:--- kfree_rcu_test:
+..."``, the form since v6.6, "rcuscale: Print out full set of kfree_rcu parameters", 2023-07)
+and ``kfree object size=%zu, kfree_by_call_rcu=%d`` (since v6.2), then the last finisher's
+closing line. With the default ``verbose=1`` the torture framework adds a line as each thread
+is created, starts and stops (``Creating kfree_scale_thread task``, ``kfree_scale_thread task
+started``, ``Stopping kfree_scale_thread``); those are left out. The lines are rcuscale.c's as
+of v6.6 whatever kvfree_rcu profile runs under it: v5.5's rcuperf printed ``rcu-perf:`` and no
+banner, and its closing line stopped at ``batches``.
+
 ``si_mem_available()`` is modelled as the free pages of the buddy allocator: the simulated
 kernel has no page cache or reclaimable slab to add. With 2 or 3 loops the kernel's
 ``loop % (kfree_loops / 4)`` divides by zero on the second loop; the model skips the average
@@ -88,9 +98,29 @@ from rcukit.sched.sim import Task
 
 _GFP_KERNEL = int(GFP_KERNEL)
 
+#: ``scale_type`` (the RCU flavour tested) and ``SCALE_FLAG``: rcuscale's prefix of its own lines.
+SCALE_TYPE = "rcu"
+SCALE_FLAG = "-scale:"
+
 #: ``struct kfree_obj { char kfree_obj[8]; struct rcu_head rh; }`` on 64-bit: 24 bytes.
 KFREE_OBJ_SIZE = 24
 KFREE_OBJ_RH_OFFSET = 8
+
+
+def _is_int(name: str) -> Any:
+    def check(inst: object, att: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{att.name} = {value!r}: it must be an integer")
+
+    return check
+
+
+def compute_real(n: int, nr_cpus: int) -> int:
+    """rcuscale's ``compute_real()``: ``n`` itself if non-negative; otherwise that many CPUs
+    fewer than all plus one (-1: every CPU, -2: all but one), but at least one."""
+    if n >= 0:
+        return n
+    return max(nr_cpus + 1 + n, 1)
 
 
 def _nonneg(name: str, lo: int) -> Any:
@@ -105,7 +135,8 @@ def _nonneg(name: str, lo: int) -> Any:
 class RcuscaleParams:
     """rcuscale's module parameters for the kfree test (same names, same defaults)."""
 
-    kfree_nthreads: int = attrs.field(default=-1, validator=_nonneg("kfree_nthreads", -1))
+    #: Threads; a negative value counts back from the CPUs (:func:`compute_real`).
+    kfree_nthreads: int = attrs.field(default=-1, validator=_is_int("kfree_nthreads"))
     kfree_alloc_num: int = attrs.field(default=8000, validator=_nonneg("kfree_alloc_num", 1))
     kfree_loops: int = attrs.field(default=10, validator=_nonneg("kfree_loops", 1))
     kfree_rcu_test_single: bool = False
@@ -168,10 +199,13 @@ class RcuscaleResult:
     last_finisher: int
 
     def banner(self) -> str:
+        """``kfree_scale_init()``'s two lines: the parameters as given (``kfree_nthreads`` raw,
+        so -1 by default), with rcuscale's ``"%s" SCALE_FLAG`` prefix, then the object size."""
         p = self.params
         return (
-            f"--- kfree_rcu_test: kfree_mult={p.kfree_mult} kfree_by_call_rcu="
-            f"{int(p.kfree_by_call_rcu)} kfree_nthreads={self.nthreads} kfree_alloc_num="
+            f"{SCALE_TYPE}{SCALE_FLAG}--- kfree_rcu_test: kfree_mult={p.kfree_mult} "
+            f"kfree_by_call_rcu={int(p.kfree_by_call_rcu)} kfree_nthreads={p.kfree_nthreads} "
+            "kfree_alloc_num="
             f"{p.kfree_alloc_num} kfree_loops={p.kfree_loops} kfree_rcu_test_double="
             f"{int(p.kfree_rcu_test_double)} kfree_rcu_test_single={int(p.kfree_rcu_test_single)}"
             f"\nkfree object size={p.kfree_mult * KFREE_OBJ_SIZE}, kfree_by_call_rcu="
@@ -286,7 +320,7 @@ def fewer_gc_passes() -> Iterator[None]:
 
 async def _run(k: Kernel, p: RcuscaleParams, per_call: bool) -> RcuscaleResult:
     nr = k.config.nr_cpus
-    nthreads = nr if p.kfree_nthreads < 0 else p.kfree_nthreads
+    nthreads = compute_real(p.kfree_nthreads, nr)
     if nthreads == 0:
         raise ConfigError("kfree_nthreads = 0: at least one kfree'er thread is needed")
     size = p.kfree_mult * KFREE_OBJ_SIZE

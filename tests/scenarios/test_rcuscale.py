@@ -35,10 +35,16 @@ def rcuscale_json(*extra: str) -> dict[str, Any]:
 
 
 def test_banner_and_closing_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """kernel/rcu/rcuscale.c ``kfree_scale_init()`` (v6.6+): ``pr_alert("%s" SCALE_FLAG "---
+    kfree_rcu_test: ...", scale_type, ...)`` with ``scale_type = "rcu"`` and ``SCALE_FLAG =
+    "-scale:"``, printing the module parameters as given (``kfree_nthreads`` is -1 by default;
+    ``compute_real()`` runs after the banner); then ``kfree object size=%zu,
+    kfree_by_call_rcu=%d``, unprefixed; the closing line is unprefixed too
+    (``kfree_scale_thread``)."""
     assert main(["rcuscale", "--kfree-alloc-num", "500", "--kfree-loops", "4"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(
-        "--- kfree_rcu_test: kfree_mult=1 kfree_by_call_rcu=0 kfree_nthreads=4 "
+        "rcu-scale:--- kfree_rcu_test: kfree_mult=1 kfree_by_call_rcu=0 kfree_nthreads=-1 "
         "kfree_alloc_num=500 kfree_loops=4 kfree_rcu_test_double=0 kfree_rcu_test_single=0\n"
         "kfree object size=24, kfree_by_call_rcu=0\n"
     )
@@ -108,6 +114,23 @@ def test_single_and_double_forms(form: str) -> None:
     assert 200 < r.records_per_block_mean <= 510
 
 
+@pytest.mark.parametrize(("nthreads", "real"), [(-1, 4), (-2, 3), (-4, 1), (-9, 1), (2, 2)])
+def test_negative_nthreads_count_back_from_the_cpus(nthreads: int, real: int) -> None:
+    """kernel/rcu/rcuscale.c ``compute_real()`` (every version with the kfree test):
+    ``n >= 0`` is ``n``; otherwise ``num_online_cpus() + 1 + n``, at least 1, so -1 means
+    every CPU and -2 all but one. The banner prints the parameter as given."""
+    rc, out, err = run_cli(["rcuscale", "--json", "--cpus", "4", "--kfree-nthreads",
+                            str(nthreads), "--kfree-alloc-num", "40", "--kfree-loops", "2"])
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["nthreads"] == real
+    assert doc["objects"] == real * 2 * 40
+    assert doc["params"]["kfree_nthreads"] == nthreads
+    r = run_rcuscale(RcuscaleParams(kfree_nthreads=nthreads, kfree_alloc_num=40, kfree_loops=2),
+                     KernelConfig(nr_cpus=4).replace(**{"mm.debug_quarantine": 0}))
+    assert f" kfree_nthreads={nthreads} " in r.banner()
+
+
 def test_kfree_mult_and_nthreads_in_the_banner() -> None:
     rc, out, err = run_cli(["rcuscale", "--kfree-mult", "3", "--kfree-nthreads", "3", "--cpus",
                             "2", "--kfree-alloc-num", "50", "--kfree-loops", "2"])
@@ -122,7 +145,6 @@ def test_kfree_mult_and_nthreads_in_the_banner() -> None:
     [
         (["--kfree-loops", "0"], "kfree_loops = 0: it must be an integer >= 1"),
         (["--kfree-alloc-num", "0"], "kfree_alloc_num = 0: it must be an integer >= 1"),
-        (["--kfree-nthreads", "-2"], "kfree_nthreads = -2: it must be an integer >= -1"),
         (["--kfree-nthreads", "0"], "kfree_nthreads = 0"),
         (["--kfree-mult", "0"], "kfree_mult = 0: it must be an integer >= 1"),
         (["--kfree-loops", "many"], "invalid int value: 'many'"),
