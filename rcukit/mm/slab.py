@@ -771,7 +771,11 @@ class SlabAllocator:
                 # a slab this free discards never has its freelist read again
                 if slab.frozen or not slab_free_list_step(cache, slab, cpu, to_free):
                     top = cache.nobj
-                    slab.freelist += cache.descending[top - stop : top - start]
+                    pushed = cache.descending[top - stop : top - start]
+                    if slab.freelist:
+                        slab.freelist += pushed
+                    else:  # a full slab's (the usual): the pushed indices are the freelist
+                        slab.freelist = pushed
                 continue
             used = slab.used
             for r in rs:
