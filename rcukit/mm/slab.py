@@ -1050,7 +1050,7 @@ class SlabAllocator:
         """
         cache, pfns, idxs, keys = objects
         n = len(pfns)
-        nobj = cache.nobj
+        full = cache.nobj - 1  # what a free leaves in a slab that was full
         slab_of = self._slab_of
         was_full: list[tuple[int, Slab]] = []  # (pass position of its newest object, slab)
         was_fresh: list[Slab] = []
@@ -1067,13 +1067,12 @@ class SlabAllocator:
                     break
                 used[idx] = 0
                 slab.freelist.append(idx)
-                inuse = slab.inuse
-                slab.inuse = inuse - 1
-                if inuse == nobj:  # nobj > 1 (_slab_objects): a full slab is not emptied
+                slab.inuse = inuse = slab.inuse - 1
+                if not inuse:
+                    emptied.append((n - 1 - length_hint(newest_first), slab))
+                elif inuse == full:  # nobj > 1 (_slab_objects): a full slab is not emptied
                     if not slab.frozen:
                         was_full.append((n - 1 - length_hint(newest_first), slab))
-                elif inuse == 1:
-                    emptied.append((n - 1 - length_hint(newest_first), slab))
                 if slab.fresh:
                     slab.fresh = False
                     was_fresh.append(slab)
