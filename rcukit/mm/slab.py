@@ -1070,9 +1070,8 @@ class SlabAllocator:
                 slab.inuse = inuse = slab.inuse - 1
                 if not inuse:
                     emptied.append((n - 1 - length_hint(newest_first), slab))
-                elif inuse == full:  # nobj > 1 (_slab_objects): a full slab is not emptied
-                    if not slab.frozen:
-                        was_full.append((n - 1 - length_hint(newest_first), slab))
+                elif inuse == full and not slab.frozen:  # nobj > 1: not emptied
+                    was_full.append((n - 1 - length_hint(newest_first), slab))
                 if slab.fresh:
                     slab.fresh = False
                     was_fresh.append(slab)
