@@ -1402,8 +1402,11 @@ def _scattered_list_steps(
     """
     size_at = {g[0]: len(g) for _, g in groups}
     first = {s: n - 1 - i for i, s in was_full}
-    # (array index where the group starts, 0 = a full slab's first group / 1 = last, slab)
-    events: list[tuple[int, int, Slab]] = [(at, 0, s) for s, at in first.items()]
+    # (minus the array index where the group starts, 0 = a full slab's first group / 1 =
+    # its last, slab): sorted as tuples, newest group first; no two events share both
+    # numbers (a group start is one slab's, and a slab whose first group is its last has
+    # one event), so slabs are never compared
+    events: list[tuple[int, int, Slab]] = [(-at, 0, s) for s, at in first.items()]
     after = {s: s.inuse for s in first}  # its inuse between its first and last group
     if emptied:
         start = {m: g[0] for s, g in groups if s.inuse == 0 for m in g}
@@ -1411,25 +1414,21 @@ def _scattered_list_steps(
             oldest = n - 1 - i
             at = start.get(oldest, oldest)
             if first.get(s) != at:
-                events.append((at, 1, s))
+                events.append((-at, 1, s))
                 s.inuse = after[s] = 1  # not empty until its last group
-    events.sort(key=_newest_group_first)
+    events.sort()
     to_free: list[Slab] = []
     nobj = cache.nobj
-    for at, last, slab in events:
+    for minus_at, last, slab in events:
         if last:
             slab.inuse = 0
             if not slab.frozen:
                 slab_free_list_step(cache, slab, cpu, to_free)
             continue
-        slab.inuse = nobj - size_at.get(at, 1)
+        slab.inuse = nobj - size_at.get(-minus_at, 1)
         slab_free_list_step(cache, slab, cpu, to_free)
         slab.inuse = after[slab]
     return to_free
-
-
-def _newest_group_first(event: tuple[int, int, Slab]) -> tuple[int, int]:
-    return -event[0], event[1]
 
 
 def _near_keys(keys: bytes, pfns: Sequence[int], n: int) -> list[int]:
