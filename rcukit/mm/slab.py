@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import compress, pairwise
 from operator import attrgetter, is_, length_hint
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast, overload
 
 from rcukit.errors import MemoryDebugError, PageAllocError
 from rcukit.mm.fault import (
@@ -1096,11 +1096,11 @@ class SlabAllocator:
         nr_groups = n  # without a near repeat every round is a group of one
         if near:
             # the rounds above the last near repeat are groups of one: the scan runs on the
-            # array up to it (its slabs looked up again, in a block that has one)
+            # array up to it, and reads only the slabs around the repeats
             top = near[-1] + 1
             singles: list[range] = []
             groups = _build_detached_freelists(
-                [slab_of[pfn] for pfn in pfns[:top]], [False] * top, [1] * top, near, singles
+                _PfnSlabs(slab_of, pfns[:top]), [False] * top, [1] * top, near, singles
             )
             nr_groups = len(groups) + sum(map(len, singles)) + n - top
         cost = self.mm.cost
@@ -1268,6 +1268,30 @@ class SlabAllocator:
 
 #: A slab page, or None for a large-kmalloc entry (its own group in a detached freelist).
 _SlabOrNone = TypeVar("_SlabOrNone", bound="Slab | None")
+
+
+class _PfnSlabs(Sequence[Slab]):
+    """The slabs of one-page slab ``pfns``, each looked up when read: the look-ahead scan of
+    a scattered block (:func:`_build_detached_freelists` with its near repeats) reads a few
+    entries around each repeat, not the whole array."""
+
+    __slots__ = ("_pfns", "_slab_of")
+
+    def __init__(self, slab_of: dict[int, Slab], pfns: Sequence[int]) -> None:
+        self._slab_of = slab_of
+        self._pfns = pfns
+
+    def __len__(self) -> int:
+        return len(self._pfns)
+
+    @overload
+    def __getitem__(self, i: int) -> Slab: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Slab]: ...
+    def __getitem__(self, i: int | slice) -> Slab | Sequence[Slab]:
+        if isinstance(i, slice):
+            return [self._slab_of[p] for p in self._pfns[i]]
+        return self._slab_of[self._pfns[i]]
 
 
 def _detached_groups(
