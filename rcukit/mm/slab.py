@@ -25,8 +25,8 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import compress, pairwise
-from operator import attrgetter, is_
-from typing import TYPE_CHECKING, TypeVar, cast
+from operator import attrgetter, is_, length_hint
+from typing import TYPE_CHECKING, TypeVar, cast, overload
 
 from rcukit.errors import MemoryDebugError, PageAllocError
 from rcukit.mm.fault import (
@@ -163,9 +163,9 @@ class KmemCache:
         return f"<KmemCache {self.name} order={self.order} objs={self.nobj}>"
 
 
-#: :meth:`SlabAllocator._slab_objects`' parse: the cache, each pointer's slab and object index
-#: (newest first), and the slab keys as little-endian 64-bit lanes.
-_Scattered = tuple[KmemCache, list[Slab], Sequence[int], bytes]
+#: :meth:`SlabAllocator._slab_objects`' parse: the cache, each pointer's pfn and object index
+#: (array order), and the pfns as little-endian 64-bit lanes.
+_Scattered = tuple[KmemCache, "array[int]", Sequence[int], bytes]
 
 #: :meth:`SlabAllocator._scatter_masks_of`: the length and cache they are for, the check mask
 #: and what it must read, the pfn mask and the page-offset mask.
@@ -771,7 +771,11 @@ class SlabAllocator:
                 # a slab this free discards never has its freelist read again
                 if slab.frozen or not slab_free_list_step(cache, slab, cpu, to_free):
                     top = cache.nobj
-                    slab.freelist += cache.descending[top - stop : top - start]
+                    pushed = cache.descending[top - stop : top - start]
+                    if slab.freelist:
+                        slab.freelist += pushed
+                    else:  # a full slab's (the usual): the pushed indices are the freelist
+                        slab.freelist = pushed
                 continue
             used = slab.used
             for r in rs:
@@ -949,19 +953,21 @@ class SlabAllocator:
         return runs
 
     def _slab_objects(self, ptrs: Sequence[int]) -> _Scattered | None:
-        """Each pointer's slab page and object index, newest first, if every pointer is the
-        start of an object of the first pointer's cache, a power-of-two cache of one-page slabs
-        (else None): the unordered arrays :meth:`_slab_runs` leaves, parsed without a Python
-        step per pointer. That each slab is of that cache, and each object allocated and listed
-        once, is left to :meth:`_kfree_bulk_scattered`.
+        """Each pointer's slab page and object index, if every pointer is in the direct map's
+        first window and at an object boundary of the first pointer's cache, a power-of-two
+        cache of one-page slabs (else None): the unordered arrays :meth:`_slab_runs` leaves,
+        parsed without a Python step per pointer. That each page is a slab of that cache, and
+        each object allocated and listed once, is left to :meth:`_kfree_bulk_scattered`, whose
+        pass over the pointers looks each slab up (one dict lookup per pointer either way; in
+        that pass it is a specialised subscript, not a C-level ``dict.get`` call per pointer
+        into a list the pass would read back).
 
         The array is read as one integer of 64-bit lanes (as :meth:`_slab_runs` does): masking
         every lane at once checks that each pointer is in the direct map's first window (the
         bits above PAGE_OFFSET's lowest set bit are PAGE_OFFSET's) and object-aligned, and gives
         its pfn (the bits in between, above the page offset) and object index (the page offset
-        shifted by the size's log2); the slabs come from one C-level dict lookup per pfn.
-        Returns ``(cache, slabs, indices, pfns)``, the first two newest first, ``pfns`` as
-        little-endian 64-bit lanes (for :func:`_near_keys`).
+        shifted by the size's log2). Returns ``(cache, pfns, indices, keys)``, the first two in
+        array order, ``keys`` the pfns as little-endian 64-bit lanes (for :func:`_near_keys`).
         """
         if type(ptrs) is array and ptrs.typecode in "LQ" and ptrs.itemsize == 8:
             arr = ptrs
@@ -978,7 +984,7 @@ class SlabAllocator:
             return None
         cache = first.cache
         size = cache.size
-        if cache.order or size & (size - 1):
+        if cache.order or size & (size - 1) or cache.nobj < 2:
             return None
         if _BIG_ENDIAN:
             arr = array(arr.typecode, arr)
@@ -991,14 +997,11 @@ class SlabAllocator:
         _, _, check, expect, pfn_mask, idx_mask = masks
         if whole & check != expect:
             return None  # outside the window, or not the start of an object of this size
-        pfns = ((whole & pfn_mask) >> shift).to_bytes(8 * n, "little")
+        keys = ((whole & pfn_mask) >> shift).to_bytes(8 * n, "little")
         lanes = ((whole & idx_mask) >> cache.size_shift).to_bytes(8 * n, "little")
         # below 256 objects an index is its lane's low byte
-        idxs = lanes[0::8] if cache.nobj <= 256 else _lanes_list(lanes)
-        slabs = list(map(self._slab_of.get, _lanes_list(pfns)[::-1]))
-        if not all(slabs):  # a Slab is always true; ``None in`` compares each with None
-            return None  # a large kmalloc, not a slab page
-        return cache, cast("list[Slab]", slabs), idxs[::-1], pfns
+        idxs = lanes[0::8] if cache.nobj <= 256 else _lanes_array(lanes)
+        return cache, _lanes_array(keys), idxs, keys
 
     def _scatter_masks_of(self, n: int, cache: KmemCache) -> _ScatterMasks:
         """:meth:`_slab_objects`' masks over ``n`` 64-bit lanes of pointers to ``cache``'s
@@ -1029,9 +1032,9 @@ class SlabAllocator:
     async def _kfree_bulk_scattered(
         self, task: Task, ptrs: Sequence[int], objects: _Scattered
     ) -> bool:
-        """Free what :meth:`_slab_objects` parsed as the per-pointer path would, or, if an
-        object is free or listed twice, undo and return False (the caller then takes the
-        per-pointer path, which raises).
+        """Free what :meth:`_slab_objects` parsed as the per-pointer path would, or, if a page
+        is not a slab of the parsed cache or an object is free or listed twice, undo and return
+        False (the caller then takes the per-pointer path, which raises).
 
         The detached freelists take each slab's objects newest first (a round starts at the
         newest object left and collects older ones of its slab), so every slab's freelist gets
@@ -1040,33 +1043,47 @@ class SlabAllocator:
         listing freed already). A slab joins the partial list at its first group, i.e. in order
         of first appearance newest first. Only the number of groups (the cost) and the order in
         which emptied slabs are discarded depend on the grouping itself.
+
+        The pass keeps no position counter (it is the per-pointer cost of a drain): the few
+        slabs that need their pass position (full before it, or emptied by it) and a failure
+        read it from what the reversed pfn iterator has left.
         """
-        cache, newest_first, idxs, keys = objects
-        n = len(newest_first)
-        nobj = cache.nobj
+        cache, pfns, idxs, keys = objects
+        n = len(pfns)
+        full = cache.nobj - 1  # what a free leaves in a slab that was full
+        slab_of = self._slab_of
         was_full: list[tuple[int, Slab]] = []  # (pass position of its newest object, slab)
         was_fresh: list[Slab] = []
         emptied: list[tuple[int, Slab]] = []  # (pass position of its oldest object, slab)
-        for i, (slab, idx) in enumerate(zip(newest_first, idxs, strict=True)):
-            used = slab.used
-            if slab.cache is not cache or used[idx] != 1:
-                break
-            used[idx] = 0
-            slab.freelist.append(idx)
-            inuse = slab.inuse
-            slab.inuse = inuse - 1
-            if inuse == nobj and not slab.frozen:
-                was_full.append((i, slab))
-            if slab.fresh:
-                slab.fresh = False
-                was_fresh.append(slab)
-            if inuse == 1:
-                emptied.append((i, slab))
-        else:
-            i = n
-        if i < n:
-            undo = zip(reversed(newest_first[:i]), reversed(idxs[:i]), strict=True)
-            for slab, idx in undo:
+        newest_first = reversed(pfns)
+        freed_all = False
+        try:
+            for pfn, idx in zip(newest_first, reversed(idxs), strict=True):
+                slab = slab_of[pfn]
+                if slab.cache is not cache:
+                    break
+                used = slab.used
+                if used[idx] != 1:
+                    break
+                used[idx] = 0
+                slab.freelist.append(idx)
+                slab.inuse = inuse = slab.inuse - 1
+                if not inuse:
+                    emptied.append((n - 1 - length_hint(newest_first), slab))
+                elif inuse == full and not slab.frozen:  # nobj > 1: not emptied
+                    was_full.append((n - 1 - length_hint(newest_first), slab))
+                if slab.fresh:
+                    slab.fresh = False
+                    was_fresh.append(slab)
+            else:
+                freed_all = True
+        except KeyError:
+            pass  # not a slab page (a large kmalloc)
+        if not freed_all:
+            # the entries before the one that failed, undone
+            start = length_hint(newest_first) + 1
+            for pfn, idx in zip(pfns[start:], idxs[start:], strict=True):
+                slab = slab_of[pfn]
                 slab.used[idx] = 1
                 slab.freelist.pop()
                 slab.inuse += 1
@@ -1074,16 +1091,20 @@ class SlabAllocator:
                 slab.fresh = True
             return False
         self.nr_objects -= n
-        slabs = newest_first[::-1]
-        singles: list[range] = []
-        groups = _build_detached_freelists(
-            slabs, [False] * n, [1] * n, _near_keys(keys, n), singles
-        )
+        near = _near_keys(keys, pfns, n)
+        groups: list[tuple[Slab, list[int]]] = []
+        nr_groups = n  # without a near repeat every round is a group of one
+        if near:
+            # the rounds above the last near repeat are groups of one: the scan runs on the
+            # array up to it, and reads only the slabs around the repeats
+            top = near[-1] + 1
+            singles: list[range] = []
+            groups = _build_detached_freelists(
+                _PfnSlabs(slab_of, pfns[:top]), [False] * top, [1] * top, near, singles
+            )
+            nr_groups = len(groups) + sum(map(len, singles)) + n - top
         cost = self.mm.cost
-        task.charge(
-            (len(groups) + sum(map(len, singles))) * cost.kfree_bulk_call_ns
-            + n * cost.kfree_bulk_per_object_ns
-        )
+        task.charge(nr_groups * cost.kfree_bulk_call_ns + n * cost.kfree_bulk_per_object_ns)
         q = self.quarantine
         if q is not None or self.alloc_sites is not None:
             site = raw_site(task)
@@ -1093,7 +1114,7 @@ class SlabAllocator:
             if q is not None:
                 q.put_many(freed, [cache.size] * n, site, allocs)
         if was_full or emptied:
-            to_free = _scattered_list_steps(cache, task.cpu.id, slabs, groups, was_full, emptied)
+            to_free = _scattered_list_steps(cache, task.cpu.id, n, groups, was_full, emptied)
             if to_free:
                 await self._free_slabs(task, to_free)
         return True
@@ -1249,6 +1270,30 @@ class SlabAllocator:
 _SlabOrNone = TypeVar("_SlabOrNone", bound="Slab | None")
 
 
+class _PfnSlabs(Sequence[Slab]):
+    """The slabs of one-page slab ``pfns``, each looked up when read: the look-ahead scan of
+    a scattered block (:func:`_build_detached_freelists` with its near repeats) reads a few
+    entries around each repeat, not the whole array."""
+
+    __slots__ = ("_pfns", "_slab_of")
+
+    def __init__(self, slab_of: dict[int, Slab], pfns: Sequence[int]) -> None:
+        self._slab_of = slab_of
+        self._pfns = pfns
+
+    def __len__(self) -> int:
+        return len(self._pfns)
+
+    @overload
+    def __getitem__(self, i: int) -> Slab: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Slab]: ...
+    def __getitem__(self, i: int | slice) -> Slab | Sequence[Slab]:
+        if isinstance(i, slice):
+            return [self._slab_of[p] for p in self._pfns[i]]
+        return self._slab_of[self._pfns[i]]
+
+
 def _detached_groups(
     slabs: Sequence[Slab | None], idxs: Sequence[int]
 ) -> list[tuple[Slab | None, list[int]]]:
@@ -1358,7 +1403,7 @@ def _build_detached_freelists(
 def _scattered_list_steps(
     cache: KmemCache,
     cpu: int,
-    slabs: list[Slab],
+    n: int,
     groups: list[tuple[Slab, list[int]]],
     was_full: list[tuple[int, Slab]],
     emptied: list[tuple[int, Slab]],
@@ -1375,13 +1420,17 @@ def _scattered_list_steps(
     its last group an emptied slab still holds objects (for a drain of the CPU's partial list
     in between); a full slab's first group leaves it with ``nobj`` minus that group's size
     (``page->pobjects`` before 5.16). ``was_full`` and ``emptied`` give each slab with its
-    pass position (newest first) of its newest and oldest object in the array.
+    pass position (newest first) of its newest and oldest object in the array of ``n``;
+    ``groups`` are the scan's groups of more than one round start (none: every round took one
+    object).
     """
-    n = len(slabs)
     size_at = {g[0]: len(g) for _, g in groups}
     first = {s: n - 1 - i for i, s in was_full}
-    # (array index where the group starts, 0 = a full slab's first group / 1 = last, slab)
-    events: list[tuple[int, int, Slab]] = [(at, 0, s) for s, at in first.items()]
+    # (minus the array index where the group starts, 0 = a full slab's first group / 1 =
+    # its last, slab): sorted as tuples, newest group first; no two events share both
+    # numbers (a group start is one slab's, and a slab whose first group is its last has
+    # one event), so slabs are never compared
+    events: list[tuple[int, int, Slab]] = [(-at, 0, s) for s, at in first.items()]
     after = {s: s.inuse for s in first}  # its inuse between its first and last group
     if emptied:
         start = {m: g[0] for s, g in groups if s.inuse == 0 for m in g}
@@ -1389,60 +1438,52 @@ def _scattered_list_steps(
             oldest = n - 1 - i
             at = start.get(oldest, oldest)
             if first.get(s) != at:
-                events.append((at, 1, s))
+                events.append((-at, 1, s))
                 s.inuse = after[s] = 1  # not empty until its last group
-    events.sort(key=_newest_group_first)
+    events.sort()
     to_free: list[Slab] = []
     nobj = cache.nobj
-    for at, last, slab in events:
+    for minus_at, last, slab in events:
         if last:
             slab.inuse = 0
             if not slab.frozen:
                 slab_free_list_step(cache, slab, cpu, to_free)
             continue
-        slab.inuse = nobj - size_at.get(at, 1)
+        slab.inuse = nobj - size_at.get(-minus_at, 1)
         slab_free_list_step(cache, slab, cpu, to_free)
         slab.inuse = after[slab]
     return to_free
 
 
-def _newest_group_first(event: tuple[int, int, Slab]) -> tuple[int, int]:
-    return -event[0], event[1]
+def _near_keys(keys: bytes, pfns: Sequence[int], n: int) -> list[int]:
+    """What :func:`_near_repeats` gives for ``n`` slab pages ``pfns``, one per pointer of an
+    array of one-page slabs (``keys``: the same pfns as 8-byte little-endian lanes), without a
+    Python step per pointer.
 
-
-def _near_keys(keys: bytes, n: int) -> list[int]:
-    """What :func:`_near_repeats` gives for ``n`` slabs named by the 8-byte little-endian keys
-    in ``keys`` (one per slab), possibly with a few more indices (a round the scan then runs
-    for real, and finds a group of one; none is ever missing).
-
-    Each key's low 16 bits are compared, in 16-bit lanes of one integer: lane j of
-    ``lanes ^ (lanes >> 16 * d)`` is zero when entries j and j + d may share a slab, found
-    with a C-level search for two zero bytes at a lane boundary (not per pointer in Python).
+    Each pfn's low byte is compared, in byte lanes of one integer: byte j of
+    ``lanes ^ (lanes >> 8 * d)`` is zero when entries j and j + d may share a page, found with
+    a C-level search for a zero byte; only those candidates (a few per block: random pages
+    share a low byte once in 256 pairs) compare their whole pfns.
     """
-    low = bytearray(2 * n)
-    low[0::2] = keys[0::8]
-    low[1::2] = keys[1::8]
-    lanes = int.from_bytes(low, "little")
+    lanes = int.from_bytes(keys[0::8], "little")
     near: set[int] = set()
-    zero = bytes(2)
     for d in range(1, min(4, n)):  # the look-ahead's 3
-        raw = (lanes ^ (lanes >> (16 * d))).to_bytes(2 * n, "little")
-        at = raw.find(zero, 0, 2 * (n - d))
+        raw = (lanes ^ (lanes >> (8 * d))).to_bytes(n, "little")
+        end = n - d
+        at = raw.find(0, 0, end)
         while at >= 0:
-            if at & 1:
-                at = raw.find(zero, at + 1, 2 * (n - d))
-                continue
-            near.add((at >> 1) + d)
-            at = raw.find(zero, at + 2, 2 * (n - d))
+            if pfns[at] == pfns[at + d]:
+                near.add(at + d)
+            at = raw.find(0, at + 1, end)
     return sorted(near)
 
 
-def _lanes_list(lanes: bytes) -> list[int]:
-    """Little-endian 64-bit lanes as a list of ints."""
+def _lanes_array(lanes: bytes) -> array[int]:
+    """Little-endian 64-bit lanes as an array of ints."""
     arr = array(_PTR_TYPECODE, lanes)
     if _BIG_ENDIAN:
         arr.byteswap()
-    return arr.tolist()
+    return arr
 
 
 def _segments_overlap(

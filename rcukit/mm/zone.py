@@ -516,6 +516,11 @@ class BuddyAllocator:
         # counted and covered, so merging only moves list entries.
         self.nr_free += size
         covered[i : i + size] = _COVER[order]
+        self._merge(pfn, order, mt)
+
+    def _merge(self, pfn: int, order: int, mt: int) -> None:
+        """The end of ``__free_one_page()``, for a checked block already counted free: merged
+        with free buddies up to MAX_ORDER-1, the result onto ``mt``'s list."""
         heads = self._heads
         area = self.free_area
         while order < MAX_ORDER - 1:
@@ -560,9 +565,20 @@ class BuddyAllocator:
 
         Returns the number of pages freed.
         """
+        start = self.start_pfn
+        nr = self.nr_pages
+        covered = self._covered
         n = 0
         for pfn, mt in pages:
-            self.free(pfn, 0, mt)
+            i = pfn - start
+            if 0 <= i < nr and 0 <= mt < MIGRATE_PCPTYPES and not covered[i]:
+                # free(pfn, 0, mt) of a page its checks pass (inside the zone, a pcp list's
+                # migratetype, not free): one page more, covered, merged
+                self.nr_free += 1
+                covered[i] = 1
+                self._merge(pfn, 0, mt)
+            else:
+                self.free(pfn, 0, mt)  # raises what free() raises
             n += 1
         return n
 

@@ -209,16 +209,16 @@ async def test_a_shuffled_block_takes_the_scattered_path(autojump_clock: Any) ->
 @settings(max_examples=300)
 @given(st.lists(st.integers(0, 40), min_size=1, max_size=80), st.integers(0, 3))
 def test_near_keys_give_the_detached_groups(labels: list[int], alias: int) -> None:
-    """Comparing 16-bit pfn lanes finds every near repeat (slab pages 2**16 pfns apart alias,
-    which only makes the scan run a round that finds a group of one), and the scan with them
-    yields exactly build_detached_freelist's groups."""
-    pfns = [(x % 8) + (x // 8) * (1 << 16) * (alias + 1) + 0x100000 for x in labels]
+    """Comparing the pfns' low bytes, then the whole pfns of the candidates, finds exactly the
+    near repeats (slab pages 256 pfns apart share a low byte and are told apart), and the scan
+    with them yields exactly build_detached_freelist's groups."""
+    pfns = [(x % 8) + (x // 8) * (1 << 8) * (alias + 1) + 0x100000 for x in labels]
     slabs: list[Any] = [object() for _ in range(41)]
     per_ptr = [slabs[x] for x in labels]
     n = len(labels)
     raw = b"".join(p.to_bytes(8, "little") for p in pfns)
-    near = _near_keys(raw, n)
-    assert set(_near_repeats(per_ptr)) <= set(near) <= set(range(1, n))
+    near = _near_keys(raw, pfns, n)
+    assert near == _near_repeats(per_ptr)
     singles: list[range] = []
     groups = _build_detached_freelists(per_ptr, [False] * n, [1] * n, near, singles)
     expanded = sorted(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -219,6 +220,56 @@ def test_free_merges_buddies_back_to_max_order() -> None:
     assert b.free_bulk((p, M) for p in reversed(pages)) == 1024
     assert [(p, o) for p, o, _ in b.blocks()] == [(0, 10), (1024, 10)]
     b.check()
+
+
+def _buddy_state(b: BuddyAllocator) -> tuple[object, ...]:
+    lists = [[(sorted(fl.live), list(fl.heap)) for fl in area] for area in b.free_area]
+    return b.blocks(), b.nr_free, bytes(b._covered), lists
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 2**32),
+    st.lists(st.sampled_from((U, M, R)), min_size=1, max_size=80),
+    st.sampled_from(("none", "double", "outside", "migratetype")),
+    st.integers(0, 80),
+)
+def test_free_bulk_frees_as_free_does_page_by_page(
+    seed: int, mts: list[int], bad: str, at: int
+) -> None:
+    """``free_pcppages_bulk()`` (v6.1 mm/page_alloc.c) hands each page to ``__free_one_page()``
+    under one ``zone->lock``: free_bulk leaves the lists (their heaps included), the counters
+    and the covered map as free() page by page does, the migratetype of every merge included,
+    and stops with the same error at the same page (a page already free, one outside the
+    zone, a migratetype no pcp list has), the pages before it freed."""
+    rng = random.Random(seed)
+    pairs: list[tuple[int, int]] = []
+    for pfn in rng.sample(range(512), len(mts)):
+        pairs.append((pfn, mts[len(pairs)]))
+    if bad != "none":
+        i = at % len(pairs) + 1  # a repeat needs a page before it
+        entry = {
+            "double": (pairs[rng.randrange(i)][0], U),
+            "outside": (1024 + at, U),
+            "migratetype": (700, MIGRATE_PCPTYPES),
+        }[bad]
+        pairs.insert(i, entry)
+    out = []
+    for bulk in (False, True):
+        b = BuddyAllocator(0, 1024)
+        _bulk(b, 1024, U)
+        error = None
+        try:
+            if bulk:
+                b.free_bulk(iter(pairs))
+            else:
+                for pfn, mt in pairs:
+                    b.free(pfn, 0, mt)
+        except (MemoryDebugError, PageAllocError, ValueError) as e:
+            error = (type(e).__name__, str(e))
+        out.append((error, _buddy_state(b)))
+    assert out[0] == out[1]
+    assert (out[0][0] is None) == (bad == "none")
 
 
 def test_free_detects_double_foreign_and_bad_frees() -> None:
