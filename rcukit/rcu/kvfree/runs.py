@@ -90,6 +90,7 @@ class KvfreeFlood(KvfreePart):
         # what one call charges: kmalloc's cost, then kvfree_rcu's lock and store
         per = (slab.kmalloc_cost(cache, gfp) if cache is not None else 0) + fast_ns
         cap = kv.capacity
+        nobj = cache.nobj if cache is not None else 0
         pointers = slab.pointers
         take_run = slab.take_run
         ctr = self._counters
@@ -138,37 +139,51 @@ class KvfreeFlood(KvfreePart):
             segs = bnode.segs
             tiles = segs if segs is not None and bnode.seg_end == nr else None
             singles = doubles = nruns = 0
-            room = cap - nr
+            # a new slab's run is cut by the tick (below) unless its page leaves the clock
+            # under this
+            whole_below = next_tick - (nobj - 1) * per
             while True:
+                room = cap - nr
                 active = cpu_slab[cpu_id]
                 if active is None or not active.freelist:
                     # kmalloc()'s first step when the cpu slab is full: a partial or new
-                    # slab. Without a sleep nothing above has changed: the run goes on.
-                    active = slab.kmalloc_refill_nowait(task, cache, gfp)
+                    # slab. Without a sleep nothing above has changed: the run goes on. A new
+                    # slab that no horizon (below) cuts is handed out whole: a run of all of
+                    # it, its freelist never built.
+                    h = room if room < remaining else remaining
+                    if quiet_below - count < h:
+                        h = quiet_below - count
+                    active = slab.kmalloc_refill_nowait(
+                        task, cache, gfp, whole_below if h >= nobj else 0
+                    )
                     t = cpu.local_ns  # a new slab's page was charged
                     if active is None:
                         break  # the refill may sleep
-                room = cap - nr
-                if room == 0:
-                    break  # a new block: the per-call path's
-                # k: up to the nearest horizon (plain comparisons: min() costs more than this)
-                k = remaining
-                if room < k:
-                    k = room
                 fl = active.freelist
-                if len(fl) < k:
-                    k = len(fl)
-                # the call whose count reaches mon_quiet_below arms the monitor: the run ends
-                quiet = quiet_below - count
-                if quiet < k:
-                    k = quiet if quiet > 1 else 1
-                # the call whose charge reaches the tick takes the preemption point: ends too
-                # (that call is within k exactly when k - 1 calls' charge reaches the tick)
-                if t + (k - 1) * per >= next_tick:
-                    tick = -((t - next_tick) // per)
-                    k = tick if tick > 1 else 1
-                a = fl[-1]
-                k = take_run(active, k)
+                if not fl:
+                    a = 0  # handed out whole
+                    k = nobj
+                else:
+                    if room == 0:
+                        break  # a new block: the per-call path's
+                    # k: up to the nearest horizon (plain comparisons: min() costs more)
+                    k = remaining
+                    if room < k:
+                        k = room
+                    if len(fl) < k:
+                        k = len(fl)
+                    # the call whose count reaches mon_quiet_below arms the monitor: the run
+                    # ends
+                    quiet = quiet_below - count
+                    if quiet < k:
+                        k = quiet if quiet > 1 else 1
+                    # the call whose charge reaches the tick takes the preemption point: ends
+                    # too (that call is within k exactly when k - 1 calls' charge reaches it)
+                    if t + (k - 1) * per >= next_tick:
+                        tick = -((t - next_tick) // per)
+                        k = tick if tick > 1 else 1
+                    a = fl[-1]
+                    k = take_run(active, k)
                 if tiles is not None:
                     # the records stay unwritten while segments tile them (Bnode.fill_records)
                     tiles.append((active, a, k))
