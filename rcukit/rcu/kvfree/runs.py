@@ -30,7 +30,7 @@ from rcukit.rcu.kvfree.krc import PTR_TYPECODE, KvfreePart
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
-    from rcukit.mm.slab import KmemCache, Slab
+    from rcukit.mm.slab import Slab
     from rcukit.rcu.kvfree.sim import KvfreeRcu
 
 __all__ = ["KvfreeFlood"]
@@ -88,7 +88,8 @@ class KvfreeFlood(KvfreePart):
         allowed = runnable and slab.runs_allowed(gfp)
         fast_ns = kv._fast_ns
         # what one call charges: kmalloc's cost, then kvfree_rcu's lock and store
-        per = (slab.kmalloc_cost(cache, gfp) if cache is not None else 0) + fast_ns
+        alloc_ns = slab.kmalloc_cost(cache, gfp) if cache is not None else 0
+        per = alloc_ns + fast_ns
         cap = kv.capacity
         nobj = cache.nobj if cache is not None else 0
         pointers = slab.pointers
@@ -116,8 +117,28 @@ class KvfreeFlood(KvfreePart):
                 # the first kmalloc validated gfp; debugfs knobs may have changed meanwhile
                 allowed = runnable and slab.runs_allowed(gfp)
                 continue
-            if not chan:
-                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
+            if not chan or chan[-1].nr_records == cap:
+                # No block with room: one call of the per-call path. Its kmalloc() from a
+                # cpu slab with a free object is a run of one (the same steps and charge),
+                # and its kvfree_rcu() would take the slow path at once (the fast path needs
+                # a block with room, and nothing in between can yield), so that is called
+                # directly. With no free object in the cpu slab it is _one() itself.
+                active = cache.cpu_slab[cpu.id]
+                if active is None or not active.freelist:
+                    got += await self._one(task, size, gfp, head_offset, mix)
+                else:
+                    self.per_call += 1
+                    a = active.freelist[-1]
+                    take_run(active, 1)
+                    cpu.local_ns += alloc_ns
+                    ptr = active.base + a * cache.size
+                    head = head_offset
+                    if mix is not None and mix.getrandbits(16) & 0x800:
+                        head = None
+                    await kv._kvfree_slow(task, None if head is None else ptr + head, ptr)
+                    # still allocated (not freed by the head-less fallback), it is object a
+                    self._tile_one(task, ptr, (active, a) if active.used[a] == 1 else None)
+                    got += 1
                 remaining -= 1
                 allowed = runnable and slab.runs_allowed(gfp)
                 continue
@@ -224,10 +245,7 @@ class KvfreeFlood(KvfreePart):
                     remaining -= 1
                     if mix is not None:
                         mix.getrandbits(16)
-            elif room == 0:
-                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
-                remaining -= 1
-            else:
+            elif room:  # (a full block is the next pass's per-call step)
                 if count >= quiet_below:
                     kv._arm_monitor(task, krcp)
                 if t >= next_tick:
@@ -249,34 +267,6 @@ class KvfreeFlood(KvfreePart):
         if not ptr:
             return 0
         self._tile_one(task, ptr)
-        return 1
-
-    async def _boundary(
-        self,
-        task: Task,
-        cache: KmemCache,
-        size: int,
-        gfp: int,
-        head_offset: int | None,
-        mix: random.Random | None,
-    ) -> int:
-        """:meth:`_one` where the flood has no block with room (none yet, or the current one
-        full) and the runs' conditions hold: ``kmalloc()`` from the cpu slab with a free
-        object is :meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run` of one (the same steps
-        and charge), and ``kvfree_rcu()`` would take its slow path at once (its fast path
-        needs a block with room, and nothing in between can yield), so that is called
-        directly. With no free object in the cpu slab it is :meth:`_one` itself."""
-        active = cache.cpu_slab[task.cpu.id]
-        if active is None or not active.freelist:
-            return await self._one(task, size, gfp, head_offset, mix)
-        self.per_call += 1
-        ptr, _ = self._mm.slab.kmalloc_run(task, cache, gfp, 1)
-        if mix is not None and mix.getrandbits(16) & 0x800:
-            head_offset = None
-        await self._kv._kvfree_slow(task, None if head_offset is None else ptr + head_offset, ptr)
-        # still allocated (not freed by the head-less fallback), it is in the slab it came from
-        idx = (ptr - active.base) // cache.size
-        self._tile_one(task, ptr, (active, idx) if active.used[idx] == 1 else None)
         return 1
 
     def _tile_one(self, task: Task, ptr: int, where: tuple[Slab, int] | None = None) -> None:
