@@ -146,36 +146,41 @@ class KvfreeFlood(KvfreePart):
             # above read: no sleep, no preemption point, no per-call step, no monitor arming.
             # Nothing else runs either, so what only those read stays in locals until the
             # loop ends: the monitor's threshold and the tick cannot move, the block is the
-            # channel's last one (only a boundary call adds one) and stays tiled if it was;
-            # its record count, the krcp count, the counters and the run count are written
-            # back before anything that could read them.
+            # channel's last one (only a per-call step adds one) and stays tiled if it was;
+            # its record count, the krcp count, the clock, the counters and the run count are
+            # written back before anything that could read them. Each run adds as many to
+            # the block's records as to the krcp's count and takes as many calls off the
+            # flood, so the count-based horizons are record counts of the block: the monitor
+            # is armed at quiet_nr, the flood ends at end_nr, the block is full at cap.
             cpu_slab = cache.cpu_slab
             cpu_id = cpu.id
-            quiet_below = krcp.mon_quiet_below
             next_tick = cpu.next_tick_ns
             count = krcp.count
             t = cpu.local_ns
             bnode = chan[-1]
-            nr = bnode.nr_records
+            nr0 = nr = bnode.nr_records
+            quiet_nr = krcp.mon_quiet_below - count + nr
+            end_nr = nr + remaining
+            lim = cap if cap < end_nr else end_nr
+            stop_nr = quiet_nr if quiet_nr < end_nr else end_nr
+            # a new slab is handed out whole (no count-based horizon within it) up to here
+            whole_nr = (lim if lim < quiet_nr else quiet_nr) - nobj
             segs = bnode.segs
             tiles = segs if segs is not None and bnode.seg_end == nr else None
-            singles = doubles = nruns = 0
+            singles = nruns = k = 0
             # a new slab's run is cut by the tick (below) unless its page leaves the clock
             # under this
             whole_below = next_tick - (nobj - 1) * per
             while True:
-                room = cap - nr
                 active = cpu_slab[cpu_id]
                 if active is None or not active.freelist:
                     # kmalloc()'s first step when the cpu slab is full: a partial or new
                     # slab. Without a sleep nothing above has changed: the run goes on. A new
                     # slab that no horizon (below) cuts is handed out whole: a run of all of
                     # it, its freelist never built.
-                    h = room if room < remaining else remaining
-                    if quiet_below - count < h:
-                        h = quiet_below - count
+                    cpu.local_ns = t
                     active = slab.kmalloc_refill_nowait(
-                        task, cache, gfp, whole_below if h >= nobj else 0
+                        task, cache, gfp, whole_below if nr <= whole_nr else 0
                     )
                     t = cpu.local_ns  # a new slab's page was charged
                     if active is None:
@@ -185,17 +190,15 @@ class KvfreeFlood(KvfreePart):
                     a = 0  # handed out whole
                     k = nobj
                 else:
-                    if room == 0:
-                        break  # a new block: the per-call path's
                     # k: up to the nearest horizon (plain comparisons: min() costs more)
-                    k = remaining
-                    if room < k:
-                        k = room
+                    k = lim - nr
+                    if k == 0:
+                        break  # a new block: the per-call path's
                     if len(fl) < k:
                         k = len(fl)
                     # the call whose count reaches mon_quiet_below arms the monitor: the run
                     # ends
-                    quiet = quiet_below - count
+                    quiet = quiet_nr - nr
                     if quiet < k:
                         k = quiet if quiet > 1 else 1
                     # the call whose charge reaches the tick takes the preemption point: ends
@@ -216,37 +219,36 @@ class KvfreeFlood(KvfreePart):
                     run = pointers(active)[8 * a : 8 * (a + k)]
                     bnode.records[nr : nr + k] = array(PTR_TYPECODE, run)
                 nr += k
-                count += k
-                if single:
-                    singles += k
-                elif mix is None:
-                    doubles += k
-                else:
-                    s = mix.getrandbits(k).bit_count()
-                    singles += s
-                    doubles += k - s
+                if mix is not None:
+                    singles += mix.getrandbits(k).bit_count()
                 t += k * per  # kmalloc's charge and kvfree_rcu's
-                cpu.local_ns = t
                 nruns += 1
-                got += k
-                remaining -= k
-                if count >= quiet_below or t >= next_tick or remaining <= 0:
+                if nr >= stop_nr or t >= next_tick:
                     break
+            taken = nr - nr0
+            cpu.local_ns = t
             bnode.nr_records = nr
-            krcp.count = count
+            krcp.count = count + taken
             if tiles is not None:
                 bnode.seg_end = nr
-            ctr.fast_single += singles
-            ctr.fast_double += doubles
+            if single:
+                ctr.fast_single += taken
+            elif mix is None:
+                ctr.fast_double += taken
+            else:
+                ctr.fast_single += singles
+                ctr.fast_double += taken - singles
             self.runs += nruns
+            got += taken
+            remaining -= taken
             if active is None:
                 if await slab.kmalloc_refill(task, cache, gfp) is None:
                     # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
                     remaining -= 1
                     if mix is not None:
                         mix.getrandbits(16)
-            elif room:  # (a full block is the next pass's per-call step)
-                if count >= quiet_below:
+            elif k:  # (a full block is the next pass's per-call step)
+                if nr >= quiet_nr:
                     kv._arm_monitor(task, krcp)
                 if t >= next_tick:
                     await task.preempt_point()
