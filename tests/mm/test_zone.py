@@ -368,6 +368,50 @@ def test_buddy_random_ops_keep_invariants_and_free_all_restores_layout(
     assert [(p, o) for p, o, _ in b.blocks()] == initial
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.integers(0, 5000),
+    nr=st.integers(1, 5000),
+    frac=st.sampled_from([0.0, 0.3, 1.0]),
+    ops=_ops,
+    refills=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 2)), min_size=1, max_size=6),
+)
+def test_rmqueue_pages_takes_what_order0_rmqueue_calls_take(
+    start: int, nr: int, frac: float, ops: list[tuple[str, int, int]],
+    refills: list[tuple[int, int]],
+) -> None:
+    """``rmqueue_bulk()`` (mm/page_alloc.c, v5.x-v6.x) calls ``__rmqueue(zone, 0, mt)`` once
+    per page; ``__rmqueue_smallest()`` takes the lowest block of the smallest order that has
+    one and ``expand()`` lists its upper halves. ``rmqueue_pages`` takes a split block's pages
+    at once: the same pages in the same order, the same free blocks, counts and fallback
+    steals, from any state (random allocations, bulk takes and frees first), and the zone
+    answers every later request the same."""
+    a = BuddyAllocator(start, nr, unmovable_fraction=frac)
+    b = BuddyAllocator(start, nr, unmovable_fraction=frac)
+    for z in (a, b):
+        held: list[tuple[int, int]] = []
+        for op, arg, mt in ops:
+            if op == "alloc":
+                pfn = z.rmqueue(arg, mt)
+                if pfn is not None:
+                    held.append((pfn, arg))
+            elif op == "bulk":
+                held.extend((p, 0) for p in _bulk(z, arg, mt))
+            elif held:
+                pfn, order = held.pop(arg % len(held))
+                z.free(pfn, order, mt)
+    for count, mt in refills:
+        assert a.rmqueue_pages(mt, count) == _bulk(b, count, mt)
+        a.check()
+        assert a.blocks() == b.blocks()
+        assert (a.nr_free, a.nr_fallback_steals, a.nr_boosting_steals) == (
+            b.nr_free, b.nr_fallback_steals, b.nr_boosting_steals
+        )
+    for order in range(MAX_ORDER):
+        for mt in range(MIGRATE_PCPTYPES):
+            assert a.rmqueue(order, mt) == b.rmqueue(order, mt)
+
+
 # --- per-cpu pages ----------------------------------------------------------------------------
 
 
