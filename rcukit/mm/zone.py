@@ -434,9 +434,10 @@ class BuddyAllocator:
         pages upward: each upper half ``expand()`` listed is then the only block of its
         order until the walk splits it. So up to ``2**cur`` pages come from that block at
         once, and the rest of it is left as the walk leaves it: the aligned blocks of its
-        binary decomposition. The same pages, free lists, ``nr_free`` and covered map as
-        page by page (only stale heap entries the walk would have popped stay, which no
-        answer depends on); the lookups per page are what a pcp refill would cost else.
+        binary decomposition; order-0 blocks are taken lowest first, in one loop. The same
+        pages, free lists, ``nr_free`` and covered map as page by page (only stale heap
+        entries the walk would have popped stay, which no answer depends on); the lookups
+        per page are what a pcp refill would cost else.
         """
         got: list[int] = []
         if not 0 <= mt < MIGRATE_PCPTYPES:
@@ -447,12 +448,28 @@ class BuddyAllocator:
             cur = 0
             while cur < MAX_ORDER and not area[cur][mt].live:
                 cur += 1
-            if cur == 0 or cur == MAX_ORDER:
-                # an order-0 block, or nothing of mt: one request (with the fallback steal)
+            if cur == MAX_ORDER:
+                # nothing of mt: one request, with the fallback steal
                 pfn = self.rmqueue(0, mt)
                 if pfn is None:
                     break
                 got.append(pfn)
+                continue
+            if cur == 0:
+                # order-0 blocks: each request takes the lowest one
+                lst = area[0][mt]
+                live = lst.live
+                heap = lst.heap
+                covered = self._covered
+                start = self.start_pfn
+                while live and len(got) < count:
+                    pfn = heapq.heappop(heap)
+                    if pfn in live:
+                        live.remove(pfn)
+                        del heads[pfn]
+                        self.nr_free -= 1
+                        covered[pfn - start] = 0
+                        got.append(pfn)
                 continue
             lst = area[cur][mt]
             live = lst.live
