@@ -784,12 +784,7 @@ class PageAlloc:
             return 0
         buddy = self.zone.buddy
         steals = buddy.nr_boosting_steals
-        pages: list[int] = []
-        for _ in range(count):
-            pfn = buddy.rmqueue(0, mt)
-            if pfn is None:
-                break
-            pages.append(pfn)
+        pages = buddy.rmqueue_pages(mt, count)
         if buddy.nr_boosting_steals != steals:
             self.boost_after_steals(steals, alloc_flags)
         n = len(pages)

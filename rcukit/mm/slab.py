@@ -78,18 +78,28 @@ class Slab:
         "pfn", "pobjects", "pointers", "used",
     )
 
-    def __init__(self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int) -> None:
+    def __init__(
+        self, cache: KmemCache, pfn: int, order: int, base: int, nobj: int, whole: bool = False
+    ) -> None:
         self.cache = cache
         self.pfn = pfn
         self.order = order
         self.base = base
         self.nobj = nobj
-        self.used = bytearray(nobj)
-        # Pop from the end: lowest index first on a fresh slab, LIFO reuse afterwards.
-        self.freelist: list[int] = (
-            cache.descending[:] if nobj == cache.nobj else list(range(nobj - 1, -1, -1))
-        )
-        self.inuse = 0
+        self.freelist: list[int]
+        if whole:
+            # every object handed out at once (SlabAllocator.kmalloc_refill_nowait's
+            # whole_below): what nobj kmallocs leave, without the freelist they would empty
+            self.used = bytearray(cache.allocated[nobj])
+            self.freelist = []
+            self.inuse = nobj
+        else:
+            self.used = bytearray(nobj)
+            # Pop from the end: lowest index first on a fresh slab, LIFO reuse afterwards.
+            self.freelist = (
+                cache.descending[:] if nobj == cache.nobj else list(range(nobj - 1, -1, -1))
+            )
+            self.inuse = 0
         #: On the node partial list (``kmem_cache_node->partial``).
         self.on_partial = False
         #: A cpu slab or on a per-CPU partial list: frees leave it where it is.
@@ -406,18 +416,32 @@ class SlabAllocator:
             cache.cpu_slab[task.cpu.id] = new
         return new
 
-    def kmalloc_refill_nowait(self, task: Task, cache: KmemCache, gfp: int) -> Slab | None:
+    def kmalloc_refill_nowait(
+        self, task: Task, cache: KmemCache, gfp: int, whole_below: int = 0
+    ) -> Slab | None:
         """:meth:`kmalloc_refill` when it cannot sleep: a partial slab, or a new order-0 slab
         whose page is a pcp hit (``PageAlloc.alloc_page_nowait``); None, with the cpu slab
-        gone, when the refill needs :meth:`kmalloc_refill` itself."""
+        gone, when the refill needs :meth:`kmalloc_refill` itself.
+
+        ``whole_below``: a caller that will allocate every object of a new slab before
+        anything else can happen (a run-based flood whose next horizon is a slab or more
+        away) passes the CPU time below which, once the page is charged, that holds (its
+        tick: see ``KvfreeFlood.kvfree_rcu_flood``). The new slab is then handed out whole:
+        every object allocated and counted, the freelist those ``nobj`` kmalloc() calls would
+        empty never built, popped or checked for consecutive objects; the caller charges the
+        kmallocs.
+        """
         slab = get_partial(cache, task.cpu.id)
         if slab is not None or cache.order:
             return slab
         pfn = self.mm.page_alloc.alloc_page_nowait(task, gfp & ~_ZERO)
         if pfn is None:
             return None
-        new = cache.cpu_slab[task.cpu.id] = self._setup_slab(cache, pfn, 0)
+        whole = task.cpu.local_ns < whole_below
+        new = cache.cpu_slab[task.cpu.id] = self._setup_slab(cache, pfn, 0, whole)
         new.frozen = True
+        if whole:
+            self.nr_objects += new.nobj
         return new
 
     async def cpu_hotplug(self, task: Task, cpu_id: int, online: bool) -> None:
@@ -448,13 +472,13 @@ class SlabAllocator:
             return None
         return self._setup_slab(cache, pfn, order)
 
-    def _setup_slab(self, cache: KmemCache, pfn: int, order: int) -> Slab:
+    def _setup_slab(self, cache: KmemCache, pfn: int, order: int, whole: bool = False) -> Slab:
         """The rest of ``allocate_slab()`` once the pages are there: the slab, PG_slab, and
-        the pfn -> slab map."""
+        the pfn -> slab map. ``whole``: every object allocated (:meth:`kmalloc_refill_nowait`)."""
         mm = self.mm
         nobj = (self.page_size << order) // cache.size
         # page_address(), inline: once per slab page of a flood
-        slab = Slab(cache, pfn, order, mm.page_offset + (pfn << self.page_shift), nobj)
+        slab = Slab(cache, pfn, order, mm.page_offset + (pfn << self.page_shift), nobj, whole)
         mm.mark_slab(pfn, True)
         if order:
             for i in range(1 << order):

@@ -425,6 +425,79 @@ class BuddyAllocator:
                 return pfn
         return None
 
+    def rmqueue_pages(self, mt: int, count: int) -> list[int]:
+        """``count`` x :meth:`rmqueue` ``(0, mt)`` (``rmqueue_bulk()``'s loop), stopping at the
+        first that finds nothing: the pages, in order.
+
+        When no list of ``mt`` below order ``cur`` holds a block, ``__rmqueue_smallest()``
+        splits the lowest order-``cur`` block and the order-0 requests that follow walk its
+        pages upward: each upper half ``expand()`` listed is then the only block of its
+        order until the walk splits it. So up to ``2**cur`` pages come from that block at
+        once, and the rest of it is left as the walk leaves it: the aligned blocks of its
+        binary decomposition; order-0 blocks are taken lowest first, in one loop. The same
+        pages, free lists, ``nr_free`` and covered map as page by page (only stale heap
+        entries the walk would have popped stay, which no answer depends on); the lookups
+        per page are what a pcp refill would cost else.
+        """
+        got: list[int] = []
+        if not 0 <= mt < MIGRATE_PCPTYPES:
+            _check_mt(mt)
+        area = self.free_area
+        heads = self._heads
+        while len(got) < count:
+            cur = 0
+            while cur < MAX_ORDER and not area[cur][mt].live:
+                cur += 1
+            if cur == MAX_ORDER:
+                # nothing of mt: one request, with the fallback steal
+                pfn = self.rmqueue(0, mt)
+                if pfn is None:
+                    break
+                got.append(pfn)
+                continue
+            if cur == 0:
+                # order-0 blocks: each request takes the lowest one
+                lst = area[0][mt]
+                live = lst.live
+                heap = lst.heap
+                covered = self._covered
+                start = self.start_pfn
+                while live and len(got) < count:
+                    pfn = heapq.heappop(heap)
+                    if pfn in live:
+                        live.remove(pfn)
+                        del heads[pfn]
+                        self.nr_free -= 1
+                        covered[pfn - start] = 0
+                        got.append(pfn)
+                continue
+            lst = area[cur][mt]
+            live = lst.live
+            heap = lst.heap
+            pfn = heapq.heappop(heap)
+            while pfn not in live:
+                pfn = heapq.heappop(heap)
+            live.remove(pfn)
+            del heads[pfn]
+            n = count - len(got)
+            if n > 1 << cur:
+                n = 1 << cur
+            got.extend(range(pfn, pfn + n))
+            self.nr_free -= n
+            i = pfn - self.start_pfn
+            self._covered[i : i + n] = _UNCOVER[0] * n
+            # what the walk leaves of the block: from offset n, the largest aligned blocks
+            off = n
+            while off < 1 << cur:
+                order = (off & -off).bit_length() - 1
+                half = pfn + off
+                lst = area[order][mt]
+                lst.live.add(half)
+                heapq.heappush(lst.heap, half)
+                heads[half] = (order, mt)
+                off += 1 << order
+        return got
+
     def _find_fallback(self, order: int, start_mt: int) -> int | None:
         # find_suitable_fallback(only_stealable=false): first non-empty type in FALLBACKS order.
         for fb in FALLBACKS[start_mt]:

@@ -119,6 +119,47 @@ async def test_kmalloc_run_stops_where_the_freelist_stops_being_consecutive(
         assert _state(a) == _state(b)
 
 
+@pytest.mark.parametrize("cut", [False, True])
+async def test_whole_slab_refill_leaves_what_nobj_kmallocs_leave(
+    autojump_clock: Any, cut: bool
+) -> None:
+    """A run-based flood whose next horizon is a slab or more away has
+    ``kmalloc_refill_nowait`` hand a new slab out whole. mm/slub.c (v6.1,
+    ``___slab_alloc()``, ``allocate_slab()``): a new slab's objects go out in freelist order,
+    all of them before the next refill, so a whole slab must leave what ``nobj`` kmalloc
+    calls leave (pointers, slab state, lists, free pages, time). Past ``whole_below`` (the
+    flood's tick would cut the run) the refill is an ordinary one."""
+    async with mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as a, \
+            mm_kernel(cfg(**{"mm.debug_quarantine": 0})) as b:
+        cache = b.mm.slab.cache_for(32)
+        nobj = cache.nobj
+        first = await _alloc(a, 1, runs=False) + await _alloc(b, 1, runs=False)
+        assert first[0] == first[1]  # the pcp list now holds pages: the refills are hits
+        pa = await _alloc(a, nobj - 1 + 3 * nobj + 5, runs=False)
+
+        async def go(task: Task) -> list[int]:
+            slab = b.mm.slab
+            p0, got = slab.kmalloc_run(task, cache, KERNEL, nobj - 1)
+            out = list(range(p0, p0 + got * 32, 32))
+            per = slab.kmalloc_cost(cache, KERNEL)
+            for _ in range(3):
+                below = task.cpu.local_ns if cut else task.cpu.local_ns + 10**9
+                new = slab.kmalloc_refill_nowait(task, cache, KERNEL, below)
+                assert new is not None and new is cache.cpu_slab[task.cpu.id]
+                if cut:
+                    assert len(new.freelist) == nobj
+                    p0, got = slab.kmalloc_run(task, cache, KERNEL, nobj)
+                else:
+                    assert not new.freelist and new.inuse == nobj
+                    task.cpu.local_ns += nobj * per  # the caller charges the kmallocs
+                    p0, got = new.base, nobj
+                out += range(p0, p0 + got * 32, 32)
+            return out + [await slab.kmalloc(task, 32, KERNEL) for _ in range(5)]
+
+        assert pa == await on_cpu(b, go)
+        assert _state(a) == _state(b)
+
+
 @pytest.mark.parametrize("bulk", [False, True])
 async def test_kmalloc_run_after_frees_into_the_active_slab(
     autojump_clock: Any, bulk: bool

@@ -383,15 +383,33 @@ _ops = st.lists(
     ),
     max_size=40,
 )
+#: A zone (first PFN, size, unmovable share) and the operations done on it.
+_zone_ops = {
+    "start": st.integers(0, 5000),
+    "nr": st.integers(1, 5000),
+    "frac": st.sampled_from([0.0, 0.3, 1.0]),
+    "ops": _ops,
+}
+
+
+def _apply(b: BuddyAllocator, op: str, arg: int, mt: int, held: list[tuple[int, int]]) -> None:
+    """One of :data:`_ops` on ``b``: an ``rmqueue`` of order ``arg`` (an aligned block inside
+    the zone), ``arg`` order-0 pages as ``rmqueue_bulk()`` takes them, or the free of a block
+    from ``held``."""
+    if op == "alloc":
+        pfn = b.rmqueue(arg, mt)
+        if pfn is not None:
+            assert pfn % (1 << arg) == 0 and b.start_pfn <= pfn and pfn + (1 << arg) <= b.end_pfn
+            held.append((pfn, arg))
+    elif op == "bulk":
+        held.extend((p, 0) for p in _bulk(b, arg, mt))
+    elif held:
+        pfn, order = held.pop(arg % len(held))
+        b.free(pfn, order, mt)
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    start=st.integers(0, 5000),
-    nr=st.integers(1, 5000),
-    frac=st.sampled_from([0.0, 0.3, 1.0]),
-    ops=_ops,
-)
+@given(**_zone_ops)
 def test_buddy_random_ops_keep_invariants_and_free_all_restores_layout(
     start: int, nr: int, frac: float, ops: list[tuple[str, int, int]]
 ) -> None:
@@ -399,16 +417,7 @@ def test_buddy_random_ops_keep_invariants_and_free_all_restores_layout(
     initial = [(p, o) for p, o, _ in b.blocks()]
     held: list[tuple[int, int]] = []
     for op, arg, mt in ops:
-        if op == "alloc":
-            pfn = b.rmqueue(arg, mt)
-            if pfn is not None:
-                assert pfn % (1 << arg) == 0 and start <= pfn and pfn + (1 << arg) <= start + nr
-                held.append((pfn, arg))
-        elif op == "bulk":
-            held.extend((p, 0) for p in _bulk(b, arg, mt))
-        elif held:
-            pfn, order = held.pop(arg % len(held))
-            b.free(pfn, order, mt)
+        _apply(b, op, arg, mt, held)
         b.check()
         assert b.nr_free + sum(1 << o for _, o in held) == nr
     assert len({p for p, _ in held}) == len(held)
@@ -417,6 +426,39 @@ def test_buddy_random_ops_keep_invariants_and_free_all_restores_layout(
     b.check()
     assert b.nr_free == nr
     assert [(p, o) for p, o, _ in b.blocks()] == initial
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    **_zone_ops,
+    refills=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 2)), min_size=1, max_size=6),
+)
+def test_rmqueue_pages_takes_what_order0_rmqueue_calls_take(
+    start: int, nr: int, frac: float, ops: list[tuple[str, int, int]],
+    refills: list[tuple[int, int]],
+) -> None:
+    """``rmqueue_bulk()`` (mm/page_alloc.c, v5.x-v6.x) calls ``__rmqueue(zone, 0, mt)`` once
+    per page; ``__rmqueue_smallest()`` takes the lowest block of the smallest order that has
+    one and ``expand()`` lists its upper halves. ``rmqueue_pages`` takes a split block's pages
+    at once: the same pages in the same order, the same free blocks, counts and fallback
+    steals, from any state (random allocations, bulk takes and frees first), and the zone
+    answers every later request the same."""
+    a = BuddyAllocator(start, nr, unmovable_fraction=frac)
+    b = BuddyAllocator(start, nr, unmovable_fraction=frac)
+    for z in (a, b):
+        held: list[tuple[int, int]] = []
+        for op, arg, mt in ops:
+            _apply(z, op, arg, mt, held)
+    for count, mt in refills:
+        assert a.rmqueue_pages(mt, count) == _bulk(b, count, mt)
+        a.check()
+        assert a.blocks() == b.blocks()
+        assert (a.nr_free, a.nr_fallback_steals, a.nr_boosting_steals) == (
+            b.nr_free, b.nr_fallback_steals, b.nr_boosting_steals
+        )
+    for order in range(MAX_ORDER):
+        for mt in range(MIGRATE_PCPTYPES):
+            assert a.rmqueue(order, mt) == b.rmqueue(order, mt)
 
 
 # --- per-cpu pages ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from rcukit.rcu.kvfree.krc import PTR_TYPECODE, KvfreePart
 from rcukit.sched.sim import Task
 
 if TYPE_CHECKING:
-    from rcukit.mm.slab import KmemCache, Slab
+    from rcukit.mm.slab import Slab
     from rcukit.rcu.kvfree.sim import KvfreeRcu
 
 __all__ = ["KvfreeFlood"]
@@ -88,8 +88,10 @@ class KvfreeFlood(KvfreePart):
         allowed = runnable and slab.runs_allowed(gfp)
         fast_ns = kv._fast_ns
         # what one call charges: kmalloc's cost, then kvfree_rcu's lock and store
-        per = (slab.kmalloc_cost(cache, gfp) if cache is not None else 0) + fast_ns
+        alloc_ns = slab.kmalloc_cost(cache, gfp) if cache is not None else 0
+        per = alloc_ns + fast_ns
         cap = kv.capacity
+        nobj = cache.nobj if cache is not None else 0
         pointers = slab.pointers
         take_run = slab.take_run
         ctr = self._counters
@@ -115,8 +117,28 @@ class KvfreeFlood(KvfreePart):
                 # the first kmalloc validated gfp; debugfs knobs may have changed meanwhile
                 allowed = runnable and slab.runs_allowed(gfp)
                 continue
-            if not chan:
-                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
+            if not chan or chan[-1].nr_records == cap:
+                # No block with room: one call of the per-call path. Its kmalloc() from a
+                # cpu slab with a free object is a run of one (the same steps and charge),
+                # and its kvfree_rcu() would take the slow path at once (the fast path needs
+                # a block with room, and nothing in between can yield), so that is called
+                # directly. With no free object in the cpu slab it is _one() itself.
+                active = cache.cpu_slab[cpu.id]
+                if active is None or not active.freelist:
+                    got += await self._one(task, size, gfp, head_offset, mix)
+                else:
+                    self.per_call += 1
+                    a = active.freelist[-1]
+                    take_run(active, 1)
+                    cpu.local_ns += alloc_ns
+                    ptr = active.base + a * cache.size
+                    head = head_offset
+                    if mix is not None and mix.getrandbits(16) & 0x800:
+                        head = None
+                    await kv._kvfree_slow(task, None if head is None else ptr + head, ptr)
+                    # still allocated (not freed by the head-less fallback), it is object a
+                    self._tile_one(task, ptr, (active, a) if active.used[a] == 1 else None)
+                    got += 1
                 remaining -= 1
                 allowed = runnable and slab.runs_allowed(gfp)
                 continue
@@ -124,51 +146,68 @@ class KvfreeFlood(KvfreePart):
             # above read: no sleep, no preemption point, no per-call step, no monitor arming.
             # Nothing else runs either, so what only those read stays in locals until the
             # loop ends: the monitor's threshold and the tick cannot move, the block is the
-            # channel's last one (only a boundary call adds one) and stays tiled if it was;
-            # its record count, the krcp count, the counters and the run count are written
-            # back before anything that could read them.
+            # channel's last one (only a per-call step adds one) and stays tiled if it was;
+            # its record count, the krcp count, the clock, the counters and the run count are
+            # written back before anything that could read them. Each run adds as many to
+            # the block's records as to the krcp's count and takes as many calls off the
+            # flood, so the count-based horizons are record counts of the block: the monitor
+            # is armed at quiet_nr, the flood ends at end_nr, the block is full at cap.
             cpu_slab = cache.cpu_slab
             cpu_id = cpu.id
-            quiet_below = krcp.mon_quiet_below
             next_tick = cpu.next_tick_ns
             count = krcp.count
             t = cpu.local_ns
             bnode = chan[-1]
-            nr = bnode.nr_records
+            nr0 = nr = bnode.nr_records
+            quiet_nr = krcp.mon_quiet_below - count + nr
+            end_nr = nr + remaining
+            lim = cap if cap < end_nr else end_nr
+            stop_nr = quiet_nr if quiet_nr < end_nr else end_nr
+            # a new slab is handed out whole (no count-based horizon within it) up to here
+            whole_nr = (lim if lim < quiet_nr else quiet_nr) - nobj
             segs = bnode.segs
             tiles = segs if segs is not None and bnode.seg_end == nr else None
-            singles = doubles = nruns = 0
-            room = cap - nr
+            singles = nruns = k = 0
+            # a new slab's run is cut by the tick (below) unless its page leaves the clock
+            # under this
+            whole_below = next_tick - (nobj - 1) * per
             while True:
                 active = cpu_slab[cpu_id]
                 if active is None or not active.freelist:
                     # kmalloc()'s first step when the cpu slab is full: a partial or new
-                    # slab. Without a sleep nothing above has changed: the run goes on.
-                    active = slab.kmalloc_refill_nowait(task, cache, gfp)
+                    # slab. Without a sleep nothing above has changed: the run goes on. A new
+                    # slab that no horizon (below) cuts is handed out whole: a run of all of
+                    # it, its freelist never built.
+                    cpu.local_ns = t
+                    active = slab.kmalloc_refill_nowait(
+                        task, cache, gfp, whole_below if nr <= whole_nr else 0
+                    )
                     t = cpu.local_ns  # a new slab's page was charged
                     if active is None:
                         break  # the refill may sleep
-                room = cap - nr
-                if room == 0:
-                    break  # a new block: the per-call path's
-                # k: up to the nearest horizon (plain comparisons: min() costs more than this)
-                k = remaining
-                if room < k:
-                    k = room
                 fl = active.freelist
-                if len(fl) < k:
-                    k = len(fl)
-                # the call whose count reaches mon_quiet_below arms the monitor: the run ends
-                quiet = quiet_below - count
-                if quiet < k:
-                    k = quiet if quiet > 1 else 1
-                # the call whose charge reaches the tick takes the preemption point: ends too
-                # (that call is within k exactly when k - 1 calls' charge reaches the tick)
-                if t + (k - 1) * per >= next_tick:
-                    tick = -((t - next_tick) // per)
-                    k = tick if tick > 1 else 1
-                a = fl[-1]
-                k = take_run(active, k)
+                if not fl:
+                    a = 0  # handed out whole
+                    k = nobj
+                else:
+                    # k: up to the nearest horizon (plain comparisons: min() costs more)
+                    k = lim - nr
+                    if k == 0:
+                        break  # a new block: the per-call path's
+                    if len(fl) < k:
+                        k = len(fl)
+                    # the call whose count reaches mon_quiet_below arms the monitor: the run
+                    # ends
+                    quiet = quiet_nr - nr
+                    if quiet < k:
+                        k = quiet if quiet > 1 else 1
+                    # the call whose charge reaches the tick takes the preemption point: ends
+                    # too (that call is within k exactly when k - 1 calls' charge reaches it)
+                    if t + (k - 1) * per >= next_tick:
+                        tick = -((t - next_tick) // per)
+                        k = tick if tick > 1 else 1
+                    a = fl[-1]
+                    k = take_run(active, k)
                 if tiles is not None:
                     # the records stay unwritten while segments tile them (Bnode.fill_records)
                     tiles.append((active, a, k))
@@ -180,40 +219,36 @@ class KvfreeFlood(KvfreePart):
                     run = pointers(active)[8 * a : 8 * (a + k)]
                     bnode.records[nr : nr + k] = array(PTR_TYPECODE, run)
                 nr += k
-                count += k
-                if single:
-                    singles += k
-                elif mix is None:
-                    doubles += k
-                else:
-                    s = mix.getrandbits(k).bit_count()
-                    singles += s
-                    doubles += k - s
+                if mix is not None:
+                    singles += mix.getrandbits(k).bit_count()
                 t += k * per  # kmalloc's charge and kvfree_rcu's
-                cpu.local_ns = t
                 nruns += 1
-                got += k
-                remaining -= k
-                if count >= quiet_below or t >= next_tick or remaining <= 0:
+                if nr >= stop_nr or t >= next_tick:
                     break
+            taken = nr - nr0
+            cpu.local_ns = t
             bnode.nr_records = nr
-            krcp.count = count
+            krcp.count = count + taken
             if tiles is not None:
                 bnode.seg_end = nr
-            ctr.fast_single += singles
-            ctr.fast_double += doubles
+            if single:
+                ctr.fast_single += taken
+            elif mix is None:
+                ctr.fast_double += taken
+            else:
+                ctr.fast_single += singles
+                ctr.fast_double += taken - singles
             self.runs += nruns
+            got += taken
+            remaining -= taken
             if active is None:
                 if await slab.kmalloc_refill(task, cache, gfp) is None:
                     # kmalloc() returned NULL; kvfree_rcu(NULL) does nothing
                     remaining -= 1
                     if mix is not None:
                         mix.getrandbits(16)
-            elif room == 0:
-                got += await self._boundary(task, cache, size, gfp, head_offset, mix)
-                remaining -= 1
-            else:
-                if count >= quiet_below:
+            elif k:  # (a full block is the next pass's per-call step)
+                if nr >= quiet_nr:
                     kv._arm_monitor(task, krcp)
                 if t >= next_tick:
                     await task.preempt_point()
@@ -234,34 +269,6 @@ class KvfreeFlood(KvfreePart):
         if not ptr:
             return 0
         self._tile_one(task, ptr)
-        return 1
-
-    async def _boundary(
-        self,
-        task: Task,
-        cache: KmemCache,
-        size: int,
-        gfp: int,
-        head_offset: int | None,
-        mix: random.Random | None,
-    ) -> int:
-        """:meth:`_one` where the flood has no block with room (none yet, or the current one
-        full) and the runs' conditions hold: ``kmalloc()`` from the cpu slab with a free
-        object is :meth:`~rcukit.mm.slab.SlabAllocator.kmalloc_run` of one (the same steps
-        and charge), and ``kvfree_rcu()`` would take its slow path at once (its fast path
-        needs a block with room, and nothing in between can yield), so that is called
-        directly. With no free object in the cpu slab it is :meth:`_one` itself."""
-        active = cache.cpu_slab[task.cpu.id]
-        if active is None or not active.freelist:
-            return await self._one(task, size, gfp, head_offset, mix)
-        self.per_call += 1
-        ptr, _ = self._mm.slab.kmalloc_run(task, cache, gfp, 1)
-        if mix is not None and mix.getrandbits(16) & 0x800:
-            head_offset = None
-        await self._kv._kvfree_slow(task, None if head_offset is None else ptr + head_offset, ptr)
-        # still allocated (not freed by the head-less fallback), it is in the slab it came from
-        idx = (ptr - active.base) // cache.size
-        self._tile_one(task, ptr, (active, idx) if active.used[idx] == 1 else None)
         return 1
 
     def _tile_one(self, task: Task, ptr: int, where: tuple[Slab, int] | None = None) -> None:

@@ -314,9 +314,13 @@ class KvfreeRcu:
             if self._polled:
                 krcp.head_gp_snap = self.rcu.get_state_synchronize_rcu(task)
         if ok or not single:
-            krcp.count += 1
+            count = krcp.count + 1
+            krcp.count = count
             ctr.pending += 1
-            self._arm_monitor(task, krcp)
+            # schedule_delayed_monitor_work(), which has nothing to do below
+            # mon_quiet_below (as on the fast path)
+            if count >= krcp.mon_quiet_below:
+                self._arm_monitor(task, krcp)
         if self._tracer.tp.rcu_kvfree_callback:
             self.kernel.trace(
                 task, "rcu_kvfree_callback",
