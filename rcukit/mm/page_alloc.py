@@ -40,6 +40,10 @@ under the raw lock is not lost among the machine's other users. The boost has it
 counters too: ``watermark_boosts`` (``boost_watermark()`` calls that raised the boost),
 ``kswapd_wake_boosted`` (wake-ups from ``rmqueue()``'s ``out:``), ``watermark_boost_decays``
 (kswapd runs that took a boost back); ``pcp_trylock_fail`` counts busy pcp trylocks.
+Pages handed out for another migratetype than the one asked for are counted as the kernel
+would see them: ``pcp_alloc_other_mt`` for the RFC's pcp loop (no kernel event shows those),
+``extfrag_fragmenting_in_krcp`` for ``__rmqueue_fallback()`` steals below a pageblock under
+the raw lock (``mm_page_alloc_extfrag`` with ``fragmenting=1``).
 
 Sharing between simulated CPUs follows :mod:`rcukit.sched.sim`: a CPU's pcp lists are touched
 without synchronisation; the zone, its lock and kswapd's wait queue only after ``task.sync()``.
@@ -690,14 +694,31 @@ class PageAlloc:
         if await self.kswapd.wakeup(task, 0, 0):
             self.vmstat.inc("kswapd_wake_boosted")
 
-    def boost_after_steals(self, before: int, alloc_flags: int) -> None:
+    def count_other_mt_pick(self, task: Task) -> None:
+        """The RFC's ``rmqueue_pcplist()`` loop took the page from another migratetype's pcp
+        list than the request's (``pcp_alloc_other_mt``; ``_in_krcp`` under kvfree_rcu's
+        raw lock). No kernel counter or event shows it: 5.8's ``mm_page_alloc`` prints the
+        requested migratetype (``ac.migratetype``), and the normal allocator never does it
+        (an empty list is refilled by ``rmqueue_bulk()``, whose ``__rmqueue()`` falls back to
+        another type's *free lists* only when its own are empty)."""
+        self.vmstat.inc("pcp_alloc_other_mt")
+        if self.in_krcp(task):
+            self.vmstat.inc("pcp_alloc_other_mt_in_krcp")
+
+    def boost_after_steals(self, task: Task, before: int, alloc_flags: int) -> None:
         """``steal_suitable_fallback()``'s boost for every fragmenting steal since ``before``.
 
         Caller holds ``zone->lock``. Each steal below a pageblock calls ``boost_watermark()``;
         a request with ``ALLOC_KSWAPD`` also sets ZONE_BOOSTED_WATERMARK (5.0's "do not wake
-        kswapd with zone lock held": the wake waits for ``rmqueue()``'s ``out:``).
+        kswapd with zone lock held": the wake waits for ``rmqueue()``'s ``out:``). Those made
+        while ``task`` holds ``krcp->lock`` are also counted as ``extfrag_fragmenting_in_krcp``:
+        each is an ``mm_page_alloc_extfrag`` event with ``fragmenting=1`` (fallback order
+        below ``pageblock_order``), the one trace the kernel gives of a page placed in another
+        migratetype's pageblock.
         """
         zone = self.zone
+        if self.in_krcp(task):
+            self.vmstat.inc("extfrag_fragmenting_in_krcp", zone.buddy.nr_boosting_steals - before)
         for _ in range(zone.buddy.nr_boosting_steals - before):
             if zone.boost_watermark():
                 self.vmstat.inc("watermark_boosts")
@@ -717,7 +738,7 @@ class PageAlloc:
         steals = buddy.nr_boosting_steals
         pfn = buddy.rmqueue(order, mt)
         if buddy.nr_boosting_steals != steals:
-            self.boost_after_steals(steals, alloc_flags)
+            self.boost_after_steals(task, steals, alloc_flags)
         task.charge(self.spin_lock_cost + self.cost.buddy_page_ns)
         self.locks.release(task, lock)
         if pfn is None:
@@ -756,6 +777,8 @@ class PageAlloc:
             mt = next((m for m in range(plan.mt, MIGRATE_PCPTYPES) if lists[m]), -1)
             if mt < 0:
                 return None
+            if mt != plan.mt:
+                self.count_other_mt_pick(task)
         else:
             mt = plan.mt
             if not lists[mt] and not await self.rmqueue_bulk(
@@ -786,7 +809,7 @@ class PageAlloc:
         steals = buddy.nr_boosting_steals
         pages = buddy.rmqueue_pages(mt, count)
         if buddy.nr_boosting_steals != steals:
-            self.boost_after_steals(steals, alloc_flags)
+            self.boost_after_steals(task, steals, alloc_flags)
         n = len(pages)
         task.charge(self.spin_lock_cost + n * self.cost.buddy_page_ns)
         self.locks.release(task, lock)

@@ -143,6 +143,12 @@ def _row_data(k: Kernel, variant: str, kernel_config: str) -> dict[str, Any]:
         else 0.0,
         # Every block page allocated: the in-lock ones, the page-cache worker's refills and
         # the v5.13+ head-less allocations made with the lock dropped.
+        # In-lock block pages of another migratetype than asked for (unmovable blocks in
+        # movable or reclaimable pageblocks), kept apart as the kernel would report them: the
+        # RFC loop's picks from another pcp list (no kernel event), and fragmenting
+        # __rmqueue_fallback() steals (mm_page_alloc_extfrag fragmenting=1).
+        "block_pages_other_mt_pcp": vm["pcp_alloc_other_mt_in_krcp"],
+        "block_alloc_extfrag": vm["extfrag_fragmenting_in_krcp"],
         "block_alloc_all": kv.block_alloc_attempts,
         "block_alloc_all_failures": kv.block_alloc_failures,
         "blocks_from_cache": kv.blocks_from_cache,

@@ -73,6 +73,10 @@ _COST_COLS: tuple[tuple[str, JustifyMethod, str], ...] = (
     ("GP p50 ms", "right", "median grace-period length"),
     ("pending peak", "right", "most objects queued at once"),
     ("pages peak", "right", "most block pages held at once"),
+    ("other mt", "right", "in-lock block pages taken from another migratetype's pcp list "
+     "(the RFC's loop; no kernel counter shows them) / fragmenting steals from another "
+     "migratetype's free lists under krcp->lock (__rmqueue_fallback(), traced as "
+     "mm_page_alloc_extfrag)"),
     ("p99.9 us", "right", "kvfree_rcu() call latency, 99.9th percentile, simulated (fallbacks "
      "included)"),
     ("p99.99 us", "right", "the same, 99.99th percentile"),
@@ -328,6 +332,7 @@ def _cost_cells(r: dict[str, Any]) -> list[str]:
     return [
         str(r["grace_periods"]), f"{r['gp_duration_ns']['p50'] / 1e6:.2f}",
         str(r["pending_peak"]), str(r["pages_peak"]),
+        f"{r.get('block_pages_other_mt_pcp', 0)}/{r.get('block_alloc_extfrag', 0)}",
         _us(lat["p999"]), _us(lat["p9999"]), _us(lat["max"]),
     ]
 

@@ -3,9 +3,10 @@
 The answer a kernel engineer wants is not a list of counts but, for each kernel (profile) and
 build: which block allocators may be called under ``krcp->lock`` there, why the others may not
 (the report the kernel prints, the lock and the call that takes it), and what each safe one pays
-for it (failed allocations and the fallbacks they force, the tail latency of a call, zone-lock
-traffic under the raw lock). Everything here is derived from the rows' numbers; nothing is
-known in advance about a variant, so a user's own block source is judged the same way.
+for it (failed allocations and the fallbacks they force, unmovable block pages placed among
+other migratetypes' pages, the tail latency of a call, zone-lock traffic under the raw lock).
+Everything here is derived from the rows' numbers; nothing is known in advance about a variant,
+so a user's own block source is judged the same way.
 
 A row is *unsafe* when the lock checker saw a violation the kernel would report (counted even
 after lockdep turned itself off, see ``would_report``), *skipped* when the profile's build never
@@ -58,6 +59,10 @@ class Cost:
     latency_p9999_ns: int
     latency_max_ns: int
     zone_lock_in_krcp: int
+    #: In-lock block pages taken from another migratetype's pcp list (the RFC's loop).
+    other_mt_pcp: int = 0
+    #: Fragmenting ``__rmqueue_fallback()`` steals during in-lock block allocations.
+    extfrag: int = 0
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Cost:
@@ -75,11 +80,19 @@ class Cost:
             latency_p9999_ns=lat["p9999"],
             latency_max_ns=lat["max"],
             zone_lock_in_krcp=row["zone_lock_in_krcp"],
+            # .get(): rows saved before these counts existed are judged as placing none
+            other_mt_pcp=row.get("block_pages_other_mt_pcp", 0),
+            extfrag=row.get("block_alloc_extfrag", 0),
         )
 
     @property
     def fallbacks(self) -> int:
         return self.fallback_rcu_head + self.fallback_synchronize
+
+    @property
+    def other_mt(self) -> int:
+        """Unmovable block pages placed among another migratetype's pages, both ways."""
+        return self.other_mt_pcp + self.extfrag
 
     def describe(self) -> str:
         parts = []
@@ -98,6 +111,12 @@ class Cost:
         )
         if self.zone_lock_in_krcp:
             parts.append(f"{self.zone_lock_in_krcp} zone->lock acquisitions under krcp->lock")
+        if self.other_mt_pcp:
+            parts.append(
+                f"{self.other_mt_pcp} in-lock block pages from another migratetype's pcp list"
+            )
+        if self.extfrag:
+            parts.append(f"{self.extfrag} fragmenting steals (extfrag) under krcp->lock")
         return "; ".join(parts)
 
 
@@ -234,10 +253,32 @@ def _judge_row(row: Mapping[str, Any]) -> VariantJudgement:
             else "no block allocation was needed under krcp->lock in this run"
         )
         return VariantJudgement(row["variant"], "safe", why, cost)
-    return VariantJudgement(
-        row["variant"], "safe",
+    why = (
         f"no report the kernel would print in {row['block_alloc_attempts']} in-lock block "
-        "allocations", cost)
+        "allocations"
+    )
+    if cost.other_mt:
+        why += f", but {_other_mt_meaning('it', cost)}"
+    return VariantJudgement(row["variant"], "safe", why, cost)
+
+
+def _other_mt_meaning(who: str, c: Cost) -> str:
+    """What ``who``'s unmovable block pages among other migratetypes' pages were, and mean."""
+    parts = []
+    if c.other_mt_pcp:
+        parts.append(
+            f"{who} took {c.other_mt_pcp} of its in-lock block pages from another "
+            "migratetype's pcp list (the RFC's loop over pcp->lists[]: unmovable pages in "
+            "movable or reclaimable pageblocks, which anti-fragmentation keeps apart and no "
+            "kernel counter shows)"
+        )
+    if c.extfrag:
+        parts.append(
+            f"{who} stole from another migratetype's free lists {_times(c.extfrag)} while "
+            "allocating under krcp->lock (fragmenting __rmqueue_fallback(), traced as "
+            "mm_page_alloc_extfrag)"
+        )
+    return " and ".join(parts)
 
 
 def _unsafe_reason(row: Mapping[str, Any], would: Mapping[str, int]) -> str:
@@ -273,11 +314,14 @@ def _recommend(judged: Sequence[VariantJudgement]) -> tuple[tuple[str, ...], str
             + "."
         )
 
-    def key(v: VariantJudgement) -> tuple[int, float, int]:
-        return (v.cost.fallbacks, v.cost.failure_pct, v.cost.latency_p9999_ns)
+    # Fallbacks and failures first (what the caller pays), then unmovable block pages placed
+    # among other migratetypes' pages (what the page allocator pays), then the tail latency.
+    def key(v: VariantJudgement) -> tuple[int, float, int, int]:
+        c = v.cost
+        return (c.fallbacks, c.failure_pct, c.other_mt, c.latency_p9999_ns)
 
-    best = min(key(v)[:2] for v in safe)
-    chosen = tuple(v.variant for v in safe if key(v)[:2] == best)
+    best = min(key(v)[:3] for v in safe)
+    chosen = tuple(v.variant for v in safe if key(v)[:3] == best)
     c = next(v.cost for v in safe if v.variant == chosen[0])
     others = sorted((v for v in safe if v.variant not in chosen), key=key)
     text = (
@@ -290,6 +334,9 @@ def _recommend(judged: Sequence[VariantJudgement]) -> tuple[tuple[str, ...], str
             f"{v.variant} ({v.cost.fallbacks} fallbacks, {v.cost.failure_pct:.1f}% failed, "
             f"max {_us(v.cost.latency_max_ns)})" for v in others
         )
+    text += "".join(
+        f"; {_other_mt_meaning(v.variant, v.cost)}" for v in safe if v.cost.other_mt
+    )
     unsafe = [v.variant for v in judged if v.status == "unsafe"]
     if unsafe:
         text += f"; not safe here: {', '.join(unsafe)}"

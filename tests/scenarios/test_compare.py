@@ -30,6 +30,7 @@ ROW_KEYS = {
     "zone_lock_acquisitions", "zone_lock_in_krcp", "pcp_lock_in_krcp", "grace_periods",
     "gp_duration_ns", "gp_violations", "objects_freed", "records_per_block_mean", "pending_peak",
     "pages_peak", "latency_ns", "block_alloc_all", "block_alloc_all_failures",
+    "block_pages_other_mt_pcp", "block_alloc_extfrag",
 }
 SMALL = ["--variants", "nowait", "--configs", "lockdep", "--scale", "0.01"]
 
@@ -77,6 +78,12 @@ def test_json_has_config_seed_and_every_row_key(full: dict[str, Any]) -> None:
         assert (r["first_report"] != "") == (r["reports_printed"] > 0)
         assert r["zone_lock_in_krcp"] <= r["zone_lock_acquisitions"]
         assert r["kswapd_wakeups_in_krcp"] <= r["kswapd_wakeups"]
+        # only the RFC's __GFP_FAST_TRY loop takes another migratetype's pcp list, and a
+        # fallback steal under krcp->lock needs zone->lock under it
+        if r["variant"] != "fast-try":
+            assert r["block_pages_other_mt_pcp"] == 0
+        if r["zone_lock_in_krcp"] == 0:
+            assert r["block_alloc_extfrag"] == 0
 
 
 def test_the_machine_is_the_rfc_authors_kind() -> None:
@@ -159,7 +166,8 @@ def test_table_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
     assert "!RT + PROVE_RAW_LOCK_NESTING: recommended" in out
     # every abbreviation in a header is defined in the legend
     for word in ("IWC: lockdep's", "SIC: \"BUG: sleeping function", "SWA: \"BUG: scheduling",
-                 "in-lock allocs: the variant's", "p99.9 us: kvfree_rcu() call latency"):
+                 "in-lock allocs: the variant's", "p99.9 us: kvfree_rcu() call latency",
+                 "other mt: in-lock block pages taken from another migratetype's pcp list"):
         assert word in " ".join(out.split()), word
     assert not out.lstrip().startswith("{")
 
@@ -208,6 +216,46 @@ def test_verdict_is_derived_from_the_numbers() -> None:
     assert "nowait is safe only on some builds: on !RT + PROVE_RAW_LOCK_NESTING" in text
     assert "vfree_bulk(), rcukit's own invention" in text  # rfc's hypothetical reclaim
     assert j.to_json()["builds"][0]["recommended"] == ["fast-try"]
+
+
+def test_unmovable_block_pages_among_other_migratetypes_cost_a_safe_variant() -> None:
+    """Among safe variants with as many fallbacks and failures, one whose in-lock block pages
+    came from another migratetype's pcp list (the RFC's rmqueue_pcplist() loop over
+    pcp->lists[migratetype .. MIGRATE_PCPTYPES-1], 5.8.0-rc3 + RFC, mm/page_alloc.c) or whose
+    in-lock allocations made fragmenting __rmqueue_fallback() steals (mm_page_alloc_extfrag,
+    5.8 mm/page_alloc.c) pays more than one that placed none, fewer such pages pay less, and
+    the reason names the counts and what they mean. Only the numbers count: the variants'
+    names are a user's."""
+    rows = [
+        _row("mine", "default", block_pages_other_mt_pcp=5),
+        _row("theirs", "default", block_alloc_extfrag=2, zone_lock_in_krcp=3),
+        _row("clean", "default", zone_lock_in_krcp=3),
+        _row("mine", "rt", block_pages_other_mt_pcp=5),
+        _row("theirs", "rt", block_alloc_extfrag=2, zone_lock_in_krcp=3),
+    ]
+    j = cmp.judge(rows)
+    default, rt = j.builds
+    assert default.recommended == ("clean",)
+    assert rt.recommended == ("theirs",)  # 2 steals beat 5 pages: fewer placed
+    text = default.recommendation
+    assert "also safe, paying more: theirs (0 fallbacks, 0.0% failed, max 0.05 us), mine (" in (
+        text)
+    assert ("mine took 5 of its in-lock block pages from another migratetype's pcp list (the "
+            "RFC's loop over pcp->lists[]: unmovable pages in movable or reclaimable "
+            "pageblocks, which anti-fragmentation keeps apart and no kernel counter shows)"
+            in text)
+    assert ("theirs stole from another migratetype's free lists 2 times while allocating "
+            "under krcp->lock (fragmenting __rmqueue_fallback(), traced as "
+            "mm_page_alloc_extfrag)" in text)
+    mine = default.status_of("mine")
+    assert mine is not None and mine.status == "safe"
+    assert mine.reason.startswith("no report the kernel would print in 10 in-lock block "
+                                  "allocations, but it took 5 of its in-lock block pages")
+    clean = default.status_of("clean")
+    assert clean is not None and "another migratetype" not in clean.reason
+    cost = j.to_json()["builds"][0]["variants"][0]["cost"]
+    assert (cost["other_mt_pcp"], cost["extfrag"]) == (5, 0)
+    assert "another migratetype" not in rt.recommendation.split(";")[0]
 
 
 def test_a_profile_that_never_allocates_under_the_lock_says_so() -> None:
