@@ -45,6 +45,8 @@ ROW_LABELS: Mapping[str, str] = {
     "block_alloc_attempts": "block-page allocations under krcp->lock",
     "block_alloc_failures": "failed block-page allocations under krcp->lock",
     "block_alloc_failure_pct": "block-page allocations under krcp->lock that failed (%)",
+    "block_pages_other_mt_pcp": "in-lock block pages from another migratetype's pcp list",
+    "block_alloc_extfrag": "fragmenting fallback steals under krcp->lock",
     "block_alloc_all": "block pages allocated (all paths)",
     "block_alloc_all_failures": "failed block-page allocations (all paths)",
     "blocks_from_cache": "blocks taken from the per-CPU page cache",
