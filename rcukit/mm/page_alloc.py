@@ -519,13 +519,18 @@ class PageAlloc:
         return got
 
     def prep_new_page(self, task: Task, pfn: int, order: int, plan: _GfpPlan, mt: int) -> int:
-        """``prep_new_page`` + accounting + ``mm_page_alloc``."""
+        """``prep_new_page`` + accounting + ``mm_page_alloc``.
+
+        ``mt`` is the list the page came from (the page keeps it for its free);
+        ``mm_page_alloc`` prints the migratetype asked for (5.8 ``__alloc_pages_nodemask()``
+        traces ``ac.migratetype``), so the RFC loop's page from another list does not show.
+        """
         self.memmap.set_allocated(pfn, order, mt)
         if plan.zero:
             task.charge(self.zero_cost << order)
         self.vmstat.inc("pgalloc_normal", 1 << order)
         if self.tp.mm_page_alloc:
-            self._trace_alloc(task, pfn, order, mt, plan)
+            self._trace_alloc(task, pfn, order, plan.mt, plan)
         return pfn
 
     def _trace_alloc(self, task: Task, pfn: int, order: int, mt: int, plan: _GfpPlan) -> None:

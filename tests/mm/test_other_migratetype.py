@@ -123,3 +123,30 @@ async def test_fragmenting_steals_under_krcp_lock_are_counted_as_extfrag_events(
         assert steals >= 1 and in_krcp == steals
         assert k.vmstat[OTHER] == 0  # the steal moved the block to the UNMOVABLE list
         mm.check()
+
+
+async def test_mm_page_alloc_prints_the_migratetype_asked_for(autojump_clock: Any) -> None:
+    """5.8 ``__alloc_pages_nodemask()`` ends with ``trace_mm_page_alloc(page, order,
+    alloc_mask, ac.migratetype)``: the migratetype asked for, not the list the page came
+    from. So the RFC loop's MOVABLE page handed to an UNMOVABLE request traces as
+    ``migratetype=0``, and only ``pcp_alloc_other_mt`` knows it came from list 1 (the page
+    still goes back to the MOVABLE list when freed)."""
+    async with mm_kernel(cfg()) as k:
+        mm = pa(k)
+
+        async def work(task: Task) -> int:
+            assert await mm.alloc_pages(task, MOVABLE) is not None
+            k.tracer.enable()
+            pfn = await mm.alloc_pages(task, FAST_TRY)
+            assert pfn is not None
+            await mm.free_pages(task, pfn)
+            assert mm.pcps[0].lists[MIGRATE_MOVABLE][0] == pfn
+            return pfn
+
+        pfn = await on_cpu(k, work)
+        [alloc] = [e for e in k.tracer.events if e.name == "mm_page_alloc"]
+        assert alloc.fields == (
+            f"page={mm.page_struct(pfn):016x} pfn=0x{pfn:x} order=0 migratetype=0 "
+            "gfp_flags=GFP_NOWAIT|__GFP_NOWARN|__GFP_FAST_TRY"
+        )
+        assert k.vmstat[OTHER] == 1
