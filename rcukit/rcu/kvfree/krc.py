@@ -11,6 +11,7 @@ apart from the mechanisms, so that each one (:mod:`.monitor`, :mod:`.reclaim`,
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rcukit.locking.locks import HeldLock, LockKind
@@ -113,6 +114,10 @@ class Krc(KfreeRcuCpu[Bnode, Krwp, int]):
     def __init__(self, kv: KvfreeRcu, cpu: int) -> None:
         super().__init__(FREE_N_CHANNELS, [])
         self.cpu = cpu
+        #: ``bulk[0][-1]`` (None for an empty channel): the block the enqueue fast path stores
+        #: into, read with one load instead of two subscripts. Exact wherever channel 0 gains
+        #: or loses its last block: ``KvfreeRcu._new_block`` and the two detaches below.
+        self.cur_bnode: Bnode | None = None
         self.lock = kv.kernel.new_lock("krc.lock", LockKind.RAW_SPINLOCK)
         self.held = HeldLock(self.lock, "kvfree_call_rcu", True, True)
         self.lock_ns = kv.kernel.config.cost.raw_lock_ns
@@ -140,6 +145,31 @@ class Krc(KfreeRcuCpu[Bnode, Krwp, int]):
             f"schedule_page_work_fn/{cpu}", lambda _t: page_cache.schedule_page_work_fn(self)
         )
         self.initialized = True
+
+    def kvfree_rcu_drain_ready(
+        self, poll: Callable[[int], bool]
+    ) -> tuple[list[tuple[int, list[Bnode]]], array[int] | None]:
+        """The core's ``kvfree_rcu_drain_ready()``; then ``cur_bnode`` follows channel 0."""
+        out = super().kvfree_rcu_drain_ready(poll)
+        self.note_bulk0()
+        return out
+
+    def kvfree_rcu_queue_batch(
+        self,
+        policy: KvfreePolicy,
+        counters: KvfreeCounters,
+        snapshot: Callable[[], int],
+        queue_rcu_work: Callable[[Krwp], bool],
+    ) -> bool:
+        """The core's ``kvfree_rcu_queue_batch()``; then ``cur_bnode`` follows channel 0."""
+        queued = super().kvfree_rcu_queue_batch(policy, counters, snapshot, queue_rcu_work)
+        self.note_bulk0()
+        return queued
+
+    def note_bulk0(self) -> None:
+        """Channel 0 changed: re-read its current block into ``cur_bnode``."""
+        chan = self.bulk[0]
+        self.cur_bnode = chan[-1] if chan else None
 
     def raw_spin_lock_irqsave(self, task: Task) -> None:
         """``raw_spin_lock_irqsave(&krcp->lock)`` (lockdep-free: a raw lock with IRQs off can
