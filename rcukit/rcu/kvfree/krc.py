@@ -67,7 +67,11 @@ class KrwpWork(RcuWork):
 
 
 class Bnode(KvfreeRcuBulkData):
-    """A ``kvfree_rcu_bulk_data`` block: one page of pointer records (a preallocated array)."""
+    """A ``kvfree_rcu_bulk_data`` block: one page of pointer records (a preallocated array).
+
+    The array holds exactly ``capacity`` records and never grows: the enqueue fast path lets a
+    full block refuse the store (IndexError) instead of comparing with the capacity per call.
+    """
 
     __slots__ = ("nr_records", "page", "seg_end", "segs")
 

@@ -69,8 +69,8 @@ __all__ = ["KFREE_N_BATCHES", "Bnode", "Krc", "Krwp", "KvfreeRcu", "KvfreeStatis
 
 class _AlwaysOn:
     """Stands in for the tracepoint keys on the fast path's gate when every call must take the
-    slow path anyway (debug objects, polled snapshots, lock-hold tracing): one attribute test
-    covers every reason."""
+    slow path anyway (debug objects, polled snapshots, lock-hold tracing, a head-less call on a
+    profile without that form): one attribute test covers every reason."""
 
     __slots__ = ()
     rcu_kvfree_callback = True
