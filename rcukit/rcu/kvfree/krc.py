@@ -116,12 +116,20 @@ class Krc(KfreeRcuCpu[Bnode, Krwp, int]):
     part's)."""
 
     def __init__(self, kv: KvfreeRcu, cpu: int) -> None:
-        super().__init__(FREE_N_CHANNELS, [])
-        self.cpu = cpu
         #: ``bulk[0][-1]`` (None for an empty channel): the block the enqueue fast path stores
         #: into, read with one load instead of two subscripts. Exact wherever channel 0 gains
         #: or loses its last block: ``KvfreeRcu._new_block`` and the two detaches below.
         self.cur_bnode: Bnode | None = None
+        # ``count`` and ``mon_quiet_below`` (properties, below) as of the last write, and
+        # cur_bnode's record count then: the fast path's stores add to ``count`` unwritten.
+        self._count = 0
+        self._cur_nr0 = 0
+        self._mon_quiet_below = 0
+        #: ``mon_quiet_below`` as a record count of cur_bnode: the fast path arms the monitor
+        #: once its store makes ``nr_records`` reach this (``count`` then reaches the other).
+        self.quiet_nr = 0
+        super().__init__(FREE_N_CHANNELS, [])
+        self.cpu = cpu
         self.lock = kv.kernel.new_lock("krc.lock", LockKind.RAW_SPINLOCK)
         self.held = HeldLock(self.lock, "kvfree_call_rcu", True, True)
         self.lock_ns = kv.kernel.config.cost.raw_lock_ns
@@ -129,10 +137,6 @@ class Krc(KfreeRcuCpu[Bnode, Krwp, int]):
         self.cache: list[int] = []
         self.monitor = KrcWork(f"kfree_rcu_monitor/{cpu}", kv.monitor.kfree_rcu_monitor, self)
         self.monitor_todo = False
-        #: While ``count`` stays below this, arming the monitor would return at once: it is
-        #: queued, or its timer fires within a tick, or (kick mode) fires later but the count
-        #: has not reached a block yet. Set by ``KvfreeMonitor.arm_monitor``; 0 (check)
-        #: whenever anything else changes the monitor's state.
         self.mon_quiet_below = 0
         reclaim = kv.reclaim.kfree_rcu_work
         self.krw = [
@@ -171,9 +175,40 @@ class Krc(KfreeRcuCpu[Bnode, Krwp, int]):
         return queued
 
     def note_bulk0(self) -> None:
-        """Channel 0 changed: re-read its current block into ``cur_bnode``."""
+        """Channel 0 changed: re-read its current block into ``cur_bnode`` (``count`` kept)."""
+        count = self.count
         chan = self.bulk[0]
         self.cur_bnode = chan[-1] if chan else None
+        self.count = count
+
+    @property
+    def count(self) -> int:
+        """``krcp->count``: what was written, plus the fast path's stores since (each one call
+        into cur_bnode, which bumps nothing else), so the per-call path writes one field."""
+        cur = self.cur_bnode
+        if cur is None:
+            return self._count
+        return self._count + cur.nr_records - self._cur_nr0
+
+    @count.setter
+    def count(self, value: int) -> None:
+        cur = self.cur_bnode
+        nr0 = self._cur_nr0 = cur.nr_records if cur is not None else 0
+        self._count = value
+        self.quiet_nr = self._mon_quiet_below - value + nr0
+
+    @property
+    def mon_quiet_below(self) -> int:
+        """While ``count`` stays below this, arming the monitor would return at once: it is
+        queued, or its timer fires within a tick, or (kick mode) fires later but the count has
+        not reached a block yet. Set by ``KvfreeMonitor.arm_monitor``; 0 (check) whenever
+        anything else changes the monitor's state. Writing it moves ``quiet_nr``."""
+        return self._mon_quiet_below
+
+    @mon_quiet_below.setter
+    def mon_quiet_below(self, value: int) -> None:
+        self._mon_quiet_below = value
+        self.quiet_nr = value - self._count + self._cur_nr0
 
     def raw_spin_lock_irqsave(self, task: Task) -> None:
         """``raw_spin_lock_irqsave(&krcp->lock)`` (lockdep-free: a raw lock with IRQs off can

@@ -236,14 +236,15 @@ class KvfreeRcu:
             except IndexError:
                 pass
             else:
-                bnode.nr_records = n + 1
-                count = krcp.count + 1
-                krcp.count = count
+                # krcp->count++ is this store's (see Krc.count)
+                n += 1
+                bnode.nr_records = n
                 t = cpu.local_ns + self._fast_ns
                 cpu.local_ns = t
                 # schedule_delayed_monitor_work() on every call; it nearly always finds the
-                # monitor armed already, which the last call worked out (mon_quiet_below)
-                if count >= krcp.mon_quiet_below:
+                # monitor armed already, which the last call worked out (mon_quiet_below,
+                # here as a record count of this block)
+                if n >= krcp.quiet_nr:
                     self._arm_monitor(task, krcp)
                 if t >= cpu.next_tick_ns:
                     await task.preempt_point()
@@ -318,6 +319,8 @@ class KvfreeRcu:
             # The v5.13+ direct allocation may sleep and the task migrate (CPU hot-unplug):
             # _new_block re-took the lock of the krcp it returns (see relock_same_krcp).
             cpu = task.cpu
+        # read before the store: a store into the fast path's block counts itself (Krc.count)
+        count = krcp.count + 1
         if bnode is not None:
             bnode.records[bnode.nr_records] = ptr
             bnode.nr_records += 1
@@ -332,7 +335,6 @@ class KvfreeRcu:
             if self._polled:
                 krcp.head_gp_snap = self.rcu.get_state_synchronize_rcu(task)
         if ok or not single:
-            count = krcp.count + 1
             krcp.count = count
             ctr.pending += 1
             # schedule_delayed_monitor_work(), which has nothing to do below
