@@ -160,7 +160,9 @@ def test_the_fast_paths_current_block_is_channel_0s_last_at_every_call(
     mm/slab_common.c ``add_ptr_to_bulk_krc_lock``: the first of ``krcp->bulk_head[idx]``). The
     fast path reads it from ``krcp.cur_bnode``, which must be ``bulk[0][-1]`` whenever a call
     starts: through new blocks, monitor detaches, v6.3's early drains, shrinker pull-ins,
-    barriers and CPU hot-unplug. Checked on every CPU at every call; the run is the same, byte
+    barriers and CPU hot-unplug; so must ``krcp.quiet_nr``, the monitor's threshold
+    (``mon_quiet_below``) as a record count of that block, with ``krcp.count`` counting the
+    fast path's stores unwritten. Checked on every CPU at every call; the run is the same, byte
     for byte, as one that sends every call down the slow path (which reads the channel)."""
     real = KvfreeRcu.kvfree_rcu
     checked: list[int] = []
@@ -171,6 +173,10 @@ def test_the_fast_paths_current_block_is_channel_0s_last_at_every_call(
         for krcp in self.krcs:
             chan = krcp.bulk[0]
             assert krcp.cur_bnode is (chan[-1] if chan else None)
+            if chan:  # the monitor's threshold as a record count of that block
+                assert (
+                    krcp.quiet_nr - chan[-1].nr_records == krcp.mon_quiet_below - krcp.count
+                )
         checked.append(1)
         await real(self, task, ptr, head)
 
