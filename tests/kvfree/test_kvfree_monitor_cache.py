@@ -13,7 +13,7 @@ from rcukit.config import KernelConfig
 from rcukit.kernel import Kernel, boot, run_sim
 from rcukit.mm.gfp import GFP_KERNEL
 from rcukit.rcu.kvfree.monitor import KvfreeMonitor
-from rcukit.rcu.kvfree.sim import Krc
+from rcukit.rcu.kvfree.sim import Krc, KvfreeRcu
 from rcukit.scenarios.compare import Workload, default_config, run_row
 from rcukit.sched.sim import Task
 
@@ -149,3 +149,49 @@ def test_the_full_check_runs_only_when_something_changed(
         assert len(arms) < 20
     else:
         assert len(arms) == 2000
+
+
+@pytest.mark.parametrize("profile", ["v6.1", "v5.9", "v6.3"])
+def test_the_fast_paths_current_block_is_channel_0s_last_at_every_call(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kvfree_call_rcu()`` stores into the current block of the slab channel (kernel/rcu/
+    tree.c v5.9 ``kvfree_call_rcu_add_ptr_to_bulk``: ``krcp->bkvhead[idx]``; v6.14
+    mm/slab_common.c ``add_ptr_to_bulk_krc_lock``: the first of ``krcp->bulk_head[idx]``). The
+    fast path reads it from ``krcp.cur_bnode``, which must be ``bulk[0][-1]`` whenever a call
+    starts: through new blocks, monitor detaches, v6.3's early drains, shrinker pull-ins,
+    barriers and CPU hot-unplug; so must ``krcp.quiet_nr``, the monitor's threshold
+    (``mon_quiet_below``) as a record count of that block, with ``krcp.count`` counting the
+    fast path's stores unwritten. Checked on every CPU at every call; the run is the same, byte
+    for byte, as one that sends every call down the slow path (which reads the channel)."""
+    real = KvfreeRcu.kvfree_rcu
+    checked: list[int] = []
+
+    async def checking(
+        self: KvfreeRcu, task: Task, ptr: int | None, head: int | None = None
+    ) -> None:
+        for krcp in self.krcs:
+            chan = krcp.bulk[0]
+            assert krcp.cur_bnode is (chan[-1] if chan else None)
+            if chan:  # the monitor's threshold as a record count of that block
+                assert (
+                    krcp.quiet_nr - chan[-1].nr_records == krcp.mon_quiet_below - krcp.count
+                )
+        checked.append(1)
+        await real(self, task, ptr, head)
+
+    monkeypatch.setattr(KvfreeRcu, "kvfree_rcu", checking)
+    fast = _hotplug_and_barrier_run(profile)
+    assert len(checked) == 9000
+    monkeypatch.setattr(KvfreeRcu, "__init__", _forced_slow(KvfreeRcu.__init__))
+    slow = _hotplug_and_barrier_run(profile)
+    assert fast == slow
+    assert fast["stats"].objects_freed == 9000
+
+
+def _forced_slow(init: Any) -> Any:
+    def wrapped(self: KvfreeRcu, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.force_slow_path()
+
+    return wrapped

@@ -11,6 +11,7 @@ apart from the mechanisms, so that each one (:mod:`.monitor`, :mod:`.reclaim`,
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rcukit.locking.locks import HeldLock, LockKind
@@ -66,7 +67,11 @@ class KrwpWork(RcuWork):
 
 
 class Bnode(KvfreeRcuBulkData):
-    """A ``kvfree_rcu_bulk_data`` block: one page of pointer records (a preallocated array)."""
+    """A ``kvfree_rcu_bulk_data`` block: one page of pointer records (a preallocated array).
+
+    The array holds exactly ``capacity`` records and never grows: the enqueue fast path lets a
+    full block refuse the store (IndexError) instead of comparing with the capacity per call.
+    """
 
     __slots__ = ("nr_records", "page", "seg_end", "segs")
 
@@ -111,6 +116,18 @@ class Krc(KfreeRcuCpu[Bnode, Krwp, int]):
     part's)."""
 
     def __init__(self, kv: KvfreeRcu, cpu: int) -> None:
+        #: ``bulk[0][-1]`` (None for an empty channel): the block the enqueue fast path stores
+        #: into, read with one load instead of two subscripts. Exact wherever channel 0 gains
+        #: or loses its last block: ``KvfreeRcu._new_block`` and the two detaches below.
+        self.cur_bnode: Bnode | None = None
+        # ``count`` and ``mon_quiet_below`` (properties, below) as of the last write, and
+        # cur_bnode's record count then: the fast path's stores add to ``count`` unwritten.
+        self._count = 0
+        self._cur_nr0 = 0
+        self._mon_quiet_below = 0
+        #: ``mon_quiet_below`` as a record count of cur_bnode: the fast path arms the monitor
+        #: once its store makes ``nr_records`` reach this (``count`` then reaches the other).
+        self.quiet_nr = 0
         super().__init__(FREE_N_CHANNELS, [])
         self.cpu = cpu
         self.lock = kv.kernel.new_lock("krc.lock", LockKind.RAW_SPINLOCK)
@@ -120,10 +137,6 @@ class Krc(KfreeRcuCpu[Bnode, Krwp, int]):
         self.cache: list[int] = []
         self.monitor = KrcWork(f"kfree_rcu_monitor/{cpu}", kv.monitor.kfree_rcu_monitor, self)
         self.monitor_todo = False
-        #: While ``count`` stays below this, arming the monitor would return at once: it is
-        #: queued, or its timer fires within a tick, or (kick mode) fires later but the count
-        #: has not reached a block yet. Set by ``KvfreeMonitor.arm_monitor``; 0 (check)
-        #: whenever anything else changes the monitor's state.
         self.mon_quiet_below = 0
         reclaim = kv.reclaim.kfree_rcu_work
         self.krw = [
@@ -140,6 +153,62 @@ class Krc(KfreeRcuCpu[Bnode, Krwp, int]):
             f"schedule_page_work_fn/{cpu}", lambda _t: page_cache.schedule_page_work_fn(self)
         )
         self.initialized = True
+
+    def kvfree_rcu_drain_ready(
+        self, poll: Callable[[int], bool]
+    ) -> tuple[list[tuple[int, list[Bnode]]], array[int] | None]:
+        """The core's ``kvfree_rcu_drain_ready()``; then ``cur_bnode`` follows channel 0."""
+        out = super().kvfree_rcu_drain_ready(poll)
+        self.note_bulk0()
+        return out
+
+    def kvfree_rcu_queue_batch(
+        self,
+        policy: KvfreePolicy,
+        counters: KvfreeCounters,
+        snapshot: Callable[[], int],
+        queue_rcu_work: Callable[[Krwp], bool],
+    ) -> bool:
+        """The core's ``kvfree_rcu_queue_batch()``; then ``cur_bnode`` follows channel 0."""
+        queued = super().kvfree_rcu_queue_batch(policy, counters, snapshot, queue_rcu_work)
+        self.note_bulk0()
+        return queued
+
+    def note_bulk0(self) -> None:
+        """Channel 0 changed: re-read its current block into ``cur_bnode`` (``count`` kept)."""
+        count = self.count
+        chan = self.bulk[0]
+        self.cur_bnode = chan[-1] if chan else None
+        self.count = count
+
+    @property
+    def count(self) -> int:
+        """``krcp->count``: what was written, plus the fast path's stores since (each one call
+        into cur_bnode, which bumps nothing else), so the per-call path writes one field."""
+        cur = self.cur_bnode
+        if cur is None:
+            return self._count
+        return self._count + cur.nr_records - self._cur_nr0
+
+    @count.setter
+    def count(self, value: int) -> None:
+        cur = self.cur_bnode
+        nr0 = self._cur_nr0 = cur.nr_records if cur is not None else 0
+        self._count = value
+        self.quiet_nr = self._mon_quiet_below - value + nr0
+
+    @property
+    def mon_quiet_below(self) -> int:
+        """While ``count`` stays below this, arming the monitor would return at once: it is
+        queued, or its timer fires within a tick, or (kick mode) fires later but the count has
+        not reached a block yet. Set by ``KvfreeMonitor.arm_monitor``; 0 (check) whenever
+        anything else changes the monitor's state. Writing it moves ``quiet_nr``."""
+        return self._mon_quiet_below
+
+    @mon_quiet_below.setter
+    def mon_quiet_below(self, value: int) -> None:
+        self._mon_quiet_below = value
+        self.quiet_nr = value - self._count + self._cur_nr0
 
     def raw_spin_lock_irqsave(self, task: Task) -> None:
         """``raw_spin_lock_irqsave(&krcp->lock)`` (lockdep-free: a raw lock with IRQs off can

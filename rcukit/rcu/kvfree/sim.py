@@ -69,8 +69,8 @@ __all__ = ["KFREE_N_BATCHES", "Bnode", "Krc", "Krwp", "KvfreeRcu", "KvfreeStatis
 
 class _AlwaysOn:
     """Stands in for the tracepoint keys on the fast path's gate when every call must take the
-    slow path anyway (debug objects, polled snapshots, lock-hold tracing): one attribute test
-    covers every reason."""
+    slow path anyway (debug objects, polled snapshots, lock-hold tracing, a head-less call on a
+    profile without that form): one attribute test covers every reason."""
 
     __slots__ = ()
     rcu_kvfree_callback = True
@@ -145,11 +145,14 @@ class KvfreeRcu:
         # event out keeps the fast path.
         always_slow = self.debug.enabled or self._polled
         self._gate: Tracepoints | _AlwaysOn = _AlwaysOn() if always_slow else kernel.tracer.tp
+        #: The head-less calls' gate: always on without the head-less form (pre-v5.9), so the
+        #: fast path needs no test of the form; the slow path raises the usage error.
+        self._gate_single = self._gate if self._headless else _AlwaysOn()
 
     def force_slow_path(self) -> None:
         """Send every call down the modelled slow path (:meth:`_kvfree_slow`), as a trace of
         each ``krcp->lock`` hold needs: the fast path takes the lock inline, unseen."""
-        self._gate = _AlwaysOn()
+        self._gate = self._gate_single = _AlwaysOn()
 
     @property
     def pending(self) -> int:
@@ -204,37 +207,44 @@ class KvfreeRcu:
         # calls_single and pending add these up); the slow path takes it back below.
         ctr = self.counters
         if head is None:
-            if not self._headless:
-                raise self._no_headless(ptr)
             # hardirq context always has irqs_disabled set, so this covers in_atomic()
             if task.preempt_count or task.irqs_disabled or task.rcu_read_nesting:
-                self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
+                self._might_sleep(task, ptr)
+            # a profile without the head-less form has its gate always on: the slow path
+            # raises the usage error
+            gate = self._gate_single
             ctr.fast_single += 1
         else:
             slab = self._slab_of.get((ptr - self._page_offset) >> self._page_shift)
             off = head - ptr
             if slab is None or not 0 <= off < slab.cache.size:
                 self._check_head(ptr, head)
+            gate = self._gate
             ctr.fast_double += 1
         cpu = task.cpu
         krcp = self.krcs[cpu.id]
-        chan = krcp.bulk[0]
-        if chan and not (self._gate.rcu_kvfree_callback or ptr >= VMALLOC_START):
-            bnode = chan[-1]
+        bnode = krcp.cur_bnode
+        if bnode is not None and not (gate.rcu_kvfree_callback or ptr >= VMALLOC_START):
             n = bnode.nr_records
-            if n != self.capacity:
-                # krc_this_cpu_lock() ... store ... krc_this_cpu_unlock(): a raw lock with IRQs
-                # off can never be an invalid wait context and nothing in between can sleep,
-                # so the lock model has nothing to check here; its cost is charged all the same.
+            # krc_this_cpu_lock() ... store ... krc_this_cpu_unlock(): a raw lock with IRQs
+            # off can never be an invalid wait context and nothing in between can sleep, so
+            # the lock model has nothing to check here; its cost is charged all the same.
+            # The records array holds exactly a block's capacity: a full block refuses the
+            # store (once per block), which spares a room check on every call.
+            try:
                 bnode.records[n] = ptr
-                bnode.nr_records = n + 1
-                count = krcp.count + 1
-                krcp.count = count
+            except IndexError:
+                pass
+            else:
+                # krcp->count++ is this store's (see Krc.count)
+                n += 1
+                bnode.nr_records = n
                 t = cpu.local_ns + self._fast_ns
                 cpu.local_ns = t
                 # schedule_delayed_monitor_work() on every call; it nearly always finds the
-                # monitor armed already, which the last call worked out (mon_quiet_below)
-                if count >= krcp.mon_quiet_below:
+                # monitor armed already, which the last call worked out (mon_quiet_below,
+                # here as a record count of this block)
+                if n >= krcp.quiet_nr:
                     self._arm_monitor(task, krcp)
                 if t >= cpu.next_tick_ns:
                     await task.preempt_point()
@@ -264,6 +274,13 @@ class KvfreeRcu:
         """``kvfree_call_rcu(head, ptr)`` (the v6.3 argument order)."""
         await self.kvfree_rcu(task, ptr, head)
 
+    def _might_sleep(self, task: Task, ptr: int) -> None:
+        """A head-less call from atomic context: the usage error first where the form does not
+        exist (as the slow path raises it), else ``might_sleep()``'s splat."""
+        if not self._headless:
+            raise self._no_headless(ptr)
+        self.kernel.locks.might_sleep(task, "kvfree_call_rcu")
+
     def _check_head(self, ptr: int, head: int) -> None:
         if not 0 <= head - ptr < self._object_size(ptr):
             raise RcuUsageError(
@@ -273,9 +290,11 @@ class KvfreeRcu:
 
     async def _kvfree_slow(self, task: Task, head: int | None, ptr: int) -> None:
         """The full path: a new block, the fallbacks, tracing, debug objects, polled snaps."""
+        single = head is None
+        if single and not self._headless:
+            raise self._no_headless(ptr)
         cpu = task.cpu
         t0 = cpu.local_ns
-        single = head is None
         ctr = self.counters
         ctr.slow_calls += 1
         if single:
@@ -300,6 +319,8 @@ class KvfreeRcu:
             # The v5.13+ direct allocation may sleep and the task migrate (CPU hot-unplug):
             # _new_block re-took the lock of the krcp it returns (see relock_same_krcp).
             cpu = task.cpu
+        # read before the store: a store into the fast path's block counts itself (Krc.count)
+        count = krcp.count + 1
         if bnode is not None:
             bnode.records[bnode.nr_records] = ptr
             bnode.nr_records += 1
@@ -314,7 +335,6 @@ class KvfreeRcu:
             if self._polled:
                 krcp.head_gp_snap = self.rcu.get_state_synchronize_rcu(task)
         if ok or not single:
-            count = krcp.count + 1
             krcp.count = count
             ctr.pending += 1
             # schedule_delayed_monitor_work(), which has nothing to do below
@@ -397,6 +417,7 @@ class KvfreeRcu:
                 return krcp, None
         bnode = Bnode(page, self.capacity)
         krcp.bulk[idx].append(bnode)
+        krcp.note_bulk0()
         ctr.note_block()
         return krcp, bnode
 
