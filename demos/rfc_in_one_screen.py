@@ -50,14 +50,22 @@ def main(argv: list[str] | None = None) -> int:
             f"({r['block_alloc_failure_pct']:.1f}%)  "
             f"rcu_head fallbacks={r['fallback_rcu_head']:<6d} "
             f"synchronize_rcu fallbacks={r['fallback_synchronize']:<5d} "
-            f"zone-lock acquisitions={r['zone_lock_acquisitions']}"
+            f"zone-lock acquisitions={r['zone_lock_acquisitions']:<5d} "
+            f"pages of another migratetype={r['block_pages_other_mt_pcp']}"
         )
-    if not ft["block_alloc_failures"]:
+    other = ft["block_pages_other_mt_pcp"]
+    if not ft["block_alloc_failures"] and other:
         print(
-            "fast-try paid nothing in this run: every block page it asked for came from one of"
-            "\nthe CPU's pcp lists (its loop reads the movable and reclaimable lists too, past the"
-            "\nunmovable one that nowait refills under zone->lock). It fails only when all of them"
-            "\nare empty at once, or below the low watermark."
+            f"fast-try failed no allocation in this run, but {other} of its block pages came from"
+            "\nthe CPU's movable or reclaimable pcp list: its loop reads past the unmovable one"
+            "\nthat nowait refills under zone->lock. Unmovable pages end up in movable pageblocks,"
+            "\nthe \"hard to estimate consumption of pcp free pages\" Hocko objected to."
+        )
+    elif not ft["block_alloc_failures"]:
+        print(
+            "fast-try paid nothing in this run: every block page it asked for came from the"
+            "\nCPU's unmovable pcp list. It fails only when all of its pcp lists are empty at"
+            "\nonce, or below the low watermark."
         )
     return 0
 
