@@ -722,9 +722,10 @@ class PageAlloc:
         migratetype's pageblock.
         """
         zone = self.zone
+        steals = zone.buddy.nr_boosting_steals - before
         if self.in_krcp(task):
-            self.vmstat.inc("extfrag_fragmenting_in_krcp", zone.buddy.nr_boosting_steals - before)
-        for _ in range(zone.buddy.nr_boosting_steals - before):
+            self.vmstat.inc("extfrag_fragmenting_in_krcp", steals)
+        for _ in range(steals):
             if zone.boost_watermark():
                 self.vmstat.inc("watermark_boosts")
                 if alloc_flags & _ALLOC_KSWAPD:

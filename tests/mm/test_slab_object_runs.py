@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from array import array
+from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -298,6 +299,16 @@ async def _block_of(k: Kernel, n: int) -> tuple[array[int], list[tuple[Slab, int
     return array("Q", ptrs), segs
 
 
+async def _free_alike(
+    a: Kernel, ptrs: Sequence[int], b: Kernel, segs: Sequence[tuple[Slab, int, int]]
+) -> None:
+    """``kfree_bulk(ptrs)`` on ``a``, ``kfree_bulk_segments(segs)`` on ``b`` (the same
+    objects), then the same allocator state on both."""
+    await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs))
+    await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, segs))
+    assert _state(a) == _state(b)
+
+
 @pytest.mark.parametrize("quarantine", [0, 64])
 @pytest.mark.parametrize("cut", [0, 1, 7])
 async def test_kfree_bulk_segments_leaves_what_kfree_bulk_leaves(
@@ -321,9 +332,7 @@ async def test_kfree_bulk_segments_leaves_what_kfree_bulk_leaves(
         assert len(segs) > len(whole) or not cut
         # the segments stand for the same pointer array (the quarantine gets it from them)
         assert segment_pointers(segs).tolist() == list(ptrs_b)
-        await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
-        await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, segs))
-        assert _state(a) == _state(b)
+        await _free_alike(a, ptrs_a, b, segs)
 
 
 async def test_kfree_bulk_segments_with_a_full_pcp_list_leaves_what_kfree_bulk_leaves(
@@ -341,9 +350,7 @@ async def test_kfree_bulk_segments_with_a_full_pcp_list_leaves_what_kfree_bulk_l
         for k in (a, b):
             for pcp in k.mm.page_alloc.pcps:
                 pcp.high = min(pcp.high, pcp.count + 1)
-        await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
-        await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, segs))
-        assert _state(a) == _state(b)
+        await _free_alike(a, ptrs_a, b, segs)
         assert b.mm.vmstat["pgfree"] > 0
 
 
@@ -365,9 +372,7 @@ async def test_kfree_bulk_segments_with_a_slab_twice_leaves_what_kfree_bulk_leav
             return [(s, i, half), whole[1], (s, i + half, n - half), *whole[2:]]
 
         ptrs_a = segment_pointers(interleaved(whole_a))
-        await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
-        await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, interleaved(whole_b)))
-        assert _state(a) == _state(b)
+        await _free_alike(a, ptrs_a, b, interleaved(whole_b))
 
 
 @pytest.mark.parametrize("quarantine", [0, 64])
@@ -421,9 +426,7 @@ async def test_kfree_bulk_segments_with_gaps_leaves_what_kfree_bulk_leaves(
         segs_b = _with_gaps(whole_b)
         assert any(x[0] is y[0] for x, y in pairwise(segs_b))
         ptrs_a = segment_pointers(_with_gaps(whole_a))
-        await on_cpu(a, lambda t: a.mm.kfree_bulk(t, ptrs_a))
-        await on_cpu(b, lambda t: b.mm.slab.kfree_bulk_segments(t, segs_b))
-        assert _state(a) == _state(b)
+        await _free_alike(a, ptrs_a, b, segs_b)
 
 
 async def test_kfree_bulk_segments_reports_an_object_listed_twice_in_a_slabs_stretches(

@@ -88,8 +88,7 @@ class KvfreeFlood(KvfreePart):
         allowed = runnable and slab.runs_allowed(gfp)
         fast_ns = kv._fast_ns
         # what one call charges: kmalloc's cost, then kvfree_rcu's lock and store
-        alloc_ns = slab.kmalloc_cost(cache, gfp) if cache is not None else 0
-        per = alloc_ns + fast_ns
+        per = (slab.kmalloc_cost(cache, gfp) if cache is not None else 0) + fast_ns
         cap = kv.capacity
         nobj = cache.nobj if cache is not None else 0
         pointers = slab.pointers
@@ -128,10 +127,8 @@ class KvfreeFlood(KvfreePart):
                     got += await self._one(task, size, gfp, head_offset, mix)
                 else:
                     self.per_call += 1
-                    a = active.freelist[-1]
-                    take_run(active, 1)
-                    cpu.local_ns += alloc_ns
-                    ptr = active.base + a * cache.size
+                    ptr, _ = slab.kmalloc_run(task, cache, gfp, 1)
+                    a = (ptr - active.base) // cache.size
                     head = head_offset
                     if mix is not None and mix.getrandbits(16) & 0x800:
                         head = None
@@ -159,7 +156,7 @@ class KvfreeFlood(KvfreePart):
             t = cpu.local_ns
             bnode = chan[-1]
             nr0 = nr = bnode.nr_records
-            quiet_nr = krcp.mon_quiet_below - count + nr
+            quiet_nr = krcp.quiet_nr  # mon_quiet_below as a record count of bnode
             end_nr = nr + remaining
             lim = cap if cap < end_nr else end_nr
             stop_nr = quiet_nr if quiet_nr < end_nr else end_nr
