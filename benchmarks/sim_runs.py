@@ -7,6 +7,14 @@
   time of flood + drain per simulated call, divided by :func:`_common.bare_loop`'s time per
   iteration over as many items, measured in the same repetition; the median of the
   repetitions' ratios reported.
+- ``sim_slab_page_floor_vs_bare_loop`` (no target: the floor under the flood's): the least
+  that every slab page of such a flood goes through, one page after another on one CPU: a pcp
+  hit, the slab set up whole, its discard and the pcp free (``alloc_page_nowait``,
+  ``_setup_slab``, ``_free_slabs``: the flood's own steps, without the SLUB list steps, runs,
+  blocks, grace periods and buddy merges it also takes), per object the page holds
+  (kmalloc-32: 128), over the bare loop's per iteration. The flood's ``<= 1x`` needs its whole
+  cost per call under the bare loop's, so this floor says how much of that one page's bare
+  life already takes.
 - ``rcuscale_published``: ``rcukit rcuscale``'s published configuration (16 CPUs, 16 kfree'ers,
   ``kfree_alloc_num=8000``) run twice, with a few hundred and with a thousand more loops (the
   published run has ``kfree_loops=20000``); the published run's wall time is estimated as the
@@ -123,6 +131,83 @@ def flood_figure(mode: Mode) -> Figure:
     )
 
 
+def slab_page_floor(pages: int) -> dict[str, float]:
+    """Wall ns of ``pages`` slab pages' bare lives on CPU 0 (see the module docstring), and
+    of the pcp round trip alone, each per page."""
+    box: dict[str, float] = {}
+    gfp = int(GFP_KERNEL)
+
+    async def main() -> None:
+        async with boot(rcuscale_config(NR_CPUS)) as k:
+            pa = k.mm.page_alloc
+            slab = k.mm.slab
+            cache = slab.cache_for(OBJ_SIZE)
+
+            async def lives(task: Task) -> None:
+                if task.cpu.id:
+                    return
+                t0 = time.perf_counter()
+                for _ in range(pages):
+                    pfn = pa.alloc_page_nowait(task, gfp) or await pa.alloc_pages(task, gfp)
+                    assert pfn is not None
+                    if not pa.free_page_nowait(task, pfn):
+                        await pa.free_pages(task, pfn)
+                box["pcp_ns"] = (time.perf_counter() - t0) / pages * 1e9
+                t0 = time.perf_counter()
+                for _ in range(pages):
+                    pfn = pa.alloc_page_nowait(task, gfp) or await pa.alloc_pages(task, gfp)
+                    assert pfn is not None
+                    page = slab._setup_slab(cache, pfn, 0, whole=True)
+                    # every object freed at once: empty, off every list (a discard's state)
+                    page.inuse = 0
+                    slab.nr_objects -= page.nobj
+                    await slab._free_slabs(task, [page])
+                box["page_ns"] = (time.perf_counter() - t0) / pages * 1e9
+                box["nobj"] = cache.nobj
+
+            await k.run_on_cpus(lives)
+
+    run_sim(main)
+    return box
+
+
+def floor_figure(mode: Mode) -> Figure:
+    pages = mode.pick(50_000, 20_000, 200)
+    reps = mode.pick(5, 3, 1)
+    ratios: list[float] = []
+    best: dict[str, float] = {}
+    bare_ns = float("inf")
+    for _ in range(reps):
+        r = slab_page_floor(pages)
+        nobj = int(r["nobj"])
+        bare = bare_loop(list(range(pages * nobj))) / (pages * nobj) * 1e9
+        ratios.append(r["page_ns"] / nobj / bare)
+        bare_ns = min(bare_ns, bare)
+        if not best or r["page_ns"] < best["page_ns"]:
+            best = r
+    nobj = int(best["nobj"])
+    return Figure(
+        "sim_slab_page_floor_vs_bare_loop",
+        round(statistics.median(ratios), 3),
+        "x bare loop",
+        None,
+        {
+            "pages": pages,
+            "objects_per_page": nobj,
+            "ns_per_page": round(best["page_ns"], 1),
+            "pcp_round_trip_ns": round(best["pcp_ns"], 1),
+            "ns_per_object": round(best["page_ns"] / nobj, 2),
+            "bare_loop_ns_per_iteration": round(bare_ns, 2),
+            "repetitions": reps,
+        },
+        f"{NR_CPUS} CPUs, v6.1, one CPU: {pages} slab pages of kmalloc-32, one after another, "
+        "each a pcp hit, set up whole, discarded and freed to the pcp list (the least every "
+        "slab page of a run-based flood goes through); wall time per object the page holds / "
+        "a bare loop's per iteration, median of the repetitions (the floor under "
+        "sim_flood_vs_bare_loop's <= 1x)",
+    )
+
+
 def _rcuscale_wall(loops: int) -> tuple[float, float]:
     """One ``rcukit rcuscale`` run of the published shape with ``loops`` loops, as the command
     runs it: (wall seconds, simulated seconds)."""
@@ -170,4 +255,4 @@ def published_figure(mode: Mode) -> Figure:
 
 
 def run(mode: Mode) -> list[Figure]:
-    return [flood_figure(mode), published_figure(mode)]
+    return [flood_figure(mode), floor_figure(mode), published_figure(mode)]

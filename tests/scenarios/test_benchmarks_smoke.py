@@ -16,6 +16,7 @@ FIGURES = (
     "sim_kvfree_shuffled_vs_bare_loop",
     "sim_flood_kmalloc_vs_bare_loop",
     "sim_flood_vs_bare_loop",
+    "sim_slab_page_floor_vs_bare_loop",
     "rcuscale_published",
     "sim_events_per_wall_second",
     "sim_model_ops_per_wall_second",
