@@ -129,5 +129,9 @@ class RcuArgumentError(RcukitError, TypeError):
     """An RCU API got an argument of the wrong kind (a non-callable callback, say)."""
 
 
+class RcuValueError(RcukitError, ValueError):
+    """An RCU API got an argument of the right kind but out of range (``size=-1``, say)."""
+
+
 class CpuHotplugError(RcukitError, ValueError):
     """A CPU hotplug request that cannot be honoured (no such CPU, the last online one...)."""

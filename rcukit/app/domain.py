@@ -48,7 +48,7 @@ from rcukit.app.callbacks import Callbacks
 from rcukit.app.config import APP_DRAIN_DELAY, DEFAULT_MAX_PENDING, DomainConfig
 from rcukit.app.gp import GpState
 from rcukit.app.grace import GracePeriods, check_cookie
-from rcukit.app.kvfree import KvfreeQueue, ReleaseTarget
+from rcukit.app.kvfree import KvfreeQueue, ReleaseTarget, check_kvfree_size
 from rcukit.app.kvfree_host import DomainKvfree
 from rcukit.app.lifecycle import DomainLifecycle
 from rcukit.app.loop import EventLoop, thread_in_read_lock
@@ -276,16 +276,22 @@ class RcuDomain:
         :class:`~rcukit.app.pool.ObjectPool`, a function, or "drop the reference"); a pool (or
         anything with ``free_bulk(list)``) gets one call per block; a function is called with
         each object. ``size``: the bytes ``obj`` counts for against ``max_pending_bytes`` (else
-        ``weight(obj)``; ignored when the domain does not weigh objects). Never blocks; at the
-        pending cap (objects or bytes) it raises :class:`~rcukit.errors.RcuBackpressureError`
-        (await :meth:`kvfree_rcu_wait` instead).
+        ``weight(obj)``; not counted when the domain does not weigh objects, but checked on
+        every domain: an ``int`` >= 0, 0 meaning "weighs nothing"; a float or a bool raises
+        :class:`~rcukit.errors.RcuArgumentError`, a ``TypeError``, a negative count
+        :class:`~rcukit.errors.RcuValueError`, a ``ValueError``, and nothing is queued). Never
+        blocks; at the pending cap (objects or bytes) it raises
+        :class:`~rcukit.errors.RcuBackpressureError` (await :meth:`kvfree_rcu_wait` instead).
         """
         self._krc.kvfree_rcu(obj, release, size)
 
     async def kvfree_rcu_wait(
         self, obj: object, release: ReleaseTarget = None, size: int | None = None
     ) -> None:
-        """``kvfree_rcu_mightsleep``: at the pending cap, wait a GP and release ``obj`` inline."""
+        """``kvfree_rcu_mightsleep``: at the pending cap, wait a GP and release ``obj`` inline.
+
+        ``size`` as for :meth:`kvfree_rcu`; a bad one raises before anything waits or queues.
+        """
         await self._krc.kvfree_rcu_wait(obj, release, size)
 
     kvfree_rcu_mightsleep = kvfree_rcu_wait
@@ -436,6 +442,8 @@ class FromThread:
     def kvfree_rcu_wait(
         self, obj: object, release: ReleaseTarget = None, size: int | None = None
     ) -> None:
+        if size is not None:  # refused in this thread, before the loop is asked
+            check_kvfree_size(size, "rcu.from_thread.kvfree_rcu_wait()")
         self._run("kvfree_rcu_wait()", self._rcu.kvfree_rcu_wait, obj, release, size)
 
     def synchronize_rcu_expedited(self) -> None:

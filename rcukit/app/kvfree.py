@@ -56,13 +56,13 @@ import anyio
 
 from rcukit.app.pool import ObjectPool
 from rcukit.app.sites import call_site
-from rcukit.errors import RcuArgumentError, RcuUsageError
+from rcukit.errors import RcuArgumentError, RcuUsageError, RcuValueError
 from rcukit.rcu.kvfree.core import KFREE_N_BATCHES, KfreeRcuCpu, KfreeRcuCpuWork, KvfreeRcuBulkData
 
 if TYPE_CHECKING:
     from rcukit.app.kvfree_host import KvfreeHost
 
-__all__ = ["KFREE_N_BATCHES", "MAX_CHANNELS", "KvfreeQueue", "ReleaseTarget"]
+__all__ = ["KFREE_N_BATCHES", "MAX_CHANNELS", "KvfreeQueue", "ReleaseTarget", "check_kvfree_size"]
 
 #: What ``release=`` accepts: None (drop the reference), an object with ``free_bulk(list)``
 #: (an :class:`ObjectPool`), or a function called with each object.
@@ -79,6 +79,31 @@ _KIND_NAMES = {DROP: "drop", BULK: "free_bulk", CALL: "call"}
 
 def _describe(obj: object) -> str:
     return f"{type(obj).__name__} object at {id(obj):#x}"
+
+
+def check_kvfree_size(size: object, what: str, shown: str = "size=") -> int:
+    """``size`` as a byte count, or the error that names the call and the value.
+
+    A byte count is an ``int`` >= 0 (0: the object weighs nothing against
+    ``max_pending_bytes``, it still counts against ``max_pending``). It is checked whether or
+    not the domain weighs objects: a size that is wrong on one domain is wrong on all, and a
+    negative one would lower the pending bytes under a cap. A ``bool`` is refused though it
+    is an ``int`` (``size=True`` is a slip, not one byte); so are floats (``nan``, ``1e3``):
+    the cap's arithmetic is exact.
+    """
+    if type(size) is int and size >= 0:
+        return size
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise RcuArgumentError(
+            f"{what}: {shown}{size!r} ({type(size).__name__}); expected an integer >= 0, the "
+            "bytes the object counts for against max_pending_bytes"
+        )
+    if size < 0:
+        raise RcuValueError(
+            f"{what}: {shown}{size!r}; expected an integer >= 0, the bytes the object counts "
+            "for against max_pending_bytes (0: it weighs nothing)"
+        )
+    return int(size)  # an int subclass (IntEnum, say): its plain value
 
 
 class _Recs(list[Any]):
@@ -218,7 +243,11 @@ class KvfreeQueue:
         "drop the reference"), an object with ``free_bulk(list)``, or a function called as
         ``release(obj)`` (pass ``Conn.close``, not ``conn.close``: each distinct target gets its
         own blocks). ``size``: the bytes ``obj`` counts for when the domain weighs objects
-        (``max_pending_bytes`` or ``weight``; ignored otherwise). Never blocks; raises
+        (``max_pending_bytes`` or ``weight``); an ``int`` >= 0 on every domain (0: the object
+        weighs nothing, it still counts against ``max_pending``), else
+        :class:`~rcukit.errors.RcuArgumentError` (a ``TypeError``: a float, a bool) or
+        :class:`~rcukit.errors.RcuValueError` (a ``ValueError``: a negative count), raised
+        before anything is queued or counted. Never blocks; raises
         :class:`~rcukit.errors.RcuBackpressureError` at the domain's pending cap (use
         :meth:`kvfree_rcu_wait` there). From a worker thread the call
         is made on the domain's loop (the kernel takes the krcp lock on every call; finding the
@@ -233,6 +262,8 @@ class KvfreeQueue:
             self._enqueue_any_thread(obj, release, size)
             return
         if len(recs) < recs.limit:
+            if size is not None:  # a grant means no byte accounting: checked, not weighed
+                check_kvfree_size(size, "kvfree_rcu()")
             recs.append(obj)
             return
         self.enqueue_slow(obj, release, None, False, size)
@@ -240,6 +271,8 @@ class KvfreeQueue:
     def _enqueue_any_thread(self, obj: object, release: ReleaseTarget, size: int | None) -> None:
         """The fast path found no channel: insert on the slow path, on the loop's thread."""
         if _get_ident() != self._thread:
+            if size is not None:  # refused in the caller's thread, before the loop is asked
+                check_kvfree_size(size, "kvfree_rcu()")
             site = call_site() if self._host.debug else None
             self._host.loop.run_sync(
                 "kvfree_rcu()", self.enqueue_slow, obj, release, site, False, size
@@ -255,8 +288,11 @@ class KvfreeQueue:
         Below the cap it queues ``obj`` (and checkpoints). At the cap it does what the kernel's
         head-less path does when no block can be had: waits for a grace period
         (``synchronize_rcu()``, shared with concurrent callers) and releases ``obj`` inline.
-        Must not be called inside a read section (it may wait for a GP).
+        Must not be called inside a read section (it may wait for a GP). A bad ``size`` is
+        refused as by :meth:`kvfree_rcu`, before anything else (no wait, nothing queued).
         """
+        if size is not None:
+            check_kvfree_size(size, "kvfree_rcu_wait()")
         h = self._host
         if not h.loop.in_loop_thread():
             h.loop.refuse_thread("kvfree_rcu_wait()", "rcu.from_thread.kvfree_rcu_wait(obj)")
@@ -291,10 +327,21 @@ class KvfreeQueue:
         force: bool,
         size: int | None = None,
     ) -> None:
-        """Everything the fast path leaves out: validation, blocks, the monitor, the cap."""
+        """Everything the fast path leaves out: validation, blocks, the monitor, the cap.
+
+        The object is weighed (or ``size`` checked) first: a refusal leaves the queue as it
+        was, with no new channel and no settlement.
+        """
         h = self._host
         if not h.accepting():
             h.check_open("kvfree_rcu()")
+        weigh = h.weigh
+        if weigh is not None:
+            nbytes = weigh(obj, size)
+        else:
+            nbytes = 0
+            if size is not None:
+                check_kvfree_size(size, "kvfree_rcu()")
         try:
             ch = self._channels.get(release)
         except TypeError:
@@ -307,8 +354,6 @@ class KvfreeQueue:
             if site is None:
                 site = call_site()
             h.debug_check(obj, ch.target if ch.kind == BULK else None, site)
-        weigh = h.weigh
-        nbytes = 0 if weigh is None else weigh(obj, size)
         if not force and h.room(1) < 1:
             h.note_backpressure()
             raise h.cap_error("kvfree_rcu()", "await rcu.kvfree_rcu_wait(obj)")

@@ -20,7 +20,7 @@ from rcukit.app.callbacks import RESCHED_NS
 from rcukit.app.config import DomainConfig
 from rcukit.app.gp import GpState
 from rcukit.app.grace import GracePeriods
-from rcukit.app.kvfree import KvfreeQueue, ReleaseTarget
+from rcukit.app.kvfree import KvfreeQueue, ReleaseTarget, check_kvfree_size
 from rcukit.app.loop import EventLoop
 from rcukit.app.pool import ObjectPool
 from rcukit.app.readers import QsbrWorker, QuiescentWhileWaiting, Readers
@@ -166,23 +166,18 @@ class DomainKvfree:
         return q
 
     def _weigh(self, obj: object, size: int | None) -> int:
-        """The bytes ``obj`` counts for: ``size=`` if given, else ``weight(obj)``."""
-        if size is None:
-            weight = self._weight
-            if weight is None:
-                raise RcuArgumentError(
-                    f"kvfree_rcu({_describe(obj)}): the domain caps pending bytes "
-                    "(max_pending_bytes) but this call gave no size= and open_domain() has no "
-                    "weight= function"
-                )
-            n: object = weight(obj)
-            what = f"weight({_describe(obj)}) returned"
-        else:
-            n = size
-            what = "size ="
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise RcuArgumentError(f"kvfree_rcu(): {what} {n!r}; expected an integer >= 0")
-        return n
+        """The bytes ``obj`` counts for: ``size=`` if given, else ``weight(obj)``; either is
+        checked like ``size=`` (an ``int`` >= 0) before the queue changes anything."""
+        if size is not None:
+            return check_kvfree_size(size, "kvfree_rcu()")
+        weight = self._weight
+        if weight is None:
+            raise RcuArgumentError(
+                f"kvfree_rcu({_describe(obj)}): the domain caps pending bytes "
+                "(max_pending_bytes) but this call gave no size= and open_domain() has no "
+                "weight= function"
+            )
+        return check_kvfree_size(weight(obj), "kvfree_rcu()", f"weight({_describe(obj)}) returned ")
 
     def flush(self) -> None:
         """Run every queue's monitor on the callback task's next pass (``rcu.flush()``)."""

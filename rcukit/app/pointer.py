@@ -20,6 +20,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from rcukit.app.kvfree import check_kvfree_size
+
 if TYPE_CHECKING:
     from rcukit.app.domain import RcuDomain
 
@@ -75,8 +77,12 @@ class RcuPointer(Generic[T]):
         meantime ``fn`` runs again on the newer value, and no write is lost). ``fn`` must build
         a new value, not modify ``old`` (readers may hold it). The old value goes to
         ``rcu.kvfree_rcu_wait(old, release, size)``: released after a grace period, in bulk;
-        at the pending cap this waits. Must not be called inside a read section.
+        at the pending cap this waits. Must not be called inside a read section. A bad ``size``
+        raises before ``fn`` runs (after the swap it would leave ``old`` published over and
+        never retired).
         """
+        if size is not None:
+            check_kvfree_size(size, "RcuPointer.update()")
         while True:
             old = self._value
             res = fn(old)

@@ -15,6 +15,15 @@ compare by value (``bytearray``) are kept in a list plus a set of their ids, whi
 more. It is the spirit of SLUB's cheap always-on freelist check (``set_freepointer`` under
 CONFIG_SLAB_FREELIST_HARDENED catches ``object == fp``), not the full debug bookkeeping.
 
+Nor does it take back more objects than it has out (``allocs - frees``): the objects of a free
+beyond that count cannot be its own (one comparison per call), so they are refused with a
+:class:`~rcukit.errors.MemoryDebugError` (``kind="invalid-free"``) and neither cached nor
+counted, and ``statistics().in_use`` can never go negative. What it cannot see without
+per-object records is *which* object is foreign while some of its own are out: SLUB without
+consistency checks trusts ``kmem_cache_free`` the same way (``cache_from_obj()`` in
+``mm/slab.h`` reads the object's page only under ``SLAB_CONSISTENCY_CHECKS``). Debug mode
+knows every object and refuses a foreign one at once.
+
 Debug mode does what ``slub_debug=FPZ`` plus KASAN's quarantine do for the kernel:
 
 * every allocation and free records its call site (the first frame outside rcukit; frees done
@@ -106,6 +115,19 @@ class ObjectPool(Generic[T]):
     object freed in debug mode (``bytearray`` objects are poisoned with 0x6b bytes without it).
     Pass the pool as ``release=`` to :meth:`RcuDomain.kvfree_rcu` (or to ``open_domain``) and
     retired objects come back to it in bulk after a grace period.
+
+    Freeing an object the pool did not hand out raises
+    :class:`~rcukit.errors.MemoryDebugError` and caches nothing of it. Without debug mode the
+    pool keeps counts, not per-object records (per-object records would cost every free), so
+    what it refuses is exactly what it can prove: a free that finds an object already cached
+    (a double free), and the objects of a free beyond the number it has out (``allocs -
+    frees``: any free while none are out, say). A foreign object freed while the pool's own
+    are out is taken for one of them, undetected; so is an object freed again after the pool
+    dropped it (``max_cached``) or handed it out anew. The books stay consistent all the same:
+    such a free stands in for an object still out, and the free that later finds none out is
+    the one refused (it may be a legitimate one: the message says so). ``statistics().in_use``
+    is ``allocs - frees``, never negative. Use ``debug=True`` to have every foreign or double
+    free refused where it happens, with its call sites.
     """
 
     factory: Callable[[], T]
@@ -177,7 +199,10 @@ class ObjectPool(Generic[T]):
             if err is not None:
                 raise err
             return
-        self._free_plain([obj])
+        if self._frees < self._allocs:
+            self._free_plain([obj])
+        else:  # none out: it cannot be ours
+            self._free_beyond_out([obj])
 
     def free_bulk(self, objs: Iterable[T]) -> None:
         """Give many objects back with one call (``kmem_cache_free_bulk``).
@@ -190,10 +215,19 @@ class ObjectPool(Generic[T]):
             objs = list(objs)
             self._raise_all(self._free_bulk_debug(objs, [site] * len(objs)))
             return
-        self._free_plain(objs if isinstance(objs, list) else list(objs))
+        objs = objs if isinstance(objs, list) else list(objs)
+        if len(objs) > self._allocs - self._frees:
+            self._free_beyond_out(objs)
+        else:
+            self._free_plain(objs)
 
     def _free_plain(self, objs: list[T]) -> None:
-        """Production free of ``objs``: each cached once; duplicates raise after the rest."""
+        """Production free of ``objs``: each cached once; duplicates raise after the rest.
+
+        The callers send a free of more objects than are out (``allocs - frees``) to
+        :meth:`_free_beyond_out` instead (one comparison per call: the books cannot go
+        negative).
+        """
         by_identity = self._by_identity
         if by_identity is None:
             if not objs:
@@ -233,6 +267,53 @@ class ObjectPool(Generic[T]):
         if dup:
             raise self._double_free(dup, len(dup))
 
+    def _free_beyond_out(self, objs: list[T]) -> None:
+        """More objects given back than the pool has out: keep them in order while any is out,
+        refuse the repeats and the rest, then raise for the refused ones.
+
+        The rare path: it looks at each object (is it cached already? repeated in this call?),
+        which the fast path leaves to the set's size.
+        """
+        room = self._allocs - self._frees
+        cached = self._free_set if self._by_identity else None
+        ids = self._free_ids
+        seen: set[int] = set()
+        keep: list[T] = []
+        dup: list[T] = []
+        extra: list[T] = []
+        for o in objs:
+            i = id(o)
+            try:
+                again = o in cached if cached is not None else i in ids
+            except TypeError:  # unhashable: not in the set, so not cached (nor ours)
+                again = False
+            again = again or i in seen
+            if again:
+                dup.append(o)
+            elif len(keep) < room:
+                seen.add(i)
+                keep.append(o)
+            else:
+                extra.append(o)
+        if keep:
+            self._free_plain(keep)  # fits what is out, no repeats: the fast path
+        if extra:
+            raise self._foreign_free(extra, dup, room)
+        raise self._double_free(dup, len(dup))
+
+    def _foreign_free(self, extra: list[T], dup: list[T], room: int) -> MemoryDebugError:
+        sample = ", ".join(_describe(o) for o in extra[:5])
+        also = f"; {len(dup)} more were already free (double free)" if dup else ""
+        return MemoryDebugError(
+            f"invalid free into pool {self.name!r}: it has {room} object(s) out (allocated "
+            f"and not freed) but was given {len(extra)} more, refused ({sample}){also}. They "
+            "are foreign (not allocated from this pool) or freed twice; without debug mode "
+            "the pool counts rather than tracks objects, so an earlier foreign free while "
+            "objects were out may have taken the place of a refused one. "
+            "ObjectPool(debug=True) refuses each bad free where it happens, with its sites",
+            kind="invalid-free",
+        )
+
     @staticmethod
     def _duplicates(objs: list[T]) -> list[T]:
         """Which of ``objs`` repeat within the call (the rare path, for the message)."""
@@ -249,7 +330,8 @@ class ObjectPool(Generic[T]):
         return MemoryDebugError(
             f"double free into pool {self.name!r}: {n} object(s) were already free{what}; the "
             "pool kept one copy of each (a pooled object given to kvfree_rcu() twice?). "
-            "ObjectPool(debug=True) names the allocation and free sites"
+            "ObjectPool(debug=True) names the allocation and free sites",
+            kind="double-free",
         )
 
     # ---------------------------------------------------------------- debug checks
@@ -363,12 +445,14 @@ class ObjectPool(Generic[T]):
         if life is None:
             return MemoryDebugError(
                 f"free of {_describe(obj)} at {site}: it was not allocated from pool "
-                f"{self.name!r} (foreign free)"
+                f"{self.name!r} (foreign free)",
+                kind="invalid-free",
             )
         if life.freed:
             return MemoryDebugError(
                 f"double free of {_describe(obj)} from pool {self.name!r}: allocated at "
-                f"{life.alloc_site}, freed at {life.free_site}, freed again at {site}"
+                f"{life.alloc_site}, freed at {life.free_site}, freed again at {site}",
+                kind="double-free",
             )
         life.freed = True
         life.free_site = site

@@ -9,7 +9,13 @@ import pytest
 from apptools import SpyPool, hold_reader, in_worker_thread
 
 from rcukit.app import APP_DRAIN_DELAY, RcuDomain, open_domain
-from rcukit.errors import ConfigError, RcuArgumentError, RcuBackpressureError, RcuUsageError
+from rcukit.errors import (
+    ConfigError,
+    RcuArgumentError,
+    RcuBackpressureError,
+    RcuUsageError,
+    RcuValueError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -133,7 +139,9 @@ async def test_weights_are_checked_at_the_call() -> None:
     async with open_domain(max_pending_bytes=MB) as rcu:
         with pytest.raises(RcuArgumentError, match="no size= and open_domain"):
             rcu.kvfree_rcu(Config(1))
-        with pytest.raises(RcuArgumentError, match="expected an integer >= 0"):
+        # a negative count is the right type with a wrong value: ValueError, not TypeError
+        # (tests/app/test_app_kvfree_size.py covers every bad size on every entry point)
+        with pytest.raises(RcuValueError, match="size=-1; expected an integer >= 0"):
             rcu.kvfree_rcu(Config(1), size=-1)
         assert rcu.statistics().kvfree_pending == 0
     async with open_domain(weight=lambda c: "big") as rcu:
@@ -144,7 +152,7 @@ async def test_weights_are_checked_at_the_call() -> None:
             pass
 
 
-async def test_without_byte_accounting_size_is_ignored_and_nothing_is_weighed() -> None:
+async def test_without_byte_accounting_size_is_checked_and_nothing_is_weighed() -> None:
     async with open_domain() as rcu:
         rcu.kvfree_rcu(Config(1), size=4 * MB)
         st = rcu.statistics()
