@@ -29,6 +29,7 @@ from rcukit.errors import RcuClosedError as RcuClosedError
 from rcukit.errors import RcukitError as RcukitError
 from rcukit.errors import RcuLeakError as RcuLeakError
 from rcukit.errors import RcuUsageError as RcuUsageError
+from rcukit.errors import RcuValueError as RcuValueError
 
 # Only ``__version__`` is public: importing ``version`` by name made ``rcukit.version`` the
 # stdlib's function.
@@ -56,6 +57,7 @@ __all__ = [
     "RcuLeakError",
     "RcuPointer",
     "RcuUsageError",
+    "RcuValueError",
     "RcukitError",
     "ReadSection",
     "__version__",
