@@ -43,7 +43,16 @@ counters too: ``watermark_boosts`` (``boost_watermark()`` calls that raised the 
 Pages handed out for another migratetype than the one asked for are counted as the kernel
 would see them: ``pcp_alloc_other_mt`` for the RFC's pcp loop (no kernel event shows those),
 ``extfrag_fragmenting_in_krcp`` for ``__rmqueue_fallback()`` steals below a pageblock under
-the raw lock (``mm_page_alloc_extfrag`` with ``fragmenting=1``).
+the raw lock (``mm_page_alloc_extfrag`` with ``fragmenting=1``; the event itself is traced
+for every steal, with the kernel's fields).
+
+Pageblocks own their pages as in the kernel: the zone's buddy allocator
+(:class:`~rcukit.mm.zone.BuddyAllocator`) keeps a migratetype per pageblock and retypes or
+claims pageblocks when it steals, and every free path puts a page on its pageblock's
+migratetype, read when the page is freed (``free_unref_page_prepare()``,
+``__free_pages_ok()``); a pcp drain keeps the pcp list's (``free_pcppages_bulk()``). Which
+in-use pages count as movable when a steal weighs a pageblock comes from the page states
+(:meth:`PageAlloc.nr_movable_pages`).
 
 Sharing between simulated CPUs follows :mod:`rcukit.sched.sim`: a CPU's pcp lists are touched
 without synchronisation; the zone, its lock and kswapd's wait queue only after ``task.sync()``.
