@@ -233,6 +233,7 @@ class PageAlloc:
         self._pbmt = buddy.pageblock_mt
         self._pb_base = buddy.pb_base
         buddy.nr_movable = self.nr_movable_pages
+        buddy.extfrag.clear()  # boot-time steals (memblock-like) are no task's events
         self._pstate = memmap.pstate
         self._start_pfn = memmap.start_pfn
         self._nr_pages = memmap.nr_pages
@@ -748,7 +749,7 @@ class PageAlloc:
     def extfrag_steals(self, task: Task, alloc_flags: int) -> None:
         """What each ``__rmqueue_fallback()`` steal the zone just made (``buddy.extfrag``) does
         beyond the free lists: ``steal_suitable_fallback()``'s boost, then the
-        ``mm_page_alloc_extfrag`` event (mm/page_alloc.c, v5.8-v6.6).
+        ``mm_page_alloc_extfrag`` event (mm/page_alloc.c, v5.8; read in v6.1, the same).
 
         Caller holds ``zone->lock``. A fragmenting steal (fallback order below
         ``pageblock_order``) calls ``boost_watermark()``; a request with ``ALLOC_KSWAPD`` also

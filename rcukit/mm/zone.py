@@ -232,7 +232,7 @@ class FallbackSteal:
     fallback_mt)`` runs after ``steal_suitable_fallback()``; the event's ``TP_fast_assign``
     computes ``change_ownership = (alloc_migratetype == get_pageblock_migratetype(page))``
     then, and ``TP_printk`` prints ``fragmenting = fallback_order < pageblock_order``
-    (include/trace/events/kmem.h, v5.8 to v6.6).
+    (include/trace/events/kmem.h, v5.8; the same in v6.1).
     """
 
     #: The stolen block's head (the event's ``page``).
@@ -341,7 +341,7 @@ class BuddyAllocator:
     allocations (a pageblock holds one migratetype: its small blocks at a zone edge follow
     its first).
 
-    Fallback is ``__rmqueue_fallback()`` of v5.8 (the same through v6.1/v6.6): the largest
+    Fallback is ``__rmqueue_fallback()`` of v5.8 (read in v6.1, the same): the largest
     block of the first ``FALLBACKS`` type that has one, or for a MOVABLE request that cannot
     steal (block order < pageblock_order/2) the smallest; then ``steal_suitable_fallback()``:
     a block of a pageblock or more retypes all its pageblocks (``change_pageblock_range``);
@@ -611,7 +611,7 @@ class BuddyAllocator:
     def steal_suitable_fallback(
         self, pfn: int, order: int, mt: int, start_type: int, whole_block: bool
     ) -> None:
-        """``steal_suitable_fallback()`` (v5.8-v6.6) for the free block ``pfn`` of ``order``
+        """``steal_suitable_fallback()`` (v5.8, v6.1) for the free block ``pfn`` of ``order``
         on ``mt``'s list; its ``boost_watermark()`` is the owner's (``nr_boosting_steals``).
 
         A block of a pageblock or more retypes its pageblocks and moves alone. Below that, a

@@ -301,9 +301,10 @@ def test_free_lists_follow_pageblocks_except_where_a_steal_or_merge_left_them(
     * every free block is on its pageblock's migratetype's list, except in a pageblock a
       steal for the list's migratetype left unclaimed (a single block moved, a whole-pageblock
       move below half a pageblock, a pageblock leaving the zone) or a block that merged above
-      pageblock_order across pageblocks of different migratetypes. v5.8-v6.9 allow exactly
+      pageblock_order across pageblocks of different migratetypes. v5.8 and v6.1 allow exactly
       these mismatches (``__free_one_page()`` files the merged block under the migratetype
-      it was given, ``move_to_free_list()`` moves one block); v6.10 removed them;
+      it was given, ``move_to_free_list()`` moves one block); later kernels (the v6.10
+      freelist migratetype hygiene series) removed them;
     * ``nr_free`` is the pages on the lists (``check()``), the free and allocated pages are
       disjoint and together the whole zone."""
     b = BuddyAllocator(start, nr, unmovable_fraction=frac)
