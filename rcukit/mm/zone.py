@@ -776,7 +776,8 @@ class BuddyAllocator:
         raise SimulationError(f"buddy: pfn {pfn:#x} is covered but no free block overlaps it")
 
     def free_bulk(self, pages: Iterable[tuple[int, int]]) -> int:
-        """Free order-0 ``(pfn, migratetype)`` pairs, as ``free_pcppages_bulk()`` hands them over.
+        """Free order-0 ``(pfn, migratetype)`` pairs, as ``free_pcppages_bulk()`` hands them over
+        (each with its pcp migratetype, ``get_pcppage_migratetype()``, not its pageblock's).
 
         Returns the number of pages freed.
         """

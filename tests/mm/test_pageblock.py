@@ -38,7 +38,6 @@ from rcukit.sched.sim import Task
 U, M, R = MIGRATE_UNMOVABLE, MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE
 NOWAIT = int(GFP_NOWAIT | GFP.NOWARN)
 MOVABLE = int(GFP_KERNEL | GFP.MOVABLE)
-HALF = PAGEBLOCK_NR_PAGES // 2
 
 
 def _full_zone(mt: int, free: list[tuple[int, int]], movable: int | None = None) -> BuddyAllocator:
