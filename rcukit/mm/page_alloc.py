@@ -43,7 +43,16 @@ counters too: ``watermark_boosts`` (``boost_watermark()`` calls that raised the 
 Pages handed out for another migratetype than the one asked for are counted as the kernel
 would see them: ``pcp_alloc_other_mt`` for the RFC's pcp loop (no kernel event shows those),
 ``extfrag_fragmenting_in_krcp`` for ``__rmqueue_fallback()`` steals below a pageblock under
-the raw lock (``mm_page_alloc_extfrag`` with ``fragmenting=1``).
+the raw lock (``mm_page_alloc_extfrag`` with ``fragmenting=1``; the event itself is traced
+for every steal, with the kernel's fields).
+
+Pageblocks own their pages as in the kernel: the zone's buddy allocator
+(:class:`~rcukit.mm.zone.BuddyAllocator`) keeps a migratetype per pageblock and retypes or
+claims pageblocks when it steals, and every free path puts a page on its pageblock's
+migratetype, read when the page is freed (``free_unref_page_prepare()``,
+``__free_pages_ok()``); a pcp drain keeps the pcp list's (``free_pcppages_bulk()``). Which
+in-use pages count as movable when a steal weighs a pageblock comes from the page states
+(:meth:`PageAlloc.nr_movable_pages`).
 
 Sharing between simulated CPUs follows :mod:`rcukit.sched.sim`: a CPU's pcp lists are touched
 without synchronisation; the zone, its lock and kswapd's wait queue only after ``task.sync()``.
@@ -89,11 +98,15 @@ from rcukit.mm.memmap import (
     ORDER0_MT,
     PAGE_OFFSET,
     PS_FREE,
+    PS_OTHER,
     page_struct,
 )
 from rcukit.mm.show_mem import WarnAlloc
 from rcukit.mm.zone import (
     MAX_ORDER,
+    PAGEBLOCK_ORDER,
+    BuddyAllocator,
+    FallbackSteal,
     PerCpuPages,
     pcp_high,
     zone_batchsize,
@@ -134,6 +147,15 @@ PCP_LOCK_LOCAL_LOCK = "lock#2"
 PCP_LOCK_SPINLOCK = "&pcp->lock"
 #: ``_fast_mark`` while the lock-free pcp fast path is closed (a pcp lock or a boost flag).
 _NO_FAST = 1 << 62  # more pages than any zone
+#: Page state byte -> 1 for an in-use page ``move_freepages()`` counts as movable
+#: (``PageLRU() || __PageMovable()``): a MOVABLE allocation's order-0 or head page, and the
+#: "other users" pages reclaim takes back (page cache and anonymous memory: LRU pages). Tails,
+#: slab pages, UNMOVABLE and RECLAIMABLE allocations, pcp and buddy pages are not.
+_MOVABLE_STATE = bytes(
+    1 if v == PS_OTHER or (MIGRATE_MOVABLE + 1) << 4 <= v < (MIGRATE_MOVABLE + 1) << 4 | MAX_ORDER
+    else 0
+    for v in range(256)
+)
 
 
 class _GfpPlan:
@@ -206,7 +228,12 @@ class PageAlloc:
         self.kswapd = mm.kswapd
         self.fail_page_alloc = mm.fault.fail_page_alloc
         # Locals of the hot paths, read once.
-        self._buddy = zone.buddy
+        self._buddy = buddy = zone.buddy
+        #: ``get_pfnblock_migratetype()``'s bytes: a free reads ``[(pfn >> 9) - _pb_base]``.
+        self._pbmt = buddy.pageblock_mt
+        self._pb_base = buddy.pb_base
+        buddy.nr_movable = self.nr_movable_pages
+        buddy.extfrag.clear()  # boot-time steals (memblock-like) are no task's events
         self._pstate = memmap.pstate
         self._start_pfn = memmap.start_pfn
         self._nr_pages = memmap.nr_pages
@@ -243,7 +270,7 @@ class PageAlloc:
         #: ``warn_alloc`` lines (ratelimited like the kernel's), oldest first.
         self.warnings: list[str] = []
         # Blocks free_pages_nolock() could not give back (its zone trylock failed).
-        self._parked: list[tuple[int, int, int]] = []
+        self._parked: list[tuple[int, int]] = []
         #: ``warn_alloc()`` with its ``nopage_rs`` ratelimit and ``show_mem()`` (show_mem.py).
         self.warn = WarnAlloc(self)
         #: Tasks for which :meth:`lock_zone` declines ``zone->lock`` (never-merged proposal:
@@ -370,6 +397,13 @@ class PageAlloc:
     def nr_free_pages(self) -> int:
         """``nr_free_pages()``: free pages on the buddy lists (the watermark gauge)."""
         return self.zone.buddy.nr_free
+
+    def nr_movable_pages(self, start_pfn: int, end_pfn: int) -> int:
+        """``move_freepages()``'s ``num_movable`` over ``[start_pfn, end_pfn)``: the in-use pages
+        ``PageLRU() || __PageMovable()`` would pass, read from the page states
+        (``_MOVABLE_STATE``; the zone's buddy allocator asks it in a whole-pageblock steal)."""
+        base = self._start_pfn
+        return self._pstate[start_pfn - base : end_pfn - base].translate(_MOVABLE_STATE).count(1)
 
 
     # -- allocation: the hot path ------------------------------------------------------------------
@@ -518,14 +552,16 @@ class PageAlloc:
             got.append(pfn)
         return got
 
-    def prep_new_page(self, task: Task, pfn: int, order: int, plan: _GfpPlan, mt: int) -> int:
+    def prep_new_page(self, task: Task, pfn: int, order: int, plan: _GfpPlan) -> int:
         """``prep_new_page`` + accounting + ``mm_page_alloc``.
 
-        ``mt`` is the list the page came from (the page keeps it for its free);
-        ``mm_page_alloc`` prints the migratetype asked for (5.8 ``__alloc_pages_nodemask()``
-        traces ``ac.migratetype``), so the RFC loop's page from another list does not show.
+        The page state keeps the migratetype asked for, whatever list the page came from: it
+        says whether the page is movable (``move_freepages()``), while its free reads its
+        pageblock's migratetype. ``mm_page_alloc`` prints the migratetype asked for too (5.8
+        ``__alloc_pages_nodemask()`` traces ``ac.migratetype``), so the RFC loop's page from
+        another list does not show.
         """
-        self.memmap.set_allocated(pfn, order, mt)
+        self.memmap.set_allocated(pfn, order, plan.mt)
         if plan.zero:
             task.charge(self.zero_cost << order)
         self.vmstat.inc("pgalloc_normal", 1 << order)
@@ -710,27 +746,48 @@ class PageAlloc:
         if self.in_krcp(task):
             self.vmstat.inc("pcp_alloc_other_mt_in_krcp")
 
-    def boost_after_steals(self, task: Task, before: int, alloc_flags: int) -> None:
-        """``steal_suitable_fallback()``'s boost for every fragmenting steal since ``before``.
+    def extfrag_steals(self, task: Task, alloc_flags: int) -> None:
+        """What each ``__rmqueue_fallback()`` steal the zone just made (``buddy.extfrag``) does
+        beyond the free lists: ``steal_suitable_fallback()``'s boost, then the
+        ``mm_page_alloc_extfrag`` event (mm/page_alloc.c, v5.8; read in v6.1, the same).
 
-        Caller holds ``zone->lock``. Each steal below a pageblock calls ``boost_watermark()``;
-        a request with ``ALLOC_KSWAPD`` also sets ZONE_BOOSTED_WATERMARK (5.0's "do not wake
-        kswapd with zone lock held": the wake waits for ``rmqueue()``'s ``out:``). Those made
-        while ``task`` holds ``krcp->lock`` are also counted as ``extfrag_fragmenting_in_krcp``:
-        each is an ``mm_page_alloc_extfrag`` event with ``fragmenting=1`` (fallback order
-        below ``pageblock_order``), the one trace the kernel gives of a page placed in another
-        migratetype's pageblock.
+        Caller holds ``zone->lock``. A fragmenting steal (fallback order below
+        ``pageblock_order``) calls ``boost_watermark()``; a request with ``ALLOC_KSWAPD`` also
+        sets ZONE_BOOSTED_WATERMARK (5.0's "do not wake kswapd with zone lock held": the wake
+        waits for ``rmqueue()``'s ``out:``). Fragmenting steals made while ``task`` holds
+        ``krcp->lock`` are also counted as ``extfrag_fragmenting_in_krcp``: each is an
+        ``mm_page_alloc_extfrag`` event with ``fragmenting=1``, the one trace the kernel gives
+        of a page placed in another migratetype's pageblock.
         """
         zone = self.zone
-        steals = zone.buddy.nr_boosting_steals - before
-        if self.in_krcp(task):
-            self.vmstat.inc("extfrag_fragmenting_in_krcp", steals)
-        for _ in range(steals):
-            if zone.boost_watermark():
-                self.vmstat.inc("watermark_boosts")
-                if alloc_flags & _ALLOC_KSWAPD:
-                    zone.boosted = True
+        steals = zone.buddy.extfrag
+        in_krcp = self.in_krcp(task)
+        for steal in steals:
+            if steal.fallback_order < PAGEBLOCK_ORDER:
+                if in_krcp:
+                    self.vmstat.inc("extfrag_fragmenting_in_krcp")
+                if zone.boost_watermark():
+                    self.vmstat.inc("watermark_boosts")
+                    if alloc_flags & _ALLOC_KSWAPD:
+                        zone.boosted = True
+            if self.tp.mm_page_alloc_extfrag:
+                self._trace_extfrag(task, steal)
+        steals.clear()
         self.update_fast_mark()
+
+    def _trace_extfrag(self, task: Task, steal: FallbackSteal) -> None:
+        """``mm_page_alloc_extfrag`` as v5.8's include/trace/events/kmem.h prints it."""
+        pfn = steal.pfn
+        self.kernel.trace(
+            task,
+            "mm_page_alloc_extfrag",
+            f"page={page_struct(pfn):016x} pfn=0x{pfn:x} alloc_order={steal.alloc_order} "
+            f"fallback_order={steal.fallback_order} pageblock_order={PAGEBLOCK_ORDER} "
+            f"alloc_migratetype={steal.alloc_migratetype} "
+            f"fallback_migratetype={steal.fallback_migratetype} "
+            f"fragmenting={int(steal.fragmenting)} "
+            f"change_ownership={int(steal.change_ownership)}",
+        )
 
     async def rmqueue_buddy(
         self, task: Task, plan: _GfpPlan, order: int, alloc_flags: int
@@ -741,10 +798,9 @@ class PageAlloc:
             return None
         mt = plan.mt
         buddy = self.zone.buddy
-        steals = buddy.nr_boosting_steals
         pfn = buddy.rmqueue(order, mt)
-        if buddy.nr_boosting_steals != steals:
-            self.boost_after_steals(task, steals, alloc_flags)
+        if buddy.extfrag:
+            self.extfrag_steals(task, alloc_flags)
         task.charge(self.spin_lock_cost + self.cost.buddy_page_ns)
         self.locks.release(task, lock)
         if pfn is None:
@@ -752,7 +808,7 @@ class PageAlloc:
         if self.tp.mm_page_alloc_zone_locked:
             self._trace_zone_locked(task, pfn, order, mt, 0)
         task.charge(self.cost.pcp_alloc_ns)
-        return self.prep_new_page(task, pfn, order, plan, mt)
+        return self.prep_new_page(task, pfn, order, plan)
 
     async def rmqueue_pcplist(self, task: Task, plan: _GfpPlan, alloc_flags: int) -> int | None:
         """``rmqueue_pcplist``: an order-0 page from this CPU's list, refilled when empty.
@@ -794,7 +850,7 @@ class PageAlloc:
         pfn = lists[mt].popleft()
         pcp.count -= 1
         task.charge(self.cost.pcp_alloc_ns)
-        return self.prep_new_page(task, pfn, 0, plan, mt)
+        return self.prep_new_page(task, pfn, 0, plan)
 
     async def rmqueue_bulk(
         self, task: Task, pcp: PerCpuPages, mt: int, count: int, alloc_flags: int
@@ -804,7 +860,7 @@ class PageAlloc:
         Takes ``zone->lock`` (trylock for ``ALLOC_TRYLOCK``) and calls ``__rmqueue`` in a loop,
         appending at the tail as the kernel does; stops early when the zone runs dry and returns
         how many pages it moved (0 also when the trylock failed). A fallback steal below a
-        pageblock boosts the watermarks (:meth:`boost_after_steals`).
+        pageblock boosts the watermarks (:meth:`extfrag_steals`).
         """
         if count < 0:
             raise PageAllocError(f"count {count} is invalid: must be >= 0")
@@ -812,10 +868,9 @@ class PageAlloc:
         if lock is None:
             return 0
         buddy = self.zone.buddy
-        steals = buddy.nr_boosting_steals
         pages = buddy.rmqueue_pages(mt, count)
-        if buddy.nr_boosting_steals != steals:
-            self.boost_after_steals(task, steals, alloc_flags)
+        if buddy.extfrag:
+            self.extfrag_steals(task, alloc_flags)
         n = len(pages)
         task.charge(self.spin_lock_cost + n * self.cost.buddy_page_ns)
         self.locks.release(task, lock)
@@ -893,32 +948,39 @@ class PageAlloc:
 
     # -- freeing ----------------------------------------------------------------------------------
     async def free_pages(self, task: Task, pfn: int, order: int = 0) -> None:
-        """``__free_pages``: order 0 to this CPU's pcp list (drain ``batch`` at ``high``)."""
+        """``__free_pages``: order 0 to this CPU's pcp list (drain ``batch`` at ``high``),
+        higher orders to the buddy lists.
+
+        The page goes to its pageblock's migratetype as it is now: ``free_unref_page_prepare()``
+        stores ``get_pfnblock_migratetype()`` as the pcp migratetype, ``__free_pages_ok()``
+        reads it for a higher order (and ``free_one_page()`` gets it when 6.0+'s pcp trylock
+        fails).
+        """
         i = pfn - self._start_pfn
-        if order == 0 and 0 <= i < self._nr_pages:
-            mt = ORDER0_MT[self._pstate[i]]
-            if mt < MIGRATE_PCPTYPES:
-                pcp = self.pcps[task.cpu.id]
-                if pcp.count + 1 < pcp.high:
-                    # free_unref_page() without the drain, so without an await on the way
-                    if self.pcp_locks is None:
-                        self._pcp_free(task, pcp, pfn, mt)
-                        return
-                    brief = self.pcp_trylock_brief(task)
-                    if brief is not None:
-                        self._pcp_free(task, pcp, pfn, mt)
-                        brief.free_at_ns = task.cpu.local_ns
-                        return
-                    lock = self.pcp_lock(task, "free_unref_page", self._pcp_trylock)
-                    if lock is not None:
-                        self._pcp_free(task, pcp, pfn, mt)
-                        self.locks.release(task, lock)
-                        return
-                    await self.free_one_page(task, pfn, 0, mt, trylock=False)
+        if order == 0 and 0 <= i < self._nr_pages and ORDER0_MT[self._pstate[i]] < MIGRATE_PCPTYPES:
+            mt = self._pbmt[(pfn >> PAGEBLOCK_ORDER) - self._pb_base]
+            pcp = self.pcps[task.cpu.id]
+            if pcp.count + 1 < pcp.high:
+                # free_unref_page() without the drain, so without an await on the way
+                if self.pcp_locks is None:
+                    self._pcp_free(task, pcp, pfn, mt)
                     return
-                await self.free_unref_page(task, pfn, mt, False)
+                brief = self.pcp_trylock_brief(task)
+                if brief is not None:
+                    self._pcp_free(task, pcp, pfn, mt)
+                    brief.free_at_ns = task.cpu.local_ns
+                    return
+                lock = self.pcp_lock(task, "free_unref_page", self._pcp_trylock)
+                if lock is not None:
+                    self._pcp_free(task, pcp, pfn, mt)
+                    self.locks.release(task, lock)
+                    return
+                await self.free_one_page(task, pfn, 0, mt, trylock=False)
                 return
-        mt = self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
+            await self.free_unref_page(task, pfn, mt, False)
+            return
+        self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
+        mt = self._pbmt[(pfn >> PAGEBLOCK_ORDER) - self._pb_base]
         await self.free_one_page(task, pfn, order, mt, trylock=False)
 
     def free_page_nowait(self, task: Task, pfn: int) -> bool:
@@ -927,11 +989,9 @@ class PageAlloc:
         succeeds. False, with nothing done, otherwise (the caller awaits :meth:`free_pages`).
         Not a kernel interface: the slab's discard after a run-based flood's bulk free."""
         i = pfn - self._start_pfn
-        if not 0 <= i < self._nr_pages:
+        if not 0 <= i < self._nr_pages or ORDER0_MT[self._pstate[i]] >= MIGRATE_PCPTYPES:
             return False
-        mt = ORDER0_MT[self._pstate[i]]
-        if mt >= MIGRATE_PCPTYPES:
-            return False
+        mt = self._pbmt[(pfn >> PAGEBLOCK_ORDER) - self._pb_base]
         pcp = self.pcps[task.cpu.id]
         if pcp.count + 1 >= pcp.high:
             return False
@@ -959,13 +1019,14 @@ class PageAlloc:
         start = self._start_pfn
         nr = self._nr_pages
         pstate = self._pstate
+        pbmt = self._pbmt
+        pb_base = self._pb_base
         for pfn in pfns:
             i = pfn - start
             if self.pcp_locks is None and 0 <= i < nr:
-                mt = ORDER0_MT[pstate[i]]
                 pcp = self.pcps[task.cpu.id]
-                if mt < MIGRATE_PCPTYPES and pcp.count + 1 < pcp.high:
-                    self._pcp_free(task, pcp, pfn, mt)
+                if ORDER0_MT[pstate[i]] < MIGRATE_PCPTYPES and pcp.count + 1 < pcp.high:
+                    self._pcp_free(task, pcp, pfn, pbmt[(pfn >> PAGEBLOCK_ORDER) - pb_base])
                     continue
             await self.free_pages(task, pfn, 0)
 
@@ -976,7 +1037,8 @@ class PageAlloc:
         and the pages stay on the pcp list; higher orders whose trylock fails are parked and
         freed by the next locked free (the kernel's per-zone llist, ``FPI_TRYLOCK``).
         """
-        mt = self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
+        self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
+        mt = self._pbmt[(pfn >> PAGEBLOCK_ORDER) - self._pb_base]
         if order == 0:
             await self.free_unref_page(task, pfn, mt, True)
             return
@@ -1034,7 +1096,13 @@ class PageAlloc:
     async def free_one_page(
         self, task: Task, pfn: int, order: int, mt: int, *, trylock: bool
     ) -> None:
-        """``free_one_page``: a higher-order block straight back to the buddy lists."""
+        """``free_one_page``: a block straight back to the buddy lists, onto ``mt`` (the
+        pageblock's migratetype its caller read).
+
+        A block whose trylock failed is parked on the zone's list (v6.15 ``FPI_TRYLOCK``'s
+        ``add_page_to_zone_llist()``) and freed by the next holder of ``zone->lock``, which
+        reads its pageblock's migratetype then (``split_large_buddy()``).
+        """
         self.memmap.set_blocks(((pfn, order),), PS_FREE)
         self.vmstat.inc("pgfree", 1 << order)
         if self.tp.mm_page_free:
@@ -1042,33 +1110,38 @@ class PageAlloc:
         lock = await self.lock_zone(task, "free_one_page", trylock)
         if lock is None:
             # Parked: the next holder of zone->lock frees it (zone llist).
-            self._parked.append((pfn, order, mt))
+            self._parked.append((pfn, order))
             return
         buddy = self.zone.buddy
-        for p, o, m in self._drain_parked():
-            buddy.free(p, o, m)
+        self._free_parked(buddy)
         buddy.free(pfn, order, mt)
         task.charge(self.spin_lock_cost + self.cost.buddy_free_page_ns)
         self.locks.release(task, lock)
 
-    def _drain_parked(self) -> list[tuple[int, int, int]]:
+    def _free_parked(self, buddy: BuddyAllocator) -> None:
+        """The parked blocks back to the buddy lists, each to its pageblock's migratetype
+        (caller holds ``zone->lock``)."""
         parked = self._parked
-        if not parked:
-            return parked
-        self._parked = []
-        return parked
+        if parked:
+            self._parked = []
+            for pfn, order in parked:
+                buddy.free(pfn, order, buddy.get_pageblock_migratetype(pfn))
 
     async def free_pcppages_bulk(
         self, task: Task, pcp: PerCpuPages, count: int, trylock: bool
     ) -> int:
-        """``free_pcppages_bulk``: ``count`` pages from the pcp lists back under ``zone->lock``."""
+        """``free_pcppages_bulk``: ``count`` pages from the pcp lists back under ``zone->lock``.
+
+        Each page goes to the buddy list of its pcp migratetype (``get_pcppage_migratetype()``:
+        the pcp list it sits on, which is its pageblock's migratetype when it was freed, or the
+        requested one when ``rmqueue_bulk()`` put it there), not its pageblock's now.
+        """
         lock = await self.lock_zone(task, "free_pcppages_bulk", trylock)
         if lock is None:
             return 0
         pages = pcp.take_for_drain(count)
         buddy = self.zone.buddy
-        for p, o, m in self._drain_parked():
-            buddy.free(p, o, m)
+        self._free_parked(buddy)
         buddy.free_bulk(pages)
         task.charge(self.spin_lock_cost + len(pages) * self.cost.buddy_free_page_ns)
         self.locks.release(task, lock)
@@ -1091,11 +1164,12 @@ class PageAlloc:
         return n
 
     def release_reclaimed(self, blocks: Sequence[tuple[int, int]]) -> None:
-        """Reclaimed "other users" blocks back to the buddy lists (caller holds zone->lock)."""
+        """Reclaimed "other users" blocks back to the buddy lists, each to its pageblock's
+        migratetype as ``__free_pages_ok()`` reads it (caller holds zone->lock)."""
         self.memmap.set_blocks(blocks, PS_FREE)
         buddy = self.zone.buddy
         for pfn, order in blocks:
-            buddy.free(pfn, order, MIGRATE_MOVABLE)
+            buddy.free(pfn, order, buddy.get_pageblock_migratetype(pfn))
 
     # -- convenience ------------------------------------------------------------------------------
     async def get_free_page(self, task: Task, gfp: int) -> int | None:
@@ -1122,7 +1196,9 @@ class PageAlloc:
         For reserves set up before the simulation runs, such as a mempool's pages. Do not call
         it from a running task: it touches the zone without synchronising.
         """
-        pfn = self.zone.buddy.rmqueue(order, mt)
+        buddy = self.zone.buddy
+        pfn = buddy.rmqueue(order, mt)
+        buddy.extfrag.clear()  # no task, no trace and no boost before the simulation runs
         if pfn is None:
             return None
         self.memmap.set_allocated(pfn, order, mt)

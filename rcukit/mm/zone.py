@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
@@ -224,6 +224,36 @@ def _can_steal_fallback(order: int, start_mt: int) -> bool:
     return order >= PAGEBLOCK_ORDER // 2 or start_mt != MIGRATE_MOVABLE
 
 
+@attrs.frozen
+class FallbackSteal:
+    """One ``__rmqueue_fallback()`` steal, as its ``mm_page_alloc_extfrag`` event records it.
+
+    ``trace_mm_page_alloc_extfrag(page, order, current_order, start_migratetype,
+    fallback_mt)`` runs after ``steal_suitable_fallback()``; the event's ``TP_fast_assign``
+    computes ``change_ownership = (alloc_migratetype == get_pageblock_migratetype(page))``
+    then, and ``TP_printk`` prints ``fragmenting = fallback_order < pageblock_order``
+    (include/trace/events/kmem.h, v5.8; the same in v6.1).
+    """
+
+    #: The stolen block's head (the event's ``page``).
+    pfn: int
+    alloc_order: int
+    fallback_order: int
+    alloc_migratetype: int
+    fallback_migratetype: int
+    change_ownership: bool
+
+    @property
+    def fragmenting(self) -> bool:
+        """``fallback_order < pageblock_order``: a foreign pageblock now holds the request."""
+        return self.fallback_order < PAGEBLOCK_ORDER
+
+
+def _no_movable(_start_pfn: int, _end_pfn: int) -> int:
+    # A buddy allocator alone knows its free blocks only, no in-use page's type.
+    return 0
+
+
 class FreeList:
     """``free_area[order].free_list[migratetype]``: the head PFNs of its free blocks.
 
@@ -300,25 +330,41 @@ def _fraction(_inst: object, attr: attrs.Attribute[float], value: float) -> None
 # validate-on-setattr would cost more than the operation itself (the pcp hit is the hot path).
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class BuddyAllocator:
-    """One zone's buddy free lists: ``zone->free_area[order].free_list[migratetype]``.
+    """One zone's buddy free lists, ``zone->free_area[order].free_list[migratetype]``, and the
+    migratetype of every pageblock (``pageblock_flags``).
 
     Boot layout follows ``memblock_free_all()``: the range is cut into the largest naturally
     aligned blocks (at most order MAX_ORDER-1) and every pageblock starts MOVABLE, as
     ``memmap_init_zone()`` marks them. ``unmovable_fraction`` (default 0, the kernel's boot state)
-    hands the lowest-PFN blocks to UNMOVABLE until that share of pages is reached, to model a
-    zone whose unmovable pageblocks already exist after boot-time allocations.
+    hands the lowest-PFN blocks and their pageblocks to UNMOVABLE until that share of pages is
+    reached, to model a zone whose unmovable pageblocks already exist after boot-time
+    allocations (a pageblock holds one migratetype: its small blocks at a zone edge follow
+    its first).
+
+    Fallback is ``__rmqueue_fallback()`` of v5.8 (read in v6.1, the same): the largest
+    block of the first ``FALLBACKS`` type that has one, or for a MOVABLE request that cannot
+    steal (block order < pageblock_order/2) the smallest; then ``steal_suitable_fallback()``:
+    a block of a pageblock or more retypes all its pageblocks (``change_pageblock_range``);
+    a smaller one moves alone when it cannot steal, else ``move_freepages_block()`` moves every
+    free block of its pageblock to the requester's lists and the pageblock changes type when
+    free plus "alike" pages reach half of it. Each steal is kept in :attr:`extfrag` (the
+    ``mm_page_alloc_extfrag`` event) until the zone's owner consumes it.
 
     Deliberate simplifications (the kernel facts the simulation needs survive them):
 
     * Lists (:class:`FreeList`) always hand out the lowest PFN, not the list head, so runs are
       deterministic and reproducible.
-    * Pageblock ownership is not tracked. Fallback (``__rmqueue_fallback``) searches the
-      ``FALLBACKS`` order from the largest order down, and, like ``steal_suitable_fallback()``'s
-      ``move_to_free_list``, moves only the found block to the requester's list; the other free
-      pages of its pageblock are not moved and no pageblock is re-typed. A MOVABLE request that
-      cannot steal (block order < pageblock_order/2) takes the smallest fallback block instead.
-    * A freed block goes to the migratetype the caller passes (the kernel reads the pageblock's),
-      and merges with its buddy (``pfn ^ (1 << order)``) whatever list the buddy is on.
+    * :meth:`free` (``__free_one_page()``) puts a block on the migratetype its caller passes,
+      as the kernel's does; the page allocator passes the pageblock's (``free_one_page()``,
+      ``__free_pages_ok()``) or the pcp list's (``free_pcppages_bulk()``), and a block merges
+      with its buddy (``pfn ^ (1 << order)``) whatever list the buddy is on. So a free block
+      may sit on another migratetype's list than its pageblock's, as in the kernel before
+      v6.10: after a single-block steal, after a whole-pageblock move that did not claim the
+      pageblock, after a pcp drain of a page whose pageblock was retyped meanwhile, and in a
+      merged block above pageblock_order whose pageblocks differ.
+    * Which in-use pages are movable (``PageLRU()``/``__PageMovable()`` in
+      ``move_freepages()``) is :attr:`nr_movable`'s answer: the memory map's when the page
+      allocator owns this zone, none for a bare buddy allocator.
     * HIGHATOMIC, CMA, ISOLATE and ALLOC_NOFRAGMENT are absent. A steal of a block below
       ``pageblock_order`` is counted in ``nr_boosting_steals``: those are the steals for which
       ``steal_suitable_fallback()`` calls ``boost_watermark()`` (a block of a whole pageblock
@@ -338,6 +384,20 @@ class BuddyAllocator:
     nr_fallback_steals: int = attrs.field(init=False, default=0)
     #: Of those, the ones of a block smaller than a pageblock (each boosts the watermark).
     nr_boosting_steals: int = attrs.field(init=False, default=0)
+    #: ``get_pageblock_migratetype()``: one byte per pageblock overlapping the zone, indexed
+    #: ``(pfn >> PAGEBLOCK_ORDER) - pb_base`` as ``pfn_to_bitidx()`` indexes the bitmap from
+    #: the zone start rounded down to a pageblock.
+    pageblock_mt: bytearray = attrs.field(init=False, factory=bytearray, repr=False)
+    #: ``zone_start_pfn >> pageblock_order``.
+    pb_base: int = attrs.field(init=False, default=0)
+    #: Steals not yet consumed by the zone's owner, oldest first (the page allocator traces
+    #: them and applies their boost under ``zone->lock``, then clears the list).
+    extfrag: list[FallbackSteal] = attrs.field(init=False, factory=list, repr=False)
+    #: In-use movable pages in ``[start_pfn, end_pfn)`` (``move_freepages()``'s
+    #: ``num_movable``); the page allocator sets the memory map's count.
+    nr_movable: Callable[[int, int], int] = attrs.field(
+        init=False, default=_no_movable, repr=False
+    )
     # head PFN -> (order, migratetype) of every free block, for O(1) buddy lookup.
     _heads: dict[int, tuple[int, int]] = attrs.field(init=False, factory=dict, repr=False)
     # One byte per page of the zone, 1 inside a free block: a double free is one lookup
@@ -351,13 +411,23 @@ class BuddyAllocator:
         target_unmovable = round(self.unmovable_fraction * self.nr_pages)
         unmovable = 0
         pfn, end = self.start_pfn, self.end_pfn
+        base = self.pb_base = pfn >> PAGEBLOCK_ORDER
+        nr_pb = ((end - 1) >> PAGEBLOCK_ORDER) - base + 1 if self.nr_pages else 0
+        pbmt = self.pageblock_mt = bytearray((MIGRATE_MOVABLE,)) * nr_pb
+        last_pb = -1
         while pfn < end:
             order = MAX_ORDER - 1 if pfn == 0 else min(MAX_ORDER - 1, (pfn & -pfn).bit_length() - 1)
             while pfn + (1 << order) > end:
                 order -= 1
-            mt = MIGRATE_UNMOVABLE if unmovable < target_unmovable else MIGRATE_MOVABLE
+            pb = (pfn >> PAGEBLOCK_ORDER) - base
+            if pb == last_pb:
+                mt = pbmt[pb]  # a small block in a pageblock an earlier block typed
+            else:
+                mt = MIGRATE_UNMOVABLE if unmovable < target_unmovable else MIGRATE_MOVABLE
             if mt == MIGRATE_UNMOVABLE:
                 unmovable += 1 << order
+            last_pb = ((pfn + (1 << order) - 1) >> PAGEBLOCK_ORDER) - base
+            pbmt[pb : last_pb + 1] = bytes((mt,)) * (last_pb + 1 - pb)
             staged[order][mt].append(pfn)
             self._heads[pfn] = (order, mt)
             pfn += 1 << order
@@ -372,21 +442,21 @@ class BuddyAllocator:
         """One past the zone's last PFN."""
         return self.start_pfn + self.nr_pages
 
-    def _add(self, pfn: int, order: int, mt: int) -> None:
-        lst = self.free_area[order][mt]
-        lst.live.add(pfn)
-        heapq.heappush(lst.heap, pfn)
-        self._heads[pfn] = (order, mt)
-        self.nr_free += 1 << order
-        i = pfn - self.start_pfn
-        self._covered[i : i + (1 << order)] = _COVER[order]
+    def get_pageblock_migratetype(self, pfn: int) -> int:
+        """``get_pageblock_migratetype()``: the migratetype of the pageblock holding ``pfn``."""
+        return self.pageblock_mt[(pfn >> PAGEBLOCK_ORDER) - self.pb_base]
 
-    def _remove(self, pfn: int, order: int, mt: int) -> None:
-        self.free_area[order][mt].remove(pfn)
-        del self._heads[pfn]
-        self.nr_free -= 1 << order
-        i = pfn - self.start_pfn
-        self._covered[i : i + (1 << order)] = _UNCOVER[order]
+    def set_pageblock_migratetype(self, pfn: int, mt: int) -> None:
+        """``set_pageblock_migratetype()``: retype the pageblock holding ``pfn``."""
+        _check_mt(mt)
+        self.pageblock_mt[(pfn >> PAGEBLOCK_ORDER) - self.pb_base] = mt
+
+    def change_pageblock_range(self, pfn: int, order: int, mt: int) -> None:
+        """``change_pageblock_range()``: retype the 2^(order - pageblock_order) pageblocks of a
+        block of at least a pageblock."""
+        i = (pfn >> PAGEBLOCK_ORDER) - self.pb_base
+        n = 1 << (order - PAGEBLOCK_ORDER)
+        self.pageblock_mt[i : i + n] = bytes((mt,)) * n
 
     def rmqueue_smallest(self, order: int, mt: int) -> int | None:
         """``__rmqueue_smallest()``: the smallest block of ``mt`` >= order, split by ``expand()``.
@@ -506,6 +576,8 @@ class BuddyAllocator:
         return None
 
     def _steal_fallback(self, order: int, start_mt: int) -> bool:
+        """``__rmqueue_fallback()`` without ALLOC_NOFRAGMENT: pick a foreign block, steal it
+        (:meth:`steal_suitable_fallback`) and record the ``mm_page_alloc_extfrag`` event."""
         found: tuple[int, int] | None = None
         for cur in range(MAX_ORDER - 1, order - 1, -1):
             fb = self._find_fallback(cur, start_mt)
@@ -525,12 +597,82 @@ class BuddyAllocator:
             return False
         cur, fb = found
         pfn = self.free_area[cur][fb].first()
-        self._remove(pfn, cur, fb)
-        self._add(pfn, cur, start_mt)
+        self.steal_suitable_fallback(pfn, cur, fb, start_mt, _can_steal_fallback(cur, start_mt))
+        self.extfrag.append(
+            FallbackSteal(
+                pfn, order, cur, start_mt, fb, start_mt == self.get_pageblock_migratetype(pfn)
+            )
+        )
         self.nr_fallback_steals += 1
         if cur < PAGEBLOCK_ORDER:
             self.nr_boosting_steals += 1
         return True
+
+    def steal_suitable_fallback(
+        self, pfn: int, order: int, mt: int, start_type: int, whole_block: bool
+    ) -> None:
+        """``steal_suitable_fallback()`` (v5.8, v6.1) for the free block ``pfn`` of ``order``
+        on ``mt``'s list; its ``boost_watermark()`` is the owner's (``nr_boosting_steals``).
+
+        A block of a pageblock or more retypes its pageblocks and moves alone. Below that, a
+        block that may not steal (``!whole_block``) moves alone; else every free block of its
+        pageblock moves (:meth:`move_freepages_block`) and the pageblock is claimed for
+        ``start_type`` when free and alike pages make half of it. Alike pages are the movable
+        in-use ones for a MOVABLE request, the non-movable in-use ones for another request
+        stealing from a MOVABLE pageblock, none otherwise.
+        """
+        old_block_type = self.get_pageblock_migratetype(pfn)
+        if order >= PAGEBLOCK_ORDER:
+            self.change_pageblock_range(pfn, order, start_type)
+        elif whole_block:
+            free_pages, movable_pages = self.move_freepages_block(pfn, start_type)
+            if free_pages:  # zero when the pageblock leaves the zone
+                if start_type == MIGRATE_MOVABLE:
+                    alike_pages = movable_pages
+                elif old_block_type == MIGRATE_MOVABLE:
+                    alike_pages = PAGEBLOCK_NR_PAGES - (free_pages + movable_pages)
+                else:
+                    alike_pages = 0
+                if free_pages + alike_pages >= PAGEBLOCK_NR_PAGES // 2:
+                    self.set_pageblock_migratetype(pfn, start_type)
+                return
+        self._move_to_free_list(pfn, order, mt, start_type)
+
+    def _move_to_free_list(self, pfn: int, order: int, old_mt: int, mt: int) -> None:
+        """``move_to_free_list()``: a free block onto another migratetype's list."""
+        if old_mt != mt:
+            self.free_area[order][old_mt].remove(pfn)
+            self.free_area[order][mt].add(pfn)
+            self._heads[pfn] = (order, mt)
+
+    def move_freepages_block(self, pfn: int, mt: int) -> tuple[int, int]:
+        """``move_freepages_block()``: every free block of ``pfn``'s pageblock onto ``mt``'s
+        lists; returns the pages moved and the in-use movable pages of the pageblock.
+
+        As in the kernel, the scan starts at ``pfn`` when the pageblock begins before the zone,
+        and nothing moves (0, 0) when it ends after it. Pages on pcp lists are neither free
+        here (not ``PageBuddy``) nor movable.
+        """
+        start = pfn & ~(PAGEBLOCK_NR_PAGES - 1)
+        end = start + PAGEBLOCK_NR_PAGES
+        if start < self.start_pfn:
+            start = pfn
+        if end > self.end_pfn:
+            return 0, 0
+        base = self.start_pfn
+        covered = self._covered
+        heads = self._heads
+        moved = 0
+        # Inside the pageblock every free block is smaller than it and aligned, so the first
+        # covered page after an uncovered one (or a block's end) is a block's head.
+        j = covered.find(1, start - base, end - base)
+        while j >= 0:
+            head = base + j
+            order, old_mt = heads[head]
+            self._move_to_free_list(head, order, old_mt, mt)
+            moved += 1 << order
+            j = covered.find(1, j + (1 << order), end - base)
+        return moved, self.nr_movable(start, end)
 
     def rmqueue(self, order: int, mt: int) -> int | None:
         """``__rmqueue()``: own migratetype first, then steal per ``FALLBACKS`` and retry.
@@ -634,7 +776,8 @@ class BuddyAllocator:
         raise SimulationError(f"buddy: pfn {pfn:#x} is covered but no free block overlaps it")
 
     def free_bulk(self, pages: Iterable[tuple[int, int]]) -> int:
-        """Free order-0 ``(pfn, migratetype)`` pairs, as ``free_pcppages_bulk()`` hands them over.
+        """Free order-0 ``(pfn, migratetype)`` pairs, as ``free_pcppages_bulk()`` hands them over
+        (each with its pcp migratetype, ``get_pcppage_migratetype()``, not its pageblock's).
 
         Returns the number of pages freed.
         """

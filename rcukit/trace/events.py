@@ -194,7 +194,7 @@ class Tracepoints:
 
     __slots__ = (
         "fail_page_alloc", "kfree", "kfree_rcu_monitor", "kmalloc", "kmem_cache_alloc",
-        "mm_page_alloc", "mm_page_alloc_zone_locked", "mm_page_free",
+        "mm_page_alloc", "mm_page_alloc_extfrag", "mm_page_alloc_zone_locked", "mm_page_free",
         "mm_vmscan_direct_reclaim_begin", "mm_vmscan_wakeup_kswapd", "rcu_barrier",
         "rcu_batch_end", "rcu_batch_start", "rcu_callback", "rcu_exp_grace_period", "rcu_fqs",
         "rcu_grace_period",
@@ -208,6 +208,7 @@ class Tracepoints:
     kmalloc: bool
     kmem_cache_alloc: bool
     mm_page_alloc: bool
+    mm_page_alloc_extfrag: bool
     mm_page_alloc_zone_locked: bool
     mm_page_free: bool
     mm_vmscan_direct_reclaim_begin: bool

@@ -38,6 +38,7 @@ KERNEL_EVENTS: dict[str, str] = {
     **dict.fromkeys((
         "kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_alloc",
         "mm_page_free", "mm_page_alloc_zone_locked", "mm_page_pcpu_drain",
+        "mm_page_alloc_extfrag",
     ), "kmem"),
     **dict.fromkeys((
         "mm_vmscan_wakeup_kswapd", "mm_vmscan_kswapd_wake", "mm_vmscan_kswapd_sleep",

@@ -129,8 +129,9 @@ async def test_mm_page_alloc_prints_the_migratetype_asked_for(autojump_clock: An
     """5.8 ``__alloc_pages_nodemask()`` ends with ``trace_mm_page_alloc(page, order,
     alloc_mask, ac.migratetype)``: the migratetype asked for, not the list the page came
     from. So the RFC loop's MOVABLE page handed to an UNMOVABLE request traces as
-    ``migratetype=0``, and only ``pcp_alloc_other_mt`` knows it came from list 1 (the page
-    still goes back to the MOVABLE list when freed)."""
+    ``migratetype=0``, and only ``pcp_alloc_other_mt`` knows it came from list 1 (freed, the
+    page goes to its pageblock's list, MOVABLE: ``free_unref_page_prepare()`` reads
+    ``get_pfnblock_migratetype()``)."""
     async with mm_kernel(cfg()) as k:
         mm = pa(k)
 

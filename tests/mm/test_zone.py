@@ -190,18 +190,24 @@ def _allocator_with(free: list[tuple[int, int, int]]) -> BuddyAllocator:
     return b
 
 
+# The fallback tests below put each foreign block in its own pageblock (pfn 512 starts the
+# second one): a steal that may take the whole pageblock moves every free block of it
+# (move_freepages_block(), tests/mm/test_pageblock.py), which would hide which block the
+# search picked.
+
+
 def test_fallback_order_prefers_reclaimable_for_unmovable() -> None:
-    b = _allocator_with([(0, 0, M), (2, 0, R)])
-    assert b.rmqueue(0, U) == 2
+    b = _allocator_with([(0, 0, M), (514, 0, R)])
+    assert b.rmqueue(0, U) == 514
     assert b.rmqueue(0, U) == 0
     assert b.rmqueue(0, U) is None and b.nr_fallback_steals == 2
 
 
 def test_fallback_steals_largest_block_first() -> None:
-    b = _allocator_with([(0, 0, M), (16, 4, M)])
-    assert b.rmqueue(0, R) == 16  # the order-4 block, not the lone page at 0
+    b = _allocator_with([(0, 0, M), (528, 4, M)])
+    assert b.rmqueue(0, R) == 528  # the order-4 block, not the lone page at 0
     assert b.blocks()[0] == (0, 0, M)
-    assert {mt for pfn, _, mt in b.blocks() if pfn > 16} == {R}
+    assert {mt for pfn, _, mt in b.blocks() if pfn > 528} == {R}
 
 
 def test_movable_takes_smallest_foreign_block_when_it_cannot_steal() -> None:
@@ -209,7 +215,7 @@ def test_movable_takes_smallest_foreign_block_when_it_cannot_steal() -> None:
     assert b.rmqueue(0, M) == 0  # order 2 < pageblock_order/2: find_smallest path
     assert b.rmqueue(0, M) == 4
     assert [(p, o, mt) for p, o, mt in b.blocks()] == [(5, 0, M), (6, 1, M)]
-    big = _allocator_with([(0, 4, U), (32, 0, U)])
+    big = _allocator_with([(0, 4, U), (544, 0, U)])
     assert big.rmqueue(0, M) == 0  # an order-4 block is stealable
 
 
