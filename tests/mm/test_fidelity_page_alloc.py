@@ -16,6 +16,7 @@ from simtools import cfg, mm_kernel, on_cpu
 
 from rcukit.mm.gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, MIGRATE_MOVABLE
 from rcukit.mm.mm import Mm
+from rcukit.mm.page_alloc import PAGE_ALLOC_COSTLY_ORDER
 from rcukit.mm.zone import Watermarks
 from rcukit.sched.sim import Task
 
@@ -150,3 +151,43 @@ async def test_gfp_atomic_is_served_below_min(autojump_clock: Any) -> None:
 
         assert await on_cpu(k, work) is not None
         assert not mm.warnings
+
+
+async def test_alloc_pages_nolock_is_a_min_watermark_trylock_without_slow_path(
+    autojump_clock: Any,
+) -> None:
+    """``try_alloc_pages_noprof()`` (6.15 ``mm/page_alloc.c``; ``alloc_pages_nolock()`` from
+    6.16, kernel.md 2.4): NULL at once on PREEMPT_RT in hard IRQ or NMI and for orders
+    ``pcp_allowed_order()`` refuses (above PAGE_ALLOC_COSTLY_ORDER; the THP order is not
+    modelled); ``alloc_flags = ALLOC_TRYLOCK`` alone, so ``get_page_from_freelist()`` checks
+    the *min* watermark; ``prepare_alloc_pages()`` skips ``should_fail_alloc_page()`` under
+    ALLOC_TRYLOCK; no ``__alloc_pages_slowpath()``, so no kswapd wake; ``__GFP_NOWARN |
+    __GFP_ZERO | __GFP_NOMEMALLOC``: no report, a zeroed page."""
+    overrides = {
+        "preempt_rt": True,
+        "mm.initial_free_pages": 1200,
+        "mm.fail_page_alloc_probability": 1.0,
+    }
+    async with mm_kernel(cfg(**overrides)) as k:
+        mm = k.mm
+        zone = mm.zone
+        assert zone.wmark.min < zone.buddy.nr_free <= zone.wmark.low
+
+        async def work(task: Task) -> list[int | None]:
+            got = [await mm.alloc_pages_nolock(task, 4)]  # costly: refused
+            with task.hardirq():
+                got.append(await mm.alloc_pages_nolock(task, 0))  # RT hard IRQ: refused
+            got.append(await mm.alloc_pages_nolock(task, 0))  # between min and low: served
+            got.append(await mm.alloc_pages_nolock(task, PAGE_ALLOC_COSTLY_ORDER))
+            w = zone.wmark
+            zone.wmark = Watermarks(zone.buddy.nr_free, w.low, w.high)  # now below min
+            mm.page_alloc.update_fast_mark()
+            got.append(await mm.alloc_pages_nolock(task, 1))
+            return got
+
+        got = await on_cpu(k, work)
+        assert got[0] is None and got[1] is None and got[4] is None
+        assert got[2] is not None and got[3] is not None
+        assert k.vmstat["fail_page_alloc"] == 0  # injection never applies
+        assert k.vmstat["kswapd_wake"] == 0 and not mm.warnings and not k.locks.splats
+        assert k.vmstat["pgalloc_fail_nolock"] == 3
