@@ -191,3 +191,32 @@ async def test_alloc_pages_nolock_is_a_min_watermark_trylock_without_slow_path(
         assert k.vmstat["fail_page_alloc"] == 0  # injection never applies
         assert k.vmstat["kswapd_wake"] == 0 and not mm.warnings and not k.locks.splats
         assert k.vmstat["pgalloc_fail_nolock"] == 3
+
+
+async def test_memory_reserves_follow_gfp_pfmemalloc_flags(autojump_clock: Any) -> None:
+    """``__gfp_pfmemalloc_flags()`` (5.8 ``mm/page_alloc.c``): ``__GFP_NOMEMALLOC`` -> none;
+    ``__GFP_MEMALLOC`` -> ALLOC_NO_WATERMARKS; outside interrupt a PF_MEMALLOC task (kswapd,
+    a direct reclaimer) -> ALLOC_NO_WATERMARKS; in interrupt (hard IRQ) no reserves. The slow
+    path's retry uses them (``if (reserve_flags) alloc_flags = ...``), so below the min
+    watermark such a request is still served; without ``__GFP_DIRECT_RECLAIM`` it reclaims
+    nothing, and without ``__GFP_KSWAPD_RECLAIM`` it wakes no kswapd."""
+    async with mm_kernel(cfg(**{"mm.initial_free_pages": 900})) as k:
+        mm = k.mm
+        zone = mm.zone
+        nowarn = int(GFP.NOWARN)
+
+        async def work(task: Task) -> list[bool]:
+            assert zone.buddy.nr_free < zone.wmark.min
+            got = [await mm.alloc_pages(task, nowarn) is not None]  # no reserves
+            task.data["PF_MEMALLOC"] = True
+            got.append(await mm.alloc_pages(task, nowarn) is not None)
+            got.append(await mm.alloc_pages(task, nowarn | int(GFP.NOMEMALLOC)) is not None)
+            with task.hardirq():
+                got.append(await mm.alloc_pages(task, nowarn) is not None)
+            task.data["PF_MEMALLOC"] = False
+            got.append(await mm.alloc_pages(task, nowarn | int(GFP.MEMALLOC)) is not None)
+            return got
+
+        assert await on_cpu(k, work) == [False, True, False, False, True]
+        assert k.vmstat["allocstall_normal"] == 0 and k.vmstat["kswapd_wake"] == 0
+        assert not mm.warnings
