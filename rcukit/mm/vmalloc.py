@@ -29,7 +29,7 @@ from sortedcontainers import SortedDict
 from rcukit.errors import PageAllocError, SimulationError
 from rcukit.locking.locks import LockKind
 from rcukit.mm.fault import FreedObject, RawSite, Site, caller_site, memory_error, raw_site
-from rcukit.mm.gfp import GFP, GFP_KERNEL
+from rcukit.mm.gfp import GFP, GFP_KERNEL, format_gfp
 from rcukit.sched.sim import Task
 from rcukit.wq import Work
 
@@ -41,6 +41,9 @@ VMALLOC_START = 0xFFFFC90000000000
 VMALLOC_END = 0xFFFFE90000000000
 #: Backing-page mask of ``__vmalloc_area_node`` for a plain ``vmalloc()``.
 VMALLOC_PAGE_GFP = int(GFP_KERNEL | GFP.NOWARN)
+#: ``vmalloc()``'s own mask, the one its failure report prints.
+_VMALLOC_GFP = int(GFP_KERNEL)
+_VMALLOC_GFP_NAME = format_gfp(_VMALLOC_GFP)
 
 
 def is_vmalloc_addr(ptr: int) -> bool:
@@ -106,7 +109,14 @@ class VmallocAllocator:
             if pfn is None:
                 for p in pages:
                     await mm.free_pages(task, p, 0)
-                mm.warn(task, f"vmalloc: allocation failure: {size} bytes")
+                # __vmalloc_area_node()'s fail: warn_alloc() with vmalloc's own mask;
+                # area->size counts the guard page.
+                mm.warn(
+                    task,
+                    f"{task.comm}: vmalloc: allocation failure, allocated "
+                    f"{len(pages) * self.page_size} of {(nr_pages + 1) * self.page_size} bytes, "
+                    f"mode:{_VMALLOC_GFP:#x}({_VMALLOC_GFP_NAME}), nodemask=(null)",
+                )
                 return 0
             pages.append(pfn)
         await task.sync()
