@@ -2,8 +2,9 @@
 
 An allocation that fails without ``__GFP_NOWARN`` ends at the slow path's ``nopage:`` label in
 ``warn_alloc(gfp_mask, ac->nodemask, "page allocation failure: order:%u", order)`` (5.8
-``mm/page_alloc.c``). Unless the ``nopage_rs`` ratelimit says no (``DEFINE_RATELIMIT_STATE(
-nopage_rs, DEFAULT_RATELIMIT_INTERVAL, DEFAULT_RATELIMIT_BURST)``: 10 reports per 5*HZ), it
+``mm/page_alloc.c``). Unless the ``nopage_rs`` ratelimit says no (``static
+DEFINE_RATELIMIT_STATE(nopage_rs, 10*HZ, 1)``: one report per 10 s, since 5.4's "mm/page_alloc.c:
+ratelimit allocation failure warnings more aggressively"; before, the default 10 per 5*HZ), it
 prints the headline, ``dump_stack()``, then ``warn_alloc_show_mem()`` -> ``show_mem()``
 (``lib/show_mem.c``) -> ``show_free_areas()``, which copies each zone's free-area counts
 **under** ``spin_lock_irqsave(&zone->lock)``.
@@ -39,6 +40,8 @@ __all__ = [
     "DEFAULT_RATELIMIT_BURST",
     "DEFAULT_RATELIMIT_INTERVAL_HZ",
     "DUMP_STACK_NS",
+    "NOPAGE_RS_BURST",
+    "NOPAGE_RS_INTERVAL_HZ",
     "PRINTK_LINE_NS",
     "SHOW_FREE_AREAS_SCAN_NS",
     "WARN_ALLOC_LINES",
@@ -50,6 +53,10 @@ __all__ = [
 DEFAULT_RATELIMIT_INTERVAL_HZ: Final = 5
 #: ``DEFAULT_RATELIMIT_BURST``.
 DEFAULT_RATELIMIT_BURST: Final = 10
+#: ``warn_alloc()``'s own ``nopage_rs``: ``DEFINE_RATELIMIT_STATE(nopage_rs, 10*HZ, 1)`` in
+#: mm/page_alloc.c from 5.4 on (every kernel the profiles model), one report per 10 s.
+NOPAGE_RS_INTERVAL_HZ: Final = 10
+NOPAGE_RS_BURST: Final = 1
 #: One printk into the log buffer (``vprintk_store``: format, ``logbuf_lock``, copy), no
 #: console: about a microsecond.
 PRINTK_LINE_NS: Final = 1_000
@@ -106,8 +113,7 @@ class WarnAlloc:
         self._tick_ns = cfg.tick_ns
         self._kb_shift = cfg.page_size.bit_length() - 1 - 10
         #: ``static DEFINE_RATELIMIT_STATE(nopage_rs, ...)`` in ``warn_alloc()``.
-        self.nopage_rs = RatelimitState(DEFAULT_RATELIMIT_INTERVAL_HZ * cfg.hz,
-                                        DEFAULT_RATELIMIT_BURST)
+        self.nopage_rs = RatelimitState(NOPAGE_RS_INTERVAL_HZ * cfg.hz, NOPAGE_RS_BURST)
         #: Each report as printed (its modelled lines), oldest first, capped.
         self.reports: list[list[str]] = []
         #: Reports the ratelimit swallowed.
