@@ -251,8 +251,9 @@ class PageAlloc:
         self.pcp_locks = self._pcp_locks(version.pcp_lock, cfg.nr_cpus)
         #: 6.0+: ``rmqueue_pcplist``/``free_unref_page`` use ``pcp_spin_trylock()``.
         self._pcp_trylock = version.pcp_lock == "pcp_spinlock"
-        # local_lock_irqsave()/pa_lock disable IRQs (on !RT); 6.2+ pcp_spin_trylock() does not.
-        self._pcp_irqsave = not self._pcp_trylock
+        # local_lock_irqsave()/pa_lock/6.0's pcp_spin_trylock_irqsave() disable IRQs (on !RT);
+        # 6.2+ pcp_spin_trylock() does not.
+        self._pcp_irqsave = version.pcp_irqsave
         #: 5.1-6.4: ``rmqueue()`` wakes kswapd for a boosted watermark whatever the gfp.
         self._boost_wake_always = version.boost_wake == "always"
         #: What the lock-free pcp fast path compares free pages with: the (boosted) low

@@ -24,10 +24,11 @@ import attrs
 #:   "Invalid wait context" with PROVE_RAW_LOCK_NESTING even on !RT, and a sleeping lock on RT.
 #: * ``"pcp_spinlock"``: 6.0+, a ``spinlock_t pcp->lock`` per pcp ("mm/page_alloc: replace
 #:   local_lock with normal spinlock"), taken by ``rmqueue_pcplist()`` and ``free_unref_page()``
-#:   with ``pcp_spin_trylock()``. lockdep does not check a trylock's wait context and
-#:   ``rt_spin_trylock()`` has no might-sleep check, so a pcp hit under a raw lock reports
-#:   nothing on any build; a refill still takes ``zone->lock``, and a failed trylock falls back
-#:   to ``rmqueue_buddy()`` (allocation) or ``free_one_page()`` (free), both under ``zone->lock``.
+#:   with ``pcp_spin_trylock_irqsave()`` (6.0, 6.1), ``pcp_spin_trylock()`` from 6.2. lockdep
+#:   does not check a trylock's wait context and ``rt_spin_trylock()`` has no might-sleep
+#:   check, so a pcp hit under a raw lock reports nothing on any build; a refill still takes
+#:   ``zone->lock``, and a failed trylock falls back to ``rmqueue_buddy()`` (allocation) or
+#:   ``free_one_page()`` (free), both under ``zone->lock``.
 PcpLock = Literal["irq", "local_lock", "pcp_spinlock"]
 PCP_LOCKS: Final = ("irq", "local_lock", "pcp_spinlock")
 
@@ -46,14 +47,27 @@ class MmVersion:
     kernel: str
     pcp_lock: PcpLock = attrs.field(validator=attrs.validators.in_(PCP_LOCKS))
     boost_wake: BoostWake = attrs.field(validator=attrs.validators.in_(BOOST_WAKES))
+    #: Whether taking the pcp protection disables IRQs on !RT: ``local_irq_save()`` (5.8),
+    #: ``local_lock_irqsave()`` (5.14), ``pcp_spin_trylock_irqsave()`` (6.0, 6.1: "in place
+    #: as a preparation step before converting pcp locking to spin_trylock to protect
+    #: against IRQ reentry"); 6.2's "mm/page_alloc: leave IRQs enabled for per-cpu page
+    #: allocations" takes ``pcp_spin_trylock()`` with IRQs on (6.1.y got it in a later stable
+    #: release; the v6.1 profile is the 6.1 tag).
+    pcp_irqsave: bool = True
 
 
 #: 5.8 (the RFC's base) through 5.13: IRQ-off pcp lists, boosted watermarks wake kswapd always.
 MM_5_8: Final = MmVersion(kernel="5.8", pcp_lock="irq", boost_wake="always")
 #: 5.14 ("mm/page_alloc: convert per-cpu list protection to local_lock").
 MM_5_14: Final = MmVersion(kernel="5.14", pcp_lock="local_lock", boost_wake="always")
-#: 6.0 ("mm/page_alloc: protect PCP lists with a spinlock").
+#: 6.0 ("mm/page_alloc: protect PCP lists with a spinlock"), through 6.1.
 MM_6_0: Final = MmVersion(kernel="6.0", pcp_lock="pcp_spinlock", boost_wake="always")
+#: 6.2 ("mm/page_alloc: leave IRQs enabled for per-cpu page allocations") through 6.4.
+MM_6_2: Final = MmVersion(
+    kernel="6.2", pcp_lock="pcp_spinlock", boost_wake="always", pcp_irqsave=False
+)
 #: 6.5 ("mm/page_alloc: don't wake kswapd from rmqueue() unless __GFP_KSWAPD_RECLAIM is
 #: specified").
-MM_6_5: Final = MmVersion(kernel="6.5", pcp_lock="pcp_spinlock", boost_wake="kswapd_reclaim")
+MM_6_5: Final = MmVersion(
+    kernel="6.5", pcp_lock="pcp_spinlock", boost_wake="kswapd_reclaim", pcp_irqsave=False
+)

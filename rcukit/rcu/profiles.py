@@ -23,7 +23,7 @@ import attrs
 
 from rcukit.errors import ConfigError, did_you_mean
 from rcukit.mm.gfp import GFP, GFP_KERNEL, GFP_NOWAIT
-from rcukit.mm.versions import MM_5_8, MM_6_0, MM_6_5, MmVersion
+from rcukit.mm.versions import MM_5_8, MM_6_0, MM_6_2, MM_6_5, MmVersion
 
 #: ``GFP_KERNEL|__GFP_NORETRY|__GFP_NOMEMALLOC|__GFP_NOWARN``: v5.13+ head-less path and refill.
 REFILL_GFP_5_13 = GFP_KERNEL | GFP.NORETRY | GFP.NOMEMALLOC | GFP.NOWARN
@@ -207,6 +207,7 @@ _V6_3 = attrs.evolve(
     description="v6.3: per-block polled GP snapshots, blocks whose GP already passed are "
     "freed by the monitor without a new GP; a krwp takes a batch only when wholly free "
     "(need_wait_for_krwp_work, since 6.3-rc6)",
+    mm=MM_6_2,
     header_bytes=32,
     polled_snapshots=True, need_wait_for_krwp_work=True,
 )

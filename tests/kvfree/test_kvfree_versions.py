@@ -15,7 +15,7 @@ from simtools import MS, boot_and_run, cfg, freed, on_cpu
 
 from rcukit.kernel import Kernel
 from rcukit.mm.gfp import GFP_KERNEL
-from rcukit.mm.versions import MM_5_8, MM_6_0, MM_6_5
+from rcukit.mm.versions import MM_5_8, MM_6_0, MM_6_2, MM_6_5
 from rcukit.rcu.kvfree.core import (
     KfreeRcuCpu,
     KfreeRcuCpuWork,
@@ -37,7 +37,7 @@ def test_every_profile_names_its_kernel_and_its_page_allocator() -> None:
     starts with the release it stands for."""
     want = {
         "v5.5": MM_5_8, "rfc": MM_5_8, "v5.9": MM_5_8, "v5.11": MM_5_8, "v5.13": MM_5_8,
-        "v6.1": MM_6_0, "v6.3": MM_6_0, "v6.4": MM_6_0,
+        "v6.1": MM_6_0, "v6.3": MM_6_2, "v6.4": MM_6_2,
         "v6.5": MM_6_5, "v6.12": MM_6_5, "v6.15": MM_6_5,
     }
     assert {n: p.mm for n, p in PROFILES.items()} == want

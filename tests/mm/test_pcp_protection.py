@@ -25,7 +25,7 @@ from rcukit.mm.page_alloc import (
     PCP_LOCK_RT_PATCH,
     PCP_LOCK_SPINLOCK,
 )
-from rcukit.mm.versions import MM_5_8, MM_5_14, MM_6_0, MM_6_5, MmVersion
+from rcukit.mm.versions import MM_5_8, MM_5_14, MM_6_0, MM_6_2, MM_6_5, MmVersion
 from rcukit.rcu import profiles
 from rcukit.sched.sim import Task
 
@@ -135,6 +135,42 @@ async def test_pcp_access_under_a_raw_lock_reports_what_the_kernel_does(
         if "invalid_wait_context" in kinds:
             [s] = splats
             assert (s.lock_name, s.lock_outer, s.lock_inner) == (lock_name, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("version", "rt", "irqs_off"),
+    [
+        (MM_5_14, False, True),
+        (MM_6_0, False, True),
+        (MM_6_0, True, False),
+        (MM_6_2, False, False),
+        (MM_6_5, False, False),
+    ],
+)
+async def test_the_pcp_lock_disables_irqs_until_6_2(
+    autojump_clock: Any, mm_config: Any, version: MmVersion, rt: bool, irqs_off: bool
+) -> None:
+    """IRQs while ``rmqueue_pcplist()`` / ``free_unref_page()`` hold the pcp protection.
+
+    Kernel facts (mm/page_alloc.c): 5.14 ``local_lock_irqsave(&pagesets.lock)``; 6.0's "mm/
+    page_alloc: replace local_lock with normal spinlock" ``pcp_spin_trylock_irqsave()`` ("in
+    place as a preparation step before converting pcp locking to spin_trylock to protect
+    against IRQ reentry"), which 6.1 keeps; 6.2's "mm/page_alloc: leave IRQs enabled for
+    per-cpu page allocations" ``pcp_spin_trylock()``, IRQs left on (6.5 the same). On
+    PREEMPT_RT a ``spinlock_t``'s ``_irqsave`` leaves IRQs on (an rtmutex).
+    """
+    async with mm_kernel(mm_config(version, rt=rt)) as k:
+        pa = k.mm.page_alloc
+
+        async def work(task: Task) -> bool:
+            lock = pa.pcp_lock(task, "rmqueue_pcplist", True)
+            assert lock is not None
+            off = task.irqs_disabled > 0
+            k.locks.release(task, lock)
+            assert not task.irqs_disabled and not task.held_locks
+            return off
+
+        assert await on_cpu(k, work) is irqs_off
 
 
 async def test_local_lock_is_a_lockdep_map_on_non_rt_and_a_spinlock_on_rt(
