@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rcukit.errors import GpSeqError
+from rcukit.rcu.gpcore import RCU_GP_SEQ_INIT, signed_seq
 from rcukit.rcu.gpseq import (
     RCU_GET_STATE_COMPLETED,
     RCU_SEQ_CTR_SHIFT,
@@ -50,6 +51,16 @@ def test_seq_encoding_constants() -> None:
     assert RCU_SEQ_CTR_SHIFT == 2
     assert RCU_SEQ_STATE_MASK == (1 << RCU_SEQ_CTR_SHIFT) - 1 == 3
     assert RCU_GET_STATE_COMPLETED == 0x1
+
+
+def test_gp_seq_starts_300_grace_periods_before_the_wrap() -> None:
+    """``rcu_state.gp_seq = (0UL - 300UL) << RCU_SEQ_CTR_SHIFT`` (kernel/rcu/tree.c, v5.9-v6.x,
+    read in Rtoax/linux-5.10.13 @ 2a957306e1fc), so counter wrap is exercised within minutes of
+    boot; trace events print it as ``%ld``: -1200, and the first GP starts at -1199."""
+    assert RCU_GP_SEQ_INIT == ((0 - 300) << 2) % U64
+    assert signed_seq(RCU_GP_SEQ_INIT) == -1200
+    assert signed_seq(rcu_seq_start(RCU_GP_SEQ_INIT)) == -1199
+    assert rcu_seq_end(rcu_seq_start(RCU_GP_SEQ_INIT)) == ((0 - 299) << 2) % U64
 
 
 @given(ulongs)
