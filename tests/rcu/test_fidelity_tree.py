@@ -300,3 +300,36 @@ def test_an_offlined_cpus_callbacks_migrate_and_run_after_their_gp() -> None:
         assert len(r) == 1, (n, r)
         cpu, after_gp = r[0]
         assert after_gp and cpu != 2
+
+
+def test_concurrent_rcu_barriers_share_through_barrier_sequence() -> None:
+    """``rcu_barrier()`` (kernel/rcu/tree.c, v5.9-v6.x) takes ``s =
+    rcu_seq_snap(&rcu_state.barrier_sequence)`` before ``mutex_lock(&barrier_mutex)`` and
+    returns at once if ``rcu_seq_done(&barrier_sequence, s)`` ("Did someone else do our work
+    for us?"). Callers arriving while a barrier is in progress snapshot the end of the *next*
+    barrier, so they cannot use the running one, but all of them share that next one: three
+    callers, the last two during the first's barrier, make two barriers, not three."""
+
+    async def body(k: Kernel) -> tuple[int, list[int]]:
+        rcu = k.rcu
+        done: list[int] = []
+
+        async def first(task: Task) -> None:
+            rcu.call_rcu(task, RcuHead(), lambda t, h: None)  # its barrier waits for a GP
+            await rcu.rcu_barrier(task)
+            done.append(task.cpu.id)
+
+        async def during(task: Task) -> None:
+            await task.sleep_ns(1 * MS)  # the first barrier is waiting for its GP
+            await rcu.rcu_barrier(task)
+            done.append(task.cpu.id)
+
+        k.spawn(first, 0)
+        k.spawn(during, 1)
+        k.spawn(during, 2)
+        await k.run()
+        return rcu.statistics().barriers, done
+
+    barriers, done = run_sim(body, nr_cpus=3)
+    assert barriers == 2
+    assert done[0] == 0 and sorted(done) == [0, 1, 2]
