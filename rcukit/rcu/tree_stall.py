@@ -2,9 +2,10 @@
 
 :class:`RcuStall` holds what ``tree_stall.h`` keeps for one ``rcu_state``: the stall deadline
 (``rcu_state.jiffies_stall``, here a timer armed at each GP start by
-``record_gp_stall_check_time``), which GP was already reported and how many were. The kernel
-checks the deadline from the scheduling-clock tick; a timer fires at the same instant without
-a tick hook. One report per GP, in ``print_other_cpu_stall``'s words.
+``record_gp_stall_check_time``) and how many reports there were. The kernel checks the deadline
+from the scheduling-clock tick; a timer fires at the same instant without a tick hook. A report
+(in ``print_other_cpu_stall``'s words) moves the deadline ``3 * timeout + 3`` jiffies on, so a
+stall that lasts is reported again, as ``check_cpu_stall()`` does.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ class RcuStall(RcuStatePart):
         super().__init__(rcu)
         self._timeout_ns = rcu.kernel.config.rcu_stall_timeout_ms * 1_000_000
         self._timer = Timer("rcu_stall", self.check_cpu_stall)
-        self._stalled_gp = -1
         #: Stall reports so far (``RcuStats.stalls``).
         self.stalls = 0
 
@@ -43,26 +43,29 @@ class RcuStall(RcuStatePart):
         Simulator.cancel_timer(self._timer)
 
     def check_cpu_stall(self, timer: Timer) -> None:
-        """``check_cpu_stall``: one report per GP that outlives ``rcu_stall_timeout_ms``."""
+        """``check_cpu_stall``: a report once a GP outlives ``rcu_stall_timeout_ms``, and the
+        next deadline ``jiffies + 3 * rcu_jiffies_till_stall_check() + 3`` (kernel/rcu/
+        tree_stall.h, v5.9-v6.x): a stall that lasts is reported again."""
         rcu = self._rcu
         core = rcu.core
-        if not core.gp_seq.in_progress() or self._stalled_gp == core.gp_seq.current:
+        if not core.gp_seq.in_progress():
             return
         holdouts = rcu._holdouts
         if not holdouts.cpus and not holdouts.tasks:
             return
         cpu = timer.cpu
         assert cpu is not None
-        self._stalled_gp = core.gp_seq.current
+        k = self._kernel
+        k.sim.arm_timer(timer, cpu, cpu.local_ns + 3 * self._timeout_ns + 3 * k.config.tick_ns)
         self.stalls += 1
-        k = rcu._kthread
-        locks = self._kernel.locks
+        kthread = rcu._kthread
+        locks = k.locks
         locks.record(
             Splat(
                 kind="rcu_stall",
                 cpu=cpu.id,
-                comm=k.comm if k else rcu.name,
-                pid=k.pid if k else 0,
+                comm=kthread.comm if kthread else rcu.name,
+                pid=kthread.pid if kthread else 0,
                 time_ns=cpu.local_ns,
                 release=locks.kernel_release,
                 ip="rcu_gp_kthread",
