@@ -189,8 +189,10 @@ class Tracepoints:
     and the selection takes ``NAME``, as ``trace_NAME_enabled()`` tests the tracepoint's
     ``struct static_key`` (include/linux/tracepoint.h). :meth:`Tracer.enable` sets them once, so
     a call site pays one attribute load, and a run whose selection drops an event keeps the
-    fast paths that event's call sites would otherwise leave (kvfree_rcu()'s, the run-based
-    floods')."""
+    fast paths that event's call sites would otherwise leave (the run-based floods', which a
+    per-object kmalloc event sends call by call). ``rcu_kvfree_callback`` is a kernel
+    tracepoint (``__call_rcu()`` given a kfree offset) that nothing modelled emits:
+    ``kvfree_call_rcu()`` traces no event per call."""
 
     __slots__ = (
         "fail_page_alloc", "kfree", "kfree_rcu_monitor", "kmalloc", "kmem_cache_alloc",

@@ -162,8 +162,8 @@ def test_runs_take_few_steps() -> None:
 
 
 def test_debug_features_take_the_per_call_path() -> None:
-    """Tracing (every call emits ``rcu_kvfree_callback`` and ``kmem_cache_alloc``, kernel
-    include/trace/events/rcu.h and kmem.h), debug objects (``debug_rcu_head_queue()`` per
+    """Tracing (every kmalloc emits ``kmem_cache_alloc``, kernel include/trace/events/kmem.h),
+    debug objects (``debug_rcu_head_queue()`` per
     call, v5.9+ ``kvfree_call_rcu()``) and alloc-site tracking see every object, so a flood
     with any of them on runs call by call: no runs, and the same counts and trace."""
     base = KernelConfig(nr_cpus=2).replace(**{"kvfree.profile": "v6.1", "kvfree.variant": "nowait"})

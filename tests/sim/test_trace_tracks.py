@@ -73,19 +73,21 @@ def _flood(events: frozenset[str] | None, *, runs: bool) -> tuple[Any, int, int,
 
 
 @pytest.mark.parametrize("runs", [False, True])
-def test_default_selection_keeps_the_fast_paths(runs: bool) -> None:
-    """``kvfree_call_rcu()`` (kernel/rcu/tree.c, v5.9) calls ``trace_rcu_kvfree_callback()``
-    whose static key is off unless the event is enabled: tracing other events costs the fast
-    path nothing. So a trace without the per-object events takes the same fast path (and the
-    same run-based floods) as no trace at all and counts the same; one with them sends every
-    call down the modelled slow path, which emits the event, and still counts the same."""
+def test_tracing_keeps_kvfree_rcus_fast_path(runs: bool) -> None:
+    """``kvfree_call_rcu()`` (kernel/rcu/tree.c, v5.9-v6.x) emits no tracepoint per call (its
+    body has none; ``rcu_kvfree_callback`` is ``__call_rcu()``'s), so no trace selection
+    changes its path: a trace without the per-object events takes the same fast path and
+    the same run-based floods as no trace at all; one with every event still takes the fast
+    path per call, while each kmalloc's own ``kmem_cache_alloc`` event (include/trace/events/
+    kmem.h, a static key per call site) sends a run-based flood call by call. The counts
+    are the same every time: tracing observes, never changes, a run."""
     plain, plain_slow, plain_runs, _ = _flood(None, runs=runs)
     traced, traced_slow, traced_runs, written = _flood(DEFAULT_SELECTION, runs=runs)
     every, every_slow, every_runs, written_all = _flood(frozenset({"*"}), runs=runs)
     assert plain_slow < 100
     assert traced == plain and (traced_slow, traced_runs) == (plain_slow, plain_runs)
     assert written > 0
-    assert every_slow == 3000 and every_runs == 0 and written_all > 10 * written
+    assert every_slow == plain_slow and every_runs == 0 and written_all > 10 * written
     assert every.calls == plain.calls and every.objects_freed == plain.objects_freed
     if runs:
         assert plain_runs > 0

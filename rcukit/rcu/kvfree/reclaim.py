@@ -132,9 +132,10 @@ class KvfreeReclaim(KvfreePart):
                 await self.free_bulk_skipping_bad(task, ptrs, err, mm.vfree_bulk)
         else:
             for p in ptrs:
+                # kfree_rcu_work(), a vmalloc block: each record with offset 0 (func=%ld)
                 if k.tracer.tp.rcu_invoke_kvfree_callback:
                     k.trace(task, "rcu_invoke_kvfree_callback",
-                            f"{self._rcu.name} rhp=0x{p:x} func=0x0")
+                            f"{self._rcu.name} rhp=0x{p:x} func=0")
                 try:
                     await mm.vfree(task, p)
                 except MemoryDebugError as err:
@@ -171,9 +172,11 @@ class KvfreeReclaim(KvfreePart):
             task.charge(miss)
             if debug.enabled:
                 debug.debug_rcu_head_unqueue(p)
+            # the kernel traces the rcu_head and its offset in the object (func=%ld); the list
+            # keeps the object's address only, so this prints the object and offset 0
             if k.tracer.tp.rcu_invoke_kvfree_callback:
                 k.trace(task, "rcu_invoke_kvfree_callback",
-                        f"{self._rcu.name} rhp=0x{p:x} func=0x0")
+                        f"{self._rcu.name} rhp=0x{p:x} func=0")
             try:
                 await self._mm.kvfree(task, p)
             except MemoryDebugError as err:

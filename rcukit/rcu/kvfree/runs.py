@@ -95,7 +95,7 @@ class KvfreeFlood(KvfreePart):
         take_run = slab.take_run
         ctr = self._counters
         krcs = kv.krcs
-        gate = kv._gate
+        slow = kv._slow_double
         got = 0
         remaining = n
         while remaining > 0:
@@ -105,7 +105,7 @@ class KvfreeFlood(KvfreePart):
             if (
                 not allowed
                 or cache is None
-                or gate.rcu_kvfree_callback
+                or slow
                 or (
                     may_single
                     and (task.preempt_count or task.irqs_disabled or task.rcu_read_nesting)

@@ -62,18 +62,8 @@ if TYPE_CHECKING:
     from rcukit.mm.kswapd import Shrinker
     from rcukit.mm.mm import Mm
     from rcukit.rcu.tree import RcuState
-    from rcukit.trace.events import Tracepoints
 
 __all__ = ["KFREE_N_BATCHES", "Bnode", "Krc", "Krwp", "KvfreeRcu", "KvfreeStatistics"]
-
-
-class _AlwaysOn:
-    """Stands in for the tracepoint keys on the fast path's gate when every call must take the
-    slow path anyway (debug objects, polled snapshots, lock-hold tracing, a head-less call on a
-    profile without that form): one attribute test covers every reason."""
-
-    __slots__ = ()
-    rcu_kvfree_callback = True
 
 
 class KvfreeRcu:
@@ -136,23 +126,23 @@ class KvfreeRcu:
         self._slab_of = mm.slab._slab_of
         self._page_offset = mm.page_offset
         self._page_shift = mm.slab.page_shift
-        self._tracer = kernel.tracer
         #: The monitor's arming, bound once: the fast path calls it without a hop.
         self._arm_monitor = self.monitor.arm_monitor
-        # Debug objects and polled snapshots send every call down the modelled slow path, so
-        # the fast path's gate is always on; otherwise it is the rcu_kvfree_callback
-        # tracepoint's key (the slow path emits it), so a trace that leaves the per-object
-        # event out keeps the fast path.
+        # Debug objects and polled snapshots send every call down the modelled slow path (the
+        # fast path does neither). No tracepoint does: kvfree_call_rcu() emits no event per
+        # call (kernel/rcu/tree.c, v5.9-v6.x; rcu_kvfree_callback is __call_rcu()'s, for a
+        # kfree offset given to call_rcu()), so a trace keeps the fast path.
         always_slow = self.debug.enabled or self._polled
-        self._gate: Tracepoints | _AlwaysOn = _AlwaysOn() if always_slow else kernel.tracer.tp
-        #: The head-less calls' gate: always on without the head-less form (pre-v5.9), so the
+        #: Every two-argument call takes :meth:`_kvfree_slow`.
+        self._slow_double = always_slow
+        #: Every head-less call does: also without the head-less form (pre-v5.9), so the
         #: fast path needs no test of the form; the slow path raises the usage error.
-        self._gate_single = self._gate if self._headless else _AlwaysOn()
+        self._slow_single = always_slow or not self._headless
 
     def force_slow_path(self) -> None:
         """Send every call down the modelled slow path (:meth:`_kvfree_slow`), as a trace of
         each ``krcp->lock`` hold needs: the fast path takes the lock inline, unseen."""
-        self._gate = self._gate_single = _AlwaysOn()
+        self._slow_double = self._slow_single = True
 
     @property
     def pending(self) -> int:
@@ -210,21 +200,21 @@ class KvfreeRcu:
             # hardirq context always has irqs_disabled set, so this covers in_atomic()
             if task.preempt_count or task.irqs_disabled or task.rcu_read_nesting:
                 self._might_sleep(task, ptr)
-            # a profile without the head-less form has its gate always on: the slow path
-            # raises the usage error
-            gate = self._gate_single
+            # a profile without the head-less form always takes the slow path, which raises
+            # the usage error
+            slow = self._slow_single
             ctr.fast_single += 1
         else:
             slab = self._slab_of.get((ptr - self._page_offset) >> self._page_shift)
             off = head - ptr
             if slab is None or not 0 <= off < slab.cache.size:
                 self._check_head(ptr, head)
-            gate = self._gate
+            slow = self._slow_double
             ctr.fast_double += 1
         cpu = task.cpu
         krcp = self.krcs[cpu.id]
         bnode = krcp.cur_bnode
-        if bnode is not None and not (gate.rcu_kvfree_callback or ptr >= VMALLOC_START):
+        if bnode is not None and not (slow or ptr >= VMALLOC_START):
             n = bnode.nr_records
             # krc_this_cpu_lock() ... store ... krc_this_cpu_unlock(): a raw lock with IRQs
             # off can never be an invalid wait context and nothing in between can sleep, so
@@ -341,12 +331,6 @@ class KvfreeRcu:
             # mon_quiet_below (as on the fast path)
             if count >= krcp.mon_quiet_below:
                 self._arm_monitor(task, krcp)
-        if self._tracer.tp.rcu_kvfree_callback:
-            self.kernel.trace(
-                task, "rcu_kvfree_callback",
-                f"{self.rcu.name} rhp=0x{head or ptr:x} func=0x{(head or ptr) - ptr:x} "
-                f"{krcp.krc_count()}",
-            )
         krcp.raw_spin_unlock_irqrestore(task)
         if not ok and single:
             # Head-less fallback: "can be used from might_sleep() context only".
