@@ -108,6 +108,7 @@ from rcukit.mm.zone import (
     BuddyAllocator,
     FallbackSteal,
     PerCpuPages,
+    pageset_set_batch,
     pcp_high,
     zone_batchsize,
     zone_watermark_ok,
@@ -240,8 +241,12 @@ class PageAlloc:
         self._page_shift = memmap.page_shift
 
         nr = zone.managed_pages
-        batch = mmc.pcp_batch if mmc.pcp_batch is not None else zone_batchsize(nr, cfg.page_size)
-        high = mmc.pcp_high if mmc.pcp_high is not None else pcp_high(batch)
+        high, batch = pageset_set_batch(zone_batchsize(nr, cfg.page_size))
+        if mmc.pcp_batch is not None:
+            batch = mmc.pcp_batch
+            high = pcp_high(batch)
+        if mmc.pcp_high is not None:
+            high = mmc.pcp_high
         #: Per-CPU ``struct per_cpu_pages``, indexed by CPU id (also in ``cpu.data["pcp"]``).
         self.pcps = [PerCpuPages(high=high, batch=batch) for _ in range(cfg.nr_cpus)]
         for cpu, pcp in zip(kernel.sim.cpus, self.pcps, strict=True):

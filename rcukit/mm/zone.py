@@ -70,20 +70,20 @@ def _check_page_size(page_size: int) -> None:
 
 
 def zone_batchsize(managed_pages: int, page_size: int = 4096) -> int:
-    """pcp ``batch`` for a zone, as ``zone_batchsize()`` computes it since 4.19 (kernel.md 3.3).
+    """``zone_batchsize()`` since 4.19 (kernel.md 3.3): the pcp batch a zone's size asks for.
 
     The 1 MiB cap (d8a759b57035) makes every zone >= 1 GiB of 4 KiB pages use 63, the "63 pages"
     the RFC quotes. The 2^n - 1 shape avoids cache-colour aliasing between alternating batch
-    allocators. The result is at least 1 because ``pageset_set_batch()`` stores ``max(1, batch)``
-    (tiny zones such as ZONE_DMA compute 0 and show ``batch: 1`` in /proc/zoneinfo).
+    allocators. A zone below 8192 pages computes 0 (``rounddown_pow_of_two(1) - 1``), which
+    :func:`pageset_set_batch` turns into high 0, batch 1 (ZONE_DMA's ``high: 0 batch: 1`` in
+    /proc/zoneinfo): its pcp lists pass every page straight through.
     """
     if managed_pages < 0:
         raise ConfigError(f"managed_pages {managed_pages} is invalid: must be >= 0")
     _check_page_size(page_size)
     batch = min(managed_pages >> 10, _SZ_1M // page_size)
     batch = max(batch // 4, 1)
-    batch = _rounddown_pow_of_two(batch + batch // 2) - 1
-    return max(batch, 1)
+    return _rounddown_pow_of_two(batch + batch // 2) - 1
 
 
 def pcp_high(batch: int) -> int:
@@ -91,9 +91,16 @@ def pcp_high(batch: int) -> int:
 
     5.14+ derives high from the low watermark instead (``zone_highsize()``); not modelled.
     """
-    if batch < 1:
-        raise ConfigError(f"pcp batch {batch} is invalid: must be >= 1")
+    if batch < 0:
+        raise ConfigError(f"pcp batch {batch} is invalid: must be >= 0")
     return 6 * batch
+
+
+def pageset_set_batch(batch: int) -> tuple[int, int]:
+    """``pageset_set_batch()`` (5.8 mm/page_alloc.c): ``pageset_update(pcp, 6 * batch,
+    max(1UL, 1 * batch))``, as ``(high, batch)``: a tiny zone's batch 0 gives high 0 and a
+    batch of 1."""
+    return pcp_high(batch), max(1, batch)
 
 
 @attrs.frozen
@@ -895,8 +902,8 @@ class PerCpuPages:
     @classmethod
     def for_zone(cls, managed_pages: int, page_size: int = 4096) -> PerCpuPages:
         """An empty pcp with the 5.8 defaults for a zone of that size (63/378 for >= 1 GiB)."""
-        batch = zone_batchsize(managed_pages, page_size)
-        return cls(high=pcp_high(batch), batch=batch)
+        high, batch = pageset_set_batch(zone_batchsize(managed_pages, page_size))
+        return cls(high=high, batch=batch)
 
     @property
     def over_high(self) -> bool:

@@ -23,6 +23,7 @@ from rcukit.mm.zone import (
     Watermarks,
     compute_watermarks,
     min_free_kbytes_default,
+    pageset_set_batch,
     pcp_high,
     zone_batchsize,
     zone_min_pages,
@@ -49,10 +50,15 @@ def test_batch_63_high_378_for_1gib_zone() -> None:
     assert (batch, pcp_high(batch)) == (63, 378)
 
 
-def test_batchsize_tiny_zone_is_one_and_other_page_sizes() -> None:
-    # ZONE_DMA of the fixture host: 3840 managed pages -> batch: 1 in /proc/zoneinfo.
-    assert zone_batchsize(3840, 4096) == 1
-    assert zone_batchsize(0, 4096) == 1
+def test_a_tiny_zone_gets_high_0_batch_1_and_other_page_sizes() -> None:
+    """``zone_batchsize()`` (5.8 mm/page_alloc.c) of a zone below 8192 pages is
+    ``rounddown_pow_of_two(1) - 1`` = 0, and ``pageset_set_batch()`` stores high ``6 * 0`` and
+    batch ``max(1, 0)``: the fixture host's ZONE_DMA (3840 managed pages) shows ``high: 0``,
+    ``batch: 1`` in /proc/zoneinfo."""
+    assert zone_batchsize(3840, 4096) == 0
+    assert zone_batchsize(0, 4096) == 0
+    assert pageset_set_batch(zone_batchsize(3840, 4096)) == (0, 1)
+    assert zone_batchsize(8192, 4096) == 1
     # 64 KiB pages: the 1 MiB cap is 16 pages -> 4 -> rounddown(6) - 1 = 3.
     assert zone_batchsize(1 << 30, 65536) == 3
 
@@ -63,9 +69,9 @@ def test_batchsize_rejects_bad_input(managed: int, page_size: int) -> None:
         zone_batchsize(managed, page_size)
 
 
-def test_pcp_high_rejects_zero_batch() -> None:
-    with pytest.raises(ConfigError, match="batch 0"):
-        pcp_high(0)
+def test_pcp_high_rejects_a_negative_batch() -> None:
+    with pytest.raises(ConfigError, match="batch -1"):
+        pcp_high(-1)
 
 
 # --- watermarks -----------------------------------------------------------------------------
