@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
+
 from rcukit.config import KernelConfig
 from rcukit.errors import MemoryDebugError
 from rcukit.kernel import ALL_SUBSYSTEMS, Kernel, Subsystems, boot
@@ -33,6 +35,34 @@ MM_ONLY = Subsystems(rcu=None, kvfree=False)
 RCU_ONLY = Subsystems(mm=None, kvfree=False)
 #: kvfree_rcu()'s block-allocator variants, in the order the RFC lists them.
 VARIANTS = ("fast-try", "nowait", "gfp-zero", "raw-zone-lock", "page-cache", "nolock")
+
+
+@attrs.define
+class FakeCpu:
+    """A CPU as the lock checker reads one: its id and local clock."""
+
+    id: int = 0
+    local_ns: int = 0
+
+
+@attrs.define
+class FakeLockContext:
+    """The least a task needs to be ``current`` for the lock checker (its LockContext
+    protocol), without a kernel: for tests of the checker's rules alone."""
+
+    cpu: FakeCpu = attrs.field(factory=FakeCpu)
+    pid: int = 1
+    comm: str = "t"
+    preempt_count: int = 0
+    irqs_disabled: int = 0
+    in_hardirq: int = 0
+    in_softirq: int = 0
+    rcu_read_nesting: int = 0
+    rcu_blocked_reader: bool = False
+    held_locks: list[Any] = attrs.field(factory=list)
+
+    def in_atomic(self) -> bool:
+        return bool(self.preempt_count or self.irqs_disabled or self.in_hardirq)
 
 
 def cfg(**settings: Any) -> KernelConfig:

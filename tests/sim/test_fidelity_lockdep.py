@@ -9,12 +9,10 @@ inner LD_WAIT_CONFIG), as summarised with their examples in kernel.md section 7.
 
 from __future__ import annotations
 
-from typing import Any
-
-import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from simtools import FakeLockContext
 
 from rcukit.locking import Lock, LockKind, WaitType
 from rcukit.locking.checker import LockChecker
@@ -38,33 +36,8 @@ CLASS = {
 CONTEXT = {"hardirq": "SPIN", "softirq": "CONFIG", "task": "MAX"}
 
 
-@attrs.define
-class _Cpu:
-    id: int = 0
-    local_ns: int = 0
-
-
-@attrs.define
-class _Ctx:
-    """``current`` as the checker reads it (the LockContext protocol)."""
-
-    cpu: _Cpu = attrs.field(factory=_Cpu)
-    pid: int = 1
-    comm: str = "t"
-    preempt_count: int = 0
-    irqs_disabled: int = 0
-    in_hardirq: int = 0
-    in_softirq: int = 0
-    rcu_read_nesting: int = 0
-    rcu_blocked_reader: bool = False
-    held_locks: list[Any] = attrs.field(factory=list)
-
-    def in_atomic(self) -> bool:
-        return bool(self.preempt_count or self.irqs_disabled or self.in_hardirq)
-
-
-def _ctx(where: str) -> _Ctx:
-    return _Ctx(in_hardirq=int(where == "hardirq"), in_softirq=int(where == "softirq"))
+def _ctx(where: str) -> FakeLockContext:
+    return FakeLockContext(in_hardirq=int(where == "hardirq"), in_softirq=int(where == "softirq"))
 
 
 def _lock(kind: LockKind, n: int) -> Lock:

@@ -24,6 +24,7 @@ import trio
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
+from simtools import FakeLockContext
 
 import rcukit
 import rcukit.sim
@@ -982,31 +983,6 @@ def test_trace_shows_only_printed_reports() -> None:
     assert box == [1]
 
 
-@attrs.define
-class _Cpu:
-    id: int = 0
-    local_ns: int = 0
-
-
-@attrs.define
-class _Ctx:
-    """The least a task needs to be ``current`` for the checker (its LockContext protocol)."""
-
-    cpu: _Cpu = attrs.field(factory=_Cpu)
-    pid: int = 1
-    comm: str = "t"
-    preempt_count: int = 1
-    irqs_disabled: int = 0
-    in_hardirq: int = 0
-    in_softirq: int = 0
-    rcu_read_nesting: int = 0
-    rcu_blocked_reader: bool = False
-    held_locks: list[Any] = attrs.field(factory=list)
-
-    def in_atomic(self) -> bool:
-        return bool(self.preempt_count or self.irqs_disabled or self.in_hardirq)
-
-
 @given(
     gaps_ms=st.lists(st.integers(0, 2500), min_size=1, max_size=40),
     hz=st.sampled_from([100, 250, 1000]),
@@ -1016,7 +992,7 @@ def test_might_sleep_rate_limit_property(gaps_ms: list[int], hz: int) -> None:
     5.9; ``__might_resched()`` 5.17+) prints a report iff at least ``HZ`` jiffies passed since
     the last printed one, and every violation is still counted."""
     checker = LockChecker(prove_raw_lock_nesting=False, preempt_rt=False, hz=hz)
-    ctx = _Ctx()
+    ctx = FakeLockContext(preempt_count=1)
     want: list[bool] = []
     last: int | None = None
     for gap in gaps_ms:
