@@ -103,11 +103,25 @@ class KvfreeDrain(KvfreePart):
             await self._rcu.flush_rcu_work(task, krwp.rwork)
 
     def cpu_hotplug(self, task: Task, cpu_id: int, online: bool) -> None:
-        """The hotplug callback: an offlined CPU's krcp still drains, its monitor moved to an
-        online CPU's kworker."""
+        """An offlined CPU's pending monitor work, on an online CPU, at the same expiry.
+
+        The kernel has no kvfree_rcu hotplug hook (kernel/rcu/tree.c, v5.9-v6.x): when a CPU
+        dies its timers migrate to a live CPU (``timers_dead_cpu()``) and its per-CPU
+        workqueue pool runs unbound, so ``monitor_work`` still fires when it was due (up to
+        5 s later from v6.1) and drains the dead CPU's krcp from elsewhere. The simulator runs
+        no kworker for an offline CPU, so the delayed work is moved here, its expiry kept."""
         if online:
             return
         krcp = self._kv.krcs[cpu_id]
-        if krcp.need_offload_krc():
-            self._wq.mod_delayed_work(task, krcp.monitor, 0, cpu=self._owner_cpu(krcp))
-            krcp.mon_quiet_below = 0
+        if not krcp.need_offload_krc():
+            return
+        dwork = krcp.monitor
+        # (not pending at all, e.g. caught between its runs: queued now, so nothing waits for
+        # a kvfree_rcu() call on a CPU that makes none)
+        delay = 0
+        timer = dwork.timer
+        if timer.pending:
+            tick = self._kernel.config.tick_ns
+            delay = max(0, -((task.now_ns - timer.expires_ns) // tick))
+        self._wq.mod_delayed_work(task, dwork, delay, cpu=self._owner_cpu(krcp))
+        krcp.mon_quiet_below = 0
