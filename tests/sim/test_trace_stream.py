@@ -258,6 +258,34 @@ def test_kvfree_call_rcu_traces_no_event_per_call(settings: dict[str, Any]) -> N
     assert len(kmallocs) == 40 and {e.flags[0] for e in kmallocs} == {"."}
 
 
+def test_the_rcu_head_list_traces_each_rcu_head_and_its_offset() -> None:
+    """``kvfree_rcu_list()`` (kernel/rcu/tree.c, v5.9-v6.x; ``kfree_rcu_work()``'s loop
+    before v6.3) frees ``(void *)head - head->func`` and traces
+    ``trace_rcu_invoke_kvfree_callback(rcu_state.name, head, offset)``, printed as ``rhp=%p
+    func=%ld``: the rcu_head's address and its offset in the object, in decimal. v5.5 has no
+    blocks, so every two-argument kvfree_rcu() goes on that list."""
+    async def body(k: Kernel) -> tuple[list[int], list[TraceEvent]]:
+        k.tracer.enable()
+        ptrs: list[int] = []
+
+        async def fn(t: Task) -> None:
+            for _ in range(10):
+                ptr = await k.mm.kmalloc(t, 64, GFP_KERNEL)
+                ptrs.append(ptr)
+                await k.kvfree.kvfree_rcu(t, ptr, ptr + 24)
+            await k.rcu.rcu_barrier(t)
+            await t.sleep_ns(100_000_000)
+
+        k.spawn(fn, 0, "flood")
+        await k.run()
+        return ptrs, list(k.tracer.events)
+
+    ptrs, events = boot_and_run(cfg(nr_cpus=2, **{"kvfree.profile": "v5.5"}), body)
+    lines = [e.fields for e in events if e.name == "rcu_invoke_kvfree_callback"]
+    assert sorted(lines) == sorted(f"rcu_sched rhp=0x{p + 24:x} func=24" for p in ptrs)
+    assert all(e.name != "rcu_kvfree_callback" for e in events)
+
+
 @pytest.mark.parametrize(("settings", "flavour"),
                          [({}, "rcu_sched"), ({"preempt_rcu": True}, "rcu_preempt"),
                           ({"preempt_rt": True}, "rcu_preempt")])

@@ -164,19 +164,26 @@ class KvfreeReclaim(KvfreePart):
         await task.cond_resched()
 
     async def kvfree_rcu_list(self, task: Task, head: array[int]) -> None:
-        """``kvfree_rcu_list``: pointer chasing through rcu_heads, one ``kvfree`` per object."""
+        """``kvfree_rcu_list``: pointer chasing through rcu_heads, one ``kvfree`` per object:
+        the object is the rcu_head minus its offset (``head->func``), and
+        ``rcu_invoke_kvfree_callback`` prints the rcu_head and that offset (``rhp=%p
+        func=%ld``, kernel/rcu/tree.c, v5.9-v6.x)."""
         k = self._kernel
         miss = k.config.cost.cache_miss_ns
         debug = self._debug
-        for p in head.tolist():
+        offsets = self._kv.head_offsets
+        for rhp in head.tolist():
+            queued = offsets[rhp]
+            off = queued.pop(0)
+            if not queued:
+                del offsets[rhp]
+            p = rhp - off
             task.charge(miss)
             if debug.enabled:
                 debug.debug_rcu_head_unqueue(p)
-            # the kernel traces the rcu_head and its offset in the object (func=%ld); the list
-            # keeps the object's address only, so this prints the object and offset 0
             if k.tracer.tp.rcu_invoke_kvfree_callback:
                 k.trace(task, "rcu_invoke_kvfree_callback",
-                        f"{self._rcu.name} rhp=0x{p:x} func=0")
+                        f"{self._rcu.name} rhp=0x{rhp:x} func={off}")
             try:
                 await self._mm.kvfree(task, p)
             except MemoryDebugError as err:

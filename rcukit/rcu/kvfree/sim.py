@@ -107,6 +107,9 @@ class KvfreeRcu:
         self.wq = kernel.system_wq
         #: Every count, live (the fast path bumps one per call: see KvfreeCounters).
         self.counters = KvfreeCounters()
+        #: ``head->func`` of the rcu_heads on the krcps' lists: each queued rcu_head's offset in
+        #: its object (a list, for a head queued twice), taken by ``kvfree_rcu_list()``.
+        self.head_offsets: dict[int, list[int]] = {}
         # The parts, each owning its state; the krcs reach their work functions.
         self.debug = KvfreeDebugObjects(self)
         self.reclaim = KvfreeReclaim(self)
@@ -317,10 +320,12 @@ class KvfreeRcu:
             cpu.local_ns += self._store_ns
             if self._polled:
                 bnode.gp_snap = self.rcu.get_state_synchronize_rcu(task)
-        elif not single:
+        elif head is not None:  # (not single)
+            # head->func = func (the offset); head->next = krcp->head; krcp->head = head
             if krcp.head is None:
                 krcp.head = array("Q")
-            krcp.head.append(ptr)
+            krcp.head.append(head)
+            self.head_offsets.setdefault(head, []).append(head - ptr)
             ctr.fallback_rcu_head += 1
             if self._polled:
                 krcp.head_gp_snap = self.rcu.get_state_synchronize_rcu(task)
