@@ -19,9 +19,7 @@ from simtools import MS, US, Kernel, run_sim
 
 import rcukit.sim
 from rcukit.rcu.segcblist import RcuHead
-from rcukit.rcu.tree import RcuWork
 from rcukit.sched.sim import Task
-from rcukit.wq import Work
 
 
 @pytest.mark.parametrize("preempt", [False, True])
@@ -218,41 +216,6 @@ def test_rcu_barrier_waits_only_for_callbacks_already_queued() -> None:
     out = run_sim(body, nr_cpus=4)
     assert out["idle"] == (0, 0)
     assert out["at_return"] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
-
-
-def test_queue_rcu_work() -> None:
-    """``queue_rcu_work(wq, rwork)`` (kernel/workqueue.c, v5.9-v6.x) sets the work's PENDING
-    bit and ``call_rcu(&rwork->rcu, rcu_work_rcufn)``, returning false if the work was already
-    pending; ``rcu_work_rcufn()`` queues the work (``__queue_work(WORK_CPU_UNBOUND, ...)``, the
-    invoking CPU for a per-CPU workqueue) once the grace period has passed;
-    ``flush_rcu_work()`` waits for both (``rcu_barrier()`` then ``flush_work()``)."""
-
-    async def body(k: Kernel) -> dict[str, Any]:
-        rcu = k.rcu
-        out: dict[str, Any] = {"runs": []}
-
-        async def fn(task: Task, work: Work) -> None:
-            out["runs"].append((task.cpu.id, rcu.poll_state_synchronize_rcu(out["cookie"])))
-
-        rw = RcuWork("rw", fn)
-
-        async def w(task: Task) -> None:
-            out["cookie"] = rcu.get_state_synchronize_rcu(task)
-            out["queued"] = (rcu.queue_rcu_work(task, k.system_wq, rw),
-                             rcu.queue_rcu_work(task, k.system_wq, rw))
-            await rcu.flush_rcu_work(task, rw)
-            out["after_flush"] = list(out["runs"])
-            out["requeue"] = rcu.queue_rcu_work(task, k.system_wq, rw)
-            await rcu.flush_rcu_work(task, rw)
-
-        k.spawn(w, 3)
-        await k.run()
-        return out
-
-    out = run_sim(body, nr_cpus=4)
-    assert out["queued"] == (True, False)
-    assert out["after_flush"] == [(3, True)]
-    assert out["requeue"] is True and len(out["runs"]) == 2
 
 
 def test_an_offlined_cpus_callbacks_migrate_and_run_after_their_gp() -> None:
