@@ -121,9 +121,10 @@ class MemMap:
             )
         return f"not a kmalloc object: its page (pfn 0x{pfn:x}) is {state}"
 
-    def check_free(self, where: str, pfn: int, order: int) -> int:
-        """``free_page_is_bad()``/``bad_page()``: the block's migratetype, or MemoryDebugError
-        (``pfn`` and the reason in ``detail``, for ``bad_page()``'s report)."""
+    def check_free(self, where: str, pfn: int, order: int) -> None:
+        """``free_page_is_bad()``/``bad_page()``: MemoryDebugError (``pfn`` and the reason in
+        ``detail``, for ``bad_page()``'s report) unless the block is allocated with ``order``.
+        (Where it goes is its pageblock's migratetype, read by the caller.)"""
         if not 0 <= order < MAX_ORDER:
             raise PageAllocError(f"order {order} is invalid: allowed 0..{MAX_ORDER - 1}")
         i = pfn - self.start_pfn
@@ -147,10 +148,9 @@ class MemMap:
             )
         if v & PS_SLAB:
             raise _bad_page(where, pfn, "the page belongs to a slab (use kfree)")
-        mt, got = (v >> 4) - 1, v & 0x0F
+        got = v & 0x0F
         if got != order:
             raise _bad_page(where, pfn, f"the block was allocated with order {got}")
-        return mt
 
 
 def _bad_page(where: str, pfn: int, reason: str) -> MemoryDebugError:

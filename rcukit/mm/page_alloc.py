@@ -108,9 +108,7 @@ from rcukit.mm.zone import (
     BuddyAllocator,
     FallbackSteal,
     PerCpuPages,
-    pageset_set_batch,
-    pcp_high,
-    zone_batchsize,
+    pcp_high_batch,
     zone_watermark_ok,
 )
 from rcukit.sched.sim import Task
@@ -241,12 +239,7 @@ class PageAlloc:
         self._page_shift = memmap.page_shift
 
         nr = zone.managed_pages
-        high, batch = pageset_set_batch(zone_batchsize(nr, cfg.page_size))
-        if mmc.pcp_batch is not None:
-            batch = mmc.pcp_batch
-            high = pcp_high(batch)
-        if mmc.pcp_high is not None:
-            high = mmc.pcp_high
+        high, batch = pcp_high_batch(nr, cfg.page_size, mmc.pcp_batch, mmc.pcp_high)
         #: Per-CPU ``struct per_cpu_pages``, indexed by CPU id (also in ``cpu.data["pcp"]``).
         self.pcps = [PerCpuPages(high=high, batch=batch) for _ in range(cfg.nr_cpus)]
         for cpu, pcp in zip(kernel.sim.cpus, self.pcps, strict=True):
@@ -769,7 +762,7 @@ class PageAlloc:
         steals = zone.buddy.extfrag
         in_krcp = self.in_krcp(task)
         for steal in steals:
-            if steal.fallback_order < PAGEBLOCK_ORDER:
+            if steal.fragmenting:
                 if in_krcp:
                     self.vmstat.inc("extfrag_fragmenting_in_krcp")
                 if zone.boost_watermark():
@@ -986,7 +979,7 @@ class PageAlloc:
             await self.free_unref_page(task, pfn, mt, False)
             return
         self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
-        mt = self._pbmt[(pfn >> PAGEBLOCK_ORDER) - self._pb_base]
+        mt = self._buddy.get_pageblock_migratetype(pfn)
         await self.free_one_page(task, pfn, order, mt, trylock=False)
 
     def free_page_nowait(self, task: Task, pfn: int) -> bool:
@@ -1044,7 +1037,7 @@ class PageAlloc:
         freed by the next locked free (the kernel's per-zone llist, ``FPI_TRYLOCK``).
         """
         self.memmap.check_free(self._free_where(task, pfn, order), pfn, order)
-        mt = self._pbmt[(pfn >> PAGEBLOCK_ORDER) - self._pb_base]
+        mt = self._buddy.get_pageblock_migratetype(pfn)
         if order == 0:
             await self.free_unref_page(task, pfn, mt, True)
             return

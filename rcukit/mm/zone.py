@@ -103,6 +103,19 @@ def pageset_set_batch(batch: int) -> tuple[int, int]:
     return pcp_high(batch), max(1, batch)
 
 
+def pcp_high_batch(
+    managed_pages: int, page_size: int, batch: int | None = None, high: int | None = None
+) -> tuple[int, int]:
+    """A zone's pcp ``(high, batch)``: :func:`pageset_set_batch` of its
+    :func:`zone_batchsize`, unless set (``vm.percpu_pagelist_*``-style overrides: a batch set
+    alone brings its ``6 * batch`` high)."""
+    if batch is None:
+        derived_high, batch = pageset_set_batch(zone_batchsize(managed_pages, page_size))
+    else:
+        derived_high = pcp_high(batch)
+    return (derived_high if high is None else high), batch
+
+
 @attrs.frozen
 class Watermarks:
     """A zone's WMARK_MIN/LOW/HIGH in pages (``zone->_watermark[]``, boost ignored)."""
@@ -605,13 +618,12 @@ class BuddyAllocator:
         cur, fb = found
         pfn = self.free_area[cur][fb].first()
         self.steal_suitable_fallback(pfn, cur, fb, start_mt, _can_steal_fallback(cur, start_mt))
-        self.extfrag.append(
-            FallbackSteal(
-                pfn, order, cur, start_mt, fb, start_mt == self.get_pageblock_migratetype(pfn)
-            )
+        steal = FallbackSteal(
+            pfn, order, cur, start_mt, fb, start_mt == self.get_pageblock_migratetype(pfn)
         )
+        self.extfrag.append(steal)
         self.nr_fallback_steals += 1
-        if cur < PAGEBLOCK_ORDER:
+        if steal.fragmenting:
             self.nr_boosting_steals += 1
         return True
 
@@ -902,7 +914,7 @@ class PerCpuPages:
     @classmethod
     def for_zone(cls, managed_pages: int, page_size: int = 4096) -> PerCpuPages:
         """An empty pcp with the 5.8 defaults for a zone of that size (63/378 for >= 1 GiB)."""
-        high, batch = pageset_set_batch(zone_batchsize(managed_pages, page_size))
+        high, batch = pcp_high_batch(managed_pages, page_size)
         return cls(high=high, batch=batch)
 
     @property

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rcukit.errors import ConfigError
-from rcukit.mm.zone import pageset_set_batch, pcp_high, zone_batchsize
+from rcukit.mm.zone import pcp_high_batch
 from rcukit.rcu.profiles import get_profile
 
 if TYPE_CHECKING:
@@ -138,11 +138,7 @@ def machine_line(config: KernelConfig, swept: Collection[str] = ()) -> str:
     showing one point's value.
     """
     mm = config.mm
-    high, batch = pageset_set_batch(zone_batchsize(mm.zone_pages, config.page_size))
-    if mm.pcp_batch:
-        batch = mm.pcp_batch
-        high = pcp_high(batch)
-    high = mm.pcp_high or high
+    high, batch = pcp_high_batch(mm.zone_pages, config.page_size, mm.pcp_batch, mm.pcp_high)
     if mm.initial_free_pages is not None:
         used = f"{mm.initial_free_pages:,} pages free at boot"
     else:

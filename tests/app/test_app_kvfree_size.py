@@ -271,7 +271,8 @@ async def test_any_mix_of_valid_and_invalid_sizes_keeps_the_accounts(
                 continue
             assert valid
             accepted += 1
-            nbytes += (1 if c.size is None else c.size) if capped else 0  # type: ignore[operator]
+            if capped:  # the weight (1) without size=, else the size accepted
+                nbytes += 1 if c.size is None else int(c.size)
             st_ = rcu.statistics()
             assert st_.kvfree_queued == accepted
             assert st_.kvfree_pending_bytes == nbytes >= 0
